@@ -1,0 +1,55 @@
+"""Describe a .qpk container without restoring it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from converter.convert import QpkFile
+
+
+def describe(path: Path, verify: bool = True) -> dict[str, Any]:
+    """Header, options and per-tensor layout of a container; checksums checked when `verify`."""
+    q = QpkFile(path)
+    try:
+        c = q.container
+        if verify:
+            c.verify()
+            q.graph()
+        blobs = c.blobs
+        tensors = []
+        for e in q.entries:
+            codes = blobs[e.codes]
+            tensors.append({
+                "name": e.name, "key": e.key, "shape": list(e.shape), "dtype": e.dtype, "role": e.role,
+                "scheme": e.scheme, "bits": e.bits, "axis": e.axis, "count": e.count,
+                "code_bytes": codes.length, "param_bytes": sum(blobs[i].length for i in e.params.values()),
+                "sha256": codes.sha256.hex(),
+            })
+        meta = c.meta
+        return {
+            "path": str(path), "bytes": c.size, "version": ".".join(map(str, c.version)),
+            "format": q.format, "qpack": meta.get("qpack"), "source": meta.get("source"),
+            "options": meta.get("options"), "verified": verify,
+            "graph_bytes": blobs[meta["graph"]].length, "tensors": tensors, "kept": q.kept,
+        }
+    finally:
+        q.close()
+
+
+def render_description(info: dict[str, Any], console: Console) -> None:
+    src = info.get("source") or {}
+    console.print(f"{info['path']}: qpk {info['version']}, {info['bytes']:,} bytes, {info['format']} model "
+                  f"'{src.get('name')}' ({src.get('bytes', 0):,} bytes), options {info['options']}")
+    t = Table(title_justify="left")
+    for col in ("name", "shape", "dtype", "scheme", "bits", "axis", "code bytes", "param bytes", "sha256"):
+        t.add_column(col, justify="right" if "bytes" in col or col in ("bits", "axis") else "left")
+    for r in info["tensors"]:
+        t.add_row(r["name"], "x".join(map(str, r["shape"])), r["dtype"], r["scheme"], str(r["bits"]),
+                  "-" if r["axis"] is None else str(r["axis"]), f"{r['code_bytes']:,}", f"{r['param_bytes']:,}", r["sha256"][:16])
+    console.print(t)
+    console.print(f"{len(info['tensors'])} quantized tensors, {len(info['kept'])} kept in the graph "
+                  f"({info['graph_bytes']:,} bytes compressed); checksums {'verified' if info['verified'] else 'not checked'}")

@@ -1,0 +1,81 @@
+"""What compression costs and buys: code entropy and real compressor sizes."""
+
+from __future__ import annotations
+
+import gzip
+import io
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import py7zr
+import zstandard
+from numpy.typing import NDArray
+
+from formats.errors import OptionError
+
+
+def code_histogram(codes: NDArray[np.uint8], bits: int) -> NDArray[np.int64]:
+    """Occurrences of each of the 2**bits codes."""
+    return np.bincount(codes.reshape(-1), minlength=1 << bits).astype(np.int64)
+
+
+def entropy_bits(hist: NDArray[np.int64]) -> float:
+    """Order-0 Shannon entropy in bits per symbol: the floor for a per-symbol entropy coder."""
+    total = hist.sum()
+    if total == 0:
+        return 0.0
+    p = hist[hist > 0] / total
+    return float(-(p * np.log2(p)).sum())
+
+
+def _gzip(data: bytes) -> int:
+    return len(gzip.compress(data, compresslevel=9, mtime=0))
+
+
+def _zstd(data: bytes) -> int:
+    return len(zstandard.ZstdCompressor(level=19).compress(data))
+
+
+def _7z(data: bytes) -> int:
+    buf = io.BytesIO()
+    with py7zr.SevenZipFile(buf, "w", filters=[{"id": py7zr.FILTER_LZMA2, "preset": 9}]) as z:
+        z.writef(io.BytesIO(data), "data")
+    return len(buf.getvalue())
+
+
+COMPRESSORS: dict[str, Callable[[bytes], int]] = {"gzip": _gzip, "zstd": _zstd, "7z": _7z}
+DEFAULT_COMPRESSORS = ("gzip", "zstd")
+
+
+def parse_compressors(spec: str) -> tuple[str, ...]:
+    """'gzip,zstd' -> ('gzip', 'zstd'); 'all' and 'none' are accepted."""
+    spec = spec.strip().lower()
+    if spec == "all":
+        return tuple(COMPRESSORS)
+    if spec in ("none", ""):
+        return ()
+    names = tuple(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
+    unknown = [n for n in names if n not in COMPRESSORS]
+    if unknown:
+        raise OptionError(f"unknown compressor {unknown[0]!r}, expected some of {', '.join(COMPRESSORS)} (or all, none)")
+    return names
+
+
+def compressed_sizes(items: dict[str, bytes], compressors: tuple[str, ...],
+                     progress: Callable[[str], None] | None = None) -> dict[str, dict[str, int]]:
+    """{compressor: {item: size}} with every (compressor, item) pair run in parallel threads.
+
+    zlib, lzma and zstd release the GIL, so threads use both cores.
+    """
+    jobs = [(c, name) for c in compressors for name in items]
+    out: dict[str, dict[str, int]] = {c: {} for c in compressors}
+    if not jobs:
+        return out
+    with ThreadPoolExecutor(max_workers=min(len(jobs), 4)) as pool:
+        futures = {pool.submit(COMPRESSORS[c], items[name]): (c, name) for c, name in jobs}
+        for fut, (c, name) in futures.items():
+            out[c][name] = fut.result()
+            if progress:
+                progress(f"{c} {name}")
+    return out

@@ -1,0 +1,82 @@
+"""Which tensors get quantized, at how many bits, along which axis: decided from each tensor's role.
+
+The default quantizes what carries the bulk of a model's bytes and tolerates rounding: convolution
+kernels, dense and recurrent matrices and embedding tables. It keeps in float what is tiny but
+sensitive: biases (added after the accumulation, their error is not averaged away), normalization
+parameters (a quantized variance can flip sign or approach zero and blow up the output), and any
+other constant, which is often a shape-like value or an elementwise coefficient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from converter.schemes import get_scheme
+from formats.errors import OptionError
+from formats.model import Role, Weight
+
+QUANTIZED_ROLES = frozenset({Role.KERNEL, Role.MATRIX, Role.RECURRENT, Role.EMBEDDING})
+MIN_ELEMENTS = 16  # below this the parameters would cost more than the float values they replace
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What happens to one weight: quantized at `bits` along `axis`, or kept with a `reason`."""
+
+    quantize: bool
+    bits: int = 0
+    axis: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The user's options, applied tensor by tensor."""
+
+    scheme: str
+    bits: int
+    per_channel: bool = False
+    keep: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    bits_for: tuple[tuple[str, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        scheme = get_scheme(self.scheme)
+        scheme.check_bits(self.bits)
+        for pattern, bits in self.bits_for:
+            if not pattern:
+                raise OptionError("a --bits-for pattern is empty")
+            scheme.check_bits(bits)
+
+    def decide(self, w: Weight) -> Decision:
+        if not w.is_float:
+            return Decision(False, reason="already quantized" if w.role == Role.QUANTIZED else f"not float ({w.dtype})")
+        if _matches(w, self.keep):
+            return Decision(False, reason="kept by --keep")
+        forced = _matches(w, self.include)
+        if not forced:
+            if w.role not in QUANTIZED_ROLES:
+                return Decision(False, reason=f"{w.role.value} kept in float" + (f" ({w.note})" if w.note else ""))
+            if w.size < MIN_ELEMENTS:
+                return Decision(False, reason=f"only {w.size} elements")
+        if w.size == 0:
+            return Decision(False, reason="empty")
+        bits = next((b for p, b in self.bits_for if _matches(w, (p,))), self.bits)
+        axis = w.axis if self.per_channel and w.axis is not None and w.array.ndim > 1 else None
+        return Decision(True, bits=bits, axis=axis)
+
+
+def _matches(w: Weight, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatchcase(w.name, p) or fnmatchcase(w.key, p) for p in patterns)
+
+
+def parse_bits_for(items: list[str]) -> tuple[tuple[str, int], ...]:
+    """Parse PATTERN=BITS items; the first matching pattern wins."""
+    out = []
+    for item in items:
+        pattern, sep, bits = item.rpartition("=")
+        if not sep or not bits.isdigit():
+            raise OptionError(f"--bits-for expects PATTERN=BITS, got {item!r}")
+        out.append((pattern, int(bits)))
+    return tuple(out)

@@ -1,0 +1,209 @@
+"""Data-free weight quantizers: each scheme maps floats to unsigned n-bit codes and back.
+
+A scheme is one small class; subclassing registers it under its `name`. Parameters (scales, zero
+points, exponents) are computed per group: one group for the whole tensor, or one per index along
+the channel axis. They are returned flat, one value per group, in index order.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from formats.errors import OptionError
+
+Params = dict[str, NDArray]
+
+SCHEMES: dict[str, type[Scheme]] = {}
+
+
+def _reduce_axes(ndim: int, axis: int | None) -> tuple[int, ...]:
+    return tuple(i for i in range(ndim) if i != axis)
+
+
+def _group_shape(shape: tuple[int, ...], axis: int | None) -> tuple[int, ...]:
+    """Shape that broadcasts one value per group against the tensor."""
+    if axis is None:
+        return (1,) * len(shape)
+    return tuple(n if i == axis else 1 for i, n in enumerate(shape))
+
+
+def group_count(shape: tuple[int, ...], axis: int | None) -> int:
+    """Number of parameter groups for a tensor of `shape` quantized along `axis`."""
+    return 1 if axis is None else int(shape[axis])
+
+
+class Scheme:
+    """One quantization scheme; subclasses implement quantize/dequantize on float32 arrays."""
+
+    name: ClassVar[str]
+    min_bits: ClassVar[int] = 1
+    params: ClassVar[dict[str, str]]  # parameter name -> little-endian dtype it is stored as
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        SCHEMES[cls.name] = cls
+
+    @classmethod
+    def check_bits(cls, bits: int) -> None:
+        if not cls.min_bits <= bits <= 8:
+            raise OptionError(f"scheme '{cls.name}' takes {cls.min_bits}..8 bits, not {bits}")
+
+    @classmethod
+    def quantize(cls, x: NDArray[np.float32], bits: int, axis: int | None) -> tuple[NDArray[np.uint8], Params]:
+        """Codes shaped like x, and the flat per-group parameters."""
+        raise NotImplementedError
+
+    @classmethod
+    def dequantize(cls, codes: NDArray[np.uint8], params: Params, bits: int, axis: int | None) -> NDArray[np.float32]:
+        """Float32 values shaped like codes."""
+        raise NotImplementedError
+
+    @classmethod
+    def levels(cls, bits: int) -> int:
+        """Distinct values the scheme can represent at `bits` bits."""
+        return 1 << bits
+
+
+def _as_group(p: NDArray, shape: tuple[int, ...], axis: int | None, dtype: str) -> NDArray:
+    return np.asarray(p, dtype=dtype).reshape(_group_shape(shape, axis))
+
+
+class Asymmetric(Scheme):
+    """Uniform affine: x ~ (code - zero_point) * scale, codes 0..2^n-1, the range widened to hold 0."""
+
+    name = "asym"
+    params = {"scale": "<f4", "zero_point": "<u1"}
+
+    @classmethod
+    def quantize(cls, x, bits, axis):
+        axes = _reduce_axes(x.ndim, axis)
+        top = np.float32((1 << bits) - 1)
+        lo = np.minimum(x.min(axis=axes, keepdims=True), 0).astype(np.float32)
+        hi = np.maximum(x.max(axis=axes, keepdims=True), 0).astype(np.float32)
+        scale = (hi - lo) / top
+        scale[scale == 0] = 1.0  # an all-zero group: any scale represents it exactly
+        zero = np.clip(np.round(-lo / scale), 0, top)
+        q = np.divide(x, scale, dtype=np.float32)
+        q += zero
+        np.rint(q, out=q)
+        np.clip(q, 0, top, out=q)
+        return q.astype(np.uint8), {"scale": scale.reshape(-1), "zero_point": zero.reshape(-1).astype(np.uint8)}
+
+    @classmethod
+    def dequantize(cls, codes, params, bits, axis):
+        scale = _as_group(params["scale"], codes.shape, axis, "<f4")
+        zero = _as_group(params["zero_point"], codes.shape, axis, "<f4")
+        out = codes.astype(np.float32)
+        out -= zero
+        out *= scale
+        return out
+
+
+class Symmetric(Scheme):
+    """Uniform without zero point: x ~ q * scale, q in [-(2^(n-1)-1), 2^(n-1)-1], stored as q + 2^(n-1)-1."""
+
+    name = "sym"
+    min_bits = 2
+    params = {"scale": "<f4"}
+
+    @classmethod
+    def levels(cls, bits):
+        return (1 << bits) - 1
+
+    @classmethod
+    def quantize(cls, x, bits, axis):
+        axes = _reduce_axes(x.ndim, axis)
+        qmax = np.float32((1 << (bits - 1)) - 1)
+        amax = np.abs(x).max(axis=axes, keepdims=True).astype(np.float32)
+        scale = amax / qmax
+        scale[scale == 0] = 1.0
+        q = np.divide(x, scale, dtype=np.float32)
+        np.rint(q, out=q)
+        np.clip(q, -qmax, qmax, out=q)
+        q += qmax
+        return q.astype(np.uint8), {"scale": scale.reshape(-1)}
+
+    @classmethod
+    def dequantize(cls, codes, params, bits, axis):
+        scale = _as_group(params["scale"], codes.shape, axis, "<f4")
+        out = codes.astype(np.float32)
+        out -= np.float32((1 << (bits - 1)) - 1)
+        out *= scale
+        return out
+
+
+_ABS = np.uint32(0x7FFFFFFF)
+_MIN_NORMAL = np.uint32(0x00800000)
+_HALF_ULP_EXP = np.uint32(1 << 22)  # adding it to |x|'s bits carries into the exponent iff mantissa >= 1.5
+
+
+def _nearest_pow2_biased(u: NDArray[np.uint32]) -> NDArray[np.int32]:
+    """Biased float32 exponent of the power of two nearest each |x| (x given as its bits, sign cleared).
+
+    Integer arithmetic on the bit pattern: ties at 1.5 * 2^k go up.
+    """
+    e = u + _HALF_ULP_EXP
+    e >>= np.uint32(23)
+    return e.view(np.int32)
+
+
+class PowerOfTwo(Scheme):
+    """Sign + exponent: code = sign << (n-1) | m; m = 0 is zero, m >= 1 is 2^(emax - M + m).
+
+    M = 2^(n-1) - 1 exponents form a window that ends at emax, the exponent of the power of two
+    nearest the group's largest magnitude. Magnitudes below the window round to 0 or its bottom.
+    """
+
+    name = "pow2"
+    min_bits = 2
+    params = {"emax": "<i2"}
+
+    @classmethod
+    def levels(cls, bits):
+        return 2 * ((1 << (bits - 1)) - 1) + 1
+
+    @classmethod
+    def quantize(cls, x, bits, axis):
+        axes = _reduce_axes(x.ndim, axis)
+        top = (1 << (bits - 1)) - 1
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        u = x.view(np.uint32)
+        a = u & _ABS
+        a[a < _MIN_NORMAL] = 0  # subnormal weights carry no usable exponent: flush them to zero
+        amax = a.max(axis=axes, keepdims=True)
+        # emax as an unbiased exponent; an all-zero group gets 0 (any window represents it)
+        emax = np.where(amax > 0, _nearest_pow2_biased(amax.astype(np.uint32)).astype(np.int32) - 127, 0)
+        emin = emax - top + 1
+        zero_below = np.ldexp(np.float32(1), emin - 1).astype(np.float32).view(np.uint32)
+        m = _nearest_pow2_biased(a.copy())
+        m -= (emin + 126).astype(np.int32)
+        np.clip(m, 1, top, out=m)
+        m[a < zero_below] = 0  # nearer to zero than to the window's bottom
+        codes = m.astype(np.uint8)
+        sign = (u >> np.uint32(31)).astype(np.uint8)
+        sign[m == 0] = 0  # one zero code; the negative-zero code stays unused
+        sign <<= np.uint8(bits - 1)
+        codes |= sign
+        return codes, {"emax": emax.reshape(-1).astype(np.int16)}
+
+    @classmethod
+    def dequantize(cls, codes, params, bits, axis):
+        top = (1 << (bits - 1)) - 1
+        # every code's value for emax = 0; powers of two times powers of two stay exact
+        m = np.arange(1 << bits) & top
+        lut = np.where(m > 0, np.ldexp(1.0, m - top), 0.0)
+        lut[1 << (bits - 1) :] *= -1
+        out = lut.astype(np.float32)[codes]
+        out *= np.ldexp(np.float32(1), _as_group(params["emax"], codes.shape, axis, "<i4"))
+        return out
+
+
+def get_scheme(name: str) -> type[Scheme]:
+    """The registered scheme called `name`."""
+    try:
+        return SCHEMES[name]
+    except KeyError:
+        raise OptionError(f"unknown scheme '{name}', expected one of {', '.join(SCHEMES)}") from None

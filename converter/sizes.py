@@ -1,0 +1,51 @@
+"""The size report: what the container costs against the float model, raw and compressed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from converter.convert import ConvertResult
+from converter.measure import compressed_sizes
+from formats.model import SourceModel
+
+
+def source_bytes(model: SourceModel) -> bytes:
+    """The float model as stored on disk (its external data files appended)."""
+    data = model.path.read_bytes()
+    extra = getattr(model, "external_files", ())
+    return data + b"".join(Path(p).read_bytes() for p in extra)
+
+
+def size_report(model: SourceModel, result: ConvertResult, compressors: tuple[str, ...],
+                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """All size figures of one conversion, as a JSON-ready dict (keys documented in README)."""
+    quantized = sum(t.count for t in result.tensors)
+    kept_float = sum(int(w.size) for w in model.weights if w.is_float) - quantized
+    packed = sum(t.packed_bytes for t in result.tensors)
+    params = sum(t.param_bytes for t in result.tensors)
+    entropy_total = sum(t.entropy * t.count for t in result.tensors)
+    items = {"original": source_bytes(model), "qpk": result.path.read_bytes()}
+    compressed = compressed_sizes(items, compressors, progress)
+    return {
+        "source": {"path": str(model.path), "format": model.format},
+        "sizes": {
+            "original_bytes": model.file_bytes,
+            "float32_weight_bytes": 4 * (quantized + kept_float),
+            "quantized_params": quantized,
+            "float_params_kept": kept_float,
+            "packed_code_bytes": packed,
+            "param_bytes": params,
+            "graph_bytes": result.graph_bytes,
+            "qpk_bytes": result.size,
+            "ratio_vs_original": round(model.file_bytes / result.size, 4) if result.size else None,
+            "bits_per_weight": round((packed + params) * 8 / quantized, 4) if quantized else None,
+            "entropy_bits_per_weight": round(entropy_total / quantized, 4) if quantized else None,
+            "entropy_limit_bytes": int(-(-entropy_total // 8)),
+        },
+        "compressed": compressed,
+        "tensors": [asdict(t) for t in result.tensors],
+        "kept": [asdict(k) for k in result.kept],
+    }

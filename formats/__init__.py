@@ -1,0 +1,1 @@
+"""File formats: ONNX and TFLite adapters and the .qpk container."""

@@ -1,0 +1,47 @@
+"""Every magic number, limit and codec id of the .qpk container, in one place (see FORMAT.md)."""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+
+MAGIC = b"\x89QPK\r\n\x1a\n"  # PNG-style: catches text-mode transfers and 7-bit channels
+VERSION_MAJOR = 1
+VERSION_MINOR = 0
+
+# magic, major, minor, flags, meta_length, payload_offset, payload_length, meta_sha256
+HEADER_BODY = struct.Struct("<8sHHIQQQ32s")
+# the body above followed by its CRC-32 and four reserved zero bytes
+HEADER = struct.Struct("<8sHHIQQQ32sI4x")
+HEADER_SIZE = HEADER.size  # 80
+
+ALIGNMENT = 64  # every payload blob starts on a 64-byte boundary (cache line, SIMD, mmap views)
+
+# Hostile-file limits: a header may claim anything, so the reader caps what it will believe.
+MAX_META_LENGTH = 256 * 1024 * 1024
+MAX_TENSORS = 1_000_000
+MAX_RANK = 16
+MAX_NAME_LENGTH = 65_536
+
+
+class Codec(IntEnum):
+    """How a blob's bytes are stored in the payload."""
+
+    RAW = 0
+    ZSTD = 1
+
+
+class BlobKind(IntEnum):
+    """What a blob holds; lets a reader size-check it before use."""
+
+    GRAPH = 0  # the source model with quantized weights removed
+    CODES = 1  # dense n-bit codes, LSB-first
+    PARAM = 2  # per-group quantization parameters (scales, zero points, exponents)
+
+
+SOURCE_FORMATS = ("onnx", "tflite")
+SCHEMES = ("asym", "sym", "pow2")
+MIN_BITS, MAX_BITS = 1, 8
+
+# Fixed zstd level for the graph blob: the level is part of the byte-identical-output promise.
+GRAPH_ZSTD_LEVEL = 9

@@ -1,0 +1,23 @@
+"""The one exception family that qpack raises; the CLI turns it into one line and an exit code."""
+
+from __future__ import annotations
+
+
+class QpackError(Exception):
+    """Base class for every error qpack reports to a user."""
+
+
+class FormatError(QpackError):
+    """A file is not what it claims to be: truncated, corrupt, hostile or of an unknown kind."""
+
+
+class UnsupportedError(QpackError):
+    """The input is well formed but uses something qpack does not handle (an op, a dtype)."""
+
+
+class OptionError(QpackError):
+    """The options asked for something impossible (e.g. 1-bit symmetric)."""
+
+
+class BudgetError(QpackError):
+    """An artifact broke a size or quality budget set for a build (exits with its own code)."""

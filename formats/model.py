@@ -1,0 +1,72 @@
+"""The one record that crosses from formats/ to converter/: a model's tensors with their context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+class Role(str, Enum):
+    """What a tensor does for the op that consumes it; drives the default quantization policy."""
+
+    KERNEL = "kernel"  # convolution filters
+    MATRIX = "matrix"  # dense / matmul weights
+    RECURRENT = "recurrent"  # LSTM/GRU/RNN input and recurrence weights
+    EMBEDDING = "embedding"  # lookup tables (Gather data)
+    BIAS = "bias"
+    NORM = "norm"  # normalization scale, shift, mean, variance
+    OTHER = "other"  # elementwise constants, shapes, anything else
+    QUANTIZED = "quantized"  # already integer-quantized weights with their own scales
+    INTEGER = "integer"  # shapes, indices, masks
+
+
+@dataclass(frozen=True)
+class Weight:
+    """One constant tensor of a source model.
+
+    `key` locates the tensor in the model (unique); `name` is what the model calls it. `axis` is
+    the output-channel axis when the consumer has one, which is where per-channel scales go.
+    """
+
+    key: str
+    name: str
+    array: NDArray
+    dtype: str
+    role: Role
+    axis: int | None = None
+    consumers: tuple[str, ...] = field(default=())
+    note: str = ""
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in self.array.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+class SourceModel(Protocol):
+    """What every format adapter offers: its weights, and a way to take them out and put them back."""
+
+    format: str
+    path: Path
+    file_bytes: int  # size on disk, external data included
+
+    @property
+    def weights(self) -> list[Weight]: ...
+
+    def skeleton(self, strip: set[str]) -> bytes:
+        """The model serialized with the data of the `strip` weights removed."""
+        ...
