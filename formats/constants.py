@@ -11,8 +11,8 @@ VERSION_MINOR = 0
 
 # magic, major, minor, flags, meta_length, payload_offset, payload_length, meta_sha256
 HEADER_BODY = struct.Struct("<8sHHIQQQ32s")
-# the body above followed by its CRC-32 and four reserved zero bytes
-HEADER = struct.Struct("<8sHHIQQQ32sI4x")
+# the body above followed by its CRC-32 and four reserved bytes that must be zero
+HEADER = struct.Struct("<8sHHIQQQ32sI4s")
 HEADER_SIZE = HEADER.size  # 80
 
 ALIGNMENT = 64  # every payload blob starts on a 64-byte boundary (cache line, SIMD, mmap views)

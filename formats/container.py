@@ -86,7 +86,7 @@ class ContainerWriter:
         payload_offset = _align(HEADER_SIZE + len(packed))
         body = HEADER_BODY.pack(MAGIC, VERSION_MAJOR, VERSION_MINOR, 0, len(packed), payload_offset,
                                 self._end, hashlib.sha256(packed).digest())
-        header = body + zlib.crc32(body).to_bytes(4, "little") + bytes(4)
+        header = HEADER.pack(*HEADER_BODY.unpack(body), zlib.crc32(body), bytes(4))
         with atomic_output(path) as f:
             f.write(header)
             f.write(packed)
@@ -123,11 +123,11 @@ class Container:
         except OSError as e:
             raise FormatError(f"{where}: cannot read ({e.strerror})") from e
         self.size = size
-        magic, major, minor, flags, meta_len, payload_off, payload_len, meta_hash, crc = HEADER.unpack_from(self._map, 0)
+        magic, major, minor, flags, meta_len, payload_off, payload_len, meta_hash, crc, reserved = HEADER.unpack_from(self._map, 0)
         _check(magic == MAGIC, f"{where}: not a .qpk file (bad magic)")
         _check(zlib.crc32(self._map[: HEADER_BODY.size]) == crc, f"{where}: header checksum mismatch (corrupt header)")
         _check(major == VERSION_MAJOR, f"{where}: container version {major}.{minor}, this qpack reads {VERSION_MAJOR}.x")
-        _check(flags == 0, f"{where}: unknown header flags {flags:#x}")
+        _check(flags == 0 and reserved == bytes(4), f"{where}: unknown header flags {flags:#x} or reserved bytes set")
         _check(meta_len <= MAX_META_LENGTH, f"{where}: metadata length {meta_len} exceeds the {MAX_META_LENGTH} limit")
         _check(payload_off == _align(HEADER_SIZE + meta_len), f"{where}: payload offset {payload_off} is not where the metadata ends")
         _check(payload_off + payload_len == size,
@@ -143,6 +143,7 @@ class Container:
         _check(isinstance(meta, dict), f"{where}: metadata is not a map")
         self.meta: dict[str, Any] = meta
         self.blobs = self._parse_blobs(meta.get("blobs"), payload_len, where)
+        self._check_padding(HEADER_SIZE + meta_len, where)
 
     @staticmethod
     def _parse_blobs(rows: Any, payload_len: int, where: str) -> list[Blob]:
@@ -160,6 +161,17 @@ class Container:
             blobs.append(Blob(BlobKind(kind), Codec(codec), offset, length, raw_length, digest))
             end = offset + length
         return blobs
+
+    def _check_padding(self, meta_end: int, where: str) -> None:
+        """Every byte outside the header, metadata and blobs is zero padding, and the last blob ends the file."""
+        gaps = [(meta_end, self.payload_offset)]
+        pos = self.payload_offset
+        for b in self.blobs:
+            gaps.append((pos, self.payload_offset + b.offset))
+            pos = self.payload_offset + b.offset + b.length
+        _check(pos == self.size, f"{where}: {self.size - pos} bytes after the last blob")
+        for start, end in gaps:
+            _check(self._map[start:end].count(0) == end - start, f"{where}: non-zero padding at offset {start} (corrupt file)")
 
     def blob_view(self, index: int, kind: BlobKind) -> memoryview:
         """The stored bytes of a blob, checksum verified (still compressed if its codec says so)."""

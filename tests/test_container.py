@@ -1,0 +1,123 @@
+"""The .qpk container: golden bytes, alignment, determinism, and rejection of every corruption."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converter.convert import QpkFile, convert
+from converter.policy import Policy
+from formats.constants import ALIGNMENT, HEADER, HEADER_SIZE, MAGIC
+from formats.container import Container
+from formats.errors import FormatError
+from formats.onnx_model import OnnxModel
+from tests.tiny import tiny_model
+
+
+@pytest.fixture()
+def tiny_qpk(tmp_path: Path) -> Path:
+    src = tmp_path / "tiny.onnx"
+    src.write_bytes(tiny_model().SerializeToString())
+    out = tmp_path / "tiny.qpk"
+    # conv.w has 8 elements, below the default minimum: --include forces it
+    convert(OnnxModel(src), Policy("asym", 3, per_channel=True, include=("conv.w",)), out)
+    return out
+
+
+def test_golden_header_and_payload(tiny_qpk: Path):
+    data = tiny_qpk.read_bytes()
+    magic, major, minor, flags, meta_len, payload_off, payload_len, meta_sha, crc, reserved = HEADER.unpack_from(data)
+    assert data[:8] == b"\x89QPK\r\n\x1a\n" == MAGIC
+    assert (major, minor, flags) == (1, 0, 0)
+    assert HEADER_SIZE == 80 and reserved == data[76:80] == b"\0\0\0\0"
+    assert payload_off % ALIGNMENT == 0 and payload_off == -(-(80 + meta_len) // 64) * 64
+    assert payload_off + payload_len == len(data)
+    assert hashlib.sha256(data[80 : 80 + meta_len]).digest() == meta_sha
+    q = QpkFile(tiny_qpk)
+    conv = next(e for e in q.entries if e.name == "conv.w")
+    assert (conv.scheme, conv.bits, conv.axis, conv.shape) == ("asym", 3, 0, (2, 1, 2, 2))
+    # conv.w rows: [-0.875, -0.625, -0.375, -0.125] and [0.125, 0.375, 0.625, 0.875]; per channel the
+    # range is widened to hold 0: scale = 0.875/7 = 0.125, zero points 7 and 0.
+    assert q.params(conv)["scale"].tolist() == [0.125, 0.125]
+    assert q.params(conv)["zero_point"].tolist() == [7, 0]
+    assert q.codes(conv).reshape(-1).tolist() == [0, 2, 4, 6, 1, 3, 5, 7]  # half-to-even rounding
+    # 3-bit LSB-first stream of those 8 codes, 3 bytes (bits listed MSB..LSB within each byte):
+    # byte0 = c2[1:0] c1 c0 = 00 010 000; byte1 = c5[0] c4 c3 c2[2] = 1 001 110 1;
+    # byte2 = c7 c6 c5[2:1] = 111 101 01
+    raw = bytes(q.container.blob_bytes(conv.codes, q.container.blobs[conv.codes].kind))
+    assert raw == bytes([0b00010000, 0b10011101, 0b11110101])
+    fc = next(e for e in q.entries if e.name == "fc.w")
+    assert fc.axis == 1  # MatMul B: output columns
+    assert {k["name"] for k in q.kept} == {"conv.b", "shape"}
+    q.close()
+
+
+def test_blobs_aligned_and_ordered(tiny_qpk: Path):
+    with Container(tiny_qpk) as c:
+        end = 0
+        for b in c.blobs:
+            assert (c.payload_offset + b.offset) % ALIGNMENT == 0
+            assert b.offset >= end
+            end = b.offset + b.length
+        c.verify()
+
+
+def test_deterministic(tmp_path: Path, sample: Path):
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"s{i}.qpk"
+        convert(OnnxModel(sample), Policy("pow2", 5, per_channel=True), out)
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+
+
+def _expect_rejected(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    with pytest.raises(FormatError):
+        q = QpkFile(path)
+        for e in q.entries:
+            q.dequantize(e)
+        q.graph()
+
+
+def test_every_truncation_rejected(tiny_qpk: Path, tmp_path: Path):
+    data = tiny_qpk.read_bytes()
+    bad = tmp_path / "bad.qpk"
+    for cut in sorted({0, 1, 7, 8, 40, 79, 80, 81, 100, len(data) // 2, len(data) - 64, len(data) - 1}):
+        _expect_rejected(bad, data[:cut])
+    _expect_rejected(bad, data + b"\0")
+
+
+def test_every_region_corruption_rejected(tiny_qpk: Path, tmp_path: Path):
+    data = tiny_qpk.read_bytes()
+    bad = tmp_path / "bad.qpk"
+    rng = np.random.default_rng(0)
+    positions = list(range(0, 80, 3)) + list(rng.integers(80, len(data), 60))
+    for pos in positions:
+        b = bytearray(data)
+        b[pos] ^= 0x41
+        _expect_rejected(bad, bytes(b))
+
+
+def test_hostile_header_fields_rejected(tiny_qpk: Path, tmp_path: Path):
+    """Rewrite fields and fix the header CRC, so only the field checks stand in the way."""
+    import zlib
+
+    data = tiny_qpk.read_bytes()
+    fields = list(HEADER.unpack_from(data))
+    bad = tmp_path / "bad.qpk"
+    for index, value in [(1, 2), (3, 1), (4, 2**62), (4, 1), (5, 2**63), (5, 64), (6, 2**40)]:
+        f = list(fields)
+        f[index] = value
+        body = struct.pack("<8sHHIQQQ32s", *f[:8])
+        header = body + zlib.crc32(body).to_bytes(4, "little") + bytes(4)
+        _expect_rejected(bad, header + data[HEADER_SIZE:])
+
+
+def test_not_a_qpk(tmp_path: Path):
+    bad = tmp_path / "x.qpk"
+    _expect_rejected(bad, b"hello world, this is not a container at all" * 3)

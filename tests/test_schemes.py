@@ -1,0 +1,106 @@
+"""Quantizers: codes in range, documented error bounds, per-channel groups independent."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from converter.schemes import SCHEMES, get_scheme
+from formats.errors import OptionError
+
+finite = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=32)
+
+
+def _group_view(p, shape, axis):
+    return np.asarray(p).reshape([n if i == axis else 1 for i, n in enumerate(shape)] if axis is not None else [1] * len(shape))
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 9)), elements=finite),
+       bits=st.integers(1, 8), axis=st.sampled_from([None, 0, 1]))
+def test_asym_error_at_most_half_step(x, bits, axis):
+    codes, p = SCHEMES["asym"].quantize(x, bits, axis)
+    assert codes.shape == x.shape and int(codes.max()) < (1 << bits)
+    y = SCHEMES["asym"].dequantize(codes, p, bits, axis)
+    step = _group_view(p["scale"], x.shape, axis)
+    assert np.all(np.abs(y - x) <= step / 2 * (1 + 1e-4) + 1e-30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 9)), elements=finite),
+       bits=st.integers(2, 8), axis=st.sampled_from([None, 0, 1]))
+def test_sym_error_at_most_half_step(x, bits, axis):
+    codes, p = SCHEMES["sym"].quantize(x, bits, axis)
+    assert int(codes.max()) <= (1 << bits) - 2  # the top code is unused: symmetric range
+    y = SCHEMES["sym"].dequantize(codes, p, bits, axis)
+    step = _group_view(p["scale"], x.shape, axis)
+    assert np.all(np.abs(y - x) <= step / 2 * (1 + 1e-4) + 1e-30)
+    zero = x == 0
+    assert np.all(y[zero] == 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 9)), elements=finite),
+       bits=st.integers(2, 8), axis=st.sampled_from([None, 0, 1]))
+def test_pow2_values_are_signed_powers_of_two_within_window(x, bits, axis):
+    codes, p = SCHEMES["pow2"].quantize(x, bits, axis)
+    y = SCHEMES["pow2"].dequantize(codes, p, bits, axis)
+    top = (1 << (bits - 1)) - 1
+    nz = y != 0
+    mant, _ = np.frexp(np.abs(y[nz]))
+    assert np.all(mant == 0.5)  # exact powers of two
+    assert np.all(np.sign(y[nz]) == np.sign(x[nz]))
+    emax = _group_view(p["emax"].astype(np.int64), x.shape, axis)
+    bottom = np.broadcast_to(np.ldexp(1.0, emax - top + 1), x.shape)
+    a = np.abs(x.astype(np.float64))
+    inside = (a >= bottom) & (a >= np.finfo(np.float32).tiny)
+    # nearest power of two: relative error at most 1/3 (worst case 1.5 * 2^k)
+    assert np.all(np.abs(y[inside] - x[inside]) <= a[inside] / 3 * (1 + 1e-6))
+    below = ~inside
+    assert np.all(np.abs(y[below] - x[below]) <= bottom[below] / 2 * (1 + 1e-6) + np.finfo(np.float32).tiny)
+
+
+def test_pow2_hand_values():
+    x = np.array([3.0, -1.4, 0.2, 0.0, 5.9, -6.1], np.float32)
+    codes, p = SCHEMES["pow2"].quantize(x, 3, None)
+    assert p["emax"].tolist() == [3]  # 6.1 is nearest to 8
+    # window {2, 4, 8}: m = 1, 2, 3; sign bit is bit 2
+    assert codes.tolist() == [2, 0b101, 0, 0, 2, 0b111]
+    assert SCHEMES["pow2"].dequantize(codes, p, 3, None).tolist() == [4.0, -2.0, 0.0, 0.0, 4.0, -8.0]
+
+
+def test_asym_hand_values():
+    x = np.array([-1.0, 0.0, 0.5, 2.0], np.float32)
+    codes, p = SCHEMES["asym"].quantize(x, 2, None)
+    assert p["scale"].tolist() == [1.0] and p["zero_point"].tolist() == [1]
+    assert codes.tolist() == [0, 1, 2, 3]  # 0.5 / 1 + 1 = 1.5 rounds half to even: 2
+
+
+def test_per_channel_groups_are_independent():
+    x = np.stack([np.linspace(-1, 1, 50), np.linspace(-100, 100, 50)]).astype(np.float32)
+    for name in SCHEMES:
+        bits = 4
+        per_t = SCHEMES[name].dequantize(*SCHEMES[name].quantize(x, bits, None), bits, None)
+        per_c = SCHEMES[name].dequantize(*SCHEMES[name].quantize(x, bits, 0), bits, 0)
+        assert np.abs(per_c[0] - x[0]).max() < np.abs(per_t[0] - x[0]).max()
+
+
+def test_all_zero_and_constant_tensors():
+    for name, s in SCHEMES.items():
+        for x in (np.zeros((3, 4), np.float32), np.full((3, 4), -2.0, np.float32)):
+            y = s.dequantize(*s.quantize(x, 8, 0), 8, 0)
+            assert np.allclose(y, x), name
+
+
+@pytest.mark.parametrize("name,bits", [("sym", 1), ("pow2", 1), ("asym", 0), ("asym", 9)])
+def test_impossible_widths(name, bits):
+    with pytest.raises(OptionError):
+        get_scheme(name).check_bits(bits)
+
+
+def test_unknown_scheme():
+    with pytest.raises(OptionError, match="unknown scheme"):
+        get_scheme("fp4")

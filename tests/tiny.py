@@ -1,0 +1,49 @@
+"""Small hand-built ONNX models with known weights, for layout and golden-byte tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+CONV_W = (np.arange(2 * 1 * 2 * 2, dtype=np.float32).reshape(2, 1, 2, 2) - 3.5) / 4  # values -0.875..0.875
+FC_W = np.linspace(-1, 1, 8 * 3, dtype=np.float32).reshape(8, 3)
+
+
+def tiny_model(dtype: int = TensorProto.FLOAT) -> onnx.ModelProto:
+    """x[1,1,3,3] -> Conv(W, b) -> Flatten -> MatMul(FC_W as a Constant) -> y[1,3]."""
+    np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
+    w = numpy_helper.from_array(CONV_W.astype(np_dtype), "conv.w")
+    b = numpy_helper.from_array(np.array([0.1, -0.2], np_dtype), "conv.b")
+    fc = helper.make_node("Constant", [], ["fc.w"], value=numpy_helper.from_array(FC_W.astype(np_dtype), "fc.w"))
+    shape = helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([1, 8], np.int64), "shape"))
+    nodes = [
+        fc, shape,
+        helper.make_node("Conv", ["x", "conv.w", "conv.b"], ["c"], name="conv"),
+        helper.make_node("Reshape", ["c", "shape"], ["f"]),
+        helper.make_node("MatMul", ["f", "fc.w"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", dtype, [1, 1, 3, 3])],
+                              [helper.make_tensor_value_info("y", dtype, [1, 3])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="qpack-tests")
+    model.ir_version = 8
+    return model
+
+
+def if_model() -> onnx.ModelProto:
+    """A MatMul whose weight lives in a Constant inside an If branch, another in the else branch."""
+    wa = np.random.default_rng(1).standard_normal((4, 5)).astype(np.float32)
+    wb = np.random.default_rng(2).standard_normal((4, 5)).astype(np.float32)
+
+    def branch(name: str, w: np.ndarray) -> onnx.GraphProto:
+        const = helper.make_node("Constant", [], [f"{name}.w"], value=numpy_helper.from_array(w, f"{name}.w"))
+        mm = helper.make_node("MatMul", ["x", f"{name}.w"], [f"{name}.y"])
+        return helper.make_graph([const, mm], name, [], [helper.make_tensor_value_info(f"{name}.y", TensorProto.FLOAT, [2, 5])])
+
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", wa), else_branch=branch("else", wb))
+    graph = helper.make_graph([node], "if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
+                                             helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
