@@ -1,0 +1,117 @@
+"""The command line through Typer's CliRunner: exit codes, one-line errors, no partial output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from converter.cli import app
+
+runner = CliRunner()
+
+
+def _run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture()
+def model(tmp_path: Path, sample: Path) -> Path:
+    dst = tmp_path / "digits.onnx"
+    shutil.copy(sample, dst)
+    return dst
+
+
+def test_convert_inspect_unpack(model: Path, tmp_path: Path):
+    qpk, report = tmp_path / "small.qpk", tmp_path / "r.json"
+    r = _run("convert", model, "--bits", "4", "--scheme", "sym", "--per-channel", "-o", qpk, "--json", report, "--compress", "all")
+    assert r.exit_code == 0, r.output
+    assert "original (float)" in r.output and "7z" in r.output and qpk.exists()
+    data = json.loads(report.read_text())
+    assert data["sizes"]["qpk_bytes"] == qpk.stat().st_size
+    assert set(data["compressed"]) == {"gzip", "zstd", "7z"}
+    assert data["compressed"]["gzip"]["qpk"] < data["compressed"]["gzip"]["original"]
+    assert 4.0 < data["sizes"]["bits_per_weight"] < 4.2
+    assert 0 < data["sizes"]["entropy_bits_per_weight"] <= 4
+    r = _run("inspect", qpk)
+    assert r.exit_code == 0 and "11.weight" in r.output and "verified" in r.output
+    r = _run("unpack", qpk, "-o", tmp_path / "restored.onnx")
+    assert r.exit_code == 0 and (tmp_path / "restored.onnx").exists()
+
+
+def test_default_output_name_and_pow2(model: Path):
+    r = _run("convert", model, "--bits", "6", "--scheme", "pow2", "--compress", "none")
+    assert r.exit_code == 0, r.output
+    assert model.with_suffix(".qpk").exists()
+
+
+def test_keep_and_bits_for(model: Path, tmp_path: Path):
+    report = tmp_path / "r.json"
+    r = _run("convert", model, "-o", tmp_path / "k.qpk", "--keep", "13.*", "--bits-for", "11.*=3", "--json", report, "--compress", "none")
+    assert r.exit_code == 0, r.output
+    data = json.loads(report.read_text())
+    assert {t["name"]: t["bits"] for t in data["tensors"]}["11.weight"] == 3
+    assert any(k["name"] == "13.weight" and "--keep" in k["reason"] for k in data["kept"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--scheme", "sym", "--bits", "1"], "takes 2..8 bits"),
+    (["--scheme", "pow2", "--bits", "1"], "takes 2..8 bits"),
+    (["--compress", "rar"], "unknown compressor"),
+    (["--bits-for", "conv"], "PATTERN=BITS"),
+])
+def test_impossible_options(model: Path, tmp_path: Path, args, message):
+    out = tmp_path / "x.qpk"
+    r = _run("convert", model, "-o", out, *args)
+    assert r.exit_code == 1
+    assert message in r.output and r.output.count("\n") == 1 and r.output.startswith("qpack: error:")
+    assert not out.exists()
+
+
+def test_bits_out_of_range_is_usage_error(model: Path):
+    assert _run("convert", model, "--bits", "9").exit_code == 2
+
+
+@pytest.mark.parametrize("payload", [b"garbage" * 50, b""])
+def test_bad_model_one_line_no_output(tmp_path: Path, payload: bytes):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(payload)
+    r = _run("convert", bad, "-o", tmp_path / "o.qpk")
+    assert r.exit_code == 1 and r.output.startswith("qpack: error:") and r.output.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]  # no temp file left behind
+
+
+def test_corrupt_qpk_unpack_leaves_nothing(model: Path, tmp_path: Path):
+    qpk = tmp_path / "m.qpk"
+    assert _run("convert", model, "-o", qpk, "--compress", "none").exit_code == 0
+    data = bytearray(qpk.read_bytes())
+    data[-10] ^= 0xFF
+    qpk.write_bytes(bytes(data))
+    out = tmp_path / "r.onnx"
+    r = _run("unpack", qpk, "-o", out)
+    assert r.exit_code == 1 and "checksum" in r.output and not out.exists()
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    r = _run("inspect", qpk)
+    assert r.exit_code == 1 and "checksum" in r.output
+
+
+def test_unpack_wrong_suffix(model: Path, tmp_path: Path):
+    qpk = tmp_path / "m.qpk"
+    _run("convert", model, "-o", qpk, "--compress", "none")
+    r = _run("unpack", qpk, "-o", tmp_path / "r.tflite")
+    assert r.exit_code == 1 and "onnx" in r.output
+
+
+def test_refuses_to_overwrite_input(model: Path):
+    r = _run("convert", model, "-o", model)
+    assert r.exit_code == 1 and "overwrite" in r.output
+
+
+def test_qpk_is_not_a_source_model(model: Path, tmp_path: Path):
+    qpk = tmp_path / "m.qpk"
+    _run("convert", model, "-o", qpk, "--compress", "none")
+    r = _run("convert", qpk, "-o", tmp_path / "again.qpk")
+    assert r.exit_code == 1 and "container" in r.output

@@ -1,0 +1,189 @@
+"""ONNX round trips on real models: weights found wherever they live, restored model runs in onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
+
+from converter.convert import QpkFile, convert, restore
+from converter.policy import Policy
+from converter.runtime import OnnxRunner, random_inputs
+from formats.errors import FormatError
+from formats.model import Role
+from formats.onnx_model import OnnxModel
+from tests.tiny import if_model, tiny_model
+
+
+def _round_trip(src: Path, tmp: Path, policy: Policy) -> tuple[Path, Path]:
+    qpk, restored = tmp / "m.qpk", tmp / "m.onnx"
+    convert(OnnxModel(src), policy, qpk)
+    restore(qpk, restored)
+    return qpk, restored
+
+
+def _outputs(path: Path, feeds: dict) -> list[np.ndarray]:
+    return OnnxRunner(path).run(feeds)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+def test_constant_node_weights_paddle_ocr(ocr_cls: Path, tmp_path: Path):
+    model = OnnxModel(ocr_cls)
+    kernels = [w for w in model.weights if w.role == Role.KERNEL]
+    assert len(kernels) >= 50 and all(":" in w.key and "node" in w.key for w in kernels)  # Constant nodes
+    qpk, restored = _round_trip(ocr_cls, tmp_path, Policy("asym", 8, per_channel=True))
+    assert qpk.stat().st_size < ocr_cls.stat().st_size * 0.45
+    feeds = {"x": np.random.default_rng(0).random((2, 3, 48, 192), dtype=np.float32)}
+    ref, got = _outputs(ocr_cls, feeds), _outputs(restored, feeds)
+    assert ref[0].shape == got[0].shape == (2, 2)
+    assert np.abs(ref[0] - got[0]).max() < 0.05  # class probabilities
+    restored_model = onnx.load(str(restored))
+    assert sum(n.op_type == "Constant" for n in restored_model.graph.node) == sum(
+        n.op_type == "Constant" for n in onnx.load(str(ocr_cls)).graph.node)
+
+
+def test_lstm_silero(silero_lstm: Path, tmp_path: Path):
+    model = OnnxModel(silero_lstm)
+    rec = [w for w in model.weights if w.role == Role.RECURRENT]
+    assert len(rec) == 2 and all(w.axis == 1 for w in rec)
+    assert any(w.role == Role.BIAS and "LSTM:3" in w.consumers for w in model.weights)
+    _, restored = _round_trip(silero_lstm, tmp_path, Policy("sym", 8, per_channel=True))
+    runner = OnnxRunner(silero_lstm)
+    feeds = random_inputs(runner.inputs, seed=1, dynamic=3)
+    feeds["input"] *= 0.1
+    ref, got = runner.run(feeds), _outputs(restored, feeds)
+    for r, g in zip(ref, got):
+        assert _cosine(r, g) > 0.999
+    assert np.abs(ref[0] - got[0]).max() < 0.03  # speech probability (near 0.5, where the sigmoid is steepest)
+
+
+def test_weights_in_if_subgraphs_are_quantized_and_restored(tmp_path: Path):
+    src = tmp_path / "if.onnx"
+    onnx.save(if_model(), src)
+    model = OnnxModel(src)
+    sub = [w for w in model.weights if "/" in w.key]
+    assert {w.name for w in sub} == {"then.w", "else.w"} and all(w.role == Role.MATRIX for w in sub)
+    _, restored = _round_trip(src, tmp_path, Policy("asym", 8))
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    for cond in (True, False):
+        feeds = {"x": x, "cond": np.array(cond)}
+        ref, got = _outputs(src, feeds)[0], _outputs(restored, feeds)[0]
+        assert np.abs(ref - got).max() < 0.05 and not np.array_equal(ref, got)
+
+
+def test_silero_if_model_runs_after_round_trip(silero_if: Path, tmp_path: Path):
+    _, restored = _round_trip(silero_if, tmp_path, Policy("asym", 8, per_channel=True))
+    runner = OnnxRunner(silero_if)
+    feeds = {"input": np.random.default_rng(2).standard_normal((1, 512)).astype(np.float32) * 0.1,
+             "state": np.zeros((2, 1, 128), np.float32), "sr": np.array(16000, np.int64)}
+    ref, got = runner.run(feeds), _outputs(restored, feeds)
+    assert abs(float(ref[0].ravel()[0]) - float(got[0].ravel()[0])) < 0.02
+
+
+def test_sample_8bit_close_and_integers_untouched(sample: Path, tmp_path: Path):
+    _, restored = _round_trip(sample, tmp_path, Policy("asym", 8))
+    a, b = onnx.load(str(sample)), onnx.load(str(restored))
+    for ta, tb in zip(a.graph.initializer, b.graph.initializer):
+        assert ta.name == tb.name and ta.data_type == tb.data_type and list(ta.dims) == list(tb.dims)
+        if ta.name.endswith("bias") or "Conv_37" in ta.name or "Conv_40" in ta.name:
+            assert numpy_helper.to_array(ta).tobytes() == numpy_helper.to_array(tb).tobytes()  # biases kept exactly
+    x = np.random.default_rng(0).random((16, 1, 8, 8), dtype=np.float32)
+    ref, got = _outputs(sample, {"image": x})[0], _outputs(restored, {"image": x})[0]
+    assert (ref.argmax(1) == got.argmax(1)).mean() >= 0.9
+    assert _cosine(ref, got) > 0.999
+
+
+@pytest.mark.parametrize("dtype,np_dtype", [(TensorProto.FLOAT16, np.float16), (TensorProto.BFLOAT16, None),
+                                            (TensorProto.DOUBLE, None)])  # onnxruntime has no float64 Conv
+def test_source_dtype_preserved(dtype, np_dtype, tmp_path: Path):
+    src = tmp_path / "t.onnx"
+    onnx.save(tiny_model(dtype), src)
+    q, restored = _round_trip(src, tmp_path, Policy("sym", 8, include=("conv.w",)))
+    entries = QpkFile(q).entries
+    assert {e.name for e in entries} == {"conv.w", "fc.w"}
+    m = onnx.load(str(restored))
+    w = next(t for t in m.graph.initializer if t.name == "conv.w")
+    assert w.data_type == dtype
+    values = numpy_helper.to_array(w).astype(np.float32)
+    np.testing.assert_allclose(values, (np.arange(8).reshape(2, 1, 2, 2) - 3.5) / 4, atol=0.01)
+    if np_dtype is not None:
+        feeds = {"x": np.ones((1, 1, 3, 3), np_dtype)}
+        np.testing.assert_allclose(_outputs(restored, feeds)[0], _outputs(src, feeds)[0], atol=0.05)
+
+
+def test_external_data(tmp_path: Path, sample: Path):
+    model = onnx.load(str(sample))
+    src = tmp_path / "ext" / "m.onnx"
+    src.parent.mkdir()
+    onnx.save_model(model, str(src), save_as_external_data=True, all_tensors_to_one_file=True, location="m.bin", size_threshold=0)
+    loaded = OnnxModel(src)
+    assert loaded.file_bytes == src.stat().st_size + (src.parent / "m.bin").stat().st_size
+    _, restored = _round_trip(src, tmp_path, Policy("asym", 8))
+    x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    np.testing.assert_allclose(_outputs(restored, {"image": x})[0], _outputs(sample, {"image": x})[0], atol=0.2)
+
+
+@pytest.mark.parametrize("location", ["../outside.bin", "/etc/passwd", "sub/../../x.bin"])
+def test_external_data_outside_folder_rejected(tmp_path: Path, location: str):
+    model = tiny_model()
+    t = model.graph.initializer[0]
+    t.ClearField("raw_data")
+    t.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", "32")):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    (tmp_path / "outside.bin").write_bytes(bytes(32))
+    d = tmp_path / "m"
+    d.mkdir()
+    onnx.save(model, d / "m.onnx")
+    with pytest.raises(FormatError, match="outside|relative"):
+        OnnxModel(d / "m.onnx")
+
+
+def test_external_data_length_checked(tmp_path: Path):
+    model = tiny_model()
+    t = model.graph.initializer[0]
+    t.ClearField("raw_data")
+    t.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", "w.bin"), ("offset", "16"), ("length", "32")):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    (tmp_path / "w.bin").write_bytes(bytes(40))
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(FormatError, match="exceeds"):
+        OnnxModel(tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("payload", [b"", b"not a model at all\n" * 10, bytes(range(256)) * 4])
+def test_not_onnx_rejected(tmp_path: Path, payload: bytes):
+    p = tmp_path / "x.onnx"
+    p.write_bytes(payload)
+    with pytest.raises(FormatError):
+        OnnxModel(p)
+
+
+def test_truncated_onnx_rejected(tmp_path: Path, sample: Path):
+    data = sample.read_bytes()
+    p = tmp_path / "t.onnx"
+    for cut in (10, len(data) // 3, len(data) - 7):
+        p.write_bytes(data[:cut])
+        with pytest.raises(FormatError):
+            OnnxModel(p)
+
+
+def test_nan_weight_refused(tmp_path: Path):
+    model = tiny_model()
+    w = numpy_helper.to_array(model.graph.initializer[0]).copy()
+    w.flat[0] = np.nan
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "conv.w"))
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(FormatError, match="NaN"):
+        convert(OnnxModel(tmp_path / "m.onnx"), Policy("asym", 8, include=("conv.w",)), tmp_path / "m.qpk")
+    assert not (tmp_path / "m.qpk").exists()
