@@ -69,7 +69,8 @@ PerChannel = Annotated[bool, typer.Option("--per-channel/--per-tensor", help="on
 Keep = Annotated[Optional[list[str]], typer.Option("--keep", help="keep tensors matching this glob in float (repeatable)")]
 Include = Annotated[Optional[list[str]], typer.Option("--include", help="quantize float tensors matching this glob even if the default keeps them")]
 BitsFor = Annotated[Optional[list[str]], typer.Option("--bits-for", help="PATTERN=BITS: another width for matching tensors")]
-Compress = Annotated[str, typer.Option("--compress", help="compressors to measure: gzip,zstd,7z, all or none")]
+Compress = Annotated[str, typer.Option("--compress", help="compressors to measure: a list of gzip,zstd,7z; all; none; "
+                                                            "auto = gzip,zstd for models up to 64 MiB")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help="also write the report as JSON")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")]
 
@@ -91,7 +92,7 @@ def convert(
     keep: Keep = None,
     include: Include = None,
     bits_for: BitsFor = None,
-    compress: Compress = "gzip,zstd",
+    compress: Compress = "auto",
     json_out: JsonOut = None,
     tensors: Annotated[bool, typer.Option("--tensors", help="also print the per-tensor table")] = False,
     quiet: Quiet = False,
@@ -105,11 +106,12 @@ def convert(
 
     with _errors():
         policy = _policy(scheme, bits, per_channel, keep, include, bits_for)
-        compressors = parse_compressors(compress)
+        parse_compressors(compress)  # reject a bad list before any work
         target = output or model.with_suffix(".qpk")
         if target.resolve() == model.resolve():
             raise QpackError(f"{target}: output would overwrite the input")
         src = open_model(model)
+        compressors = parse_compressors(compress, src.file_bytes)
         bar = _progress(quiet)
         if bar:
             with bar:
@@ -126,6 +128,8 @@ def convert(
             _write_json(json_out, report)
         if not quiet:
             size_table(report, out, tensors)
+            if compress == "auto" and not compressors:
+                out.print("compressors skipped for a model over 64 MiB; ask with --compress gzip,zstd,7z")
             out.print(f"wrote {target}")
 
 

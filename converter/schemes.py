@@ -177,7 +177,9 @@ class PowerOfTwo(Scheme):
         # emax as an unbiased exponent; an all-zero group gets 0 (any window represents it)
         emax = np.where(amax > 0, _nearest_pow2_biased(amax.astype(np.uint32)).astype(np.int32) - 127, 0)
         emin = emax - top + 1
-        zero_below = np.ldexp(np.float32(1), emin - 1).astype(np.float32).view(np.uint32)
+        # 2^(emin-1) as float32 bits; when it underflows, 1 still sends zeros (the only values left
+        # below the normal range after the flush) to code 0
+        zero_below = np.maximum(np.ldexp(np.float32(1), emin - 1).astype(np.float32).view(np.uint32), 1)
         m = _nearest_pow2_biased(a.copy())
         m -= (emin + 126).astype(np.int32)
         np.clip(m, 1, top, out=m)

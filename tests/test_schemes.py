@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -45,6 +45,7 @@ def test_sym_error_at_most_half_step(x, bits, axis):
 @settings(max_examples=200, deadline=None)
 @given(x=arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 9)), elements=finite),
        bits=st.integers(2, 8), axis=st.sampled_from([None, 0, 1]))
+@example(x=np.array([[1.5977606e-28, 0.0]], np.float32), bits=7, axis=None)  # window bottom below float32's range
 def test_pow2_values_are_signed_powers_of_two_within_window(x, bits, axis):
     codes, p = SCHEMES["pow2"].quantize(x, bits, axis)
     y = SCHEMES["pow2"].dequantize(codes, p, bits, axis)
