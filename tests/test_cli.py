@@ -115,3 +115,23 @@ def test_qpk_is_not_a_source_model(model: Path, tmp_path: Path):
     _run("convert", model, "-o", qpk, "--compress", "none")
     r = _run("convert", qpk, "-o", tmp_path / "again.qpk")
     assert r.exit_code == 1 and "container" in r.output
+
+
+def test_tflite_convert_and_unpack(tfl_fp16: Path, tmp_path: Path):
+    qpk, report = tmp_path / "f.qpk", tmp_path / "f.json"
+    r = _run("convert", tfl_fp16, "--bits", "6", "--scheme", "asym", "--per-channel", "-o", qpk, "--json", report)
+    assert r.exit_code == 0, r.output
+    data = json.loads(report.read_text())
+    assert data["source"]["format"] == "tflite" and data["sizes"]["qpk_bytes"] < data["sizes"]["original_bytes"]
+    r = _run("unpack", qpk, "-o", tmp_path / "f.tflite")
+    assert r.exit_code == 0 and (tmp_path / "f.tflite").stat().st_size == tfl_fp16.stat().st_size
+    r = _run("unpack", qpk, "-o", tmp_path / "f.onnx")
+    assert r.exit_code == 1 and "tflite" in r.output
+
+
+def test_bad_tflite_one_line(tmp_path: Path):
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"\0\0\0\0TFL3" + bytes(8))
+    r = _run("convert", bad)
+    assert r.exit_code == 1 and r.output.startswith("qpack: error:") and r.output.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tflite"]

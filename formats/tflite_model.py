@@ -1,0 +1,242 @@
+"""TFLite adapter: constant buffers with their consumers and channel axes; rebuild in place.
+
+A restored model is the source file byte for byte, except the bytes of each quantized buffer,
+which are overwritten with the dequantized values in the buffer's own dtype. Buffers stored after
+the flatbuffer by offset (models over 2 GiB) are handled the same way.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tflite
+from numpy.typing import NDArray
+
+from formats.errors import FormatError, UnsupportedError
+from formats.model import Role, Weight
+from formats.registry import TFLITE_IDENT
+
+FORMAT = "tflite"
+
+# TensorType value -> (name, numpy dtype or None when the bytes are not an array of one dtype)
+_TYPES: dict[int, tuple[str, str | None]] = {
+    0: ("float32", "<f4"), 1: ("float16", "<f2"), 2: ("int32", "<i4"), 3: ("uint8", "u1"), 4: ("int64", "<i8"),
+    5: ("string", None), 6: ("bool", "?"), 7: ("int16", "<i2"), 8: ("complex64", "<c8"), 9: ("int8", "i1"),
+    10: ("float64", "<f8"), 11: ("complex128", "<c16"), 12: ("uint64", "<u8"), 13: ("resource", None),
+    14: ("variant", None), 15: ("uint32", "<u4"), 16: ("uint16", "<u2"), 17: ("int4", None), 18: ("bfloat16", None),
+}
+_OPS = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def _role_of(op: str, index: int, ndim: int) -> tuple[Role, int | None]:
+    """Role of input `index` of a builtin op, and the output-channel axis of TFLite's layouts."""
+    if op in ("CONV_2D", "CONV_3D", "DEPTHWISE_CONV_2D"):
+        if index == 1:
+            axis = {"CONV_2D": 0, "CONV_3D": ndim - 1, "DEPTHWISE_CONV_2D": ndim - 1}[op]  # OHWI, DHWIO, 1HWO
+            return Role.KERNEL, axis
+        return (Role.BIAS, None) if index == 2 else (Role.OTHER, None)
+    if op == "TRANSPOSE_CONV":
+        if index == 1:
+            return Role.KERNEL, 0  # OHWI
+        return (Role.BIAS, None) if index == 3 else (Role.OTHER, None)
+    if op == "FULLY_CONNECTED":
+        if index == 1:
+            return Role.MATRIX, 0  # [out, in]
+        return (Role.BIAS, None) if index == 2 else (Role.OTHER, None)
+    if op == "BATCH_MATMUL":
+        return (Role.MATRIX, ndim - 1 if ndim >= 2 else None) if index == 1 else (Role.MATRIX, None)
+    if op in ("UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM", "LSTM", "UNIDIRECTIONAL_SEQUENCE_RNN", "SVDF"):
+        return (Role.RECURRENT, 0) if ndim == 2 else (Role.BIAS, None)
+    if (op == "EMBEDDING_LOOKUP" and index == 1) or (op == "GATHER" and index == 0):
+        return Role.EMBEDDING, 0 if ndim >= 2 else None
+    return Role.OTHER, None
+
+
+@dataclass(frozen=True)
+class _Buffer:
+    start: int
+    length: int
+
+
+def _buffer_region(buf: tflite.Buffer, index: int, size: int) -> _Buffer | None:
+    """Where buffer `index`'s bytes are in the file, checked against its size; None if empty."""
+    tab = buf._tab
+    o = tab.Offset(4)
+    if o:
+        start = tab.Vector(o)
+        length = tab.VectorLen(o)
+        if start < 0 or start + length > size:
+            raise FormatError(f"buffer {index}: data [{start}, {start + length}) lies past the end of the file ({size} bytes)")
+        return _Buffer(start, length) if length else None
+    offset, length = buf.Offset(), buf.Size()
+    if offset > 1:  # 0 and 1 mean "no data" in the schema
+        if offset + length > size:
+            raise FormatError(f"buffer {index}: offset {offset} + size {length} lies past the end of the file ({size} bytes)")
+        return _Buffer(offset, length) if length else None
+    return None
+
+
+@dataclass
+class _Scan:
+    regions: dict[int, _Buffer]
+    weights: list[Weight]
+
+
+def _scan(data: bytes, where: str) -> _Scan:
+    """Parse a TFLite file into its constant buffers; every index and range checked before use."""
+    if len(data) < 8 or data[4:8] != TFLITE_IDENT:
+        raise FormatError(f"{where}: not a TFLite model (no TFL3 identifier)")
+    root = int.from_bytes(data[:4], "little")
+    if root < 8 or root + 4 > len(data):
+        raise FormatError(f"{where}: root table offset {root} lies outside the file")
+    try:
+        return _scan_tables(data, where)
+    except FormatError:
+        raise
+    except Exception as e:  # flatbuffers reads unchecked: a corrupt file fails anywhere, in any way
+        raise FormatError(f"{where}: corrupt TFLite flatbuffer ({type(e).__name__}: {e})") from e
+
+
+def _scan_tables(data: bytes, where: str) -> _Scan:
+    size = len(data)
+    model = tflite.Model.GetRootAsModel(data, 0)
+    if model.SubgraphsLength() < 1:
+        raise FormatError(f"{where}: TFLite model has no subgraph")
+    nbuf = model.BuffersLength()
+    regions = {}
+    for i in range(nbuf):
+        region = _buffer_region(model.Buffers(i), i, size)
+        if region:
+            regions[i] = region
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(i)
+        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+        codes.append(_OPS.get(code, f"BUILTIN_{code}") if code != tflite.BuiltinOperator.CUSTOM else
+                     "CUSTOM:" + (oc.CustomCode() or b"").decode("utf-8", "replace"))
+    uses: dict[int, list[tuple[str, int]]] = defaultdict(list)  # buffer -> (op, input index)
+    tensors_of: dict[int, list[tuple[int, int]]] = defaultdict(list)  # buffer -> (subgraph, tensor)
+    info: dict[tuple[int, int], tflite.Tensor] = {}
+    for s in range(model.SubgraphsLength()):
+        g = model.Subgraphs(s)
+        ntensors = g.TensorsLength()
+        consumers: dict[int, list[tuple[str, int, int]]] = defaultdict(list)  # tensor -> (op, input, op index)
+        outputs_of: dict[int, list[int]] = {}
+        for k in range(g.OperatorsLength()):
+            op = g.Operators(k)
+            ci = op.OpcodeIndex()
+            if not 0 <= ci < len(codes):
+                raise FormatError(f"{where}: operator {k} of subgraph {s} uses opcode {ci}, the model has {len(codes)}")
+            ins = op.InputsAsNumpy() if op.InputsLength() else []
+            outs = op.OutputsAsNumpy() if op.OutputsLength() else []
+            for idx, t in enumerate(ins):
+                if t >= ntensors:
+                    raise FormatError(f"{where}: operator {k} reads tensor {t}, subgraph {s} has {ntensors}")
+                if t >= 0:
+                    consumers[int(t)].append((codes[ci], idx, k))
+            outputs_of[k] = [int(t) for t in outs if 0 <= t < ntensors]
+        for t in range(ntensors):
+            tensor = g.Tensors(t)
+            b = tensor.Buffer()
+            if b >= nbuf:
+                raise FormatError(f"{where}: tensor {t} of subgraph {s} uses buffer {b}, the model has {nbuf}")
+            if b not in regions:
+                continue
+            tensors_of[b].append((s, t))
+            info[(s, t)] = tensor
+            for op, idx, k in consumers.get(t, []):
+                if op == "DEQUANTIZE":  # float16 and int8 weights reach their real consumer through it
+                    for out in outputs_of.get(k, []):
+                        uses[b].extend((o, j) for o, j, _ in consumers.get(out, []))
+                else:
+                    uses[b].append((op, idx))
+    weights = [_weight(b, regions[b], tensors_of[b], info, uses.get(b, []), data, where) for b in sorted(tensors_of)]
+    return _Scan(regions, weights)
+
+
+def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict, uses: list[tuple[str, int]],
+            data: bytes, where: str) -> Weight:
+    first = info[tensors[0]]
+    ttype = first.Type()
+    if ttype not in _TYPES:
+        raise UnsupportedError(f"{where}: tensor type {ttype} of buffer {b} is unknown")
+    dtype_name, np_dtype = _TYPES[ttype]
+    name = (first.Name() or b"").decode("utf-8", "replace")
+    shape = tuple(int(n) for n in first.ShapeAsNumpy()) if first.ShapeLength() else ()
+    if len(shape) > 16 or any(n < 0 for n in shape):
+        raise FormatError(f"{where}: tensor '{name}' has an invalid shape {shape}")
+    labels = tuple(f"{op}:{i}" for op, i in uses)
+    key = f"buffer:{b}"
+    raw = np.frombuffer(data, dtype=np.uint8, count=region.length, offset=region.start)
+    quantized = first.Quantization() is not None and first.Quantization().ScaleLength() > 0
+    note = ""
+    if first.Sparsity() is not None:
+        note = "sparse"
+    elif first.IsVariable():
+        note = "variable"
+    elif any(info[t].Type() != ttype or (tuple(info[t].ShapeAsNumpy()) if info[t].ShapeLength() else ()) != shape
+             for t in tensors[1:]):
+        note = "buffer shared by tensors of different types or shapes"
+    if np_dtype is None or note:
+        return Weight(key, name, raw, dtype_name, Role.QUANTIZED if quantized else Role.OTHER, None, labels, note)
+    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(np_dtype).itemsize
+    if expected != region.length:
+        raise FormatError(f"{where}: tensor '{name}' is {region.length} bytes, expected {expected} for shape {list(shape)} {dtype_name}")
+    array = raw.view(np_dtype).reshape(shape)
+    if quantized or (not np.issubdtype(array.dtype, np.floating)):
+        return Weight(key, name, array, dtype_name, Role.QUANTIZED if quantized else Role.INTEGER, None, labels)
+    roles = {_role_of(op, i, len(shape)) for op, i in uses}
+    if len(roles) == 1:
+        role, axis = roles.pop()
+    else:
+        kinds = {r for r, _ in roles}
+        role, axis = (kinds.pop() if len(kinds) == 1 else Role.OTHER), None
+        note = "no consumer" if not roles else ("shared by " + ", ".join(sorted(set(labels))) if len(kinds) > 1 else "")
+    return Weight(key, name, array, dtype_name, role, axis, labels, note)
+
+
+class TfliteModel:
+    """A TFLite model loaded for quantization."""
+
+    format = FORMAT
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self.data = self.path.read_bytes()
+        except OSError as e:
+            raise FormatError(f"{path}: cannot read ({e.strerror})") from e
+        self.file_bytes = len(self.data)
+        self._scan = _scan(self.data, str(path))
+
+    @property
+    def weights(self) -> list[Weight]:
+        return self._scan.weights
+
+    def skeleton(self, strip: set[str]) -> bytes:
+        """The file with every stripped buffer's bytes zeroed (they compress to almost nothing)."""
+        out = bytearray(self.data)
+        for key in strip:
+            r = self._scan.regions[int(key.split(":", 1)[1])]
+            out[r.start : r.start + r.length] = bytes(r.length)
+        return bytes(out)
+
+
+def restore(skeleton: bytes, arrays: dict[str, NDArray]) -> bytes:
+    """Write dequantized arrays into their buffers, each in its tensor's dtype."""
+    scan = _scan(skeleton, "graph blob")
+    by_key = {w.key: w for w in scan.weights}
+    out = bytearray(skeleton)
+    for key, values in arrays.items():
+        w = by_key.get(key)
+        if w is None or not w.is_float:
+            raise FormatError(f"stored graph has no float buffer {key!r}")
+        arr = np.asarray(values).astype(w.array.dtype)
+        if arr.shape != w.array.shape:
+            raise FormatError(f"buffer {key!r}: shape {arr.shape} does not match {w.array.shape}")
+        r = scan.regions[int(key.split(":", 1)[1])]
+        out[r.start : r.start + r.length] = arr.tobytes()
+    return bytes(out)

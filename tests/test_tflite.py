@@ -1,0 +1,155 @@
+"""TFLite round trips on real models: LiteRT runs the restored file; untouched bytes stay identical."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tflite
+
+from converter.convert import convert, restore
+from converter.policy import Policy
+from converter.runtime import TfliteRunner
+from formats.errors import FormatError, QpackError
+from formats.model import Role
+from formats.tflite_model import TfliteModel
+
+
+def _round_trip(src: Path, tmp: Path, policy: Policy) -> tuple[Path, Path]:
+    qpk, restored = tmp / "m.qpk", tmp / "m.tflite"
+    convert(TfliteModel(src), policy, qpk)
+    restore(qpk, restored)
+    return qpk, restored
+
+
+def _feeds(runner: TfliteRunner, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {s.name: rng.random(s.shape).astype(s.dtype) if np.issubdtype(s.dtype, np.floating) else np.zeros(s.shape, s.dtype)
+            for s in runner.inputs}
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+def _changed_outside(src: Path, restored: Path, model: TfliteModel, keys: set[str]) -> int:
+    """Bytes that differ outside the quantized buffers."""
+    a = np.frombuffer(src.read_bytes(), np.uint8)
+    b = np.frombuffer(restored.read_bytes(), np.uint8)
+    assert a.size == b.size
+    diff = a != b
+    for key in keys:
+        r = model._scan.regions[int(key.split(":")[1])]
+        diff[r.start : r.start + r.length] = False
+    return int(diff.sum())
+
+
+def test_float16_depthwise(tfl_fp16: Path, tmp_path: Path):
+    model = TfliteModel(tfl_fp16)
+    kernels = [w for w in model.weights if w.role == Role.KERNEL]
+    assert all(w.dtype == "float16" for w in kernels)
+    depthwise = [w for w in kernels if any(c.startswith("DEPTHWISE_CONV_2D") for c in w.consumers)]
+    assert depthwise and all(w.axis == 3 and w.shape[0] == 1 for w in depthwise)
+    assert any(w.axis == 0 for w in kernels if any(c.startswith("CONV_2D") for c in w.consumers))
+    qpk, restored = _round_trip(tfl_fp16, tmp_path, Policy("asym", 8, per_channel=True))
+    assert qpk.stat().st_size < tfl_fp16.stat().st_size * 0.6  # 8-bit codes against float16
+    assert _changed_outside(tfl_fp16, restored, model, {w.key for w in kernels}) == 0
+    types = {tflite.Model.GetRootAsModel(restored.read_bytes(), 0).Subgraphs(0).Tensors(i).Type()
+             for i in range(tflite.Model.GetRootAsModel(restored.read_bytes(), 0).Subgraphs(0).TensorsLength())}
+    assert tflite.TensorType.FLOAT16 in types
+    ref_runner, got_runner = TfliteRunner(tfl_fp16), TfliteRunner(restored)
+    feeds = _feeds(ref_runner)
+    for r, g in zip(ref_runner.run(feeds), got_runner.run(feeds)):
+        assert _cosine(r, g) > 0.99
+
+
+def test_float32_model(tfl_fp32: Path, tmp_path: Path):
+    model = TfliteModel(tfl_fp32)
+    assert {w.dtype for w in model.weights if w.role == Role.KERNEL} == {"float32"}
+    _, restored = _round_trip(tfl_fp32, tmp_path, Policy("sym", 8, per_channel=True))
+    ref_runner, got_runner = TfliteRunner(tfl_fp32), TfliteRunner(restored)
+    feeds = _feeds(ref_runner, 1)
+    ref, got = ref_runner.run(feeds), got_runner.run(feeds)
+    assert _cosine(ref[0], got[0]) > 0.9999
+    assert np.abs(ref[0] - got[0]).max() < 2.0  # landmark pixel coordinates in a 192-pixel frame
+
+
+def test_int8_model_kept_bit_identical(tfl_int8: Path, tmp_path: Path):
+    model = TfliteModel(tfl_int8)
+    assert any(w.role == Role.QUANTIZED and w.dtype == "int8" for w in model.weights)
+    assert not any(w.is_float for w in model.weights)
+    qpk, restored = _round_trip(tfl_int8, tmp_path, Policy("asym", 4))
+    assert restored.read_bytes() == tfl_int8.read_bytes()
+    runner = TfliteRunner(restored)
+    feeds = _feeds(runner)
+    np.testing.assert_array_equal(runner.run(feeds)[0], TfliteRunner(tfl_int8).run(feeds)[0])
+
+
+def test_sparse_tensors_kept(tfl_sparse: Path, tmp_path: Path):
+    model = TfliteModel(tfl_sparse)
+    sparse = [w for w in model.weights if w.note == "sparse"]
+    assert sparse
+    _, restored = _round_trip(tfl_sparse, tmp_path, Policy("asym", 8, per_channel=True))
+    assert _changed_outside(tfl_sparse, restored, model, {w.key for w in model.weights if w.role == Role.KERNEL}) == 0
+    ref_runner, got_runner = TfliteRunner(tfl_sparse), TfliteRunner(restored)
+    feeds = _feeds(ref_runner)
+    for r, g in zip(ref_runner.run(feeds), got_runner.run(feeds)):
+        assert _cosine(r, g) > 0.99
+
+
+def test_truncated_rejected(tfl_fp16: Path, tmp_path: Path):
+    data = tfl_fp16.read_bytes()
+    p = tmp_path / "t.tflite"
+    # (this file ends with an embedded zip of metadata that the flatbuffer does not reference,
+    # so only cuts into the flatbuffer itself are detectable)
+    for cut in (0, 3, 8, 100, len(data) // 4, len(data) // 2):
+        p.write_bytes(data[:cut])
+        with pytest.raises(FormatError):
+            TfliteModel(p)
+
+
+def test_not_a_flatbuffer(tmp_path: Path):
+    p = tmp_path / "x.tflite"
+    p.write_bytes(b"this is plainly text, not a model" * 20)
+    with pytest.raises(FormatError, match="TFL3"):
+        TfliteModel(p)
+
+
+def test_buffer_past_end_rejected(tfl_fp16: Path, tmp_path: Path):
+    data = bytearray(tfl_fp16.read_bytes())
+    m = tflite.Model.GetRootAsModel(bytes(data), 0)
+    buf = next(m.Buffers(i) for i in range(m.BuffersLength()) if m.Buffers(i).DataLength() > 0)
+    start = buf._tab.Vector(buf._tab.Offset(4))
+    data[start - 4 : start] = (len(data) * 2).to_bytes(4, "little")  # the vector's length prefix
+    p = tmp_path / "x.tflite"
+    p.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="past the end"):
+        TfliteModel(p)
+
+
+def test_unknown_tensor_type_rejected(tfl_fp16: Path, tmp_path: Path):
+    data = bytearray(tfl_fp16.read_bytes())
+    g = tflite.Model.GetRootAsModel(bytes(data), 0).Subgraphs(0)
+    t = next(g.Tensors(i) for i in range(g.TensorsLength()) if g.Tensors(i).Type() == tflite.TensorType.FLOAT16)
+    data[t._tab.Pos + t._tab.Offset(6)] = 99
+    p = tmp_path / "x.tflite"
+    p.write_bytes(bytes(data))
+    with pytest.raises(QpackError, match="unknown"):
+        TfliteModel(p)
+
+
+def test_random_corruption_never_escapes_as_other_errors(tfl_fp16: Path, tmp_path: Path):
+    data = tfl_fp16.read_bytes()
+    rng = np.random.default_rng(0)
+    p = tmp_path / "x.tflite"
+    for _ in range(60):
+        b = bytearray(data)
+        for pos in rng.integers(0, 4096, 4):  # the tables sit near the start
+            b[pos] = int(rng.integers(0, 256))
+        p.write_bytes(bytes(b))
+        try:
+            TfliteModel(p)
+        except QpackError:
+            pass
