@@ -73,6 +73,9 @@ Compress = Annotated[str, typer.Option("--compress", help="compressors to measur
                                                             "auto = gzip,zstd for models up to 64 MiB")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help="also write the report as JSON")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")]
+MaxSize = Annotated[Optional[int], typer.Option("--max-size", help="fail (exit 3) when the .qpk is larger than this many bytes")]
+MaxBpw = Annotated[Optional[float], typer.Option("--max-bpw", help="fail (exit 3) above this many bits per weight, scales included")]
+MinSqnr = Annotated[Optional[float], typer.Option("--min-sqnr", help="fail (exit 3) when the weights' SQNR is under this many dB")]
 
 
 def _policy(scheme: SchemeName, bits: int, per_channel: bool, keep: list[str] | None, include: list[str] | None,
@@ -95,17 +98,27 @@ def convert(
     compress: Compress = "auto",
     json_out: JsonOut = None,
     tensors: Annotated[bool, typer.Option("--tensors", help="also print the per-tensor table")] = False,
+    max_size: MaxSize = None,
+    max_bpw: MaxBpw = None,
+    min_sqnr: MinSqnr = None,
     quiet: Quiet = False,
 ) -> None:
-    """Quantize MODEL's weights into a .qpk container and print a size report."""
+    """Quantize MODEL's weights into a .qpk container and print a size report.
+
+    With a budget (--max-size, --max-bpw, --min-sqnr) a broken one exits with code 3 and the
+    artifact is removed, so a build cannot ship it by accident.
+    """
     from converter.convert import convert as run_convert
     from converter.measure import parse_compressors
     from converter.render import size_table
     from converter.sizes import size_report
     from formats.registry import open_model
 
+    from converter.gates import Budget
+
     with _errors():
         policy = _policy(scheme, bits, per_channel, keep, include, bits_for)
+        budget = Budget(max_size, max_bpw, min_sqnr)
         parse_compressors(compress)  # reject a bad list before any work
         target = output or model.with_suffix(".qpk")
         if target.resolve() == model.resolve():
@@ -130,6 +143,13 @@ def convert(
             size_table(report, out, tensors)
             if compress == "auto" and not compressors:
                 out.print("compressors skipped for a model over 64 MiB; ask with --compress gzip,zstd,7z")
+        sizes = report["sizes"]
+        try:
+            budget.check(sizes["qpk_bytes"], sizes["bits_per_weight"], sizes["sqnr_db"])
+        except BudgetError:
+            target.unlink(missing_ok=True)
+            raise
+        if not quiet:
             out.print(f"wrote {target}")
 
 
@@ -173,3 +193,68 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")] = False) -> None:
     """qpack: data-free n-bit weight quantization."""
+
+
+@app.command()
+def report(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="an .onnx, .tflite or .qpk file")],
+    bits: Bits = 8,
+    scheme: Scheme = SchemeName.asym,
+    per_channel: PerChannel = False,
+    keep: Keep = None,
+    include: Include = None,
+    bits_for: BitsFor = None,
+    source: Annotated[Optional[Path], typer.Option("--source", exists=True, dir_okay=False,
+                                                   help="for a .qpk: the float model it came from (enables SQNR and pictures)")] = None,
+    layer: Annotated[Optional[str], typer.Option("--layer", help="tensor shown in the per-layer pictures (default: first kernel)")] = None,
+    html_out: Annotated[Optional[Path], typer.Option("--html", dir_okay=False, help="self-contained HTML page; PNGs beside it")] = None,
+    json_out: JsonOut = None,
+    compress: Compress = "auto",
+    max_size: MaxSize = None,
+    max_bpw: MaxBpw = None,
+    min_sqnr: MinSqnr = None,
+    quiet: Quiet = False,
+) -> None:
+    """Range, distribution and bit efficiency per tensor, for a model at the given options or a .qpk."""
+    import shlex
+
+    from converter.gates import Budget
+    from converter.html import page
+    from converter.measure import parse_compressors
+    from converter.render import report_table
+    from converter.report import pictures, report_model, report_qpk
+    from formats.atomic import write_bytes_atomic
+    from formats.registry import open_model, sniff
+
+    with _errors():
+        budget = Budget(max_size, max_bpw, min_sqnr)
+        parse_compressors(compress)
+        if sniff(path) == "qpk":
+            src = open_model(source) if source else None
+            compressors = parse_compressors(compress, path.stat().st_size)
+            rep = report_qpk(path, src, compressors)
+            opts = rep.get("options") or {}
+            bits, scheme_name, per_channel = opts.get("bits", bits), opts.get("scheme", scheme.value), opts.get("per_channel", False)
+        else:
+            src = open_model(path)
+            policy = _policy(scheme, bits, per_channel, keep, include, bits_for)
+            rep = report_model(src, policy, parse_compressors(compress, src.file_bytes))
+            rep["options"] = {"scheme": policy.scheme, "bits": bits, "per_channel": per_channel}
+            scheme_name = policy.scheme
+        command = "qpack report " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["report"] else "qpack report " + str(path)
+        rep["command"] = command
+        if html_out:
+            images = pictures(rep, src, layer, bits, scheme_name, per_channel)
+            stem = html_out.with_suffix("")
+            rep["figures"] = {}
+            for i, (title, png) in enumerate(images.items()):
+                png_path = Path(f"{stem}_fig{i + 1}.png")
+                write_bytes_atomic(png_path, png)
+                rep["figures"][title] = str(png_path)
+            write_bytes_atomic(html_out, page(rep, images, command).encode())
+        if json_out:
+            _write_json(json_out, rep)
+        if not quiet:
+            report_table(rep, out)
+        sizes = rep["sizes"]
+        budget.check(sizes["qpk_bytes"], sizes["bits_per_weight"], rep["totals"].get("sqnr_db"))

@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from converter import __version__
-from converter.measure import code_histogram, entropy_bits
+from converter.measure import code_histogram, entropy_bits, noise_energy
 from converter.packing import pack, packed_size, unpack
 from converter.policy import Policy
 from converter.schemes import get_scheme, group_count
@@ -28,6 +28,7 @@ class TensorStat:
     """Per-tensor figures gathered while converting."""
 
     name: str
+    key: str
     shape: tuple[int, ...]
     dtype: str
     role: str
@@ -39,6 +40,19 @@ class TensorStat:
     param_bytes: int
     entropy: float
     levels_used: int
+    signal: float  # energy of the float weights
+    noise: float  # energy of the quantization error
+
+    @property
+    def sqnr_db(self) -> float | None:
+        return db(self.signal, self.noise)
+
+
+def db(signal: float, noise: float) -> float | None:
+    """10 log10(signal / noise), None when there is no noise to speak of."""
+    if noise <= 0:
+        return None
+    return round(float(10 * np.log10(signal / noise)), 3) if signal > 0 else None
 
 
 @dataclass
@@ -83,15 +97,16 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
             continue
         codes, params = quantize_weight(w, policy.scheme, d.bits, d.axis)
         hist = code_histogram(codes, d.bits)
+        signal, noise = noise_energy(w.array, get_scheme(policy.scheme).dequantize(codes, params, d.bits, d.axis))
         packed = pack(codes, d.bits)
         del codes
         entry = TensorEntry(w.name, w.key, w.shape, w.dtype, w.role.value, policy.scheme, d.bits, d.axis,
                             writer.add(packed, BlobKind.CODES),
                             {k: writer.add(np.asarray(v, PARAM_DTYPES[k]), BlobKind.PARAM) for k, v in params.items()})
         entries.append(entry.to_meta())
-        result.tensors.append(TensorStat(w.name, w.shape, w.dtype, w.role.value, policy.scheme, d.bits, d.axis, w.size,
+        result.tensors.append(TensorStat(w.name, w.key, w.shape, w.dtype, w.role.value, policy.scheme, d.bits, d.axis, w.size,
                                          packed.nbytes, sum(v.nbytes for v in params.values()), entropy_bits(hist),
-                                         int((hist > 0).sum())))
+                                         int((hist > 0).sum()), signal, noise))
         if progress:
             progress(i + 1, len(weights))
     skeleton = model.skeleton({e["key"] for e in entries})

@@ -83,3 +83,20 @@ def compressed_sizes(items: dict[str, bytes], compressors: tuple[str, ...],
             if progress:
                 progress(f"{c} {name}")
     return out
+
+
+def sqnr_db(x: NDArray, y: NDArray) -> float:
+    """Signal-to-quantization-noise ratio in dB of y against x; inf when y == x."""
+    x64 = np.asarray(x, dtype=np.float64)
+    noise = float(np.square(x64 - np.asarray(y, dtype=np.float64)).sum())
+    signal = float(np.square(x64).sum())
+    if noise == 0:
+        return float("inf")
+    return 10 * np.log10(signal / noise) if signal > 0 else float("-inf")
+
+
+def noise_energy(x: NDArray, y: NDArray) -> tuple[float, float]:
+    """(signal energy, noise energy) of y against x, for pooling SQNR over tensors."""
+    x32 = np.asarray(x, dtype=np.float32)
+    d = x32 - np.asarray(y, dtype=np.float32)
+    return float(np.dot(x32.ravel(), x32.ravel())), float(np.dot(d.ravel(), d.ravel()))

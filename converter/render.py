@@ -53,3 +53,24 @@ def tensor_table(report: dict[str, Any], console: Console) -> None:
         for r in report["kept"]:
             k.add_row(r["name"], "x".join(map(str, r["shape"])), r["dtype"], r["reason"])
         console.print(k)
+
+
+def report_table(rep: dict[str, Any], console: Console) -> None:
+    """Per-tensor range, distribution and efficiency table, then the model totals."""
+    t = Table(title=f"qpack report: {rep['source']}", title_justify="left")
+    cols = ("name", "params", "scheme", "bits", "min", "max", "median", "levels", "entropy", "sqnr dB", "coverage", "efficiency", "window")
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("name", "scheme") else "right")
+    for r in rep["tensors"]:
+        window = r.get("exponent_window")
+        t.add_row(r["name"], _n(r["params"]), r["scheme"], str(r["bits"]), f"{r['min']:.4g}", f"{r['max']:.4g}",
+                  f"{r['quartiles'][2]:.4g}", f"{r['levels_used']}/{r['levels']}", f"{r['entropy']:.3f}",
+                  "-" if r["sqnr_db"] is None else f"{r['sqnr_db']:.2f}", f"{r['range_coverage']:.3f}",
+                  f"{r['bit_efficiency']:.3f}", "-" if not window else f"2^{window[0]}..2^{window[1]}")
+    console.print(t)
+    tot, s = rep["totals"], rep["sizes"]
+    console.print(
+        f"{_n(tot.get('params'))} quantized params; {_n(s.get('qpk_bytes'))} bytes .qpk; {_n(s.get('bits_per_weight'))} bits/weight "
+        f"with scales; entropy {_n(tot.get('entropy'))} bits; average bit-levels {_n(tot.get('bit_levels'))}; "
+        f"bit efficiency {_n(tot.get('bit_efficiency'))}; weight SQNR {_n(tot.get('sqnr_db'))} dB"
+    )

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from converter.convert import ConvertResult
+from converter.convert import ConvertResult, db
 from converter.measure import compressed_sizes
 from formats.model import SourceModel
 
@@ -27,6 +27,7 @@ def size_report(model: SourceModel, result: ConvertResult, compressors: tuple[st
     packed = sum(t.packed_bytes for t in result.tensors)
     params = sum(t.param_bytes for t in result.tensors)
     entropy_total = sum(t.entropy * t.count for t in result.tensors)
+    signal, noise = sum(t.signal for t in result.tensors), sum(t.noise for t in result.tensors)
     items = {"original": source_bytes(model), "qpk": result.path.read_bytes()}
     compressed = compressed_sizes(items, compressors, progress)
     return {
@@ -44,8 +45,9 @@ def size_report(model: SourceModel, result: ConvertResult, compressors: tuple[st
             "bits_per_weight": round((packed + params) * 8 / quantized, 4) if quantized else None,
             "entropy_bits_per_weight": round(entropy_total / quantized, 4) if quantized else None,
             "entropy_limit_bytes": int(-(-entropy_total // 8)),
+            "sqnr_db": db(signal, noise),
         },
         "compressed": compressed,
-        "tensors": [asdict(t) for t in result.tensors],
+        "tensors": [dict(asdict(t), sqnr_db=t.sqnr_db) for t in result.tensors],
         "kept": [asdict(k) for k in result.kept],
     }

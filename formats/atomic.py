@@ -19,6 +19,7 @@ def atomic_output(path: Path) -> Iterator[BinaryIO]:
     if path.is_dir():
         raise QpackError(f"{path}: is a directory")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise QpackError(f"{path}: cannot write ({e.strerror})") from e

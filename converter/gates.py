@@ -1,0 +1,36 @@
+"""Budgets for build pipelines: a broken budget is a BudgetError, which exits with its own code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from formats.errors import BudgetError, OptionError
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_size: int | None = None  # bytes of the .qpk file
+    max_bpw: float | None = None  # bits per quantized weight, scales included
+    min_sqnr: float | None = None  # dB, signal and noise pooled over all quantized weights
+
+    def __post_init__(self) -> None:
+        if self.max_size is not None and self.max_size <= 0:
+            raise OptionError("--max-size must be a positive number of bytes")
+        if self.max_bpw is not None and self.max_bpw <= 0:
+            raise OptionError("--max-bpw must be positive")
+
+    @property
+    def needs_sqnr(self) -> bool:
+        return self.min_sqnr is not None
+
+    def check(self, size: int, bpw: float | None, sqnr: float | None) -> None:
+        """Raise BudgetError naming the first budget broken."""
+        if self.max_size is not None and size > self.max_size:
+            raise BudgetError(f"artifact is {size:,} bytes, over --max-size {self.max_size:,}")
+        if self.max_bpw is not None and bpw is not None and bpw > self.max_bpw:
+            raise BudgetError(f"{bpw:.4f} bits per weight, over --max-bpw {self.max_bpw}")
+        if self.min_sqnr is not None:
+            if sqnr is None:
+                raise BudgetError("weight SQNR is unknown (a .qpk alone has no float weights: pass --source)")
+            if sqnr < self.min_sqnr:
+                raise BudgetError(f"weight SQNR {sqnr:.2f} dB, under --min-sqnr {self.min_sqnr}")

@@ -1,0 +1,86 @@
+"""The report's pictures (matplotlib, Agg): channel quartiles, histograms per bit width, per-layer bars."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from numpy.typing import NDArray  # noqa: E402
+
+from converter.schemes import SCHEMES  # noqa: E402
+
+MAX_CHANNELS = 32  # a box per channel stops being readable beyond this
+_PNG_META = {"Software": None}  # no version strings: the same report gives the same bytes
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, metadata=_PNG_META)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _channels(v: NDArray, axis: int | None) -> list[NDArray]:
+    axis = 0 if axis is None else axis
+    moved = np.moveaxis(v, axis, 0).reshape(v.shape[axis], -1)
+    return [moved[i] for i in range(min(MAX_CHANNELS, moved.shape[0]))]
+
+
+def channel_quartiles(name: str, x: NDArray, axis: int | None, bits: int, per_channel: bool) -> bytes:
+    """Per-channel quartile ranges of one layer: float, then each scheme at `bits`."""
+    schemes = [s for s in SCHEMES if SCHEMES[s].min_bits <= bits]
+    fig, axes = plt.subplots(len(schemes) + 1, 1, figsize=(10, 2.2 * (len(schemes) + 1)), sharex=True, sharey=True)
+    rows = [("float", x)]
+    qaxis = axis if per_channel else None
+    for s in schemes:
+        codes, params = SCHEMES[s].quantize(x, bits, qaxis)
+        rows.append((f"{s} {bits}-bit", SCHEMES[s].dequantize(codes, params, bits, qaxis)))
+    for ax, (label, v) in zip(axes, rows):
+        ax.boxplot(_channels(v, axis), whis=(0, 100), showfliers=False)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_title(f"{name}: per-channel range (whiskers min..max, box quartiles)")
+    axes[-1].set_xlabel("output channel")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def histograms(name: str, x: NDArray, scheme: str, axis: int | None, widths: tuple[int, ...]) -> bytes:
+    """Weight histogram of one layer, float against the quantized values at several bit widths."""
+    widths = tuple(b for b in widths if SCHEMES[scheme].min_bits <= b)
+    fig, axes = plt.subplots(len(widths), 1, figsize=(10, 2.2 * len(widths)), sharex=True)
+    axes = np.atleast_1d(axes)
+    bins = np.linspace(float(x.min()), float(x.max()), 121)
+    for ax, b in zip(axes, widths):
+        codes, params = SCHEMES[scheme].quantize(x, b, axis)
+        y = SCHEMES[scheme].dequantize(codes, params, b, axis)
+        ax.hist(x.ravel(), bins=bins, color="0.7", label="float")
+        ax.hist(y.ravel(), bins=bins, histtype="step", color="C3", label=f"{scheme} {b}-bit")
+        ax.set_yscale("log")
+        ax.legend(loc="upper right", fontsize=8)
+    axes[0].set_title(f"{name}: weight histogram, float against quantized")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def layer_bars(rows: list[dict[str, Any]]) -> bytes:
+    """Bits per weight (codes and parameters) and bytes of each quantized tensor."""
+    rows = rows[:60]
+    names = [r["name"][-28:] for r in rows]
+    bpw = [r["stored_bytes"] * 8 / r["params"] for r in rows]
+    nbytes = [r["stored_bytes"] for r in rows]
+    fig, (a, b) = plt.subplots(2, 1, figsize=(max(8, 0.28 * len(rows) + 3), 7), sharex=True)
+    a.bar(range(len(rows)), bpw, color="C0")
+    a.set_ylabel("bits / weight")
+    a.axhline(float(np.mean([r["bits"] for r in rows])) if rows else 0, color="0.5", lw=0.8, ls="--")
+    b.bar(range(len(rows)), nbytes, color="C1")
+    b.set_ylabel("bytes")
+    b.set_xticks(range(len(rows)), names, rotation=90, fontsize=7)
+    a.set_title("per-layer storage: codes + scales")
+    fig.tight_layout()
+    return _png(fig)

@@ -1,0 +1,86 @@
+"""`qpack report`: per-tensor figures, sizes and pictures for a model (at given options) or a .qpk."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converter.analysis import analyze
+from converter.convert import convert
+from converter.measure import compressed_sizes
+from converter.policy import Policy
+from converter.sizes import size_report
+from formats.errors import OptionError
+from formats.model import SourceModel
+
+HISTOGRAM_WIDTHS = (8, 6, 4, 3, 2)
+
+
+def report_model(model: SourceModel, policy: Policy, compressors: tuple[str, ...]) -> dict[str, Any]:
+    """Convert into a temporary container, so every size is that of a real artifact, and analyze it."""
+    with tempfile.TemporaryDirectory(prefix="qpack-report-") as tmp:
+        qpk = Path(tmp) / "model.qpk"
+        result = convert(model, policy, qpk)
+        sizes = size_report(model, result, compressors)
+        rep = analyze(qpk, model)
+    rep.update(source=str(model.path), sizes=sizes["sizes"], compressed=sizes["compressed"])
+    return _stored_bytes(rep, sizes)
+
+
+def report_qpk(qpk: Path, source: SourceModel | None, compressors: tuple[str, ...]) -> dict[str, Any]:
+    """Figures of what a container stores (SQNR only when the float `source` is given)."""
+    rep = analyze(qpk, source)
+    data = qpk.read_bytes()
+    rep["compressed"] = {c: {"qpk": v["qpk"]} for c, v in compressed_sizes({"qpk": data}, compressors).items()}
+    rep["source"] = str(qpk)
+    from converter.convert import QpkFile
+
+    q = QpkFile(qpk)
+    try:
+        blobs = q.container.blobs
+        stored = {e.key: blobs[e.codes].length + sum(blobs[i].length for i in e.params.values()) for e in q.entries}
+        graph = blobs[q.container.meta["graph"]].length
+    finally:
+        q.close()
+    n = rep["totals"]["params"]
+    rep["sizes"] = {"qpk_bytes": len(data), "graph_bytes": graph, "packed_and_param_bytes": sum(stored.values()),
+                    "bits_per_weight": round(sum(stored.values()) * 8 / n, 4) if n else None}
+    for r in rep["tensors"]:
+        r["stored_bytes"] = stored[r["key"]]
+    return rep
+
+
+def _stored_bytes(rep: dict[str, Any], sizes: dict[str, Any]) -> dict[str, Any]:
+    by_key = {t["key"]: t["packed_bytes"] + t["param_bytes"] for t in sizes["tensors"]}
+    for r in rep["tensors"]:
+        r["stored_bytes"] = by_key[r["key"]]
+    return rep
+
+
+def pictures(rep: dict[str, Any], source: SourceModel | None, layer: str | None, bits: int, scheme: str,
+             per_channel: bool) -> dict[str, bytes]:
+    """The three figures: channel quartiles and histograms of one layer (needs floats), per-layer bars."""
+    from converter import plots
+
+    images = {}
+    if source is not None and rep["tensors"]:
+        floats = {w.key: w for w in source.weights}
+        rows = rep["tensors"]
+        if layer is None:
+            chosen = next((r for r in rows if r["role"] == "kernel"), rows[0])
+        else:
+            chosen = next((r for r in rows if r["name"] == layer or r["key"] == layer), None)
+            if chosen is None:
+                raise OptionError(f"--layer {layer!r} is not a quantized tensor of this model")
+        w = floats[chosen["key"]]
+        x = np.asarray(w.array, np.float32)
+        images[f"Per-channel quartiles of {chosen['name']}"] = plots.channel_quartiles(chosen["name"], x, w.axis, bits, per_channel)
+        images[f"Histograms of {chosen['name']}"] = plots.histograms(chosen["name"], x, scheme, w.axis if per_channel else None,
+                                                                      HISTOGRAM_WIDTHS)
+        rep["figure_layer"] = chosen["name"]
+    if rep["tensors"]:
+        images["Bits and bytes per layer"] = plots.layer_bars(rep["tensors"])
+    return images
