@@ -258,3 +258,132 @@ def report(
             report_table(rep, out)
         sizes = rep["sizes"]
         budget.check(sizes["qpk_bytes"], sizes["bits_per_weight"], rep["totals"].get("sqnr_db"))
+
+
+InputsOpt = Annotated[Optional[Path], typer.Option("--inputs", exists=True, dir_okay=False,
+                                                   help=".npy, or .npz with one array per model input (or one) and optional 'labels'")]
+ImagesOpt = Annotated[Optional[Path], typer.Option("--images", exists=True, file_okay=False,
+                                                   help="folder of images (one sub-folder per class gives labels)")]
+SizeOpt = Annotated[str, typer.Option("--size", help="image size N or HxW")]
+LayoutOpt = Annotated[str, typer.Option("--layout", help="nchw or nhwc")]
+ScaleOpt = Annotated[str, typer.Option("--scale", help="pixel multiplier, e.g. 1/255")]
+MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="subtracted after scaling: one value or R,G,B")]
+StdOpt = Annotated[Optional[str], typer.Option("--std", help="divides after the mean: one value or R,G,B")]
+DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="built-in labelled data: digits (the bundled sample's test split)")]
+
+
+def _inputs(model: Path, inputs: Path | None, images: Path | None, dataset: str | None, size: str, layout: str, scale: str,
+            mean: str | None, std: str | None):
+    from converter import datasets
+    from converter.runtime import open_runner
+
+    given = [x for x in (inputs, images, dataset) if x is not None]
+    if len(given) != 1:
+        raise QpackError("give exactly one of --inputs, --images, --dataset")
+    specs = open_runner(model).inputs
+    if inputs is not None:
+        data = datasets.from_arrays(inputs, specs)
+    elif images is not None:
+        if len(specs) != 1:
+            raise QpackError("--images feeds single-input models")
+        data = datasets.from_images(images, specs[0], size, layout.lower(), scale, mean, std)
+    else:
+        data = datasets.builtin(dataset, specs)
+    datasets.check_shapes(data, specs)
+    return data
+
+
+def _command(name: str) -> str:
+    import shlex
+
+    return f"qpack {name} " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == [name] else f"qpack {name} ..."
+
+
+@app.command("eval")
+def eval_(
+    model: ModelArg,
+    qpk: Annotated[Optional[Path], typer.Option("--qpk", exists=True, dir_okay=False, help="evaluate this container instead of converting")] = None,
+    bits: Bits = 8,
+    scheme: Scheme = SchemeName.asym,
+    per_channel: PerChannel = False,
+    keep: Keep = None,
+    include: Include = None,
+    bits_for: BitsFor = None,
+    inputs: InputsOpt = None,
+    images: ImagesOpt = None,
+    dataset: DatasetOpt = None,
+    size: SizeOpt = "224",
+    layout: LayoutOpt = "nchw",
+    scale: ScaleOpt = "1/255",
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    groups: Annotated[Optional[Path], typer.Option("--groups", exists=True, dir_okay=False, help="JSON class grouping, e.g. [[3,5],[8,9]]")] = None,
+    group_threshold: Annotated[float, typer.Option("--group-threshold", min=0.0, max=1.0,
+                                                   help="auto grouping: confusion-rate growth that merges two classes")] = 0.05,
+    json_out: JsonOut = None,
+    quiet: Quiet = False,
+) -> None:
+    """Run MODEL and its quantized restoration on the same inputs; report fidelity and accuracy."""
+    from converter.evaluate import evaluate
+    from converter.render import eval_table
+
+    with _errors():
+        data = _inputs(model, inputs, images, dataset, size, layout, scale, mean, std)
+        policy = None if qpk else _policy(scheme, bits, per_channel, keep, include, bits_for)
+        result = evaluate(model, data, qpk=qpk, policy=policy, groups_file=groups, group_threshold=group_threshold)
+        result["command"] = _command("eval")
+        if json_out:
+            _write_json(json_out, result)
+        if not quiet:
+            eval_table(result, out)
+
+
+@app.command()
+def sweep(
+    model: ModelArg,
+    out_dir: Annotated[Path, typer.Option("--out", file_okay=False, help="folder for sweep.json, sweep.csv and the plots")],
+    schemes: Annotated[str, typer.Option("--schemes", help="comma-separated schemes")] = "asym,sym,pow2",
+    bits: Annotated[str, typer.Option("--bits", help="widths: a range 8..2 or a list 8,6,4")] = "8..2",
+    granularity: Annotated[str, typer.Option("--granularity", help="tensor, channel or both")] = "both",
+    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="points of loss the knee may cost")] = 1.0,
+    sensitivity_bits: Annotated[int, typer.Option("--sensitivity-bits", min=0, max=8,
+                                                  help="width for the one-tensor-at-a-time ranking (0: skip)")] = 2,
+    inputs: InputsOpt = None,
+    images: ImagesOpt = None,
+    dataset: DatasetOpt = None,
+    size: SizeOpt = "224",
+    layout: LayoutOpt = "nchw",
+    scale: ScaleOpt = "1/255",
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    quiet: Quiet = False,
+) -> None:
+    """Evaluate a grid of schemes x bit widths; name the knee; rank tensors by sensitivity."""
+    from converter.render import sweep_table
+    from converter.schemes import get_scheme
+    from converter.sweep import parse_bits, run_sweep, write_outputs
+
+    with _errors():
+        scheme_list = [s.strip() for s in schemes.split(",") if s.strip()]
+        for s in scheme_list:
+            get_scheme(s)
+        widths = parse_bits(bits)
+        grans = {"both": ["tensor", "channel"], "tensor": ["tensor"], "channel": ["channel"]}.get(granularity)
+        if grans is None:
+            raise QpackError(f"--granularity must be tensor, channel or both, not {granularity!r}")
+        if sensitivity_bits:
+            get_scheme("asym").check_bits(sensitivity_bits)
+        data = _inputs(model, inputs, images, dataset, size, layout, scale, mean, std)
+        bar = _progress(quiet)
+        if bar:
+            with bar:
+                task = bar.add_task("sweeping", total=None)
+                result = run_sweep(model, data, scheme_list, widths, grans, tolerance, sensitivity_bits,
+                                   lambda label: bar.update(task, advance=1, description=label))
+        else:
+            result = run_sweep(model, data, scheme_list, widths, grans, tolerance, sensitivity_bits)
+        result["command"] = _command("sweep")
+        files = write_outputs(result, out_dir)
+        if not quiet:
+            sweep_table(result, out)
+            out.print("wrote " + ", ".join(map(str, files)))

@@ -84,3 +84,43 @@ def layer_bars(rows: list[dict[str, Any]]) -> bytes:
     a.set_title("per-layer storage: codes + scales")
     fig.tight_layout()
     return _png(fig)
+
+
+def _series(result: dict[str, Any]):
+    from converter.sweep import score
+
+    keys = sorted({(c["scheme"], c["granularity"]) for c in result["cells"]})
+    for i, (s, g) in enumerate(keys):
+        rows = sorted((c for c in result["cells"] if c["scheme"] == s and c["granularity"] == g), key=lambda c: c["bits"])
+        yield i, f"{s} per-{g}", rows, [score(result, c) for c in rows]
+
+
+def sweep_vs_bits(result: dict[str, Any]) -> bytes:
+    """Accuracy (or fidelity) against bit width, one line per scheme and granularity."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, label, rows, ys in _series(result):
+        ax.plot([c["bits"] for c in rows], ys, marker="o", color=f"C{i}", ls="-" if "channel" in label else "--", label=label)
+    if result.get("float_accuracy") is not None:
+        ax.axhline(100 * result["float_accuracy"], color="0.4", lw=0.8, label="float")
+    ax.set_xlabel("bits per weight code")
+    ax.set_ylabel("accuracy %" if result.get("float_accuracy") is not None else "100 - loss")
+    ax.set_title("accuracy against bit width")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def sweep_vs_size(result: dict[str, Any]) -> bytes:
+    """Accuracy (or fidelity) against the .qpk's size in bytes."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, label, rows, ys in _series(result):
+        ax.plot([c["qpk_bytes"] for c in rows], ys, marker="o", color=f"C{i}", ls="-" if "channel" in label else "--", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel(".qpk bytes")
+    ax.set_ylabel("accuracy %" if result.get("float_accuracy") is not None else "100 - loss")
+    ax.set_title("accuracy against artifact size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)

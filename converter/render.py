@@ -74,3 +74,45 @@ def report_table(rep: dict[str, Any], console: Console) -> None:
         f"with scales; entropy {_n(tot.get('entropy'))} bits; average bit-levels {_n(tot.get('bit_levels'))}; "
         f"bit efficiency {_n(tot.get('bit_efficiency'))}; weight SQNR {_n(tot.get('sqnr_db'))} dB"
     )
+
+
+def eval_table(result: dict[str, Any], console: Console) -> None:
+    """Per-output fidelity, then accuracy, confusion growth and grouping for classifiers."""
+    t = Table(title=f"qpack eval: {result['model']} on {result['inputs']}", title_justify="left")
+    for c in ("output", "cosine", "SQNR dB", "max abs error"):
+        t.add_column(c, justify="left" if c == "output" else "right")
+    for o in result["outputs"]:
+        t.add_row(o["output"], f"{o['cosine']:.6f}", _n(o["sqnr_db"]), f"{o['max_abs_error']:.4g}")
+    console.print(t)
+    c = result.get("classification")
+    if c:
+        console.print(f"top-1 agreement {100 * c['top1_agreement']:.2f}% over {result['samples']} samples")
+        if "accuracy_original" in c:
+            console.print(f"accuracy {100 * c['accuracy_original']:.2f}% -> {100 * c['accuracy_quantized']:.2f}% "
+                          f"({c['accuracy_delta_points']:+.2f} points)")
+            for p in c["confusion_growth"][:5]:
+                console.print(f"  class {p['true']} taken for {p['predicted']}: {p['original']} -> {p['quantized']}")
+            if c["groups"]:
+                console.print(f"groups ({c['group_source']}): {c['groups']}; grouped accuracy "
+                              f"{100 * c['grouped_accuracy_original']:.2f}% -> {100 * c['grouped_accuracy_quantized']:.2f}%")
+    console.print(f"reproduce: {result['command']}")
+
+
+def sweep_table(result: dict[str, Any], console: Console) -> None:
+    """Accuracy or loss and size of every cell, the knees and the most sensitive tensors."""
+    t = Table(title=f"qpack sweep: {result['model']} (loss in {result['loss_measure']})", title_justify="left")
+    for c in ("scheme", "granularity", "bits", "accuracy %", "loss", "min cosine", ".qpk bytes", "bits/weight"):
+        t.add_column(c, justify="left" if c in ("scheme", "granularity") else "right")
+    for c in result["cells"]:
+        t.add_row(c["scheme"], c["granularity"], str(c["bits"]), "-" if c["accuracy"] is None else f"{100 * c['accuracy']:.2f}",
+                  f"{c['loss_points']:.2f}", f"{c['min_cosine']:.5f}", f"{c['qpk_bytes']:,}", _n(c["bits_per_weight"]))
+    console.print(t)
+    if result.get("float_accuracy") is not None:
+        console.print(f"float accuracy {100 * result['float_accuracy']:.2f}%")
+    knees = ", ".join(f"{k}: {'none' if v is None else f'{v} bits'}" for k, v in result["knee_bits"].items())
+    console.print(f"knee (lowest width within {result['tolerance_points']} points): {knees}")
+    sens = result["sensitivity"]
+    if sens["ranking"]:
+        top = ", ".join(f"{r['name']} ({r['loss_points']:+.2f})" for r in sens["ranking"][:5])
+        console.print(f"most sensitive at {sens['bits']} bits, one tensor at a time: {top}")
+    console.print(f"reproduce: {result['command']}")

@@ -1,0 +1,161 @@
+"""Evaluation inputs: .npy/.npz arrays, a folder of images, or a built-in real dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from converter.runtime import InputSpec
+from formats.errors import OptionError, QpackError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+BUILTIN = ("digits",)
+
+
+@dataclass
+class Inputs:
+    """N samples for every model input, and optional integer labels."""
+
+    arrays: dict[str, NDArray]
+    labels: NDArray[np.int64] | None
+    description: str
+
+    @property
+    def count(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+
+def digits() -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """scikit-learn's digits, held-out 30% (stratified, seed 0): the bundled sample's test split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    _, xte, _, yte = train_test_split(x, d.target.astype(np.int64), test_size=0.3, random_state=0, stratify=d.target)
+    return xte, yte
+
+
+def from_arrays(path: Path, specs: list[InputSpec]) -> Inputs:
+    """Arrays from .npy (single-input models) or .npz (one array per input, by name or alone; `labels`)."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise QpackError(f"{path}: cannot read arrays ({e})") from e
+    if isinstance(loaded, np.ndarray):
+        arrays, labels = {"": loaded}, None
+    else:
+        with loaded:
+            arrays = {k: loaded[k] for k in loaded.files}
+        labels = arrays.pop("labels", None)
+    names = [s.name for s in specs]
+    if set(names) <= set(arrays):
+        chosen = {n: arrays[n] for n in names}
+    elif len(arrays) == 1 and len(specs) == 1:
+        chosen = {names[0]: next(iter(arrays.values()))}
+    else:
+        raise OptionError(f"{path.name} holds {sorted(arrays) or 'no arrays'}, the model wants inputs {names}")
+    return Inputs(chosen, _labels(labels, chosen, path.name), str(path))
+
+
+def _labels(labels: NDArray | None, arrays: dict[str, NDArray], where: str) -> NDArray[np.int64] | None:
+    if labels is None:
+        return None
+    n = len(next(iter(arrays.values())))
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != n or not np.issubdtype(labels.dtype, np.integer):
+        raise OptionError(f"{where}: labels must be {n} integers, got shape {labels.shape} {labels.dtype}")
+    return labels.astype(np.int64)
+
+
+def parse_number(text: str) -> float:
+    """'1/255', '0.5', '2' -> float."""
+    try:
+        return float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise OptionError(f"not a number: {text!r}") from None
+
+
+def parse_triple(text: str | None, default: float) -> NDArray[np.float32]:
+    if text is None:
+        return np.array([default], np.float32)
+    return np.array([parse_number(t) for t in text.split(",")], np.float32)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'128' -> (128, 128); '48x192' -> (48, 192) as height, width."""
+    parts = text.lower().split("x")
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        raise OptionError(f"--size expects N or HxW, got {text!r}") from None
+    if len(dims) == 1:
+        dims = dims * 2
+    if len(dims) != 2 or min(dims) < 1 or max(dims) > 8192:
+        raise OptionError(f"--size expects N or HxW within 1..8192, got {text!r}")
+    return dims[0], dims[1]
+
+
+def from_images(folder: Path, spec: InputSpec, size: str, layout: str, scale: str, mean: str | None, std: str | None) -> Inputs:
+    """Images resized (bilinear) to --size, in --layout, x * scale, then (x - mean) / std per channel.
+
+    Labels come from sub-folder names when the images sit in one folder per class (sorted order).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if layout not in ("nchw", "nhwc"):
+        raise OptionError(f"--layout must be nchw or nhwc, not {layout!r}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise OptionError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    h, w = parse_size(size)
+    channel_dim = 1 if layout == "nchw" else -1
+    channels = spec.shape[channel_dim] if len(spec.shape) == 4 and spec.shape[channel_dim] else 3
+    if channels not in (1, 3):
+        raise OptionError(f"input '{spec.name}' has {channels} channels; images give 1 or 3")
+    batch = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert("L" if channels == 1 else "RGB").resize((w, h), Image.BILINEAR)
+                batch.append(np.asarray(im, np.float32).reshape(h, w, channels))
+        except (UnidentifiedImageError, OSError) as e:
+            raise QpackError(f"{f}: cannot read image ({e})") from e
+    x = np.stack(batch) * np.float32(parse_number(scale))
+    x = (x - parse_triple(mean, 0.0)) / parse_triple(std, 1.0)
+    if layout == "nchw":
+        x = x.transpose(0, 3, 1, 2)
+    classes = sorted({f.parent.relative_to(folder).as_posix() for f in files})
+    labels = None
+    if len(classes) > 1:
+        index = {c: i for i, c in enumerate(classes)}
+        labels = np.array([index[f.parent.relative_to(folder).as_posix()] for f in files], np.int64)
+    return Inputs({spec.name: np.ascontiguousarray(x, dtype=spec.dtype)}, labels, f"{len(files)} images from {folder}")
+
+
+def builtin(name: str, specs: list[InputSpec]) -> Inputs:
+    if name != "digits":
+        raise OptionError(f"unknown dataset {name!r}, expected one of {', '.join(BUILTIN)}")
+    if len(specs) != 1:
+        raise OptionError("the digits dataset feeds single-input models")
+    x, y = digits()
+    return Inputs({specs[0].name: x}, y, "scikit-learn digits, 540-image test split")
+
+
+def check_shapes(inputs: Inputs, specs: list[InputSpec]) -> None:
+    """Every input present with the model's rank and fixed dimensions (the batch dimension aside)."""
+    for s in specs:
+        if s.name not in inputs.arrays:
+            raise OptionError(f"no data for model input '{s.name}'")
+        a = inputs.arrays[s.name]
+        want = s.shape
+        if a.ndim != len(want) or any(w is not None and d != w for d, w in list(zip(a.shape, want))[1:]):
+            shown = ["?" if w is None else w for w in want]
+            raise OptionError(f"input '{s.name}': data has shape {list(a.shape)}, the model wants {shown} (batch first)")
+    counts = {len(a) for a in inputs.arrays.values()}
+    if len(counts) != 1:
+        raise OptionError(f"inputs have different sample counts {sorted(counts)}")

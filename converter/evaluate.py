@@ -1,0 +1,201 @@
+"""Fidelity of a quantized model against its original, both run in a real runtime on the same inputs."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from contextlib import contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from converter.convert import convert, restore
+from converter.datasets import Inputs, check_shapes
+from converter.measure import sqnr_db
+from converter.policy import Policy
+from converter.runtime import Runner, open_runner
+from formats.errors import OptionError, QpackError
+from formats.registry import open_model
+
+BATCH = 256
+
+
+def run_all(runner: Runner, inputs: Inputs) -> list[NDArray]:
+    """Outputs over all samples: in batches when the model's batch dimension is free, else one by one."""
+    check_shapes(inputs, runner.inputs)
+    free = all(s.shape and s.shape[0] is None for s in runner.inputs)
+    step = BATCH if free else 1
+    if not free and any(s.shape and s.shape[0] not in (None, 1) for s in runner.inputs):
+        step = runner.inputs[0].shape[0]
+        if inputs.count % step:
+            raise OptionError(f"the model takes batches of exactly {step}; {inputs.count} samples do not divide")
+    parts: list[list[NDArray]] = []
+    for i in range(0, inputs.count, step):
+        feeds = {k: np.ascontiguousarray(v[i : i + step]) for k, v in inputs.arrays.items()}
+        parts.append(runner.run(feeds))
+    return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+
+
+def _logits(out: NDArray) -> NDArray | None:
+    """A [N, classes] view of an output if it looks like class scores, else None."""
+    squeezed = out.reshape(out.shape[0], -1) if out.ndim >= 2 else None
+    if squeezed is None or squeezed.shape[1] < 2 or out.size != squeezed.size:
+        return None
+    return squeezed if np.prod([d for d in out.shape[1:] if d != 1]) == squeezed.shape[1] else None
+
+
+def output_fidelity(ref: list[NDArray], got: list[NDArray], names: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for name, r, g in zip(names, ref, got):
+        r64, g64 = r.astype(np.float64).ravel(), g.astype(np.float64).ravel()
+        denom = np.linalg.norm(r64) * np.linalg.norm(g64)
+        cos = float(r64 @ g64 / denom) if denom > 0 else float(np.array_equal(r64, g64))
+        s = sqnr_db(r64, g64)
+        rows.append({"output": name, "cosine": round(cos, 6), "sqnr_db": None if not np.isfinite(s) else round(s, 3),
+                     "max_abs_error": float(np.abs(r64 - g64).max()) if r64.size else 0.0})
+    return rows
+
+
+def confusion(labels: NDArray[np.int64], preds: NDArray[np.int64], k: int) -> NDArray[np.int64]:
+    """k x k counts: rows are true classes, columns predictions."""
+    return np.bincount(labels * k + preds, minlength=k * k).reshape(k, k)
+
+
+def auto_groups(conf_ref: NDArray, conf_q: NDArray, threshold: float) -> list[list[int]]:
+    """Classes whose mutual confusion grows under quantization, merged by average-linkage clustering.
+
+    The affinity of classes i and j is the growth of the rate at which each is taken for the other
+    (row-normalized confusion, quantized minus original, symmetrized). Classes join a group when
+    their average affinity reaches `threshold`.
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    k = conf_q.shape[0]
+    rows_ref = np.maximum(conf_ref.sum(1, keepdims=True), 1)
+    rows_q = np.maximum(conf_q.sum(1, keepdims=True), 1)
+    growth = np.clip(conf_q / rows_q - conf_ref / rows_ref, 0, None)
+    affinity = (growth + growth.T) / 2
+    np.fill_diagonal(affinity, 0)
+    if k < 2 or affinity.max() < threshold:
+        return []
+    dist = 1 - np.clip(affinity, 0, 1)
+    np.fill_diagonal(dist, 0)
+    clusters = fcluster(linkage(squareform(dist, checks=False), "average"), t=1 - threshold, criterion="distance")
+    groups = [sorted(np.flatnonzero(clusters == c).tolist()) for c in np.unique(clusters)]
+    return sorted(g for g in groups if len(g) > 1)
+
+
+def load_groups(path: Path, k: int) -> list[list[int]]:
+    """A grouping file: JSON, a list of lists of class indices (or {"groups": ...}); disjoint, in range."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise OptionError(f"{path}: not a JSON grouping file ({e})") from e
+    groups = data.get("groups") if isinstance(data, dict) else data
+    ok = isinstance(groups, list) and all(isinstance(g, list) and g and all(isinstance(c, int) and not isinstance(c, bool) for c in g)
+                                           for g in groups)
+    if not ok:
+        raise OptionError(f"{path}: expected a list of lists of class indices, e.g. [[3, 5], [8, 9]]")
+    seen: set[int] = set()
+    for g in groups:
+        for c in g:
+            if not 0 <= c < k:
+                raise OptionError(f"{path}: class {c} is out of range 0..{k - 1}")
+            if c in seen:
+                raise OptionError(f"{path}: class {c} is in two groups")
+            seen.add(c)
+    return [sorted(g) for g in groups]
+
+
+def grouped_accuracy(labels: NDArray, preds: NDArray, groups: list[list[int]], k: int) -> float:
+    """Accuracy when a prediction anywhere in the label's group counts as right."""
+    ids = np.arange(k)
+    for g in groups:
+        ids[g] = g[0]
+    return float((ids[preds] == ids[labels]).mean())
+
+
+def classification(ref: NDArray, got: NDArray, labels: NDArray | None, groups: list[list[int]] | None,
+                   group_threshold: float) -> dict[str, Any] | None:
+    """Top-1 agreement, accuracy, confusion matrices and class grouping of class-score outputs."""
+    lr, lg = _logits(ref), _logits(got)
+    if lr is None or lg is None:
+        return None
+    pr, pg = lr.argmax(1), lg.argmax(1)
+    out: dict[str, Any] = {"top1_agreement": round(float((pr == pg).mean()), 6), "classes": int(lr.shape[1])}
+    if labels is None:
+        return out
+    k = max(int(lr.shape[1]), int(labels.max()) + 1)
+    acc_ref, acc_q = float((pr == labels).mean()), float((pg == labels).mean())
+    cr, cq = confusion(labels, pr, k), confusion(labels, pg, k)
+    source = "file"
+    if groups is None:
+        groups, source = auto_groups(cr, cq, group_threshold), "auto"
+    grown = cq - cr
+    np.fill_diagonal(grown, 0)
+    pairs = [{"true": int(i), "predicted": int(j), "original": int(cr[i, j]), "quantized": int(cq[i, j])}
+             for i, j in zip(*np.unravel_index(np.argsort(-grown, axis=None), grown.shape)) if grown[i, j] > 0][:10]
+    out.update(
+        accuracy_original=round(acc_ref, 6), accuracy_quantized=round(acc_q, 6),
+        accuracy_delta_points=round(100 * (acc_q - acc_ref), 3),
+        confusion_original=cr.tolist(), confusion_quantized=cq.tolist(), confusion_growth=pairs,
+        groups=groups, group_source=source,
+        grouped_accuracy_original=round(grouped_accuracy(labels, pr, groups, k), 6),
+        grouped_accuracy_quantized=round(grouped_accuracy(labels, pg, groups, k), 6),
+    )
+    return out
+
+
+@contextmanager
+def quantized_copy(model: Path, qpk: Path | None, policy: Policy | None) -> Iterator[Path]:
+    """A restored model file from `qpk`, or from converting `model` under `policy`, in a temporary folder."""
+    suffix = Path(model).suffix.lower() if Path(model).suffix.lower() in (".onnx", ".tflite") else ".onnx"
+    with tempfile.TemporaryDirectory(prefix="qpack-eval-") as tmp:
+        if qpk is None:
+            if policy is None:
+                raise OptionError("give --qpk or quantization options")
+            qpk = Path(tmp) / "model.qpk"
+            convert(open_model(model), policy, qpk)
+        out = Path(tmp) / f"restored{suffix}"
+        try:
+            restore(qpk, out)
+        except OptionError as e:
+            raise OptionError(f"--qpk does not hold a {suffix[1:]} model like {Path(model).name} ({e})") from e
+        yield out
+
+
+def evaluate(model: Path, inputs: Inputs, qpk: Path | None = None, policy: Policy | None = None,
+             groups_file: Path | None = None, group_threshold: float = 0.05,
+             reference: list[NDArray] | None = None) -> dict[str, Any]:
+    """Run original and quantized models on `inputs`; per-output fidelity and, for classifiers, accuracy."""
+    runner = open_runner(model)
+    ref = reference if reference is not None else run_all(runner, inputs)
+    with quantized_copy(model, qpk, policy) as restored:
+        got = run_all(open_runner(restored), inputs)
+    if [r.shape for r in ref] != [g.shape for g in got]:
+        raise QpackError("the quantized model's outputs differ in shape from the original's")
+    groups = None
+    if groups_file is not None:
+        lr = _logits(ref[0])
+        if lr is None or inputs.labels is None:
+            raise OptionError("--groups needs a classifier and labelled inputs")
+        groups = load_groups(groups_file, max(lr.shape[1], int(inputs.labels.max()) + 1))
+    return {
+        "model": str(model), "inputs": inputs.description, "samples": inputs.count,
+        "outputs": output_fidelity(ref, got, runner.output_names),
+        "classification": classification(ref[0], got[0], inputs.labels, groups, group_threshold),
+    }
+
+
+def fidelity_loss(result: dict[str, Any]) -> float:
+    """Points lost: accuracy drop with labels, else 100 - top-1 agreement %, else 100 * (1 - mean cosine)."""
+    c = result.get("classification")
+    if c and "accuracy_original" in c:
+        return round(100 * (c["accuracy_original"] - c["accuracy_quantized"]), 3)
+    if c:
+        return round(100 * (1 - c["top1_agreement"]), 3)
+    return round(100 * (1 - float(np.mean([o["cosine"] for o in result["outputs"]]))), 3)

@@ -1,0 +1,163 @@
+"""`qpack sweep`: schemes x bit widths x granularities, the knee, and per-tensor sensitivity."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converter.convert import convert, quantize_weight
+from converter.datasets import Inputs
+from converter.evaluate import evaluate, fidelity_loss, run_all
+from converter.policy import Policy
+from converter.runtime import open_runner
+from converter.schemes import get_scheme
+from formats.atomic import write_bytes_atomic
+from formats.errors import OptionError
+from formats.registry import open_model, restore_model
+
+CSV_COLUMNS = ("scheme", "granularity", "bits", "loss_points", "accuracy", "top1_agreement", "min_cosine", "qpk_bytes",
+               "bits_per_weight")
+
+
+def parse_bits(text: str) -> list[int]:
+    """'8..2', '8,6,4' or '4' -> descending list of widths in 1..8."""
+    try:
+        if ".." in text:
+            a, b = (int(t) for t in text.split(".."))
+            widths = list(range(max(a, b), min(a, b) - 1, -1))
+        else:
+            widths = sorted({int(t) for t in text.split(",")}, reverse=True)
+    except ValueError:
+        raise OptionError(f"--bits expects a range like 8..2 or a list like 8,6,4, got {text!r}") from None
+    if not widths or not all(1 <= b <= 8 for b in widths):
+        raise OptionError(f"--bits values must lie in 1..8, got {text!r}")
+    return widths
+
+
+def knee(rows: list[dict[str, Any]], tolerance: float) -> int | None:
+    """Lowest width whose loss, and that of every wider one in the sweep, stays within `tolerance` points."""
+    best = None
+    for r in sorted(rows, key=lambda r: -r["bits"]):
+        if r["loss_points"] > tolerance:
+            break
+        best = r["bits"]
+    return best
+
+
+def _cell(model: Path, src, inputs: Inputs, reference, policy: Policy, tmp: Path) -> dict[str, Any]:
+    qpk = tmp / "cell.qpk"
+    size = convert(src, policy, qpk).size
+    result = evaluate(model, inputs, qpk=qpk, reference=reference)
+    c = result["classification"] or {}
+    params = sum(w.size for w in src.weights if policy.decide(w).quantize)
+    with_stats = {
+        "scheme": policy.scheme, "granularity": "channel" if policy.per_channel else "tensor", "bits": policy.bits,
+        "loss_points": fidelity_loss(result), "accuracy": c.get("accuracy_quantized"), "top1_agreement": c.get("top1_agreement"),
+        "min_cosine": min(o["cosine"] for o in result["outputs"]), "qpk_bytes": size,
+        "bits_per_weight": None,
+    }
+    from formats.container import Container
+
+    with Container(qpk) as cont:
+        stored = sum(b.length for b in cont.blobs if b.kind != 0)
+    with_stats["bits_per_weight"] = round(stored * 8 / params, 4) if params else None
+    return with_stats
+
+
+def sensitivity(model: Path, inputs: Inputs, reference, scheme: str, bits: int, tmp: Path,
+                progress: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """Quantize one tensor at a time (per-tensor, at `bits`), the rest float; rank by the damage done."""
+    src = open_model(model)
+    get_scheme(scheme).check_bits(bits)
+    policy = Policy(scheme, bits)
+    rows = []
+    for w in src.weights:
+        if not policy.decide(w).quantize:
+            continue
+        codes, params = quantize_weight(w, scheme, bits, None)
+        y = get_scheme(scheme).dequantize(codes, params, bits, None)
+        out = tmp / f"one{model.suffix.lower() if model.suffix.lower() in ('.onnx', '.tflite') else '.onnx'}"
+        restore_model(src.format, src.skeleton({w.key}), {w.key: y}, out)
+        got = run_all(open_runner(out), inputs)
+        result = {"outputs": [], "classification": None}
+        from converter.evaluate import classification, output_fidelity
+
+        result["outputs"] = output_fidelity(reference, got, [str(i) for i in range(len(got))])
+        result["classification"] = classification(reference[0], got[0], inputs.labels, [], 1.0)
+        rows.append({"name": w.name, "key": w.key, "params": w.size, "loss_points": fidelity_loss(result),
+                     "min_cosine": min(o["cosine"] for o in result["outputs"])})
+        if progress:
+            progress()
+    rows.sort(key=lambda r: (-r["loss_points"], r["min_cosine"]))
+    for rank, r in enumerate(rows, 1):
+        r["rank"] = rank
+    return rows
+
+
+def run_sweep(model: Path, inputs: Inputs, schemes: list[str], widths: list[int], granularities: list[str],
+              tolerance: float, sensitivity_bits: int, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Every valid (scheme, granularity, bits) cell, the knee of each curve, and the sensitivity ranking."""
+    src = open_model(model)
+    reference = run_all(open_runner(model), inputs)
+    from converter.evaluate import classification
+
+    base = classification(reference[0], reference[0], inputs.labels, [], 1.0) or {}
+    cells = []
+    with tempfile.TemporaryDirectory(prefix="qpack-sweep-") as tmp:
+        for g in granularities:
+            for s in schemes:
+                for b in widths:
+                    if b < get_scheme(s).min_bits:
+                        continue
+                    cells.append(_cell(model, src, inputs, reference, Policy(s, b, per_channel=g == "channel"), Path(tmp)))
+                    if progress:
+                        progress(f"{s} {g} {b}-bit")
+        ranking = sensitivity(model, inputs, reference, "asym", sensitivity_bits, Path(tmp),
+                              (lambda: progress("sensitivity")) if progress else None) if sensitivity_bits else []
+    knees = {}
+    for g in granularities:
+        for s in schemes:
+            rows = [c for c in cells if c["scheme"] == s and c["granularity"] == g]
+            if rows:
+                knees[f"{s}/{g}"] = knee(rows, tolerance)
+    return {
+        "model": str(model), "inputs": inputs.description, "samples": inputs.count,
+        "float_accuracy": base.get("accuracy_original"), "tolerance_points": tolerance,
+        "loss_measure": "accuracy points" if inputs.labels is not None and base else
+                        ("100 - top-1 agreement %" if base else "100 * (1 - mean output cosine)"),
+        "cells": cells, "knee_bits": knees,
+        "sensitivity": {"scheme": "asym", "granularity": "tensor", "bits": sensitivity_bits, "ranking": ranking},
+    }
+
+
+def write_outputs(result: dict[str, Any], out: Path) -> list[Path]:
+    """sweep.json, sweep.csv and the two plots into folder `out`."""
+    import json
+
+    from converter import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(result["cells"])
+    files = {out / "sweep.json": (json.dumps(result, indent=2) + "\n").encode(), out / "sweep.csv": buf.getvalue().encode(),
+             out / "accuracy_vs_bits.png": plots.sweep_vs_bits(result), out / "accuracy_vs_size.png": plots.sweep_vs_size(result)}
+    for path, data in files.items():
+        write_bytes_atomic(path, data)
+    return list(files)
+
+
+def score(result: dict[str, Any], cell: dict[str, Any]) -> float:
+    """What the plots show: accuracy (%) with labels, else 100 - loss."""
+    if cell["accuracy"] is not None:
+        return 100 * cell["accuracy"]
+    return 100 - cell["loss_points"]
+
+
