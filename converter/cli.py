@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -66,16 +66,17 @@ QpkArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=Tr
 Bits = Annotated[int, typer.Option("--bits", "-b", min=1, max=8, help="bits per weight code")]
 Scheme = Annotated[SchemeName, typer.Option("--scheme", "-s", help="asym: scale+zero point; sym: scale; pow2: sign+exponent")]
 PerChannel = Annotated[bool, typer.Option("--per-channel/--per-tensor", help="one scale per output channel")]
-Keep = Annotated[Optional[list[str]], typer.Option("--keep", help="keep tensors matching this glob in float (repeatable)")]
-Include = Annotated[Optional[list[str]], typer.Option("--include", help="quantize float tensors matching this glob even if the default keeps them")]
-BitsFor = Annotated[Optional[list[str]], typer.Option("--bits-for", help="PATTERN=BITS: another width for matching tensors")]
+Keep = Annotated[list[str] | None, typer.Option("--keep", help="keep tensors matching this glob in float (repeatable)")]
+Include = Annotated[list[str] | None, typer.Option("--include",
+                                                   help="quantize float tensors matching this glob even if the default keeps them")]
+BitsFor = Annotated[list[str] | None, typer.Option("--bits-for", help="PATTERN=BITS: another width for matching tensors")]
 Compress = Annotated[str, typer.Option("--compress", help="compressors to measure: a list of gzip,zstd,7z; all; none; "
                                                             "auto = gzip,zstd for models up to 64 MiB")]
-JsonOut = Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help="also write the report as JSON")]
+JsonOut = Annotated[Path | None, typer.Option("--json", dir_okay=False, help="also write the report as JSON")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")]
-MaxSize = Annotated[Optional[int], typer.Option("--max-size", help="fail (exit 3) when the .qpk is larger than this many bytes")]
-MaxBpw = Annotated[Optional[float], typer.Option("--max-bpw", help="fail (exit 3) above this many bits per weight, scales included")]
-MinSqnr = Annotated[Optional[float], typer.Option("--min-sqnr", help="fail (exit 3) when the weights' SQNR is under this many dB")]
+MaxSize = Annotated[int | None, typer.Option("--max-size", help="fail (exit 3) when the .qpk is larger than this many bytes")]
+MaxBpw = Annotated[float | None, typer.Option("--max-bpw", help="fail (exit 3) above this many bits per weight, scales included")]
+MinSqnr = Annotated[float | None, typer.Option("--min-sqnr", help="fail (exit 3) when the weights' SQNR is under this many dB")]
 
 
 def _policy(scheme: SchemeName, bits: int, per_channel: bool, keep: list[str] | None, include: list[str] | None,
@@ -88,7 +89,7 @@ def _policy(scheme: SchemeName, bits: int, per_channel: bool, keep: list[str] | 
 @app.command()
 def convert(
     model: ModelArg,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", dir_okay=False, help="default: MODEL with .qpk suffix")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", dir_okay=False, help="default: MODEL with .qpk suffix")] = None,
     bits: Bits = 8,
     scheme: Scheme = SchemeName.asym,
     per_channel: PerChannel = False,
@@ -109,12 +110,11 @@ def convert(
     artifact is removed, so a build cannot ship it by accident.
     """
     from converter.convert import convert as run_convert
+    from converter.gates import Budget
     from converter.measure import parse_compressors
     from converter.render import size_table
     from converter.sizes import size_report
     from formats.registry import open_model
-
-    from converter.gates import Budget
 
     with _errors():
         policy = _policy(scheme, bits, per_channel, keep, include, bits_for)
@@ -204,10 +204,10 @@ def report(
     keep: Keep = None,
     include: Include = None,
     bits_for: BitsFor = None,
-    source: Annotated[Optional[Path], typer.Option("--source", exists=True, dir_okay=False,
+    source: Annotated[Path | None, typer.Option("--source", exists=True, dir_okay=False,
                                                    help="for a .qpk: the float model it came from (enables SQNR and pictures)")] = None,
-    layer: Annotated[Optional[str], typer.Option("--layer", help="tensor shown in the per-layer pictures (default: first kernel)")] = None,
-    html_out: Annotated[Optional[Path], typer.Option("--html", dir_okay=False, help="self-contained HTML page; PNGs beside it")] = None,
+    layer: Annotated[str | None, typer.Option("--layer", help="tensor shown in the per-layer pictures (default: first kernel)")] = None,
+    html_out: Annotated[Path | None, typer.Option("--html", dir_okay=False, help="self-contained HTML page; PNGs beside it")] = None,
     json_out: JsonOut = None,
     compress: Compress = "auto",
     max_size: MaxSize = None,
@@ -260,16 +260,16 @@ def report(
         budget.check(sizes["qpk_bytes"], sizes["bits_per_weight"], rep["totals"].get("sqnr_db"))
 
 
-InputsOpt = Annotated[Optional[Path], typer.Option("--inputs", exists=True, dir_okay=False,
+InputsOpt = Annotated[Path | None, typer.Option("--inputs", exists=True, dir_okay=False,
                                                    help=".npy, or .npz with one array per model input (or one) and optional 'labels'")]
-ImagesOpt = Annotated[Optional[Path], typer.Option("--images", exists=True, file_okay=False,
+ImagesOpt = Annotated[Path | None, typer.Option("--images", exists=True, file_okay=False,
                                                    help="folder of images (one sub-folder per class gives labels)")]
 SizeOpt = Annotated[str, typer.Option("--size", help="image size N or HxW")]
 LayoutOpt = Annotated[str, typer.Option("--layout", help="nchw or nhwc")]
 ScaleOpt = Annotated[str, typer.Option("--scale", help="pixel multiplier, e.g. 1/255")]
-MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="subtracted after scaling: one value or R,G,B")]
-StdOpt = Annotated[Optional[str], typer.Option("--std", help="divides after the mean: one value or R,G,B")]
-DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="built-in labelled data: digits (the bundled sample's test split)")]
+MeanOpt = Annotated[str | None, typer.Option("--mean", help="subtracted after scaling: one value or R,G,B")]
+StdOpt = Annotated[str | None, typer.Option("--std", help="divides after the mean: one value or R,G,B")]
+DatasetOpt = Annotated[str | None, typer.Option("--dataset", help="built-in labelled data: digits (the bundled sample's test split)")]
 
 
 def _inputs(model: Path, inputs: Path | None, images: Path | None, dataset: str | None, size: str, layout: str, scale: str,
@@ -302,7 +302,8 @@ def _command(name: str) -> str:
 @app.command("eval")
 def eval_(
     model: ModelArg,
-    qpk: Annotated[Optional[Path], typer.Option("--qpk", exists=True, dir_okay=False, help="evaluate this container instead of converting")] = None,
+    qpk: Annotated[Path | None, typer.Option("--qpk", exists=True, dir_okay=False,
+                                             help="evaluate this container instead of converting")] = None,
     bits: Bits = 8,
     scheme: Scheme = SchemeName.asym,
     per_channel: PerChannel = False,
@@ -317,7 +318,8 @@ def eval_(
     scale: ScaleOpt = "1/255",
     mean: MeanOpt = None,
     std: StdOpt = None,
-    groups: Annotated[Optional[Path], typer.Option("--groups", exists=True, dir_okay=False, help="JSON class grouping, e.g. [[3,5],[8,9]]")] = None,
+    groups: Annotated[Path | None, typer.Option("--groups", exists=True, dir_okay=False,
+                                                help="JSON class grouping, e.g. [[3,5],[8,9]]")] = None,
     group_threshold: Annotated[float, typer.Option("--group-threshold", min=0.0, max=1.0,
                                                    help="auto grouping: confusion-rate growth that merges two classes")] = 0.05,
     json_out: JsonOut = None,

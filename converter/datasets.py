@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -74,10 +73,14 @@ def _labels(labels: NDArray | None, arrays: dict[str, NDArray], where: str) -> N
 
 def parse_number(text: str) -> float:
     """'1/255', '0.5', '2' -> float."""
+    num, sep, den = text.strip().partition("/")
     try:
-        return float(Fraction(text.strip()))
+        value = float(num) / float(den) if sep else float(num)
     except (ValueError, ZeroDivisionError):
         raise OptionError(f"not a number: {text!r}") from None
+    if not np.isfinite(value):
+        raise OptionError(f"not a finite number: {text!r}")
+    return value
 
 
 def parse_triple(text: str | None, default: float) -> NDArray[np.float32]:

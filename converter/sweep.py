@@ -9,8 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from converter.convert import convert, quantize_weight
 from converter.datasets import Inputs
 from converter.evaluate import evaluate, fidelity_loss, run_all

@@ -156,7 +156,8 @@ class Container:
             _check(kind in BlobKind._value2member_map_, f"{where}: blob {i} has unknown kind {kind}")
             _check(codec in Codec._value2member_map_, f"{where}: blob {i} has unknown codec {codec}")
             _check(offset >= end and offset % ALIGNMENT == 0, f"{where}: blob {i} at {offset} overlaps or is misaligned")
-            _check(0 <= length and offset + length <= payload_len, f"{where}: blob {i} [{offset}, {offset + length}) exceeds the payload ({payload_len} bytes)")
+            _check(0 <= length and offset + length <= payload_len,
+                   f"{where}: blob {i} [{offset}, {offset + length}) exceeds the payload ({payload_len} bytes)")
             _check(0 <= raw_length and (codec != Codec.RAW or raw_length == length), f"{where}: blob {i} has inconsistent lengths")
             blobs.append(Blob(BlobKind(kind), Codec(codec), offset, length, raw_length, digest))
             end = offset + length

@@ -37,7 +37,7 @@ def main() -> None:
     )
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     xt, yt = torch.from_numpy(xtr), torch.from_numpy(ytr)
-    for epoch in range(30):
+    for _epoch in range(30):
         model.train()
         perm = torch.randperm(len(xt))
         for i in range(0, len(xt), 64):

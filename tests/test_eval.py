@@ -1,0 +1,166 @@
+"""qpack eval and sweep on the bundled sample and real third-party models with real inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from converter.cli import app
+from converter.datasets import digits
+from converter.evaluate import auto_groups, grouped_accuracy
+
+runner = CliRunner()
+
+
+def _run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """scikit-learn's two real sample photos (a temple in China, a flower) as image files."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    folder = tmp_path_factory.mktemp("photos")
+    for i, img in enumerate(load_sample_images().images):
+        Image.fromarray(img).save(folder / f"photo{i}.png")
+        Image.fromarray(img[::-1, ::-1]).save(folder / f"photo{i}_flipped.png")
+    return folder
+
+
+def test_sweep_on_sample(sample: Path, tmp_path: Path):
+    out = tmp_path / "sweep"
+    r = _run("sweep", sample, "--dataset", "digits", "--out", out, "--schemes", "asym,pow2", "--bits", "8,6,4,3,2",
+             "--sensitivity-bits", "2")
+    assert r.exit_code == 0, r.output
+    result = json.loads((out / "sweep.json").read_text())
+    float_acc = result["float_accuracy"]
+    assert float_acc > 0.97
+    cell = {(c["scheme"], c["granularity"], c["bits"]): c for c in result["cells"]}
+    assert abs(cell[("asym", "tensor", 8)]["accuracy"] - float_acc) <= 0.01
+    assert cell[("asym", "tensor", 2)]["accuracy"] < float_acc - 0.2
+    assert result["knee_bits"]["asym/tensor"] in (3, 4, 5, 6)
+    assert cell[("asym", "tensor", 2)]["qpk_bytes"] < cell[("asym", "tensor", 8)]["qpk_bytes"] / 2.5
+    ranking = result["sensitivity"]["ranking"]
+    assert len(ranking) == 5 and ranking[0]["loss_points"] >= ranking[-1]["loss_points"]
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert len(rows) == 2 * 2 * 5 and set(rows[0]) >= {"scheme", "bits", "accuracy", "qpk_bytes"}
+    for png in ("accuracy_vs_bits.png", "accuracy_vs_size.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert "knee" in r.output and "reproduce: qpack sweep" in r.output
+
+
+def test_eval_third_party_onnx_on_photos(ocr_cls: Path, photos: Path, tmp_path: Path):
+    js = tmp_path / "e.json"
+    r = _run("eval", ocr_cls, "--images", photos, "--size", "48x192", "--layout", "nchw", "--scale", "1/255",
+             "--mean", "0.5", "--std", "0.5", "--bits", "8", "--per-channel", "--json", js)
+    assert r.exit_code == 0, r.output
+    result = json.loads(js.read_text())
+    assert result["samples"] == 4
+    assert result["classification"]["top1_agreement"] == 1.0
+    assert result["outputs"][0]["cosine"] > 0.995
+
+
+def test_eval_tflite_on_photos(tfl_fp16: Path, photos: Path, tmp_path: Path):
+    js = tmp_path / "e.json"
+    r = _run("eval", tfl_fp16, "--images", photos, "--size", "128", "--layout", "nhwc", "--scale", "1/127.5", "--mean", "1",
+             "--bits", "8", "--per-channel", "--json", js)
+    assert r.exit_code == 0, r.output
+    result = json.loads(js.read_text())
+    assert result["samples"] == 4 and len(result["outputs"]) == 2
+    assert min(o["cosine"] for o in result["outputs"]) > 0.99
+    # the same container evaluated through --qpk gives the same figures
+    qpk = tmp_path / "f.qpk"
+    assert _run("convert", tfl_fp16, "--bits", "8", "--per-channel", "-o", qpk, "--compress", "none").exit_code == 0
+    r = _run("eval", tfl_fp16, "--qpk", qpk, "--images", photos, "--size", "128", "--layout", "nhwc", "--scale", "1/127.5",
+             "--mean", "1", "--json", tmp_path / "q.json")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "q.json").read_text())["outputs"] == result["outputs"]
+
+
+def test_grouping_auto_and_file(sample: Path, tmp_path: Path):
+    js = tmp_path / "g.json"
+    args = ("eval", sample, "--dataset", "digits", "--bits", "2", "--scheme", "asym", "--per-channel")
+    r = _run(*args, "--json", js)
+    assert r.exit_code == 0, r.output
+    c = json.loads(js.read_text())["classification"]
+    assert c["accuracy_quantized"] < c["accuracy_original"] - 0.05  # 2 bits confuses classes
+    assert c["groups"] and c["group_source"] == "auto"
+    assert c["grouped_accuracy_quantized"] >= c["accuracy_quantized"]
+    assert c["grouped_accuracy_original"] >= c["accuracy_original"]
+    # a user grouping is honoured: recompute its grouped accuracy from the confusion matrix
+    groups = [[4, 6], [7, 8, 1]]
+    gfile = tmp_path / "groups.json"
+    gfile.write_text(json.dumps({"groups": groups}))
+    r = _run(*args, "--groups", gfile, "--json", js)
+    assert r.exit_code == 0, r.output
+    c = json.loads(js.read_text())["classification"]
+    assert c["groups"] == [[4, 6], [1, 7, 8]] and c["group_source"] == "file"
+    cq = np.array(c["confusion_quantized"])
+    right = np.trace(cq) + sum(cq[i, j] for g in groups for i in g for j in g if i != j)
+    assert c["grouped_accuracy_quantized"] == pytest.approx(right / cq.sum(), abs=1e-6)
+
+
+def test_auto_groups_merge_growing_confusion():
+    ref = np.diag([50, 50, 50, 50])
+    q = ref.copy()
+    q[0, 0], q[0, 1] = 30, 20  # class 0 now taken for 1 at a 40% rate
+    q[1, 1], q[1, 0] = 40, 10
+    groups = auto_groups(ref, q, 0.05)
+    assert groups == [[0, 1]]
+    labels = np.repeat(np.arange(4), 50)
+    preds = np.concatenate([[0] * 30 + [1] * 20, [1] * 40 + [0] * 10, [2] * 50, [3] * 50])
+    assert grouped_accuracy(labels, preds, groups, 4) == 1.0 > float((labels == preds).mean())
+
+
+@pytest.mark.parametrize("content,message", [
+    ("[[0, 12]]", "out of range"), ("[[1, 2], [2, 3]]", "two groups"), ("{not json", "not a JSON"),
+    ('{"groups": [[1, "a"]]}', "list of lists"),
+])
+def test_bad_grouping_files(sample: Path, tmp_path: Path, content: str, message: str):
+    g = tmp_path / "g.json"
+    g.write_text(content)
+    r = _run("eval", sample, "--dataset", "digits", "--bits", "3", "--groups", g)
+    assert r.exit_code == 1 and message in r.output and r.output.startswith("qpack: error:")
+
+
+def test_npz_inputs_with_labels_match_builtin(sample: Path, tmp_path: Path):
+    x, y = digits()
+    npz = tmp_path / "d.npz"
+    np.savez(npz, image=x, labels=y)
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert _run("eval", sample, "--inputs", npz, "--bits", "3", "--json", a).exit_code == 0
+    assert _run("eval", sample, "--dataset", "digits", "--bits", "3", "--json", b).exit_code == 0
+    ca, cb = json.loads(a.read_text())["classification"], json.loads(b.read_text())["classification"]
+    assert ca["accuracy_quantized"] == cb["accuracy_quantized"] and ca["confusion_quantized"] == cb["confusion_quantized"]
+
+
+def test_mismatched_input_shape(sample: Path, tmp_path: Path):
+    npy = tmp_path / "x.npy"
+    np.save(npy, np.zeros((4, 1, 9, 9), np.float32))
+    r = _run("eval", sample, "--inputs", npy, "--bits", "8")
+    assert r.exit_code == 1 and "wants" in r.output and r.output.count("\n") == 1
+
+
+def test_wrong_input_names_and_choices(sample: Path, tmp_path: Path):
+    npz = tmp_path / "x.npz"
+    np.savez(npz, a=np.zeros((2, 1, 8, 8), np.float32), b=np.zeros((2, 1, 8, 8), np.float32))
+    r = _run("eval", sample, "--inputs", npz)
+    assert r.exit_code == 1 and "image" in r.output
+    r = _run("eval", sample)
+    assert r.exit_code == 1 and "exactly one of" in r.output
+    r = _run("eval", sample, "--dataset", "mnist")
+    assert r.exit_code == 1 and "unknown dataset" in r.output
+
+
+def test_qpk_of_other_format_rejected(sample: Path, tfl_fp16: Path, tmp_path: Path):
+    qpk = tmp_path / "f.qpk"
+    _run("convert", tfl_fp16, "-o", qpk, "--compress", "none")
+    r = _run("eval", sample, "--dataset", "digits", "--qpk", qpk)
+    assert r.exit_code == 1 and "onnx" in r.output
