@@ -95,32 +95,28 @@ def _series(result: dict[str, Any]):
         yield i, f"{s} per-{g}", rows, [score(result, c) for c in rows]
 
 
-def sweep_vs_bits(result: dict[str, Any]) -> bytes:
-    """Accuracy (or fidelity) against bit width, one line per scheme and granularity."""
+def _sweep_plot(result: dict[str, Any], x_key: str, xlabel: str, title: str, log_x: bool) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, label, rows, ys in _series(result):
-        ax.plot([c["bits"] for c in rows], ys, marker="o", color=f"C{i}", ls="-" if "channel" in label else "--", label=label)
+        ax.plot([c[x_key] for c in rows], ys, marker="o", color=f"C{i}", ls="-" if "channel" in label else "--", label=label)
     if result.get("float_accuracy") is not None:
         ax.axhline(100 * result["float_accuracy"], color="0.4", lw=0.8, label="float")
-    ax.set_xlabel("bits per weight code")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy %" if result.get("float_accuracy") is not None else "100 - loss")
-    ax.set_title("accuracy against bit width")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _png(fig)
+
+
+def sweep_vs_bits(result: dict[str, Any]) -> bytes:
+    """Accuracy (or fidelity) against bit width, one line per scheme and granularity."""
+    return _sweep_plot(result, "bits", "bits per weight code", "accuracy against bit width", False)
 
 
 def sweep_vs_size(result: dict[str, Any]) -> bytes:
     """Accuracy (or fidelity) against the .qpk's size in bytes."""
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for i, label, rows, ys in _series(result):
-        ax.plot([c["qpk_bytes"] for c in rows], ys, marker="o", color=f"C{i}", ls="-" if "channel" in label else "--", label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel(".qpk bytes")
-    ax.set_ylabel("accuracy %" if result.get("float_accuracy") is not None else "100 - loss")
-    ax.set_title("accuracy against artifact size")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _png(fig)
+    return _sweep_plot(result, "qpk_bytes", ".qpk bytes", "accuracy against artifact size", True)

@@ -11,11 +11,13 @@ from typing import Any
 
 from converter.convert import convert, quantize_weight
 from converter.datasets import Inputs
-from converter.evaluate import evaluate, fidelity_loss, run_all
+from converter.evaluate import classification, evaluate, fidelity_loss, output_fidelity, run_all
 from converter.policy import Policy
 from converter.runtime import open_runner
 from converter.schemes import get_scheme
 from formats.atomic import write_bytes_atomic
+from formats.constants import BlobKind
+from formats.container import Container
 from formats.errors import OptionError
 from formats.registry import open_model, restore_model
 
@@ -54,18 +56,16 @@ def _cell(model: Path, src, inputs: Inputs, reference, policy: Policy, tmp: Path
     result = evaluate(model, inputs, qpk=qpk, reference=reference)
     c = result["classification"] or {}
     params = sum(w.size for w in src.weights if policy.decide(w).quantize)
-    with_stats = {
+    cell = {
         "scheme": policy.scheme, "granularity": "channel" if policy.per_channel else "tensor", "bits": policy.bits,
         "loss_points": fidelity_loss(result), "accuracy": c.get("accuracy_quantized"), "top1_agreement": c.get("top1_agreement"),
         "min_cosine": min(o["cosine"] for o in result["outputs"]), "qpk_bytes": size,
         "bits_per_weight": None,
     }
-    from formats.container import Container
-
     with Container(qpk) as cont:
-        stored = sum(b.length for b in cont.blobs if b.kind != 0)
-    with_stats["bits_per_weight"] = round(stored * 8 / params, 4) if params else None
-    return with_stats
+        stored = sum(b.length for b in cont.blobs if b.kind != BlobKind.GRAPH)
+    cell["bits_per_weight"] = round(stored * 8 / params, 4) if params else None
+    return cell
 
 
 def sensitivity(model: Path, inputs: Inputs, reference, scheme: str, bits: int, tmp: Path,
@@ -83,11 +83,8 @@ def sensitivity(model: Path, inputs: Inputs, reference, scheme: str, bits: int, 
         out = tmp / f"one{model.suffix.lower() if model.suffix.lower() in ('.onnx', '.tflite') else '.onnx'}"
         restore_model(src.format, src.skeleton({w.key}), {w.key: y}, out)
         got = run_all(open_runner(out), inputs)
-        result = {"outputs": [], "classification": None}
-        from converter.evaluate import classification, output_fidelity
-
-        result["outputs"] = output_fidelity(reference, got, [str(i) for i in range(len(got))])
-        result["classification"] = classification(reference[0], got[0], inputs.labels, [], 1.0)
+        result = {"outputs": output_fidelity(reference, got, [str(i) for i in range(len(got))]),
+                  "classification": classification(reference[0], got[0], inputs.labels, [], 1.0)}
         rows.append({"name": w.name, "key": w.key, "params": w.size, "loss_points": fidelity_loss(result),
                      "min_cosine": min(o["cosine"] for o in result["outputs"])})
         if progress:
@@ -103,8 +100,6 @@ def run_sweep(model: Path, inputs: Inputs, schemes: list[str], widths: list[int]
     """Every valid (scheme, granularity, bits) cell, the knee of each curve, and the sensitivity ranking."""
     src = open_model(model)
     reference = run_all(open_runner(model), inputs)
-    from converter.evaluate import classification
-
     base = classification(reference[0], reference[0], inputs.labels, [], 1.0) or {}
     cells = []
     with tempfile.TemporaryDirectory(prefix="qpack-sweep-") as tmp:

@@ -31,6 +31,9 @@ from formats.constants import (
 from formats.errors import FormatError
 
 
+_CHUNK = 16 * 1024 * 1024
+
+
 def _align(n: int) -> int:
     return -(-n // ALIGNMENT) * ALIGNMENT
 
@@ -190,12 +193,20 @@ class Container:
         blob = self.blobs[index]
         if blob.codec == Codec.RAW:
             return view
+        # Streamed in chunks: a frame header may claim any size, so memory follows the bytes that
+        # really come out, and stops one byte past what the metadata promised.
+        out = bytearray()
         try:
-            out = zstandard.ZstdDecompressor().decompress(view, max_output_size=blob.raw_length)
+            with zstandard.ZstdDecompressor().stream_reader(view, read_across_frames=False) as reader:
+                while len(out) <= blob.raw_length:
+                    chunk = reader.read(min(_CHUNK, blob.raw_length + 1 - len(out)))
+                    if not chunk:
+                        break
+                    out += chunk
         except zstandard.ZstdError as e:
             raise FormatError(f"{self.path}: blob {index} does not decompress ({e})") from e
-        _check(len(out) == blob.raw_length, f"{self.path}: blob {index} decompresses to {len(out)} bytes, expected {blob.raw_length}")
-        return out
+        _check(len(out) == blob.raw_length, f"{self.path}: blob {index} decompresses to {len(out)}+ bytes, expected {blob.raw_length}")
+        return bytes(out)
 
     def verify(self) -> None:
         """Check every blob's checksum (opening only checks the header and metadata)."""

@@ -121,3 +121,19 @@ def test_hostile_header_fields_rejected(tiny_qpk: Path, tmp_path: Path):
 def test_not_a_qpk(tmp_path: Path):
     bad = tmp_path / "x.qpk"
     _expect_rejected(bad, b"hello world, this is not a container at all" * 3)
+
+
+def test_decompression_stops_at_promised_length(tmp_path: Path):
+    """A graph blob that inflates past its recorded raw_length (a zip bomb) is refused, not inflated."""
+    from dataclasses import replace
+
+    from formats.constants import BlobKind, Codec
+    from formats.container import ContainerWriter
+
+    w = ContainerWriter()
+    i = w.add(bytes(50_000_000), BlobKind.GRAPH, Codec.ZSTD)
+    w._blobs[i] = replace(w._blobs[i], raw_length=1000)  # the metadata lies about the size
+    path = tmp_path / "bomb.qpk"
+    w.write(path, {"graph": i})
+    with Container(path) as c, pytest.raises(FormatError, match="expected 1000"):
+        c.blob_bytes(i, BlobKind.GRAPH)
