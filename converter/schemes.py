@@ -167,29 +167,28 @@ class PowerOfTwo(Scheme):
 
     @classmethod
     def quantize(cls, x, bits, axis):
+        # The code of a float32 depends only on its top 10 bits (sign, exponent, first mantissa
+        # bit) and its group's window, so each group gets a 1024-entry table and quantizing is
+        # one shift, one add and one lookup per element.
         axes = _reduce_axes(x.ndim, axis)
         top = (1 << (bits - 1)) - 1
         x = np.ascontiguousarray(x, dtype=np.float32)
-        u = x.view(np.uint32)
-        a = u & _ABS
-        a[a < _MIN_NORMAL] = 0  # subnormal weights carry no usable exponent: flush them to zero
-        amax = a.max(axis=axes, keepdims=True)
-        # emax as an unbiased exponent; an all-zero group gets 0 (any window represents it)
-        emax = np.where(amax > 0, _nearest_pow2_biased(amax.astype(np.uint32)).astype(np.int32) - 127, 0)
-        emin = emax - top + 1
-        # 2^(emin-1) as float32 bits; when it underflows, 1 still sends zeros (the only values left
-        # below the normal range after the flush) to code 0
-        zero_below = np.maximum(np.ldexp(np.float32(1), emin - 1).astype(np.float32).view(np.uint32), 1)
-        m = _nearest_pow2_biased(a.copy())
-        m -= (emin + 126).astype(np.int32)
-        np.clip(m, 1, top, out=m)
-        m[a < zero_below] = 0  # nearer to zero than to the window's bottom
-        codes = m.astype(np.uint8)
-        sign = (u >> np.uint32(31)).astype(np.uint8)
-        sign[m == 0] = 0  # one zero code; the negative-zero code stays unused
-        sign <<= np.uint8(bits - 1)
-        codes |= sign
-        return codes, {"emax": emax.reshape(-1).astype(np.int16)}
+        amax = np.maximum(x.max(axis=axes, keepdims=True), -x.min(axis=axes, keepdims=True))
+        amax_bits = amax.astype(np.float32).view(np.uint32) & _ABS  # max(0.0, -(-0.0)) may be -0.0
+        # emax, unbiased; a group of zeros and subnormals gets 0 (any window represents it)
+        emax = np.where(amax_bits >= _MIN_NORMAL, _nearest_pow2_biased(amax_bits).astype(np.int32) - 127, 0)
+        groups = emax.reshape(-1)
+        key = np.arange(1024, dtype=np.int32)
+        sign, exp_field, round_up = key >> 9, (key >> 1) & 0xFF, key & 1
+        emin = groups[:, None] - top + 1
+        m = np.clip(exp_field + round_up - 127 - emin + 1, 1, top)
+        # below half the window's bottom, and subnormals (exponent field 0), round to zero
+        m[(exp_field - 127 < emin - 1) | (exp_field == 0)] = 0
+        table = np.where(m > 0, m | (sign << (bits - 1)), 0).astype(np.uint8).reshape(-1)
+        index = x.view(np.uint32) >> np.uint32(22)
+        if groups.size > 1:
+            index += (np.arange(groups.size, dtype=np.uint32) * np.uint32(1024)).reshape(_group_shape(x.shape, axis))
+        return table[index], {"emax": groups.astype(np.int16)}
 
     @classmethod
     def dequantize(cls, codes, params, bits, axis):

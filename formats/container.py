@@ -30,7 +30,6 @@ from formats.constants import (
 )
 from formats.errors import FormatError
 
-
 _CHUNK = 16 * 1024 * 1024
 
 

@@ -187,3 +187,18 @@ def test_nan_weight_refused(tmp_path: Path):
     with pytest.raises(FormatError, match="NaN"):
         convert(OnnxModel(tmp_path / "m.onnx"), Policy("asym", 8, include=("conv.w",)), tmp_path / "m.qpk")
     assert not (tmp_path / "m.qpk").exists()
+
+
+def test_restore_over_protobuf_limit_writes_external_data(monkeypatch, tmp_path: Path, sample: Path):
+    """A restored model too large for one protobuf gets a .data file beside it; onnxruntime loads both."""
+    import formats.onnx_model as om
+
+    monkeypatch.setattr(om, "_INLINE_LIMIT", 10_000)  # the sample's 230 kB stands in for a 2 GB model
+    qpk, restored = tmp_path / "m.qpk", tmp_path / "out" / "m.onnx"
+    convert(OnnxModel(sample), Policy("asym", 8), qpk)
+    written = restore(qpk, restored)
+    assert written == [restored, restored.with_name("m.onnx.data")]
+    assert restored.stat().st_size < 10_000 < restored.with_name("m.onnx.data").stat().st_size
+    x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    np.testing.assert_allclose(_outputs(restored, {"image": x})[0], _outputs(sample, {"image": x})[0], atol=0.2)
+    assert OnnxModel(restored).external_files == [restored.with_name("m.onnx.data").resolve()]

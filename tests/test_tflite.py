@@ -153,3 +153,39 @@ def test_random_corruption_never_escapes_as_other_errors(tfl_fp16: Path, tmp_pat
             TfliteModel(p)
         except QpackError:
             pass
+
+
+def test_deterministic_and_records_format(tfl_fp32: Path, tmp_path: Path):
+    from formats.container import Container
+
+    blobs = []
+    for i in range(2):
+        out = tmp_path / f"t{i}.qpk"
+        convert(TfliteModel(tfl_fp32), Policy("pow2", 4, per_channel=True), out)
+        blobs.append(out.read_bytes())
+        with Container(out) as c:
+            assert c.meta["format"] == "tflite"
+    assert blobs[0] == blobs[1]
+
+
+def test_buffer_stored_after_flatbuffer_by_offset(tmp_path: Path):
+    from tests.tflite_build import fc_with_offset_buffer
+
+    w = np.random.default_rng(3).standard_normal((8, 16)).astype(np.float32)
+    src = tmp_path / "fc.tflite"
+    src.write_bytes(fc_with_offset_buffer(w))
+    model = TfliteModel(src)
+    (weight,) = model.weights
+    assert (weight.name, weight.role, weight.axis) == ("fc/weights", Role.MATRIX, 0)
+    np.testing.assert_array_equal(weight.array, w)
+    _, restored = _round_trip(src, tmp_path, Policy("sym", 8, per_channel=True))
+    assert _changed_outside(src, restored, model, {weight.key}) == 0
+    got = TfliteModel(restored).weights[0].array
+    assert 0 < np.abs(got - w).max() <= np.abs(w).max(axis=1).max() / 127 / 2 * 1.001
+    x = {"x": np.linspace(-1, 1, 16, dtype=np.float32)[None]}
+    np.testing.assert_allclose(TfliteRunner(restored).run(x)[0], x["x"] @ w.T, atol=0.05)
+    # the same file cut inside the appended weights: the offset now points past the end
+    cut = tmp_path / "cut.tflite"
+    cut.write_bytes(src.read_bytes()[:-8])
+    with pytest.raises(FormatError, match="past the end"):
+        TfliteModel(cut)
