@@ -57,6 +57,16 @@ def _write_json(path: Path, data: Any) -> None:
     write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
 
 
+@contextmanager
+def _status(message: str, quiet: bool) -> Iterator[None]:
+    """A spinner on a terminal while work without countable steps runs."""
+    if quiet or not sys.stderr.isatty():
+        yield
+    else:
+        with err.status(message):
+            yield
+
+
 def _progress(quiet: bool) -> Progress | None:
     return None if quiet or not sys.stderr.isatty() else Progress(console=err, transient=True)
 
@@ -226,7 +236,7 @@ def report(
     from formats.atomic import write_bytes_atomic
     from formats.registry import open_model, sniff
 
-    with _errors():
+    with _errors(), _status("measuring", quiet):
         budget = Budget(max_size, max_bpw, min_sqnr)
         parse_compressors(compress)
         if sniff(path) == "qpk":

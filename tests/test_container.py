@@ -137,3 +137,56 @@ def test_decompression_stops_at_promised_length(tmp_path: Path):
     w.write(path, {"graph": i})
     with Container(path) as c, pytest.raises(FormatError, match="expected 1000"):
         c.blob_bytes(i, BlobKind.GRAPH)
+
+
+def _rewrite_meta(data: bytes, edit) -> bytes:
+    """Re-encode a container with edited metadata and valid checksums: a hostile, not a corrupt, file."""
+    import msgpack
+
+    from formats.constants import HEADER_BODY
+
+    fields = HEADER.unpack_from(data)
+    meta_len, payload_off, payload_len = fields[4], fields[5], fields[6]
+    meta = msgpack.unpackb(data[80 : 80 + meta_len], raw=False)
+    edit(meta)
+    packed = msgpack.packb(meta, use_bin_type=True)
+    new_off = -(-(80 + len(packed)) // 64) * 64
+    body = HEADER_BODY.pack(MAGIC, 1, 0, 0, len(packed), new_off, payload_len, hashlib.sha256(packed).digest())
+    import zlib
+
+    header = HEADER.pack(*HEADER_BODY.unpack(body), zlib.crc32(body), bytes(4))
+    return header + packed + bytes(new_off - 80 - len(packed)) + data[payload_off:]
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["tensors"][0].update(shape=[2**39, 2**39]),
+    lambda m: m["tensors"][0].update(shape=[3, 3]),
+    lambda m: m["tensors"][0].update(bits=9),
+    lambda m: m["tensors"][0].update(bits=True),
+    lambda m: m["tensors"][0].update(axis=7),
+    lambda m: m["tensors"][0].update(codes=999),
+    lambda m: m["tensors"][0].update(codes=m["graph"]),
+    lambda m: m["tensors"][0].update(scheme="fp8"),
+    lambda m: m["tensors"][0].update(dtype="int8"),
+    lambda m: m["tensors"][0]["params"].pop("scale"),
+    lambda m: m["tensors"][0]["params"].update(scale=m["tensors"][0]["codes"]),
+    lambda m: m["tensors"].append(dict(m["tensors"][0])),
+    lambda m: m.update(tensors="nope"),
+    lambda m: m.update(graph=-1),
+    lambda m: m.update(format="pytorch"),
+    lambda m: m["blobs"][0].__setitem__(2, 7),
+    lambda m: m["blobs"][0].__setitem__(3, 2**62),
+    lambda m: m["blobs"][-1].__setitem__(1, 9),
+    lambda m: m["blobs"].pop(),
+    lambda m: m.update(graph_sha256="0" * 64),
+], ids=lambda f: "")
+def test_hostile_metadata_rejected(tiny_qpk: Path, tmp_path: Path, edit):
+    bad = tmp_path / "hostile.qpk"
+    _expect_rejected(bad, _rewrite_meta(tiny_qpk.read_bytes(), edit))
+
+
+def test_rewrite_helper_keeps_a_valid_file(tiny_qpk: Path, tmp_path: Path):
+    good = tmp_path / "same.qpk"
+    good.write_bytes(_rewrite_meta(tiny_qpk.read_bytes(), lambda m: None))
+    q = QpkFile(good)
+    assert all(q.dequantize(e).shape == e.shape for e in q.entries) and q.graph()
