@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,6 +97,23 @@ def main() -> None:
               f"with load {mb / t_e2e:.1f} MB/s; {out.stat().st_size:,} bytes")
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"peak RSS {rss1 / 1024:.0f} MiB (model in memory {mb:.0f} MB; +{(rss1 - rss0) / 1024:.0f} MiB during conversions)")
+
+    # the whole CLI in a fresh process (start-up, load, convert, write) and its own peak memory,
+    # read from VmHWM, which exec resets (ru_maxrss of a child would include this process's)
+    args = ["convert", str(src), "-o", str(tmp / "cli.qpk"), "--bits", "4", "--compress", "none", "-q"]
+    child = ("import sys, re\nfrom converter.cli import app\nsys.argv = ['qpack'] + sys.argv[1:]\n"
+             "try:\n    app()\nexcept SystemExit as e:\n    assert not e.code\n"
+             "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1), file=sys.stderr)")
+    walls, peaks = [], []
+    for _ in range(3):
+        t = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", child, *args], check=True, capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent.parent)
+        walls.append(time.perf_counter() - t)
+        peaks.append(int(done.stderr.split()[-1]) / 1024)
+    wall, peak = statistics.median(walls), max(peaks)
+    print(f"qpack convert CLI, 4-bit asym: {wall:.2f} s wall ({mb / wall:.1f} MB/s of float weights, start-up included), "
+          f"peak RSS {peak:.0f} MiB ({peak * 1.048576 / mb:.1f}x the float weights)")
 
     count = 20_000_000
     rng = np.random.default_rng(1)

@@ -73,7 +73,7 @@ def tensor_figures(e: TensorEntry, codes: NDArray[np.uint8], y: NDArray[np.float
 
 def analyze(qpk: Path, source: SourceModel | None = None) -> dict[str, Any]:
     """Figures of every tensor stored in `qpk`, measured against `source`'s floats when given."""
-    floats = {w.key: w.array for w in source.weights} if source is not None else {}
+    floats = {w.key: w for w in source.weights} if source is not None else {}
     q = QpkFile(qpk)
     try:
         rows = []
@@ -81,9 +81,10 @@ def analyze(qpk: Path, source: SourceModel | None = None) -> dict[str, Any]:
             codes = q.codes(e)
             params = q.params(e)
             y = q.dequantize(e)
-            x = floats.get(e.key)
-            if source is not None and (x is None or tuple(x.shape) != e.shape):
+            w = floats.get(e.key)
+            if source is not None and (w is None or w.shape != e.shape):
                 raise OptionError(f"--source {source.path.name} is not the model this container came from (tensor '{e.name}')")
+            x = None if w is None else w.array
             rows.append(tensor_figures(e, codes, y, None if x is None else np.asarray(x, np.float32), params))
         return {"tensors": rows, "totals": totals(rows), "kept": q.kept, "format": q.format,
                 "options": q.container.meta.get("options"), "qpk_bytes": q.container.size}

@@ -74,9 +74,10 @@ class ConvertResult:
     graph_bytes: int = 0
 
 
-def quantize_weight(w: Weight, scheme: str, bits: int, axis: int | None) -> tuple[NDArray[np.uint8], dict[str, NDArray]]:
-    """Codes and per-group parameters of one weight, computed in float32."""
-    x = np.asarray(w.array, dtype=np.float32)
+def quantize_weight(w: Weight, scheme: str, bits: int, axis: int | None,
+                    values: NDArray | None = None) -> tuple[NDArray[np.uint8], dict[str, NDArray]]:
+    """Codes and per-group parameters of one weight (of `values` when already read), in float32."""
+    x = np.asarray(w.array if values is None else values, dtype=np.float32)
     if not np.isfinite(x).all():
         raise FormatError(f"tensor '{w.name}' holds NaN or infinite values; refusing to quantize it")
     return get_scheme(scheme).quantize(x, bits, axis)
@@ -92,12 +93,14 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
     for i, w in enumerate(weights):
         d = policy.decide(w)
         if not d.quantize:
-            result.kept.append(KeptStat(w.name, w.shape, w.dtype, w.role.value, d.reason, int(w.array.nbytes)))
+            result.kept.append(KeptStat(w.name, w.shape, w.dtype, w.role.value, d.reason, w.nbytes))
             kept.append({"name": w.name, "key": w.key, "shape": list(w.shape), "dtype": w.dtype, "role": w.role.value, "reason": d.reason})
             continue
-        codes, params = quantize_weight(w, policy.scheme, d.bits, d.axis)
+        x = w.array
+        codes, params = quantize_weight(w, policy.scheme, d.bits, d.axis, x)
         hist = code_histogram(codes, d.bits)
-        signal, noise = noise_energy(w.array, get_scheme(policy.scheme).dequantize(codes, params, d.bits, d.axis))
+        signal, noise = noise_energy(x, get_scheme(policy.scheme).dequantize(codes, params, d.bits, d.axis))
+        del x
         packed = pack(codes, d.bits)
         del codes
         entry = TensorEntry(w.name, w.key, w.shape, w.dtype, w.role.value, policy.scheme, d.bits, d.axis,

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import py7zr
 import zstandard
 from numpy.typing import NDArray
 
@@ -38,6 +37,8 @@ def _zstd(data: bytes) -> int:
 
 
 def _7z(data: bytes) -> int:
+    import py7zr  # 60 ms to import: paid only when 7z is asked for
+
     buf = io.BytesIO()
     with py7zr.SevenZipFile(buf, "w", filters=[{"id": py7zr.FILTER_LZMA2, "preset": 9}]) as z:
         z.writef(io.BytesIO(data), "data")

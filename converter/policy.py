@@ -63,7 +63,7 @@ class Policy:
         if w.size == 0:
             return Decision(False, reason="empty")
         bits = next((b for p, b in self.bits_for if _matches(w, (p,))), self.bits)
-        axis = w.axis if self.per_channel and w.axis is not None and w.array.ndim > 1 else None
+        axis = w.axis if self.per_channel and w.axis is not None and len(w.shape) > 1 else None
         return Decision(True, bits=bits, axis=axis)
 
 

@@ -28,8 +28,10 @@ def size_report(model: SourceModel, result: ConvertResult, compressors: tuple[st
     params = sum(t.param_bytes for t in result.tensors)
     entropy_total = sum(t.entropy * t.count for t in result.tensors)
     signal, noise = sum(t.signal for t in result.tensors), sum(t.noise for t in result.tensors)
-    items = {"original": source_bytes(model), "qpk": result.path.read_bytes()}
-    compressed = compressed_sizes(items, compressors, progress)
+    compressed: dict[str, dict[str, int]] = {}
+    if compressors:  # reading a large model back is only worth it when something compresses it
+        items = {"original": source_bytes(model), "qpk": result.path.read_bytes()}
+        compressed = compressed_sizes(items, compressors, progress)
     return {
         "source": {"path": str(model.path), "format": model.format},
         "sizes": {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -33,28 +34,39 @@ class Weight:
 
     `key` locates the tensor in the model (unique); `name` is what the model calls it. `axis` is
     the output-channel axis when the consumer has one, which is where per-channel scales go.
+    The values are decoded from the model on each access of `array`, so that an adapter holds one
+    copy of a large model, not two: read it once into a local.
     """
 
     key: str
     name: str
-    array: NDArray
+    shape: tuple[int, ...]
     dtype: str
     role: Role
     axis: int | None = None
     consumers: tuple[str, ...] = field(default=())
     note: str = ""
+    nbytes: int = 0
+    load: Callable[[], NDArray] = field(default=lambda: np.zeros(0), repr=False, compare=False)
+
+    @property
+    def array(self) -> NDArray:
+        return self.load()
 
     @property
     def is_float(self) -> bool:
         return self.dtype in FLOAT_DTYPES
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(int(n) for n in self.array.shape)
-
-    @property
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
+
+
+def from_array(key: str, name: str, array: NDArray, dtype: str, role: Role, axis: int | None = None,
+               consumers: tuple[str, ...] = (), note: str = "") -> Weight:
+    """A Weight over an array already in memory (a view into a mapped file, say)."""
+    return Weight(key, name, tuple(int(n) for n in array.shape), dtype, role, axis, consumers, note, int(array.nbytes),
+                  lambda: array)
 
 
 class SourceModel(Protocol):

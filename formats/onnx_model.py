@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -127,6 +128,13 @@ def _load_external(tensor: TensorProto, base: Path) -> None:
     tensor.data_location = TensorProto.DEFAULT
 
 
+def _np_dtype(tensor: TensorProto) -> np.dtype:
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    except (KeyError, TypeError, ValueError) as e:
+        raise UnsupportedError(f"tensor '{tensor.name}' has unknown data type {tensor.data_type}") from e
+
+
 def _to_array(tensor: TensorProto) -> NDArray:
     try:
         return numpy_helper.to_array(tensor)
@@ -174,15 +182,20 @@ class OnnxModel:
             name = tensor.name or key.rsplit(":", 1)[-1]
             if key.rsplit("/", 1)[-1].startswith("node"):
                 name = key.rsplit(":", 1)[-1]  # a Constant is known by its output
-            array = _to_array(tensor)
             dtype = _FLOAT_TYPES.get(tensor.data_type)
+            np_dtype = _np_dtype(tensor)
+            shape = tuple(int(d) for d in tensor.dims)
+            if any(d < 0 for d in shape):
+                raise FormatError(f"tensor '{name}' has negative dims {list(shape)}")
+            nbytes = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+            load = partial(_to_array, tensor)
             consumers = uses.get(name, [])
             labels = tuple(f"{n.op_type}:{i}" for n, i in consumers)
             if dtype is None:
                 role = Role.QUANTIZED if any(n.op_type in _QUANT_CONSUMERS for n, _ in consumers) else Role.INTEGER
-                weights.append(Weight(key, name, array, str(array.dtype), role, None, labels))
+                weights.append(Weight(key, name, shape, str(np_dtype), role, None, labels, "", nbytes, load))
                 continue
-            roles = {_role_of(n.op_type, i, n, array.ndim) for n, i in consumers}
+            roles = {_role_of(n.op_type, i, n, len(shape)) for n, i in consumers}
             note = ""
             if len(roles) == 1:
                 role, axis = roles.pop()
@@ -193,7 +206,7 @@ class OnnxModel:
                 role = kinds.pop() if len(kinds) == 1 else Role.OTHER
                 axis = None
                 note = "shared by " + ", ".join(sorted(set(labels)))
-            weights.append(Weight(key, name, array, dtype, role, axis, labels, note))
+            weights.append(Weight(key, name, shape, dtype, role, axis, labels, note, nbytes, load))
         return weights
 
     def skeleton(self, strip: set[str]) -> bytes:

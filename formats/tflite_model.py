@@ -16,7 +16,7 @@ import tflite
 from numpy.typing import NDArray
 
 from formats.errors import FormatError, UnsupportedError
-from formats.model import Role, Weight
+from formats.model import Role, Weight, from_array
 from formats.registry import TFLITE_IDENT
 
 FORMAT = "tflite"
@@ -181,13 +181,13 @@ def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict,
              for t in tensors[1:]):
         note = "buffer shared by tensors of different types or shapes"
     if np_dtype is None or note:
-        return Weight(key, name, raw, dtype_name, Role.QUANTIZED if quantized else Role.OTHER, None, labels, note)
+        return from_array(key, name, raw, dtype_name, Role.QUANTIZED if quantized else Role.OTHER, None, labels, note)
     expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(np_dtype).itemsize
     if expected != region.length:
         raise FormatError(f"{where}: tensor '{name}' is {region.length} bytes, expected {expected} for shape {list(shape)} {dtype_name}")
     array = raw.view(np_dtype).reshape(shape)
     if quantized or (not np.issubdtype(array.dtype, np.floating)):
-        return Weight(key, name, array, dtype_name, Role.QUANTIZED if quantized else Role.INTEGER, None, labels)
+        return from_array(key, name, array, dtype_name, Role.QUANTIZED if quantized else Role.INTEGER, None, labels)
     roles = {_role_of(op, i, len(shape)) for op, i in uses}
     if len(roles) == 1:
         role, axis = roles.pop()
@@ -195,7 +195,7 @@ def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict,
         kinds = {r for r, _ in roles}
         role, axis = (kinds.pop() if len(kinds) == 1 else Role.OTHER), None
         note = "no consumer" if not roles else ("shared by " + ", ".join(sorted(set(labels))) if len(kinds) > 1 else "")
-    return Weight(key, name, array, dtype_name, role, axis, labels, note)
+    return from_array(key, name, array, dtype_name, role, axis, labels, note)
 
 
 class TfliteModel:
@@ -234,9 +234,10 @@ def restore(skeleton: bytes, arrays: dict[str, NDArray]) -> bytes:
         w = by_key.get(key)
         if w is None or not w.is_float:
             raise FormatError(f"stored graph has no float buffer {key!r}")
-        arr = np.asarray(values).astype(w.array.dtype)
-        if arr.shape != w.array.shape:
-            raise FormatError(f"buffer {key!r}: shape {arr.shape} does not match {w.array.shape}")
+        target = w.array
+        arr = np.asarray(values).astype(target.dtype)
+        if arr.shape != target.shape:
+            raise FormatError(f"buffer {key!r}: shape {arr.shape} does not match {target.shape}")
         r = scan.regions[int(key.split(":", 1)[1])]
         out[r.start : r.start + r.length] = arr.tobytes()
     return bytes(out)
