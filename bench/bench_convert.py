@@ -29,6 +29,7 @@ from converter.convert import convert  # noqa: E402
 from converter.measure import compressed_sizes  # noqa: E402
 from converter.packing import pack, unpack  # noqa: E402
 from converter.policy import Policy  # noqa: E402
+from formats.constants import Codec  # noqa: E402
 from formats.onnx_model import OnnxModel  # noqa: E402
 
 
@@ -95,6 +96,8 @@ def main() -> None:
         label = f"{scheme}{' per-channel' if per_channel else ''}"
         print(f"convert 4-bit {label:<15}{t * 1e3:8.1f} ms   {mb / t:8.1f} MB/s  ({t / t_peer:.2f}x the tofile floor); "
               f"with load {mb / t_e2e:.1f} MB/s; {out.stat().st_size:,} bytes")
+    t = median_time(lambda: convert(model, Policy("asym", 4), tmp / "z.qpk", codec=Codec.ZSTD), args.repeat)
+    print(f"convert 4-bit asym, codes zstd {t * 1e3:8.1f} ms   {mb / t:8.1f} MB/s; {(tmp / 'z.qpk').stat().st_size:,} bytes")
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"peak RSS {rss1 / 1024:.0f} MiB (model in memory {mb:.0f} MB; +{(rss1 - rss0) / 1024:.0f} MiB during conversions)")
 

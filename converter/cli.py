@@ -26,6 +26,11 @@ out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty()
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+class CodecName(str, Enum):
+    packed = "packed"
+    zstd = "zstd"
+
+
 class SchemeName(str, Enum):
     asym = "asym"
     sym = "sym"
@@ -84,9 +89,17 @@ Compress = Annotated[str, typer.Option("--compress", help="compressors to measur
                                                             "auto = gzip,zstd for models up to 64 MiB")]
 JsonOut = Annotated[Path | None, typer.Option("--json", dir_okay=False, help="also write the report as JSON")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")]
+CodecOpt = Annotated[CodecName, typer.Option("--codec", help="packed: dense n-bit codes; zstd: the packed codes entropy-coded "
+                                                             "(kept per tensor only where smaller)")]
 MaxSize = Annotated[int | None, typer.Option("--max-size", help="fail (exit 3) when the .qpk is larger than this many bytes")]
 MaxBpw = Annotated[float | None, typer.Option("--max-bpw", help="fail (exit 3) above this many bits per weight, scales included")]
 MinSqnr = Annotated[float | None, typer.Option("--min-sqnr", help="fail (exit 3) when the weights' SQNR is under this many dB")]
+
+
+def _codec(name: CodecName):
+    from formats.constants import Codec
+
+    return Codec.ZSTD if name == CodecName.zstd else Codec.RAW
 
 
 def _policy(scheme: SchemeName, bits: int, per_channel: bool, keep: list[str] | None, include: list[str] | None,
@@ -106,6 +119,7 @@ def convert(
     keep: Keep = None,
     include: Include = None,
     bits_for: BitsFor = None,
+    codec: CodecOpt = CodecName.packed,
     compress: Compress = "auto",
     json_out: JsonOut = None,
     tensors: Annotated[bool, typer.Option("--tensors", help="also print the per-tensor table")] = False,
@@ -139,13 +153,13 @@ def convert(
         if bar:
             with bar:
                 task = bar.add_task("quantizing", total=len(src.weights))
-                result = run_convert(src, policy, target, lambda i, n: bar.update(task, completed=i))
+                result = run_convert(src, policy, target, lambda i, n: bar.update(task, completed=i), _codec(codec))
                 ctask = bar.add_task("compressing", total=len(compressors) * 2)
                 report = size_report(src, result, compressors, lambda _: bar.advance(ctask))
         else:
-            result = run_convert(src, policy, target)
+            result = run_convert(src, policy, target, codec=_codec(codec))
             report = size_report(src, result, compressors)
-        report["options"] = {"scheme": policy.scheme, "bits": policy.bits, "per_channel": policy.per_channel}
+        report["options"] = {"scheme": policy.scheme, "bits": policy.bits, "per_channel": policy.per_channel, "codec": codec.value}
         report["output"] = str(target)
         if json_out:
             _write_json(json_out, report)
@@ -214,6 +228,7 @@ def report(
     keep: Keep = None,
     include: Include = None,
     bits_for: BitsFor = None,
+    codec: CodecOpt = CodecName.packed,
     source: Annotated[Path | None, typer.Option("--source", exists=True, dir_okay=False,
                                                    help="for a .qpk: the float model it came from (enables SQNR and pictures)")] = None,
     layer: Annotated[str | None, typer.Option("--layer", help="tensor shown in the per-layer pictures (default: first kernel)")] = None,
@@ -248,7 +263,7 @@ def report(
         else:
             src = open_model(path)
             policy = _policy(scheme, bits, per_channel, keep, include, bits_for)
-            rep = report_model(src, policy, parse_compressors(compress, src.file_bytes))
+            rep = report_model(src, policy, parse_compressors(compress, src.file_bytes), _codec(codec))
             rep["options"] = {"scheme": policy.scheme, "bits": bits, "per_channel": per_channel}
             scheme_name = policy.scheme
         command = "qpack report " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["report"] else "qpack report " + str(path)

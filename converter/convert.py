@@ -16,7 +16,7 @@ from converter.measure import code_histogram, entropy_bits, noise_energy
 from converter.packing import pack, packed_size, unpack
 from converter.policy import Policy
 from converter.schemes import get_scheme, group_count
-from formats.constants import BlobKind, Codec
+from formats.constants import CODES_ZSTD_LEVEL, BlobKind, Codec
 from formats.container import Container, ContainerWriter
 from formats.entries import PARAM_DTYPES, TensorEntry, parse_tensors
 from formats.errors import FormatError
@@ -36,7 +36,8 @@ class TensorStat:
     bits: int
     axis: int | None
     count: int
-    packed_bytes: int
+    packed_bytes: int  # the dense n-bit stream
+    stored_bytes: int  # the stream as stored: packed_bytes, or less when entropy-coded
     param_bytes: int
     entropy: float
     levels_used: int
@@ -83,8 +84,12 @@ def quantize_weight(w: Weight, scheme: str, bits: int, axis: int | None,
     return get_scheme(scheme).quantize(x, bits, axis)
 
 
-def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[int, int], None] | None = None) -> ConvertResult:
-    """Quantize `model` under `policy` and write the container to `out` atomically."""
+def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[int, int], None] | None = None,
+            codec: Codec = Codec.RAW) -> ConvertResult:
+    """Quantize `model` under `policy` and write the container to `out` atomically.
+
+    `codec` ZSTD entropy-codes each packed code stream (kept only where it is smaller).
+    """
     writer = ContainerWriter()
     result = ConvertResult(out, 0)
     entries: list[dict[str, Any]] = []
@@ -103,12 +108,13 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
         del x
         packed = pack(codes, d.bits)
         del codes
-        entry = TensorEntry(w.name, w.key, w.shape, w.dtype, w.role.value, policy.scheme, d.bits, d.axis,
-                            writer.add(packed, BlobKind.CODES),
+        codes_blob = writer.add(packed, BlobKind.CODES, codec, CODES_ZSTD_LEVEL)
+        entry = TensorEntry(w.name, w.key, w.shape, w.dtype, w.role.value, policy.scheme, d.bits, d.axis, codes_blob,
                             {k: writer.add(np.asarray(v, PARAM_DTYPES[k]), BlobKind.PARAM) for k, v in params.items()})
         entries.append(entry.to_meta())
         result.tensors.append(TensorStat(w.name, w.key, w.shape, w.dtype, w.role.value, policy.scheme, d.bits, d.axis, w.size,
-                                         packed.nbytes, sum(v.nbytes for v in params.values()), entropy_bits(hist),
+                                         packed.nbytes, writer.blob_length(codes_blob), sum(v.nbytes for v in params.values()),
+                                         entropy_bits(hist),
                                          int((hist > 0).sum()), signal, noise))
         if progress:
             progress(i + 1, len(weights))
@@ -118,7 +124,7 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
         "qpack": __version__,
         "format": model.format,
         "source": {"name": model.path.name, "bytes": model.file_bytes},
-        "options": {"scheme": policy.scheme, "bits": policy.bits, "per_channel": policy.per_channel,
+        "options": {"scheme": policy.scheme, "bits": policy.bits, "per_channel": policy.per_channel, "codec": codec.name.lower(),
                     "keep": list(policy.keep), "include": list(policy.include),
                     "bits_for": [[p, b] for p, b in policy.bits_for]},
         "graph": graph,

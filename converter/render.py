@@ -25,6 +25,8 @@ def size_table(report: dict[str, Any], console: Console, tensors: bool = False) 
     t.add_row("float32 weights", _n(s["float32_weight_bytes"]), *("" for _ in comp))
     t.add_row(".qpk", _n(s["qpk_bytes"]), *(_n(comp[c].get("qpk")) for c in comp))
     t.add_row("  packed codes", _n(s["packed_code_bytes"]), *("" for _ in comp))
+    if s["stored_code_bytes"] != s["packed_code_bytes"]:
+        t.add_row("  codes, entropy-coded", _n(s["stored_code_bytes"]), *("" for _ in comp))
     t.add_row("  scales/zero points", _n(s["param_bytes"]), *("" for _ in comp))
     t.add_row("  graph (zstd)", _n(s["graph_bytes"]), *("" for _ in comp))
     t.add_row("  entropy limit of codes", _n(s["entropy_limit_bytes"]), *("" for _ in comp))
@@ -40,11 +42,11 @@ def size_table(report: dict[str, Any], console: Console, tensors: bool = False) 
 
 def tensor_table(report: dict[str, Any], console: Console) -> None:
     t = Table(title="tensors", title_justify="left")
-    for col in ("name", "shape", "role", "scheme", "bits", "axis", "packed", "entropy", "levels"):
+    for col in ("name", "shape", "role", "scheme", "bits", "axis", "code bytes", "entropy", "levels"):
         t.add_column(col, justify="left" if col in ("name", "role", "scheme") else "right")
     for r in report["tensors"]:
         t.add_row(r["name"], "x".join(map(str, r["shape"])), r["role"], r["scheme"], str(r["bits"]),
-                  _n(r["axis"]), _n(r["packed_bytes"]), f"{r['entropy']:.3f}", f"{r['levels_used']}/{1 << r['bits']}")
+                  _n(r["axis"]), _n(r["stored_bytes"]), f"{r['entropy']:.3f}", f"{r['levels_used']}/{1 << r['bits']}")
     console.print(t)
     if report["kept"]:
         k = Table(title="kept in the graph", title_justify="left")

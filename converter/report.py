@@ -13,17 +13,18 @@ from converter.convert import convert
 from converter.measure import compressed_sizes
 from converter.policy import Policy
 from converter.sizes import size_report
+from formats.constants import Codec
 from formats.errors import OptionError
 from formats.model import SourceModel
 
 HISTOGRAM_WIDTHS = (8, 6, 4, 3, 2)
 
 
-def report_model(model: SourceModel, policy: Policy, compressors: tuple[str, ...]) -> dict[str, Any]:
+def report_model(model: SourceModel, policy: Policy, compressors: tuple[str, ...], codec: Codec = Codec.RAW) -> dict[str, Any]:
     """Convert into a temporary container, so every size is that of a real artifact, and analyze it."""
     with tempfile.TemporaryDirectory(prefix="qpack-report-") as tmp:
         qpk = Path(tmp) / "model.qpk"
-        result = convert(model, policy, qpk)
+        result = convert(model, policy, qpk, codec=codec)
         sizes = size_report(model, result, compressors)
         rep = analyze(qpk, model)
     rep.update(source=str(model.path), sizes=sizes["sizes"], compressed=sizes["compressed"])
@@ -54,7 +55,7 @@ def report_qpk(qpk: Path, source: SourceModel | None, compressors: tuple[str, ..
 
 
 def _stored_bytes(rep: dict[str, Any], sizes: dict[str, Any]) -> dict[str, Any]:
-    by_key = {t["key"]: t["packed_bytes"] + t["param_bytes"] for t in sizes["tensors"]}
+    by_key = {t["key"]: t["stored_bytes"] + t["param_bytes"] for t in sizes["tensors"]}
     for r in rep["tensors"]:
         r["stored_bytes"] = by_key[r["key"]]
     return rep

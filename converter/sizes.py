@@ -25,6 +25,7 @@ def size_report(model: SourceModel, result: ConvertResult, compressors: tuple[st
     quantized = sum(t.count for t in result.tensors)
     kept_float = sum(int(w.size) for w in model.weights if w.is_float) - quantized
     packed = sum(t.packed_bytes for t in result.tensors)
+    stored = sum(t.stored_bytes for t in result.tensors)
     params = sum(t.param_bytes for t in result.tensors)
     entropy_total = sum(t.entropy * t.count for t in result.tensors)
     signal, noise = sum(t.signal for t in result.tensors), sum(t.noise for t in result.tensors)
@@ -40,11 +41,12 @@ def size_report(model: SourceModel, result: ConvertResult, compressors: tuple[st
             "quantized_params": quantized,
             "float_params_kept": kept_float,
             "packed_code_bytes": packed,
+            "stored_code_bytes": stored,
             "param_bytes": params,
             "graph_bytes": result.graph_bytes,
             "qpk_bytes": result.size,
             "ratio_vs_original": round(model.file_bytes / result.size, 4) if result.size else None,
-            "bits_per_weight": round((packed + params) * 8 / quantized, 4) if quantized else None,
+            "bits_per_weight": round((stored + params) * 8 / quantized, 4) if quantized else None,
             "entropy_bits_per_weight": round(entropy_total / quantized, 4) if quantized else None,
             "entropy_limit_bytes": int(-(-entropy_total // 8)),
             "sqnr_db": db(signal, noise),

@@ -60,8 +60,11 @@ class ContainerWriter:
         self._data: list[memoryview] = []
         self._end = 0
 
-    def add(self, data: bytes | NDArray, kind: BlobKind, codec: Codec = Codec.RAW) -> int:
-        """Queue a blob (arrays are stored as their little-endian bytes); returns its index."""
+    def add(self, data: bytes | NDArray, kind: BlobKind, codec: Codec = Codec.RAW, level: int = GRAPH_ZSTD_LEVEL) -> int:
+        """Queue a blob (arrays are stored as their little-endian bytes); returns its index.
+
+        A zstd blob that would come out larger than its input is stored raw instead.
+        """
         if isinstance(data, np.ndarray):
             if data.dtype.byteorder == ">":
                 data = data.astype(data.dtype.newbyteorder("<"))
@@ -70,7 +73,11 @@ class ContainerWriter:
             raw = memoryview(data).cast("B")
         raw_length = raw.nbytes
         if codec == Codec.ZSTD:
-            raw = memoryview(zstandard.ZstdCompressor(level=GRAPH_ZSTD_LEVEL, write_checksum=False).compress(raw))
+            packed = zstandard.ZstdCompressor(level=level, write_checksum=False).compress(raw)
+            if len(packed) < raw_length:
+                raw = memoryview(packed)
+            else:
+                codec = Codec.RAW
         offset = _align(self._end)
         blob = Blob(kind, codec, offset, raw.nbytes, raw_length, hashlib.sha256(raw).digest())
         self._blobs.append(blob)

@@ -135,3 +135,20 @@ def test_bad_tflite_one_line(tmp_path: Path):
     r = _run("convert", bad)
     assert r.exit_code == 1 and r.output.startswith("qpack: error:") and r.output.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tflite"]
+
+
+def test_entropy_coded_codes(ocr_cls: Path, tmp_path: Path):
+    packed, coded = tmp_path / "p.qpk", tmp_path / "z.qpk"
+    common = ["--bits", "4", "--scheme", "sym", "--per-channel", "--compress", "none"]
+    assert _run("convert", ocr_cls, "-o", packed, *common, "--json", tmp_path / "p.json").exit_code == 0
+    r = _run("convert", ocr_cls, "-o", coded, *common, "--codec", "zstd", "--json", tmp_path / "z.json")
+    assert r.exit_code == 0, r.output
+    p, z = (json.loads((tmp_path / f"{n}.json").read_text())["sizes"] for n in "pz")
+    assert z["stored_code_bytes"] < p["stored_code_bytes"] == p["packed_code_bytes"]
+    # near the order-0 Shannon limit of the codes, and never below what a real coder can reach by chance
+    assert z["entropy_limit_bytes"] * 0.9 < z["stored_code_bytes"] < z["entropy_limit_bytes"] * 1.1
+    assert z["bits_per_weight"] < p["bits_per_weight"] and coded.stat().st_size < packed.stat().st_size
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    assert _run("unpack", packed, "-o", a).exit_code == 0 and _run("unpack", coded, "-o", b).exit_code == 0
+    assert a.read_bytes() == b.read_bytes()
+    assert "entropy-coded" in r.output
