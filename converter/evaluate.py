@@ -40,11 +40,17 @@ def run_all(runner: Runner, inputs: Inputs) -> list[NDArray]:
 
 
 def _logits(out: NDArray) -> NDArray | None:
-    """A [N, classes] view of an output if it looks like class scores, else None."""
-    squeezed = out.reshape(out.shape[0], -1) if out.ndim >= 2 else None
-    if squeezed is None or squeezed.shape[1] < 2 or out.size != squeezed.size:
+    """A [N, classes] view of an output shaped [N, C] (or [N, C, 1, ...]), else None.
+
+    Outputs with more than one non-trivial dimension after the batch (boxes x scores, say) are not
+    class scores, and are judged by cosine and SQNR alone.
+    """
+    if out.ndim < 2:
         return None
-    return squeezed if np.prod([d for d in out.shape[1:] if d != 1]) == squeezed.shape[1] else None
+    rest = [d for d in out.shape[1:] if d != 1]
+    if len(rest) != 1 or rest[0] < 2:
+        return None
+    return out.reshape(out.shape[0], rest[0])
 
 
 def output_fidelity(ref: list[NDArray], got: list[NDArray], names: list[str]) -> list[dict[str, Any]]:

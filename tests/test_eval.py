@@ -164,3 +164,22 @@ def test_qpk_of_other_format_rejected(sample: Path, tfl_fp16: Path, tmp_path: Pa
     _run("convert", tfl_fp16, "-o", qpk, "--compress", "none")
     r = _run("eval", sample, "--dataset", "digits", "--qpk", qpk)
     assert r.exit_code == 1 and "onnx" in r.output
+
+
+def test_only_single_axis_outputs_count_as_class_scores():
+    from converter.evaluate import _logits
+
+    assert _logits(np.zeros((2, 10))).shape == (2, 10)
+    assert _logits(np.zeros((2, 10, 1, 1))).shape == (2, 10)
+    assert _logits(np.zeros((1, 896, 16))) is None  # boxes x coordinates: judged by cosine alone
+    assert _logits(np.zeros((2, 1))) is None and _logits(np.zeros(5)) is None
+
+
+def test_sweep_of_a_detector_uses_output_fidelity(tfl_fp16: Path, photos: Path, tmp_path: Path):
+    r = _run("sweep", tfl_fp16, "--images", photos, "--size", "128", "--layout", "nhwc", "--scale", "1/127.5", "--mean", "1",
+             "--out", tmp_path, "--schemes", "asym", "--bits", "8,4", "--granularity", "channel", "--sensitivity-bits", "0")
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    assert result["loss_measure"] == "100 * (1 - mean output cosine)"
+    loss = {c["bits"]: c["loss_points"] for c in result["cells"]}
+    assert 0 <= loss[8] < 1 < loss[4]
