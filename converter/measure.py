@@ -97,7 +97,19 @@ def sqnr_db(x: NDArray, y: NDArray) -> float:
 
 
 def noise_energy(x: NDArray, y: NDArray) -> tuple[float, float]:
-    """(signal energy, noise energy) of y against x, for pooling SQNR over tensors."""
-    x32 = np.asarray(x, dtype=np.float32)
-    d = x32 - np.asarray(y, dtype=np.float32)
-    return float(np.dot(x32.ravel(), x32.ravel())), float(np.dot(d.ravel(), d.ravel()))
+    """(signal energy, noise energy) of y against x, for pooling SQNR over tensors.
+
+    Accumulated in float64 over chunks: float32 sums overflow on large weights, and chunks keep the
+    temporaries small however large the tensor.
+    """
+    xf, yf = np.asarray(x).reshape(-1), np.asarray(y).reshape(-1)
+    signal = noise = 0.0
+    for i in range(0, xf.size, _CHUNK):
+        a = xf[i : i + _CHUNK].astype(np.float64)
+        d = a - yf[i : i + _CHUNK]
+        signal += float(np.dot(a, a))
+        noise += float(np.dot(d, d))
+    return signal, noise
+
+
+_CHUNK = 1 << 20
