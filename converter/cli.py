@@ -313,7 +313,7 @@ def _inputs(model: Path, inputs: Path | None, images: Path | None, dataset: str 
             raise QpackError("--images feeds single-input models")
         data = datasets.from_images(images, specs[0], size, layout.lower(), scale, mean, std)
     else:
-        data = datasets.builtin(dataset, specs)
+        data = datasets.builtin(str(dataset), specs)
     datasets.check_shapes(data, specs)
     return data
 

@@ -199,6 +199,6 @@ def restore(qpk: Path, out: Path) -> list[Path]:
     q = QpkFile(qpk)
     try:
         arrays = {e.key: q.dequantize(e) for e in q.entries}
-        return restore_model(q.format, q.graph(), arrays, out)
+        return restore_model(str(q.format), q.graph(), arrays, out)
     finally:
         q.close()

@@ -124,8 +124,8 @@ def from_images(folder: Path, spec: InputSpec, size: str, layout: str, scale: st
     for f in files:
         try:
             with Image.open(f) as im:
-                im = im.convert("L" if channels == 1 else "RGB").resize((w, h), Image.BILINEAR)
-                batch.append(np.asarray(im, np.float32).reshape(h, w, channels))
+                pixels = im.convert("L" if channels == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR)
+                batch.append(np.asarray(pixels, np.float32).reshape(h, w, channels))
         except (UnidentifiedImageError, OSError) as e:
             raise QpackError(f"{f}: cannot read image ({e})") from e
     x = np.stack(batch) * np.float32(parse_number(scale))

@@ -28,8 +28,9 @@ def run_all(runner: Runner, inputs: Inputs) -> list[NDArray]:
     check_shapes(inputs, runner.inputs)
     free = all(s.shape and s.shape[0] is None for s in runner.inputs)
     step = BATCH if free else 1
-    if not free and any(s.shape and s.shape[0] not in (None, 1) for s in runner.inputs):
-        step = runner.inputs[0].shape[0]
+    fixed = [s.shape[0] for s in runner.inputs if s.shape and s.shape[0] not in (None, 1)]
+    if not free and fixed:
+        step = int(fixed[0])
         if inputs.count % step:
             raise OptionError(f"the model takes batches of exactly {step}; {inputs.count} samples do not divide")
     parts: list[list[NDArray]] = []
@@ -101,7 +102,7 @@ def load_groups(path: Path, k: int) -> list[list[int]]:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise OptionError(f"{path}: not a JSON grouping file ({e})") from e
-    groups = data.get("groups") if isinstance(data, dict) else data
+    groups: Any = data.get("groups") if isinstance(data, dict) else data
     ok = isinstance(groups, list) and all(isinstance(g, list) and g and all(isinstance(c, int) and not isinstance(c, bool) for c in g)
                                            for g in groups)
     if not ok:

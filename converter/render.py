@@ -86,17 +86,17 @@ def eval_table(result: dict[str, Any], console: Console) -> None:
     for o in result["outputs"]:
         t.add_row(o["output"], f"{o['cosine']:.6f}", _n(o["sqnr_db"]), f"{o['max_abs_error']:.4g}")
     console.print(t)
-    c = result.get("classification")
-    if c:
-        console.print(f"top-1 agreement {100 * c['top1_agreement']:.2f}% over {result['samples']} samples")
-        if "accuracy_original" in c:
-            console.print(f"accuracy {100 * c['accuracy_original']:.2f}% -> {100 * c['accuracy_quantized']:.2f}% "
-                          f"({c['accuracy_delta_points']:+.2f} points)")
-            for p in c["confusion_growth"][:5]:
+    cls: dict[str, Any] | None = result.get("classification")
+    if cls:
+        console.print(f"top-1 agreement {100 * cls['top1_agreement']:.2f}% over {result['samples']} samples")
+        if "accuracy_original" in cls:
+            console.print(f"accuracy {100 * cls['accuracy_original']:.2f}% -> {100 * cls['accuracy_quantized']:.2f}% "
+                          f"({cls['accuracy_delta_points']:+.2f} points)")
+            for p in cls["confusion_growth"][:5]:
                 console.print(f"  class {p['true']} taken for {p['predicted']}: {p['original']} -> {p['quantized']}")
-            if c["groups"]:
-                console.print(f"groups ({c['group_source']}): {c['groups']}; grouped accuracy "
-                              f"{100 * c['grouped_accuracy_original']:.2f}% -> {100 * c['grouped_accuracy_quantized']:.2f}%")
+            if cls["groups"]:
+                console.print(f"groups ({cls['group_source']}): {cls['groups']}; grouped accuracy "
+                              f"{100 * cls['grouped_accuracy_original']:.2f}% -> {100 * cls['grouped_accuracy_quantized']:.2f}%")
     console.print(f"reproduce: {result['command']}")
 
 

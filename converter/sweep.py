@@ -83,7 +83,7 @@ def sensitivity(model: Path, inputs: Inputs, reference, scheme: str, bits: int, 
         out = tmp / f"one{model.suffix.lower() if model.suffix.lower() in ('.onnx', '.tflite') else '.onnx'}"
         restore_model(src.format, src.skeleton({w.key}), {w.key: y}, out)
         got = run_all(open_runner(out), inputs)
-        result = {"outputs": output_fidelity(reference, got, [str(i) for i in range(len(got))]),
+        result: dict[str, Any] = {"outputs": output_fidelity(reference, got, [str(i) for i in range(len(got))]),
                   "classification": classification(reference[0], got[0], inputs.labels, [], 1.0)}
         rows.append({"name": w.name, "key": w.key, "params": w.size, "loss_points": fidelity_loss(result),
                      "min_cosine": min(o["cosine"] for o in result["outputs"])})

@@ -68,7 +68,7 @@ class ContainerWriter:
         if isinstance(data, np.ndarray):
             if data.dtype.byteorder == ">":
                 data = data.astype(data.dtype.newbyteorder("<"))
-            raw = memoryview(np.ascontiguousarray(data)).cast("B")
+            raw = memoryview(np.ascontiguousarray(data)).cast("B")  # type: ignore[arg-type]  # ndarray is a buffer
         else:
             raw = memoryview(data).cast("B")
         raw_length = raw.nbytes

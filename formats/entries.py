@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -19,7 +19,7 @@ def _bad(where: str, what: str) -> FormatError:
     return FormatError(f"{where}: {what}")
 
 
-def _int(v: Any) -> bool:
+def _int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -55,7 +55,8 @@ class TensorEntry:
         where = f"tensor {index}"
         if not isinstance(m, dict):
             raise _bad(where, "entry is not a map")
-        name, key = m.get("name"), m.get("key")
+        name: Any = m.get("name")
+        key: Any = m.get("key")
         if not (isinstance(name, str) and isinstance(key, str) and 0 < len(key) <= MAX_NAME_LENGTH and len(name) <= MAX_NAME_LENGTH):
             raise _bad(where, "name or key missing or too long")
         where = f"tensor '{name}'"

@@ -23,7 +23,7 @@ FORMAT = "onnx"
 # protobuf cannot serialize a message over 2 GiB; above this a restored model gets external data
 _INLINE_LIMIT = 1_800_000_000
 
-_FLOAT_TYPES = {
+_FLOAT_TYPES: dict[int, str] = {
     TensorProto.FLOAT: "float32",
     TensorProto.FLOAT16: "float16",
     TensorProto.BFLOAT16: "bfloat16",
