@@ -85,9 +85,13 @@ def analyze(qpk: Path, source: SourceModel | None = None) -> dict[str, Any]:
             if source is not None and (w is None or w.shape != e.shape):
                 raise OptionError(f"--source {source.path.name} is not the model this container came from (tensor '{e.name}')")
             x = None if w is None else w.array
-            rows.append(tensor_figures(e, codes, y, None if x is None else np.asarray(x, np.float32), params))
+            row = tensor_figures(e, codes, y, None if x is None else np.asarray(x, np.float32), params)
+            blobs = q.container.blobs
+            row["stored_bytes"] = blobs[e.codes].length + sum(blobs[i].length for i in e.params.values())
+            rows.append(row)
         return {"tensors": rows, "totals": totals(rows), "kept": q.kept, "format": q.format,
-                "options": q.container.meta.get("options"), "qpk_bytes": q.container.size}
+                "options": q.container.meta.get("options"), "qpk_bytes": q.container.size,
+                "graph_bytes": q.container.blobs[q.container.meta["graph"]].length}
     finally:
         q.close()
 

@@ -28,36 +28,19 @@ def report_model(model: SourceModel, policy: Policy, compressors: tuple[str, ...
         sizes = size_report(model, result, compressors)
         rep = analyze(qpk, model)
     rep.update(source=str(model.path), sizes=sizes["sizes"], compressed=sizes["compressed"])
-    return _stored_bytes(rep, sizes)
+    return rep
 
 
 def report_qpk(qpk: Path, source: SourceModel | None, compressors: tuple[str, ...]) -> dict[str, Any]:
     """Figures of what a container stores (SQNR only when the float `source` is given)."""
     rep = analyze(qpk, source)
-    data = qpk.read_bytes()
-    rep["compressed"] = {c: {"qpk": v["qpk"]} for c, v in compressed_sizes({"qpk": data}, compressors).items()}
+    compressed = compressed_sizes({"qpk": qpk.read_bytes()}, compressors) if compressors else {}
+    rep["compressed"] = {c: {"qpk": v["qpk"]} for c, v in compressed.items()}
     rep["source"] = str(qpk)
-    from converter.convert import QpkFile
-
-    q = QpkFile(qpk)
-    try:
-        blobs = q.container.blobs
-        stored = {e.key: blobs[e.codes].length + sum(blobs[i].length for i in e.params.values()) for e in q.entries}
-        graph = blobs[q.container.meta["graph"]].length
-    finally:
-        q.close()
+    stored = sum(r["stored_bytes"] for r in rep["tensors"])
     n = rep["totals"]["params"]
-    rep["sizes"] = {"qpk_bytes": len(data), "graph_bytes": graph, "packed_and_param_bytes": sum(stored.values()),
-                    "bits_per_weight": round(sum(stored.values()) * 8 / n, 4) if n else None}
-    for r in rep["tensors"]:
-        r["stored_bytes"] = stored[r["key"]]
-    return rep
-
-
-def _stored_bytes(rep: dict[str, Any], sizes: dict[str, Any]) -> dict[str, Any]:
-    by_key = {t["key"]: t["stored_bytes"] + t["param_bytes"] for t in sizes["tensors"]}
-    for r in rep["tensors"]:
-        r["stored_bytes"] = by_key[r["key"]]
+    rep["sizes"] = {"qpk_bytes": rep["qpk_bytes"], "graph_bytes": rep["graph_bytes"], "stored_code_and_param_bytes": stored,
+                    "bits_per_weight": round(stored * 8 / n, 4) if n else None}
     return rep
 
 

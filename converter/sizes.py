@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from converter.convert import ConvertResult, db
@@ -14,9 +13,7 @@ from formats.model import SourceModel
 
 def source_bytes(model: SourceModel) -> bytes:
     """The float model as stored on disk (its external data files appended)."""
-    data = model.path.read_bytes()
-    extra = getattr(model, "external_files", ())
-    return data + b"".join(Path(p).read_bytes() for p in extra)
+    return model.path.read_bytes() + b"".join(p.read_bytes() for p in model.external_files)
 
 
 def size_report(model: SourceModel, result: ConvertResult, compressors: tuple[str, ...],

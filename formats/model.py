@@ -75,6 +75,7 @@ class SourceModel(Protocol):
     format: str
     path: Path
     file_bytes: int  # size on disk, external data included
+    external_files: list[Path]  # data files beside the model (ONNX external data)
 
     @property
     def weights(self) -> list[Weight]: ...

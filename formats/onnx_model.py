@@ -162,7 +162,7 @@ class OnnxModel:
                 loc = next((e.value for e in tensor.external_data if e.key == "location"), "")
                 external_files.add(_external_path(base, loc))
                 _load_external(tensor, base)
-        self.external_files = sorted(external_files)
+        self.external_files: list[Path] = sorted(external_files)
         self.file_bytes += sum(p.stat().st_size for p in self.external_files)
         self._weights = self._collect()
 

@@ -210,6 +210,7 @@ class TfliteModel:
         except OSError as e:
             raise FormatError(f"{path}: cannot read ({e.strerror})") from e
         self.file_bytes = len(self.data)
+        self.external_files: list[Path] = []
         self._scan = _scan(self.data, str(path))
 
     @property
