@@ -56,6 +56,13 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(EXIT_ERROR) from None
 
 
+def _command(name: str) -> str:
+    """The command line that reproduces this run, for reports to carry."""
+    import shlex
+
+    return f"qpack {name} " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == [name] else f"qpack {name} ..."
+
+
 def _write_json(path: Path, data: Any) -> None:
     from formats.atomic import write_bytes_atomic
 
@@ -161,6 +168,7 @@ def convert(
             report = size_report(src, result, compressors)
         report["options"] = {"scheme": policy.scheme, "bits": policy.bits, "per_channel": policy.per_channel, "codec": codec.value}
         report["output"] = str(target)
+        report["command"] = _command("convert")
         if json_out:
             _write_json(json_out, report)
         if not quiet:
@@ -241,8 +249,6 @@ def report(
     quiet: Quiet = False,
 ) -> None:
     """Range, distribution and bit efficiency per tensor, for a model at the given options or a .qpk."""
-    import shlex
-
     from converter.gates import Budget
     from converter.html import page
     from converter.measure import parse_compressors
@@ -266,7 +272,7 @@ def report(
             rep = report_model(src, policy, parse_compressors(compress, src.file_bytes), _codec(codec))
             rep["options"] = {"scheme": policy.scheme, "bits": bits, "per_channel": per_channel}
             scheme_name = policy.scheme
-        command = "qpack report " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["report"] else "qpack report " + str(path)
+        command = _command("report")
         rep["command"] = command
         if html_out:
             images = pictures(rep, src, layer, bits, scheme_name, per_channel)
@@ -316,12 +322,6 @@ def _inputs(model: Path, inputs: Path | None, images: Path | None, dataset: str 
         data = datasets.builtin(str(dataset), specs)
     datasets.check_shapes(data, specs)
     return data
-
-
-def _command(name: str) -> str:
-    import shlex
-
-    return f"qpack {name} " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == [name] else f"qpack {name} ..."
 
 
 @app.command("eval")
