@@ -103,14 +103,14 @@ def main() -> None:
 
     # the whole CLI in a fresh process (start-up, load, convert, write) and its own peak memory,
     # read from VmHWM, which exec resets (ru_maxrss of a child would include this process's)
-    args = ["convert", str(src), "-o", str(tmp / "cli.qpk"), "--bits", "4", "--compress", "none", "-q"]
+    cli_args = ["convert", str(src), "-o", str(tmp / "cli.qpk"), "--bits", "4", "--compress", "none", "-q"]
     child = ("import sys, re\nfrom converter.cli import app\nsys.argv = ['qpack'] + sys.argv[1:]\n"
              "try:\n    app()\nexcept SystemExit as e:\n    assert not e.code\n"
              "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1), file=sys.stderr)")
     walls, peaks = [], []
     for _ in range(3):
         t = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", child, *args], check=True, capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-c", child, *cli_args], check=True, capture_output=True, text=True,
                               cwd=Path(__file__).resolve().parent.parent)
         walls.append(time.perf_counter() - t)
         peaks.append(int(done.stderr.split()[-1]) / 1024)

@@ -15,8 +15,18 @@ from formats.errors import OptionError
 
 
 def code_histogram(codes: NDArray[np.uint8], bits: int) -> NDArray[np.int64]:
-    """Occurrences of each of the 2**bits codes."""
-    return np.bincount(codes.reshape(-1), minlength=1 << bits).astype(np.int64)
+    """Occurrences of each of the 2**bits codes.
+
+    Codes are counted two at a time as uint16 pairs (65,536 bins), then the pair table is summed
+    both ways: half the elements through bincount, which is its cost.
+    """
+    flat = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
+    even = flat.size & ~1
+    pairs = np.bincount(flat[:even].view(np.uint16), minlength=1 << 16).reshape(256, 256)
+    hist = pairs.sum(axis=0) + pairs.sum(axis=1)  # high byte, low byte
+    if even < flat.size:
+        hist[flat[-1]] += 1
+    return hist[: 1 << bits].astype(np.int64)
 
 
 def entropy_bits(hist: NDArray[np.int64]) -> float:
@@ -99,16 +109,22 @@ def sqnr_db(x: NDArray, y: NDArray) -> float:
 def noise_energy(x: NDArray, y: NDArray) -> tuple[float, float]:
     """(signal energy, noise energy) of y against x, for pooling SQNR over tensors.
 
-    Accumulated in float64 over chunks: float32 sums overflow on large weights, and chunks keep the
-    temporaries small however large the tensor.
+    Summed over chunks (small temporaries however large the tensor) with float32 dot products,
+    redone in float64 for a chunk whose float32 sum overflows (weights near float32's limit).
     """
     xf, yf = np.asarray(x).reshape(-1), np.asarray(y).reshape(-1)
     signal = noise = 0.0
     for i in range(0, xf.size, _CHUNK):
-        a = xf[i : i + _CHUNK].astype(np.float64)
+        a = xf[i : i + _CHUNK].astype(np.float32, copy=False)
         d = a - yf[i : i + _CHUNK]
-        signal += float(np.dot(a, a))
-        noise += float(np.dot(d, d))
+        with np.errstate(over="ignore"):
+            s, n = float(np.dot(a, a)), float(np.dot(d, d))
+        if not (np.isfinite(s) and np.isfinite(n)):
+            a64 = a.astype(np.float64)
+            d64 = a64 - yf[i : i + _CHUNK]
+            s, n = float(np.dot(a64, a64)), float(np.dot(d64, d64))
+        signal += s
+        noise += n
     return signal, noise
 
 
