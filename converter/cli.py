@@ -31,6 +31,11 @@ class CodecName(str, Enum):
     zstd = "zstd"
 
 
+class ClipName(str, Enum):
+    minmax = "minmax"
+    mse = "mse"
+
+
 class SchemeName(str, Enum):
     asym = "asym"
     sym = "sym"
@@ -88,6 +93,8 @@ QpkArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=Tr
 Bits = Annotated[int, typer.Option("--bits", "-b", min=1, max=8, help="bits per weight code")]
 Scheme = Annotated[SchemeName, typer.Option("--scheme", "-s", help="asym: scale+zero point; sym: scale; pow2: sign+exponent")]
 PerChannel = Annotated[bool, typer.Option("--per-channel/--per-tensor", help="one scale per output channel")]
+Clip = Annotated[ClipName, typer.Option("--clip", help="minmax: span each group's full range; mse: shrink it to the least "
+                                                        "squared error (searched on a sample; slower, better below 6 bits)")]
 Keep = Annotated[list[str] | None, typer.Option("--keep", help="keep tensors matching this glob in float (repeatable)")]
 Include = Annotated[list[str] | None, typer.Option("--include",
                                                    help="quantize float tensors matching this glob even if the default keeps them")]
@@ -110,10 +117,11 @@ def _codec(name: CodecName):
 
 
 def _policy(scheme: SchemeName, bits: int, per_channel: bool, keep: list[str] | None, include: list[str] | None,
-            bits_for: list[str] | None):
+            bits_for: list[str] | None, clip: ClipName = ClipName.minmax):
     from converter.policy import Policy, parse_bits_for
 
-    return Policy(scheme.value, bits, per_channel, tuple(keep or ()), tuple(include or ()), parse_bits_for(bits_for or []))
+    return Policy(scheme.value, bits, per_channel, tuple(keep or ()), tuple(include or ()), parse_bits_for(bits_for or []),
+                  clip.value)
 
 
 @app.command()
@@ -123,6 +131,7 @@ def convert(
     bits: Bits = 8,
     scheme: Scheme = SchemeName.asym,
     per_channel: PerChannel = False,
+    clip: Clip = ClipName.minmax,
     keep: Keep = None,
     include: Include = None,
     bits_for: BitsFor = None,
@@ -148,7 +157,7 @@ def convert(
     from formats.registry import open_model
 
     with _errors():
-        policy = _policy(scheme, bits, per_channel, keep, include, bits_for)
+        policy = _policy(scheme, bits, per_channel, keep, include, bits_for, clip)
         budget = Budget(max_size, max_bpw, min_sqnr)
         parse_compressors(compress)  # reject a bad list before any work
         target = output or model.with_suffix(".qpk")
@@ -166,7 +175,8 @@ def convert(
         else:
             result = run_convert(src, policy, target, codec=_codec(codec))
             report = size_report(src, result, compressors)
-        report["options"] = {"scheme": policy.scheme, "bits": policy.bits, "per_channel": policy.per_channel, "codec": codec.value}
+        report["options"] = {"scheme": policy.scheme, "bits": policy.bits, "per_channel": policy.per_channel, "clip": policy.clip,
+                             "codec": codec.value}
         report["output"] = str(target)
         report["command"] = _command("convert")
         if json_out:
@@ -233,6 +243,7 @@ def report(
     bits: Bits = 8,
     scheme: Scheme = SchemeName.asym,
     per_channel: PerChannel = False,
+    clip: Clip = ClipName.minmax,
     keep: Keep = None,
     include: Include = None,
     bits_for: BitsFor = None,
@@ -268,9 +279,9 @@ def report(
             bits, scheme_name, per_channel = opts.get("bits", bits), opts.get("scheme", scheme.value), opts.get("per_channel", False)
         else:
             src = open_model(path)
-            policy = _policy(scheme, bits, per_channel, keep, include, bits_for)
+            policy = _policy(scheme, bits, per_channel, keep, include, bits_for, clip)
             rep = report_model(src, policy, parse_compressors(compress, src.file_bytes), _codec(codec))
-            rep["options"] = {"scheme": policy.scheme, "bits": bits, "per_channel": per_channel}
+            rep["options"] = {"scheme": policy.scheme, "bits": bits, "per_channel": per_channel, "clip": policy.clip}
             scheme_name = policy.scheme
         command = _command("report")
         rep["command"] = command
@@ -332,6 +343,7 @@ def eval_(
     bits: Bits = 8,
     scheme: Scheme = SchemeName.asym,
     per_channel: PerChannel = False,
+    clip: Clip = ClipName.minmax,
     keep: Keep = None,
     include: Include = None,
     bits_for: BitsFor = None,
@@ -356,7 +368,7 @@ def eval_(
 
     with _errors():
         data = _inputs(model, inputs, images, dataset, size, layout, scale, mean, std)
-        policy = None if qpk else _policy(scheme, bits, per_channel, keep, include, bits_for)
+        policy = None if qpk else _policy(scheme, bits, per_channel, keep, include, bits_for, clip)
         result = evaluate(model, data, qpk=qpk, policy=policy, groups_file=groups, group_threshold=group_threshold)
         result["command"] = _command("eval")
         if json_out:
@@ -373,6 +385,7 @@ def sweep(
     bits: Annotated[str, typer.Option("--bits", help="widths: a range 8..2 or a list 8,6,4")] = "8..2",
     granularity: Annotated[str, typer.Option("--granularity", help="tensor, channel or both")] = "both",
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="points of loss the knee may cost")] = 1.0,
+    clip: Clip = ClipName.minmax,
     sensitivity_bits: Annotated[int, typer.Option("--sensitivity-bits", min=0, max=8,
                                                   help="width for the one-tensor-at-a-time ranking (0: skip)")] = 2,
     inputs: InputsOpt = None,
@@ -406,9 +419,9 @@ def sweep(
             with bar:
                 task = bar.add_task("sweeping", total=None)
                 result = run_sweep(model, data, scheme_list, widths, grans, tolerance, sensitivity_bits,
-                                   lambda label: bar.update(task, advance=1, description=label))
+                                   lambda label: bar.update(task, advance=1, description=label), clip.value)
         else:
-            result = run_sweep(model, data, scheme_list, widths, grans, tolerance, sensitivity_bits)
+            result = run_sweep(model, data, scheme_list, widths, grans, tolerance, sensitivity_bits, clip=clip.value)
         result["command"] = _command("sweep")
         files = write_outputs(result, out_dir)
         if not quiet:

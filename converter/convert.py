@@ -76,12 +76,12 @@ class ConvertResult:
 
 
 def quantize_weight(w: Weight, scheme: str, bits: int, axis: int | None,
-                    values: NDArray | None = None) -> tuple[NDArray[np.uint8], dict[str, NDArray]]:
+                    values: NDArray | None = None, clip: str = "minmax") -> tuple[NDArray[np.uint8], dict[str, NDArray]]:
     """Codes and per-group parameters of one weight (of `values` when already read), in float32."""
     x = np.asarray(w.array if values is None else values, dtype=np.float32)
     if not np.isfinite(x).all():
         raise FormatError(f"tensor '{w.name}' holds NaN or infinite values; refusing to quantize it")
-    return get_scheme(scheme).quantize(x, bits, axis)
+    return get_scheme(scheme).quantize(x, bits, axis, clip)
 
 
 def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[int, int], None] | None = None,
@@ -102,7 +102,7 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
             kept.append({"name": w.name, "key": w.key, "shape": list(w.shape), "dtype": w.dtype, "role": w.role.value, "reason": d.reason})
             continue
         x = w.array
-        codes, params = quantize_weight(w, policy.scheme, d.bits, d.axis, x)
+        codes, params = quantize_weight(w, policy.scheme, d.bits, d.axis, x, policy.clip)
         hist = code_histogram(codes, d.bits)
         signal, noise = noise_energy(x, get_scheme(policy.scheme).dequantize(codes, params, d.bits, d.axis))
         del x
@@ -124,7 +124,8 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
         "qpack": __version__,
         "format": model.format,
         "source": {"name": model.path.name, "bytes": model.file_bytes},
-        "options": {"scheme": policy.scheme, "bits": policy.bits, "per_channel": policy.per_channel, "codec": codec.name.lower(),
+        "options": {"scheme": policy.scheme, "bits": policy.bits, "per_channel": policy.per_channel, "clip": policy.clip,
+                    "codec": codec.name.lower(),
                     "keep": list(policy.keep), "include": list(policy.include),
                     "bits_for": [[p, b] for p, b in policy.bits_for]},
         "graph": graph,

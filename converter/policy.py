@@ -17,6 +17,7 @@ from formats.errors import OptionError
 from formats.model import Role, Weight
 
 QUANTIZED_ROLES = frozenset({Role.KERNEL, Role.MATRIX, Role.RECURRENT, Role.EMBEDDING})
+CLIPS = ("minmax", "mse")
 MIN_ELEMENTS = 16  # below this the parameters would cost more than the float values they replace
 
 
@@ -40,8 +41,11 @@ class Policy:
     keep: tuple[str, ...] = ()
     include: tuple[str, ...] = ()
     bits_for: tuple[tuple[str, int], ...] = ()
+    clip: str = "minmax"  # or "mse": per-group range shrunk to the least squared error
 
     def __post_init__(self) -> None:
+        if self.clip not in CLIPS:
+            raise OptionError(f"unknown clipping {self.clip!r}, expected one of {', '.join(CLIPS)}")
         scheme = get_scheme(self.scheme)
         scheme.check_bits(self.bits)
         for pattern, bits in self.bits_for:

@@ -40,6 +40,8 @@ class Scheme:
 
     name: ClassVar[str]
     min_bits: ClassVar[int] = 1
+    # range factors tried by clip "mse", widest first
+    shrinks: ClassVar[tuple[float, ...]] = tuple(float(r) for r in np.linspace(1.0, 0.2, 33))
     params: ClassVar[dict[str, str]]  # parameter name -> little-endian dtype it is stored as
 
     def __init_subclass__(cls, **kwargs: object) -> None:
@@ -52,8 +54,29 @@ class Scheme:
             raise OptionError(f"scheme '{cls.name}' takes {cls.min_bits}..8 bits, not {bits}")
 
     @classmethod
-    def quantize(cls, x: NDArray[np.float32], bits: int, axis: int | None) -> tuple[NDArray[np.uint8], Params]:
-        """Codes shaped like x, and the flat per-group parameters."""
+    def quantize(cls, x: NDArray[np.float32], bits: int, axis: int | None, clip: str = "minmax") -> tuple[NDArray[np.uint8], Params]:
+        """Codes shaped like x, and the flat per-group parameters.
+
+        clip "minmax" spans each group's whole range; "mse" shrinks the range per group to the
+        factor that minimizes the squared error on a sample of the group (see search_shrink).
+        """
+        axes = _reduce_axes(x.ndim, axis)
+        stats = cls.stats(x, axes)
+        if clip == "mse":
+            shrink = search_shrink(cls, x, bits, axis, stats)
+            stats = tuple(s * shrink for s in stats)
+        elif clip != "minmax":
+            raise OptionError(f"unknown clipping {clip!r}, expected minmax or mse")
+        return cls.encode(x, bits, stats)
+
+    @classmethod
+    def stats(cls, x: NDArray[np.float32], axes: tuple[int, ...]) -> tuple[NDArray[np.float32], ...]:
+        """The per-group range statistics the scheme scales from (group-shaped, keepdims)."""
+        raise NotImplementedError
+
+    @classmethod
+    def encode(cls, x: NDArray[np.float32], bits: int, stats: tuple[NDArray[np.float32], ...]) -> tuple[NDArray[np.uint8], Params]:
+        """Codes and flat parameters of x for the given (possibly shrunk) range statistics."""
         raise NotImplementedError
 
     @classmethod
@@ -78,12 +101,16 @@ class Asymmetric(Scheme):
     params = {"scale": "<f4", "zero_point": "<u1"}
 
     @classmethod
-    def quantize(cls, x, bits, axis):
-        axes = _reduce_axes(x.ndim, axis)
-        top = np.float32((1 << bits) - 1)
+    def stats(cls, x, axes):
         lo = np.minimum(x.min(axis=axes, keepdims=True), 0).astype(np.float32)
         hi = np.maximum(x.max(axis=axes, keepdims=True), 0).astype(np.float32)
-        scale = (hi - lo) / top
+        return lo, hi
+
+    @classmethod
+    def encode(cls, x, bits, stats):
+        lo, hi = stats
+        top = np.float32((1 << bits) - 1)
+        scale = ((hi - lo) / top).astype(np.float32)
         scale[scale == 0] = 1.0  # an all-zero group: any scale represents it exactly
         zero = np.clip(np.round(-lo / scale), 0, top)
         q = np.divide(x, scale, dtype=np.float32)
@@ -114,11 +141,13 @@ class Symmetric(Scheme):
         return (1 << bits) - 1
 
     @classmethod
-    def quantize(cls, x, bits, axis):
-        axes = _reduce_axes(x.ndim, axis)
+    def stats(cls, x, axes):
+        return (np.maximum(x.max(axis=axes, keepdims=True), -x.min(axis=axes, keepdims=True)).astype(np.float32),)
+
+    @classmethod
+    def encode(cls, x, bits, stats):
         qmax = np.float32((1 << (bits - 1)) - 1)
-        amax = np.abs(x).max(axis=axes, keepdims=True).astype(np.float32)
-        scale = amax / qmax
+        scale = (stats[0] / qmax).astype(np.float32)
         scale[scale == 0] = 1.0
         q = np.divide(x, scale, dtype=np.float32)
         np.rint(q, out=q)
@@ -160,21 +189,25 @@ class PowerOfTwo(Scheme):
     name = "pow2"
     min_bits = 2
     params = {"emax": "<i2"}
+    # emax moves in whole exponents: steps of sqrt(2) reach each window once
+    shrinks = tuple(2.0 ** (-k / 2) for k in range(7))
 
     @classmethod
     def levels(cls, bits):
         return 2 * ((1 << (bits - 1)) - 1) + 1
 
     @classmethod
-    def quantize(cls, x, bits, axis):
+    def stats(cls, x, axes):
+        return (np.maximum(x.max(axis=axes, keepdims=True), -x.min(axis=axes, keepdims=True)).astype(np.float32),)
+
+    @classmethod
+    def encode(cls, x, bits, stats):
         # The code of a float32 depends only on its top 10 bits (sign, exponent, first mantissa
         # bit) and its group's window, so each group gets a 1024-entry table and quantizing is
         # one shift, one add and one lookup per element.
-        axes = _reduce_axes(x.ndim, axis)
         top = (1 << (bits - 1)) - 1
         x = np.ascontiguousarray(x, dtype=np.float32)
-        amax = np.maximum(x.max(axis=axes, keepdims=True), -x.min(axis=axes, keepdims=True))
-        amax_bits = amax.astype(np.float32).view(np.uint32) & _ABS  # max(0.0, -(-0.0)) may be -0.0
+        amax_bits = stats[0].astype(np.float32).view(np.uint32) & _ABS  # max(0.0, -(-0.0)) may be -0.0
         # emax, unbiased; a group of zeros and subnormals gets 0 (any window represents it)
         emax = np.where(amax_bits >= _MIN_NORMAL, _nearest_pow2_biased(amax_bits).astype(np.int32) - 127, 0)
         groups = emax.reshape(-1)
@@ -187,7 +220,7 @@ class PowerOfTwo(Scheme):
         table = np.where(m > 0, m | (sign << (bits - 1)), 0).astype(np.uint8).reshape(-1)
         index = x.view(np.uint32) >> np.uint32(22)
         if groups.size > 1:
-            index += (np.arange(groups.size, dtype=np.uint32) * np.uint32(1024)).reshape(_group_shape(x.shape, axis))
+            index += (np.arange(groups.size, dtype=np.uint32) * np.uint32(1024)).reshape(emax.shape)
         return table[index], {"emax": groups.astype(np.int16)}
 
     @classmethod
@@ -200,6 +233,36 @@ class PowerOfTwo(Scheme):
         out = lut.astype(np.float32)[codes]
         out *= np.ldexp(np.float32(1), _as_group(params["emax"], codes.shape, axis, "<i4"))
         return out
+
+
+SAMPLE_BUDGET = 1 << 18  # elements examined per tensor (at least MIN_PER_GROUP per group)
+MIN_PER_GROUP = 64
+
+
+def search_shrink(scheme: type[Scheme], x: NDArray[np.float32], bits: int, axis: int | None,
+                  stats: tuple[NDArray[np.float32], ...]) -> NDArray[np.float32]:
+    """Per group, the range factor in scheme.shrinks with the least squared error on a sample.
+
+    Clipping a few outliers buys finer steps for the bulk of the weights; at low widths that is
+    most of the error. The sample is every k-th element of each group plus its two extremes, so
+    that the cost of clipping the largest weights is never missed, and the search costs a few
+    passes over about SAMPLE_BUDGET elements however large the tensor. Ties keep the wider range.
+    """
+    groups = 1 if axis is None else x.shape[axis]
+    rows = x.reshape(1, -1) if axis is None else np.moveaxis(x, axis, 0).reshape(groups, -1)
+    per_group = max(MIN_PER_GROUP, SAMPLE_BUDGET // groups)
+    step = max(1, rows.shape[1] // per_group)
+    sample = np.concatenate([rows[:, ::step], rows.min(axis=1, keepdims=True), rows.max(axis=1, keepdims=True)], axis=1)
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    flat_stats = tuple(s.reshape(groups, 1) for s in stats)
+    best_err = np.full(groups, np.inf)
+    best = np.ones(groups, dtype=np.float32)
+    for r in scheme.shrinks:
+        codes, params = scheme.encode(sample, bits, tuple(s * np.float32(r) for s in flat_stats))
+        err = np.square(scheme.dequantize(codes, params, bits, 0) - sample, dtype=np.float64).sum(axis=1)
+        better = err < best_err * (1 - 1e-9)
+        best_err[better], best[better] = err[better], r
+    return best.reshape(stats[0].shape)
 
 
 def get_scheme(name: str) -> type[Scheme]:

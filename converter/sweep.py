@@ -96,7 +96,8 @@ def sensitivity(model: Path, inputs: Inputs, reference, scheme: str, bits: int, 
 
 
 def run_sweep(model: Path, inputs: Inputs, schemes: list[str], widths: list[int], granularities: list[str],
-              tolerance: float, sensitivity_bits: int, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+              tolerance: float, sensitivity_bits: int, progress: Callable[[str], None] | None = None,
+              clip: str = "minmax") -> dict[str, Any]:
     """Every valid (scheme, granularity, bits) cell, the knee of each curve, and the sensitivity ranking."""
     src = open_model(model)
     reference = run_all(open_runner(model), inputs)
@@ -108,7 +109,8 @@ def run_sweep(model: Path, inputs: Inputs, schemes: list[str], widths: list[int]
                 for b in widths:
                     if b < get_scheme(s).min_bits:
                         continue
-                    cells.append(_cell(model, src, inputs, reference, Policy(s, b, per_channel=g == "channel"), Path(tmp)))
+                    policy = Policy(s, b, per_channel=g == "channel", clip=clip)
+                    cells.append(_cell(model, src, inputs, reference, policy, Path(tmp)))
                     if progress:
                         progress(f"{s} {g} {b}-bit")
         ranking = sensitivity(model, inputs, reference, "asym", sensitivity_bits, Path(tmp),
@@ -121,7 +123,7 @@ def run_sweep(model: Path, inputs: Inputs, schemes: list[str], widths: list[int]
                 knees[f"{s}/{g}"] = knee(rows, tolerance)
     return {
         "model": str(model), "inputs": inputs.description, "samples": inputs.count,
-        "float_accuracy": base.get("accuracy_original"), "tolerance_points": tolerance,
+        "float_accuracy": base.get("accuracy_original"), "tolerance_points": tolerance, "clip": clip,
         "loss_measure": "accuracy points" if inputs.labels is not None and base else
                         ("100 - top-1 agreement %" if base else "100 * (1 - mean output cosine)"),
         "cells": cells, "knee_bits": knees,

@@ -183,3 +183,13 @@ def test_sweep_of_a_detector_uses_output_fidelity(tfl_fp16: Path, photos: Path, 
     assert result["loss_measure"] == "100 * (1 - mean output cosine)"
     loss = {c["bits"]: c["loss_points"] for c in result["cells"]}
     assert 0 <= loss[8] < 1 < loss[4]
+
+
+def test_mse_clipping_rescues_two_bit_sample(sample: Path, tmp_path: Path):
+    accs = {}
+    for clip in ("minmax", "mse"):
+        js = tmp_path / f"{clip}.json"
+        r = _run("eval", sample, "--dataset", "digits", "--bits", "2", "--scheme", "asym", "--clip", clip, "--json", js)
+        assert r.exit_code == 0, r.output
+        accs[clip] = json.loads(js.read_text())["classification"]["accuracy_quantized"]
+    assert accs["minmax"] < 0.5 < 0.9 < accs["mse"]

@@ -105,3 +105,25 @@ def test_impossible_widths(name, bits):
 def test_unknown_scheme():
     with pytest.raises(OptionError, match="unknown scheme"):
         get_scheme("fp4")
+
+
+@pytest.mark.parametrize("name", ["asym", "sym", "pow2"])
+@pytest.mark.parametrize("axis", [None, 0, 1])
+def test_mse_clipping_never_loses_to_minmax_on_heavy_tails(name, axis):
+    x = np.random.default_rng(7).laplace(0, 0.02, (96, 700)).astype(np.float32)  # trained weights are heavy-tailed
+    scheme = SCHEMES[name]
+
+    def sqnr(clip, bits):
+        codes, params = scheme.quantize(x, bits, axis, clip)
+        y = scheme.dequantize(codes, params, bits, axis)
+        return 10 * np.log10(float((x.astype(np.float64) ** 2).sum() / ((x - y).astype(np.float64) ** 2).sum()))
+
+    for bits in (2, 3, 4, 6, 8):
+        assert sqnr("mse", bits) >= sqnr("minmax", bits) - 0.05
+    # at low widths clipping the tails pays; most where a group is large (a whole tensor)
+    assert sqnr("mse", 3) > sqnr("minmax", 3) + (1.0 if axis is None else 0.3)
+
+
+def test_unknown_clip():
+    with pytest.raises(OptionError, match="clipping"):
+        SCHEMES["asym"].quantize(np.ones((2, 2), np.float32), 4, None, "percentile")
