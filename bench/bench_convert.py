@@ -96,6 +96,8 @@ def main() -> None:
         label = f"{scheme}{' per-channel' if per_channel else ''}"
         print(f"convert 4-bit {label:<15}{t * 1e3:8.1f} ms   {mb / t:8.1f} MB/s  ({t / t_peer:.2f}x the tofile floor); "
               f"with load {mb / t_e2e:.1f} MB/s; {out.stat().st_size:,} bytes")
+    t = median_time(lambda: convert(model, Policy("asym", 4, clip="mse"), tmp / "c.qpk"), args.repeat)
+    print(f"convert 4-bit asym, clip mse   {t * 1e3:8.1f} ms   {mb / t:8.1f} MB/s")
     t = median_time(lambda: convert(model, Policy("asym", 4), tmp / "z.qpk", codec=Codec.ZSTD), args.repeat)
     print(f"convert 4-bit asym, codes zstd {t * 1e3:8.1f} ms   {mb / t:8.1f} MB/s; {(tmp / 'z.qpk').stat().st_size:,} bytes")
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
