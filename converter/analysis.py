@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from converter.convert import QpkFile, db
 from converter.measure import code_histogram, entropy_bits, noise_energy
+from converter.schemes import get_scheme
 from formats.entries import TensorEntry
 from formats.errors import OptionError
 from formats.model import SourceModel
@@ -46,7 +47,7 @@ def tensor_figures(e: TensorEntry, codes: NDArray[np.uint8], y: NDArray[np.float
         "name": e.name, "key": e.key, "shape": list(e.shape), "params": e.count, "dtype": e.dtype, "role": e.role,
         "scheme": e.scheme, "bits": e.bits, "axis": e.axis,
         "min": float(f"{lo:.6g}"), "max": float(f"{hi:.6g}"), "quartiles": _quartiles(ref),
-        "levels_used": used, "levels": 1 << e.bits, "entropy": round(h, 4),
+        "levels_used": used, "levels": get_scheme(e.scheme).levels(e.bits), "entropy": round(h, 4),
         "bit_levels": round(float(np.log2(used)), 4) if used else 0.0,
         "range_coverage": round(coverage, 4),
         "bit_efficiency": round(h / e.bits * coverage, 4),

@@ -16,7 +16,7 @@ from converter.measure import code_histogram, entropy_bits, noise_energy
 from converter.packing import pack, packed_size, unpack
 from converter.policy import Policy
 from converter.schemes import get_scheme, group_count
-from formats.constants import CODES_ZSTD_LEVEL, BlobKind, Codec
+from formats.constants import CODES_ZSTD_LEVEL, SOURCE_FORMATS, BlobKind, Codec
 from formats.container import Container, ContainerWriter
 from formats.entries import PARAM_DTYPES, TensorEntry, parse_tensors
 from formats.errors import FormatError
@@ -145,7 +145,7 @@ class QpkFile:
         self.container = Container(path)
         meta = self.container.meta
         self.format = meta.get("format")
-        if self.format not in ("onnx", "tflite"):
+        if self.format not in SOURCE_FORMATS:
             raise FormatError(f"{path}: unknown source format {self.format!r}")
         self.entries = parse_tensors(meta.get("tensors"))
         for e in self.entries:

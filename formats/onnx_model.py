@@ -275,9 +275,3 @@ def write(model: ModelProto, f: BinaryIO, path: Path) -> list[Path]:
         return [path, path.with_name(data_name)]
     f.write(model.SerializeToString(deterministic=True))
     return [path]
-
-
-def check_supported(model: ModelProto) -> None:
-    """Refuse what qpack cannot rebuild faithfully."""
-    if model.graph.sparse_initializer:
-        raise UnsupportedError("sparse initializers are not supported")

@@ -127,3 +127,11 @@ def test_mse_clipping_never_loses_to_minmax_on_heavy_tails(name, axis):
 def test_unknown_clip():
     with pytest.raises(OptionError, match="clipping"):
         SCHEMES["asym"].quantize(np.ones((2, 2), np.float32), 4, None, "percentile")
+
+
+def test_scheme_parameters_match_the_container_format():
+    from formats.entries import PARAM_DTYPES, SCHEME_PARAMS
+
+    for name, scheme in SCHEMES.items():
+        assert tuple(scheme.params) == SCHEME_PARAMS[name]
+        assert all(PARAM_DTYPES[p] == dt for p, dt in scheme.params.items())
