@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -187,7 +188,9 @@ def convert(
                 out.print("compressors skipped for a model over 64 MiB; ask with --compress gzip,zstd,7z")
         sizes = report["sizes"]
         try:
-            budget.check(sizes["qpk_bytes"], sizes["bits_per_weight"], sizes["sqnr_db"])
+            # no SQNR means no quantization noise at all here (exact values, or nothing quantized)
+            sqnr = sizes["sqnr_db"]
+            budget.check(sizes["qpk_bytes"], sizes["bits_per_weight"], math.inf if sqnr is None else sqnr)
         except BudgetError:
             target.unlink(missing_ok=True)
             raise
@@ -299,7 +302,10 @@ def report(
         if not quiet:
             report_table(rep, out)
         sizes = rep["sizes"]
-        budget.check(sizes["qpk_bytes"], sizes["bits_per_weight"], rep["totals"].get("sqnr_db"))
+        sqnr = rep["totals"].get("sqnr_db")
+        if sqnr is None and all(r["signal"] is not None for r in rep["tensors"]):
+            sqnr = math.inf  # floats known and no noise: exact
+        budget.check(sizes["qpk_bytes"], sizes["bits_per_weight"], sqnr)
 
 
 InputsOpt = Annotated[Path | None, typer.Option("--inputs", exists=True, dir_okay=False,

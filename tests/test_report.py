@@ -151,3 +151,24 @@ def test_report_qpk_with_wrong_source(sample: Path, ocr_cls: Path, tmp_path: Pat
     _run("convert", sample, "-o", qpk, "--compress", "none")
     r = _run("report", qpk, "--source", ocr_cls)
     assert r.exit_code == 1 and "not the model this container came from" in r.output
+
+
+def test_min_sqnr_passes_when_quantization_is_exact(tmp_path: Path):
+    """Weights that are all powers of two are stored exactly by pow2: no noise, any SQNR budget holds."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = (2.0 ** np.arange(-8, 8)).astype(np.float32).reshape(4, 4) * np.array([1, -1, 1, -1], np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    src = tmp_path / "exact.onnx"
+    onnx.save(model, src)
+    r = _run("convert", src, "--scheme", "pow2", "--bits", "6", "--min-sqnr", "100", "--compress", "none", "-o", tmp_path / "e.qpk")
+    assert r.exit_code == 0, r.output
+    r = _run("report", src, "--scheme", "pow2", "--bits", "6", "--min-sqnr", "100", "--compress", "none")
+    assert r.exit_code == 0, r.output
+    r = _run("report", src, "--scheme", "asym", "--bits", "2", "--min-sqnr", "100", "--compress", "none")
+    assert r.exit_code == EXIT_BUDGET
