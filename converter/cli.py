@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -148,7 +149,8 @@ def convert(
     """Quantize MODEL's weights into a .qpk container and print a size report.
 
     With a budget (--max-size, --max-bpw, --min-sqnr) a broken one exits with code 3 and the
-    artifact is removed, so a build cannot ship it by accident.
+    new artifact is not put in place (a previous file at the output path stays as it was), so a
+    build cannot ship it by accident.
     """
     from converter.convert import convert as run_convert
     from converter.gates import Budget
@@ -166,34 +168,36 @@ def convert(
             raise QpackError(f"{target}: output would overwrite the input")
         src = open_model(model)
         compressors = parse_compressors(compress, src.file_bytes)
-        bar = _progress(quiet)
-        if bar:
-            with bar:
-                task = bar.add_task("quantizing", total=len(src.weights))
-                result = run_convert(src, policy, target, lambda i, n: bar.update(task, completed=i), _codec(codec))
-                ctask = bar.add_task("compressing", total=len(compressors) * 2)
-                report = size_report(src, result, compressors, lambda _: bar.advance(ctask))
-        else:
-            result = run_convert(src, policy, target, codec=_codec(codec))
-            report = size_report(src, result, compressors)
-        report["options"] = {"scheme": policy.scheme, "bits": policy.bits, "per_channel": policy.per_channel, "clip": policy.clip,
-                             "codec": codec.value}
-        report["output"] = str(target)
-        report["command"] = _command("convert")
-        if json_out:
-            _write_json(json_out, report)
-        if not quiet:
-            size_table(report, out, tensors)
-            if compress == "auto" and not compressors:
-                out.print("compressors skipped for a model over 64 MiB; ask with --compress gzip,zstd,7z")
-        sizes = report["sizes"]
+        # written beside the target, and moved into place only once every budget holds
+        pending = target.with_name(f".{target.name}.{os.getpid()}.pending")
         try:
-            # no SQNR means no quantization noise at all here (exact values, or nothing quantized)
+            bar = _progress(quiet)
+            if bar:
+                with bar:
+                    task = bar.add_task("quantizing", total=len(src.weights))
+                    result = run_convert(src, policy, pending, lambda i, n: bar.update(task, completed=i), _codec(codec))
+                    ctask = bar.add_task("compressing", total=len(compressors) * 2)
+                    report = size_report(src, result, compressors, lambda _: bar.advance(ctask))
+            else:
+                result = run_convert(src, policy, pending, codec=_codec(codec))
+                report = size_report(src, result, compressors)
+            report["options"] = {"scheme": policy.scheme, "bits": policy.bits, "per_channel": policy.per_channel,
+                                 "clip": policy.clip, "codec": codec.value}
+            report["output"] = str(target)
+            report["command"] = _command("convert")
+            if json_out:
+                _write_json(json_out, report)
+            if not quiet:
+                size_table(report, out, tensors)
+                if compress == "auto" and not compressors:
+                    out.print("compressors skipped for a model over 64 MiB; ask with --compress gzip,zstd,7z")
+            sizes = report["sizes"]
+            # no SQNR means no quantization noise at all (exact values, or nothing quantized)
             sqnr = sizes["sqnr_db"]
             budget.check(sizes["qpk_bytes"], sizes["bits_per_weight"], math.inf if sqnr is None else sqnr)
-        except BudgetError:
-            target.unlink(missing_ok=True)
-            raise
+            os.replace(pending, target)
+        finally:
+            pending.unlink(missing_ok=True)
         if not quiet:
             out.print(f"wrote {target}")
 

@@ -128,12 +128,15 @@ def test_unknown_layer(sample: Path, tmp_path: Path):
 ])
 def test_convert_gates(sample: Path, tmp_path: Path, args, holds):
     out = tmp_path / "g.qpk"
+    out.write_bytes(b"the artifact of the last good build")
     r = _run("convert", sample, "-o", out, "--bits", "8", "--compress", "none", *args)
     if holds:
-        assert r.exit_code == 0 and out.exists()
+        assert r.exit_code == 0 and out.read_bytes()[:8] == b"\x89QPK\r\n\x1a\n"
     else:
         assert r.exit_code == EXIT_BUDGET and r.output.strip().splitlines()[-1].startswith("qpack: budget exceeded:")
-        assert args[0] in r.output and not out.exists()
+        assert args[0] in r.output
+        assert out.read_bytes() == b"the artifact of the last good build"  # the over-budget one never replaced it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.qpk"]
 
 
 def test_report_gates(sample: Path, tmp_path: Path):
