@@ -18,7 +18,7 @@ from converter.measure import sqnr_db
 from converter.policy import Policy
 from converter.runtime import Runner, open_runner
 from formats.errors import OptionError, QpackError
-from formats.registry import open_model
+from formats.registry import open_model, sniff
 
 BATCH = 256
 
@@ -160,7 +160,7 @@ def classification(ref: NDArray, got: NDArray, labels: NDArray | None, groups: l
 @contextmanager
 def quantized_copy(model: Path, qpk: Path | None, policy: Policy | None) -> Iterator[Path]:
     """A restored model file from `qpk`, or from converting `model` under `policy`, in a temporary folder."""
-    suffix = Path(model).suffix.lower() if Path(model).suffix.lower() in (".onnx", ".tflite") else ".onnx"
+    suffix = "." + sniff(model)  # the restored file's name must say its format, whatever the model's says
     with tempfile.TemporaryDirectory(prefix="qpack-eval-") as tmp:
         if qpk is None:
             if policy is None:

@@ -80,7 +80,7 @@ def sensitivity(model: Path, inputs: Inputs, reference, scheme: str, bits: int, 
             continue
         codes, params = quantize_weight(w, scheme, bits, None)
         y = get_scheme(scheme).dequantize(codes, params, bits, None)
-        out = tmp / f"one{model.suffix.lower() if model.suffix.lower() in ('.onnx', '.tflite') else '.onnx'}"
+        out = tmp / f"one.{src.format}"
         restore_model(src.format, src.skeleton({w.key}), {w.key: y}, out)
         got = run_all(open_runner(out), inputs)
         result: dict[str, Any] = {"outputs": output_fidelity(reference, got, [str(i) for i in range(len(got))]),
