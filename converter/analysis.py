@@ -81,7 +81,7 @@ def analyze(qpk: Path, source: SourceModel | None = None) -> dict[str, Any]:
         for e in q.entries:
             codes = q.codes(e)
             params = q.params(e)
-            y = q.dequantize(e)
+            y = get_scheme(e.scheme).dequantize(codes, params, e.bits, e.axis)  # the codes are decoded once
             w = floats.get(e.key)
             if source is not None and (w is None or w.shape != e.shape):
                 raise OptionError(f"--source {source.path.name} is not the model this container came from (tensor '{e.name}')")

@@ -179,10 +179,11 @@ def evaluate(model: Path, inputs: Inputs, qpk: Path | None = None, policy: Polic
              groups_file: Path | None = None, group_threshold: float = 0.05,
              reference: list[NDArray] | None = None) -> dict[str, Any]:
     """Run original and quantized models on `inputs`; per-output fidelity and, for classifiers, accuracy."""
-    runner = open_runner(model)
-    ref = reference if reference is not None else run_all(runner, inputs)
+    # the original runs only when its outputs are not handed in (a sweep computes them once)
+    ref = reference if reference is not None else run_all(open_runner(model), inputs)
     with quantized_copy(model, qpk, policy) as restored:
-        got = run_all(open_runner(restored), inputs)
+        quantized = open_runner(restored)
+        got = run_all(quantized, inputs)
     if [r.shape for r in ref] != [g.shape for g in got]:
         raise QpackError("the quantized model's outputs differ in shape from the original's")
     groups = None
@@ -193,7 +194,7 @@ def evaluate(model: Path, inputs: Inputs, qpk: Path | None = None, policy: Polic
         groups = load_groups(groups_file, max(lr.shape[1], int(inputs.labels.max()) + 1))
     return {
         "model": str(model), "inputs": inputs.description, "samples": inputs.count,
-        "outputs": output_fidelity(ref, got, runner.output_names),
+        "outputs": output_fidelity(ref, got, quantized.output_names),
         "classification": classification(ref[0], got[0], inputs.labels, groups, group_threshold),
     }
 

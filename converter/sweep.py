@@ -16,9 +16,8 @@ from converter.policy import Policy
 from converter.runtime import open_runner
 from converter.schemes import get_scheme
 from formats.atomic import write_bytes_atomic
-from formats.constants import BlobKind
-from formats.container import Container
 from formats.errors import OptionError
+from formats.model import SourceModel
 from formats.registry import open_model, restore_model
 
 CSV_COLUMNS = ("scheme", "granularity", "bits", "loss_points", "accuracy", "top1_agreement", "min_cosine", "qpk_bytes",
@@ -50,28 +49,24 @@ def knee(rows: list[dict[str, Any]], tolerance: float) -> int | None:
     return best
 
 
-def _cell(model: Path, src, inputs: Inputs, reference, policy: Policy, tmp: Path) -> dict[str, Any]:
+def _cell(model: Path, src: SourceModel, inputs: Inputs, reference, policy: Policy, tmp: Path) -> dict[str, Any]:
     qpk = tmp / "cell.qpk"
-    size = convert(src, policy, qpk).size
+    converted = convert(src, policy, qpk)
     result = evaluate(model, inputs, qpk=qpk, reference=reference)
     c = result["classification"] or {}
-    params = sum(w.size for w in src.weights if policy.decide(w).quantize)
-    cell = {
+    params = sum(t.count for t in converted.tensors)
+    stored = sum(t.stored_bytes + t.param_bytes for t in converted.tensors)
+    return {
         "scheme": policy.scheme, "granularity": "channel" if policy.per_channel else "tensor", "bits": policy.bits,
         "loss_points": fidelity_loss(result), "accuracy": c.get("accuracy_quantized"), "top1_agreement": c.get("top1_agreement"),
-        "min_cosine": min(o["cosine"] for o in result["outputs"]), "qpk_bytes": size,
-        "bits_per_weight": None,
+        "min_cosine": min(o["cosine"] for o in result["outputs"]), "qpk_bytes": converted.size,
+        "bits_per_weight": round(stored * 8 / params, 4) if params else None,
     }
-    with Container(qpk) as cont:
-        stored = sum(b.length for b in cont.blobs if b.kind != BlobKind.GRAPH)
-    cell["bits_per_weight"] = round(stored * 8 / params, 4) if params else None
-    return cell
 
 
-def sensitivity(model: Path, inputs: Inputs, reference, scheme: str, bits: int, tmp: Path,
+def sensitivity(src: SourceModel, inputs: Inputs, reference, scheme: str, bits: int, tmp: Path,
                 progress: Callable[[], None] | None = None) -> list[dict[str, Any]]:
     """Quantize one tensor at a time (per-tensor, at `bits`), the rest float; rank by the damage done."""
-    src = open_model(model)
     get_scheme(scheme).check_bits(bits)
     policy = Policy(scheme, bits)
     rows = []
@@ -113,7 +108,7 @@ def run_sweep(model: Path, inputs: Inputs, schemes: list[str], widths: list[int]
                     cells.append(_cell(model, src, inputs, reference, policy, Path(tmp)))
                     if progress:
                         progress(f"{s} {g} {b}-bit")
-        ranking = sensitivity(model, inputs, reference, "asym", sensitivity_bits, Path(tmp),
+        ranking = sensitivity(src, inputs, reference, "asym", sensitivity_bits, Path(tmp),
                               (lambda: progress("sensitivity")) if progress else None) if sensitivity_bits else []
     knees = {}
     for g in granularities:
