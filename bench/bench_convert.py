@@ -27,10 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from converter.convert import convert  # noqa: E402
 from converter.measure import compressed_sizes  # noqa: E402
-from converter.packing import pack, unpack  # noqa: E402
 from converter.policy import Policy  # noqa: E402
-from formats.constants import Codec  # noqa: E402
 from formats.onnx_model import OnnxModel  # noqa: E402
+from formats.qpk import ZSTD, pack, unpack  # noqa: E402
 
 
 def make_model(path: Path, million: int) -> int:
@@ -98,7 +97,7 @@ def main() -> None:
               f"with load {mb / t_e2e:.1f} MB/s; {out.stat().st_size:,} bytes")
     t = median_time(lambda: convert(model, Policy("asym", 4, clip="mse"), tmp / "c.qpk"), args.repeat)
     print(f"convert 4-bit asym, clip mse   {t * 1e3:8.1f} ms   {mb / t:8.1f} MB/s")
-    t = median_time(lambda: convert(model, Policy("asym", 4), tmp / "z.qpk", codec=Codec.ZSTD), args.repeat)
+    t = median_time(lambda: convert(model, Policy("asym", 4), tmp / "z.qpk", codec=ZSTD), args.repeat)
     print(f"convert 4-bit asym, codes zstd {t * 1e3:8.1f} ms   {mb / t:8.1f} MB/s; {(tmp / 'z.qpk').stat().st_size:,} bytes")
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"peak RSS {rss1 / 1024:.0f} MiB (model in memory {mb:.0f} MB; +{(rss1 - rss0) / 1024:.0f} MiB during conversions)")

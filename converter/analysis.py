@@ -20,12 +20,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from converter.convert import QpkFile, db
+from converter.convert import db
 from converter.measure import code_histogram, entropy_bits, noise_energy
-from converter.schemes import get_scheme
-from formats.entries import TensorEntry
 from formats.errors import OptionError
 from formats.model import SourceModel
+from formats.qpk import SCHEMES, QpkReader, TensorEntry
 
 
 def _quartiles(v: NDArray) -> list[float]:
@@ -47,7 +46,7 @@ def tensor_figures(e: TensorEntry, codes: NDArray[np.uint8], y: NDArray[np.float
         "name": e.name, "key": e.key, "shape": list(e.shape), "params": e.count, "dtype": e.dtype, "role": e.role,
         "scheme": e.scheme, "bits": e.bits, "axis": e.axis,
         "min": float(f"{lo:.6g}"), "max": float(f"{hi:.6g}"), "quartiles": _quartiles(ref),
-        "levels_used": used, "levels": get_scheme(e.scheme).levels(e.bits), "entropy": round(h, 4),
+        "levels_used": used, "levels": SCHEMES[e.scheme].levels(e.bits), "entropy": round(h, 4),
         "bit_levels": round(float(np.log2(used)), 4) if used else 0.0,
         "range_coverage": round(coverage, 4),
         "bit_efficiency": round(h / e.bits * coverage, 4),
@@ -62,8 +61,7 @@ def tensor_figures(e: TensorEntry, codes: NDArray[np.uint8], y: NDArray[np.float
         emax = params["emax"].astype(np.int64)
         nz = m > 0
         if nz.any():
-            group = np.broadcast_to(emax.reshape([n if i == e.axis else 1 for i, n in enumerate(e.shape)] if e.axis is not None
-                                                 else [1] * len(e.shape)), e.shape)
+            group = np.broadcast_to(e.grouping.expand(emax, e.shape), e.shape)
             exps = (group - top + m.astype(np.int64))[nz]
             out["exponent_window"] = [int(exps.min()), int(exps.max())]
             out["exponents_used"] = int(np.unique(exps).size)
@@ -75,26 +73,22 @@ def tensor_figures(e: TensorEntry, codes: NDArray[np.uint8], y: NDArray[np.float
 def analyze(qpk: Path, source: SourceModel | None = None) -> dict[str, Any]:
     """Figures of every tensor stored in `qpk`, measured against `source`'s floats when given."""
     floats = {w.key: w for w in source.weights} if source is not None else {}
-    q = QpkFile(qpk)
-    try:
+    with QpkReader(qpk) as q:
         rows = []
         for e in q.entries:
             codes = q.codes(e)
             params = q.params(e)
-            y = get_scheme(e.scheme).dequantize(codes, params, e.bits, e.axis)  # the codes are decoded once
+            y = SCHEMES[e.scheme].dequantize(codes, params, e.bits, e.grouping)  # the codes are decoded once
             w = floats.get(e.key)
             if source is not None and (w is None or w.shape != e.shape):
                 raise OptionError(f"--source {source.path.name} is not the model this container came from (tensor '{e.name}')")
             x = None if w is None else w.array
             row = tensor_figures(e, codes, y, None if x is None else np.asarray(x, np.float32), params)
-            blobs = q.container.blobs
+            blobs = q.blobs
             row["stored_bytes"] = blobs[e.codes].length + sum(blobs[i].length for i in e.params.values())
             rows.append(row)
         return {"tensors": rows, "totals": totals(rows), "kept": q.kept, "format": q.format,
-                "options": q.container.meta.get("options"), "qpk_bytes": q.container.size,
-                "graph_bytes": q.container.blobs[q.container.meta["graph"]].length}
-    finally:
-        q.close()
+                "options": q.meta.get("options"), "qpk_bytes": q.size, "graph_bytes": q.blobs[q.graph_index].length}
 
 
 def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +15,9 @@ from rich.console import Console
 from rich.progress import Progress
 
 from converter import __version__
+from converter.quant import CLIPS, QUANTIZERS
 from formats.errors import BudgetError, QpackError
+from formats.qpk import CODECS, Codec, codec_named
 
 EXIT_ERROR = 1
 EXIT_BUDGET = 3  # a build budget was broken: distinct from ordinary errors so pipelines can tell
@@ -28,20 +28,16 @@ out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty()
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-class CodecName(str, Enum):
-    packed = "packed"
-    zstd = "zstd"
+def _choices(name: str, values: dict[str, str]) -> type[Enum]:
+    """A str Enum typer can offer, built from a registry (so a registered scheme or codec shows up)."""
+    return Enum(name, values, type=str)  # type: ignore[return-value]
 
 
-class ClipName(str, Enum):
-    minmax = "minmax"
-    mse = "mse"
-
-
-class SchemeName(str, Enum):
-    asym = "asym"
-    sym = "sym"
-    pow2 = "pow2"
+# "packed" is the CLI's word for the raw codec: dense n-bit codes a reader needs no decoder for
+_CODEC_LABELS = {"raw": "packed"}
+CodecName = _choices("CodecName", {_CODEC_LABELS.get(c.name, c.name): _CODEC_LABELS.get(c.name, c.name) for c in CODECS.values()})
+ClipName = _choices("ClipName", {c: c for c in CLIPS})
+SchemeName = _choices("SchemeName", {s: s for s in QUANTIZERS})
 
 
 @contextmanager
@@ -112,18 +108,17 @@ MaxBpw = Annotated[float | None, typer.Option("--max-bpw", help="fail (exit 3) a
 MinSqnr = Annotated[float | None, typer.Option("--min-sqnr", help="fail (exit 3) when the weights' SQNR is under this many dB")]
 
 
-def _codec(name: CodecName):
-    from formats.constants import Codec
+def _codec(name: Enum) -> Codec:
+    label = str(name.value)
+    return codec_named(next((c for c, lbl in _CODEC_LABELS.items() if lbl == label), label))
 
-    return Codec.ZSTD if name == CodecName.zstd else Codec.RAW
 
-
-def _policy(scheme: SchemeName, bits: int, per_channel: bool, keep: list[str] | None, include: list[str] | None,
-            bits_for: list[str] | None, clip: ClipName = ClipName.minmax):
+def _policy(scheme: Enum, bits: int, per_channel: bool, keep: list[str] | None, include: list[str] | None,
+            bits_for: list[str] | None, clip: Enum | None = None):
     from converter.policy import Policy, parse_bits_for
 
-    return Policy(scheme.value, bits, per_channel, tuple(keep or ()), tuple(include or ()), parse_bits_for(bits_for or []),
-                  clip.value)
+    return Policy(str(scheme.value), bits, per_channel, tuple(keep or ()), tuple(include or ()), parse_bits_for(bits_for or []),
+                  str(str(clip.value)) if clip else "minmax")
 
 
 @app.command()
@@ -152,11 +147,10 @@ def convert(
     new artifact is not put in place (a previous file at the output path stays as it was), so a
     build cannot ship it by accident.
     """
-    from converter.convert import convert as run_convert
     from converter.gates import Budget
     from converter.measure import parse_compressors
+    from converter.publish import publish
     from converter.render import size_table
-    from converter.sizes import size_report
     from formats.registry import open_model
 
     with _errors():
@@ -164,40 +158,28 @@ def convert(
         budget = Budget(max_size, max_bpw, min_sqnr)
         parse_compressors(compress)  # reject a bad list before any work
         target = output or model.with_suffix(".qpk")
-        if target.resolve() == model.resolve():
-            raise QpackError(f"{target}: output would overwrite the input")
         src = open_model(model)
         compressors = parse_compressors(compress, src.file_bytes)
-        # written beside the target, and moved into place only once every budget holds
-        pending = target.with_name(f".{target.name}.{os.getpid()}.pending")
-        try:
-            bar = _progress(quiet)
-            if bar:
-                with bar:
-                    task = bar.add_task("quantizing", total=len(src.weights))
-                    result = run_convert(src, policy, pending, lambda i, n: bar.update(task, completed=i), _codec(codec))
-                    ctask = bar.add_task("compressing", total=len(compressors) * 2)
-                    report = size_report(src, result, compressors, lambda _: bar.advance(ctask))
-            else:
-                result = run_convert(src, policy, pending, codec=_codec(codec))
-                report = size_report(src, result, compressors)
-            report["options"] = {"scheme": policy.scheme, "bits": policy.bits, "per_channel": policy.per_channel,
-                                 "clip": policy.clip, "codec": codec.value}
-            report["output"] = str(target)
-            report["command"] = _command("convert")
-            if json_out:
-                _write_json(json_out, report)
-            if not quiet:
-                size_table(report, out, tensors)
-                if compress == "auto" and not compressors:
-                    out.print("compressors skipped for a model over 64 MiB; ask with --compress gzip,zstd,7z")
-            sizes = report["sizes"]
-            # no SQNR means no quantization noise at all (exact values, or nothing quantized)
-            sqnr = sizes["sqnr_db"]
-            budget.check(sizes["qpk_bytes"], sizes["bits_per_weight"], math.inf if sqnr is None else sqnr)
-            os.replace(pending, target)
-        finally:
-            pending.unlink(missing_ok=True)
+        bar = _progress(quiet)
+        if bar:
+            with bar:
+                task = bar.add_task("quantizing", total=None)
+                ctask = bar.add_task("compressing", total=len(compressors) * 2, visible=False)
+                done = publish(src, policy, target, _codec(codec), budget, compressors,
+                               lambda i, n: bar.update(task, completed=i, total=n),
+                               lambda _: bar.update(ctask, advance=1, visible=True))
+        else:
+            done = publish(src, policy, target, _codec(codec), budget, compressors)
+        report = done.report
+        report["command"] = _command("convert")
+        if json_out:
+            _write_json(json_out, report)
+        if not quiet:
+            size_table(report, out, tensors)
+            if compress == "auto" and not compressors:
+                out.print("compressors skipped for a model over 64 MiB; ask with --compress gzip,zstd,7z")
+        if done.broken:
+            raise done.broken
         if not quiet:
             out.print(f"wrote {target}")
 
@@ -268,48 +250,25 @@ def report(
 ) -> None:
     """Range, distribution and bit efficiency per tensor, for a model at the given options or a .qpk."""
     from converter.gates import Budget
-    from converter.html import page
     from converter.measure import parse_compressors
     from converter.render import report_table
-    from converter.report import pictures, report_model, report_qpk
-    from formats.atomic import write_bytes_atomic
-    from formats.registry import open_model, sniff
+    from converter.report import floats_known, report_path, write_html
 
     with _errors(), _status("measuring", quiet):
         budget = Budget(max_size, max_bpw, min_sqnr)
         parse_compressors(compress)
-        if sniff(path) == "qpk":
-            src = open_model(source) if source else None
-            compressors = parse_compressors(compress, path.stat().st_size)
-            rep = report_qpk(path, src, compressors)
-            opts = rep.get("options") or {}
-            bits, scheme_name, per_channel = opts.get("bits", bits), opts.get("scheme", scheme.value), opts.get("per_channel", False)
-        else:
-            src = open_model(path)
-            policy = _policy(scheme, bits, per_channel, keep, include, bits_for, clip)
-            rep = report_model(src, policy, parse_compressors(compress, src.file_bytes), _codec(codec))
-            rep["options"] = {"scheme": policy.scheme, "bits": bits, "per_channel": per_channel, "clip": policy.clip}
-            scheme_name = policy.scheme
+        policy = _policy(scheme, bits, per_channel, keep, include, bits_for, clip)
+        rep, src = report_path(path, policy, _codec(codec), compress, source)
         command = _command("report")
         rep["command"] = command
         if html_out:
-            images = pictures(rep, src, layer, bits, scheme_name, per_channel)
-            stem = html_out.with_suffix("")
-            rep["figures"] = {}
-            for i, (title, png) in enumerate(images.items()):
-                png_path = Path(f"{stem}_fig{i + 1}.png")
-                write_bytes_atomic(png_path, png)
-                rep["figures"][title] = str(png_path)
-            write_bytes_atomic(html_out, page(rep, images, command).encode())
+            write_html(rep, src, layer, html_out, command)
+        rep.pop("figure_options", None)
         if json_out:
             _write_json(json_out, rep)
         if not quiet:
             report_table(rep, out)
-        sizes = rep["sizes"]
-        sqnr = rep["totals"].get("sqnr_db")
-        if sqnr is None and all(r["signal"] is not None for r in rep["tensors"]):
-            sqnr = math.inf  # floats known and no noise: exact
-        budget.check(sizes["qpk_bytes"], sizes["bits_per_weight"], sqnr)
+        budget.check(rep["sizes"]["qpk_bytes"], rep["sizes"]["bits_per_weight"], rep["totals"].get("sqnr_db"), floats_known(rep))
 
 
 InputsOpt = Annotated[Path | None, typer.Option("--inputs", exists=True, dir_okay=False,
@@ -326,23 +285,9 @@ DatasetOpt = Annotated[str | None, typer.Option("--dataset", help="built-in labe
 
 def _inputs(model: Path, inputs: Path | None, images: Path | None, dataset: str | None, size: str, layout: str, scale: str,
             mean: str | None, std: str | None):
-    from converter import datasets
-    from converter.runtime import open_runner
+    from converter.datasets import load_inputs
 
-    given = [x for x in (inputs, images, dataset) if x is not None]
-    if len(given) != 1:
-        raise QpackError("give exactly one of --inputs, --images, --dataset")
-    specs = open_runner(model).inputs
-    if inputs is not None:
-        data = datasets.from_arrays(inputs, specs)
-    elif images is not None:
-        if len(specs) != 1:
-            raise QpackError("--images feeds single-input models")
-        data = datasets.from_images(images, specs[0], size, layout.lower(), scale, mean, std)
-    else:
-        data = datasets.builtin(str(dataset), specs)
-    datasets.check_shapes(data, specs)
-    return data
+    return load_inputs(model, inputs, images, dataset, size, layout, scale, mean, std)
 
 
 @app.command("eval")
@@ -410,28 +355,21 @@ def sweep(
 ) -> None:
     """Evaluate a grid of schemes x bit widths; name the knee; rank tensors by sensitivity."""
     from converter.render import sweep_table
-    from converter.schemes import get_scheme
-    from converter.sweep import parse_bits, run_sweep, write_outputs
+    from converter.sweep import parse_bits, parse_granularity, parse_schemes, run_sweep, write_outputs
 
     with _errors():
-        scheme_list = [s.strip() for s in schemes.split(",") if s.strip()]
-        for s in scheme_list:
-            get_scheme(s)
+        scheme_list = parse_schemes(schemes, sensitivity_bits)
         widths = parse_bits(bits)
-        grans = {"both": ["tensor", "channel"], "tensor": ["tensor"], "channel": ["channel"]}.get(granularity)
-        if grans is None:
-            raise QpackError(f"--granularity must be tensor, channel or both, not {granularity!r}")
-        if sensitivity_bits:
-            get_scheme("asym").check_bits(sensitivity_bits)
+        grans = parse_granularity(granularity)
         data = _inputs(model, inputs, images, dataset, size, layout, scale, mean, std)
         bar = _progress(quiet)
         if bar:
             with bar:
                 task = bar.add_task("sweeping", total=None)
                 result = run_sweep(model, data, scheme_list, widths, grans, tolerance, sensitivity_bits,
-                                   lambda label: bar.update(task, advance=1, description=label), clip.value)
+                                   lambda label: bar.update(task, advance=1, description=label), str(clip.value))
         else:
-            result = run_sweep(model, data, scheme_list, widths, grans, tolerance, sensitivity_bits, clip=clip.value)
+            result = run_sweep(model, data, scheme_list, widths, grans, tolerance, sensitivity_bits, clip=str(clip.value))
         result["command"] = _command("sweep")
         files = write_outputs(result, out_dir)
         if not quiet:

@@ -1,26 +1,38 @@
-"""The pipeline: source model -> quantized codes -> .qpk; and .qpk -> restored float model."""
+"""The pipeline: source model -> quantized codes -> .qpk; and .qpk -> restored float model.
+
+Per-tensor work (read, quantize, measure, pack, entropy-code) runs in a thread pool: numpy, zstd
+and file reads release the GIL, so both cores work. Results are written in the model's tensor
+order, and each tensor's bytes depend on that tensor alone, so the file is the same for any
+number of workers. Only a few tensors are in flight at once, which bounds memory.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from converter import __version__
-from converter.measure import code_histogram, entropy_bits, noise_energy
-from converter.packing import pack, packed_size, unpack
-from converter.policy import Policy
-from converter.schemes import get_scheme, group_count
-from formats.constants import CODES_ZSTD_LEVEL, SOURCE_FORMATS, BlobKind, Codec
-from formats.container import Container, ContainerWriter
-from formats.entries import PARAM_DTYPES, TensorEntry, parse_tensors
-from formats.errors import FormatError
+from converter.measure import entropy_bits
+from converter.policy import Decision, Policy
+from converter.quant import get_quantizer
+from converter.quant.stream import Quantized, check_finite, quantize_stream
 from formats.model import SourceModel, Weight
+from formats.qpk import RAW, ZSTD, BlobKind, Codec, Grouping, QpkReader, QpkWriter, TensorEntry, encode
+from formats.qpk import meta as qpk_meta
+from formats.qpk.spec import VERSION_MINOR, VERSION_MINOR_BLOCKS
+
+
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass
@@ -75,131 +87,92 @@ class ConvertResult:
     graph_bytes: int = 0
 
 
-def quantize_weight(w: Weight, scheme: str, bits: int, axis: int | None,
-                    values: NDArray | None = None, clip: str = "minmax") -> tuple[NDArray[np.uint8], dict[str, NDArray]]:
-    """Codes and per-group parameters of one weight (of `values` when already read), in float32."""
-    x = np.asarray(w.array if values is None else values, dtype=np.float32)
-    if not np.isfinite(x).all():
-        raise FormatError(f"tensor '{w.name}' holds NaN or infinite values; refusing to quantize it")
-    return get_scheme(scheme).quantize(x, bits, axis, clip)
+@dataclass
+class _Done:
+    """One tensor quantized and encoded, ready to be appended in order."""
+
+    q: Quantized
+    codes: tuple[int, memoryview, int]
+    params: dict[str, tuple[int, memoryview, int]]
+
+
+def _work(w: Weight, d: Decision, scheme: str, clip: str, codec: Codec) -> _Done:
+    x = np.asarray(w.array, dtype=np.float32)
+    check_finite(x, w.name)
+    q = quantize_stream(get_quantizer(scheme), x, d.bits, d.grouping, clip)
+    del x
+    return _Done(q, encode(q.packed, BlobKind.CODES, codec), {k: encode(v, BlobKind.PARAM) for k, v in q.params.items()})
+
+
+def _in_order(pool: ThreadPoolExecutor, jobs: list[Callable[[], _Done]], ahead: int) -> Iterator[_Done]:
+    """Results of jobs in submission order, with at most `ahead` running or waiting at once."""
+    window: deque[Future[_Done]] = deque()
+    todo = iter(jobs)
+    for job in todo:
+        window.append(pool.submit(job))
+        if len(window) >= ahead:
+            break
+    while window:
+        done = window.popleft().result()
+        nxt = next(todo, None)
+        if nxt is not None:
+            window.append(pool.submit(nxt))
+        yield done
 
 
 def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[int, int], None] | None = None,
-            codec: Codec = Codec.RAW) -> ConvertResult:
+            codec: Codec = RAW, workers: int | None = None) -> ConvertResult:
     """Quantize `model` under `policy` and write the container to `out` atomically.
 
-    `codec` ZSTD entropy-codes each packed code stream (kept only where it is smaller).
+    `codec` entropy-codes each packed code stream (kept only where it is smaller).
     """
-    writer = ContainerWriter()
-    result = ConvertResult(out, 0)
-    entries: list[dict[str, Any]] = []
-    kept: list[dict[str, Any]] = []
+    result = ConvertResult(Path(out), 0)
     weights = model.weights
-    for i, w in enumerate(weights):
-        d = policy.decide(w)
+    decisions = [(w, policy.decide(w)) for w in weights]
+    chosen = [(w, d) for w, d in decisions if d.quantize]
+    kept: list[dict[str, Any]] = []
+    for w, d in decisions:
         if not d.quantize:
             result.kept.append(KeptStat(w.name, w.shape, w.dtype, w.role.value, d.reason, w.nbytes))
             kept.append({"name": w.name, "key": w.key, "shape": list(w.shape), "dtype": w.dtype, "role": w.role.value, "reason": d.reason})
-            continue
-        x = w.array
-        codes, params = quantize_weight(w, policy.scheme, d.bits, d.axis, x, policy.clip)
-        hist = code_histogram(codes, d.bits)
-        signal, noise = noise_energy(x, get_scheme(policy.scheme).dequantize(codes, params, d.bits, d.axis))
-        del x
-        packed = pack(codes, d.bits)
-        del codes
-        codes_blob = writer.add(packed, BlobKind.CODES, codec, CODES_ZSTD_LEVEL)
-        entry = TensorEntry(w.name, w.key, w.shape, w.dtype, w.role.value, policy.scheme, d.bits, d.axis, codes_blob,
-                            {k: writer.add(np.asarray(v, PARAM_DTYPES[k]), BlobKind.PARAM) for k, v in params.items()})
-        entries.append(entry.to_meta())
-        result.tensors.append(TensorStat(w.name, w.key, w.shape, w.dtype, w.role.value, policy.scheme, d.bits, d.axis, w.size,
-                                         packed.nbytes, writer.blob_length(codes_blob), sum(v.nbytes for v in params.values()),
-                                         entropy_bits(hist),
-                                         int((hist > 0).sum()), signal, noise))
-        if progress:
-            progress(i + 1, len(weights))
-    skeleton = model.skeleton({e["key"] for e in entries})
-    graph = writer.add(skeleton, BlobKind.GRAPH, Codec.ZSTD)
-    meta = {
-        "qpack": __version__,
-        "format": model.format,
-        "source": {"name": model.path.name, "bytes": model.file_bytes},
-        "options": {"scheme": policy.scheme, "bits": policy.bits, "per_channel": policy.per_channel, "clip": policy.clip,
-                    "codec": codec.name.lower(),
-                    "keep": list(policy.keep), "include": list(policy.include),
-                    "bits_for": [[p, b] for p, b in policy.bits_for]},
-        "graph": graph,
-        "graph_sha256": hashlib.sha256(skeleton).hexdigest(),
-        "tensors": entries,
-        "kept": kept,
-    }
-    result.graph_bytes = writer.blob_length(graph)
-    result.size = writer.write(out, meta)
+    entries: list[TensorEntry] = []
+    workers = workers or default_workers()
+    jobs = [partial(_work, w, d, policy.scheme, policy.clip, codec) for w, d in chosen]
+    with QpkWriter(Path(out).parent) as writer, ThreadPoolExecutor(workers) as pool:
+        for i, ((w, d), done) in enumerate(zip(chosen, _in_order(pool, jobs, workers + 1))):
+            codes_blob = writer.add_encoded(BlobKind.CODES, *done.codes)
+            params = {k: writer.add_encoded(BlobKind.PARAM, *v) for k, v in done.params.items()}
+            entries.append(TensorEntry(w.name, w.key, w.shape, w.dtype, w.role.value, policy.scheme, d.bits, d.grouping,
+                                       codes_blob, params))
+            q = done.q
+            result.tensors.append(TensorStat(w.name, w.key, w.shape, w.dtype, w.role.value, policy.scheme, d.bits, d.axis, w.size,
+                                             q.packed.nbytes, writer.blob(codes_blob).length,
+                                             sum(v.nbytes for v in q.params.values()), entropy_bits(q.hist),
+                                             int((q.hist > 0).sum()), q.signal, q.noise))
+            if progress:
+                progress(i + 1, len(chosen))
+        skeleton = model.skeleton({e.key for e in entries})
+        graph = writer.add(skeleton, BlobKind.GRAPH, ZSTD)
+        meta = qpk_meta.build(__version__, model.format, {"name": model.path.name, "bytes": model.file_bytes},
+                              policy.options(codec.name), graph, hashlib.sha256(skeleton).hexdigest(), entries, kept)
+        del skeleton
+        minor = VERSION_MINOR_BLOCKS if any(e.grouping.block for e in entries) else VERSION_MINOR
+        result.graph_bytes = writer.blob(graph).length
+        result.size = writer.write(out, meta, minor)
     return result
 
 
-class QpkFile:
-    """A container opened for restoring: validated entries, tensors decoded on demand."""
-
-    def __init__(self, path: Path) -> None:
-        self.container = Container(path)
-        meta = self.container.meta
-        self.format = meta.get("format")
-        if self.format not in SOURCE_FORMATS:
-            raise FormatError(f"{path}: unknown source format {self.format!r}")
-        self.entries = parse_tensors(meta.get("tensors"))
-        for e in self.entries:
-            self._check_sizes(e)
-        self.kept = meta.get("kept") if isinstance(meta.get("kept"), list) else []
-
-    def _check_sizes(self, e: TensorEntry) -> None:
-        blobs = self.container.blobs
-        for idx in [e.codes, *e.params.values()]:
-            if not 0 <= idx < len(blobs):
-                raise FormatError(f"tensor '{e.name}': blob index {idx} out of range")
-        got = blobs[e.codes].raw_length
-        want = packed_size(e.count, e.bits)
-        if got != want:
-            raise FormatError(f"tensor '{e.name}': payload {got} bytes, expected {want} for shape {e.shape} at {e.bits} bits")
-        groups = group_count(e.shape, e.axis)
-        for pname, idx in e.params.items():
-            want = groups * np.dtype(PARAM_DTYPES[pname]).itemsize
-            if blobs[idx].raw_length != want:
-                raise FormatError(f"tensor '{e.name}': parameter '{pname}' is {blobs[idx].raw_length} bytes, expected {want}")
-
-    def codes(self, e: TensorEntry) -> NDArray[np.uint8]:
-        raw = self.container.blob_bytes(e.codes, BlobKind.CODES)
-        codes = unpack(np.frombuffer(raw, dtype=np.uint8), e.bits, e.count)
-        return codes.reshape(e.shape)
-
-    def params(self, e: TensorEntry) -> dict[str, NDArray]:
-        return {k: np.frombuffer(self.container.blob_bytes(i, BlobKind.PARAM), dtype=PARAM_DTYPES[k]) for k, i in e.params.items()}
-
-    def dequantize(self, e: TensorEntry) -> NDArray[np.float32]:
-        codes = self.codes(e)
-        return get_scheme(e.scheme).dequantize(codes, self.params(e), e.bits, e.axis)
-
-    def graph(self) -> bytes:
-        index = self.container.meta.get("graph")
-        if not isinstance(index, int):
-            raise FormatError(f"{self.container.path}: metadata has no graph blob")
-        data = bytes(self.container.blob_bytes(index, BlobKind.GRAPH))
-        digest = self.container.meta.get("graph_sha256")
-        if digest != hashlib.sha256(data).hexdigest():
-            raise FormatError(f"{self.container.path}: graph checksum mismatch")
-        return data
-
-    def close(self) -> None:
-        self.container.close()
+def quantize_weight(w: Weight, scheme: str, bits: int, grouping: Grouping | int | None,
+                    clip: str = "minmax") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Codes and flat per-group parameters of one weight, whole tensor in memory."""
+    x = np.asarray(w.array, dtype=np.float32)
+    check_finite(x, w.name)
+    return get_quantizer(scheme).quantize(x, bits, grouping, clip)
 
 
 def restore(qpk: Path, out: Path) -> list[Path]:
-    """Rebuild a runnable float model from a container; returns the files written."""
+    """Rebuild a runnable float model from a container, tensor by tensor; returns the files written."""
     from formats.registry import restore_model
 
-    q = QpkFile(qpk)
-    try:
-        arrays = {e.key: q.dequantize(e) for e in q.entries}
-        return restore_model(str(q.format), q.graph(), arrays, out)
-    finally:
-        q.close()
+    with QpkReader(qpk) as q:
+        return restore_model(q.format, q.graph(), {e.key: partial(q.dequantize, e) for e in q.entries}, out)

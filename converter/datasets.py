@@ -162,3 +162,25 @@ def check_shapes(inputs: Inputs, specs: list[InputSpec]) -> None:
     counts = {len(a) for a in inputs.arrays.values()}
     if len(counts) != 1:
         raise OptionError(f"inputs have different sample counts {sorted(counts)}")
+
+
+def load_inputs(model: Path, inputs: Path | None = None, images: Path | None = None, dataset: str | None = None,
+                size: str = "224", layout: str = "nchw", scale: str = "1/255", mean: str | None = None,
+                std: str | None = None) -> Inputs:
+    """The evaluation inputs from exactly one source, checked against the model's input specs."""
+    from converter.runtime import open_runner
+
+    given = [x for x in (inputs, images, dataset) if x is not None]
+    if len(given) != 1:
+        raise OptionError("give exactly one of --inputs, --images, --dataset")
+    specs = open_runner(model).inputs
+    if inputs is not None:
+        data = from_arrays(inputs, specs)
+    elif images is not None:
+        if len(specs) != 1:
+            raise OptionError("--images feeds single-input models")
+        data = from_images(images, specs[0], size, layout.lower(), scale, mean, std)
+    else:
+        data = builtin(str(dataset), specs)
+    check_shapes(data, specs)
+    return data

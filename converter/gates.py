@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from formats.errors import BudgetError, OptionError
@@ -23,8 +24,14 @@ class Budget:
     def needs_sqnr(self) -> bool:
         return self.min_sqnr is not None
 
-    def check(self, size: int, bpw: float | None, sqnr: float | None) -> None:
-        """Raise BudgetError naming the first budget broken."""
+    def check(self, size: int, bpw: float | None, sqnr: float | None, floats_known: bool) -> None:
+        """Raise BudgetError naming the first budget broken.
+
+        `sqnr` None with the float weights known means no quantization noise at all (exact values,
+        or nothing quantized); without them (a .qpk alone) it is unknown.
+        """
+        if sqnr is None and floats_known:
+            sqnr = math.inf
         if self.max_size is not None and size > self.max_size:
             raise BudgetError(f"artifact is {size:,} bytes, over --max-size {self.max_size:,}")
         if self.max_bpw is not None and bpw is not None and bpw > self.max_bpw:

@@ -8,36 +8,33 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from converter.convert import QpkFile
+from formats.qpk import QpkReader
 
 
 def describe(path: Path, verify: bool = True) -> dict[str, Any]:
     """Header, options and per-tensor layout of a container; checksums checked when `verify`."""
-    q = QpkFile(path)
-    try:
-        c = q.container
+    with QpkReader(path) as q:
         if verify:
-            c.verify()
+            q.verify()
             q.graph()
-        blobs = c.blobs
+        blobs = q.blobs
         tensors = []
         for e in q.entries:
             codes = blobs[e.codes]
             tensors.append({
                 "name": e.name, "key": e.key, "shape": list(e.shape), "dtype": e.dtype, "role": e.role,
-                "scheme": e.scheme, "bits": e.bits, "axis": e.axis, "count": e.count,
+                "scheme": e.scheme, "bits": e.bits, "axis": e.axis, "grouping": e.grouping.kind, "block": e.grouping.block,
+                "count": e.count,
                 "code_bytes": codes.length, "param_bytes": sum(blobs[i].length for i in e.params.values()),
                 "sha256": codes.sha256.hex(),
             })
-        meta = c.meta
+        meta = q.meta
         return {
-            "path": str(path), "bytes": c.size, "version": ".".join(map(str, c.version)),
+            "path": str(path), "bytes": q.size, "version": ".".join(map(str, q.version)),
             "format": q.format, "qpack": meta.get("qpack"), "source": meta.get("source"),
             "options": meta.get("options"), "verified": verify,
-            "graph_bytes": blobs[meta["graph"]].length, "tensors": tensors, "kept": q.kept,
+            "graph_bytes": blobs[q.graph_index].length, "tensors": tensors, "kept": q.kept,
         }
-    finally:
-        q.close()
 
 
 def render_description(info: dict[str, Any], console: Console) -> None:

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 
-from converter.schemes import SCHEMES  # noqa: E402
+from converter.quant import QUANTIZERS  # noqa: E402
 
 MAX_CHANNELS = 32  # a box per channel stops being readable beyond this
 _PNG_META = {"Software": None}  # no version strings: the same report gives the same bytes
@@ -33,13 +33,13 @@ def _channels(v: NDArray, axis: int | None) -> list[NDArray]:
 
 def channel_quartiles(name: str, x: NDArray, axis: int | None, bits: int, per_channel: bool) -> bytes:
     """Per-channel quartile ranges of one layer: float, then each scheme at `bits`."""
-    schemes = [s for s in SCHEMES if SCHEMES[s].min_bits <= bits]
+    schemes = [s for s, q in QUANTIZERS.items() if q.spec().min_bits <= bits <= q.spec().max_bits]
     fig, axes = plt.subplots(len(schemes) + 1, 1, figsize=(10, 2.2 * (len(schemes) + 1)), sharex=True, sharey=True)
     rows = [("float", x)]
     qaxis = axis if per_channel else None
     for s in schemes:
-        codes, params = SCHEMES[s].quantize(x, bits, qaxis)
-        rows.append((f"{s} {bits}-bit", SCHEMES[s].dequantize(codes, params, bits, qaxis)))
+        codes, params = QUANTIZERS[s].quantize(x, bits, qaxis)
+        rows.append((f"{s} {bits}-bit", QUANTIZERS[s].dequantize(codes, params, bits, qaxis)))
     for ax, (label, v) in zip(axes, rows):
         ax.boxplot(_channels(v, axis), whis=(0, 100), showfliers=False)
         ax.set_ylabel(label)
@@ -52,13 +52,14 @@ def channel_quartiles(name: str, x: NDArray, axis: int | None, bits: int, per_ch
 
 def histograms(name: str, x: NDArray, scheme: str, axis: int | None, widths: tuple[int, ...]) -> bytes:
     """Weight histogram of one layer, float against the quantized values at several bit widths."""
-    widths = tuple(b for b in widths if SCHEMES[scheme].min_bits <= b)
+    spec = QUANTIZERS[scheme].spec()
+    widths = tuple(b for b in widths if spec.min_bits <= b <= spec.max_bits)
     fig, axes = plt.subplots(len(widths), 1, figsize=(10, 2.2 * len(widths)), sharex=True)
     axes = np.atleast_1d(axes)
     bins = np.linspace(float(x.min()), float(x.max()), 121)
     for ax, b in zip(axes, widths):
-        codes, params = SCHEMES[scheme].quantize(x, b, axis)
-        y = SCHEMES[scheme].dequantize(codes, params, b, axis)
+        codes, params = QUANTIZERS[scheme].quantize(x, b, axis)
+        y = QUANTIZERS[scheme].dequantize(codes, params, b, axis)
         ax.hist(x.ravel(), bins=bins, color="0.7", label="float")
         ax.hist(y.ravel(), bins=bins, histtype="step", color="C3", label=f"{scheme} {b}-bit")
         ax.set_yscale("log")
@@ -86,9 +87,14 @@ def layer_bars(rows: list[dict[str, Any]]) -> bytes:
     return _png(fig)
 
 
-def _series(result: dict[str, Any]):
-    from converter.sweep import score
+def score(result: dict[str, Any], cell: dict[str, Any]) -> float:
+    """What the plots show: accuracy (%) with labels, else 100 - loss."""
+    if cell["accuracy"] is not None:
+        return 100 * cell["accuracy"]
+    return 100 - cell["loss_points"]
 
+
+def _series(result: dict[str, Any]):
     keys = sorted({(c["scheme"], c["granularity"]) for c in result["cells"]})
     for i, (s, g) in enumerate(keys):
         rows = sorted((c for c in result["cells"] if c["scheme"] == s and c["granularity"] == g), key=lambda c: c["bits"])

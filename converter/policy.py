@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import Any
 
-from converter.schemes import get_scheme
+from converter.quant import CLIPS, get_quantizer
 from formats.errors import OptionError
 from formats.model import Role, Weight
+from formats.qpk import Grouping
 
 QUANTIZED_ROLES = frozenset({Role.KERNEL, Role.MATRIX, Role.RECURRENT, Role.EMBEDDING})
-CLIPS = ("minmax", "mse")
 MIN_ELEMENTS = 16  # below this the parameters would cost more than the float values they replace
 
 
@@ -29,6 +30,10 @@ class Decision:
     bits: int = 0
     axis: int | None = None
     reason: str = ""
+
+    @property
+    def grouping(self) -> Grouping:
+        return Grouping(self.axis)
 
 
 @dataclass(frozen=True)
@@ -46,12 +51,17 @@ class Policy:
     def __post_init__(self) -> None:
         if self.clip not in CLIPS:
             raise OptionError(f"unknown clipping {self.clip!r}, expected one of {', '.join(CLIPS)}")
-        scheme = get_scheme(self.scheme)
+        scheme = get_quantizer(self.scheme)
         scheme.check_bits(self.bits)
         for pattern, bits in self.bits_for:
             if not pattern:
                 raise OptionError("a --bits-for pattern is empty")
             scheme.check_bits(bits)
+
+    def options(self, codec: str = "raw") -> dict[str, Any]:
+        """The options as recorded in the container and every report (one shape everywhere)."""
+        return {"scheme": self.scheme, "bits": self.bits, "per_channel": self.per_channel, "clip": self.clip, "codec": codec,
+                "keep": list(self.keep), "include": list(self.include), "bits_for": [[p, b] for p, b in self.bits_for]}
 
     def decide(self, w: Weight) -> Decision:
         if not w.is_float:

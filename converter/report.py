@@ -13,14 +13,14 @@ from converter.convert import convert
 from converter.measure import compressed_sizes
 from converter.policy import Policy
 from converter.sizes import size_report
-from formats.constants import Codec
 from formats.errors import OptionError
 from formats.model import SourceModel
+from formats.qpk import RAW, Codec
 
 HISTOGRAM_WIDTHS = (8, 6, 4, 3, 2)
 
 
-def report_model(model: SourceModel, policy: Policy, compressors: tuple[str, ...], codec: Codec = Codec.RAW) -> dict[str, Any]:
+def report_model(model: SourceModel, policy: Policy, compressors: tuple[str, ...], codec: Codec = RAW) -> dict[str, Any]:
     """Convert into a temporary container, so every size is that of a real artifact, and analyze it."""
     with tempfile.TemporaryDirectory(prefix="qpack-report-") as tmp:
         qpk = Path(tmp) / "model.qpk"
@@ -42,6 +42,49 @@ def report_qpk(qpk: Path, source: SourceModel | None, compressors: tuple[str, ..
     rep["sizes"] = {"qpk_bytes": rep["qpk_bytes"], "graph_bytes": rep["graph_bytes"], "stored_code_and_param_bytes": stored,
                     "bits_per_weight": round(stored * 8 / n, 4) if n else None}
     return rep
+
+
+def report_path(path: Path, policy: Policy, codec: Codec, compress: str,
+                source: Path | None = None) -> tuple[dict[str, Any], SourceModel | None]:
+    """The report of a model file at `policy`, or of a .qpk (against its float `source` when given).
+
+    Returns the report and the source model whose floats the pictures can use.
+    """
+    from converter.measure import parse_compressors
+    from formats.registry import open_model, sniff
+
+    if sniff(path) == "qpk":
+        src = open_model(source) if source else None
+        rep = report_qpk(path, src, parse_compressors(compress, path.stat().st_size))
+        opts = rep.get("options") if isinstance(rep.get("options"), dict) else {}
+        rep["figure_options"] = {"bits": opts.get("bits", policy.bits), "scheme": opts.get("scheme", policy.scheme),
+                                 "per_channel": bool(opts.get("per_channel", False))}
+        return rep, src
+    src = open_model(path)
+    rep = report_model(src, policy, parse_compressors(compress, src.file_bytes), codec)
+    rep["options"] = policy.options(codec.name)
+    rep["figure_options"] = {"bits": policy.bits, "scheme": policy.scheme, "per_channel": policy.per_channel}
+    return rep, src
+
+
+def floats_known(rep: dict[str, Any]) -> bool:
+    return all(r["signal"] is not None for r in rep["tensors"])
+
+
+def write_html(rep: dict[str, Any], src: SourceModel | None, layer: str | None, html_out: Path, command: str) -> None:
+    """The self-contained page, and its pictures beside it as NAME_figK.png."""
+    from converter.html import page
+    from formats.atomic import write_bytes_atomic
+
+    fo = rep["figure_options"]
+    images = pictures(rep, src, layer, fo["bits"], fo["scheme"], fo["per_channel"])
+    stem = html_out.with_suffix("")
+    rep["figures"] = {}
+    for i, (title, png) in enumerate(images.items()):
+        png_path = Path(f"{stem}_fig{i + 1}.png")
+        write_bytes_atomic(png_path, png)
+        rep["figures"][title] = str(png_path)
+    write_bytes_atomic(html_out, page(rep, images, command).encode())
 
 
 def pictures(rep: dict[str, Any], source: SourceModel | None, layer: str | None, bits: int, scheme: str,

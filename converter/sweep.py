@@ -6,15 +6,18 @@ import csv
 import io
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from converter.convert import convert, quantize_weight
 from converter.datasets import Inputs
 from converter.evaluate import classification, evaluate, fidelity_loss, output_fidelity, run_all
 from converter.policy import Policy
+from converter.quant import get_quantizer
 from converter.runtime import open_runner
-from converter.schemes import get_scheme
 from formats.atomic import write_bytes_atomic
 from formats.errors import OptionError
 from formats.model import SourceModel
@@ -37,6 +40,26 @@ def parse_bits(text: str) -> list[int]:
     if not widths or not all(1 <= b <= 8 for b in widths):
         raise OptionError(f"--bits values must lie in 1..8, got {text!r}")
     return widths
+
+
+def parse_schemes(text: str, sensitivity_bits: int) -> list[str]:
+    """'asym,sym' -> registered scheme names; the sensitivity width is checked against asym."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    for s in names:
+        get_quantizer(s)
+    if sensitivity_bits:
+        get_quantizer("asym").check_bits(sensitivity_bits)
+    return names
+
+
+GRANULARITIES = {"both": ["tensor", "channel"], "tensor": ["tensor"], "channel": ["channel"]}
+
+
+def parse_granularity(text: str) -> list[str]:
+    try:
+        return GRANULARITIES[text]
+    except KeyError:
+        raise OptionError(f"--granularity must be tensor, channel or both, not {text!r}") from None
 
 
 def knee(rows: list[dict[str, Any]], tolerance: float) -> int | None:
@@ -67,16 +90,16 @@ def _cell(model: Path, src: SourceModel, inputs: Inputs, reference, policy: Poli
 def sensitivity(src: SourceModel, inputs: Inputs, reference, scheme: str, bits: int, tmp: Path,
                 progress: Callable[[], None] | None = None) -> list[dict[str, Any]]:
     """Quantize one tensor at a time (per-tensor, at `bits`), the rest float; rank by the damage done."""
-    get_scheme(scheme).check_bits(bits)
+    get_quantizer(scheme).check_bits(bits)
     policy = Policy(scheme, bits)
     rows = []
     for w in src.weights:
         if not policy.decide(w).quantize:
             continue
         codes, params = quantize_weight(w, scheme, bits, None)
-        y = get_scheme(scheme).dequantize(codes, params, bits, None)
+        y = get_quantizer(scheme).dequantize(codes, params, bits, None)
         out = tmp / f"one.{src.format}"
-        restore_model(src.format, src.skeleton({w.key}), {w.key: y}, out)
+        restore_model(src.format, src.skeleton({w.key}), {w.key: partial(np.asarray, y)}, out)
         got = run_all(open_runner(out), inputs)
         result: dict[str, Any] = {"outputs": output_fidelity(reference, got, [str(i) for i in range(len(got))]),
                   "classification": classification(reference[0], got[0], inputs.labels, [], 1.0)}
@@ -102,7 +125,7 @@ def run_sweep(model: Path, inputs: Inputs, schemes: list[str], widths: list[int]
         for g in granularities:
             for s in schemes:
                 for b in widths:
-                    if b < get_scheme(s).min_bits:
+                    if not get_quantizer(s).spec().min_bits <= b <= get_quantizer(s).spec().max_bits:
                         continue
                     policy = Policy(s, b, per_channel=g == "channel", clip=clip)
                     cells.append(_cell(model, src, inputs, reference, policy, Path(tmp)))
@@ -142,12 +165,5 @@ def write_outputs(result: dict[str, Any], out: Path) -> list[Path]:
     for path, data in files.items():
         write_bytes_atomic(path, data)
     return list(files)
-
-
-def score(result: dict[str, Any], cell: dict[str, Any]) -> float:
-    """What the plots show: accuracy (%) with labels, else 100 - loss."""
-    if cell["accuracy"] is not None:
-        return 100 * cell["accuracy"]
-    return 100 - cell["loss_points"]
 
 

@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+from formats.qpk.spec import FLOAT_DTYPES  # noqa: F401  (re-exported: what counts as a float weight)
 
 
 class Role(str, Enum):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
@@ -232,7 +232,14 @@ def parse_model(data: bytes, where: str) -> ModelProto:
     return model
 
 
-def restore(skeleton: bytes, arrays: dict[str, NDArray]) -> ModelProto:
+def restore(skeleton: bytes, tensors: Mapping[str, Callable[[], NDArray]], out: Path) -> list[Path]:
+    """Write the restored model atomically; returns the files written."""
+    model = _restore_model(skeleton, {k: f() for k, f in tensors.items()})
+    with atomic_output(out) as f:
+        return write(model, f, out)
+
+
+def _restore_model(skeleton: bytes, arrays: dict[str, NDArray]) -> ModelProto:
     """Put float arrays back into a skeleton, each in the dtype its tensor declares."""
     model = parse_model(skeleton, "graph blob")
     found = 0

@@ -8,6 +8,7 @@ the flatbuffer by offset (models over 2 GiB) are handled the same way.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,11 +16,12 @@ import numpy as np
 import tflite
 from numpy.typing import NDArray
 
+from formats.atomic import atomic_output
 from formats.errors import FormatError, UnsupportedError
 from formats.model import Role, Weight, from_array
-from formats.registry import TFLITE_IDENT
 
 FORMAT = "tflite"
+TFLITE_IDENT = b"TFL3"  # flatbuffer file identifier, bytes 4..8
 
 # TensorType value -> (name, numpy dtype or None when the bytes are not an array of one dtype)
 _TYPES: dict[int, tuple[str, str | None]] = {
@@ -226,7 +228,15 @@ class TfliteModel:
         return bytes(out)
 
 
-def restore(skeleton: bytes, arrays: dict[str, NDArray]) -> bytes:
+def restore(skeleton: bytes, tensors: Mapping[str, Callable[[], NDArray]], out: Path) -> list[Path]:
+    """Write the restored model atomically; returns the files written."""
+    data = _restore_bytes(skeleton, {k: f() for k, f in tensors.items()})
+    with atomic_output(out) as f:
+        f.write(data)
+    return [out]
+
+
+def _restore_bytes(skeleton: bytes, arrays: dict[str, NDArray]) -> bytes:
     """Write dequantized arrays into their buffers, each in its tensor's dtype."""
     scan = _scan(skeleton, "graph blob")
     by_key = {w.key: w for w in scan.weights}

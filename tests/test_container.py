@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter.convert import QpkFile, convert
+from converter.convert import convert
 from converter.policy import Policy
-from formats.constants import ALIGNMENT, HEADER, HEADER_SIZE, MAGIC
-from formats.container import Container
 from formats.errors import FormatError
 from formats.onnx_model import OnnxModel
+from formats.qpk import QpkReader
+from formats.qpk.spec import ALIGNMENT, HEADER, HEADER_SIZE, MAGIC
 from tests.tiny import tiny_model
 
 
@@ -37,7 +37,7 @@ def test_golden_header_and_payload(tiny_qpk: Path):
     assert payload_off % ALIGNMENT == 0 and payload_off == -(-(80 + meta_len) // 64) * 64
     assert payload_off + payload_len == len(data)
     assert hashlib.sha256(data[80 : 80 + meta_len]).digest() == meta_sha
-    q = QpkFile(tiny_qpk)
+    q = QpkReader(tiny_qpk)
     conv = next(e for e in q.entries if e.name == "conv.w")
     assert (conv.scheme, conv.bits, conv.axis, conv.shape) == ("asym", 3, 0, (2, 1, 2, 2))
     # conv.w rows: [-0.875, -0.625, -0.375, -0.125] and [0.125, 0.375, 0.625, 0.875]; per channel the
@@ -48,7 +48,7 @@ def test_golden_header_and_payload(tiny_qpk: Path):
     # 3-bit LSB-first stream of those 8 codes, 3 bytes (bits listed MSB..LSB within each byte):
     # byte0 = c2[1:0] c1 c0 = 00 010 000; byte1 = c5[0] c4 c3 c2[2] = 1 001 110 1;
     # byte2 = c7 c6 c5[2:1] = 111 101 01
-    raw = bytes(q.container.blob_bytes(conv.codes, q.container.blobs[conv.codes].kind))
+    raw = bytes(q.blob_bytes(conv.codes, q.blobs[conv.codes].kind))
     assert raw == bytes([0b00010000, 0b10011101, 0b11110101])
     fc = next(e for e in q.entries if e.name == "fc.w")
     assert fc.axis == 1  # MatMul B: output columns
@@ -57,7 +57,7 @@ def test_golden_header_and_payload(tiny_qpk: Path):
 
 
 def test_blobs_aligned_and_ordered(tiny_qpk: Path):
-    with Container(tiny_qpk) as c:
+    with QpkReader(tiny_qpk) as c:
         end = 0
         for b in c.blobs:
             assert (c.payload_offset + b.offset) % ALIGNMENT == 0
@@ -78,7 +78,7 @@ def test_deterministic(tmp_path: Path, sample: Path):
 def _expect_rejected(path: Path, data: bytes) -> None:
     path.write_bytes(data)
     with pytest.raises(FormatError):
-        q = QpkFile(path)
+        q = QpkReader(path)
         for e in q.entries:
             q.dequantize(e)
         q.graph()
@@ -127,15 +127,14 @@ def test_decompression_stops_at_promised_length(tmp_path: Path):
     """A graph blob that inflates past its recorded raw_length (a zip bomb) is refused, not inflated."""
     from dataclasses import replace
 
-    from formats.constants import BlobKind, Codec
-    from formats.container import ContainerWriter
+    from formats.qpk import ZSTD, BlobKind, QpkWriter
 
-    w = ContainerWriter()
-    i = w.add(bytes(50_000_000), BlobKind.GRAPH, Codec.ZSTD)
-    w._blobs[i] = replace(w._blobs[i], raw_length=1000)  # the metadata lies about the size
-    path = tmp_path / "bomb.qpk"
-    w.write(path, {"graph": i})
-    with Container(path) as c, pytest.raises(FormatError, match="expected 1000"):
+    with QpkWriter(tmp_path) as w:
+        i = w.add(bytes(50_000_000), BlobKind.GRAPH, ZSTD)
+        w._blobs[i] = replace(w._blobs[i], raw_length=1000)  # the metadata lies about the size
+        path = tmp_path / "bomb.qpk"
+        w.write(path, {"format": "onnx", "graph": i, "tensors": [], "kept": []})
+    with QpkReader(path) as c, pytest.raises(FormatError, match="expected 1000"):
         c.blob_bytes(i, BlobKind.GRAPH)
 
 
@@ -143,7 +142,7 @@ def _rewrite_meta(data: bytes, edit) -> bytes:
     """Re-encode a container with edited metadata and valid checksums: a hostile, not a corrupt, file."""
     import msgpack
 
-    from formats.constants import HEADER_BODY
+    from formats.qpk.spec import HEADER_BODY
 
     fields = HEADER.unpack_from(data)
     meta_len, payload_off, payload_len = fields[4], fields[5], fields[6]
@@ -188,5 +187,5 @@ def test_hostile_metadata_rejected(tiny_qpk: Path, tmp_path: Path, edit):
 def test_rewrite_helper_keeps_a_valid_file(tiny_qpk: Path, tmp_path: Path):
     good = tmp_path / "same.qpk"
     good.write_bytes(_rewrite_meta(tiny_qpk.read_bytes(), lambda m: None))
-    q = QpkFile(good)
+    q = QpkReader(good)
     assert all(q.dequantize(e).shape == e.shape for e in q.entries) and q.graph()

@@ -9,12 +9,13 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from converter.convert import QpkFile, convert, restore
+from converter.convert import convert, restore
 from converter.policy import Policy
 from converter.runtime import OnnxRunner, random_inputs
 from formats.errors import FormatError
 from formats.model import Role
 from formats.onnx_model import OnnxModel
+from formats.qpk import QpkReader
 from tests.tiny import if_model, tiny_model
 
 
@@ -106,7 +107,7 @@ def test_source_dtype_preserved(dtype, np_dtype, tmp_path: Path):
     src = tmp_path / "t.onnx"
     onnx.save(tiny_model(dtype), src)
     q, restored = _round_trip(src, tmp_path, Policy("sym", 8, include=("conv.w",)))
-    entries = QpkFile(q).entries
+    entries = QpkReader(q).entries
     assert {e.name for e in entries} == {"conv.w", "fc.w"}
     m = onnx.load(str(restored))
     w = next(t for t in m.graph.initializer if t.name == "conv.w")

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from converter.packing import pack, packed_size, unpack
 from formats.errors import FormatError, OptionError
+from formats.qpk import pack, packed_size, unpack
 
 
 @settings(max_examples=300, deadline=None)

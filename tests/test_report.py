@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from converter.analysis import tensor_figures, totals
 from converter.cli import EXIT_BUDGET, app
-from converter.schemes import SCHEMES
-from formats.entries import TensorEntry
+from converter.quant import QUANTIZERS as SCHEMES
+from formats.qpk import Grouping, TensorEntry
 
 runner = CliRunner()
 
@@ -24,7 +24,7 @@ def _run(*args):
 
 
 def _entry(shape, scheme, bits, axis=None):
-    return TensorEntry("t", "init:t", tuple(shape), "float32", "kernel", scheme, bits, axis, 0, {})
+    return TensorEntry("t", "init:t", tuple(shape), "float32", "kernel", scheme, bits, Grouping(axis), 0, {})
 
 
 def test_hand_computed_asym_figures():

@@ -8,7 +8,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from converter.schemes import SCHEMES, get_scheme
+from converter.quant import QUANTIZERS as SCHEMES
+from converter.quant import get_quantizer as get_scheme
 from formats.errors import OptionError
 
 finite = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=32)
@@ -130,8 +131,9 @@ def test_unknown_clip():
 
 
 def test_scheme_parameters_match_the_container_format():
-    from formats.entries import PARAM_DTYPES, SCHEME_PARAMS
-
-    for name, scheme in SCHEMES.items():
-        assert tuple(scheme.params) == SCHEME_PARAMS[name]
-        assert all(PARAM_DTYPES[p] == dt for p, dt in scheme.params.items())
+    x = np.random.default_rng(3).standard_normal((4, 9)).astype(np.float32)
+    for scheme in SCHEMES.values():
+        spec = scheme.spec()
+        _, params = scheme.quantize(x, spec.min_bits, 0)
+        assert {k: v.dtype.str for k, v in params.items()} == {p.name: np.dtype(p.dtype).str for p in spec.params}
+        assert all(len(v) == p.count(spec.min_bits, 4) for p, v in zip(spec.params, params.values()))

@@ -156,14 +156,14 @@ def test_random_corruption_never_escapes_as_other_errors(tfl_fp16: Path, tmp_pat
 
 
 def test_deterministic_and_records_format(tfl_fp32: Path, tmp_path: Path):
-    from formats.container import Container
+    from formats.qpk import QpkReader
 
     blobs = []
     for i in range(2):
         out = tmp_path / f"t{i}.qpk"
         convert(TfliteModel(tfl_fp32), Policy("pow2", 4, per_channel=True), out)
         blobs.append(out.read_bytes())
-        with Container(out) as c:
+        with QpkReader(out) as c:
             assert c.meta["format"] == "tflite"
     assert blobs[0] == blobs[1]
 

@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from formats.errors import FormatError, OptionError
+from formats.qpk.spec import MAX_BITS, MIN_BITS
 
 _U64 = np.dtype("<u8")
 _M1 = np.uint64(0x00FF00FF00FF00FF)  # even bytes
@@ -26,8 +27,8 @@ def packed_size(count: int, bits: int) -> int:
 
 
 def _check_bits(bits: int) -> None:
-    if not 1 <= bits <= 8:
-        raise OptionError(f"bit width {bits} is outside 1..8")
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise OptionError(f"bit width {bits} is outside {MIN_BITS}..{MAX_BITS}")
 
 
 def _words(codes: NDArray[np.uint8]) -> NDArray[np.uint64]:

@@ -1,0 +1,52 @@
+"""Build an artifact under budgets: written beside its target, moved into place only when every
+budget holds, so a build never ships an over-budget file and the last good one stays."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from converter.convert import convert
+from converter.gates import Budget
+from converter.policy import Policy
+from converter.sizes import size_report
+from formats.errors import BudgetError, QpackError
+from formats.model import SourceModel
+from formats.qpk import Codec
+
+
+@dataclass
+class Published:
+    report: dict[str, Any]
+    broken: BudgetError | None  # the first broken budget; the target was then left as it was
+
+
+def pending_path(target: Path) -> Path:
+    """Where an artifact is staged: beside its target (same file system, so the move is atomic)."""
+    return target.with_name(f".{target.name}.{os.getpid()}.pending")
+
+
+def publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget: Budget, compressors: tuple[str, ...],
+            progress: Callable[[int, int], None] | None = None, compress_progress: Callable[[str], None] | None = None
+            ) -> Published:
+    """Convert `src` to `target` and return its size report; on a broken budget `target` is untouched."""
+    if target.resolve() == src.path.resolve():
+        raise QpackError(f"{target}: output would overwrite the input")
+    pending = pending_path(target)
+    try:
+        result = convert(src, policy, pending, progress, codec)
+        report = size_report(src, result, compressors, compress_progress)
+        report["options"] = policy.options(codec.name)
+        report["output"] = str(target)
+        sizes = report["sizes"]
+        try:
+            budget.check(sizes["qpk_bytes"], sizes["bits_per_weight"], sizes["sqnr_db"], floats_known=True)
+        except BudgetError as e:
+            return Published(report, e)
+        os.replace(pending, target)
+        return Published(report, None)
+    finally:
+        pending.unlink(missing_ok=True)

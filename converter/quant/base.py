@@ -1,0 +1,113 @@
+"""The quantizer interface: a scheme's row in the format's table, plus how to choose codes for it.
+
+A quantizer computes per-group range statistics, turns them into parameters, and encodes floats
+as codes against those parameters; decoding is the format's (`formats.qpk.schemes`). Subclassing
+registers a quantizer under the name of its scheme row.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from formats.errors import OptionError
+from formats.qpk import Grouping, SchemeSpec, scheme_spec
+
+Params = dict[str, NDArray]
+Stats = tuple[NDArray[np.float32], ...]
+
+QUANTIZERS: dict[str, type[Quantizer]] = {}
+CLIPS = ("minmax", "mse")
+
+
+def as_grouping(g: Grouping | int | None) -> Grouping:
+    """A grouping; an int or None is shorthand for per-channel along that axis, or per-tensor."""
+    return g if isinstance(g, Grouping) else Grouping(g)
+
+
+class Quantizer:
+    """One scheme's encoder. Parameters are kept group-shaped (keepdims over a grouping's blocked view)."""
+
+    name: ClassVar[str]
+    # range factors tried by clip "mse", widest first
+    shrinks: ClassVar[tuple[float, ...]] = tuple(float(r) for r in np.linspace(1.0, 0.2, 33))
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        scheme_spec(cls.name)  # a quantizer needs its row in the format's table
+        QUANTIZERS[cls.name] = cls
+
+    @classmethod
+    def spec(cls) -> SchemeSpec:
+        return scheme_spec(cls.name)
+
+    @classmethod
+    def check_bits(cls, bits: int) -> None:
+        cls.spec().check_bits(bits)
+
+    @classmethod
+    def levels(cls, bits: int) -> int:
+        return cls.spec().levels(bits)
+
+    @classmethod
+    def stats(cls, x: NDArray[np.float32], axes: tuple[int, ...]) -> Stats:
+        """The per-group range statistics the scheme scales from (keepdims over `axes`)."""
+        raise NotImplementedError
+
+    @classmethod
+    def params(cls, stats: Stats, bits: int) -> Params:
+        """Group-shaped parameters for the given (possibly shrunk) statistics."""
+        raise NotImplementedError
+
+    @classmethod
+    def encode(cls, x: NDArray[np.float32], bits: int, params: Params) -> NDArray[np.uint8]:
+        """Codes of x, its groups broadcasting against the group-shaped parameters."""
+        raise NotImplementedError
+
+    @classmethod
+    def fit(cls, xv: NDArray[np.float32], axes: tuple[int, ...], bits: int, clip: str = "minmax") -> Params:
+        """Group-shaped parameters of a blocked view (see Grouping.blocked).
+
+        clip "minmax" spans each group's whole range; "mse" shrinks the range per group to the
+        factor that minimizes the squared error on a sample of the group (see search_shrink).
+        """
+        stats = cls.stats(xv, axes)
+        if clip == "mse":
+            from converter.quant.clip import search_shrink
+
+            shrink = search_shrink(cls, xv, axes, bits, stats)
+            stats = tuple(s * shrink for s in stats)
+        elif clip != "minmax":
+            raise OptionError(f"unknown clipping {clip!r}, expected one of {', '.join(CLIPS)}")
+        return cls.params(stats, bits)
+
+    @classmethod
+    def flat(cls, params: Params) -> Params:
+        """Parameters as stored: one value per group, in C order, in the format's dtypes."""
+        dtypes = cls.spec().dtypes
+        return {k: np.asarray(params[k]).reshape(-1).astype(dtypes[k]) for k in dtypes}
+
+    @classmethod
+    def quantize(cls, x: NDArray[np.float32], bits: int, grouping: Grouping | int | None,
+                 clip: str = "minmax") -> tuple[NDArray[np.uint8], Params]:
+        """Codes shaped like x, and the flat per-group parameters, in one go (whole tensor in memory)."""
+        g = as_grouping(grouping)
+        cls.check_bits(bits)
+        xv, axes = g.blocked(np.asarray(x, dtype=np.float32))
+        params = cls.fit(xv, axes, bits, clip)
+        codes = g.unblocked(cls.encode(xv, bits, params), x.shape)
+        return np.ascontiguousarray(codes), cls.flat(params)
+
+    @classmethod
+    def dequantize(cls, codes: NDArray[np.uint8], params: Params, bits: int, grouping: Grouping | int | None) -> NDArray[np.float32]:
+        return cls.spec().dequantize(codes, params, bits, as_grouping(grouping))
+
+
+def get_quantizer(name: str) -> type[Quantizer]:
+    """The registered quantizer of scheme `name`."""
+    try:
+        return QUANTIZERS[name]
+    except KeyError:
+        raise OptionError(f"unknown scheme '{name}', expected one of {', '.join(QUANTIZERS)}") from None

@@ -1,0 +1,79 @@
+"""One tensor quantized in row chunks: parameters from the whole tensor, then codes, histogram,
+noise energy and the packed stream built a few MB at a time, so temporaries stay small."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from converter.measure import code_histogram
+from converter.quant.base import Params, Quantizer
+from formats.errors import FormatError
+from formats.qpk import Grouping, pack
+
+CHUNK_ELEMENTS = 1 << 20
+
+
+@dataclass
+class Quantized:
+    packed: NDArray[np.uint8]  # the dense n-bit stream
+    params: Params  # flat, in the format's dtypes
+    hist: NDArray[np.int64]  # occurrences of each code
+    signal: float  # energy of the float weights
+    noise: float  # energy of the quantization error
+
+
+def check_finite(x: NDArray, name: str) -> None:
+    flat = x.reshape(-1)
+    for i in range(0, flat.size, CHUNK_ELEMENTS):
+        if not np.isfinite(flat[i : i + CHUNK_ELEMENTS]).all():
+            raise FormatError(f"tensor '{name}' holds NaN or infinite values; refusing to quantize it")
+
+
+def quantize_stream(q: type[Quantizer], x: NDArray[np.float32], bits: int, grouping: Grouping, clip: str) -> Quantized:
+    """Codes of x packed, with the figures the size report needs; the same codes as q.quantize()."""
+    xv, axes = grouping.blocked(x)
+    params = q.fit(xv, axes, bits, clip)
+    flat = q.flat(params)
+    spec = q.spec()
+    # chunks run along the first axis of the blocked view, which is the tensor's first axis or,
+    # for blocks along axis 0, whole blocks of it
+    row = max(1, int(np.prod(xv.shape[1:], dtype=np.int64)))
+    step = max(1, CHUNK_ELEMENTS // row)
+    hist = np.zeros(1 << bits, dtype=np.int64)
+    signal = noise = 0.0
+    parts: list[NDArray[np.uint8]] = []
+    carry = np.zeros(0, dtype=np.uint8)
+    first = x.shape[0] if x.ndim else 1
+    done = 0  # rows of x covered so far
+    for i in range(0, max(1, xv.shape[0] if xv.ndim else 1), step):
+        pc = {k: v[i : i + step] if v.ndim and v.shape[0] > 1 else v for k, v in params.items()}
+        xc = xv[i : i + step] if xv.ndim else xv
+        rows = min(first - done, xc.shape[0] * (grouping.block if grouping.axis == 0 and grouping.block else 1)) if x.ndim else 1
+        shape = (rows,) + x.shape[1:] if x.ndim else ()
+        codes = np.ascontiguousarray(grouping.unblocked(q.encode(xc, bits, pc), shape))
+        y = spec.dequantize(codes, q.flat(pc), bits, grouping)
+        xs = x[done : done + rows] if x.ndim else x
+        d = (xs - y).reshape(-1)
+        a = xs.reshape(-1)
+        with np.errstate(over="ignore"):
+            s, n = float(np.dot(a, a)), float(np.dot(d, d))
+        if not (np.isfinite(s) and np.isfinite(n)):  # weights near float32's limit overflow a float32 sum
+            a64, d64 = a.astype(np.float64), d.astype(np.float64)
+            s, n = float(np.dot(a64, a64)), float(np.dot(d64, d64))
+        signal += s
+        noise += n
+        flat_codes = codes.reshape(-1)
+        hist += code_histogram(flat_codes, bits)
+        if carry.size:
+            flat_codes = np.concatenate([carry, flat_codes])
+        whole = flat_codes.size & ~7  # eight codes make whole bytes, so packed chunks concatenate
+        parts.append(pack(flat_codes[:whole], bits))
+        carry = flat_codes[whole:].copy()
+        done += rows
+    if carry.size:
+        parts.append(pack(carry, bits))
+    packed = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return Quantized(packed, flat, hist, signal, noise)

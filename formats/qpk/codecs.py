@@ -1,0 +1,93 @@
+"""How a blob's bytes are stored: a registry of codecs keyed by the id written in the blob table.
+
+A codec turns a blob's raw bytes into stored bytes and back. Decoding is bounded: a reader
+never produces more than the `raw_length` the blob table promises, whatever the stored bytes claim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import zstandard
+
+from formats.errors import FormatError, OptionError
+from formats.qpk.spec import CODES_ZSTD_LEVEL, GRAPH_ZSTD_LEVEL, BlobKind
+
+_CHUNK = 16 * 1024 * 1024
+
+
+class Codec(Protocol):
+    id: int  # written in the blob table; never reused for another meaning
+    name: str  # the name FORMAT.md and `--codec` use
+
+    def encode(self, raw: memoryview, kind: BlobKind) -> bytes | memoryview: ...
+
+    def decode(self, stored: memoryview, raw_length: int) -> bytes | memoryview:
+        """Exactly raw_length bytes, or FormatError; never allocates more than raw_length + one chunk."""
+        ...
+
+
+@dataclass(frozen=True)
+class Raw:
+    id: int = 0
+    name: str = "raw"
+
+    def encode(self, raw: memoryview, kind: BlobKind) -> memoryview:
+        return raw
+
+    def decode(self, stored: memoryview, raw_length: int) -> memoryview:
+        if len(stored) != raw_length:
+            raise FormatError(f"raw blob is {len(stored)} bytes, expected {raw_length}")
+        return stored
+
+
+@dataclass(frozen=True)
+class Zstd:
+    """One zstd frame, at a fixed level per blob kind (a level is part of the byte-identical promise)."""
+
+    id: int = 1
+    name: str = "zstd"
+
+    def encode(self, raw: memoryview, kind: BlobKind) -> bytes:
+        level = GRAPH_ZSTD_LEVEL if kind == BlobKind.GRAPH else CODES_ZSTD_LEVEL
+        return zstandard.ZstdCompressor(level=level, write_checksum=False).compress(raw)
+
+    def decode(self, stored: memoryview, raw_length: int) -> bytes:
+        # Streamed in chunks: a frame header may claim any size, so memory follows the bytes that
+        # really come out, and stops one byte past what the metadata promised.
+        out = bytearray()
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(stored, read_across_frames=False) as reader:
+                while len(out) <= raw_length:
+                    chunk = reader.read(min(_CHUNK, raw_length + 1 - len(out)))
+                    if not chunk:
+                        break
+                    out += chunk
+        except zstandard.ZstdError as e:
+            raise FormatError(f"does not decompress ({e})") from e
+        if len(out) != raw_length:
+            raise FormatError(f"decompresses to {len(out)}{'+' if len(out) > raw_length else ''} bytes, expected {raw_length}")
+        return bytes(out)
+
+
+CODECS: dict[int, Codec] = {}
+
+
+def register_codec(codec: Codec) -> Codec:
+    """Add a codec under its id; ids are part of the format, so one may not be taken twice."""
+    if codec.id in CODECS and CODECS[codec.id].name != codec.name:
+        raise ValueError(f"codec id {codec.id} is already {CODECS[codec.id].name!r}")
+    CODECS[codec.id] = codec
+    return codec
+
+
+def codec_named(name: str) -> Codec:
+    for c in CODECS.values():
+        if c.name == name:
+            return c
+    raise OptionError(f"unknown codec {name!r}, expected one of {', '.join(c.name for c in CODECS.values())}")
+
+
+RAW = register_codec(Raw())
+ZSTD = register_codec(Zstd())

@@ -1,0 +1,135 @@
+"""The metadata schema: tensor entries and the top-level map, validated field by field before use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, TypeGuard
+
+from formats.errors import FormatError
+from formats.qpk.grouping import Grouping
+from formats.qpk.schemes import SCHEMES
+from formats.qpk.spec import FLOAT_DTYPES, MAX_DIM, MAX_ELEMENTS, MAX_NAME_LENGTH, MAX_RANK, MAX_TENSORS, SOURCE_FORMATS
+
+
+def _bad(where: str, what: str) -> FormatError:
+    return FormatError(f"{where}: {what}")
+
+
+def is_int(v: Any) -> TypeGuard[int]:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _brief(v: Any) -> str:
+    """A bounded, flat rendering of a hostile value for an error message."""
+    text = repr(v) if isinstance(v, (int, float, str, bytes, type(None))) else f"a {type(v).__name__}"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One quantized tensor: where its codes and parameters are, and how to read them."""
+
+    name: str
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+    role: str
+    scheme: str
+    bits: int
+    grouping: Grouping
+    codes: int
+    params: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def axis(self) -> int | None:
+        return self.grouping.axis
+
+    @property
+    def count(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def groups(self) -> int:
+        return self.grouping.count(self.shape)
+
+    def to_meta(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "key": self.key, "shape": list(self.shape), "dtype": self.dtype,
+                               "role": self.role, "scheme": self.scheme, "bits": self.bits, "axis": self.grouping.axis}
+        if self.grouping.block is not None:
+            out["block"] = self.grouping.block
+        out.update(codes=self.codes, params=dict(self.params))
+        return out
+
+    @classmethod
+    def from_meta(cls, m: Any, index: int) -> TensorEntry:
+        where = f"tensor {index}"
+        if not isinstance(m, dict):
+            raise _bad(where, "entry is not a map")
+        name: Any = m.get("name")
+        key: Any = m.get("key")
+        if not (isinstance(name, str) and isinstance(key, str) and 0 < len(key) <= MAX_NAME_LENGTH and len(name) <= MAX_NAME_LENGTH):
+            raise _bad(where, "name or key missing or too long")
+        where = f"tensor '{name[:200]}'"
+        shape = m.get("shape")
+        if not (isinstance(shape, list) and len(shape) <= MAX_RANK and all(is_int(n) and 0 <= n < MAX_DIM for n in shape)):
+            raise _bad(where, f"bad shape {_brief(shape)}")
+        count = 1
+        for n in shape:
+            count *= n
+        if count >= MAX_ELEMENTS:
+            raise _bad(where, f"shape {shape} is implausibly large")
+        dtype, scheme, bits, axis, block = m.get("dtype"), m.get("scheme"), m.get("bits"), m.get("axis"), m.get("block")
+        if dtype not in FLOAT_DTYPES:
+            raise _bad(where, f"source dtype {_brief(dtype)} is not a float type")
+        spec = SCHEMES.get(scheme) if isinstance(scheme, str) else None
+        if spec is None:
+            raise _bad(where, f"unknown scheme {_brief(scheme)}")
+        if not (is_int(bits) and spec.min_bits <= bits <= spec.max_bits):
+            raise _bad(where, f"bit width {_brief(bits)} outside {spec.min_bits}..{spec.max_bits} for scheme {scheme}")
+        if not (axis is None or (is_int(axis) and 0 <= axis < len(shape))):
+            raise _bad(where, f"axis {_brief(axis)} invalid for rank {len(shape)}")
+        if block is not None and not (is_int(block) and block >= 1 and axis is not None):
+            raise _bad(where, f"block {_brief(block)} needs an axis and a positive size")
+        params = m.get("params")
+        if not (isinstance(params, dict) and set(params) == set(spec.dtypes) and all(is_int(v) for v in params.values())):
+            raise _bad(where, f"parameters {_brief(params)} do not fit scheme {scheme}")
+        codes = m.get("codes")
+        if not is_int(codes):
+            raise _bad(where, "codes blob index missing")
+        role = m.get("role", "")
+        return cls(name, key, tuple(shape), dtype, role if isinstance(role, str) else "", scheme, bits, Grouping(axis, block),
+                   codes, params)
+
+
+def parse_tensors(rows: Any) -> list[TensorEntry]:
+    """Validate the metadata's tensor list; keys must be unique."""
+    if not isinstance(rows, list) or len(rows) > MAX_TENSORS:
+        raise FormatError("metadata tensor list is missing or too long")
+    entries = [TensorEntry.from_meta(m, i) for i, m in enumerate(rows)]
+    keys = {e.key for e in entries}
+    if len(keys) != len(entries):
+        raise FormatError("metadata lists a tensor twice")
+    return entries
+
+
+def check_format(value: Any) -> str:
+    if value not in SOURCE_FORMATS:
+        raise FormatError(f"unknown source format {_brief(value)}")
+    return str(value)
+
+
+def parse_kept(rows: Any) -> list[dict[str, Any]]:
+    """The informative list of tensors left in the graph; malformed rows are dropped, not trusted."""
+    if not isinstance(rows, list):
+        return []
+    return [r for r in rows if isinstance(r, dict)]
+
+
+def build(qpack: str, fmt: str, source: dict[str, Any], options: dict[str, Any], graph: int, graph_sha256: str,
+          tensors: list[TensorEntry], kept: list[dict[str, Any]]) -> dict[str, Any]:
+    """The metadata map with its keys in FORMAT.md's order (the blob table is appended by the writer)."""
+    return {"qpack": qpack, "format": check_format(fmt), "source": source, "options": options, "graph": graph,
+            "graph_sha256": graph_sha256, "tensors": [t.to_meta() for t in tensors], "kept": kept}

@@ -1,0 +1,193 @@
+"""The one reader: every rule of FORMAT.md checked on open, blobs read lazily through mmap."""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import zlib
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+from numpy.typing import NDArray
+
+from formats.errors import FormatError
+from formats.qpk.bitstream import packed_size, unpack
+from formats.qpk.codecs import CODECS, RAW
+from formats.qpk.meta import TensorEntry, check_format, is_int, parse_kept, parse_tensors
+from formats.qpk.schemes import SCHEMES
+from formats.qpk.spec import (
+    ALIGNMENT,
+    HEADER,
+    HEADER_BODY,
+    HEADER_SIZE,
+    MAGIC,
+    MAX_META_LENGTH,
+    MAX_TENSORS,
+    VERSION_MAJOR,
+    BlobKind,
+    align,
+)
+from formats.qpk.writer import Blob
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise FormatError(msg)
+
+
+class QpkReader:
+    """A .qpk file opened for reading: header, metadata, blob table and tensor entries validated on open;
+    blob checksums verified when a blob is read (or all at once by verify())."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        where = str(path)
+        try:
+            with self.path.open("rb") as f:
+                size = self.path.stat().st_size
+                _check(size >= HEADER_SIZE, f"{where}: {size} bytes is too short for a .qpk header")
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as e:
+            raise FormatError(f"{where}: cannot read ({e.strerror})") from e
+        try:
+            self._open(where, size)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, where: str, size: int) -> None:
+        self.size = size
+        magic, major, minor, flags, meta_len, payload_off, payload_len, meta_hash, crc, reserved = HEADER.unpack_from(self._map, 0)
+        _check(magic == MAGIC, f"{where}: not a .qpk file (bad magic)")
+        _check(zlib.crc32(self._map[: HEADER_BODY.size]) == crc, f"{where}: header checksum mismatch (corrupt header)")
+        _check(major == VERSION_MAJOR, f"{where}: container version {major}.{minor}, this qpack reads {VERSION_MAJOR}.x")
+        _check(flags == 0 and reserved == bytes(4), f"{where}: unknown header flags {flags:#x} or reserved bytes set")
+        _check(meta_len <= MAX_META_LENGTH, f"{where}: metadata length {meta_len} exceeds the {MAX_META_LENGTH} limit")
+        _check(payload_off == align(HEADER_SIZE + meta_len), f"{where}: payload offset {payload_off} is not where the metadata ends")
+        _check(payload_off + payload_len == size,
+               f"{where}: file is {size} bytes, header says {payload_off + payload_len} (truncated or padded)")
+        self.version = (major, minor)
+        self.payload_offset = payload_off
+        raw_meta = self._map[HEADER_SIZE : HEADER_SIZE + meta_len]
+        _check(hashlib.sha256(raw_meta).digest() == meta_hash, f"{where}: metadata checksum mismatch (corrupt metadata)")
+        try:
+            meta = msgpack.unpackb(raw_meta, raw=False, strict_map_key=False, max_array_len=MAX_TENSORS * 2,
+                                   max_map_len=MAX_TENSORS * 2)
+        except Exception as e:  # msgpack raises several unrelated types on bad input
+            raise FormatError(f"{where}: metadata is not valid msgpack ({type(e).__name__})") from e
+        _check(isinstance(meta, dict), f"{where}: metadata is not a map")
+        self.meta: dict[str, Any] = meta
+        self.blobs = self._parse_blobs(meta.get("blobs"), payload_len, where)
+        self._check_padding(HEADER_SIZE + meta_len, where)
+        try:
+            self.format = check_format(meta.get("format"))
+            self.entries = parse_tensors(meta.get("tensors"))
+        except FormatError as e:
+            raise FormatError(f"{where}: {e}") from None
+        for e in self.entries:
+            self._check_entry(e, where)
+        graph = meta.get("graph")
+        _check(is_int(graph) and 0 <= graph < len(self.blobs) and self.blobs[graph].kind == BlobKind.GRAPH,
+               f"{where}: metadata has no valid graph blob index")
+        self.graph_index: int = graph
+        self.kept = parse_kept(meta.get("kept"))
+
+    @staticmethod
+    def _parse_blobs(rows: Any, payload_len: int, where: str) -> list[Blob]:
+        _check(isinstance(rows, list), f"{where}: metadata has no blob table")
+        blobs, end = [], 0
+        for i, row in enumerate(rows):
+            ok = isinstance(row, list) and len(row) == 6 and all(is_int(v) for v in row[:5])
+            _check(ok and isinstance(row[5], bytes) and len(row[5]) == 32, f"{where}: blob {i} entry is malformed")
+            kind, codec, offset, length, raw_length, digest = row
+            _check(kind in BlobKind._value2member_map_, f"{where}: blob {i} has unknown kind {kind}")
+            _check(codec in CODECS, f"{where}: blob {i} has unknown codec {codec}")
+            _check(offset >= end and offset % ALIGNMENT == 0, f"{where}: blob {i} at {offset} overlaps or is misaligned")
+            _check(0 <= length and offset + length <= payload_len,
+                   f"{where}: blob {i} [{offset}, {offset + length}) exceeds the payload ({payload_len} bytes)")
+            _check(0 <= raw_length and (codec != RAW.id or raw_length == length), f"{where}: blob {i} has inconsistent lengths")
+            blobs.append(Blob(BlobKind(kind), codec, offset, length, raw_length, digest))
+            end = offset + length
+        return blobs
+
+    def _check_padding(self, meta_end: int, where: str) -> None:
+        """Every byte outside the header, metadata and blobs is zero padding, and the last blob ends the file."""
+        gaps = [(meta_end, self.payload_offset)]
+        pos = self.payload_offset
+        for b in self.blobs:
+            gaps.append((pos, self.payload_offset + b.offset))
+            pos = self.payload_offset + b.offset + b.length
+        _check(pos == self.size, f"{where}: {self.size - pos} bytes after the last blob")
+        for start, end in gaps:
+            _check(self._map[start:end].count(0) == end - start, f"{where}: non-zero padding at offset {start} (corrupt file)")
+
+    def _check_entry(self, e: TensorEntry, where: str) -> None:
+        """Blob indices exist and hold the right kind; lengths are exactly what shape, grouping and width imply."""
+        spec = SCHEMES[e.scheme]
+        for idx, kind in [(e.codes, BlobKind.CODES)] + [(i, BlobKind.PARAM) for i in e.params.values()]:
+            _check(0 <= idx < len(self.blobs) and self.blobs[idx].kind == kind,
+                   f"{where}: tensor '{e.name}': blob index {idx} is not a {kind.name.lower()} blob")
+        got, want = self.blobs[e.codes].raw_length, packed_size(e.count, e.bits)
+        _check(got == want, f"{where}: tensor '{e.name}': payload {got} bytes, expected {want} for shape {list(e.shape)} at {e.bits} bits")
+        groups = e.groups
+        for p in spec.params:
+            got = self.blobs[e.params[p.name]].raw_length
+            want = p.count(e.bits, groups) * np.dtype(p.dtype).itemsize
+            _check(got == want, f"{where}: tensor '{e.name}': parameter '{p.name}' is {got} bytes, expected {want}")
+
+    def blob_view(self, index: int, kind: BlobKind) -> memoryview:
+        """The stored bytes of a blob, checksum verified (still encoded if its codec says so)."""
+        _check(is_int(index) and 0 <= index < len(self.blobs), f"{self.path}: blob index {index!r} out of range")
+        blob = self.blobs[index]
+        _check(blob.kind == kind, f"{self.path}: blob {index} holds {blob.kind.name}, expected {kind.name}")
+        start = self.payload_offset + blob.offset
+        view = memoryview(self._map)[start : start + blob.length]
+        _check(hashlib.sha256(view).digest() == blob.sha256, f"{self.path}: blob {index} checksum mismatch (corrupt payload)")
+        return view
+
+    def blob_bytes(self, index: int, kind: BlobKind) -> bytes | memoryview:
+        """A blob decoded to exactly its raw_length: raw blobs as mmap views, others decoded within that bound."""
+        view = self.blob_view(index, kind)
+        blob = self.blobs[index]
+        try:
+            return CODECS[blob.codec].decode(view, blob.raw_length)
+        except FormatError as e:
+            raise FormatError(f"{self.path}: blob {index} {e}") from None
+
+    def codes(self, e: TensorEntry) -> NDArray[np.uint8]:
+        raw = self.blob_bytes(e.codes, BlobKind.CODES)
+        return unpack(np.frombuffer(raw, dtype=np.uint8), e.bits, e.count).reshape(e.shape)
+
+    def params(self, e: TensorEntry) -> dict[str, NDArray]:
+        dtypes = SCHEMES[e.scheme].dtypes
+        return {k: np.frombuffer(self.blob_bytes(i, BlobKind.PARAM), dtype=dtypes[k]) for k, i in e.params.items()}
+
+    def dequantize(self, e: TensorEntry) -> NDArray[np.float32]:
+        """The tensor's float32 values, as FORMAT.md's dequantization defines them."""
+        return SCHEMES[e.scheme].dequantize(self.codes(e), self.params(e), e.bits, e.grouping)
+
+    def graph(self) -> bytes:
+        data = bytes(self.blob_bytes(self.graph_index, BlobKind.GRAPH))
+        _check(self.meta.get("graph_sha256") == hashlib.sha256(data).hexdigest(), f"{self.path}: graph checksum mismatch")
+        return data
+
+    def verify(self) -> None:
+        """Check every blob's checksum (opening checks the header, metadata and layout only)."""
+        for i, blob in enumerate(self.blobs):
+            self.blob_view(i, blob.kind)
+
+    def close(self) -> None:
+        m = getattr(self, "_map", None)
+        if m is not None:
+            try:
+                m.close()
+            except BufferError:  # a caller still holds a view; the map closes when it is collected
+                pass
+
+    def __enter__(self) -> QpkReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,106 @@
+"""The scheme table of FORMAT.md: each scheme's code widths, its parameters and how codes decode.
+
+A row is all a reader needs to check a tensor entry and turn its codes back into floats; the
+quantizers in `converter.quant` read their bit range and parameter dtypes from here. A new scheme
+registers one `SchemeSpec`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from formats.errors import OptionError
+from formats.qpk.grouping import Grouping
+
+Params = dict[str, NDArray]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: its little-endian dtype and how many values each group stores at a width."""
+
+    name: str
+    dtype: str
+    per_group: Callable[[int], int] = lambda bits: 1
+
+    def count(self, bits: int, groups: int) -> int:
+        return self.per_group(bits) * groups
+
+
+Decode = Callable[[NDArray[np.uint8], Params, int, Grouping], NDArray[np.float32]]
+
+
+@dataclass(frozen=True)
+class SchemeSpec:
+    name: str
+    min_bits: int
+    max_bits: int
+    params: tuple[ParamSpec, ...]
+    levels: Callable[[int], int]  # distinct values the codes can represent at a width
+    decode: Decode  # codes (tensor-shaped) and parameters -> float32 values, as FORMAT.md defines
+
+    def check_bits(self, bits: int) -> None:
+        if not self.min_bits <= bits <= self.max_bits:
+            raise OptionError(f"scheme '{self.name}' takes {self.min_bits}..{self.max_bits} bits, not {bits}")
+
+    @property
+    def dtypes(self) -> dict[str, str]:
+        return {p.name: p.dtype for p in self.params}
+
+    def dequantize(self, codes: NDArray[np.uint8], params: Params, bits: int, grouping: Grouping) -> NDArray[np.float32]:
+        return self.decode(codes, params, bits, grouping)
+
+
+SCHEMES: dict[str, SchemeSpec] = {}
+
+
+def register_scheme(spec: SchemeSpec) -> SchemeSpec:
+    """Add a scheme to the table readers and writers use; returns it."""
+    SCHEMES[spec.name] = spec
+    return spec
+
+
+def scheme_spec(name: str) -> SchemeSpec:
+    try:
+        return SCHEMES[name]
+    except KeyError:
+        raise OptionError(f"unknown scheme '{name}', expected one of {', '.join(SCHEMES)}") from None
+
+
+def _group(p: NDArray, codes: NDArray, grouping: Grouping, dtype: str) -> NDArray:
+    return grouping.expand(np.asarray(p, dtype=dtype), codes.shape)
+
+
+def _asym(codes, params, bits, grouping):
+    out = codes.astype(np.float32)
+    out -= _group(params["zero_point"], codes, grouping, "<f4")
+    out *= _group(params["scale"], codes, grouping, "<f4")
+    return out
+
+
+def _sym(codes, params, bits, grouping):
+    out = codes.astype(np.float32)
+    out -= np.float32((1 << (bits - 1)) - 1)
+    out *= _group(params["scale"], codes, grouping, "<f4")
+    return out
+
+
+def _pow2(codes, params, bits, grouping):
+    top = (1 << (bits - 1)) - 1
+    # every code's value for emax = 0; powers of two times powers of two stay exact
+    m = np.arange(1 << bits) & top
+    lut = np.where(m > 0, np.ldexp(1.0, m - top), 0.0)
+    lut[1 << (bits - 1) :] *= -1
+    out = lut.astype(np.float32)[codes]
+    out *= np.ldexp(np.float32(1), _group(params["emax"], codes, grouping, "<i4"))
+    return out
+
+
+register_scheme(SchemeSpec("asym", 1, 8, (ParamSpec("scale", "<f4"), ParamSpec("zero_point", "<u1")),
+                           lambda bits: 1 << bits, _asym))
+register_scheme(SchemeSpec("sym", 2, 8, (ParamSpec("scale", "<f4"),), lambda bits: (1 << bits) - 1, _sym))
+register_scheme(SchemeSpec("pow2", 2, 8, (ParamSpec("emax", "<i2"),), lambda bits: 2 * ((1 << (bits - 1)) - 1) + 1, _pow2))

@@ -1,0 +1,55 @@
+"""Every constant FORMAT.md names: magic, version, header layout, alignment, limits, blob kinds.
+
+Nothing else in qpack spells out a byte offset, a limit or a code of the container; the scheme
+table lives in `formats.qpk.schemes`, the grouping rule in `formats.qpk.grouping`, the codecs in
+`formats.qpk.codecs`.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+
+MAGIC = b"\x89QPK\r\n\x1a\n"  # PNG-style: catches text-mode transfers and 7-bit channels
+VERSION_MAJOR = 1
+VERSION_MINOR = 0  # written when no tensor uses a 1.1 feature, so 1.0 readers keep reading those files
+VERSION_MINOR_BLOCKS = 1  # 1.1: tensors grouped in blocks along an axis (the `block` key)
+
+# magic, major, minor, flags, meta_length, payload_offset, payload_length, meta_sha256
+HEADER_BODY = struct.Struct("<8sHHIQQQ32s")
+# the body above followed by its CRC-32 and four reserved bytes that must be zero
+HEADER = struct.Struct("<8sHHIQQQ32sI4s")
+HEADER_SIZE = HEADER.size  # 80
+
+ALIGNMENT = 64  # every payload blob starts on a 64-byte boundary (cache line, SIMD, mmap views)
+
+# Hostile-file limits: a header may claim anything, so the reader caps what it will believe.
+MAX_META_LENGTH = 256 * 1024 * 1024
+MAX_TENSORS = 1_000_000
+MAX_RANK = 16
+MAX_DIM = 2**40
+MAX_ELEMENTS = 2**48
+MAX_NAME_LENGTH = 65_536
+
+MIN_BITS, MAX_BITS = 1, 8  # code widths any scheme may use; each scheme narrows its own range
+
+SOURCE_FORMATS = ("onnx", "tflite")  # how the graph blob is read
+FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")  # dtypes a quantized tensor is restored to
+
+# Fixed zstd levels: a level is part of the byte-identical-output promise. Level 3 brings n-bit
+# code streams within about 1% of their order-0 entropy at ~180 MB/s; higher levels gain little.
+GRAPH_ZSTD_LEVEL = 9
+CODES_ZSTD_LEVEL = 3
+
+
+class BlobKind(IntEnum):
+    """What a blob holds; lets a reader size-check it before use."""
+
+    GRAPH = 0  # the source model with quantized weights removed
+    CODES = 1  # dense n-bit codes, LSB-first
+    PARAM = 2  # per-group quantization parameters (scales, zero points, exponents)
+
+
+def align(n: int) -> int:
+    """`n` rounded up to the next multiple of ALIGNMENT."""
+    return -(-n // ALIGNMENT) * ALIGNMENT
