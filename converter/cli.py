@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
 import typer
 from rich.console import Console
@@ -35,9 +35,14 @@ def _choices(name: str, values: dict[str, str]) -> type[Enum]:
 
 # "packed" is the CLI's word for the raw codec: dense n-bit codes a reader needs no decoder for
 _CODEC_LABELS = {"raw": "packed"}
-CodecName = _choices("CodecName", {_CODEC_LABELS.get(c.name, c.name): _CODEC_LABELS.get(c.name, c.name) for c in CODECS.values()})
-ClipName = _choices("ClipName", {c: c for c in CLIPS})
-SchemeName = _choices("SchemeName", {s: s for s in QUANTIZERS})
+if TYPE_CHECKING:
+    CodecName: TypeAlias = Enum
+    ClipName: TypeAlias = Enum
+    SchemeName: TypeAlias = Enum
+else:
+    CodecName = _choices("CodecName", {_CODEC_LABELS.get(c.name, c.name): _CODEC_LABELS.get(c.name, c.name) for c in CODECS.values()})
+    ClipName = _choices("ClipName", {c: c for c in CLIPS})
+    SchemeName = _choices("SchemeName", {s: s for s in QUANTIZERS})
 
 
 @contextmanager
@@ -126,13 +131,13 @@ def convert(
     model: ModelArg,
     output: Annotated[Path | None, typer.Option("--output", "-o", dir_okay=False, help="default: MODEL with .qpk suffix")] = None,
     bits: Bits = 8,
-    scheme: Scheme = SchemeName.asym,
+    scheme: Scheme = SchemeName("asym"),
     per_channel: PerChannel = False,
-    clip: Clip = ClipName.minmax,
+    clip: Clip = ClipName("minmax"),
     keep: Keep = None,
     include: Include = None,
     bits_for: BitsFor = None,
-    codec: CodecOpt = CodecName.packed,
+    codec: CodecOpt = CodecName("packed"),
     compress: Compress = "auto",
     json_out: JsonOut = None,
     tensors: Annotated[bool, typer.Option("--tensors", help="also print the per-tensor table")] = False,
@@ -230,13 +235,13 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version, i
 def report(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="an .onnx, .tflite or .qpk file")],
     bits: Bits = 8,
-    scheme: Scheme = SchemeName.asym,
+    scheme: Scheme = SchemeName("asym"),
     per_channel: PerChannel = False,
-    clip: Clip = ClipName.minmax,
+    clip: Clip = ClipName("minmax"),
     keep: Keep = None,
     include: Include = None,
     bits_for: BitsFor = None,
-    codec: CodecOpt = CodecName.packed,
+    codec: CodecOpt = CodecName("packed"),
     source: Annotated[Path | None, typer.Option("--source", exists=True, dir_okay=False,
                                                    help="for a .qpk: the float model it came from (enables SQNR and pictures)")] = None,
     layer: Annotated[str | None, typer.Option("--layer", help="tensor shown in the per-layer pictures (default: first kernel)")] = None,
@@ -296,9 +301,9 @@ def eval_(
     qpk: Annotated[Path | None, typer.Option("--qpk", exists=True, dir_okay=False,
                                              help="evaluate this container instead of converting")] = None,
     bits: Bits = 8,
-    scheme: Scheme = SchemeName.asym,
+    scheme: Scheme = SchemeName("asym"),
     per_channel: PerChannel = False,
-    clip: Clip = ClipName.minmax,
+    clip: Clip = ClipName("minmax"),
     keep: Keep = None,
     include: Include = None,
     bits_for: BitsFor = None,
@@ -340,7 +345,7 @@ def sweep(
     bits: Annotated[str, typer.Option("--bits", help="widths: a range 8..2 or a list 8,6,4")] = "8..2",
     granularity: Annotated[str, typer.Option("--granularity", help="tensor, channel or both")] = "both",
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="points of loss the knee may cost")] = 1.0,
-    clip: Clip = ClipName.minmax,
+    clip: Clip = ClipName("minmax"),
     sensitivity_bits: Annotated[int, typer.Option("--sensitivity-bits", min=0, max=8,
                                                   help="width for the one-tensor-at-a-time ranking (0: skip)")] = 2,
     inputs: InputsOpt = None,

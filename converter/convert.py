@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -104,7 +104,7 @@ def _work(w: Weight, d: Decision, scheme: str, clip: str, codec: Codec) -> _Done
     return _Done(q, encode(q.packed, BlobKind.CODES, codec), {k: encode(v, BlobKind.PARAM) for k, v in q.params.items()})
 
 
-def _in_order(pool: ThreadPoolExecutor, jobs: list[Callable[[], _Done]], ahead: int) -> Iterator[_Done]:
+def _in_order(pool: ThreadPoolExecutor, jobs: Sequence[Callable[[], _Done]], ahead: int) -> Iterator[_Done]:
     """Results of jobs in submission order, with at most `ahead` running or waiting at once."""
     window: deque[Future[_Done]] = deque()
     todo = iter(jobs)

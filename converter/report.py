@@ -56,7 +56,7 @@ def report_path(path: Path, policy: Policy, codec: Codec, compress: str,
     if sniff(path) == "qpk":
         src = open_model(source) if source else None
         rep = report_qpk(path, src, parse_compressors(compress, path.stat().st_size))
-        opts = rep.get("options") if isinstance(rep.get("options"), dict) else {}
+        opts = rep["options"] if isinstance(rep.get("options"), dict) else {}
         rep["figure_options"] = {"bits": opts.get("bits", policy.bits), "scheme": opts.get("scheme", policy.scheme),
                                  "per_channel": bool(opts.get("per_channel", False))}
         return rep, src

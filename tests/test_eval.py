@@ -48,7 +48,17 @@ def test_sweep_on_sample(sample: Path, tmp_path: Path):
     assert result["knee_bits"]["asym/tensor"] in (3, 4, 5, 6)
     assert cell[("asym", "tensor", 2)]["qpk_bytes"] < cell[("asym", "tensor", 8)]["qpk_bytes"] / 2.5
     ranking = result["sensitivity"]["ranking"]
-    assert len(ranking) == 5 and ranking[0]["loss_points"] >= ranking[-1]["loss_points"]
+    assert len(ranking) == 5 and [r["rank"] for r in ranking] == [1, 2, 3, 4, 5]
+    # each end of the ranking, re-measured on its own through eval: the same loss, and they differ
+    names = [r["name"] for r in ranking]
+    for row in (ranking[0], ranking[-1]):
+        keep = [a for n in names if n != row["name"] for a in ("--keep", n)]
+        js = tmp_path / "one.json"
+        e = _run("eval", sample, "--dataset", "digits", "--bits", "2", "--scheme", "asym", *keep, "--json", js, "-q")
+        assert e.exit_code == 0, e.output
+        c = json.loads(js.read_text())["classification"]
+        assert 100 * (c["accuracy_original"] - c["accuracy_quantized"]) == pytest.approx(row["loss_points"], abs=0.01)  # both rounded
+    assert ranking[0]["loss_points"] > ranking[-1]["loss_points"] + 5
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     assert len(rows) == 2 * 2 * 5 and set(rows[0]) >= {"scheme", "bits", "accuracy", "qpk_bytes"}
     for png in ("accuracy_vs_bits.png", "accuracy_vs_size.png"):

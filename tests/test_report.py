@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from converter.analysis import tensor_figures, totals
 from converter.cli import EXIT_BUDGET, app
 from converter.quant import QUANTIZERS as SCHEMES
-from formats.qpk import Grouping, TensorEntry
+from formats.qpk import Grouping, QpkReader, TensorEntry
 
 runner = CliRunner()
 
@@ -95,7 +95,14 @@ def test_report_real_tflite(tfl_fp16: Path, tmp_path: Path):
     _check_pictures(html, 3)
     rep = json.loads(js.read_text())
     assert rep["figure_layer"] == "conv2d_1/Kernel"
-    assert all(t["levels_used"] <= 64 for t in rep["tensors"])
+    # the figures describe the codes actually stored: count them in a container made with the same options
+    qpk = tmp_path / "t.qpk"
+    assert _run("convert", tfl_fp16, "--bits", "6", "--scheme", "asym", "-o", qpk, "-q").exit_code == 0
+    with QpkReader(qpk) as q:
+        used = {e.key: int(np.unique(q.codes(e)).size) for e in q.entries}
+    assert {t["key"]: t["levels_used"] for t in rep["tensors"]} == used
+    assert any(n < 64 for n in used.values()) and all(n > 8 for n in used.values())
+    assert all(t["bit_levels"] == round(math.log2(t["levels_used"]), 4) for t in rep["tensors"])
     assert set(rep["compressed"]) == {"gzip", "zstd"}
 
 

@@ -18,8 +18,15 @@ _CHUNK = 16 * 1024 * 1024
 
 
 class Codec(Protocol):
-    id: int  # written in the blob table; never reused for another meaning
-    name: str  # the name FORMAT.md and `--codec` use
+    @property
+    def id(self) -> int:
+        """Written in the blob table; never reused for another meaning."""
+        ...
+
+    @property
+    def name(self) -> str:
+        """The name FORMAT.md and `--codec` use."""
+        ...
 
     def encode(self, raw: memoryview, kind: BlobKind) -> bytes | memoryview: ...
 

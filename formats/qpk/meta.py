@@ -100,7 +100,7 @@ class TensorEntry:
         if not is_int(codes):
             raise _bad(where, "codes blob index missing")
         role = m.get("role", "")
-        return cls(name, key, tuple(shape), dtype, role if isinstance(role, str) else "", scheme, bits, Grouping(axis, block),
+        return cls(name, key, tuple(shape), str(dtype), role if isinstance(role, str) else "", str(scheme), bits, Grouping(axis, block),
                    codes, params)
 
 

@@ -84,10 +84,10 @@ class QpkReader:
         try:
             self.format = check_format(meta.get("format"))
             self.entries = parse_tensors(meta.get("tensors"))
-        except FormatError as e:
-            raise FormatError(f"{where}: {e}") from None
-        for e in self.entries:
-            self._check_entry(e, where)
+        except FormatError as err:
+            raise FormatError(f"{where}: {err}") from None
+        for entry in self.entries:
+            self._check_entry(entry, where)
         graph = meta.get("graph")
         _check(is_int(graph) and 0 <= graph < len(self.blobs) and self.blobs[graph].kind == BlobKind.GRAPH,
                f"{where}: metadata has no valid graph blob index")
