@@ -88,7 +88,7 @@ def analyze(qpk: Path, source: SourceModel | None = None) -> dict[str, Any]:
             row["stored_bytes"] = blobs[e.codes].length + sum(blobs[i].length for i in e.params.values())
             rows.append(row)
         return {"tensors": rows, "totals": totals(rows), "kept": q.kept, "format": q.format,
-                "options": q.meta.get("options"), "qpk_bytes": q.size, "graph_bytes": q.blobs[q.graph_index].length}
+                "options": q.info["options"], "qpk_bytes": q.size, "graph_bytes": q.blobs[q.graph_index].length}
 
 
 def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,8 +26,9 @@ EXIT_BUDGET = 3  # a build budget was broken: distinct from ordinary errors so p
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Quantize ONNX and TFLite weights to true n-bit codes in a .qpk container.")
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# markup off: tensor names and file contents are printed as they are ("[x]" is not a style)
+out = Console(highlight=False, markup=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 
 def _choices(name: str, values: dict[str, str]) -> type[Enum]:
@@ -226,9 +229,25 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM/SIGINT: remove what this run was writing, then exit with the conventional 128 + signal."""
+    from formats.atomic import remove_pending
+
+    remove_pending()
+    err.print(f"qpack: stopped by {signal.Signals(signum).name}")
+    os._exit(128 + signum)  # worker threads may be mid-numpy: leave without waiting for them
+
+
 @app.callback()
 def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")] = False) -> None:
     """qpack: data-free n-bit weight quantization."""
+
+
+def run() -> None:
+    """The `qpack` command: the app, with stops that clean up (in-process callers keep their own handlers)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
+    app()
 
 
 @app.command()

@@ -10,6 +10,8 @@ from rich.table import Table
 
 from formats.qpk import QpkReader
 
+MAX_ROWS = 500  # a terminal table past this helps nobody; --json has every row
+
 
 def describe(path: Path, verify: bool = True) -> dict[str, Any]:
     """Header, options and per-tensor layout of a container; checksums checked when `verify`."""
@@ -28,11 +30,10 @@ def describe(path: Path, verify: bool = True) -> dict[str, Any]:
                 "code_bytes": codes.length, "param_bytes": sum(blobs[i].length for i in e.params.values()),
                 "sha256": codes.sha256.hex(),
             })
-        meta = q.meta
         return {
             "path": str(path), "bytes": q.size, "version": ".".join(map(str, q.version)),
-            "format": q.format, "qpack": meta.get("qpack"), "source": meta.get("source"),
-            "options": meta.get("options"), "verified": verify,
+            "format": q.format, "qpack": q.info["qpack"], "source": q.info["source"],
+            "options": q.info["options"], "verified": verify,
             "graph_bytes": blobs[q.graph_index].length, "tensors": tensors, "kept": q.kept,
         }
 
@@ -44,9 +45,12 @@ def render_description(info: dict[str, Any], console: Console) -> None:
     t = Table(title_justify="left")
     for col in ("name", "shape", "dtype", "scheme", "bits", "axis", "code bytes", "param bytes", "sha256"):
         t.add_column(col, justify="right" if "bytes" in col or col in ("bits", "axis") else "left")
-    for r in info["tensors"]:
+    for r in info["tensors"][:MAX_ROWS]:
         t.add_row(r["name"], "x".join(map(str, r["shape"])), r["dtype"], r["scheme"], str(r["bits"]),
-                  "-" if r["axis"] is None else str(r["axis"]), f"{r['code_bytes']:,}", f"{r['param_bytes']:,}", r["sha256"][:16])
+                  "-" if r["axis"] is None else str(r["axis"]) + (f" /{r['block']}" if r.get("block") else ""),
+                  f"{r['code_bytes']:,}", f"{r['param_bytes']:,}", r["sha256"][:16])
     console.print(t)
+    if len(info["tensors"]) > MAX_ROWS:
+        console.print(f"... {len(info['tensors']) - MAX_ROWS:,} more tensors (all of them in --json)")
     console.print(f"{len(info['tensors'])} quantized tensors, {len(info['kept'])} kept in the graph "
                   f"({info['graph_bytes']:,} bytes compressed); checksums {'verified' if info['verified'] else 'not checked'}")

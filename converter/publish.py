@@ -13,6 +13,7 @@ from converter.convert import convert
 from converter.gates import Budget
 from converter.policy import Policy
 from converter.sizes import size_report
+from formats.atomic import sweep_stale, track, untrack
 from formats.errors import BudgetError, QpackError
 from formats.model import SourceModel
 from formats.qpk import Codec
@@ -36,8 +37,13 @@ def publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget
     if target.resolve() == src.path.resolve():
         raise QpackError(f"{target}: output would overwrite the input")
     pending = pending_path(target)
+    sweep_stale(target)
+    track(pending)
     try:
-        result = convert(src, policy, pending, progress, codec)
+        try:
+            result = convert(src, policy, pending, progress, codec)
+        except QpackError as e:  # name the output the user asked for, not the staging file
+            raise type(e)(str(e).replace(str(pending), str(target))) from e
         report = size_report(src, result, compressors, compress_progress)
         report["options"] = policy.options(codec.name)
         report["output"] = str(target)
@@ -50,3 +56,4 @@ def publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget
         return Published(report, None)
     finally:
         pending.unlink(missing_ok=True)
+        untrack(pending)

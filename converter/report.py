@@ -56,9 +56,9 @@ def report_path(path: Path, policy: Policy, codec: Codec, compress: str,
     if sniff(path) == "qpk":
         src = open_model(source) if source else None
         rep = report_qpk(path, src, parse_compressors(compress, path.stat().st_size))
-        opts = rep["options"] if isinstance(rep.get("options"), dict) else {}
-        rep["figure_options"] = {"bits": opts.get("bits", policy.bits), "scheme": opts.get("scheme", policy.scheme),
-                                 "per_channel": bool(opts.get("per_channel", False))}
+        # pictures re-quantize the floats as the container did: its first tensor's (validated) settings
+        first = rep["tensors"][0] if rep["tensors"] else {"bits": policy.bits, "scheme": policy.scheme, "axis": None}
+        rep["figure_options"] = {"bits": first["bits"], "scheme": first["scheme"], "per_channel": first["axis"] is not None}
         return rep, src
     src = open_model(path)
     rep = report_model(src, policy, parse_compressors(compress, src.file_bytes), codec)

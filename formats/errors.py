@@ -21,3 +21,12 @@ class OptionError(QpackError):
 
 class BudgetError(QpackError):
     """An artifact broke a size or quality budget set for a build (exits with its own code)."""
+
+
+def brief(value: object, limit: int = 60) -> str:
+    """A bounded, flat rendering of an untrusted value for an error message.
+
+    Containers are named, not rendered: a hostile file's nesting never reaches repr().
+    """
+    text = repr(value) if isinstance(value, (bool, int, float, str, bytes, type(None))) else f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

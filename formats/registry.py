@@ -16,6 +16,7 @@ from types import ModuleType
 from numpy.typing import NDArray
 
 from formats.errors import FormatError, OptionError
+from formats.files import open_regular
 from formats.model import SourceModel
 from formats.qpk.spec import MAGIC, SOURCE_FORMATS
 
@@ -53,7 +54,7 @@ _QPK = "qpk"
 def sniff(path: Path) -> str:
     """'qpk' or an adapter's name for a file, judged by its first bytes where they are telling."""
     try:
-        with Path(path).open("rb") as f:
+        with open_regular(Path(path)) as f:
             head = f.read(16)
     except OSError as e:
         raise FormatError(f"{path}: cannot read ({e.strerror})") from e

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
-from formats.errors import FormatError
+from formats.errors import FormatError, brief
 from formats.qpk.grouping import Grouping
 from formats.qpk.schemes import SCHEMES
 from formats.qpk.spec import FLOAT_DTYPES, MAX_DIM, MAX_ELEMENTS, MAX_NAME_LENGTH, MAX_RANK, MAX_TENSORS, SOURCE_FORMATS
@@ -19,10 +19,28 @@ def is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _brief(v: Any) -> str:
-    """A bounded, flat rendering of a hostile value for an error message."""
-    text = repr(v) if isinstance(v, (int, float, str, bytes, type(None))) else f"a {type(v).__name__}"
-    return text if len(text) <= 60 else text[:57] + "..."
+_brief = brief
+
+# Informative fields are shown to users and written to JSON reports: they are made plain (str
+# keys, no bytes) and bounded, so a hostile file can neither crash rendering nor flood the output.
+_MAX_DEPTH, _MAX_ITEMS, _MAX_TEXT = 6, 1000, 1000
+
+
+def plain(v: Any, depth: int = 0) -> Any:
+    """A JSON-safe, bounded copy of an untrusted metadata value."""
+    if v is None or isinstance(v, (bool, int, float)):
+        return v if not isinstance(v, float) or v == v and abs(v) != float("inf") else str(v)
+    if isinstance(v, str):
+        return v[:_MAX_TEXT]
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v[: _MAX_TEXT // 2]).hex()
+    if depth >= _MAX_DEPTH:
+        return f"<{type(v).__name__} nested too deep>"
+    if isinstance(v, dict):
+        return {(k[:_MAX_TEXT] if isinstance(k, str) else brief(k)): plain(x, depth + 1) for k, x in list(v.items())[:_MAX_ITEMS]}
+    if isinstance(v, (list, tuple)):
+        return [plain(x, depth + 1) for x in v[:_MAX_ITEMS]]
+    return brief(v)
 
 
 @dataclass(frozen=True)
@@ -122,10 +140,23 @@ def check_format(value: Any) -> str:
 
 
 def parse_kept(rows: Any) -> list[dict[str, Any]]:
-    """The informative list of tensors left in the graph; malformed rows are dropped, not trusted."""
+    """The informative list of tensors left in the graph, made plain; rows that are not maps are dropped."""
     if not isinstance(rows, list):
         return []
-    return [r for r in rows if isinstance(r, dict)]
+    return [plain(r) for r in rows[:MAX_TENSORS] if isinstance(r, dict)]
+
+
+def informative(meta: dict[str, Any]) -> dict[str, Any]:
+    """The fields a reader only shows (writer version, source, options), made plain; a source that
+    is not a map, or a size that is not a number, is replaced rather than trusted."""
+    source = plain(meta.get("source")) if isinstance(meta.get("source"), dict) else {}
+    if not (isinstance(source.get("bytes"), int) and not isinstance(source.get("bytes"), bool)):
+        source.pop("bytes", None)
+    if not isinstance(source.get("name"), str):
+        source.pop("name", None)
+    options = plain(meta.get("options")) if isinstance(meta.get("options"), dict) else {}
+    qpack = meta.get("qpack")
+    return {"qpack": qpack[:100] if isinstance(qpack, str) else None, "source": source, "options": options}
 
 
 def build(qpack: str, fmt: str, source: dict[str, Any], options: dict[str, Any], graph: int, graph_sha256: str,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+import os
 import zlib
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,11 @@ import msgpack
 import numpy as np
 from numpy.typing import NDArray
 
-from formats.errors import FormatError
+from formats.errors import FormatError, brief
+from formats.files import open_regular
 from formats.qpk.bitstream import packed_size, unpack
 from formats.qpk.codecs import CODECS, RAW
-from formats.qpk.meta import TensorEntry, check_format, is_int, parse_kept, parse_tensors
+from formats.qpk.meta import TensorEntry, check_format, informative, is_int, parse_kept, parse_tensors
 from formats.qpk.schemes import SCHEMES
 from formats.qpk.spec import (
     ALIGNMENT,
@@ -45,8 +47,8 @@ class QpkReader:
         self.path = Path(path)
         where = str(path)
         try:
-            with self.path.open("rb") as f:
-                size = self.path.stat().st_size
+            with open_regular(self.path) as f:
+                size = os.fstat(f.fileno()).st_size
                 _check(size >= HEADER_SIZE, f"{where}: {size} bytes is too short for a .qpk header")
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except OSError as e:
@@ -93,6 +95,7 @@ class QpkReader:
                f"{where}: metadata has no valid graph blob index")
         self.graph_index: int = graph
         self.kept = parse_kept(meta.get("kept"))
+        self.info = informative(meta)
 
     @staticmethod
     def _parse_blobs(rows: Any, payload_len: int, where: str) -> list[Blob]:
@@ -139,7 +142,8 @@ class QpkReader:
 
     def blob_view(self, index: int, kind: BlobKind) -> memoryview:
         """The stored bytes of a blob, checksum verified (still encoded if its codec says so)."""
-        _check(is_int(index) and 0 <= index < len(self.blobs), f"{self.path}: blob index {index!r} out of range")
+        if not (is_int(index) and 0 <= index < len(self.blobs)):
+            raise FormatError(f"{self.path}: blob index {brief(index)} out of range")
         blob = self.blobs[index]
         _check(blob.kind == kind, f"{self.path}: blob {index} holds {blob.kind.name}, expected {kind.name}")
         start = self.payload_offset + blob.offset
