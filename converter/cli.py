@@ -207,6 +207,30 @@ def unpack(
             out.print("wrote " + ", ".join(map(str, written)))
 
 
+def _targets_help() -> str:
+    from converter.export import TARGETS
+
+    return "; ".join(f"{t.name}: {t.help}" for t in TARGETS.values()) or "none registered"
+
+
+@app.command()
+def export(
+    qpk: QpkArg,
+    to: Annotated[str, typer.Option("--to", help="what to export: " + _targets_help())],
+    output: Annotated[Path, typer.Option("--output", "-o", help="the exported file, or folder for --to c")],
+    quiet: Quiet = False,
+) -> None:
+    """Export a .qpk as a model a runtime executes with low-bit weights, or as firmware sources."""
+    from converter.export import export as run_export
+
+    with _errors():
+        written, notes = run_export(qpk, to, output)
+        if not quiet:
+            for note in notes:
+                out.print(f"note: {note}")
+            out.print("wrote " + ", ".join(map(str, written)))
+
+
 @app.command()
 def inspect(
     qpk: QpkArg,
