@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from formats.errors import FormatError, brief
@@ -16,7 +16,7 @@ def _bad(where: str, what: str) -> FormatError:
 
 
 def is_int(v: Any) -> TypeGuard[int]:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return type(v) is int  # msgpack gives plain ints; bool (an int subclass) is not a number here
 
 
 _brief = brief
@@ -56,7 +56,7 @@ class TensorEntry:
     bits: int
     grouping: Grouping
     codes: int
-    params: dict[str, int] = field(default_factory=dict)
+    params: dict[str, int]
 
     @property
     def axis(self) -> int | None:
@@ -92,10 +92,12 @@ class TensorEntry:
             raise _bad(where, "name or key missing or too long")
         where = f"tensor '{name[:200]}'"
         shape = m.get("shape")
-        if not (isinstance(shape, list) and len(shape) <= MAX_RANK and all(is_int(n) and 0 <= n < MAX_DIM for n in shape)):
-            raise _bad(where, f"bad shape {_brief(shape)}")
         count = 1
+        if type(shape) is not list or len(shape) > MAX_RANK:
+            raise _bad(where, f"bad shape {_brief(shape)}")
         for n in shape:
+            if type(n) is not int or not 0 <= n < MAX_DIM:
+                raise _bad(where, f"bad shape {_brief(shape)}")
             count *= n
         if count >= MAX_ELEMENTS:
             raise _bad(where, f"shape {shape} is implausibly large")
@@ -112,7 +114,7 @@ class TensorEntry:
         if block is not None and not (is_int(block) and block >= 1 and axis is not None):
             raise _bad(where, f"block {_brief(block)} needs an axis and a positive size")
         params = m.get("params")
-        if not (isinstance(params, dict) and set(params) == set(spec.dtypes) and all(is_int(v) for v in params.values())):
+        if not (type(params) is dict and params.keys() == spec.dtypes.keys() and all(type(v) is int for v in params.values())):
             raise _bad(where, f"parameters {_brief(params)} do not fit scheme {scheme}")
         codes = m.get("codes")
         if not is_int(codes):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import mmap
 import os
@@ -37,6 +38,12 @@ from formats.qpk.writer import Blob
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise FormatError(msg)
+
+
+@functools.lru_cache(maxsize=256)
+def _param_sizes(scheme: str, bits: int) -> tuple[tuple[str, int, int], ...]:
+    """(name, values per group, bytes per value) of a scheme's parameters at a width."""
+    return tuple((p.name, p.per_group(bits), np.dtype(p.dtype).itemsize) for p in SCHEMES[scheme].params)
 
 
 class QpkReader:
@@ -128,17 +135,20 @@ class QpkReader:
 
     def _check_entry(self, e: TensorEntry, where: str) -> None:
         """Blob indices exist and hold the right kind; lengths are exactly what shape, grouping and width imply."""
-        spec = SCHEMES[e.scheme]
-        for idx, kind in [(e.codes, BlobKind.CODES)] + [(i, BlobKind.PARAM) for i in e.params.values()]:
-            _check(0 <= idx < len(self.blobs) and self.blobs[idx].kind == kind,
-                   f"{where}: tensor '{e.name}': blob index {idx} is not a {kind.name.lower()} blob")
-        got, want = self.blobs[e.codes].raw_length, packed_size(e.count, e.bits)
-        _check(got == want, f"{where}: tensor '{e.name}': payload {got} bytes, expected {want} for shape {list(e.shape)} at {e.bits} bits")
+        # runs once per entry of files with up to MAX_TENSORS entries: messages are built only on failure
+        blobs, n = self.blobs, len(self.blobs)
+        for idx, kind in ((e.codes, BlobKind.CODES), *((i, BlobKind.PARAM) for i in e.params.values())):
+            if not (0 <= idx < n and blobs[idx].kind is kind):
+                raise FormatError(f"{where}: tensor '{e.name[:200]}': blob index {idx} is not a {kind.name.lower()} blob")
+        got, want = blobs[e.codes].raw_length, packed_size(e.count, e.bits)
+        if got != want:
+            raise FormatError(f"{where}: tensor '{e.name[:200]}': payload {got} bytes, expected {want} "
+                              f"for shape {list(e.shape)} at {e.bits} bits")
         groups = e.groups
-        for p in spec.params:
-            got = self.blobs[e.params[p.name]].raw_length
-            want = p.count(e.bits, groups) * np.dtype(p.dtype).itemsize
-            _check(got == want, f"{where}: tensor '{e.name}': parameter '{p.name}' is {got} bytes, expected {want}")
+        for name, per_group, itemsize in _param_sizes(e.scheme, e.bits):
+            got, want = blobs[e.params[name]].raw_length, per_group * groups * itemsize
+            if got != want:
+                raise FormatError(f"{where}: tensor '{e.name[:200]}': parameter '{name}' is {got} bytes, expected {want}")
 
     def blob_view(self, index: int, kind: BlobKind) -> memoryview:
         """The stored bytes of a blob, checksum verified (still encoded if its codec says so)."""

@@ -7,6 +7,7 @@ registers one `SchemeSpec`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,7 +48,7 @@ class SchemeSpec:
         if not self.min_bits <= bits <= self.max_bits:
             raise OptionError(f"scheme '{self.name}' takes {self.min_bits}..{self.max_bits} bits, not {bits}")
 
-    @property
+    @functools.cached_property
     def dtypes(self) -> dict[str, str]:
         return {p.name: p.dtype for p in self.params}
 
