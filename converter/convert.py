@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +200,7 @@ def restore(qpk: Path, out: Path) -> list[Path]:
 
     q = QpkFile(qpk)
     try:
-        arrays = {e.key: q.dequantize(e) for e in q.entries}
-        return restore_model(str(q.format), q.graph(), arrays, out)
+        tensors = {e.key: partial(q.dequantize, e) for e in q.entries}
+        return restore_model(str(q.format), q.graph(), tensors, out)
     finally:
         q.close()

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 from numpy.typing import NDArray
 
-from formats.atomic import atomic_output
 from formats.errors import FormatError, OptionError
 from formats.model import SourceModel
-
-TFLITE_IDENT = b"TFL3"  # flatbuffer file identifier, bytes 4..8
+from formats.tflite_model import TFLITE_IDENT
 
 
 def sniff(path: Path) -> str:
@@ -48,21 +49,20 @@ def open_model(path: Path) -> SourceModel:
     return OnnxModel(Path(path))
 
 
-def restore_model(fmt: str, skeleton: bytes, arrays: dict[str, NDArray], out: Path) -> list[Path]:
-    """Write the restored model atomically in its source format; returns the files written."""
+def restore_model(fmt: str, skeleton: bytes, tensors: Mapping[str, NDArray | Callable[[], NDArray]], out: Path) -> list[Path]:
+    """Write the restored model atomically in its source format; returns the files written.
+
+    Each tensor is given as its values or as a function that computes them when it is written.
+    """
     out = Path(out)
     expected = ".onnx" if fmt == "onnx" else ".tflite"
     if out.suffix.lower() != expected:
         raise OptionError(f"{out}: the container holds a {fmt} model; name the output *{expected}")
+    loaders = {k: v if callable(v) else partial(np.asarray, v) for k, v in tensors.items()}
     if fmt == "onnx":
         from formats import onnx_model
 
-        model = onnx_model.restore(skeleton, arrays)
-        with atomic_output(out) as f:
-            return onnx_model.write(model, f, out)
+        return onnx_model.restore(skeleton, loaders, out)
     from formats import tflite_model
 
-    data = tflite_model.restore(skeleton, arrays)
-    with atomic_output(out) as f:
-        f.write(data)
-    return [out]
+    return tflite_model.restore(skeleton, loaders, out)
