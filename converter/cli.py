@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
@@ -161,12 +161,12 @@ def convert(
     from converter.render import size_table
     from formats.registry import open_model
 
-    with _errors():
+    with _errors(), ExitStack() as stack:
         policy = _policy(scheme, bits, per_channel, keep, include, bits_for, clip)
         budget = Budget(max_size, max_bpw, min_sqnr)
         parse_compressors(compress)  # reject a bad list before any work
         target = output or model.with_suffix(".qpk")
-        src = open_model(model)
+        src = stack.enter_context(closing(open_model(model)))
         compressors = parse_compressors(compress, src.file_bytes)
         bar = _progress(quiet)
         if bar:
@@ -302,11 +302,13 @@ def report(
     from converter.render import report_table
     from converter.report import floats_known, report_path, write_html
 
-    with _errors(), _status("measuring", quiet):
+    with _errors(), _status("measuring", quiet), ExitStack() as stack:
         budget = Budget(max_size, max_bpw, min_sqnr)
         parse_compressors(compress)
         policy = _policy(scheme, bits, per_channel, keep, include, bits_for, clip)
         rep, src = report_path(path, policy, _codec(codec), compress, source)
+        if src is not None:
+            stack.enter_context(closing(src))
         command = _command("report")
         rep["command"] = command
         if html_out:

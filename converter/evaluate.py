@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +166,8 @@ def quantized_copy(model: Path, qpk: Path | None, policy: Policy | None) -> Iter
             if policy is None:
                 raise OptionError("give --qpk or quantization options")
             qpk = Path(tmp) / "model.qpk"
-            convert(open_model(model), policy, qpk)
+            with closing(open_model(model)) as src:
+                convert(src, policy, qpk)
         out = Path(tmp) / f"restored{suffix}"
         try:
             restore(qpk, out)

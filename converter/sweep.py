@@ -6,6 +6,7 @@ import csv
 import io
 import tempfile
 from collections.abc import Callable
+from contextlib import closing
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,12 @@ def run_sweep(model: Path, inputs: Inputs, schemes: list[str], widths: list[int]
               tolerance: float, sensitivity_bits: int, progress: Callable[[str], None] | None = None,
               clip: str = "minmax") -> dict[str, Any]:
     """Every valid (scheme, granularity, bits) cell, the knee of each curve, and the sensitivity ranking."""
-    src = open_model(model)
+    with closing(open_model(model)) as src:
+        return _sweep(model, src, inputs, schemes, widths, granularities, tolerance, sensitivity_bits, progress, clip)
+
+
+def _sweep(model: Path, src: SourceModel, inputs: Inputs, schemes: list[str], widths: list[int], granularities: list[str],
+           tolerance: float, sensitivity_bits: int, progress: Callable[[str], None] | None, clip: str) -> dict[str, Any]:
     reference = run_all(open_runner(model), inputs)
     base = classification(reference[0], reference[0], inputs.labels, [], 1.0) or {}
     cells = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from pathlib import Path
@@ -11,6 +12,11 @@ from formats.errors import FormatError
 
 
 def open_regular(path: Path) -> BinaryIO:
+    """A buffered reader over open_raw()."""
+    return io.BufferedReader(open_raw(path))
+
+
+def open_raw(path: Path) -> io.FileIO:
     """Open `path` for reading, refusing FIFOs, devices, sockets and directories.
 
     O_NONBLOCK makes opening a FIFO return at once instead of waiting for a writer; the check on
@@ -27,7 +33,7 @@ def open_regular(path: Path) -> BinaryIO:
             raise FormatError(f"{path}: is {kind}, not a regular file")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        return io.FileIO(fd, "r", closefd=True)
     except BaseException:
         os.close(fd)
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -34,8 +35,8 @@ class Weight:
 
     `key` locates the tensor in the model (unique); `name` is what the model calls it. `axis` is
     the output-channel axis when the consumer has one, which is where per-channel scales go.
-    The values are decoded from the model on each access of `array`, so that an adapter holds one
-    copy of a large model, not two: read it once into a local.
+    The values are read from the model's file on each access of `array`, into a fresh array, so
+    that an adapter holds no copy of a large model: read it once into a local.
     """
 
     key: str
@@ -59,7 +60,7 @@ class Weight:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)  # Python integers: no product of hostile dims can wrap
 
 
 def from_array(key: str, name: str, array: NDArray, dtype: str, role: Role, axis: int | None = None,
@@ -82,4 +83,8 @@ class SourceModel(Protocol):
 
     def skeleton(self, strip: set[str]) -> bytes:
         """The model serialized with the data of the `strip` weights removed."""
+        ...
+
+    def close(self) -> None:
+        """Release the model's files; its weights can no longer be read."""
         ...

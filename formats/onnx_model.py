@@ -1,13 +1,23 @@
-"""ONNX adapter: every float weight wherever it lives, its consumer and channel axis; rebuild."""
+"""ONNX adapter: every float weight wherever it lives, its consumer and channel axis; rebuild.
+
+Opening a model parses its structure only (see `formats.onnx_wire`); each weight is read from the
+model or external-data file when asked for, and a model is restored one tensor at a time.
+"""
 
 from __future__ import annotations
 
+import io
+import math
+import mmap
 import os
+import sys
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO
+from types import TracebackType
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -15,13 +25,19 @@ from google.protobuf.message import DecodeError
 from numpy.typing import NDArray
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, numpy_helper
 
+from formats import onnx_wire
 from formats.atomic import atomic_output
-from formats.errors import FormatError, UnsupportedError
+from formats.errors import FormatError, QpackError, UnsupportedError
+from formats.files import open_raw
 from formats.model import Role, Weight
+from formats.onnx_wire import TENSOR_DOUBLE_DATA, TENSOR_FLOAT_DATA, TENSOR_RAW_DATA
+from formats.qpk.spec import MAX_ELEMENTS
 
 FORMAT = "onnx"
 # protobuf cannot serialize a message over 2 GiB; above this a restored model gets external data
 _INLINE_LIMIT = 1_800_000_000
+_EXTERNAL_MIN = 1024  # smaller tensors stay inline in a model with external data
+_EXTERNAL_ALIGN = 4096  # page-aligned, so that a runtime can map each tensor
 
 _FLOAT_TYPES: dict[int, str] = {
     TensorProto.FLOAT: "float32",
@@ -30,6 +46,14 @@ _FLOAT_TYPES: dict[int, str] = {
     TensorProto.DOUBLE: "float64",
 }
 _QUANT_CONSUMERS = {"DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
+# raw_data of these types is not itemsize bytes per element: onnx unpacks it
+_SUBBYTE_TYPES = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2", "FLOAT6E2M3", "FLOAT6E3M2")
+                  if hasattr(TensorProto, n)}
+# packed float_data / double_data are little-endian float32 / float64 (complex: real, imaginary pairs)
+_PACKED_DTYPES: dict[tuple[int, int], str] = {
+    (TENSOR_FLOAT_DATA, TensorProto.FLOAT): "<f4", (TENSOR_FLOAT_DATA, TensorProto.COMPLEX64): "<c8",
+    (TENSOR_DOUBLE_DATA, TensorProto.DOUBLE): "<f8", (TENSOR_DOUBLE_DATA, TensorProto.COMPLEX128): "<c16",
+}
 
 
 def _role_of(op: str, index: int, node: onnx.NodeProto, ndim: int) -> tuple[Role, int | None]:
@@ -105,8 +129,17 @@ def _external_path(base: Path, location: str) -> Path:
     return target
 
 
-def _load_external(tensor: TensorProto, base: Path) -> None:
-    """Read a tensor's external bytes into raw_data, checking offset and length against the file."""
+class _Source(NamedTuple):
+    """Where a tensor's payload lies: a file, a byte range, and the TensorProto field it encodes."""
+
+    path: Path
+    offset: int
+    length: int
+    field: int
+
+
+def _external_source(tensor: TensorProto, base: Path) -> _Source:
+    """Where a tensor's external bytes are, offset and length checked against the file and the dims."""
     info = {e.key: e.value for e in tensor.external_data}
     path = _external_path(base, info.get("location", ""))
     size = path.stat().st_size
@@ -116,16 +149,12 @@ def _load_external(tensor: TensorProto, base: Path) -> None:
     except ValueError:
         raise FormatError(f"tensor '{tensor.name}': external data offset/length are not integers") from None
     itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-    expected = int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+    expected = math.prod(int(d) for d in tensor.dims) * itemsize
     if offset < 0 or length < 0 or offset + length > size:
         raise FormatError(f"tensor '{tensor.name}': external data [{offset}, {offset + length}) exceeds {path.name} ({size} bytes)")
     if tensor.data_type not in (TensorProto.STRING,) and length != expected:
         raise FormatError(f"tensor '{tensor.name}': external data is {length} bytes, expected {expected} for dims {list(tensor.dims)}")
-    with path.open("rb") as f:
-        f.seek(offset)
-        tensor.raw_data = f.read(length)
-    del tensor.external_data[:]
-    tensor.data_location = TensorProto.DEFAULT
+    return _Source(path, offset, length, TENSOR_RAW_DATA)
 
 
 def _np_dtype(tensor: TensorProto) -> np.dtype:
@@ -142,29 +171,91 @@ def _to_array(tensor: TensorProto) -> NDArray:
         raise FormatError(f"tensor '{tensor.name}': cannot decode its data ({e})") from e
 
 
+def _direct_dtype(tensor: TensorProto, field: int) -> np.dtype | None:
+    """The dtype a payload is an array of byte for byte, or None where onnx has to decode it."""
+    if sys.byteorder != "little":  # payloads are little-endian
+        return None
+    if field == TENSOR_RAW_DATA:
+        if tensor.data_type in _SUBBYTE_TYPES or tensor.data_type in (TensorProto.UNDEFINED, TensorProto.STRING):
+            return None
+        return _np_dtype(tensor)
+    name = _PACKED_DTYPES.get((field, tensor.data_type))
+    return np.dtype(name) if name else None
+
+
 class OnnxModel:
-    """An ONNX model loaded for quantization."""
+    """An ONNX model opened for quantization: its structure in memory, its weights read on demand.
+
+    `model` is the parsed structure; a tensor whose data is read from a file holds none there. The
+    model file, and each external-data file once read, stay open until `close()`, so that weights
+    come from the files that were checked, whatever replaces them meanwhile.
+    """
 
     format = FORMAT
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._files: dict[Path, io.FileIO] = {}
+        self._lock = threading.Lock()  # a file's position is shared by every reader
+        self._closed = False
         try:
-            data = self.path.read_bytes()
+            self._home = self.path.resolve()
+            model_file = self._files[self._home] = open_raw(self.path)
+            size = os.fstat(model_file.fileno()).st_size
         except OSError as e:
+            self.close()
             raise FormatError(f"{path}: cannot read ({e.strerror})") from e
-        self.model = parse_model(data, str(path))
-        base = self.path.parent
-        self.file_bytes = len(data)
+        try:
+            self._open(model_file, size)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, model_file: io.FileIO, size: int) -> None:
+        where = str(self.path)
+        try:
+            mm = mmap.mmap(model_file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        except (OSError, ValueError) as e:
+            raise FormatError(f"{where}: cannot map the file ({e})") from e
+        try:
+            self._stripped = onnx_wire.strip(b"" if mm is None else mm, where)
+        finally:
+            if mm is not None:
+                mm.close()
+        nonce, regions = self._stripped.nonce, self._stripped.regions
+        self.model = parse_model(self._stripped.data, where)
+        found = sorted(i for t in onnx_wire.every_tensor(self.model.graph) if (i := onnx_wire.marker_of(t, nonce)) is not None)
+        if found != list(range(len(regions))):  # protobuf merged a message given twice, overwriting a payload
+            raise FormatError(f"{where}: a tensor or graph is encoded more than once; such files are not supported")
+        self._sources: dict[str, _Source] = {}
+        self._markers: dict[str, int] = {}
         external_files: set[Path] = set()
-        for _, tensor in walk_tensors(self.model.graph):
+        for key, tensor in walk_tensors(self.model.graph):
             if tensor.data_location == TensorProto.EXTERNAL:
-                loc = next((e.value for e in tensor.external_data if e.key == "location"), "")
-                external_files.add(_external_path(base, loc))
-                _load_external(tensor, base)
+                self._sources[key] = src = _external_source(tensor, self.path.parent)
+                external_files.add(src.path)
+            elif (i := onnx_wire.marker_of(tensor, nonce)) is not None:
+                self._markers[key] = i
+                self._sources[key] = self._region(i)
+        for t in onnx_wire.every_tensor(self.model.graph):
+            if onnx_wire.marker_of(t, nonce) is not None:
+                t.ClearField("raw_data")
         self.external_files: list[Path] = sorted(external_files)
-        self.file_bytes += sum(p.stat().st_size for p in self.external_files)
+        self.file_bytes = size + sum(p.stat().st_size for p in self.external_files)
         self._weights = self._collect()
+
+    def close(self) -> None:
+        """Close the model's files; its weights can no longer be read."""
+        self._closed = True
+        files, self._files = self._files, {}
+        for f in files.values():
+            f.close()
+
+    def __enter__(self) -> OnnxModel:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
 
     @property
     def weights(self) -> list[Weight]:
@@ -187,8 +278,11 @@ class OnnxModel:
             shape = tuple(int(d) for d in tensor.dims)
             if any(d < 0 for d in shape):
                 raise FormatError(f"tensor '{name}' has negative dims {list(shape)}")
-            nbytes = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
-            load = partial(_to_array, tensor)
+            if math.prod(shape) >= MAX_ELEMENTS:
+                raise FormatError(f"{self.path}: tensor '{name[:200]}' has dims {list(shape)}, implausibly many elements")
+            nbytes = math.prod(shape) * np_dtype.itemsize
+            src = self._sources.get(key)
+            load = partial(self._read, tensor, src) if src else partial(_to_array, tensor)
             consumers = uses.get(name, [])
             labels = tuple(f"{n.op_type}:{i}" for n, i in consumers)
             if dtype is None:
@@ -209,11 +303,77 @@ class OnnxModel:
             weights.append(Weight(key, name, shape, dtype, role, axis, labels, note, nbytes, load))
         return weights
 
+    def _region(self, i: int) -> _Source:
+        r = self._stripped.regions[i]
+        return _Source(self._home, r.offset, r.length, r.field)
+
+    def _read_into(self, src: _Source, buf: memoryview) -> None:
+        with self._lock:
+            if self._closed:
+                raise QpackError(f"{self.path}: the model is closed")
+            f = self._files.get(src.path)
+            if f is None:
+                try:
+                    f = self._files[src.path] = open_raw(src.path)
+                except OSError as e:
+                    raise FormatError(f"{src.path}: cannot read ({e.strerror})") from e
+            f.seek(src.offset)
+            done = 0
+            while done < len(buf):
+                n = f.readinto(buf[done:])
+                if not n:
+                    raise FormatError(f"{src.path}: ends at byte {src.offset + done}, inside tensor data "
+                                      f"[{src.offset}, {src.offset + src.length}) (changed after it was opened?)")
+                done += n
+
+    def _bytes(self, src: _Source, prefix: bytes = b"") -> bytearray:
+        """`prefix` then a payload read from its file."""
+        buf = bytearray(len(prefix) + src.length)
+        buf[: len(prefix)] = prefix
+        self._read_into(src, memoryview(buf)[len(prefix) :])
+        return buf
+
+    def _field(self, src: _Source) -> bytearray:
+        """A payload as the protobuf field it was (tag and length first), to merge back into its tensor."""
+        return self._bytes(src, onnx_wire.field_head(src.field, src.length))
+
+    def _read(self, tensor: TensorProto, src: _Source) -> NDArray:
+        """A stripped or external tensor's values, read from its file into a fresh array."""
+        dtype = _direct_dtype(tensor, src.field)
+        shape = tuple(int(d) for d in tensor.dims)
+        if dtype is not None and math.prod(shape) * dtype.itemsize == src.length:
+            out = np.empty(shape, dtype)
+            self._read_into(src, out.reshape(-1).view(np.uint8).data)
+            return out
+        whole = TensorProto()  # anything else is decoded by onnx from the tensor as stored
+        whole.CopyFrom(tensor)
+        if whole.data_location == TensorProto.EXTERNAL:
+            whole.raw_data = bytes(self._bytes(src))
+            del whole.external_data[:]
+            whole.data_location = TensorProto.DEFAULT
+        else:
+            whole.MergeFromString(self._field(src))
+        return _to_array(whole)
+
     def skeleton(self, strip: set[str]) -> bytes:
-        """The model with the stripped tensors' data removed (dims and type kept)."""
-        model = ModelProto()
-        model.CopyFrom(self.model)
+        """The model with the stripped tensors' data removed (dims and type kept), external data made inline.
+
+        Built from the structure alone, reading back only the tensors that are kept.
+        """
+        model = parse_model(self._stripped.data, str(self.path))
+        dropped = {self._markers[key] for key in strip if key in self._markers}
+        for tensor in onnx_wire.every_tensor(model.graph):
+            i = onnx_wire.marker_of(tensor, self._stripped.nonce)
+            if i is not None:
+                tensor.ClearField("raw_data")
+                if i not in dropped:
+                    tensor.MergeFromString(self._field(self._region(i)))
         for key, tensor in walk_tensors(model.graph):
+            if tensor.data_location == TensorProto.EXTERNAL:
+                if key not in strip:
+                    tensor.raw_data = bytes(self._bytes(self._sources[key]))
+                del tensor.external_data[:]
+                tensor.data_location = TensorProto.DEFAULT
             if key in strip:
                 for f in ("raw_data", "float_data", "int32_data", "double_data"):
                     tensor.ClearField(f)
@@ -232,53 +392,107 @@ def parse_model(data: bytes, where: str) -> ModelProto:
     return model
 
 
-def restore(skeleton: bytes, tensors: Mapping[str, Callable[[], NDArray]], out: Path) -> list[Path]:
-    """Write the restored model atomically; returns the files written."""
-    model = _restore_model(skeleton, {k: f() for k, f in tensors.items()})
-    with atomic_output(out) as f:
-        return write(model, f, out)
-
-
-def _restore_model(skeleton: bytes, arrays: dict[str, NDArray]) -> ModelProto:
-    """Put float arrays back into a skeleton, each in the dtype its tensor declares."""
-    model = parse_model(skeleton, "graph blob")
-    found = 0
+def _targets(model: ModelProto, tensors: Mapping[str, object]) -> list[tuple[str, TensorProto]]:
+    """The skeleton's tensors named by `tensors`, in file order, each checked to be a float tensor."""
+    found, seen = [], set()
     for key, tensor in walk_tensors(model.graph):
-        if key in arrays:
-            dtype = _FLOAT_TYPES.get(tensor.data_type)
-            if dtype is None:
+        if key in seen:
+            raise FormatError(f"stored graph has two tensors at the location {key!r}")
+        seen.add(key)
+        if key in tensors:
+            if tensor.data_type not in _FLOAT_TYPES:
                 raise FormatError(f"tensor {key!r} is not a float tensor in the stored graph")
-            np_dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-            values = np.asarray(arrays[key]).astype(np_dtype)
-            if tuple(values.shape) != tuple(tensor.dims):
-                raise FormatError(f"tensor {key!r}: shape {values.shape} does not match {list(tensor.dims)}")
-            tensor.raw_data = values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes()
-            found += 1
-    if found != len(arrays):
-        raise FormatError(f"stored graph holds {found} of the {len(arrays)} quantized tensors")
-    return model
+            found.append((key, tensor))
+    if len(found) != len(tensors):
+        raise FormatError(f"stored graph holds {len(found)} of the {len(tensors)} quantized tensors")
+    return found
 
 
-def write(model: ModelProto, f: BinaryIO, path: Path) -> list[Path]:
-    """Serialize a restored model into `f`; a model over protobuf's limit gets a `.data` file too."""
-    if model.ByteSize() >= _INLINE_LIMIT:
-        data_name = path.name + ".data"
-        with atomic_output(path.with_name(data_name)) as data:
-            offset = 0
-            for _, tensor in walk_tensors(model.graph):
-                if len(tensor.raw_data) >= 1024:
-                    raw = tensor.raw_data
-                    pad = -offset % 4096
+def _values(key: str, tensor: TensorProto, load: Callable[[], NDArray]) -> NDArray:
+    """A tensor's new values, shape checked, in the little-endian dtype it declares, C-contiguous."""
+    values = np.asarray(load())
+    if tuple(values.shape) != tuple(tensor.dims):
+        raise FormatError(f"tensor {key!r}: shape {values.shape} does not match {list(tensor.dims)}")
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+    return np.ascontiguousarray(values.astype(dtype, copy=False))
+
+
+def restore(skeleton: bytes, tensors: Mapping[str, Callable[[], NDArray]], out: Path) -> list[Path]:
+    """Write a runnable model: the skeleton with each float tensor put back in the dtype it declares.
+
+    Args:
+        skeleton: a model from `OnnxModel.skeleton`.
+        tensors: key -> a function giving that tensor's float values (any float dtype), called once,
+            when the tensor is written; the values are dropped right after.
+        out: the model file. A model over protobuf's size limit gets its tensors of 1 kB or more in
+            `<out>.data`; both files appear only if both are complete.
+
+    Returns:
+        The files written.
+
+    Raises:
+        FormatError: the skeleton is corrupt, lacks a key or holds it as a non-float tensor, or a
+            tensor's values have the wrong shape.
+    """
+    out = Path(out)
+    model = parse_model(skeleton, "graph blob")
+    targets = _targets(model, tensors)
+    lengths = [math.prod(int(d) for d in t.dims) * _np_dtype(t).itemsize for _, t in targets]
+    if len(skeleton) + sum(lengths) + 16 * len(lengths) >= _INLINE_LIMIT:  # 16: tag and length prefixes
+        return _restore_external(model, tensors, out)
+    # serialized with a marker for each tensor, then written with the values streamed into place:
+    # the bytes protobuf would give, without the whole model in memory
+    nonce = os.urandom(8)
+    for i, (_, tensor) in enumerate(targets):
+        tensor.raw_data = onnx_wire.marker(nonce, i)
+    pieces = onnx_wire.expand(model.SerializeToString(deterministic=True), nonce, lengths, "graph blob")
+    with atomic_output(out) as f:
+        for piece in pieces:
+            if isinstance(piece, onnx_wire.Hole):
+                key, tensor = targets[piece.slot]
+                values = _values(key, tensor, tensors[key])
+                f.write(values.reshape(-1).view(np.uint8).data)
+                del values
+            else:
+                f.write(piece)
+    return [out]
+
+
+def _restore_external(model: ModelProto, tensors: Mapping[str, Callable[[], NDArray]], out: Path) -> list[Path]:
+    """Stream every tensor of 1 kB or more to `<out>.data`, then write the small model that points into it."""
+    data_path = out.with_name(out.name + ".data")
+    data_done = False
+    try:
+        with atomic_output(out) as f:
+            with atomic_output(data_path) as data:
+                offset = 0
+                for key, tensor in walk_tensors(model.graph):
+                    if key in tensors:
+                        values = _values(key, tensor, tensors[key])
+                        if values.nbytes < _EXTERNAL_MIN:
+                            tensor.raw_data = values.tobytes()
+                            continue
+                        payload: bytes | memoryview = values.reshape(-1).view(np.uint8).data
+                        del values
+                    elif tensor.HasField("raw_data") and len(raw := tensor.raw_data) >= _EXTERNAL_MIN:
+                        payload = raw
+                        tensor.ClearField("raw_data")
+                    else:
+                        continue
+                    pad = -offset % _EXTERNAL_ALIGN
                     data.write(bytes(pad))
                     offset += pad
-                    data.write(raw)
-                    tensor.ClearField("raw_data")
+                    data.write(payload)
                     tensor.data_location = TensorProto.EXTERNAL
-                    for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
+                    for k, v in (("location", data_path.name), ("offset", str(offset)), ("length", str(len(payload)))):
                         entry = tensor.external_data.add()
                         entry.key, entry.value = k, v
-                    offset += len(raw)
-        f.write(model.SerializeToString(deterministic=True))
-        return [path, path.with_name(data_name)]
-    f.write(model.SerializeToString(deterministic=True))
-    return [path]
+                    offset += len(payload)
+                    del payload
+            data_done = True
+            f.write(model.SerializeToString(deterministic=True))
+    except BaseException:
+        if data_done:  # the model never appeared: take its data file away too
+            data_path.unlink(missing_ok=True)
+        raise
+    return [out, data_path]

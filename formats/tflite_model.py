@@ -1,24 +1,32 @@
 """TFLite adapter: constant buffers with their consumers and channel axes; rebuild in place.
 
-A restored model is the source file byte for byte, except the bytes of each quantized buffer,
-which are overwritten with the dequantized values in the buffer's own dtype. Buffers stored after
-the flatbuffer by offset (models over 2 GiB) are handled the same way.
+The model file is mapped read-only, never read whole. A restored model is the source file byte for
+byte, except the bytes of each quantized buffer, which are overwritten with the dequantized values
+in the buffer's own dtype. Buffers stored after the flatbuffer by offset (models over 2 GiB) are
+handled the same way.
 """
 
 from __future__ import annotations
 
+import math
+import mmap
+import os
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from types import TracebackType
+from typing import NamedTuple
 
 import numpy as np
 import tflite
 from numpy.typing import NDArray
 
 from formats.atomic import atomic_output
-from formats.errors import FormatError, UnsupportedError
-from formats.model import Role, Weight, from_array
+from formats.errors import FormatError, QpackError, UnsupportedError
+from formats.files import open_regular
+from formats.model import Role, Weight
 
 FORMAT = "tflite"
 TFLITE_IDENT = b"TFL3"  # flatbuffer file identifier, bytes 4..8
@@ -63,7 +71,22 @@ class _Buffer:
     length: int
 
 
-def _buffer_region(buf: tflite.Buffer, index: int, size: int) -> _Buffer | None:
+class _Layout(NamedTuple):
+    """A weight's values: bytes [start, start + length) of the file, as `dtype` in `shape`."""
+
+    start: int
+    length: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+
+def _copy(data: bytes | mmap.mmap, layout: _Layout) -> NDArray:
+    """A weight's values in a fresh array, so that no view keeps the file mapped."""
+    raw = np.frombuffer(data, dtype=np.uint8, count=layout.length, offset=layout.start)
+    return raw.view(layout.dtype).reshape(layout.shape).copy()
+
+
+def _buffer_region(buf: tflite.Buffer, index: int, size: int, where: str) -> _Buffer | None:
     """Where buffer `index`'s bytes are in the file, checked against its size; None if empty."""
     tab = buf._tab
     o = tab.Offset(4)
@@ -71,12 +94,12 @@ def _buffer_region(buf: tflite.Buffer, index: int, size: int) -> _Buffer | None:
         start = tab.Vector(o)
         length = tab.VectorLen(o)
         if start < 0 or start + length > size:
-            raise FormatError(f"buffer {index}: data [{start}, {start + length}) lies past the end of the file ({size} bytes)")
+            raise FormatError(f"{where}: buffer {index}: data [{start}, {start + length}) lies past the end of the file ({size} bytes)")
         return _Buffer(start, length) if length else None
     offset, length = buf.Offset(), buf.Size()
     if offset > 1:  # 0 and 1 mean "no data" in the schema
         if offset + length > size:
-            raise FormatError(f"buffer {index}: offset {offset} + size {length} lies past the end of the file ({size} bytes)")
+            raise FormatError(f"{where}: buffer {index}: offset {offset} + size {length} lies past the end of the file ({size} bytes)")
         return _Buffer(offset, length) if length else None
     return None
 
@@ -85,24 +108,28 @@ def _buffer_region(buf: tflite.Buffer, index: int, size: int) -> _Buffer | None:
 class _Scan:
     regions: dict[int, _Buffer]
     weights: list[Weight]
+    layouts: dict[str, _Layout]  # by weight key
 
 
-def _scan(data: bytes, where: str) -> _Scan:
-    """Parse a TFLite file into its constant buffers; every index and range checked before use."""
+def _scan(data: bytes | mmap.mmap, where: str, read: Callable[[_Layout], NDArray]) -> _Scan:
+    """Parse a TFLite file into its constant buffers; every index and range checked before use.
+
+    Each weight's values come from `read(layout)`.
+    """
     if len(data) < 8 or data[4:8] != TFLITE_IDENT:
         raise FormatError(f"{where}: not a TFLite model (no TFL3 identifier)")
     root = int.from_bytes(data[:4], "little")
     if root < 8 or root + 4 > len(data):
         raise FormatError(f"{where}: root table offset {root} lies outside the file")
     try:
-        return _scan_tables(data, where)
+        return _scan_tables(data, where, read)
     except FormatError:
         raise
     except Exception as e:  # flatbuffers reads unchecked: a corrupt file fails anywhere, in any way
         raise FormatError(f"{where}: corrupt TFLite flatbuffer ({type(e).__name__}: {e})") from e
 
 
-def _scan_tables(data: bytes, where: str) -> _Scan:
+def _scan_tables(data: bytes | mmap.mmap, where: str, read: Callable[[_Layout], NDArray]) -> _Scan:
     size = len(data)
     model = tflite.Model.GetRootAsModel(data, 0)
     if model.SubgraphsLength() < 1:
@@ -110,7 +137,7 @@ def _scan_tables(data: bytes, where: str) -> _Scan:
     nbuf = model.BuffersLength()
     regions = {}
     for i in range(nbuf):
-        region = _buffer_region(model.Buffers(i), i, size)
+        region = _buffer_region(model.Buffers(i), i, size, where)
         if region:
             regions[i] = region
     codes = []
@@ -132,8 +159,9 @@ def _scan_tables(data: bytes, where: str) -> _Scan:
             ci = op.OpcodeIndex()
             if not 0 <= ci < len(codes):
                 raise FormatError(f"{where}: operator {k} of subgraph {s} uses opcode {ci}, the model has {len(codes)}")
-            ins = op.InputsAsNumpy() if op.InputsLength() else []
-            outs = op.OutputsAsNumpy() if op.OutputsLength() else []
+            # lists, not numpy views: a view into the mapped file would keep it from closing
+            ins = op.InputsAsNumpy().tolist() if op.InputsLength() else []
+            outs = op.OutputsAsNumpy().tolist() if op.OutputsLength() else []
             for idx, t in enumerate(ins):
                 if t >= ntensors:
                     raise FormatError(f"{where}: operator {k} reads tensor {t}, subgraph {s} has {ntensors}")
@@ -155,41 +183,45 @@ def _scan_tables(data: bytes, where: str) -> _Scan:
                         uses[b].extend((o, j) for o, j, _ in consumers.get(out, []))
                 else:
                     uses[b].append((op, idx))
-    weights = [_weight(b, regions[b], tensors_of[b], info, uses.get(b, []), data, where) for b in sorted(tensors_of)]
-    return _Scan(regions, weights)
+    found = [_weight(b, regions[b], tensors_of[b], info, uses.get(b, []), read, where) for b in sorted(tensors_of)]
+    return _Scan(regions, [w for w, _ in found], {w.key: layout for w, layout in found})
 
 
 def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict, uses: list[tuple[str, int]],
-            data: bytes, where: str) -> Weight:
+            read: Callable[[_Layout], NDArray], where: str) -> tuple[Weight, _Layout]:
     first = info[tensors[0]]
     ttype = first.Type()
     if ttype not in _TYPES:
         raise UnsupportedError(f"{where}: tensor type {ttype} of buffer {b} is unknown")
     dtype_name, np_dtype = _TYPES[ttype]
     name = (first.Name() or b"").decode("utf-8", "replace")
-    shape = tuple(int(n) for n in first.ShapeAsNumpy()) if first.ShapeLength() else ()
+    shape = tuple(first.ShapeAsNumpy().tolist()) if first.ShapeLength() else ()
     if len(shape) > 16 or any(n < 0 for n in shape):
         raise FormatError(f"{where}: tensor '{name}' has an invalid shape {shape}")
     labels = tuple(f"{op}:{i}" for op, i in uses)
     key = f"buffer:{b}"
-    raw = np.frombuffer(data, dtype=np.uint8, count=region.length, offset=region.start)
+    raw = _Layout(region.start, region.length, np.dtype(np.uint8), (region.length,))
     quantized = first.Quantization() is not None and first.Quantization().ScaleLength() > 0
     note = ""
     if first.Sparsity() is not None:
         note = "sparse"
     elif first.IsVariable():
         note = "variable"
-    elif any(info[t].Type() != ttype or (tuple(info[t].ShapeAsNumpy()) if info[t].ShapeLength() else ()) != shape
+    elif any(info[t].Type() != ttype or (tuple(info[t].ShapeAsNumpy().tolist()) if info[t].ShapeLength() else ()) != shape
              for t in tensors[1:]):
         note = "buffer shared by tensors of different types or shapes"
+
+    def weight(layout: _Layout, role: Role, axis: int | None = None, note: str = "") -> tuple[Weight, _Layout]:
+        return Weight(key, name, layout.shape, dtype_name, role, axis, labels, note, layout.length, partial(read, layout)), layout
+
     if np_dtype is None or note:
-        return from_array(key, name, raw, dtype_name, Role.QUANTIZED if quantized else Role.OTHER, None, labels, note)
-    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(np_dtype).itemsize
+        return weight(raw, Role.QUANTIZED if quantized else Role.OTHER, None, note)
+    expected = math.prod(shape) * np.dtype(np_dtype).itemsize
     if expected != region.length:
         raise FormatError(f"{where}: tensor '{name}' is {region.length} bytes, expected {expected} for shape {list(shape)} {dtype_name}")
-    array = raw.view(np_dtype).reshape(shape)
-    if quantized or (not np.issubdtype(array.dtype, np.floating)):
-        return from_array(key, name, array, dtype_name, Role.QUANTIZED if quantized else Role.INTEGER, None, labels)
+    layout = _Layout(region.start, region.length, np.dtype(np_dtype), shape)
+    if quantized or not np.issubdtype(layout.dtype, np.floating):
+        return weight(layout, Role.QUANTIZED if quantized else Role.INTEGER)
     roles = {_role_of(op, i, len(shape)) for op, i in uses}
     if len(roles) == 1:
         role, axis = roles.pop()
@@ -197,23 +229,49 @@ def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict,
         kinds = {r for r, _ in roles}
         role, axis = (kinds.pop() if len(kinds) == 1 else Role.OTHER), None
         note = "no consumer" if not roles else ("shared by " + ", ".join(sorted(set(labels))) if len(kinds) > 1 else "")
-    return from_array(key, name, array, dtype_name, role, axis, labels, note)
+    return weight(layout, role, axis, note)
 
 
 class TfliteModel:
-    """A TFLite model loaded for quantization."""
+    """A TFLite model mapped read-only for quantization; each weight is copied out when read."""
 
     format = FORMAT
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._map: mmap.mmap | None = None
         try:
-            self.data = self.path.read_bytes()
+            with open_regular(self.path) as f:
+                size = os.fstat(f.fileno()).st_size
+                if size:
+                    self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except OSError as e:
             raise FormatError(f"{path}: cannot read ({e.strerror})") from e
-        self.file_bytes = len(self.data)
+        except ValueError as e:  # a file mmap refuses
+            raise FormatError(f"{path}: cannot map the file ({e})") from e
+        self.file_bytes = size
         self.external_files: list[Path] = []
-        self._scan = _scan(self.data, str(path))
+        try:
+            self._scan = _scan(self._map if self._map is not None else b"", str(path), self._array)
+        except BaseException:
+            self.close()
+            raise
+
+    def _array(self, layout: _Layout) -> NDArray:
+        if self._map is None or self._map.closed:
+            raise QpackError(f"{self.path}: the model is closed")
+        return _copy(self._map, layout)
+
+    def close(self) -> None:
+        """Unmap the file; its weights can no longer be read."""
+        if self._map is not None:
+            self._map.close()
+
+    def __enter__(self) -> TfliteModel:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
 
     @property
     def weights(self) -> list[Weight]:
@@ -221,34 +279,52 @@ class TfliteModel:
 
     def skeleton(self, strip: set[str]) -> bytes:
         """The file with every stripped buffer's bytes zeroed (they compress to almost nothing)."""
-        out = bytearray(self.data)
-        for key in strip:
-            r = self._scan.regions[int(key.split(":", 1)[1])]
-            out[r.start : r.start + r.length] = bytes(r.length)
-        return bytes(out)
+        if self._map is None or self._map.closed:
+            raise QpackError(f"{self.path}: the model is closed")
+        spans = sorted((r.start, r.start + r.length) for r in (self._scan.regions[int(key.split(":", 1)[1])] for key in strip))
+        zeros = memoryview(bytes(max((b - a for a, b in spans), default=0)))
+        pieces: list[bytes | memoryview] = []
+        pos = 0
+        for start, end in spans:
+            if end > pos:
+                start = max(start, pos)  # buffers may overlap
+                pieces += [self._map[pos:start], zeros[: end - start]]
+                pos = end
+        pieces.append(self._map[pos:])
+        return b"".join(pieces)
 
 
 def restore(skeleton: bytes, tensors: Mapping[str, Callable[[], NDArray]], out: Path) -> list[Path]:
-    """Write the restored model atomically; returns the files written."""
-    data = _restore_bytes(skeleton, {k: f() for k, f in tensors.items()})
-    with atomic_output(out) as f:
-        f.write(data)
-    return [out]
+    """Write a runnable model: the skeleton with each float buffer overwritten in place, in its dtype.
 
+    Args:
+        skeleton: a model from `TfliteModel.skeleton`.
+        tensors: key -> a function giving that buffer's float values (any float dtype), called once,
+            when the buffer is written; the values are dropped right after.
+        out: the model file, written atomically.
 
-def _restore_bytes(skeleton: bytes, arrays: dict[str, NDArray]) -> bytes:
-    """Write dequantized arrays into their buffers, each in its tensor's dtype."""
-    scan = _scan(skeleton, "graph blob")
-    by_key = {w.key: w for w in scan.weights}
-    out = bytearray(skeleton)
-    for key, values in arrays.items():
-        w = by_key.get(key)
-        if w is None or not w.is_float:
+    Returns:
+        The files written.
+
+    Raises:
+        FormatError: the skeleton is corrupt, has no float buffer under a key, or a buffer's values
+            have the wrong shape.
+    """
+    out = Path(out)
+    scan = _scan(skeleton, "graph blob", partial(_copy, skeleton))
+    floats = {w.key for w in scan.weights if w.is_float}
+    for key in tensors:
+        if key not in floats:
             raise FormatError(f"stored graph has no float buffer {key!r}")
-        target = w.array
-        arr = np.asarray(values).astype(target.dtype)
-        if arr.shape != target.shape:
-            raise FormatError(f"buffer {key!r}: shape {arr.shape} does not match {target.shape}")
-        r = scan.regions[int(key.split(":", 1)[1])]
-        out[r.start : r.start + r.length] = arr.tobytes()
-    return bytes(out)
+    with atomic_output(out) as f:
+        f.write(skeleton)
+        for key, load in tensors.items():
+            layout = scan.layouts[key]
+            values = np.asarray(load())
+            if values.shape != layout.shape:
+                raise FormatError(f"buffer {key!r}: shape {values.shape} does not match {layout.shape}")
+            values = np.ascontiguousarray(values.astype(layout.dtype, copy=False))
+            f.seek(layout.start)
+            f.write(values.reshape(-1).view(np.uint8).data)
+            del values
+    return [out]

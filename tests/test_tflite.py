@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import tflite
 from converter.convert import convert, restore
 from converter.policy import Policy
 from converter.runtime import TfliteRunner
-from formats.errors import FormatError, QpackError
+from formats.errors import FormatError, QpackError, UnsupportedError
 from formats.model import Role
 from formats.tflite_model import TfliteModel
 
@@ -140,19 +142,43 @@ def test_unknown_tensor_type_rejected(tfl_fp16: Path, tmp_path: Path):
         TfliteModel(p)
 
 
-def test_random_corruption_never_escapes_as_other_errors(tfl_fp16: Path, tmp_path: Path):
+def _assert_consistent(model: TfliteModel, size: int) -> None:
+    """Every weight lies inside the file and holds exactly as many bytes as its shape and dtype say."""
+    for w in model.weights:
+        r = model._scan.regions[int(w.key.split(":")[1])]
+        assert 0 <= r.start <= r.start + r.length <= size, w.key
+        a = w.array
+        assert a.shape == w.shape and a.nbytes == w.nbytes == r.length, w.key
+        assert a.dtype == np.uint8 or math.prod(w.shape) * np.dtype(w.dtype).itemsize == r.length, w.key
+
+
+def test_random_corruption_is_rejected_cleanly_or_parses_consistently(tfl_fp16: Path, tmp_path: Path):
+    """Corrupt bytes in the flatbuffer tables: each file either parses into consistent weights or fails
+    with a one-line FormatError (UnsupportedError for an unknown tensor type) that names the file. Both
+    the adapter's own checks and the wrapping of flatbuffers' exceptions must be reached."""
     data = tfl_fp16.read_bytes()
-    rng = np.random.default_rng(0)
     p = tmp_path / "x.tflite"
-    for _ in range(60):
+    p.write_bytes(data)
+    with TfliteModel(p) as clean:
+        assert clean.weights
+        _assert_consistent(clean, len(data))
+    rng = np.random.default_rng(0)
+    outcomes: Counter[str] = Counter()
+    for _ in range(200):
         b = bytearray(data)
         for pos in rng.integers(0, 4096, 4):  # the tables sit near the start
             b[pos] = int(rng.integers(0, 256))
         p.write_bytes(bytes(b))
         try:
-            TfliteModel(p)
-        except QpackError:
-            pass
+            with TfliteModel(p) as m:
+                _assert_consistent(m, len(b))
+            outcomes["parsed"] += 1
+        except (FormatError, UnsupportedError) as e:
+            message = str(e)
+            assert message.startswith(f"{p}: ") and "\n" not in message, message
+            wrapped = e.__cause__ is not None and not isinstance(e.__cause__, QpackError)
+            outcomes["wrapped" if wrapped else "checked"] += 1
+    assert outcomes["parsed"] and outcomes["checked"] and outcomes["wrapped"], outcomes
 
 
 def test_deterministic_and_records_format(tfl_fp32: Path, tmp_path: Path):
