@@ -170,9 +170,37 @@ def quantize_weight(w: Weight, scheme: str, bits: int, grouping: Grouping | int 
     return get_quantizer(scheme).quantize(x, bits, grouping, clip)
 
 
-def restore(qpk: Path, out: Path) -> list[Path]:
+class _Ahead:
+    """Loaders that decode the next few tensors in worker threads while the adapter writes the current one.
+
+    Adapters ask for tensors in graph order, which is the container's entry order; a tensor asked
+    for out of that order is simply decoded then.
+    """
+
+    def __init__(self, q: QpkReader, pool: ThreadPoolExecutor, ahead: int) -> None:
+        self.q, self.pool, self.ahead = q, pool, ahead
+        self.order = [e.key for e in q.entries]
+        self.entries = {e.key: e for e in q.entries}
+        self.index = {k: i for i, k in enumerate(self.order)}
+        self.running: dict[str, Future[np.ndarray]] = {}
+
+    def load(self, key: str) -> np.ndarray:
+        i = self.index[key]
+        for k in self.order[i : i + self.ahead + 1]:
+            if k not in self.running:
+                self.running[k] = self.pool.submit(self.q.dequantize, self.entries[k])
+        for k in [k for k in self.running if self.index[k] < i]:  # skipped: never asked for in order
+            self.running.pop(k).cancel()
+        return self.running.pop(key).result()
+
+    def loaders(self) -> dict[str, Callable[[], np.ndarray]]:
+        return {k: partial(self.load, k) for k in self.order}
+
+
+def restore(qpk: Path, out: Path, workers: int | None = None) -> list[Path]:
     """Rebuild a runnable float model from a container, tensor by tensor; returns the files written."""
     from formats.registry import restore_model
 
-    with QpkReader(qpk) as q:
-        return restore_model(q.format, q.graph(), {e.key: partial(q.dequantize, e) for e in q.entries}, out)
+    workers = workers or default_workers()
+    with QpkReader(qpk) as q, ThreadPoolExecutor(workers) as pool:
+        return restore_model(q.format, q.graph(), _Ahead(q, pool, workers).loaders(), out)

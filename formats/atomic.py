@@ -100,10 +100,11 @@ def atomic_output(path: Path) -> Iterator[BinaryIO]:
     track(tmp)
     try:
         try:
+            # No fsync: the rename makes the output all-or-nothing for a failed, stopped or killed
+            # run; surviving a power cut as well would cost a full flush to disk on every write,
+            # which compilers and model savers do not pay either.
             with os.fdopen(fd, "wb") as f:
                 yield f
-                f.flush()
-                os.fsync(f.fileno())
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except OSError as e:

@@ -13,7 +13,7 @@ from converter.quant.base import Params, Quantizer
 from formats.errors import FormatError
 from formats.qpk import Grouping, pack
 
-CHUNK_ELEMENTS = 1 << 20
+CHUNK_ELEMENTS = 1 << 18  # 1 MiB of float32: temporaries per worker stay a few MiB
 
 
 @dataclass
