@@ -28,7 +28,7 @@ from converter.quant.stream import Quantized, check_finite, quantize_stream
 from formats.model import SourceModel, Weight
 from formats.qpk import RAW, ZSTD, BlobKind, Codec, Grouping, QpkReader, QpkWriter, TensorEntry, encode
 from formats.qpk import meta as qpk_meta
-from formats.qpk.spec import VERSION_MINOR, VERSION_MINOR_BLOCKS
+from formats.qpk.spec import DTYPE_SIZES, VERSION_MINOR, VERSION_MINOR_BLOCKS
 
 
 def default_workers() -> int:
@@ -152,7 +152,7 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
             if progress:
                 progress(i + 1, len(chosen))
         skeleton = model.skeleton({e.key for e in entries})
-        graph = writer.add(skeleton, BlobKind.GRAPH, ZSTD)
+        graph = writer.add(skeleton, BlobKind.GRAPH, ZSTD, zeroed_bytes(entries))
         meta = qpk_meta.build(__version__, model.format, {"name": model.path.name, "bytes": model.file_bytes},
                               policy.options(codec.name), graph, hashlib.sha256(skeleton).hexdigest(), entries, kept)
         del skeleton
@@ -160,6 +160,11 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
         result.graph_bytes = writer.blob(graph).length
         result.size = writer.write(out, meta, minor)
     return result
+
+
+def zeroed_bytes(entries: list[TensorEntry]) -> int:
+    """The quantized tensors' bytes in their own dtype: what a graph blob may hold as zeros."""
+    return sum(e.count * DTYPE_SIZES[e.dtype] for e in entries)
 
 
 def quantize_weight(w: Weight, scheme: str, bits: int, grouping: Grouping | int | None,

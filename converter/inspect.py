@@ -18,7 +18,6 @@ def describe(path: Path, verify: bool = True) -> dict[str, Any]:
     with QpkReader(path) as q:
         if verify:
             q.verify()
-            q.graph()
         blobs = q.blobs
         tensors = []
         for e in q.entries:

@@ -124,18 +124,42 @@ def test_not_a_qpk(tmp_path: Path):
 
 
 def test_decompression_stops_at_promised_length(tmp_path: Path):
-    """A graph blob that inflates past its recorded raw_length (a zip bomb) is refused, not inflated."""
-    from dataclasses import replace
+    """A graph blob that inflates past its recorded raw_length is refused after raw_length + 1 bytes."""
+    import zstandard
 
     from formats.qpk import ZSTD, BlobKind, QpkWriter
 
+    frame = zstandard.ZstdCompressor(level=3).compress(bytes(50_000_000))
     with QpkWriter(tmp_path) as w:
-        i = w.add(bytes(50_000_000), BlobKind.GRAPH, ZSTD)
-        w._blobs[i] = replace(w._blobs[i], raw_length=1000)  # the metadata lies about the size
-        path = tmp_path / "bomb.qpk"
+        i = w.add_encoded(BlobKind.GRAPH, ZSTD.id, frame, 1000)  # the metadata lies about the size
+        path = tmp_path / "lie.qpk"
         w.write(path, {"format": "onnx", "graph": i, "tensors": [], "kept": []})
-    with QpkReader(path) as c, pytest.raises(FormatError, match="expected 1000"):
+    with QpkReader(path) as c, pytest.raises(FormatError, match="1001\\+ bytes, expected 1000"):
         c.blob_bytes(i, BlobKind.GRAPH)
+
+
+@pytest.mark.parametrize("kind", ["graph", "codes"])
+def test_decompression_bomb_refused_on_open(tmp_path: Path, sample: Path, kind: str):
+    """A small blob that claims gigabytes (4 GiB of zeros compress to ~130 kB) is refused before any decoding."""
+    from formats.qpk import ZSTD
+
+    good = tmp_path / "good.qpk"
+    convert(OnnxModel(sample), Policy("asym", 8), good)
+    def bomb(m):
+        if kind == "graph":
+            row = m["blobs"][m["graph"]]
+            row[1], row[4] = ZSTD.id, 4 << 30
+        else:  # a tensor whose shape implies 4 GiB of 8-bit codes, stored as a tiny frame
+            t = m["tensors"][0]
+            t["shape"] = [1 << 16, 1 << 16]
+            row = m["blobs"][t["codes"]]
+            row[1], row[4] = ZSTD.id, 1 << 32
+
+    data = _rewrite_meta(good.read_bytes(), bomb)
+    bad = tmp_path / "bomb.qpk"
+    bad.write_bytes(data)
+    with pytest.raises(FormatError, match="decompression bomb"):
+        QpkReader(bad)
 
 
 def _rewrite_meta(data: bytes, edit) -> bytes:

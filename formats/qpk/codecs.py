@@ -6,6 +6,7 @@ never produces more than the `raw_length` the blob table promises, whatever the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,7 +31,7 @@ class Codec(Protocol):
 
     def encode(self, raw: memoryview, kind: BlobKind) -> bytes | memoryview: ...
 
-    def decode(self, stored: memoryview, raw_length: int) -> bytes | memoryview:
+    def decode(self, stored: memoryview, raw_length: int) -> bytes | bytearray | memoryview:
         """Exactly raw_length bytes, or FormatError; never allocates more than raw_length + one chunk."""
         ...
 
@@ -60,22 +61,34 @@ class Zstd:
         level = GRAPH_ZSTD_LEVEL if kind == BlobKind.GRAPH else CODES_ZSTD_LEVEL
         return zstandard.ZstdCompressor(level=level, write_checksum=False).compress(raw)
 
-    def decode(self, stored: memoryview, raw_length: int) -> bytes:
-        # Streamed in chunks: a frame header may claim any size, so memory follows the bytes that
-        # really come out, and stops one byte past what the metadata promised.
-        out = bytearray()
+    def chunks(self, stored: memoryview, raw_length: int) -> Iterator[bytes]:
+        """The decoded bytes a chunk at a time, exactly raw_length of them in all, or FormatError.
+
+        A frame header may claim any size, so memory follows the bytes that really come out, and
+        decoding stops one byte past what the metadata promised.
+        """
+        done = 0
         try:
             with zstandard.ZstdDecompressor().stream_reader(stored, read_across_frames=False) as reader:
-                while len(out) <= raw_length:
-                    chunk = reader.read(min(_CHUNK, raw_length + 1 - len(out)))
+                while done <= raw_length:
+                    chunk = reader.read(min(_CHUNK, raw_length + 1 - done))
                     if not chunk:
                         break
-                    out += chunk
+                    done += len(chunk)
+                    if done <= raw_length:
+                        yield chunk
         except zstandard.ZstdError as e:
             raise FormatError(f"does not decompress ({e})") from e
-        if len(out) != raw_length:
-            raise FormatError(f"decompresses to {len(out)}{'+' if len(out) > raw_length else ''} bytes, expected {raw_length}")
-        return bytes(out)
+        if done != raw_length:
+            raise FormatError(f"decompresses to {done}{'+' if done > raw_length else ''} bytes, expected {raw_length}")
+
+    def decode(self, stored: memoryview, raw_length: int) -> bytearray:
+        out = bytearray(raw_length)  # the promised length, which the reader has bounded
+        pos = 0
+        for chunk in self.chunks(stored, raw_length):
+            out[pos : pos + len(chunk)] = chunk
+            pos += len(chunk)
+        return out
 
 
 CODECS: dict[int, Codec] = {}

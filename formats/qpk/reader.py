@@ -22,15 +22,18 @@ from formats.qpk.meta import TensorEntry, check_format, informative, is_int, par
 from formats.qpk.schemes import SCHEMES
 from formats.qpk.spec import (
     ALIGNMENT,
+    DTYPE_SIZES,
     HEADER,
     HEADER_BODY,
     HEADER_SIZE,
     MAGIC,
+    MAX_GRAPH_BYTES,
     MAX_META_LENGTH,
     MAX_TENSORS,
     VERSION_MAJOR,
     BlobKind,
     align,
+    expansion_limit,
 )
 from formats.qpk.writer import Blob
 
@@ -101,6 +104,7 @@ class QpkReader:
         _check(is_int(graph) and 0 <= graph < len(self.blobs) and self.blobs[graph].kind == BlobKind.GRAPH,
                f"{where}: metadata has no valid graph blob index")
         self.graph_index: int = graph
+        self._check_expansion(where)
         self.kept = parse_kept(meta.get("kept"))
         self.info = informative(meta)
 
@@ -133,6 +137,17 @@ class QpkReader:
         for start, end in gaps:
             _check(self._map[start:end].count(0) == end - start, f"{where}: non-zero padding at offset {start} (corrupt file)")
 
+    def _check_expansion(self, where: str) -> None:
+        """Every encoded blob within the format's decompression budget (no bombs), before any decoding."""
+        zeroed = sum(e.count * DTYPE_SIZES[e.dtype] for e in self.entries)
+        for i, b in enumerate(self.blobs):
+            if b.codec == RAW.id:
+                continue
+            limit = min(expansion_limit(b.length, zeroed), MAX_GRAPH_BYTES) if i == self.graph_index else expansion_limit(b.length)
+            if b.raw_length > limit:
+                raise FormatError(f"{where}: blob {i} claims {b.raw_length:,} bytes from {b.length:,} stored, "
+                                  f"over the format's limit of {limit:,} (a decompression bomb?)")
+
     def _check_entry(self, e: TensorEntry, where: str) -> None:
         """Blob indices exist and hold the right kind; lengths are exactly what shape, grouping and width imply."""
         # runs once per entry of files with up to MAX_TENSORS entries: messages are built only on failure
@@ -161,7 +176,7 @@ class QpkReader:
         _check(hashlib.sha256(view).digest() == blob.sha256, f"{self.path}: blob {index} checksum mismatch (corrupt payload)")
         return view
 
-    def blob_bytes(self, index: int, kind: BlobKind) -> bytes | memoryview:
+    def blob_bytes(self, index: int, kind: BlobKind) -> bytes | bytearray | memoryview:
         """A blob decoded to exactly its raw_length: raw blobs as mmap views, others decoded within that bound."""
         view = self.blob_view(index, kind)
         blob = self.blobs[index]
@@ -188,9 +203,20 @@ class QpkReader:
         return data
 
     def verify(self) -> None:
-        """Check every blob's checksum (opening checks the header, metadata and layout only)."""
+        """Check every blob's checksum, and the decoded graph's, a chunk at a time (no blob is held whole)."""
         for i, blob in enumerate(self.blobs):
             self.blob_view(i, blob.kind)
+        blob = self.blobs[self.graph_index]
+        view = self.blob_view(self.graph_index, BlobKind.GRAPH)
+        codec = CODECS[blob.codec]
+        h = hashlib.sha256()
+        chunks = getattr(codec, "chunks", None)
+        try:
+            for chunk in chunks(view, blob.raw_length) if chunks else [codec.decode(view, blob.raw_length)]:
+                h.update(chunk)
+        except FormatError as e:
+            raise FormatError(f"{self.path}: blob {self.graph_index} {e}") from None
+        _check(self.meta.get("graph_sha256") == h.hexdigest(), f"{self.path}: graph checksum mismatch")
 
     def close(self) -> None:
         m = getattr(self, "_map", None)

@@ -31,10 +31,23 @@ MAX_DIM = 2**40
 MAX_ELEMENTS = 2**48
 MAX_NAME_LENGTH = 65_536
 
+# Decompression budgets: how far a stored blob may expand, derived from the file itself, so a small
+# hostile file cannot make a reader allocate gigabytes. Writers store a blob raw rather than exceed them.
+MAX_EXPANSION = 64  # raw_length <= 64 x stored length + EXPANSION_SLACK
+EXPANSION_SLACK = 4096
+MAX_GRAPH_BYTES = 1 << 34  # a graph blob, whatever its allowance (16 GiB)
+
 MIN_BITS, MAX_BITS = 1, 8  # code widths any scheme may use; each scheme narrows its own range
 
 SOURCE_FORMATS = ("onnx", "tflite")  # how the graph blob is read
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")  # dtypes a quantized tensor is restored to
+DTYPE_SIZES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+
+def expansion_limit(stored_length: int, allowance: int = 0) -> int:
+    """The most bytes a blob of `stored_length` may decode to; a graph blob's allowance is the bytes
+    of the quantized tensors it holds as zeros (a TFLite graph keeps their buffers in place)."""
+    return MAX_EXPANSION * stored_length + EXPANSION_SLACK + allowance
 
 # Fixed zstd levels: a level is part of the byte-identical-output promise. Level 3 brings n-bit
 # code streams within about 1% of their order-0 entropy at ~180 MB/s; higher levels gain little.

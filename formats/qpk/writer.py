@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from formats.atomic import atomic_output
 from formats.qpk.codecs import CODECS, RAW, Codec
-from formats.qpk.spec import HEADER, HEADER_BODY, HEADER_SIZE, MAGIC, VERSION_MAJOR, BlobKind, align
+from formats.qpk.spec import HEADER, HEADER_BODY, HEADER_SIZE, MAGIC, VERSION_MAJOR, BlobKind, align, expansion_limit
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,10 @@ def as_bytes(data: bytes | bytearray | memoryview | NDArray) -> memoryview:
     return memoryview(data).cast("B")
 
 
-def encode(data: bytes | bytearray | memoryview | NDArray, kind: BlobKind, codec: Codec = RAW) -> tuple[int, memoryview, int]:
-    """(codec id, stored bytes, raw length) of a blob; a codec that does not shrink it gives way to raw.
+def encode(data: bytes | bytearray | memoryview | NDArray, kind: BlobKind, codec: Codec = RAW,
+           allowance: int = 0) -> tuple[int, memoryview, int]:
+    """(codec id, stored bytes, raw length) of a blob; a codec that does not shrink it, or that
+    shrinks it past the format's expansion limit (see spec.expansion_limit), gives way to raw.
 
     Pure and thread-safe, so blobs can be encoded in parallel and added in order.
     """
@@ -54,7 +56,7 @@ def encode(data: bytes | bytearray | memoryview | NDArray, kind: BlobKind, codec
     if codec.id == RAW.id:
         return RAW.id, raw, raw.nbytes
     stored = memoryview(codec.encode(raw, kind)).cast("B")
-    if stored.nbytes < raw.nbytes:
+    if stored.nbytes < raw.nbytes <= expansion_limit(stored.nbytes, allowance):
         return codec.id, stored, raw.nbytes
     return RAW.id, raw, raw.nbytes
 
@@ -68,9 +70,9 @@ class QpkWriter:
         self._blobs: list[Blob] = []
         self._end = 0
 
-    def add(self, data: bytes | bytearray | memoryview | NDArray, kind: BlobKind, codec: Codec = RAW) -> int:
+    def add(self, data: bytes | bytearray | memoryview | NDArray, kind: BlobKind, codec: Codec = RAW, allowance: int = 0) -> int:
         """Encode and append a blob; returns its index."""
-        return self.add_encoded(kind, *encode(data, kind, codec))
+        return self.add_encoded(kind, *encode(data, kind, codec, allowance))
 
     def add_encoded(self, kind: BlobKind, codec: int, stored: memoryview | bytes, raw_length: int) -> int:
         """Append a blob already encoded with encode(); returns its index."""
