@@ -45,3 +45,9 @@ def export(qpk: Path, to: str, out: Path) -> tuple[list[Path], list[str]]:
             raise OptionError(f"{qpk}: holds a {q.format} model; --to {to} exports {' or '.join(target.formats)} models")
         fn: Exporter = getattr(importlib.import_module(target.module), target.function)
         return fn(q, Path(out), notes), notes
+
+
+register_target(Target("onnx-qdq", "converter.export.onnx_qdq", "export_onnx_qdq", ("onnx",),
+                       "ONNX with integer weights behind DequantizeLinear (INT2..INT32 as the codes need)"))
+register_target(Target("onnx-matmulnbits", "converter.export.onnx_matmulnbits", "export_onnx_matmulnbits", ("onnx",),
+                       "ONNX with MatMul/Gemm weights as com.microsoft.MatMulNBits (2/4/8 bits), the rest as onnx-qdq"))
