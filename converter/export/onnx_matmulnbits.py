@@ -240,15 +240,18 @@ def export_onnx_matmulnbits(reader: QpkReader, out: Path, notes: list[str]) -> l
     edits.apply()
     widened = sum(1 for m in mnb if m.bits != m.entry.bits)
     rounded = sum(1 for m in mnb if m.rounded_scales)
-    notes.insert(0, f"{len(mnb)} MatMul weight{'s' if len(mnb) != 1 else ''} as MatMulNBits, "
-                    f"{sum(1 for q in qdq if q.qtype)} other tensors behind DequantizeLinear")
+    others = sum(1 for q in qdq if q.qtype)
+    notes.insert(0, f"{_count(len(mnb), 'MatMul weight')} as MatMulNBits, {_count(others, 'other tensor')} behind DequantizeLinear")
     if widened:
-        notes.append(f"{widened} MatMul weight{'s' if widened > 1 else ''} widened to the next MatMulNBits width (2, 4 or 8 bits)")
+        notes.append(f"{_count(widened, 'MatMul weight')} widened to the next MatMulNBits width (2, 4 or 8 bits)")
     if rounded:
-        notes.append(f"{rounded} MatMul weight{'s' if rounded > 1 else ''}: scales rounded to float16 "
-                     "(MatMulNBits takes them in the activation type)")
+        notes.append(f"{_count(rounded, 'MatMul weight')}: scales rounded to float16 (MatMulNBits takes them in the activation type)")
     notes.extend(onnx_qdq.notes_for(qdq))
     return onnx_qdq.finish(model, {MS_DOMAIN: 1} if mnb else {}, out)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _ort_version() -> str:
