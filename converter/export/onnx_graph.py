@@ -8,6 +8,7 @@ all this module assumes about how the container was made.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,7 +179,16 @@ def raw_tensor(name: str, data_type: int, dims: tuple[int, ...] | list[int], raw
     return t
 
 
-def raise_opset(model: ModelProto, wanted: int, by_key: dict[str, Site]) -> dict[str, Site]:
+def _removed_op(model: ModelProto, opset: int) -> str | None:
+    """A default-domain op of the model that opset `opset` no longer has, if any."""
+    for _, g in walk_graphs(model.graph):
+        for n in g.node:
+            if n.domain in DEFAULT_DOMAINS and not onnx.defs.has(n.op_type, opset, ""):
+                return n.op_type
+    return None
+
+
+def raise_opset(model: ModelProto, wanted: int, by_key: dict[str, Site], why: str = "") -> dict[str, Site]:
     """Move the model to default-domain opset `wanted` if it is below; returns the sites found again.
 
     onnx's version converter adapts ops whose meaning changed (Squeeze axes, Softmax coercion, ...).
@@ -186,14 +196,19 @@ def raise_opset(model: ModelProto, wanted: int, by_key: dict[str, Site]) -> dict
     temporary tag in their (meaningless) tensor name, initializers by their own unique name.
 
     Raises:
-        UnsupportedError: the converter cannot move an op, or initializer names are not unique.
+        UnsupportedError: an op has no form at `wanted` or the converter cannot move it, or
+            initializer names are not unique.
     """
     current = default_opset(model)
     if current >= wanted:
         return by_key
+    move = f"cannot move the model from opset {current} to {wanted}" + (f" ({why})" if why else "")
+    removed = _removed_op(model, wanted)
+    if removed:
+        raise UnsupportedError(f"{move}: opset {wanted} has no {removed}")
     init_names = [s.tensor.name for s in sites(model).values() if s.node is None]
     if len(set(init_names)) != len(init_names):
-        raise UnsupportedError(f"the model needs opset {wanted} (it has {current}) but repeats initializer names across subgraphs")
+        raise UnsupportedError(f"{move}: initializer names repeat across subgraphs")
     tags: dict[str, str] = {}
     originals: dict[str, str] = {}
     for i, (key, site) in enumerate(by_key.items()):
@@ -206,8 +221,9 @@ def raise_opset(model: ModelProto, wanted: int, by_key: dict[str, Site]) -> dict
             tags[site.tensor.name] = key
     try:
         converted = onnx.version_converter.convert_version(model, wanted)
-    except Exception as e:  # the converter raises RuntimeError or its own types
-        raise UnsupportedError(f"cannot move the model from opset {current} to {wanted}: {str(e).splitlines()[0]}") from e
+    except Exception as e:  # the converter raises RuntimeError or its own types, led by a source path
+        detail = re.sub(r"^\S+:\d+: ", "", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise UnsupportedError(f"{move}: onnx's version converter failed ({detail})") from e
     model.CopyFrom(converted)
     relocated: dict[str, Site] = {}
     for site in sites(model).values():

@@ -40,6 +40,7 @@ from converter.export.onnx_graph import (
     raise_opset,
     raw_tensor,
     sites,
+    walk_graphs,
 )
 from formats.errors import UnsupportedError
 from formats.qpk import QpkReader, TensorEntry, pack
@@ -100,6 +101,8 @@ def orientation(model: ModelProto, value: str, shape: tuple[int, ...], values: d
     found = consumers(model, value)
     if not found:
         return "no MatMul reads it"
+    if any(value == o.name for _, g in walk_graphs(model.graph) for o in g.output):
+        return "a graph output"  # MatMulNBits leaves no float tensor to output
     axes = set()
     for node in found:
         ins = list(node.input)
@@ -231,7 +234,8 @@ def export_onnx_matmulnbits(reader: QpkReader, out: Path, notes: list[str]) -> l
         qdq.append(onnx_qdq.plan(reader, e))
         if e.role == "matrix":
             notes.append(f"tensor '{e.name}': {p}; through DequantizeLinear")
-    at = raise_opset(model, max((p.opset for p in qdq), default=1), {e.key: at[e.key] for e in entries})
+    opset, why = onnx_qdq.requirement(qdq)
+    at = raise_opset(model, opset, {e.key: at[e.key] for e in entries}, why)
     edits, names = Edits(), Names(model)
     for m in mnb:
         apply(model, m, at[m.entry.key], edits, names)

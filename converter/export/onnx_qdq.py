@@ -98,19 +98,23 @@ class QdqPlan:
     cast_to: int | None  # the weight's type when it differs from the scale's
     reason: str = ""
 
-    @property
-    def opset(self) -> int:
+    def requirement(self) -> tuple[int, str]:
+        """The first default-domain opset that has what this tensor's nodes use, and what that is."""
         if self.qtype is None or self.form is None:
-            return 1
+            return 1, ""
         g = self.form.grouping
-        need = self.qtype.opset
+        needs = [(self.qtype.opset, f"{self.qtype.name} weights")]
         if g.axis is not None:
-            need = max(need, _OPSET_BLOCKS if g.block else _OPSET_AXIS)
+            needs.append((_OPSET_BLOCKS, "blocked scales") if g.block else (_OPSET_AXIS, "per-channel scales"))
         if self.scale_type == TensorProto.FLOAT16:
-            need = max(need, _OPSET_FP16_SCALE)
+            needs.append((_OPSET_FP16_SCALE, "float16 scales"))
         if self.cast_to == TensorProto.BFLOAT16:
-            need = max(need, _OPSET_BF16_CAST)
-        return need
+            needs.append((_OPSET_BF16_CAST, "bfloat16 casts"))
+        return max(needs)
+
+
+def requirement(plans: list[QdqPlan]) -> tuple[int, str]:
+    return max((p.requirement() for p in plans), default=(1, ""))
 
 
 def _fits_float16(scale: NDArray[np.float32]) -> bool:
@@ -211,7 +215,8 @@ def export_onnx_qdq(reader: QpkReader, out: Path, notes: list[str]) -> list[Path
     entries = reader.entries
     model, at = load_skeleton(reader, [e.key for e in entries])
     plans = [plan(reader, e) for e in entries]
-    at = raise_opset(model, max((p.opset for p in plans), default=1), {e.key: at[e.key] for e in entries})
+    opset, why = requirement(plans)
+    at = raise_opset(model, opset, {e.key: at[e.key] for e in entries}, why)
     edits, names = Edits(), Names(model)
     for p in plans:
         apply(p, at[p.entry.key], edits, names, reader)

@@ -319,7 +319,7 @@ def _export(reader: QpkReader, out: Path, notes: list[str], hybrid: bool) -> lis
 
 def _notes(choices: list[Choice]) -> list[str]:
     kinds = Counter(("hybrid kernels" if c.hybrid else "DEQUANTIZE", c.width) for c in choices)
-    out = [", ".join(f"{n} weight{'s' if n > 1 else ''} as int{w} for {how}" for (how, w), n in sorted(kinds.items()))]
+    out = [", ".join(f"{n} weight{'s' if n > 1 else ''} as int{w} for {how}" for (how, w), n in sorted(kinds.items()))] if kinds else []
     widened = Counter((c.entry.scheme, c.entry.bits, c.width) for c in choices if c.width != c.entry.bits)
     for (scheme, bits, width), n in sorted(widened.items()):
         out.append(f"{n} tensor{'s' if n > 1 else ''} of {bits}-bit {scheme} codes stored as int{width} (TFLite has int4 and int8)")
