@@ -18,6 +18,7 @@ which rounds exactly as `qpack unpack` does.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,10 +82,14 @@ def _int2_model() -> bytes:
     return model.SerializeToString()
 
 
+@functools.cache
+def _has_int2() -> bool:
+    return hasattr(TensorProto, "INT2") and onnx.defs.onnx_opset_version() >= 25 and ort_runs(_int2_model())
+
+
 def available(types: tuple[QType, ...]) -> tuple[QType, ...]:
     """The types this onnx and onnxruntime handle: INT2/UINT2 need onnx >= 1.20 and a runtime that runs them."""
-    has_int2 = hasattr(TensorProto, "INT2") and onnx.defs.onnx_opset_version() >= 25 and ort_runs(_int2_model())
-    return tuple(t for t in types if t.bits != 2 or has_int2)
+    return tuple(t for t in types if t.bits != 2 or _has_int2())
 
 
 @dataclass(frozen=True)
@@ -199,7 +204,7 @@ def notes_for(plans: list[QdqPlan]) -> list[str]:
         elif p.qtype.bits != p.entry.bits:
             widened[(p.entry.scheme, p.entry.bits, p.qtype.name)] += 1
     for (scheme, bits, name), n in sorted(widened.items()):
-        why = "no ONNX type has that width" if scheme != "pow2" else "the smallest that holds each group's powers of two"
+        why = "the narrowest ONNX integer type here" if scheme != "pow2" else "the smallest that holds each group's powers of two"
         out.insert(0, f"{n} tensor{'s' if n > 1 else ''} of {bits}-bit {scheme} codes stored as {name} ({why})")
     return out
 

@@ -5,7 +5,7 @@ LiteRT runs integer weights two ways, and each weight takes the one that stores 
 - hybrid (dynamic range): a float32 filter read only by CONV_2D, DEPTHWISE_CONV_2D or
   FULLY_CONNECTED becomes int8 (int4 for CONV_2D and FULLY_CONNECTED) with symmetric per-channel
   scales on the op's output-channel axis; the kernel computes with the integers and quantizes the
-  activations on the fly (about 1-2% output error of its own);
+  activations on the fly (about 1-3% output error of its own);
 - DEQUANTIZE: any other weight becomes int8/int4 with scales and zero points, read through a
   DEQUANTIZE op (float16 weights already are: only the op's input changes); the float kernels then
   see exactly the container's values.
@@ -103,14 +103,6 @@ def _centered(form: IntForm) -> IntForm:
     return IntForm(form.entry, q, form.scale, None)
 
 
-def _params(form: IntForm, axis: int | None, count: int) -> tuple[list[float], list[int]]:
-    """Scales and zero points per index of `axis` (a per-tensor pair repeated), or the one pair when axis is None."""
-    scale, zp = form.scale.tolist(), form.zero_points().tolist()
-    if axis is not None and form.grouping.axis is None:
-        return scale * count, zp * count
-    return scale, zp
-
-
 def _hybrid(e: TensorEntry, form: IntForm, uses: list[_Use]) -> Choice | None:
     """The hybrid-kernel form of a float32 filter, or None when a reader or the integers rule it out.
 
@@ -130,7 +122,7 @@ def _hybrid(e: TensorEntry, form: IntForm, uses: list[_Use]) -> Choice | None:
     if not sym.fits(-127, 127):
         return None
     int4 = sym.fits(-7, 7) and all(_HYBRID[op][1] for _, op, _ in readers)
-    scales, _ = _params(sym, axis, e.shape[axis])
+    scales = sym.scale.tolist() * (e.shape[axis] if form.grouping.axis is None else 1)
     return Choice(e, True, 4 if int4 else 8, sym.q, scales, [0] * len(scales), axis)
 
 
@@ -140,9 +132,8 @@ def _dequantize(e: TensorEntry, form: IntForm) -> Choice:
     for width in (4, 8):
         low, high = -(1 << (width - 1)), (1 << (width - 1)) - 1
         moved = form if form.zero_point is None else form.shifted(low)
-        if moved.fits(low, high):
-            scales, zps = _params(moved, None, 1)
-            return Choice(e, False, width, moved.q, scales, zps, axis if axis is not None else 0)
+        if moved.fits(low, high):  # one (scale, zero point) per channel, or one for the tensor
+            return Choice(e, False, width, moved.q, moved.scale.tolist(), moved.zero_points().tolist(), axis if axis is not None else 0)
     raise UnsupportedError(f"tensor '{e.name}': its integers {form.low}..{form.high} fit neither int8 nor int4")
 
 
