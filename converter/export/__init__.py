@@ -45,3 +45,13 @@ def export(qpk: Path, to: str, out: Path) -> tuple[list[Path], list[str]]:
             raise OptionError(f"{qpk}: holds a {q.format} model; --to {to} exports {' or '.join(target.formats)} models")
         fn: Exporter = getattr(importlib.import_module(target.module), target.function)
         return fn(q, Path(out), notes), notes
+
+
+register_target(Target("onnx-qdq", "converter.export.onnx_qdq", "export_onnx_qdq", ("onnx",),
+                       "ONNX with integer weights behind DequantizeLinear (INT2..INT32 as the codes need)"))
+register_target(Target("onnx-matmulnbits", "converter.export.onnx_matmulnbits", "export_onnx_matmulnbits", ("onnx",),
+                       "ONNX with MatMul/Gemm weights as com.microsoft.MatMulNBits (2/4/8 bits), the rest as onnx-qdq"))
+register_target(Target("tflite", "converter.export.tflite_int", "export_tflite", ("tflite",),
+                       "TFLite with int8/int4 weights: hybrid kernels where they apply, DEQUANTIZE elsewhere"))
+register_target(Target("tflite-dequantize", "converter.export.tflite_int", "export_tflite_dequantize", ("tflite",),
+                       "TFLite with int8/int4 weights, all through DEQUANTIZE (float kernels, the container's exact values)"))

