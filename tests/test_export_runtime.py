@@ -395,7 +395,7 @@ def test_cli_export(sample: Path, tmp_path: Path):
 @pytest.mark.parametrize("source,target,message", [
     ("tflite", "onnx-qdq", "holds a tflite model; --to onnx-qdq takes containers of onnx models"),
     ("tflite", "onnx-matmulnbits", "holds a tflite model"),
-    ("onnx", "tflite", "holds a onnx model; --to tflite takes containers of tflite"),
+    ("onnx", "tflite", "holds an onnx model; --to tflite takes containers of tflite"),
     ("onnx", "tensorrt", "unknown export target 'tensorrt'"),
 ])
 def test_cli_wrong_pairing(sample: Path, tfl_fp16: Path, tmp_path: Path, source: str, target: str, message: str):

@@ -42,7 +42,8 @@ def export(qpk: Path, to: str, out: Path) -> tuple[list[Path], list[str]]:
     notes: list[str] = []
     with QpkReader(qpk) as q:
         if q.format not in target.formats:
-            raise OptionError(f"{qpk}: holds a {q.format} model; --to {to} takes containers of {' or '.join(target.formats)} models")
+            article = "an" if q.format[0] in "aeiou" else "a"
+            raise OptionError(f"{qpk}: holds {article} {q.format} model; --to {to} takes containers of {' or '.join(target.formats)} models")
         fn: Exporter = getattr(importlib.import_module(target.module), target.function)
         return fn(q, Path(out), notes), notes
 
