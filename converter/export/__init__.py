@@ -43,7 +43,8 @@ def export(qpk: Path, to: str, out: Path) -> tuple[list[Path], list[str]]:
     with QpkReader(qpk) as q:
         if q.format not in target.formats:
             article = "an" if q.format[0] in "aeiou" else "a"
-            raise OptionError(f"{qpk}: holds {article} {q.format} model; --to {to} takes containers of {' or '.join(target.formats)} models")
+            takes = " or ".join(target.formats)
+            raise OptionError(f"{qpk}: holds {article} {q.format} model; --to {to} takes containers of {takes} models")
         fn: Exporter = getattr(importlib.import_module(target.module), target.function)
         return fn(q, Path(out), notes), notes
 
