@@ -12,6 +12,10 @@ def _n(v: Any) -> str:
     return f"{v:,}" if isinstance(v, int) else ("-" if v is None else str(v))
 
 
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
 def size_table(report: dict[str, Any], console: Console, tensors: bool = False) -> None:
     """Print the size comparison: float baseline and .qpk, raw and through each compressor."""
     s = report["sizes"]
@@ -32,7 +36,8 @@ def size_table(report: dict[str, Any], console: Console, tensors: bool = False) 
     t.add_row("  entropy limit of codes", _n(s["entropy_limit_bytes"]), *("" for _ in comp))
     console.print(t)
     console.print(
-        f"quantized {s['quantized_params']:,} params, kept {s['float_params_kept']:,} in float; "
+        f"quantized {s['quantized_params']:,} params ({_pct(s.get('quantized_share'))} of the float ones), "
+        f"kept {s['float_params_kept']:,} in float; "
         f"{_n(s['bits_per_weight'])} bits/weight with scales, code entropy {_n(s['entropy_bits_per_weight'])} bits; "
         f"{_n(s['ratio_vs_original'])}x smaller than the original"
     )
@@ -71,8 +76,10 @@ def report_table(rep: dict[str, Any], console: Console) -> None:
                   f"{r['bit_efficiency']:.3f}", "-" if not window else f"2^{window[0]}..2^{window[1]}")
     console.print(t)
     tot, s = rep["totals"], rep["sizes"]
+    share = s.get("quantized_share")
     console.print(
-        f"{_n(tot.get('params'))} quantized params; {_n(s.get('qpk_bytes'))} bytes .qpk; {_n(s.get('bits_per_weight'))} bits/weight "
+        f"{_n(tot.get('params'))} quantized params{f' ({_pct(share)} of the float ones)' if share is not None else ''}; "
+        f"{_n(s.get('qpk_bytes'))} bytes .qpk; {_n(s.get('bits_per_weight'))} bits/weight "
         f"with scales; entropy {_n(tot.get('entropy'))} bits; average bit-levels {_n(tot.get('bit_levels'))}; "
         f"bit efficiency {_n(tot.get('bit_efficiency'))}; weight SQNR {_n(tot.get('sqnr_db'))} dB"
     )

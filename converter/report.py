@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from converter.sizes import size_report
 from formats.errors import OptionError
 from formats.model import SourceModel
 from formats.qpk import RAW, Codec
+from formats.qpk.spec import FLOAT_DTYPES
 
 HISTOGRAM_WIDTHS = (8, 6, 4, 3, 2)
 
@@ -39,9 +41,16 @@ def report_qpk(qpk: Path, source: SourceModel | None, compressors: tuple[str, ..
     rep["source"] = str(qpk)
     stored = sum(r["stored_bytes"] for r in rep["tensors"])
     n = rep["totals"]["params"]
+    kept = sum(math.prod(k["shape"]) for k in rep["kept"] if k.get("dtype") in FLOAT_DTYPES and _dims(k.get("shape")))
     rep["sizes"] = {"qpk_bytes": rep["qpk_bytes"], "graph_bytes": rep["graph_bytes"], "stored_code_and_param_bytes": stored,
-                    "bits_per_weight": round(stored * 8 / n, 4) if n else None}
+                    "bits_per_weight": round(stored * 8 / n, 4) if n else None,
+                    "quantized_share": round(n / (n + kept), 4) if n + kept else None}
     return rep
+
+
+def _dims(v: Any) -> bool:
+    """A kept tensor's shape as the container records it (informative, so checked before use)."""
+    return isinstance(v, list) and len(v) <= 16 and all(type(d) is int and 0 <= d < 2**40 for d in v)
 
 
 def report_path(path: Path, policy: Policy, codec: Codec, compress: str,

@@ -37,6 +37,7 @@ def size_report(model: SourceModel, result: ConvertResult, compressors: tuple[st
             "float32_weight_bytes": 4 * (quantized + kept_float),
             "quantized_params": quantized,
             "float_params_kept": kept_float,
+            "quantized_share": round(quantized / (quantized + kept_float), 4) if quantized + kept_float else None,
             "packed_code_bytes": packed,
             "stored_code_bytes": stored,
             "param_bytes": params,

@@ -34,7 +34,8 @@ class Weight:
     """One constant tensor of a source model.
 
     `key` locates the tensor in the model (unique); `name` is what the model calls it. `axis` is
-    the output-channel axis when the consumer has one, which is where per-channel scales go.
+    the output-channel axis when the consumer has one, which is where per-channel scales go;
+    `reduction` the axis the consumer accumulates over, along which blocks of weights share scales.
     The values are read from the model's file on each access of `array`, into a fresh array, so
     that an adapter holds no copy of a large model: read it once into a local.
     """
@@ -49,6 +50,7 @@ class Weight:
     note: str = ""
     nbytes: int = 0
     load: Callable[[], NDArray] = field(default=lambda: np.zeros(0), repr=False, compare=False)
+    reduction: int | None = None  # the axis the consumer sums over (input features), where blocks of weights go
 
     @property
     def array(self) -> NDArray:

@@ -10,6 +10,7 @@ import io
 import math
 import mmap
 import os
+import re
 import sys
 import threading
 from collections import defaultdict
@@ -25,7 +26,7 @@ from google.protobuf.message import DecodeError
 from numpy.typing import NDArray
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, numpy_helper
 
-from formats import onnx_wire
+from formats import onnx_layout, onnx_wire
 from formats.atomic import atomic_output
 from formats.errors import FormatError, QpackError, UnsupportedError
 from formats.files import open_raw
@@ -56,30 +57,33 @@ _PACKED_DTYPES: dict[tuple[int, int], str] = {
 }
 
 
-def _role_of(op: str, index: int, node: onnx.NodeProto, ndim: int) -> tuple[Role, int | None]:
-    """The role of input `index` of `node` and the output-channel axis it implies."""
+RoleAxes = tuple[Role, int | None, int | None]  # role, output-channel axis, reduction axis
+
+
+def _role_of(op: str, index: int, node: onnx.NodeProto, ndim: int) -> RoleAxes:
+    """The role of input `index` of `node`, with the output-channel and reduction axes it implies."""
     if op in ("Conv", "ConvTranspose"):
-        if index == 1:
-            return Role.KERNEL, (0 if op == "Conv" else 1)
-        return (Role.BIAS, 0) if index == 2 else (Role.OTHER, None)
+        if index == 1:  # Conv [O, I, k...]; ConvTranspose [I, O, k...]
+            return (Role.KERNEL, 0, 1) if op == "Conv" else (Role.KERNEL, 1, 0)
+        return (Role.BIAS, 0, None) if index == 2 else (Role.OTHER, None, None)
     if op == "Gemm":
         if index == 1:
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            return Role.MATRIX, (0 if trans_b else 1)
-        return (Role.BIAS, None) if index == 2 else (Role.MATRIX, None)
+            return (Role.MATRIX, 0, 1) if trans_b else (Role.MATRIX, 1, 0)
+        return (Role.BIAS, None, None) if index == 2 else (Role.MATRIX, None, None)
     if op == "MatMul":
-        return (Role.MATRIX, ndim - 1) if index == 1 and ndim >= 2 else (Role.MATRIX, None)
+        return (Role.MATRIX, ndim - 1, ndim - 2) if index == 1 and ndim >= 2 else (Role.MATRIX, None, None)
     if op in ("LSTM", "GRU", "RNN"):
-        if index in (1, 2):
-            return Role.RECURRENT, 1
-        return (Role.BIAS, None) if index == 3 else (Role.OTHER, None)
+        if index in (1, 2):  # [directions, gates x hidden, inputs]
+            return Role.RECURRENT, 1, 2
+        return (Role.BIAS, None, None) if index == 3 else (Role.OTHER, None, None)
     if op == "Gather" and index == 0:
-        return Role.EMBEDDING, 0 if ndim >= 2 else None
+        return (Role.EMBEDDING, 0, 1) if ndim >= 2 else (Role.EMBEDDING, None, None)
     if op in ("BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization"):
-        return (Role.NORM, None) if index >= 1 else (Role.OTHER, None)
+        return (Role.NORM, None, None) if index >= 1 else (Role.OTHER, None, None)
     if op in _QUANT_CONSUMERS:
-        return Role.QUANTIZED, None
-    return Role.OTHER, None
+        return Role.QUANTIZED, None, None
+    return Role.OTHER, None, None
 
 
 def _subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, GraphProto]]:
@@ -89,6 +93,17 @@ def _subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, GraphProto]]:
         elif attr.type == AttributeProto.GRAPHS:
             for k, g in enumerate(attr.graphs):
                 yield f"{attr.name}[{k}]", g
+
+
+_KEY = re.compile(r"((?:node\d+\.[^/]+/)*)(init|node\d+):(.*)", re.S)
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    """('init' or 'nodeI', the initializer's or Constant output's name) of a tensor key."""
+    m = _KEY.fullmatch(key)
+    if m is None:
+        raise FormatError(f"malformed tensor key {key[:200]!r}")
+    return m.group(2), m.group(3)
 
 
 def walk_tensors(graph: GraphProto, prefix: str = "") -> Iterator[tuple[str, TensorProto]]:
@@ -264,15 +279,16 @@ class OnnxModel:
     def _collect(self) -> list[Weight]:
         uses: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
         _consumers(self.model.graph, uses)
+        const = self._constants()
         weights = []
         seen: set[str] = set()
         for key, tensor in walk_tensors(self.model.graph):
             if key in seen:
                 raise FormatError(f"two tensors share the location {key!r}")
             seen.add(key)
-            name = tensor.name or key.rsplit(":", 1)[-1]
-            if key.rsplit("/", 1)[-1].startswith("node"):
-                name = key.rsplit(":", 1)[-1]  # a Constant is known by its output
+            local, ref = _split_key(key)
+            # a Constant is known by its output, which may itself hold ':' and '/'
+            name = ref if local.startswith("node") else (tensor.name or ref)
             dtype = _FLOAT_TYPES.get(tensor.data_type)
             np_dtype = _np_dtype(tensor)
             shape = tuple(int(d) for d in tensor.dims)
@@ -283,25 +299,55 @@ class OnnxModel:
             nbytes = math.prod(shape) * np_dtype.itemsize
             src = self._sources.get(key)
             load = partial(self._read, tensor, src) if src else partial(_to_array, tensor)
-            consumers = uses.get(name, [])
-            labels = tuple(f"{n.op_type}:{i}" for n, i in consumers)
             if dtype is None:
+                consumers = uses.get(name, [])
+                labels = tuple(f"{n.op_type}:{i}" for n, i in consumers)
                 role = Role.QUANTIZED if any(n.op_type in _QUANT_CONSUMERS for n, _ in consumers) else Role.INTEGER
                 weights.append(Weight(key, name, shape, str(np_dtype), role, None, labels, "", nbytes, load))
                 continue
-            roles = {_role_of(n.op_type, i, n, len(shape)) for n, i in consumers}
+            traced = list(onnx_layout.trace(name, shape, uses, const))
+            labels = tuple(dict.fromkeys("".join(f"{p}>" for p in u.path) + f"{u.node.op_type}:{u.index}" for u in traced))
+            roles = set()
+            for u in traced:
+                role, axis, red = _role_of(u.node.op_type, u.index, u.node, len(u.amap))
+                roles.add((role, u.weight_axis(axis), u.weight_axis(red)))
             note = ""
+            reduction = None
             if len(roles) == 1:
-                role, axis = roles.pop()
+                role, axis, reduction = roles.pop()
             elif not roles:
                 role, axis, note = Role.OTHER, None, "no consumer"
             else:
-                kinds = {r for r, _ in roles}
+                kinds = {r for r, _, _ in roles}
                 role = kinds.pop() if len(kinds) == 1 else Role.OTHER
                 axis = None
                 note = "shared by " + ", ".join(sorted(set(labels)))
-            weights.append(Weight(key, name, shape, dtype, role, axis, labels, note, nbytes, load))
+            weights.append(Weight(key, name, shape, dtype, role, axis, labels, note, nbytes, load, reduction))
         return weights
+
+    def _constants(self) -> Callable[[str], NDArray | None]:
+        """Values of the model's small integer constants by name (shapes, axes, indices) for layout tracing."""
+        small: dict[str, tuple[TensorProto, _Source | None]] = {}
+        for key, tensor in walk_tensors(self.model.graph):
+            if tensor.data_type in (TensorProto.INT64, TensorProto.INT32) and math.prod(tensor.dims) <= 64:
+                local, ref = _split_key(key)
+                small[ref if local.startswith("node") else (tensor.name or ref)] = (tensor, self._sources.get(key))
+        cache: dict[str, NDArray | None] = {}
+
+        def const(name: str) -> NDArray | None:
+            if name not in cache:
+                found = small.get(name)
+                try:
+                    if found is None:
+                        cache[name] = None
+                    else:
+                        tensor, src = found
+                        cache[name] = np.asarray(self._read(tensor, src) if src else _to_array(tensor))
+                except QpackError:
+                    cache[name] = None
+            return cache[name]
+
+        return const
 
     def _region(self, i: int) -> _Source:
         r = self._stripped.regions[i]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from converter.convert import convert, restore
 from converter.policy import Policy
@@ -203,3 +203,50 @@ def test_restore_over_protobuf_limit_writes_external_data(monkeypatch, tmp_path:
     x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
     np.testing.assert_allclose(_outputs(restored, {"image": x})[0], _outputs(sample, {"image": x})[0], atol=0.2)
     assert OnnxModel(restored).external_files == [restored.with_name("m.onnx.data").resolve()]
+
+
+@pytest.mark.parametrize("file", ["silero_vad.onnx", "silero_vad_16k_op15.onnx", "silero_vad_openvino_16k.onnx",
+                                  "silero_vad_op18_ifless.onnx"])
+def test_lstm_weights_behind_layout_ops_are_quantized(file: str, tmp_path: Path):
+    """Exports put the LSTM's W and R behind Slice/Concat/Unsqueeze (or name them with ':'): they are
+    still recurrent matrices, with the gate axis as channels and the input axis as reduction."""
+    from tests.conftest import packaged
+
+    path = packaged("silero-vad", f"silero_vad/data/{file}")
+    with OnnxModel(path) as model:
+        floats = [w for w in model.weights if w.is_float]
+        lstm = [w for w in floats if w.shape == (512, 128) or w.shape[-2:] == (512, 128)]
+        # an LSTM, or its unrolled Gemm (op18)
+        assert lstm and all(w.role in (Role.RECURRENT, Role.MATRIX) for w in lstm), [(w.name, w.role, w.consumers) for w in lstm]
+        assert all((w.axis, w.reduction) == (len(w.shape) - 2, len(w.shape) - 1) for w in lstm)
+        share = sum(w.size for w in floats if Policy("asym", 8).decide(w).quantize) / sum(w.size for w in floats)
+    assert share > 0.99
+    _, restored = _round_trip(path, tmp_path, Policy("asym", 8, per_channel=True))
+    runner = OnnxRunner(path)
+    rng = np.random.default_rng(3)
+    specs = {s.name: s for s in runner.inputs}
+    audio = tuple(d or n for d, n in zip(specs["input"].shape, (1, 512)))  # one export wants 64 samples of context too
+    feeds = {"input": rng.standard_normal(audio).astype(np.float32) * 0.1, "state": np.zeros((2, 1, 128), np.float32),
+             "sr": np.array(16000, np.int64)}
+    feeds = {k: v for k, v in feeds.items() if k in specs}
+    ref, got = runner.run(feeds), _outputs(restored, feeds)
+    assert abs(float(ref[0].ravel()[0]) - float(got[0].ravel()[0])) < 0.02
+
+
+def test_layout_tracing_maps_axes(tmp_path: Path):
+    """A MatMul weight stored transposed and reshaped: the channel and reduction axes are found through the ops."""
+    w = np.random.default_rng(0).standard_normal((6, 2, 4)).astype(np.float32)  # [N, K1, K2], used as [K, N]
+    shape = numpy_helper.from_array(np.array([6, 8], np.int64), "shape")
+    nodes = [helper.make_node("Reshape", ["w", "shape"], ["w2"]), helper.make_node("Transpose", ["w2"], ["wt"], perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "wt"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])],
+                              [numpy_helper.from_array(w, "w"), shape])
+    path = tmp_path / "t.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with OnnxModel(path) as model:
+        (weight,) = [x for x in model.weights if x.name == "w"]
+    # MatMul B is [K=8, N=6] = transpose of [6, 8] = reshape of [6, 2, 4]: N is the weight's axis 0; K
+    # merges axes 1 and 2, so no single axis of the weight is the reduction
+    assert weight.role == Role.MATRIX and weight.axis == 0 and weight.reduction is None
+    assert weight.consumers == ("Reshape>Transpose>MatMul:1",)
