@@ -41,28 +41,31 @@ _TYPES: dict[int, tuple[str, str | None]] = {
 _OPS = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
 
 
-def _role_of(op: str, index: int, ndim: int) -> tuple[Role, int | None]:
-    """Role of input `index` of a builtin op, and the output-channel axis of TFLite's layouts."""
+RoleAxes = tuple[Role, int | None, int | None]  # role, output-channel axis, reduction axis
+
+
+def _role_of(op: str, index: int, ndim: int) -> RoleAxes:
+    """Role of input `index` of a builtin op, with the output-channel and reduction axes of TFLite's layouts."""
     if op in ("CONV_2D", "CONV_3D", "DEPTHWISE_CONV_2D"):
-        if index == 1:
-            axis = {"CONV_2D": 0, "CONV_3D": ndim - 1, "DEPTHWISE_CONV_2D": ndim - 1}[op]  # OHWI, DHWIO, 1HWO
-            return Role.KERNEL, axis
-        return (Role.BIAS, None) if index == 2 else (Role.OTHER, None)
+        if index == 1:  # OHWI; DHWIO; 1HWO, whose sum runs over a few taps only: no blocks
+            return {"CONV_2D": (Role.KERNEL, 0, ndim - 1), "CONV_3D": (Role.KERNEL, ndim - 1, ndim - 2),
+                    "DEPTHWISE_CONV_2D": (Role.KERNEL, ndim - 1, None)}[op]
+        return (Role.BIAS, None, None) if index == 2 else (Role.OTHER, None, None)
     if op == "TRANSPOSE_CONV":
         if index == 1:
-            return Role.KERNEL, 0  # OHWI
-        return (Role.BIAS, None) if index == 3 else (Role.OTHER, None)
+            return Role.KERNEL, 0, ndim - 1  # OHWI
+        return (Role.BIAS, None, None) if index == 3 else (Role.OTHER, None, None)
     if op == "FULLY_CONNECTED":
         if index == 1:
-            return Role.MATRIX, 0  # [out, in]
-        return (Role.BIAS, None) if index == 2 else (Role.OTHER, None)
+            return Role.MATRIX, 0, 1  # [out, in]
+        return (Role.BIAS, None, None) if index == 2 else (Role.OTHER, None, None)
     if op == "BATCH_MATMUL":
-        return (Role.MATRIX, ndim - 1 if ndim >= 2 else None) if index == 1 else (Role.MATRIX, None)
+        return (Role.MATRIX, ndim - 1, ndim - 2) if index == 1 and ndim >= 2 else (Role.MATRIX, None, None)
     if op in ("UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM", "LSTM", "UNIDIRECTIONAL_SEQUENCE_RNN", "SVDF"):
-        return (Role.RECURRENT, 0) if ndim == 2 else (Role.BIAS, None)
+        return (Role.RECURRENT, 0, 1) if ndim == 2 else (Role.BIAS, None, None)
     if (op == "EMBEDDING_LOOKUP" and index == 1) or (op == "GATHER" and index == 0):
-        return Role.EMBEDDING, 0 if ndim >= 2 else None
-    return Role.OTHER, None
+        return (Role.EMBEDDING, 0, 1) if ndim >= 2 else (Role.EMBEDDING, None, None)
+    return Role.OTHER, None, None
 
 
 @dataclass(frozen=True)
@@ -211,8 +214,10 @@ def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict,
              for t in tensors[1:]):
         note = "buffer shared by tensors of different types or shapes"
 
-    def weight(layout: _Layout, role: Role, axis: int | None = None, note: str = "") -> tuple[Weight, _Layout]:
-        return Weight(key, name, layout.shape, dtype_name, role, axis, labels, note, layout.length, partial(read, layout)), layout
+    def weight(layout: _Layout, role: Role, axis: int | None = None, note: str = "",
+               reduction: int | None = None) -> tuple[Weight, _Layout]:
+        return (Weight(key, name, layout.shape, dtype_name, role, axis, labels, note, layout.length, partial(read, layout), reduction),
+                layout)
 
     if np_dtype is None or note:
         return weight(raw, Role.QUANTIZED if quantized else Role.OTHER, None, note)
@@ -223,13 +228,14 @@ def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict,
     if quantized or not np.issubdtype(layout.dtype, np.floating):
         return weight(layout, Role.QUANTIZED if quantized else Role.INTEGER)
     roles = {_role_of(op, i, len(shape)) for op, i in uses}
+    reduction = None
     if len(roles) == 1:
-        role, axis = roles.pop()
+        role, axis, reduction = roles.pop()
     else:
-        kinds = {r for r, _ in roles}
+        kinds = {r for r, _, _ in roles}
         role, axis = (kinds.pop() if len(kinds) == 1 else Role.OTHER), None
         note = "no consumer" if not roles else ("shared by " + ", ".join(sorted(set(labels))) if len(kinds) > 1 else "")
-    return weight(layout, role, axis, note)
+    return weight(layout, role, axis, note, reduction)
 
 
 class TfliteModel:
