@@ -111,6 +111,10 @@ JsonOut = Annotated[Path | None, typer.Option("--json", dir_okay=False, help="al
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")]
 CodecOpt = Annotated[CodecName, typer.Option("--codec", help="packed: dense n-bit codes; zstd: the packed codes entropy-coded "
                                                              "(kept per tensor only where smaller)")]
+GroupSize = Annotated[int | None, typer.Option("--group-size", min=16, max=1024,
+                                               help="blocks of N weights along each tensor's reduction axis share a scale "
+                                                    "(instead of per tensor or per channel); a short last block where N does not divide")]
+ParamDtype = Annotated[str, typer.Option("--param-dtype", help="scales as fp16 or fp32; auto: fp16 for --group-size, fp32 otherwise")]
 MaxSize = Annotated[int | None, typer.Option("--max-size", help="fail (exit 3) when the .qpk is larger than this many bytes")]
 MaxBpw = Annotated[float | None, typer.Option("--max-bpw", help="fail (exit 3) above this many bits per weight, scales included")]
 MinSqnr = Annotated[float | None, typer.Option("--min-sqnr", help="fail (exit 3) when the weights' SQNR is under this many dB")]
@@ -122,7 +126,7 @@ def _codec(name: Enum) -> Codec:
 
 
 def _policy(scheme: Enum, bits: int, per_channel: bool, keep: list[str] | None, include: list[str] | None,
-            bits_for: list[str] | None, clip: Enum | None = None):
+            bits_for: list[str] | None, clip: Enum | None = None, group_size: int | None = None, param_dtype: str = "auto"):
     from converter.policy import Policy, parse_bits_for
 
     return Policy(str(scheme.value), bits, per_channel, tuple(keep or ()), tuple(include or ()), parse_bits_for(bits_for or []),
@@ -137,6 +141,8 @@ def convert(
     scheme: Scheme = SchemeName("asym"),
     per_channel: PerChannel = False,
     clip: Clip = ClipName("minmax"),
+    group_size: GroupSize = None,
+    param_dtype: ParamDtype = "auto",
     keep: Keep = None,
     include: Include = None,
     bits_for: BitsFor = None,
@@ -162,7 +168,7 @@ def convert(
     from formats.registry import open_model
 
     with _errors(), ExitStack() as stack:
-        policy = _policy(scheme, bits, per_channel, keep, include, bits_for, clip)
+        policy = _policy(scheme, bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype)
         budget = Budget(max_size, max_bpw, min_sqnr)
         parse_compressors(compress)  # reject a bad list before any work
         target = output or model.with_suffix(".qpk")
@@ -281,6 +287,8 @@ def report(
     scheme: Scheme = SchemeName("asym"),
     per_channel: PerChannel = False,
     clip: Clip = ClipName("minmax"),
+    group_size: GroupSize = None,
+    param_dtype: ParamDtype = "auto",
     keep: Keep = None,
     include: Include = None,
     bits_for: BitsFor = None,
@@ -305,7 +313,7 @@ def report(
     with _errors(), _status("measuring", quiet), ExitStack() as stack:
         budget = Budget(max_size, max_bpw, min_sqnr)
         parse_compressors(compress)
-        policy = _policy(scheme, bits, per_channel, keep, include, bits_for, clip)
+        policy = _policy(scheme, bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype)
         rep, src = report_path(path, policy, _codec(codec), compress, source)
         if src is not None:
             stack.enter_context(closing(src))
@@ -349,6 +357,8 @@ def eval_(
     scheme: Scheme = SchemeName("asym"),
     per_channel: PerChannel = False,
     clip: Clip = ClipName("minmax"),
+    group_size: GroupSize = None,
+    param_dtype: ParamDtype = "auto",
     keep: Keep = None,
     include: Include = None,
     bits_for: BitsFor = None,
@@ -373,7 +383,7 @@ def eval_(
 
     with _errors():
         data = _inputs(model, inputs, images, dataset, size, layout, scale, mean, std)
-        policy = None if qpk else _policy(scheme, bits, per_channel, keep, include, bits_for, clip)
+        policy = None if qpk else _policy(scheme, bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype)
         result = evaluate(model, data, qpk=qpk, policy=policy, groups_file=groups, group_threshold=group_threshold)
         result["command"] = _command("eval")
         if json_out:

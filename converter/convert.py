@@ -28,7 +28,8 @@ from converter.quant.stream import Quantized, check_finite, quantize_stream
 from formats.model import SourceModel, Weight
 from formats.qpk import RAW, ZSTD, BlobKind, Codec, Grouping, QpkReader, QpkWriter, TensorEntry, encode
 from formats.qpk import meta as qpk_meta
-from formats.qpk.spec import DTYPE_SIZES, VERSION_MINOR, VERSION_MINOR_BLOCKS
+from formats.qpk.meta import BASE_KEYS
+from formats.qpk.spec import DTYPE_SIZES, VERSION_MINOR, VERSION_MINOR_1
 
 
 def default_workers() -> int:
@@ -55,6 +56,8 @@ class TensorStat:
     levels_used: int
     signal: float  # energy of the float weights
     noise: float  # energy of the quantization error
+    block: int | None = None
+    param_dtypes: dict[str, str] | None = None
 
     @property
     def sqnr_db(self) -> float | None:
@@ -99,7 +102,7 @@ class _Done:
 def _work(w: Weight, d: Decision, scheme: str, clip: str, codec: Codec) -> _Done:
     x = np.asarray(w.array, dtype=np.float32)
     check_finite(x, w.name)
-    q = quantize_stream(get_quantizer(scheme), x, d.bits, d.grouping, clip)
+    q = quantize_stream(get_quantizer(scheme), x, d.bits, d.grouping, clip, d.dtypes)
     del x
     return _Done(q, encode(q.packed, BlobKind.CODES, codec), {k: encode(v, BlobKind.PARAM) for k, v in q.params.items()})
 
@@ -143,12 +146,12 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
             codes_blob = writer.add_encoded(BlobKind.CODES, *done.codes)
             params = {k: writer.add_encoded(BlobKind.PARAM, *v) for k, v in done.params.items()}
             entries.append(TensorEntry(w.name, w.key, w.shape, w.dtype, w.role.value, policy.scheme, d.bits, d.grouping,
-                                       codes_blob, params))
+                                       codes_blob, params, done.q.dtypes))
             q = done.q
             result.tensors.append(TensorStat(w.name, w.key, w.shape, w.dtype, w.role.value, policy.scheme, d.bits, d.axis, w.size,
                                              q.packed.nbytes, writer.blob(codes_blob).length,
                                              sum(v.nbytes for v in q.params.values()), entropy_bits(q.hist),
-                                             int((q.hist > 0).sum()), q.signal, q.noise))
+                                             int((q.hist > 0).sum()), q.signal, q.noise, d.block, q.dtypes))
             if progress:
                 progress(i + 1, len(chosen))
         skeleton = model.skeleton({e.key for e in entries})
@@ -156,7 +159,7 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
         meta = qpk_meta.build(__version__, model.format, {"name": model.path.name, "bytes": model.file_bytes},
                               policy.options(codec.name), graph, hashlib.sha256(skeleton).hexdigest(), entries, kept)
         del skeleton
-        minor = VERSION_MINOR_BLOCKS if any(e.grouping.block for e in entries) else VERSION_MINOR
+        minor = VERSION_MINOR if all(e.to_meta().keys() <= BASE_KEYS for e in entries) else VERSION_MINOR_1
         result.graph_bytes = writer.blob(graph).length
         result.size = writer.write(out, meta, minor)
     return result

@@ -20,6 +20,8 @@ from formats.qpk import Grouping
 
 QUANTIZED_ROLES = frozenset({Role.KERNEL, Role.MATRIX, Role.RECURRENT, Role.EMBEDDING})
 MIN_ELEMENTS = 16  # below this the parameters would cost more than the float values they replace
+MIN_GROUP, MAX_GROUP = 16, 1024
+PARAM_DTYPES = ("auto", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -30,10 +32,12 @@ class Decision:
     bits: int = 0
     axis: int | None = None
     reason: str = ""
+    block: int | None = None  # blocks of this many weights along `axis` share parameters
+    dtypes: dict[str, str] | None = None  # parameter storage dtypes asked for (None: the scheme's defaults)
 
     @property
     def grouping(self) -> Grouping:
-        return Grouping(self.axis)
+        return Grouping(self.axis, self.block)
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,14 @@ class Policy:
     include: tuple[str, ...] = ()
     bits_for: tuple[tuple[str, int], ...] = ()
     clip: str = "minmax"  # or "mse": per-group range shrunk to the least squared error
+    group_size: int | None = None  # blocks of this many weights along each tensor's reduction axis
+    param_dtype: str = "auto"  # float parameters as fp16 or fp32; auto: fp16 for blocks, fp32 otherwise
 
     def __post_init__(self) -> None:
+        if self.group_size is not None and not MIN_GROUP <= self.group_size <= MAX_GROUP:
+            raise OptionError(f"--group-size must lie in {MIN_GROUP}..{MAX_GROUP}, not {self.group_size}")
+        if self.param_dtype not in PARAM_DTYPES:
+            raise OptionError(f"--param-dtype must be one of {', '.join(PARAM_DTYPES)}, not {self.param_dtype!r}")
         if self.clip not in CLIPS:
             raise OptionError(f"unknown clipping {self.clip!r}, expected one of {', '.join(CLIPS)}")
         scheme = get_quantizer(self.scheme)
@@ -60,8 +70,11 @@ class Policy:
 
     def options(self, codec: str = "raw") -> dict[str, Any]:
         """The options as recorded in the container and every report (one shape everywhere)."""
-        return {"scheme": self.scheme, "bits": self.bits, "per_channel": self.per_channel, "clip": self.clip, "codec": codec,
-                "keep": list(self.keep), "include": list(self.include), "bits_for": [[p, b] for p, b in self.bits_for]}
+        out = {"scheme": self.scheme, "bits": self.bits, "per_channel": self.per_channel, "clip": self.clip, "codec": codec,
+               "keep": list(self.keep), "include": list(self.include), "bits_for": [[p, b] for p, b in self.bits_for]}
+        if self.group_size is not None or self.param_dtype != "auto":  # absent otherwise: same bytes as before blocks
+            out.update(group_size=self.group_size, param_dtype=self.param_dtype)
+        return out
 
     def decide(self, w: Weight) -> Decision:
         if not w.is_float:
@@ -78,7 +91,14 @@ class Policy:
             return Decision(False, reason="empty")
         bits = next((b for p, b in self.bits_for if _matches(w, (p,))), self.bits)
         axis = w.axis if self.per_channel and w.axis is not None and len(w.shape) > 1 else None
-        return Decision(True, bits=bits, axis=axis)
+        block = None
+        if self.group_size is not None:
+            if w.reduction is not None and w.shape[w.reduction] > 1:
+                axis, block = w.reduction, self.group_size
+            elif w.axis is not None and len(w.shape) > 1:  # no sum to block (a depthwise kernel): per channel
+                axis = w.axis
+        half = self.param_dtype == "fp16" or (self.param_dtype == "auto" and block is not None)
+        return Decision(True, bits=bits, axis=axis, block=block, dtypes={"scale": "<f2"} if half else None)
 
 
 def _matches(w: Weight, patterns: tuple[str, ...]) -> bool:

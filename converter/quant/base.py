@@ -68,36 +68,64 @@ class Quantizer:
         raise NotImplementedError
 
     @classmethod
-    def fit(cls, xv: NDArray[np.float32], axes: tuple[int, ...], bits: int, clip: str = "minmax") -> Params:
-        """Group-shaped parameters of a blocked view (see Grouping.blocked).
+    def rounded(cls, params: Params, dtypes: dict[str, str]) -> Params:
+        """Parameters as they will read back from their storage dtypes (a float16 scale, say), so
+        codes are chosen against the values the decoder will really use."""
+        return {k: np.asarray(v).astype(dtypes[k]).astype(np.asarray(v).dtype) for k, v in params.items()}
+
+    @classmethod
+    def storage(cls, params: Params, wanted: dict[str, str] | None) -> dict[str, str]:
+        """The dtypes the parameters will be stored in: `wanted` where each value survives it
+        (finite, and non-zero where it was non-zero), else the scheme's default."""
+        spec = cls.spec()
+        out = dict(spec.dtypes)
+        for p in spec.params:
+            want = (wanted or {}).get(p.name, p.dtype)
+            if want == p.dtype or want not in p.dtypes:
+                continue
+            v = np.asarray(params[p.name])
+            with np.errstate(over="ignore"):
+                r = v.astype(want)
+            if np.isfinite(r).all() and not ((r == 0) & (v != 0)).any():
+                out[p.name] = want
+        return out
+
+    @classmethod
+    def fit(cls, xv: NDArray[np.float32], axes: tuple[int, ...], bits: int, clip: str = "minmax",
+            dtypes: dict[str, str] | None = None) -> tuple[Params, dict[str, str]]:
+        """Group-shaped parameters of a blocked view (see Grouping.blocked), rounded to the dtypes
+        they will be stored in, and those dtypes.
 
         clip "minmax" spans each group's whole range; "mse" shrinks the range per group to the
         factor that minimizes the squared error on a sample of the group (see search_shrink).
+        `dtypes` asks for other parameter dtypes the scheme allows (float16 scales, say).
         """
         stats = cls.stats(xv, axes)
         if clip == "mse":
-            shrink = search_shrink(cls, xv, axes, bits, stats)
+            shrink = search_shrink(cls, xv, axes, bits, stats, dtypes)
             stats = tuple(s * shrink for s in stats)
         elif clip != "minmax":
             raise OptionError(f"unknown clipping {clip!r}, expected one of {', '.join(CLIPS)}")
-        return cls.params(stats, bits)
+        params = cls.params(stats, bits)
+        used = cls.storage(params, dtypes)
+        return cls.rounded(params, used), used
 
     @classmethod
-    def flat(cls, params: Params) -> Params:
-        """Parameters as stored: one value per group, in C order, in the format's dtypes."""
-        dtypes = cls.spec().dtypes
+    def flat(cls, params: Params, dtypes: dict[str, str] | None = None) -> Params:
+        """Parameters as stored: one value per group, in C order, in their storage dtypes."""
+        dtypes = dtypes or cls.spec().dtypes
         return {k: np.asarray(params[k]).reshape(-1).astype(dtypes[k]) for k in dtypes}
 
     @classmethod
     def quantize(cls, x: NDArray[np.float32], bits: int, grouping: Grouping | int | None,
-                 clip: str = "minmax") -> tuple[NDArray[np.uint8], Params]:
+                 clip: str = "minmax", dtypes: dict[str, str] | None = None) -> tuple[NDArray[np.uint8], Params]:
         """Codes shaped like x, and the flat per-group parameters, in one go (whole tensor in memory)."""
         g = as_grouping(grouping)
         cls.check_bits(bits)
         xv, axes = g.blocked(np.asarray(x, dtype=np.float32))
-        params = cls.fit(xv, axes, bits, clip)
+        params, used = cls.fit(xv, axes, bits, clip, dtypes)
         codes = g.unblocked(cls.encode(xv, bits, params), x.shape)
-        return np.ascontiguousarray(codes), cls.flat(params)
+        return np.ascontiguousarray(codes), cls.flat(params, used)
 
     @classmethod
     def dequantize(cls, codes: NDArray[np.uint8], params: Params, bits: int, grouping: Grouping | int | None) -> NDArray[np.float32]:
@@ -108,7 +136,8 @@ SAMPLE_BUDGET = 1 << 18  # elements examined per tensor (at least MIN_PER_GROUP 
 MIN_PER_GROUP = 64
 
 
-def search_shrink(q: type[Quantizer], xv: NDArray[np.float32], axes: tuple[int, ...], bits: int, stats: Stats) -> NDArray[np.float32]:
+def search_shrink(q: type[Quantizer], xv: NDArray[np.float32], axes: tuple[int, ...], bits: int, stats: Stats,
+                  dtypes: dict[str, str] | None = None) -> NDArray[np.float32]:
     """Per group, the range factor in q.shrinks with the least squared error on a sample.
 
     Clipping a few outliers buys finer steps for the bulk of the weights; at low widths that is
@@ -129,7 +158,9 @@ def search_shrink(q: type[Quantizer], xv: NDArray[np.float32], axes: tuple[int, 
     best = np.ones(groups, dtype=np.float32)
     for r in q.shrinks:
         params = q.params(tuple(s * np.float32(r) for s in flat_stats), bits)
-        y = spec.dequantize(q.encode(sample, bits, params), q.flat(params), bits, per_row)
+        used = q.storage(params, dtypes)
+        params = q.rounded(params, used)
+        y = spec.dequantize(q.encode(sample, bits, params), q.flat(params, used), bits, per_row)
         err = np.square(y - sample, dtype=np.float64).sum(axis=1)
         better = err < best_err * (1 - 1e-9)
         best_err[better], best[better] = err[better], r

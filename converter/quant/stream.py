@@ -19,7 +19,8 @@ CHUNK_ELEMENTS = 1 << 18  # 1 MiB of float32: temporaries per worker stay a few 
 @dataclass
 class Quantized:
     packed: NDArray[np.uint8]  # the dense n-bit stream
-    params: Params  # flat, in the format's dtypes
+    params: Params  # flat, in their storage dtypes
+    dtypes: dict[str, str]  # those dtypes, by parameter
     hist: NDArray[np.int64]  # occurrences of each code
     signal: float  # energy of the float weights
     noise: float  # energy of the quantization error
@@ -32,11 +33,12 @@ def check_finite(x: NDArray, name: str) -> None:
             raise FormatError(f"tensor '{name}' holds NaN or infinite values; refusing to quantize it")
 
 
-def quantize_stream(q: type[Quantizer], x: NDArray[np.float32], bits: int, grouping: Grouping, clip: str) -> Quantized:
+def quantize_stream(q: type[Quantizer], x: NDArray[np.float32], bits: int, grouping: Grouping, clip: str,
+                    dtypes: dict[str, str] | None = None) -> Quantized:
     """Codes of x packed, with the figures the size report needs; the same codes as q.quantize()."""
     xv, axes = grouping.blocked(x)
-    params = q.fit(xv, axes, bits, clip)
-    flat = q.flat(params)
+    params, used = q.fit(xv, axes, bits, clip, dtypes)
+    flat = q.flat(params, used)
     spec = q.spec()
     # chunks run along the first axis of the blocked view, which is the tensor's first axis or,
     # for blocks along axis 0, whole blocks of it
@@ -54,7 +56,7 @@ def quantize_stream(q: type[Quantizer], x: NDArray[np.float32], bits: int, group
         rows = min(first - done, xc.shape[0] * (grouping.block if grouping.axis == 0 and grouping.block else 1)) if x.ndim else 1
         shape = (rows,) + x.shape[1:] if x.ndim else ()
         codes = np.ascontiguousarray(grouping.unblocked(q.encode(xc, bits, pc), shape))
-        y = spec.dequantize(codes, q.flat(pc), bits, grouping)
+        y = spec.dequantize(codes, q.flat(pc, used), bits, grouping)
         xs = x[done : done + rows] if x.ndim else x
         d = (xs - y).reshape(-1)
         a = xs.reshape(-1)
@@ -76,4 +78,4 @@ def quantize_stream(q: type[Quantizer], x: NDArray[np.float32], bits: int, group
     if carry.size:
         parts.append(pack(carry, bits))
     packed = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    return Quantized(packed, flat, hist, signal, noise)
+    return Quantized(packed, flat, used, hist, signal, noise)

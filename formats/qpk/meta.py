@@ -43,6 +43,10 @@ def plain(v: Any, depth: int = 0) -> Any:
     return brief(v)
 
 
+# the keys of a 1.0 tensor entry; a writer declares minor version 1 when an entry has any other
+BASE_KEYS = frozenset({"name", "key", "shape", "dtype", "role", "scheme", "bits", "axis", "codes", "params"})
+
+
 @dataclass(frozen=True)
 class TensorEntry:
     """One quantized tensor: where its codes and parameters are, and how to read them."""
@@ -57,6 +61,12 @@ class TensorEntry:
     grouping: Grouping
     codes: int
     params: dict[str, int]
+    param_dtypes: dict[str, str] | None = None  # None: every parameter in its scheme's default dtype
+
+    @property
+    def dtypes(self) -> dict[str, str]:
+        """Each parameter's storage dtype."""
+        return dict(SCHEMES[self.scheme].dtypes, **(self.param_dtypes or {}))
 
     @property
     def axis(self) -> int | None:
@@ -79,6 +89,10 @@ class TensorEntry:
         if self.grouping.block is not None:
             out["block"] = self.grouping.block
         out.update(codes=self.codes, params=dict(self.params))
+        defaults = SCHEMES[self.scheme].dtypes
+        other = {k: v for k, v in (self.param_dtypes or {}).items() if defaults.get(k) != v}
+        if other:
+            out["param_dtypes"] = other
         return out
 
     @classmethod
@@ -119,9 +133,15 @@ class TensorEntry:
         codes = m.get("codes")
         if not is_int(codes):
             raise _bad(where, "codes blob index missing")
+        param_dtypes = m.get("param_dtypes")
+        if param_dtypes is not None:
+            allowed = {p.name: p.dtypes[1:] for p in spec.params}
+            if not (type(param_dtypes) is dict and param_dtypes and all(
+                    type(k) is str and v in allowed.get(k, ()) for k, v in param_dtypes.items())):
+                raise _bad(where, f"parameter dtypes {_brief(param_dtypes)} are not among scheme {scheme}'s alternatives")
         role = m.get("role", "")
         return cls(name, key, tuple(shape), str(dtype), role if isinstance(role, str) else "", str(scheme), bits, Grouping(axis, block),
-                   codes, params)
+                   codes, params, param_dtypes)
 
 
 def parse_tensors(rows: Any) -> list[TensorEntry]:

@@ -44,9 +44,14 @@ def _check(cond: bool, msg: str) -> None:
 
 
 @functools.lru_cache(maxsize=256)
-def _param_sizes(scheme: str, bits: int) -> tuple[tuple[str, int, int], ...]:
-    """(name, values per group, bytes per value) of a scheme's parameters at a width."""
-    return tuple((p.name, p.per_group(bits), np.dtype(p.dtype).itemsize) for p in SCHEMES[scheme].params)
+def _param_counts(scheme: str, bits: int) -> tuple[tuple[str, int], ...]:
+    """(name, values per group) of a scheme's parameters at a width."""
+    return tuple((p.name, p.per_group(bits)) for p in SCHEMES[scheme].params)
+
+
+@functools.lru_cache(maxsize=64)
+def _itemsize(dtype: str) -> int:
+    return np.dtype(dtype).itemsize
 
 
 class QpkReader:
@@ -160,8 +165,9 @@ class QpkReader:
             raise FormatError(f"{where}: tensor '{e.name[:200]}': payload {got} bytes, expected {want} "
                               f"for shape {list(e.shape)} at {e.bits} bits")
         groups = e.groups
-        for name, per_group, itemsize in _param_sizes(e.scheme, e.bits):
-            got, want = blobs[e.params[name]].raw_length, per_group * groups * itemsize
+        dtypes = e.dtypes
+        for name, per_group in _param_counts(e.scheme, e.bits):
+            got, want = blobs[e.params[name]].raw_length, per_group * groups * _itemsize(dtypes[name])
             if got != want:
                 raise FormatError(f"{where}: tensor '{e.name[:200]}': parameter '{name}' is {got} bytes, expected {want}")
 
@@ -190,7 +196,7 @@ class QpkReader:
         return unpack(np.frombuffer(raw, dtype=np.uint8), e.bits, e.count).reshape(e.shape)
 
     def params(self, e: TensorEntry) -> dict[str, NDArray]:
-        dtypes = SCHEMES[e.scheme].dtypes
+        dtypes = e.dtypes
         return {k: np.frombuffer(self.blob_bytes(i, BlobKind.PARAM), dtype=dtypes[k]) for k, i in e.params.items()}
 
     def dequantize(self, e: TensorEntry) -> NDArray[np.float32]:

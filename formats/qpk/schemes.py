@@ -25,8 +25,13 @@ class ParamSpec:
     """One parameter: its little-endian dtype and how many values each group stores at a width."""
 
     name: str
-    dtype: str
+    dtype: str  # the default
     per_group: Callable[[int], int] = lambda bits: 1
+    others: tuple[str, ...] = ()  # other dtypes a writer may choose per tensor (recorded in `param_dtypes`)
+
+    @property
+    def dtypes(self) -> tuple[str, ...]:
+        return (self.dtype, *self.others)
 
     def count(self, bits: int, groups: int) -> int:
         return self.per_group(bits) * groups
@@ -101,7 +106,7 @@ def _pow2(codes, params, bits, grouping):
     return out
 
 
-register_scheme(SchemeSpec("asym", 1, 8, (ParamSpec("scale", "<f4"), ParamSpec("zero_point", "<u1")),
-                           lambda bits: 1 << bits, _asym))
-register_scheme(SchemeSpec("sym", 2, 8, (ParamSpec("scale", "<f4"),), lambda bits: (1 << bits) - 1, _sym))
+_SCALE = ParamSpec("scale", "<f4", others=("<f2",))
+register_scheme(SchemeSpec("asym", 1, 8, (_SCALE, ParamSpec("zero_point", "<u1")), lambda bits: 1 << bits, _asym))
+register_scheme(SchemeSpec("sym", 2, 8, (_SCALE,), lambda bits: (1 << bits) - 1, _sym))
 register_scheme(SchemeSpec("pow2", 2, 8, (ParamSpec("emax", "<i2"),), lambda bits: 2 * ((1 << (bits - 1)) - 1) + 1, _pow2))

@@ -13,7 +13,7 @@ from enum import IntEnum
 MAGIC = b"\x89QPK\r\n\x1a\n"  # PNG-style: catches text-mode transfers and 7-bit channels
 VERSION_MAJOR = 1
 VERSION_MINOR = 0  # written when no tensor uses a 1.1 feature, so 1.0 readers keep reading those files
-VERSION_MINOR_BLOCKS = 1  # 1.1: tensors grouped in blocks along an axis (the `block` key)
+VERSION_MINOR_1 = 1  # 1.1: blocks of weights along an axis (`block`), parameter dtypes per tensor (`param_dtypes`)
 
 # magic, major, minor, flags, meta_length, payload_offset, payload_length, meta_sha256
 HEADER_BODY = struct.Struct("<8sHHIQQQ32s")
