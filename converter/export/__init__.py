@@ -45,3 +45,7 @@ def export(qpk: Path, to: str, out: Path) -> tuple[list[Path], list[str]]:
             raise OptionError(f"{qpk}: holds a {q.format} model; --to {to} exports {' or '.join(target.formats)} models")
         fn: Exporter = getattr(importlib.import_module(target.module), target.function)
         return fn(q, Path(out), notes), notes
+
+
+register_target(Target("c", "converter.export.c", "export_c", ("onnx", "tflite"),
+                       "firmware sources: qpk.h (C99 decoder) and the weights as const C arrays, into folder -o"))
