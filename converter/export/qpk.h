@@ -16,8 +16,9 @@
  * (qpk_open and what it needs: SHA-256, CRC-32, msgpack), keeping only the decoder for tables
  * compiled into the firmware.
  *
- * Every function returns 0 (QPK_OK) or a negative QPK_E_* code and reads only inside the buffers
- * it is given, whatever they hold. Bit-exactness assumes IEEE-754 binary32 `float` with
+ * Functions returning int return 0 (QPK_OK) or a negative QPK_E_* code. The reader functions read
+ * only inside the buffer they are given, whatever it holds; decoding trusts a descriptor's
+ * pointers to hold the lengths it states and checks everything else. Bit-exactness assumes IEEE-754 binary32 `float` with
  * round-to-nearest and subnormals kept (no flush-to-zero, no -ffast-math): the decoder performs
  * the same single float32 multiplication per weight as the Python reader.
  */
