@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from converter.cli import app
 from converter.convert import convert
 from converter.export import export
-from converter.export.c import model_identifier
+from converter.export.c import model_identifier, tensor_constants
 from converter.policy import Policy
 from converter.quant import get_quantizer
 from formats.errors import FormatError, OptionError, UnsupportedError
@@ -335,6 +335,18 @@ def test_model_identifier():
     assert model_identifier("3d.unet.onnx") == "m_3d_unet"
     assert model_identifier("../../évil\\x.onnx") == "x"
     assert model_identifier("....") == "model"
+    # constants MODEL_NAME must not meet a macro of qpk.h or <stdint.h>
+    assert [model_identifier(n) for n in ("qpk.onnx", "qpk_e.onnx", "int8.tflite", "size.onnx", "sizes.onnx")] == \
+        ["m_qpk", "m_qpk_e", "m_int8", "m_size", "sizes"]
+
+
+def test_tensor_constants_unique():
+    def entry(name: str) -> TensorEntry:
+        return TensorEntry(name, name, (1,), "float32", "", "sym", 2, Grouping(), 0, {})
+
+    names = ["A_2", "a", "a", "a.2", "tensor count", "", "Conv", "conv"]
+    got = tensor_constants([entry(n) for n in names], "m")
+    assert got == ["M_A_2", "M_A", "M_A_2_", "M_A_2_3", "M_TENSOR_COUNT_4", "M_T5", "M_CONV", "M_CONV_7"]
 
 
 def test_export_refusals(models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -32,6 +32,9 @@ _ROWS_PER_WRITE = 4096
 _MAX_LITERAL = 4000
 _MAX_IDENT = 40
 _U32_MAX = 2**32 - 1
+# Prefixes whose `PREFIX_NAME` constants could meet a macro of qpk.h (QPK_OK) or <stdint.h> (INT8_MAX,
+# SIZE_MAX): a model named so gets an `m_` in front.
+_TAKEN_PREFIX = re.compile(r"QPK.*|U?INT(8|16|32|64|MAX|PTR|_LEAST\d+|_FAST\d+)|SIZE|PTRDIFF|SIG_ATOMIC|WCHAR|WINT")
 _HEX = np.frombuffer(b"".join(b"0x%02x," % i for i in range(256)), dtype=np.uint8).reshape(256, 5)
 
 
@@ -70,7 +73,7 @@ def model_identifier(source_name: str) -> str:
     stem = Path(source_name.replace("\\", "/")).name
     stem = stem.rsplit(".", 1)[0] if "." in stem.lstrip(".") else stem
     ident = re.sub(r"[^0-9A-Za-z_]+", "_", stem).strip("_")[:_MAX_IDENT] or "model"
-    return "m_" + ident if ident[0].isdigit() else ident
+    return "m_" + ident if ident[0].isdigit() or _TAKEN_PREFIX.fullmatch(ident.upper()) else ident
 
 
 def tensor_constants(entries: Iterable[TensorEntry], model: str) -> list[str]:
@@ -83,6 +86,8 @@ def tensor_constants(entries: Iterable[TensorEntry], model: str) -> list[str]:
         name = f"{prefix}_{base}"
         if name in taken:
             name = f"{name}_{i}"
+            while name in taken:  # "A_2", "a", "a": the third cannot be A_2 either
+                name += "_"
         taken.add(name)
         names.append(name)
     return names
@@ -90,12 +95,13 @@ def tensor_constants(entries: Iterable[TensorEntry], model: str) -> list[str]:
 
 def weights_header(entries: list[TensorEntry], model: str, source: str) -> str:
     prefix = model.upper()
+    constants = tensor_constants(entries, model)
     lines = [
         f"/* {model}_weights.h: the quantized weights of {source} as C arrays, decoded through qpk.h.",
         " * Written by `qpack export --to c` from a .qpk container: do not edit.",
         " *",
         f" *     static float w[{prefix}_MAX_COUNT];",
-        f" *     const qpk_tensor *t = &qpk_tensors[{tensor_constants(entries, model)[0] if entries else prefix + '_...'}];",
+        f" *     const qpk_tensor *t = &qpk_tensors[{constants[0] if entries else prefix + '_...'}];",
         " *     int rc = qpk_decode_tensor(t, w);                      0 on success",
         " *     rc = qpk_decode_range(t, first, n, w);                 or weights [first, first + n)",
         " */",
@@ -114,7 +120,7 @@ def weights_header(entries: list[TensorEntry], model: str, source: str) -> str:
         "/* Index of each tensor in qpk_tensors. */",
         f"enum {model}_tensor {{",
     ]
-    for i, (name, e) in enumerate(zip(tensor_constants(entries, model), entries)):
+    for i, (name, e) in enumerate(zip(constants, entries)):
         lines.append(f"    {name} = {i},  /* {_describe(e)} */")
     lines += [
         f"    {prefix}_TENSOR_COUNT = {len(entries)}",
