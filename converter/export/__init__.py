@@ -57,3 +57,5 @@ register_target(Target("tflite", "converter.export.tflite_int", "export_tflite",
                        "TFLite with int8/int4 weights: hybrid kernels where they apply, DEQUANTIZE elsewhere"))
 register_target(Target("tflite-dequantize", "converter.export.tflite_int", "export_tflite_dequantize", ("tflite",),
                        "TFLite with int8/int4 weights, all through DEQUANTIZE (float kernels, the container's exact values)"))
+register_target(Target("c", "converter.export.c", "export_c", ("onnx", "tflite"),
+                       "firmware sources: qpk.h (C99 decoder) and the weights as const C arrays, into folder -o"))

@@ -1,0 +1,113 @@
+"""The C decoder (qpk.h): decode rate of exported tables, whole and streamed, qpk_open rate, code size.
+
+    python bench/bench_export_c.py        (needs gcc)
+
+Converts the bundled sample at 4 bits per channel in each scheme, exports it with `--to c`,
+compiles a timing program with gcc -O2 and prints medians of several runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from converter.convert import convert  # noqa: E402
+from converter.export import export  # noqa: E402
+from converter.policy import Policy  # noqa: E402
+from formats.onnx_model import OnnxModel  # noqa: E402
+
+RUNS = 5
+PROGRAM = r"""
+#define _POSIX_C_SOURCE 199309L
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include WEIGHTS
+
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+static float buf[WEIGHTS_MAX > 256 ? WEIGHTS_MAX : 256];
+
+int main(int argc, char **argv)
+{
+    size_t i, weights = 0, rounds = 0;
+    uint64_t first;
+    double t0, whole, streamed, opened;
+    FILE *f = fopen(argv[1], "rb");
+    long len;
+    unsigned char *qpk;
+    qpk_file file;
+    (void)argc;
+    if (!f || fseek(f, 0, SEEK_END) || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET)) return 2;
+    qpk = malloc((size_t)len);
+    if (!qpk || fread(qpk, 1, (size_t)len, f) != (size_t)len) return 2;
+    for (i = 0; i < qpk_tensor_count; i++) weights += (size_t)qpk_tensors[i].count;
+    t0 = now();
+    for (rounds = 0; rounds < 200; rounds++)
+        for (i = 0; i < qpk_tensor_count; i++)
+            if (qpk_decode_tensor(&qpk_tensors[i], buf)) return 1;
+    whole = now() - t0;
+    t0 = now();
+    for (rounds = 0; rounds < 200; rounds++)
+        for (i = 0; i < qpk_tensor_count; i++)
+            for (first = 0; first < qpk_tensors[i].count; first += 256) {
+                uint64_t n = qpk_tensors[i].count - first < 256 ? qpk_tensors[i].count - first : 256;
+                if (qpk_decode_range(&qpk_tensors[i], first, (size_t)n, buf)) return 1;
+            }
+    streamed = now() - t0;
+    t0 = now();
+    for (rounds = 0; rounds < 200; rounds++)
+        if (qpk_open(qpk, (size_t)len, &file)) return 1;
+    opened = now() - t0;
+    printf("%.1f %.1f %.1f\n", 200.0 * weights / whole / 1e6, 200.0 * weights / streamed / 1e6, 200.0 * len / opened / 1e6);
+    return 0;
+}
+"""
+
+
+def _size(obj: Path) -> int:
+    """Text + data bytes of an object file."""
+    out = subprocess.run(["size", str(obj)], capture_output=True, text=True, check=True).stdout.split("\n")[1].split()
+    return int(out[0]) + int(out[1])
+
+
+def main() -> None:
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        sys.exit("gcc is not installed")
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        print(f"{'scheme':8} {'decode Mw/s':>12} {'256-weight ranges Mw/s':>23} {'qpk_open MB/s':>14}")
+        for scheme in ("asym", "sym", "pow2"):
+            qpk = d / f"{scheme}.qpk"
+            convert(OnnxModel(ROOT / "samples" / "digits_cnn.onnx"), Policy(scheme, 4, per_channel=True), qpk)
+            files, _ = export(qpk, "c", d / scheme)
+            (d / scheme / "bench.c").write_text(PROGRAM.replace("WEIGHTS_MAX", "DIGITS_CNN_MAX_COUNT")
+                                                .replace("WEIGHTS", f'"{files[1].name}"'))
+            exe = d / scheme / "bench"
+            subprocess.run([gcc, "-std=c99", "-O2", f"-I{d / scheme}", "-o", str(exe), str(d / scheme / "bench.c"), str(files[2])],
+                           check=True)
+            runs = [list(map(float, subprocess.run([str(exe), str(qpk)], capture_output=True, text=True, check=True).stdout.split()))
+                    for _ in range(RUNS)]
+            med = [statistics.median(r[k] for r in runs) for k in range(3)]
+            print(f"{scheme:8} {med[0]:12.1f} {med[1]:23.1f} {med[2]:14.1f}")
+        if shutil.which("size"):
+            header = files[0]
+            sizes = {}
+            for name, flags in (("decoder only (QPK_NO_READER)", ["-DQPK_NO_READER"]), ("decoder + container reader", [])):
+                obj = d / "qpk.o"
+                subprocess.run([gcc, "-std=c99", "-Os", "-DQPK_IMPLEMENTATION", *flags, "-x", "c", "-c", str(header), "-o", str(obj)],
+                               check=True)
+                sizes[name] = _size(obj)
+            for name, n in sizes.items():
+                print(f"qpk.h -Os {name}: {n:,} bytes of code and data")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""`--to c`: firmware sources: the packed codes and parameters as const C arrays with a tensor table,
+and `qpk.h`, the single-file C99 decoder that reads them (and whole containers) bit-exactly.
+
+The arrays hold the container's bytes as they are, little-endian, so the same `qpk_tensor` record
+describes a compiled-in table and a tensor inside a `.qpk` in flash. Codes stored with zstd are
+written packed: firmware gets raw n-bit streams whatever the container's codec.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from formats.atomic import atomic_output
+from formats.errors import OptionError, UnsupportedError
+from formats.qpk import RAW, BlobKind, QpkReader, TensorEntry
+
+DECODER = "qpk.h"  # shipped beside this module as package data, copied into the output folder
+SCHEMES = {"asym": "QPK_ASYM", "sym": "QPK_SYM", "pow2": "QPK_POW2"}  # the schemes qpk.h decodes
+DTYPES = {"float32": "QPK_FLOAT32", "float16": "QPK_FLOAT16", "bfloat16": "QPK_BFLOAT16", "float64": "QPK_FLOAT64"}
+PARAM_FIELDS = ("scale", "zero_point", "emax")  # qpk_tensor fields, named as the parameters
+
+_ROW = 16  # array items per line
+_ROWS_PER_WRITE = 4096
+# C99 only promises string literals of 4095 characters (gcc -pedantic warns past that): longer
+# names are written as character lists
+_MAX_LITERAL = 4000
+_MAX_IDENT = 40
+_U32_MAX = 2**32 - 1
+# Prefixes whose `PREFIX_NAME` constants could meet a macro of qpk.h (QPK_OK) or <stdint.h> (INT8_MAX,
+# SIZE_MAX): a model named so gets an `m_` in front.
+_TAKEN_PREFIX = re.compile(r"QPK.*|U?INT(8|16|32|64|MAX|PTR|_LEAST\d+|_FAST\d+)|SIZE|PTRDIFF|SIG_ATOMIC|WCHAR|WINT")
+_HEX = np.frombuffer(b"".join(b"0x%02x," % i for i in range(256)), dtype=np.uint8).reshape(256, 5)
+
+
+def export_c(reader: QpkReader, out: Path, notes: list[str]) -> list[Path]:
+    """Write `qpk.h`, `<model>_weights.h` and `<model>_weights.c` into folder `out`; returns their paths.
+
+    Raises:
+        OptionError: `out` exists and is not a folder.
+        UnsupportedError: a tensor uses a scheme qpk.h does not decode, or a dimension above 2^32 - 1.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"{out}: exists and is not a folder (--to c writes a folder of C sources)")
+    for e in reader.entries:
+        if e.scheme not in SCHEMES:
+            raise UnsupportedError(f"tensor '{e.name[:200]}': scheme {e.scheme!r} has no C decoder")
+        if any(n > _U32_MAX for n in e.shape):
+            raise UnsupportedError(f"tensor '{e.name[:200]}': dimension above 2^32 - 1 in shape {list(e.shape)}")
+    source = reader.info["source"].get("name") or reader.path.name
+    model = model_identifier(source)
+    zstd = sum(reader.blobs[e.codes].codec != RAW.id for e in reader.entries)
+    if zstd:
+        notes.append(f"{zstd} tensor(s) had entropy-coded codes in the container; the C arrays hold them packed")
+    paths = [out / DECODER, out / f"{model}_weights.h", out / f"{model}_weights.c"]
+    with atomic_output(paths[0]) as f:
+        f.write(resources.files("converter.export").joinpath(DECODER).read_bytes())
+    with atomic_output(paths[1]) as f:
+        f.write(weights_header(reader.entries, model, _comment(Path(source).name)).encode())
+    with atomic_output(paths[2]) as f:
+        write_weights_source(f, reader, model, _comment(Path(source).name))
+    return paths
+
+
+def model_identifier(source_name: str) -> str:
+    """A C identifier (and file-name prefix) from the source model's file name: `digits_cnn.onnx` -> `digits_cnn`."""
+    stem = Path(source_name.replace("\\", "/")).name
+    stem = stem.rsplit(".", 1)[0] if "." in stem.lstrip(".") else stem
+    ident = re.sub(r"[^0-9A-Za-z_]+", "_", stem).strip("_")[:_MAX_IDENT] or "model"
+    return "m_" + ident if ident[0].isdigit() or _TAKEN_PREFIX.fullmatch(ident.upper()) else ident
+
+
+def tensor_constants(entries: Iterable[TensorEntry], model: str) -> list[str]:
+    """Enum constants naming each tensor's index, `MODEL_NAME`, made unique by a suffix where names collide."""
+    prefix = model.upper()
+    taken = {f"{prefix}_TENSOR_COUNT", f"{prefix}_MAX_COUNT"}
+    names = []
+    for i, e in enumerate(entries):
+        base = re.sub(r"[^0-9A-Za-z_]+", "_", e.name).strip("_").upper()[:_MAX_IDENT] or f"T{i}"
+        name = f"{prefix}_{base}"
+        if name in taken:
+            name = f"{name}_{i}"
+            while name in taken:  # "A_2", "a", "a": the third cannot be A_2 either
+                name += "_"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def weights_header(entries: list[TensorEntry], model: str, source: str) -> str:
+    prefix = model.upper()
+    constants = tensor_constants(entries, model)
+    lines = [
+        f"/* {model}_weights.h: the quantized weights of {source} as C arrays, decoded through qpk.h.",
+        " * Written by `qpack export --to c` from a .qpk container: do not edit.",
+        " *",
+        f" *     static float w[{prefix}_MAX_COUNT];",
+        f" *     const qpk_tensor *t = &qpk_tensors[{constants[0] if entries else prefix + '_...'}];",
+        " *     int rc = qpk_decode_tensor(t, w);                      0 on success",
+        " *     rc = qpk_decode_range(t, first, n, w);                 or weights [first, first + n)",
+        " */",
+        f"#ifndef {prefix}_WEIGHTS_H",
+        f"#define {prefix}_WEIGHTS_H",
+        "",
+        '#include "qpk.h"',
+        "",
+        "#ifdef __cplusplus",
+        'extern "C" {',
+        "#endif",
+        "",
+        "extern const qpk_tensor qpk_tensors[];",
+        "extern const size_t qpk_tensor_count;",
+        "",
+        "/* Index of each tensor in qpk_tensors. */",
+        f"enum {model}_tensor {{",
+    ]
+    for i, (name, e) in enumerate(zip(constants, entries)):
+        lines.append(f"    {name} = {i},  /* {_describe(e)} */")
+    lines += [
+        f"    {prefix}_TENSOR_COUNT = {len(entries)}",
+        "};",
+        "",
+        "/* The largest tensor in weights: a float buffer of this size decodes any tensor whole. */",
+        f"#define {prefix}_MAX_COUNT {max((e.count for e in entries), default=0)}u",
+        "",
+        "#ifdef __cplusplus",
+        "}",
+        "#endif",
+        f"#endif /* {prefix}_WEIGHTS_H */",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_weights_source(f: BinaryIO, reader: QpkReader, model: str, source: str) -> None:
+    """The arrays and the table, tensor by tensor, so memory holds one tensor's blobs at a time."""
+    f.write(
+        f"/* {model}_weights.c: the quantized weights of {source} (qpack export --to c): do not edit.\n"
+        " * Codes are LSB-first n-bit streams and parameters little-endian bytes, as in the .qpk container.\n"
+        " * This file compiles the qpk.h decoder too unless QPK_NO_IMPLEMENTATION is defined; define\n"
+        " * QPK_WEIGHTS_ATTR to place the arrays (a section attribute, say). */\n"
+        "#ifndef QPK_NO_IMPLEMENTATION\n#define QPK_IMPLEMENTATION\n#endif\n"
+        f'#include "{model}_weights.h"\n\n'
+        "#ifndef QPK_WEIGHTS_ATTR\n#define QPK_WEIGHTS_ATTR\n#endif\n\n".encode()
+    )
+    rows = []
+    for i, e in enumerate(reader.entries):
+        f.write(f"/* {i}: {_describe(e)} */\n".encode())
+        fields = {"name": f"t{i}_name", "name_len": f"{len(e.name.encode())}u", "key": f"t{i}_key",
+                  "key_len": f"{len(e.key.encode())}u", "ndim": f"{len(e.shape)}u"}
+        _write_string(f, f"t{i}_name", e.name)
+        _write_string(f, f"t{i}_key", e.key)
+        if e.shape:
+            f.write(f"static const uint32_t t{i}_shape[] = {{{', '.join(f'{n}u' for n in e.shape)}}};\n".encode())
+            fields["shape"] = f"t{i}_shape"
+        codes = bytes(reader.blob_bytes(e.codes, BlobKind.CODES))  # decoded when stored with zstd
+        fields.update(count=f"UINT64_C({e.count})", scheme=SCHEMES[e.scheme], bits=f"{e.bits}u", dtype=DTYPES[e.dtype],
+                      codec="0u", axis=str(-1 if e.grouping.axis is None else e.grouping.axis),
+                      block=f"UINT64_C({e.grouping.block or 0})", groups=f"UINT64_C({e.groups})")
+        if codes:
+            _write_array(f, f"t{i}_codes", codes)
+            fields["codes"] = f"t{i}_codes"
+        fields["codes_len"] = f"{len(codes)}u"
+        for name in PARAM_FIELDS:
+            if name in e.params:
+                data = bytes(reader.blob_bytes(e.params[name], BlobKind.PARAM))
+                if e.dtypes[name] == "<f2":  # qpk_tensor holds float32 scales; widening float16 is exact
+                    data = np.frombuffer(data, "<f2").astype("<f4").tobytes()
+                if data:
+                    _write_array(f, f"t{i}_{name}", data)
+                    fields[name] = f"t{i}_{name}"
+        f.write(b"\n")
+        rows.append(_row(fields))
+    f.write(b"const qpk_tensor qpk_tensors[] = {\n")
+    # C has no empty arrays: a table without tensors holds one zeroed row that the count excludes
+    f.write("".join(rows or ["    {.name = NULL},\n"]).encode())
+    f.write(f"}};\nconst size_t qpk_tensor_count = {len(rows)}u;\n".encode())
+
+
+# the fields of a qpk_tensor initializer, a line per group
+_ROW_LINES = (("name", "name_len", "key", "key_len"), ("ndim", "shape", "count"),
+              ("scheme", "bits", "dtype", "codec", "axis", "block", "groups"), ("codes", "codes_len") + PARAM_FIELDS)
+
+
+def _row(fields: dict[str, str]) -> str:
+    lines = [", ".join(f".{k} = {fields[k]}" for k in group if k in fields) for group in _ROW_LINES]
+    return "    {" + ",\n     ".join(lines) + "},\n"
+
+
+def _describe(e: TensorEntry) -> str:
+    g = e.grouping
+    if g.axis is None:
+        grouping = "per tensor"
+    else:
+        grouping = f"per channel along {g.axis}" if g.block is None else f"blocks of {g.block} along {g.axis}"
+    return _comment(f"{e.name} {list(e.shape)} {e.scheme} {e.bits} bits, {grouping}")
+
+
+def _comment(text: str, limit: int = 100) -> str:
+    """Text safe inside a C block comment: printable ASCII, no `*/`, no trigraph or line splice."""
+    safe = re.sub(r"[^0-9A-Za-z _.,:;=+\-\[\]()<>#@%&|^~!'\"]", "_", text)
+    return safe if len(safe) <= limit else safe[: limit - 3] + "..."
+
+
+def _write_string(f: BinaryIO, symbol: str, text: str) -> None:
+    """A NUL-terminated const char array; every byte outside plain ASCII as a three-digit octal escape,
+    which ends unambiguously (and `?` too, so no trigraph forms)."""
+    raw = text.encode()
+    escaped = [chr(b) if 0x20 <= b < 0x7F and b not in b'"\\?' else f"\\{b:03o}" for b in raw]
+    if len(raw) <= _MAX_LITERAL:
+        f.write(f'static const char {symbol}[] = "{"".join(escaped)}";\n'.encode())
+        return
+    f.write(f"static const char {symbol}[] = {{\n".encode())
+    items = [f"'{c}'" if c != "'" else "'\\''" for c in escaped] + ["0"]
+    for start in range(0, len(items), _ROW):
+        f.write(("    " + ",".join(items[start : start + _ROW]) + ",\n").encode())
+    f.write(b"};\n")
+
+
+def _write_array(f: BinaryIO, symbol: str, data: bytes) -> None:
+    """`static const uint8_t symbol[n] = {0x..,...};`, formatted by numpy: tens of MB take seconds."""
+    f.write(f"static const uint8_t {symbol}[{len(data)}] QPK_WEIGHTS_ATTR = {{\n".encode())
+    arr = np.frombuffer(data, dtype=np.uint8)
+    step = _ROW * _ROWS_PER_WRITE
+    for start in range(0, arr.size, step):
+        chunk = arr[start : start + step]
+        full = chunk.size // _ROW
+        if full:
+            body = _HEX[chunk[: full * _ROW]].reshape(full, _ROW * 5)
+            indent = np.full((full, 4), ord(" "), dtype=np.uint8)
+            newline = np.full((full, 1), ord("\n"), dtype=np.uint8)
+            f.write(np.hstack([indent, body, newline]).tobytes())
+        if chunk.size % _ROW:
+            f.write(b"    " + _HEX[chunk[full * _ROW :]].tobytes() + b"\n")
+    f.write(b"};\n")

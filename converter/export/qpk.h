@@ -1,0 +1,1085 @@
+/* qpk.h: a single-file C99 decoder for .qpk quantized weights (FORMAT.md, version 1.x).
+ *
+ * Decodes n-bit codes (schemes asym, sym, pow2; per-tensor, per-channel and blocked parameter
+ * groups) into float32 values bit-exactly equal to qpack's Python reader, and reads a whole .qpk
+ * container held in memory (flash, say), checking every rule of FORMAT.md's "Reading safely".
+ *
+ * No allocation, no I/O; only <stdint.h>, <stddef.h> and <string.h>. stb style:
+ *
+ *     #include "qpk.h"                 declarations, in any number of files
+ *
+ *     #define QPK_IMPLEMENTATION
+ *     #include "qpk.h"                 the code, in exactly one .c file
+ *
+ * The `<model>_weights.c` that `qpack export --to c` writes is that one file unless it is
+ * compiled with -DQPK_NO_IMPLEMENTATION. Define QPK_NO_READER to leave out the container reader
+ * (qpk_open and what it needs: SHA-256, CRC-32, msgpack), keeping only the decoder for tables
+ * compiled into the firmware.
+ *
+ * Functions returning int return 0 (QPK_OK) or a negative QPK_E_* code. The reader functions read
+ * only inside the buffer they are given, whatever it holds; decoding trusts a descriptor's
+ * pointers to hold the lengths it states and checks everything else. Bit-exactness assumes IEEE-754 binary32 `float` with
+ * round-to-nearest and subnormals kept (no flush-to-zero, no -ffast-math): the decoder performs
+ * the same single float32 multiplication per weight as the Python reader.
+ */
+#ifndef QPK_H
+#define QPK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define QPK_FORMAT_MAJOR 1 /* the container major version this decoder reads (any minor) */
+#define QPK_MAX_RANK 16    /* FORMAT.md: at most 16 dimensions */
+
+/* Error codes: always negative; qpk_strerror() names them. */
+#define QPK_OK 0
+#define QPK_E_ARG (-1)       /* a NULL pointer or an inconsistent tensor descriptor */
+#define QPK_E_RANGE (-2)     /* an element range or index outside the tensor or the file */
+#define QPK_E_SIZE (-3)      /* buffer shorter than a header, or not the length the header says */
+#define QPK_E_MAGIC (-4)     /* not a .qpk container */
+#define QPK_E_CRC (-5)       /* header CRC-32 mismatch */
+#define QPK_E_VERSION (-6)   /* another major version */
+#define QPK_E_HEADER (-7)    /* flags, reserved bytes, metadata length or payload offset */
+#define QPK_E_CHECKSUM (-8)  /* SHA-256 of the metadata or of a blob mismatch */
+#define QPK_E_MSGPACK (-9)   /* metadata is not one well-formed msgpack value (or nests too deep) */
+#define QPK_E_META (-10)     /* metadata breaks the schema: missing or mistyped top-level field */
+#define QPK_E_BLOB (-11)     /* blob table: kind, codec, order, alignment, bounds or padding */
+#define QPK_E_TENSOR (-12)   /* a tensor entry: scheme, bits, shape, axis, block, params, lengths, key */
+#define QPK_E_LIMIT (-13)    /* beyond a limit of this decoder (a dimension above 2^32 - 1) */
+#define QPK_E_CODEC (-14)    /* codes or parameters stored entropy-coded (zstd, codec 1): export --to c */
+#define QPK_E_NOTFOUND (-15) /* no tensor of that name */
+
+/* Schemes, FORMAT.md's scheme table. */
+#define QPK_ASYM 0 /* (code - zero_point) * scale; 1..8 bits */
+#define QPK_SYM 1  /* (code - M) * scale, M = 2^(bits-1) - 1; 2..8 bits */
+#define QPK_POW2 2 /* +-2^(emax - M + m), m = code & M, sign = code >> (bits-1); 2..8 bits */
+
+/* Source dtypes (informative: the decoder always writes float32). */
+#define QPK_FLOAT32 0
+#define QPK_FLOAT16 1
+#define QPK_BFLOAT16 2
+#define QPK_FLOAT64 3
+
+/* One quantized tensor: shape, code width, grouping, and pointers to its packed codes and
+ * parameters, stored exactly as in the container (little-endian bytes, so the same struct
+ * describes a table compiled into firmware and a tensor inside a .qpk in memory). */
+typedef struct qpk_tensor {
+    const char *name;          /* the source model's name; see name_len */
+    size_t name_len;           /* bytes; exported tables also NUL-terminate, qpk_get_tensor does not */
+    const char *key;           /* where the tensor sits in the source graph, unique; see key_len */
+    size_t key_len;
+    uint32_t ndim;             /* 0..QPK_MAX_RANK */
+    const uint32_t *shape;     /* ndim dimensions, C order (may be NULL when ndim is 0) */
+    uint64_t count;            /* product of shape: weights, codes, output floats */
+    uint8_t scheme;            /* QPK_ASYM, QPK_SYM or QPK_POW2 */
+    uint8_t bits;              /* code width */
+    uint8_t dtype;             /* QPK_FLOAT32... : the source dtype (informative) */
+    uint8_t codec;             /* 0 when codes and parameters are stored raw; else QPK_E_CODEC */
+    int32_t axis;              /* -1: one parameter group for the whole tensor */
+    uint64_t block;            /* 0: one group per index along axis; B >= 1: B weights along axis */
+    uint64_t groups;           /* number of parameter groups (C order of the group array) */
+    const uint8_t *codes;      /* codes_len bytes of LSB-first n-bit codes */
+    size_t codes_len;          /* ceil(count * bits / 8) */
+    const uint8_t *scale;      /* asym, sym: groups x float32, little-endian */
+    const uint8_t *zero_point; /* asym: groups x uint8 */
+    const uint8_t *emax;       /* pow2: groups x int16, little-endian */
+} qpk_tensor;
+
+/* Check a descriptor (scheme, width, shape product, grouping, lengths); 0 when decodable. */
+int qpk_tensor_check(const qpk_tensor *t);
+
+/* Decode all t->count weights into out (t->count floats). */
+int qpk_decode_tensor(const qpk_tensor *t, float *out);
+
+/* Decode weights [first, first + n) in C order into out (n floats): a row, a block, any slice,
+ * so a device can stream a tensor through a small buffer. Same values as the whole decode. */
+int qpk_decode_range(const qpk_tensor *t, uint64_t first, size_t n, float *out);
+
+/* The first tensor of `table` whose name is `name` (NUL-terminated), or NULL. */
+const qpk_tensor *qpk_find_tensor(const qpk_tensor *table, size_t n, const char *name);
+
+/* A constant English description of an error code. */
+const char *qpk_strerror(int err);
+
+#ifndef QPK_NO_READER
+
+#define QPK_OPEN_TRUST_BLOBS 1u /* qpk_open_ex: skip the blobs' SHA-256 (header and metadata still checked) */
+
+/* A .qpk container validated in memory; the buffer must outlive it. Fields are read-only. */
+typedef struct qpk_file {
+    const uint8_t *data;
+    size_t size;
+    uint16_t major, minor;
+    uint8_t format;         /* 0: onnx, 1: tflite (how the graph blob is read) */
+    size_t meta_length;     /* metadata (msgpack) at data + 80 */
+    size_t payload_offset;  /* blobs are relative to data + payload_offset */
+    uint32_t tensor_count;
+    uint32_t blob_count;
+    uint32_t graph;         /* blob index of the graph */
+    size_t tensors_at_;     /* private: metadata offsets of the tensor list and the blob table */
+    size_t blobs_at_;
+} qpk_file;
+
+/* Validate a whole container: header (magic, CRC-32, version, flags, reserved, lengths), metadata
+ * SHA-256 and msgpack, blob table (kinds, codecs, order, alignment, bounds, zero padding, SHA-256)
+ * and every tensor entry. On success fills *f; on failure leaves it zeroed. */
+int qpk_open(const uint8_t *buf, size_t len, qpk_file *f);
+int qpk_open_ex(const uint8_t *buf, size_t len, unsigned flags, qpk_file *f);
+
+/* Describe tensor `index` (0..tensor_count-1); pointers go into the file's buffer, shape into the
+ * caller's array. A tensor with a dimension above 2^32 - 1 gives QPK_E_LIMIT; one stored with
+ * zstd is described (codec 1) but decoding it gives QPK_E_CODEC. */
+int qpk_get_tensor(const qpk_file *f, uint32_t index, qpk_tensor *t, uint32_t shape[QPK_MAX_RANK]);
+
+/* Index of the first tensor named name[0..len). */
+int qpk_find(const qpk_file *f, const char *name, size_t len, uint32_t *index);
+
+/* The checksums the container uses, for a firmware's own checks. */
+uint32_t qpk_crc32(const void *data, size_t n);               /* zlib's CRC-32 */
+void qpk_sha256(const void *data, size_t n, uint8_t out[32]); /* FIPS 180-4 */
+
+#endif /* QPK_NO_READER */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QPK_H */
+
+/* ---------------------------------------------------------------------------------------------- */
+#ifdef QPK_IMPLEMENTATION
+#ifndef QPK_IMPLEMENTATION_DONE
+#define QPK_IMPLEMENTATION_DONE
+
+#include <string.h>
+
+/* The decoder reinterprets little-endian bytes as float: it needs a 32-bit float. */
+typedef char qpk__float_is_32_bits[sizeof(float) == 4 ? 1 : -1];
+
+#define QPK__MAX_ELEMENTS (UINT64_C(1) << 48) /* FORMAT limits, as the Python reader applies them */
+#define QPK__MAX_DIM (UINT64_C(1) << 40)
+
+static uint32_t qpk__le16(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
+
+static uint32_t qpk__le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static float qpk__f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f); /* the defined way to reinterpret bits in C99 */
+    return f;
+}
+
+/* 2^e as float32, exactly what ldexpf(1, e) gives: normal, subnormal, 0 below 2^-149 (2^-150 is
+ * a tie that rounds to even, i.e. to 0) and +inf above 2^127. Built from bits, no libm. */
+static float qpk__pow2f(int32_t e)
+{
+    if (e > 127) return qpk__f32(0x7F800000u);
+    if (e >= -126) return qpk__f32((uint32_t)(e + 127) << 23);
+    if (e >= -149) return qpk__f32(UINT32_C(1) << (e + 149));
+    return 0.0f;
+}
+
+static int qpk__scheme_bits(unsigned scheme, unsigned bits)
+{
+    unsigned lo = scheme == QPK_ASYM ? 1u : 2u;
+    return scheme <= QPK_POW2 && bits >= lo && bits <= 8u;
+}
+
+/* parameter groups of a shape and grouping (FORMAT.md "Parameter groups"), as Grouping.count */
+static uint64_t qpk__groups(const uint32_t *shape, uint32_t ndim, int32_t axis, uint64_t block)
+{
+    uint64_t g = 1;
+    uint32_t d;
+    if (axis < 0) return 1;
+    if (block == 0) return shape[axis];
+    for (d = 0; d < ndim; d++) {
+        uint64_t n = shape[d];
+        if ((int32_t)d == axis) n = n / block + (n % block != 0); /* ceil, without overflow for huge B */
+        g *= n; /* each factor <= its dimension and the product of dimensions is < 2^48: no overflow */
+    }
+    return g;
+}
+
+int qpk_tensor_check(const qpk_tensor *t)
+{
+    uint64_t count = 1, zero = 0;
+    uint32_t d;
+    if (!t) return QPK_E_ARG;
+    if (!qpk__scheme_bits(t->scheme, t->bits) || t->ndim > QPK_MAX_RANK || (t->ndim && !t->shape)) return QPK_E_ARG;
+    for (d = 0; d < t->ndim; d++) {
+        if (t->shape[d] == 0) zero = 1;
+        else if (count < QPK__MAX_ELEMENTS) count *= t->shape[d]; /* < 2^48 * 2^32: no overflow */
+    }
+    if (zero) count = 0;
+    if (count >= QPK__MAX_ELEMENTS || count != t->count) return QPK_E_ARG;
+    if (t->axis < -1 || (t->axis >= 0 && (uint32_t)t->axis >= t->ndim) || (t->block && t->axis < 0)) return QPK_E_ARG;
+    if (t->groups != qpk__groups(t->shape, t->ndim, t->axis, t->block)) return QPK_E_ARG;
+    if (t->codec != 0) return QPK_E_CODEC;
+    if ((uint64_t)t->codes_len != (count * t->bits + 7) / 8 || (t->codes_len && !t->codes)) return QPK_E_ARG;
+    if (t->groups) {
+        if (t->scheme != QPK_POW2 && !t->scale) return QPK_E_ARG;
+        if (t->scheme == QPK_ASYM && !t->zero_point) return QPK_E_ARG;
+        if (t->scheme == QPK_POW2 && !t->emax) return QPK_E_ARG;
+    }
+    return QPK_OK;
+}
+
+int qpk_decode_range(const qpk_tensor *t, uint64_t first, size_t n, float *out)
+{
+    int rc = qpk_tensor_check(t);
+    uint64_t inner = 1, along = 1, blk, nblk, o, a, r, ab, ai, bit, g, cur = UINT64_MAX;
+    uint32_t d;
+    unsigned bits, top, mask;
+    size_t i;
+    int zp = 0;
+    float scale = 0.0f;
+    if (rc) return rc;
+    if (first > t->count || (uint64_t)n > t->count - first) return QPK_E_RANGE;
+    if (n == 0) return QPK_OK;
+    if (!out) return QPK_E_ARG;
+
+    /* Index i of the tensor is ((o * along) + a) * inner + r around the grouped axis; counters are
+     * stepped per weight rather than divided out, and the group's parameters reloaded only when
+     * the group changes. Here count > 0, so every dimension is >= 1. */
+    if (t->axis >= 0) {
+        along = t->shape[t->axis];
+        for (d = (uint32_t)t->axis + 1; d < t->ndim; d++) inner *= t->shape[d];
+    }
+    blk = t->block ? t->block : along; /* per channel: one "block" spans the axis, never wraps */
+    nblk = along / blk + (along % blk != 0);
+    r = first % inner;
+    a = first / inner % along;
+    o = first / inner / along;
+    ab = a / blk;
+    ai = a % blk;
+
+    bits = t->bits;
+    top = (1u << (bits - 1)) - 1u; /* M */
+    mask = (1u << bits) - 1u;
+    bit = first * bits; /* first < 2^48, bits <= 8: no overflow */
+    for (i = 0; i < n; i++) {
+        const uint8_t *p = t->codes + (size_t)(bit >> 3);
+        unsigned shift = (unsigned)(bit & 7u), code = (unsigned)p[0] >> shift;
+        float x;
+        /* LSB first: a code that crosses a byte boundary takes its high bits from the next byte,
+         * which exists exactly when it does (the stream is ceil(count * bits / 8) bytes). */
+        if (shift + bits > 8u) code |= (unsigned)p[1] << (8u - shift);
+        code &= mask;
+        bit += bits;
+
+        g = t->axis < 0 ? 0 : t->block == 0 ? a : (o * nblk + ab) * inner + r;
+        if (g != cur) {
+            cur = g;
+            if (t->scheme == QPK_POW2) {
+                uint32_t u = qpk__le16(t->emax + 2 * g);
+                scale = qpk__pow2f((int32_t)u - (u & 0x8000u ? 65536 : 0)); /* int16, sign by hand */
+            } else {
+                scale = qpk__f32(qpk__le32(t->scale + 4 * g));
+            }
+            if (t->scheme == QPK_ASYM) zp = t->zero_point[g];
+        }
+
+        if (t->scheme == QPK_ASYM) {
+            x = (float)((int)code - zp) * scale; /* exact small integer times scale: one rounding */
+        } else if (t->scheme == QPK_SYM) {
+            x = (float)((int)code - (int)top) * scale;
+        } else {
+            /* +-2^(m - M) built from its bits (m - M >= -126: a normal float, exact; m = 0 gives a
+             * zero that keeps the sign bit), times 2^emax in one multiplication, as the Python
+             * reader does, so underflow, overflow and the sign of zero agree. */
+            unsigned m = code & top;
+            uint32_t sign = (uint32_t)(code >> (bits - 1)) << 31;
+            x = qpk__f32(sign | (m ? (uint32_t)(m + 127u - top) << 23 : 0u)) * scale;
+        }
+        out[i] = x;
+
+        if (++r == inner) {
+            r = 0;
+            if (++ai == blk) {
+                ai = 0;
+                ab++;
+            }
+            if (++a == along) {
+                a = ai = ab = 0;
+                o++;
+            }
+        }
+    }
+    return QPK_OK;
+}
+
+int qpk_decode_tensor(const qpk_tensor *t, float *out)
+{
+    int rc = qpk_tensor_check(t);
+    if (rc) return rc;
+    if (t->count > (uint64_t)SIZE_MAX) return QPK_E_LIMIT;
+    return qpk_decode_range(t, 0, (size_t)t->count, out);
+}
+
+const qpk_tensor *qpk_find_tensor(const qpk_tensor *table, size_t n, const char *name)
+{
+    size_t i, len;
+    if (!table || !name) return NULL;
+    len = strlen(name);
+    for (i = 0; i < n; i++)
+        if (table[i].name && table[i].name_len == len && memcmp(table[i].name, name, len) == 0) return &table[i];
+    return NULL;
+}
+
+const char *qpk_strerror(int err)
+{
+    switch (err) {
+    case QPK_OK: return "ok";
+    case QPK_E_ARG: return "invalid argument or tensor descriptor";
+    case QPK_E_RANGE: return "index or element range out of bounds";
+    case QPK_E_SIZE: return "buffer length does not match the header";
+    case QPK_E_MAGIC: return "not a .qpk container (bad magic)";
+    case QPK_E_CRC: return "header checksum mismatch";
+    case QPK_E_VERSION: return "unsupported container major version";
+    case QPK_E_HEADER: return "invalid header field";
+    case QPK_E_CHECKSUM: return "metadata or blob checksum mismatch";
+    case QPK_E_MSGPACK: return "metadata is not well-formed msgpack";
+    case QPK_E_META: return "metadata field missing or invalid";
+    case QPK_E_BLOB: return "invalid blob table";
+    case QPK_E_TENSOR: return "invalid tensor entry";
+    case QPK_E_LIMIT: return "beyond a limit of this decoder";
+    case QPK_E_CODEC: return "blob is entropy-coded (zstd); export with --to c for raw codes";
+    case QPK_E_NOTFOUND: return "no such tensor";
+    default: return "unknown error";
+    }
+}
+
+#ifndef QPK_NO_READER
+
+/* ---- checksums ------------------------------------------------------------------------------- */
+
+uint32_t qpk_crc32(const void *data, size_t n)
+{
+    /* bitwise, no table: it only ever covers the 72 header bytes */
+    const uint8_t *p = (const uint8_t *)data;
+    uint32_t c = 0xFFFFFFFFu;
+    size_t i;
+    int k;
+    for (i = 0; i < n; i++) {
+        c ^= p[i];
+        for (k = 0; k < 8; k++) c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
+    }
+    return c ^ 0xFFFFFFFFu;
+}
+
+static const uint32_t qpk__k256[64] = {
+    0x428a2f98u, 0x71374491u, 0xb5c0fbcfu, 0xe9b5dba5u, 0x3956c25bu, 0x59f111f1u, 0x923f82a4u, 0xab1c5ed5u,
+    0xd807aa98u, 0x12835b01u, 0x243185beu, 0x550c7dc3u, 0x72be5d74u, 0x80deb1feu, 0x9bdc06a7u, 0xc19bf174u,
+    0xe49b69c1u, 0xefbe4786u, 0x0fc19dc6u, 0x240ca1ccu, 0x2de92c6fu, 0x4a7484aau, 0x5cb0a9dcu, 0x76f988dau,
+    0x983e5152u, 0xa831c66du, 0xb00327c8u, 0xbf597fc7u, 0xc6e00bf3u, 0xd5a79147u, 0x06ca6351u, 0x14292967u,
+    0x27b70a85u, 0x2e1b2138u, 0x4d2c6dfcu, 0x53380d13u, 0x650a7354u, 0x766a0abbu, 0x81c2c92eu, 0x92722c85u,
+    0xa2bfe8a1u, 0xa81a664bu, 0xc24b8b70u, 0xc76c51a3u, 0xd192e819u, 0xd6990624u, 0xf40e3585u, 0x106aa070u,
+    0x19a4c116u, 0x1e376c08u, 0x2748774cu, 0x34b0bcb5u, 0x391c0cb3u, 0x4ed8aa4au, 0x5b9cca4fu, 0x682e6ff3u,
+    0x748f82eeu, 0x78a5636fu, 0x84c87814u, 0x8cc70208u, 0x90befffau, 0xa4506cebu, 0xbef9a3f7u, 0xc67178f2u,
+};
+
+static uint32_t qpk__ror(uint32_t x, unsigned n) { return x >> n | x << (32u - n); }
+
+static void qpk__sha256_block(uint32_t h[8], const uint8_t *p)
+{
+    uint32_t w[64], s[8], t1, t2;
+    int i;
+    for (i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (i = 16; i < 64; i++) {
+        uint32_t s0 = qpk__ror(w[i - 15], 7) ^ qpk__ror(w[i - 15], 18) ^ w[i - 15] >> 3;
+        uint32_t s1 = qpk__ror(w[i - 2], 17) ^ qpk__ror(w[i - 2], 19) ^ w[i - 2] >> 10;
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    memcpy(s, h, sizeof s);
+    for (i = 0; i < 64; i++) {
+        uint32_t a = s[0], e = s[4];
+        t1 = s[7] + (qpk__ror(e, 6) ^ qpk__ror(e, 11) ^ qpk__ror(e, 25)) + ((e & s[5]) ^ (~e & s[6])) + qpk__k256[i] + w[i];
+        t2 = (qpk__ror(a, 2) ^ qpk__ror(a, 13) ^ qpk__ror(a, 22)) + ((a & s[1]) ^ (a & s[2]) ^ (s[1] & s[2]));
+        s[7] = s[6], s[6] = s[5], s[5] = e, s[4] = s[3] + t1;
+        s[3] = s[2], s[2] = s[1], s[1] = a, s[0] = t1 + t2;
+    }
+    for (i = 0; i < 8; i++) h[i] += s[i];
+}
+
+void qpk_sha256(const void *data, size_t n, uint8_t out[32])
+{
+    static const uint32_t init[8] = {0x6a09e667u, 0xbb67ae85u, 0x3c6ef372u, 0xa54ff53au,
+                                     0x510e527fu, 0x9b05688cu, 0x1f83d9abu, 0x5be0cd19u};
+    const uint8_t *p = (const uint8_t *)data;
+    uint8_t tail[128];
+    uint32_t h[8];
+    uint64_t nbits = (uint64_t)n * 8u;
+    size_t left = n, end;
+    int i;
+    memcpy(h, init, sizeof h);
+    for (; left >= 64; left -= 64, p += 64) qpk__sha256_block(h, p);
+    /* the last partial block, a 1 bit, zeros and the message length in bits, big-endian */
+    memset(tail, 0, sizeof tail);
+    if (left) memcpy(tail, p, left);
+    tail[left] = 0x80;
+    end = left < 56 ? 64 : 128;
+    for (i = 0; i < 8; i++) tail[end - 1 - (size_t)i] = (uint8_t)(nbits >> (8 * i));
+    qpk__sha256_block(h, tail);
+    if (end == 128) qpk__sha256_block(h, tail + 64);
+    for (i = 0; i < 32; i++) out[i] = (uint8_t)(h[i / 4] >> (24 - 8 * (i % 4)));
+}
+
+/* ---- msgpack: a bounded reader of one value at a time ------------------------------------------ */
+
+/* Nesting allowed anywhere in the metadata (qpack writes 4 levels). Skipping uses an explicit
+ * stack of this depth, so no input recurses the C stack. */
+#ifndef QPK_MAX_DEPTH
+#define QPK_MAX_DEPTH 32
+#endif
+#define QPK__MAX_ITEMS 2000000u /* the Python reader's max_array_len / max_map_len */
+
+enum { QPK__NIL, QPK__BOOL, QPK__INT, QPK__FLOAT, QPK__STR, QPK__BIN, QPK__ARRAY, QPK__MAP };
+
+typedef struct {
+    const uint8_t *p;
+    size_t n, pos;
+} qpk__mp;
+
+typedef struct {
+    int type;
+    int neg;          /* QPK__INT: the value is -u */
+    uint64_t u;       /* QPK__INT: magnitude; QPK__BOOL: 0 or 1; QPK__ARRAY: items; QPK__MAP: pairs */
+    const uint8_t *s; /* QPK__STR, QPK__BIN: the bytes */
+    size_t len;
+} qpk__val;
+
+static const uint8_t *qpk__take(qpk__mp *m, size_t k)
+{
+    const uint8_t *at;
+    if (k > m->n - m->pos) return NULL;
+    at = m->p + m->pos;
+    m->pos += k;
+    return at;
+}
+
+static uint64_t qpk__be(const uint8_t *p, size_t k)
+{
+    uint64_t v = 0;
+    size_t i;
+    for (i = 0; i < k; i++) v = v << 8 | p[i];
+    return v;
+}
+
+/* Strict UTF-8 (no overlongs, surrogates or code points above U+10FFFF), as Python decodes msgpack
+ * strings; *chars gets the length in code points, which is what Python's len() limits. */
+static int qpk__utf8(const uint8_t *s, size_t n, size_t *chars)
+{
+    size_t i = 0, c = 0, k, j;
+    uint32_t cp, min;
+    while (i < n) {
+        uint8_t b = s[i];
+        if (b < 0x80) {
+            i++;
+            c++;
+            continue;
+        }
+        if ((b & 0xE0) == 0xC0) k = 1, cp = b & 0x1Fu, min = 0x80;
+        else if ((b & 0xF0) == 0xE0) k = 2, cp = b & 0x0Fu, min = 0x800;
+        else if ((b & 0xF8) == 0xF0) k = 3, cp = b & 0x07u, min = 0x10000;
+        else return 0;
+        if (k >= n - i) return 0;
+        for (j = 1; j <= k; j++) {
+            if ((s[i + j] & 0xC0) != 0x80) return 0;
+            cp = cp << 6 | (s[i + j] & 0x3Fu);
+        }
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+        i += k + 1;
+        c++;
+    }
+    if (chars) *chars = c;
+    return 1;
+}
+
+/* Read one item: a scalar whole, or the header of an array or map (its items follow). */
+static int qpk__next(qpk__mp *m, qpk__val *v)
+{
+    const uint8_t *b = qpk__take(m, 1), *x;
+    unsigned t;
+    size_t k = 0;
+    if (!b) return QPK_E_MSGPACK;
+    t = *b;
+    memset(v, 0, sizeof *v);
+    if (t <= 0x7F || t >= 0xE0) { /* positive and negative fixint */
+        v->type = QPK__INT;
+        v->neg = t >= 0xE0;
+        v->u = t >= 0xE0 ? 256u - t : t;
+        return QPK_OK;
+    }
+    if (t <= 0x9F || (t >= 0xDC && t <= 0xDF)) { /* fixmap, fixarray, array 16/32, map 16/32 */
+        int map = t <= 0x8F || t >= 0xDE;
+        if (t <= 0x9F) {
+            v->u = t & 0x0Fu;
+        } else {
+            k = (t & 1u) ? 4 : 2;
+            if (!(x = qpk__take(m, k))) return QPK_E_MSGPACK;
+            v->u = qpk__be(x, k);
+        }
+        v->type = map ? QPK__MAP : QPK__ARRAY;
+        /* every item takes at least one byte: a count beyond the bytes left is a lie */
+        if (v->u > QPK__MAX_ITEMS || (map ? 2 * v->u : v->u) > m->n - m->pos) return QPK_E_MSGPACK;
+        return QPK_OK;
+    }
+    if (t <= 0xBF) { /* fixstr */
+        v->type = QPK__STR;
+        v->len = t & 0x1Fu;
+    } else {
+        switch (t) {
+        case 0xC0: v->type = QPK__NIL; return QPK_OK;
+        case 0xC2: case 0xC3: v->type = QPK__BOOL; v->u = t & 1u; return QPK_OK;
+        case 0xCA: case 0xCB: /* floats: allowed in informative fields, never in the ones read */
+            v->type = QPK__FLOAT;
+            return qpk__take(m, t == 0xCA ? 4 : 8) ? QPK_OK : QPK_E_MSGPACK;
+        case 0xCC: case 0xCD: case 0xCE: case 0xCF: /* uint 8/16/32/64 */
+            k = (size_t)1 << (t - 0xCC);
+            if (!(x = qpk__take(m, k))) return QPK_E_MSGPACK;
+            v->type = QPK__INT;
+            v->u = qpk__be(x, k);
+            return QPK_OK;
+        case 0xD0: case 0xD1: case 0xD2: case 0xD3: { /* int 8/16/32/64, two's complement */
+            uint64_t raw, sign;
+            k = (size_t)1 << (t - 0xD0);
+            if (!(x = qpk__take(m, k))) return QPK_E_MSGPACK;
+            raw = qpk__be(x, k);
+            sign = UINT64_C(1) << (8 * k - 1);
+            v->type = QPK__INT;
+            v->neg = (raw & sign) != 0;
+            /* sign-extended to 64 bits and negated in unsigned arithmetic: the magnitude, even of -2^63 */
+            v->u = v->neg ? 0 - (raw | ~((sign << 1) - 1)) : raw;
+            return QPK_OK;
+        }
+        case 0xC4: case 0xC5: case 0xC6: v->type = QPK__BIN; k = (size_t)1 << (t - 0xC4); break;
+        case 0xD9: case 0xDA: case 0xDB: v->type = QPK__STR; k = (size_t)1 << (t - 0xD9); break;
+        default: return QPK_E_MSGPACK; /* 0xC1 (never used) and extension types: not in qpack metadata */
+        }
+        if (!(x = qpk__take(m, k))) return QPK_E_MSGPACK;
+        v->len = (size_t)qpk__be(x, k);
+    }
+    if (!(v->s = qpk__take(m, v->len))) return QPK_E_MSGPACK;
+    if (v->type == QPK__STR && !qpk__utf8(v->s, v->len, NULL)) return QPK_E_MSGPACK;
+    return QPK_OK;
+}
+
+/* Skip the rest of a value whose first item v sits at nesting level `depth` (the metadata map is
+ * level 1); no container may sit deeper than QPK_MAX_DEPTH. Map keys must be scalars (Python
+ * cannot hash an array or map key and refuses the file too). */
+static int qpk__skip_rest(qpk__mp *m, const qpk__val *v, int depth)
+{
+    uint64_t left[QPK_MAX_DEPTH]; /* items still to read in each open container, innermost last */
+    unsigned char map[QPK_MAX_DEPTH];
+    int top = 0, rc;
+    qpk__val x;
+    if (v->type != QPK__ARRAY && v->type != QPK__MAP) return QPK_OK;
+    if (depth < 1 || depth > QPK_MAX_DEPTH) return QPK_E_MSGPACK;
+    left[0] = v->type == QPK__MAP ? 2 * v->u : v->u;
+    map[0] = v->type == QPK__MAP;
+    while (top >= 0) {
+        int key;
+        if (left[top] == 0) {
+            top--;
+            continue;
+        }
+        key = map[top] && left[top] % 2 == 0;
+        left[top]--;
+        if ((rc = qpk__next(m, &x)) != QPK_OK) return rc;
+        if (x.type == QPK__ARRAY || x.type == QPK__MAP) {
+            /* x sits at level depth + top + 1, its slot at index top + 1 <= QPK_MAX_DEPTH - depth */
+            if (key || depth + top + 1 > QPK_MAX_DEPTH) return QPK_E_MSGPACK;
+            top++;
+            left[top] = x.type == QPK__MAP ? 2 * x.u : x.u;
+            map[top] = x.type == QPK__MAP;
+        }
+    }
+    return QPK_OK;
+}
+
+static int qpk__skip(qpk__mp *m, int depth)
+{
+    qpk__val v;
+    int rc = qpk__next(m, &v);
+    return rc ? rc : qpk__skip_rest(m, &v, depth);
+}
+
+static int qpk__is(const qpk__val *v, const char *s)
+{
+    size_t n = strlen(s);
+    return v->type == QPK__STR && v->len == n && memcmp(v->s, s, n) == 0;
+}
+
+/* A non-negative integer no larger than max. */
+static int qpk__uint(const qpk__val *v, uint64_t max, uint64_t *out)
+{
+    if (v->type != QPK__INT || (v->neg && v->u) || v->u > max) return 0;
+    *out = v->u;
+    return 1;
+}
+
+/* Read the map header at m and find the values of `names` (n of them, n <= 16): at[i] is the
+ * metadata offset of names[i]'s value, or 0 when absent. Other keys are skipped; a name given
+ * twice is refused (Python would keep the last, a silent disagreement). On return m is past the map. */
+static int qpk__fields(qpk__mp *m, int depth, const char *const *names, size_t n, size_t *at, int bad)
+{
+    qpk__val v, key;
+    uint64_t i;
+    size_t j;
+    int rc;
+    if ((rc = qpk__next(m, &v)) != QPK_OK) return rc;
+    if (v.type != QPK__MAP) return bad;
+    if (depth < 1 || depth > QPK_MAX_DEPTH) return QPK_E_MSGPACK;
+    for (j = 0; j < n; j++) at[j] = 0;
+    for (i = 0; i < v.u; i++) {
+        if ((rc = qpk__next(m, &key)) != QPK_OK) return rc;
+        if (key.type == QPK__ARRAY || key.type == QPK__MAP) return QPK_E_MSGPACK;
+        for (j = 0; j < n && !qpk__is(&key, names[j]); j++) continue;
+        if (j < n) {
+            if (at[j]) return bad;
+            at[j] = m->pos;
+        }
+        if ((rc = qpk__skip(m, depth + 1)) != QPK_OK) return rc;
+    }
+    return QPK_OK;
+}
+
+/* ---- the blob table ---------------------------------------------------------------------------- */
+
+typedef struct {
+    uint64_t kind, codec, offset, length, raw_length;
+    const uint8_t *sha256;
+} qpk__blob;
+
+enum { QPK__GRAPH = 0, QPK__CODES = 1, QPK__PARAM = 2 };
+
+/* One row [kind, codec, offset, length, raw_length, sha256]; its fields typed, not yet related. */
+static int qpk__blob_row(qpk__mp *m, qpk__blob *b)
+{
+    qpk__val v;
+    uint64_t *f[5];
+    int i, rc;
+    f[0] = &b->kind, f[1] = &b->codec, f[2] = &b->offset, f[3] = &b->length, f[4] = &b->raw_length;
+    if ((rc = qpk__next(m, &v)) != QPK_OK) return rc;
+    if (v.type != QPK__ARRAY || v.u != 6) return QPK_E_BLOB;
+    for (i = 0; i < 5; i++) {
+        if ((rc = qpk__next(m, &v)) != QPK_OK) return rc;
+        if (v.type != QPK__INT) return QPK_E_BLOB; /* containers here are malformed rows, not skipped */
+        if (!qpk__uint(&v, UINT64_MAX, f[i])) return QPK_E_BLOB;
+    }
+    if ((rc = qpk__next(m, &v)) != QPK_OK) return rc;
+    if (v.type != QPK__BIN || v.len != 32) return QPK_E_BLOB;
+    b->sha256 = v.s;
+    return QPK_OK;
+}
+
+/* Row `index` of a validated table, walking forward from a cursor (rows are usually asked for in
+ * increasing order, so reading every tensor costs one pass over the table). */
+typedef struct {
+    qpk__mp m;
+    uint32_t next; /* index of the row at m.pos */
+} qpk__blobs;
+
+static void qpk__blobs_init(qpk__blobs *c, const qpk_file *f)
+{
+    c->m.p = f->data + 80;
+    c->m.n = f->meta_length;
+    c->m.pos = f->blobs_at_;
+    c->next = 0;
+}
+
+static int qpk__blob_at(qpk__blobs *c, const qpk_file *f, uint64_t index, qpk__blob *b)
+{
+    int rc;
+    if (index >= f->blob_count) return QPK_E_TENSOR;
+    if (index < c->next) qpk__blobs_init(c, f);
+    for (;;) {
+        if ((rc = qpk__blob_row(&c->m, b)) != QPK_OK) return rc;
+        if (c->next++ == index) return QPK_OK;
+    }
+}
+
+/* ---- tensor entries ------------------------------------------------------------------------------ */
+
+typedef struct {
+    const uint8_t *name, *key;
+    size_t name_len, key_len;
+    uint32_t ndim;
+    uint64_t dims[QPK_MAX_RANK], count, groups, block;
+    int32_t axis;
+    unsigned scheme, bits, dtype, codec;
+    uint64_t codes, params[2];
+    qpk__blob code_blob, param_blob[2];
+} qpk__entry;
+
+enum { QPK__F_NAME, QPK__F_KEY, QPK__F_SHAPE, QPK__F_DTYPE, QPK__F_SCHEME, QPK__F_BITS, QPK__F_AXIS,
+       QPK__F_BLOCK, QPK__F_CODES, QPK__F_PARAMS, QPK__F_COUNT };
+
+static const char *const qpk__entry_fields[QPK__F_COUNT] = {"name", "key", "shape", "dtype", "scheme",
+                                                           "bits", "axis", "block", "codes", "params"};
+static const char *const qpk__schemes[3] = {"asym", "sym", "pow2"};
+static const char *const qpk__dtypes[4] = {"float32", "float16", "bfloat16", "float64"};
+
+/* The value at metadata offset `at`, which must be a scalar (fields read here never nest). */
+static int qpk__scalar_at(const qpk_file *f, size_t at, qpk__val *v)
+{
+    qpk__mp m;
+    m.p = f->data + 80, m.n = f->meta_length, m.pos = at;
+    return qpk__next(&m, v);
+}
+
+/* A required scalar field of a tensor entry (at: where qpk__fields found it, 0 when absent). */
+static int qpk__field(const qpk_file *f, size_t at, qpk__val *v)
+{
+    return at ? qpk__scalar_at(f, at, v) : QPK_E_TENSOR;
+}
+
+/* Parse and check one tensor entry at m (FORMAT.md "Tensor entries" and "Reading safely"): the
+ * same rules, in the same terms, as the Python reader's TensorEntry.from_meta and _check_entry. */
+static int qpk__entry_read(const qpk_file *f, qpk__mp *m, qpk__blobs *bc, qpk__entry *e)
+{
+    size_t at[QPK__F_COUNT], chars, pat[2];
+    qpk__val v;
+    qpk__mp sm;
+    uint64_t i, x, zero = 0;
+    unsigned j, nparams;
+    int rc;
+    const char *pnames[2];
+
+    memset(e, 0, sizeof *e);
+    if ((rc = qpk__fields(m, 3, qpk__entry_fields, QPK__F_COUNT, at, QPK_E_TENSOR)) != QPK_OK) return rc;
+
+    if ((rc = qpk__field(f, at[QPK__F_NAME], &v)) != QPK_OK) return rc;
+    if (v.type != QPK__STR || !qpk__utf8(v.s, v.len, &chars) || chars > 65536) return QPK_E_TENSOR;
+    e->name = v.s, e->name_len = v.len;
+    if ((rc = qpk__field(f, at[QPK__F_KEY], &v)) != QPK_OK) return rc;
+    if (v.type != QPK__STR || !qpk__utf8(v.s, v.len, &chars) || chars == 0 || chars > 65536) return QPK_E_TENSOR;
+    e->key = v.s, e->key_len = v.len;
+
+    if (!at[QPK__F_SHAPE]) return QPK_E_TENSOR;
+    sm.p = f->data + 80, sm.n = f->meta_length, sm.pos = at[QPK__F_SHAPE];
+    if ((rc = qpk__next(&sm, &v)) != QPK_OK) return rc;
+    if (v.type != QPK__ARRAY || v.u > QPK_MAX_RANK) return QPK_E_TENSOR;
+    e->ndim = (uint32_t)v.u;
+    e->count = 1;
+    for (i = 0; i < e->ndim; i++) {
+        if ((rc = qpk__next(&sm, &v)) != QPK_OK) return rc;
+        if (!qpk__uint(&v, QPK__MAX_DIM - 1, &e->dims[i])) return QPK_E_TENSOR;
+        if (e->dims[i] == 0) zero = 1;
+        else if (e->count < QPK__MAX_ELEMENTS) e->count *= e->dims[i]; /* < 2^48 * 2^40: no overflow */
+    }
+    if (zero) e->count = 0;
+    if (e->count >= QPK__MAX_ELEMENTS) return QPK_E_TENSOR;
+
+    if ((rc = qpk__field(f, at[QPK__F_DTYPE], &v)) != QPK_OK) return rc;
+    for (j = 0; j < 4 && !qpk__is(&v, qpk__dtypes[j]); j++) continue;
+    if (j == 4) return QPK_E_TENSOR;
+    e->dtype = j;
+    if ((rc = qpk__field(f, at[QPK__F_SCHEME], &v)) != QPK_OK) return rc;
+    for (j = 0; j < 3 && !qpk__is(&v, qpk__schemes[j]); j++) continue;
+    if (j == 3) return QPK_E_TENSOR; /* also a scheme other writers know and this decoder does not */
+    e->scheme = j;
+    if ((rc = qpk__field(f, at[QPK__F_BITS], &v)) != QPK_OK) return rc;
+    if (!qpk__uint(&v, 8, &x) || !qpk__scheme_bits(e->scheme, (unsigned)x)) return QPK_E_TENSOR;
+    e->bits = (unsigned)x;
+
+    e->axis = -1; /* axis and block: absent or nil mean none */
+    if (at[QPK__F_AXIS]) {
+        if ((rc = qpk__scalar_at(f, at[QPK__F_AXIS], &v)) != QPK_OK) return rc;
+        if (v.type != QPK__NIL) {
+            if (!qpk__uint(&v, e->ndim ? e->ndim - 1 : 0, &x) || e->ndim == 0) return QPK_E_TENSOR;
+            e->axis = (int32_t)x;
+        }
+    }
+    if (at[QPK__F_BLOCK]) {
+        if ((rc = qpk__scalar_at(f, at[QPK__F_BLOCK], &v)) != QPK_OK) return rc;
+        if (v.type != QPK__NIL && (!qpk__uint(&v, UINT64_MAX, &e->block) || e->block == 0 || e->axis < 0)) return QPK_E_TENSOR;
+    }
+
+    /* params: exactly the scheme's parameter names, each an integer blob index */
+    nparams = e->scheme == QPK_ASYM ? 2 : 1;
+    pnames[0] = e->scheme == QPK_POW2 ? "emax" : "scale";
+    pnames[1] = "zero_point";
+    if (!at[QPK__F_PARAMS]) return QPK_E_TENSOR;
+    sm.pos = at[QPK__F_PARAMS];
+    if ((rc = qpk__next(&sm, &v)) != QPK_OK) return rc;
+    if (v.type != QPK__MAP || v.u != nparams) return QPK_E_TENSOR;
+    pat[0] = pat[1] = 0;
+    for (i = 0; i < nparams; i++) {
+        qpk__val k;
+        if ((rc = qpk__next(&sm, &k)) != QPK_OK) return rc;
+        for (j = 0; j < nparams && !qpk__is(&k, pnames[j]); j++) continue;
+        if (j == nparams || pat[j]) return QPK_E_TENSOR;
+        pat[j] = 1;
+        if ((rc = qpk__next(&sm, &v)) != QPK_OK) return rc;
+        if (v.type != QPK__INT) return QPK_E_TENSOR;
+        e->params[j] = v.neg ? UINT64_MAX : v.u; /* a negative index is simply out of range */
+    }
+    if ((rc = qpk__field(f, at[QPK__F_CODES], &v)) != QPK_OK) return rc;
+    if (v.type != QPK__INT) return QPK_E_TENSOR;
+    e->codes = v.neg ? UINT64_MAX : v.u;
+
+    /* groups, as Grouping.count: 1, S[a], or the shape with S[a] replaced by ceil(S[a] / B) */
+    if (e->axis < 0) e->groups = 1;
+    else if (!e->block) e->groups = e->dims[e->axis];
+    else {
+        e->groups = 1;
+        for (i = 0; i < e->ndim; i++) {
+            x = e->dims[i];
+            if (i == (uint64_t)e->axis) x = x / e->block + (x % e->block != 0);
+            e->groups *= x; /* each factor <= its dimension: the product stays below 2^48 */
+        }
+    }
+
+    /* blobs: the right kind, and exactly the lengths shape, grouping and width imply */
+    if ((rc = qpk__blob_at(bc, f, e->codes, &e->code_blob)) != QPK_OK) return rc;
+    if (e->code_blob.kind != QPK__CODES || e->code_blob.raw_length != (e->count * e->bits + 7) / 8) return QPK_E_TENSOR;
+    e->codec = (unsigned)e->code_blob.codec;
+    for (j = 0; j < nparams; j++) {
+        uint64_t size = e->scheme == QPK_ASYM && j == 1 ? 1 : e->scheme == QPK_POW2 ? 2 : 4;
+        if ((rc = qpk__blob_at(bc, f, e->params[j], &e->param_blob[j])) != QPK_OK) return rc;
+        if (e->param_blob[j].kind != QPK__PARAM || e->param_blob[j].raw_length != e->groups * size) return QPK_E_TENSOR;
+        if (e->param_blob[j].codec) e->codec = (unsigned)e->param_blob[j].codec;
+    }
+    return QPK_OK;
+}
+
+/* The key of the entry at m (already validated), m moved past the entry. */
+static int qpk__entry_key(const qpk_file *f, qpk__mp *m, const uint8_t **key, size_t *len)
+{
+    static const char *const name[1] = {"key"};
+    size_t at;
+    qpk__val v;
+    int rc = qpk__fields(m, 3, name, 1, &at, QPK_E_TENSOR);
+    if (rc == QPK_OK && (rc = qpk__scalar_at(f, at, &v)) == QPK_OK) *key = v.s, *len = v.len;
+    return rc;
+}
+
+/* ---- the container ------------------------------------------------------------------------------ */
+
+#ifndef QPK_KEY_FILTER_BITS
+#define QPK_KEY_FILTER_BITS 4096 /* duplicate-key check: a bit per hash on the stack, then exact compares */
+#endif
+
+static uint64_t qpk__rd64le(const uint8_t *p) { return (uint64_t)qpk__le32(p) | (uint64_t)qpk__le32(p + 4) << 32; }
+
+static int qpk__zero(const uint8_t *p, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (p[i]) return 0;
+    return 1;
+}
+
+static int qpk__open_blobs(qpk_file *f, size_t at, unsigned flags)
+{
+    qpk__mp m;
+    qpk__val v;
+    qpk__blob b;
+    uint64_t i, end = 0, payload_len = f->size - f->payload_offset;
+    uint8_t digest[32];
+    int rc;
+    m.p = f->data + 80, m.n = f->meta_length, m.pos = at;
+    if ((rc = qpk__next(&m, &v)) != QPK_OK) return rc;
+    if (v.type != QPK__ARRAY) return QPK_E_META;
+    f->blob_count = (uint32_t)v.u;
+    f->blobs_at_ = m.pos;
+    for (i = 0; i < v.u; i++) {
+        if ((rc = qpk__blob_row(&m, &b)) != QPK_OK) return rc;
+        if (b.kind > QPK__PARAM || b.codec > 1) return QPK_E_BLOB; /* codecs: 0 raw, 1 zstd */
+        /* increasing, aligned, inside the payload; raw blobs decode to themselves */
+        if (b.offset < end || b.offset % 64 || b.offset > payload_len || b.length > payload_len - b.offset) return QPK_E_BLOB;
+        if (b.codec == 0 && b.raw_length != b.length) return QPK_E_BLOB;
+        if (!qpk__zero(f->data + f->payload_offset + end, (size_t)(b.offset - end))) return QPK_E_BLOB;
+        if (!(flags & QPK_OPEN_TRUST_BLOBS)) {
+            qpk_sha256(f->data + f->payload_offset + b.offset, (size_t)b.length, digest);
+            if (memcmp(digest, b.sha256, 32) != 0) return QPK_E_CHECKSUM;
+        }
+        end = b.offset + b.length;
+    }
+    if (end != payload_len) return QPK_E_BLOB; /* the last blob ends the file */
+    return QPK_OK;
+}
+
+static int qpk__open_tensors(qpk_file *f, size_t at)
+{
+    uint8_t filter[QPK_KEY_FILTER_BITS / 8];
+    qpk__mp m, prev;
+    qpk__val v;
+    qpk__entry e;
+    qpk__blobs bc;
+    uint64_t i, j;
+    int rc;
+    m.p = f->data + 80, m.n = f->meta_length, m.pos = at;
+    if ((rc = qpk__next(&m, &v)) != QPK_OK) return rc;
+    if (v.type != QPK__ARRAY || v.u > 1000000u) return QPK_E_META; /* MAX_TENSORS */
+    f->tensor_count = (uint32_t)v.u;
+    f->tensors_at_ = m.pos;
+    memset(filter, 0, sizeof filter);
+    qpk__blobs_init(&bc, f);
+    for (i = 0; i < v.u; i++) {
+        uint64_t h = UINT64_C(14695981039346656037); /* FNV-1a of the key */
+        size_t k;
+        if ((rc = qpk__entry_read(f, &m, &bc, &e)) != QPK_OK) return rc;
+        for (k = 0; k < e.key_len; k++) h = (h ^ e.key[k]) * UINT64_C(1099511628211);
+        h %= QPK_KEY_FILTER_BITS;
+        if (filter[h / 8] & (1u << (h % 8))) {
+            /* maybe seen: compare with every earlier key (rare unless keys really repeat) */
+            prev.p = m.p, prev.n = m.n, prev.pos = f->tensors_at_;
+            for (j = 0; j < i; j++) {
+                const uint8_t *key;
+                size_t len;
+                if ((rc = qpk__entry_key(f, &prev, &key, &len)) != QPK_OK) return rc;
+                if (len == e.key_len && memcmp(key, e.key, len) == 0) return QPK_E_TENSOR;
+            }
+        }
+        filter[h / 8] |= (uint8_t)(1u << (h % 8));
+    }
+    return QPK_OK;
+}
+
+int qpk_open_ex(const uint8_t *buf, size_t len, unsigned flags, qpk_file *out)
+{
+    static const uint8_t magic[8] = {0x89, 'Q', 'P', 'K', '\r', '\n', 0x1A, '\n'};
+    static const char *const top[4] = {"format", "graph", "tensors", "blobs"};
+    qpk_file f;
+    qpk__mp m;
+    qpk__val v;
+    qpk__blob b;
+    qpk__blobs bc;
+    uint64_t meta_len, payload_off, payload_len, graph;
+    size_t at[4];
+    uint8_t digest[32];
+    int rc;
+
+    if (!out) return QPK_E_ARG;
+    memset(out, 0, sizeof *out);
+    if (!buf) return QPK_E_ARG;
+    if (len < 80) return QPK_E_SIZE;
+    if (memcmp(buf, magic, 8) != 0) return QPK_E_MAGIC;
+    if (qpk_crc32(buf, 72) != qpk__le32(buf + 72)) return QPK_E_CRC;
+    memset(&f, 0, sizeof f);
+    f.data = buf;
+    f.size = len;
+    f.major = (uint16_t)qpk__le16(buf + 8);
+    f.minor = (uint16_t)qpk__le16(buf + 10);
+    if (f.major != QPK_FORMAT_MAJOR) return QPK_E_VERSION;
+    if (qpk__le32(buf + 12) != 0 || !qpk__zero(buf + 76, 4)) return QPK_E_HEADER;
+    meta_len = qpk__rd64le(buf + 16);
+    payload_off = qpk__rd64le(buf + 24);
+    payload_len = qpk__rd64le(buf + 32);
+    if (meta_len > (UINT64_C(256) << 20)) return QPK_E_HEADER;
+    if (payload_off != (80 + meta_len + 63) / 64 * 64) return QPK_E_HEADER;
+    if (payload_off > len || payload_len != len - payload_off) return QPK_E_SIZE;
+    f.meta_length = (size_t)meta_len;
+    f.payload_offset = (size_t)payload_off;
+    qpk_sha256(buf + 80, f.meta_length, digest);
+    if (memcmp(digest, buf + 40, 32) != 0) return QPK_E_CHECKSUM;
+    if (!qpk__zero(buf + 80 + f.meta_length, f.payload_offset - 80 - f.meta_length)) return QPK_E_BLOB;
+
+    /* one msgpack map and nothing after it; note where the four fields read here sit */
+    m.p = buf + 80, m.n = f.meta_length, m.pos = 0;
+    if ((rc = qpk__fields(&m, 1, top, 4, at, QPK_E_META)) != QPK_OK) return rc;
+    if (m.pos != m.n) return QPK_E_MSGPACK;
+    if (!at[0] || !at[1] || !at[2] || !at[3]) return QPK_E_META;
+
+    if ((rc = qpk__open_blobs(&f, at[3], flags)) != QPK_OK) return rc;
+    if ((rc = qpk__scalar_at(&f, at[0], &v)) != QPK_OK) return rc;
+    if (!qpk__is(&v, "onnx") && !qpk__is(&v, "tflite")) return QPK_E_META;
+    f.format = (uint8_t)qpk__is(&v, "tflite");
+    if ((rc = qpk__open_tensors(&f, at[2])) != QPK_OK) return rc;
+    if ((rc = qpk__scalar_at(&f, at[1], &v)) != QPK_OK) return rc;
+    if (!qpk__uint(&v, UINT64_MAX, &graph) || graph >= f.blob_count) return QPK_E_META;
+    qpk__blobs_init(&bc, &f);
+    if ((rc = qpk__blob_at(&bc, &f, graph, &b)) != QPK_OK) return rc;
+    if (b.kind != QPK__GRAPH) return QPK_E_META;
+    f.graph = (uint32_t)graph;
+    *out = f;
+    return QPK_OK;
+}
+
+int qpk_open(const uint8_t *buf, size_t len, qpk_file *f) { return qpk_open_ex(buf, len, 0, f); }
+
+/* Move m past `index` entries of the tensor list. */
+static int qpk__seek_entry(const qpk_file *f, uint32_t index, qpk__mp *m)
+{
+    uint32_t i;
+    int rc;
+    if (!f || !f->data || index >= f->tensor_count) return QPK_E_RANGE;
+    m->p = f->data + 80, m->n = f->meta_length, m->pos = f->tensors_at_;
+    for (i = 0; i < index; i++)
+        if ((rc = qpk__skip(m, 3)) != QPK_OK) return rc;
+    return QPK_OK;
+}
+
+int qpk_get_tensor(const qpk_file *f, uint32_t index, qpk_tensor *t, uint32_t shape[QPK_MAX_RANK])
+{
+    qpk__mp m;
+    qpk__entry e;
+    qpk__blobs bc;
+    uint32_t d;
+    const uint8_t *payload;
+    int rc;
+    if (!t || !shape) return QPK_E_ARG;
+    if ((rc = qpk__seek_entry(f, index, &m)) != QPK_OK) return rc;
+    qpk__blobs_init(&bc, f);
+    if ((rc = qpk__entry_read(f, &m, &bc, &e)) != QPK_OK) return rc;
+    for (d = 0; d < e.ndim; d++) {
+        if (e.dims[d] > UINT32_MAX) return QPK_E_LIMIT;
+        shape[d] = (uint32_t)e.dims[d];
+    }
+    payload = f->data + f->payload_offset;
+    memset(t, 0, sizeof *t);
+    t->name = (const char *)e.name, t->name_len = e.name_len;
+    t->key = (const char *)e.key, t->key_len = e.key_len;
+    t->ndim = e.ndim;
+    t->shape = shape;
+    t->count = e.count;
+    t->scheme = (uint8_t)e.scheme;
+    t->bits = (uint8_t)e.bits;
+    t->dtype = (uint8_t)e.dtype;
+    t->codec = (uint8_t)e.codec;
+    t->axis = e.axis;
+    t->block = e.block;
+    t->groups = e.groups;
+    t->codes = payload + e.code_blob.offset;
+    t->codes_len = (size_t)e.code_blob.length;
+    if (e.scheme == QPK_POW2) t->emax = payload + e.param_blob[0].offset;
+    else t->scale = payload + e.param_blob[0].offset;
+    if (e.scheme == QPK_ASYM) t->zero_point = payload + e.param_blob[1].offset;
+    return QPK_OK;
+}
+
+int qpk_find(const qpk_file *f, const char *name, size_t len, uint32_t *index)
+{
+    qpk__mp m;
+    size_t at;
+    qpk__val v;
+    uint32_t i;
+    int rc;
+    static const char *const field[1] = {"name"};
+    if (!f || !f->data || (!name && len) || !index) return QPK_E_ARG;
+    if (f->tensor_count == 0) return QPK_E_NOTFOUND;
+    if ((rc = qpk__seek_entry(f, 0, &m)) != QPK_OK) return rc;
+    for (i = 0; i < f->tensor_count; i++) {
+        if ((rc = qpk__fields(&m, 3, field, 1, &at, QPK_E_TENSOR)) != QPK_OK) return rc;
+        if ((rc = qpk__scalar_at(f, at, &v)) != QPK_OK) return rc;
+        if (v.len == len && (len == 0 || memcmp(v.s, name, len) == 0)) {
+            *index = i;
+            return QPK_OK;
+        }
+    }
+    return QPK_E_NOTFOUND;
+}
+
+#endif /* QPK_NO_READER */
+#endif /* QPK_IMPLEMENTATION_DONE */
+#endif /* QPK_IMPLEMENTATION */

@@ -1,0 +1,581 @@
+"""`qpack export --to c`: qpk.h decodes every scheme, width and grouping bit-exactly as
+QpkReader.dequantize, from compiled-in tables and from whole containers; its container reader
+accepts good files and rejects damaged ones without a sanitizer report.
+
+The C side is one driver program (tests/c/qpk_driver.c), compiled once per module with the strict
+flags and once more with AddressSanitizer and UndefinedBehaviorSanitizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import struct
+import subprocess
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from converter.cli import app
+from converter.convert import convert
+from converter.export import export
+from converter.export.c import model_identifier, tensor_constants
+from converter.policy import Policy
+from converter.quant import get_quantizer
+from formats.errors import FormatError, OptionError, UnsupportedError
+from formats.model import SourceModel
+from formats.qpk import RAW, SCHEMES, ZSTD, BlobKind, Codec, Grouping, QpkReader, QpkWriter, SchemeSpec, TensorEntry, pack
+from formats.qpk import meta as qpk_meta
+from formats.qpk.spec import HEADER, HEADER_BODY, HEADER_SIZE, MAGIC, VERSION_MAJOR, align
+from formats.registry import open_model
+
+STRICT = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+SANITIZED = [*STRICT, "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+DRIVER = Path(__file__).parent / "c" / "qpk_driver.c"
+DECODER = Path(__file__).resolve().parent.parent / "converter" / "export" / "qpk.h"
+QPK_E_CODEC = -14
+
+# every (scheme, bits, grouping kind) the format allows: 22 widths x 3 groupings
+COMBOS = [(s, b, kind) for s, spec in sorted(SCHEMES.items()) if s in ("asym", "sym", "pow2")
+          for b in range(spec.min_bits, spec.max_bits + 1) for kind in ("tensor", "channel", "block")]
+BLOCKS = (1, 2, 3, 5, 8, 16, 32, 64, 1000)  # most leave a short last block
+
+
+# ---- building ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gcc() -> str:
+    path = shutil.which("gcc")
+    if path is None:
+        pytest.skip("gcc is not installed: the C export cannot be compiled and tested")
+    return path
+
+
+def _compile(gcc: str, flags: list[str], out: Path, sources: list[Path], include: Path, *defines: str) -> Path:
+    cmd = [gcc, *flags, f"-I{include}", *(f"-D{d}" for d in defines), "-o", str(out), *map(str, sources)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stderr}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("c")
+
+
+@pytest.fixture(scope="module")
+def reader_driver(gcc: str, build: Path) -> Path:
+    """The driver's container modes (file, check), strict flags."""
+    return _compile(gcc, STRICT, build / "driver", [DRIVER], DECODER.parent)
+
+
+@pytest.fixture(scope="module")
+def reader_driver_asan(gcc: str, build: Path) -> Path:
+    return _compile(gcc, SANITIZED, build / "driver_asan", [DRIVER], DECODER.parent)
+
+
+def _run(cmd: list[Any], timeout: float = 120) -> str:
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{cmd} exited {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+    return r.stdout
+
+
+def _weights(path: Path) -> list[tuple[str, str, np.ndarray, int | None, str]]:
+    """(name, key, float32 values, channel axis, dtype) of a model's float weights with at least one dimension."""
+    out = []
+    for w in open_model(path).weights:
+        if w.is_float and w.size > 0 and len(w.shape) >= 1:
+            out.append((w.name, w.key, np.asarray(w.array, dtype=np.float32), w.axis, w.dtype))
+    return out
+
+
+def _grouping(kind: str, x: np.ndarray, axis: int | None, i: int) -> Grouping:
+    if kind == "tensor":
+        return Grouping()
+    if kind == "channel":
+        return Grouping(axis if axis is not None else i % x.ndim)
+    return Grouping(i % x.ndim, BLOCKS[i % len(BLOCKS)])
+
+
+Tensor = tuple[str, str, tuple[int, ...], str, str, int, Grouping, np.ndarray, dict[str, Any]]  # params: array-likes
+
+
+def _write(path: Path, tensors: list[Tensor], fmt: str = "onnx", codec: Any = None) -> Path:
+    """A container of the given (name, key, shape, dtype, scheme, bits, grouping, codes, params) tensors."""
+    entries = []
+    with QpkWriter(path.parent) as w:
+        for name, key, shape, dtype, scheme, bits, g, codes, params in tensors:
+            c = w.add(pack(codes, bits), BlobKind.CODES, *([codec] if codec else []))
+            p = {k: w.add(np.asarray(params[k], dtype=d), BlobKind.PARAM) for k, d in SCHEMES[scheme].dtypes.items()}
+            entries.append(TensorEntry(name, key, shape, dtype, "matrix", scheme, bits, g, c, p))
+        graph = w.add(b"graph", BlobKind.GRAPH)
+        meta = qpk_meta.build("test", fmt, {"name": path.stem + "." + fmt, "bytes": 1}, {}, graph,
+                              hashlib.sha256(b"graph").hexdigest(), entries, [])
+        w.write(path, meta, minor=1 if any(e.grouping.block for e in entries) else 0)
+    return path
+
+
+def _quantized(weights: list[tuple[str, str, np.ndarray, int | None, str]], picks: list[tuple[int, int]],
+               mse: bool = True) -> list[Tensor]:
+    """Weight i quantized at combo c for each (i, c) in picks (every other one with MSE clipping); keys made unique."""
+    out: list[Tensor] = []
+    for j, (i, c) in enumerate(picks):
+        name, key, x, axis, dtype = weights[i]
+        scheme, bits, kind = COMBOS[c]
+        g = _grouping(kind, x, axis, i + c)
+        codes, params = get_quantizer(scheme).quantize(x, bits, g, "mse" if mse and j % 2 else "minmax")
+        out.append((name, f"{key}#{j}", x.shape, dtype, scheme, bits, g, codes, params))
+    return out
+
+
+def _every_combo(path: Path, out: Path) -> Path:
+    """Every weight of a model at every combo (min-max ranges: clipping changes no decoding rule, and costs)."""
+    w = _weights(path)
+    return _write(out, _quantized(w, [(i, c) for i in range(len(w)) for c in range(len(COMBOS))], mse=False), _fmt(path))
+
+
+def _cycled(path: Path, out: Path) -> Path:
+    """Each weight of a model once, combos taken in turn (all of them when there are enough weights)."""
+    w = _weights(path)
+    n = max(len(w), len(COMBOS))
+    return _write(out, _quantized(w, [(i % len(w), i % len(COMBOS)) for i in range(n)]), _fmt(path))
+
+
+def _fmt(path: Path) -> str:
+    return "tflite" if path.suffix == ".tflite" else "onnx"
+
+
+def _edge_tensors() -> list[Tensor]:
+    """Shapes and parameters at the edges: scalar, empty, one weight, odd lengths at every width,
+    pow2 exponents that underflow, go subnormal or overflow, and non-finite or signed-zero scales."""
+    rng = np.random.default_rng(7)
+    out: list[Tensor] = []
+
+    def add(name: str, shape: tuple[int, ...], scheme: str, bits: int, g: Grouping, params: dict[str, Any]) -> None:
+        count = int(np.prod(shape, dtype=np.int64))
+        codes = rng.integers(0, 1 << bits, count, dtype=np.uint8).reshape(shape)
+        out.append((name, f"edge:{len(out)}", shape, "float32", scheme, bits, g, codes, params))
+
+    add("scalar", (), "asym", 3, Grouping(), {"scale": [0.5], "zero_point": [3]})
+    for g in (Grouping(), Grouping(1), Grouping(0, 2), Grouping(1, 2)):
+        groups = g.count((0, 3))
+        add(f"empty {g.kind}", (0, 3), "sym", 4, g, {"scale": np.ones(groups)})
+    add("one", (1,), "pow2", 2, Grouping(0), {"emax": [3]})
+    for bits in range(1, 9):
+        params = {"scale": rng.random(28) + 0.01, "zero_point": rng.integers(0, 256, 28)}
+        add(f"odd asym {bits}", (7, 13), "asym", bits, Grouping(1, 4), params)
+    for bits in range(2, 9):
+        add(f"odd sym {bits}", (13, 7), "sym", bits, Grouping(0), {"scale": rng.random(13)})
+    emax = [-32768, -300, -151, -150, -149, -148, -140, -127, -126, -125, -1, 0, 1, 100, 126, 127, 128, 129, 1000, 32767]
+    for bits in (2, 5, 8):
+        add(f"pow2 extremes {bits}", (len(emax), 1 << bits), "pow2", bits, Grouping(0), {"emax": emax})
+    special = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-45, -1e-45, 1.17e-38, 3.4e38, -2.5], np.float32)
+    add("asym specials", (len(special), 9), "asym", 3, Grouping(0), {"scale": special, "zero_point": [0, 255, 3, 7, 1, 0, 2, 128, 4, 5]})
+    add("sym specials", (9, len(special)), "sym", 3, Grouping(1), {"scale": special})
+    return out
+
+
+def _hostile_names() -> list[Tensor]:
+    """Names a C string literal must escape, and one longer than C99 promises a literal can be."""
+    names = ['we"ird\\name??=??/\n\t\0*/ end', "é€𝄞 utf-8", "x" * 5000]
+    codes = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    return [(n, f"hostile:{i}", (2, 3), "float16", "sym", 3, Grouping(), codes, {"scale": [0.25]}) for i, n in enumerate(names)]
+
+
+def _python_floats(path: Path) -> list[bytes]:
+    with QpkReader(path) as q:
+        return [q.dequantize(e).astype("<f4").tobytes() for e in q.entries]
+
+
+def _assert_same(path: Path, c_bytes: bytes, names: list[str] | None = None) -> None:
+    """C's floats, all tensors concatenated, equal Python's bit for bit (NaN payloads and signed zeros included)."""
+    expected = _python_floats(path)
+    pos = 0
+    with QpkReader(path) as q:
+        for e, ref in zip(q.entries, expected):
+            got = c_bytes[pos : pos + len(ref)]
+            if got != ref:
+                a, b = np.frombuffer(got, "<u4"), np.frombuffer(ref, "<u4")
+                k = int(np.flatnonzero(a != b)[0]) if a.size == b.size else -1
+                pytest.fail(f"tensor {e.name!r} ({e.scheme}, {e.bits} bits, {e.grouping}): element {k} is "
+                            f"{a[k]:#010x} in C, {b[k]:#010x} in Python")
+            pos += len(ref)
+    assert pos == len(c_bytes)
+
+
+def _decode_file(driver: Path, path: Path, tmp: Path) -> tuple[bytes, list[int]]:
+    """The driver's qpk_open + qpk_get_tensor + qpk_decode_tensor of a container: floats and per-tensor codes."""
+    out = tmp / (path.stem + ".c.f32")
+    lines = _run([driver, "file", path, out]).split("\n")
+    rcs = [int(line.split()[1]) for line in lines if line and not line.startswith("open")]
+    assert lines[-2] == "open 0"
+    return out.read_bytes(), rcs
+
+
+def _decode_table(gcc: str, flags: list[str], qpk: Path, tmp: Path, driver: Path | None = None) -> bytes:
+    """Export a container to C, compile its table with the driver, and decode every tensor from it.
+
+    With `driver` (an object file holding the decoder) the arrays are built with
+    -DQPK_NO_IMPLEMENTATION and linked to it; without, `<model>_weights.c` compiles the decoder.
+    """
+    src = tmp / (qpk.stem + "_c")
+    written, _ = export(qpk, "c", src)
+    exe = tmp / (qpk.stem + "_table")
+    if driver is None:
+        _compile(gcc, flags, exe, [DRIVER, written[2]], src, "QPK_DRIVER_TABLE")
+    else:
+        obj = _compile(gcc, [*flags, "-c"], tmp / (qpk.stem + "_weights.o"), [written[2]], src, "QPK_NO_IMPLEMENTATION")
+        _compile(gcc, flags, exe, [driver, obj], src)
+    out = tmp / (qpk.stem + ".table.f32")
+    _run([exe, "table", out])
+    return out.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def table_driver(gcc: str, build: Path) -> Path:
+    """The driver's table mode with the decoder, as an object to link exported arrays to (strict flags)."""
+    return _compile(gcc, [*STRICT, "-c"], build / "table_driver.o", [DRIVER], DECODER.parent, "QPK_DRIVER_TABLE", "QPK_IMPLEMENTATION")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory, sample: Path, ocr_cls: Path, tfl_fp16: Path) -> dict[str, Path]:
+    """Real-model containers: every weight of the sample at every combo; each weight of the PaddleOCR
+    classifier and the float16 MediaPipe detector at combos in turn; edge cases."""
+    d = tmp_path_factory.mktemp("qpk")
+    return {"sample_all": _every_combo(sample, d / "sample_all.qpk"), "sample": _cycled(sample, d / "sample.qpk"),
+            "ocr_cls": _cycled(ocr_cls, d / "ocr_cls.qpk"), "tfl_fp16": _cycled(tfl_fp16, d / "tfl_fp16.qpk"),
+            "edge": _write(d / "edge.qpk", _edge_tensors() + _hostile_names())}
+
+
+# ---- decoding --------------------------------------------------------------------------------------
+
+def test_combos_cover_the_scheme_table():
+    assert len(COMBOS) == (8 + 7 + 7) * 3
+
+
+@pytest.mark.parametrize("name", ["sample_all", "ocr_cls", "tfl_fp16", "edge"])
+def test_container_reader_decodes_bit_exactly(models: dict[str, Path], reader_driver: Path, tmp_path: Path, name: str):
+    path = models[name]
+    with QpkReader(path) as q:
+        seen = {(e.scheme, e.bits, e.grouping.kind) for e in q.entries}
+    if name != "edge":
+        assert seen == set(COMBOS)  # every scheme, width and grouping, on this model's weights
+    data, rcs = _decode_file(reader_driver, path, tmp_path)
+    assert set(rcs) == {0}
+    _assert_same(path, data)
+
+
+@pytest.mark.parametrize("name", ["sample", "ocr_cls", "tfl_fp16", "edge"])
+def test_exported_tables_decode_bit_exactly(models: dict[str, Path], gcc: str, table_driver: Path, tmp_path: Path, name: str):
+    """The exported arrays compile warning-free under -Wall -Wextra -Werror -pedantic and decode as Python does."""
+    _assert_same(models[name], _decode_table(gcc, STRICT, models[name], tmp_path, table_driver))
+
+
+def test_sources_clean_under_extra_warnings(models: dict[str, Path], gcc: str, tmp_path: Path):
+    """What firmware builds often add: conversions, shadowing, casts, prototypes; and qpk.h as C++."""
+    written, _ = export(models["edge"], "c", tmp_path / "src")
+    extra = ["-Wconversion", "-Wsign-conversion", "-Wshadow", "-Wcast-qual", "-Wcast-align", "-Wstrict-prototypes",
+             "-Wmissing-prototypes", "-Wundef", "-Wdouble-promotion", "-Wfloat-equal", "-Wvla", "-c"]
+    _compile(gcc, STRICT + extra, tmp_path / "w.o", [written[2]], written[0].parent)
+    gxx = shutil.which("g++")
+    if gxx:
+        cpp = tmp_path / "qpk.cc"
+        cpp.write_text('#define QPK_IMPLEMENTATION\n#include "qpk.h"\n')
+        _compile(gxx, ["-std=c++11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-c"], tmp_path / "cpp.o", [cpp], written[0].parent)
+
+
+def test_exported_tables_under_sanitizers(models: dict[str, Path], gcc: str, tmp_path: Path):
+    """The default build: `<model>_weights.c` compiles the decoder itself."""
+    _assert_same(models["edge"], _decode_table(gcc, SANITIZED, models["edge"], tmp_path))
+
+
+def test_converted_containers(gcc: str, reader_driver: Path, table_driver: Path, sample: Path, tfl_fp16: Path, tmp_path: Path):
+    """Containers from the real pipeline; with zstd-coded codes the C reader says so, the export writes them packed."""
+    from formats.onnx_model import OnnxModel
+    from formats.tflite_model import TfliteModel
+
+    runs: list[tuple[SourceModel, Policy, Codec]] = [(OnnxModel(sample), Policy("asym", 1, per_channel=True), RAW),
+                                                     (OnnxModel(sample), Policy("pow2", 8), RAW),
+                                                     (TfliteModel(tfl_fp16), Policy("sym", 2, per_channel=True), ZSTD),
+                                                     (OnnxModel(sample), Policy("asym", 3, group_size=16), RAW)]
+    for i, (model, policy, codec) in enumerate(runs):
+        qpk = tmp_path / f"conv{i}.qpk"
+        convert(model, policy, qpk, codec=codec)
+        with QpkReader(qpk) as q:
+            zstd = [q.blobs[e.codes].codec == ZSTD.id for e in q.entries]
+        half = any(e.param_dtypes for e in QpkReader(qpk).entries)
+        if half:  # float16 scales: the exported tables widen them; the in-memory reader does not read them yet
+            _assert_same(qpk, _decode_table(gcc, STRICT, qpk, tmp_path, table_driver))
+            continue
+        data, rcs = _decode_file(reader_driver, qpk, tmp_path)
+        assert rcs == [QPK_E_CODEC if z else 0 for z in zstd]
+        if not any(zstd):
+            _assert_same(qpk, data)
+        else:
+            _assert_same(qpk, _decode_table(gcc, STRICT, qpk, tmp_path, table_driver))
+
+
+# ---- the exporter ------------------------------------------------------------------------------------
+
+def test_export_is_deterministic_and_ships_the_decoder(models: dict[str, Path], tmp_path: Path):
+    a, _ = export(models["edge"], "c", tmp_path / "a")
+    b, _ = export(models["edge"], "c", tmp_path / "b")
+    assert [p.name for p in a] == ["qpk.h", "edge_weights.h", "edge_weights.c"]
+    assert all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b))
+    assert a[0].read_bytes() == DECODER.read_bytes()
+    header = a[1].read_text()
+    assert "EDGE_SCALAR = 0," in header and "EDGE_MAX_COUNT 5120u" in header  # pow2 extremes: 20 x 256 weights
+    assert "extern const qpk_tensor qpk_tensors[];" in header and "extern const size_t qpk_tensor_count;" in header
+
+
+def test_model_identifier():
+    assert model_identifier("digits_cnn.onnx") == "digits_cnn"
+    assert model_identifier("face-detection short.tflite") == "face_detection_short"
+    assert model_identifier("3d.unet.onnx") == "m_3d_unet"
+    assert model_identifier("../../évil\\x.onnx") == "x"
+    assert model_identifier("....") == "model"
+    # constants MODEL_NAME must not meet a macro of qpk.h or <stdint.h>
+    assert [model_identifier(n) for n in ("qpk.onnx", "qpk_e.onnx", "int8.tflite", "size.onnx", "sizes.onnx")] == \
+        ["m_qpk", "m_qpk_e", "m_int8", "m_size", "sizes"]
+
+
+def test_tensor_constants_unique():
+    def entry(name: str) -> TensorEntry:
+        return TensorEntry(name, name, (1,), "float32", "", "sym", 2, Grouping(), 0, {})
+
+    names = ["A_2", "a", "a", "a.2", "tensor count", "", "Conv", "conv"]
+    got = tensor_constants([entry(n) for n in names], "m")
+    assert got == ["M_A_2", "M_A", "M_A_2_", "M_A_2_3", "M_TENSOR_COUNT_4", "M_T5", "M_CONV", "M_CONV_7"]
+
+
+def test_export_refusals(models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    taken = tmp_path / "file"
+    taken.write_text("x")
+    with pytest.raises(OptionError, match="exists and is not a folder"):
+        export(models["edge"], "c", taken)
+    assert taken.read_text() == "x"
+    # a scheme registered by someone else has no C decoder
+    monkeypatch.setitem(SCHEMES, "toy", SchemeSpec("toy", 1, 8, SCHEMES["sym"].params, lambda b: 1 << b, SCHEMES["sym"].decode))
+    codes = np.zeros((2, 2), np.uint8)
+    qpk = _write(tmp_path / "toy.qpk", [("t", "k", (2, 2), "float32", "toy", 2, Grouping(), codes, {"scale": [1.0]})])
+    with pytest.raises(UnsupportedError, match="no C decoder"):
+        export(qpk, "c", tmp_path / "toy")
+    assert not (tmp_path / "toy").exists()
+
+
+def test_cli_export(models: dict[str, Path], tmp_path: Path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["export", str(models["sample"]), "--to", "c", "-o", str(tmp_path / "fw")])
+    assert r.exit_code == 0, r.output
+    assert "sample_weights.c" in r.output and (tmp_path / "fw" / "qpk.h").is_file()
+    (tmp_path / "f").write_text("")
+    r = runner.invoke(app, ["export", str(models["sample"]), "--to", "c", "-o", str(tmp_path / "f")])
+    assert r.exit_code == 1 and "exists and is not a folder" in r.output and r.output.count("\n") == 1
+
+
+# ---- the container reader against damaged and hostile files ------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small container with each scheme and grouping, for mutation runs."""
+    rng = np.random.default_rng(3)
+    tensors: list[Tensor] = []
+    for i, (scheme, bits, g, shape) in enumerate([("asym", 3, Grouping(0), (3, 5)), ("sym", 5, Grouping(1, 3), (4, 7)),
+                                                 ("pow2", 2, Grouping(), (9,)), ("asym", 8, Grouping(1, 2), (2, 3))]):
+        x = rng.standard_normal(shape).astype(np.float32)
+        codes, params = get_quantizer(scheme).quantize(x, bits, g)
+        tensors.append((f"t{i}", f"init:t{i}", shape, "float32", scheme, bits, g, codes, params))
+    return _write(tmp_path_factory.mktemp("tiny") / "tiny.qpk", tensors)
+
+
+def test_truncated_and_flipped_containers_rejected(tiny: Path, reader_driver_asan: Path):
+    """Every truncation and every bit flip in the header and metadata (a stride through the payload)
+    is refused; metadata mutated with both checksums fixed reaches the parser: no sanitizer report."""
+    line = _run([reader_driver_asan, "fuzz", tiny], timeout=300)
+    cut, flip, meta = (tuple(map(int, part.split("/"))) for part in line.split()[1::2])
+    assert cut[0] == 0 and cut[1] > 500
+    assert flip[0] == 0 and flip[1] > 5000
+    assert 0 < meta[0] < meta[1]  # some mutations stay valid (a character of a name), most do not
+
+
+def _assemble(meta: bytes, payload: bytes, **header: int) -> bytes:
+    """A container around `meta` and `payload` with consistent offsets and checksums, unless overridden."""
+    off = align(HEADER_SIZE + len(meta))
+    fields = {"major": VERSION_MAJOR, "minor": 0, "flags": 0, "meta_len": len(meta), "payload_off": off, "payload_len": len(payload)}
+    fields.update(header)
+    body = HEADER_BODY.pack(MAGIC, fields["major"], fields["minor"], fields["flags"], fields["meta_len"], fields["payload_off"],
+                            fields["payload_len"], hashlib.sha256(meta).digest())
+    return HEADER.pack(*HEADER_BODY.unpack(body), zlib.crc32(body), bytes(4)) + meta + bytes(off - HEADER_SIZE - len(meta)) + payload
+
+
+def _python_verdict(path: Path) -> str:
+    """'reject', or the SHA-256 of every tensor's floats, the C driver's `check` line."""
+    try:
+        with QpkReader(path) as q:
+            # stored checksums only: the decoded graph's checksum needs zstd, which qpk.h does not have
+            for i, blob in enumerate(q.blobs):
+                q.blob_view(i, blob.kind)
+            data = b"".join(q.dequantize(e).astype("<f4").tobytes() for e in q.entries)
+    except FormatError:
+        return "reject"
+    return hashlib.sha256(data).hexdigest()
+
+
+def _c_verdicts(driver: Path, paths: list[Path]) -> list[str]:
+    lines = _run([driver, "check", *paths], timeout=300).split("\n")[:-1]
+    return ["reject" if line.split()[0] != "0" else line.split()[1] for line in lines]
+
+
+def _raw_map(pairs: list[tuple[Any, Any]]) -> bytes:
+    """A msgpack map written pair by pair (so a key can repeat)."""
+    p = msgpack.Packer(use_bin_type=True)
+    return p.pack_map_header(len(pairs)) + b"".join(p.pack(k) + p.pack(v) for k, v in pairs)
+
+
+def _hostile_metas(meta: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
+    """(what, metadata bytes) cases; each must get the same verdict from C and Python."""
+
+    def edit(fn: Callable[[dict[str, Any]], None]) -> bytes:
+        m = msgpack.unpackb(msgpack.packb(meta, use_bin_type=True), raw=False)
+        fn(m)
+        return msgpack.packb(m, use_bin_type=True)
+
+    def tensor(key: str, value: Any, i: int = 1) -> Callable[[dict[str, Any]], None]:
+        return lambda m: m["tensors"][i].__setitem__(key, value)
+
+    def drop(key: str, i: int = 1) -> Callable[[dict[str, Any]], None]:
+        return lambda m: m["tensors"][i].pop(key)
+
+    def blob(i: int, field: int, value: Any) -> Callable[[dict[str, Any]], None]:
+        return lambda m: m["blobs"][i].__setitem__(field, value)
+
+    cases: dict[str, Callable[[dict[str, Any]], None]] = {
+        "unchanged": lambda m: None,
+        "axis missing (per tensor)": drop("axis", 2),
+        "block nil": tensor("block", None, 0),
+        "float and int keys in options": lambda m: m["options"].update({"f": 1.5, 3: [None, True, b"x"]}),
+        "bits 0": tensor("bits", 0), "bits 9": tensor("bits", 9), "sym at 1 bit": tensor("bits", 1),
+        "bits true": tensor("bits", True), "bits as float": tensor("bits", 5.0), "bits as str": tensor("bits", "5"),
+        "axis = rank": tensor("axis", 2), "axis -1": tensor("axis", -1), "block 0": tensor("block", 0),
+        "block without axis": lambda m: m["tensors"][1].update(axis=None), "block -2": tensor("block", -2),
+        "huge block": tensor("block", 2**64 - 1),
+        "extra parameter": tensor("params", {"scale": 4, "zero_point": 5}), "parameter missing": tensor("params", {}),
+        "parameter index negative": tensor("params", {"scale": -1}), "parameter index huge": tensor("params", {"scale": 2**63}),
+        "parameter blob is codes": tensor("params", {"scale": 3}), "codes index out of range": tensor("codes", 99),
+        "codes blob is a parameter": tensor("codes", 4), "codes index nil": tensor("codes", None),
+        "shape negative": tensor("shape", [-4, 7]), "shape 17 dims": tensor("shape", [1] * 17),
+        "shape dim 2^40": tensor("shape", [2**40, 1]), "shape count 2^48": tensor("shape", [2**24, 2**24]),
+        "shape wrong count": tensor("shape", [4, 8]), "shape as map": tensor("shape", {"a": 1}),
+        "dtype int8": tensor("dtype", "int8"), "scheme unknown": tensor("scheme", "toy"), "name missing": drop("name"),
+        "name int": tensor("name", 5), "key empty": tensor("key", ""), "key 65537 chars": tensor("key", "é" * 65537),
+        "key 65536 chars": tensor("key", "é" * 65536), "duplicate keys": tensor("key", "init:t0"),
+        "entry not a map": lambda m: m["tensors"].__setitem__(1, [1, 2]),
+        "tensors not a list": lambda m: m.__setitem__("tensors", {}), "tensors missing": lambda m: m.pop("tensors"),
+        "blob row short": lambda m: m["blobs"][0].pop(), "blob sha 31 bytes": blob(0, 5, b"\0" * 31),
+        "blob sha as str": blob(0, 5, "0" * 32), "blob misaligned": blob(1, 2, 65), "blob kind 3": blob(0, 0, 3),
+        "blob codec 2": blob(0, 1, 2), "blob codec zstd": blob(0, 1, 1), "blob length negative": blob(0, 3, -1),
+        "blob beyond payload": blob(1, 3, 2**62), "blob offset huge": blob(1, 2, 2**64 - 64),
+        "blobs overlap": blob(1, 2, 0), "graph blob raw length differs": blob(-1, 4, 1), "blob table missing": lambda m: m.pop("blobs"),
+        "graph index codes blob": lambda m: m.__setitem__("graph", 0), "graph index huge": lambda m: m.__setitem__("graph", 2**64 - 1),
+        "graph missing": lambda m: m.pop("graph"), "format pytorch": lambda m: m.__setitem__("format", "pytorch"),
+        "format missing": lambda m: m.pop("format"),
+    }
+    for what, fn in cases.items():
+        yield what, edit(fn)
+    packed = msgpack.packb(meta, use_bin_type=True)
+    yield "trailing byte", packed + b"\xc0"
+    yield "not a map", msgpack.packb([1, 2])
+    yield "empty", b""
+    yield "cut short", packed[:-1]
+    marker = edit(lambda m: m["options"].update(x="QQQQ"))
+    yield "invalid UTF-8", marker.replace(b"QQQQ", b"\xed\xa0\x80Q")  # an encoded surrogate
+    yield "overlong UTF-8", marker.replace(b"QQQQ", b"\xc0\xafQQ")
+    yield "array count beyond the data", packed[:-3] + b"\xdd\xff\xff\xff\xff"
+
+
+# Cases where the C reader is deliberately stricter than Python (see README): it refuses them.
+C_STRICTER = {
+    "duplicate map key": lambda meta: _raw_map(list(meta.items()) + [("format", meta["format"])]),
+    "ext type in options": lambda meta: msgpack.packb(dict(meta, options={"x": msgpack.ExtType(5, b"ab")}), use_bin_type=True),
+    "nesting 40 deep": lambda meta: msgpack.packb(dict(meta, options={"x": _nest(40)}), use_bin_type=True),
+}
+
+
+def _nest(depth: int) -> Any:
+    x: Any = 0
+    for _ in range(depth):
+        x = [x]
+    return x
+
+
+def test_hostile_metadata_same_verdict_as_python(tiny: Path, reader_driver_asan: Path, tmp_path: Path):
+    """Metadata broken one rule at a time, checksums consistent: C and Python agree on every case,
+    and on the decoded values wherever they accept."""
+    with QpkReader(tiny) as q:
+        meta, payload = q.meta, tiny.read_bytes()[q.payload_offset :]
+    cases = list(_hostile_metas(meta))
+    paths = []
+    for i, (_, m) in enumerate(cases):
+        paths.append(tmp_path / f"h{i}.qpk")
+        paths[-1].write_bytes(_assemble(m, payload))
+    got = _c_verdicts(reader_driver_asan, paths)
+    want = {what: _python_verdict(p) for (what, _), p in zip(cases, paths)}
+    # the cases do what they say: valid ones stay valid, the rest break a rule Python checks too
+    valid = {"unchanged", "axis missing (per tensor)", "block nil", "float and int keys in options", "key 65536 chars"}
+    assert {what for what, v in want.items() if v != "reject"} == valid
+    assert [(what, g) for (what, _), g in zip(cases, got) if g != want[what]] == []
+
+
+def test_c_reader_stricter_than_python(tiny: Path, reader_driver_asan: Path, tmp_path: Path):
+    with QpkReader(tiny) as q:
+        meta, payload = q.meta, tiny.read_bytes()[q.payload_offset :]
+    paths = []
+    for i, fn in enumerate(C_STRICTER.values()):
+        paths.append(tmp_path / f"s{i}.qpk")
+        paths[-1].write_bytes(_assemble(fn(meta), payload))
+    assert _c_verdicts(reader_driver_asan, paths) == ["reject"] * len(paths)
+    assert all(_python_verdict(p) != "reject" for p in paths)
+
+
+def test_header_rules(tiny: Path, reader_driver_asan: Path, tmp_path: Path):
+    good = tiny.read_bytes()
+    meta_len = struct.unpack_from("<Q", good, 16)[0]
+    meta, payload = good[HEADER_SIZE : HEADER_SIZE + meta_len], good[align(HEADER_SIZE + meta_len) :]
+    assert _assemble(meta, payload, minor=1) == good
+    variants = {"major 2": _assemble(meta, payload, major=2), "minor 7": _assemble(meta, payload, minor=7),
+                "flags": _assemble(meta, payload, flags=1), "meta too long": _assemble(meta, payload, meta_len=(256 << 20) + 1),
+                "payload offset": _assemble(meta, payload, payload_off=len(good)),
+                "payload length": _assemble(meta, payload, payload_len=1), "reserved": good[:76] + b"\1" + good[77:],
+                "magic": b"\x89QPJ" + good[4:], "padding": good + bytes(64), "short": good[:79], "nothing": b"",
+                "zeros after the last blob": _assemble(meta, payload + bytes(64), minor=1)}
+    paths = []
+    for i, data in enumerate(variants.values()):
+        paths.append(tmp_path / f"v{i}.qpk")
+        paths[-1].write_bytes(data)
+    got = dict(zip(variants, _c_verdicts(reader_driver_asan, paths)))
+    assert got.pop("minor 7") == _python_verdict(tiny)  # any minor version of major 1
+    assert set(got.values()) == {"reject"}
+
+
+def test_random_metadata_mutations_agree_with_python(tiny: Path, reader_driver: Path, tmp_path: Path):
+    """Random byte changes in the metadata with checksums fixed: whatever C accepts, Python accepts
+    with the same values, and the other way round."""
+    data = bytearray(tiny.read_bytes())
+    meta_len = struct.unpack_from("<Q", data, 16)[0]
+    rng = np.random.default_rng(11)
+    paths = []
+    for i in range(600):
+        m = bytearray(data[HEADER_SIZE : HEADER_SIZE + meta_len])
+        for pos in rng.integers(0, meta_len, 1 + i % 3):
+            m[pos] = int(rng.integers(0, 256))
+        paths.append(tmp_path / f"r{i}.qpk")
+        paths[-1].write_bytes(_assemble(bytes(m), bytes(data[align(HEADER_SIZE + meta_len) :])))
+    got, want = _c_verdicts(reader_driver, paths), [_python_verdict(p) for p in paths]
+    assert [(i, g, w) for i, (g, w) in enumerate(zip(got, want)) if g != w] == []
+    assert 0 < sum(w != "reject" for w in want) < len(want)
