@@ -19,7 +19,7 @@ from formats.files import open_regular
 from formats.qpk.bitstream import packed_size, unpack
 from formats.qpk.codecs import CODECS, RAW
 from formats.qpk.meta import TensorEntry, check_format, informative, is_int, parse_kept, parse_tensors
-from formats.qpk.schemes import SCHEMES
+from formats.qpk.schemes import SCHEMES, SchemeSpec
 from formats.qpk.spec import (
     ALIGNMENT,
     DTYPE_SIZES,
@@ -44,9 +44,10 @@ def _check(cond: bool, msg: str) -> None:
 
 
 @functools.lru_cache(maxsize=256)
-def _param_counts(scheme: str, bits: int) -> tuple[tuple[str, int], ...]:
-    """(name, values per group) of a scheme's parameters at a width."""
-    return tuple((p.name, p.per_group(bits)) for p in SCHEMES[scheme].params)
+def _param_counts(spec: SchemeSpec, bits: int) -> tuple[tuple[str, int], ...]:
+    """(name, values per group) of a scheme's parameters at a width (keyed by the row itself, which
+    a name may stop pointing to)."""
+    return tuple((p.name, p.per_group(bits)) for p in spec.params)
 
 
 @functools.lru_cache(maxsize=64)
@@ -166,7 +167,7 @@ class QpkReader:
                               f"for shape {list(e.shape)} at {e.bits} bits")
         groups = e.groups
         dtypes = e.dtypes
-        for name, per_group in _param_counts(e.scheme, e.bits):
+        for name, per_group in _param_counts(SCHEMES[e.scheme], e.bits):
             got, want = blobs[e.params[name]].raw_length, per_group * groups * _itemsize(dtypes[name])
             if got != want:
                 raise FormatError(f"{where}: tensor '{e.name[:200]}': parameter '{name}' is {got} bytes, expected {want}")

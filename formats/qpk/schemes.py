@@ -106,7 +106,19 @@ def _pow2(codes, params, bits, grouping):
     return out
 
 
+def _lut(codes, params, bits, grouping):
+    k = 1 << bits
+    table = np.asarray(params["centroids"], dtype=np.float32).reshape(-1)
+    groups = table.size // k
+    if groups == 1:
+        return table[codes]
+    base = grouping.expand(np.arange(groups, dtype=np.int64) * k, codes.shape)
+    return table[base + codes]
+
+
 _SCALE = ParamSpec("scale", "<f4", others=("<f2",))
 register_scheme(SchemeSpec("asym", 1, 8, (_SCALE, ParamSpec("zero_point", "<u1")), lambda bits: 1 << bits, _asym))
 register_scheme(SchemeSpec("sym", 2, 8, (_SCALE,), lambda bits: (1 << bits) - 1, _sym))
+register_scheme(SchemeSpec("lut", 1, 8, (ParamSpec("centroids", "<f2", lambda bits: 1 << bits, ("<f4",)),),
+                           lambda bits: 1 << bits, _lut))
 register_scheme(SchemeSpec("pow2", 2, 8, (ParamSpec("emax", "<i2"),), lambda bits: 2 * ((1 << (bits - 1)) - 1) + 1, _pow2))
