@@ -26,7 +26,7 @@ from converter.policy import Decision, Policy
 from converter.quant import get_quantizer
 from converter.quant.stream import Quantized, check_finite, quantize_stream
 from formats.model import SourceModel, Weight
-from formats.qpk import RAW, ZSTD, BlobKind, Codec, Grouping, QpkReader, QpkWriter, TensorEntry, encode
+from formats.qpk import RAW, ZSTD, BlobKind, Codec, CodeContext, Grouping, QpkReader, QpkWriter, TensorEntry, encode
 from formats.qpk import meta as qpk_meta
 from formats.qpk.meta import BASE_KEYS
 from formats.qpk.spec import DTYPE_SIZES, VERSION_MINOR, VERSION_MINOR_1
@@ -104,7 +104,8 @@ def _work(w: Weight, d: Decision, scheme: str, clip: str, codec: Codec) -> _Done
     check_finite(x, w.name)
     q = quantize_stream(get_quantizer(scheme), x, d.bits, d.grouping, clip, d.dtypes)
     del x
-    return _Done(q, encode(q.packed, BlobKind.CODES, codec), {k: encode(v, BlobKind.PARAM) for k, v in q.params.items()})
+    ctx = CodeContext(d.bits, w.size, w.shape, d.grouping)
+    return _Done(q, encode(q.packed, BlobKind.CODES, codec, ctx=ctx), {k: encode(v, BlobKind.PARAM) for k, v in q.params.items()})
 
 
 def _in_order(pool: ThreadPoolExecutor, jobs: Sequence[Callable[[], _Done]], ahead: int) -> Iterator[_Done]:

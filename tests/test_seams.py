@@ -38,10 +38,10 @@ class _Deflate:
     id: int = 200
     name: str = "deflate"
 
-    def encode(self, raw, kind):
+    def encode(self, raw, kind, ctx=None):
         return zlib.compress(raw, 9)
 
-    def decode(self, stored, raw_length):
+    def decode(self, stored, raw_length, ctx=None):
         d = zlib.decompressobj()
         out = d.decompress(stored, raw_length + 1)
         if len(out) != raw_length or not d.eof:

@@ -13,9 +13,22 @@ from typing import Protocol
 import zstandard
 
 from formats.errors import FormatError, OptionError
+from formats.qpk.grouping import Grouping
 from formats.qpk.spec import CODES_ZSTD_LEVEL, GRAPH_ZSTD_LEVEL, BlobKind
 
 _CHUNK = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CodeContext:
+    """What a code blob holds, for codecs that model it (entropy coders with per-group or
+    neighbour contexts): the width of its codes, their count, the tensor's shape and grouping.
+    A codec that only sees bytes ignores it."""
+
+    bits: int
+    count: int
+    shape: tuple[int, ...]
+    grouping: Grouping
 
 
 class Codec(Protocol):
@@ -29,9 +42,9 @@ class Codec(Protocol):
         """The name FORMAT.md and `--codec` use."""
         ...
 
-    def encode(self, raw: memoryview, kind: BlobKind) -> bytes | memoryview: ...
+    def encode(self, raw: memoryview, kind: BlobKind, ctx: CodeContext | None = None) -> bytes | memoryview: ...
 
-    def decode(self, stored: memoryview, raw_length: int) -> bytes | bytearray | memoryview:
+    def decode(self, stored: memoryview, raw_length: int, ctx: CodeContext | None = None) -> bytes | bytearray | memoryview:
         """Exactly raw_length bytes, or FormatError; never allocates more than raw_length + one chunk."""
         ...
 
@@ -41,10 +54,10 @@ class Raw:
     id: int = 0
     name: str = "raw"
 
-    def encode(self, raw: memoryview, kind: BlobKind) -> memoryview:
+    def encode(self, raw: memoryview, kind: BlobKind, ctx: CodeContext | None = None) -> memoryview:
         return raw
 
-    def decode(self, stored: memoryview, raw_length: int) -> memoryview:
+    def decode(self, stored: memoryview, raw_length: int, ctx: CodeContext | None = None) -> memoryview:
         if len(stored) != raw_length:
             raise FormatError(f"raw blob is {len(stored)} bytes, expected {raw_length}")
         return stored
@@ -57,7 +70,7 @@ class Zstd:
     id: int = 1
     name: str = "zstd"
 
-    def encode(self, raw: memoryview, kind: BlobKind) -> bytes:
+    def encode(self, raw: memoryview, kind: BlobKind, ctx: CodeContext | None = None) -> bytes:
         level = GRAPH_ZSTD_LEVEL if kind == BlobKind.GRAPH else CODES_ZSTD_LEVEL
         return zstandard.ZstdCompressor(level=level, write_checksum=False).compress(raw)
 
@@ -82,7 +95,7 @@ class Zstd:
         if done != raw_length:
             raise FormatError(f"decompresses to {done}{'+' if done > raw_length else ''} bytes, expected {raw_length}")
 
-    def decode(self, stored: memoryview, raw_length: int) -> bytearray:
+    def decode(self, stored: memoryview, raw_length: int, ctx: CodeContext | None = None) -> bytearray:
         out = bytearray(raw_length)  # the promised length, which the reader has bounded
         pos = 0
         for chunk in self.chunks(stored, raw_length):

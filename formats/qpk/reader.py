@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from formats.errors import FormatError, brief
 from formats.files import open_regular
 from formats.qpk.bitstream import packed_size, unpack
-from formats.qpk.codecs import CODECS, RAW
+from formats.qpk.codecs import CODECS, RAW, CodeContext
 from formats.qpk.meta import TensorEntry, check_format, informative, is_int, parse_kept, parse_tensors
 from formats.qpk.schemes import SCHEMES, SchemeSpec
 from formats.qpk.spec import (
@@ -183,17 +183,17 @@ class QpkReader:
         _check(hashlib.sha256(view).digest() == blob.sha256, f"{self.path}: blob {index} checksum mismatch (corrupt payload)")
         return view
 
-    def blob_bytes(self, index: int, kind: BlobKind) -> bytes | bytearray | memoryview:
+    def blob_bytes(self, index: int, kind: BlobKind, ctx: CodeContext | None = None) -> bytes | bytearray | memoryview:
         """A blob decoded to exactly its raw_length: raw blobs as mmap views, others decoded within that bound."""
         view = self.blob_view(index, kind)
         blob = self.blobs[index]
         try:
-            return CODECS[blob.codec].decode(view, blob.raw_length)
+            return CODECS[blob.codec].decode(view, blob.raw_length, ctx)
         except FormatError as e:
             raise FormatError(f"{self.path}: blob {index} {e}") from None
 
     def codes(self, e: TensorEntry) -> NDArray[np.uint8]:
-        raw = self.blob_bytes(e.codes, BlobKind.CODES)
+        raw = self.blob_bytes(e.codes, BlobKind.CODES, CodeContext(e.bits, e.count, e.shape, e.grouping))
         return unpack(np.frombuffer(raw, dtype=np.uint8), e.bits, e.count).reshape(e.shape)
 
     def params(self, e: TensorEntry) -> dict[str, NDArray]:

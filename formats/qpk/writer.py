@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from formats.atomic import atomic_output
-from formats.qpk.codecs import CODECS, RAW, Codec
+from formats.qpk.codecs import CODECS, RAW, Codec, CodeContext
 from formats.qpk.spec import HEADER, HEADER_BODY, HEADER_SIZE, MAGIC, VERSION_MAJOR, BlobKind, align, expansion_limit
 
 
@@ -46,7 +46,7 @@ def as_bytes(data: bytes | bytearray | memoryview | NDArray) -> memoryview:
 
 
 def encode(data: bytes | bytearray | memoryview | NDArray, kind: BlobKind, codec: Codec = RAW,
-           allowance: int = 0) -> tuple[int, memoryview, int]:
+           allowance: int = 0, ctx: CodeContext | None = None) -> tuple[int, memoryview, int]:
     """(codec id, stored bytes, raw length) of a blob; a codec that does not shrink it, or that
     shrinks it past the format's expansion limit (see spec.expansion_limit), gives way to raw.
 
@@ -55,7 +55,7 @@ def encode(data: bytes | bytearray | memoryview | NDArray, kind: BlobKind, codec
     raw = as_bytes(data)
     if codec.id == RAW.id:
         return RAW.id, raw, raw.nbytes
-    stored = memoryview(codec.encode(raw, kind)).cast("B")
+    stored = memoryview(codec.encode(raw, kind, ctx)).cast("B")
     if stored.nbytes < raw.nbytes <= expansion_limit(stored.nbytes, allowance):
         return codec.id, stored, raw.nbytes
     return RAW.id, raw, raw.nbytes
