@@ -120,6 +120,27 @@ MaxBpw = Annotated[float | None, typer.Option("--max-bpw", help="fail (exit 3) a
 MinSqnr = Annotated[float | None, typer.Option("--min-sqnr", help="fail (exit 3) when the weights' SQNR is under this many dB")]
 
 
+InputsOpt = Annotated[Path | None, typer.Option("--inputs", exists=True, dir_okay=False,
+                                                   help=".npy, or .npz with one array per model input (or one) and optional 'labels'")]
+ImagesOpt = Annotated[Path | None, typer.Option("--images", exists=True, file_okay=False,
+                                                   help="folder of images (one sub-folder per class gives labels)")]
+SizeOpt = Annotated[str, typer.Option("--size", help="image size N or HxW")]
+LayoutOpt = Annotated[str, typer.Option("--layout", help="nchw or nhwc")]
+ScaleOpt = Annotated[str, typer.Option("--scale", help="pixel multiplier, e.g. 1/255")]
+MeanOpt = Annotated[str | None, typer.Option("--mean", help="subtracted after scaling: one value or R,G,B")]
+StdOpt = Annotated[str | None, typer.Option("--std", help="divides after the mean: one value or R,G,B")]
+DatasetOpt = Annotated[str | None, typer.Option("--dataset", help="built-in labelled data: digits (the bundled sample's test split)")]
+
+
+TargetBpw = Annotated[float | None, typer.Option("--target-bpw", help="goal: at most this many stored bits per weight "
+                                                 "(scales included); qpack picks each tensor's width, grouping and clipping")]
+TargetSize = Annotated[int | None, typer.Option("--target-size", help="goal: a .qpk of at most this many bytes")]
+MinCosine = Annotated[float | None, typer.Option("--min-cosine", help="goal: every output's cosine to the float model's "
+                                                 "at least this, on the given inputs (smallest file that meets it)")]
+MaxDrop = Annotated[float | None, typer.Option("--max-accuracy-drop", help="goal: accuracy lost on labelled inputs at most "
+                                               "this many points")]
+
+
 def _codec(name: Enum) -> Codec:
     label = str(name.value)
     return codec_named(next((c for c, lbl in _CODEC_LABELS.items() if lbl == label), label))
@@ -153,14 +174,31 @@ def convert(
     max_size: MaxSize = None,
     max_bpw: MaxBpw = None,
     min_sqnr: MinSqnr = None,
+    target_bpw: TargetBpw = None,
+    target_size: TargetSize = None,
+    min_cosine: MinCosine = None,
+    max_accuracy_drop: MaxDrop = None,
+    inputs: InputsOpt = None,
+    images: ImagesOpt = None,
+    dataset: DatasetOpt = None,
+    size: SizeOpt = "224",
+    layout: LayoutOpt = "nchw",
+    scale: ScaleOpt = "1/255",
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     quiet: Quiet = False,
 ) -> None:
     """Quantize MODEL's weights into a .qpk container and print a size report.
+
+    With a goal (--target-bpw, --target-size, or --min-cosine/--max-accuracy-drop checked in the
+    runtime on --inputs/--images/--dataset), qpack allocates each tensor's width, grouping and
+    clipping itself, starting from --bits; an impossible goal exits with code 3.
 
     With a budget (--max-size, --max-bpw, --min-sqnr) a broken one exits with code 3 and the
     new artifact is not put in place (a previous file at the output path stays as it was), so a
     build cannot ship it by accident.
     """
+    from converter.allocate import Goal
     from converter.gates import Budget
     from converter.measure import parse_compressors
     from converter.publish import publish
@@ -172,8 +210,12 @@ def convert(
         budget = Budget(max_size, max_bpw, min_sqnr)
         parse_compressors(compress)  # reject a bad list before any work
         target = output or model.with_suffix(".qpk")
+        goal = Goal(target_bpw, target_size, min_cosine, max_accuracy_drop)
+        goal.check()
+        data = _inputs(model, inputs, images, dataset, size, layout, scale, mean, std) if goal.fidelity else None
         src = stack.enter_context(closing(open_model(model)))
         compressors = parse_compressors(compress, src.file_bytes)
+        say = None if quiet else (lambda line: err.print(f"allocate: {line}"))
         bar = _progress(quiet)
         if bar:
             with bar:
@@ -181,9 +223,9 @@ def convert(
                 ctask = bar.add_task("compressing", total=len(compressors) * 2, visible=False)
                 done = publish(src, policy, target, _codec(codec), budget, compressors,
                                lambda i, n: bar.update(task, completed=i, total=n),
-                               lambda _: bar.update(ctask, advance=1, visible=True))
+                               lambda _: bar.update(ctask, advance=1, visible=True), goal, data, say)
         else:
-            done = publish(src, policy, target, _codec(codec), budget, compressors)
+            done = publish(src, policy, target, _codec(codec), budget, compressors, goal=goal, inputs=data, log=say)
         report = done.report
         report["command"] = _command("convert")
         if json_out:
@@ -327,18 +369,6 @@ def report(
         if not quiet:
             report_table(rep, out)
         budget.check(rep["sizes"]["qpk_bytes"], rep["sizes"]["bits_per_weight"], rep["totals"].get("sqnr_db"), floats_known(rep))
-
-
-InputsOpt = Annotated[Path | None, typer.Option("--inputs", exists=True, dir_okay=False,
-                                                   help=".npy, or .npz with one array per model input (or one) and optional 'labels'")]
-ImagesOpt = Annotated[Path | None, typer.Option("--images", exists=True, file_okay=False,
-                                                   help="folder of images (one sub-folder per class gives labels)")]
-SizeOpt = Annotated[str, typer.Option("--size", help="image size N or HxW")]
-LayoutOpt = Annotated[str, typer.Option("--layout", help="nchw or nhwc")]
-ScaleOpt = Annotated[str, typer.Option("--scale", help="pixel multiplier, e.g. 1/255")]
-MeanOpt = Annotated[str | None, typer.Option("--mean", help="subtracted after scaling: one value or R,G,B")]
-StdOpt = Annotated[str | None, typer.Option("--std", help="divides after the mean: one value or R,G,B")]
-DatasetOpt = Annotated[str | None, typer.Option("--dataset", help="built-in labelled data: digits (the bundled sample's test split)")]
 
 
 def _inputs(model: Path, inputs: Path | None, images: Path | None, dataset: str | None, size: str, layout: str, scale: str,

@@ -58,6 +58,7 @@ class TensorStat:
     noise: float  # energy of the quantization error
     block: int | None = None
     param_dtypes: dict[str, str] | None = None
+    why: str = ""  # how an allocation chose the setting
 
     @property
     def sqnr_db(self) -> float | None:
@@ -102,7 +103,7 @@ class _Done:
 def _work(w: Weight, d: Decision, scheme: str, clip: str, codec: Codec) -> _Done:
     x = np.asarray(w.array, dtype=np.float32)
     check_finite(x, w.name)
-    q = quantize_stream(get_quantizer(scheme), x, d.bits, d.grouping, clip, d.dtypes)
+    q = quantize_stream(get_quantizer(d.scheme or scheme), x, d.bits, d.grouping, d.clip or clip, d.dtypes)
     del x
     ctx = CodeContext(d.bits, w.size, w.shape, d.grouping)
     return _Done(q, encode(q.packed, BlobKind.CODES, codec, ctx=ctx), {k: encode(v, BlobKind.PARAM) for k, v in q.params.items()})
@@ -146,13 +147,14 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
         for i, ((w, d), done) in enumerate(zip(chosen, _in_order(pool, jobs, workers + 1))):
             codes_blob = writer.add_encoded(BlobKind.CODES, *done.codes)
             params = {k: writer.add_encoded(BlobKind.PARAM, *v) for k, v in done.params.items()}
-            entries.append(TensorEntry(w.name, w.key, w.shape, w.dtype, w.role.value, policy.scheme, d.bits, d.grouping,
+            scheme = d.scheme or policy.scheme
+            entries.append(TensorEntry(w.name, w.key, w.shape, w.dtype, w.role.value, scheme, d.bits, d.grouping,
                                        codes_blob, params, done.q.dtypes))
             q = done.q
-            result.tensors.append(TensorStat(w.name, w.key, w.shape, w.dtype, w.role.value, policy.scheme, d.bits, d.axis, w.size,
+            result.tensors.append(TensorStat(w.name, w.key, w.shape, w.dtype, w.role.value, scheme, d.bits, d.axis, w.size,
                                              q.packed.nbytes, writer.blob(codes_blob).length,
                                              sum(v.nbytes for v in q.params.values()), entropy_bits(q.hist),
-                                             int((q.hist > 0).sum()), q.signal, q.noise, d.block, q.dtypes))
+                                             int((q.hist > 0).sum()), q.signal, q.noise, d.block, q.dtypes, d.why))
             if progress:
                 progress(i + 1, len(chosen))
         skeleton = model.skeleton({e.key for e in entries})

@@ -34,6 +34,9 @@ class Decision:
     reason: str = ""
     block: int | None = None  # blocks of this many weights along `axis` share parameters
     dtypes: dict[str, str] | None = None  # parameter storage dtypes asked for (None: the scheme's defaults)
+    scheme: str | None = None  # None: the policy's
+    clip: str | None = None  # None: the policy's
+    why: str = ""  # how an allocation chose this setting
 
     @property
     def grouping(self) -> Grouping:
@@ -53,6 +56,7 @@ class Policy:
     clip: str = "minmax"  # or "mse": per-group range shrunk to the least squared error
     group_size: int | None = None  # blocks of this many weights along each tensor's reduction axis
     param_dtype: str = "auto"  # float parameters as fp16 or fp32; auto: fp16 for blocks, fp32 otherwise
+    plan: tuple[tuple[str, Decision], ...] = ()  # per-tensor settings an allocation chose, by key
 
     def __post_init__(self) -> None:
         if self.group_size is not None and not MIN_GROUP <= self.group_size <= MAX_GROUP:
@@ -77,6 +81,9 @@ class Policy:
         return out
 
     def decide(self, w: Weight) -> Decision:
+        chosen = dict(self.plan).get(w.key)
+        if chosen is not None:
+            return chosen
         if not w.is_float:
             return Decision(False, reason="already quantized" if w.role == Role.QUANTIZED else f"not float ({w.dtype})")
         if _matches(w, self.keep):

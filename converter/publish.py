@@ -4,12 +4,15 @@ budget holds, so a build never ships an over-budget file and the last good one s
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from converter.allocate import Goal, allocate
 from converter.convert import convert
+from converter.datasets import Inputs
 from converter.gates import Budget
 from converter.policy import Policy
 from converter.sizes import size_report
@@ -31,11 +34,19 @@ def pending_path(target: Path) -> Path:
 
 
 def publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget: Budget, compressors: tuple[str, ...],
-            progress: Callable[[int, int], None] | None = None, compress_progress: Callable[[str], None] | None = None
-            ) -> Published:
-    """Convert `src` to `target` and return its size report; on a broken budget `target` is untouched."""
+            progress: Callable[[int, int], None] | None = None, compress_progress: Callable[[str], None] | None = None,
+            goal: Goal | None = None, inputs: Inputs | None = None, log: Callable[[str], None] | None = None) -> Published:
+    """Convert `src` to `target` and return its size report; on a broken budget `target` is untouched.
+
+    With a `goal`, the widths, groupings and clipping of each tensor are allocated first (see
+    converter.allocate); a goal that cannot be met is a BudgetError before anything is written.
+    """
     if target.resolve() == src.path.resolve():
         raise QpackError(f"{target}: output would overwrite the input")
+    allocation = None
+    if goal is not None and goal.any:
+        with tempfile.TemporaryDirectory(prefix="qpack-allocate-") as tmp:
+            policy, allocation = allocate(src, policy, goal, codec, tmp, src.path, inputs, log)
     pending = pending_path(target)
     sweep_stale(target)
     track(pending)
@@ -47,6 +58,8 @@ def publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget
         report = size_report(src, result, compressors, compress_progress)
         report["options"] = policy.options(codec.name)
         report["output"] = str(target)
+        if allocation is not None:
+            report["allocation"] = allocation
         sizes = report["sizes"]
         try:
             budget.check(sizes["qpk_bytes"], sizes["bits_per_weight"], sizes["sqnr_db"], floats_known=True)

@@ -91,8 +91,14 @@ class Quantizer:
         return out
 
     @classmethod
+    def refine(cls, xv: NDArray[np.float32], axes: tuple[int, ...], bits: int, stats: Stats,
+               dtypes: dict[str, str] | None) -> Stats:
+        """A further least-squares search after the range shrink (clip "mse"); none by default."""
+        return stats
+
+    @classmethod
     def fit(cls, xv: NDArray[np.float32], axes: tuple[int, ...], bits: int, clip: str = "minmax",
-            dtypes: dict[str, str] | None = None) -> tuple[Params, dict[str, str]]:
+            dtypes: dict[str, str] | None = None, refine: bool = True) -> tuple[Params, dict[str, str]]:
         """Group-shaped parameters of a blocked view (see Grouping.blocked), rounded to the dtypes
         they will be stored in, and those dtypes.
 
@@ -104,6 +110,8 @@ class Quantizer:
         if clip == "mse":
             shrink = search_shrink(cls, xv, axes, bits, stats, dtypes)
             stats = tuple(s * shrink for s in stats)
+            if refine:
+                stats = cls.refine(xv, axes, bits, stats, dtypes)
         elif clip != "minmax":
             raise OptionError(f"unknown clipping {clip!r}, expected one of {', '.join(CLIPS)}")
         params = cls.params(stats, bits)
@@ -145,26 +153,37 @@ def search_shrink(q: type[Quantizer], xv: NDArray[np.float32], axes: tuple[int, 
     that the cost of clipping the largest weights is never missed, and the search costs a few
     passes over about SAMPLE_BUDGET elements however large the tensor. Ties keep the wider range.
     """
+    sample = sample_rows(xv, axes)
+    groups = sample.shape[0]
+    flat_stats = tuple(s.reshape(groups, 1) for s in stats)
+    best_err = np.full(groups, np.inf)
+    best = np.ones(groups, dtype=np.float32)
+    for r in q.shrinks:
+        err = sample_error(q, sample, tuple(s * np.float32(r) for s in flat_stats), bits, dtypes)
+        better = err < best_err * (1 - 1e-9)
+        best_err[better], best[better] = err[better], r
+    return best.reshape(stats[0].shape)
+
+
+def sample_rows(xv: NDArray[np.float32], axes: tuple[int, ...]) -> NDArray[np.float32]:
+    """Per group (a row each), every k-th weight plus the two extremes: about SAMPLE_BUDGET in all."""
     keep = tuple(i for i in range(xv.ndim) if i not in axes)
     groups = int(np.prod([xv.shape[i] for i in keep], dtype=np.int64))
     rows = np.transpose(xv, keep + axes).reshape(groups, -1)
     per_group = max(MIN_PER_GROUP, SAMPLE_BUDGET // groups)
     step = max(1, rows.shape[1] // per_group)
     sample = np.concatenate([rows[:, ::step], rows.min(axis=1, keepdims=True), rows.max(axis=1, keepdims=True)], axis=1)
-    sample = np.ascontiguousarray(sample, dtype=np.float32)
-    flat_stats = tuple(s.reshape(groups, 1) for s in stats)
-    spec, per_row = q.spec(), Grouping(0)
-    best_err = np.full(groups, np.inf)
-    best = np.ones(groups, dtype=np.float32)
-    for r in q.shrinks:
-        params = q.params(tuple(s * np.float32(r) for s in flat_stats), bits)
-        used = q.storage(params, dtypes)
-        params = q.rounded(params, used)
-        y = spec.dequantize(q.encode(sample, bits, params), q.flat(params, used), bits, per_row)
-        err = np.square(y - sample, dtype=np.float64).sum(axis=1)
-        better = err < best_err * (1 - 1e-9)
-        best_err[better], best[better] = err[better], r
-    return best.reshape(stats[0].shape)
+    return np.ascontiguousarray(sample, dtype=np.float32)
+
+
+def sample_error(q: type[Quantizer], sample: NDArray[np.float32], stats: Stats, bits: int,
+                 dtypes: dict[str, str] | None) -> NDArray[np.float64]:
+    """Each row's squared error when quantized with parameters from `stats` (groups x 1 each)."""
+    params = q.params(stats, bits)
+    used = q.storage(params, dtypes)
+    params = q.rounded(params, used)
+    y = q.spec().dequantize(q.encode(sample, bits, params), q.flat(params, used), bits, Grouping(0))
+    return np.square(y - sample, dtype=np.float64).sum(axis=1)
 
 
 def get_quantizer(name: str) -> type[Quantizer]:

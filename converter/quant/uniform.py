@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from converter.quant.base import Quantizer
+from converter.quant.base import Quantizer, sample_error, sample_rows
 
 
 class Asymmetric(Quantizer):
@@ -26,6 +26,33 @@ class Asymmetric(Quantizer):
         scale[scale == 0] = 1.0  # an all-zero group: any scale represents it exactly
         zero = np.clip(np.round(-lo / scale), 0, top)
         return {"scale": scale, "zero_point": zero}
+
+    # one side of the range at a time: where the weights are skewed the zero point moves
+    SIDE_FACTORS = tuple(float(r) for r in np.linspace(1.0, 0.5, 11))
+
+    @classmethod
+    def refine(cls, xv, axes, bits, stats, dtypes):
+        """Coordinate descent on the two ends of each group's range (two rounds, low end first),
+        each step keeping the factor with the least squared error on the sample: a range that is
+        not symmetric about zero gets its own zero point instead of a shared shrink."""
+        sample = sample_rows(xv, axes)
+        groups = sample.shape[0]
+        lo, hi = (s.reshape(groups, 1).astype(np.float32) for s in stats)
+        best = sample_error(cls, sample, (lo, hi), bits, dtypes)
+        for _ in range(2):
+            for side in (0, 1):
+                base = (lo, hi)[side]
+                for r in cls.SIDE_FACTORS[1:]:
+                    trial = (lo * np.float32(r), hi) if side == 0 else (lo, hi * np.float32(r))
+                    err = sample_error(cls, sample, trial, bits, dtypes)
+                    better = (err < best * (1 - 1e-9)).reshape(groups, 1)
+                    best = np.where(better.reshape(-1), err, best)
+                    if side == 0:
+                        lo = np.where(better, base * np.float32(r), lo)
+                    else:
+                        hi = np.where(better, base * np.float32(r), hi)
+        shape = stats[0].shape
+        return lo.reshape(shape), hi.reshape(shape)
 
     @classmethod
     def encode(cls, x, bits, params):

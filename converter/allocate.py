@@ -1,0 +1,448 @@
+"""Automatic bit allocation: the user states a goal, qpack picks each tensor's width, grouping and scheme.
+
+Data-free (`--target-bpw`, `--target-size`): every quantized tensor gets a menu of settings, each
+with its measured cost (code and parameter bytes) and error (squared error, estimated on a sample
+of whole groups); the allocation minimizes the total *weighted* error under the size budget by
+equal slope: for a multiplier lam each tensor takes the setting minimizing error + lam * bytes, and
+lam is bisected until the budget is met, then the bytes left over go to the best remaining
+upgrades. The weight of a tensor's error is 1 / its signal energy, so the allocation minimizes the
+sum of relative errors (1 / SQNR) over tensors: each layer's output error grows with its relative
+weight error whatever the scale its weights happen to have (batch norms fold into kernels at any
+scale), and no data is needed.
+
+With inputs (`--min-cosine`, `--max-accuracy-drop`), the goal is checked in the real runtime: the
+budget is bisected between the starting width and 8 bits for the smallest allocation that meets
+it; if even the largest falls short, the tensors that hurt most, measured one at a time, are
+weighted up and the search runs again. If 8 bits everywhere cannot meet the goal, that is a
+BudgetError (exit 3).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from converter.measure import code_histogram, entropy_bits
+from converter.policy import Decision, Policy
+from converter.quant import get_quantizer
+from formats.errors import BudgetError, OptionError
+from formats.model import SourceModel, Weight
+from formats.qpk import Grouping, packed_size
+
+SAMPLE_ELEMENTS = 1 << 16  # weights per tensor and setting the error is measured on
+MAX_BITS = 8
+# one-bit codes keep two levels per group: the allocation never needs them to reach a budget it
+# can meet at all, and the summed relative error underrates how they break a network
+MIN_WIDTH = 2
+CODED_MARGIN, CODED_OVERHEAD = 1.02, 64  # entropy-coded codes: within 2% of the entropy, plus a table
+BLOCKS = (32, 128)
+LOW_BITS_CLIP = 6  # at or below this width the range is searched by least squares (clip mse)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting of one tensor, with what it costs and what it loses."""
+
+    bits: int
+    axis: int | None
+    block: int | None
+    clip: str
+    nbytes: int  # codes (packed) + parameters
+    error: float  # squared error of the whole tensor (estimated)
+
+    def decision(self, scheme: str, why: str) -> Decision:
+        dtypes = {"scale": "<f2"} if self.block is not None else None
+        return Decision(True, bits=self.bits, axis=self.axis, block=self.block, dtypes=dtypes, scheme=scheme, clip=self.clip,
+                        why=why)
+
+
+@dataclass
+class Menu:
+    """A tensor's options, on the lower convex hull of (bytes, error), cheapest first."""
+
+    weight: Weight
+    signal: float
+    options: list[Option]
+    importance: float = 1.0  # multiplies the tensor's relative error
+
+    def cost(self, o: Option) -> float:
+        return self.importance * o.error / max(self.signal, 1e-30)
+
+
+def _groupings(w: Weight, per_channel: bool) -> list[tuple[int | None, int | None]]:
+    out: list[tuple[int | None, int | None]] = [(None, None)]
+    if w.axis is not None and len(w.shape) > 1:
+        out.append((w.axis, None))
+    if w.reduction is not None:
+        n = w.shape[w.reduction]
+        out += [(w.reduction, b) for b in BLOCKS if n >= 2 * b]
+    return out
+
+
+def _sample_error(q: Any, x: NDArray[np.float32], bits: int, g: Grouping, clip: str,
+                  dtypes: dict[str, str] | None) -> tuple[float, int, float]:
+    """(squared error of the whole tensor, parameter bytes, order-0 entropy of the codes in bits):
+    parameters fitted on the whole tensor, the error and entropy measured on evenly spaced whole
+    groups (or, for one group, evenly spaced weights) and scaled up."""
+    xv, axes = g.blocked(x)
+    params, used = q.fit(xv, axes, bits, clip, dtypes, refine=False)  # the final conversion refines; ranking needs less
+    keep = tuple(i for i in range(xv.ndim) if i not in axes)
+    groups = math.prod(xv.shape[i] for i in keep)
+    rows = np.transpose(xv, keep + axes).reshape(groups, -1)
+    per_row = rows.shape[1]
+    take = max(1, min(groups, SAMPLE_ELEMENTS // max(per_row, 1)))
+    idx = np.linspace(0, groups - 1, take).round().astype(np.int64)
+    step = max(1, per_row * take // SAMPLE_ELEMENTS)
+    sample = np.ascontiguousarray(rows[idx, ::step])
+    flat = {k: np.asarray(v).reshape((groups, 1) + np.asarray(v).shape[xv.ndim:])[idx] for k, v in params.items()}
+    codes = q.encode(sample, bits, flat)
+    y = q.spec().dequantize(codes, q.flat(flat, used), bits, Grouping(0))
+    err = float(np.square(y - sample, dtype=np.float64).sum()) * (x.size / sample.size)
+    param_bytes = sum(np.asarray(v).size * np.dtype(used[k]).itemsize for k, v in params.items())
+    return err, param_bytes, entropy_bits(code_histogram(codes, bits))
+
+
+def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range(MIN_WIDTH, MAX_BITS + 1),
+         coded: bool = False) -> Menu:
+    """The options of one weight under `scheme`, pruned to the lower convex hull.
+
+    `coded`: the codes will be entropy-coded, so an option's code bytes are estimated from the
+    codes' order-0 entropy (with a margin) instead of their packed size.
+    """
+    q = get_quantizer(scheme)
+    x = np.asarray(w.array, dtype=np.float32)
+    signal = float(np.dot(x.reshape(-1).astype(np.float64), x.reshape(-1).astype(np.float64)))
+    opts = []
+    for axis, block in _groupings(w, per_channel):
+        g = Grouping(axis, block)
+        dtypes = {"scale": "<f2"} if block is not None else None
+        for bits in widths:
+            if not q.spec().min_bits <= bits <= q.spec().max_bits:
+                continue
+            clip = "mse" if bits <= LOW_BITS_CLIP else "minmax"
+            err, pbytes, entropy = _sample_error(q, x, bits, g, clip, dtypes)
+            code_bytes = packed_size(w.size, bits)
+            if coded:
+                code_bytes = min(code_bytes, math.ceil(w.size * entropy * CODED_MARGIN / 8) + CODED_OVERHEAD)
+            opts.append(Option(bits, axis, block, clip, code_bytes + pbytes, err))
+    return Menu(w, signal, _hull(opts))
+
+
+def _hull(opts: list[Option]) -> list[Option]:
+    """The options no mix of others beats: lower convex hull of (bytes, error), cheapest first."""
+    pts = sorted(opts, key=lambda o: (o.nbytes, o.error))
+    front: list[Option] = []
+    for o in pts:  # Pareto: strictly less error than everything cheaper
+        if not front or o.error < front[-1].error:
+            front.append(o)
+    hull: list[Option] = []
+    for o in front:
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            # drop b if it lies on or above the segment a -> o
+            if (b.error - a.error) * (o.nbytes - a.nbytes) >= (o.error - a.error) * (b.nbytes - a.nbytes):
+                hull.pop()
+            else:
+                break
+        hull.append(o)
+    return hull
+
+
+def choose(menus: list[Menu], budget: float) -> list[Option]:
+    """Equal slope: per tensor the option minimizing cost + lam * bytes, lam bisected to fit `budget`
+    bytes; then the leftover bytes buy the upgrades with the most error saved per byte.
+
+    Raises:
+        BudgetError: even the cheapest option of every tensor exceeds the budget.
+    """
+    cheapest = sum(m.options[0].nbytes for m in menus)
+    if cheapest > budget:
+        raise BudgetError(f"the goal leaves {budget:,.0f} bytes for weights; the fewest they can take is {cheapest:,}")
+
+    def pick(lam: float) -> list[Option]:
+        out = []
+        for m in menus:
+            costs = [m.cost(o) + lam * o.nbytes for o in m.options]
+            out.append(m.options[int(np.argmin(costs))])
+        return out
+
+    lo, hi = 0.0, 1.0
+    while sum(o.nbytes for o in pick(hi)) > budget:
+        hi *= 4
+        if hi > 1e30:
+            break
+    if sum(o.nbytes for o in pick(lo)) <= budget:
+        return pick(lo)
+    for _ in range(80):
+        mid = math.sqrt(lo * hi) if lo > 0 else hi / 1e6 if hi > 1e-300 else 0.0
+        if sum(o.nbytes for o in pick(mid)) > budget:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= hi * 1e-9:
+            break
+    chosen = pick(hi)
+    left = budget - sum(o.nbytes for o in chosen)
+    while True:  # greedy fill: the best next step up that still fits
+        best, gain = None, 0.0
+        for i, (m, o) in enumerate(zip(menus, chosen)):
+            k = m.options.index(o)
+            if k + 1 < len(m.options):
+                nxt = m.options[k + 1]
+                extra = nxt.nbytes - o.nbytes
+                if extra <= left:
+                    g = (m.cost(o) - m.cost(nxt)) / max(extra, 1)
+                    if g > gain:
+                        best, gain = i, g
+        if best is None:
+            return chosen
+        m = menus[best]
+        nxt = m.options[m.options.index(chosen[best]) + 1]
+        left -= nxt.nbytes - chosen[best].nbytes
+        chosen[best] = nxt
+
+
+def plan(policy: Policy, menus: list[Menu], options: list[Option], why: str) -> Policy:
+    """The policy with each menu's tensor fixed to its chosen option."""
+    fixed = tuple((m.weight.key, o.decision(policy.scheme, why)) for m, o in zip(menus, options))
+    return replace(policy, plan=fixed)
+
+
+def menus(model: SourceModel, policy: Policy, progress: Callable[[int, int], None] | None = None,
+          coded: bool = False) -> list[Menu]:
+    """A menu for each weight the policy quantizes: its scheme, widths 2 to 8."""
+    chosen = [w for w in model.weights if policy.decide(w).quantize]
+    lowest = max(get_quantizer(policy.scheme).spec().min_bits, MIN_WIDTH)
+    out = []
+    for i, w in enumerate(chosen):
+        out.append(menu(w, policy.scheme, True, range(lowest, MAX_BITS + 1), coded))
+        if progress:
+            progress(i + 1, len(chosen))
+    return out
+
+
+def data_free(model: SourceModel, policy: Policy, budget_bytes: float, why: str,
+              built: list[Menu] | None = None) -> tuple[Policy, list[Menu], list[Option]]:
+    """The allocation that minimizes the summed relative error within `budget_bytes` of codes and parameters."""
+    ms = built if built is not None else menus(model, policy)
+    if not ms:
+        raise OptionError("no tensor is quantized under these options: nothing to allocate")
+    chosen = choose(ms, budget_bytes)
+    return plan(policy, ms, chosen, why), ms, chosen
+
+
+def weights_of(ms: list[Menu]) -> int:
+    return sum(m.weight.size for m in ms)
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What the user asked for; exactly one size goal, or fidelity goals checked on inputs."""
+
+    target_bpw: float | None = None
+    target_size: int | None = None
+    min_cosine: float | None = None
+    max_accuracy_drop: float | None = None  # points
+
+    @property
+    def fidelity(self) -> bool:
+        return self.min_cosine is not None or self.max_accuracy_drop is not None
+
+    @property
+    def any(self) -> bool:
+        return self.fidelity or self.target_bpw is not None or self.target_size is not None
+
+    def check(self) -> None:
+        if self.target_bpw is not None and self.target_size is not None:
+            raise OptionError("give --target-bpw or --target-size, not both")
+        if self.fidelity and (self.target_bpw is not None or self.target_size is not None):
+            raise OptionError("a fidelity goal (--min-cosine, --max-accuracy-drop) finds its own size: drop --target-bpw/--target-size")
+        if self.target_bpw is not None and not 0 < self.target_bpw <= 64:
+            raise OptionError(f"--target-bpw must lie in (0, 64], not {self.target_bpw}")
+        if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:
+            raise OptionError(f"--min-cosine must lie in [-1, 1], not {self.min_cosine}")
+        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
+            raise OptionError("--max-accuracy-drop must not be negative")
+
+    def met(self, result: dict[str, Any]) -> tuple[bool, str]:
+        """Whether an evaluation (converter.evaluate) meets the fidelity goal, and the figures, in words."""
+        words, ok = [], True
+        if self.min_cosine is not None:
+            cos = min(o["cosine"] for o in result["outputs"])
+            ok &= cos >= self.min_cosine
+            words.append(f"min output cosine {cos:.5f}")
+        if self.max_accuracy_drop is not None:
+            c = result.get("classification") or {}
+            if "accuracy_original" not in c:
+                raise OptionError("--max-accuracy-drop needs a classifier and labelled inputs")
+            drop = 100 * (c["accuracy_original"] - c["accuracy_quantized"])
+            ok &= drop <= self.max_accuracy_drop
+            words.append(f"accuracy drop {drop:.2f} points")
+        return ok, ", ".join(words)
+
+
+def bpw_budget(ms: list[Menu], bpw: float) -> float:
+    return bpw * weights_of(ms) / 8
+
+
+def largest(ms: list[Menu]) -> float:
+    return float(sum(m.options[-1].nbytes for m in ms))
+
+
+def for_size(model: SourceModel, policy: Policy, size: int, convert_to: Callable[[Policy], int],
+             ms: list[Menu]) -> tuple[Policy, list[Option]]:
+    """The allocation whose whole container is at most `size` bytes: the overhead (graph, metadata,
+    padding) is measured on a first conversion and the budget corrected until the file fits."""
+    cheapest_policy = plan(policy, ms, [m.options[0] for m in ms], "cheapest")
+    floor = convert_to(cheapest_policy)
+    overhead = floor - sum(m.options[0].nbytes for m in ms)
+    if floor > size:
+        raise BudgetError(f"--target-size {size:,} bytes is below the smallest container these tensors make "
+                          f"({floor:,} bytes, of which {overhead:,} graph and metadata)")
+    budget = float(size - overhead)
+    for _ in range(6):
+        chosen = choose(ms, budget)
+        p = plan(policy, ms, chosen, f"equal slope within {size:,} bytes")
+        got = convert_to(p)
+        if got <= size:
+            return p, chosen
+        budget -= got - size  # padding and metadata grew with the choice: take it off and try again
+    raise BudgetError(f"could not fit the container within --target-size {size:,} bytes")
+
+
+def for_fidelity(policy: Policy, goal: Goal, ms: list[Menu], evaluate_policy: Callable[[Policy], dict[str, Any]],
+                 log: Callable[[str], None] | None = None, rounds: int = 2) -> tuple[Policy, list[Option], str]:
+    """The smallest allocation (bisected over the byte budget, from the starting width to 8 bits) that
+    meets a fidelity goal in the runtime; tensors that hurt most are weighted up and the search rerun
+    when the goal is met only near the top."""
+    say = log or (lambda s: None)
+    top_policy = plan(policy, ms, [m.options[-1] for m in ms], "largest")
+    ok, words = goal.met(evaluate_policy(top_policy))
+    say(f"every tensor at its most precise setting: {words}")
+    if not ok:
+        raise BudgetError(f"the goal is not met even with every tensor at its most precise setting ({words})")
+    best: tuple[Policy, list[Option], str] = (top_policy, [m.options[-1] for m in ms], words)
+    floor = float(sum(m.options[0].nbytes for m in ms))
+    start = min(max(bpw_budget(ms, policy.bits), floor), largest(ms))
+
+    def attempt(budget: float, r: int) -> bool:
+        nonlocal best
+        cand = choose(ms, budget)
+        p = plan(policy, ms, cand, f"smallest allocation meeting the goal in the runtime (round {r + 1})")
+        ok, words = goal.met(evaluate_policy(p))
+        say(f"{8 * sum(o.nbytes for o in cand) / weights_of(ms):.3f} bits/weight: {words}")
+        if ok and sum(o.nbytes for o in cand) < sum(o.nbytes for o in best[1]):
+            best = (p, cand, words)
+        return ok
+
+    for r in range(rounds):
+        # --bits is the first guess; then bisection on bytes between what fails and what meets the goal
+        lo, hi = (floor, start) if attempt(start, r) else (start, float(sum(o.nbytes for o in best[1])))
+        for _ in range(7):
+            if hi - lo <= 0.01 * hi:
+                break
+            mid = (lo + hi) / 2
+            if attempt(mid, r):
+                hi = mid
+            else:
+                lo = mid
+        if r + 1 < rounds and lo > floor:
+            _weigh_by_damage(policy, ms, choose(ms, lo), evaluate_policy, goal, say)
+            start = sum(o.nbytes for o in best[1])
+    return best
+
+
+def _weigh_by_damage(policy: Policy, ms: list[Menu], failing: list[Option], evaluate_policy: Callable[[Policy], dict[str, Any]],
+                     goal: Goal, say: Callable[[str], None], top: int = 6) -> None:
+    """Measure, one at a time, the damage of the tensors whose proxy error is largest at a failing
+    allocation (the others at their most precise setting), and weight their error by it."""
+    ranked = sorted(range(len(ms)), key=lambda i: -ms[i].cost(failing[i]))[:top]
+    damages = {}
+    for i in ranked:
+        opts = [m.options[-1] for m in ms]
+        opts[i] = failing[i]
+        result = evaluate_policy(plan(policy, ms, opts, "probe"))
+        damages[i] = 1 - min(o["cosine"] for o in result["outputs"])
+    mean = float(np.mean(list(damages.values()))) or 1.0
+    proxies = {i: ms[i].cost(failing[i]) for i in ranked}
+    mean_proxy = float(np.mean(list(proxies.values()))) or 1.0
+    for i, d in damages.items():
+        # a tensor whose measured damage is out of proportion to its proxy error counts for more
+        ratio = (d / mean) / max(proxies[i] / mean_proxy, 1e-9)
+        ms[i].importance *= float(np.clip(ratio, 0.25, 16))
+        say(f"  {ms[i].weight.name}: damage {d:.2e}, weight x{ms[i].importance:.2f}")
+
+
+def for_bpw(policy: Policy, bpw: float, convert_to: Callable[[Policy], Any], ms: list[Menu]) -> tuple[Policy, list[Option]]:
+    """The allocation whose stored codes and parameters are at most `bpw` bits per quantized weight,
+    checked on real conversions (entropy-coded sizes are estimates until then)."""
+    budget = bpw_budget(ms, bpw)
+    limit = budget
+    for _ in range(6):
+        chosen = choose(ms, budget)
+        p = plan(policy, ms, chosen, f"equal slope within {bpw} bits per weight")
+        result = convert_to(p)
+        stored = sum(t.stored_bytes + t.param_bytes for t in result.tensors)
+        if stored <= limit:
+            return p, chosen
+        budget -= stored - limit
+    raise BudgetError(f"could not fit the codes within --target-bpw {bpw}")
+
+
+def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: Any, model_path: Any = None,
+             inputs: Any = None, log: Callable[[str], None] | None = None) -> tuple[Policy, dict[str, Any]]:
+    """The policy that meets `goal` (tensors fixed to their chosen settings), and a summary for reports.
+
+    `policy.bits` is where a fidelity search starts; `policy.scheme` is the scheme every option uses.
+    """
+    from pathlib import Path
+
+    from converter.convert import convert
+    from formats.qpk import RAW
+
+    goal.check()
+    trial = Path(workdir) / "trial.qpk"
+    ms = menus(src, policy, coded=codec.id != RAW.id)
+    if not ms:
+        raise OptionError("no tensor is quantized under these options: nothing to allocate")
+
+    def convert_to(p: Policy) -> Any:
+        return convert(src, p, trial, codec=codec)
+
+    summary: dict[str, Any] = {"proxy": "sum over tensors of squared error / signal energy (1 / SQNR)",
+                               "candidates": sum(len(m.options) for m in ms)}
+    if goal.target_bpw is not None:
+        p, chosen = for_bpw(policy, goal.target_bpw, convert_to, ms)
+        summary["goal"] = f"--target-bpw {goal.target_bpw}"
+    elif goal.target_size is not None:
+        p, chosen = for_size(src, policy, goal.target_size, lambda q: convert_to(q).size, ms)
+        summary["goal"] = f"--target-size {goal.target_size}"
+    else:
+        from converter.evaluate import evaluate, run_all
+        from converter.runtime import open_runner
+
+        if inputs is None:
+            raise OptionError("a fidelity goal needs inputs: --inputs, --images or --dataset")
+        reference = run_all(open_runner(model_path), inputs)
+        checks: list[str] = []
+
+        def evaluate_policy(q: Policy) -> dict[str, Any]:
+            convert_to(q)
+            return evaluate(model_path, inputs, qpk=trial, reference=reference)
+
+        def note(line: str) -> None:
+            checks.append(line)
+            if log:
+                log(line)
+
+        p, chosen, words = for_fidelity(policy, goal, ms, evaluate_policy, note)
+        summary.update(goal=" and ".join(f"{k} {v}" for k, v in (("--min-cosine", goal.min_cosine),
+                                                                   ("--max-accuracy-drop", goal.max_accuracy_drop)) if v is not None),
+                       met=words, checks=checks, inputs=inputs.description)
+    summary["bits_per_weight_planned"] = round(8 * sum(o.nbytes for o in chosen) / weights_of(ms), 4)
+    return p, summary
