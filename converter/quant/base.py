@@ -20,7 +20,9 @@ Params = dict[str, NDArray]
 Stats = tuple[NDArray[np.float32], ...]
 
 QUANTIZERS: dict[str, type[Quantizer]] = {}
-CLIPS = ("minmax", "mse")
+# minmax: each group's whole range; mse: the range shrunk to the least squared error; mse-ends:
+# then each end of it moved on its own (for asym, the zero point moves) by the same criterion
+CLIPS = ("minmax", "mse", "mse-ends")
 
 
 def as_grouping(g: Grouping | int | None) -> Grouping:
@@ -93,7 +95,7 @@ class Quantizer:
     @classmethod
     def refine(cls, xv: NDArray[np.float32], axes: tuple[int, ...], bits: int, stats: Stats,
                dtypes: dict[str, str] | None) -> Stats:
-        """A further least-squares search after the range shrink (clip "mse"); none by default."""
+        """A further least-squares search after the range shrink (clip "mse-ends"); none by default."""
         return stats
 
     @classmethod
@@ -107,10 +109,10 @@ class Quantizer:
         `dtypes` asks for other parameter dtypes the scheme allows (float16 scales, say).
         """
         stats = cls.stats(xv, axes)
-        if clip == "mse":
+        if clip in ("mse", "mse-ends"):
             shrink = search_shrink(cls, xv, axes, bits, stats, dtypes)
             stats = tuple(s * shrink for s in stats)
-            if refine:
+            if clip == "mse-ends" and refine:
                 stats = cls.refine(xv, axes, bits, stats, dtypes)
         elif clip != "minmax":
             raise OptionError(f"unknown clipping {clip!r}, expected one of {', '.join(CLIPS)}")
