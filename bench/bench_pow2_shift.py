@@ -9,11 +9,13 @@ each inner-loop block size (cnn.c's BLK). Three variants of the same model run o
 digits: `float` (float32 multiplies), `shift` (int32 fixed point, one shift per weight) and `group`
 (weights grouped by exponent: adds, then one shift per group). Reported:
 
-- latency: per build and variant, the median over all timed passes of (pass time / 540 images).
-  Each round launches every build and variant once, in an order rotated from round to round, for
-  --passes timed passes after an untimed one, so a noisy neighbour slows all of them alike. Which
-  block size suits a variant depends on its loop bodies and the vector width, so each variant is
-  then compared at its best block size: the ratio to the float variant's best (below 1: faster);
+- latency: per build and variant, the median over all timed passes of (pass time / 540 images),
+  in wall-clock time and in the process's CPU time (which leaves out the time a busy machine keeps
+  the process descheduled). Each round launches every build and variant once, in an order rotated
+  from round to round, for --passes timed passes after an untimed one, so a noisy neighbour slows
+  all of them alike. Which block size suits a variant depends on its loop bodies and the vector
+  width, so each variant is then compared at its best block size: the ratio to the float
+  variant's best (below 1: faster);
 - accuracy on the test split, next to `qpack eval`'s accuracy of the same container; the share of
   images where the prediction equals eval's; whether the fixed-point logits equal
   gen.shift_forward's exactly, and whether every build gives the same predictions.
@@ -86,22 +88,25 @@ def bench_width(bits: int, flag_sets: list[str], blocks: list[int], work: Path, 
                        "agreement_with_eval": float((first.predictions == eval_preds).mean()),
                        "same_predictions_in_every_build": all(np.array_equal(r.predictions, first.predictions) for r in runs),
                        "logits_equal_model": None if v == "float" else all(np.array_equal(r.logits, exact) for r in runs)}
-    samples: dict[tuple[str, int, str], list[float]] = {(f, b, v): [] for f, b in builds for v in VARIANTS}
+    clocks = {"wall": "pass_ns", "cpu": "pass_cpu_ns"}
+    samples: dict[tuple[str, str, int, str], list[float]] = {(c, f, b, v): [] for c in clocks for f, b in builds for v in VARIANTS}
     jobs = [(b, v) for b in builds for v in VARIANTS]
     for r in range(rounds):
         for b, v in rotated(jobs, r):
-            samples[(*b, v)] += [t / len(labels) / 1000 for t in gen.run_c(exes[b], v, tables.inputs, passes).pass_ns]
+            run = gen.run_c(exes[b], v, tables.inputs, passes)
+            for c, field in clocks.items():
+                samples[(c, *b, v)] += [t / len(labels) / 1000 for t in getattr(run, field)]
     latency = {k: statistics.median(t) for k, t in samples.items()}
     per_flags = []
     for flags in flag_sets:
-        best = {v: min(blocks, key=lambda b: latency[(flags, b, v)]) for v in VARIANTS}
-        floor = latency[(flags, best["float"], "float")]
-        per_flags.append({
-            "flags": flags,
-            "us_per_image": {str(b): {v: round(latency[(flags, b, v)], 2) for v in VARIANTS} for b in blocks},
-            "best": {v: {"block": best[v], "us_per_image": round(latency[(flags, best[v], v)], 2),
-                         "ratio_to_float": round(latency[(flags, best[v], v)] / floor, 3)} for v in VARIANTS},
-        })
+        row: dict[str, Any] = {"flags": flags}
+        for c in clocks:
+            best = {v: min(blocks, key=lambda b: latency[(c, flags, b, v)]) for v in VARIANTS}
+            floor = latency[(c, flags, best["float"], "float")]
+            row[c] = {"us_per_image": {str(b): {v: round(latency[(c, flags, b, v)], 2) for v in VARIANTS} for b in blocks},
+                      "best": {v: {"block": best[v], "us_per_image": round(latency[(c, flags, best[v], v)], 2),
+                                   "ratio_to_float": round(latency[(c, flags, best[v], v)] / floor, 3)} for v in VARIANTS}}
+        per_flags.append(row)
     return {"bits": bits, "fractional_bits": tables.fracs, "float_model_accuracy": acc_float_model, "eval_accuracy": acc_eval,
             "variants": accuracy, "latency": per_flags}
 
@@ -114,12 +119,14 @@ def show(r: dict[str, Any]) -> None:
         same = "" if a["same_predictions_in_every_build"] else " (predictions DIFFER between builds)"
         print(f"  {v:<6} accuracy {100 * a['accuracy']:.2f}%, same prediction as eval on {100 * a['agreement_with_eval']:.1f}% "
               f"of images{exact}{same}")
-    print(f"  {'median us/image':<24}" + "".join(f"{v:>16}" for v in VARIANTS))
-    for f in r["latency"]:
-        for block, row in f["us_per_image"].items():
-            print(f"  {f['flags']:<18} BLK={block:<3}" + "".join(f"{row[v]:>16.1f}" for v in VARIANTS))
-        cells = [f"{b['us_per_image']:.1f} x{b['ratio_to_float']:.2f} @{b['block']}" for b in f["best"].values()]
-        print(f"  {f['flags']:<18} best   " + "".join(f"{c:>16}" for c in cells))
+    width = max(20, *(len(f["flags"]) for f in r["latency"]))
+    for c, title in (("wall", "wall-clock"), ("cpu", "CPU time")):
+        print(f"  {'median us/image, ' + title:<{width + 10}}" + "".join(f"{v:>16}" for v in VARIANTS))
+        for f in r["latency"]:
+            for block, row in f[c]["us_per_image"].items():
+                print(f"  {f['flags']:<{width}} BLK={block:<3} " + "".join(f"{row[v]:>16.1f}" for v in VARIANTS))
+            cells = [f"{b['us_per_image']:.1f} x{b['ratio_to_float']:.2f} @{b['block']}" for b in f[c]["best"].values()]
+            print(f"  {f['flags']:<{width}} best    " + "".join(f"{cell:>16}" for cell in cells))
     print()
 
 

@@ -101,6 +101,7 @@ class CRun:
     predictions: NDArray[np.int64]
     logits: NDArray[np.float64]
     pass_ns: list[int]  # wall time of each timed pass over all images
+    pass_cpu_ns: list[int]  # CPU time of the same passes
 
 
 def top(bits: int) -> int:
@@ -343,15 +344,17 @@ def run_c(exe: Path, variant: str, inputs: Path, passes: int = 0) -> CRun:
     done = subprocess.run([str(exe), variant, str(inputs), str(passes)], capture_output=True, text=True)
     if done.returncode:
         raise QpackError(f"{exe.name} {variant} failed ({done.returncode}): {done.stderr.strip()}")
-    preds, logits, times = [], [], []
+    preds: list[int] = []
+    logits: list[list[float]] = []
+    times: dict[str, list[int]] = {"pass_ns": [], "pass_cpu_ns": []}
     for line in done.stdout.splitlines():
         head, *rest = line.split()
-        if head == "pass_ns":
-            times = [int(v) for v in rest]
+        if head in times:
+            times[head] = [int(v) for v in rest]
         elif head != "check":
             preds.append(int(head))
             logits.append([float(v) for v in rest])
-    return CRun(np.array(preds, np.int64), np.array(logits, np.float64), times)
+    return CRun(np.array(preds, np.int64), np.array(logits, np.float64), times["pass_ns"], times["pass_cpu_ns"])
 
 
 def main() -> None:
