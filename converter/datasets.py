@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +17,34 @@ BUILTIN = ("digits",)
 
 @dataclass
 class Inputs:
-    """N samples for every model input, and optional integer labels."""
+    """N samples for the model's batched inputs, values fed as they are to the others (a 0-d sample
+    rate, a recurrent state whose first dimension is not the batch), and optional integer labels."""
 
-    arrays: dict[str, NDArray]
+    arrays: dict[str, NDArray]  # samples along the first axis
     labels: NDArray[np.int64] | None
     description: str
+    constants: dict[str, NDArray] = field(default_factory=dict)  # the same value on every run
 
     @property
     def count(self) -> int:
-        return len(next(iter(self.arrays.values())))
+        return len(next(iter(self.arrays.values()))) if self.arrays else 1
+
+
+def _is_whole(a: NDArray, spec: InputSpec) -> bool:
+    """The array is one complete value of the input (fed on every run), not a stack of samples:
+    a 0-d input, or an input whose first dimension is fixed and not a batch of one, given exactly."""
+    if len(spec.shape) == 0:
+        return True
+    first = spec.shape[0]
+    fits = a.ndim == len(spec.shape) and all(w is None or d == w for d, w in zip(a.shape, spec.shape))
+    return first is not None and first != 1 and fits
+
+
+def split(arrays: dict[str, NDArray], specs: list[InputSpec]) -> tuple[dict[str, NDArray], dict[str, NDArray]]:
+    """(batched, whole) arrays of the model's inputs."""
+    by_name = {s.name: s for s in specs}
+    whole = {k: v for k, v in arrays.items() if k in by_name and _is_whole(np.asarray(v), by_name[k])}
+    return {k: v for k, v in arrays.items() if k not in whole}, whole
 
 
 def digits() -> tuple[NDArray[np.float32], NDArray[np.int64]]:
@@ -58,13 +77,14 @@ def from_arrays(path: Path, specs: list[InputSpec]) -> Inputs:
         chosen = {names[0]: next(iter(arrays.values()))}
     else:
         raise OptionError(f"{path.name} holds {sorted(arrays) or 'no arrays'}, the model wants inputs {names}")
-    return Inputs(chosen, _labels(labels, chosen, path.name), str(path))
+    batched, whole = split(chosen, specs)
+    return Inputs(batched, _labels(labels, batched, path.name), str(path), whole)
 
 
 def _labels(labels: NDArray | None, arrays: dict[str, NDArray], where: str) -> NDArray[np.int64] | None:
     if labels is None:
         return None
-    n = len(next(iter(arrays.values())))
+    n = len(next(iter(arrays.values()))) if arrays else 1
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != n or not np.issubdtype(labels.dtype, np.integer):
         raise OptionError(f"{where}: labels must be {n} integers, got shape {labels.shape} {labels.dtype}")
@@ -152,15 +172,20 @@ def builtin(name: str, specs: list[InputSpec]) -> Inputs:
 def check_shapes(inputs: Inputs, specs: list[InputSpec]) -> None:
     """Every input present with the model's rank and fixed dimensions (the batch dimension aside)."""
     for s in specs:
+        shown = ["?" if w is None else w for w in s.shape]
+        if s.name in inputs.constants:
+            a = inputs.constants[s.name]
+            if a.ndim != len(s.shape) or any(w is not None and d != w for d, w in zip(a.shape, s.shape)):
+                raise OptionError(f"input '{s.name}': data has shape {list(a.shape)}, the model wants {shown}")
+            continue
         if s.name not in inputs.arrays:
             raise OptionError(f"no data for model input '{s.name}'")
         a = inputs.arrays[s.name]
         want = s.shape
         if a.ndim != len(want) or any(w is not None and d != w for d, w in list(zip(a.shape, want))[1:]):
-            shown = ["?" if w is None else w for w in want]
             raise OptionError(f"input '{s.name}': data has shape {list(a.shape)}, the model wants {shown} (batch first)")
     counts = {len(a) for a in inputs.arrays.values()}
-    if len(counts) != 1:
+    if len(counts) > 1:
         raise OptionError(f"inputs have different sample counts {sorted(counts)}")
 
 

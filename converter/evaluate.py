@@ -26,9 +26,11 @@ BATCH = 256
 def run_all(runner: Runner, inputs: Inputs) -> list[NDArray]:
     """Outputs over all samples: in batches when the model's batch dimension is free, else one by one."""
     check_shapes(inputs, runner.inputs)
-    free = all(s.shape and s.shape[0] is None for s in runner.inputs)
+    batched = [s for s in runner.inputs if s.name in inputs.arrays]
+    # values fed whole (a state of batch one, say) pin the batch: then one sample at a time
+    free = all(s.shape and s.shape[0] is None for s in batched) and not inputs.constants
     step = BATCH if free else 1
-    fixed = [s.shape[0] for s in runner.inputs if s.shape and s.shape[0] not in (None, 1)]
+    fixed = [s.shape[0] for s in batched if s.shape and s.shape[0] not in (None, 1)]
     if not free and fixed:
         step = int(fixed[0])
         if inputs.count % step:
@@ -36,6 +38,7 @@ def run_all(runner: Runner, inputs: Inputs) -> list[NDArray]:
     parts: list[list[NDArray]] = []
     for i in range(0, inputs.count, step):
         feeds = {k: np.ascontiguousarray(v[i : i + step]) for k, v in inputs.arrays.items()}
+        feeds.update(inputs.constants)
         parts.append(runner.run(feeds))
     return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
 

@@ -1,0 +1,152 @@
+"""Automatic bit allocation: budgets met from below, impossible goals refused, fidelity goals met in the runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from converter.allocate import Menu, Option, _hull, choose, menus
+from converter.cli import EXIT_BUDGET, app
+from converter.policy import Policy
+from converter.runtime import OnnxRunner, random_inputs
+from formats.errors import BudgetError
+from formats.onnx_model import OnnxModel
+from formats.qpk import QpkReader
+
+runner = CliRunner()
+
+
+def _run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _menu(points: list[tuple[int, float]], signal: float = 1.0) -> Menu:
+    from formats.model import Role, Weight
+
+    w = Weight("init:w", "w", (8,), "float32", Role.MATRIX)
+    return Menu(w, signal, _hull([Option(b, None, None, "minmax", n, e) for b, (n, e) in enumerate(points, 2)]))
+
+
+def test_hull_drops_dominated_and_non_convex_options():
+    m = _menu([(10, 100.0), (20, 40.0), (30, 35.0), (40, 5.0), (50, 6.0)])
+    assert [(o.nbytes, o.error) for o in m.options] == [(10, 100.0), (20, 40.0), (40, 5.0)]
+
+
+@pytest.mark.parametrize("budget", [30, 31, 45, 60, 75, 200])
+def test_choose_meets_the_budget_from_below_and_spends_it(budget: int):
+    ms = [_menu([(10, 100.0), (20, 40.0), (40, 5.0)]), _menu([(5, 50.0), (15, 10.0), (25, 1.0)], signal=2.0)]
+    chosen = choose(ms, budget)
+    spent = sum(o.nbytes for o in chosen)
+    assert spent <= budget
+    # nothing left over would buy a step up of either tensor
+    for m, o in zip(ms, chosen):
+        k = m.options.index(o)
+        assert k + 1 == len(m.options) or m.options[k + 1].nbytes - o.nbytes > budget - spent
+
+
+def test_choose_refuses_an_impossible_budget():
+    with pytest.raises(BudgetError, match="fewest they can take is 15"):
+        choose([_menu([(10, 1.0)]), _menu([(5, 1.0)])], 14)
+
+
+def test_menus_price_options_exactly(sample: Path, tmp_path: Path):
+    """A menu's bytes are what the container then stores for that tensor."""
+    from converter.allocate import plan
+    from converter.convert import convert
+
+    with OnnxModel(sample) as model:
+        ms = menus(model, Policy("asym", 4))
+        chosen = [m.options[len(m.options) // 2] for m in ms]
+        result = convert(model, plan(Policy("asym", 4), ms, chosen, "test"), tmp_path / "p.qpk")
+    stored = {t.key: t.stored_bytes + t.param_bytes for t in result.tensors}
+    assert stored == {m.weight.key: o.nbytes for m, o in zip(ms, chosen)}
+
+
+@pytest.mark.parametrize("bpw", [2.5, 3.0, 4.5])
+def test_target_bpw_from_below(sample: Path, tmp_path: Path, bpw: float):
+    js = tmp_path / "r.json"
+    r = _run("convert", sample, "--target-bpw", bpw, "-o", tmp_path / "a.qpk", "--json", js, "--compress", "none", "-q")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(js.read_text())
+    assert bpw - 0.1 < rep["sizes"]["bits_per_weight"] <= bpw
+    assert rep["allocation"]["goal"] == f"--target-bpw {bpw}"
+    assert all(t["why"].startswith("equal slope") for t in rep["tensors"])
+    assert len({t["bits"] for t in rep["tensors"]}) > 1  # widths differ per tensor
+
+
+def test_target_size_fits_and_impossible_sizes_exit_3(sample: Path, tmp_path: Path):
+    out = tmp_path / "s.qpk"
+    r = _run("convert", sample, "--target-size", 30_000, "-o", out, "--compress", "none", "-q")
+    assert r.exit_code == 0, r.output
+    assert 25_000 < out.stat().st_size <= 30_000
+    small = tmp_path / "small.qpk"
+    r = _run("convert", sample, "--target-size", 3000, "-o", small, "--compress", "none", "-q")
+    assert r.exit_code == EXIT_BUDGET and "below the smallest container" in r.output and not small.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["s.qpk"]
+
+
+def test_conflicting_goals_refused(sample: Path, tmp_path: Path):
+    r = _run("convert", sample, "--target-bpw", 3, "--target-size", 30000, "-o", tmp_path / "x.qpk")
+    assert r.exit_code == 1 and "not both" in r.output
+
+
+def test_max_accuracy_drop_is_met_and_promotes_what_hurts(sample: Path, tmp_path: Path):
+    js = tmp_path / "r.json"
+    out = tmp_path / "d.qpk"
+    r = _run("convert", sample, "--max-accuracy-drop", 1.0, "--dataset", "digits", "--bits", 3, "-o", out, "--json", js,
+             "--compress", "none")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(js.read_text())
+    assert rep["sizes"]["bits_per_weight"] < 4.5  # well under the 8 bits the goal would allow
+    e = _run("eval", sample, "--qpk", out, "--dataset", "digits", "--json", tmp_path / "e.json", "-q")
+    assert e.exit_code == 0
+    c = json.loads((tmp_path / "e.json").read_text())["classification"]
+    assert 100 * (c["accuracy_original"] - c["accuracy_quantized"]) <= 1.0
+    # the dense layer whose quantization costs the most accuracy alone (see the sweep's ranking) gets
+    # at least as many bits as the per-weight average
+    bits = {t["name"]: t["bits"] for t in rep["tensors"]}
+    assert bits["11.weight"] >= 2 and rep["allocation"]["checks"]
+
+
+def test_min_cosine_met_on_other_inputs_of_the_same_kind(ocr_cls: Path, tmp_path: Path):
+    """Tuned on one draw of inputs from the model's own input specs, checked on another."""
+    specs = OnnxRunner(ocr_cls).inputs
+    for seed, name in ((0, "tune.npz"), (1, "check.npz")):
+        feeds = random_inputs(specs, seed=seed, dynamic=4)
+        np.savez(tmp_path / name, **{k: np.abs(v) for k, v in feeds.items()})
+    out = tmp_path / "c.qpk"
+    r = _run("convert", ocr_cls, "--min-cosine", 0.99, "--inputs", tmp_path / "tune.npz", "--bits", 4, "--scheme", "sym",
+             "-o", out, "--compress", "none", "-q")
+    assert r.exit_code == 0, r.output
+    js = tmp_path / "e.json"
+    assert _run("eval", ocr_cls, "--qpk", out, "--inputs", tmp_path / "check.npz", "--json", js, "-q").exit_code == 0
+    assert min(o["cosine"] for o in json.loads(js.read_text())["outputs"]) >= 0.99
+    with QpkReader(out) as q:
+        assert len({e.bits for e in q.entries}) > 1
+
+
+def test_unreachable_fidelity_exits_3(sample: Path, tmp_path: Path):
+    out = tmp_path / "x.qpk"
+    r = _run("convert", sample, "--min-cosine", 1.0, "--dataset", "digits", "-o", out)
+    assert r.exit_code == EXIT_BUDGET and "not met even with every tensor at its most precise" in r.output
+    assert not out.exists()
+
+
+def test_scalar_and_state_inputs_accepted(tmp_path: Path):
+    """Silero takes a 0-d sample rate and a [2, 1, 128] state that are not batched like the audio."""
+    from tests.conftest import packaged
+
+    model = packaged("silero-vad", "silero_vad/data/silero_vad_16k_op15.onnx")
+    rng = np.random.default_rng(0)
+    data = tmp_path / "in.npz"
+    np.savez(data, input=(rng.standard_normal((6, 512)) * 0.1).astype(np.float32), state=np.zeros((2, 1, 128), np.float32),
+             sr=np.array(16000, np.int64))
+    js = tmp_path / "e.json"
+    r = _run("eval", model, "--inputs", data, "--bits", 8, "--per-channel", "--json", js, "-q")
+    assert r.exit_code == 0, r.output
+    result = json.loads(js.read_text())
+    assert result["samples"] == 6 and min(o["cosine"] for o in result["outputs"]) > 0.99
