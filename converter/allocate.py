@@ -406,6 +406,8 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
     from formats.qpk import RAW
 
     goal.check()
+    if policy.bits_for:
+        raise OptionError("--bits-for fixes widths by hand: leave it out when qpack allocates them")
     trial = Path(workdir) / "trial.qpk"
     ms = menus(src, policy, coded=codec.id != RAW.id)
     if not ms:
