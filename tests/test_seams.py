@@ -245,3 +245,50 @@ def test_adapter_table(sample: Path, tfl_fp16: Path, tmp_path: Path):
     fake.write_bytes(sample.read_bytes())
     with pytest.raises(FormatError, match="not a TFLite model"):
         open_model(fake)
+
+
+@pytest.mark.parametrize("name", ["asym", "sym", "pow2", "lut"])
+@pytest.mark.parametrize("grouping", [Grouping(), Grouping(0), Grouping(1), Grouping(1, 16), Grouping(0, 5)])
+@pytest.mark.parametrize("half", [False, True])
+def test_round_trip_every_scheme_grouping_and_param_dtype(tmp_path: Path, name: str, grouping: Grouping, half: bool):
+    """Through writer and reader; each group's error within its scheme's bound, parameters in the asked dtype."""
+    q = quant.get_quantizer(name)
+    spec = q.spec()
+    x = np.random.default_rng(5).laplace(0, 1, (11, 37)).astype(np.float32)
+    alt = {p.name: p.dtypes[1] for p in spec.params if len(p.dtypes) > 1} if half else None
+    bits = 4
+    codes, params = q.quantize(x, bits, grouping, dtypes=alt)
+    dtypes = {k: v.dtype.str for k, v in params.items()}
+    assert dtypes == {p.name: np.dtype((alt or {}).get(p.name, p.dtype)).str for p in spec.params}
+    from formats.qpk import pack
+
+    entry = qpk_meta.TensorEntry("w", "init:w", x.shape, "float32", "matrix", name, bits, grouping, 0,
+                                 {k: i + 1 for i, k in enumerate(params)}, {k: (alt or {}).get(k, spec.dtypes[k]) for k in params})
+    path = tmp_path / "t.qpk"
+    with QpkWriter(tmp_path) as w:
+        w.add(pack(codes, bits), BlobKind.CODES)
+        for v in params.values():
+            w.add(v, BlobKind.PARAM)
+        graph = w.add(b"g", BlobKind.GRAPH)
+        w.write(path, qpk_meta.build("t", "onnx", {}, {}, graph, hashlib.sha256(b"g").hexdigest(), [entry], []), minor=1)
+    with QpkReader(path) as r:
+        (e,) = r.entries
+        y = r.dequantize(e)
+    assert np.array_equal(y, q.dequantize(codes, params, bits, grouping))
+    xv, axes = grouping.blocked(x)
+    yv, _ = grouping.blocked(y)
+    err = np.abs(xv - yv).max(axis=axes)
+    span = xv.max(axis=axes) - xv.min(axis=axes)
+    if name == "asym":  # half a step, plus half a step the rounded zero point may shift the grid by
+        assert (err <= span / 15 * 1.01 + 1e-3).all()
+    elif name == "lut":  # every weight at its group's nearest level
+        table = params["centroids"].astype(np.float32).reshape(-1, 1 << bits)
+        gid = np.broadcast_to(grouping.expand(np.arange(table.shape[0]), x.shape), x.shape)
+        assert np.allclose(np.abs(x - y), np.abs(x[..., None] - table[gid]).min(axis=-1), atol=1e-6)
+        assert (err <= span / 2 + np.abs(xv).max(axis=axes) * 2.0**-10).all()  # float16 levels
+    elif name == "sym":
+        amax = np.abs(xv).max(axis=axes)
+        assert (err <= amax / 7 / 2 * 1.01 + 1e-3).all()
+    else:  # pow2: relative error at most 1/3 for magnitudes inside the window, which holds the largest
+        big = np.abs(xv) >= np.abs(xv).max(axis=axes, keepdims=True) / 8
+        assert (np.abs(xv - yv)[big] <= np.abs(xv)[big] / 3 + 1e-6).all()
