@@ -30,7 +30,8 @@ def size_table(report: dict[str, Any], console: Console, tensors: bool = False) 
     t.add_row(".qpk", _n(s["qpk_bytes"]), *(_n(comp[c].get("qpk")) for c in comp))
     codec = (report.get("options") or {}).get("codec", "raw")
     t.add_row("  codes, packed", _n(s["packed_code_bytes"]), *("" for _ in comp))
-    t.add_row(f"  codes, as stored ({'packed' if codec == 'raw' else codec})", _n(s["stored_code_bytes"]), *("" for _ in comp))
+    t.add_row("  codes, as stored (packed)" if codec == "raw" else f"  codes, entropy-coded ({codec})", _n(s["stored_code_bytes"]),
+              *("" for _ in comp))
     t.add_row("    order-0 entropy bound", _n(s["entropy_limit_bytes"]), *("" for _ in comp))
     if "context_limit_bytes" in s:
         t.add_row("    context-model bound", _n(s["context_limit_bytes"]), *("" for _ in comp))
