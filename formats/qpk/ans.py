@@ -213,19 +213,16 @@ class Choice:
 
 
 def _ranges(joint: NDArray[np.int64], precision: int) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
-    """Cost of merging every contiguous range [a, b] of rows of `joint` into one table: bits, bytes."""
+    """Cost (bits, table bytes) of the ranges a context model merges rows of `joint` into: each
+    prefix [0, b], each single row, each suffix [a, rows-1] (3 x rows ranges, in that order)."""
     rows = joint.shape[0]
-    cum = np.concatenate([np.zeros((1, joint.shape[1]), dtype=np.int64), np.cumsum(joint, axis=0)])
-    a, b = np.triu_indices(rows)
-    merged = cum[b + 1] - cum[a]
-    bits = np.full((rows, rows), np.inf)
-    size = np.zeros((rows, rows), dtype=np.int64)
+    cum = np.cumsum(joint, axis=0)
+    merged = np.concatenate([cum, joint, cum[-1] - np.concatenate([np.zeros((1, joint.shape[1]), np.int64), cum[:-1]])])
+    bits = np.zeros(3 * rows)
     used = merged.sum(axis=1) > 0
-    bits[a, b] = 0.0
     if used.any():
-        bits[a[used], b[used]] = cost_bits(merged[used], precision)
-    size[a, b] = table_bytes(merged)
-    return bits, size
+        bits[used] = cost_bits(merged[used], precision)
+    return bits, table_bytes(merged)
 
 
 def choose(codes: NDArray[np.uint8], bits: int, contexts: bool = True) -> tuple[Choice, Choice | None]:
@@ -256,18 +253,21 @@ def choose(codes: NDArray[np.uint8], bits: int, contexts: bool = True) -> tuple[
             hb += codes
             joint = np.bincount(hb, minlength=rows * k).reshape(rows, k)
             cost, size = _ranges(joint, ANS_PRECISION)
+            diag_cost = np.concatenate([[0.0], np.cumsum(cost[rows : 2 * rows])])
+            diag_size = np.concatenate([[0], np.cumsum(size[rows : 2 * rows])])
             for c in CONTEXTS:
                 if c > rows:
                     break
-                for offset in range(0, min(ANS_MAX_OFFSET, rows - c) + 1):
-                    # context j covers hb row offset + j (j = 1 .. c-2), context 0 those below, c-1 those above
-                    edges = [0] + [offset + j for j in range(1, c)] + [rows]
-                    spans = [(edges[j], edges[j + 1] - 1) for j in range(c)]
-                    data = sum(cost[a, b] for a, b in spans)
-                    tables = sum(int(size[a, b]) for a, b in spans)
-                    choice = Choice(Model(c, window, offset, rule.magnitude, rule.center), tables, float(data))
-                    if best is None or choice.bytes < best.bytes:
-                        best = choice
+                # context 0 takes hb rows 0..o, context j row o+j (j = 1 .. c-2), context c-1 rows o+c-1..;
+                # every offset o at once, from prefix, single-row and suffix costs
+                o = np.arange(min(ANS_MAX_OFFSET, rows - c) + 1)
+                data = cost[o] + (diag_cost[o + c - 1] - diag_cost[o + 1]) + cost[2 * rows + o + c - 1]
+                tables = size[o] + (diag_size[o + c - 1] - diag_size[o + 1]) + size[2 * rows + o + c - 1]
+                total = tables + data / 8
+                i = int(np.argmin(total))  # the first of the smallest: the same choice on every machine
+                choice = Choice(Model(c, window, int(o[i]), rule.magnitude, rule.center), int(tables[i]), float(data[i]))
+                if best is None or choice.bytes < best.bytes:
+                    best = choice
     chosen = best if best is not None and best.bytes < order0.bytes else order0
     return chosen, best
 
