@@ -106,7 +106,8 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     def avg(key: str) -> float:
         return round(sum(r[key] * r["params"] for r in rows) / n, 4)
 
-    out = {"params": n, "bits": avg("bits"), "entropy": avg("entropy"), "context_entropy": avg("context_entropy"),
+    out = {"params": n, "bits": avg("bits"), "entropy": avg("entropy"),
+           "context_entropy": avg("context_entropy") if all("context_entropy" in r for r in rows) else None,
            "code_bytes": sum(r.get("code_bytes", 0) for r in rows), "packed_bytes": sum(r.get("packed_bytes", 0) for r in rows),
            "bit_levels": avg("bit_levels"),
            "bit_efficiency": avg("bit_efficiency"), "range_coverage": avg("range_coverage"), "sqnr_db": None}
