@@ -4,6 +4,9 @@ Definitions, for a tensor of n-bit codes c with dequantized values y and, when t
 hand, float values x:
 - levels_used: distinct codes that occur, out of 2^n;
 - entropy: order-0 Shannon entropy of c in bits;
+- context_entropy: cross-entropy of c in bits per code under the best context model of the `ans`
+  codec (its tables as stored, their own bytes not counted), a bound below order 0 for a coder that
+  looks at the codes before each one;
 - bit_levels: log2(levels_used), the bits the used levels need;
 - sqnr_db: 10 log10(sum x^2 / sum (x - y)^2);
 - range_coverage: the part of [min x, max x] that [min y, max y] spans, in [0, 1];
@@ -21,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from converter.convert import db
-from converter.measure import code_histogram, entropy_bits, noise_energy
+from converter.measure import code_histogram, context_entropy_bits, entropy_bits, noise_energy
 from formats.errors import OptionError
 from formats.model import SourceModel
 from formats.qpk import SCHEMES, QpkReader, TensorEntry
@@ -47,6 +50,7 @@ def tensor_figures(e: TensorEntry, codes: NDArray[np.uint8], y: NDArray[np.float
         "scheme": e.scheme, "bits": e.bits, "axis": e.axis,
         "min": float(f"{lo:.6g}"), "max": float(f"{hi:.6g}"), "quartiles": _quartiles(ref),
         "levels_used": used, "levels": SCHEMES[e.scheme].levels(e.bits), "entropy": round(h, 4),
+        "context_entropy": round(context_entropy_bits(codes, e.bits), 4),
         "bit_levels": round(float(np.log2(used)), 4) if used else 0.0,
         "range_coverage": round(coverage, 4),
         "bit_efficiency": round(h / e.bits * coverage, 4),
@@ -86,6 +90,8 @@ def analyze(qpk: Path, source: SourceModel | None = None) -> dict[str, Any]:
             row = tensor_figures(e, codes, y, None if x is None else np.asarray(x, np.float32), params)
             blobs = q.blobs
             row["stored_bytes"] = blobs[e.codes].length + sum(blobs[i].length for i in e.params.values())
+            row["code_bytes"] = blobs[e.codes].length  # as stored: packed, or entropy-coded
+            row["packed_bytes"] = blobs[e.codes].raw_length
             rows.append(row)
         return {"tensors": rows, "totals": totals(rows), "kept": q.kept, "format": q.format,
                 "options": q.info["options"], "qpk_bytes": q.size, "graph_bytes": q.blobs[q.graph_index].length}
@@ -100,7 +106,10 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     def avg(key: str) -> float:
         return round(sum(r[key] * r["params"] for r in rows) / n, 4)
 
-    out = {"params": n, "bits": avg("bits"), "entropy": avg("entropy"), "bit_levels": avg("bit_levels"),
+    out = {"params": n, "bits": avg("bits"), "entropy": avg("entropy"),
+           "context_entropy": avg("context_entropy") if all("context_entropy" in r for r in rows) else None,
+           "code_bytes": sum(r.get("code_bytes", 0) for r in rows), "packed_bytes": sum(r.get("packed_bytes", 0) for r in rows),
+           "bit_levels": avg("bit_levels"),
            "bit_efficiency": avg("bit_efficiency"), "range_coverage": avg("range_coverage"), "sqnr_db": None}
     if all(r["signal"] is not None for r in rows):
         out["sqnr_db"] = db(sum(r["signal"] for r in rows), sum(r["noise"] for r in rows))

@@ -109,8 +109,13 @@ Compress = Annotated[str, typer.Option("--compress", help="compressors to measur
                                                             "auto = gzip,zstd for models up to 64 MiB")]
 JsonOut = Annotated[Path | None, typer.Option("--json", dir_okay=False, help="also write the report as JSON")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")]
-CodecOpt = Annotated[CodecName, typer.Option("--codec", help="packed: dense n-bit codes; zstd: the packed codes entropy-coded "
-                                                             "(kept per tensor only where smaller)")]
+CodecOpt = Annotated[CodecName, typer.Option("--codec", help="packed: dense n-bit codes; zstd: the packed codes compressed; "
+                                                             "ans: the codes entropy-coded by rANS with context tables "
+                                                             "(either kept per tensor only where smaller)")]
+Rdo = Annotated[float, typer.Option("--rdo", min=0.0, max=10.0, help="rate-aware rounding (asym, sym): a weight takes a "
+                                                                      "neighbouring code when the bits saved x LAMBDA outweigh the "
+                                                                      "squared error added, in steps; 0 rounds to nearest",
+                                    metavar="LAMBDA")]
 GroupSize = Annotated[int | None, typer.Option("--group-size", min=16, max=1024,
                                                help="blocks of N weights along each tensor's reduction axis share a scale "
                                                     "(instead of per tensor or per channel); a short last block where N does not divide")]
@@ -147,11 +152,12 @@ def _codec(name: Enum) -> Codec:
 
 
 def _policy(scheme: Enum, bits: int, per_channel: bool, keep: list[str] | None, include: list[str] | None,
-            bits_for: list[str] | None, clip: Enum | None = None, group_size: int | None = None, param_dtype: str = "auto"):
+            bits_for: list[str] | None, clip: Enum | None = None, group_size: int | None = None, param_dtype: str = "auto",
+            rdo: float = 0.0):
     from converter.policy import Policy, parse_bits_for
 
     return Policy(str(scheme.value), bits, per_channel, tuple(keep or ()), tuple(include or ()), parse_bits_for(bits_for or []),
-                  str(str(clip.value)) if clip else "minmax")
+                  str(clip.value) if clip else "minmax", group_size, param_dtype, rdo=rdo)
 
 
 @app.command()
@@ -168,6 +174,7 @@ def convert(
     include: Include = None,
     bits_for: BitsFor = None,
     codec: CodecOpt = CodecName("packed"),
+    rdo: Rdo = 0.0,
     compress: Compress = "auto",
     json_out: JsonOut = None,
     tensors: Annotated[bool, typer.Option("--tensors", help="also print the per-tensor table")] = False,
@@ -206,7 +213,7 @@ def convert(
     from formats.registry import open_model
 
     with _errors(), ExitStack() as stack:
-        policy = _policy(scheme, bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype)
+        policy = _policy(scheme, bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype, rdo)
         budget = Budget(max_size, max_bpw, min_sqnr)
         parse_compressors(compress)  # reject a bad list before any work
         target = output or model.with_suffix(".qpk")
@@ -335,6 +342,7 @@ def report(
     include: Include = None,
     bits_for: BitsFor = None,
     codec: CodecOpt = CodecName("packed"),
+    rdo: Rdo = 0.0,
     source: Annotated[Path | None, typer.Option("--source", exists=True, dir_okay=False,
                                                    help="for a .qpk: the float model it came from (enables SQNR and pictures)")] = None,
     layer: Annotated[str | None, typer.Option("--layer", help="tensor shown in the per-layer pictures (default: first kernel)")] = None,
@@ -355,7 +363,7 @@ def report(
     with _errors(), _status("measuring", quiet), ExitStack() as stack:
         budget = Budget(max_size, max_bpw, min_sqnr)
         parse_compressors(compress)
-        policy = _policy(scheme, bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype)
+        policy = _policy(scheme, bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype, rdo)
         rep, src = report_path(path, policy, _codec(codec), compress, source)
         if src is not None:
             stack.enter_context(closing(src))

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from converter import __version__
-from converter.measure import entropy_bits
+from converter.measure import context_entropy_bits, entropy_bits
 from converter.policy import Decision, Policy
 from converter.quant import get_quantizer
 from converter.quant.stream import Quantized, check_finite, quantize_stream
 from formats.model import SourceModel, Weight
-from formats.qpk import RAW, ZSTD, BlobKind, Codec, CodeContext, Grouping, QpkReader, QpkWriter, TensorEntry, encode
+from formats.qpk import RAW, ZSTD, BlobKind, Codec, CodeContext, Grouping, QpkReader, QpkWriter, TensorEntry, encode, unpack
 from formats.qpk import meta as qpk_meta
 from formats.qpk.meta import BASE_KEYS
 from formats.qpk.spec import DTYPE_SIZES, VERSION_MINOR, VERSION_MINOR_1
@@ -58,6 +58,7 @@ class TensorStat:
     noise: float  # energy of the quantization error
     block: int | None = None
     param_dtypes: dict[str, str] | None = None
+    context_entropy: float = 0.0  # bits per code under the ans codec's best context model (tables not counted)
     why: str = ""  # how an allocation chose the setting
 
     @property
@@ -98,15 +99,18 @@ class _Done:
     q: Quantized
     codes: tuple[int, memoryview, int]
     params: dict[str, tuple[int, memoryview, int]]
+    context_entropy: float
 
 
-def _work(w: Weight, d: Decision, scheme: str, clip: str, codec: Codec) -> _Done:
+def _work(w: Weight, d: Decision, scheme: str, clip: str, codec: Codec, rdo: float = 0.0) -> _Done:
     x = np.asarray(w.array, dtype=np.float32)
     check_finite(x, w.name)
-    q = quantize_stream(get_quantizer(d.scheme or scheme), x, d.bits, d.grouping, d.clip or clip, d.dtypes)
+    q = quantize_stream(get_quantizer(d.scheme or scheme), x, d.bits, d.grouping, d.clip or clip, d.dtypes, rdo)
     del x
     ctx = CodeContext(d.bits, w.size, w.shape, d.grouping)
-    return _Done(q, encode(q.packed, BlobKind.CODES, codec, ctx=ctx), {k: encode(v, BlobKind.PARAM) for k, v in q.params.items()})
+    h_ctx = context_entropy_bits(unpack(q.packed, d.bits, w.size), d.bits)
+    return _Done(q, encode(q.packed, BlobKind.CODES, codec, ctx=ctx), {k: encode(v, BlobKind.PARAM) for k, v in q.params.items()},
+                 h_ctx)
 
 
 def _in_order(pool: ThreadPoolExecutor, jobs: Sequence[Callable[[], _Done]], ahead: int) -> Iterator[_Done]:
@@ -142,7 +146,7 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
             kept.append({"name": w.name, "key": w.key, "shape": list(w.shape), "dtype": w.dtype, "role": w.role.value, "reason": d.reason})
     entries: list[TensorEntry] = []
     workers = workers or default_workers()
-    jobs = [partial(_work, w, d, policy.scheme, policy.clip, codec) for w, d in chosen]
+    jobs = [partial(_work, w, d, policy.scheme, policy.clip, codec, policy.rdo) for w, d in chosen]
     with QpkWriter(Path(out).parent) as writer, ThreadPoolExecutor(workers) as pool:
         for i, ((w, d), done) in enumerate(zip(chosen, _in_order(pool, jobs, workers + 1))):
             codes_blob = writer.add_encoded(BlobKind.CODES, *done.codes)
@@ -154,7 +158,8 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
             result.tensors.append(TensorStat(w.name, w.key, w.shape, w.dtype, w.role.value, scheme, d.bits, d.axis, w.size,
                                              q.packed.nbytes, writer.blob(codes_blob).length,
                                              sum(v.nbytes for v in q.params.values()), entropy_bits(q.hist),
-                                             int((q.hist > 0).sum()), q.signal, q.noise, d.block, q.dtypes, d.why))
+                                             int((q.hist > 0).sum()), q.signal, q.noise, d.block, q.dtypes,
+                                             done.context_entropy, d.why))
             if progress:
                 progress(i + 1, len(chosen))
         skeleton = model.skeleton({e.key for e in entries})

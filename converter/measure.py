@@ -38,6 +38,23 @@ def entropy_bits(hist: NDArray[np.int64]) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
+def context_entropy_bits(codes: NDArray[np.uint8], bits: int) -> float:
+    """Cross-entropy in bits per code of the codes under the best context model of the `ans` codec
+    (tables as that codec would store them, the tables' own bytes not counted); the order-0 table's
+    when no context model applies (a single distinct code).
+
+    With its tables, the best context model loses to order 0 on small or patternless tensors; the
+    codec then stores order 0, but this figure still says what the context would buy.
+    """
+    from formats.qpk import ans
+
+    flat = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
+    if flat.size == 0:
+        return 0.0
+    order0, best = ans.choose(flat, bits)
+    return (best or order0).data_bits / flat.size
+
+
 def _gzip(data: bytes) -> int:
     return len(gzip.compress(data, compresslevel=9, mtime=0))
 

@@ -14,6 +14,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from converter.quant import CLIPS, get_quantizer
+from converter.quant.rdo import check as rdo_check
 from formats.errors import OptionError
 from formats.model import Role, Weight
 from formats.qpk import Grouping
@@ -56,6 +57,7 @@ class Policy:
     clip: str = "minmax"  # or "mse": per-group range shrunk to the least squared error
     group_size: int | None = None  # blocks of this many weights along each tensor's reduction axis
     param_dtype: str = "auto"  # float parameters as fp16 or fp32; auto: fp16 for blocks, fp32 otherwise
+    rdo: float = 0.0  # lambda of rate-aware rounding (squared steps per bit); 0: round to nearest
     plan: tuple[tuple[str, Decision], ...] = ()  # per-tensor settings an allocation chose, by key
 
     def __post_init__(self) -> None:
@@ -67,6 +69,7 @@ class Policy:
             raise OptionError(f"unknown clipping {self.clip!r}, expected one of {', '.join(CLIPS)}")
         scheme = get_quantizer(self.scheme)
         scheme.check_bits(self.bits)
+        rdo_check(scheme, self.rdo)
         for pattern, bits in self.bits_for:
             if not pattern:
                 raise OptionError("a --bits-for pattern is empty")
@@ -78,6 +81,8 @@ class Policy:
                "keep": list(self.keep), "include": list(self.include), "bits_for": [[p, b] for p, b in self.bits_for]}
         if self.group_size is not None or self.param_dtype != "auto":  # absent otherwise: same bytes as before blocks
             out.update(group_size=self.group_size, param_dtype=self.param_dtype)
+        if self.rdo:  # absent otherwise, for the same reason
+            out["rdo"] = self.rdo
         return out
 
     def decide(self, w: Weight) -> Decision:

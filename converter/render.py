@@ -28,17 +28,21 @@ def size_table(report: dict[str, Any], console: Console, tensors: bool = False) 
     t.add_row("original (float)", _n(s["original_bytes"]), *(_n(comp[c].get("original")) for c in comp))
     t.add_row("float32 weights", _n(s["float32_weight_bytes"]), *("" for _ in comp))
     t.add_row(".qpk", _n(s["qpk_bytes"]), *(_n(comp[c].get("qpk")) for c in comp))
-    t.add_row("  packed codes", _n(s["packed_code_bytes"]), *("" for _ in comp))
-    if s["stored_code_bytes"] != s["packed_code_bytes"]:
-        t.add_row("  codes, entropy-coded", _n(s["stored_code_bytes"]), *("" for _ in comp))
+    codec = (report.get("options") or {}).get("codec", "raw")
+    t.add_row("  codes, packed", _n(s["packed_code_bytes"]), *("" for _ in comp))
+    t.add_row("  codes, as stored (packed)" if codec == "raw" else f"  codes, entropy-coded ({codec})", _n(s["stored_code_bytes"]),
+              *("" for _ in comp))
+    t.add_row("    order-0 entropy bound", _n(s["entropy_limit_bytes"]), *("" for _ in comp))
+    if "context_limit_bytes" in s:
+        t.add_row("    context-model bound", _n(s["context_limit_bytes"]), *("" for _ in comp))
     t.add_row("  scales/zero points", _n(s["param_bytes"]), *("" for _ in comp))
     t.add_row("  graph (zstd)", _n(s["graph_bytes"]), *("" for _ in comp))
-    t.add_row("  entropy limit of codes", _n(s["entropy_limit_bytes"]), *("" for _ in comp))
     console.print(t)
     console.print(
         f"quantized {s['quantized_params']:,} params ({_pct(s.get('quantized_share'))} of the float ones), "
         f"kept {s['float_params_kept']:,} in float; "
-        f"{_n(s['bits_per_weight'])} bits/weight with scales, code entropy {_n(s['entropy_bits_per_weight'])} bits; "
+        f"{_n(s['bits_per_weight'])} bits/weight with scales, code entropy {_n(s['entropy_bits_per_weight'])} bits "
+        f"(order 0), {_n(s.get('context_entropy_bits_per_weight'))} (context model); "
         f"{_n(s['ratio_vs_original'])}x smaller than the original"
     )
     if tensors:
@@ -47,11 +51,12 @@ def size_table(report: dict[str, Any], console: Console, tensors: bool = False) 
 
 def tensor_table(report: dict[str, Any], console: Console) -> None:
     t = Table(title="tensors", title_justify="left")
-    for col in ("name", "shape", "role", "scheme", "bits", "axis", "code bytes", "entropy", "levels"):
+    for col in ("name", "shape", "role", "scheme", "bits", "axis", "packed", "stored", "entropy", "ctx entropy", "levels"):
         t.add_column(col, justify="left" if col in ("name", "role", "scheme") else "right")
     for r in report["tensors"]:
         t.add_row(r["name"], "x".join(map(str, r["shape"])), r["role"], r["scheme"], str(r["bits"]),
-                  _n(r["axis"]), _n(r["stored_bytes"]), f"{r['entropy']:.3f}", f"{r['levels_used']}/{1 << r['bits']}")
+                  _n(r["axis"]), _n(r["packed_bytes"]), _n(r["stored_bytes"]), f"{r['entropy']:.3f}",
+                  f"{r.get('context_entropy', 0.0):.3f}", f"{r['levels_used']}/{1 << r['bits']}")
     console.print(t)
     if report["kept"]:
         k = Table(title="kept in the graph", title_justify="left")
@@ -65,14 +70,16 @@ def tensor_table(report: dict[str, Any], console: Console) -> None:
 def report_table(rep: dict[str, Any], console: Console) -> None:
     """Per-tensor range, distribution and efficiency table, then the model totals."""
     t = Table(title=f"qpack report: {rep['source']}", title_justify="left")
-    cols = ("name", "params", "scheme", "bits", "min", "max", "median", "levels", "entropy", "sqnr dB", "coverage", "efficiency", "window")
+    cols = ("name", "params", "scheme", "bits", "min", "max", "median", "levels", "entropy", "ctx entropy", "code bytes", "sqnr dB",
+            "coverage", "efficiency", "window")
     for c in cols:
         t.add_column(c, justify="left" if c in ("name", "scheme") else "right")
     for r in rep["tensors"]:
         window = r.get("exponent_window")
         t.add_row(r["name"], _n(r["params"]), r["scheme"], str(r["bits"]), f"{r['min']:.4g}", f"{r['max']:.4g}",
                   f"{r['quartiles'][2]:.4g}", f"{r['levels_used']}/{r['levels']}", f"{r['entropy']:.3f}",
-                  "-" if r["sqnr_db"] is None else f"{r['sqnr_db']:.2f}", f"{r['range_coverage']:.3f}",
+                  f"{r['context_entropy']:.3f}", f"{r['code_bytes']:,}", "-" if r["sqnr_db"] is None else f"{r['sqnr_db']:.2f}",
+                  f"{r['range_coverage']:.3f}",
                   f"{r['bit_efficiency']:.3f}", "-" if not window else f"2^{window[0]}..2^{window[1]}")
     console.print(t)
     tot, s = rep["totals"], rep["sizes"]
@@ -80,7 +87,9 @@ def report_table(rep: dict[str, Any], console: Console) -> None:
     console.print(
         f"{_n(tot.get('params'))} quantized params{f' ({_pct(share)} of the float ones)' if share is not None else ''}; "
         f"{_n(s.get('qpk_bytes'))} bytes .qpk; {_n(s.get('bits_per_weight'))} bits/weight "
-        f"with scales; entropy {_n(tot.get('entropy'))} bits; average bit-levels {_n(tot.get('bit_levels'))}; "
+        f"with scales; entropy {_n(tot.get('entropy'))} bits (order 0), {_n(tot.get('context_entropy'))} (context model); "
+        f"codes stored in {_n(tot.get('code_bytes'))} bytes ({_n(tot.get('packed_bytes'))} packed); "
+        f"average bit-levels {_n(tot.get('bit_levels'))}; "
         f"bit efficiency {_n(tot.get('bit_efficiency'))}; weight SQNR {_n(tot.get('sqnr_db'))} dB"
     )
 

@@ -74,3 +74,9 @@ def tfl_fp32() -> Path:
 def tfl_int8() -> Path:
     """micro-wakeword: already int8 with per-channel scales, two subgraphs, variable ops."""
     return packaged("pymicro-wakeword", "pymicro_wakeword/models/okay_nabu.tflite")
+
+
+@pytest.fixture(scope="session")
+def ocr_rec() -> Path:
+    """PaddleOCR PP-OCRv4 recognizer: 2.7M weights in Constant nodes, MatMul and Conv."""
+    return packaged("rapidocr-onnxruntime", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx")

@@ -163,3 +163,17 @@ def test_entropy_coded_codes(ocr_cls: Path, tmp_path: Path):
     assert _run("unpack", packed, "-o", a).exit_code == 0 and _run("unpack", coded, "-o", b).exit_code == 0
     assert a.read_bytes() == b.read_bytes()
     assert "entropy-coded" in r.output
+
+
+def test_group_size_and_param_dtype_reach_the_container(model: Path, tmp_path: Path):
+    out = tmp_path / "g.qpk"
+    r = _run("convert", model, "--bits", "4", "--group-size", "32", "-o", out, "--compress", "none", "-q")
+    assert r.exit_code == 0, r.output
+    with QpkReader(out) as q:
+        blocked = [e for e in q.entries if e.grouping.block == 32]
+        assert blocked and all(e.dtypes["scale"] == "<f2" for e in blocked)
+    r = _run("convert", model, "--bits", "4", "--group-size", "32", "--param-dtype", "fp32", "-o", out, "--compress", "none", "-q")
+    assert r.exit_code == 0, r.output
+    with QpkReader(out) as q:
+        assert all(e.dtypes.get("scale", "<f4") == "<f4" for e in q.entries)
+    assert _run("convert", model, "--group-size", "8", "-o", out).exit_code == 2  # outside 16..1024

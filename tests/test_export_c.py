@@ -479,7 +479,7 @@ def _hostile_metas(meta: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
         "tensors not a list": lambda m: m.__setitem__("tensors", {}), "tensors missing": lambda m: m.pop("tensors"),
         "blob row short": lambda m: m["blobs"][0].pop(), "blob sha 31 bytes": blob(0, 5, b"\0" * 31),
         "blob sha as str": blob(0, 5, "0" * 32), "blob misaligned": blob(1, 2, 65), "blob kind 3": blob(0, 0, 3),
-        "blob codec 2": blob(0, 1, 2), "blob codec zstd": blob(0, 1, 1), "blob length negative": blob(0, 3, -1),
+        "blob codec 3": blob(0, 1, 3), "blob codec zstd": blob(0, 1, 1), "blob length negative": blob(0, 3, -1),
         "blob beyond payload": blob(1, 3, 2**62), "blob offset huge": blob(1, 2, 2**64 - 64),
         "blobs overlap": blob(1, 2, 0), "graph blob raw length differs": blob(-1, 4, 1), "blob table missing": lambda m: m.pop("blobs"),
         "graph index codes blob": lambda m: m.__setitem__("graph", 0), "graph index huge": lambda m: m.__setitem__("graph", 2**64 - 1),

@@ -159,7 +159,7 @@ def write_weights_source(f: BinaryIO, reader: QpkReader, model: str, source: str
         if e.shape:
             f.write(f"static const uint32_t t{i}_shape[] = {{{', '.join(f'{n}u' for n in e.shape)}}};\n".encode())
             fields["shape"] = f"t{i}_shape"
-        codes = bytes(reader.blob_bytes(e.codes, BlobKind.CODES))  # decoded when stored with zstd
+        codes = bytes(reader.blob_bytes(e.codes, BlobKind.CODES, e.code_context))  # decoded when entropy-coded
         fields.update(count=f"UINT64_C({e.count})", scheme=SCHEMES[e.scheme], bits=f"{e.bits}u", dtype=DTYPES[e.dtype],
                       codec="0u", axis=str(-1 if e.grouping.axis is None else e.grouping.axis),
                       block=f"UINT64_C({e.grouping.block or 0})", groups=f"UINT64_C({e.groups})")

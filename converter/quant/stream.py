@@ -3,6 +3,7 @@ noise energy and the packed stream built a few MB at a time, so temporaries stay
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,9 @@ from numpy.typing import NDArray
 
 from converter.measure import code_histogram
 from converter.quant.base import Params, Quantizer
+from converter.quant.rdo import check as rdo_check
+from converter.quant.rdo import encode as rdo_encode
+from converter.quant.rdo import estimate as rdo_estimate
 from formats.errors import FormatError
 from formats.qpk import Grouping, pack
 
@@ -34,8 +38,10 @@ def check_finite(x: NDArray, name: str) -> None:
 
 
 def quantize_stream(q: type[Quantizer], x: NDArray[np.float32], bits: int, grouping: Grouping, clip: str,
-                    dtypes: dict[str, str] | None = None) -> Quantized:
-    """Codes of x packed, with the figures the size report needs; the same codes as q.quantize()."""
+                    dtypes: dict[str, str] | None = None, rdo: float = 0.0) -> Quantized:
+    """Codes of x packed, with the figures the size report needs; the same codes as q.quantize()
+    unless `rdo` (lambda of rate-aware rounding, see converter.quant.rdo) is non-zero."""
+    rdo_check(q, rdo)
     xv, axes = grouping.blocked(x)
     params, used = q.fit(xv, axes, bits, clip, dtypes)
     flat = q.flat(params, used)
@@ -44,18 +50,23 @@ def quantize_stream(q: type[Quantizer], x: NDArray[np.float32], bits: int, group
     # for blocks along axis 0, whole blocks of it
     row = max(1, int(np.prod(xv.shape[1:], dtype=np.int64)))
     step = max(1, CHUNK_ELEMENTS // row)
+
+    def chunks() -> Iterator[tuple[NDArray[np.float32], Params]]:
+        for i in range(0, max(1, xv.shape[0] if xv.ndim else 1), step):
+            yield (xv[i : i + step] if xv.ndim else xv), {k: v[i : i + step] if v.ndim and v.shape[0] > 1 else v for k, v in params.items()}
+
+    rate = rdo_estimate(q, chunks, bits, rdo) if rdo else None
     hist = np.zeros(1 << bits, dtype=np.int64)
     signal = noise = 0.0
     parts: list[NDArray[np.uint8]] = []
     carry = np.zeros(0, dtype=np.uint8)
     first = x.shape[0] if x.ndim else 1
     done = 0  # rows of x covered so far
-    for i in range(0, max(1, xv.shape[0] if xv.ndim else 1), step):
-        pc = {k: v[i : i + step] if v.ndim and v.shape[0] > 1 else v for k, v in params.items()}
-        xc = xv[i : i + step] if xv.ndim else xv
+    for xc, pc in chunks():
         rows = min(first - done, xc.shape[0] * (grouping.block if grouping.axis == 0 and grouping.block else 1)) if x.ndim else 1
         shape = (rows,) + x.shape[1:] if x.ndim else ()
-        codes = np.ascontiguousarray(grouping.unblocked(q.encode(xc, bits, pc), shape))
+        chosen = q.encode(xc, bits, pc) if rate is None else rdo_encode(q, xc, bits, pc, rate, rdo)
+        codes = np.ascontiguousarray(grouping.unblocked(chosen, shape))
         y = spec.dequantize(codes, q.flat(pc, used), bits, grouping)
         xs = x[done : done + rows] if x.ndim else x
         d = (xs - y).reshape(-1)

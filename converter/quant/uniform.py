@@ -55,6 +55,17 @@ class Asymmetric(Quantizer):
         return lo.reshape(shape), hi.reshape(shape)
 
     @classmethod
+    def continuous(cls, x, bits, params):
+        """x in code units before rounding (what rate-aware rounding picks neighbours around)."""
+        q = np.divide(x, params["scale"], dtype=np.float32)
+        q += params["zero_point"]
+        return q
+
+    @classmethod
+    def code_range(cls, bits):
+        return 0, (1 << bits) - 1
+
+    @classmethod
     def encode(cls, x, bits, params):
         q = np.divide(x, params["scale"], dtype=np.float32)
         q += params["zero_point"]
@@ -77,6 +88,16 @@ class Symmetric(Quantizer):
         scale = (stats[0] / np.float32((1 << (bits - 1)) - 1)).astype(np.float32)
         scale[scale == 0] = 1.0
         return {"scale": scale}
+
+    @classmethod
+    def continuous(cls, x, bits, params):
+        q = np.divide(x, params["scale"], dtype=np.float32)
+        q += np.float32((1 << (bits - 1)) - 1)
+        return q
+
+    @classmethod
+    def code_range(cls, bits):
+        return 0, 2 * ((1 << (bits - 1)) - 1)
 
     @classmethod
     def encode(cls, x, bits, params):

@@ -2,7 +2,7 @@
 schema, bit stream, codecs, writer and reader."""
 
 from formats.qpk.bitstream import pack, packed_size, unpack
-from formats.qpk.codecs import CODECS, RAW, ZSTD, Codec, CodeContext, codec_named, register_codec
+from formats.qpk.codecs import ANS, CODECS, RAW, ZSTD, Codec, CodeContext, codec_named, register_codec
 from formats.qpk.grouping import Grouping
 from formats.qpk.meta import TensorEntry
 from formats.qpk.reader import QpkReader
@@ -11,7 +11,7 @@ from formats.qpk.spec import BlobKind
 from formats.qpk.writer import Blob, QpkWriter, encode
 
 __all__ = [
-    "CODECS", "RAW", "SCHEMES", "ZSTD", "Blob", "BlobKind", "Codec", "CodeContext", "Grouping", "ParamSpec", "QpkReader",
+    "ANS", "CODECS", "RAW", "SCHEMES", "ZSTD", "Blob", "BlobKind", "Codec", "CodeContext", "Grouping", "ParamSpec", "QpkReader",
     "QpkWriter", "SchemeSpec", "TensorEntry", "codec_named", "encode", "pack", "packed_size", "register_codec",
     "register_scheme", "scheme_spec", "unpack",
 ]

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import zstandard
 
 from formats.errors import FormatError, OptionError
@@ -104,6 +105,38 @@ class Zstd:
         return out
 
 
+@dataclass(frozen=True)
+class Ans:
+    """Codes entropy-coded by static rANS with context-chosen tables (FORMAT.md, "ans code streams").
+
+    It models codes, not bytes: a blob without a code context is taken as 8-bit codes.
+    """
+
+    id: int = 2
+    name: str = "ans"
+
+    @staticmethod
+    def _shape(length: int, ctx: CodeContext | None) -> tuple[int, int]:
+        return (ctx.bits, ctx.count) if ctx is not None else (8, length)
+
+    def encode(self, raw: memoryview, kind: BlobKind, ctx: CodeContext | None = None) -> bytes:
+        from formats.qpk import ans  # numpy- and numba-heavy: loaded when a stream is coded
+        from formats.qpk.bitstream import unpack
+
+        bits, count = self._shape(raw.nbytes, ctx)
+        codes = unpack(np.frombuffer(raw, dtype=np.uint8), bits, count)
+        return ans.encode_codes(codes, bits)
+
+    def decode(self, stored: memoryview, raw_length: int, ctx: CodeContext | None = None) -> bytearray:
+        from formats.qpk import ans
+        from formats.qpk.bitstream import packed_size
+
+        bits, count = self._shape(raw_length, ctx)
+        if packed_size(count, bits) != raw_length:
+            raise FormatError(f"holds {raw_length} bytes, but {count} codes of {bits} bits take {packed_size(count, bits)}")
+        return ans.decode_codes(stored, bits, count)
+
+
 CODECS: dict[int, Codec] = {}
 
 
@@ -124,3 +157,4 @@ def codec_named(name: str) -> Codec:
 
 RAW = register_codec(Raw())
 ZSTD = register_codec(Zstd())
+ANS = register_codec(Ans())

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from formats.errors import FormatError, brief
+from formats.qpk.codecs import CodeContext
 from formats.qpk.grouping import Grouping
 from formats.qpk.schemes import SCHEMES
 from formats.qpk.spec import FLOAT_DTYPES, MAX_DIM, MAX_ELEMENTS, MAX_NAME_LENGTH, MAX_RANK, MAX_TENSORS, SOURCE_FORMATS
@@ -78,6 +79,11 @@ class TensorEntry:
         for d in self.shape:
             n *= d
         return n
+
+    @property
+    def code_context(self) -> CodeContext:
+        """What a codec that models codes needs to know about this tensor's code blob."""
+        return CodeContext(self.bits, self.count, self.shape, self.grouping)
 
     @property
     def groups(self) -> int:

@@ -193,7 +193,7 @@ class QpkReader:
             raise FormatError(f"{self.path}: blob {index} {e}") from None
 
     def codes(self, e: TensorEntry) -> NDArray[np.uint8]:
-        raw = self.blob_bytes(e.codes, BlobKind.CODES, CodeContext(e.bits, e.count, e.shape, e.grouping))
+        raw = self.blob_bytes(e.codes, BlobKind.CODES, e.code_context)
         return unpack(np.frombuffer(raw, dtype=np.uint8), e.bits, e.count).reshape(e.shape)
 
     def params(self, e: TensorEntry) -> dict[str, NDArray]:

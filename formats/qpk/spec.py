@@ -54,6 +54,17 @@ def expansion_limit(stored_length: int, allowance: int = 0) -> int:
 GRAPH_ZSTD_LEVEL = 9
 CODES_ZSTD_LEVEL = 3
 
+# ans code streams (codec 2): static rANS over the codes with per-context tables (FORMAT.md)
+ANS_VERSION = 1
+ANS_PRECISION = 15  # tables sum to 2^15: one 16-bit word always renormalizes a 32-bit state
+ANS_MODEL_ORDER0 = 0  # one table
+ANS_MODEL_NEIGHBOURS = 1  # a table per context, chosen by the magnitudes of the codes before
+ANS_MAGNITUDE_CENTER = 0  # a code's magnitude is its distance from the stream's center code
+ANS_MAGNITUDE_SIGN = 1  # ... or its low n-1 bits (sign-magnitude codes, pow2)
+ANS_MAX_WINDOW = 8  # codes before the current one whose magnitudes are summed
+ANS_MAX_CONTEXTS = 16
+ANS_MAX_OFFSET = 63
+
 
 class BlobKind(IntEnum):
     """What a blob holds; lets a reader size-check it before use."""

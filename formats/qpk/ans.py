@@ -1,0 +1,395 @@
+"""The `ans` codec: code streams entropy-coded by static rANS, each code's distribution chosen by
+its context (FORMAT.md, "ans code streams").
+
+A stream carries its own model: one frequency table (order 0), or one per context, the context of
+a code being how large the codes just before it are (trained weights come in runs of small and of
+large values: along a kernel row, an input channel). The encoder measures every model of a small
+family on the codes and keeps the cheapest, tables included; the decoder only follows the header.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from numpy.typing import NDArray
+
+from formats.errors import FormatError
+from formats.qpk import rans
+from formats.qpk.bitstream import pack, packed_size, unpack
+from formats.qpk.spec import (
+    ANS_MAGNITUDE_CENTER,
+    ANS_MAGNITUDE_SIGN,
+    ANS_MAX_CONTEXTS,
+    ANS_MAX_OFFSET,
+    ANS_MAX_WINDOW,
+    ANS_MODEL_NEIGHBOURS,
+    ANS_MODEL_ORDER0,
+    ANS_PRECISION,
+    ANS_VERSION,
+)
+
+_HEAD = struct.Struct("<BBBB")  # version, bits, precision, model
+_NEIGHBOURS = struct.Struct("<BBBBB")  # window, contexts, offset, magnitude, center
+_TABLE = struct.Struct("<BB")  # first symbol, span - 1
+_STATE = struct.Struct("<I")
+_CHUNK = 1 << 20  # codes decoded per kernel call (a multiple of 8, so packed chunks concatenate)
+
+# value(w) = MANTISSA[(w - 1) % 16] << ((w - 1) // 16): 16 steps per octave, 16 octaves
+MANTISSA = np.array([round(1024 * 2 ** (j / 16)) for j in range(16)], dtype=np.int64)
+WINDOWS = (1, 2, 4, 8)  # neighbourhood sizes the encoder tries
+CONTEXTS = (2, 3, 4, 6, 8, 12, 16)
+
+
+@dataclass(frozen=True)
+class Model:
+    """How a stream chooses each code's table: order 0 (contexts 1) or by its neighbours' magnitudes."""
+
+    contexts: int = 1
+    window: int = 0
+    offset: int = 0
+    magnitude: int = ANS_MAGNITUDE_CENTER
+    center: int = 0
+
+    def magnitudes(self, bits: int) -> NDArray[np.int64]:
+        """Each code's magnitude: its distance from the center, or its low bits (sign-magnitude codes)."""
+        codes = np.arange(1 << bits, dtype=np.int64)
+        if self.magnitude == ANS_MAGNITUDE_SIGN:
+            return codes & ((1 << (bits - 1)) - 1)
+        return np.abs(codes - self.center)
+
+    @property
+    def zero_code(self) -> int:
+        """A code of magnitude 0: what the window holds before the first code."""
+        return self.center if self.magnitude == ANS_MAGNITUDE_CENTER else 0
+
+
+@lru_cache(maxsize=64)
+def half_octaves(limit: int) -> NDArray[np.int64]:
+    """hb(S) for S in 0..limit: 0 for 0, else 2 floor(log2 S) + 1 + the bit below S's leading one."""
+    s = np.arange(limit + 1, dtype=np.int64)
+    e = np.zeros_like(s)
+    nz = s > 0
+    e[nz] = np.floor(np.log2(s[nz])).astype(np.int64)
+    # exact for integers: correct floor(log2) where float rounding could be off by one
+    e[nz] -= (np.left_shift(1, e[nz]) > s[nz]).astype(np.int64)
+    e[nz] += (np.left_shift(1, e[nz] + 1) <= s[nz]).astype(np.int64)
+    below = np.where(e >= 1, (s >> np.maximum(e - 1, 0)) & 1, 0)
+    hb = np.where(nz, 2 * e + 1 + below, 0)
+    hb.setflags(write=False)
+    return hb
+
+
+def context_map(model: Model, bits: int) -> NDArray[np.uint8]:
+    """Context of each possible magnitude sum S (0 .. window * largest magnitude)."""
+    limit = model.window * int(model.magnitudes(bits).max())
+    hb = half_octaves(limit)
+    return np.clip(hb - model.offset, 0, model.contexts - 1).astype(np.uint8)
+
+
+def contexts_of(codes: NDArray[np.uint8], bits: int, model: Model) -> NDArray[np.uint8]:
+    """The context of every code (encoder side; the decoder follows the same rule as it goes)."""
+    if model.contexts == 1:
+        return np.zeros(codes.size, dtype=np.uint8)
+    return context_map(model, bits)[window_sums(codes, model.magnitudes(bits), model.window)]
+
+
+def window_sums(codes: NDArray[np.uint8], mag: NDArray[np.int64], window: int) -> NDArray[np.int16]:
+    """S_i: the sum of the magnitudes of codes i-window .. i-1 (codes before the first count as 0)."""
+    return next(s for w, s in _window_sums(codes, mag, window) if w == window)
+
+
+def _window_sums(codes: NDArray[np.uint8], mag: NDArray[np.int64], largest: int) -> Iterator[tuple[int, NDArray[np.int16]]]:
+    """(w, S for window w) for w = 1 .. largest, each built from the last by one shifted add."""
+    m = mag.astype(np.int16)[codes]  # at most 8 x 255: int16 holds every sum
+    s = np.zeros(codes.size, dtype=np.int16)
+    for w in range(1, largest + 1):
+        s[w:] += m[:-w] if w < codes.size else m[:0]
+        yield w, s
+
+
+# --- frequency tables -------------------------------------------------------------------------
+
+
+def weights_of(counts: NDArray[np.int64]) -> NDArray[np.uint8]:
+    """Table weights (FORMAT.md) for rows of symbol counts: 255 for each row's most frequent symbol,
+    16 steps per octave below it, 1 at the least; 0 for absent symbols."""
+    counts = np.atleast_2d(counts)
+    top = counts.max(axis=1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        w = 255 + np.rint(16 * np.log2(counts / np.maximum(top, 1)))
+    w = np.clip(np.nan_to_num(w, neginf=1), 1, 255)
+    return np.where(counts > 0, w, 0).astype(np.uint8)
+
+
+def frequencies(weights: NDArray[np.uint8], precision: int) -> NDArray[np.int64]:
+    """The normalization FORMAT.md specifies: rows of weights -> integer frequencies summing to 2^P.
+
+    Raises FormatError for an empty row (no symbol has a weight).
+    """
+    w = np.atleast_2d(weights).astype(np.int64)
+    v = np.where(w > 0, MANTISSA[(w - 1) & 15] << ((w - 1) >> 4), 0)
+    total = v.sum(axis=1, keepdims=True)
+    if (total == 0).any():
+        raise FormatError("ans stream: a frequency table has no symbol")
+    m = 1 << precision
+    f = np.where(v > 0, np.maximum(1, (v * m) // total), 0)  # v * m < 2^26 * 2^15: exact in int64
+    rest = m - f.sum(axis=1)
+    top = f.argmax(axis=1)  # the first of the largest
+    rows = np.arange(f.shape[0])
+    f[rows, top] += rest
+    if (f[rows, top] < 1).any():
+        raise FormatError("ans stream: a frequency table does not normalize")
+    return f
+
+
+def cost_bits(counts: NDArray[np.int64], precision: int) -> NDArray[np.float64]:
+    """Bits the codes of each row of counts take under the table their weights give."""
+    f = frequencies(weights_of(counts), precision)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bits = np.where(counts > 0, counts * (precision - np.log2(np.maximum(f, 1))), 0.0)
+    return bits.sum(axis=1)
+
+
+def table_bytes(counts: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Bytes each row's table takes: 2, plus its span from the first to the last present symbol
+    (one symbol for a row without counts: a table is never empty)."""
+    counts = np.atleast_2d(counts)
+    present = counts > 0
+    k = counts.shape[1]
+    first = present.argmax(axis=1)
+    last = k - 1 - present[:, ::-1].argmax(axis=1)
+    return np.where(present.any(axis=1), _TABLE.size + last - first + 1, _TABLE.size + 1)
+
+
+def table_weights(counts: NDArray[np.int64], zero_code: int) -> NDArray[np.uint8]:
+    """Rows of weights for rows of counts; a row without counts gets its zero code alone."""
+    w = weights_of(counts)
+    empty = ~w.any(axis=1)
+    w[empty, zero_code] = 255
+    return w
+
+
+def _write_table(out: bytearray, weights: NDArray[np.uint8]) -> None:
+    nz = np.flatnonzero(weights)
+    first, last = int(nz[0]), int(nz[-1])
+    out += _TABLE.pack(first, last - first)
+    out += weights[first : last + 1].tobytes()
+
+
+def _read_table(data: memoryview, pos: int, k: int) -> tuple[NDArray[np.uint8], int]:
+    if pos + _TABLE.size > len(data):
+        raise FormatError("ans stream: truncated in its tables")
+    first, span = _TABLE.unpack_from(data, pos)
+    span += 1
+    pos += _TABLE.size
+    if first + span > k or pos + span > len(data):
+        raise FormatError(f"ans stream: table [{first}, {first + span}) exceeds {k} symbols or the stream")
+    w = np.zeros(k, dtype=np.uint8)
+    w[first : first + span] = np.frombuffer(data, dtype=np.uint8, count=span, offset=pos)
+    if w[first] == 0 or w[first + span - 1] == 0:
+        raise FormatError("ans stream: a table's span does not start and end on a present symbol")
+    return w, pos + span
+
+
+# --- model choice -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A model and what it costs on some codes: header and tables, and the coded codes (ideal bits)."""
+
+    model: Model
+    table_bytes: int
+    data_bits: float
+
+    @property
+    def bytes(self) -> float:
+        """Stream size to within the final state's rounding."""
+        return _HEAD.size + (_NEIGHBOURS.size if self.model.contexts > 1 else 0) + self.table_bytes + self.data_bits / 8 + _STATE.size
+
+
+def _ranges(joint: NDArray[np.int64], precision: int) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """Cost (bits, table bytes) of the ranges a context model merges rows of `joint` into: each
+    prefix [0, b], each single row, each suffix [a, rows-1] (3 x rows ranges, in that order)."""
+    rows = joint.shape[0]
+    cum = np.cumsum(joint, axis=0)
+    merged = np.concatenate([cum, joint, cum[-1] - np.concatenate([np.zeros((1, joint.shape[1]), np.int64), cum[:-1]])])
+    bits = np.zeros(3 * rows)
+    used = merged.sum(axis=1) > 0
+    if used.any():
+        bits[used] = cost_bits(merged[used], precision)
+    return bits, table_bytes(merged)
+
+
+def choose(codes: NDArray[np.uint8], bits: int, contexts: bool = True) -> tuple[Choice, Choice | None]:
+    """The cheapest model for the codes, and the cheapest with more than one context (None when
+    `contexts` is False or no such model applies).
+
+    Every model of the family is priced exactly from counts: for each magnitude rule and window the
+    joint counts of (half-octave of the window's sum, code) are taken once, and a model with C
+    contexts from offset o merges those rows into C contiguous ranges.
+    """
+    k = 1 << bits
+    hist = np.bincount(codes, minlength=k).astype(np.int64)
+    order0 = Choice(Model(), int(table_bytes(hist)[0]), float(cost_bits(hist, ANS_PRECISION)[0]) if codes.size else 0.0)
+    if not contexts or codes.size == 0 or np.count_nonzero(hist) < 2:
+        return order0, None
+    rules = [Model(magnitude=ANS_MAGNITUDE_CENTER, center=int(hist.argmax()))]
+    if bits >= 2:
+        rules.append(Model(magnitude=ANS_MAGNITUDE_SIGN))
+    best: Choice | None = None
+    for rule in rules:
+        mag = rule.magnitudes(bits)
+        for window, sums in _window_sums(codes, mag, max(WINDOWS)):
+            if window not in WINDOWS:
+                continue
+            hb = half_octaves(window * int(mag.max())).astype(np.int32)[sums]
+            rows = int(hb.max()) + 1
+            hb *= k
+            hb += codes
+            joint = np.bincount(hb, minlength=rows * k).reshape(rows, k)
+            cost, size = _ranges(joint, ANS_PRECISION)
+            diag_cost = np.concatenate([[0.0], np.cumsum(cost[rows : 2 * rows])])
+            diag_size = np.concatenate([[0], np.cumsum(size[rows : 2 * rows])])
+            for c in CONTEXTS:
+                if c > rows:
+                    break
+                # context 0 takes hb rows 0..o, context j row o+j (j = 1 .. c-2), context c-1 rows o+c-1..;
+                # every offset o at once, from prefix, single-row and suffix costs
+                o = np.arange(min(ANS_MAX_OFFSET, rows - c) + 1)
+                data = cost[o] + (diag_cost[o + c - 1] - diag_cost[o + 1]) + cost[2 * rows + o + c - 1]
+                tables = size[o] + (diag_size[o + c - 1] - diag_size[o + 1]) + size[2 * rows + o + c - 1]
+                total = tables + data / 8
+                i = int(np.argmin(total))  # the first of the smallest: the same choice on every machine
+                choice = Choice(Model(c, window, int(o[i]), rule.magnitude, rule.center), int(tables[i]), float(data[i]))
+                if best is None or choice.bytes < best.bytes:
+                    best = choice
+    chosen = best if best is not None and best.bytes < order0.bytes else order0
+    return chosen, best
+
+
+# --- the stream -------------------------------------------------------------------------------
+
+
+def encode_codes(codes: NDArray[np.uint8], bits: int, model: Model | None = None) -> bytes:
+    """The ans stream of `codes` (each < 2^bits), with the cheapest model unless one is given."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
+    if model is None:
+        model = choose(codes, bits)[0].model
+    k = 1 << bits
+    ctx = contexts_of(codes, bits, model)
+    counts = np.bincount(ctx.astype(np.int64) * k + codes, minlength=model.contexts * k).reshape(model.contexts, k)
+    weights = table_weights(counts, model.zero_code)
+    out = bytearray(_HEAD.pack(ANS_VERSION, bits, ANS_PRECISION, ANS_MODEL_ORDER0 if model.contexts == 1 else ANS_MODEL_NEIGHBOURS))
+    if model.contexts > 1:
+        out += _NEIGHBOURS.pack(model.window, model.contexts, model.offset, model.magnitude, model.center)
+    for c in range(model.contexts):
+        _write_table(out, weights[c])
+    freq = frequencies(weights, ANS_PRECISION).astype(np.uint32)
+    cum = np.zeros_like(freq)
+    np.cumsum(freq[:, :-1], axis=1, out=cum[:, 1:])
+    x, words = rans.encode(codes, ctx, freq, cum, ANS_PRECISION)
+    out += _STATE.pack(x)
+    out += words.astype("<u2").tobytes()
+    return bytes(out)
+
+
+@dataclass(frozen=True)
+class _Header:
+    bits: int
+    precision: int
+    model: Model
+    weights: NDArray[np.uint8]  # contexts x 2^bits
+    state: int
+    words: NDArray[np.uint16]
+
+
+def _parse(stored: memoryview, bits: int) -> _Header:
+    data = memoryview(stored).cast("B")
+    if len(data) < _HEAD.size:
+        raise FormatError("ans stream: truncated header")
+    version, sbits, precision, kind = _HEAD.unpack_from(data, 0)
+    if version != ANS_VERSION:
+        raise FormatError(f"ans stream: version {version}, expected {ANS_VERSION}")
+    if sbits != bits:
+        raise FormatError(f"ans stream: codes of {sbits} bits, expected {bits}")
+    if not 1 <= precision <= ANS_PRECISION:
+        raise FormatError(f"ans stream: precision {precision} outside 1..{ANS_PRECISION}")
+    pos = _HEAD.size
+    k = 1 << bits
+    if kind == ANS_MODEL_ORDER0:
+        model = Model()
+    elif kind == ANS_MODEL_NEIGHBOURS:
+        if len(data) < pos + _NEIGHBOURS.size:
+            raise FormatError("ans stream: truncated model")
+        window, contexts, offset, magnitude, center = _NEIGHBOURS.unpack_from(data, pos)
+        pos += _NEIGHBOURS.size
+        if not (1 <= window <= ANS_MAX_WINDOW and 2 <= contexts <= ANS_MAX_CONTEXTS and offset <= ANS_MAX_OFFSET
+                and magnitude in (ANS_MAGNITUDE_CENTER, ANS_MAGNITUDE_SIGN) and center < k
+                and not (magnitude == ANS_MAGNITUDE_SIGN and (bits < 2 or center != 0))):
+            raise FormatError(f"ans stream: invalid neighbourhood model {(window, contexts, offset, magnitude, center)}")
+        model = Model(contexts, window, offset, magnitude, center)
+    else:
+        raise FormatError(f"ans stream: unknown model {kind}")
+    weights = np.zeros((model.contexts, k), dtype=np.uint8)
+    for c in range(model.contexts):
+        weights[c], pos = _read_table(data, pos, k)
+    if len(data) < pos + _STATE.size or (len(data) - pos - _STATE.size) % 2:
+        raise FormatError("ans stream: truncated state or an odd number of word bytes")
+    (state,) = _STATE.unpack_from(data, pos)
+    if state < rans.LOW:
+        raise FormatError(f"ans stream: initial state {state:#x} below 2^16")
+    pos += _STATE.size
+    words = np.frombuffer(data, dtype="<u2", offset=pos)
+    return _Header(bits, precision, model, weights, state, words)
+
+
+def decode_codes(stored: memoryview | bytes, bits: int, count: int, out: bytearray | None = None) -> bytearray:
+    """The packed stream (packed_size(count, bits) bytes) of an ans stream, or FormatError.
+
+    Memory stays within the packed output plus one chunk of codes, whatever the stream claims:
+    the number of codes comes from the caller, and every read is checked against the stream.
+    """
+    h = _parse(memoryview(stored), bits)
+    m = h.model
+    k = 1 << bits
+    freq = frequencies(h.weights, h.precision).astype(np.uint32)
+    cum = np.zeros_like(freq)
+    np.cumsum(freq[:, :-1], axis=1, out=cum[:, 1:])
+    lut = np.empty((m.contexts, 1 << h.precision), dtype=np.uint8)  # slot -> symbol
+    for c in range(m.contexts):
+        lut[c] = np.repeat(np.arange(k, dtype=np.uint8), freq[c])
+    result = out if out is not None else bytearray(packed_size(count, bits))
+    view = np.frombuffer(result, dtype=np.uint8)
+    k = m.window
+    buf = np.empty(k + min(count, _CHUNK), dtype=np.uint8)  # the window's codes, then a chunk
+    buf[:k] = m.zero_code
+    x, ptr, total = h.state, 0, 0
+    if m.contexts > 1:
+        ctxmap, mag = context_map(m, bits), m.magnitudes(bits)
+    done = 0
+    while done < count:
+        n = min(_CHUNK, count - done)
+        part = buf[k : k + n]
+        if m.contexts == 1:
+            x, ptr = rans.decode0(h.words, x, lut[0], freq[0], cum[0], h.precision, part, ptr)
+        else:
+            x, ptr, total = rans.decode_ctx(h.words, x, lut, freq, cum, h.precision, buf[: k + n], ptr, ctxmap, mag, total, k)
+        if ptr < 0:
+            raise FormatError(f"ans stream: runs out of words before code {count:,}")
+        start = done * bits // 8
+        view[start : start + packed_size(n, bits)] = pack(part, bits)
+        buf[:k] = buf[n : n + k]  # the last k codes lead the next chunk
+        done += n
+    if x != rans.LOW or ptr != h.words.size:
+        raise FormatError(f"ans stream: does not end where it should (state {x:#x}, {h.words.size - ptr} words left)")
+    return result
+
+
+def decode_raw(stored: memoryview | bytes, bits: int, count: int) -> NDArray[np.uint8]:
+    """The codes of an ans stream, unpacked (for tests and measurements)."""
+    return unpack(np.frombuffer(decode_codes(stored, bits, count), dtype=np.uint8), bits, count)

@@ -1,0 +1,284 @@
+"""The ans codec: round trips, size against the entropy bound, determinism, hostile streams, the
+context model on real weights, containers written with it, and rate-aware rounding."""
+
+from __future__ import annotations
+
+import signal
+import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from converter.cli import app
+from converter.convert import convert
+from converter.cost import tensor_cost
+from converter.measure import context_entropy_bits, entropy_bits
+from converter.policy import Policy
+from formats.errors import FormatError, OptionError
+from formats.onnx_model import OnnxModel
+from formats.qpk import ANS, RAW, BlobKind, CodeContext, Grouping, QpkReader, ans, pack
+from formats.registry import open_model
+
+RNG = np.random.default_rng(20261127)
+
+
+def laplace_codes(n: int, bits: int, spread: float, rng: np.random.Generator = RNG) -> np.ndarray:
+    top = (1 << bits) - 1
+    return np.clip(np.rint(rng.laplace(top / 2, spread, n)), 0, top).astype(np.uint8)
+
+
+def h0_bytes(codes: np.ndarray, bits: int) -> float:
+    return entropy_bits(np.bincount(codes, minlength=1 << bits)) * codes.size / 8
+
+
+@contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Fail instead of hanging: decoding is bounded by the code count, whatever the stream says."""
+    def fire(*_: object) -> None:
+        raise TimeoutError(f"took more than {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def round_trip(codes: np.ndarray, bits: int, model: ans.Model | None = None) -> bytes:
+    stream = ans.encode_codes(codes, bits, model)
+    assert np.array_equal(ans.decode_raw(stream, bits, codes.size), codes)
+    # and through the codec interface, on packed bytes, as the writer and reader use it
+    ctx = CodeContext(bits, codes.size, (codes.size,), Grouping())
+    raw = memoryview(pack(codes, bits))
+    if model is None:
+        assert ANS.encode(raw, BlobKind.CODES, ctx) == stream
+    assert bytes(ANS.decode(memoryview(stream), raw.nbytes, ctx)) == raw.tobytes()
+    return stream
+
+
+CONTEXT = ans.Model(contexts=4, window=2, offset=1, magnitude=0, center=0)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 13, 1001, 65_537])
+def test_round_trip_every_width_and_odd_lengths(bits: int, n: int):
+    codes = laplace_codes(n, bits, max(0.4, (1 << bits) / 12))
+    round_trip(codes, bits)
+    round_trip(codes, bits, ans.Model())
+    round_trip(codes, bits, ans.Model(contexts=3, window=1, offset=0, magnitude=0, center=(1 << bits) // 2))
+    if bits >= 2:
+        round_trip(codes, bits, ans.Model(contexts=16, window=8, offset=0, magnitude=1, center=0))
+
+
+@pytest.mark.parametrize("bits", [1, 4, 8])
+def test_adversarial_streams(bits: int):
+    n = 100_000
+    for codes in (np.zeros(n, np.uint8), np.full(n, (1 << bits) - 1, np.uint8),
+                  RNG.integers(0, 1 << bits, n).astype(np.uint8),  # uniform: nothing to gain
+                  np.tile(np.arange(1 << bits, dtype=np.uint8), n >> bits),  # every symbol, in order
+                  np.where(RNG.random(n) < 1e-4, (1 << bits) - 1, 0).astype(np.uint8)):  # one rare symbol
+        stream = round_trip(codes, bits)
+        assert len(stream) <= h0_bytes(codes, bits) * 1.003 + 2 + (1 << bits) + 16
+    single = ans.encode_codes(np.zeros(n, np.uint8), bits)
+    assert len(single) <= 16  # one symbol costs nothing per code
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_order0_within_the_entropy_bound(bits: int):
+    """Stored size <= (order-0 entropy + table) x 1.003 at every width, on realistic sizes."""
+    for n, spread in ((200_000, max(0.3, (1 << bits) / 10)), (1_000_000, max(0.2, (1 << bits) / 40))):
+        codes = laplace_codes(n, bits, spread)
+        stream = ans.encode_codes(codes, bits, ans.Model())
+        table = int(ans.table_bytes(np.bincount(codes, minlength=1 << bits))[0])
+        bound = (h0_bytes(codes, bits) + table) * 1.003
+        assert len(stream) <= bound, (bits, n, len(stream), bound)
+        # the writer keeps the packed stream when coding does not pay (near-uniform 1-bit codes)
+        from formats.qpk import encode
+
+        codec, stored, _ = encode(pack(codes, bits), BlobKind.CODES, ANS, ctx=CodeContext(bits, n, (n,), Grouping()))
+        assert stored.nbytes <= codes.size * bits / 8 + 1
+        assert codec == (ANS.id if len(stream) < pack(codes, bits).nbytes else RAW.id)
+
+
+def test_deterministic():
+    codes = laplace_codes(300_001, 5, 3.0)
+    assert ans.encode_codes(codes, 5) == ans.encode_codes(codes.copy(), 5)
+
+
+def _streams() -> Iterator[tuple[str, bytes, int, int]]:
+    """(what, stream, bits, count) of valid streams, with each kind of model."""
+    codes = laplace_codes(20_000, 4, 1.5)
+    yield "order 0", ans.encode_codes(codes, 4, ans.Model()), 4, codes.size
+    yield "context", ans.encode_codes(codes, 4, CONTEXT), 4, codes.size
+    wide = laplace_codes(5_000, 8, 20.0)
+    yield "8 bits", ans.encode_codes(wide, 8), 8, wide.size
+
+
+def _decode(stream: bytes, bits: int, count: int) -> None:
+    ans.decode_codes(memoryview(stream), bits, count)
+
+
+@pytest.mark.parametrize("what, stream, bits, count", list(_streams()))
+def test_corrupt_streams_rejected(what: str, stream: bytes, bits: int, count: int):
+    with deadline(60):
+        for cut in sorted({0, 1, 3, 4, 8, 9, 12, len(stream) // 2, len(stream) - 2, len(stream) - 1}):
+            with pytest.raises(FormatError):
+                _decode(stream[:cut], bits, count)
+        with pytest.raises(FormatError):
+            _decode(stream + b"\0\0", bits, count)  # a word too many
+        with pytest.raises(FormatError):
+            _decode(stream, bits, count - 1)  # fewer codes than coded
+        rng = np.random.default_rng(7)
+        flipped = 0
+        for pos in rng.choice(len(stream), size=min(200, len(stream)), replace=False):
+            bad = bytearray(stream)
+            bad[pos] ^= 1 << int(rng.integers(8))
+            try:
+                _decode(bytes(bad), bits, count)
+            except FormatError:
+                flipped += 1
+        assert flipped >= 0.98 * min(200, len(stream))  # the end state catches damage to the words
+
+
+def test_hostile_headers_and_tables():
+    k = 16
+    good = ans.encode_codes(laplace_codes(1000, 4, 1.5), 4, CONTEXT)
+
+    def edit(pos: int, value: int, *more: tuple[int, int]) -> bytes:
+        b = bytearray(good)
+        for p, v in ((pos, value), *more):
+            b[p] = v
+        return bytes(b)
+
+    cases = {
+        "version": edit(0, 2), "bits": edit(1, 5), "precision 0": edit(2, 0), "precision 16": edit(2, 16),
+        "model 2": edit(3, 2), "window 0": edit(4, 0), "window 9": edit(4, 9), "contexts 1": edit(5, 1),
+        "contexts 17": edit(5, 17), "offset 64": edit(6, 64), "magnitude rule 2": edit(7, 2), "center 16": edit(8, 16),
+        "table past the alphabet": edit(9, k - 1, (10, 1)),  # symbols 15 and 16
+        "table span past the alphabet": edit(10, 255),
+        "empty": b"",
+    }
+    # the first table's first weight set to 0: its span no longer starts on a present symbol
+    cases["table starts on an absent symbol"] = edit(11, 0)
+    # a stream that claims tables beyond its end
+    cases["tables cut"] = good[:12]
+    for what, stream in cases.items():
+        with pytest.raises(FormatError):
+            _decode(stream, 4, 1000)
+            pytest.fail(f"{what}: accepted")
+    state_at = len(good) - 4 - 2 * ((len(good) - 4 - _tables_end(good)) // 2)
+    low = bytearray(good)
+    low[state_at : state_at + 4] = (0xFFFF).to_bytes(4, "little")
+    with pytest.raises(FormatError, match="below 2"):
+        _decode(bytes(low), 4, 1000)
+
+
+def _tables_end(stream: bytes) -> int:
+    pos = 9
+    for _ in range(stream[5]):
+        pos += 2 + stream[pos + 1] + 1
+    return pos
+
+
+def test_hostile_count_is_bounded_by_the_caller():
+    """The caller's count bounds work and memory, whatever the stream: a 15-byte stream of one
+    symbol (which costs no bits, so fits any count) asked for 50M codes gives their packed size and
+    allocates little more; a real stream asked for more codes than it holds runs out of words."""
+    stream = ans.encode_codes(np.zeros(10, np.uint8), 1)
+    tracemalloc.start()
+    with deadline(60):
+        out = ans.decode_codes(memoryview(stream), 1, 50_000_000)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(out) == 50_000_000 // 8 and not any(out[:4096])
+    assert peak < 50_000_000 // 8 + (4 << 20)
+    real = ans.encode_codes(laplace_codes(1000, 4, 1.5), 4)
+    with deadline(60), pytest.raises(FormatError, match="runs out of words|does not end"):
+        ans.decode_codes(memoryview(real), 4, 50_000_000)
+
+
+def test_context_model_beats_order0_on_real_weights(sample: Path, silero_lstm: Path):
+    for path, scheme, bits in ((sample, "sym", 4), (silero_lstm, "sym", 4), (silero_lstm, "asym", 6)):
+        model = open_model(path)
+        h0 = hc = 0.0
+        for w in model.weights:
+            d = Policy(scheme, bits, per_channel=True).decide(w)
+            if not d.quantize:
+                continue
+            from converter.quant import get_quantizer
+
+            codes, _ = get_quantizer(scheme).quantize(np.asarray(w.array, np.float32), bits, d.grouping)
+            h0 += entropy_bits(np.bincount(codes.reshape(-1), minlength=1 << bits)) * codes.size
+            hc += context_entropy_bits(codes, bits) * codes.size
+        model.close()
+        assert hc < h0 * 0.99, (path.name, hc / h0)
+
+
+def _convert_both(model_path: Path, policy: Policy, tmp_path: Path) -> tuple[Path, Path]:
+    packed, coded = tmp_path / "packed.qpk", tmp_path / "ans.qpk"
+    convert(open_model(model_path), policy, packed)
+    convert(open_model(model_path), policy, coded, codec=ANS)
+    return packed, coded
+
+
+@pytest.mark.parametrize("fixture, policy", [("sample", Policy("sym", 4, per_channel=True)),
+                                             ("sample", Policy("pow2", 3)), ("tfl_fp32", Policy("asym", 6, per_channel=True))])
+def test_container_round_trip(fixture: str, policy: Policy, tmp_path: Path, request: pytest.FixtureRequest):
+    packed, coded = _convert_both(request.getfixturevalue(fixture), policy, tmp_path)
+    with QpkReader(packed) as p, QpkReader(coded) as c:
+        c.verify()
+        assert any(c.blobs[e.codes].codec == ANS.id for e in c.entries)
+        for ep, ec in zip(p.entries, c.entries):
+            assert np.array_equal(p.codes(ep), c.codes(ec))
+            assert c.blobs[ec.codes].codec in (RAW.id, ANS.id)
+            assert c.blobs[ec.codes].length <= p.blobs[ep.codes].length
+        assert c.size < p.size
+    again = tmp_path / "again.qpk"
+    convert(open_model(request.getfixturevalue(fixture)), policy, again, codec=ANS)
+    assert again.read_bytes() == coded.read_bytes()
+
+
+def test_cli_codec_and_figures(sample: Path, tmp_path: Path):
+    out = tmp_path / "d.qpk"
+    r = CliRunner().invoke(app, ["convert", str(sample), "-o", str(out), "--bits", "4", "--scheme", "sym", "--per-channel",
+                                 "--codec", "ans", "--rdo", "0.1", "--compress", "none", "--json", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    assert "context-model bound" in r.output and "entropy-coded (ans)" in r.output
+    import json
+
+    rep = json.loads((tmp_path / "r.json").read_text())
+    s = rep["sizes"]
+    assert s["stored_code_bytes"] < s["packed_code_bytes"]
+    assert s["context_limit_bytes"] < s["entropy_limit_bytes"]
+    assert rep["options"]["codec"] == "ans" and rep["options"]["rdo"] == 0.1
+    assert all("context_entropy" in t for t in rep["tensors"])
+    r = CliRunner().invoke(app, ["report", str(out), "--source", str(sample), "--compress", "none"])
+    assert r.exit_code == 0, r.output
+    assert "context model" in r.output
+
+
+def test_rdo_saves_bits_at_a_bounded_cost(sample: Path):
+    model = OnnxModel(sample)
+    x = next(np.asarray(w.array, np.float32) for w in model.weights if w.name == "11.weight")
+    signal_energy = float(np.square(x, dtype=np.float64).sum())
+    plain = tensor_cost(x, "sym", 4, None)
+    for lam in (0.05, 0.1):
+        rdo = tensor_cost(x, "sym", 4, None, rdo=lam)
+        assert rdo.bytes < plain.bytes
+        loss_db = 10 * np.log10(rdo.squared_error / plain.squared_error)
+        assert 0 <= loss_db < 0.6, loss_db
+        assert rdo == tensor_cost(x, "sym", 4, None, rdo=lam)  # deterministic
+    assert 10 * np.log10(signal_energy / plain.squared_error) > 5
+
+
+def test_rdo_needs_a_uniform_scheme():
+    with pytest.raises(OptionError, match="uniform"):
+        Policy("pow2", 4, rdo=0.1)
+    with pytest.raises(OptionError, match="0..10"):
+        Policy("sym", 4, rdo=-1)
