@@ -58,7 +58,8 @@ class TensorStat:
     noise: float  # energy of the quantization error
     block: int | None = None
     param_dtypes: dict[str, str] | None = None
-    context_entropy: float = 0.0  # bits per code under the ans codec's best context model (tables not counted)
+    context_entropy: float | None = None  # bits per code under the ans codec's best context model (tables not
+    # counted); measured when the ans codec stores the codes
     why: str = ""  # how an allocation chose the setting
 
     @property
@@ -99,7 +100,7 @@ class _Done:
     q: Quantized
     codes: tuple[int, memoryview, int]
     params: dict[str, tuple[int, memoryview, int]]
-    context_entropy: float
+    context_entropy: float | None
 
 
 def _work(w: Weight, d: Decision, scheme: str, clip: str, codec: Codec, rdo: float = 0.0) -> _Done:
@@ -108,7 +109,9 @@ def _work(w: Weight, d: Decision, scheme: str, clip: str, codec: Codec, rdo: flo
     q = quantize_stream(get_quantizer(d.scheme or scheme), x, d.bits, d.grouping, d.clip or clip, d.dtypes, rdo)
     del x
     ctx = CodeContext(d.bits, w.size, w.shape, d.grouping)
-    h_ctx = context_entropy_bits(unpack(q.packed, d.bits, w.size), d.bits)
+    # the context model's bound costs a pass of its own: measured where the ans codec stores the codes
+    # (qpack report measures it always)
+    h_ctx = context_entropy_bits(unpack(q.packed, d.bits, w.size), d.bits) if codec.name == "ans" else None
     return _Done(q, encode(q.packed, BlobKind.CODES, codec, ctx=ctx), {k: encode(v, BlobKind.PARAM) for k, v in q.params.items()},
                  h_ctx)
 

@@ -41,8 +41,9 @@ def size_table(report: dict[str, Any], console: Console, tensors: bool = False) 
     console.print(
         f"quantized {s['quantized_params']:,} params ({_pct(s.get('quantized_share'))} of the float ones), "
         f"kept {s['float_params_kept']:,} in float; "
-        f"{_n(s['bits_per_weight'])} bits/weight with scales, code entropy {_n(s['entropy_bits_per_weight'])} bits "
-        f"(order 0), {_n(s.get('context_entropy_bits_per_weight'))} (context model); "
+        f"{_n(s['bits_per_weight'])} bits/weight with scales, code entropy {_n(s['entropy_bits_per_weight'])} bits (order 0)"
+        + (f", {_n(s['context_entropy_bits_per_weight'])} (context model)" if "context_entropy_bits_per_weight" in s else "")
+        + "; "
         f"{_n(s['ratio_vs_original'])}x smaller than the original"
     )
     if tensors:
@@ -56,7 +57,7 @@ def tensor_table(report: dict[str, Any], console: Console) -> None:
     for r in report["tensors"]:
         t.add_row(r["name"], "x".join(map(str, r["shape"])), r["role"], r["scheme"], str(r["bits"]),
                   _n(r["axis"]), _n(r["packed_bytes"]), _n(r["stored_bytes"]), f"{r['entropy']:.3f}",
-                  f"{r.get('context_entropy', 0.0):.3f}", f"{r['levels_used']}/{1 << r['bits']}")
+                  _n(r.get("context_entropy")), f"{r['levels_used']}/{1 << r['bits']}")
     console.print(t)
     if report["kept"]:
         k = Table(title="kept in the graph", title_justify="left")

@@ -25,7 +25,8 @@ def size_report(model: SourceModel, result: ConvertResult, compressors: tuple[st
     stored = sum(t.stored_bytes for t in result.tensors)
     params = sum(t.param_bytes for t in result.tensors)
     entropy_total = sum(t.entropy * t.count for t in result.tensors)
-    context_total = sum(t.context_entropy * t.count for t in result.tensors)
+    known = all(t.context_entropy is not None for t in result.tensors)
+    context_total = sum((t.context_entropy or 0.0) * t.count for t in result.tensors)
     signal, noise = sum(t.signal for t in result.tensors), sum(t.noise for t in result.tensors)
     compressed: dict[str, dict[str, int]] = {}
     if compressors:  # reading a large model back is only worth it when something compresses it
@@ -48,9 +49,9 @@ def size_report(model: SourceModel, result: ConvertResult, compressors: tuple[st
             "bits_per_weight": round((stored + params) * 8 / quantized, 4) if quantized else None,
             "entropy_bits_per_weight": round(entropy_total / quantized, 4) if quantized else None,
             "entropy_limit_bytes": int(-(-entropy_total // 8)),
-            "context_entropy_bits_per_weight": round(context_total / quantized, 4) if quantized else None,
-            "context_limit_bytes": int(-(-context_total // 8)),
             "sqnr_db": db(signal, noise),
+            **({"context_entropy_bits_per_weight": round(context_total / quantized, 4) if quantized else None,
+                "context_limit_bytes": int(-(-context_total // 8))} if known else {}),
         },
         "compressed": compressed,
         "tensors": [dict(asdict(t), sqnr_db=t.sqnr_db) for t in result.tensors],
