@@ -2,8 +2,8 @@
 
     python bench/bench_export_c.py        (needs gcc)
 
-Converts the bundled sample at 4 bits per channel in each scheme, exports it with `--to c`,
-compiles a timing program with gcc -O2 and prints medians of several runs.
+Converts the bundled sample at 4 bits per channel in each scheme (lut with float16 codebooks),
+exports it with `--to c`, compiles a timing program with gcc -O2 and prints medians of several runs.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         print(f"{'scheme':8} {'decode Mw/s':>12} {'256-weight ranges Mw/s':>23} {'qpk_open MB/s':>14}")
-        for scheme in ("asym", "sym", "pow2"):
+        for scheme in ("asym", "sym", "pow2", "lut"):
             qpk = d / f"{scheme}.qpk"
             convert(OnnxModel(ROOT / "samples" / "digits_cnn.onnx"), Policy(scheme, 4, per_channel=True), qpk)
             files, _ = export(qpk, "c", d / scheme)

@@ -1,6 +1,6 @@
-"""`qpack export --to c`: qpk.h decodes every scheme, width and grouping bit-exactly as
-QpkReader.dequantize, from compiled-in tables and from whole containers; its container reader
-accepts good files and rejects damaged ones without a sanitizer report.
+"""`qpack export --to c`: qpk.h decodes every scheme, width, grouping and parameter dtype
+bit-exactly as QpkReader.dequantize, from compiled-in tables and from whole containers; its
+container reader accepts good files and rejects damaged ones without a sanitizer report.
 
 The C side is one driver program (tests/c/qpk_driver.c), compiled once per module with the strict
 flags and once more with AddressSanitizer and UndefinedBehaviorSanitizer.
@@ -25,25 +25,47 @@ from typer.testing import CliRunner
 from converter.cli import app
 from converter.convert import convert
 from converter.export import export
+from converter.export.c import SCHEMES as C_SCHEMES
 from converter.export.c import model_identifier, tensor_constants
 from converter.policy import Policy
 from converter.quant import get_quantizer
 from formats.errors import FormatError, OptionError, UnsupportedError
 from formats.model import SourceModel
-from formats.qpk import RAW, SCHEMES, ZSTD, BlobKind, Codec, Grouping, QpkReader, QpkWriter, SchemeSpec, TensorEntry, pack
+from formats.qpk import (
+    RAW,
+    SCHEMES,
+    ZSTD,
+    BlobKind,
+    Codec,
+    Grouping,
+    ParamSpec,
+    QpkReader,
+    QpkWriter,
+    SchemeSpec,
+    TensorEntry,
+    pack,
+)
 from formats.qpk import meta as qpk_meta
-from formats.qpk.spec import HEADER, HEADER_BODY, HEADER_SIZE, MAGIC, VERSION_MAJOR, align
+from formats.qpk.spec import DTYPE_SIZES, HEADER, HEADER_BODY, HEADER_SIZE, MAGIC, VERSION_MAJOR, align, expansion_limit
 from formats.registry import open_model
 
 STRICT = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 SANITIZED = [*STRICT, "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
 DRIVER = Path(__file__).parent / "c" / "qpk_driver.c"
 DECODER = Path(__file__).resolve().parent.parent / "converter" / "export" / "qpk.h"
-QPK_E_CODEC = -14
+QPK_E_BLOB, QPK_E_CODEC = -11, -14
 
-# every (scheme, bits, grouping kind) the format allows: 22 widths x 3 groupings
-COMBOS = [(s, b, kind) for s, spec in sorted(SCHEMES.items()) if s in ("asym", "sym", "pow2")
-          for b in range(spec.min_bits, spec.max_bits + 1) for kind in ("tensor", "channel", "block")]
+
+def _dtype_variants(spec: SchemeSpec) -> list[tuple[tuple[str, str], ...]]:
+    """The parameter dtypes a tensor of the scheme may record: none (the defaults), then each alternative."""
+    return [(), *(((p.name, d),) for p in spec.params for d in p.others)]
+
+
+# every (scheme, bits, grouping kind, parameter dtypes) the format allows: 30 widths x 3 groupings,
+# with float16 scales and float32 codebooks beside the defaults
+COMBOS = [(s, b, kind, dt) for s, spec in sorted(SCHEMES.items()) if s in ("asym", "sym", "pow2", "lut")
+          for b in range(spec.min_bits, spec.max_bits + 1) for kind in ("tensor", "channel", "block")
+          for dt in _dtype_variants(spec)]
 BLOCKS = (1, 2, 3, 5, 8, 16, 32, 64, 1000)  # most leave a short last block
 
 
@@ -95,30 +117,53 @@ def _weights(path: Path) -> list[tuple[str, str, np.ndarray, int | None, str]]:
     return out
 
 
-def _grouping(kind: str, x: np.ndarray, axis: int | None, i: int) -> Grouping:
+def _grouping(kind: str, x: np.ndarray, axis: int | None, i: int, scheme: str = "", bits: int = 1) -> Grouping:
     if kind == "tensor":
         return Grouping()
     if kind == "channel":
         return Grouping(axis if axis is not None else i % x.ndim)
-    return Grouping(i % x.ndim, BLOCKS[i % len(BLOCKS)])
+    block = BLOCKS[i % len(BLOCKS)]
+    if scheme == "lut":  # 2^bits centroids a group: blocks of at least 2^(bits-2) keep the codebooks small
+        block = max(block, 1 << max(0, bits - 2))
+    return Grouping(i % x.ndim, block)
 
 
 Tensor = tuple[str, str, tuple[int, ...], str, str, int, Grouping, np.ndarray, dict[str, Any]]  # params: array-likes
 
 
+def _param_dtypes(scheme: str, params: dict[str, Any]) -> dict[str, str]:
+    """The dtypes a tensor's parameters are stored in: an array whose dtype is one of the parameter's
+    alternatives (float16 scales, float32 centroids, as quantize() returns them) keeps it; anything
+    else (lists, float64 arrays) is stored in the scheme's default."""
+    out = {}
+    for p in SCHEMES[scheme].params:
+        v = params[p.name]
+        if isinstance(v, np.ndarray) and v.dtype.newbyteorder("<").str in p.others:
+            out[p.name] = v.dtype.newbyteorder("<").str
+    return out
+
+
 def _write(path: Path, tensors: list[Tensor], fmt: str = "onnx", codec: Any = None) -> Path:
-    """A container of the given (name, key, shape, dtype, scheme, bits, grouping, codes, params) tensors."""
+    """A container of the given (name, key, shape, dtype, scheme, bits, grouping, codes, params) tensors,
+    each parameter in the dtype _param_dtypes picks (recorded in the entry's `param_dtypes`)."""
     entries = []
     with QpkWriter(path.parent) as w:
         for name, key, shape, dtype, scheme, bits, g, codes, params in tensors:
             c = w.add(pack(codes, bits), BlobKind.CODES, *([codec] if codec else []))
-            p = {k: w.add(np.asarray(params[k], dtype=d), BlobKind.PARAM) for k, d in SCHEMES[scheme].dtypes.items()}
-            entries.append(TensorEntry(name, key, shape, dtype, "matrix", scheme, bits, g, c, p))
+            other = _param_dtypes(scheme, params)
+            dtypes = dict(SCHEMES[scheme].dtypes, **other)
+            p = {k: w.add(np.asarray(params[k], dtype=d), BlobKind.PARAM) for k, d in dtypes.items()}
+            entries.append(TensorEntry(name, key, shape, dtype, "matrix", scheme, bits, g, c, p, other or None))
         graph = w.add(b"graph", BlobKind.GRAPH)
         meta = qpk_meta.build("test", fmt, {"name": path.stem + "." + fmt, "bytes": 1}, {}, graph,
                               hashlib.sha256(b"graph").hexdigest(), entries, [])
-        w.write(path, meta, minor=1 if any(e.grouping.block for e in entries) else 0)
+        w.write(path, meta, minor=1 if any(e.grouping.block or e.param_dtypes for e in entries) else 0)
     return path
+
+
+def _combo(e: TensorEntry) -> tuple[str, int, str, tuple[tuple[str, str], ...]]:
+    """The COMBOS row a tensor entry realizes."""
+    return e.scheme, e.bits, e.grouping.kind, tuple(sorted((e.param_dtypes or {}).items()))
 
 
 def _quantized(weights: list[tuple[str, str, np.ndarray, int | None, str]], picks: list[tuple[int, int]],
@@ -127,9 +172,9 @@ def _quantized(weights: list[tuple[str, str, np.ndarray, int | None, str]], pick
     out: list[Tensor] = []
     for j, (i, c) in enumerate(picks):
         name, key, x, axis, dtype = weights[i]
-        scheme, bits, kind = COMBOS[c]
-        g = _grouping(kind, x, axis, i + c)
-        codes, params = get_quantizer(scheme).quantize(x, bits, g, "mse" if mse and j % 2 else "minmax")
+        scheme, bits, kind, dtypes = COMBOS[c]
+        g = _grouping(kind, x, axis, i + c, scheme, bits)
+        codes, params = get_quantizer(scheme).quantize(x, bits, g, "mse" if mse and j % 2 else "minmax", dict(dtypes))
         out.append((name, f"{key}#{j}", x.shape, dtype, scheme, bits, g, codes, params))
     return out
 
@@ -153,14 +198,20 @@ def _fmt(path: Path) -> str:
 
 def _edge_tensors() -> list[Tensor]:
     """Shapes and parameters at the edges: scalar, empty, one weight, odd lengths at every width,
-    pow2 exponents that underflow, go subnormal or overflow, and non-finite or signed-zero scales."""
+    pow2 exponents that underflow, go subnormal or overflow, non-finite or signed-zero scales, and
+    every float16 bit pattern as a scale and as a centroid (subnormals, infinities, NaN payloads)."""
     rng = np.random.default_rng(7)
     out: list[Tensor] = []
 
-    def add(name: str, shape: tuple[int, ...], scheme: str, bits: int, g: Grouping, params: dict[str, Any]) -> None:
+    def add(name: str, shape: tuple[int, ...], scheme: str, bits: int, g: Grouping, params: dict[str, Any],
+            codes: np.ndarray | None = None) -> None:
         count = int(np.prod(shape, dtype=np.int64))
-        codes = rng.integers(0, 1 << bits, count, dtype=np.uint8).reshape(shape)
-        out.append((name, f"edge:{len(out)}", shape, "float32", scheme, bits, g, codes, params))
+        if codes is None:
+            codes = rng.integers(0, 1 << bits, count, dtype=np.uint8)
+        out.append((name, f"edge:{len(out)}", shape, "float32", scheme, bits, g, codes.reshape(shape), params))
+
+    def half(n: int) -> np.ndarray:
+        return rng.standard_normal(n).astype(np.float16)
 
     add("scalar", (), "asym", 3, Grouping(), {"scale": [0.5], "zero_point": [3]})
     for g in (Grouping(), Grouping(1), Grouping(0, 2), Grouping(1, 2)):
@@ -178,6 +229,27 @@ def _edge_tensors() -> list[Tensor]:
     special = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-45, -1e-45, 1.17e-38, 3.4e38, -2.5], np.float32)
     add("asym specials", (len(special), 9), "asym", 3, Grouping(0), {"scale": special, "zero_point": [0, 255, 3, 7, 1, 0, 2, 128, 4, 5]})
     add("sym specials", (9, len(special)), "sym", 3, Grouping(1), {"scale": special})
+
+    # float16 parameters: every one of the 65,536 bit patterns, as a scale and as a centroid
+    halves = np.arange(1 << 16).astype(np.uint16).view(np.float16)
+    add("asym float16 scales", (1 << 16, 2), "asym", 2, Grouping(0), {"scale": halves, "zero_point": rng.integers(0, 4, 1 << 16)})
+    add("sym float16 scales", (3, 1 << 16), "sym", 2, Grouping(1), {"scale": halves})
+    add("lut float16 centroids", (256, 256), "lut", 8, Grouping(0), {"centroids": halves},
+        np.tile(np.arange(256, dtype=np.uint8), 256))
+    f32 = np.array([0x7F800001, 0xFFC00001, 0x7FC00000, 0x7F800000, 0xFF800000, 0x80000000, 0, 1, 0x807FFFFF,
+                    0x00800000, 0x7F7FFFFF, 0xFF7FFFFF, 0x3F800000, 0xBFC00000, 0x7FBFFFFF, 0xFFFFFFFF], np.uint32).view(np.float32)
+    add("lut float32 specials", (4, 16), "lut", 4, Grouping(), {"centroids": f32}, np.tile(np.arange(16, dtype=np.uint8), 4))
+    add("scalar lut", (), "lut", 1, Grouping(), {"centroids": np.array([1.5, -2], np.float16)})
+    add("scalar float16 scale", (), "sym", 5, Grouping(), {"scale": np.array([2**-24], np.float16)})
+    for g in (Grouping(), Grouping(1), Grouping(0, 2), Grouping(1, 2)):
+        add(f"empty lut {g.kind}", (0, 3), "lut", 3, g, {"centroids": half(8 * g.count((0, 3)))})
+    for bits in range(1, 9):
+        k = 1 << bits
+        centroids = half(28 * k) if bits % 2 else half(28 * k).astype(np.float32) / 3  # float16, or float32 ones
+        add(f"odd lut {bits}", (7, 13), "lut", bits, Grouping(1, 4), {"centroids": centroids})
+        add(f"odd lut channel {bits}", (13, 3), "lut", bits, Grouping(0), {"centroids": half(13 * k)})
+        add(f"odd asym float16 {bits}", (5, 11), "asym", bits, Grouping(0, 2),
+            {"scale": (rng.random(33) / 50).astype(np.float16), "zero_point": rng.integers(0, 1 << bits, 33)})
     return out
 
 
@@ -256,16 +328,18 @@ def models(tmp_path_factory: pytest.TempPathFactory, sample: Path, ocr_cls: Path
 # ---- decoding --------------------------------------------------------------------------------------
 
 def test_combos_cover_the_scheme_table():
-    assert len(COMBOS) == (8 + 7 + 7) * 3
+    # asym and sym with float32 or float16 scales, pow2, lut with float16 or float32 centroids
+    assert len(COMBOS) == (8 * 2 + 7 * 2 + 7 + 8 * 2) * 3
+    assert {s for s, *_ in COMBOS} == set(C_SCHEMES) == {"asym", "sym", "pow2", "lut"}
 
 
 @pytest.mark.parametrize("name", ["sample_all", "ocr_cls", "tfl_fp16", "edge"])
 def test_container_reader_decodes_bit_exactly(models: dict[str, Path], reader_driver: Path, tmp_path: Path, name: str):
     path = models[name]
     with QpkReader(path) as q:
-        seen = {(e.scheme, e.bits, e.grouping.kind) for e in q.entries}
+        seen = {_combo(e) for e in q.entries}
     if name != "edge":
-        assert seen == set(COMBOS)  # every scheme, width and grouping, on this model's weights
+        assert seen == set(COMBOS)  # every scheme, width, grouping and parameter dtype, on this model's weights
     data, rcs = _decode_file(reader_driver, path, tmp_path)
     assert set(rcs) == {0}
     _assert_same(path, data)
@@ -290,35 +364,44 @@ def test_sources_clean_under_extra_warnings(models: dict[str, Path], gcc: str, t
         _compile(gxx, ["-std=c++11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-c"], tmp_path / "cpp.o", [cpp], written[0].parent)
 
 
-def test_exported_tables_under_sanitizers(models: dict[str, Path], gcc: str, tmp_path: Path):
-    """The default build: `<model>_weights.c` compiles the decoder itself."""
+def test_exported_tables_under_sanitizers(models: dict[str, Path], gcc: str, reader_driver_asan: Path, tmp_path: Path):
+    """The default build: `<model>_weights.c` compiles the decoder itself; and the edge cases read
+    from the container, under the same sanitizers."""
     _assert_same(models["edge"], _decode_table(gcc, SANITIZED, models["edge"], tmp_path))
+    data, rcs = _decode_file(reader_driver_asan, models["edge"], tmp_path)
+    assert set(rcs) == {0}
+    _assert_same(models["edge"], data)
 
 
 def test_converted_containers(gcc: str, reader_driver: Path, table_driver: Path, sample: Path, tfl_fp16: Path, tmp_path: Path):
-    """Containers from the real pipeline; with zstd-coded codes the C reader says so, the export writes them packed."""
+    """Containers from the real pipeline, float16 scales and codebooks among them, decoded from the
+    container in memory and from the exported tables; with zstd-coded codes the C reader says so,
+    the export writes them packed. (The pipeline stores codebooks as float16 whatever --param-dtype
+    says: float32 ones are built directly, in COMBOS and the edge cases.)"""
     from formats.onnx_model import OnnxModel
     from formats.tflite_model import TfliteModel
 
     runs: list[tuple[SourceModel, Policy, Codec]] = [(OnnxModel(sample), Policy("asym", 1, per_channel=True), RAW),
                                                      (OnnxModel(sample), Policy("pow2", 8), RAW),
                                                      (TfliteModel(tfl_fp16), Policy("sym", 2, per_channel=True), ZSTD),
-                                                     (OnnxModel(sample), Policy("asym", 3, group_size=16), RAW)]
+                                                     (OnnxModel(sample), Policy("asym", 3, group_size=16), RAW),
+                                                     (OnnxModel(sample), Policy("sym", 4, group_size=32), RAW),
+                                                     (OnnxModel(sample), Policy("lut", 3, per_channel=True), RAW),
+                                                     (OnnxModel(sample), Policy("lut", 2, group_size=32), RAW),
+                                                     (TfliteModel(tfl_fp16), Policy("lut", 4, group_size=64), ZSTD)]
+    dtypes = set()
     for i, (model, policy, codec) in enumerate(runs):
         qpk = tmp_path / f"conv{i}.qpk"
         convert(model, policy, qpk, codec=codec)
         with QpkReader(qpk) as q:
             zstd = [q.blobs[e.codes].codec == ZSTD.id for e in q.entries]
-        half = any(e.param_dtypes for e in QpkReader(qpk).entries)
-        if half:  # float16 scales: the exported tables widen them; the in-memory reader does not read them yet
-            _assert_same(qpk, _decode_table(gcc, STRICT, qpk, tmp_path, table_driver))
-            continue
+            dtypes |= {(e.scheme, *sorted(e.dtypes.items())) for e in q.entries}
         data, rcs = _decode_file(reader_driver, qpk, tmp_path)
         assert rcs == [QPK_E_CODEC if z else 0 for z in zstd]
         if not any(zstd):
             _assert_same(qpk, data)
-        else:
-            _assert_same(qpk, _decode_table(gcc, STRICT, qpk, tmp_path, table_driver))
+        _assert_same(qpk, _decode_table(gcc, STRICT, qpk, tmp_path, table_driver))
+    assert {("asym", ("scale", "<f2"), ("zero_point", "<u1")), ("sym", ("scale", "<f2")), ("lut", ("centroids", "<f2"))} <= dtypes
 
 
 # ---- the exporter ------------------------------------------------------------------------------------
@@ -330,7 +413,7 @@ def test_export_is_deterministic_and_ships_the_decoder(models: dict[str, Path], 
     assert all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b))
     assert a[0].read_bytes() == DECODER.read_bytes()
     header = a[1].read_text()
-    assert "EDGE_SCALAR = 0," in header and "EDGE_MAX_COUNT 5120u" in header  # pow2 extremes: 20 x 256 weights
+    assert "EDGE_SCALAR = 0," in header and "EDGE_MAX_COUNT 196608u" in header  # sym float16 scales: 3 x 65536 weights
     assert "extern const qpk_tensor qpk_tensors[];" in header and "extern const size_t qpk_tensor_count;" in header
 
 
@@ -367,6 +450,14 @@ def test_export_refusals(models: dict[str, Path], tmp_path: Path, monkeypatch: p
     with pytest.raises(UnsupportedError, match="no C decoder"):
         export(qpk, "c", tmp_path / "toy")
     assert not (tmp_path / "toy").exists()
+    # a parameter dtype qpk.h does not read, had the scheme table gained one
+    sym = SCHEMES["sym"]
+    scale = ParamSpec("scale", "<f4", others=("<f2", "<f8"))
+    monkeypatch.setitem(SCHEMES, "sym", SchemeSpec("sym", 2, 8, (scale,), sym.levels, sym.decode))
+    qpk = _write(tmp_path / "f8.qpk", [("t", "k", (2, 2), "float32", "sym", 2, Grouping(), codes, {"scale": np.ones(1, "<f8")})])
+    with pytest.raises(UnsupportedError, match="stored as '<f8' has no C decoder"):
+        export(qpk, "c", tmp_path / "f8")
+    assert not (tmp_path / "f8").exists()
 
 
 def test_cli_export(models: dict[str, Path], tmp_path: Path):
@@ -383,13 +474,15 @@ def test_cli_export(models: dict[str, Path], tmp_path: Path):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small container with each scheme and grouping, for mutation runs."""
+    """A small container with each scheme, grouping and parameter dtype, for mutation runs."""
     rng = np.random.default_rng(3)
     tensors: list[Tensor] = []
-    for i, (scheme, bits, g, shape) in enumerate([("asym", 3, Grouping(0), (3, 5)), ("sym", 5, Grouping(1, 3), (4, 7)),
-                                                 ("pow2", 2, Grouping(), (9,)), ("asym", 8, Grouping(1, 2), (2, 3))]):
+    for i, (scheme, bits, g, shape, dtypes) in enumerate(
+            [("asym", 3, Grouping(0), (3, 5), {}), ("sym", 5, Grouping(1, 3), (4, 7), {}), ("pow2", 2, Grouping(), (9,), {}),
+             ("asym", 8, Grouping(1, 2), (2, 3), {}), ("asym", 4, Grouping(1, 2), (2, 5), {"scale": "<f2"}),
+             ("lut", 2, Grouping(0), (3, 4), {}), ("lut", 3, Grouping(), (6,), {"centroids": "<f4"})]):
         x = rng.standard_normal(shape).astype(np.float32)
-        codes, params = get_quantizer(scheme).quantize(x, bits, g)
+        codes, params = get_quantizer(scheme).quantize(x, bits, g, dtypes=dtypes)
         tensors.append((f"t{i}", f"init:t{i}", shape, "float32", scheme, bits, g, codes, params))
     return _write(tmp_path_factory.mktemp("tiny") / "tiny.qpk", tensors)
 
@@ -485,6 +578,29 @@ def _hostile_metas(meta: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
         "graph index codes blob": lambda m: m.__setitem__("graph", 0), "graph index huge": lambda m: m.__setitem__("graph", 2**64 - 1),
         "graph missing": lambda m: m.pop("graph"), "format pytorch": lambda m: m.__setitem__("format", "pytorch"),
         "format missing": lambda m: m.pop("format"),
+        # parameter dtypes (tensor 4: asym with float16 scales; 5: lut, float16 centroids; 6: lut, float32 ones)
+        "param_dtypes nil": tensor("param_dtypes", None), "param_dtypes empty": tensor("param_dtypes", {}),
+        "param_dtypes naming the default": tensor("param_dtypes", {"scale": "<f4"}),
+        "float16 scale over float32 bytes": tensor("param_dtypes", {"scale": "<f2"}),
+        "param_dtypes big-endian": tensor("param_dtypes", {"scale": ">f2"}),
+        "param_dtypes float64": tensor("param_dtypes", {"scale": "<f8"}),
+        "param_dtypes of another scheme": tensor("param_dtypes", {"centroids": "<f4"}),
+        "param_dtypes without alternative": tensor("param_dtypes", {"zero_point": "<u1"}, 0),
+        "param_dtypes of pow2": tensor("param_dtypes", {"emax": "<i4"}, 2),
+        "param_dtypes as list": tensor("param_dtypes", ["scale", "<f2"]), "param_dtypes as str": tensor("param_dtypes", "<f2"),
+        "param_dtypes value int": tensor("param_dtypes", {"scale": 2}),
+        "param_dtypes value list": tensor("param_dtypes", {"scale": ["<f2"]}),
+        "param_dtypes value bin": tensor("param_dtypes", {"scale": b"<f2"}),
+        "param_dtypes key int": tensor("param_dtypes", {1: "<f2"}), "param_dtypes key bin": tensor("param_dtypes", {b"scale": "<f2"}),
+        "float16 scales undeclared": drop("param_dtypes", 4),
+        "float16 scales and a second entry": tensor("param_dtypes", {"scale": "<f2", "zero_point": "<u1"}, 4),
+        "float16 centroids declared float32": tensor("param_dtypes", {"centroids": "<f4"}, 5),
+        "float32 centroids undeclared": drop("param_dtypes", 6),
+        "float32 centroids named as the default": tensor("param_dtypes", {"centroids": "<f2"}, 6),
+        "float32 centroids read as float16 at 4 bits": lambda m: (m["tensors"][6].pop("param_dtypes"), m["tensors"][6].update(bits=4)),
+        "lut at 9 bits": tensor("bits", 9, 5), "lut at 0 bits": tensor("bits", 0, 5), "lut at 1 bit": tensor("bits", 1, 5),
+        "lut with a scale": tensor("params", {"scale": 13}, 5), "lut as sym": tensor("scheme", "sym", 5),
+        "sym as lut": tensor("scheme", "lut"), "lut float16 as asym": lambda m: m["tensors"][6].update(scheme="asym"),
     }
     for what, fn in cases.items():
         yield what, edit(fn)
@@ -504,7 +620,16 @@ C_STRICTER = {
     "duplicate map key": lambda meta: _raw_map(list(meta.items()) + [("format", meta["format"])]),
     "ext type in options": lambda meta: msgpack.packb(dict(meta, options={"x": msgpack.ExtType(5, b"ab")}), use_bin_type=True),
     "nesting 40 deep": lambda meta: msgpack.packb(dict(meta, options={"x": _nest(40)}), use_bin_type=True),
+    "parameter dtype given twice": lambda meta: _packed_with(meta, 4, "param_dtypes", {"scale": "QQQQ"}).replace(
+        b"\x81\xa5scale\xa4QQQQ", b"\x82\xa5scale\xa3<f2\xa5scale\xa3<f2"),
 }
+
+
+def _packed_with(meta: dict[str, Any], i: int, key: str, value: Any) -> bytes:
+    """The metadata packed with tensor i's `key` set to `value`."""
+    m = msgpack.unpackb(msgpack.packb(meta, use_bin_type=True), raw=False)
+    m["tensors"][i][key] = value
+    return msgpack.packb(m, use_bin_type=True)
 
 
 def _nest(depth: int) -> Any:
@@ -527,7 +652,8 @@ def test_hostile_metadata_same_verdict_as_python(tiny: Path, reader_driver_asan:
     got = _c_verdicts(reader_driver_asan, paths)
     want = {what: _python_verdict(p) for (what, _), p in zip(cases, paths)}
     # the cases do what they say: valid ones stay valid, the rest break a rule Python checks too
-    valid = {"unchanged", "axis missing (per tensor)", "block nil", "float and int keys in options", "key 65536 chars"}
+    valid = {"unchanged", "axis missing (per tensor)", "block nil", "float and int keys in options", "key 65536 chars",
+             "param_dtypes nil", "float32 centroids read as float16 at 4 bits"}
     assert {what for what, v in want.items() if v != "reject"} == valid
     assert [(what, g) for (what, _), g in zip(cases, got) if g != want[what]] == []
 
@@ -561,6 +687,44 @@ def test_header_rules(tiny: Path, reader_driver_asan: Path, tmp_path: Path):
     got = dict(zip(variants, _c_verdicts(reader_driver_asan, paths)))
     assert got.pop("minor 7") == _python_verdict(tiny)  # any minor version of major 1
     assert set(got.values()) == {"reject"}
+
+
+def test_decompression_budget(tiny: Path, reader_driver_asan: Path, tmp_path: Path):
+    """FORMAT.md's budget, checked on open as Python does: a blob stored with zstd may claim 64 x its
+    length + 4096 bytes, the graph blob the quantized tensors' source bytes more; one byte over is
+    refused before anything is read (QPK_E_BLOB), one within reaches the tensor (QPK_E_CODEC)."""
+    with QpkReader(tiny) as q:
+        meta, payload = q.meta, tiny.read_bytes()[q.payload_offset :]
+        graph, codes = q.graph_index, q.entries[2].codes  # tensor 2: pow2, 2 bits, per tensor
+        zeroed = sum(e.count * DTYPE_SIZES[e.dtype] for e in q.entries)
+        assert q.entries[2].shape == (9,) and q.entries[2].dtype == "float32"
+
+    def edited(blob: int, raw_length: int, shape: list[int] | None = None) -> bytes:
+        m = msgpack.unpackb(msgpack.packb(meta, use_bin_type=True), raw=False)
+        m["blobs"][blob][1], m["blobs"][blob][4] = ZSTD.id, raw_length
+        if shape is not None:
+            m["tensors"][2]["shape"] = shape
+        return msgpack.packb(m, use_bin_type=True)
+
+    graph_limit = expansion_limit(meta["blobs"][graph][3], zeroed)
+    codes_limit = expansion_limit(meta["blobs"][codes][3])
+    variants = {"graph at its budget": edited(graph, graph_limit), "graph over": edited(graph, graph_limit + 1),
+                # 2-bit codes: 4 weights a byte; the graph's allowance grows with them but it is stored raw
+                "codes at their budget": edited(codes, codes_limit, [4 * codes_limit]),
+                "codes over": edited(codes, codes_limit + 1, [4 * (codes_limit + 1)])}
+    paths = []
+    for i, m in enumerate(variants.values()):
+        paths.append(tmp_path / f"b{i}.qpk")
+        paths[-1].write_bytes(_assemble(m, payload))
+    rcs = [int(line.split()[0]) for line in _run([reader_driver_asan, "check", *paths]).split("\n")[:-1]]
+    assert dict(zip(variants, rcs)) == {"graph at its budget": 0, "graph over": QPK_E_BLOB,
+                                        "codes at their budget": QPK_E_CODEC, "codes over": QPK_E_BLOB}
+    assert _c_verdicts(reader_driver_asan, paths[:1]) == [_python_verdict(paths[0])] == [_python_verdict(tiny)]
+    for path in (paths[1], paths[3]):
+        with pytest.raises(FormatError, match="decompression bomb"):
+            QpkReader(path)
+    QpkReader(paths[2]).close()  # within the budget: opens, and fails only when the codes are decoded
+    assert _python_verdict(paths[2]) == "reject"
 
 
 def test_random_metadata_mutations_agree_with_python(tiny: Path, reader_driver: Path, tmp_path: Path):

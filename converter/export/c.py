@@ -1,9 +1,10 @@
 """`--to c`: firmware sources: the packed codes and parameters as const C arrays with a tensor table,
 and `qpk.h`, the single-file C99 decoder that reads them (and whole containers) bit-exactly.
 
-The arrays hold the container's bytes as they are, little-endian, so the same `qpk_tensor` record
-describes a compiled-in table and a tensor inside a `.qpk` in flash. Codes stored with zstd are
-written packed: firmware gets raw n-bit streams whatever the container's codec.
+The arrays hold the container's bytes as they are, little-endian (float16 scales and codebooks
+too, with their dtype in the record), so the same `qpk_tensor` record describes a compiled-in
+table and a tensor inside a `.qpk` in flash. Codes stored with zstd are written packed: firmware
+gets raw n-bit streams whatever the container's codec.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from formats.errors import OptionError, UnsupportedError
 from formats.qpk import RAW, BlobKind, QpkReader, TensorEntry
 
 DECODER = "qpk.h"  # shipped beside this module as package data, copied into the output folder
-SCHEMES = {"asym": "QPK_ASYM", "sym": "QPK_SYM", "pow2": "QPK_POW2"}  # the schemes qpk.h decodes
+SCHEMES = {"asym": "QPK_ASYM", "sym": "QPK_SYM", "pow2": "QPK_POW2", "lut": "QPK_LUT"}  # the schemes qpk.h decodes
 DTYPES = {"float32": "QPK_FLOAT32", "float16": "QPK_FLOAT16", "bfloat16": "QPK_BFLOAT16", "float64": "QPK_FLOAT64"}
-PARAM_FIELDS = ("scale", "zero_point", "emax")  # qpk_tensor fields, named as the parameters
+PARAM_FIELDS = ("scale", "zero_point", "emax", "centroids")  # qpk_tensor fields, named as the parameters
+# float parameters stored in either of two dtypes: the qpk_tensor field that says which, and its values
+PARAM_DTYPE_FIELDS = {"scale": "scale_dtype", "centroids": "centroids_dtype"}
+PARAM_DTYPES = {"<f4": "QPK_FLOAT32", "<f2": "QPK_FLOAT16"}
 
 _ROW = 16  # array items per line
 _ROWS_PER_WRITE = 4096
@@ -43,7 +47,8 @@ def export_c(reader: QpkReader, out: Path, notes: list[str]) -> list[Path]:
 
     Raises:
         OptionError: `out` exists and is not a folder.
-        UnsupportedError: a tensor uses a scheme qpk.h does not decode, or a dimension above 2^32 - 1.
+        UnsupportedError: a tensor uses a scheme or a parameter dtype qpk.h does not decode, or a
+            dimension above 2^32 - 1.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -51,6 +56,9 @@ def export_c(reader: QpkReader, out: Path, notes: list[str]) -> list[Path]:
     for e in reader.entries:
         if e.scheme not in SCHEMES:
             raise UnsupportedError(f"tensor '{e.name[:200]}': scheme {e.scheme!r} has no C decoder")
+        for name, dtype in e.dtypes.items():
+            if name in PARAM_DTYPE_FIELDS and dtype not in PARAM_DTYPES:
+                raise UnsupportedError(f"tensor '{e.name[:200]}': parameter {name!r} stored as {dtype!r} has no C decoder")
         if any(n > _U32_MAX for n in e.shape):
             raise UnsupportedError(f"tensor '{e.name[:200]}': dimension above 2^32 - 1 in shape {list(e.shape)}")
     source = reader.info["source"].get("name") or reader.path.name
@@ -169,12 +177,12 @@ def write_weights_source(f: BinaryIO, reader: QpkReader, model: str, source: str
         fields["codes_len"] = f"{len(codes)}u"
         for name in PARAM_FIELDS:
             if name in e.params:
-                data = bytes(reader.blob_bytes(e.params[name], BlobKind.PARAM))
-                if e.dtypes[name] == "<f2":  # qpk_tensor holds float32 scales; widening float16 is exact
-                    data = np.frombuffer(data, "<f2").astype("<f4").tobytes()
+                data = bytes(reader.blob_bytes(e.params[name], BlobKind.PARAM))  # in its stored dtype
                 if data:
                     _write_array(f, f"t{i}_{name}", data)
                     fields[name] = f"t{i}_{name}"
+                if name in PARAM_DTYPE_FIELDS:
+                    fields[PARAM_DTYPE_FIELDS[name]] = PARAM_DTYPES[e.dtypes[name]]
         f.write(b"\n")
         rows.append(_row(fields))
     f.write(b"const qpk_tensor qpk_tensors[] = {\n")
@@ -185,11 +193,13 @@ def write_weights_source(f: BinaryIO, reader: QpkReader, model: str, source: str
 
 # the fields of a qpk_tensor initializer, a line per group
 _ROW_LINES = (("name", "name_len", "key", "key_len"), ("ndim", "shape", "count"),
-              ("scheme", "bits", "dtype", "codec", "axis", "block", "groups"), ("codes", "codes_len") + PARAM_FIELDS)
+              ("scheme", "bits", "dtype", "codec", "axis", "block", "groups"), ("codes", "codes_len") + PARAM_FIELDS,
+              tuple(PARAM_DTYPE_FIELDS.values()))
 
 
 def _row(fields: dict[str, str]) -> str:
     lines = [", ".join(f".{k} = {fields[k]}" for k in group if k in fields) for group in _ROW_LINES]
+    lines = [line for line in lines if line]
     return "    {" + ",\n     ".join(lines) + "},\n"
 
 

@@ -1,8 +1,9 @@
 /* qpk.h: a single-file C99 decoder for .qpk quantized weights (FORMAT.md, version 1.x).
  *
- * Decodes n-bit codes (schemes asym, sym, pow2; per-tensor, per-channel and blocked parameter
- * groups) into float32 values bit-exactly equal to qpack's Python reader, and reads a whole .qpk
- * container held in memory (flash, say), checking every rule of FORMAT.md's "Reading safely".
+ * Decodes n-bit codes (schemes asym, sym, pow2 and lut; per-tensor, per-channel and blocked
+ * parameter groups; scales and codebooks stored as float32 or float16) into float32 values
+ * bit-exactly equal to qpack's Python reader, and reads a whole .qpk container held in memory
+ * (flash, say), checking every rule of FORMAT.md's "Reading safely".
  *
  * No allocation, no I/O; only <stdint.h>, <stddef.h> and <string.h>. stb style:
  *
@@ -18,9 +19,11 @@
  *
  * Functions returning int return 0 (QPK_OK) or a negative QPK_E_* code. The reader functions read
  * only inside the buffer they are given, whatever it holds; decoding trusts a descriptor's
- * pointers to hold the lengths it states and checks everything else. Bit-exactness assumes IEEE-754 binary32 `float` with
- * round-to-nearest and subnormals kept (no flush-to-zero, no -ffast-math): the decoder performs
- * the same single float32 multiplication per weight as the Python reader.
+ * pointers to hold the lengths it states and checks everything else. Bit-exactness assumes
+ * IEEE-754 binary32 `float` with round-to-nearest and subnormals kept (no flush-to-zero, no
+ * -ffast-math): the decoder performs the same single float32 multiplication per weight as the
+ * Python reader (lut: none, a table lookup). float16 parameters are widened to float32 exactly,
+ * from their bits (no _Float16 needed): subnormals, infinities and NaN payloads included.
  */
 #ifndef QPK_H
 #define QPK_H
@@ -47,8 +50,8 @@ extern "C" {
 #define QPK_E_CHECKSUM (-8)  /* SHA-256 of the metadata or of a blob mismatch */
 #define QPK_E_MSGPACK (-9)   /* metadata is not one well-formed msgpack value (or nests too deep) */
 #define QPK_E_META (-10)     /* metadata breaks the schema: missing or mistyped top-level field */
-#define QPK_E_BLOB (-11)     /* blob table: kind, codec, order, alignment, bounds or padding */
-#define QPK_E_TENSOR (-12)   /* a tensor entry: scheme, bits, shape, axis, block, params, lengths, key */
+#define QPK_E_BLOB (-11)     /* blob table: kind, codec, order, alignment, bounds, padding, decompression budget */
+#define QPK_E_TENSOR (-12)   /* a tensor entry: scheme, bits, shape, axis, block, params, param dtypes, lengths, key */
 #define QPK_E_LIMIT (-13)    /* beyond a limit of this decoder (a dimension above 2^32 - 1) */
 #define QPK_E_CODEC (-14)    /* codes or parameters stored entropy-coded (zstd, codec 1): export --to c */
 #define QPK_E_NOTFOUND (-15) /* no tensor of that name */
@@ -57,8 +60,10 @@ extern "C" {
 #define QPK_ASYM 0 /* (code - zero_point) * scale; 1..8 bits */
 #define QPK_SYM 1  /* (code - M) * scale, M = 2^(bits-1) - 1; 2..8 bits */
 #define QPK_POW2 2 /* +-2^(emax - M + m), m = code & M, sign = code >> (bits-1); 2..8 bits */
+#define QPK_LUT 3  /* centroids[group * 2^bits + code]: a codebook of 2^bits values per group; 1..8 bits */
 
-/* Source dtypes (informative: the decoder always writes float32). */
+/* Source dtypes (informative: the decoder always writes float32); QPK_FLOAT32 and QPK_FLOAT16
+ * also name how scale and centroids are stored (scale_dtype, centroids_dtype). */
 #define QPK_FLOAT32 0
 #define QPK_FLOAT16 1
 #define QPK_BFLOAT16 2
@@ -75,7 +80,7 @@ typedef struct qpk_tensor {
     uint32_t ndim;             /* 0..QPK_MAX_RANK */
     const uint32_t *shape;     /* ndim dimensions, C order (may be NULL when ndim is 0) */
     uint64_t count;            /* product of shape: weights, codes, output floats */
-    uint8_t scheme;            /* QPK_ASYM, QPK_SYM or QPK_POW2 */
+    uint8_t scheme;            /* QPK_ASYM, QPK_SYM, QPK_POW2 or QPK_LUT */
     uint8_t bits;              /* code width */
     uint8_t dtype;             /* QPK_FLOAT32... : the source dtype (informative) */
     uint8_t codec;             /* 0 when codes and parameters are stored raw; else QPK_E_CODEC */
@@ -84,9 +89,12 @@ typedef struct qpk_tensor {
     uint64_t groups;           /* number of parameter groups (C order of the group array) */
     const uint8_t *codes;      /* codes_len bytes of LSB-first n-bit codes */
     size_t codes_len;          /* ceil(count * bits / 8) */
-    const uint8_t *scale;      /* asym, sym: groups x float32, little-endian */
+    const uint8_t *scale;      /* asym, sym: groups x float32 or float16 (scale_dtype), little-endian */
     const uint8_t *zero_point; /* asym: groups x uint8 */
     const uint8_t *emax;       /* pow2: groups x int16, little-endian */
+    const uint8_t *centroids;  /* lut: groups x 2^bits float16 or float32 (centroids_dtype), little-endian */
+    uint8_t scale_dtype;       /* QPK_FLOAT32 (0, so also when left unset) or QPK_FLOAT16 */
+    uint8_t centroids_dtype;   /* QPK_FLOAT16 (the container's default: set it) or QPK_FLOAT32 */
 } qpk_tensor;
 
 /* Check a descriptor (scheme, width, shape product, grouping, lengths); 0 when decodable. */
@@ -125,8 +133,9 @@ typedef struct qpk_file {
 } qpk_file;
 
 /* Validate a whole container: header (magic, CRC-32, version, flags, reserved, lengths), metadata
- * SHA-256 and msgpack, blob table (kinds, codecs, order, alignment, bounds, zero padding, SHA-256)
- * and every tensor entry. On success fills *f; on failure leaves it zeroed. */
+ * SHA-256 and msgpack, blob table (kinds, codecs, order, alignment, bounds, zero padding, SHA-256,
+ * decompression budget) and every tensor entry (parameter dtypes included). On success fills *f;
+ * on failure leaves it zeroed. */
 int qpk_open(const uint8_t *buf, size_t len, qpk_file *f);
 int qpk_open_ex(const uint8_t *buf, size_t len, unsigned flags, qpk_file *f);
 
@@ -186,10 +195,33 @@ static float qpk__pow2f(int32_t e)
     return 0.0f;
 }
 
+/* float16 bits (IEEE-754 binary16) widened to float32 bits, exactly as numpy's astype: normals
+ * rebiased, subnormals normalized, zeros and infinities kept, NaNs with their sign and payload (a
+ * signaling NaN stays signaling). Integer operations only. */
+static uint32_t qpk__f16to32(uint32_t h)
+{
+    uint32_t sign = (h & 0x8000u) << 16, e = h >> 10 & 0x1Fu, m = h & 0x3FFu;
+    if (e == 0x1Fu) return sign | 0x7F800000u | m << 13;
+    if (e) return sign | (e + 112u) << 23 | m << 13; /* bias 15 -> 127 */
+    if (!m) return sign;
+    e = 113u; /* m * 2^-24: shift the leading one up to the implicit bit, an exponent down per step */
+    do {
+        m <<= 1;
+        e--;
+    } while (!(m & 0x400u));
+    return sign | e << 23 | (m & 0x3FFu) << 13;
+}
+
+/* The bits of float parameter i of an array stored as QPK_FLOAT32 or QPK_FLOAT16. */
+static uint32_t qpk__param_bits(const uint8_t *p, uint64_t i, unsigned dtype)
+{
+    return dtype == QPK_FLOAT16 ? qpk__f16to32(qpk__le16(p + 2 * i)) : qpk__le32(p + 4 * i);
+}
+
 static int qpk__scheme_bits(unsigned scheme, unsigned bits)
 {
-    unsigned lo = scheme == QPK_ASYM ? 1u : 2u;
-    return scheme <= QPK_POW2 && bits >= lo && bits <= 8u;
+    unsigned lo = scheme == QPK_ASYM || scheme == QPK_LUT ? 1u : 2u;
+    return scheme <= QPK_LUT && bits >= lo && bits <= 8u;
 }
 
 /* parameter groups of a shape and grouping (FORMAT.md "Parameter groups"), as Grouping.count */
@@ -223,10 +255,12 @@ int qpk_tensor_check(const qpk_tensor *t)
     if (t->groups != qpk__groups(t->shape, t->ndim, t->axis, t->block)) return QPK_E_ARG;
     if (t->codec != 0) return QPK_E_CODEC;
     if ((uint64_t)t->codes_len != (count * t->bits + 7) / 8 || (t->codes_len && !t->codes)) return QPK_E_ARG;
+    if (t->scale_dtype > QPK_FLOAT16 || t->centroids_dtype > QPK_FLOAT16) return QPK_E_ARG;
     if (t->groups) {
-        if (t->scheme != QPK_POW2 && !t->scale) return QPK_E_ARG;
+        if ((t->scheme == QPK_ASYM || t->scheme == QPK_SYM) && !t->scale) return QPK_E_ARG;
         if (t->scheme == QPK_ASYM && !t->zero_point) return QPK_E_ARG;
         if (t->scheme == QPK_POW2 && !t->emax) return QPK_E_ARG;
+        if (t->scheme == QPK_LUT && !t->centroids) return QPK_E_ARG;
     }
     return QPK_OK;
 }
@@ -234,7 +268,7 @@ int qpk_tensor_check(const qpk_tensor *t)
 int qpk_decode_range(const qpk_tensor *t, uint64_t first, size_t n, float *out)
 {
     int rc = qpk_tensor_check(t);
-    uint64_t inner = 1, along = 1, blk, nblk, o, a, r, ab, ai, bit, g, cur = UINT64_MAX;
+    uint64_t inner = 1, along = 1, blk, nblk, o, a, r, ab, ai, bit, g, cur = UINT64_MAX, base = 0;
     uint32_t d;
     unsigned bits, top, mask;
     size_t i;
@@ -267,7 +301,6 @@ int qpk_decode_range(const qpk_tensor *t, uint64_t first, size_t n, float *out)
     for (i = 0; i < n; i++) {
         const uint8_t *p = t->codes + (size_t)(bit >> 3);
         unsigned shift = (unsigned)(bit & 7u), code = (unsigned)p[0] >> shift;
-        float x;
         /* LSB first: a code that crosses a byte boundary takes its high bits from the next byte,
          * which exists exactly when it does (the stream is ceil(count * bits / 8) bytes). */
         if (shift + bits > 8u) code |= (unsigned)p[1] << (8u - shift);
@@ -280,25 +313,30 @@ int qpk_decode_range(const qpk_tensor *t, uint64_t first, size_t n, float *out)
             if (t->scheme == QPK_POW2) {
                 uint32_t u = qpk__le16(t->emax + 2 * g);
                 scale = qpk__pow2f((int32_t)u - (u & 0x8000u ? 65536 : 0)); /* int16, sign by hand */
+            } else if (t->scheme == QPK_LUT) {
+                base = g << bits; /* the group's 2^bits centroids */
             } else {
-                scale = qpk__f32(qpk__le32(t->scale + 4 * g));
+                scale = qpk__f32(qpk__param_bits(t->scale, g, t->scale_dtype)); /* float16: widened exactly */
             }
             if (t->scheme == QPK_ASYM) zp = t->zero_point[g];
         }
 
         if (t->scheme == QPK_ASYM) {
-            x = (float)((int)code - zp) * scale; /* exact small integer times scale: one rounding */
+            out[i] = (float)((int)code - zp) * scale; /* exact small integer times scale: one rounding */
         } else if (t->scheme == QPK_SYM) {
-            x = (float)((int)code - (int)top) * scale;
+            out[i] = (float)((int)code - (int)top) * scale;
+        } else if (t->scheme == QPK_LUT) {
+            /* the centroid's bits stored as they are: no float operation, so a NaN keeps its payload */
+            uint32_t u = qpk__param_bits(t->centroids, base + code, t->centroids_dtype);
+            memcpy(out + i, &u, sizeof u);
         } else {
             /* +-2^(m - M) built from its bits (m - M >= -126: a normal float, exact; m = 0 gives a
              * zero that keeps the sign bit), times 2^emax in one multiplication, as the Python
              * reader does, so underflow, overflow and the sign of zero agree. */
             unsigned m = code & top;
             uint32_t sign = (uint32_t)(code >> (bits - 1)) << 31;
-            x = qpk__f32(sign | (m ? (uint32_t)(m + 127u - top) << 23 : 0u)) * scale;
+            out[i] = qpk__f32(sign | (m ? (uint32_t)(m + 127u - top) << 23 : 0u)) * scale;
         }
-        out[i] = x;
 
         if (++r == inner) {
             r = 0;
@@ -717,16 +755,42 @@ typedef struct {
     int32_t axis;
     unsigned scheme, bits, dtype, codec;
     uint64_t codes, params[2];
+    unsigned param_dtype[2]; /* QPK__P_*: how each parameter is stored */
     qpk__blob code_blob, param_blob[2];
 } qpk__entry;
 
 enum { QPK__F_NAME, QPK__F_KEY, QPK__F_SHAPE, QPK__F_DTYPE, QPK__F_SCHEME, QPK__F_BITS, QPK__F_AXIS,
-       QPK__F_BLOCK, QPK__F_CODES, QPK__F_PARAMS, QPK__F_COUNT };
+       QPK__F_BLOCK, QPK__F_CODES, QPK__F_PARAMS, QPK__F_PARAM_DTYPES, QPK__F_COUNT };
 
-static const char *const qpk__entry_fields[QPK__F_COUNT] = {"name", "key", "shape", "dtype", "scheme",
-                                                           "bits", "axis", "block", "codes", "params"};
-static const char *const qpk__schemes[3] = {"asym", "sym", "pow2"};
+static const char *const qpk__entry_fields[QPK__F_COUNT] = {"name", "key", "shape", "dtype", "scheme", "bits",
+                                                           "axis", "block", "codes", "params", "param_dtypes"};
 static const char *const qpk__dtypes[4] = {"float32", "float16", "bfloat16", "float64"};
+static const uint8_t qpk__dtype_sizes[4] = {4, 2, 2, 8};
+
+/* Parameter storage dtypes, as the metadata spells them, and their sizes in bytes. */
+enum { QPK__P_F4, QPK__P_F2, QPK__P_U1, QPK__P_I2 };
+static const char *const qpk__param_dtypes[4] = {"<f4", "<f2", "<u1", "<i2"};
+static const uint8_t qpk__param_sizes[4] = {4, 2, 1, 2};
+
+/* FORMAT.md's scheme table, indexed by QPK_ASYM...: each parameter's name, default dtype and the
+ * alternative a tensor may choose in `param_dtypes` (the default again when there is none). */
+typedef struct {
+    const char *name;
+    uint8_t dtype, other;
+} qpk__param_spec;
+
+typedef struct {
+    const char *name;
+    unsigned nparams;
+    qpk__param_spec params[2];
+} qpk__scheme_spec;
+
+static const qpk__scheme_spec qpk__scheme_table[4] = {
+    {"asym", 2, {{"scale", QPK__P_F4, QPK__P_F2}, {"zero_point", QPK__P_U1, QPK__P_U1}}},
+    {"sym", 1, {{"scale", QPK__P_F4, QPK__P_F2}, {"", QPK__P_F4, QPK__P_F4}}},
+    {"pow2", 1, {{"emax", QPK__P_I2, QPK__P_I2}, {"", QPK__P_F4, QPK__P_F4}}},
+    {"lut", 1, {{"centroids", QPK__P_F2, QPK__P_F4}, {"", QPK__P_F4, QPK__P_F4}}},
+};
 
 /* The value at metadata offset `at`, which must be a scalar (fields read here never nest). */
 static int qpk__scalar_at(const qpk_file *f, size_t at, qpk__val *v)
@@ -752,7 +816,7 @@ static int qpk__entry_read(const qpk_file *f, qpk__mp *m, qpk__blobs *bc, qpk__e
     uint64_t i, x, zero = 0;
     unsigned j, nparams;
     int rc;
-    const char *pnames[2];
+    const qpk__scheme_spec *spec;
 
     memset(e, 0, sizeof *e);
     if ((rc = qpk__fields(m, 3, qpk__entry_fields, QPK__F_COUNT, at, QPK_E_TENSOR)) != QPK_OK) return rc;
@@ -784,9 +848,10 @@ static int qpk__entry_read(const qpk_file *f, qpk__mp *m, qpk__blobs *bc, qpk__e
     if (j == 4) return QPK_E_TENSOR;
     e->dtype = j;
     if ((rc = qpk__field(f, at[QPK__F_SCHEME], &v)) != QPK_OK) return rc;
-    for (j = 0; j < 3 && !qpk__is(&v, qpk__schemes[j]); j++) continue;
-    if (j == 3) return QPK_E_TENSOR; /* also a scheme other writers know and this decoder does not */
+    for (j = 0; j < 4 && !qpk__is(&v, qpk__scheme_table[j].name); j++) continue;
+    if (j == 4) return QPK_E_TENSOR; /* also a scheme other writers know and this decoder does not */
     e->scheme = j;
+    spec = &qpk__scheme_table[j];
     if ((rc = qpk__field(f, at[QPK__F_BITS], &v)) != QPK_OK) return rc;
     if (!qpk__uint(&v, 8, &x) || !qpk__scheme_bits(e->scheme, (unsigned)x)) return QPK_E_TENSOR;
     e->bits = (unsigned)x;
@@ -805,9 +870,7 @@ static int qpk__entry_read(const qpk_file *f, qpk__mp *m, qpk__blobs *bc, qpk__e
     }
 
     /* params: exactly the scheme's parameter names, each an integer blob index */
-    nparams = e->scheme == QPK_ASYM ? 2 : 1;
-    pnames[0] = e->scheme == QPK_POW2 ? "emax" : "scale";
-    pnames[1] = "zero_point";
+    nparams = spec->nparams;
     if (!at[QPK__F_PARAMS]) return QPK_E_TENSOR;
     sm.pos = at[QPK__F_PARAMS];
     if ((rc = qpk__next(&sm, &v)) != QPK_OK) return rc;
@@ -816,12 +879,39 @@ static int qpk__entry_read(const qpk_file *f, qpk__mp *m, qpk__blobs *bc, qpk__e
     for (i = 0; i < nparams; i++) {
         qpk__val k;
         if ((rc = qpk__next(&sm, &k)) != QPK_OK) return rc;
-        for (j = 0; j < nparams && !qpk__is(&k, pnames[j]); j++) continue;
+        for (j = 0; j < nparams && !qpk__is(&k, spec->params[j].name); j++) continue;
         if (j == nparams || pat[j]) return QPK_E_TENSOR;
         pat[j] = 1;
         if ((rc = qpk__next(&sm, &v)) != QPK_OK) return rc;
         if (v.type != QPK__INT) return QPK_E_TENSOR;
         e->params[j] = v.neg ? UINT64_MAX : v.u; /* a negative index is simply out of range */
+        e->param_dtype[j] = spec->params[j].dtype;
+    }
+
+    /* param_dtypes: absent or nil (every parameter in its default dtype), or a non-empty map from
+     * parameters of the scheme to the alternative dtype the scheme table lists for them: a
+     * default, a parameter without an alternative or another name is refused, as by Python's
+     * TensorEntry.from_meta (and a name given twice, which Python would let the last win) */
+    if (at[QPK__F_PARAM_DTYPES]) {
+        sm.pos = at[QPK__F_PARAM_DTYPES];
+        if ((rc = qpk__next(&sm, &v)) != QPK_OK) return rc;
+        if (v.type != QPK__NIL) {
+            uint64_t pairs = v.u;
+            if (v.type != QPK__MAP || pairs == 0) return QPK_E_TENSOR;
+            pat[0] = pat[1] = 0;
+            for (i = 0; i < pairs; i++) {
+                qpk__val k;
+                const qpk__param_spec *ps;
+                if ((rc = qpk__next(&sm, &k)) != QPK_OK) return rc;
+                for (j = 0; j < nparams && !qpk__is(&k, spec->params[j].name); j++) continue;
+                if (j == nparams || pat[j]) return QPK_E_TENSOR;
+                pat[j] = 1;
+                ps = &spec->params[j];
+                if ((rc = qpk__next(&sm, &v)) != QPK_OK) return rc;
+                if (ps->other == ps->dtype || !qpk__is(&v, qpk__param_dtypes[ps->other])) return QPK_E_TENSOR;
+                e->param_dtype[j] = ps->other;
+            }
+        }
     }
     if ((rc = qpk__field(f, at[QPK__F_CODES], &v)) != QPK_OK) return rc;
     if (v.type != QPK__INT) return QPK_E_TENSOR;
@@ -844,7 +934,9 @@ static int qpk__entry_read(const qpk_file *f, qpk__mp *m, qpk__blobs *bc, qpk__e
     if (e->code_blob.kind != QPK__CODES || e->code_blob.raw_length != (e->count * e->bits + 7) / 8) return QPK_E_TENSOR;
     e->codec = (unsigned)e->code_blob.codec;
     for (j = 0; j < nparams; j++) {
-        uint64_t size = e->scheme == QPK_ASYM && j == 1 ? 1 : e->scheme == QPK_POW2 ? 2 : 4;
+        /* values per group (lut: 2^bits centroids, else 1) times the size of the chosen dtype:
+         * below 2^48 * 2^8 * 4, no overflow */
+        uint64_t size = (e->scheme == QPK_LUT ? UINT64_C(1) << e->bits : 1u) * qpk__param_sizes[e->param_dtype[j]];
         if ((rc = qpk__blob_at(bc, f, e->params[j], &e->param_blob[j])) != QPK_OK) return rc;
         if (e->param_blob[j].kind != QPK__PARAM || e->param_blob[j].raw_length != e->groups * size) return QPK_E_TENSOR;
         if (e->param_blob[j].codec) e->codec = (unsigned)e->param_blob[j].codec;
@@ -909,7 +1001,11 @@ static int qpk__open_blobs(qpk_file *f, size_t at, unsigned flags)
     return QPK_OK;
 }
 
-static int qpk__open_tensors(qpk_file *f, size_t at)
+#define QPK__MAX_GRAPH_BYTES (UINT64_C(1) << 34) /* FORMAT.md: a graph blob's budget never exceeds 2^34 */
+
+/* Validate the tensor list; *zeroed gets the bytes the quantized tensors take in their source
+ * dtypes (the graph blob's allowance), saturated at QPK__MAX_GRAPH_BYTES. */
+static int qpk__open_tensors(qpk_file *f, size_t at, uint64_t *zeroed)
 {
     uint8_t filter[QPK_KEY_FILTER_BITS / 8];
     qpk__mp m, prev;
@@ -925,10 +1021,13 @@ static int qpk__open_tensors(qpk_file *f, size_t at)
     f->tensors_at_ = m.pos;
     memset(filter, 0, sizeof filter);
     qpk__blobs_init(&bc, f);
+    *zeroed = 0;
     for (i = 0; i < v.u; i++) {
         uint64_t h = UINT64_C(14695981039346656037); /* FNV-1a of the key */
         size_t k;
         if ((rc = qpk__entry_read(f, &m, &bc, &e)) != QPK_OK) return rc;
+        *zeroed += e.count * qpk__dtype_sizes[e.dtype]; /* < 2^34 + 2^48 * 8 before saturating: no overflow */
+        if (*zeroed > QPK__MAX_GRAPH_BYTES) *zeroed = QPK__MAX_GRAPH_BYTES;
         for (k = 0; k < e.key_len; k++) h = (h ^ e.key[k]) * UINT64_C(1099511628211);
         h %= QPK_KEY_FILTER_BITS;
         if (filter[h / 8] & (1u << (h % 8))) {
@@ -946,6 +1045,33 @@ static int qpk__open_tensors(qpk_file *f, size_t at)
     return QPK_OK;
 }
 
+/* FORMAT.md's decompression budget, as Python's QpkReader._check_expansion: a blob stored with a
+ * codec other than raw may claim at most 64 x length + 4096 bytes decoded; the graph blob may add
+ * the quantized tensors' source bytes (`zeroed`), and never more than 2^34 in all. Checked for
+ * every blob on open, though this decoder never decompresses one. */
+static int qpk__check_budget(const qpk_file *f, uint64_t graph, uint64_t zeroed)
+{
+    qpk__blobs bc;
+    qpk__blob b;
+    uint64_t i, limit;
+    int rc;
+    qpk__blobs_init(&bc, f);
+    for (i = 0; i < f->blob_count; i++) {
+        if ((rc = qpk__blob_at(&bc, f, i, &b)) != QPK_OK) return rc;
+        if (b.codec == 0) continue;
+        if (i == graph) {
+            /* length < 2^34 here: the sum stays below 2^41 */
+            limit = b.length >= QPK__MAX_GRAPH_BYTES ? QPK__MAX_GRAPH_BYTES : 64 * b.length + 4096 + zeroed;
+            if (limit > QPK__MAX_GRAPH_BYTES) limit = QPK__MAX_GRAPH_BYTES;
+        } else {
+            if (b.length > (UINT64_MAX - 4096) / 64) continue; /* a limit above any 64-bit claim */
+            limit = 64 * b.length + 4096;
+        }
+        if (b.raw_length > limit) return QPK_E_BLOB;
+    }
+    return QPK_OK;
+}
+
 int qpk_open_ex(const uint8_t *buf, size_t len, unsigned flags, qpk_file *out)
 {
     static const uint8_t magic[8] = {0x89, 'Q', 'P', 'K', '\r', '\n', 0x1A, '\n'};
@@ -955,7 +1081,7 @@ int qpk_open_ex(const uint8_t *buf, size_t len, unsigned flags, qpk_file *out)
     qpk__val v;
     qpk__blob b;
     qpk__blobs bc;
-    uint64_t meta_len, payload_off, payload_len, graph;
+    uint64_t meta_len, payload_off, payload_len, graph, zeroed;
     size_t at[4];
     uint8_t digest[32];
     int rc;
@@ -995,12 +1121,13 @@ int qpk_open_ex(const uint8_t *buf, size_t len, unsigned flags, qpk_file *out)
     if ((rc = qpk__scalar_at(&f, at[0], &v)) != QPK_OK) return rc;
     if (!qpk__is(&v, "onnx") && !qpk__is(&v, "tflite")) return QPK_E_META;
     f.format = (uint8_t)qpk__is(&v, "tflite");
-    if ((rc = qpk__open_tensors(&f, at[2])) != QPK_OK) return rc;
+    if ((rc = qpk__open_tensors(&f, at[2], &zeroed)) != QPK_OK) return rc;
     if ((rc = qpk__scalar_at(&f, at[1], &v)) != QPK_OK) return rc;
     if (!qpk__uint(&v, UINT64_MAX, &graph) || graph >= f.blob_count) return QPK_E_META;
     qpk__blobs_init(&bc, &f);
     if ((rc = qpk__blob_at(&bc, &f, graph, &b)) != QPK_OK) return rc;
     if (b.kind != QPK__GRAPH) return QPK_E_META;
+    if ((rc = qpk__check_budget(&f, graph, zeroed)) != QPK_OK) return rc;
     f.graph = (uint32_t)graph;
     *out = f;
     return QPK_OK;
@@ -1052,8 +1179,15 @@ int qpk_get_tensor(const qpk_file *f, uint32_t index, qpk_tensor *t, uint32_t sh
     t->groups = e.groups;
     t->codes = payload + e.code_blob.offset;
     t->codes_len = (size_t)e.code_blob.length;
-    if (e.scheme == QPK_POW2) t->emax = payload + e.param_blob[0].offset;
-    else t->scale = payload + e.param_blob[0].offset;
+    if (e.scheme == QPK_POW2) {
+        t->emax = payload + e.param_blob[0].offset;
+    } else if (e.scheme == QPK_LUT) {
+        t->centroids = payload + e.param_blob[0].offset;
+        t->centroids_dtype = e.param_dtype[0] == QPK__P_F4 ? QPK_FLOAT32 : QPK_FLOAT16;
+    } else {
+        t->scale = payload + e.param_blob[0].offset;
+        t->scale_dtype = e.param_dtype[0] == QPK__P_F2 ? QPK_FLOAT16 : QPK_FLOAT32;
+    }
     if (e.scheme == QPK_ASYM) t->zero_point = payload + e.param_blob[1].offset;
     return QPK_OK;
 }
