@@ -109,8 +109,10 @@ class Policy:
                 axis, block = w.reduction, self.group_size
             elif w.axis is not None and len(w.shape) > 1:  # no sum to block (a depthwise kernel): per channel
                 axis = w.axis
+        # float16 scales (the default with blocks); codebooks are float16 unless fp32 is asked for
         half = self.param_dtype == "fp16" or (self.param_dtype == "auto" and block is not None)
-        return Decision(True, bits=bits, axis=axis, block=block, dtypes={"scale": "<f2"} if half else None)
+        dtypes = {"scale": "<f2"} if half else ({"centroids": "<f4"} if self.param_dtype == "fp32" else None)
+        return Decision(True, bits=bits, axis=axis, block=block, dtypes=dtypes)
 
 
 def _matches(w: Weight, patterns: tuple[str, ...]) -> bool:
