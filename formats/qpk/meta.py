@@ -111,8 +111,8 @@ class TensorEntry:
             raise _bad(where, f"bit width {_brief(bits)} outside {spec.min_bits}..{spec.max_bits} for scheme {scheme}")
         if not (axis is None or (is_int(axis) and 0 <= axis < len(shape))):
             raise _bad(where, f"axis {_brief(axis)} invalid for rank {len(shape)}")
-        if block is not None and not (is_int(block) and block >= 1 and axis is not None):
-            raise _bad(where, f"block {_brief(block)} needs an axis and a positive size")
+        if block is not None and not (is_int(block) and 1 <= block < MAX_DIM and axis is not None):
+            raise _bad(where, f"block {_brief(block)} needs an axis and a positive size under 2^40")
         params = m.get("params")
         if not (type(params) is dict and params.keys() == spec.dtypes.keys() and all(type(v) is int for v in params.values())):
             raise _bad(where, f"parameters {_brief(params)} do not fit scheme {scheme}")
