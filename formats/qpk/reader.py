@@ -98,8 +98,9 @@ class QpkReader:
             self.entries = parse_tensors(meta.get("tensors"))
         except FormatError as err:
             raise FormatError(f"{where}: {err}") from None
+        owned = bytearray(len(self.blobs))  # a blob belongs to one tensor, so a reader's work follows the file's size
         for entry in self.entries:
-            self._check_entry(entry, where)
+            self._check_entry(entry, where, owned)
         graph = meta.get("graph")
         _check(is_int(graph) and 0 <= graph < len(self.blobs) and self.blobs[graph].kind == BlobKind.GRAPH,
                f"{where}: metadata has no valid graph blob index")
@@ -148,13 +149,17 @@ class QpkReader:
                 raise FormatError(f"{where}: blob {i} claims {b.raw_length:,} bytes from {b.length:,} stored, "
                                   f"over the format's limit of {limit:,} (a decompression bomb?)")
 
-    def _check_entry(self, e: TensorEntry, where: str) -> None:
-        """Blob indices exist and hold the right kind; lengths are exactly what shape, grouping and width imply."""
+    def _check_entry(self, e: TensorEntry, where: str, owned: bytearray) -> None:
+        """Blob indices exist, hold the right kind and belong to no other tensor; lengths are exactly what
+        shape, grouping and width imply."""
         # runs once per entry of files with up to MAX_TENSORS entries: messages are built only on failure
         blobs, n = self.blobs, len(self.blobs)
         for idx, kind in ((e.codes, BlobKind.CODES), *((i, BlobKind.PARAM) for i in e.params.values())):
             if not (0 <= idx < n and blobs[idx].kind is kind):
                 raise FormatError(f"{where}: tensor '{e.name[:200]}': blob index {idx} is not a {kind.name.lower()} blob")
+            if owned[idx]:
+                raise FormatError(f"{where}: tensor '{e.name[:200]}': blob {idx} is another tensor's (or named twice)")
+            owned[idx] = 1
         got, want = blobs[e.codes].raw_length, packed_size(e.count, e.bits)
         if got != want:
             raise FormatError(f"{where}: tensor '{e.name[:200]}': payload {got} bytes, expected {want} "
