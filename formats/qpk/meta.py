@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from formats.errors import FormatError, brief
+from formats.errors import FormatError, brief, shown
 from formats.qpk.grouping import Grouping
 from formats.qpk.schemes import SCHEMES
 from formats.qpk.spec import FLOAT_DTYPES, MAX_DIM, MAX_ELEMENTS, MAX_NAME_LENGTH, MAX_RANK, MAX_TENSORS, SOURCE_FORMATS
@@ -13,6 +13,10 @@ from formats.qpk.spec import FLOAT_DTYPES, MAX_DIM, MAX_ELEMENTS, MAX_NAME_LENGT
 
 def _bad(where: str, what: str) -> FormatError:
     return FormatError(f"{where}: {what}")
+
+
+def _bad_tensor(name: str, what: str) -> FormatError:
+    return FormatError(f"tensor '{shown(name)}': {what}")  # built only on failure: entries are checked by the million
 
 
 def is_int(v: Any) -> TypeGuard[int]:
@@ -90,35 +94,34 @@ class TensorEntry:
         key: Any = m.get("key")
         if not (isinstance(name, str) and isinstance(key, str) and 0 < len(key) <= MAX_NAME_LENGTH and len(name) <= MAX_NAME_LENGTH):
             raise _bad(where, "name or key missing or too long")
-        where = f"tensor '{name[:200]}'"
         shape = m.get("shape")
         count = 1
         if type(shape) is not list or len(shape) > MAX_RANK:
-            raise _bad(where, f"bad shape {_brief(shape)}")
+            raise _bad_tensor(name, f"bad shape {_brief(shape)}")
         for n in shape:
             if type(n) is not int or not 0 <= n < MAX_DIM:
-                raise _bad(where, f"bad shape {_brief(shape)}")
+                raise _bad_tensor(name, f"bad shape {_brief(shape)}")
             count *= n
         if count >= MAX_ELEMENTS:
-            raise _bad(where, f"shape {shape} is implausibly large")
+            raise _bad_tensor(name, f"shape {shape} is implausibly large")
         dtype, scheme, bits, axis, block = m.get("dtype"), m.get("scheme"), m.get("bits"), m.get("axis"), m.get("block")
         if dtype not in FLOAT_DTYPES:
-            raise _bad(where, f"source dtype {_brief(dtype)} is not a float type")
+            raise _bad_tensor(name, f"source dtype {_brief(dtype)} is not a float type")
         spec = SCHEMES.get(scheme) if isinstance(scheme, str) else None
         if spec is None:
-            raise _bad(where, f"unknown scheme {_brief(scheme)}")
+            raise _bad_tensor(name, f"unknown scheme {_brief(scheme)}")
         if not (is_int(bits) and spec.min_bits <= bits <= spec.max_bits):
-            raise _bad(where, f"bit width {_brief(bits)} outside {spec.min_bits}..{spec.max_bits} for scheme {scheme}")
+            raise _bad_tensor(name, f"bit width {_brief(bits)} outside {spec.min_bits}..{spec.max_bits} for scheme {scheme}")
         if not (axis is None or (is_int(axis) and 0 <= axis < len(shape))):
-            raise _bad(where, f"axis {_brief(axis)} invalid for rank {len(shape)}")
+            raise _bad_tensor(name, f"axis {_brief(axis)} invalid for rank {len(shape)}")
         if block is not None and not (is_int(block) and 1 <= block < MAX_DIM and axis is not None):
-            raise _bad(where, f"block {_brief(block)} needs an axis and a positive size under 2^40")
+            raise _bad_tensor(name, f"block {_brief(block)} needs an axis and a positive size under 2^40")
         params = m.get("params")
         if not (type(params) is dict and params.keys() == spec.dtypes.keys() and all(type(v) is int for v in params.values())):
-            raise _bad(where, f"parameters {_brief(params)} do not fit scheme {scheme}")
+            raise _bad_tensor(name, f"parameters {_brief(params)} do not fit scheme {scheme}")
         codes = m.get("codes")
         if not is_int(codes):
-            raise _bad(where, "codes blob index missing")
+            raise _bad_tensor(name, "codes blob index missing")
         role = m.get("role", "")
         return cls(name, key, tuple(shape), str(dtype), role if isinstance(role, str) else "", str(scheme), bits, Grouping(axis, block),
                    codes, params)

@@ -14,7 +14,7 @@ import msgpack
 import numpy as np
 from numpy.typing import NDArray
 
-from formats.errors import FormatError, brief
+from formats.errors import FormatError, brief, shown
 from formats.files import open_regular
 from formats.qpk.bitstream import packed_size, unpack
 from formats.qpk.codecs import CODECS, RAW
@@ -36,7 +36,6 @@ from formats.qpk.spec import (
     expansion_limit,
 )
 from formats.qpk.writer import Blob
-
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
@@ -156,19 +155,19 @@ class QpkReader:
         blobs, n = self.blobs, len(self.blobs)
         for idx, kind in ((e.codes, BlobKind.CODES), *((i, BlobKind.PARAM) for i in e.params.values())):
             if not (0 <= idx < n and blobs[idx].kind is kind):
-                raise FormatError(f"{where}: tensor '{e.name[:200]}': blob index {idx} is not a {kind.name.lower()} blob")
+                raise FormatError(f"{where}: tensor '{shown(e.name)}': blob index {idx} is not a {kind.name.lower()} blob")
             if owned[idx]:
-                raise FormatError(f"{where}: tensor '{e.name[:200]}': blob {idx} is another tensor's (or named twice)")
+                raise FormatError(f"{where}: tensor '{shown(e.name)}': blob {idx} is another tensor's (or named twice)")
             owned[idx] = 1
         got, want = blobs[e.codes].raw_length, packed_size(e.count, e.bits)
         if got != want:
-            raise FormatError(f"{where}: tensor '{e.name[:200]}': payload {got} bytes, expected {want} "
+            raise FormatError(f"{where}: tensor '{shown(e.name)}': payload {got} bytes, expected {want} "
                               f"for shape {list(e.shape)} at {e.bits} bits")
         groups = e.groups
         for name, per_group, itemsize in _param_sizes(e.scheme, e.bits):
             got, want = blobs[e.params[name]].raw_length, per_group * groups * itemsize
             if got != want:
-                raise FormatError(f"{where}: tensor '{e.name[:200]}': parameter '{name}' is {got} bytes, expected {want}")
+                raise FormatError(f"{where}: tensor '{shown(e.name)}': parameter '{name}' is {got} bytes, expected {want}")
 
     def blob_view(self, index: int, kind: BlobKind) -> memoryview:
         """The stored bytes of a blob, checksum verified (still encoded if its codec says so)."""
