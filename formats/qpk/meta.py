@@ -8,7 +8,16 @@ from typing import Any, TypeGuard
 from formats.errors import FormatError, brief, shown
 from formats.qpk.grouping import Grouping
 from formats.qpk.schemes import SCHEMES
-from formats.qpk.spec import FLOAT_DTYPES, MAX_DIM, MAX_ELEMENTS, MAX_NAME_LENGTH, MAX_RANK, MAX_TENSORS, SOURCE_FORMATS
+from formats.qpk.spec import (
+    FLOAT_DTYPES,
+    MAX_DIM,
+    MAX_ELEMENTS,
+    MAX_META_DEPTH,
+    MAX_NAME_LENGTH,
+    MAX_RANK,
+    MAX_TENSORS,
+    SOURCE_FORMATS,
+)
 
 
 def _bad(where: str, what: str) -> FormatError:
@@ -24,6 +33,50 @@ def is_int(v: Any) -> TypeGuard[int]:
 
 
 _brief = brief
+_NESTED = (dict, list, tuple)  # tuples: arrays used as map keys
+# the keys of a tensor entry; all but `role` are checked field by field (from_meta), which refuses
+# anything nested in them, as the blob table's checks do in its rows
+_ENTRY_KEYS = frozenset(("name", "key", "shape", "dtype", "role", "scheme", "bits", "axis", "block", "codes", "params"))
+
+
+def _nesting_within(level: list[Any], depth: int) -> bool:
+    """Whether the maps and arrays in `level`, at `depth`, hold nothing nested past MAX_META_DEPTH.
+    One level at a time, without recursion."""
+    while level:
+        if depth > MAX_META_DEPTH:
+            return False
+        below: list[Any] = []
+        for v in level:
+            if type(v) is dict:
+                below += [x for x in v.values() if type(x) in _NESTED]
+                below += [k for k in v if type(k) is tuple]
+            else:
+                below += [x for x in v if type(x) in _NESTED]
+        level, depth = below, depth + 1
+    return True
+
+
+def check_nesting(meta: dict[Any, Any]) -> None:
+    """Refuse metadata whose maps and arrays nest deeper than MAX_META_DEPTH (the format needs 4).
+
+    Informative fields and unknown keys are walked here; the blob table and the checked fields of
+    tensor entries are left to their own checks, which refuse a nested value there anyway, so a
+    file with a million tensors is not walked twice.
+    """
+    top = [v for k, v in meta.items() if k not in ("blobs", "tensors") and type(v) in _NESTED]
+    top += [k for k in meta if type(k) is tuple]
+    entries = []
+    tensors = meta.get("tensors")
+    if type(tensors) is list:
+        for e in tensors:
+            if type(e) is dict:
+                if not e.keys() <= _ENTRY_KEYS or type(e.get("role")) in _NESTED:
+                    entries.append(e)
+            elif type(e) in _NESTED:
+                entries.append(e)
+    if not (_nesting_within(top, 2) and _nesting_within(entries, 3)):
+        raise FormatError(f"metadata nests deeper than {MAX_META_DEPTH} levels")
+
 
 # Informative fields are shown to users and written to JSON reports: they are made plain (str
 # keys, no bytes) and bounded, so a hostile file can neither crash rendering nor flood the output.

@@ -18,7 +18,7 @@ from formats.errors import FormatError, brief, shown
 from formats.files import open_regular
 from formats.qpk.bitstream import packed_size, unpack
 from formats.qpk.codecs import CODECS, RAW
-from formats.qpk.meta import TensorEntry, check_format, informative, is_int, parse_kept, parse_tensors
+from formats.qpk.meta import TensorEntry, check_format, check_nesting, informative, is_int, parse_kept, parse_tensors
 from formats.qpk.schemes import SCHEMES
 from formats.qpk.spec import (
     ALIGNMENT,
@@ -28,6 +28,7 @@ from formats.qpk.spec import (
     HEADER_SIZE,
     MAGIC,
     MAX_GRAPH_BYTES,
+    MAX_META_DEPTH,
     MAX_META_LENGTH,
     MAX_TENSORS,
     VERSION_MAJOR,
@@ -89,9 +90,15 @@ class QpkReader:
         try:
             meta = msgpack.unpackb(raw_meta, raw=False, strict_map_key=False, max_array_len=MAX_TENSORS * 2,
                                    max_map_len=MAX_TENSORS * 2)
+        except msgpack.StackError:  # its decoder's own limit, far above MAX_META_DEPTH
+            raise FormatError(f"{where}: metadata nests deeper than {MAX_META_DEPTH} levels") from None
         except Exception as e:  # msgpack raises several unrelated types on bad input
             raise FormatError(f"{where}: metadata is not valid msgpack ({type(e).__name__})") from e
         _check(isinstance(meta, dict), f"{where}: metadata is not a map")
+        try:
+            check_nesting(meta)
+        except FormatError as err:
+            raise FormatError(f"{where}: {err}") from None
         self.meta: dict[str, Any] = meta
         self.blobs = self._parse_blobs(meta.get("blobs"), payload_len, where)
         self._check_padding(HEADER_SIZE + meta_len, where)

@@ -30,6 +30,7 @@ MAX_RANK = 16
 MAX_DIM = 2**40
 MAX_ELEMENTS = 2**48
 MAX_NAME_LENGTH = 65_536
+MAX_META_DEPTH = 32  # maps and arrays within each other; the format's own metadata nests 4 deep
 
 # Decompression budgets: how far a stored blob may expand, derived from the file itself, so a small
 # hostile file cannot make a reader allocate gigabytes. Writers store a blob raw rather than exceed them.
