@@ -1,13 +1,16 @@
 """Fuzz the .qpk reader and `inspect` for a long run on every core; prints inputs per second and outcomes.
 
-    python bench/fuzz_qpk.py --inputs 1000000 [--start 0] [--workers 2]
+    python bench/fuzz_qpk.py --inputs 1000000 [--start 0] [--workers 2] [--trace-every 1]
     python bench/fuzz_qpk.py --entries 10000,100000,1000000    # inspect time against the entry count
 
 Input number N is the same mutant on every machine (tests/fuzz_qpk.py), so a run can be split in
 ranges (--start) and any input found again from its number. Each input runs the reader end to end
 and inspect with and without verification; it fails on any exception other than a one-line
-QpackError, on more than 5 s, or on more than 1 GiB allocated at once (tracemalloc). Failing
-inputs are saved to tests/corpus/qpk/, which a test replays.
+QpackError, on a warning, on more than 5 s, or on more than 1 GiB allocated at once (tracemalloc's
+peak, and the process's peak resident size). tracemalloc makes a run several times slower: with
+--trace-every N only every Nth input is traced, and any other input whose untraced run grew the
+process by 64 MiB, took 0.5 s or failed. Failing inputs are saved to tests/corpus/qpk/, which a
+test replays.
 """
 
 from __future__ import annotations
@@ -65,8 +68,9 @@ class Tally:
     results: collections.Counter[str] = field(default_factory=collections.Counter)
     failures: list[tuple[int, str, bytes]] = field(default_factory=list)
     slowest: tuple[float, int] = (0.0, -1)
-    largest: tuple[int, int] = (0, -1)
-    warned: int = 0
+    largest: tuple[int, int] = (0, -1)  # tracemalloc's peak
+    resident: tuple[int, int] = (0, -1)  # growth of the resident peak
+    traced: int = 0
 
     def add(self, other: Tally) -> None:
         self.inputs += other.inputs
@@ -74,17 +78,19 @@ class Tally:
         self.failures += other.failures
         self.slowest = max(self.slowest, other.slowest)
         self.largest = max(self.largest, other.largest)
-        self.warned += other.warned
+        self.resident = max(self.resident, other.resident)
+        self.traced += other.traced
 
 
-def _chunk(bounds: tuple[int, int]) -> Tally:
+def _chunk(job: tuple[int, int, int]) -> Tally:
     tally = Tally()
-    for n in range(*bounds):
+    first, end, every = job
+    for n in range(first, end):
         data = F.mutant(_seeds, n, _cache)
         path = _write(data)
         signal.alarm(HANG)
         try:
-            out = F.run_input(path)
+            out = F.run_input(path, trace=True if n % every == 0 else None)
         except Hang as e:  # raised outside a stage: between them
             out = F.Outcome("Hang", HANG, 0, str(e))
         finally:
@@ -93,7 +99,8 @@ def _chunk(bounds: tuple[int, int]) -> Tally:
         tally.results["FAILURE" if out.failure else out.result] += 1
         tally.slowest = max(tally.slowest, (out.seconds, n))
         tally.largest = max(tally.largest, (out.peak, n))
-        tally.warned += bool(out.warnings)
+        tally.resident = max(tally.resident, (out.resident, n))
+        tally.traced += out.traced
         if out.failure:
             tally.failures.append((n, out.failure, data))
     path.unlink(missing_ok=True)
@@ -103,7 +110,8 @@ def _chunk(bounds: tuple[int, int]) -> Tally:
 def _line(t: Tally, elapsed: float) -> str:
     counts = ", ".join(f"{k} {v:,}" for k, v in t.results.most_common())
     return (f"{t.inputs:,} inputs in {elapsed:,.0f} s ({t.inputs / max(elapsed, 1e-9):,.1f}/s): {counts}; "
-            f"slowest {t.slowest[0]:.2f} s (#{t.slowest[1]}), largest {t.largest[0] / 2**20:,.1f} MiB (#{t.largest[1]})")
+            f"slowest {t.slowest[0]:.2f} s (#{t.slowest[1]}); largest allocation {t.largest[0] / 2**20:,.1f} MiB traced "
+            f"(#{t.largest[1]}, {t.traced:,} inputs traced), {t.resident[0] / 2**20:,.1f} MiB resident (#{t.resident[1]})")
 
 
 def fuzz(args: argparse.Namespace) -> int:
@@ -113,7 +121,7 @@ def fuzz(args: argparse.Namespace) -> int:
     print(f"{len(seeds)} seeds built in {time.perf_counter() - t0:.1f} s; inputs #{args.start}..#{args.start + args.inputs - 1}, "
           f"{args.workers} workers", flush=True)
     scratch = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    chunks = [(a, min(a + CHUNK, args.start + args.inputs)) for a in range(args.start, args.start + args.inputs, CHUNK)]
+    chunks = [(a, min(a + CHUNK, args.start + args.inputs), args.trace_every) for a in range(args.start, args.start + args.inputs, CHUNK)]
     total = Tally()
     t0 = last = time.perf_counter()
     ctx = mp.get_context("fork")
@@ -136,8 +144,9 @@ def fuzz(args: argparse.Namespace) -> int:
     summary = {"inputs": total.inputs, "first": args.start, "seconds": round(elapsed, 1),
                "inputs_per_second": round(total.inputs / elapsed, 1), "results": dict(total.results.most_common()),
                "failures": len(total.failures), "slowest_seconds": round(total.slowest[0], 3), "slowest_input": total.slowest[1],
-               "largest_allocation_bytes": total.largest[0], "largest_input": total.largest[1], "inputs_with_warnings": total.warned,
-               "workers": args.workers}
+               "largest_traced_allocation_bytes": total.largest[0], "largest_traced_input": total.largest[1],
+               "inputs_traced": total.traced, "largest_resident_growth_bytes": total.resident[0],
+               "largest_resident_input": total.resident[1], "workers": args.workers, "trace_every": args.trace_every}
     print(json.dumps(summary), flush=True)
     if args.summary:
         args.summary.write_text(json.dumps(summary, indent=2) + "\n")
@@ -174,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=float, default=60.0, help="seconds between progress lines")
     p.add_argument("--corpus", type=Path, default=F.CORPUS, help="where failing inputs are saved")
     p.add_argument("--summary", type=Path, help="also write the final figures here as JSON")
+    p.add_argument("--trace-every", type=int, default=1,
+                   help="trace allocations of every Nth input (and of any input whose resident memory or time looks heavy); "
+                        "1: every input")
     p.add_argument("--entries", type=lambda s: [int(x) for x in s.split(",")], help="time inspect on this many entries instead")
     args = p.parse_args(argv)
     if args.entries:

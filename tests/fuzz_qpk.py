@@ -350,8 +350,10 @@ def _paths(tree: Any, limit: int = 4000, max_depth: int = 8) -> list[Path_]:
     """Paths to the nodes of a tree, breadth first, without descending past max_depth."""
     out: list[Path_] = [()]
     queue: list[tuple[Path_, Any]] = [((), tree)]
-    while queue and len(out) < limit:
-        path, node = queue.pop(0)
+    head = 0
+    while head < len(queue) and len(out) < limit:
+        path, node = queue[head]
+        head += 1
         if len(path) >= max_depth:
             continue
         children: Iterator[tuple[Any, Any]]
@@ -721,6 +723,8 @@ class Outcome:
     failure: str | None = None
     warnings: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    resident: int = 0  # growth of the process's peak resident size over the run
+    traced: bool = False  # whether `peak` was measured
 
 
 def _null_console() -> Any:
@@ -806,39 +810,88 @@ def _run_stages(path: Path) -> tuple[str, str | None, list[str], list[str]]:
                                                    for w in caught]
 
 
-def run_input(path: Path) -> Outcome:
-    """Run every stage on the file at `path`; the outcome fails on anything but success or one-line QpackErrors,
-    on more than TIME_LIMIT seconds, or on more than ALLOC_LIMIT bytes allocated at once.
+def _resident() -> tuple[int, int] | None:
+    """(current, peak) resident bytes of this process, or None where /proc does not tell."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        now, peak = (int(re.search(rf"{k}:\s+(\d+) kB", status).group(1)) << 10 for k in ("VmRSS", "VmHWM"))  # type: ignore[union-attr]
+        return now, peak
+    except (OSError, AttributeError):
+        return None
 
-    Allocations are traced with tracemalloc, which slows allocation-heavy code (table rendering)
-    several times over; an input over the time limit under the tracer is timed again without it.
-    """
-    started = not tracemalloc.is_tracing()
-    if started:
+
+def _reset_peak_resident() -> int | None:
+    """Start the resident peak afresh (Linux: clear_refs 5); the current resident bytes, or None."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    r = _resident()
+    return r[0] if r else None
+
+
+def _traced(path: Path) -> tuple[tuple[str, str | None, list[str], list[str]], float, int]:
+    """The stages under tracemalloc: their outcome, seconds and peak traced bytes."""
+    tracing = tracemalloc.is_tracing()
+    if not tracing:
         tracemalloc.start()
     tracemalloc.reset_peak()
     base = tracemalloc.get_traced_memory()[0]
     t0 = time.perf_counter()
-    result, failure, messages, warned = _run_stages(path)
+    out = _run_stages(path)
     seconds = time.perf_counter() - t0
     peak = tracemalloc.get_traced_memory()[1] - base
-    if started:
+    if not tracing:
         tracemalloc.stop()
-    if seconds > TIME_LIMIT:
-        tracing = tracemalloc.is_tracing()
-        tracemalloc.stop()
-        t0 = time.perf_counter()
-        _run_stages(path)
-        seconds = time.perf_counter() - t0
-        if tracing:
-            tracemalloc.start()
+    return out, seconds, peak
+
+
+def _timed(path: Path) -> tuple[tuple[str, str | None, list[str], list[str]], float]:
+    tracing = tracemalloc.is_tracing()
+    tracemalloc.stop()
+    t0 = time.perf_counter()
+    out = _run_stages(path)
+    seconds = time.perf_counter() - t0
+    if tracing:
+        tracemalloc.start()
+    return out, seconds
+
+
+SUSPECT_RESIDENT = 64 << 20  # an untraced run that grew the process this much is traced as well
+SUSPECT_SECONDS = 0.5
+
+
+def run_input(path: Path, trace: bool | None = True) -> Outcome:
+    """Run every stage on the file at `path`; the outcome fails on anything but success or one-line
+    QpackErrors, on a warning, on more than TIME_LIMIT seconds, or on more than ALLOC_LIMIT bytes
+    allocated at once (tracemalloc's peak) or resident at once (the process's peak resident size).
+
+    trace: True: allocations are traced (tracemalloc slows allocation-heavy code, table rendering
+        and large metadata, several times over, so an input over the time limit under the tracer is
+        timed again without it). None: the run is untraced, and repeated under the tracer only if
+        its resident memory grew by SUSPECT_RESIDENT, it took SUSPECT_SECONDS, or it failed: a long
+        run's way to measure every input at a fraction of the cost. False: never traced.
+    """
+    start = _reset_peak_resident()
+    traced = trace is True or (trace is None and start is None)
+    peak = 0
+    if traced:
+        (result, failure, messages, warned), seconds, peak = _traced(path)
+        if seconds > TIME_LIMIT:
+            seconds = _timed(path)[1]
+    else:
+        (result, failure, messages, warned), seconds = _timed(path)
+    now = _resident()
+    grown = now[1] - start if now and start is not None else 0
+    if not traced and trace is None and (grown >= SUSPECT_RESIDENT or seconds >= SUSPECT_SECONDS or failure or warned):
+        traced, peak = True, _traced(path)[2]
     if failure is None and warned:
         failure = f"a warning reached the user: {warned[0]}"
     if failure is None and seconds > TIME_LIMIT:
         failure = f"took {seconds:.1f} s"
-    if failure is None and peak > ALLOC_LIMIT:
-        failure = f"allocated {peak:,} bytes at once"
-    return Outcome(result, seconds, peak, failure, warned, messages)
+    if failure is None and max(peak, grown) > ALLOC_LIMIT:
+        failure = f"allocated {max(peak, grown):,} bytes at once ({'traced' if peak >= grown else 'resident'})"
+    return Outcome(result, seconds, peak, failure, warned, messages, grown, traced)
 
 
 def corpus_files() -> list[Path]:
