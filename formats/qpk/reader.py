@@ -27,6 +27,7 @@ from formats.qpk.spec import (
     HEADER_BODY,
     HEADER_SIZE,
     MAGIC,
+    MAX_BLOBS,
     MAX_GRAPH_BYTES,
     MAX_META_DEPTH,
     MAX_META_LENGTH,
@@ -88,7 +89,9 @@ class QpkReader:
         raw_meta = self._map[HEADER_SIZE : HEADER_SIZE + meta_len]
         _check(hashlib.sha256(raw_meta).digest() == meta_hash, f"{where}: metadata checksum mismatch (corrupt metadata)")
         try:
-            meta = msgpack.unpackb(raw_meta, raw=False, strict_map_key=False, max_array_len=MAX_TENSORS * 2,
+            # arrays and maps are allocated at the length their header claims: claims are bounded by
+            # the longest list the format has (the blob table)
+            meta = msgpack.unpackb(raw_meta, raw=False, strict_map_key=False, max_array_len=MAX_BLOBS,
                                    max_map_len=MAX_TENSORS * 2)
         except msgpack.StackError:  # its decoder's own limit, far above MAX_META_DEPTH
             raise FormatError(f"{where}: metadata nests deeper than {MAX_META_DEPTH} levels") from None
