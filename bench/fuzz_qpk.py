@@ -86,7 +86,13 @@ def _chunk(job: tuple[int, int, int]) -> Tally:
     tally = Tally()
     first, end, every = job
     for n in range(first, end):
-        data = F.mutant(_seeds, n, _cache)
+        try:
+            data = F.mutant(_seeds, n, _cache)
+        except Exception as e:  # a mutator bug: counted and shown, the run goes on
+            tally.inputs += 1
+            tally.results["MUTATOR"] += 1
+            tally.failures.append((n, f"mutator: {type(e).__name__}: {e}", b""))
+            continue
         path = _write(data)
         signal.alarm(HANG)
         try:
@@ -103,7 +109,7 @@ def _chunk(job: tuple[int, int, int]) -> Tally:
         tally.traced += out.traced
         if out.failure:
             tally.failures.append((n, out.failure, data))
-    path.unlink(missing_ok=True)
+    _write(b"").unlink(missing_ok=True)
     return tally
 
 
@@ -130,7 +136,7 @@ def fuzz(args: argparse.Namespace) -> int:
             for tally in pool.imap_unordered(_chunk, chunks):
                 total.add(tally)
                 for n, failure, data in tally.failures:
-                    saved = F.save_failure(data, F.Outcome("FAILURE", failure=failure), args.corpus)
+                    saved = F.save_failure(data, F.Outcome("FAILURE", failure=failure), args.corpus) if data else "-"
                     print(f"FAILURE #{n} -> {saved}: {failure.splitlines()[0][:300]}", flush=True)
                 now = time.perf_counter()
                 if now - last >= args.every:
@@ -156,9 +162,8 @@ def fuzz(args: argparse.Namespace) -> int:
 
 def entries(counts: list[int]) -> None:
     """`inspect` (verify on, the table and --json) on containers listing `count` tensors each."""
-    from tests.test_hostile import many_entries
-
     from converter.inspect import describe, render_description
+    from tests.test_hostile import many_entries
 
     with tempfile.TemporaryDirectory() as tmp:
         for count in counts:

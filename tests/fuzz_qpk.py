@@ -142,8 +142,8 @@ def pack_tree(obj: Any) -> bytes:
             try:
                 out += _fast(o)
                 continue
-            except (TypeError, ValueError):  # a Pairs, Encoded or tuple inside, or nested past msgpack's limit
-                pass
+            except (TypeError, ValueError, OverflowError):  # a Pairs, Encoded or tuple inside, nested past msgpack's limit,
+                pass  # or an int out of its range
         if isinstance(o, (dict, Pairs)):
             items = list(o.items()) if isinstance(o, dict) else list(o)
             out += packer.pack_map_header(len(items))
@@ -154,6 +154,8 @@ def pack_tree(obj: Any) -> bytes:
             out += packer.pack_array_header(len(o))
             stack.extend((v, depth + 1) for v in reversed(o))
         else:
+            if type(o) is int and not -(2**63) <= o < 2**64:  # an edit went past what msgpack can hold
+                o = 2**64 - 1 if o > 0 else -(2**63)
             out += packer.pack(o)
     return bytes(out)
 
@@ -704,9 +706,20 @@ def _split_cached(data: bytes, s: int, cache: dict[int, Parts] | None) -> Parts:
     return Parts(clone(p.meta), p.payload, p.minor)
 
 
+# Mutants are at most this long (as libFuzzer's -max_len): edits can compound into tens of megabytes
+# of metadata, whose parsing only measures the parser's linear cost per byte (large files have their
+# own test: 1,000,000 tensor entries, timed by bench/fuzz_qpk.py --entries).
+MAX_INPUT = 4 << 20
+
+
 def mutant(seeds: list[bytes], seed: int, cache: dict[int, Parts] | None = None) -> bytes:
     """Input number `seed`: the same bytes on every machine and in every process."""
-    return mutate(random.Random(seed), seeds, cache)
+    rng = random.Random(seed)
+    for _ in range(4):
+        out = mutate(rng, seeds, cache)
+        if len(out) <= MAX_INPUT:
+            return out
+    return out[:MAX_INPUT]
 
 
 # ---------------------------------------------------------------------------------------------
