@@ -63,7 +63,7 @@ def _errors() -> Iterator[None]:
         err.print("qpack: error: out of memory", markup=False)
         raise typer.Exit(EXIT_ERROR) from None
     except OSError as e:
-        err.print(f"qpack: error: {e.filename or ''}: {e.strerror or e}", markup=False)
+        err.print(f"qpack: error: {e.filename}: {e.strerror or e}" if e.filename else f"qpack: error: {e.strerror or e}", markup=False)
         raise typer.Exit(EXIT_ERROR) from None
 
 

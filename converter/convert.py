@@ -25,6 +25,7 @@ from converter.measure import context_entropy_bits, entropy_bits
 from converter.policy import Decision, Policy
 from converter.quant import get_quantizer
 from converter.quant.stream import Quantized, check_finite, quantize_stream
+from formats.atomic import prepare_parent
 from formats.model import SourceModel, Weight
 from formats.qpk import RAW, ZSTD, BlobKind, Codec, CodeContext, Grouping, QpkReader, QpkWriter, TensorEntry, encode, unpack
 from formats.qpk import meta as qpk_meta
@@ -150,7 +151,8 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
     entries: list[TensorEntry] = []
     workers = workers or default_workers()
     jobs = [partial(_work, w, d, policy.scheme, policy.clip, codec, policy.rdo) for w, d in chosen]
-    with QpkWriter(Path(out).parent) as writer, ThreadPoolExecutor(workers) as pool:
+    prepare_parent(Path(out))  # the spill file goes beside the output
+    with QpkWriter(Path(out).parent, Path(out)) as writer, ThreadPoolExecutor(workers) as pool:
         for i, ((w, d), done) in enumerate(zip(chosen, _in_order(pool, jobs, workers + 1))):
             codes_blob = writer.add_encoded(BlobKind.CODES, *done.codes)
             params = {k: writer.add_encoded(BlobKind.PARAM, *v) for k, v in done.params.items()}

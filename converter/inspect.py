@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from formats.errors import shown
 from formats.qpk import QpkReader
 
 MAX_ROWS = 500  # a terminal table past this helps nobody; --json has every row
@@ -39,13 +40,15 @@ def describe(path: Path, verify: bool = True) -> dict[str, Any]:
 
 def render_description(info: dict[str, Any], console: Console) -> None:
     src = info.get("source") or {}
+    # names come from the file: escaped, so a hostile one cannot break lines or send terminal escape sequences
+    name = shown(src["name"]) if isinstance(src.get("name"), str) else None
     console.print(f"{info['path']}: qpk {info['version']}, {info['bytes']:,} bytes, {info['format']} model "
-                  f"'{src.get('name')}' ({src.get('bytes', 0):,} bytes), options {info['options']}")
+                  f"'{name}' ({src.get('bytes', 0):,} bytes), options {info['options']}")
     t = Table(title_justify="left")
     for col in ("name", "shape", "dtype", "scheme", "bits", "axis", "code bytes", "param bytes", "sha256"):
         t.add_column(col, justify="right" if "bytes" in col or col in ("bits", "axis") else "left")
     for r in info["tensors"][:MAX_ROWS]:
-        t.add_row(r["name"], "x".join(map(str, r["shape"])), r["dtype"], r["scheme"], str(r["bits"]),
+        t.add_row(shown(r["name"]), "x".join(map(str, r["shape"])), r["dtype"], r["scheme"], str(r["bits"]),
                   "-" if r["axis"] is None else str(r["axis"]) + (f" /{r['block']}" if r.get("block") else ""),
                   f"{r['code_bytes']:,}", f"{r['param_bytes']:,}", r["sha256"][:16])
     console.print(t)

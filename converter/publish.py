@@ -16,7 +16,7 @@ from converter.datasets import Inputs
 from converter.gates import Budget
 from converter.policy import Policy
 from converter.sizes import size_report
-from formats.atomic import sweep_stale, track, untrack
+from formats.atomic import prepare_parent, sweep_stale, track, untrack
 from formats.errors import BudgetError, QpackError
 from formats.model import SourceModel
 from formats.qpk import Codec
@@ -43,6 +43,7 @@ def publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget
     """
     if target.resolve() == src.path.resolve():
         raise QpackError(f"{target}: output would overwrite the input")
+    prepare_parent(target)  # before any work, and naming the path the user gave
     allocation = None
     if goal is not None and goal.any:
         with tempfile.TemporaryDirectory(prefix="qpack-allocate-") as tmp:
@@ -68,5 +69,8 @@ def publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget
         os.replace(pending, target)
         return Published(report, None)
     finally:
-        pending.unlink(missing_ok=True)
+        try:
+            pending.unlink(missing_ok=True)
+        except OSError:  # cleaning up must not hide the error that got us here
+            pass
         untrack(pending)

@@ -75,13 +75,13 @@ def sweep_stale(path: Path) -> None:
                 pass
 
 
-def _cannot_write(path: Path, e: OSError) -> QpackError:
+def cannot_write(path: Path, e: OSError) -> QpackError:
+    """The error for a failed write to `path`, the name the user gave (not a temporary file's)."""
     return QpackError(f"{path}: cannot write ({e.strerror or e})")
 
 
-@contextmanager
-def atomic_output(path: Path) -> Iterator[BinaryIO]:
-    """Yield a temporary file beside `path`; it replaces `path` only if the block succeeds."""
+def prepare_parent(path: Path) -> None:
+    """Make the folder `path` goes in, or say why it cannot be (a file where a folder should be)."""
     path = Path(path)
     if path.is_dir():
         raise QpackError(f"{path}: is a directory")
@@ -92,10 +92,20 @@ def atomic_output(path: Path) -> Iterator[BinaryIO]:
             break
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise cannot_write(path, e) from e
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[BinaryIO]:
+    """Yield a temporary file beside `path`; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    prepare_parent(path)
+    try:
         sweep_stale(path)
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise _cannot_write(path, e) from e
+        raise cannot_write(path, e) from e
     tmp = Path(name)
     track(tmp)
     try:
@@ -108,7 +118,7 @@ def atomic_output(path: Path) -> Iterator[BinaryIO]:
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except OSError as e:
-            raise _cannot_write(path, e) from e
+            raise cannot_write(path, e) from e
     except BaseException:
         try:
             os.unlink(tmp)

@@ -30,3 +30,10 @@ def brief(value: object, limit: int = 60) -> str:
     """
     text = repr(value) if isinstance(value, (bool, int, float, str, bytes, type(None))) else f"a {type(value).__name__}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown(name: str, limit: int = 200) -> str:
+    """An untrusted name (a tensor's, say) as it goes into a one-line message: bounded, with line
+    breaks, control and invisible characters escaped as Python writes them in a string literal."""
+    text = repr(name[:limit])[1:-1]
+    return text + "..." if len(name) > limit else text

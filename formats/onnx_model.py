@@ -28,7 +28,7 @@ from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, numpy_help
 
 from formats import onnx_layout, onnx_wire
 from formats.atomic import atomic_output
-from formats.errors import FormatError, QpackError, UnsupportedError
+from formats.errors import FormatError, QpackError, UnsupportedError, shown
 from formats.files import open_raw
 from formats.model import Role, Weight
 from formats.onnx_wire import TENSOR_DOUBLE_DATA, TENSOR_FLOAT_DATA, TENSOR_RAW_DATA
@@ -295,7 +295,7 @@ class OnnxModel:
             if any(d < 0 for d in shape):
                 raise FormatError(f"tensor '{name}' has negative dims {list(shape)}")
             if math.prod(shape) >= MAX_ELEMENTS:
-                raise FormatError(f"{self.path}: tensor '{name[:200]}' has dims {list(shape)}, implausibly many elements")
+                raise FormatError(f"{self.path}: tensor '{shown(name)}' has dims {list(shape)}, implausibly many elements")
             nbytes = math.prod(shape) * np_dtype.itemsize
             src = self._sources.get(key)
             load = partial(self._read, tensor, src) if src else partial(_to_array, tensor)

@@ -619,7 +619,6 @@ def _hostile_metas(meta: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
 C_STRICTER = {
     "duplicate map key": lambda meta: _raw_map(list(meta.items()) + [("format", meta["format"])]),
     "ext type in options": lambda meta: msgpack.packb(dict(meta, options={"x": msgpack.ExtType(5, b"ab")}), use_bin_type=True),
-    "nesting 40 deep": lambda meta: msgpack.packb(dict(meta, options={"x": _nest(40)}), use_bin_type=True),
     "parameter dtype given twice": lambda meta: _packed_with(meta, 4, "param_dtypes", {"scale": "QQQQ"}).replace(
         b"\x81\xa5scale\xa4QQQQ", b"\x82\xa5scale\xa3<f2\xa5scale\xa3<f2"),
 }
@@ -667,6 +666,10 @@ def test_c_reader_stricter_than_python(tiny: Path, reader_driver_asan: Path, tmp
         paths[-1].write_bytes(_assemble(fn(meta), payload))
     assert _c_verdicts(reader_driver_asan, paths) == ["reject"] * len(paths)
     assert all(_python_verdict(p) != "reject" for p in paths)
+    # nesting past 32 levels: both readers refuse it now
+    deep = tmp_path / "deep.qpk"
+    deep.write_bytes(_assemble(msgpack.packb(dict(meta, options={"x": _nest(40)}), use_bin_type=True), payload))
+    assert _c_verdicts(reader_driver_asan, [deep]) == ["reject"] and _python_verdict(deep) == "reject"
 
 
 def test_header_rules(tiny: Path, reader_driver_asan: Path, tmp_path: Path):

@@ -44,12 +44,17 @@ class Grouping:
             out *= n
         return out
 
+    def span(self, n: int) -> int:
+        """The block length that matters along an axis of n weights: a block as long as the axis or
+        longer is the whole axis, so a hostile block size costs nothing."""
+        return max(1, min(self.block or 1, n))
+
     def expand(self, values: NDArray, shape: tuple[int, ...]) -> NDArray:
         """Flat per-group values as an array that broadcasts against a tensor of `shape`."""
         g = np.asarray(values).reshape(self.shape(shape))
         if self.block is None or self.axis is None:
             return g
-        full = np.repeat(g, self.block, axis=self.axis)
+        full = np.repeat(g, self.span(shape[self.axis]), axis=self.axis)
         return full[tuple(slice(0, shape[self.axis]) if i == self.axis else slice(None) for i in range(len(shape)))]
 
     def blocked(self, x: NDArray) -> tuple[NDArray, tuple[int, ...]]:
@@ -62,8 +67,9 @@ class Grouping:
             return x, tuple(range(x.ndim))
         if self.block is None:
             return x, tuple(i for i in range(x.ndim) if i != self.axis)
-        a, b = self.axis, self.block
+        a = self.axis
         n = x.shape[a]
+        b = self.span(n)
         if n % b:
             pad = [(0, 0)] * x.ndim
             pad[a] = (0, -n % b)

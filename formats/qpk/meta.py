@@ -5,15 +5,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from formats.errors import FormatError, brief
+from formats.errors import FormatError, brief, shown
 from formats.qpk.codecs import CodeContext
 from formats.qpk.grouping import Grouping
 from formats.qpk.schemes import SCHEMES
-from formats.qpk.spec import FLOAT_DTYPES, MAX_DIM, MAX_ELEMENTS, MAX_NAME_LENGTH, MAX_RANK, MAX_TENSORS, SOURCE_FORMATS
+from formats.qpk.spec import (
+    FLOAT_DTYPES,
+    MAX_DIM,
+    MAX_ELEMENTS,
+    MAX_META_DEPTH,
+    MAX_NAME_LENGTH,
+    MAX_RANK,
+    MAX_TENSORS,
+    SOURCE_FORMATS,
+)
 
 
 def _bad(where: str, what: str) -> FormatError:
     return FormatError(f"{where}: {what}")
+
+
+def _bad_tensor(name: str, what: str) -> FormatError:
+    return FormatError(f"tensor '{shown(name)}': {what}")  # built only on failure: entries are checked by the million
 
 
 def is_int(v: Any) -> TypeGuard[int]:
@@ -21,6 +34,50 @@ def is_int(v: Any) -> TypeGuard[int]:
 
 
 _brief = brief
+_NESTED = (dict, list, tuple)  # tuples: arrays used as map keys
+# the keys of a tensor entry; all but `role` are checked field by field (from_meta), which refuses
+# anything nested in them, as the blob table's checks do in its rows
+_ENTRY_KEYS = frozenset(("name", "key", "shape", "dtype", "role", "scheme", "bits", "axis", "block", "codes", "params"))
+
+
+def _nesting_within(level: list[Any], depth: int) -> bool:
+    """Whether the maps and arrays in `level`, at `depth`, hold nothing nested past MAX_META_DEPTH.
+    One level at a time, without recursion."""
+    while level:
+        if depth > MAX_META_DEPTH:
+            return False
+        below: list[Any] = []
+        for v in level:
+            if type(v) is dict:
+                below += [x for x in v.values() if type(x) in _NESTED]
+                below += [k for k in v if type(k) is tuple]
+            else:
+                below += [x for x in v if type(x) in _NESTED]
+        level, depth = below, depth + 1
+    return True
+
+
+def check_nesting(meta: dict[Any, Any]) -> None:
+    """Refuse metadata whose maps and arrays nest deeper than MAX_META_DEPTH (the format needs 4).
+
+    Informative fields and unknown keys are walked here; the blob table and the checked fields of
+    tensor entries are left to their own checks, which refuse a nested value there anyway, so a
+    file with a million tensors is not walked twice.
+    """
+    top = [v for k, v in meta.items() if k not in ("blobs", "tensors") and type(v) in _NESTED]
+    top += [k for k in meta if type(k) is tuple]
+    entries = []
+    tensors = meta.get("tensors")
+    if type(tensors) is list:
+        for e in tensors:
+            if type(e) is dict:
+                if not e.keys() <= _ENTRY_KEYS or type(e.get("role")) in _NESTED:
+                    entries.append(e)
+            elif type(e) in _NESTED:
+                entries.append(e)
+    if not (_nesting_within(top, 2) and _nesting_within(entries, 3)):
+        raise FormatError(f"metadata nests deeper than {MAX_META_DEPTH} levels")
+
 
 # Informative fields are shown to users and written to JSON reports: they are made plain (str
 # keys, no bytes) and bounded, so a hostile file can neither crash rendering nor flood the output.
@@ -110,41 +167,40 @@ class TensorEntry:
         key: Any = m.get("key")
         if not (isinstance(name, str) and isinstance(key, str) and 0 < len(key) <= MAX_NAME_LENGTH and len(name) <= MAX_NAME_LENGTH):
             raise _bad(where, "name or key missing or too long")
-        where = f"tensor '{name[:200]}'"
         shape = m.get("shape")
         count = 1
         if type(shape) is not list or len(shape) > MAX_RANK:
-            raise _bad(where, f"bad shape {_brief(shape)}")
+            raise _bad_tensor(name, f"bad shape {_brief(shape)}")
         for n in shape:
             if type(n) is not int or not 0 <= n < MAX_DIM:
-                raise _bad(where, f"bad shape {_brief(shape)}")
+                raise _bad_tensor(name, f"bad shape {_brief(shape)}")
             count *= n
         if count >= MAX_ELEMENTS:
-            raise _bad(where, f"shape {shape} is implausibly large")
+            raise _bad_tensor(name, f"shape {shape} is implausibly large")
         dtype, scheme, bits, axis, block = m.get("dtype"), m.get("scheme"), m.get("bits"), m.get("axis"), m.get("block")
         if dtype not in FLOAT_DTYPES:
-            raise _bad(where, f"source dtype {_brief(dtype)} is not a float type")
+            raise _bad_tensor(name, f"source dtype {_brief(dtype)} is not a float type")
         spec = SCHEMES.get(scheme) if isinstance(scheme, str) else None
         if spec is None:
-            raise _bad(where, f"unknown scheme {_brief(scheme)}")
+            raise _bad_tensor(name, f"unknown scheme {_brief(scheme)}")
         if not (is_int(bits) and spec.min_bits <= bits <= spec.max_bits):
-            raise _bad(where, f"bit width {_brief(bits)} outside {spec.min_bits}..{spec.max_bits} for scheme {scheme}")
+            raise _bad_tensor(name, f"bit width {_brief(bits)} outside {spec.min_bits}..{spec.max_bits} for scheme {scheme}")
         if not (axis is None or (is_int(axis) and 0 <= axis < len(shape))):
-            raise _bad(where, f"axis {_brief(axis)} invalid for rank {len(shape)}")
-        if block is not None and not (is_int(block) and block >= 1 and axis is not None):
-            raise _bad(where, f"block {_brief(block)} needs an axis and a positive size")
+            raise _bad_tensor(name, f"axis {_brief(axis)} invalid for rank {len(shape)}")
+        if block is not None and not (is_int(block) and 1 <= block < MAX_DIM and axis is not None):
+            raise _bad_tensor(name, f"block {_brief(block)} needs an axis and a positive size under 2^40")
         params = m.get("params")
         if not (type(params) is dict and params.keys() == spec.dtypes.keys() and all(type(v) is int for v in params.values())):
-            raise _bad(where, f"parameters {_brief(params)} do not fit scheme {scheme}")
+            raise _bad_tensor(name, f"parameters {_brief(params)} do not fit scheme {scheme}")
         codes = m.get("codes")
         if not is_int(codes):
-            raise _bad(where, "codes blob index missing")
+            raise _bad_tensor(name, "codes blob index missing")
         param_dtypes = m.get("param_dtypes")
         if param_dtypes is not None:
             allowed = {p.name: p.dtypes[1:] for p in spec.params}
             if not (type(param_dtypes) is dict and param_dtypes and all(
                     type(k) is str and v in allowed.get(k, ()) for k, v in param_dtypes.items())):
-                raise _bad(where, f"parameter dtypes {_brief(param_dtypes)} are not among scheme {scheme}'s alternatives")
+                raise _bad_tensor(name, f"parameter dtypes {_brief(param_dtypes)} are not among scheme {scheme}'s alternatives")
         role = m.get("role", "")
         return cls(name, key, tuple(shape), str(dtype), role if isinstance(role, str) else "", str(scheme), bits, Grouping(axis, block),
                    codes, params, param_dtypes)

@@ -14,11 +14,11 @@ import msgpack
 import numpy as np
 from numpy.typing import NDArray
 
-from formats.errors import FormatError, brief
+from formats.errors import FormatError, brief, shown
 from formats.files import open_regular
 from formats.qpk.bitstream import packed_size, unpack
 from formats.qpk.codecs import CODECS, RAW, CodeContext
-from formats.qpk.meta import TensorEntry, check_format, informative, is_int, parse_kept, parse_tensors
+from formats.qpk.meta import TensorEntry, check_format, check_nesting, informative, is_int, parse_kept, parse_tensors
 from formats.qpk.schemes import SCHEMES, SchemeSpec
 from formats.qpk.spec import (
     ALIGNMENT,
@@ -27,7 +27,9 @@ from formats.qpk.spec import (
     HEADER_BODY,
     HEADER_SIZE,
     MAGIC,
+    MAX_BLOBS,
     MAX_GRAPH_BYTES,
+    MAX_META_DEPTH,
     MAX_META_LENGTH,
     MAX_TENSORS,
     VERSION_MAJOR,
@@ -36,6 +38,8 @@ from formats.qpk.spec import (
     expansion_limit,
 )
 from formats.qpk.writer import Blob
+
+_PADDING_CHUNK = 1 << 20
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -91,11 +95,19 @@ class QpkReader:
         raw_meta = self._map[HEADER_SIZE : HEADER_SIZE + meta_len]
         _check(hashlib.sha256(raw_meta).digest() == meta_hash, f"{where}: metadata checksum mismatch (corrupt metadata)")
         try:
-            meta = msgpack.unpackb(raw_meta, raw=False, strict_map_key=False, max_array_len=MAX_TENSORS * 2,
+            # arrays and maps are allocated at the length their header claims: claims are bounded by
+            # the longest list the format has (the blob table)
+            meta = msgpack.unpackb(raw_meta, raw=False, strict_map_key=False, max_array_len=MAX_BLOBS,
                                    max_map_len=MAX_TENSORS * 2)
+        except msgpack.StackError:  # its decoder's own limit, far above MAX_META_DEPTH
+            raise FormatError(f"{where}: metadata nests deeper than {MAX_META_DEPTH} levels") from None
         except Exception as e:  # msgpack raises several unrelated types on bad input
             raise FormatError(f"{where}: metadata is not valid msgpack ({type(e).__name__})") from e
         _check(isinstance(meta, dict), f"{where}: metadata is not a map")
+        try:
+            check_nesting(meta)
+        except FormatError as err:
+            raise FormatError(f"{where}: {err}") from None
         self.meta: dict[str, Any] = meta
         self.blobs = self._parse_blobs(meta.get("blobs"), payload_len, where)
         self._check_padding(HEADER_SIZE + meta_len, where)
@@ -104,8 +116,9 @@ class QpkReader:
             self.entries = parse_tensors(meta.get("tensors"))
         except FormatError as err:
             raise FormatError(f"{where}: {err}") from None
+        owned = bytearray(len(self.blobs))  # a blob belongs to one tensor, so a reader's work follows the file's size
         for entry in self.entries:
-            self._check_entry(entry, where)
+            self._check_entry(entry, where, owned)
         graph = meta.get("graph")
         _check(is_int(graph) and 0 <= graph < len(self.blobs) and self.blobs[graph].kind == BlobKind.GRAPH,
                f"{where}: metadata has no valid graph blob index")
@@ -141,7 +154,9 @@ class QpkReader:
             pos = self.payload_offset + b.offset + b.length
         _check(pos == self.size, f"{where}: {self.size - pos} bytes after the last blob")
         for start, end in gaps:
-            _check(self._map[start:end].count(0) == end - start, f"{where}: non-zero padding at offset {start} (corrupt file)")
+            for at in range(start, end, _PADDING_CHUNK):  # a hostile gap may be gigabytes: never copied whole
+                stop = min(end, at + _PADDING_CHUNK)
+                _check(self._map[at:stop].count(0) == stop - at, f"{where}: non-zero padding at offset {at} (corrupt file)")
 
     def _check_expansion(self, where: str) -> None:
         """Every encoded blob within the format's decompression budget (no bombs), before any decoding."""
@@ -154,23 +169,27 @@ class QpkReader:
                 raise FormatError(f"{where}: blob {i} claims {b.raw_length:,} bytes from {b.length:,} stored, "
                                   f"over the format's limit of {limit:,} (a decompression bomb?)")
 
-    def _check_entry(self, e: TensorEntry, where: str) -> None:
-        """Blob indices exist and hold the right kind; lengths are exactly what shape, grouping and width imply."""
+    def _check_entry(self, e: TensorEntry, where: str, owned: bytearray) -> None:
+        """Blob indices exist, hold the right kind and belong to no other tensor; lengths are exactly what
+        shape, grouping and width imply."""
         # runs once per entry of files with up to MAX_TENSORS entries: messages are built only on failure
         blobs, n = self.blobs, len(self.blobs)
         for idx, kind in ((e.codes, BlobKind.CODES), *((i, BlobKind.PARAM) for i in e.params.values())):
             if not (0 <= idx < n and blobs[idx].kind is kind):
-                raise FormatError(f"{where}: tensor '{e.name[:200]}': blob index {idx} is not a {kind.name.lower()} blob")
+                raise FormatError(f"{where}: tensor '{shown(e.name)}': blob index {idx} is not a {kind.name.lower()} blob")
+            if owned[idx]:
+                raise FormatError(f"{where}: tensor '{shown(e.name)}': blob {idx} is another tensor's (or named twice)")
+            owned[idx] = 1
         got, want = blobs[e.codes].raw_length, packed_size(e.count, e.bits)
         if got != want:
-            raise FormatError(f"{where}: tensor '{e.name[:200]}': payload {got} bytes, expected {want} "
+            raise FormatError(f"{where}: tensor '{shown(e.name)}': payload {got} bytes, expected {want} "
                               f"for shape {list(e.shape)} at {e.bits} bits")
         groups = e.groups
         dtypes = e.dtypes
         for name, per_group in _param_counts(SCHEMES[e.scheme], e.bits):
             got, want = blobs[e.params[name]].raw_length, per_group * groups * _itemsize(dtypes[name])
             if got != want:
-                raise FormatError(f"{where}: tensor '{e.name[:200]}': parameter '{name}' is {got} bytes, expected {want}")
+                raise FormatError(f"{where}: tensor '{shown(e.name)}': parameter '{name}' is {got} bytes, expected {want}")
 
     def blob_view(self, index: int, kind: BlobKind) -> memoryview:
         """The stored bytes of a blob, checksum verified (still encoded if its codec says so)."""

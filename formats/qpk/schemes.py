@@ -58,7 +58,10 @@ class SchemeSpec:
         return {p.name: p.dtype for p in self.params}
 
     def dequantize(self, codes: NDArray[np.uint8], params: Params, bits: int, grouping: Grouping) -> NDArray[np.float32]:
-        return self.decode(codes, params, bits, grouping)
+        # float32 arithmetic as FORMAT.md writes it: parameters a file may hold (a NaN scale, an exponent
+        # past float32's range) give NaN or inf, as IEEE 754 defines, without warnings on the user's terminal
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            return self.decode(codes, params, bits, grouping)
 
 
 SCHEMES: dict[str, SchemeSpec] = {}

@@ -26,10 +26,12 @@ ALIGNMENT = 64  # every payload blob starts on a 64-byte boundary (cache line, S
 # Hostile-file limits: a header may claim anything, so the reader caps what it will believe.
 MAX_META_LENGTH = 256 * 1024 * 1024
 MAX_TENSORS = 1_000_000
+MAX_BLOBS = 1 + 4 * MAX_TENSORS  # the graph, and a tensor's codes with up to three parameters
 MAX_RANK = 16
 MAX_DIM = 2**40
 MAX_ELEMENTS = 2**48
 MAX_NAME_LENGTH = 65_536
+MAX_META_DEPTH = 32  # maps and arrays within each other; the format's own metadata nests 4 deep
 
 # Decompression budgets: how far a stored blob may expand, derived from the file itself, so a small
 # hostile file cannot make a reader allocate gigabytes. Writers store a blob raw rather than exceed them.

@@ -8,6 +8,8 @@ import os
 import shutil
 import tempfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import msgpack
 import numpy as np
 from numpy.typing import NDArray
 
-from formats.atomic import atomic_output
+from formats.atomic import atomic_output, cannot_write
 from formats.qpk.codecs import CODECS, RAW, Codec, CodeContext
 from formats.qpk.spec import HEADER, HEADER_BODY, HEADER_SIZE, MAGIC, VERSION_MAJOR, BlobKind, align, expansion_limit
 
@@ -62,13 +64,28 @@ def encode(data: bytes | bytearray | memoryview | NDArray, kind: BlobKind, codec
 
 
 class QpkWriter:
-    """Collects blobs in a spill file (nothing is kept in memory), then writes the container atomically."""
+    """Collects blobs in a spill file (nothing is kept in memory), then writes the container atomically.
 
-    def __init__(self, spill_dir: Path | None = None) -> None:
-        # unlinked from the start (O_TMPFILE where the system has it): nothing is left behind, even on SIGKILL
-        self._spill = tempfile.TemporaryFile(dir=spill_dir)
+    `target`, when given, is the file the container is for: errors writing the spill file (a full
+    disk) name it, as errors writing the container do, rather than the spill file's folder.
+    """
+
+    def __init__(self, spill_dir: Path | None = None, target: Path | None = None) -> None:
+        self._target = target
         self._blobs: list[Blob] = []
         self._end = 0
+        with self._writing():
+            # unlinked from the start (O_TMPFILE where the system has it): nothing is left behind, even on SIGKILL
+            self._spill = tempfile.TemporaryFile(dir=spill_dir)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:
+            if self._target is None:
+                raise
+            raise cannot_write(self._target, e) from e
 
     def add(self, data: bytes | bytearray | memoryview | NDArray, kind: BlobKind, codec: Codec = RAW, allowance: int = 0) -> int:
         """Encode and append a blob; returns its index."""
@@ -79,8 +96,9 @@ class QpkWriter:
         if codec not in CODECS:
             raise ValueError(f"codec id {codec} is not registered")
         offset = align(self._end)
-        self._spill.write(bytes(offset - self._end))
-        self._spill.write(stored)
+        with self._writing():
+            self._spill.write(bytes(offset - self._end))
+            self._spill.write(stored)
         length = memoryview(stored).nbytes
         self._blobs.append(Blob(kind, codec, offset, length, raw_length, hashlib.sha256(stored).digest()))
         self._end = offset + length
@@ -97,7 +115,8 @@ class QpkWriter:
         body = HEADER_BODY.pack(MAGIC, VERSION_MAJOR, minor, 0, len(packed), payload_offset, self._end,
                                 hashlib.sha256(packed).digest())
         header = HEADER.pack(*HEADER_BODY.unpack(body), zlib.crc32(body), bytes(4))
-        self._spill.flush()
+        with self._writing():
+            self._spill.flush()
         with atomic_output(path) as f:
             f.write(header)
             f.write(packed)
@@ -107,7 +126,10 @@ class QpkWriter:
         return payload_offset + self._end
 
     def close(self) -> None:
-        self._spill.close()
+        try:
+            self._spill.close()
+        except OSError:  # buffered spill bytes that could not be written: the error was reported already
+            pass
 
     def __enter__(self) -> QpkWriter:
         return self
