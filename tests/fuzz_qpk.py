@@ -110,8 +110,13 @@ def _blocked(path: Path) -> bytes:
 # taking a container apart and putting it back together
 
 
-class Pairs(list):  # type: ignore[type-arg]  # a list of (key, value): a msgpack map that may repeat a key
-    """A map with duplicated keys, as msgpack can encode it and a dict cannot hold it."""
+class Pairs:
+    """A map with duplicated keys, as msgpack can encode it and a dict cannot hold it: (key, value) pairs.
+
+    Not a list, so that no edit aimed at lists changes one into something else."""
+
+    def __init__(self, items: list[tuple[Any, Any]]) -> None:
+        self.items = list(items)
 
 
 class Encoded(bytes):
@@ -145,7 +150,7 @@ def pack_tree(obj: Any) -> bytes:
             except (TypeError, ValueError, OverflowError):  # a Pairs, Encoded or tuple inside, nested past msgpack's limit,
                 pass  # or an int out of its range
         if isinstance(o, (dict, Pairs)):
-            items = list(o.items()) if isinstance(o, dict) else list(o)
+            items = list(o.items()) if isinstance(o, dict) else o.items
             out += packer.pack_map_header(len(items))
             for k, v in reversed(items):
                 stack.append((v, depth + 1))
@@ -338,7 +343,7 @@ def hostile_value(rng: random.Random, tree: Any = None, depth: int = 0) -> Any:
 
 def _copy(v: Any) -> Any:
     if isinstance(v, Pairs):
-        return Pairs(v)
+        return Pairs(v.items)
     return clone(v)
 
 
@@ -361,7 +366,7 @@ def _paths(tree: Any, limit: int = 4000, max_depth: int = 8) -> list[Path_]:
         children: Iterator[tuple[Any, Any]]
         if isinstance(node, dict):
             children = iter(list(node.items())[:200])
-        elif isinstance(node, list) and not isinstance(node, Pairs):
+        elif isinstance(node, list):
             children = enumerate(node[:200])
         else:
             continue

@@ -43,7 +43,8 @@ def test_short_fuzz_run(seeds: list[bytes], tmp_path: Path):
     cache: dict[int, F.Parts] = {}
     for n in range(SHORT_RUN):
         data = F.mutant(seeds, n, cache)
-        out = F.run_input(F.write_input(tmp_path, data))
+        # allocations traced for every 4th input, and for any other that grows the process or takes long
+        out = F.run_input(F.write_input(tmp_path, data), trace=True if n % 4 == 0 else None)
         results.add(out.result)
         if out.failure:
             failures.append((n, F.save_failure(data, out, tmp_path / "failing"), out.failure))

@@ -372,8 +372,9 @@ def many_entries(path: Path, count: int) -> None:
 
 
 def test_inspect_time_grows_linearly_with_entries(tmp_path: Path):
-    """10x the entries take well under 15x the time (anything comparing entries pairwise would take
-    100x), and the table stops at MAX_ROWS rows; bench/fuzz_qpk.py --entries times 1,000,000."""
+    """10x the entries take under 20x the CPU time (anything comparing entries pairwise would take
+    100x; linear work measures 9-15x here, the smaller file running from the caches), and the table
+    stops at MAX_ROWS rows; bench/fuzz_qpk.py --entries times 1,000,000."""
     from converter.inspect import MAX_ROWS, describe
 
     small, large = tmp_path / "small.qpk", tmp_path / "large.qpk"
@@ -390,9 +391,9 @@ def test_inspect_time_grows_linearly_with_entries(tmp_path: Path):
         return best
 
     ratio = timed(large, 2) / timed(small, 3)
-    if ratio >= 15:  # once more, in case the machine was busier during the first
+    if ratio >= 20:  # once more, in case the machine was busier during the first
         ratio = timed(large, 2) / timed(small, 3)
-    assert ratio < 15, ratio
+    assert ratio < 20, ratio
     r = _run("inspect", small)
     assert r.exit_code == 0 and f"{2_000 - MAX_ROWS:,} more tensors" in r.output and r.output.count("\n") < MAX_ROWS + 20
 
