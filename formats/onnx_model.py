@@ -266,6 +266,12 @@ class OnnxModel:
         for f in files.values():
             f.close()
 
+    def __del__(self) -> None:
+        # a model dropped without close() (a library caller's, say) closes its files quietly
+        # instead of leaving them to the garbage collector's ResourceWarning
+        if getattr(self, "_files", None):
+            self.close()
+
     def __enter__(self) -> OnnxModel:
         return self
 
