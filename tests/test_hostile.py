@@ -64,20 +64,20 @@ def _one_line_failure(p: subprocess.CompletedProcess[str], *needles: str) -> Non
         assert n in p.stderr, p.stderr
 
 
-@pytest.fixture(scope="module")
-def container(tmp_path_factory: pytest.TempPathFactory, ) -> bytes:
-    """The bundled sample at 8 bits, per tensor, every blob raw: the file the edits start from."""
-    path = tmp_path_factory.mktemp("hostile") / "digits.qpk"
-    _convert(ROOT / "samples" / "digits_cnn.onnx", Policy("asym", 8), path)
-    return path.read_bytes()
-
-
 def _convert(model: Path, policy: Policy, out: Path) -> None:
     m = OnnxModel(model)
     try:
         convert(m, policy, out)
     finally:
         getattr(m, "close", lambda: None)()
+
+
+@pytest.fixture(scope="module")
+def container(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The bundled sample at 8 bits, per tensor, every blob raw: the file the edits start from."""
+    path = tmp_path_factory.mktemp("hostile") / "digits.qpk"
+    _convert(ROOT / "samples" / "digits_cnn.onnx", Policy("asym", 8), path)
+    return path.read_bytes()
 
 
 def _edited(tmp_path: Path, data: bytes, edit: Callable[[dict[str, Any]], object], name: str = "hostile.qpk") -> Path:
