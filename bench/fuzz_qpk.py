@@ -161,7 +161,7 @@ def fuzz(args: argparse.Namespace) -> int:
 
 
 def entries(counts: list[int]) -> None:
-    """`inspect` (verify on, the table and --json) on containers listing `count` tensors each."""
+    """`inspect` (verification on, the table, and the --json text) on containers listing `count` tensors each."""
     from converter.inspect import describe, render_description
     from tests.test_hostile import many_entries
 
@@ -171,12 +171,17 @@ def entries(counts: list[int]) -> None:
             t0 = time.perf_counter()
             many_entries(path, count)
             built = time.perf_counter() - t0
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             info = describe(path)
+            read = time.perf_counter() - t0
             render_description(info, F._null_console())
-            json.dumps(info)
-            print(f"{count:>9,} entries: {path.stat().st_size / 2**20:7.1f} MiB, built in {built:.1f} s, "
-                  f"inspect {time.perf_counter() - t0:.2f} s", flush=True)
+            shown = time.perf_counter() - t0
+            json.dumps(info, indent=2)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+            print(f"{count:>9,} entries: {path.stat().st_size / 2**20:7.1f} MiB, built in {built:.1f} s; inspect "
+                  f"{read:.1f} s to read and verify, {shown:.1f} s with the table, {wall:.1f} s with --json "
+                  f"({cpu:.1f} s CPU, {wall / count * 1e6:.0f} us per entry); peak resident {peak:,.0f} MiB so far", flush=True)
             path.unlink()
 
 
