@@ -132,13 +132,16 @@ def _fast(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True, strict_types=True, default=_no_default)
 
 
-def pack_tree(obj: Any) -> bytes:
+def pack_tree(obj: Any, limit: int | None = None) -> bytes:
     """msgpack bytes of a tree of any depth (an explicit stack: no recursion limit), Pairs as maps,
-    Encoded as they are; near the root, subtrees msgpack can take are packed by it."""
+    Encoded as they are; near the root, subtrees msgpack can take are packed by it. Past `limit`
+    bytes it stops: edits that share subtrees can expand into billions of nodes."""
+    if limit is not None and _larger(obj, limit):
+        return bytes(limit + 1)
     packer = msgpack.Packer(use_bin_type=True)
     out = bytearray()
     stack: list[tuple[Any, int]] = [(obj, 0)]
-    while stack:
+    while stack and (limit is None or len(out) <= limit):
         o, depth = stack.pop()
         if isinstance(o, Encoded):
             out += o
@@ -163,6 +166,23 @@ def pack_tree(obj: Any) -> bytes:
                 o = 2**64 - 1 if o > 0 else -(2**63)
             out += packer.pack(o)
     return bytes(out)
+
+
+def _larger(obj: Any, limit: int) -> bool:
+    """Whether the tree packs to more than `limit` bytes (every node takes at least one), in at most
+    `limit` steps: shared subtrees can make a small tree pack to gigabytes."""
+    stack, size = [obj], 0
+    while stack and size <= limit:
+        o = stack.pop()
+        size += len(o) + 1 if isinstance(o, (str, bytes)) else 1
+        if isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, Pairs):
+            stack.extend(x for kv in o.items for x in kv)
+        elif isinstance(o, (list, tuple)):
+            stack.extend(o)
+    return size > limit
 
 
 def clone(v: Any, depth: int = 0) -> Any:
@@ -684,7 +704,7 @@ def mutate(rng: random.Random, seeds: list[bytes], cache: dict[int, Parts] | Non
         meta = parts.meta
         for _ in range(rng.choice([1, 1, 1, 2, 3, 5])):
             meta = edit(rng, meta)
-        return assemble(pack_tree(meta), parts.payload, parts.minor)
+        return assemble(pack_tree(meta, MAX_INPUT), parts.payload, parts.minor)
     if r < 0.72:
         try:
             return mutate_payload(rng, parts)
