@@ -8,7 +8,12 @@ lam is bisected until the budget is met, then the bytes left over go to the best
 upgrades. The weight of a tensor's error is 1 / its signal energy, so the allocation minimizes the
 sum of relative errors (1 / SQNR) over tensors: each layer's output error grows with its relative
 weight error whatever the scale its weights happen to have (batch norms fold into kernels at any
-scale), and no data is needed.
+scale), and no data is needed. With `objective="pooled"` a tensor's error counts as it is, so the
+allocation maximizes the pooled weight SQNR of the whole model: large tensors get the bits their
+size asks for (the operating point of codecs that use one step size for the whole model).
+
+`--target-sqnr DB` is the dual: the fewest bytes whose pooled weight SQNR is at least DB, by the
+same equal slope (lam bisected until the summed error fits), checked on real conversions.
 
 With inputs (`--min-cosine`, `--max-accuracy-drop`), the goal is checked in the real runtime: the
 budget is bisected between the starting width and 8 bits for the smallest allocation that meets
@@ -41,6 +46,13 @@ MAX_BITS = 8
 MIN_WIDTH = 2
 CODED_MARGIN, CODED_OVERHEAD = 1.02, 64  # entropy-coded codes: within 2% of the entropy, plus a table
 BLOCKS = (32, 128)
+# how the data-free allocation weighs a tensor's squared error (Menu.importance relative to signal)
+OBJECTIVES = {
+    "layers": "sum over tensors of squared error / signal energy (1 / SQNR): every layer counts alike",
+    "pooled": "squared error summed over all tensors (the pooled weight SQNR): large tensors count by their size",
+}
+DP_BUCKETS, DP_CELLS = 4096, 1 << 26  # error steps of the --target-sqnr knapsack, and its table's size limit
+MAX_SQNR_DB = 100.0  # beyond what 8-bit codes give any real tensor: the goal is a typo
 LOW_BITS_CLIP = 6  # at or below this width the range is searched by least squares (clip mse)
 
 
@@ -124,12 +136,14 @@ def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range
         for bits in widths:
             if not q.spec().min_bits <= bits <= q.spec().max_bits:
                 continue
-            clip = "mse" if bits <= LOW_BITS_CLIP else "minmax"
-            err, pbytes, entropy = _sample_error(q, x, bits, g, clip, dtypes)
-            code_bytes = packed_size(w.size, bits)
-            if coded:
-                code_bytes = min(code_bytes, math.ceil(w.size * entropy * CODED_MARGIN / 8) + CODED_OVERHEAD)
-            opts.append(Option(bits, axis, block, clip, code_bytes + pbytes, err))
+            # entropy-coded, a full range can cost fewer bytes than a clipped one: its codes crowd the middle
+            clips = ("mse", "minmax") if coded and bits <= LOW_BITS_CLIP else ("mse",) if bits <= LOW_BITS_CLIP else ("minmax",)
+            for clip in clips:
+                err, pbytes, entropy = _sample_error(q, x, bits, g, clip, dtypes)
+                code_bytes = packed_size(w.size, bits)
+                if coded:
+                    code_bytes = min(code_bytes, math.ceil(w.size * entropy * CODED_MARGIN / 8) + CODED_OVERHEAD)
+                opts.append(Option(bits, axis, block, clip, code_bytes + pbytes, err))
     return Menu(w, signal, _hull(opts))
 
 
@@ -248,6 +262,8 @@ class Goal:
     target_size: int | None = None
     min_cosine: float | None = None
     max_accuracy_drop: float | None = None  # points
+    target_sqnr: float | None = None  # dB, pooled over the quantized weights
+    objective: str | None = None  # a key of OBJECTIVES; None: layers (pooled for --target-sqnr)
 
     @property
     def fidelity(self) -> bool:
@@ -255,15 +271,29 @@ class Goal:
 
     @property
     def any(self) -> bool:
-        return self.fidelity or self.target_bpw is not None or self.target_size is not None
+        return self.fidelity or self.target_bpw is not None or self.target_size is not None or self.target_sqnr is not None
+
+    @property
+    def pooled(self) -> bool:
+        """Whether tensors' errors are weighed as they are (the pooled weight SQNR)."""
+        return self.objective == "pooled" or (self.objective is None and self.target_sqnr is not None)
 
     def check(self) -> None:
-        if self.target_bpw is not None and self.target_size is not None:
-            raise OptionError("give --target-bpw or --target-size, not both")
-        if self.fidelity and (self.target_bpw is not None or self.target_size is not None):
-            raise OptionError("a fidelity goal (--min-cosine, --max-accuracy-drop) finds its own size: drop --target-bpw/--target-size")
+        sizes = [f for f, v in (("--target-bpw", self.target_bpw), ("--target-size", self.target_size),
+                                ("--target-sqnr", self.target_sqnr)) if v is not None]
+        if len(sizes) > 1:
+            raise OptionError(f"give one of --target-bpw, --target-size and --target-sqnr, not {' and '.join(sizes)}")
+        if self.fidelity and sizes:
+            raise OptionError(f"a fidelity goal (--min-cosine, --max-accuracy-drop) finds its own size: drop {sizes[0]}")
+        if self.objective is not None and self.objective not in OBJECTIVES:
+            raise OptionError(f"--objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
+        if self.objective is not None and not (sizes and sizes[0] != "--target-sqnr"):
+            raise OptionError("--objective weighs tensors for --target-bpw or --target-size "
+                              "(--target-sqnr is pooled by definition; a fidelity goal is measured)")
         if self.target_bpw is not None and not 0 < self.target_bpw <= 64:
             raise OptionError(f"--target-bpw must lie in (0, 64], not {self.target_bpw}")
+        if self.target_sqnr is not None and not 0 < self.target_sqnr <= MAX_SQNR_DB:
+            raise OptionError(f"--target-sqnr must lie in (0, {MAX_SQNR_DB:g}] dB, not {self.target_sqnr}")
         if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:
             raise OptionError(f"--min-cosine must lie in [-1, 1], not {self.min_cosine}")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
@@ -378,20 +408,144 @@ def _weigh_by_damage(policy: Policy, ms: list[Menu], failing: list[Option], eval
         say(f"  {ms[i].weight.name}: damage {d:.2e}, weight x{ms[i].importance:.2f}")
 
 
+def _stored(result: Any) -> int:
+    return sum(t.stored_bytes + t.param_bytes for t in result.tensors)
+
+
 def for_bpw(policy: Policy, bpw: float, convert_to: Callable[[Policy], Any], ms: list[Menu]) -> tuple[Policy, list[Option]]:
     """The allocation whose stored codes and parameters are at most `bpw` bits per quantized weight,
-    checked on real conversions (entropy-coded sizes are estimates until then)."""
-    budget = bpw_budget(ms, bpw)
-    limit = budget
+    checked on real conversions (entropy-coded sizes are estimates until then): the budget is
+    corrected by what each conversion missed by, either way, and the largest that fits is kept."""
+    limit = bpw_budget(ms, bpw)
+    budget, best, fits = limit, None, None
     for _ in range(6):
         chosen = choose(ms, budget)
         p = plan(policy, ms, chosen, f"equal slope within {bpw} bits per weight")
+        stored = _stored(convert_to(p))
+        if stored <= limit and (fits is None or stored > fits):
+            best, fits = (p, chosen), stored
+        if fits is not None and fits >= limit * (1 - 0.002):
+            break
+        budget += limit - stored
+        if budget < sum(m.options[0].nbytes for m in ms) or budget > largest(ms) + limit:
+            break
+    if best is None:
+        raise BudgetError(f"could not fit the codes within --target-bpw {bpw}")
+    return best
+
+
+def within_error(ms: list[Menu], allowed: float) -> list[Option]:
+    """The fewest bytes whose summed squared error is at most `allowed`.
+
+    A multiple-choice knapsack solved by dynamic programming over the error budget in DP_BUCKETS
+    steps, each option's error rounded up (so the answer always fits); equal slope alone stops at
+    the vertices of the summed hull, and with few tensors whose menus step coarsely those can lie
+    far from the budget. Too many tensors for the table: equal slope (lam bisected), then the
+    greedy steps down that still fit.
+    """
+    top = [m.options[-1] for m in ms]
+    if sum(o.error for o in top) > allowed:
+        return top
+    buckets = min(max(DP_BUCKETS, 16 * len(ms)), 1 << 16)
+    if len(ms) * buckets <= DP_CELLS and allowed > 0:
+        chosen = _knapsack(ms, allowed, buckets)
+    else:
+        chosen = _equal_slope_error(ms, allowed)
+    spare = allowed - sum(o.error for o in chosen)
+    while True:  # greedy: the step down that saves the most bytes per error added, while the error fits
+        best, rate = None, 0.0
+        for i, (m, o) in enumerate(zip(ms, chosen)):
+            k = m.options.index(o)
+            if k > 0:
+                prev = m.options[k - 1]
+                added = prev.error - o.error
+                if added <= spare and (o.nbytes - prev.nbytes) / max(added, 1e-300) > rate:
+                    best, rate = i, (o.nbytes - prev.nbytes) / max(added, 1e-300)
+        if best is None:
+            return chosen
+        prev = ms[best].options[ms[best].options.index(chosen[best]) - 1]
+        spare -= prev.error - chosen[best].error
+        chosen[best] = prev
+
+
+def _knapsack(ms: list[Menu], allowed: float, buckets: int) -> list[Option]:
+    unit = allowed / buckets
+    fewest = np.zeros(buckets + 1)  # fewest bytes of the tensors so far with error <= e * unit
+    picks = np.zeros((len(ms), buckets + 1), np.uint8)
+    for i, m in enumerate(ms):
+        new = np.full(buckets + 1, np.inf)
+        for k, o in enumerate(m.options):
+            c = math.ceil(o.error / unit)
+            if c > buckets:
+                continue
+            cand = np.full(buckets + 1, np.inf)
+            cand[c:] = fewest[: buckets + 1 - c] + o.nbytes
+            better = cand < new
+            new[better] = cand[better]
+            picks[i, better] = k
+        fewest = new
+    if not np.isfinite(fewest[-1]):  # the rounding left no room: the most precise settings fit (checked above)
+        return [m.options[-1] for m in ms]
+    chosen: list[Option] = []
+    e = buckets
+    for i in range(len(ms) - 1, -1, -1):
+        o = ms[i].options[int(picks[i, e])]
+        chosen.append(o)
+        e -= math.ceil(o.error / unit)
+    return chosen[::-1]
+
+
+def _equal_slope_error(ms: list[Menu], allowed: float) -> list[Option]:
+    def pick(lam: float) -> list[Option]:
+        return [m.options[int(np.argmin([o.error + lam * o.nbytes for o in m.options]))] for m in ms]
+
+    lo, hi = 0.0, 1.0  # lo meets the error budget; grow hi until it does not
+    while sum(o.error for o in pick(hi)) <= allowed and hi < 1e30:
+        lo, hi = hi, hi * 4
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if sum(o.error for o in pick(mid)) <= allowed:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= hi * 1e-9:
+            break
+    return pick(lo)
+
+
+def for_sqnr(policy: Policy, db: float, convert_to: Callable[[Policy], Any], ms: list[Menu]) -> tuple[Policy, list[Option]]:
+    """The fewest stored bytes whose pooled weight SQNR is at least `db`, checked on real
+    conversions: the estimated error budget is corrected by what each one missed by.
+
+    Raises:
+        BudgetError: even every tensor at its most precise setting falls short.
+    """
+    signal = sum(m.signal for m in ms)
+    allowed = target = signal / 10 ** (db / 10)
+    best: tuple[Policy, list[Option]] | None = None
+    best_bytes = math.inf
+    tried: set[tuple[Option, ...]] = set()
+    for _ in range(6):
+        chosen = within_error(ms, target)
+        if tuple(chosen) in tried:
+            break
+        tried.add(tuple(chosen))
+        p = plan(policy, ms, chosen, f"fewest bytes at a pooled weight SQNR of {db:g} dB")
         result = convert_to(p)
-        stored = sum(t.stored_bytes + t.param_bytes for t in result.tensors)
-        if stored <= limit:
-            return p, chosen
-        budget -= stored - limit
-    raise BudgetError(f"could not fit the codes within --target-bpw {bpw}")
+        noise = sum(t.noise for t in result.tensors)
+        got = 10 * math.log10(signal / noise) if noise > 0 else math.inf
+        if got >= db and _stored(result) < best_bytes:
+            best, best_bytes = (p, chosen), _stored(result)
+        if got < db and all(o is m.options[-1] for o, m in zip(chosen, ms)):
+            raise BudgetError(f"--target-sqnr {db:g} dB is out of reach: every tensor at its most precise setting "
+                              f"(8 bits) gives {got:.2f} dB")
+        if noise <= 0 or (best is not None and got - db < 0.05):
+            break
+        # the estimated errors were off by this factor: aim that much closer
+        target = allowed * sum(o.error for o in chosen) / noise
+    if best is None:
+        raise BudgetError(f"could not reach --target-sqnr {db:g} dB")
+    return best
 
 
 def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: Any, model_path: Any = None,
@@ -416,9 +570,16 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
     def convert_to(p: Policy) -> Any:
         return convert(src, p, trial, codec=codec)
 
-    summary: dict[str, Any] = {"proxy": "sum over tensors of squared error / signal energy (1 / SQNR)",
+    objective = "pooled" if goal.pooled else "layers"
+    if goal.pooled:
+        for m in ms:
+            m.importance = m.signal  # cost() is then the tensor's squared error as it is
+    summary: dict[str, Any] = {"proxy": OBJECTIVES[objective], "objective": objective,
                                "candidates": sum(len(m.options) for m in ms)}
-    if goal.target_bpw is not None:
+    if goal.target_sqnr is not None:
+        p, chosen = for_sqnr(policy, goal.target_sqnr, convert_to, ms)
+        summary["goal"] = f"--target-sqnr {goal.target_sqnr}"
+    elif goal.target_bpw is not None:
         p, chosen = for_bpw(policy, goal.target_bpw, convert_to, ms)
         summary["goal"] = f"--target-bpw {goal.target_bpw}"
     elif goal.target_size is not None:

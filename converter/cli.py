@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from converter import __version__
+from converter.allocate import OBJECTIVES
 from converter.quant import CLIPS, QUANTIZERS
 from formats.errors import BudgetError, QpackError
 from formats.qpk import CODECS, Codec, codec_named
@@ -42,10 +43,12 @@ if TYPE_CHECKING:
     CodecName: TypeAlias = Enum
     ClipName: TypeAlias = Enum
     SchemeName: TypeAlias = Enum
+    ObjectiveName: TypeAlias = Enum
 else:
     CodecName = _choices("CodecName", {_CODEC_LABELS.get(c.name, c.name): _CODEC_LABELS.get(c.name, c.name) for c in CODECS.values()})
     ClipName = _choices("ClipName", {c: c for c in CLIPS})
     SchemeName = _choices("SchemeName", {s: s for s in QUANTIZERS})
+    ObjectiveName = _choices("ObjectiveName", {o: o for o in OBJECTIVES})
 
 
 @contextmanager
@@ -140,6 +143,11 @@ DatasetOpt = Annotated[str | None, typer.Option("--dataset", help="built-in labe
 TargetBpw = Annotated[float | None, typer.Option("--target-bpw", help="goal: at most this many stored bits per weight "
                                                  "(scales included); qpack picks each tensor's width, grouping and clipping")]
 TargetSize = Annotated[int | None, typer.Option("--target-size", help="goal: a .qpk of at most this many bytes")]
+TargetSqnr = Annotated[float | None, typer.Option("--target-sqnr", help="goal: the smallest file whose weight SQNR, pooled "
+                                                  "over the quantized tensors, is at least this many dB")]
+Objective = Annotated[ObjectiveName | None, typer.Option("--objective", help="what --target-bpw/--target-size maximize: "
+                                                         + "; ".join(f"{k}: {v}" for k, v in OBJECTIVES.items())
+                                                         + " [default: layers]", show_default=False)]
 MinCosine = Annotated[float | None, typer.Option("--min-cosine", help="goal: every output's cosine to the float model's "
                                                  "at least this, on the given inputs (smallest file that meets it)")]
 MaxDrop = Annotated[float | None, typer.Option("--max-accuracy-drop", help="goal: accuracy lost on labelled inputs at most "
@@ -183,6 +191,8 @@ def convert(
     min_sqnr: MinSqnr = None,
     target_bpw: TargetBpw = None,
     target_size: TargetSize = None,
+    target_sqnr: TargetSqnr = None,
+    objective: Objective = None,
     min_cosine: MinCosine = None,
     max_accuracy_drop: MaxDrop = None,
     inputs: InputsOpt = None,
@@ -197,7 +207,7 @@ def convert(
 ) -> None:
     """Quantize MODEL's weights into a .qpk container and print a size report.
 
-    With a goal (--target-bpw, --target-size, or --min-cosine/--max-accuracy-drop checked in the
+    With a goal (--target-bpw, --target-size, --target-sqnr, or --min-cosine/--max-accuracy-drop checked in the
     runtime on --inputs/--images/--dataset), qpack allocates each tensor's width, grouping and
     clipping itself, starting from --bits; an impossible goal exits with code 3.
 
@@ -217,7 +227,8 @@ def convert(
         budget = Budget(max_size, max_bpw, min_sqnr)
         parse_compressors(compress)  # reject a bad list before any work
         target = output or model.with_suffix(".qpk")
-        goal = Goal(target_bpw, target_size, min_cosine, max_accuracy_drop)
+        goal = Goal(target_bpw, target_size, min_cosine, max_accuracy_drop, target_sqnr,
+                    str(objective.value) if objective else None)
         goal.check()
         data = _inputs(model, inputs, images, dataset, size, layout, scale, mean, std) if goal.fidelity else None
         src = stack.enter_context(closing(open_model(model)))

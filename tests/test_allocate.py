@@ -89,9 +89,81 @@ def test_target_size_fits_and_impossible_sizes_exit_3(sample: Path, tmp_path: Pa
     assert [p.name for p in tmp_path.iterdir()] == ["s.qpk"]
 
 
-def test_conflicting_goals_refused(sample: Path, tmp_path: Path):
-    r = _run("convert", sample, "--target-bpw", 3, "--target-size", 30000, "-o", tmp_path / "x.qpk")
-    assert r.exit_code == 1 and "not both" in r.output
+@pytest.mark.parametrize("args, words", [
+    (["--target-bpw", 3, "--target-size", 30000], "not --target-bpw and --target-size"),
+    (["--target-sqnr", 30, "--target-bpw", 3], "not --target-bpw and --target-sqnr"),
+    (["--target-sqnr", 30, "--objective", "layers"], "--target-sqnr is pooled by definition"),
+    (["--objective", "pooled"], "--objective weighs tensors for --target-bpw or --target-size"),
+    (["--target-sqnr", 0], "--target-sqnr must lie in (0, 100] dB"),
+    (["--target-sqnr", 30, "--min-cosine", 0.99, "--dataset", "digits"], "drop --target-sqnr"),
+])
+def test_conflicting_goals_refused(sample: Path, tmp_path: Path, args: list, words: str):
+    out = tmp_path / "x.qpk"
+    r = _run("convert", sample, *args, "-o", out)
+    assert r.exit_code == 1 and words in r.output and not out.exists(), r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def _pooled_db(model: Path, qpk: Path) -> float:
+    """Weight SQNR pooled over the container's tensors, recomputed from the float model and the codes."""
+    with OnnxModel(model) as m, QpkReader(qpk) as q:
+        floats = {w.key: np.asarray(w.array, np.float64) for w in m.weights}
+        signal = sum(float(np.square(floats[e.key]).sum()) for e in q.entries)
+        noise = sum(float(np.square(floats[e.key] - q.dequantize(e)).sum()) for e in q.entries)
+    return 10 * np.log10(signal / noise)
+
+
+@pytest.mark.parametrize("db", [20.0, 30.0, 40.0])
+def test_target_sqnr_is_met_with_fewer_bytes_than_any_uniform_setting(sample: Path, tmp_path: Path, db: float):
+    """The goal holds on the codes as stored, and no single setting for every tensor (scheme, grouping,
+    width, with the same codec) that reaches the goal stores fewer bytes."""
+    from converter.cost import tensor_cost
+    from formats.qpk import Grouping
+
+    out, js = tmp_path / "t.qpk", tmp_path / "t.json"
+    r = _run("convert", sample, "--target-sqnr", db, "--codec", "ans", "-o", out, "--json", js, "--compress", "none", "-q")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(js.read_text())
+    got = _pooled_db(sample, out)
+    assert db <= got < db + 1.5
+    assert rep["allocation"]["goal"] == f"--target-sqnr {db}" and rep["allocation"]["objective"] == "pooled"
+    stored = sum(t["stored_bytes"] + t["param_bytes"] for t in rep["tensors"])
+    with OnnxModel(sample) as m:
+        ws = [w for w in m.weights if w.key in {t["key"] for t in rep["tensors"]}]
+        signal = sum(float(np.square(np.asarray(w.array, np.float64)).sum()) for w in ws)
+        uniform = []
+        for scheme in ("asym", "sym"):
+            for per_channel in (False, True):
+                for bits in range(2, 9):
+                    costs = [tensor_cost(w.array, scheme, bits, Grouping(w.axis if per_channel else None)) for w in ws]
+                    if 10 * np.log10(signal / sum(c.squared_error for c in costs)) >= db:
+                        uniform.append(sum(c.bytes for c in costs))
+                        break
+    assert uniform and stored < min(uniform), (stored, sorted(uniform))
+
+
+def test_unreachable_sqnr_exits_3_and_writes_nothing(sample: Path, tmp_path: Path):
+    out = tmp_path / "u.qpk"
+    r = _run("convert", sample, "--target-sqnr", 90, "-o", out, "-q")
+    assert r.exit_code == EXIT_BUDGET and "out of reach" in r.output and not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pooled_objective_gives_the_higher_pooled_sqnr(ocr_rec: Path, tmp_path: Path):
+    """On a model whose largest matrix dwarfs the rest, weighing errors as they are buys pooled SQNR
+    that weighing each layer alike spends on the small ones, at the same budget."""
+    figures = {}
+    for objective in ("layers", "pooled"):
+        out, js = tmp_path / f"{objective}.qpk", tmp_path / f"{objective}.json"
+        r = _run("convert", ocr_rec, "--target-bpw", 4.5, "--objective", objective, "--codec", "ans", "-o", out,
+                 "--json", js, "--compress", "none", "-q")
+        assert r.exit_code == 0, r.output
+        rep = json.loads(js.read_text())
+        assert rep["allocation"]["objective"] == objective
+        assert 4.0 < sum(8 * (t["stored_bytes"] + t["param_bytes"]) for t in rep["tensors"]) / sum(
+            t["count"] for t in rep["tensors"]) <= 4.5
+        figures[objective] = _pooled_db(ocr_rec, out)
+    assert figures["pooled"] > figures["layers"] + 1.0, figures
 
 
 def test_max_accuracy_drop_is_met_and_promotes_what_hurts(sample: Path, tmp_path: Path):
