@@ -102,7 +102,8 @@ def _sample_error(q: Any, x: NDArray[np.float32], bits: int, g: Grouping, clip: 
     parameters fitted on the whole tensor, the error and entropy measured on evenly spaced whole
     groups (or, for one group, evenly spaced weights) and scaled up."""
     xv, axes = g.blocked(x)
-    params, used = q.fit(xv, axes, bits, clip, dtypes, refine=False)  # the final conversion refines; ranking needs less
+    # ranking settings needs less than the final conversion: no refinement, a smaller sample
+    params, used = q.fit(xv, axes, bits, clip, dtypes, refine=False, budget=SAMPLE_ELEMENTS)
     keep = tuple(i for i in range(xv.ndim) if i not in axes)
     groups = math.prod(xv.shape[i] for i in keep)
     rows = np.transpose(xv, keep + axes).reshape(groups, -1)
@@ -230,13 +231,18 @@ def plan(policy: Policy, menus: list[Menu], options: list[Option], why: str) -> 
 def menus(model: SourceModel, policy: Policy, progress: Callable[[int, int], None] | None = None,
           coded: bool = False) -> list[Menu]:
     """A menu for each weight the policy quantizes: its scheme, widths 2 to 8."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from converter.convert import default_workers
+
     chosen = [w for w in model.weights if policy.decide(w).quantize]
     lowest = max(get_quantizer(policy.scheme).spec().min_bits, MIN_WIDTH)
     out = []
-    for i, w in enumerate(chosen):
-        out.append(menu(w, policy.scheme, True, range(lowest, MAX_BITS + 1), coded))
-        if progress:
-            progress(i + 1, len(chosen))
+    with ThreadPoolExecutor(default_workers()) as pool:  # numpy lets go of the GIL in the searches
+        for i, m in enumerate(pool.map(lambda w: menu(w, policy.scheme, True, range(lowest, MAX_BITS + 1), coded), chosen)):
+            out.append(m)
+            if progress:
+                progress(i + 1, len(chosen))
     return out
 
 

@@ -100,17 +100,19 @@ class Quantizer:
 
     @classmethod
     def fit(cls, xv: NDArray[np.float32], axes: tuple[int, ...], bits: int, clip: str = "minmax",
-            dtypes: dict[str, str] | None = None, refine: bool = True) -> tuple[Params, dict[str, str]]:
+            dtypes: dict[str, str] | None = None, refine: bool = True,
+            budget: int | None = None) -> tuple[Params, dict[str, str]]:
         """Group-shaped parameters of a blocked view (see Grouping.blocked), rounded to the dtypes
         they will be stored in, and those dtypes.
 
         clip "minmax" spans each group's whole range; "mse" shrinks the range per group to the
         factor that minimizes the squared error on a sample of the group (see search_shrink).
-        `dtypes` asks for other parameter dtypes the scheme allows (float16 scales, say).
+        `dtypes` asks for other parameter dtypes the scheme allows (float16 scales, say); `budget`
+        bounds the weights a search looks at (default SAMPLE_BUDGET; ranking settings needs fewer).
         """
         stats = cls.stats(xv, axes)
         if clip in ("mse", "mse-ends"):
-            shrink = search_shrink(cls, xv, axes, bits, stats, dtypes)
+            shrink = search_shrink(cls, xv, axes, bits, stats, dtypes, budget or SAMPLE_BUDGET)
             stats = tuple(s * shrink for s in stats)
             if clip == "mse-ends" and refine:
                 stats = cls.refine(xv, axes, bits, stats, dtypes)
@@ -147,15 +149,15 @@ MIN_PER_GROUP = 64
 
 
 def search_shrink(q: type[Quantizer], xv: NDArray[np.float32], axes: tuple[int, ...], bits: int, stats: Stats,
-                  dtypes: dict[str, str] | None = None) -> NDArray[np.float32]:
+                  dtypes: dict[str, str] | None = None, budget: int = SAMPLE_BUDGET) -> NDArray[np.float32]:
     """Per group, the range factor in q.shrinks with the least squared error on a sample.
 
     Clipping a few outliers buys finer steps for the bulk of the weights; at low widths that is
     most of the error. The sample is every k-th element of each group plus its two extremes, so
     that the cost of clipping the largest weights is never missed, and the search costs a few
-    passes over about SAMPLE_BUDGET elements however large the tensor. Ties keep the wider range.
+    passes over about `budget` elements however large the tensor. Ties keep the wider range.
     """
-    sample = sample_rows(xv, axes)
+    sample = sample_rows(xv, axes, budget)
     groups = sample.shape[0]
     flat_stats = tuple(s.reshape(groups, 1) for s in stats)
     best_err = np.full(groups, np.inf)
@@ -167,12 +169,12 @@ def search_shrink(q: type[Quantizer], xv: NDArray[np.float32], axes: tuple[int, 
     return best.reshape(stats[0].shape)
 
 
-def sample_rows(xv: NDArray[np.float32], axes: tuple[int, ...]) -> NDArray[np.float32]:
-    """Per group (a row each), every k-th weight plus the two extremes: about SAMPLE_BUDGET in all."""
+def sample_rows(xv: NDArray[np.float32], axes: tuple[int, ...], budget: int = SAMPLE_BUDGET) -> NDArray[np.float32]:
+    """Per group (a row each), every k-th weight plus the two extremes: about `budget` in all."""
     keep = tuple(i for i in range(xv.ndim) if i not in axes)
     groups = int(np.prod([xv.shape[i] for i in keep], dtype=np.int64))
     rows = np.transpose(xv, keep + axes).reshape(groups, -1)
-    per_group = max(MIN_PER_GROUP, SAMPLE_BUDGET // groups)
+    per_group = max(MIN_PER_GROUP, budget // groups)
     step = max(1, rows.shape[1] // per_group)
     sample = np.concatenate([rows[:, ::step], rows.min(axis=1, keepdims=True), rows.max(axis=1, keepdims=True)], axis=1)
     return np.ascontiguousarray(sample, dtype=np.float32)

@@ -85,13 +85,13 @@ class Codebook(Quantizer):
         return x.min(axis=axes, keepdims=True), x.max(axis=axes, keepdims=True)
 
     @classmethod
-    def fit(cls, xv, axes, bits, clip="minmax", dtypes=None, refine=True):
+    def fit(cls, xv, axes, bits, clip="minmax", dtypes=None, refine=True, budget=None):
         # k-means already minimizes the squared error: there is no range to clip
         keep = tuple(i for i in range(xv.ndim) if i not in axes)
         gshape = tuple(xv.shape[i] if i in keep else 1 for i in range(xv.ndim))
         groups = int(np.prod([xv.shape[i] for i in keep], dtype=np.int64))
         rows = np.transpose(xv, keep + axes).reshape(groups, -1)
-        step = max(1, rows.shape[1] // max(MIN_PER_GROUP, SAMPLE_BUDGET // groups))
+        step = max(1, rows.shape[1] // max(MIN_PER_GROUP, (budget or SAMPLE_BUDGET) // groups))
         if step > 1:
             rows = np.concatenate([rows[:, ::step], rows.min(axis=1, keepdims=True), rows.max(axis=1, keepdims=True)], axis=1)
         centroids = kmeans(np.ascontiguousarray(rows, dtype=np.float32), 1 << bits)
