@@ -554,8 +554,19 @@ def for_sqnr(policy: Policy, db: float, convert_to: Callable[[Policy], Any], ms:
     return best
 
 
+@dataclass
+class Allocation:
+    """What allocate() found: the policy, a summary for reports, and the last trial conversion
+    (`trial`, a ConvertResult whose file is in the work folder) when it is of that very policy,
+    so the caller can use it instead of converting again."""
+
+    policy: Policy
+    summary: dict[str, Any]
+    trial: Any = None
+
+
 def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: Any, model_path: Any = None,
-             inputs: Any = None, log: Callable[[str], None] | None = None) -> tuple[Policy, dict[str, Any]]:
+             inputs: Any = None, log: Callable[[str], None] | None = None) -> Allocation:
     """The policy that meets `goal` (tensors fixed to their chosen settings), and a summary for reports.
 
     `policy.bits` is where a fidelity search starts; `policy.scheme` is the scheme every option uses.
@@ -573,8 +584,11 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
     if not ms:
         raise OptionError("no tensor is quantized under these options: nothing to allocate")
 
+    last: list[Any] = [None, None]  # the policy last converted, and its result
+
     def convert_to(p: Policy) -> Any:
-        return convert(src, p, trial, codec=codec)
+        last[:] = [p, convert(src, p, trial, codec=codec)]
+        return last[1]
 
     objective = "pooled" if goal.pooled else "layers"
     if goal.pooled:
@@ -614,4 +628,4 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
                                                                    ("--max-accuracy-drop", goal.max_accuracy_drop)) if v is not None),
                        met=words, checks=checks, inputs=inputs.description)
     summary["bits_per_weight_planned"] = round(8 * sum(o.nbytes for o in chosen) / weights_of(ms), 4)
-    return p, summary
+    return Allocation(p, summary, last[1] if last[0] is p else None)

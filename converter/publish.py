@@ -4,13 +4,14 @@ budget holds, so a build never ships an over-budget file and the last good one s
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from converter.allocate import Goal, allocate
+from converter.allocate import Allocation, Goal, allocate
 from converter.convert import convert
 from converter.datasets import Inputs
 from converter.gates import Budget
@@ -33,6 +34,14 @@ def pending_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}.pending")
 
 
+def _take(trial: Path, pending: Path) -> None:
+    """Move a finished trial container into the staging path (copied where they are on different file systems)."""
+    try:
+        os.replace(trial, pending)
+    except OSError:
+        shutil.copyfile(trial, pending)
+
+
 def publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget: Budget, compressors: tuple[str, ...],
             progress: Callable[[int, int], None] | None = None, compress_progress: Callable[[str], None] | None = None,
             goal: Goal | None = None, inputs: Inputs | None = None, log: Callable[[str], None] | None = None) -> Published:
@@ -44,16 +53,26 @@ def publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget
     if target.resolve() == src.path.resolve():
         raise QpackError(f"{target}: output would overwrite the input")
     prepare_parent(target)  # before any work, and naming the path the user gave
-    allocation = None
-    if goal is not None and goal.any:
-        with tempfile.TemporaryDirectory(prefix="qpack-allocate-") as tmp:
-            policy, allocation = allocate(src, policy, goal, codec, tmp, src.path, inputs, log)
+    with tempfile.TemporaryDirectory(prefix="qpack-allocate-") as tmp:
+        found = allocate(src, policy, goal, codec, tmp, src.path, inputs, log) if goal is not None and goal.any else None
+        return _publish(src, found.policy if found else policy, target, codec, budget, compressors, progress, compress_progress,
+                        found)
+
+
+def _publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget: Budget, compressors: tuple[str, ...],
+             progress: Callable[[int, int], None] | None, compress_progress: Callable[[str], None] | None,
+             found: Allocation | None) -> Published:
+    allocation = found.summary if found else None
     pending = pending_path(target)
     sweep_stale(target)
     track(pending)
     try:
         try:
-            result = convert(src, policy, pending, progress, codec)
+            if found and found.trial is not None:  # the allocation's last trial is this policy's container: same bytes
+                _take(found.trial.path, pending)
+                result = replace(found.trial, path=pending)
+            else:
+                result = convert(src, policy, pending, progress, codec)
         except QpackError as e:  # name the output the user asked for, not the staging file
             raise type(e)(str(e).replace(str(pending), str(target))) from e
         report = size_report(src, result, compressors, compress_progress)

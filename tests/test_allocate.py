@@ -222,3 +222,20 @@ def test_scalar_and_state_inputs_accepted(tmp_path: Path):
     assert r.exit_code == 0, r.output
     result = json.loads(js.read_text())
     assert result["samples"] == 6 and min(o["cosine"] for o in result["outputs"]) > 0.99
+
+
+def test_the_reused_trial_is_the_conversion_of_the_chosen_policy(sample: Path, tmp_path: Path):
+    """publish() ships the allocation's last trial instead of converting again: it must be the very
+    container a fresh conversion of the chosen policy writes."""
+    from converter.allocate import Goal, allocate
+    from converter.convert import convert
+    from formats.qpk import ANS
+
+    with OnnxModel(sample) as model:
+        found = allocate(model, Policy("asym", 8), Goal(target_sqnr=30.0), ANS, tmp_path, sample)  # the CLI's defaults
+        assert found.trial is not None
+        again = convert(model, found.policy, tmp_path / "again.qpk", codec=ANS)
+    assert found.trial.path.read_bytes() == again.path.read_bytes()
+    out = tmp_path / "cli.qpk"
+    assert _run("convert", sample, "--target-sqnr", 30, "--codec", "ans", "-o", out, "-q").exit_code == 0
+    assert out.read_bytes() == again.path.read_bytes()
