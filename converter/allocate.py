@@ -51,6 +51,7 @@ OBJECTIVES = {
     "layers": "sum over tensors of squared error / signal energy (1 / SQNR): every layer counts alike",
     "pooled": "squared error summed over all tensors (the pooled weight SQNR): large tensors count by their size",
 }
+AUTO_SCHEMES = ("asym", "sym")  # what a goal chooses each tensor's scheme from when none is given
 DP_BUCKETS, DP_CELLS = 4096, 1 << 26  # error steps of the --target-sqnr knapsack, and its table's size limit
 MAX_SQNR_DB = 100.0  # beyond what 8-bit codes give any real tensor: the goal is a typo
 LOW_BITS_CLIP = 6  # at or below this width the range is searched by least squares (clip mse)
@@ -66,10 +67,11 @@ class Option:
     clip: str
     nbytes: int  # codes (packed) + parameters
     error: float  # squared error of the whole tensor (estimated)
+    scheme: str = "asym"
 
-    def decision(self, scheme: str, why: str) -> Decision:
+    def decision(self, why: str) -> Decision:
         dtypes = {"scale": "<f2"} if self.block is not None else None
-        return Decision(True, bits=self.bits, axis=self.axis, block=self.block, dtypes=dtypes, scheme=scheme, clip=self.clip,
+        return Decision(True, bits=self.bits, axis=self.axis, block=self.block, dtypes=dtypes, scheme=self.scheme, clip=self.clip,
                         why=why)
 
 
@@ -144,8 +146,13 @@ def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range
                 code_bytes = packed_size(w.size, bits)
                 if coded:
                     code_bytes = min(code_bytes, math.ceil(w.size * entropy * CODED_MARGIN / 8) + CODED_OVERHEAD)
-                opts.append(Option(bits, axis, block, clip, code_bytes + pbytes, err))
+                opts.append(Option(bits, axis, block, clip, code_bytes + pbytes, err, scheme))
     return Menu(w, signal, _hull(opts))
+
+
+def merged(ms: list[Menu]) -> Menu:
+    """One tensor's menus under several schemes as one: the hull of all their options."""
+    return Menu(ms[0].weight, ms[0].signal, _hull([o for m in ms for o in m.options]), ms[0].importance)
 
 
 def _hull(opts: list[Option]) -> list[Option]:
@@ -224,22 +231,30 @@ def choose(menus: list[Menu], budget: float) -> list[Option]:
 
 def plan(policy: Policy, menus: list[Menu], options: list[Option], why: str) -> Policy:
     """The policy with each menu's tensor fixed to its chosen option."""
-    fixed = tuple((m.weight.key, o.decision(policy.scheme, why)) for m, o in zip(menus, options))
+    fixed = tuple((m.weight.key, o.decision(why)) for m, o in zip(menus, options))
     return replace(policy, plan=fixed)
 
 
 def menus(model: SourceModel, policy: Policy, progress: Callable[[int, int], None] | None = None,
-          coded: bool = False) -> list[Menu]:
-    """A menu for each weight the policy quantizes: its scheme, widths 2 to 8."""
+          coded: bool = False, schemes: tuple[str, ...] | None = None) -> list[Menu]:
+    """A menu for each weight the policy quantizes: widths 2 to 8 under the policy's scheme, or
+    under each of `schemes` (the tensor then takes whichever scheme its chosen option has)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from converter.convert import default_workers
 
     chosen = [w for w in model.weights if policy.decide(w).quantize]
-    lowest = max(get_quantizer(policy.scheme).spec().min_bits, MIN_WIDTH)
+
+    def one(w: Weight) -> Menu:
+        got = []
+        for scheme in schemes or (policy.scheme,):
+            lowest = max(get_quantizer(scheme).spec().min_bits, MIN_WIDTH)
+            got.append(menu(w, scheme, True, range(lowest, MAX_BITS + 1), coded))
+        return got[0] if len(got) == 1 else merged(got)
+
     out = []
     with ThreadPoolExecutor(default_workers()) as pool:  # numpy lets go of the GIL in the searches
-        for i, m in enumerate(pool.map(lambda w: menu(w, policy.scheme, True, range(lowest, MAX_BITS + 1), coded), chosen)):
+        for i, m in enumerate(pool.map(one, chosen)):
             out.append(m)
             if progress:
                 progress(i + 1, len(chosen))
@@ -270,6 +285,7 @@ class Goal:
     max_accuracy_drop: float | None = None  # points
     target_sqnr: float | None = None  # dB, pooled over the quantized weights
     objective: str | None = None  # a key of OBJECTIVES; None: layers (pooled for --target-sqnr)
+    schemes: tuple[str, ...] | None = None  # each tensor's scheme chosen among these; None: the policy's
 
     @property
     def fidelity(self) -> bool:
@@ -291,6 +307,8 @@ class Goal:
             raise OptionError(f"give one of --target-bpw, --target-size and --target-sqnr, not {' and '.join(sizes)}")
         if self.fidelity and sizes:
             raise OptionError(f"a fidelity goal (--min-cosine, --max-accuracy-drop) finds its own size: drop {sizes[0]}")
+        for scheme in self.schemes or ():
+            get_quantizer(scheme)  # an unknown name is an OptionError
         if self.objective is not None and self.objective not in OBJECTIVES:
             raise OptionError(f"--objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
         if self.objective is not None and not (sizes and sizes[0] != "--target-sqnr"):
@@ -569,7 +587,8 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
              inputs: Any = None, log: Callable[[str], None] | None = None) -> Allocation:
     """The policy that meets `goal` (tensors fixed to their chosen settings), and a summary for reports.
 
-    `policy.bits` is where a fidelity search starts; `policy.scheme` is the scheme every option uses.
+    `policy.bits` is where a fidelity search starts; every option uses `policy.scheme`, or one of
+    `goal.schemes`.
     """
     from pathlib import Path
 
@@ -580,7 +599,7 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
     if policy.bits_for:
         raise OptionError("--bits-for fixes widths by hand: leave it out when qpack allocates them")
     trial = Path(workdir) / "trial.qpk"
-    ms = menus(src, policy, coded=codec.id != RAW.id)
+    ms = menus(src, policy, coded=codec.id != RAW.id, schemes=goal.schemes)
     if not ms:
         raise OptionError("no tensor is quantized under these options: nothing to allocate")
 
@@ -595,7 +614,7 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
         for m in ms:
             m.importance = m.signal  # cost() is then the tensor's squared error as it is
     summary: dict[str, Any] = {"proxy": OBJECTIVES[objective], "objective": objective,
-                               "candidates": sum(len(m.options) for m in ms)}
+                               "schemes": list(goal.schemes or (policy.scheme,)), "candidates": sum(len(m.options) for m in ms)}
     if goal.target_sqnr is not None:
         p, chosen = for_sqnr(policy, goal.target_sqnr, convert_to, ms)
         summary["goal"] = f"--target-sqnr {goal.target_sqnr}"

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from converter import __version__
-from converter.allocate import OBJECTIVES
+from converter.allocate import AUTO_SCHEMES, OBJECTIVES
 from converter.quant import CLIPS, QUANTIZERS
 from formats.errors import BudgetError, QpackError
 from formats.qpk import CODECS, Codec, codec_named
@@ -101,6 +101,10 @@ ModelArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=
 QpkArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="a .qpk container")]
 Bits = Annotated[int, typer.Option("--bits", "-b", min=1, max=8, help="bits per weight code")]
 Scheme = Annotated[SchemeName, typer.Option("--scheme", "-s", help="asym: scale+zero point; sym: scale; pow2: sign+exponent")]
+GoalScheme = Annotated[SchemeName | None, typer.Option(
+    "--scheme", "-s", show_default=False,
+    help="asym: scale+zero point; sym: scale; pow2: sign+exponent; lut: a codebook [default: asym; with a goal, "
+         f"each tensor's best of {', '.join(AUTO_SCHEMES)}]")]
 PerChannel = Annotated[bool, typer.Option("--per-channel/--per-tensor", help="one scale per output channel")]
 Clip = Annotated[ClipName, typer.Option("--clip", help="minmax: span each group's full range; mse: shrink it to the least "
                                                         "squared error (searched on a sample; slower, better below 6 bits)")]
@@ -173,7 +177,7 @@ def convert(
     model: ModelArg,
     output: Annotated[Path | None, typer.Option("--output", "-o", dir_okay=False, help="default: MODEL with .qpk suffix")] = None,
     bits: Bits = 8,
-    scheme: Scheme = SchemeName("asym"),
+    scheme: GoalScheme = None,
     per_channel: PerChannel = False,
     clip: Clip = ClipName("minmax"),
     group_size: GroupSize = None,
@@ -223,12 +227,13 @@ def convert(
     from formats.registry import open_model
 
     with _errors(), ExitStack() as stack:
-        policy = _policy(scheme, bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype, rdo)
+        policy = _policy(scheme or SchemeName("asym"), bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype,
+                         rdo)
         budget = Budget(max_size, max_bpw, min_sqnr)
         parse_compressors(compress)  # reject a bad list before any work
         target = output or model.with_suffix(".qpk")
         goal = Goal(target_bpw, target_size, min_cosine, max_accuracy_drop, target_sqnr,
-                    str(objective.value) if objective else None)
+                    str(objective.value) if objective else None, None if scheme else AUTO_SCHEMES)
         goal.check()
         data = _inputs(model, inputs, images, dataset, size, layout, scale, mean, std) if goal.fidelity else None
         src = stack.enter_context(closing(open_model(model)))

@@ -227,15 +227,33 @@ def test_scalar_and_state_inputs_accepted(tmp_path: Path):
 def test_the_reused_trial_is_the_conversion_of_the_chosen_policy(sample: Path, tmp_path: Path):
     """publish() ships the allocation's last trial instead of converting again: it must be the very
     container a fresh conversion of the chosen policy writes."""
-    from converter.allocate import Goal, allocate
+    from converter.allocate import AUTO_SCHEMES, Goal, allocate
     from converter.convert import convert
     from formats.qpk import ANS
 
-    with OnnxModel(sample) as model:
-        found = allocate(model, Policy("asym", 8), Goal(target_sqnr=30.0), ANS, tmp_path, sample)  # the CLI's defaults
+    with OnnxModel(sample) as model:  # the CLI's defaults
+        found = allocate(model, Policy("asym", 8), Goal(target_sqnr=30.0, schemes=AUTO_SCHEMES), ANS, tmp_path, sample)
         assert found.trial is not None
         again = convert(model, found.policy, tmp_path / "again.qpk", codec=ANS)
     assert found.trial.path.read_bytes() == again.path.read_bytes()
     out = tmp_path / "cli.qpk"
     assert _run("convert", sample, "--target-sqnr", 30, "--codec", "ans", "-o", out, "-q").exit_code == 0
     assert out.read_bytes() == again.path.read_bytes()
+
+
+def test_a_goal_without_scheme_picks_each_tensors_scheme(sample: Path, tmp_path: Path):
+    """No --scheme: each tensor takes asym or sym, and the file is no larger than either alone
+    (the menus are the union of both; 0.5% for the estimates the real conversions correct)."""
+    sizes = {}
+    for scheme in (None, "asym", "sym"):
+        out, js = tmp_path / f"{scheme}.qpk", tmp_path / f"{scheme}.json"
+        extra = ["--scheme", scheme] if scheme else []
+        r = _run("convert", sample, "--target-sqnr", 25, "--codec", "ans", *extra, "-o", out, "--json", js, "--compress", "none", "-q")
+        assert r.exit_code == 0, r.output
+        rep = json.loads(js.read_text())
+        assert rep["allocation"]["schemes"] == ([scheme] if scheme else ["asym", "sym"])
+        assert _pooled_db(sample, out) >= 25
+        sizes[scheme] = sum(t["stored_bytes"] + t["param_bytes"] for t in rep["tensors"])
+        if scheme:
+            assert {t["scheme"] for t in rep["tensors"]} == {scheme}
+    assert sizes[None] <= 1.005 * min(sizes["asym"], sizes["sym"]), sizes
