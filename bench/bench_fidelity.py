@@ -301,12 +301,13 @@ def target_gguf(tmp: Path, repeat: int) -> None:
             add(f"qpack {c.label}", sqnr, stored * 8 / n)
 
         keep_args = [a for k in others for a in ("--keep", k)]
-        allocations = [(s, []) for s in ("asym", "sym", "lut")]
-        allocations += [(s, ["--objective", "pooled", "--codec", "ans"]) for s in ("asym", "sym", "lut")]
+        allocations: list[tuple[str | None, list[str]]] = [(s, []) for s in ("asym", "sym", "lut")]
+        allocations += [(s, ["--objective", "pooled", "--codec", "ans"]) for s in ("asym", "sym", "lut", None)]
         for scheme, extra in allocations:
             js = tmp / "alloc.json"
-            label = " ".join(["qpack --target-bpw 4.5 --scheme", scheme, *extra])
-            run = qpack("convert", src, "-o", tmp / "alloc.qpk", "--target-bpw", BPW_LIMIT, "--scheme", scheme, "--compress", "none",
+            chosen = ["--scheme", scheme] if scheme else []  # none: each tensor's scheme is chosen
+            label = " ".join(["qpack --target-bpw 4.5", *chosen, *extra])
+            run = qpack("convert", src, "-o", tmp / "alloc.qpk", "--target-bpw", BPW_LIMIT, *chosen, "--compress", "none",
                         "-q", *extra, *keep_args, json_out=js)
             if not run.ok:
                 rows.append([label, "failed", "", "", run.error])
