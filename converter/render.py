@@ -43,11 +43,25 @@ def size_table(report: dict[str, Any], console: Console, tensors: bool = False) 
         f"kept {s['float_params_kept']:,} in float; "
         f"{_n(s['bits_per_weight'])} bits/weight with scales, code entropy {_n(s['entropy_bits_per_weight'])} bits (order 0)"
         + (f", {_n(s['context_entropy_bits_per_weight'])} (context model)" if "context_entropy_bits_per_weight" in s else "")
-        + "; "
+        + f"; weight SQNR {_n(s.get('sqnr_db'))} dB; "
         f"{_n(s['ratio_vs_original'])}x smaller than the original"
     )
+    if report.get("allocation"):
+        console.print(allocation_line(report["allocation"], report["tensors"]))
     if tensors:
         tensor_table(report, console)
+
+
+def allocation_line(a: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """What a goal chose, in one line: the goal, how it weighed tensors, and the widths and schemes it gave them."""
+    widths = sorted({r["bits"] for r in rows})
+    schemes: dict[str, int] = {}
+    for r in rows:
+        schemes[r["scheme"]] = schemes.get(r["scheme"], 0) + 1
+    span = f"{widths[0]}-{widths[-1]}" if len(widths) > 1 else f"{widths[0]}" if widths else "-"
+    line = (f"allocation: {a.get('goal', '?')} ({a.get('objective', 'layers')} objective); widths {span} bits; "
+            + ", ".join(f"{n} {k}" for k, n in sorted(schemes.items())) + " tensors")
+    return line + (f"; met: {a['met']}" if a.get("met") else "")
 
 
 def tensor_table(report: dict[str, Any], console: Console) -> None:

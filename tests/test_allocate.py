@@ -257,3 +257,12 @@ def test_a_goal_without_scheme_picks_each_tensors_scheme(sample: Path, tmp_path:
         if scheme:
             assert {t["scheme"] for t in rep["tensors"]} == {scheme}
     assert sizes[None] <= 1.005 * min(sizes["asym"], sizes["sym"]), sizes
+
+
+def test_the_size_report_says_what_the_goal_chose(sample: Path, tmp_path: Path):
+    r = _run("convert", sample, "--target-sqnr", 30, "--codec", "ans", "-o", tmp_path / "g.qpk", "--compress", "none")
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.output.splitlines() if x.startswith("allocation:"))
+    assert "--target-sqnr 30.0 (pooled objective); widths" in line and "tensors" in line
+    sqnr = float(r.output.split("weight SQNR ")[1].split(" dB")[0])
+    assert 30 <= sqnr < 31.5
