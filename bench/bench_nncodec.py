@@ -124,13 +124,15 @@ def model_path(name: str) -> Path:
     return ROOT / rel if dist is None else Path(md.distribution(dist).locate_file(rel))
 
 
-def qpack_goal(name: str, target: float, scheme: str, tmp: Path) -> Point | None:
+def qpack_goal(name: str, target: float, scheme: str | None, tmp: Path) -> Point | None:
     """`qpack convert --target-sqnr` on the model (a whole process, model loading included), priced
-    as the container stores the quantized tensors; None when the goal is out of qpack's reach."""
+    as the container stores the quantized tensors; None when the goal is out of qpack's reach.
+    scheme None: each tensor's scheme is chosen (asym or sym)."""
     js = tmp / "goal.json"
+    chosen = ["--scheme", scheme] if scheme else []
     t = time.perf_counter()
     run = subprocess.run([sys.executable, "-c", "from converter.cli import run; run()", "convert", str(model_path(name)),
-                          "-o", str(tmp / "goal.qpk"), "--target-sqnr", str(target), "--scheme", scheme, "--codec", "ans",
+                          "-o", str(tmp / "goal.qpk"), "--target-sqnr", str(target), *chosen, "--codec", "ans",
                           "--compress", "none", "-q", "--json", str(js)], capture_output=True, text=True, cwd=ROOT)
     seconds = time.perf_counter() - t
     if run.returncode:
@@ -139,7 +141,7 @@ def qpack_goal(name: str, target: float, scheme: str, tmp: Path) -> Point | None
     rows = json.loads(js.read_text())["tensors"]
     signal, noise = sum(r["signal"] for r in rows), sum(r["noise"] for r in rows)
     stored = sum(r["stored_bytes"] + r["param_bytes"] for r in rows)
-    return Point(f"--target-sqnr {target:g} --scheme {scheme}", 10 * np.log10(signal / noise),
+    return Point(f"--target-sqnr {target:g} " + (f"--scheme {scheme}" if scheme else "(scheme per tensor)"), 10 * np.log10(signal / noise),
                  stored * 8 / sum(r["count"] for r in rows), seconds)
 
 
@@ -207,7 +209,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for row in rows:
                 target, r_n = row["target"], row["nncodec"]
-                got = [p for p in (qpack_goal(name, target, s, Path(tmp)) for s in ("asym", "sym")) if p is not None]
+                got = [p for p in (qpack_goal(name, target, s, Path(tmp)) for s in ("asym", "sym", None)) if p is not None]
                 row["qpack_goal"] = [p.__dict__ for p in got]
                 if got and r_n is not None:
                     g = min(got, key=lambda p: p.bpw)
@@ -215,7 +217,8 @@ def main() -> None:
                                  f"{r_n[1]:.2f} | {g.seconds:.2f} | {g.seconds / r_n[1]:.2f} | {g.label} |")
         report[name] = {"weights": n, "nncodec": [p.__dict__ for p in nnc], "qpack": [p.__dict__ for p in plain],
                         "qpack_rdo": [p.__dict__ for p in rdo], "rows": rows, "rdo_gain_db": gains}
-    print("\nqpack's allocation across tensors (`qpack convert --target-sqnr DB --codec ans`, the best of asym and sym; "
+    print("\nqpack's allocation across tensors (`qpack convert --target-sqnr DB --codec ans`, the best of asym, sym and a "
+          "scheme per tensor; "
           "a whole process, model loading included) against NNCodec's curve at DB:")
     print("| weights | SQNR dB | NNCodec bpw | qpack bpw (SQNR reached) | ratio | NNCodec encode s | qpack process s | ratio | setting |")
     print("|---|---|---|---|---|---|---|---|---|")
