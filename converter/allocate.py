@@ -176,8 +176,11 @@ def _hull(opts: list[Option]) -> list[Option]:
 
 
 def choose(menus: list[Menu], budget: float) -> list[Option]:
-    """Equal slope: per tensor the option minimizing cost + lam * bytes, lam bisected to fit `budget`
-    bytes; then the leftover bytes buy the upgrades with the most error saved per byte.
+    """The least summed cost within `budget` bytes: a knapsack table over the budget in DP_BUCKETS
+    steps where it fits in DP_CELLS, else equal slope (per tensor the option minimizing cost + lam *
+    bytes, lam bisected to fit); then the leftover bytes buy the upgrades with the most error saved
+    per byte. Equal slope alone stops at the vertices of the summed hull, which with coarse menus
+    can leave much of the budget unspent.
 
     Raises:
         BudgetError: even the cheapest option of every tensor exceeds the budget.
@@ -193,6 +196,10 @@ def choose(menus: list[Menu], budget: float) -> list[Option]:
             out.append(m.options[int(np.argmin(costs))])
         return out
 
+    buckets = min(max(DP_BUCKETS, 16 * len(menus)), 1 << 16)
+    table = _table(menus, Menu.cost, lambda m, o: o.nbytes, budget, buckets) if len(menus) * buckets <= DP_CELLS else None
+    if table is not None:
+        return _fill(menus, table, budget)
     lo, hi = 0.0, 1.0
     while sum(o.nbytes for o in pick(hi)) > budget:
         hi *= 4
@@ -208,7 +215,11 @@ def choose(menus: list[Menu], budget: float) -> list[Option]:
             hi = mid
         if hi - lo <= hi * 1e-9:
             break
-    chosen = pick(hi)
+    return _fill(menus, pick(hi), budget)
+
+
+def _fill(menus: list[Menu], chosen: list[Option], budget: float) -> list[Option]:
+    """The bytes left under `budget` buy the upgrades with the most error saved per byte, in turn."""
     left = budget - sum(o.nbytes for o in chosen)
     while True:  # greedy fill: the best next step up that still fits
         best, gain = None, 0.0
@@ -471,10 +482,8 @@ def within_error(ms: list[Menu], allowed: float) -> list[Option]:
     if sum(o.error for o in top) > allowed:
         return top
     buckets = min(max(DP_BUCKETS, 16 * len(ms)), 1 << 16)
-    if len(ms) * buckets <= DP_CELLS and allowed > 0:
-        chosen = _knapsack(ms, allowed, buckets)
-    else:
-        chosen = _equal_slope_error(ms, allowed)
+    table = _knapsack(ms, allowed, buckets) if len(ms) * buckets <= DP_CELLS and allowed > 0 else None
+    chosen = table if table is not None else _equal_slope_error(ms, allowed)
     spare = allowed - sum(o.error for o in chosen)
     while True:  # greedy: the step down that saves the most bytes per error added, while the error fits
         best, rate = None, 0.0
@@ -492,30 +501,38 @@ def within_error(ms: list[Menu], allowed: float) -> list[Option]:
         chosen[best] = prev
 
 
-def _knapsack(ms: list[Menu], allowed: float, buckets: int) -> list[Option]:
-    unit = allowed / buckets
-    fewest = np.zeros(buckets + 1)  # fewest bytes of the tensors so far with error <= e * unit
+def _knapsack(ms: list[Menu], allowed: float, buckets: int) -> list[Option] | None:
+    return _table(ms, lambda m, o: o.nbytes, lambda m, o: o.error, allowed, buckets)
+
+
+def _table(ms: list[Menu], value: Callable[[Menu, Option], float], weight: Callable[[Menu, Option], float], limit: float,
+           buckets: int) -> list[Option] | None:
+    """A multiple-choice knapsack by dynamic programming: one option per menu, the least summed
+    `value` whose summed `weight` is at most `limit`, each weight rounded up to limit / buckets (so
+    the answer always fits). None when nothing fits after rounding."""
+    unit = limit / buckets
+    least = np.zeros(buckets + 1)  # least value of the menus so far with weight <= e * unit
     picks = np.zeros((len(ms), buckets + 1), np.uint8)
     for i, m in enumerate(ms):
         new = np.full(buckets + 1, np.inf)
         for k, o in enumerate(m.options):
-            c = math.ceil(o.error / unit)
+            c = math.ceil(weight(m, o) / unit)
             if c > buckets:
                 continue
             cand = np.full(buckets + 1, np.inf)
-            cand[c:] = fewest[: buckets + 1 - c] + o.nbytes
+            cand[c:] = least[: buckets + 1 - c] + value(m, o)
             better = cand < new
             new[better] = cand[better]
             picks[i, better] = k
-        fewest = new
-    if not np.isfinite(fewest[-1]):  # the rounding left no room: the most precise settings fit (checked above)
-        return [m.options[-1] for m in ms]
+        least = new
+    if not np.isfinite(least[-1]):
+        return None
     chosen: list[Option] = []
     e = buckets
     for i in range(len(ms) - 1, -1, -1):
         o = ms[i].options[int(picks[i, e])]
         chosen.append(o)
-        e -= math.ceil(o.error / unit)
+        e -= math.ceil(weight(ms[i], o) / unit)
     return chosen[::-1]
 
 
