@@ -631,7 +631,7 @@ def mutate_payload(rng: random.Random, parts: Parts) -> bytes:
     payload = relayout(meta, blobs)
     if rng.random() < 0.3:
         meta = edit(rng, meta)
-    return assemble(pack_tree(meta), payload, parts.minor)
+    return assemble(pack_tree(meta, MAX_INPUT), payload, parts.minor)
 
 
 def zstd_frame_of(content: bytes) -> bytes:
@@ -709,7 +709,7 @@ def mutate(rng: random.Random, seeds: list[bytes], cache: dict[int, Parts] | Non
         try:
             return mutate_payload(rng, parts)
         except _MISFIT:
-            return assemble(pack_tree(parts.meta), parts.payload, parts.minor)
+            return assemble(pack_tree(parts.meta, MAX_INPUT), parts.payload, parts.minor)
     if r < 0.82:  # metadata bytes, re-signed
         meta_bytes = pack_tree(parts.meta)
         return assemble(mutate_bytes(rng, meta_bytes, pack_tree(_split_cached(rng.choice(seeds), -1, None).meta)),
