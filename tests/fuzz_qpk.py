@@ -435,6 +435,11 @@ def mutate_tree(rng: random.Random, meta: Any) -> Any:
     return meta
 
 
+def _label(v: Any) -> str:
+    """A key to number copies after: the key itself when it is text (an edited one may be a tree too deep to format)."""
+    return v if isinstance(v, str) else type(v).__name__
+
+
 def _entry(rng: random.Random, meta: dict[str, Any]) -> dict[str, Any] | None:
     t = meta.get("tensors")
     if isinstance(t, list) and t and isinstance(t[0], dict):
@@ -493,7 +498,7 @@ def _targeted(rng: random.Random, meta: dict[str, Any]) -> Any:
                                                                                         if isinstance(x, dict)][:3])
     elif r == 4 and e is not None:  # the same tensor many times over, sharing its blobs
         n = rng.choice([2, 2, 10, 10, 100, 1000, 5000])
-        meta["tensors"] += [dict(e, key=f"{e.get('key')}#{i}") for i in range(n)]
+        meta["tensors"] += [dict(e, key=f"{_label(e.get('key'))}#{i}") for i in range(n)]
     elif r == 5 and isinstance(meta.get("blobs"), list) and meta["blobs"]:  # blob rows
         row = rng.choice(meta["blobs"])
         if isinstance(row, list) and len(row) == 6:
@@ -622,7 +627,7 @@ def mutate_payload(rng: random.Random, parts: Parts) -> bytes:
         # the graph as large as the budget allows once tensors are repeated (sharing their blobs): all
         # zeros, checksum right, so that only the reader's memory and time limits stand in the way
         e = rng.choice(meta["tensors"])
-        meta["tensors"] += [dict(e, key=f"{e['key']}#{k}") for k in range(rng.choice([1, 10, 100, 1000, 3000]))]
+        meta["tensors"] += [dict(e, key=f"{_label(e['key'])}#{k}") for k in range(rng.choice([1, 10, 100, 1000, 3000]))]
         sizes = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
         size = sum(math.prod(t["shape"]) * sizes[t["dtype"]] for t in meta["tensors"])
         blobs[graph] = zstd_frame(size, size)
@@ -683,7 +688,7 @@ def mutate_bytes(rng: random.Random, data: bytes, other: bytes) -> bytes:
 
 
 # an edit aimed at one shape of tree may meet another, left by an earlier edit: it then stops where it is
-_MISFIT = (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError, OverflowError)
+_MISFIT = (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError, OverflowError, RecursionError)
 
 
 def edit(rng: random.Random, meta: Any) -> Any:
