@@ -104,8 +104,8 @@ def _sample_error(q: Any, x: NDArray[np.float32], bits: int, g: Grouping, clip: 
     parameters fitted on the whole tensor, the error and entropy measured on evenly spaced whole
     groups (or, for one group, evenly spaced weights) and scaled up."""
     xv, axes = g.blocked(x)
-    # ranking settings needs less than the final conversion: no refinement, a smaller sample
-    params, used = q.fit(xv, axes, bits, clip, dtypes, refine=False, budget=SAMPLE_ELEMENTS)
+    # ranking settings needs less than the final conversion: no refinement, a smaller sample, every other factor
+    params, used = q.fit(xv, axes, bits, clip, dtypes, refine=False, budget=SAMPLE_ELEMENTS, stride=2)
     keep = tuple(i for i in range(xv.ndim) if i not in axes)
     groups = math.prod(xv.shape[i] for i in keep)
     rows = np.transpose(xv, keep + axes).reshape(groups, -1)

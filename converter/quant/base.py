@@ -101,18 +101,19 @@ class Quantizer:
     @classmethod
     def fit(cls, xv: NDArray[np.float32], axes: tuple[int, ...], bits: int, clip: str = "minmax",
             dtypes: dict[str, str] | None = None, refine: bool = True,
-            budget: int | None = None) -> tuple[Params, dict[str, str]]:
+            budget: int | None = None, stride: int = 1) -> tuple[Params, dict[str, str]]:
         """Group-shaped parameters of a blocked view (see Grouping.blocked), rounded to the dtypes
         they will be stored in, and those dtypes.
 
         clip "minmax" spans each group's whole range; "mse" shrinks the range per group to the
         factor that minimizes the squared error on a sample of the group (see search_shrink).
         `dtypes` asks for other parameter dtypes the scheme allows (float16 scales, say); `budget`
-        bounds the weights a search looks at (default SAMPLE_BUDGET; ranking settings needs fewer).
+        bounds the weights a search looks at (default SAMPLE_BUDGET) and `stride` thins its grid of
+        factors (ranking settings needs less than a final conversion).
         """
         stats = cls.stats(xv, axes)
         if clip in ("mse", "mse-ends"):
-            shrink = search_shrink(cls, xv, axes, bits, stats, dtypes, budget or SAMPLE_BUDGET)
+            shrink = search_shrink(cls, xv, axes, bits, stats, dtypes, budget or SAMPLE_BUDGET, stride)
             stats = tuple(s * shrink for s in stats)
             if clip == "mse-ends" and refine:
                 stats = cls.refine(xv, axes, bits, stats, dtypes)
@@ -149,7 +150,7 @@ MIN_PER_GROUP = 64
 
 
 def search_shrink(q: type[Quantizer], xv: NDArray[np.float32], axes: tuple[int, ...], bits: int, stats: Stats,
-                  dtypes: dict[str, str] | None = None, budget: int = SAMPLE_BUDGET) -> NDArray[np.float32]:
+                  dtypes: dict[str, str] | None = None, budget: int = SAMPLE_BUDGET, stride: int = 1) -> NDArray[np.float32]:
     """Per group, the range factor in q.shrinks with the least squared error on a sample.
 
     Clipping a few outliers buys finer steps for the bulk of the weights; at low widths that is
@@ -162,7 +163,7 @@ def search_shrink(q: type[Quantizer], xv: NDArray[np.float32], axes: tuple[int, 
     flat_stats = tuple(s.reshape(groups, 1) for s in stats)
     best_err = np.full(groups, np.inf)
     best = np.ones(groups, dtype=np.float32)
-    for r in q.shrinks:
+    for r in q.shrinks[::stride]:
         err = sample_error(q, sample, tuple(s * np.float32(r) for s in flat_stats), bits, dtypes)
         better = err < best_err * (1 - 1e-9)
         best_err[better], best[better] = err[better], r

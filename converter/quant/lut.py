@@ -85,7 +85,7 @@ class Codebook(Quantizer):
         return x.min(axis=axes, keepdims=True), x.max(axis=axes, keepdims=True)
 
     @classmethod
-    def fit(cls, xv, axes, bits, clip="minmax", dtypes=None, refine=True, budget=None):
+    def fit(cls, xv, axes, bits, clip="minmax", dtypes=None, refine=True, budget=None, stride=1):
         # k-means already minimizes the squared error: there is no range to clip
         keep = tuple(i for i in range(xv.ndim) if i not in axes)
         gshape = tuple(xv.shape[i] if i in keep else 1 for i in range(xv.ndim))
