@@ -25,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.timing import median_time  # noqa: E402
 from converter.convert import convert  # noqa: E402
 from converter.measure import compressed_sizes  # noqa: E402
 from converter.policy import Policy  # noqa: E402
@@ -48,14 +49,6 @@ def make_model(path: Path, million: int) -> int:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return layers * n * n
 
-
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def numpy_pack(codes: np.ndarray, bits: int) -> np.ndarray:

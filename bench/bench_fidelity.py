@@ -34,12 +34,10 @@ import math
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +48,7 @@ from numpy.typing import NDArray
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.timing import median_time  # noqa: E402
 from converter.runtime import InputSpec, open_runner, random_inputs  # noqa: E402
 from formats.errors import QpackError  # noqa: E402
 
@@ -160,14 +159,6 @@ def table(header: list[str], rows: list[list[str]], indent: str = "    ") -> Non
         cells = [f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(r, widths))]
         print(indent + "  ".join(cells).rstrip(), flush=True)
 
-
-def median_time(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 # --- 1. weight SQNR against GGUF Q4_0 ----------------------------------------------------------
