@@ -196,8 +196,7 @@ def choose(menus: list[Menu], budget: float) -> list[Option]:
             out.append(m.options[int(np.argmin(costs))])
         return out
 
-    buckets = min(max(DP_BUCKETS, 16 * len(menus)), 1 << 16)
-    table = _table(menus, Menu.cost, lambda m, o: o.nbytes, budget, buckets) if len(menus) * buckets <= DP_CELLS else None
+    table = _solve(menus, Menu.cost, _bytes, budget)
     if table is not None:
         return _fill(menus, table, budget)
     lo, hi = 0.0, 1.0
@@ -220,24 +219,36 @@ def choose(menus: list[Menu], budget: float) -> list[Option]:
 
 def _fill(menus: list[Menu], chosen: list[Option], budget: float) -> list[Option]:
     """The bytes left under `budget` buy the upgrades with the most error saved per byte, in turn."""
-    left = budget - sum(o.nbytes for o in chosen)
-    while True:  # greedy fill: the best next step up that still fits
-        best, gain = None, 0.0
-        for i, (m, o) in enumerate(zip(menus, chosen)):
-            k = m.options.index(o)
-            if k + 1 < len(m.options):
-                nxt = m.options[k + 1]
-                extra = nxt.nbytes - o.nbytes
-                if extra <= left:
-                    g = (m.cost(o) - m.cost(nxt)) / max(extra, 1)
-                    if g > gain:
-                        best, gain = i, g
+    return _greedy(menus, chosen, +1, Menu.cost, _bytes, budget - sum(o.nbytes for o in chosen))
+
+
+def _greedy(ms: list[Menu], chosen: list[Option], step: int, value: Callable[[Menu, Option], float],
+            weight: Callable[[Menu, Option], float], slack: float) -> list[Option]:
+    """Move tensors one option along their menus (step +1: up, -1: down), each time the move with the
+    most `value` saved per `weight` added, while the added weight fits in `slack`."""
+    while True:
+        best, rate = None, 0.0
+        for i, (m, o) in enumerate(zip(ms, chosen)):
+            k = m.options.index(o) + step
+            if 0 <= k < len(m.options):
+                added = weight(m, m.options[k]) - weight(m, o)
+                r = (value(m, o) - value(m, m.options[k])) / max(added, 1e-300)
+                if added <= slack and r > rate:
+                    best, rate = i, r
         if best is None:
             return chosen
-        m = menus[best]
-        nxt = m.options[m.options.index(chosen[best]) + 1]
-        left -= nxt.nbytes - chosen[best].nbytes
+        m = ms[best]
+        nxt = m.options[m.options.index(chosen[best]) + step]
+        slack -= weight(m, nxt) - weight(m, chosen[best])
         chosen[best] = nxt
+
+
+def _bytes(m: Menu, o: Option) -> float:
+    return o.nbytes
+
+
+def _error(m: Menu, o: Option) -> float:
+    return o.error
 
 
 def plan(policy: Policy, menus: list[Menu], options: list[Option], why: str) -> Policy:
@@ -481,28 +492,17 @@ def within_error(ms: list[Menu], allowed: float) -> list[Option]:
     top = [m.options[-1] for m in ms]
     if sum(o.error for o in top) > allowed:
         return top
-    buckets = min(max(DP_BUCKETS, 16 * len(ms)), 1 << 16)
-    table = _knapsack(ms, allowed, buckets) if len(ms) * buckets <= DP_CELLS and allowed > 0 else None
+    table = _solve(ms, _bytes, _error, allowed) if allowed > 0 else None
     chosen = table if table is not None else _equal_slope_error(ms, allowed)
-    spare = allowed - sum(o.error for o in chosen)
-    while True:  # greedy: the step down that saves the most bytes per error added, while the error fits
-        best, rate = None, 0.0
-        for i, (m, o) in enumerate(zip(ms, chosen)):
-            k = m.options.index(o)
-            if k > 0:
-                prev = m.options[k - 1]
-                added = prev.error - o.error
-                if added <= spare and (o.nbytes - prev.nbytes) / max(added, 1e-300) > rate:
-                    best, rate = i, (o.nbytes - prev.nbytes) / max(added, 1e-300)
-        if best is None:
-            return chosen
-        prev = ms[best].options[ms[best].options.index(chosen[best]) - 1]
-        spare -= prev.error - chosen[best].error
-        chosen[best] = prev
+    # the steps down that save the most bytes per error added, while the error fits
+    return _greedy(ms, chosen, -1, _bytes, _error, allowed - sum(o.error for o in chosen))
 
 
-def _knapsack(ms: list[Menu], allowed: float, buckets: int) -> list[Option] | None:
-    return _table(ms, lambda m, o: o.nbytes, lambda m, o: o.error, allowed, buckets)
+def _solve(ms: list[Menu], value: Callable[[Menu, Option], float], weight: Callable[[Menu, Option], float],
+           limit: float) -> list[Option] | None:
+    """_table with DP_BUCKETS steps or more (16 per menu), or None when that table would pass DP_CELLS."""
+    buckets = min(max(DP_BUCKETS, 16 * len(ms)), 1 << 16)
+    return _table(ms, value, weight, limit, buckets) if len(ms) * buckets <= DP_CELLS else None
 
 
 def _table(ms: list[Menu], value: Callable[[Menu, Option], float], weight: Callable[[Menu, Option], float], limit: float,

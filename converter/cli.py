@@ -100,11 +100,11 @@ def _progress(quiet: bool) -> Progress | None:
 ModelArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="an .onnx or .tflite model")]
 QpkArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="a .qpk container")]
 Bits = Annotated[int, typer.Option("--bits", "-b", min=1, max=8, help="bits per weight code")]
-Scheme = Annotated[SchemeName, typer.Option("--scheme", "-s", help="asym: scale+zero point; sym: scale; pow2: sign+exponent")]
+_SCHEMES_HELP = "asym: scale+zero point; sym: scale; pow2: sign+exponent; lut: a codebook"
+Scheme = Annotated[SchemeName, typer.Option("--scheme", "-s", help=_SCHEMES_HELP)]
 GoalScheme = Annotated[SchemeName | None, typer.Option(
     "--scheme", "-s", show_default=False,
-    help="asym: scale+zero point; sym: scale; pow2: sign+exponent; lut: a codebook [default: asym; with a goal, "
-         f"each tensor's best of {', '.join(AUTO_SCHEMES)}]")]
+    help=f"{_SCHEMES_HELP} [default: asym; with a goal, each tensor's best of {', '.join(AUTO_SCHEMES)}]")]
 PerChannel = Annotated[bool, typer.Option("--per-channel/--per-tensor", help="one scale per output channel")]
 Clip = Annotated[ClipName, typer.Option("--clip", help="minmax: span each group's full range; mse: shrink it to the least "
                                                         "squared error (searched on a sample; slower, better below 6 bits)")]

@@ -53,10 +53,11 @@ def publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget
     if target.resolve() == src.path.resolve():
         raise QpackError(f"{target}: output would overwrite the input")
     prepare_parent(target)  # before any work, and naming the path the user gave
-    with tempfile.TemporaryDirectory(prefix="qpack-allocate-") as tmp:
-        found = allocate(src, policy, goal, codec, tmp, src.path, inputs, log) if goal is not None and goal.any else None
-        return _publish(src, found.policy if found else policy, target, codec, budget, compressors, progress, compress_progress,
-                        found)
+    if goal is None or not goal.any:
+        return _publish(src, policy, target, codec, budget, compressors, progress, compress_progress, None)
+    with tempfile.TemporaryDirectory(prefix="qpack-allocate-") as tmp:  # trials; the last may be shipped from here
+        found = allocate(src, policy, goal, codec, tmp, src.path, inputs, log)
+        return _publish(src, found.policy, target, codec, budget, compressors, progress, compress_progress, found)
 
 
 def _publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget: Budget, compressors: tuple[str, ...],

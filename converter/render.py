@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from rich.console import Console
@@ -55,9 +56,7 @@ def size_table(report: dict[str, Any], console: Console, tensors: bool = False) 
 def allocation_line(a: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """What a goal chose, in one line: the goal, how it weighed tensors, and the widths and schemes it gave them."""
     widths = sorted({r["bits"] for r in rows})
-    schemes: dict[str, int] = {}
-    for r in rows:
-        schemes[r["scheme"]] = schemes.get(r["scheme"], 0) + 1
+    schemes = Counter(r["scheme"] for r in rows)
     span = f"{widths[0]}-{widths[-1]}" if len(widths) > 1 else f"{widths[0]}" if widths else "-"
     line = (f"allocation: {a.get('goal', '?')} ({a.get('objective', 'layers')} objective); widths {span} bits; "
             + ", ".join(f"{n} {k}" for k, n in sorted(schemes.items())) + " tensors")
