@@ -340,9 +340,16 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version, i
 
 def run() -> None:
     """The `qpack` command: the app, with stops that clean up (in-process callers keep their own handlers)."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    stops = (signal.SIGTERM, signal.SIGINT)
+    for sig in stops:
         signal.signal(sig, _stop)
-    app()
+    try:
+        app()
+    finally:
+        # The work is done and its output in place: a stop that arrives while the interpreter shuts
+        # down (which restores the default handlers) must not turn a finished run into a killed one.
+        for sig in stops:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 @app.command()

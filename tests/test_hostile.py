@@ -479,7 +479,7 @@ def _complete(path: Path) -> bool:
 
 
 @pytest.mark.parametrize("sig,code,stops", [
-    (signal.SIGTERM, 143, [("convert", 0.2), ("convert", 0.8), ("write", 0.0)]),
+    (signal.SIGTERM, 143, [("convert", 0.2), ("convert", 0.5), ("write", 0.0)]),
     (signal.SIGINT, 130, [("convert", 0.2), ("write", 0.0)]),
 ], ids=["SIGTERM", "SIGINT"])
 def test_stop_mid_conversion_leaves_nothing(big_model: Path, tmp_path: Path, sig: signal.Signals, code: int, stops):
