@@ -583,13 +583,14 @@ def target_cosine(models: list[Model], skipped: list[tuple[str, str]], tmp: Path
 
 
 ALLOCATORS = {  # label -> the options of a data-free allocation at BPW_LIMIT; each is judged on its own
-    "layers": ["--target-bpw", BPW_LIMIT],
+    "layers": ["--target-bpw", BPW_LIMIT, "--objective", "layers"],
+    "pooled": ["--target-bpw", BPW_LIMIT, "--objective", "pooled"],
     "pooled ans": ["--target-bpw", BPW_LIMIT, "--objective", "pooled", "--codec", "ans"],
 }
 
 
 def target_allocator(models: list[Model], tmp: Path) -> None:
-    print("4. data-free --target-bpw 4.5 (default objective, and --objective pooled --codec ans) against uniform --bits 4 "
+    print("4. data-free --target-bpw 4.5 (--objective layers, pooled, and pooled with --codec ans) against uniform --bits 4 "
           "--per-channel (asym): weight SQNR and min output cosine (seed-1 inputs)", flush=True)
     rows = []
     losses: dict[str, list[str]] = {k: [] for k in ALLOCATORS}

@@ -35,6 +35,7 @@ from numpy.typing import NDArray
 from converter.measure import code_histogram, entropy_bits
 from converter.policy import Decision, Policy
 from converter.quant import get_quantizer
+from converter.quant.base import sample_rows
 from formats.errors import BudgetError, OptionError
 from formats.model import SourceModel, Weight
 from formats.qpk import Grouping, packed_size
@@ -98,27 +99,44 @@ def _groupings(w: Weight, per_channel: bool) -> list[tuple[int | None, int | Non
     return out
 
 
-def _sample_error(q: Any, x: NDArray[np.float32], bits: int, g: Grouping, clip: str,
-                  dtypes: dict[str, str] | None) -> tuple[float, int, float]:
-    """(squared error of the whole tensor, parameter bytes, order-0 entropy of the codes in bits):
-    parameters fitted on the whole tensor, the error and entropy measured on evenly spaced whole
-    groups (or, for one group, evenly spaced weights) and scaled up."""
-    xv, axes = g.blocked(x)
+class _View:
+    """One tensor under one grouping as the settings of its menu are measured: evenly spaced whole
+    groups (a row each; for a single group, the whole tensor), the measuring sample of them (every
+    k-th weight of each row) and each scheme's range statistics. Settings are fitted on the sampled
+    groups only: a group's parameters depend on its own weights alone."""
+
+    def __init__(self, x: NDArray[np.float32], g: Grouping):
+        self.size = x.size
+        xv, axes = g.blocked(x)
+        keep = tuple(i for i in range(xv.ndim) if i not in axes)
+        self.groups = math.prod(xv.shape[i] for i in keep)
+        rows = np.transpose(xv, keep + axes).reshape(self.groups, -1)
+        per_row = rows.shape[1]
+        take = max(1, min(self.groups, SAMPLE_ELEMENTS // max(per_row, 1)))
+        self.rows = np.ascontiguousarray(rows[np.linspace(0, self.groups - 1, take).round().astype(np.int64)])
+        self.search = sample_rows(self.rows, (1,), SAMPLE_ELEMENTS)
+        step = max(1, per_row * take // SAMPLE_ELEMENTS)
+        self.sample = np.ascontiguousarray(self.rows[:, ::step])
+        self._stats: dict[str, Any] = {}
+
+    def stats(self, q: Any) -> Any:
+        if q.name not in self._stats:
+            self._stats[q.name] = q.stats(self.rows, (1,))
+        return self._stats[q.name]
+
+
+def _sample_error(q: Any, v: _View, bits: int, clip: str, dtypes: dict[str, str] | None) -> tuple[float, int, float]:
+    """(squared error of the whole tensor, parameter bytes, order-0 entropy of the codes in bits),
+    measured on the view's sample and scaled up."""
     # ranking settings needs less than the final conversion: no refinement, a smaller sample, every other factor
-    params, used = q.fit(xv, axes, bits, clip, dtypes, refine=False, budget=SAMPLE_ELEMENTS, stride=2)
-    keep = tuple(i for i in range(xv.ndim) if i not in axes)
-    groups = math.prod(xv.shape[i] for i in keep)
-    rows = np.transpose(xv, keep + axes).reshape(groups, -1)
-    per_row = rows.shape[1]
-    take = max(1, min(groups, SAMPLE_ELEMENTS // max(per_row, 1)))
-    idx = np.linspace(0, groups - 1, take).round().astype(np.int64)
-    step = max(1, per_row * take // SAMPLE_ELEMENTS)
-    sample = np.ascontiguousarray(rows[idx, ::step])
-    flat = {k: np.asarray(v).reshape((groups, 1) + np.asarray(v).shape[xv.ndim:])[idx] for k, v in params.items()}
-    codes = q.encode(sample, bits, flat)
-    y = q.spec().dequantize(codes, q.flat(flat, used), bits, Grouping(0))
-    err = float(np.square(y - sample, dtype=np.float64).sum()) * (x.size / sample.size)
-    param_bytes = sum(np.asarray(v).size * np.dtype(used[k]).itemsize for k, v in params.items())
+    params, used = q.fit(v.rows, (1,), bits, clip, dtypes, refine=False, stride=2, stats=v.stats(q), sample=v.search)
+    codes = q.encode(v.sample, bits, params)
+    y = q.spec().dequantize(codes, q.flat(params, used), bits, Grouping(0))
+    y -= v.sample
+    np.square(y, out=y)
+    err = float(y.sum(dtype=np.float64)) * (v.size / v.sample.size)
+    taken = v.rows.shape[0]
+    param_bytes = sum(np.asarray(p).size // taken * v.groups * np.dtype(used[k]).itemsize for k, p in params.items())
     return err, param_bytes, entropy_bits(code_histogram(codes, bits))
 
 
@@ -134,7 +152,7 @@ def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range
     signal = float(np.dot(x.reshape(-1).astype(np.float64), x.reshape(-1).astype(np.float64)))
     opts = []
     for axis, block in _groupings(w, per_channel):
-        g = Grouping(axis, block)
+        v = _View(x, Grouping(axis, block))
         dtypes = {"scale": "<f2"} if block is not None else None
         for bits in widths:
             if not q.spec().min_bits <= bits <= q.spec().max_bits:
@@ -142,7 +160,7 @@ def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range
             # entropy-coded, a full range can cost fewer bytes than a clipped one: its codes crowd the middle
             clips = ("mse", "minmax") if coded and bits <= LOW_BITS_CLIP else ("mse",) if bits <= LOW_BITS_CLIP else ("minmax",)
             for clip in clips:
-                err, pbytes, entropy = _sample_error(q, x, bits, g, clip, dtypes)
+                err, pbytes, entropy = _sample_error(q, v, bits, clip, dtypes)
                 code_bytes = packed_size(w.size, bits)
                 if coded:
                     code_bytes = min(code_bytes, math.ceil(w.size * entropy * CODED_MARGIN / 8) + CODED_OVERHEAD)

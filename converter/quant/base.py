@@ -70,6 +70,12 @@ class Quantizer:
         raise NotImplementedError
 
     @classmethod
+    def roundtrip(cls, x: NDArray[np.float32], bits: int, params: Params, dtypes: dict[str, str]) -> NDArray[np.float32]:
+        """x (a row per group) quantized and read back with its group-shaped, rounded parameters:
+        what the range searches measure. Schemes with a cheaper exact form override it."""
+        return cls.spec().dequantize(cls.encode(x, bits, params), cls.flat(params, dtypes), bits, Grouping(0))
+
+    @classmethod
     def rounded(cls, params: Params, dtypes: dict[str, str]) -> Params:
         """Parameters as they will read back from their storage dtypes (a float16 scale, say), so
         codes are chosen against the values the decoder will really use."""
@@ -101,7 +107,8 @@ class Quantizer:
     @classmethod
     def fit(cls, xv: NDArray[np.float32], axes: tuple[int, ...], bits: int, clip: str = "minmax",
             dtypes: dict[str, str] | None = None, refine: bool = True,
-            budget: int | None = None, stride: int = 1) -> tuple[Params, dict[str, str]]:
+            budget: int | None = None, stride: int = 1, stats: Stats | None = None,
+            sample: NDArray[np.float32] | None = None) -> tuple[Params, dict[str, str]]:
         """Group-shaped parameters of a blocked view (see Grouping.blocked), rounded to the dtypes
         they will be stored in, and those dtypes.
 
@@ -109,11 +116,14 @@ class Quantizer:
         factor that minimizes the squared error on a sample of the group (see search_shrink).
         `dtypes` asks for other parameter dtypes the scheme allows (float16 scales, say); `budget`
         bounds the weights a search looks at (default SAMPLE_BUDGET) and `stride` thins its grid of
-        factors (ranking settings needs less than a final conversion).
+        factors (ranking settings needs less than a final conversion). `stats` and the search's
+        `sample` (sample_rows) may come precomputed, by a caller fitting many settings of one view.
         """
-        stats = cls.stats(xv, axes)
+        stats = cls.stats(xv, axes) if stats is None else stats
         if clip in ("mse", "mse-ends"):
-            shrink = search_shrink(cls, xv, axes, bits, stats, dtypes, budget or SAMPLE_BUDGET, stride)
+            if sample is None:
+                sample = sample_rows(xv, axes, budget or SAMPLE_BUDGET)
+            shrink = search_shrink(cls, sample, bits, stats, dtypes, stride)
             stats = tuple(s * shrink for s in stats)
             if clip == "mse-ends" and refine:
                 stats = cls.refine(xv, axes, bits, stats, dtypes)
@@ -149,16 +159,16 @@ SAMPLE_BUDGET = 1 << 18  # elements examined per tensor (at least MIN_PER_GROUP 
 MIN_PER_GROUP = 64
 
 
-def search_shrink(q: type[Quantizer], xv: NDArray[np.float32], axes: tuple[int, ...], bits: int, stats: Stats,
-                  dtypes: dict[str, str] | None = None, budget: int = SAMPLE_BUDGET, stride: int = 1) -> NDArray[np.float32]:
+def search_shrink(q: type[Quantizer], sample: NDArray[np.float32], bits: int, stats: Stats,
+                  dtypes: dict[str, str] | None = None, stride: int = 1) -> NDArray[np.float32]:
     """Per group, the range factor in q.shrinks with the least squared error on a sample.
 
     Clipping a few outliers buys finer steps for the bulk of the weights; at low widths that is
     most of the error. The sample is every k-th element of each group plus its two extremes, so
     that the cost of clipping the largest weights is never missed, and the search costs a few
-    passes over about `budget` elements however large the tensor. Ties keep the wider range.
+    passes over about `budget` elements however large the tensor (`sample`: sample_rows of the
+    view, a row per group). Ties keep the wider range.
     """
-    sample = sample_rows(xv, axes, budget)
     groups = sample.shape[0]
     flat_stats = tuple(s.reshape(groups, 1) for s in stats)
     best_err = np.full(groups, np.inf)
@@ -186,9 +196,10 @@ def sample_error(q: type[Quantizer], sample: NDArray[np.float32], stats: Stats, 
     """Each row's squared error when quantized with parameters from `stats` (groups x 1 each)."""
     params = q.params(stats, bits)
     used = q.storage(params, dtypes)
-    params = q.rounded(params, used)
-    y = q.spec().dequantize(q.encode(sample, bits, params), q.flat(params, used), bits, Grouping(0))
-    return np.square(y - sample, dtype=np.float64).sum(axis=1)
+    y = q.roundtrip(sample, bits, q.rounded(params, used), used)
+    y -= sample
+    np.square(y, out=y)
+    return y.sum(axis=1).astype(np.float64)  # float32 pairwise sums: ample for ranking settings
 
 
 def get_quantizer(name: str) -> type[Quantizer]:

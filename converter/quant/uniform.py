@@ -73,6 +73,17 @@ class Asymmetric(Quantizer):
         np.clip(q, 0, np.float32((1 << bits) - 1), out=q)
         return q.astype(np.uint8)
 
+    @classmethod
+    def roundtrip(cls, x, bits, params, dtypes):
+        """(code - zero_point) * scale in place, without the codes: the values dequantize gives."""
+        q = np.divide(x, params["scale"], dtype=np.float32)
+        q += params["zero_point"]
+        np.rint(q, out=q)
+        np.clip(q, 0, np.float32((1 << bits) - 1), out=q)
+        q -= params["zero_point"]
+        q *= params["scale"]
+        return q
+
 
 class Symmetric(Quantizer):
     """x ~ q * scale, q in [-(2^(n-1)-1), 2^(n-1)-1], stored as q + 2^(n-1)-1."""
@@ -107,3 +118,13 @@ class Symmetric(Quantizer):
         np.clip(q, -qmax, qmax, out=q)
         q += qmax
         return q.astype(np.uint8)
+
+    @classmethod
+    def roundtrip(cls, x, bits, params, dtypes):
+        """The signed level times the scale, in place: the values dequantize gives."""
+        qmax = np.float32((1 << (bits - 1)) - 1)
+        q = np.divide(x, params["scale"], dtype=np.float32)
+        np.rint(q, out=q)
+        np.clip(q, -qmax, qmax, out=q)
+        q *= params["scale"]
+        return q
