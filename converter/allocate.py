@@ -627,7 +627,7 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
     """
     from pathlib import Path
 
-    from converter.convert import convert
+    from converter.convert import Reuse, convert
     from formats.qpk import RAW
 
     goal.check()
@@ -639,9 +639,10 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
         raise OptionError("no tensor is quantized under these options: nothing to allocate")
 
     last: list[Any] = [None, None]  # the policy last converted, and its result
+    reuse = Reuse()  # trials differ in a few tensors: the others are carried over
 
     def convert_to(p: Policy) -> Any:
-        last[:] = [p, convert(src, p, trial, codec=codec)]
+        last[:] = [p, convert(src, p, trial, codec=codec, reuse=reuse)]
         return last[1]
 
     objective = "pooled" if goal.pooled else "layers"

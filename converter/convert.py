@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -117,6 +118,36 @@ def _work(w: Weight, d: Decision, scheme: str, clip: str, codec: Codec, rdo: flo
                  h_ctx)
 
 
+REUSE_BYTES = 256 << 20  # codes an allocator's trials keep for the next trial
+
+
+class Reuse:
+    """Tensors quantized and coded by earlier conversions of one model (an allocator's trials), by
+    weight and setting: a trial redoes only the tensors whose setting it changes. Keeps at most
+    `budget` bytes of codes; tensors past that are simply redone."""
+
+    def __init__(self, budget: int = REUSE_BYTES) -> None:
+        self.done: dict[tuple[Any, ...], _Done] = {}
+        self.left = budget
+        self.lock = threading.Lock()
+
+    def job(self, w: Weight, d: Decision, scheme: str, clip: str, codec: Codec, rdo: float) -> Callable[[], _Done]:
+        key = (w.key, d.scheme or scheme, d.bits, d.axis, d.block, d.clip or clip, tuple(sorted((d.dtypes or {}).items())),
+               codec.id, rdo)
+
+        def run() -> _Done:
+            if key in self.done:
+                return self.done[key]
+            done = _work(w, d, scheme, clip, codec, rdo)
+            size = done.q.packed.nbytes + len(done.codes[1]) + sum(len(v[1]) for v in done.params.values())
+            with self.lock:
+                if size <= self.left:
+                    self.done[key], self.left = done, self.left - size
+            return done
+
+        return run
+
+
 def _in_order(pool: ThreadPoolExecutor, jobs: Sequence[Callable[[], _Done]], ahead: int) -> Iterator[_Done]:
     """Results of jobs in submission order, with at most `ahead` running or waiting at once."""
     window: deque[Future[_Done]] = deque()
@@ -134,10 +165,11 @@ def _in_order(pool: ThreadPoolExecutor, jobs: Sequence[Callable[[], _Done]], ahe
 
 
 def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[int, int], None] | None = None,
-            codec: Codec = RAW, workers: int | None = None) -> ConvertResult:
+            codec: Codec = RAW, workers: int | None = None, reuse: Reuse | None = None) -> ConvertResult:
     """Quantize `model` under `policy` and write the container to `out` atomically.
 
-    `codec` entropy-codes each packed code stream (kept only where it is smaller).
+    `codec` entropy-codes each packed code stream (kept only where it is smaller); `reuse` carries
+    tensors over from earlier conversions of the same model.
     """
     result = ConvertResult(Path(out), 0)
     weights = model.weights
@@ -150,7 +182,8 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
             kept.append({"name": w.name, "key": w.key, "shape": list(w.shape), "dtype": w.dtype, "role": w.role.value, "reason": d.reason})
     entries: list[TensorEntry] = []
     workers = workers or default_workers()
-    jobs = [partial(_work, w, d, policy.scheme, policy.clip, codec, policy.rdo) for w, d in chosen]
+    jobs = [reuse.job(w, d, policy.scheme, policy.clip, codec, policy.rdo) if reuse is not None
+            else partial(_work, w, d, policy.scheme, policy.clip, codec, policy.rdo) for w, d in chosen]
     prepare_parent(Path(out))  # the spill file goes beside the output
     with QpkWriter(Path(out).parent, Path(out)) as writer, ThreadPoolExecutor(workers) as pool:
         for i, ((w, d), done) in enumerate(zip(chosen, _in_order(pool, jobs, workers + 1))):

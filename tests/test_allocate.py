@@ -241,6 +241,33 @@ def test_the_reused_trial_is_the_conversion_of_the_chosen_policy(sample: Path, t
     assert out.read_bytes() == again.path.read_bytes()
 
 
+def test_trials_carry_over_unchanged_tensors_byte_for_byte(sample: Path, tmp_path: Path):
+    """A trial that changes one tensor's setting quantizes only that tensor again, and writes the
+    container a fresh conversion writes; a zero budget keeps nothing."""
+    from dataclasses import replace
+
+    from converter.convert import Reuse, convert
+    from formats.qpk import ANS
+
+    with OnnxModel(sample) as model:
+        base = Policy("asym", 6)
+        keys = [w.key for w in model.weights if base.decide(w).quantize]
+        first = replace(base, plan=tuple((w.key, base.decide(w)) for w in model.weights if w.key in keys))
+        second = replace(first, plan=tuple((k, replace(d, bits=3) if k == keys[0] else d) for k, d in first.plan))
+        reuse = Reuse()
+        convert(model, first, tmp_path / "a.qpk", codec=ANS, reuse=reuse)
+        assert len(reuse.done) == len(keys)
+        held = dict(reuse.done)
+        trial = convert(model, second, tmp_path / "b.qpk", codec=ANS, reuse=reuse)
+        assert len(reuse.done) == len(keys) + 1  # only the changed tensor was quantized again
+        assert all(reuse.done[k] is v for k, v in held.items())
+        fresh = convert(model, second, tmp_path / "c.qpk", codec=ANS)
+        none = Reuse(budget=0)
+        convert(model, second, tmp_path / "d.qpk", codec=ANS, reuse=none)
+        assert not none.done
+    assert trial.path.read_bytes() == fresh.path.read_bytes() == (tmp_path / "d.qpk").read_bytes()
+
+
 def test_a_goal_without_scheme_picks_each_tensors_scheme(sample: Path, tmp_path: Path):
     """No --scheme: each tensor takes asym or sym, and the file is no larger than either alone
     (the menus are the union of both; 0.5% for the estimates the real conversions correct)."""
