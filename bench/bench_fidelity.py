@@ -583,8 +583,9 @@ def target_cosine(models: list[Model], skipped: list[tuple[str, str]], tmp: Path
 
 
 ALLOCATORS = {  # label -> the options of a data-free allocation at BPW_LIMIT; each is judged on its own
-    "layers": ["--target-bpw", BPW_LIMIT, "--objective", "layers"],
-    "pooled": ["--target-bpw", BPW_LIMIT, "--objective", "pooled"],
+    "sized": ["--target-bpw", BPW_LIMIT, "--objective", "sized"],
+    "sized ans": ["--target-bpw", BPW_LIMIT, "--objective", "sized", "--codec", "ans"],
+    "layers ans": ["--target-bpw", BPW_LIMIT, "--objective", "layers", "--codec", "ans"],
     "pooled ans": ["--target-bpw", BPW_LIMIT, "--objective", "pooled", "--codec", "ans"],
 }
 

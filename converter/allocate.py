@@ -47,11 +47,10 @@ MAX_BITS = 8
 MIN_WIDTH = 2
 CODED_MARGIN, CODED_OVERHEAD = 1.02, 64  # entropy-coded codes: within 2% of the entropy, plus a table
 BLOCKS = (32, 128)
-# how the data-free allocation weighs a tensor's squared error (Menu.importance relative to signal)
-OBJECTIVES = {
-    "layers": "sum over tensors of squared error / signal energy (1 / SQNR): every layer counts alike",
-    "pooled": "squared error summed over all tensors (the pooled weight SQNR): large tensors count by their size",
-}
+
+
+DEFAULT_OBJECTIVE = "layers"
+KEPT_REASON = "kept in float: the fidelity goal needs it (--allow-float)"
 AUTO_SCHEMES = ("asym", "sym")  # what a goal chooses each tensor's scheme from when none is given
 DP_BUCKETS, DP_CELLS = 4096, 1 << 26  # error steps of the --target-sqnr knapsack, and its table's size limit
 MAX_SQNR_DB = 100.0  # beyond what 8-bit codes give any real tensor: the goal is a typo
@@ -69,8 +68,11 @@ class Option:
     nbytes: int  # codes (packed) + parameters
     error: float  # squared error of the whole tensor (estimated)
     scheme: str = "asym"
+    keep: bool = False  # the tensor stays in float as the source stores it (fidelity goals, --allow-float)
 
     def decision(self, why: str) -> Decision:
+        if self.keep:
+            return Decision(False, reason=KEPT_REASON, why=why)
         dtypes = {"scale": "<f2"} if self.block is not None else None
         return Decision(True, bits=self.bits, axis=self.axis, block=self.block, dtypes=dtypes, scheme=self.scheme, clip=self.clip,
                         why=why)
@@ -87,6 +89,25 @@ class Menu:
 
     def cost(self, o: Option) -> float:
         return self.importance * o.error / max(self.signal, 1e-30)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """How the data-free allocation weighs a tensor's squared error: cost = importance(menu) x
+    error / signal energy."""
+
+    help: str
+    importance: Callable[[Menu], float]
+
+
+OBJECTIVES = {
+    "layers": Objective("sum over tensors of squared error / signal energy (1 / SQNR): every layer counts alike",
+                        lambda m: 1.0),
+    "sized": Objective("sum over tensors of weights x squared error / signal energy: each tensor counts by its size, "
+                       "whatever its scale", lambda m: float(m.weight.size)),
+    "pooled": Objective("squared error summed over all tensors (the pooled weight SQNR): large tensors count by their "
+                        "size and their scale", lambda m: m.signal),
+}
 
 
 def _groupings(w: Weight, per_channel: bool) -> list[tuple[int | None, int | None]]:
@@ -324,8 +345,9 @@ class Goal:
     min_cosine: float | None = None
     max_accuracy_drop: float | None = None  # points
     target_sqnr: float | None = None  # dB, pooled over the quantized weights
-    objective: str | None = None  # a key of OBJECTIVES; None: layers (pooled for --target-sqnr)
+    objective: str | None = None  # a key of OBJECTIVES; None: see weighing
     schemes: tuple[str, ...] | None = None  # each tensor's scheme chosen among these; None: the policy's
+    allow_float: bool = False  # a fidelity goal 8 bits cannot meet may keep tensors in float
 
     @property
     def fidelity(self) -> bool:
@@ -336,9 +358,9 @@ class Goal:
         return self.fidelity or self.target_bpw is not None or self.target_size is not None or self.target_sqnr is not None
 
     @property
-    def pooled(self) -> bool:
-        """Whether tensors' errors are weighed as they are (the pooled weight SQNR)."""
-        return self.objective == "pooled" or (self.objective is None and self.target_sqnr is not None)
+    def weighing(self) -> str:
+        """The objective's name: as given, else layers (pooled for --target-sqnr, pooled by definition)."""
+        return self.objective or ("pooled" if self.target_sqnr is not None else DEFAULT_OBJECTIVE)
 
     def check(self) -> None:
         sizes = [f for f, v in (("--target-bpw", self.target_bpw), ("--target-size", self.target_size),
@@ -362,6 +384,8 @@ class Goal:
             raise OptionError(f"--min-cosine must lie in [-1, 1], not {self.min_cosine}")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
             raise OptionError("--max-accuracy-drop must not be negative")
+        if self.allow_float and not self.fidelity:
+            raise OptionError("--allow-float is for fidelity goals (--min-cosine, --max-accuracy-drop)")
 
     def met(self, result: dict[str, Any]) -> tuple[bool, str]:
         """Whether an evaluation (converter.evaluate) meets the fidelity goal, and the figures, in words."""
@@ -418,18 +442,31 @@ def for_fidelity(policy: Policy, goal: Goal, ms: list[Menu], evaluate_policy: Ca
     top_policy = plan(policy, ms, [m.options[-1] for m in ms], "largest")
     ok, words = goal.met(evaluate_policy(top_policy))
     say(f"every tensor at its most precise setting: {words}")
+    steps = 7
+    if not ok and goal.allow_float:
+        for m in ms:  # float as the source stores it: no error, every byte
+            m.options.append(Option(0, None, None, "", m.weight.nbytes, 0.0, "float", keep=True))
+        top_policy = plan(policy, ms, [m.options[-1] for m in ms], "largest")
+        ok, words = goal.met(evaluate_policy(top_policy))
+        say(f"every tensor kept in float: {words}")
+        steps = 10  # a range four times as wide
     if not ok:
-        raise BudgetError(f"the goal is not met even with every tensor at its most precise setting ({words})")
+        hint = "" if goal.allow_float else "; --allow-float lets qpack keep the tensors that need it in float"
+        raise BudgetError(f"the goal is not met even with every tensor at its most precise setting ({words}){hint}")
     best: tuple[Policy, list[Option], str] = (top_policy, [m.options[-1] for m in ms], words)
     floor = float(sum(m.options[0].nbytes for m in ms))
     start = min(max(bpw_budget(ms, policy.bits), floor), largest(ms))
+
+    seen: dict[tuple[tuple[Option, ...], int], tuple[bool, str]] = {}  # budgets that give the same allocation
 
     def attempt(budget: float, r: int) -> bool:
         nonlocal best
         cand = choose(ms, budget)
         p = plan(policy, ms, cand, f"smallest allocation meeting the goal in the runtime (round {r + 1})")
-        ok, words = goal.met(evaluate_policy(p))
-        say(f"{8 * sum(o.nbytes for o in cand) / weights_of(ms):.3f} bits/weight: {words}")
+        if (tuple(cand), r) not in seen:
+            seen[tuple(cand), r] = goal.met(evaluate_policy(p))
+            say(f"{8 * sum(o.nbytes for o in cand) / weights_of(ms):.3f} bits/weight: {seen[tuple(cand), r][1]}")
+        ok, words = seen[tuple(cand), r]
         if ok and sum(o.nbytes for o in cand) < sum(o.nbytes for o in best[1]):
             best = (p, cand, words)
         return ok
@@ -437,7 +474,7 @@ def for_fidelity(policy: Policy, goal: Goal, ms: list[Menu], evaluate_policy: Ca
     for r in range(rounds):
         # --bits is the first guess; then bisection on bytes between what fails and what meets the goal
         lo, hi = (floor, start) if attempt(start, r) else (start, float(sum(o.nbytes for o in best[1])))
-        for _ in range(7):
+        for _ in range(steps):
             if hi - lo <= 0.01 * hi:
                 break
             mid = (lo + hi) / 2
@@ -448,6 +485,8 @@ def for_fidelity(policy: Policy, goal: Goal, ms: list[Menu], evaluate_policy: Ca
         if r + 1 < rounds and lo > floor:
             _weigh_by_damage(policy, ms, choose(ms, lo), evaluate_policy, goal, say)
             start = sum(o.nbytes for o in best[1])
+    if all(o.keep for o in best[1]):
+        raise BudgetError(f"the goal is met only with every tensor kept in float ({best[2]}): nothing is left to quantize")
     return best
 
 
@@ -645,11 +684,10 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
         last[:] = [p, convert(src, p, trial, codec=codec, reuse=reuse)]
         return last[1]
 
-    objective = "pooled" if goal.pooled else "layers"
-    if goal.pooled:
-        for m in ms:
-            m.importance = m.signal  # cost() is then the tensor's squared error as it is
-    summary: dict[str, Any] = {"proxy": OBJECTIVES[objective], "objective": objective,
+    objective = goal.weighing
+    for m in ms:
+        m.importance = OBJECTIVES[objective].importance(m)
+    summary: dict[str, Any] = {"proxy": OBJECTIVES[objective].help, "objective": objective,
                                "schemes": list(goal.schemes or (policy.scheme,)), "candidates": sum(len(m.options) for m in ms)}
     if goal.target_sqnr is not None:
         p, chosen = for_sqnr(policy, goal.target_sqnr, convert_to, ms)
@@ -683,4 +721,6 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
                                                                    ("--max-accuracy-drop", goal.max_accuracy_drop)) if v is not None),
                        met=words, checks=checks, inputs=inputs.description)
     summary["bits_per_weight_planned"] = round(8 * sum(o.nbytes for o in chosen) / weights_of(ms), 4)
+    if any(o.keep for o in chosen):
+        summary["kept_in_float"] = [m.weight.name for m, o in zip(ms, chosen) if o.keep]
     return Allocation(p, summary, last[1] if last[0] is p else None)

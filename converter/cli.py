@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from converter import __version__
-from converter.allocate import AUTO_SCHEMES, OBJECTIVES
+from converter.allocate import AUTO_SCHEMES, DEFAULT_OBJECTIVE, OBJECTIVES
 from converter.quant import CLIPS, QUANTIZERS
 from formats.errors import BudgetError, QpackError
 from formats.qpk import CODECS, Codec, codec_named
@@ -150,10 +150,12 @@ TargetSize = Annotated[int | None, typer.Option("--target-size", help="goal: a .
 TargetSqnr = Annotated[float | None, typer.Option("--target-sqnr", help="goal: the smallest file whose weight SQNR, pooled "
                                                   "over the quantized tensors, is at least this many dB")]
 Objective = Annotated[ObjectiveName | None, typer.Option("--objective", help="what --target-bpw/--target-size maximize: "
-                                                         + "; ".join(f"{k}: {v}" for k, v in OBJECTIVES.items())
-                                                         + " [default: layers]", show_default=False)]
+                                                         + "; ".join(f"{k}: {v.help}" for k, v in OBJECTIVES.items())
+                                                         + f" [default: {DEFAULT_OBJECTIVE}]", show_default=False)]
 MinCosine = Annotated[float | None, typer.Option("--min-cosine", help="goal: every output's cosine to the float model's "
                                                  "at least this, on the given inputs (smallest file that meets it)")]
+AllowFloat = Annotated[bool, typer.Option("--allow-float", help="fidelity goals: where 8 bits everywhere fall short, keep "
+                                          "the tensors that need it in float (as the source stores them) instead of exit 3")]
 MaxDrop = Annotated[float | None, typer.Option("--max-accuracy-drop", help="goal: accuracy lost on labelled inputs at most "
                                                "this many points")]
 
@@ -199,6 +201,7 @@ def convert(
     objective: Objective = None,
     min_cosine: MinCosine = None,
     max_accuracy_drop: MaxDrop = None,
+    allow_float: AllowFloat = False,
     inputs: InputsOpt = None,
     images: ImagesOpt = None,
     dataset: DatasetOpt = None,
@@ -233,7 +236,7 @@ def convert(
         parse_compressors(compress)  # reject a bad list before any work
         target = output or model.with_suffix(".qpk")
         goal = Goal(target_bpw, target_size, min_cosine, max_accuracy_drop, target_sqnr,
-                    str(objective.value) if objective else None, None if scheme else AUTO_SCHEMES)
+                    str(objective.value) if objective else None, None if scheme else AUTO_SCHEMES, allow_float)
         goal.check()
         data = _inputs(model, inputs, images, dataset, size, layout, scale, mean, std) if goal.fidelity else None
         src = stack.enter_context(closing(open_model(model)))

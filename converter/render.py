@@ -60,6 +60,8 @@ def allocation_line(a: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     span = f"{widths[0]}-{widths[-1]}" if len(widths) > 1 else f"{widths[0]}" if widths else "-"
     line = (f"allocation: {a.get('goal', '?')} ({a.get('objective', 'layers')} objective); widths {span} bits; "
             + ", ".join(f"{n} {k}" for k, n in sorted(schemes.items())) + " tensors")
+    if a.get("kept_in_float"):
+        line += f", {len(a['kept_in_float'])} kept in float"
     return line + (f"; met: {a['met']}" if a.get("met") else "")
 
 

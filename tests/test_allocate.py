@@ -208,6 +208,41 @@ def test_unreachable_fidelity_exits_3(sample: Path, tmp_path: Path):
     assert not out.exists()
 
 
+def test_allow_float_keeps_what_8_bits_cannot_carry(tmp_path: Path):
+    """Silero's recurrent state misses --min-cosine 0.99 even at 8 bits everywhere: exit 3 with a
+    hint, and with --allow-float the goal is met (on other inputs too) with the tensors that need it
+    kept in float and the rest quantized."""
+    from tests.conftest import packaged
+
+    model = packaged("silero-vad", "silero_vad/data/silero_vad_16k_op15.onnx")
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        np.savez(tmp_path / f"in{seed}.npz", input=(rng.standard_normal((4, 512)) * 0.05).astype(np.float32),
+                 state=np.zeros((2, 1, 128), np.float32), sr=np.array(16000, np.int64))
+    out, js = tmp_path / "s.qpk", tmp_path / "s.json"
+    goal = ["--min-cosine", 0.99, "--inputs", tmp_path / "in0.npz", "-o", out, "--compress", "none"]
+    r = _run("convert", model, *goal)
+    assert r.exit_code == EXIT_BUDGET and "--allow-float" in r.output and not out.exists()
+    r = _run("convert", model, *goal, "--allow-float", "--json", js)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(js.read_text())
+    kept = rep["allocation"]["kept_in_float"]
+    assert kept and {k["name"] for k in rep["kept"]} >= set(kept) and len(rep["tensors"]) > len(kept)
+    assert "kept in float" in r.output
+    e = _run("eval", model, "--qpk", out, "--inputs", tmp_path / "in1.npz", "--json", tmp_path / "e.json", "-q")
+    assert e.exit_code == 0
+    assert min(o["cosine"] for o in json.loads((tmp_path / "e.json").read_text())["outputs"]) >= 0.99
+
+
+def test_allow_float_refuses_to_keep_everything(sample: Path, tmp_path: Path):
+    out = tmp_path / "x.qpk"
+    r = _run("convert", sample, "--min-cosine", 1.0, "--dataset", "digits", "--allow-float", "-o", out)
+    assert r.exit_code == EXIT_BUDGET and "nothing is left to quantize" in r.output
+    assert not out.exists()
+    r = _run("convert", sample, "--target-bpw", 4, "--allow-float", "-o", out)
+    assert r.exit_code != 0 and "--allow-float is for fidelity goals" in r.output
+
+
 def test_scalar_and_state_inputs_accepted(tmp_path: Path):
     """Silero takes a 0-d sample rate and a [2, 1, 128] state that are not batched like the audio."""
     from tests.conftest import packaged
