@@ -8,7 +8,7 @@ subprocess that gets the float weights as an .npz file. For each weight set (the
 of a model under qpack's default policy: Conv, MatMul/Gemm, LSTM kernels) both sides trace bits per
 weight against weight SQNR (signal and noise pooled over the set): NNCodec over its quantization
 parameter qp, qpack over scheme sym x per-tensor/per-channel x 2..8 bits x rate-aware rounding off
-or on, with the ans codec. Bits per weight at 20, 30 and 40 dB are read off each curve by linear
+or on, with the ans codec (widths 2..12). Bits per weight at 20, 30 and 40 dB are read off each curve by linear
 interpolation between the two nearest points that bracket the target (for qpack, the best such
 pair among all its settings: mixing two settings across tensors reaches the points between them).
 Encode time is that of the settings used at the target (NNCodec: the two bracketing qp runs).
@@ -46,6 +46,7 @@ MODELS = {
 TARGETS = (20.0, 30.0, 40.0)
 QPS = tuple(range(-8, -62, -3))
 RDO = 0.1
+WIDEST = 12  # sym widths of the single-setting curve (past 8 bits: one fine step, entropy-coded)
 
 # Runs inside NNCodec's venv: imports nothing of qpack.
 WORKER = r"""
@@ -105,7 +106,7 @@ def qpack_curve(tensors: dict[str, tuple[np.ndarray, int | None]], rdo: float) -
     count = sum(a.size for a, _ in tensors.values())
     points = []
     for per_channel in (False, True):
-        for bits in range(2, 9):
+        for bits in range(2, WIDEST + 1):
             t = time.perf_counter()
             size = noise = 0.0
             for a, axis in tensors.values():

@@ -42,6 +42,9 @@ from formats.qpk import Grouping, packed_size
 
 SAMPLE_ELEMENTS = 1 << 16  # weights per tensor and setting the error is measured on
 MAX_BITS = 8
+# sym goes past a byte: a full range at a step finer than 255 levels allow (outliers kept, the bulk
+# fine), what entropy-coded high-fidelity goals want and what rescues a model 8 bits cannot carry
+WIDE_BITS = 12
 # one-bit codes keep two levels per group: the allocation never needs them to reach a budget it
 # can meet at all, and the summed relative error underrates how they break a network
 MIN_WIDTH = 2
@@ -146,9 +149,9 @@ class _View:
         return self._stats[q.name]
 
 
-def _sample_error(q: Any, v: _View, bits: int, clip: str, dtypes: dict[str, str] | None) -> tuple[float, int, float]:
-    """(squared error of the whole tensor, parameter bytes, order-0 entropy of the codes in bits),
-    measured on the view's sample and scaled up."""
+def _sample_error(q: Any, v: _View, bits: int, clip: str, dtypes: dict[str, str] | None) -> tuple[float, int, float, int]:
+    """(squared error of the whole tensor, parameter bytes, order-0 entropy of the codes in bits,
+    codes from the lowest to the highest present), measured on the view's sample and scaled up."""
     # ranking settings needs less than the final conversion: no refinement, a smaller sample, every other factor
     params, used = q.fit(v.rows, (1,), bits, clip, dtypes, refine=False, stride=2, stats=v.stats(q), sample=v.search)
     codes = q.encode(v.sample, bits, params)
@@ -158,7 +161,9 @@ def _sample_error(q: Any, v: _View, bits: int, clip: str, dtypes: dict[str, str]
     err = float(y.sum(dtype=np.float64)) * (v.size / v.sample.size)
     taken = v.rows.shape[0]
     param_bytes = sum(np.asarray(p).size // taken * v.groups * np.dtype(used[k]).itemsize for k, p in params.items())
-    return err, param_bytes, entropy_bits(code_histogram(codes, bits))
+    hist = code_histogram(codes, bits)
+    present = np.flatnonzero(hist)
+    return err, param_bytes, entropy_bits(hist), int(present[-1] - present[0] + 1) if present.size else 1
 
 
 def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range(MIN_WIDTH, MAX_BITS + 1),
@@ -176,15 +181,16 @@ def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range
         v = _View(x, Grouping(axis, block))
         dtypes = {"scale": "<f2"} if block is not None else None
         for bits in widths:
-            if not q.spec().min_bits <= bits <= q.spec().max_bits:
+            if not q.spec().min_bits <= bits <= q.spec().max_bits or (bits > MAX_BITS and block is not None):
                 continue
             # entropy-coded, a full range can cost fewer bytes than a clipped one: its codes crowd the middle
             clips = ("mse", "minmax") if coded and bits <= LOW_BITS_CLIP else ("mse",) if bits <= LOW_BITS_CLIP else ("minmax",)
             for clip in clips:
-                err, pbytes, entropy = _sample_error(q, v, bits, clip, dtypes)
+                err, pbytes, entropy, span = _sample_error(q, v, bits, clip, dtypes)
                 code_bytes = packed_size(w.size, bits)
-                if coded:
-                    code_bytes = min(code_bytes, math.ceil(w.size * entropy * CODED_MARGIN / 8) + CODED_OVERHEAD)
+                if coded:  # plus the table: a weight per code from the first to the last present
+                    table = CODED_OVERHEAD + (span if bits > MAX_BITS else 0)
+                    code_bytes = min(code_bytes, math.ceil(w.size * entropy * CODED_MARGIN / 8) + table)
                 opts.append(Option(bits, axis, block, clip, code_bytes + pbytes, err, scheme))
     return Menu(w, signal, _hull(opts))
 
@@ -298,8 +304,8 @@ def plan(policy: Policy, menus: list[Menu], options: list[Option], why: str) -> 
 
 def menus(model: SourceModel, policy: Policy, progress: Callable[[int, int], None] | None = None,
           coded: bool = False, schemes: tuple[str, ...] | None = None) -> list[Menu]:
-    """A menu for each weight the policy quantizes: widths 2 to 8 under the policy's scheme, or
-    under each of `schemes` (the tensor then takes whichever scheme its chosen option has)."""
+    """A menu for each weight the policy quantizes: widths 2 to 8 (12 for sym) under the policy's
+    scheme, or under each of `schemes` (the tensor then takes whichever scheme its chosen option has)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from converter.convert import default_workers
@@ -309,8 +315,9 @@ def menus(model: SourceModel, policy: Policy, progress: Callable[[int, int], Non
     def one(w: Weight) -> Menu:
         got = []
         for scheme in schemes or (policy.scheme,):
-            lowest = max(get_quantizer(scheme).spec().min_bits, MIN_WIDTH)
-            got.append(menu(w, scheme, True, range(lowest, MAX_BITS + 1), coded))
+            spec = get_quantizer(scheme).spec()
+            top = WIDE_BITS if spec.max_bits >= WIDE_BITS else MAX_BITS
+            got.append(menu(w, scheme, True, range(max(spec.min_bits, MIN_WIDTH), top + 1), coded))
         return got[0] if len(got) == 1 else merged(got)
 
     out = []
@@ -636,7 +643,7 @@ def for_sqnr(policy: Policy, db: float, convert_to: Callable[[Policy], Any], ms:
             best, best_bytes = (p, chosen), _stored(result)
         if got < db and all(o is m.options[-1] for o, m in zip(chosen, ms)):
             raise BudgetError(f"--target-sqnr {db:g} dB is out of reach: every tensor at its most precise setting "
-                              f"(8 bits) gives {got:.2f} dB")
+                              f"gives {got:.2f} dB")
         if noise <= 0 or (best is not None and got - db < 0.05):
             break
         # the estimated errors were off by this factor: aim that much closer

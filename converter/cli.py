@@ -99,7 +99,7 @@ def _progress(quiet: bool) -> Progress | None:
 
 ModelArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="an .onnx or .tflite model")]
 QpkArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="a .qpk container")]
-Bits = Annotated[int, typer.Option("--bits", "-b", min=1, max=8, help="bits per weight code")]
+Bits = Annotated[int, typer.Option("--bits", "-b", min=1, max=16, help="bits per weight code (past 8: sym only)")]
 _SCHEMES_HELP = "asym: scale+zero point; sym: scale; pow2: sign+exponent; lut: a codebook"
 Scheme = Annotated[SchemeName, typer.Option("--scheme", "-s", help=_SCHEMES_HELP)]
 GoalScheme = Annotated[SchemeName | None, typer.Option(

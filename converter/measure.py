@@ -11,15 +11,20 @@ import numpy as np
 import zstandard
 from numpy.typing import NDArray
 
-from formats.errors import OptionError
+from formats.errors import FormatError, OptionError
+from formats.qpk.bitstream import code_dtype
+from formats.qpk.spec import BYTE_BITS
 
 
 def code_histogram(codes: NDArray[np.uint8], bits: int) -> NDArray[np.int64]:
     """Occurrences of each of the 2**bits codes.
 
     Codes are counted two at a time as uint16 pairs (65,536 bins), then the pair table is summed
-    both ways: half the elements through bincount, which is its cost.
+    both ways: half the elements through bincount, which is its cost. Codes wider than a byte are
+    counted one at a time.
     """
+    if bits > BYTE_BITS:
+        return np.bincount(np.asarray(codes).reshape(-1), minlength=1 << bits)[: 1 << bits].astype(np.int64)
     flat = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
     even = flat.size & ~1
     pairs = np.bincount(flat[:even].view(np.uint16), minlength=1 << 16).reshape(256, 256)
@@ -48,10 +53,13 @@ def context_entropy_bits(codes: NDArray[np.uint8], bits: int) -> float:
     """
     from formats.qpk import ans
 
-    flat = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
+    flat = np.ascontiguousarray(codes, dtype=code_dtype(bits)).reshape(-1)
     if flat.size == 0:
         return 0.0
-    order0, best = ans.choose(flat, bits)
+    try:
+        order0, best = ans.choose(flat, bits)
+    except FormatError:  # wide codes too varied for a table: the codec keeps them packed
+        return float(bits)
     return (best or order0).data_bits / flat.size
 
 

@@ -69,8 +69,10 @@ def test_keep_and_bits_for(model: Path, tmp_path: Path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--scheme", "sym", "--bits", "1"], "takes 2..8 bits"),
+    (["--scheme", "sym", "--bits", "1"], "takes 2..16 bits"),
     (["--scheme", "pow2", "--bits", "1"], "takes 2..8 bits"),
+    (["--bits", "12"], "scheme 'asym' takes 1..8 bits, not 12"),
+    (["--scheme", "lut", "--bits", "9"], "takes 1..8 bits"),
     (["--compress", "rar"], "unknown compressor"),
     (["--bits-for", "conv"], "PATTERN=BITS"),
 ])
@@ -83,7 +85,8 @@ def test_impossible_options(model: Path, tmp_path: Path, args, message):
 
 
 def test_bits_out_of_range_is_usage_error(model: Path):
-    assert _run("convert", model, "--bits", "9").exit_code == 2
+    assert _run("convert", model, "--bits", "17").exit_code == 2
+    assert _run("convert", model, "--bits", "0").exit_code == 2
 
 
 @pytest.mark.parametrize("payload", [b"garbage" * 50, b""])

@@ -22,6 +22,7 @@ from converter.quant import get_quantizer
 from formats.errors import FormatError, OptionError
 from formats.onnx_model import OnnxModel
 from formats.qpk import ANS, RAW, BlobKind, CodeContext, Grouping, QpkReader, ans, pack
+from formats.qpk.bitstream import code_dtype
 from formats.registry import open_model
 
 RNG = np.random.default_rng(20261127)
@@ -29,7 +30,7 @@ RNG = np.random.default_rng(20261127)
 
 def laplace_codes(n: int, bits: int, spread: float, rng: np.random.Generator = RNG) -> np.ndarray:
     top = (1 << bits) - 1
-    return np.clip(np.rint(rng.laplace(top / 2, spread, n)), 0, top).astype(np.uint8)
+    return np.clip(np.rint(rng.laplace(top / 2, spread, n)), 0, top).astype(code_dtype(bits))
 
 
 def h0_bytes(codes: np.ndarray, bits: int) -> float:
@@ -105,6 +106,47 @@ def test_order0_within_the_entropy_bound(bits: int):
         codec, stored, _ = encode(pack(codes, bits), BlobKind.CODES, ANS, ctx=CodeContext(bits, n, (n,), Grouping()))
         assert stored.nbytes <= codes.size * bits / 8 + 1
         assert codec == (ANS.id if len(stream) < pack(codes, bits).nbytes else RAW.id)
+
+
+@pytest.mark.parametrize("bits", range(9, 17))
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 13, 1001, 65_537])
+def test_wide_codes_round_trip_order0(bits: int, n: int):
+    """Codes of 9..16 bits (fine steps): order-0 tables with 16-bit spans; context models are refused."""
+    codes = laplace_codes(n, bits, 40.0)
+    stream = round_trip(codes, bits)
+    assert stream[3] == 0  # model: order 0
+    with pytest.raises(ValueError, match="at most 8 bits"):
+        ans.encode_codes(codes, bits, CONTEXT)
+
+
+@pytest.mark.parametrize("bits", [12, 16])
+def test_wide_adversarial_streams(bits: int):
+    """All one symbol, uniform over every code, every symbol in turn, one rare symbol: coded or, where
+    more codes are present than a table has slots, given back to the writer as not smaller."""
+    from formats.qpk import encode
+
+    n, top = 100_000, (1 << bits) - 1
+    wide = code_dtype(bits)
+    for codes in (np.zeros(n, wide), np.full(n, top, wide), RNG.integers(0, top + 1, n).astype(wide),
+                  np.tile(np.arange(top + 1, dtype=wide), -(-n // (top + 1)))[:n],
+                  np.where(RNG.random(n) < 1e-4, top, 0).astype(wide)):
+        distinct = np.unique(codes).size
+        stream = ans.encode_codes(codes, bits)
+        if distinct > 1 << 14:  # past what 2^15 slots hold with room to normalize: packed
+            assert stream is None
+            codec, stored, _ = encode(pack(codes, bits), BlobKind.CODES, ANS, ctx=CodeContext(bits, n, (n,), Grouping()))
+            assert codec == RAW.id and stored.nbytes == pack(codes, bits).nbytes
+            continue
+        assert stream is not None and np.array_equal(ans.decode_raw(stream, bits, n), codes)
+        table = int(ans.table_bytes(np.bincount(codes, minlength=1 << bits))[0])
+        assert len(stream) <= (h0_bytes(codes, bits) + table) * 1.003 + 16, (distinct, len(stream))
+
+
+def test_wide_stream_with_a_context_model_is_refused():
+    stream = bytearray(ans.encode_codes(laplace_codes(500, 4, 2.0), 4, CONTEXT))
+    stream[1] = 12  # claims 12-bit codes
+    with pytest.raises(FormatError, match="neighbourhood model"):
+        ans.decode_raw(bytes(stream), 12, 500)
 
 
 def test_deterministic():

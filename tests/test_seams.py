@@ -112,7 +112,7 @@ def test_reader_enforces_each_scheme_bit_range(tmp_path: Path, sample: Path):
     convert(OnnxModel(sample), Policy("sym", 2), out)
     bad = tmp_path / "bad.qpk"
     bad.write_bytes(_rewrite_meta(out.read_bytes(), lambda m: [t.update(bits=1) for t in m["tensors"]]))
-    with pytest.raises(FormatError, match="outside 2..8 for scheme sym"):
+    with pytest.raises(FormatError, match="outside 2..16 for scheme sym"):
         QpkReader(bad)
 
 

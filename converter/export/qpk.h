@@ -58,7 +58,7 @@ extern "C" {
 
 /* Schemes, FORMAT.md's scheme table. */
 #define QPK_ASYM 0 /* (code - zero_point) * scale; 1..8 bits */
-#define QPK_SYM 1  /* (code - M) * scale, M = 2^(bits-1) - 1; 2..8 bits */
+#define QPK_SYM 1  /* (code - M) * scale, M = 2^(bits-1) - 1; 2..16 bits */
 #define QPK_POW2 2 /* +-2^(emax - M + m), m = code & M, sign = code >> (bits-1); 2..8 bits */
 #define QPK_LUT 3  /* centroids[group * 2^bits + code]: a codebook of 2^bits values per group; 1..8 bits */
 
@@ -221,7 +221,7 @@ static uint32_t qpk__param_bits(const uint8_t *p, uint64_t i, unsigned dtype)
 static int qpk__scheme_bits(unsigned scheme, unsigned bits)
 {
     unsigned lo = scheme == QPK_ASYM || scheme == QPK_LUT ? 1u : 2u;
-    return scheme <= QPK_LUT && bits >= lo && bits <= 8u;
+    return scheme <= QPK_LUT && bits >= lo && bits <= (scheme == QPK_SYM ? 16u : 8u);
 }
 
 /* parameter groups of a shape and grouping (FORMAT.md "Parameter groups"), as Grouping.count */
@@ -297,13 +297,14 @@ int qpk_decode_range(const qpk_tensor *t, uint64_t first, size_t n, float *out)
     bits = t->bits;
     top = (1u << (bits - 1)) - 1u; /* M */
     mask = (1u << bits) - 1u;
-    bit = first * bits; /* first < 2^48, bits <= 8: no overflow */
+    bit = first * bits; /* first < 2^48, bits <= 16: no overflow */
     for (i = 0; i < n; i++) {
         const uint8_t *p = t->codes + (size_t)(bit >> 3);
         unsigned shift = (unsigned)(bit & 7u), code = (unsigned)p[0] >> shift;
         /* LSB first: a code that crosses a byte boundary takes its high bits from the next byte,
          * which exists exactly when it does (the stream is ceil(count * bits / 8) bytes). */
         if (shift + bits > 8u) code |= (unsigned)p[1] << (8u - shift);
+        if (shift + bits > 16u) code |= (unsigned)p[2] << (16u - shift); /* codes of 10..16 bits */
         code &= mask;
         bit += bits;
 
@@ -853,7 +854,7 @@ static int qpk__entry_read(const qpk_file *f, qpk__mp *m, qpk__blobs *bc, qpk__e
     e->scheme = j;
     spec = &qpk__scheme_table[j];
     if ((rc = qpk__field(f, at[QPK__F_BITS], &v)) != QPK_OK) return rc;
-    if (!qpk__uint(&v, 8, &x) || !qpk__scheme_bits(e->scheme, (unsigned)x)) return QPK_E_TENSOR;
+    if (!qpk__uint(&v, 16, &x) || !qpk__scheme_bits(e->scheme, (unsigned)x)) return QPK_E_TENSOR;
     e->bits = (unsigned)x;
 
     e->axis = -1; /* axis and block: absent or nil mean none */

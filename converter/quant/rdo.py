@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from converter.measure import code_histogram
 from converter.quant.base import Params, Quantizer
 from formats.errors import OptionError
+from formats.qpk.bitstream import code_dtype
 
 RDO_ITERATIONS = 2  # estimate -> choose -> re-estimate -> choose; a third pass moves few codes
 MAX_LAMBDA = 10.0  # past this nearly every weight collapses to the most frequent code
@@ -51,7 +52,7 @@ def encode(q: type[Quantizer], x: NDArray[np.float32], bits: int, params: Params
         better = cost < best_cost  # ties keep the nearest code
         best = np.where(better, c, best)
         best_cost = np.where(better, cost, best_cost)
-    return best.astype(np.uint8)
+    return best.astype(code_dtype(bits))
 
 
 def estimate(q: type[Quantizer], chunks: Callable[[], Iterable[tuple[NDArray[np.float32], Params]]], bits: int,

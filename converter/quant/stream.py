@@ -16,6 +16,7 @@ from converter.quant.rdo import encode as rdo_encode
 from converter.quant.rdo import estimate as rdo_estimate
 from formats.errors import FormatError
 from formats.qpk import Grouping, pack
+from formats.qpk.bitstream import code_dtype
 
 CHUNK_ELEMENTS = 1 << 18  # 1 MiB of float32: temporaries per worker stay a few MiB
 
@@ -59,7 +60,7 @@ def quantize_stream(q: type[Quantizer], x: NDArray[np.float32], bits: int, group
     hist = np.zeros(1 << bits, dtype=np.int64)
     signal = noise = 0.0
     parts: list[NDArray[np.uint8]] = []
-    carry = np.zeros(0, dtype=np.uint8)
+    carry = np.zeros(0, dtype=code_dtype(bits))
     first = x.shape[0] if x.ndim else 1
     done = 0  # rows of x covered so far
     for xc, pc in chunks():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from converter.quant.base import Quantizer, sample_error, sample_rows
+from formats.qpk.bitstream import code_dtype
 
 
 class Asymmetric(Quantizer):
@@ -117,7 +118,7 @@ class Symmetric(Quantizer):
         np.rint(q, out=q)
         np.clip(q, -qmax, qmax, out=q)
         q += qmax
-        return q.astype(np.uint8)
+        return q.astype(code_dtype(bits))
 
     @classmethod
     def roundtrip(cls, x, bits, params, dtypes):

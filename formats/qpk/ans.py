@@ -9,6 +9,7 @@ family on the codes and keeps the cheapest, tables included; the decoder only fo
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from numpy.typing import NDArray
 
 from formats.errors import FormatError
 from formats.qpk import rans
-from formats.qpk.bitstream import pack, packed_size, unpack
+from formats.qpk.bitstream import code_dtype, pack, packed_size, unpack
 from formats.qpk.spec import (
     ANS_MAGNITUDE_CENTER,
     ANS_MAGNITUDE_SIGN,
@@ -30,11 +31,13 @@ from formats.qpk.spec import (
     ANS_MODEL_ORDER0,
     ANS_PRECISION,
     ANS_VERSION,
+    BYTE_BITS,
 )
 
 _HEAD = struct.Struct("<BBBB")  # version, bits, precision, model
 _NEIGHBOURS = struct.Struct("<BBBBB")  # window, contexts, offset, magnitude, center
 _TABLE = struct.Struct("<BB")  # first symbol, span - 1
+_WIDE_TABLE = struct.Struct("<HH")  # the same for codes wider than a byte
 _STATE = struct.Struct("<I")
 _CHUNK = 1 << 20  # codes decoded per kernel call (a multiple of 8, so packed chunks concatenate)
 
@@ -156,15 +159,22 @@ def cost_bits(counts: NDArray[np.int64], precision: int) -> NDArray[np.float64]:
     return bits.sum(axis=1)
 
 
+def _table_struct(k: int) -> struct.Struct:
+    """How a table's span is written: bytes for up to 256 symbols, 16-bit words past that."""
+    return _TABLE if k <= 1 << BYTE_BITS else _WIDE_TABLE
+
+
 def table_bytes(counts: NDArray[np.int64]) -> NDArray[np.int64]:
-    """Bytes each row's table takes: 2, plus its span from the first to the last present symbol
-    (one symbol for a row without counts: a table is never empty)."""
+    """Bytes each row's table takes: its span's first symbol and length, plus a weight for each
+    symbol from the first to the last present one (one symbol for a row without counts: a table
+    is never empty)."""
     counts = np.atleast_2d(counts)
+    head = _table_struct(counts.shape[1]).size
     present = counts > 0
     k = counts.shape[1]
     first = present.argmax(axis=1)
     last = k - 1 - present[:, ::-1].argmax(axis=1)
-    return np.where(present.any(axis=1), _TABLE.size + last - first + 1, _TABLE.size + 1)
+    return np.where(present.any(axis=1), head + last - first + 1, head + 1)
 
 
 def table_weights(counts: NDArray[np.int64], zero_code: int) -> NDArray[np.uint8]:
@@ -178,16 +188,17 @@ def table_weights(counts: NDArray[np.int64], zero_code: int) -> NDArray[np.uint8
 def _write_table(out: bytearray, weights: NDArray[np.uint8]) -> None:
     nz = np.flatnonzero(weights)
     first, last = int(nz[0]), int(nz[-1])
-    out += _TABLE.pack(first, last - first)
+    out += _table_struct(weights.size).pack(first, last - first)
     out += weights[first : last + 1].tobytes()
 
 
 def _read_table(data: memoryview, pos: int, k: int) -> tuple[NDArray[np.uint8], int]:
-    if pos + _TABLE.size > len(data):
+    head = _table_struct(k)
+    if pos + head.size > len(data):
         raise FormatError("ans stream: truncated in its tables")
-    first, span = _TABLE.unpack_from(data, pos)
+    first, span = head.unpack_from(data, pos)
     span += 1
-    pos += _TABLE.size
+    pos += head.size
     if first + span > k or pos + span > len(data):
         raise FormatError(f"ans stream: table [{first}, {first + span}) exceeds {k} symbols or the stream")
     w = np.zeros(k, dtype=np.uint8)
@@ -238,7 +249,7 @@ def choose(codes: NDArray[np.uint8], bits: int, contexts: bool = True) -> tuple[
     k = 1 << bits
     hist = np.bincount(codes, minlength=k).astype(np.int64)
     order0 = Choice(Model(), int(table_bytes(hist)[0]), float(cost_bits(hist, ANS_PRECISION)[0]) if codes.size else 0.0)
-    if not contexts or codes.size == 0 or np.count_nonzero(hist) < 2:
+    if not contexts or codes.size == 0 or np.count_nonzero(hist) < 2 or bits > BYTE_BITS:  # wide codes: order 0
         return order0, None
     rules = [Model(magnitude=ANS_MAGNITUDE_CENTER, center=int(hist.argmax()))]
     if bits >= 2:
@@ -282,24 +293,35 @@ def choose_precision(counts: NDArray[np.int64], weights: NDArray[np.uint8]) -> i
     finest's: the decoder's slot -> symbol tables are 2^P bytes per context, and at 2^15 a dozen
     contexts no longer fit the CPU's fast cache (decoding drops from above 100 to about 70 M codes/s)."""
     def coded(p: int) -> float:
-        f = frequencies(weights, p)
+        try:
+            f = frequencies(weights, p)
+        except FormatError:  # more present codes than the table has slots at this precision
+            return math.inf
         with np.errstate(divide="ignore"):
             return float(np.where(counts > 0, counts * (p - np.log2(np.maximum(f, 1))), 0.0).sum())
 
     finest = coded(ANS_PRECISION)
+    if not math.isfinite(finest):
+        raise FormatError(f"ans stream: more distinct codes than {1 << ANS_PRECISION} table slots")
     return next((p for p in PRECISIONS if coded(p) <= finest * (1 + PRECISION_SLACK)), ANS_PRECISION)
 
 
-def encode_codes(codes: NDArray[np.uint8], bits: int, model: Model | None = None) -> bytes:
-    """The ans stream of `codes` (each < 2^bits), with the cheapest model unless one is given."""
-    codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
-    if model is None:
-        model = choose(codes, bits)[0].model
-    k = 1 << bits
-    ctx = contexts_of(codes, bits, model)
-    counts = np.bincount(ctx.astype(np.int64) * k + codes, minlength=model.contexts * k).reshape(model.contexts, k)
-    weights = table_weights(counts, model.zero_code)
-    precision = choose_precision(counts, weights)
+def encode_codes(codes: NDArray[np.uint8], bits: int, model: Model | None = None) -> bytes | None:
+    """The ans stream of `codes` (each < 2^bits), with the cheapest model unless one is given; None
+    when no table can hold them (wide codes with more distinct values than a table has slots)."""
+    codes = np.ascontiguousarray(codes, dtype=code_dtype(bits)).reshape(-1)
+    if model is not None and model.contexts > 1 and bits > BYTE_BITS:
+        raise ValueError("context models take codes of at most 8 bits")
+    try:
+        if model is None:
+            model = choose(codes, bits)[0].model
+        k = 1 << bits
+        ctx = contexts_of(codes, bits, model)
+        counts = np.bincount(ctx.astype(np.int64) * k + codes, minlength=model.contexts * k).reshape(model.contexts, k)
+        weights = table_weights(counts, model.zero_code)
+        precision = choose_precision(counts, weights)
+    except FormatError:  # more present codes than a table has slots
+        return None
     out = bytearray(_HEAD.pack(ANS_VERSION, bits, precision, ANS_MODEL_ORDER0 if model.contexts == 1 else ANS_MODEL_NEIGHBOURS))
     if model.contexts > 1:
         out += _NEIGHBOURS.pack(model.window, model.contexts, model.offset, model.magnitude, model.center)
@@ -344,7 +366,7 @@ def _parse(stored: memoryview, bits: int) -> _Header:
             raise FormatError("ans stream: truncated model")
         window, contexts, offset, magnitude, center = _NEIGHBOURS.unpack_from(data, pos)
         pos += _NEIGHBOURS.size
-        if not (1 <= window <= ANS_MAX_WINDOW and 2 <= contexts <= ANS_MAX_CONTEXTS and offset <= ANS_MAX_OFFSET
+        if not (bits <= BYTE_BITS and 1 <= window <= ANS_MAX_WINDOW and 2 <= contexts <= ANS_MAX_CONTEXTS and offset <= ANS_MAX_OFFSET
                 and magnitude in (ANS_MAGNITUDE_CENTER, ANS_MAGNITUDE_SIGN) and center < k
                 and not (magnitude == ANS_MAGNITUDE_SIGN and (bits < 2 or center != 0))):
             raise FormatError(f"ans stream: invalid neighbourhood model {(window, contexts, offset, magnitude, center)}")
@@ -376,13 +398,14 @@ def decode_codes(stored: memoryview | bytes, bits: int, count: int, out: bytearr
     freq = frequencies(h.weights, h.precision).astype(np.uint32)
     cum = np.zeros_like(freq)
     np.cumsum(freq[:, :-1], axis=1, out=cum[:, 1:])
-    lut = np.empty((m.contexts, 1 << h.precision), dtype=np.uint8)  # slot -> symbol
+    dtype = code_dtype(bits)
+    lut = np.empty((m.contexts, 1 << h.precision), dtype=dtype)  # slot -> symbol
     for c in range(m.contexts):
-        lut[c] = np.repeat(np.arange(k, dtype=np.uint8), freq[c])
+        lut[c] = np.repeat(np.arange(k, dtype=dtype), freq[c])
     result = out if out is not None else bytearray(packed_size(count, bits))
     view = np.frombuffer(result, dtype=np.uint8)
     k = m.window
-    buf = np.empty(k + min(count, _CHUNK), dtype=np.uint8)  # the window's codes, then a chunk
+    buf = np.empty(k + min(count, _CHUNK), dtype=dtype)  # the window's codes, then a chunk
     buf[:k] = m.zero_code
     x, ptr, total = h.state, 0, 0
     if m.contexts > 1:

@@ -9,11 +9,13 @@ as one little-endian uint64 (a byte per code) and squeezed together in three hal
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
 from formats.errors import FormatError, OptionError
-from formats.qpk.spec import MAX_BITS, MIN_BITS
+from formats.qpk.spec import BYTE_BITS, MAX_BITS, MIN_BITS
 
 _U64 = np.dtype("<u8")
 _M1 = np.uint64(0x00FF00FF00FF00FF)  # even bytes
@@ -24,6 +26,11 @@ _M3 = np.uint64(0x00000000FFFFFFFF)  # low 32-bit lane
 def packed_size(count: int, bits: int) -> int:
     """Bytes a stream of `count` codes of `bits` bits occupies."""
     return (count * bits + 7) // 8
+
+
+def code_dtype(bits: int) -> type[np.unsignedinteger]:
+    """The array type that holds one code of `bits` bits: a byte up to 8 bits, else 16 bits."""
+    return np.uint8 if bits <= BYTE_BITS else np.uint16
 
 
 def _check_bits(bits: int) -> None:
@@ -48,9 +55,11 @@ def _head_bytes(bits: int) -> np.dtype:
     return np.dtype({"names": ["b"], "formats": [f"V{bits}"], "offsets": [0], "itemsize": 8})
 
 
-def pack(codes: NDArray[np.uint8], bits: int) -> NDArray[np.uint8]:
+def pack(codes: NDArray[Any], bits: int) -> NDArray[np.uint8]:
     """Pack codes (each < 2**bits) into a dense LSB-first stream of packed_size() bytes."""
     _check_bits(bits)
+    if bits > BYTE_BITS:
+        return _pack_wide(codes, bits)
     flat = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
     count = flat.size
     if bits == 8:
@@ -79,8 +88,9 @@ def pack(codes: NDArray[np.uint8], bits: int) -> NDArray[np.uint8]:
     return out[: packed_size(count, bits)]
 
 
-def unpack(buf: NDArray[np.uint8] | bytes | memoryview, bits: int, count: int) -> NDArray[np.uint8]:
-    """Inverse of pack(): `count` codes from a stream that must be exactly packed_size() bytes."""
+def unpack(buf: NDArray[np.uint8] | bytes | memoryview, bits: int, count: int) -> NDArray[Any]:
+    """Inverse of pack(): `count` codes (uint8, or uint16 past 8 bits; see code_dtype) from a
+    stream that must be exactly packed_size() bytes."""
     _check_bits(bits)
     data = buf.reshape(-1) if isinstance(buf, np.ndarray) else np.frombuffer(buf, dtype=np.uint8)
     expected = packed_size(count, bits)
@@ -88,6 +98,8 @@ def unpack(buf: NDArray[np.uint8] | bytes | memoryview, bits: int, count: int) -
         raise FormatError(f"code stream is {data.size} bytes, expected {expected} for {count} codes at {bits} bits")
     if bits == 8:
         return data.astype(np.uint8, copy=True)
+    if bits > BYTE_BITS:
+        return _unpack_wide(data, bits, count)
     groups = -(-count // 8)
     w = np.zeros(groups, dtype=_U64)
     head = w.view(_head_bytes(bits))["b"]
@@ -116,3 +128,46 @@ def unpack(buf: NDArray[np.uint8] | bytes | memoryview, bits: int, count: int) -
     w &= lane1
     w |= tmp
     return w.view(np.uint8)[:count]
+
+
+# Codes of 9..16 bits: eight codes make n bytes, as two halves of four codes (4n <= 60 bits each
+# below 16 bits) joined into one 8n-bit little-endian number across two uint64 words.
+
+
+def _pack_wide(codes: NDArray[Any], bits: int) -> NDArray[np.uint8]:
+    flat = np.ascontiguousarray(codes, dtype=np.uint16).reshape(-1)
+    count = flat.size
+    if bits == 16:
+        return flat.astype("<u2").view(np.uint8).copy()
+    groups = -(-count // 8)
+    padded = np.zeros(groups * 8, dtype=np.uint64)
+    padded[:count] = flat
+    c = padded.reshape(groups, 8)
+    half = np.uint64(4 * bits)
+    lo = c[:, 0] | (c[:, 1] << np.uint64(bits)) | (c[:, 2] << np.uint64(2 * bits)) | (c[:, 3] << np.uint64(3 * bits))
+    hi = c[:, 4] | (c[:, 5] << np.uint64(bits)) | (c[:, 6] << np.uint64(2 * bits)) | (c[:, 7] << np.uint64(3 * bits))
+    words = np.empty((groups, 2), dtype="<u8")
+    words[:, 0] = lo | (hi << half)
+    words[:, 1] = hi >> np.uint64(64 - 4 * bits)
+    out = np.ascontiguousarray(words.view(np.uint8).reshape(groups, 16)[:, :bits]).reshape(-1)
+    return out[: packed_size(count, bits)]
+
+
+def _unpack_wide(data: NDArray[np.uint8], bits: int, count: int) -> NDArray[np.uint16]:
+    if bits == 16:
+        return data.view("<u2").astype(np.uint16)
+    groups = -(-count // 8)
+    raw = np.zeros((groups, 16), dtype=np.uint8)
+    flat = np.zeros(groups * bits, dtype=np.uint8)
+    flat[: data.size] = data
+    raw[:, :bits] = flat.reshape(groups, bits)
+    words = raw.view("<u8").reshape(groups, 2)
+    half, mask = np.uint64(4 * bits), np.uint64((1 << (4 * bits)) - 1)
+    lo = words[:, 0] & mask
+    hi = ((words[:, 0] >> half) | (words[:, 1] << np.uint64(64 - 4 * bits))) & mask
+    one = np.uint64((1 << bits) - 1)
+    out = np.empty((groups, 8), dtype=np.uint16)
+    for j in range(4):  # four lanes per half, each a whole-array shift
+        out[:, j] = (lo >> np.uint64(j * bits)) & one
+        out[:, 4 + j] = (hi >> np.uint64(j * bits)) & one
+    return out.reshape(-1)[:count]

@@ -125,7 +125,8 @@ class Ans:
 
         bits, count = self._shape(raw.nbytes, ctx)
         codes = unpack(np.frombuffer(raw, dtype=np.uint8), bits, count)
-        return ans.encode_codes(codes, bits)
+        coded = ans.encode_codes(codes, bits)
+        return bytes(raw) if coded is None else coded  # not smaller: the writer keeps the raw stream
 
     def decode(self, stored: memoryview, raw_length: int, ctx: CodeContext | None = None) -> bytearray:
         from formats.qpk import ans

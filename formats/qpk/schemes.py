@@ -121,7 +121,7 @@ def _lut(codes, params, bits, grouping):
 
 _SCALE = ParamSpec("scale", "<f4", others=("<f2",))
 register_scheme(SchemeSpec("asym", 1, 8, (_SCALE, ParamSpec("zero_point", "<u1")), lambda bits: 1 << bits, _asym))
-register_scheme(SchemeSpec("sym", 2, 8, (_SCALE,), lambda bits: (1 << bits) - 1, _sym))
+register_scheme(SchemeSpec("sym", 2, 16, (_SCALE,), lambda bits: (1 << bits) - 1, _sym))
 register_scheme(SchemeSpec("lut", 1, 8, (ParamSpec("centroids", "<f2", lambda bits: 1 << bits, ("<f4",)),),
                            lambda bits: 1 << bits, _lut))
 register_scheme(SchemeSpec("pow2", 2, 8, (ParamSpec("emax", "<i2"),), lambda bits: 2 * ((1 << (bits - 1)) - 1) + 1, _pow2))

@@ -39,7 +39,8 @@ MAX_EXPANSION = 64  # raw_length <= 64 x stored length + EXPANSION_SLACK
 EXPANSION_SLACK = 4096
 MAX_GRAPH_BYTES = 1 << 34  # a graph blob, whatever its allowance (16 GiB)
 
-MIN_BITS, MAX_BITS = 1, 8  # code widths any scheme may use; each scheme narrows its own range
+MIN_BITS, MAX_BITS = 1, 16  # code widths any scheme may use; each scheme narrows its own range
+BYTE_BITS = 8  # codes up to this wide are held one per byte; wider ones in 16 bits
 
 SOURCE_FORMATS = ("onnx", "tflite")  # how the graph blob is read
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")  # dtypes a quantized tensor is restored to
