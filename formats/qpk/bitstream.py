@@ -140,31 +140,39 @@ def _pack_wide(codes: NDArray[Any], bits: int) -> NDArray[np.uint8]:
     if bits == 16:
         return flat.astype("<u2").view(np.uint8).copy()
     groups = -(-count // 8)
-    padded = np.zeros(groups * 8, dtype=np.uint64)
+    padded = np.zeros(groups * 8, dtype=np.uint16)
     padded[:count] = flat
     c = padded.reshape(groups, 8)
-    half = np.uint64(4 * bits)
-    lo = c[:, 0] | (c[:, 1] << np.uint64(bits)) | (c[:, 2] << np.uint64(2 * bits)) | (c[:, 3] << np.uint64(3 * bits))
-    hi = c[:, 4] | (c[:, 5] << np.uint64(bits)) | (c[:, 6] << np.uint64(2 * bits)) | (c[:, 7] << np.uint64(3 * bits))
-    words = np.empty((groups, 2), dtype="<u8")
-    words[:, 0] = lo | (hi << half)
-    words[:, 1] = hi >> np.uint64(64 - 4 * bits)
-    out = np.ascontiguousarray(words.view(np.uint8).reshape(groups, 16)[:, :bits]).reshape(-1)
+    lo, hi = c[:, 0].astype(np.uint64), c[:, 4].astype(np.uint64)
+    for j in (1, 2, 3):  # four codes a half, each a whole-array shift
+        lo |= c[:, j].astype(np.uint64) << np.uint64(j * bits)
+        hi |= c[:, 4 + j].astype(np.uint64) << np.uint64(j * bits)
+    words = np.empty(groups * 2, dtype="<u8")  # per group: the low 64 bits, then the rest
+    np.left_shift(hi, np.uint64(4 * bits), out=words[0::2])
+    words[0::2] |= lo
+    np.right_shift(hi, np.uint64(64 - 4 * bits), out=words[1::2])
+    out = np.ascontiguousarray(words.view(_wide_head(bits))["b"]).view(np.uint8)
     return out[: packed_size(count, bits)]
+
+
+def _wide_head(bits: int) -> np.dtype:
+    """The first `bits` bytes of each 16-byte group as one opaque item (see _head_bytes)."""
+    return np.dtype({"names": ["b"], "formats": [f"V{bits}"], "offsets": [0], "itemsize": 16})
 
 
 def _unpack_wide(data: NDArray[np.uint8], bits: int, count: int) -> NDArray[np.uint16]:
     if bits == 16:
         return data.view("<u2").astype(np.uint16)
     groups = -(-count // 8)
-    raw = np.zeros((groups, 16), dtype=np.uint8)
-    flat = np.zeros(groups * bits, dtype=np.uint8)
-    flat[: data.size] = data
-    raw[:, :bits] = flat.reshape(groups, bits)
-    words = raw.view("<u8").reshape(groups, 2)
+    words = np.zeros(groups * 2, dtype="<u8")
+    head = words.view(_wide_head(bits))["b"]
+    whole = data.size // bits
+    head[:whole] = data[: whole * bits].view(f"V{bits}")
+    if whole < groups:  # the last group's bytes are cut short by the stream's end
+        words.view(np.uint8)[whole * 16 : whole * 16 + data.size - whole * bits] = data[whole * bits :]
     half, mask = np.uint64(4 * bits), np.uint64((1 << (4 * bits)) - 1)
-    lo = words[:, 0] & mask
-    hi = ((words[:, 0] >> half) | (words[:, 1] << np.uint64(64 - 4 * bits))) & mask
+    lo = words[0::2] & mask
+    hi = ((words[0::2] >> half) | (words[1::2] << np.uint64(64 - 4 * bits))) & mask
     one = np.uint64((1 << bits) - 1)
     out = np.empty((groups, 8), dtype=np.uint16)
     for j in range(4):  # four lanes per half, each a whole-array shift
