@@ -399,8 +399,9 @@ class Goal:
         words, ok = [], True
         if self.min_cosine is not None:
             cos = min(o["cosine"] for o in result["outputs"])
-            ok &= cos >= self.min_cosine
-            words.append(f"min output cosine {cos:.5f}")
+            halves = [min(o["cosine"] for o in p["outputs"]) for p in result.get("parts", [])]
+            ok &= min([cos, *halves]) >= self.min_cosine
+            words.append(f"min output cosine {cos:.5f}" + (f" (halves {', '.join(f'{h:.5f}' for h in halves)})" if halves else ""))
         if self.max_accuracy_drop is not None:
             c = result.get("classification") or {}
             if "accuracy_original" not in c:
@@ -711,12 +712,16 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
 
         if inputs is None:
             raise OptionError("a fidelity goal needs inputs: --inputs, --images or --dataset")
-        reference = run_all(open_runner(model_path), inputs)
+        original = open_runner(model_path)
+        reference = run_all(original, inputs)
+        # a cosine goal holds on each half of the inputs too: met on the whole alone, an allocation
+        # tuned to the edge falls below it on other inputs of the same kind
+        parts = [(h, run_all(original, h)) for h in inputs.halves()] if goal.min_cosine is not None else []
         checks: list[str] = []
 
         def evaluate_policy(q: Policy) -> dict[str, Any]:
             convert_to(q)
-            return evaluate(model_path, inputs, qpk=trial, reference=reference)
+            return evaluate(model_path, inputs, qpk=trial, reference=reference, parts=parts)
 
         def note(line: str) -> None:
             checks.append(line)

@@ -29,6 +29,15 @@ class Inputs:
     def count(self) -> int:
         return len(next(iter(self.arrays.values()))) if self.arrays else 1
 
+    def halves(self) -> list[Inputs]:
+        """The first and second half of the samples (the same constants), or none for fewer than two."""
+        n = self.count
+        if not self.arrays or n < 2:
+            return []
+        cut = [(0, n // 2, "first"), (n // 2, n, "second")]
+        return [Inputs({k: v[a:b] for k, v in self.arrays.items()}, None if self.labels is None else self.labels[a:b],
+                       f"{self.description} ({word} half)", self.constants) for a, b, word in cut]
+
 
 def _is_whole(a: NDArray, spec: InputSpec) -> bool:
     """The array is one complete value of the input (fed on every run), not a stack of samples:

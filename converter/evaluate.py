@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
@@ -181,13 +181,19 @@ def quantized_copy(model: Path, qpk: Path | None, policy: Policy | None) -> Iter
 
 def evaluate(model: Path, inputs: Inputs, qpk: Path | None = None, policy: Policy | None = None,
              groups_file: Path | None = None, group_threshold: float = 0.05,
-             reference: list[NDArray] | None = None) -> dict[str, Any]:
-    """Run original and quantized models on `inputs`; per-output fidelity and, for classifiers, accuracy."""
+             reference: list[NDArray] | None = None,
+             parts: Sequence[tuple[Inputs, list[NDArray]]] = ()) -> dict[str, Any]:
+    """Run original and quantized models on `inputs`; per-output fidelity and, for classifiers, accuracy.
+
+    `parts`: subsets of the inputs with the original's outputs on them; the result's "parts" holds
+    each one's per-output fidelity (the quantized model restored once for all).
+    """
     # the original runs only when its outputs are not handed in (a sweep computes them once)
     ref = reference if reference is not None else run_all(open_runner(model), inputs)
     with quantized_copy(model, qpk, policy) as restored:
         quantized = open_runner(restored)
         got = run_all(quantized, inputs)
+        got_parts = [run_all(quantized, p) for p, _ in parts]
     if [r.shape for r in ref] != [g.shape for g in got]:
         raise QpackError("the quantized model's outputs differ in shape from the original's")
     groups = None
@@ -200,6 +206,8 @@ def evaluate(model: Path, inputs: Inputs, qpk: Path | None = None, policy: Polic
         "model": str(model), "inputs": inputs.description, "samples": inputs.count,
         "outputs": output_fidelity(ref, got, quantized.output_names),
         "classification": classification(ref[0], got[0], inputs.labels, groups, group_threshold),
+        **({"parts": [{"inputs": p.description, "samples": p.count, "outputs": output_fidelity(r, g, quantized.output_names)}
+                      for (p, r), g in zip(parts, got_parts)]} if parts else {}),
     }
 
 
