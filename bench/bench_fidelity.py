@@ -524,6 +524,17 @@ def quantized_weights(path: Path) -> int:
         model.close()
 
 
+def float_outputs(m: Model, inputs: Path) -> str:
+    """The float model's outputs on some inputs, by largest magnitude: an output that random inputs
+    drive to nearly zero (a saturated mask or score) has no direction for a cosine to keep."""
+    from converter.datasets import load_inputs
+    from converter.evaluate import run_all
+
+    runner = open_runner(m.path)
+    outs = run_all(runner, load_inputs(m.path, inputs=inputs))
+    return ", ".join(f"'{name}' max |y| {float(np.abs(y).max()):.2g}" for name, y in zip(runner.output_names, outs))
+
+
 def unreachable(m: Model, tmp: Path) -> str:
     """The outputs that 8-bit weights already move below the goal, with the float output's RMS: an
     output the random inputs drive to nearly zero (a saturated score) has no direction to keep."""
@@ -567,10 +578,12 @@ def target_cosine(models: list[Model], skipped: list[tuple[str, str]], tmp: Path
           "where 8 bits everywhere fall short (exit 3), again with --allow-float", flush=True)
     for label, why in skipped:
         print(f"    skipped {label}: {why}")
-    rows, misses, floats, notes = [], [], [], []
+    rows, misses, floats, notes, quiet = [], [], [], [], []
     for m in models:
         row, miss, top = _tune_and_check(m, tmp)
         rows.append(row)
+        if miss and not top:
+            quiet.append(f"{m.fixture.label}: float outputs on the check inputs: {float_outputs(m, m.check)}")
         if top:
             notes.append(f"{m.fixture.label}: {unreachable(m, tmp)}")
             row, again, _ = _tune_and_check(m, tmp, "--allow-float")
@@ -584,6 +597,10 @@ def target_cosine(models: list[Model], skipped: list[tuple[str, str]], tmp: Path
     if notes:
         print("  why the goal is out of reach: 8-bit asym per-channel on the tune inputs, outputs under the goal")
         for line in notes:
+            print("    " + line)
+    if quiet:
+        print("  the models that miss on the check inputs")
+        for line in quiet:
             print("    " + line)
     for target, missed in ((f"3 models keeping --min-cosine {MIN_COSINE} on other inputs", misses),
                            ("3 the same, --allow-float where 8 bits fall short", [f for f in floats if f])):
