@@ -8,18 +8,19 @@ lam is bisected until the budget is met, then the bytes left over go to the best
 upgrades. The weight of a tensor's error is 1 / its signal energy, so the allocation minimizes the
 sum of relative errors (1 / SQNR) over tensors: each layer's output error grows with its relative
 weight error whatever the scale its weights happen to have (batch norms fold into kernels at any
-scale), and no data is needed. With `objective="pooled"` a tensor's error counts as it is, so the
+scale), and no data is needed (OBJECTIVES holds the other weighings). With "pooled" a tensor's error counts as it is, so the
 allocation maximizes the pooled weight SQNR of the whole model: large tensors get the bits their
 size asks for (the operating point of codecs that use one step size for the whole model).
 
 `--target-sqnr DB` is the dual: the fewest bytes whose pooled weight SQNR is at least DB, by the
 same equal slope (lam bisected until the summed error fits), checked on real conversions.
 
-With inputs (`--min-cosine`, `--max-accuracy-drop`), the goal is checked in the real runtime: the
-budget is bisected between the starting width and 8 bits for the smallest allocation that meets
-it; if even the largest falls short, the tensors that hurt most, measured one at a time, are
-weighted up and the search runs again. If 8 bits everywhere cannot meet the goal, that is a
-BudgetError (exit 3).
+With inputs (`--min-cosine`, `--max-accuracy-drop`), the goal is checked in the real runtime (a
+cosine goal on the inputs and on each half of them): the budget is bisected between the starting
+width and the most precise setting (8 bits; sym 12) for the smallest allocation that meets it; the
+tensors that hurt most, measured one at a time, are then weighted up and the search runs again. If
+the most precise setting everywhere cannot meet the goal, that is a BudgetError (exit 3), unless
+`allow_float` lets tensors stay in float.
 """
 
 from __future__ import annotations
@@ -354,7 +355,7 @@ class Goal:
     target_sqnr: float | None = None  # dB, pooled over the quantized weights
     objective: str | None = None  # a key of OBJECTIVES; None: see weighing
     schemes: tuple[str, ...] | None = None  # each tensor's scheme chosen among these; None: the policy's
-    allow_float: bool = False  # a fidelity goal 8 bits cannot meet may keep tensors in float
+    allow_float: bool = False  # a fidelity goal the most precise codes cannot meet may keep tensors in float
 
     @property
     def fidelity(self) -> bool:

@@ -154,8 +154,9 @@ Objective = Annotated[ObjectiveName | None, typer.Option("--objective", help="wh
                                                          + f" [default: {DEFAULT_OBJECTIVE}]", show_default=False)]
 MinCosine = Annotated[float | None, typer.Option("--min-cosine", help="goal: every output's cosine to the float model's "
                                                  "at least this, on the given inputs (smallest file that meets it)")]
-AllowFloat = Annotated[bool, typer.Option("--allow-float", help="fidelity goals: where 8 bits everywhere fall short, keep "
-                                          "the tensors that need it in float (as the source stores them) instead of exit 3")]
+AllowFloat = Annotated[bool, typer.Option("--allow-float", help="fidelity goals: where every tensor at its most precise "
+                                          "setting falls short, keep the tensors that need it in float (as the source stores them) "
+                                          "instead of exit 3")]
 MaxDrop = Annotated[float | None, typer.Option("--max-accuracy-drop", help="goal: accuracy lost on labelled inputs at most "
                                                "this many points")]
 
