@@ -78,6 +78,15 @@ def test_target_bpw_from_below(sample: Path, tmp_path: Path, bpw: float):
     assert len({t["bits"] for t in rep["tensors"]}) > 1  # widths differ per tensor
 
 
+@pytest.mark.parametrize("scheme", ["asym", "sym", "pow2", "lut"])
+def test_every_scheme_takes_a_goal(sample: Path, tmp_path: Path, scheme: str):
+    out, js = tmp_path / f"{scheme}.qpk", tmp_path / f"{scheme}.json"
+    r = _run("convert", sample, "--target-bpw", 4, "--scheme", scheme, "--codec", "ans", "-o", out, "--json", js, "-q")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(js.read_text())
+    assert {t["scheme"] for t in rep["tensors"]} == {scheme} and rep["sizes"]["bits_per_weight"] <= 4.0
+
+
 def test_target_size_fits_and_impossible_sizes_exit_3(sample: Path, tmp_path: Path):
     out = tmp_path / "s.qpk"
     r = _run("convert", sample, "--target-size", 30_000, "-o", out, "--compress", "none", "-q")

@@ -85,8 +85,9 @@ class Codebook(Quantizer):
         return x.min(axis=axes, keepdims=True), x.max(axis=axes, keepdims=True)
 
     @classmethod
-    def fit(cls, xv, axes, bits, clip="minmax", dtypes=None, refine=True, budget=None, stride=1):
-        # k-means already minimizes the squared error: there is no range to clip
+    def fit(cls, xv, axes, bits, clip="minmax", dtypes=None, refine=True, budget=None, stride=1, stats=None, sample=None):
+        # k-means already minimizes the squared error: there is no range to clip (nor range
+        # statistics or a range search's sample to reuse: it samples the rows itself)
         keep = tuple(i for i in range(xv.ndim) if i not in axes)
         gshape = tuple(xv.shape[i] if i in keep else 1 for i in range(xv.ndim))
         groups = int(np.prod([xv.shape[i] for i in keep], dtype=np.int64))
