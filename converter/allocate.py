@@ -168,11 +168,13 @@ def _sample_error(q: Any, v: _View, bits: int, clip: str, dtypes: dict[str, str]
 
 
 def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range(MIN_WIDTH, MAX_BITS + 1),
-         coded: bool = False) -> Menu:
+         coded: str | None = None) -> Menu:
     """The options of one weight under `scheme`, pruned to the lower convex hull.
 
-    `coded`: the codes will be entropy-coded, so an option's code bytes are estimated from the
-    codes' order-0 entropy (with a margin) instead of their packed size.
+    `coded`: the codec that will store the codes ("ans", "zstd"), where an option's code bytes are
+    estimated from the codes' order-0 entropy (with a margin) instead of their packed size: at every
+    width for ans, at widths that fill whole bytes for zstd (a byte compressor finds little in codes
+    that straddle bytes).
     """
     q = get_quantizer(scheme)
     x = np.asarray(w.array, dtype=np.float32)
@@ -185,11 +187,12 @@ def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range
             if not q.spec().min_bits <= bits <= q.spec().max_bits or (bits > MAX_BITS and block is not None):
                 continue
             # entropy-coded, a full range can cost fewer bytes than a clipped one: its codes crowd the middle
-            clips = ("mse", "minmax") if coded and bits <= LOW_BITS_CLIP else ("mse",) if bits <= LOW_BITS_CLIP else ("minmax",)
+            priced = coded == "ans" or (coded is not None and 8 % bits == 0)
+            clips = ("mse", "minmax") if priced and bits <= LOW_BITS_CLIP else ("mse",) if bits <= LOW_BITS_CLIP else ("minmax",)
             for clip in clips:
                 err, pbytes, entropy, span = _sample_error(q, v, bits, clip, dtypes)
                 code_bytes = packed_size(w.size, bits)
-                if coded:  # plus the table: a weight per code from the first to the last present
+                if priced:  # plus the table: a weight per code from the first to the last present
                     table = CODED_OVERHEAD + (span if bits > MAX_BITS else 0)
                     code_bytes = min(code_bytes, math.ceil(w.size * entropy * CODED_MARGIN / 8) + table)
                 opts.append(Option(bits, axis, block, clip, code_bytes + pbytes, err, scheme))
@@ -304,7 +307,7 @@ def plan(policy: Policy, menus: list[Menu], options: list[Option], why: str) -> 
 
 
 def menus(model: SourceModel, policy: Policy, progress: Callable[[int, int], None] | None = None,
-          coded: bool = False, schemes: tuple[str, ...] | None = None) -> list[Menu]:
+          coded: str | None = None, schemes: tuple[str, ...] | None = None) -> list[Menu]:
     """A menu for each weight the policy quantizes: widths 2 to 8 (12 for sym) under the policy's
     scheme, or under each of `schemes` (the tensor then takes whichever scheme its chosen option has)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -527,20 +530,35 @@ def _stored(result: Any) -> int:
 def for_bpw(policy: Policy, bpw: float, convert_to: Callable[[Policy], Any], ms: list[Menu]) -> tuple[Policy, list[Option]]:
     """The allocation whose stored codes and parameters are at most `bpw` bits per quantized weight,
     checked on real conversions (entropy-coded sizes are estimates until then): the budget is
-    corrected by what each conversion missed by, either way, and the largest that fits is kept."""
+    scaled by what each conversion missed by, within the bracket of budgets known to fit and not
+    to fit (an additive correction swung across the limit where the estimates are far off, as for
+    zstd on codes that are not whole bytes), and the largest that fits is kept."""
     limit = bpw_budget(ms, bpw)
+    floor, top = float(sum(m.options[0].nbytes for m in ms)), largest(ms)
     budget, best, fits = limit, None, None
-    for _ in range(6):
+    fit_at, miss_at = floor, math.inf  # budgets whose allocations are known to fit, and not to
+    tried: set[tuple[Option, ...]] = set()
+    for _ in range(8):
         chosen = choose(ms, budget)
+        if tuple(chosen) in tried:  # the budget moved less than the menus' steps
+            break
+        tried.add(tuple(chosen))
         p = plan(policy, ms, chosen, f"equal slope within {bpw} bits per weight")
         stored = _stored(convert_to(p))
-        if stored <= limit and (fits is None or stored > fits):
-            best, fits = (p, chosen), stored
+        if stored <= limit:
+            fit_at = max(fit_at, budget)
+            if fits is None or stored > fits:
+                best, fits = (p, chosen), stored
+        else:
+            miss_at = min(miss_at, budget)
         if fits is not None and fits >= limit * (1 - 0.002):
             break
-        budget += limit - stored
-        if budget < sum(m.options[0].nbytes for m in ms) or budget > largest(ms) + limit:
+        nxt = min(budget * limit / max(stored, 1), top + limit)
+        if not fit_at < nxt < miss_at:
+            nxt = (fit_at + miss_at) / 2 if math.isfinite(miss_at) else 2 * budget
+        if abs(nxt - budget) < 1 or nxt < floor:
             break
+        budget = nxt
     if best is None:
         raise BudgetError(f"could not fit the codes within --target-bpw {bpw}")
     return best
@@ -682,7 +700,7 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
     if policy.bits_for:
         raise OptionError("--bits-for fixes widths by hand: leave it out when qpack allocates them")
     trial = Path(workdir) / "trial.qpk"
-    ms = menus(src, policy, coded=codec.id != RAW.id, schemes=goal.schemes)
+    ms = menus(src, policy, coded=None if codec.id == RAW.id else codec.name, schemes=goal.schemes)
     if not ms:
         raise OptionError("no tensor is quantized under these options: nothing to allocate")
 
