@@ -537,26 +537,25 @@ def for_bpw(policy: Policy, bpw: float, convert_to: Callable[[Policy], Any], ms:
     floor, top = float(sum(m.options[0].nbytes for m in ms)), largest(ms)
     budget, best, fits = limit, None, None
     fit_at, miss_at = floor, math.inf  # budgets whose allocations are known to fit, and not to
-    tried: set[tuple[Option, ...]] = set()
-    for _ in range(8):
+    stored_of: dict[tuple[Option, ...], int] = {}  # each allocation converted once
+    for _ in range(12):
         chosen = choose(ms, budget)
-        if tuple(chosen) in tried:  # the budget moved less than the menus' steps
-            break
-        tried.add(tuple(chosen))
-        p = plan(policy, ms, chosen, f"equal slope within {bpw} bits per weight")
-        stored = _stored(convert_to(p))
+        if tuple(chosen) not in stored_of:
+            p = plan(policy, ms, chosen, f"equal slope within {bpw} bits per weight")
+            stored_of[tuple(chosen)] = stored = _stored(convert_to(p))
+            if stored <= limit and (fits is None or stored > fits):
+                best, fits = (p, chosen), stored
+        stored = stored_of[tuple(chosen)]
         if stored <= limit:
             fit_at = max(fit_at, budget)
-            if fits is None or stored > fits:
-                best, fits = (p, chosen), stored
         else:
             miss_at = min(miss_at, budget)
         if fits is not None and fits >= limit * (1 - 0.002):
             break
         nxt = min(budget * limit / max(stored, 1), top + limit)
-        if not fit_at < nxt < miss_at:
+        if not fit_at < nxt < miss_at or abs(nxt - budget) < 1:
             nxt = (fit_at + miss_at) / 2 if math.isfinite(miss_at) else 2 * budget
-        if abs(nxt - budget) < 1 or nxt < floor:
+        if miss_at - fit_at < limit * 1e-3 or nxt < floor:
             break
         budget = nxt
     if best is None:
