@@ -16,7 +16,7 @@ size asks for (the operating point of codecs that use one step size for the whol
 same equal slope (lam bisected until the summed error fits), checked on real conversions.
 
 With inputs (`--min-cosine`, `--max-accuracy-drop`), the goal is checked in the real runtime (a
-cosine goal on the inputs and on each half of them): the budget is bisected between the starting
+cosine goal on the inputs and on each quarter of them): the budget is bisected between the starting
 width and the most precise setting (8 bits; sym 12) for the smallest allocation that meets it; the
 tensors that hurt most, measured one at a time, are then weighted up and the search runs again. If
 the most precise setting everywhere cannot meet the goal, that is a BudgetError (exit 3), unless
@@ -54,6 +54,7 @@ BLOCKS = (32, 128)
 
 
 DEFAULT_OBJECTIVE = "layers"
+GOAL_PARTS = 4  # a cosine goal holds on the inputs and on each of this many runs of them
 KEPT_REASON = "kept in float: the fidelity goal needs it (--allow-float)"
 AUTO_SCHEMES = ("asym", "sym")  # what a goal chooses each tensor's scheme from when none is given
 DP_BUCKETS, DP_CELLS = 4096, 1 << 26  # error steps of the --target-sqnr knapsack, and its table's size limit
@@ -403,9 +404,9 @@ class Goal:
         words, ok = [], True
         if self.min_cosine is not None:
             cos = min(o["cosine"] for o in result["outputs"])
-            halves = [min(o["cosine"] for o in p["outputs"]) for p in result.get("parts", [])]
-            ok &= min([cos, *halves]) >= self.min_cosine
-            words.append(f"min output cosine {cos:.5f}" + (f" (halves {', '.join(f'{h:.5f}' for h in halves)})" if halves else ""))
+            parts = [min(o["cosine"] for o in p["outputs"]) for p in result.get("parts", [])]
+            ok &= min([cos, *parts]) >= self.min_cosine
+            words.append(f"min output cosine {cos:.5f}" + (f" (parts {', '.join(f'{h:.5f}' for h in parts)})" if parts else ""))
         if self.max_accuracy_drop is not None:
             c = result.get("classification") or {}
             if "accuracy_original" not in c:
@@ -732,9 +733,9 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
             raise OptionError("a fidelity goal needs inputs: --inputs, --images or --dataset")
         original = open_runner(model_path)
         reference = run_all(original, inputs)
-        # a cosine goal holds on each half of the inputs too: met on the whole alone, an allocation
-        # tuned to the edge falls below it on other inputs of the same kind
-        parts = [(h, run_all(original, h)) for h in inputs.halves()] if goal.min_cosine is not None else []
+        # a cosine goal holds on each quarter of the inputs too (each input, for four or fewer): met on
+        # the whole alone, an allocation tuned to the edge falls below it on other inputs of the same kind
+        parts = [(h, run_all(original, h)) for h in inputs.parts(GOAL_PARTS)] if goal.min_cosine is not None else []
         checks: list[str] = []
 
         def evaluate_policy(q: Policy) -> dict[str, Any]:

@@ -29,14 +29,15 @@ class Inputs:
     def count(self) -> int:
         return len(next(iter(self.arrays.values()))) if self.arrays else 1
 
-    def halves(self) -> list[Inputs]:
-        """The first and second half of the samples (the same constants), or none for fewer than two."""
+    def parts(self, k: int) -> list[Inputs]:
+        """The samples in k contiguous runs as even as can be (the same constants); none for fewer than two."""
         n = self.count
         if not self.arrays or n < 2:
             return []
-        cut = [(0, n // 2, "first"), (n // 2, n, "second")]
-        return [Inputs({k: v[a:b] for k, v in self.arrays.items()}, None if self.labels is None else self.labels[a:b],
-                       f"{self.description} ({word} half)", self.constants) for a, b, word in cut]
+        k = min(k, n)
+        cuts = [i * n // k for i in range(k + 1)]
+        return [Inputs({name: v[a:b] for name, v in self.arrays.items()}, None if self.labels is None else self.labels[a:b],
+                       f"{self.description} (samples {a}..{b - 1})", self.constants) for a, b in zip(cuts, cuts[1:])]
 
 
 def _is_whole(a: NDArray, spec: InputSpec) -> bool:

@@ -210,24 +210,25 @@ def test_min_cosine_met_on_other_inputs_of_the_same_kind(ocr_cls: Path, tmp_path
         assert len({e.bits for e in q.entries}) > 1
 
 
-def test_a_cosine_goal_holds_on_each_half_of_the_inputs():
-    """Met on the inputs as a whole but not on one half of them is not met: tuned to the edge of
-    the whole, an allocation falls below the goal on other inputs of the same kind."""
+def test_a_cosine_goal_holds_on_each_part_of_the_inputs():
+    """Met on the inputs as a whole but not on a part of them is not met: tuned to the edge of the
+    whole, an allocation falls below the goal on other inputs of the same kind."""
     from converter.allocate import Goal
     from converter.datasets import Inputs
 
     inputs = Inputs({"x": np.arange(10).reshape(5, 2)}, np.arange(5), "five", {"sr": np.array(16000)})
-    first, second = inputs.halves()
-    assert (first.count, second.count) == (2, 3) and first.labels.tolist() == [0, 1] and second.constants is inputs.constants
-    assert Inputs({"x": np.zeros((1, 2))}, None, "one").halves() == []
+    parts = inputs.parts(4)
+    assert [p.count for p in parts] == [1, 1, 1, 2] and parts[3].labels.tolist() == [3, 4]
+    assert all(p.constants is inputs.constants for p in parts) and [p.count for p in inputs.parts(2)] == [2, 3]
+    assert Inputs({"x": np.zeros((1, 2))}, None, "one").parts(4) == []
 
-    def result(whole: float, *halves: float) -> dict:
-        return {"outputs": [{"cosine": whole}], "parts": [{"outputs": [{"cosine": h}]} for h in halves]}
+    def result(whole: float, *parts: float) -> dict:
+        return {"outputs": [{"cosine": whole}], "parts": [{"outputs": [{"cosine": h}]} for h in parts]}
 
     goal = Goal(min_cosine=0.99)
     assert goal.met(result(0.995, 0.999, 0.992))[0]
     ok, words = goal.met(result(0.995, 0.999, 0.985))
-    assert not ok and "halves 0.99900, 0.98500" in words
+    assert not ok and "parts 0.99900, 0.98500" in words
     assert not goal.met(result(0.985, 0.999, 0.999))[0]
 
 
