@@ -541,7 +541,8 @@ def for_bpw(policy: Policy, bpw: float, convert_to: Callable[[Policy], Any], ms:
     stored_of: dict[tuple[Option, ...], int] = {}  # each allocation converted once
     for _ in range(12):
         chosen = choose(ms, budget)
-        if tuple(chosen) not in stored_of:
+        repeat = tuple(chosen) in stored_of
+        if not repeat:
             p = plan(policy, ms, chosen, f"equal slope within {bpw} bits per weight")
             stored_of[tuple(chosen)] = stored = _stored(convert_to(p))
             if stored <= limit and (fits is None or stored > fits):
@@ -554,7 +555,7 @@ def for_bpw(policy: Policy, bpw: float, convert_to: Callable[[Policy], Any], ms:
         if fits is not None and fits >= limit * (1 - 0.002):
             break
         nxt = min(budget * limit / max(stored, 1), top + limit)
-        if not fit_at < nxt < miss_at or abs(nxt - budget) < 1:
+        if repeat or not fit_at < nxt < miss_at or abs(nxt - budget) < 1:  # the estimate is spent: bisect
             nxt = (fit_at + miss_at) / 2 if math.isfinite(miss_at) else 2 * budget
         if miss_at - fit_at < limit * 1e-3 or nxt < floor:
             break
