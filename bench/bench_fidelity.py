@@ -558,7 +558,7 @@ def _tune_and_check(m: Model, tmp: Path, *extra: str) -> tuple[list[str], str | 
                 *extra, json_out=js)
     label = m.fixture.label + (" " + " ".join(extra) if extra else "")
     if not run.ok:
-        top = re.search(r"most precise setting \(min output cosine ([0-9.]+)\)", run.error)
+        top = re.search(r"most precise setting \(min output cosine ([0-9.]+)", run.error)
         return ([label, f"{quantized_weights(m.path):,}", "failed", top.group(1) + " at best" if top else "", "", "",
                  f"{run.wall:.0f}", "exit 3: unreachable even at the most precise setting" if top else run.error],
                 f"{label} (unreachable)" if top else f"{label} (convert failed)", bool(top))
