@@ -22,6 +22,7 @@ from converter.runtime import open_runner
 from formats.atomic import write_bytes_atomic
 from formats.errors import OptionError
 from formats.model import SourceModel
+from formats.qpk.spec import MAX_BITS, MIN_BITS
 from formats.registry import open_model, restore_model
 
 CSV_COLUMNS = ("scheme", "granularity", "bits", "loss_points", "accuracy", "top1_agreement", "min_cosine", "qpk_bytes",
@@ -29,7 +30,7 @@ CSV_COLUMNS = ("scheme", "granularity", "bits", "loss_points", "accuracy", "top1
 
 
 def parse_bits(text: str) -> list[int]:
-    """'8..2', '8,6,4' or '4' -> descending list of widths in 1..8."""
+    """'8..2', '8,6,4' or '4' -> descending list of widths in 1..16 (past 8 only sym takes them)."""
     try:
         if ".." in text:
             a, b = (int(t) for t in text.split(".."))
@@ -38,8 +39,8 @@ def parse_bits(text: str) -> list[int]:
             widths = sorted({int(t) for t in text.split(",")}, reverse=True)
     except ValueError:
         raise OptionError(f"--bits expects a range like 8..2 or a list like 8,6,4, got {text!r}") from None
-    if not widths or not all(1 <= b <= 8 for b in widths):
-        raise OptionError(f"--bits values must lie in 1..8, got {text!r}")
+    if not widths or not all(MIN_BITS <= b <= MAX_BITS for b in widths):
+        raise OptionError(f"--bits values must lie in {MIN_BITS}..{MAX_BITS}, got {text!r}")
     return widths
 
 

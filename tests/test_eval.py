@@ -66,6 +66,18 @@ def test_sweep_on_sample(sample: Path, tmp_path: Path):
     assert "knee" in r.output and "reproduce: qpack sweep" in r.output
 
 
+def test_sweep_past_8_bits_takes_the_schemes_that_go_there(sample: Path, tmp_path: Path):
+    """Widths 9..16 are sym's alone: the other schemes' cells stop at 8; 17 is refused in one line."""
+    out = tmp_path / "wide"
+    r = _run("sweep", sample, "--dataset", "digits", "--out", out, "--schemes", "sym,asym", "--bits", "10..8",
+             "--granularity", "tensor", "-q")
+    assert r.exit_code == 0, r.output
+    cells = {(row["scheme"], int(row["bits"])) for row in csv.DictReader((out / "sweep.csv").open())}
+    assert cells == {("sym", 10), ("sym", 9), ("sym", 8), ("asym", 8)}
+    r = _run("sweep", sample, "--dataset", "digits", "--out", tmp_path / "x", "--bits", "17..8")
+    assert r.exit_code == 1 and "must lie in 1..16" in r.output
+
+
 def test_eval_third_party_onnx_on_photos(ocr_cls: Path, photos: Path, tmp_path: Path):
     js = tmp_path / "e.json"
     r = _run("eval", ocr_cls, "--images", photos, "--size", "48x192", "--layout", "nchw", "--scale", "1/255",
