@@ -46,6 +46,7 @@ MAX_BITS = 8
 # sym goes past a byte: a full range at a step finer than 255 levels allow (outliers kept, the bulk
 # fine), what entropy-coded high-fidelity goals want and what rescues a model 8 bits cannot carry
 WIDE_BITS = 12
+WIDE_RUN = 4  # codes per stored weight that a wide ans table typically takes (its run shift is chosen per table)
 # one-bit codes keep two levels per group: the allocation never needs them to reach a budget it
 # can meet at all, and the summed relative error underrates how they break a network
 MIN_WIDTH = 2
@@ -193,8 +194,8 @@ def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range
             for clip in clips:
                 err, pbytes, entropy, span = _sample_error(q, v, bits, clip, dtypes)
                 code_bytes = packed_size(w.size, bits)
-                if priced:  # plus the table: a weight per code from the first to the last present
-                    table = CODED_OVERHEAD + (span if bits > MAX_BITS else 0)
+                if priced:  # plus the table: past a byte, a weight per run of codes over the span
+                    table = CODED_OVERHEAD + (span // WIDE_RUN if bits > MAX_BITS else 0)
                     code_bytes = min(code_bytes, math.ceil(w.size * entropy * CODED_MARGIN / 8) + table)
                 opts.append(Option(bits, axis, block, clip, code_bytes + pbytes, err, scheme))
     return Menu(w, signal, _hull(opts))

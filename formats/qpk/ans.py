@@ -37,7 +37,7 @@ from formats.qpk.spec import (
 _HEAD = struct.Struct("<BBBB")  # version, bits, precision, model
 _NEIGHBOURS = struct.Struct("<BBBBB")  # window, contexts, offset, magnitude, center
 _TABLE = struct.Struct("<BB")  # first symbol, span - 1
-_WIDE_TABLE = struct.Struct("<HH")  # the same for codes wider than a byte
+_WIDE_TABLE = struct.Struct("<HHB")  # codes wider than a byte: first symbol, span - 1, run shift
 _STATE = struct.Struct("<I")
 _CHUNK = 1 << 20  # codes decoded per kernel call (a multiple of 8, so packed chunks concatenate)
 
@@ -47,6 +47,8 @@ WINDOWS = (1, 2, 4, 8)  # neighbourhood sizes the encoder tries
 CONTEXTS = (2, 3, 4, 6, 8, 12, 16)
 PRECISIONS = (12, 13, 14)  # tried in turn before ANS_PRECISION; lower decodes faster (smaller tables)
 PRECISION_SLACK = 0.001  # coded bits a lower precision may add
+WIDE_SHIFTS = tuple(range(7))  # a wide table's weight stands for a run of 2^shift codes; the encoder tries these
+MAX_WIDE_SHIFT = 15  # what a reader accepts
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,7 @@ def _table_struct(k: int) -> struct.Struct:
 def table_bytes(counts: NDArray[np.int64]) -> NDArray[np.int64]:
     """Bytes each row's table takes: its span's first symbol and length, plus a weight for each
     symbol from the first to the last present one (one symbol for a row without counts: a table
-    is never empty)."""
+    is never empty). A wide table at run shift 0; see wide_table for what runs save."""
     counts = np.atleast_2d(counts)
     head = _table_struct(counts.shape[1]).size
     present = counts > 0
@@ -185,27 +187,72 @@ def table_weights(counts: NDArray[np.int64], zero_code: int) -> NDArray[np.uint8
     return w
 
 
-def _write_table(out: bytearray, weights: NDArray[np.uint8]) -> None:
+def wide_table(counts: NDArray[np.int64], precision: int = ANS_PRECISION) -> tuple[NDArray[np.uint8], int, int, float]:
+    """(weights of every code, run shift, table bytes, coded bits) of one table of wide codes.
+
+    Past a byte a span holds thousands of codes, and a weight each costs more than the precision it
+    buys in the tails: each stored weight stands for a run of 2^shift codes (the runs' mean count),
+    and the shift of WIDE_SHIFTS with the fewest table and code bytes is taken.
+    """
+    nz = np.flatnonzero(counts)
+    if nz.size == 0:
+        raise ValueError("a wide table needs a present code")
+    first, last = int(nz[0]), int(nz[-1])
+    span = counts[first : last + 1].astype(np.float64)
+    best: tuple[NDArray[np.uint8], int, int, float] | None = None
+    for shift in WIDE_SHIFTS:
+        run = 1 << shift
+        if shift and run >= 2 * span.size:
+            break
+        runs = -(-span.size // run)
+        padded = np.zeros(runs * run)
+        padded[: span.size] = span
+        mean = padded.reshape(runs, run).mean(axis=1)
+        w = np.zeros(counts.size, dtype=np.uint8)
+        w[first : last + 1] = np.repeat(weights_of(mean)[0], run)[: span.size]
+        try:
+            f = frequencies(w, precision)[0]
+        except FormatError:
+            continue
+        with np.errstate(divide="ignore", invalid="ignore"):
+            bits = float(np.where(counts > 0, counts * (precision - np.log2(np.maximum(f, 1))), 0.0).sum())
+        size = _WIDE_TABLE.size + runs
+        if best is None or size + bits / 8 < best[2] + best[3] / 8:
+            best = (w, shift, size, bits)
+    if best is None:
+        raise FormatError(f"ans stream: more distinct codes than {1 << precision} table slots")
+    return best
+
+
+def _write_table(out: bytearray, weights: NDArray[np.uint8], shift: int = 0) -> None:
     nz = np.flatnonzero(weights)
     first, last = int(nz[0]), int(nz[-1])
-    out += _table_struct(weights.size).pack(first, last - first)
-    out += weights[first : last + 1].tobytes()
+    if weights.size <= 1 << BYTE_BITS:
+        out += _TABLE.pack(first, last - first)
+        out += weights[first : last + 1].tobytes()
+    else:
+        out += _WIDE_TABLE.pack(first, last - first, shift)
+        out += weights[first : last + 1 : 1 << shift].tobytes()
 
 
 def _read_table(data: memoryview, pos: int, k: int) -> tuple[NDArray[np.uint8], int]:
-    head = _table_struct(k)
+    wide = k > 1 << BYTE_BITS
+    head = _WIDE_TABLE if wide else _TABLE
     if pos + head.size > len(data):
         raise FormatError("ans stream: truncated in its tables")
-    first, span = head.unpack_from(data, pos)
+    first, span, *rest = head.unpack_from(data, pos)
+    shift = rest[0] if wide else 0
     span += 1
     pos += head.size
-    if first + span > k or pos + span > len(data):
-        raise FormatError(f"ans stream: table [{first}, {first + span}) exceeds {k} symbols or the stream")
+    runs = -(-span // (1 << shift)) if shift <= MAX_WIDE_SHIFT else 0
+    if shift > MAX_WIDE_SHIFT or first + span > k or pos + runs > len(data):
+        raise FormatError(f"ans stream: table [{first}, {first + span}) in runs of 2^{shift} exceeds {k} symbols or the stream")
     w = np.zeros(k, dtype=np.uint8)
-    w[first : first + span] = np.frombuffer(data, dtype=np.uint8, count=span, offset=pos)
+    stored = np.frombuffer(data, dtype=np.uint8, count=runs, offset=pos)
+    w[first : first + span] = np.repeat(stored, 1 << shift)[:span] if shift else stored
     if w[first] == 0 or w[first + span - 1] == 0:
         raise FormatError("ans stream: a table's span does not start and end on a present symbol")
-    return w, pos + span
+    return w, pos + runs
 
 
 # --- model choice -----------------------------------------------------------------------------
@@ -248,6 +295,9 @@ def choose(codes: NDArray[np.uint8], bits: int, contexts: bool = True) -> tuple[
     """
     k = 1 << bits
     hist = np.bincount(codes, minlength=k).astype(np.int64)
+    if bits > BYTE_BITS and codes.size:
+        _, _, wide_bytes, wide_bits = wide_table(hist)
+        return Choice(Model(), wide_bytes, wide_bits), None
     order0 = Choice(Model(), int(table_bytes(hist)[0]), float(cost_bits(hist, ANS_PRECISION)[0]) if codes.size else 0.0)
     if not contexts or codes.size == 0 or np.count_nonzero(hist) < 2 or bits > BYTE_BITS:  # wide codes: order 0
         return order0, None
@@ -319,6 +369,9 @@ def encode_codes(codes: NDArray[np.uint8], bits: int, model: Model | None = None
         ctx = contexts_of(codes, bits, model)
         counts = np.bincount(ctx.astype(np.int64) * k + codes, minlength=model.contexts * k).reshape(model.contexts, k)
         weights = table_weights(counts, model.zero_code)
+        shift = 0
+        if bits > BYTE_BITS and codes.size:
+            weights[0], shift, _, _ = wide_table(counts[0])
         precision = choose_precision(counts, weights)
     except FormatError:  # more present codes than a table has slots
         return None
@@ -326,7 +379,7 @@ def encode_codes(codes: NDArray[np.uint8], bits: int, model: Model | None = None
     if model.contexts > 1:
         out += _NEIGHBOURS.pack(model.window, model.contexts, model.offset, model.magnitude, model.center)
     for c in range(model.contexts):
-        _write_table(out, weights[c])
+        _write_table(out, weights[c], shift)
     freq = frequencies(weights, precision).astype(np.uint32)
     cum = np.zeros_like(freq)
     np.cumsum(freq[:, :-1], axis=1, out=cum[:, 1:])
