@@ -449,9 +449,9 @@ def for_size(model: SourceModel, policy: Policy, size: int, convert_to: Callable
 
 def for_fidelity(policy: Policy, goal: Goal, ms: list[Menu], evaluate_policy: Callable[[Policy], dict[str, Any]],
                  log: Callable[[str], None] | None = None, rounds: int = 2) -> tuple[Policy, list[Option], str]:
-    """The smallest allocation (bisected over the byte budget, from the starting width to 8 bits) that
-    meets a fidelity goal in the runtime; tensors that hurt most are weighted up and the search rerun
-    when the goal is met only near the top."""
+    """The smallest allocation (bisected over the byte budget, from the starting width to the most
+    precise setting) that meets a fidelity goal in the runtime; tensors that hurt most are weighted
+    up and the search rerun when the goal is met only near the top."""
     say = log or (lambda s: None)
     top_policy = plan(policy, ms, [m.options[-1] for m in ms], "largest")
     ok, words = goal.met(evaluate_policy(top_policy))
