@@ -153,12 +153,15 @@ def frequencies(weights: NDArray[np.uint8], precision: int) -> NDArray[np.int64]
     return f
 
 
+def coded_bits(counts: NDArray[np.int64], f: NDArray[np.int64], precision: int) -> NDArray[np.float64]:
+    """Bits the codes of each row of counts take under frequencies f (tables summing to 2^precision)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(counts > 0, counts * (precision - np.log2(np.maximum(f, 1))), 0.0).sum(axis=-1)
+
+
 def cost_bits(counts: NDArray[np.int64], precision: int) -> NDArray[np.float64]:
     """Bits the codes of each row of counts take under the table their weights give."""
-    f = frequencies(weights_of(counts), precision)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        bits = np.where(counts > 0, counts * (precision - np.log2(np.maximum(f, 1))), 0.0)
-    return bits.sum(axis=1)
+    return coded_bits(counts, frequencies(weights_of(counts), precision), precision)
 
 
 def _table_struct(k: int) -> struct.Struct:
@@ -211,11 +214,9 @@ def wide_table(counts: NDArray[np.int64], precision: int = ANS_PRECISION) -> tup
         w = np.zeros(counts.size, dtype=np.uint8)
         w[first : last + 1] = np.repeat(weights_of(mean)[0], run)[: span.size]
         try:
-            f = frequencies(w, precision)[0]
+            bits = float(coded_bits(counts, frequencies(w, precision)[0], precision))
         except FormatError:
             continue
-        with np.errstate(divide="ignore", invalid="ignore"):
-            bits = float(np.where(counts > 0, counts * (precision - np.log2(np.maximum(f, 1))), 0.0).sum())
         size = _WIDE_TABLE.size + runs
         if best is None or size + bits / 8 < best[2] + best[3] / 8:
             best = (w, shift, size, bits)
@@ -227,24 +228,20 @@ def wide_table(counts: NDArray[np.int64], precision: int = ANS_PRECISION) -> tup
 def _write_table(out: bytearray, weights: NDArray[np.uint8], shift: int = 0) -> None:
     nz = np.flatnonzero(weights)
     first, last = int(nz[0]), int(nz[-1])
-    if weights.size <= 1 << BYTE_BITS:
-        out += _TABLE.pack(first, last - first)
-        out += weights[first : last + 1].tobytes()
-    else:
-        out += _WIDE_TABLE.pack(first, last - first, shift)
-        out += weights[first : last + 1 : 1 << shift].tobytes()
+    head = _table_struct(weights.size)
+    out += head.pack(first, last - first, shift) if head is _WIDE_TABLE else head.pack(first, last - first)
+    out += weights[first : last + 1 : 1 << shift].tobytes()
 
 
 def _read_table(data: memoryview, pos: int, k: int) -> tuple[NDArray[np.uint8], int]:
-    wide = k > 1 << BYTE_BITS
-    head = _WIDE_TABLE if wide else _TABLE
+    head = _table_struct(k)
     if pos + head.size > len(data):
         raise FormatError("ans stream: truncated in its tables")
     first, span, *rest = head.unpack_from(data, pos)
-    shift = rest[0] if wide else 0
+    shift = rest[0] if rest else 0  # only wide tables store one
     span += 1
     pos += head.size
-    runs = -(-span // (1 << shift)) if shift <= MAX_WIDE_SHIFT else 0
+    runs = -(-span // (1 << min(shift, MAX_WIDE_SHIFT)))
     if shift > MAX_WIDE_SHIFT or first + span > k or pos + runs > len(data):
         raise FormatError(f"ans stream: table [{first}, {first + span}) in runs of 2^{shift} exceeds {k} symbols or the stream")
     w = np.zeros(k, dtype=np.uint8)
@@ -299,7 +296,7 @@ def choose(codes: NDArray[np.uint8], bits: int, contexts: bool = True) -> tuple[
         _, _, wide_bytes, wide_bits = wide_table(hist)
         return Choice(Model(), wide_bytes, wide_bits), None
     order0 = Choice(Model(), int(table_bytes(hist)[0]), float(cost_bits(hist, ANS_PRECISION)[0]) if codes.size else 0.0)
-    if not contexts or codes.size == 0 or np.count_nonzero(hist) < 2 or bits > BYTE_BITS:  # wide codes: order 0
+    if not contexts or codes.size == 0 or np.count_nonzero(hist) < 2:
         return order0, None
     rules = [Model(magnitude=ANS_MAGNITUDE_CENTER, center=int(hist.argmax()))]
     if bits >= 2:
@@ -344,11 +341,9 @@ def choose_precision(counts: NDArray[np.int64], weights: NDArray[np.uint8]) -> i
     contexts no longer fit the CPU's fast cache (decoding drops from above 100 to about 70 M codes/s)."""
     def coded(p: int) -> float:
         try:
-            f = frequencies(weights, p)
+            return float(coded_bits(counts, frequencies(weights, p), p).sum())
         except FormatError:  # more present codes than the table has slots at this precision
             return math.inf
-        with np.errstate(divide="ignore"):
-            return float(np.where(counts > 0, counts * (p - np.log2(np.maximum(f, 1))), 0.0).sum())
 
     finest = coded(ANS_PRECISION)
     if not math.isfinite(finest):
@@ -363,8 +358,8 @@ def encode_codes(codes: NDArray[np.uint8], bits: int, model: Model | None = None
     if model is not None and model.contexts > 1 and bits > BYTE_BITS:
         raise ValueError("context models take codes of at most 8 bits")
     try:
-        if model is None:
-            model = choose(codes, bits)[0].model
+        if model is None:  # wide codes: order 0, priced with the table below
+            model = Model() if bits > BYTE_BITS else choose(codes, bits)[0].model
         k = 1 << bits
         ctx = contexts_of(codes, bits, model)
         counts = np.bincount(ctx.astype(np.int64) * k + codes, minlength=model.contexts * k).reshape(model.contexts, k)
