@@ -471,16 +471,16 @@ def for_fidelity(policy: Policy, goal: Goal, ms: list[Menu], evaluate_policy: Ca
     floor = float(sum(m.options[0].nbytes for m in ms))
     start = min(max(bpw_budget(ms, policy.bits), floor), largest(ms))
 
-    seen: dict[tuple[tuple[Option, ...], int], tuple[bool, str]] = {}  # budgets that give the same allocation
+    seen: dict[tuple[Option, ...], tuple[bool, str]] = {}  # an allocation is evaluated once, whatever the round
 
     def attempt(budget: float, r: int) -> bool:
         nonlocal best
         cand = choose(ms, budget)
         p = plan(policy, ms, cand, f"smallest allocation meeting the goal in the runtime (round {r + 1})")
-        if (tuple(cand), r) not in seen:
-            seen[tuple(cand), r] = goal.met(evaluate_policy(p))
-            say(f"{8 * sum(o.nbytes for o in cand) / weights_of(ms):.3f} bits/weight: {seen[tuple(cand), r][1]}")
-        ok, words = seen[tuple(cand), r]
+        if tuple(cand) not in seen:
+            seen[tuple(cand)] = goal.met(evaluate_policy(p))
+            say(f"{8 * sum(o.nbytes for o in cand) / weights_of(ms):.3f} bits/weight: {seen[tuple(cand)][1]}")
+        ok, words = seen[tuple(cand)]
         if ok and sum(o.nbytes for o in cand) < sum(o.nbytes for o in best[1]):
             best = (p, cand, words)
         return ok
