@@ -14,6 +14,14 @@ pair among all its settings: mixing two settings across tensors reaches the poin
 Encode time is that of the settings used at the target (NNCodec: the two bracketing qp runs).
 Then qpack's own allocation across tensors, `qpack convert --target-sqnr DB --codec ans` (asym and
 sym), against NNCodec's curve at the same DB, timed as a whole process.
+
+`--fidelity` adds the matched-output-fidelity comparison: the fewest bits per weight that keep the
+digits sample within 1 point of its float accuracy (its 540 test digits), and each fixture model's
+outputs at cosine >= 0.99 on random inputs drawn from its input specs (bench_fidelity's seed-0
+draw; like qpack's goal, on all the inputs and on each quarter of them). NNCodec: every qp from
+coarse to fine, its decoded weights put back into the model and run in the model's runtime; the
+coarsest qp that meets the goal (a scan in steps of 4, then of 1). qpack: `qpack convert
+--max-accuracy-drop 1` / `--min-cosine 0.99` with `--codec ans`, on the same inputs.
 """
 
 from __future__ import annotations
@@ -26,11 +34,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from converter.cost import tensor_cost  # noqa: E402
 from converter.policy import Policy  # noqa: E402
@@ -71,6 +81,25 @@ for qp in map(int, sys.argv[2].split(",")):
 """
 
 
+# Runs inside NNCodec's venv: each qp's decoded weights saved for the runtime to check.
+DECODER = r"""
+import json, sys, time
+import numpy as np
+from nncodec import nnc
+data = dict(np.load(sys.argv[1]))
+names = sorted(data)
+for qp in map(int, sys.argv[2].split(",")):
+    t = time.perf_counter()
+    bs = nnc.compress({k: data[k].copy() for k in names}, qp=qp, return_bitstream=True, bitstream_path=sys.argv[3] + "/bs.nnc")
+    enc = time.perf_counter() - t
+    rec = nnc.decompress(bs)
+    np.savez(f"{sys.argv[3]}/qp{qp}.npz", **{k: np.asarray(rec[k], np.float32).reshape(data[k].shape) for k in names})
+    print(json.dumps({"qp": qp, "bytes": len(bs), "encode_s": enc}), flush=True)
+"""
+FIDELITY_QPS = tuple(range(-4, -64, -4))  # the coarse scan; then steps of 1 below the coarsest that meets
+MIN_COSINE, MAX_DROP = 0.99, 1.0
+
+
 @dataclass(frozen=True)
 class Point:
     label: str
@@ -80,8 +109,12 @@ class Point:
 
 
 def weights(name: str) -> dict[str, tuple[np.ndarray, int | None]]:
+    return weights_of(model_path(name))
+
+
+def weights_of(path: Path) -> dict[str, tuple[np.ndarray, int | None]]:
     """The tensors qpack quantizes by default, float32, with their channel axis."""
-    model = open_model(model_path(name))
+    model = open_model(path)
     policy = Policy("sym", 8)
     out = {}
     for w in model.weights:
@@ -172,13 +205,173 @@ def sqnr_at(points: list[Point], bpw: float) -> float | None:
     return best
 
 
+# --- matched output fidelity ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    path: Path
+    inputs: Any  # converter.datasets.Inputs
+    qpack_goal: tuple[str, ...]  # the goal's options for `qpack convert`
+    inputs_file: Path | None  # the .npz of the inputs, for --inputs (None: --dataset digits)
+
+
+def fidelity_cases(quick: bool, tmp: Path) -> list[Case]:
+    from bench_fidelity import SAMPLE, fixtures, prepare
+
+    from converter.datasets import load_inputs
+
+    cases = [Case("digits_cnn (accuracy within 1 point)", SAMPLE, load_inputs(SAMPLE, dataset="digits"),
+                  ("--max-accuracy-drop", str(MAX_DROP), "--dataset", "digits"), None)]
+    for fx in fixtures(quick):
+        m = prepare(fx, tmp, 4)
+        if isinstance(m, str):
+            print(f"  skipped {fx.label}: {m}", flush=True)
+            continue
+        cases.append(Case(fx.label, m.path, load_inputs(m.path, inputs=m.tune), ("--min-cosine", str(MIN_COSINE), "--inputs",
+                                                                                 str(m.tune)), m.tune))
+    return cases
+
+
+class Judge:
+    """Whether a model with some weights replaced meets the case's goal, in the model's runtime."""
+
+    def __init__(self, case: Case, tmp: Path) -> None:
+        from converter.evaluate import run_all
+        from converter.runtime import open_runner
+        from formats.registry import open_model, sniff
+
+        self.case, self.tmp, self.fmt = case, tmp, sniff(case.path)
+        self.accuracy = case.qpack_goal[0] == "--max-accuracy-drop"
+        self.parts = [] if self.accuracy else case.inputs.parts(4)
+        ref = open_runner(case.path)
+        self.ref = [run_all(ref, i) for i in [case.inputs, *self.parts]]
+        model = open_model(case.path)
+        self.model = model
+
+    def score(self, outs: list[list[np.ndarray]]) -> float:
+        """Accuracy points lost (accuracy) or the least output cosine over the inputs and their quarters."""
+        from converter.evaluate import output_fidelity
+
+        if self.accuracy:
+            labels = self.case.inputs.labels
+            acc = [float(np.mean(np.argmax(o[0].reshape(len(labels), -1), axis=1) == labels)) for o in (self.ref[0], outs[0])]
+            return 100 * (acc[0] - acc[1])
+        return min(r["cosine"] for ref, got in zip(self.ref, outs) for r in output_fidelity(ref, got, [""] * len(ref)))
+
+    def meets(self, value: float) -> bool:
+        return value <= MAX_DROP if self.accuracy else value >= MIN_COSINE
+
+    def with_weights(self, arrays: dict[str, np.ndarray]) -> float:
+        from converter.evaluate import run_all
+        from converter.runtime import open_runner
+        from formats.registry import restore_model
+
+        out = self.tmp / f"restored.{self.fmt}"
+        restore_model(self.fmt, self.model.skeleton(set(arrays)), {k: (lambda a=a: a) for k, a in arrays.items()}, out)
+        runner = open_runner(out)
+        return self.score([run_all(runner, i) for i in [self.case.inputs, *self.parts]])
+
+
+def nncodec_fidelity(nnc_python: str, case: Case, tensors: dict[str, tuple[np.ndarray, int | None]], judge: Judge,
+                     tmp: Path) -> tuple[float, int, float, float] | None:
+    """(bpw, qp, encode s, score) at the coarsest qp meeting the goal, None if none of the scan does."""
+    keys = list(tensors)
+    npz = tmp / "w.npz"
+    np.savez(npz, **{f"t{i}": a for i, (a, _) in enumerate(tensors.values())})
+    n = sum(a.size for a, _ in tensors.values())
+    tried: dict[int, tuple[float, float, float]] = {}
+
+    def run(qps: list[int]) -> None:
+        proc = subprocess.run([nnc_python, "-c", DECODER, str(npz), ",".join(map(str, qps)), str(tmp)], capture_output=True,
+                              text=True, check=True, cwd=tmp)
+        for line in proc.stdout.splitlines():
+            if line.startswith("{"):
+                r = json.loads(line)
+                rec = np.load(tmp / f"qp{r['qp']}.npz")
+                score = judge.with_weights({k: rec[f"t{i}"] for i, k in enumerate(keys)})
+                tried[r["qp"]] = (r["bytes"] * 8 / n, r["encode_s"], score)
+
+    for qp in FIDELITY_QPS:  # coarse to fine, until one meets the goal
+        run([qp])
+        if judge.meets(tried[qp][2]):
+            break
+    else:
+        return None
+    run(list(range(qp + 3, qp, -1)))
+    best = max(q for q, t in tried.items() if judge.meets(t[2]))
+    bpw, seconds, score = tried[best]
+    return bpw, best, seconds, score
+
+
+def qpack_fidelity(case: Case, judge: Judge, tmp: Path) -> tuple[float, float, float] | str:
+    """(bpw over the quantized weights, process s, score in the same judge) of qpack's goal with ans."""
+    from formats.qpk import QpkReader
+
+    qpk, js = tmp / "f.qpk", tmp / "f.json"
+    t = time.perf_counter()
+    run = subprocess.run([sys.executable, "-c", "from converter.cli import run; run()", "convert", str(case.path), "-o", str(qpk),
+                          *case.qpack_goal, "--codec", "ans", "--compress", "none", "-q", "--json", str(js)],
+                         capture_output=True, text=True, cwd=ROOT)
+    seconds = time.perf_counter() - t
+    if run.returncode:
+        return run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"exit {run.returncode}"
+    rows = json.loads(js.read_text())["tensors"]
+    bpw = sum(r["stored_bytes"] + r["param_bytes"] for r in rows) * 8 / sum(r["count"] for r in rows)
+    with QpkReader(qpk) as q:
+        arrays = {e.key: q.dequantize(e) for e in q.entries}
+    return bpw, seconds, judge.with_weights(arrays)
+
+
+def fidelity(nnc_python: str, quick: bool) -> list[dict[str, Any]]:
+    print("\nMatched output fidelity: the fewest bits per weight over the same weights (qpack's default set) that keep "
+          f"the goal (digits: <= {MAX_DROP:g} point lost; fixtures: cosine >= {MIN_COSINE} on the inputs and each quarter)")
+    print("| model | weights | NNCodec bpw (qp, score) | qpack bpw (score) | ratio | NNCodec encode s | qpack process s | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    results = []
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        for case in fidelity_cases(quick, tmp):
+            tensors = weights_of(case.path)
+            judge = Judge(case, tmp)
+            n = sum(a.size for a, _ in tensors.values())
+            nnc = nncodec_fidelity(nnc_python, case, tensors, judge, tmp)
+            qp = qpack_fidelity(case, judge, tmp)
+            judge.model.close()
+            row: dict[str, Any] = {"model": case.label, "weights": n, "nncodec": nnc, "qpack": qp}
+            results.append(row)
+            a = "unreachable" if nnc is None else f"{nnc[0]:.3f} (qp {nnc[1]}, {nnc[3]:.4g})"
+            b = qp if isinstance(qp, str) else f"{qp[0]:.3f} ({qp[2]:.4g})"
+            ratio = f"{qp[0] / nnc[0]:.2f}" if nnc is not None and not isinstance(qp, str) else ""
+            times = (f"{nnc[2]:.2f} | {qp[1]:.1f} | {qp[1] / nnc[2]:.1f}" if nnc is not None and not isinstance(qp, str)
+                     else " | | ")
+            print(f"| {case.label} | {n:,} | {a} | {b} | {ratio} | {times} |", flush=True)
+    ratios = [r["qpack"][0] / r["nncodec"][0] for r in results if r["nncodec"] is not None and not isinstance(r["qpack"], str)]
+    if ratios:
+        print(f"ratio qpack / NNCodec over {len(ratios)} models: median {np.median(ratios):.2f}, "
+              f"{sum(r <= 0.9 for r in ratios)} at <= 0.9, {sum(r <= 1.0 for r in ratios)} at <= 1.0")
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nnc-python", required=True, help="python of a venv with nncodec==2.1.3 installed")
     ap.add_argument("--models", default="digits_cnn,PP-OCRv4 rec", help=f"comma-separated, from: {', '.join(MODELS)}")
     ap.add_argument("--json", type=Path, help="write every curve point and result here")
+    ap.add_argument("--fidelity", choices=("quick", "all"), help="also compare at matched output fidelity: the sample and "
+                    "the quick set of fixture models, or all runnable ones")
+    ap.add_argument("--only-fidelity", action="store_true", help="skip the weight-SQNR comparison")
     args = ap.parse_args()
-    report = {}
+    report: dict[str, Any] = {}
+    if args.only_fidelity and not args.fidelity:
+        ap.error("--only-fidelity needs --fidelity")
+    if args.fidelity:
+        report["fidelity"] = fidelity(args.nnc_python, args.fidelity == "quick")
+        if args.only_fidelity:
+            if args.json:
+                args.json.write_text(json.dumps(report, indent=2))
+            return
     goals: list[str] = []
     print("| weights | SQNR dB | NNCodec bpw | qpack bpw | ratio | qpack + RDO bpw | ratio | NNCodec encode s | qpack encode s "
           "| ratio | qpack setting |")

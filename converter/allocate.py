@@ -36,7 +36,9 @@ from numpy.typing import NDArray
 from converter.measure import code_histogram, entropy_bits
 from converter.policy import Decision, Policy
 from converter.quant import get_quantizer
-from converter.quant.base import sample_rows
+from converter.quant.base import WIDENED, sample_rows
+from converter.quant.rdo import encode as rdo_encode
+from converter.quant.rdo import estimate as rdo_estimate
 from formats.errors import BudgetError, OptionError
 from formats.model import SourceModel, Weight
 from formats.qpk import Grouping, packed_size
@@ -52,6 +54,8 @@ WIDE_RUN = 4  # codes per stored weight that a wide ans table typically takes (i
 MIN_WIDTH = 2
 CODED_MARGIN, CODED_OVERHEAD = 1.02, 64  # entropy-coded codes: within 2% of the entropy, plus a table
 BLOCKS = (32, 128)
+MENU_RDO, MENU_RDO_BITS = 0.1, 6  # the rate-aware rounding ans menus offer, and the widest width they offer it at
+MENU_RDO_CLIPS = ("minmax", *WIDENED)
 
 
 DEFAULT_OBJECTIVE = "layers"
@@ -75,13 +79,14 @@ class Option:
     error: float  # squared error of the whole tensor (estimated)
     scheme: str = "asym"
     keep: bool = False  # the tensor stays in float as the source stores it (fidelity goals, --allow-float)
+    rdo: float = 0.0  # lambda of rate-aware rounding (entropy-coded options)
 
     def decision(self, why: str) -> Decision:
         if self.keep:
             return Decision(False, reason=KEPT_REASON, why=why)
         dtypes = {"scale": "<f2"} if self.block is not None else None
         return Decision(True, bits=self.bits, axis=self.axis, block=self.block, dtypes=dtypes, scheme=self.scheme, clip=self.clip,
-                        why=why)
+                        rdo=self.rdo, why=why)
 
 
 @dataclass
@@ -152,12 +157,17 @@ class _View:
         return self._stats[q.name]
 
 
-def _sample_error(q: Any, v: _View, bits: int, clip: str, dtypes: dict[str, str] | None) -> tuple[float, int, float, int]:
+def _sample_error(q: Any, v: _View, bits: int, clip: str, dtypes: dict[str, str] | None,
+                  rdo: float = 0.0) -> tuple[float, int, float, int]:
     """(squared error of the whole tensor, parameter bytes, order-0 entropy of the codes in bits,
     codes from the lowest to the highest present), measured on the view's sample and scaled up."""
     # ranking settings needs less than the final conversion: no refinement, a smaller sample, every other factor
     params, used = q.fit(v.rows, (1,), bits, clip, dtypes, refine=False, stride=2, stats=v.stats(q), sample=v.search)
-    codes = q.encode(v.sample, bits, params)
+    if rdo:
+        rate = rdo_estimate(q, lambda: [(v.sample, params)], bits, rdo)
+        codes = rdo_encode(q, v.sample, bits, params, rate, rdo)
+    else:
+        codes = q.encode(v.sample, bits, params)
     y = q.spec().dequantize(codes, q.flat(params, used), bits, Grouping(0))
     y -= v.sample
     np.square(y, out=y)
@@ -191,13 +201,20 @@ def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range
             # entropy-coded, a full range can cost fewer bytes than a clipped one: its codes crowd the middle
             priced = coded == "ans" or (coded is not None and 8 % bits == 0)
             clips = ("mse", "minmax") if priced and bits <= LOW_BITS_CLIP else ("mse",) if bits <= LOW_BITS_CLIP else ("minmax",)
-            for clip in clips:
-                err, pbytes, entropy, span = _sample_error(q, v, bits, clip, dtypes)
+            variants = [(c, 0.0) for c in clips]
+            if coded == "ans" and block is None and hasattr(q, "continuous"):
+                # an arithmetic coder prices codes by their frequencies: steps between the widths', and
+                # rounding that gives up a little error for fewer bits (at the low rates where it pays)
+                variants += [(c, 0.0) for c in WIDENED]
+                if bits <= MENU_RDO_BITS:
+                    variants += [(c, MENU_RDO) for c in MENU_RDO_CLIPS]
+            for clip, lam in variants:
+                err, pbytes, entropy, span = _sample_error(q, v, bits, clip, dtypes, lam)
                 code_bytes = packed_size(w.size, bits)
                 if priced:  # plus the table: past a byte, a weight per run of codes over the span
                     table = CODED_OVERHEAD + (span // WIDE_RUN if bits > MAX_BITS else 0)
                     code_bytes = min(code_bytes, math.ceil(w.size * entropy * CODED_MARGIN / 8) + table)
-                opts.append(Option(bits, axis, block, clip, code_bytes + pbytes, err, scheme))
+                opts.append(Option(bits, axis, block, clip, code_bytes + pbytes, err, scheme, rdo=lam))
     return Menu(w, signal, _hull(opts))
 
 

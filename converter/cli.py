@@ -107,7 +107,9 @@ GoalScheme = Annotated[SchemeName | None, typer.Option(
     help=f"{_SCHEMES_HELP} [default: asym; with a goal, each tensor's best of {', '.join(AUTO_SCHEMES)}]")]
 PerChannel = Annotated[bool, typer.Option("--per-channel/--per-tensor", help="one scale per output channel")]
 Clip = Annotated[ClipName, typer.Option("--clip", help="minmax: span each group's full range; mse: shrink it to the least "
-                                                        "squared error (searched on a sample; slower, better below 6 bits)")]
+                                                        "squared error (searched on a sample; slower, better below 6 bits); "
+                                                        "mse-ends: then each end on its own; loose1..3: the range widened by "
+                                                        "1..3 quarter bits (entropy-coded steps between widths)")]
 Keep = Annotated[list[str] | None, typer.Option("--keep", help="keep tensors matching this glob in float (repeatable)")]
 Include = Annotated[list[str] | None, typer.Option("--include",
                                                    help="quantize float tensors matching this glob even if the default keeps them")]

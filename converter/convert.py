@@ -63,6 +63,8 @@ class TensorStat:
     context_entropy: float | None = None  # bits per code under the ans codec's best context model (tables not
     # counted); measured when the ans codec stores the codes
     why: str = ""  # how an allocation chose the setting
+    clip: str = "minmax"  # how each group's range was set (converter.quant.CLIPS)
+    rdo: float = 0.0  # lambda of the rate-aware rounding the codes were chosen with
 
     @property
     def sqnr_db(self) -> float | None:
@@ -108,7 +110,8 @@ class _Done:
 def _work(w: Weight, d: Decision, scheme: str, clip: str, codec: Codec, rdo: float = 0.0) -> _Done:
     x = np.asarray(w.array, dtype=np.float32)
     check_finite(x, w.name)
-    q = quantize_stream(get_quantizer(d.scheme or scheme), x, d.bits, d.grouping, d.clip or clip, d.dtypes, rdo)
+    lam = rdo if d.rdo is None else d.rdo
+    q = quantize_stream(get_quantizer(d.scheme or scheme), x, d.bits, d.grouping, d.clip or clip, d.dtypes, lam)
     del x
     ctx = CodeContext(d.bits, w.size, w.shape, d.grouping)
     # the context model's bound costs a pass of its own: measured where the ans codec stores the codes
@@ -133,7 +136,7 @@ class Reuse:
 
     def job(self, w: Weight, d: Decision, scheme: str, clip: str, codec: Codec, rdo: float) -> Callable[[], _Done]:
         key = (w.key, d.scheme or scheme, d.bits, d.axis, d.block, d.clip or clip, tuple(sorted((d.dtypes or {}).items())),
-               codec.id, rdo)
+               codec.id, rdo if d.rdo is None else d.rdo)
 
         def run() -> _Done:
             if key in self.done:
@@ -197,7 +200,8 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
                                              q.packed.nbytes, writer.blob(codes_blob).length,
                                              sum(v.nbytes for v in q.params.values()), entropy_bits(q.hist),
                                              int((q.hist > 0).sum()), q.signal, q.noise, d.block, q.dtypes,
-                                             done.context_entropy, d.why))
+                                             done.context_entropy, d.why, d.clip or policy.clip,
+                                             policy.rdo if d.rdo is None else d.rdo))
             if progress:
                 progress(i + 1, len(chosen))
         skeleton = model.skeleton({e.key for e in entries})

@@ -37,6 +37,7 @@ class Decision:
     dtypes: dict[str, str] | None = None  # parameter storage dtypes asked for (None: the scheme's defaults)
     scheme: str | None = None  # None: the policy's
     clip: str | None = None  # None: the policy's
+    rdo: float | None = None  # lambda of rate-aware rounding; None: the policy's
     why: str = ""  # how an allocation chose this setting
 
     @property

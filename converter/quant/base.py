@@ -21,8 +21,11 @@ Stats = tuple[NDArray[np.float32], ...]
 
 QUANTIZERS: dict[str, type[Quantizer]] = {}
 # minmax: each group's whole range; mse: the range shrunk to the least squared error; mse-ends:
-# then each end of it moved on its own (for asym, the zero point moves) by the same criterion
-CLIPS = ("minmax", "mse", "mse-ends")
+# then each end of it moved on its own (for asym, the zero point moves) by the same criterion;
+# loose1..3: the whole range widened by 1..3 quarter bits (x 2^(k/4)), steps between two widths'
+# for entropy-coded codes, which pay for the levels they use, not for the levels they could
+WIDENED = {f"loose{k}": float(2 ** (k / 4)) for k in (1, 2, 3)}
+CLIPS = ("minmax", "mse", "mse-ends", *WIDENED)
 
 
 def as_grouping(g: Grouping | int | None) -> Grouping:
@@ -127,6 +130,8 @@ class Quantizer:
             stats = tuple(s * shrink for s in stats)
             if clip == "mse-ends" and refine:
                 stats = cls.refine(xv, axes, bits, stats, dtypes)
+        elif clip in WIDENED:
+            stats = tuple(s * np.float32(WIDENED[clip]) for s in stats)
         elif clip != "minmax":
             raise OptionError(f"unknown clipping {clip!r}, expected one of {', '.join(CLIPS)}")
         params = cls.params(stats, bits)

@@ -40,28 +40,43 @@ def rates(hist: NDArray[np.int64]) -> NDArray[np.float32]:
 
 def encode(q: type[Quantizer], x: NDArray[np.float32], bits: int, params: Params, rate: NDArray[np.float32],
            lam: float) -> NDArray[np.uint8]:
-    """Codes of x (group-shaped params, as Quantizer.encode) chosen by squared error plus lam x rate."""
+    """Codes of x (group-shaped params, as Quantizer.encode) chosen by squared error plus lam x rate.
+
+    Against the nearest code r (t = r + d), its lower neighbour costs 2d + 1 + lam (rate(r-1) -
+    rate(r)) more and its upper one 1 - 2d + lam (rate(r+1) - rate(r)): two gathers from per-code
+    tables instead of a cost per candidate. Ties keep the nearest code, then the lower neighbour.
+    """
     t = q.continuous(x, bits, params)  # type: ignore[attr-defined]  # checked by check()
     lo, hi = q.code_range(bits)  # type: ignore[attr-defined]
-    r = np.clip(np.rint(t), lo, hi)
-    best = r
-    best_cost = np.square(t - r) + np.float32(lam) * rate[r.astype(np.intp)]
-    for step in (-1.0, 1.0):
-        c = np.clip(r + np.float32(step), lo, hi)
-        cost = np.square(t - c) + np.float32(lam) * rate[c.astype(np.intp)]
-        better = cost < best_cost  # ties keep the nearest code
-        best = np.where(better, c, best)
-        best_cost = np.where(better, cost, best_cost)
-    return best.astype(code_dtype(bits))
+    r = np.rint(t)
+    np.clip(r, lo, hi, out=r)
+    t -= r  # d, in [-0.5, 0.5] inside the range
+    t *= np.float32(2)
+    lr = np.float32(lam) * rate[lo : hi + 1]
+    down = np.full(lr.size, np.inf, dtype=np.float32)  # no lower neighbour below the range
+    down[1:] = 1 + lr[:-1] - lr[1:]
+    up = np.full(lr.size, np.inf, dtype=np.float32)
+    up[:-1] = 1 + lr[1:] - lr[:-1]
+    i = r.astype(np.intp)
+    if lo:
+        i -= lo
+    dl = down[i]
+    dl += t
+    dh = up[i]
+    dh -= t
+    move = np.where(dh < np.minimum(dl, 0), np.float32(1), np.where(dl < 0, np.float32(-1), np.float32(0)))
+    r += move
+    return r.astype(code_dtype(bits))
 
 
 def estimate(q: type[Quantizer], chunks: Callable[[], Iterable[tuple[NDArray[np.float32], Params]]], bits: int,
-             lam: float) -> NDArray[np.float32]:
-    """Rates after RDO_ITERATIONS rounds of choosing codes and re-estimating, a chunk at a time."""
+             lam: float, iterations: int = RDO_ITERATIONS) -> NDArray[np.float32]:
+    """Rates after `iterations` rounds of choosing codes and re-estimating, a chunk at a time (one:
+    the rates of the nearest codes)."""
     hist = np.zeros(1 << bits, dtype=np.int64)
     for xc, pc in chunks():
         hist += code_histogram(q.encode(xc, bits, pc), bits)
-    for _ in range(RDO_ITERATIONS - 1):
+    for _ in range(iterations - 1):
         rate = rates(hist)
         hist = np.zeros(1 << bits, dtype=np.int64)
         for xc, pc in chunks():
