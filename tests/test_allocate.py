@@ -384,3 +384,27 @@ def test_the_size_report_says_what_the_goal_chose(sample: Path, tmp_path: Path):
     assert "--target-sqnr 30.0 (pooled objective); widths" in line and "tensors" in line
     sqnr = float(r.output.split("weight SQNR ")[1].split(" dB")[0])
     assert 30 <= sqnr < 31.5
+
+
+def test_entropy_coded_goals_use_the_steps_between_widths(sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """At a low pooled SQNR the ans menus' loose steps and rate-aware rounding store fewer bytes than
+    the widths alone, the goal still holds, and the JSON says which tensors took them."""
+    import converter.allocate as allocate
+
+    def run(name: str) -> tuple[int, dict]:
+        out, js = tmp_path / f"{name}.qpk", tmp_path / f"{name}.json"
+        r = _run("convert", sample, "--target-sqnr", 10, "--codec", "ans", "-o", out, "--json", js, "--compress", "none", "-q")
+        assert r.exit_code == 0, r.output
+        assert _pooled_db(sample, out) >= 10
+        rep = json.loads(js.read_text())
+        return sum(t["stored_bytes"] + t["param_bytes"] for t in rep["tensors"]), rep
+
+    full, rep = run("full")
+    assert any(t["rdo"] > 0 or t["clip"].startswith("loose") for t in rep["tensors"])
+    with QpkReader(tmp_path / "full.qpk") as q:
+        q.verify()
+    monkeypatch.setattr(allocate, "WIDENED", {})
+    monkeypatch.setattr(allocate, "MENU_RDO_BITS", 0)
+    widths_only, rep = run("widths")
+    assert all(t["rdo"] == 0 and not t["clip"].startswith("loose") for t in rep["tensors"])
+    assert full < 0.92 * widths_only, (full, widths_only)

@@ -359,3 +359,45 @@ def test_rdo_needs_a_uniform_scheme():
         Policy("pow2", 4, rdo=0.1)
     with pytest.raises(OptionError, match="0..10"):
         Policy("sym", 4, rdo=-1)
+
+
+def test_rdo_takes_the_cheapest_of_the_three_nearest_codes():
+    """Rate-aware rounding against a brute-force reference: each weight's cost (squared distance in
+    steps plus lambda x the code's rate) over the nearest code and its two neighbours, ties kept nearest."""
+    from converter.quant import get_quantizer
+    from converter.quant.rdo import encode, rates
+
+    rng = np.random.default_rng(7)
+    q = get_quantizer("sym")
+    x = (rng.laplace(size=(64, 512)) * 0.1).astype(np.float32)
+    params = {"scale": np.full((64, 1), 0.04, np.float32)}
+    rate = rates(rng.integers(0, 1000, 1 << 5).astype(np.int64))
+    for lam in (0.05, 0.3, 2.0):
+        got = encode(q, x, 5, params, rate, lam).astype(np.int64)
+        t = x.astype(np.float64) / 0.04 + 15
+        near = np.clip(np.rint(t), 0, 30)
+        cands = np.stack([near, np.clip(near - 1, 0, 30), np.clip(near + 1, 0, 30)])
+        cost = np.square(t - cands) + lam * rate.astype(np.float64)[cands.astype(np.int64)]
+        want = np.take_along_axis(cands, np.argmin(cost, axis=0)[None], 0)[0]
+        assert np.mean(got == want) > 0.9999 and np.abs(got - want).max() <= 1
+        assert (got != near).any()  # the rates do move codes
+
+
+def test_loose_clips_widen_the_range_without_clipping():
+    from converter.quant import get_quantizer
+    from formats.qpk import Grouping
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_t(3, size=(32, 64)).astype(np.float32)
+    for scheme in ("sym", "asym"):
+        q = get_quantizer(scheme)
+        base, _ = q.quantize(x, 4, Grouping(0))
+        for k, clip in enumerate(("loose1", "loose2", "loose3"), 1):
+            codes, params = q.quantize(x, 4, Grouping(0), clip)
+            y = q.dequantize(codes, params, 4, Grouping(0))
+            scale = params["scale"].reshape(-1, 1)
+            assert np.all(np.abs(x - y) <= scale * 0.5001)  # nothing clipped: every weight within half a step
+            _, p0 = q.quantize(x, 4, Grouping(0))
+            assert np.allclose(params["scale"], p0["scale"] * 2 ** (k / 4), rtol=1e-6)
+            # fewer levels in use than the width has: what an entropy coder charges less for
+            assert len(np.unique(codes)) < len(np.unique(base)) or k < 2
