@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from converter.allocate import Menu, Option, _hull, choose, menus
+from converter.allocate import Menu, Option, _front, _hull, choose, menus
 from converter.cli import EXIT_BUDGET, app
 from converter.policy import Policy
 from converter.runtime import OnnxRunner, random_inputs
@@ -28,12 +28,21 @@ def _menu(points: list[tuple[int, float]], signal: float = 1.0) -> Menu:
     from formats.model import Role, Weight
 
     w = Weight("init:w", "w", (8,), "float32", Role.MATRIX)
-    return Menu(w, signal, _hull([Option(b, None, None, "minmax", n, e) for b, (n, e) in enumerate(points, 2)]))
+    return Menu(w, signal, _front([Option(b, None, None, "minmax", n, e) for b, (n, e) in enumerate(points, 2)]))
 
 
-def test_hull_drops_dominated_and_non_convex_options():
-    m = _menu([(10, 100.0), (20, 40.0), (30, 35.0), (40, 5.0), (50, 6.0)])
-    assert [(o.nbytes, o.error) for o in m.options] == [(10, 100.0), (20, 40.0), (40, 5.0)]
+def test_front_drops_dominated_options_and_keeps_non_convex_ones():
+    m = _menu([(10, 100.0), (20, 40.0), (30, 35.0), (40, 5.0), (50, 6.0), (25, 50.0)])
+    assert [(o.nbytes, o.error) for o in m.options] == [(10, 100.0), (20, 40.0), (30, 35.0), (40, 5.0)]
+    assert [(o.nbytes, o.error) for o in _hull(m.options)] == [(10, 100.0), (20, 40.0), (40, 5.0)]  # what fidelity searches bisect over
+
+
+def test_a_budget_is_filled_through_a_point_inside_the_hull():
+    """A knapsack over the front finds the allocation an equal-slope search over hulls misses."""
+    ms = [_menu([(10, 100.0), (30, 60.0), (40, 0.0)]), _menu([(10, 100.0), (40, 0.0)])]
+    # (30, 60) lies above the segment (10, 100) -> (40, 0): a hull drops it, yet within 72 bytes the
+    # best is 30 + 40 bytes (error 60), against 10 + 40 (error 100) or 40 + 10 (error 100)
+    assert [(o.nbytes, o.error) for o in choose(ms, 72)] == [(30, 60.0), (40, 0.0)]
 
 
 @pytest.mark.parametrize("budget", [30, 31, 45, 60, 75, 200])
