@@ -7,13 +7,13 @@ NNCodec is not a qpack dependency: it runs in its own virtual environment (`pyth
 subprocess that gets the float weights as an .npz file. For each weight set (the quantized tensors
 of a model under qpack's default policy: Conv, MatMul/Gemm, LSTM kernels) both sides trace bits per
 weight against weight SQNR (signal and noise pooled over the set): NNCodec over its quantization
-parameter qp, qpack over scheme sym x per-tensor/per-channel x 2..8 bits x rate-aware rounding off
-or on, with the ans codec (widths 2..12). Bits per weight at 20, 30 and 40 dB are read off each curve by linear
+parameter qp, qpack over schemes sym and dq x per-tensor/per-channel x 2..12 bits, sym also with
+rate-aware rounding, with the ans codec. Bits per weight at 20, 30 and 40 dB are read off each curve by linear
 interpolation between the two nearest points that bracket the target (for qpack, the best such
 pair among all its settings: mixing two settings across tensors reaches the points between them).
 Encode time is that of the settings used at the target (NNCodec: the two bracketing qp runs).
-Then qpack's own allocation across tensors, `qpack convert --target-sqnr DB --codec ans` (asym and
-sym), against NNCodec's curve at the same DB, timed as a whole process.
+Then qpack's own allocation across tensors, `qpack convert --target-sqnr DB --codec ans` (asym,
+sym, dq, and each tensor's scheme chosen), against NNCodec's curve at the same DB, timed as a whole process.
 
 `--fidelity` adds the matched-output-fidelity comparison: the fewest bits per weight that keep the
 digits sample within 1 point of its float accuracy (its 540 test digits), and each fixture model's
@@ -27,6 +27,7 @@ coarsest qp that meets the goal (a scan in steps of 4, then of 1). qpack: `qpack
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -134,20 +135,19 @@ def nncodec_curve(nnc_python: str, tensors: dict[str, tuple[np.ndarray, int | No
     return [Point(f"qp {r['qp']}", r["sqnr"], r["bpw"], r["encode_s"]) for r in rows]
 
 
-def qpack_curve(tensors: dict[str, tuple[np.ndarray, int | None]], rdo: float) -> list[Point]:
+def qpack_curve(tensors: dict[str, tuple[np.ndarray, int | None]], rdo: float, schemes: tuple[str, ...]) -> list[Point]:
     signal = sum(float(np.square(a, dtype=np.float64).sum()) for a, _ in tensors.values())
     count = sum(a.size for a, _ in tensors.values())
     points = []
-    for per_channel in (False, True):
-        for bits in range(2, WIDEST + 1):
-            t = time.perf_counter()
-            size = noise = 0.0
-            for a, axis in tensors.values():
-                c = tensor_cost(a, "sym", bits, Grouping(axis if per_channel else None), rdo=rdo)
-                size += c.bytes
-                noise += c.squared_error
-            label = f"sym {bits}b {'channel' if per_channel else 'tensor'}" + (f" rdo {rdo}" if rdo else "")
-            points.append(Point(label, 10 * np.log10(signal / noise), size * 8 / count, time.perf_counter() - t))
+    for scheme, per_channel, bits in itertools.product(schemes, (False, True), range(2, WIDEST + 1)):
+        t = time.perf_counter()
+        size = noise = 0.0
+        for a, axis in tensors.values():
+            c = tensor_cost(a, scheme, bits, Grouping(axis if per_channel else None), rdo=rdo)
+            size += c.bytes
+            noise += c.squared_error
+        label = f"{scheme} {bits}b {'channel' if per_channel else 'tensor'}" + (f" rdo {rdo}" if rdo else "")
+        points.append(Point(label, 10 * np.log10(signal / noise), size * 8 / count, time.perf_counter() - t))
     return points
 
 
@@ -380,8 +380,8 @@ def main() -> None:
         tensors = weights(name)
         n = sum(a.size for a, _ in tensors.values())
         nnc = nncodec_curve(args.nnc_python, tensors)
-        plain = qpack_curve(tensors, 0.0)
-        rdo = qpack_curve(tensors, RDO)
+        plain = qpack_curve(tensors, 0.0, ("sym", "dq"))
+        rdo = qpack_curve(tensors, RDO, ("sym",))
         both = plain + rdo
         rows = []
         for target in TARGETS:
@@ -403,7 +403,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for row in rows:
                 target, r_n = row["target"], row["nncodec"]
-                got = [p for p in (qpack_goal(name, target, s, Path(tmp)) for s in ("asym", "sym", None)) if p is not None]
+                got = [p for p in (qpack_goal(name, target, s, Path(tmp)) for s in ("asym", "sym", "dq", None)) if p is not None]
                 row["qpack_goal"] = [p.__dict__ for p in got]
                 if got and r_n is not None:
                     g = min(got, key=lambda p: p.bpw)

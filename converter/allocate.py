@@ -42,6 +42,7 @@ from converter.quant.rdo import estimate as rdo_estimate
 from formats.errors import BudgetError, OptionError
 from formats.model import SourceModel, Weight
 from formats.qpk import Grouping, packed_size
+from formats.qpk.spec import expansion_limit
 
 SAMPLE_ELEMENTS = 1 << 16  # weights per tensor and setting the error is measured on
 MAX_BITS = 8
@@ -56,12 +57,15 @@ CODED_MARGIN, CODED_OVERHEAD = 1.02, 64  # entropy-coded codes: within 2% of the
 BLOCKS = (32, 128)
 MENU_RDO, MENU_RDO_BITS = 0.1, 6  # the rate-aware rounding ans menus offer, and the widest width they offer it at
 MENU_RDO_CLIPS = ("minmax", *WIDENED)
+MENU_DQ = 0.4  # the lambda dq menus search with (squared scale units per bit): at equal SQNR it beat 0.1 by 1-2%
 
 
 DEFAULT_OBJECTIVE = "layers"
 GOAL_PARTS = 4  # a cosine goal holds on the inputs and on each of this many runs of them
 KEPT_REASON = "kept in float: the fidelity goal needs it (--allow-float)"
 AUTO_SCHEMES = ("asym", "sym")  # what a goal chooses each tensor's scheme from when none is given
+CODED_SCHEMES = ("dq",)  # and, with the ans codec, these too (a trellis search pays where codes are entropy-coded)
+TRELLIS_THIN = 4  # a trellis scheme's menu measures every 4th weight of the sample
 DP_BUCKETS, DP_CELLS = 4096, 1 << 26  # error steps of the --target-sqnr knapsack, and its table's size limit
 MAX_SQNR_DB = 100.0  # beyond what 8-bit codes give any real tensor: the goal is a typo
 LOW_BITS_CLIP = 6  # at or below this width the range is searched by least squares (clip mse)
@@ -164,15 +168,19 @@ def _sample_error(q: Any, v: _View, bits: int, clip: str, dtypes: dict[str, str]
     codes from the lowest to the highest present), measured on the view's sample and scaled up."""
     # ranking settings needs less than the final conversion: no refinement, a smaller sample, every other factor
     params, used = q.fit(v.rows, (1,), bits, clip, dtypes, refine=False, stride=2, stats=v.stats(q), sample=v.search)
-    if rdo:
-        rate = rdo_estimate(q, lambda: [(v.sample, params)], bits, rdo)
-        codes = rdo_encode(q, v.sample, bits, params, rate, rdo)
+    sample = v.sample
+    if getattr(q, "trellis", False):  # a trellis search costs ~10x a rounding: a quarter of the sample
+        sample = np.ascontiguousarray(sample[:, ::TRELLIS_THIN]) if sample.shape[1] >= TRELLIS_THIN else sample
+        codes = q.encode(sample, bits, params, rdo or None)
+    elif rdo:
+        rate = rdo_estimate(q, lambda: [(sample, params)], bits, rdo)
+        codes = rdo_encode(q, sample, bits, params, rate, rdo)
     else:
-        codes = q.encode(v.sample, bits, params)
+        codes = q.encode(sample, bits, params)
     y = q.spec().dequantize(codes, q.flat(params, used), bits, Grouping(0))
-    y -= v.sample
+    y -= sample
     np.square(y, out=y)
-    err = float(y.sum(dtype=np.float64)) * (v.size / v.sample.size)
+    err = float(y.sum(dtype=np.float64)) * (v.size / sample.size)
     taken = v.rows.shape[0]
     param_bytes = sum(np.asarray(p).size // taken * v.groups * np.dtype(used[k]).itemsize for k, p in params.items())
     hist = code_histogram(codes, bits)
@@ -190,10 +198,13 @@ def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range
     that straddle bytes).
     """
     q = get_quantizer(scheme)
+    trellis = getattr(q, "trellis", False)
     x = np.asarray(w.array, dtype=np.float32)
     signal = float(np.dot(x.reshape(-1).astype(np.float64), x.reshape(-1).astype(np.float64)))
     opts = []
     for axis, block in _groupings(w, per_channel):
+        if trellis and block is not None:  # its search runs in the tensor's order, which blocks are not
+            continue
         v = _View(x, Grouping(axis, block))
         dtypes = {"scale": "<f2"} if block is not None else None
         for bits in widths:
@@ -203,7 +214,9 @@ def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range
             priced = coded == "ans" or (coded is not None and 8 % bits == 0)
             clips = ("mse", "minmax") if priced and bits <= LOW_BITS_CLIP else ("mse",) if bits <= LOW_BITS_CLIP else ("minmax",)
             variants = [(c, 0.0) for c in clips]
-            if coded == "ans" and block is None and hasattr(q, "continuous") and (q.name == "sym" or bits <= MENU_RDO_BITS):
+            if trellis:  # its own rounding is rate-aware; steps half a bit apart, the mix of tensors fills in
+                variants = [("minmax", MENU_DQ), ("loose2", MENU_DQ)]
+            elif coded == "ans" and block is None and hasattr(q, "continuous") and (q.name == "sym" or bits <= MENU_RDO_BITS):
                 # an arithmetic coder prices codes by their frequencies: steps between the widths', and
                 # rounding that gives up a little error for fewer bits (at the low rates where it pays)
                 variants += [(c, 0.0) for c in WIDENED]
@@ -214,7 +227,10 @@ def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range
                 code_bytes = packed_size(w.size, bits)
                 if priced:  # plus the table: past a byte, a weight per run of codes over the span
                     table = CODED_OVERHEAD + (span // WIDE_RUN if bits > MAX_BITS else 0)
-                    code_bytes = min(code_bytes, math.ceil(w.size * entropy * CODED_MARGIN / 8) + table)
+                    least = math.ceil(w.size * entropy / 8)
+                    # a stream that would shrink past the format's expansion limit is stored packed
+                    if code_bytes <= expansion_limit(least):
+                        code_bytes = min(code_bytes, math.ceil(least * CODED_MARGIN) + table)
                 opts.append(Option(bits, axis, block, clip, code_bytes + pbytes, err, scheme, rdo=lam))
     return Menu(w, signal, _front(opts))
 
@@ -341,10 +357,13 @@ def menus(model: SourceModel, policy: Policy, progress: Callable[[int, int], Non
     from converter.convert import default_workers
 
     chosen = [w for w in model.weights if policy.decide(w).quantize]
+    names = schemes or (policy.scheme,)
+    if schemes is not None and coded == "ans":
+        names = (*names, *CODED_SCHEMES)
 
     def one(w: Weight) -> Menu:
         got = []
-        for scheme in schemes or (policy.scheme,):
+        for scheme in names:
             spec = get_quantizer(scheme).spec()
             top = WIDE_BITS if spec.max_bits >= WIDE_BITS else MAX_BITS
             got.append(menu(w, scheme, True, range(max(spec.min_bits, MIN_WIDTH), top + 1), coded))

@@ -70,6 +70,9 @@ class Policy:
             raise OptionError(f"unknown clipping {self.clip!r}, expected one of {', '.join(CLIPS)}")
         scheme = get_quantizer(self.scheme)
         scheme.check_bits(self.bits)
+        if self.group_size is not None and not scheme.spec().blocks:
+            raise OptionError(f"scheme '{self.scheme}' searches its codes in the tensor's order: it takes a scale per tensor "
+                              "or per channel, not --group-size")
         rdo_check(scheme, self.rdo)
         for pattern, bits in self.bits_for:
             if not pattern:

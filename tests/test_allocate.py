@@ -396,8 +396,8 @@ def test_the_size_report_says_what_the_goal_chose(sample: Path, tmp_path: Path):
 
 
 def test_entropy_coded_goals_use_the_steps_between_widths(sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """At a low pooled SQNR the ans menus' loose steps and rate-aware rounding store fewer bytes than
-    the widths alone, the goal still holds, and the JSON says which tensors took them."""
+    """At a low pooled SQNR the ans menus' loose steps, rate-aware rounding and dq store fewer bytes
+    than asym and sym at their widths alone, the goal still holds, and the JSON says which tensors took them."""
     import converter.allocate as allocate
 
     def run(name: str) -> tuple[int, dict]:
@@ -409,11 +409,12 @@ def test_entropy_coded_goals_use_the_steps_between_widths(sample: Path, tmp_path
         return sum(t["stored_bytes"] + t["param_bytes"] for t in rep["tensors"]), rep
 
     full, rep = run("full")
-    assert any(t["rdo"] > 0 or t["clip"].startswith("loose") for t in rep["tensors"])
+    assert any(t["rdo"] > 0 or t["clip"].startswith("loose") or t["scheme"] == "dq" for t in rep["tensors"])
     with QpkReader(tmp_path / "full.qpk") as q:
         q.verify()
     monkeypatch.setattr(allocate, "WIDENED", {})
     monkeypatch.setattr(allocate, "MENU_RDO_BITS", 0)
+    monkeypatch.setattr(allocate, "CODED_SCHEMES", ())
     widths_only, rep = run("widths")
-    assert all(t["rdo"] == 0 and not t["clip"].startswith("loose") for t in rep["tensors"])
+    assert all(t["rdo"] == 0 and not t["clip"].startswith("loose") and t["scheme"] != "dq" for t in rep["tensors"])
     assert full < 0.92 * widths_only, (full, widths_only)

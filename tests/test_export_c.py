@@ -61,10 +61,11 @@ def _dtype_variants(spec: SchemeSpec) -> list[tuple[tuple[str, str], ...]]:
     return [(), *(((p.name, d),) for p in spec.params for d in p.others)]
 
 
-# every (scheme, bits, grouping kind, parameter dtypes) the format allows: 38 widths x 3 groupings,
-# with float16 scales and float32 codebooks beside the defaults
-COMBOS = [(s, b, kind, dt) for s, spec in sorted(SCHEMES.items()) if s in ("asym", "sym", "pow2", "lut")
-          for b in range(spec.min_bits, spec.max_bits + 1) for kind in ("tensor", "channel", "block")
+# every (scheme, bits, grouping kind, parameter dtypes) the format allows: 53 widths x 3 groupings
+# (dq: 2, it has no blocks), with float16 scales and float32 codebooks beside the defaults
+COMBOS = [(s, b, kind, dt) for s, spec in sorted(SCHEMES.items()) if s in ("asym", "sym", "pow2", "lut", "dq")
+          for b in range(spec.min_bits, spec.max_bits + 1)
+          for kind in (("tensor", "channel", "block") if spec.blocks else ("tensor", "channel"))
           for dt in _dtype_variants(spec)]
 BLOCKS = (1, 2, 3, 5, 8, 16, 32, 64, 1000)  # most leave a short last block
 
@@ -328,9 +329,10 @@ def models(tmp_path_factory: pytest.TempPathFactory, sample: Path, ocr_cls: Path
 # ---- decoding --------------------------------------------------------------------------------------
 
 def test_combos_cover_the_scheme_table():
-    # asym (1..8) and sym (2..16) with float32 or float16 scales, pow2, lut with float16 or float32 centroids
-    assert len(COMBOS) == (8 * 2 + 15 * 2 + 7 + 8 * 2) * 3
-    assert {s for s, *_ in COMBOS} == set(C_SCHEMES) == {"asym", "sym", "pow2", "lut"}
+    # asym (1..8) and sym (2..16) with float32 or float16 scales, pow2, lut with float16 or float32 centroids;
+    # dq (2..16) with either scale, per tensor or per channel
+    assert len(COMBOS) == (8 * 2 + 15 * 2 + 7 + 8 * 2) * 3 + 15 * 2 * 2
+    assert {s for s, *_ in COMBOS} == set(C_SCHEMES) == set(SCHEMES) == {"asym", "sym", "pow2", "lut", "dq"}
 
 
 @pytest.mark.parametrize("name", ["sample_all", "ocr_cls", "tfl_fp16", "edge"])
@@ -339,9 +341,9 @@ def test_container_reader_decodes_bit_exactly(models: dict[str, Path], reader_dr
     with QpkReader(path) as q:
         seen = {_combo(e) for e in q.entries}
     if name != "edge":  # every scheme, width, grouping and parameter dtype, on this model's weights, except
-        # float16 scales asked for where some block's step at 13+ bits lies below float16's range (stored as float32)
+        # float16 scales asked for where some block's step at 12+ bits lies below float16's range (stored as float32)
         missing = set(COMBOS) - seen
-        assert all(s == "sym" and b > 12 and dict(dt) == {"scale": "<f2"} for s, b, _, dt in missing), missing
+        assert all(s == "sym" and b >= 12 and dict(dt) == {"scale": "<f2"} for s, b, _, dt in missing), missing
     data, rcs = _decode_file(reader_driver, path, tmp_path)
     assert set(rcs) == {0}
     _assert_same(path, data)

@@ -427,3 +427,13 @@ def test_cli_tflite_refuses_unmappable(tfl_fp32: Path, tmp_path: Path, policy: P
     r = _invoke(qpk, "--to", "tflite", "-o", tmp_path / "o.tflite")
     assert r.exit_code == 1 and r.output.count("\n") == 1 and message in r.output and "tensor '" in r.output
     assert sorted(tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("target", ["onnx-qdq", "tflite"])
+def test_dq_levels_export_as_integers(sample: Path, tfl_fp32: Path, tmp_path: Path, target: str):
+    """dq codes read through the state machine give integer levels: exported as integers times the scale,
+    the runtime gives the unpacked model's outputs."""
+    qpk = _pack(sample if target == "onnx-qdq" else tfl_fp32, tmp_path, Policy("dq", 4, per_channel=True))
+    run = _run(qpk, target, tmp_path)
+    # LiteRT's hybrid kernels quantize activations on the fly: its tolerance is theirs
+    assert run.error() < 1e-5 and run.cosine() > 0.9999 if target == "onnx-qdq" else run.error() < HYBRID and run.cosine() > 0.999

@@ -93,8 +93,14 @@ def test_per_channel_groups_are_independent():
 def test_all_zero_and_constant_tensors():
     for name, s in SCHEMES.items():
         for x in (np.zeros((3, 4), np.float32), np.full((3, 4), -2.0, np.float32)):
-            y = s.dequantize(*s.quantize(x, 8, 0), 8, 0)
-            assert np.allclose(y, x), name
+            codes, p = s.quantize(x, 8, 0)
+            y = s.dequantize(codes, p, 8, 0)
+            if name == "dq" and x.any():
+                # the top level 2M is even-quantizer only and its code odd: the next code reads through
+                # the odd quantizer, whose top is 2M - 1, so a constant alternates within one scale
+                assert np.abs(y - x).max() <= p["scale"].max() * 1.0001 and (y == x).any(), name
+            else:
+                assert np.allclose(y, x), name
 
 
 @pytest.mark.parametrize("name,bits", [("sym", 1), ("pow2", 1), ("asym", 0), ("asym", 9)])

@@ -22,7 +22,7 @@ from formats.errors import OptionError, UnsupportedError
 from formats.qpk import RAW, BlobKind, QpkReader, TensorEntry
 
 DECODER = "qpk.h"  # shipped beside this module as package data, copied into the output folder
-SCHEMES = {"asym": "QPK_ASYM", "sym": "QPK_SYM", "pow2": "QPK_POW2", "lut": "QPK_LUT"}  # the schemes qpk.h decodes
+SCHEMES = {"asym": "QPK_ASYM", "sym": "QPK_SYM", "pow2": "QPK_POW2", "lut": "QPK_LUT", "dq": "QPK_DQ"}  # the schemes qpk.h decodes
 DTYPES = {"float32": "QPK_FLOAT32", "float16": "QPK_FLOAT16", "bfloat16": "QPK_BFLOAT16", "float64": "QPK_FLOAT64"}
 PARAM_FIELDS = ("scale", "zero_point", "emax", "centroids")  # qpk_tensor fields, named as the parameters
 # float parameters stored in either of two dtypes: the qpk_tensor field that says which, and its values

@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 
 from formats.errors import UnsupportedError
 from formats.qpk import Grouping, QpkReader, TensorEntry
+from formats.qpk.schemes import dq_levels
 
 # 2^30 is the largest power of two an int32 holds, and float32 represents it exactly
 _MAX_POW2_SPAN = 30
@@ -113,6 +114,8 @@ def int_form(reader: QpkReader, e: TensorEntry) -> IntForm:
         form = IntForm(e, codes.astype(np.int32), params["scale"].astype(np.float32), params["zero_point"].astype(np.int32))
     elif e.scheme == "sym":
         form = IntForm(e, codes.astype(np.int32) - np.int32((1 << (e.bits - 1)) - 1), params["scale"].astype(np.float32), None)
+    elif e.scheme == "dq":
+        form = IntForm(e, dq_levels(codes, e.bits)[0], params["scale"].astype(np.float32), None)
     elif e.scheme == "pow2":
         q, scale = _pow2(e, codes, params["emax"])
         form = IntForm(e, q, scale, None)

@@ -1,6 +1,6 @@
 /* qpk.h: a single-file C99 decoder for .qpk quantized weights (FORMAT.md, version 1.x).
  *
- * Decodes n-bit codes (schemes asym, sym, pow2 and lut; per-tensor, per-channel and blocked
+ * Decodes n-bit codes (schemes asym, sym, pow2, lut and dq; per-tensor, per-channel and blocked
  * parameter groups; scales and codebooks stored as float32 or float16) into float32 values
  * bit-exactly equal to qpack's Python reader, and reads a whole .qpk container held in memory
  * (flash, say), checking every rule of FORMAT.md's "Reading safely".
@@ -61,6 +61,7 @@ extern "C" {
 #define QPK_SYM 1  /* (code - M) * scale, M = 2^(bits-1) - 1; 2..16 bits */
 #define QPK_POW2 2 /* +-2^(emax - M + m), m = code & M, sign = code >> (bits-1); 2..8 bits */
 #define QPK_LUT 3  /* centroids[group * 2^bits + code]: a codebook of 2^bits values per group; 1..8 bits */
+#define QPK_DQ 4   /* level * scale, the level from k = code - M and a state run through the codes; 2..16 bits */
 
 /* Source dtypes (informative: the decoder always writes float32); QPK_FLOAT32 and QPK_FLOAT16
  * also name how scale and centroids are stored (scale_dtype, centroids_dtype). */
@@ -80,7 +81,7 @@ typedef struct qpk_tensor {
     uint32_t ndim;             /* 0..QPK_MAX_RANK */
     const uint32_t *shape;     /* ndim dimensions, C order (may be NULL when ndim is 0) */
     uint64_t count;            /* product of shape: weights, codes, output floats */
-    uint8_t scheme;            /* QPK_ASYM, QPK_SYM, QPK_POW2 or QPK_LUT */
+    uint8_t scheme;            /* QPK_ASYM, QPK_SYM, QPK_POW2, QPK_LUT or QPK_DQ */
     uint8_t bits;              /* code width */
     uint8_t dtype;             /* QPK_FLOAT32... : the source dtype (informative) */
     uint8_t codec;             /* 0 when codes and parameters are stored raw; else QPK_E_CODEC */
@@ -218,10 +219,29 @@ static uint32_t qpk__param_bits(const uint8_t *p, uint64_t i, unsigned dtype)
     return dtype == QPK_FLOAT16 ? qpk__f16to32(qpk__le16(p + 2 * i)) : qpk__le32(p + 4 * i);
 }
 
+/* Code i of a stream (bit offset i * bits), LSB first. */
+static unsigned qpk__code_at(const uint8_t *codes, uint64_t bit, unsigned bits)
+{
+    const uint8_t *p = codes + (size_t)(bit >> 3);
+    unsigned shift = (unsigned)(bit & 7u), code = (unsigned)p[0] >> shift;
+    /* a code that crosses a byte boundary takes its high bits from the next byte, which exists
+     * exactly when it does (the stream is ceil(count * bits / 8) bytes) */
+    if (shift + bits > 8u) code |= (unsigned)p[1] << (8u - shift);
+    if (shift + bits > 16u) code |= (unsigned)p[2] << (16u - shift); /* codes of 10..16 bits */
+    return code & ((1u << bits) - 1u);
+}
+
+/* dq's state after a code k (FORMAT.md "Dequantization"): its quantizer moves to the one before,
+ * the other bit takes that one XOR the parity of k. */
+static unsigned qpk__dq_next(unsigned state, int k)
+{
+    return 2u * ((state & 1u) ^ ((unsigned)k & 1u)) + (state >> 1);
+}
+
 static int qpk__scheme_bits(unsigned scheme, unsigned bits)
 {
     unsigned lo = scheme == QPK_ASYM || scheme == QPK_LUT ? 1u : 2u;
-    return scheme <= QPK_LUT && bits >= lo && bits <= (scheme == QPK_SYM ? 16u : 8u);
+    return scheme <= QPK_DQ && bits >= lo && bits <= (scheme == QPK_SYM || scheme == QPK_DQ ? 16u : 8u);
 }
 
 /* parameter groups of a shape and grouping (FORMAT.md "Parameter groups"), as Grouping.count */
@@ -252,12 +272,13 @@ int qpk_tensor_check(const qpk_tensor *t)
     if (zero) count = 0;
     if (count >= QPK__MAX_ELEMENTS || count != t->count) return QPK_E_ARG;
     if (t->axis < -1 || (t->axis >= 0 && (uint32_t)t->axis >= t->ndim) || (t->block && t->axis < 0)) return QPK_E_ARG;
+    if (t->block && t->scheme == QPK_DQ) return QPK_E_ARG; /* its codes run in order: no blocks */
     if (t->groups != qpk__groups(t->shape, t->ndim, t->axis, t->block)) return QPK_E_ARG;
     if (t->codec != 0) return QPK_E_CODEC;
     if ((uint64_t)t->codes_len != (count * t->bits + 7) / 8 || (t->codes_len && !t->codes)) return QPK_E_ARG;
     if (t->scale_dtype > QPK_FLOAT16 || t->centroids_dtype > QPK_FLOAT16) return QPK_E_ARG;
     if (t->groups) {
-        if ((t->scheme == QPK_ASYM || t->scheme == QPK_SYM) && !t->scale) return QPK_E_ARG;
+        if ((t->scheme == QPK_ASYM || t->scheme == QPK_SYM || t->scheme == QPK_DQ) && !t->scale) return QPK_E_ARG;
         if (t->scheme == QPK_ASYM && !t->zero_point) return QPK_E_ARG;
         if (t->scheme == QPK_POW2 && !t->emax) return QPK_E_ARG;
         if (t->scheme == QPK_LUT && !t->centroids) return QPK_E_ARG;
@@ -270,7 +291,7 @@ int qpk_decode_range(const qpk_tensor *t, uint64_t first, size_t n, float *out)
     int rc = qpk_tensor_check(t);
     uint64_t inner = 1, along = 1, blk, nblk, o, a, r, ab, ai, bit, g, cur = UINT64_MAX, base = 0;
     uint32_t d;
-    unsigned bits, top, mask;
+    unsigned bits, top, state = 0;
     size_t i;
     int zp = 0;
     float scale = 0.0f;
@@ -296,16 +317,11 @@ int qpk_decode_range(const qpk_tensor *t, uint64_t first, size_t n, float *out)
 
     bits = t->bits;
     top = (1u << (bits - 1)) - 1u; /* M */
-    mask = (1u << bits) - 1u;
+    if (t->scheme == QPK_DQ) /* the state at `first`: the parities of every code before it */
+        for (bit = 0; bit < first * bits; bit += bits) state = qpk__dq_next(state, (int)qpk__code_at(t->codes, bit, bits) - (int)top);
     bit = first * bits; /* first < 2^48, bits <= 16: no overflow */
     for (i = 0; i < n; i++) {
-        const uint8_t *p = t->codes + (size_t)(bit >> 3);
-        unsigned shift = (unsigned)(bit & 7u), code = (unsigned)p[0] >> shift;
-        /* LSB first: a code that crosses a byte boundary takes its high bits from the next byte,
-         * which exists exactly when it does (the stream is ceil(count * bits / 8) bytes). */
-        if (shift + bits > 8u) code |= (unsigned)p[1] << (8u - shift);
-        if (shift + bits > 16u) code |= (unsigned)p[2] << (16u - shift); /* codes of 10..16 bits */
-        code &= mask;
+        unsigned code = qpk__code_at(t->codes, bit, bits);
         bit += bits;
 
         g = t->axis < 0 ? 0 : t->block == 0 ? a : (o * nblk + ab) * inner + r;
@@ -326,6 +342,11 @@ int qpk_decode_range(const qpk_tensor *t, uint64_t first, size_t n, float *out)
             out[i] = (float)((int)code - zp) * scale; /* exact small integer times scale: one rounding */
         } else if (t->scheme == QPK_SYM) {
             out[i] = (float)((int)code - (int)top) * scale;
+        } else if (t->scheme == QPK_DQ) {
+            int k = (int)code - (int)top, level = 2 * k;
+            if (state >> 1) level -= (k > 0) - (k < 0); /* quantizer 1: the odd levels and 0 */
+            out[i] = (float)level * scale;                /* |level| < 2^17: exact, one rounding */
+            state = qpk__dq_next(state, k);
         } else if (t->scheme == QPK_LUT) {
             /* the centroid's bits stored as they are: no float operation, so a NaN keeps its payload */
             uint32_t u = qpk__param_bits(t->centroids, base + code, t->centroids_dtype);
@@ -786,11 +807,13 @@ typedef struct {
     qpk__param_spec params[2];
 } qpk__scheme_spec;
 
-static const qpk__scheme_spec qpk__scheme_table[4] = {
+#define QPK__SCHEMES 5
+static const qpk__scheme_spec qpk__scheme_table[QPK__SCHEMES] = {
     {"asym", 2, {{"scale", QPK__P_F4, QPK__P_F2}, {"zero_point", QPK__P_U1, QPK__P_U1}}},
     {"sym", 1, {{"scale", QPK__P_F4, QPK__P_F2}, {"", QPK__P_F4, QPK__P_F4}}},
     {"pow2", 1, {{"emax", QPK__P_I2, QPK__P_I2}, {"", QPK__P_F4, QPK__P_F4}}},
     {"lut", 1, {{"centroids", QPK__P_F2, QPK__P_F4}, {"", QPK__P_F4, QPK__P_F4}}},
+    {"dq", 1, {{"scale", QPK__P_F4, QPK__P_F2}, {"", QPK__P_F4, QPK__P_F4}}},
 };
 
 /* The value at metadata offset `at`, which must be a scalar (fields read here never nest). */
@@ -849,8 +872,8 @@ static int qpk__entry_read(const qpk_file *f, qpk__mp *m, qpk__blobs *bc, qpk__e
     if (j == 4) return QPK_E_TENSOR;
     e->dtype = j;
     if ((rc = qpk__field(f, at[QPK__F_SCHEME], &v)) != QPK_OK) return rc;
-    for (j = 0; j < 4 && !qpk__is(&v, qpk__scheme_table[j].name); j++) continue;
-    if (j == 4) return QPK_E_TENSOR; /* also a scheme other writers know and this decoder does not */
+    for (j = 0; j < QPK__SCHEMES && !qpk__is(&v, qpk__scheme_table[j].name); j++) continue;
+    if (j == QPK__SCHEMES) return QPK_E_TENSOR; /* also a scheme other writers know and this decoder does not */
     e->scheme = j;
     spec = &qpk__scheme_table[j];
     if ((rc = qpk__field(f, at[QPK__F_BITS], &v)) != QPK_OK) return rc;
@@ -868,6 +891,7 @@ static int qpk__entry_read(const qpk_file *f, qpk__mp *m, qpk__blobs *bc, qpk__e
     if (at[QPK__F_BLOCK]) {
         if ((rc = qpk__scalar_at(f, at[QPK__F_BLOCK], &v)) != QPK_OK) return rc;
         if (v.type != QPK__NIL && (!qpk__uint(&v, UINT64_MAX, &e->block) || e->block == 0 || e->axis < 0)) return QPK_E_TENSOR;
+        if (v.type != QPK__NIL && e->scheme == QPK_DQ) return QPK_E_TENSOR; /* dq has no blocked groups */
     }
 
     /* params: exactly the scheme's parameter names, each an integer blob index */

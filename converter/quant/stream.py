@@ -14,7 +14,7 @@ from converter.quant.base import Params, Quantizer
 from converter.quant.rdo import check as rdo_check
 from converter.quant.rdo import encode as rdo_encode
 from converter.quant.rdo import estimate as rdo_estimate
-from formats.errors import FormatError
+from formats.errors import FormatError, OptionError
 from formats.qpk import Grouping, pack
 from formats.qpk.bitstream import code_dtype
 
@@ -43,6 +43,10 @@ def quantize_stream(q: type[Quantizer], x: NDArray[np.float32], bits: int, group
     """Codes of x packed, with the figures the size report needs; the same codes as q.quantize()
     unless `rdo` (lambda of rate-aware rounding, see converter.quant.rdo) is non-zero."""
     rdo_check(q, rdo)
+    trellis = getattr(q, "trellis", False)
+    if grouping.block and not q.spec().blocks:
+        raise OptionError(f"scheme '{q.name}' searches its codes in the tensor's order: give it a scale per tensor or "
+                          "per channel, not blocks")
     xv, axes = grouping.blocked(x)
     params, used = q.fit(xv, axes, bits, clip, dtypes)
     flat = q.flat(params, used)
@@ -56,7 +60,11 @@ def quantize_stream(q: type[Quantizer], x: NDArray[np.float32], bits: int, group
         for i in range(0, max(1, xv.shape[0] if xv.ndim else 1), step):
             yield (xv[i : i + step] if xv.ndim else xv), {k: v[i : i + step] if v.ndim and v.shape[0] > 1 else v for k, v in params.items()}
 
-    rate = rdo_estimate(q, chunks, bits, rdo) if rdo else None
+    if trellis:
+        rate, lam = q.estimate(chunks, bits, rdo or None)  # type: ignore[attr-defined]
+        state = 0  # the search's state, carried from chunk to chunk
+    else:
+        rate = rdo_estimate(q, chunks, bits, rdo) if rdo else None
     hist = np.zeros(1 << bits, dtype=np.int64)
     signal = noise = 0.0
     parts: list[NDArray[np.uint8]] = []
@@ -66,9 +74,15 @@ def quantize_stream(q: type[Quantizer], x: NDArray[np.float32], bits: int, group
     for xc, pc in chunks():
         rows = min(first - done, xc.shape[0] * (grouping.block if grouping.axis == 0 and grouping.block else 1)) if x.ndim else 1
         shape = (rows,) + x.shape[1:] if x.ndim else ()
-        chosen = q.encode(xc, bits, pc) if rate is None else rdo_encode(q, xc, bits, pc, rate, rdo)
-        codes = np.ascontiguousarray(grouping.unblocked(chosen, shape))
-        y = spec.dequantize(codes, q.flat(pc, used), bits, grouping)
+        if trellis:
+            start = state
+            chosen, state = q.search(q._units(xc, pc), bits, rate, lam, state)  # type: ignore[attr-defined]
+            codes = chosen.reshape(shape)
+            y, _ = q.decode_from(codes, pc["scale"], bits, start)  # type: ignore[attr-defined]
+        else:
+            chosen = q.encode(xc, bits, pc) if rate is None else rdo_encode(q, xc, bits, pc, rate, rdo)
+            codes = np.ascontiguousarray(grouping.unblocked(chosen, shape))
+            y = spec.dequantize(codes, q.flat(pc, used), bits, grouping)
         xs = x[done : done + rows] if x.ndim else x
         d = (xs - y).reshape(-1)
         a = xs.reshape(-1)

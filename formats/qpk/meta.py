@@ -189,6 +189,8 @@ class TensorEntry:
             raise _bad_tensor(name, f"axis {_brief(axis)} invalid for rank {len(shape)}")
         if block is not None and not (is_int(block) and 1 <= block < MAX_DIM and axis is not None):
             raise _bad_tensor(name, f"block {_brief(block)} needs an axis and a positive size under 2^40")
+        if block is not None and not spec.blocks:
+            raise _bad_tensor(name, f"scheme {scheme} has no blocked groups")
         params = m.get("params")
         if not (type(params) is dict and params.keys() == spec.dtypes.keys() and all(type(v) is int for v in params.values())):
             raise _bad_tensor(name, f"parameters {_brief(params)} do not fit scheme {scheme}")

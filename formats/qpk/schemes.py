@@ -48,6 +48,7 @@ class SchemeSpec:
     params: tuple[ParamSpec, ...]
     levels: Callable[[int], int]  # distinct values the codes can represent at a width
     decode: Decode  # codes (tensor-shaped) and parameters -> float32 values, as FORMAT.md defines
+    blocks: bool = True  # whether groups may be blocks (dq's codes run through the tensor in order: no)
 
     def check_bits(self, bits: int) -> None:
         if not self.min_bits <= bits <= self.max_bits:
@@ -109,6 +110,35 @@ def _pow2(codes, params, bits, grouping):
     return out
 
 
+def dq_levels(codes: NDArray, bits: int, state: int = 0) -> tuple[NDArray[np.int32], int]:
+    """The integer levels of dependent-quantization codes (x = level * scale), and the state after them.
+
+    Code k = code - M is read by one of two quantizers: Q0 gives 2k, Q1 gives 2k - sign(k). A
+    4-state machine picks the quantizer from the parities of the codes before: state s uses Q(s >> 1)
+    and moves to 2 * ((s & 1) ^ (k & 1)) + (s >> 1). Written out, the quantizer of code i is that of
+    code i - 2 XOR the parity of code i - 1, so each run of every other code is a cumulative XOR.
+    `state`: the machine's state at the first code (0 at a tensor's first code).
+    """
+    k = codes.reshape(-1).astype(np.int32)
+    k -= np.int32((1 << (bits - 1)) - 1)
+    n = k.size
+    p = (k & 1).astype(np.uint8)
+    q = np.empty(n + 1, dtype=np.uint8)  # the quantizer of each code, and of the code after the last
+    q[0] = state >> 1
+    q[1::2] = np.bitwise_xor.accumulate(p[0::2]) ^ np.uint8(state & 1)
+    q[2::2] = np.bitwise_xor.accumulate(p[1::2]) ^ np.uint8(state >> 1)
+    level = 2 * k
+    level -= np.sign(k) * q[:n]
+    after = 2 * int(q[n]) + int(q[n - 1]) if n else state
+    return level.reshape(codes.shape), after
+
+
+def _dq(codes, params, bits, grouping):
+    out = dq_levels(codes, bits)[0].astype(np.float32)
+    out *= _group(params["scale"], codes, grouping, "<f4")
+    return out
+
+
 def _lut(codes, params, bits, grouping):
     k = 1 << bits
     table = np.asarray(params["centroids"], dtype=np.float32).reshape(-1)
@@ -124,4 +154,5 @@ register_scheme(SchemeSpec("asym", 1, 8, (_SCALE, ParamSpec("zero_point", "<u1")
 register_scheme(SchemeSpec("sym", 2, 16, (_SCALE,), lambda bits: (1 << bits) - 1, _sym))
 register_scheme(SchemeSpec("lut", 1, 8, (ParamSpec("centroids", "<f2", lambda bits: 1 << bits, ("<f4",)),),
                            lambda bits: 1 << bits, _lut))
+register_scheme(SchemeSpec("dq", 2, 16, (_SCALE,), lambda bits: 4 * ((1 << (bits - 1)) - 1) + 1, _dq, blocks=False))
 register_scheme(SchemeSpec("pow2", 2, 8, (ParamSpec("emax", "<i2"),), lambda bits: 2 * ((1 << (bits - 1)) - 1) + 1, _pow2))

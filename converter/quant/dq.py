@@ -1,0 +1,175 @@
+"""Dependent quantization (the `dq` scheme): two interleaved quantizers and a trellis search.
+
+Each code k reads through one of two quantizers, Q0 (levels 2k) or Q1 (levels 2k - sign(k)), in
+units of the scale; which one follows from the parities of the codes before it
+(`formats.qpk.schemes.dq_levels`). Together the two reach every integer level, but a code only
+pays for the levels of its own quantizer: about the resolution of one more bit at the rate of the
+coarser quantizer, when the codes are chosen together. A Viterbi search over the 4 states does that,
+minimizing squared error + lambda x rate over the whole tensor (rates: -log2 of the codes'
+frequencies, estimated by a first pass), so lambda, in squared scale units per bit, sets the
+trade between error and bits as `--rdo` does for scalar rounding (by default it follows the slope
+of the tensor's rate-distortion curve at its step; see Dependent.estimate). This is the dependent
+quantization of the MPEG NNC and VVC standards.
+
+The search runs in C order through the tensor, a chunk at a time with the state carried over, so
+blocks (whose view is not in that order) are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from converter.measure import code_histogram
+from converter.quant.base import Params, Quantizer
+from converter.quant.rdo import rates
+from formats.qpk.bitstream import code_dtype
+from formats.qpk.schemes import dq_levels
+
+DQ_LAMBDA = 0.1  # squared scale units per bit, when no --rdo gives it
+
+_KERNEL: Any = None
+
+
+def _kernel() -> Any:
+    """The Viterbi search, compiled on first use (numba, as the ans codec's loops)."""
+    global _KERNEL
+    if _KERNEL is None:
+        import numba
+
+        @numba.njit(cache=True, nogil=True)
+        def trellis(t, lam_rate, top, state):  # pragma: no cover - compiled
+            n = t.size
+            inf = np.inf
+            cost = np.full(4, inf)
+            cost[state] = 0.0
+            new = np.empty(4)
+            back = np.empty((n, 4), np.int8)
+            level = np.empty((n, 4), np.int32)
+            cand = np.empty(2, np.int64)
+            for i in range(n):
+                x = t[i]
+                new[:] = inf
+                for s in range(4):
+                    base = cost[s]
+                    if base == inf:
+                        continue
+                    q1 = s >> 1
+                    if q1 == 0:
+                        b = int(np.floor(x / 2.0))
+                        cand[0], cand[1] = b, b + 1
+                    elif x >= 0:
+                        b = int(np.floor((x + 1.0) / 2.0))
+                        cand[0], cand[1] = b, b + 1
+                    else:
+                        b = int(np.ceil((x - 1.0) / 2.0))
+                        cand[0], cand[1] = b, b - 1
+                    for j in range(2):
+                        k = min(max(cand[j], -top), top)
+                        rec = 2.0 * k
+                        if q1 == 1 and k != 0:
+                            rec -= 1.0 if k > 0 else -1.0
+                        d = x - rec
+                        c = base + d * d + lam_rate[k + top]
+                        nxt = 2 * ((s & 1) ^ (k & 1)) + q1
+                        if c < new[nxt]:
+                            new[nxt] = c
+                            back[i, nxt] = s
+                            level[i, nxt] = k
+                cost[:] = new
+            s = 0
+            for j in range(1, 4):
+                if cost[j] < cost[s]:
+                    s = j
+            out = np.empty(n, np.int64)
+            for i in range(n - 1, -1, -1):
+                out[i] = level[i, s]
+                s = back[i, s]
+            # the state after the last code, for the next chunk
+            end = state
+            for i in range(n):
+                end = 2 * ((end & 1) ^ (out[i] & 1)) + (end >> 1)
+            return out, end
+
+        _KERNEL = trellis
+    return _KERNEL
+
+
+class Dependent(Quantizer):
+    """x ~ level * scale, levels from codes k in [-(2^(n-1)-1), 2^(n-1)-1] stored as k + 2^(n-1)-1,
+    chosen by a trellis search; the scale is half each quantizer's step."""
+
+    name = "dq"
+    trellis = True
+
+    @classmethod
+    def stats(cls, x, axes):
+        return (np.maximum(x.max(axis=axes, keepdims=True), -x.min(axis=axes, keepdims=True)).astype(np.float32),)
+
+    @classmethod
+    def params(cls, stats, bits):
+        scale = (stats[0] / np.float32(2 * ((1 << (bits - 1)) - 1))).astype(np.float32)  # the top level 2k reaches the range
+        scale[scale == 0] = 1.0
+        return {"scale": scale}
+
+    @classmethod
+    def _units(cls, x: NDArray[np.float32], params: Params) -> NDArray[np.float64]:
+        return np.divide(x, params["scale"], dtype=np.float32).reshape(-1).astype(np.float64)
+
+    @classmethod
+    def _nearest_even(cls, t: NDArray[np.float64], bits: int) -> tuple[NDArray[np.int64], float]:
+        """(histogram, summed squared error) of Q0 alone, rounded to nearest: what a first search is priced by."""
+        top = (1 << (bits - 1)) - 1
+        k = np.clip(np.rint(t / 2), -top, top)
+        err = float(np.square(t - 2 * k).sum())
+        return code_histogram((k + top).astype(code_dtype(bits)), bits), err
+
+    @classmethod
+    def search(cls, t: NDArray[np.float64], bits: int, rate: NDArray[np.float32], lam: float,
+               state: int = 0) -> tuple[NDArray[np.uint8], int]:
+        """Codes of t (weights in scale units, C order) from `state`, and the state after them."""
+        top = (1 << (bits - 1)) - 1
+        levels, end = _kernel()(np.ascontiguousarray(t), (lam * rate.astype(np.float64))[: 2 * top + 1], top, state)
+        levels += top
+        return levels.astype(code_dtype(bits)), int(end)
+
+    @classmethod
+    def estimate(cls, chunks: Callable[[], Iterable[tuple[NDArray[np.float32], Params]]], bits: int,
+                 lam: float | None = None) -> tuple[NDArray[np.float32], float]:
+        """(rates, lambda) of a tensor, a chunk at a time: the rates of the codes a search priced by
+        the nearest Q0 codes' rates chooses. Lambda, unless given, is DQ_SLOPE x the squared error of
+        those nearest Q0 codes per weight: the slope of the rate-distortion curve where the tensor
+        is (2 ln 2 x the error for a Gaussian source), so coarse steps, where most weights round to
+        zero, are not pushed further down the curve than their rate is worth."""
+        hist = np.zeros(1 << bits, dtype=np.int64)
+        err, n = 0.0, 0
+        for xc, pc in chunks():
+            h, e = cls._nearest_even(cls._units(xc, pc), bits)
+            hist += h
+            err += e
+            n += xc.size
+        if lam is None:
+            lam = DQ_LAMBDA
+        first = rates(hist)
+        hist[:] = 0
+        state = 0
+        for xc, pc in chunks():
+            codes, state = cls.search(cls._units(xc, pc), bits, first, lam, state)
+            hist += code_histogram(codes, bits)
+        return rates(hist), lam
+
+    @classmethod
+    def encode(cls, x, bits, params, lam: float | None = None):
+        rate, lam = cls.estimate(lambda: [(x, params)], bits, lam)
+        return cls.search(cls._units(x, params), bits, rate, lam)[0].reshape(x.shape)
+
+    @classmethod
+    def decode_from(cls, codes: NDArray, scale: NDArray, bits: int, state: int) -> tuple[NDArray[np.float32], int]:
+        """Values of a chunk of codes (scale broadcast against them) read from `state`, and the state after."""
+        levels, end = dq_levels(codes, bits, state)
+        out = levels.astype(np.float32)
+        out *= scale
+        return out, end
