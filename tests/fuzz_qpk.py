@@ -65,7 +65,7 @@ def build_seeds(folder: Path) -> list[bytes]:
     for i, (scheme, bits, per_channel, codec) in enumerate([
         ("asym", 8, False, "raw"), ("sym", 4, True, "zstd"), ("pow2", 3, True, "raw"), ("asym", 2, True, "zstd"),
         ("asym", 1, False, "zstd"), ("pow2", 6, False, "zstd"), ("sym", 7, True, "raw"),
-        ("sym", 5, True, "ans"), ("sym", 12, False, "ans"), ("sym", 11, True, "raw"),
+        ("sym", 5, True, "ans"), ("sym", 12, False, "ans"), ("sym", 11, True, "raw"), ("dq", 4, True, "ans"), ("dq", 9, False, "raw"),
     ]):
         from formats.qpk import codec_named
 

@@ -116,16 +116,14 @@ class Dependent(Quantizer):
         return {"scale": scale}
 
     @classmethod
-    def _units(cls, x: NDArray[np.float32], params: Params) -> NDArray[np.float64]:
+    def units(cls, x: NDArray[np.float32], params: Params) -> NDArray[np.float64]:
         return np.divide(x, params["scale"], dtype=np.float32).reshape(-1).astype(np.float64)
 
     @classmethod
-    def _nearest_even(cls, t: NDArray[np.float64], bits: int) -> tuple[NDArray[np.int64], float]:
-        """(histogram, summed squared error) of Q0 alone, rounded to nearest: what a first search is priced by."""
+    def _nearest_even(cls, t: NDArray[np.float64], bits: int) -> NDArray[np.int64]:
+        """The histogram of Q0 alone, rounded to nearest: what a first search is priced by."""
         top = (1 << (bits - 1)) - 1
-        k = np.clip(np.rint(t / 2), -top, top)
-        err = float(np.square(t - 2 * k).sum())
-        return code_histogram((k + top).astype(code_dtype(bits)), bits), err
+        return code_histogram((np.clip(np.rint(t / 2), -top, top) + top).astype(code_dtype(bits)), bits)
 
     @classmethod
     def search(cls, t: NDArray[np.float64], bits: int, rate: NDArray[np.float32], lam: float,
@@ -139,32 +137,24 @@ class Dependent(Quantizer):
     @classmethod
     def estimate(cls, chunks: Callable[[], Iterable[tuple[NDArray[np.float32], Params]]], bits: int,
                  lam: float | None = None) -> tuple[NDArray[np.float32], float]:
-        """(rates, lambda) of a tensor, a chunk at a time: the rates of the codes a search priced by
-        the nearest Q0 codes' rates chooses. Lambda, unless given, is DQ_SLOPE x the squared error of
-        those nearest Q0 codes per weight: the slope of the rate-distortion curve where the tensor
-        is (2 ln 2 x the error for a Gaussian source), so coarse steps, where most weights round to
-        zero, are not pushed further down the curve than their rate is worth."""
+        """(rates, lambda) of a tensor, a chunk at a time: the rates of the codes that a search priced
+        by the nearest Q0 codes' rates chooses (lambda: DQ_LAMBDA unless given)."""
+        lam = DQ_LAMBDA if lam is None else lam
         hist = np.zeros(1 << bits, dtype=np.int64)
-        err, n = 0.0, 0
         for xc, pc in chunks():
-            h, e = cls._nearest_even(cls._units(xc, pc), bits)
-            hist += h
-            err += e
-            n += xc.size
-        if lam is None:
-            lam = DQ_LAMBDA
+            hist += cls._nearest_even(cls.units(xc, pc), bits)
         first = rates(hist)
         hist[:] = 0
         state = 0
         for xc, pc in chunks():
-            codes, state = cls.search(cls._units(xc, pc), bits, first, lam, state)
+            codes, state = cls.search(cls.units(xc, pc), bits, first, lam, state)
             hist += code_histogram(codes, bits)
         return rates(hist), lam
 
     @classmethod
     def encode(cls, x, bits, params, lam: float | None = None):
         rate, lam = cls.estimate(lambda: [(x, params)], bits, lam)
-        return cls.search(cls._units(x, params), bits, rate, lam)[0].reshape(x.shape)
+        return cls.search(cls.units(x, params), bits, rate, lam)[0].reshape(x.shape)
 
     @classmethod
     def decode_from(cls, codes: NDArray, scale: NDArray, bits: int, state: int) -> tuple[NDArray[np.float32], int]:

@@ -76,7 +76,7 @@ def quantize_stream(q: type[Quantizer], x: NDArray[np.float32], bits: int, group
         shape = (rows,) + x.shape[1:] if x.ndim else ()
         if trellis:
             start = state
-            chosen, state = q.search(q._units(xc, pc), bits, rate, lam, state)  # type: ignore[attr-defined]
+            chosen, state = q.search(q.units(xc, pc), bits, rate, lam, state)  # type: ignore[attr-defined]
             codes = chosen.reshape(shape)
             y, _ = q.decode_from(codes, pc["scale"], bits, start)  # type: ignore[attr-defined]
         else:
