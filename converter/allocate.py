@@ -20,7 +20,9 @@ cosine goal on the inputs and on each quarter of them): the budget is bisected b
 width and the most precise setting (8 bits; sym 12) for the smallest allocation that meets it; the
 tensors that hurt most, measured one at a time, are then weighted up and the search runs again. If
 the most precise setting everywhere cannot meet the goal, that is a BudgetError (exit 3), unless
-`allow_float` lets tensors stay in float.
+`allow_float` lets tensors stay in float. Last, the pooled weight SQNR is bisected for the fewest
+bytes that meet the goal (the operating point of a codec with one step for the whole model), and
+the smaller of the two answers kept.
 """
 
 from __future__ import annotations
@@ -522,13 +524,12 @@ def for_fidelity(policy: Policy, goal: Goal, ms: list[Menu], evaluate_policy: Ca
 
     seen: dict[tuple[Option, ...], tuple[bool, str]] = {}  # an allocation is evaluated once, whatever the round
 
-    def attempt(budget: float, r: int) -> bool:
+    def attempt(cand: list[Option], how: str) -> bool:
         nonlocal best
-        cand = choose(ms, budget)
-        p = plan(policy, ms, cand, f"smallest allocation meeting the goal in the runtime (round {r + 1})")
+        p = plan(policy, ms, cand, f"smallest allocation meeting the goal in the runtime ({how})")
         if tuple(cand) not in seen:
             seen[tuple(cand)] = goal.met(evaluate_policy(p))
-            say(f"{8 * sum(o.nbytes for o in cand) / weights_of(ms):.3f} bits/weight: {seen[tuple(cand)][1]}")
+            say(f"{8 * sum(o.nbytes for o in cand) / weights_of(ms):.3f} bits/weight ({how}): {seen[tuple(cand)][1]}")
         ok, words = seen[tuple(cand)]
         if ok and sum(o.nbytes for o in cand) < sum(o.nbytes for o in best[1]):
             best = (p, cand, words)
@@ -536,21 +537,53 @@ def for_fidelity(policy: Policy, goal: Goal, ms: list[Menu], evaluate_policy: Ca
 
     for r in range(rounds):
         # --bits is the first guess; then bisection on bytes between what fails and what meets the goal
-        lo, hi = (floor, start) if attempt(start, r) else (start, float(sum(o.nbytes for o in best[1])))
+        lo, hi = (floor, start) if attempt(choose(ms, start), f"round {r + 1}") else (start, float(sum(o.nbytes for o in best[1])))
         for _ in range(steps):
             if hi - lo <= 0.01 * hi:
                 break
             mid = (lo + hi) / 2
-            if attempt(mid, r):
+            if attempt(choose(ms, mid), f"round {r + 1}"):
                 hi = mid
             else:
                 lo = mid
         if r + 1 < rounds and lo > floor:
             _weigh_by_damage(policy, ms, choose(ms, lo), evaluate_policy, goal, say)
             start = sum(o.nbytes for o in best[1])
+    _pooled_search(ms, best[1], steps, attempt)
     if all(o.keep for o in best[1]):
         raise BudgetError(f"the goal is met only with every tensor kept in float ({best[2]}): nothing is left to quantize")
     return best
+
+
+POOLED_SPAN_DB, POOLED_STEP_DB = 15.0, 0.25  # how far from the best so far the pooled search looks, and its resolution
+
+
+def _pooled_search(ms: list[Menu], best: list[Option], steps: int, attempt: Callable[[list[Option], str], bool]) -> None:
+    """The operating point of codecs with one step for the whole model: the fewest bytes at a pooled
+    weight SQNR (within_error), that SQNR bisected for the lowest that meets the goal, starting at
+    the best allocation's. Where the weighted searches settle high (their proxy misjudges which
+    tensors matter), this finds what a uniform step gets."""
+    signal = sum(m.signal for m in ms)
+    if signal <= 0:
+        return
+
+    def db_of(opts: list[Option]) -> float:
+        noise = sum(o.error for o in opts)
+        return MAX_SQNR_DB if noise <= 0 else min(MAX_SQNR_DB, 10 * math.log10(signal / noise))
+
+    def at(db: float) -> bool:
+        return attempt(within_error(ms, signal / 10 ** (db / 10)), f"pooled {db:.2f} dB")
+
+    here = db_of(best)
+    lo, hi = (max(0.0, here - POOLED_SPAN_DB), here) if at(here) else (here, min(here + POOLED_SPAN_DB, db_of([m.options[-1] for m in ms])))
+    for _ in range(steps):
+        if hi - lo <= POOLED_STEP_DB:
+            break
+        mid = (lo + hi) / 2
+        if at(mid):
+            hi = mid
+        else:
+            lo = mid
 
 
 def _weigh_by_damage(policy: Policy, ms: list[Menu], failing: list[Option], evaluate_policy: Callable[[Policy], dict[str, Any]],

@@ -200,6 +200,9 @@ def test_max_accuracy_drop_is_met_and_promotes_what_hurts(sample: Path, tmp_path
     # at least as many bits as the per-weight average
     bits = {t["name"]: t["bits"] for t in rep["tensors"]}
     assert bits["11.weight"] >= 2 and rep["allocation"]["checks"]
+    # the weighted rounds, then the pooled-SQNR search, each trial logged with its figures
+    checks = rep["allocation"]["checks"]
+    assert any("(round 1)" in c for c in checks) and any("(pooled " in c for c in checks)
 
 
 def test_min_cosine_met_on_other_inputs_of_the_same_kind(ocr_cls: Path, tmp_path: Path):
