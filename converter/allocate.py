@@ -496,7 +496,8 @@ def for_fidelity(policy: Policy, goal: Goal, ms: list[Menu], evaluate_policy: Ca
                  log: Callable[[str], None] | None = None, rounds: int = 2) -> tuple[Policy, list[Option], str]:
     """The smallest allocation (bisected over the byte budget, from the starting width to the most
     precise setting) that meets a fidelity goal in the runtime; tensors that hurt most are weighted
-    up and the search rerun when the goal is met only near the top."""
+    up and the search rerun when the goal is met only near the top; then the pooled search
+    (_pooled_search) may find a smaller one."""
     say = log or (lambda s: None)
     # the budget is bisected over each menu's convex hull: between neighbouring budgets tensors move
     # by whole hull steps, each worth its bytes, and what is found keeps a margin on other inputs

@@ -110,8 +110,7 @@ class _Done:
 def _work(w: Weight, d: Decision, scheme: str, clip: str, codec: Codec, rdo: float = 0.0) -> _Done:
     x = np.asarray(w.array, dtype=np.float32)
     check_finite(x, w.name)
-    lam = rdo if d.rdo is None else d.rdo
-    q = quantize_stream(get_quantizer(d.scheme or scheme), x, d.bits, d.grouping, d.clip or clip, d.dtypes, lam)
+    q = quantize_stream(get_quantizer(d.scheme or scheme), x, d.bits, d.grouping, d.clip or clip, d.dtypes, d.lam(rdo))
     del x
     ctx = CodeContext(d.bits, w.size, w.shape, d.grouping)
     # the context model's bound costs a pass of its own: measured where the ans codec stores the codes
@@ -136,7 +135,7 @@ class Reuse:
 
     def job(self, w: Weight, d: Decision, scheme: str, clip: str, codec: Codec, rdo: float) -> Callable[[], _Done]:
         key = (w.key, d.scheme or scheme, d.bits, d.axis, d.block, d.clip or clip, tuple(sorted((d.dtypes or {}).items())),
-               codec.id, rdo if d.rdo is None else d.rdo)
+               codec.id, d.lam(rdo))
 
         def run() -> _Done:
             if key in self.done:
@@ -201,7 +200,7 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
                                              sum(v.nbytes for v in q.params.values()), entropy_bits(q.hist),
                                              int((q.hist > 0).sum()), q.signal, q.noise, d.block, q.dtypes,
                                              done.context_entropy, d.why, d.clip or policy.clip,
-                                             policy.rdo if d.rdo is None else d.rdo))
+                                             d.lam(policy.rdo)))
             if progress:
                 progress(i + 1, len(chosen))
         skeleton = model.skeleton({e.key for e in entries})

@@ -44,6 +44,10 @@ class Decision:
     def grouping(self) -> Grouping:
         return Grouping(self.axis, self.block)
 
+    def lam(self, policy_rdo: float) -> float:
+        """The rate-aware rounding's lambda: the decision's own, else the policy's."""
+        return policy_rdo if self.rdo is None else self.rdo
+
 
 @dataclass(frozen=True)
 class Policy:

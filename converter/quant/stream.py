@@ -41,7 +41,8 @@ def check_finite(x: NDArray, name: str) -> None:
 def quantize_stream(q: type[Quantizer], x: NDArray[np.float32], bits: int, grouping: Grouping, clip: str,
                     dtypes: dict[str, str] | None = None, rdo: float = 0.0) -> Quantized:
     """Codes of x packed, with the figures the size report needs; the same codes as q.quantize()
-    unless `rdo` (lambda of rate-aware rounding, see converter.quant.rdo) is non-zero."""
+    unless `rdo` (lambda of rate-aware rounding, see converter.quant.rdo) is non-zero, or the scheme
+    searches its codes (dq: a chunk at a time, its state carried over)."""
     rdo_check(q, rdo)
     trellis = getattr(q, "trellis", False)
     if grouping.block and not q.spec().blocks:
