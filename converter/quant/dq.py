@@ -7,8 +7,7 @@ pays for the levels of its own quantizer: about the resolution of one more bit a
 coarser quantizer, when the codes are chosen together. A Viterbi search over the 4 states does that,
 minimizing squared error + lambda x rate over the whole tensor (rates: -log2 of the codes'
 frequencies, estimated by a first pass), so lambda, in squared scale units per bit, sets the
-trade between error and bits as `--rdo` does for scalar rounding (by default it follows the slope
-of the tensor's rate-distortion curve at its step; see Dependent.estimate). This is the dependent
+trade between error and bits as `--rdo` does for scalar rounding (DQ_LAMBDA unless given). This is the dependent
 quantization of the MPEG NNC and VVC standards.
 
 The search runs in C order through the tensor, a chunk at a time with the state carried over, so
@@ -26,6 +25,7 @@ from numpy.typing import NDArray
 from converter.measure import code_histogram
 from converter.quant.base import Params, Quantizer
 from converter.quant.rdo import rates
+from converter.quant.uniform import Symmetric
 from formats.qpk.bitstream import code_dtype
 from formats.qpk.schemes import dq_levels
 
@@ -80,18 +80,15 @@ def _kernel() -> Any:
                             back[i, nxt] = s
                             level[i, nxt] = k
                 cost[:] = new
-            s = 0
+            s = 0  # costs are indexed by the state after each code: the best is the state after the last
             for j in range(1, 4):
                 if cost[j] < cost[s]:
                     s = j
+            end = s if n else state
             out = np.empty(n, np.int64)
             for i in range(n - 1, -1, -1):
                 out[i] = level[i, s]
                 s = back[i, s]
-            # the state after the last code, for the next chunk
-            end = state
-            for i in range(n):
-                end = 2 * ((end & 1) ^ (out[i] & 1)) + (end >> 1)
             return out, end
 
         _KERNEL = trellis
@@ -105,9 +102,7 @@ class Dependent(Quantizer):
     name = "dq"
     trellis = True
 
-    @classmethod
-    def stats(cls, x, axes):
-        return (np.maximum(x.max(axis=axes, keepdims=True), -x.min(axis=axes, keepdims=True)).astype(np.float32),)
+    stats = Symmetric.stats  # the largest magnitude of each group, as sym
 
     @classmethod
     def params(cls, stats, bits):

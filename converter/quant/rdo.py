@@ -70,13 +70,12 @@ def encode(q: type[Quantizer], x: NDArray[np.float32], bits: int, params: Params
 
 
 def estimate(q: type[Quantizer], chunks: Callable[[], Iterable[tuple[NDArray[np.float32], Params]]], bits: int,
-             lam: float, iterations: int = RDO_ITERATIONS) -> NDArray[np.float32]:
-    """Rates after `iterations` rounds of choosing codes and re-estimating, a chunk at a time (one:
-    the rates of the nearest codes)."""
+             lam: float) -> NDArray[np.float32]:
+    """Rates after RDO_ITERATIONS rounds of choosing codes and re-estimating, a chunk at a time."""
     hist = np.zeros(1 << bits, dtype=np.int64)
     for xc, pc in chunks():
         hist += code_histogram(q.encode(xc, bits, pc), bits)
-    for _ in range(iterations - 1):
+    for _ in range(RDO_ITERATIONS - 1):
         rate = rates(hist)
         hist = np.zeros(1 << bits, dtype=np.int64)
         for xc, pc in chunks():
