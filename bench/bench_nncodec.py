@@ -75,6 +75,8 @@ for qp in map(int, sys.argv[2].split(",")):
     t = time.perf_counter()
     rec = nnc.decompress(bs)
     dec = time.perf_counter() - t
+    if len(sys.argv) > 4:  # a folder: each qp's decoded weights, for the runtime to check
+        np.savez(f"{sys.argv[4]}/qp{qp}.npz", **{k: np.asarray(rec[k], np.float32).reshape(data[k].shape) for k in names})
     noise = sum(float(np.square(data[k].astype(np.float64) - np.asarray(rec[k], np.float64).reshape(data[k].shape)).sum())
                 for k in names)
     print(json.dumps({"qp": qp, "bytes": len(bs), "bpw": len(bs) * 8 / count, "sqnr": 10 * np.log10(signal / noise),
@@ -82,21 +84,6 @@ for qp in map(int, sys.argv[2].split(",")):
 """
 
 
-# Runs inside NNCodec's venv: each qp's decoded weights saved for the runtime to check.
-DECODER = r"""
-import json, sys, time
-import numpy as np
-from nncodec import nnc
-data = dict(np.load(sys.argv[1]))
-names = sorted(data)
-for qp in map(int, sys.argv[2].split(",")):
-    t = time.perf_counter()
-    bs = nnc.compress({k: data[k].copy() for k in names}, qp=qp, return_bitstream=True, bitstream_path=sys.argv[3] + "/bs.nnc")
-    enc = time.perf_counter() - t
-    rec = nnc.decompress(bs)
-    np.savez(f"{sys.argv[3]}/qp{qp}.npz", **{k: np.asarray(rec[k], np.float32).reshape(data[k].shape) for k in names})
-    print(json.dumps({"qp": qp, "bytes": len(bs), "encode_s": enc}), flush=True)
-"""
 FIDELITY_QPS = tuple(range(-4, -64, -4))  # the coarse scan; then steps of 1 below the coarsest that meets
 MIN_COSINE, MAX_DROP = 0.99, 1.0
 
@@ -125,13 +112,20 @@ def weights_of(path: Path) -> dict[str, tuple[np.ndarray, int | None]]:
     return out
 
 
+def run_nncodec(nnc_python: str, tensors: dict[str, tuple[np.ndarray, int | None]], qps: list[int], tmp: Path,
+                decoded: bool = False) -> list[dict[str, Any]]:
+    """NNCodec at each qp on the tensors (named t0, t1, ... in order): one row of figures per qp;
+    `decoded`: each qp's decoded weights also saved as tmp/qp{qp}.npz."""
+    npz = tmp / "w.npz"
+    np.savez(npz, **{f"t{i}": a for i, (a, _) in enumerate(tensors.values())})
+    run = subprocess.run([nnc_python, "-c", WORKER, str(npz), ",".join(map(str, qps)), str(tmp / "bs.nnc"),
+                          *([str(tmp)] if decoded else [])], capture_output=True, text=True, check=True, cwd=tmp)
+    return [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+
+
 def nncodec_curve(nnc_python: str, tensors: dict[str, tuple[np.ndarray, int | None]]) -> list[Point]:
     with tempfile.TemporaryDirectory() as tmp:
-        npz = Path(tmp) / "w.npz"
-        np.savez(npz, **{f"t{i}": a for i, (a, _) in enumerate(tensors.values())})
-        run = subprocess.run([nnc_python, "-c", WORKER, str(npz), ",".join(map(str, QPS)), str(Path(tmp) / "bs.nnc")],
-                             capture_output=True, text=True, check=True, cwd=tmp)
-    rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+        rows = run_nncodec(nnc_python, tensors, list(QPS), Path(tmp))
     return [Point(f"qp {r['qp']}", r["sqnr"], r["bpw"], r["encode_s"]) for r in rows]
 
 
@@ -247,8 +241,8 @@ class Judge:
         self.parts = [] if self.accuracy else case.inputs.parts(4)
         ref = open_runner(case.path)
         self.ref = [run_all(ref, i) for i in [case.inputs, *self.parts]]
-        model = open_model(case.path)
-        self.model = model
+        self.model = open_model(case.path)
+        self.skeletons: dict[frozenset[str], bytes] = {}  # by the keys put back: the same set for every trial
 
     def score(self, outs: list[list[np.ndarray]]) -> float:
         """Accuracy points lost (accuracy) or the least output cosine over the inputs and their quarters."""
@@ -269,29 +263,24 @@ class Judge:
         from formats.registry import restore_model
 
         out = self.tmp / f"restored.{self.fmt}"
-        restore_model(self.fmt, self.model.skeleton(set(arrays)), {k: (lambda a=a: a) for k, a in arrays.items()}, out)
+        keys = frozenset(arrays)
+        if keys not in self.skeletons:
+            self.skeletons[keys] = self.model.skeleton(set(keys))
+        restore_model(self.fmt, self.skeletons[keys], {k: (lambda a=a: a) for k, a in arrays.items()}, out)
         runner = open_runner(out)
         return self.score([run_all(runner, i) for i in [self.case.inputs, *self.parts]])
 
 
-def nncodec_fidelity(nnc_python: str, case: Case, tensors: dict[str, tuple[np.ndarray, int | None]], judge: Judge,
+def nncodec_fidelity(nnc_python: str, tensors: dict[str, tuple[np.ndarray, int | None]], judge: Judge,
                      tmp: Path) -> tuple[float, int, float, float] | None:
     """(bpw, qp, encode s, score) at the coarsest qp meeting the goal, None if none of the scan does."""
     keys = list(tensors)
-    npz = tmp / "w.npz"
-    np.savez(npz, **{f"t{i}": a for i, (a, _) in enumerate(tensors.values())})
-    n = sum(a.size for a, _ in tensors.values())
     tried: dict[int, tuple[float, float, float]] = {}
 
     def run(qps: list[int]) -> None:
-        proc = subprocess.run([nnc_python, "-c", DECODER, str(npz), ",".join(map(str, qps)), str(tmp)], capture_output=True,
-                              text=True, check=True, cwd=tmp)
-        for line in proc.stdout.splitlines():
-            if line.startswith("{"):
-                r = json.loads(line)
-                rec = np.load(tmp / f"qp{r['qp']}.npz")
-                score = judge.with_weights({k: rec[f"t{i}"] for i, k in enumerate(keys)})
-                tried[r["qp"]] = (r["bytes"] * 8 / n, r["encode_s"], score)
+        for r in run_nncodec(nnc_python, tensors, qps, tmp, decoded=True):
+            rec = np.load(tmp / f"qp{r['qp']}.npz")
+            tried[r["qp"]] = (r["bpw"], r["encode_s"], judge.with_weights({k: rec[f"t{i}"] for i, k in enumerate(keys)}))
 
     for qp in FIDELITY_QPS:  # coarse to fine, until one meets the goal
         run([qp])
@@ -336,7 +325,7 @@ def fidelity(nnc_python: str, quick: bool) -> list[dict[str, Any]]:
             tensors = weights_of(case.path)
             judge = Judge(case, tmp)
             n = sum(a.size for a, _ in tensors.values())
-            nnc = nncodec_fidelity(nnc_python, case, tensors, judge, tmp)
+            nnc = nncodec_fidelity(nnc_python, tensors, judge, tmp)
             qp = qpack_fidelity(case, judge, tmp)
             judge.model.close()
             row: dict[str, Any] = {"model": case.label, "weights": n, "nncodec": nnc, "qpack": qp}
