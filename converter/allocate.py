@@ -43,7 +43,7 @@ from converter.quant.rdo import encode as rdo_encode
 from converter.quant.rdo import estimate as rdo_estimate
 from formats.errors import BudgetError, OptionError
 from formats.model import SourceModel, Weight
-from formats.qpk import Grouping, packed_size
+from formats.qpk import Grouping, ans, packed_size
 from formats.qpk.spec import expansion_limit
 
 SAMPLE_ELEMENTS = 1 << 16  # weights per tensor and setting the error is measured on
@@ -56,6 +56,7 @@ WIDE_RUN = 4  # codes per stored weight that a wide ans table typically takes (i
 # can meet at all, and the summed relative error underrates how they break a network
 MIN_WIDTH = 2
 CODED_MARGIN, CODED_OVERHEAD = 1.02, 64  # entropy-coded codes: within 2% of the entropy, plus a table
+ANS_FRAME = 8  # an ans stream's head and final state
 BLOCKS = (32, 128)
 MENU_RDO, MENU_RDO_BITS = 0.1, 6  # the rate-aware rounding ans menus offer, and the widest width they offer it at
 MENU_RDO_CLIPS = ("minmax", *WIDENED)
@@ -228,7 +229,9 @@ def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range
                 err, pbytes, entropy, span = _sample_error(q, v, bits, clip, dtypes, lam)
                 code_bytes = packed_size(w.size, bits)
                 if priced:  # plus the table: past a byte, a weight per run of codes over the span
-                    table = CODED_OVERHEAD + (span // WIDE_RUN if bits > MAX_BITS else 0)
+                    # a table of a weight per symbol, or a profile of a few knots where that is smaller
+                    table = CODED_OVERHEAD + span // WIDE_RUN if bits > MAX_BITS else \
+                        min(CODED_OVERHEAD, ans.profile_bytes(1 << bits, span, span // 2) + ANS_FRAME)
                     least = math.ceil(w.size * entropy / 8)
                     # a stream that would shrink past the format's expansion limit is stored packed
                     if code_bytes <= expansion_limit(least):

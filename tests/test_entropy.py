@@ -246,6 +246,55 @@ def _tables_end(stream: bytes) -> int:
     return pos
 
 
+def test_profile_tables_shrink_small_streams(monkeypatch: pytest.MonkeyPatch):
+    """A few hundred 7-bit codes, where a weight per symbol is a fifth of the stream: profile tables
+    (model bit 7) make it at least 10% smaller, and decode exactly; a large stream keeps its weights."""
+    rng = np.random.default_rng(11)
+    codes = laplace_codes(300, 7, 6.0, rng)
+    stream = round_trip(codes, 7)
+    assert stream[3] == ans.ANS_PROFILE | 0
+    monkeypatch.setattr(ans, "PROFILE_WORTH", np.inf)
+    plain = round_trip(codes, 7)
+    assert plain[3] == 0 and len(stream) < 0.9 * len(plain), (len(stream), len(plain))
+    monkeypatch.undo()
+    assert round_trip(laplace_codes(200_000, 7, 6.0, rng), 7)[3] == 0
+    wide = laplace_codes(2_000, 10, 3.0, rng)  # codes past a byte take 16-bit profile fields
+    monkeypatch.setattr(ans, "PROFILE_WORTH", 0.0)
+    assert round_trip(wide, 10)[3] == ans.ANS_PROFILE
+    ctx = round_trip(laplace_codes(3_000, 6, 3.0, rng), 6, CONTEXT)
+    assert ctx[3] == ans.ANS_PROFILE | 1
+
+
+def test_profile_weights_follow_the_specification():
+    """FORMAT.md's worked example: knots at distances 1, 2 (left) and 1, 2, 3, 4, 6, 7 (right)."""
+    knots = np.array([255, 247, 230, 250, 240, 226, 210, 181, 160], dtype=np.uint8)
+    w = ans.profile_weights(16, 1, 10, 2, knots)[0]
+    assert w.tolist() == [0, 230, 247, 255, 250, 240, 226, 210, 196, 181, 160, 0, 0, 0, 0, 0]
+    assert ans.profile_bytes(16, 10, 2) == 3 + knots.size
+    assert ans.knot_distances(7).tolist() == [0, 1, 2, 3, 4, 6, 7] and ans.knot_distances(0).tolist() == [0]
+
+
+def test_hostile_profile_tables():
+    codes = laplace_codes(300, 7, 6.0, np.random.default_rng(12))
+    good = ans.encode_codes(codes, 7)
+    assert good[3] == ans.ANS_PROFILE
+    first, span, peak = good[4], good[5] + 1, good[6]
+    knots = ans.knot_distances(peak).size + ans.knot_distances(span - 1 - peak).size - 1
+
+    def edit(pos: int, value: int) -> bytes:
+        b = bytearray(good)
+        b[pos] = value
+        return bytes(b)
+
+    cases = {"a knot of weight 0": edit(7 + knots // 2, 0), "peak past the span": edit(6, span),
+             "span past the alphabet": edit(5, 255 - first + 1), "cut in the knots": good[: 7 + knots - 1],
+             "cut in the head": good[:6], "unknown model bits": edit(3, ans.ANS_PROFILE | 2)}
+    for what, stream in cases.items():
+        with pytest.raises(FormatError):
+            _decode(stream, 7, codes.size)
+            pytest.fail(f"{what}: accepted")
+
+
 def test_hostile_count_is_bounded_by_the_caller():
     """The caller's count bounds work and memory, whatever the stream: a 15-byte stream of one
     symbol (which costs no bits, so fits any count) asked for 50M codes gives their packed size and

@@ -5,6 +5,8 @@ A stream carries its own model: one frequency table (order 0), or one per contex
 a code being how large the codes just before it are (trained weights come in runs of small and of
 large values: along a kernel row, an input channel). The encoder measures every model of a small
 family on the codes and keeps the cheapest, tables included; the decoder only follows the header.
+Tables hold a weight per symbol, or, where that would be a large part of a small stream, a profile:
+weights at a few knots around the peak, the rest interpolated.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from formats.qpk.spec import (
     ANS_MODEL_NEIGHBOURS,
     ANS_MODEL_ORDER0,
     ANS_PRECISION,
+    ANS_PROFILE,
     ANS_VERSION,
     BYTE_BITS,
 )
@@ -225,6 +228,124 @@ def wide_table(counts: NDArray[np.int64], precision: int = ANS_PRECISION) -> tup
     return best
 
 
+# --- profile tables ----------------------------------------------------------------------------
+# A weight per symbol costs a small stream much of its size (a 7-bit tensor of 300 weights spends
+# 60 bytes on its table): a profile table stores the peak symbol's weight and the weights at knots
+# whose distance from the peak grows by half octaves, each weight between two knots their linear
+# interpolation in integers, so every reader builds the same table.
+
+_PROFILE = struct.Struct("<BBB")  # first symbol, span - 1, peak (its offset in the span)
+_WIDE_PROFILE = struct.Struct("<HHH")  # the same for codes wider than a byte
+KNOTS = (1, 2, 3, *sorted(d for e in range(2, 17) for d in (1 << e, 3 << (e - 1))))  # 1, 2, 3, 4, 6, 8, 12, 16, ...
+PROFILE_DELTAS = np.array([-12, -6, -3, -1, 1, 3, 6, 12], dtype=np.int64)  # knot moves the encoder tries
+PROFILE_PASSES = 2
+PROFILE_WORTH = 0.003  # profiles are tried where weight-per-symbol tables are above this share of the stream
+
+
+def knot_distances(n: int) -> NDArray[np.int64]:
+    """Knot distances of a side n symbols long: 0 (the peak), the KNOTS below n, then n itself."""
+    return np.array([0, *(d for d in KNOTS if d < n), n] if n else [0], dtype=np.int64)
+
+
+def _profile_struct(k: int) -> struct.Struct:
+    return _PROFILE if k <= 1 << BYTE_BITS else _WIDE_PROFILE
+
+
+def profile_bytes(k: int, span: int, peak: int) -> int:
+    """Bytes of a profile table over `span` symbols peaking at offset `peak`, for 2^bits = k codes."""
+    return _profile_struct(k).size + knot_distances(peak).size + knot_distances(span - 1 - peak).size - 1
+
+
+def _side(values: NDArray[np.int64], dist: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Rows of weights at distances 1 .. dist[-1], interpolated between knots (dist[j], values[:, j])."""
+    t = np.arange(1, int(dist[-1]) + 1)
+    j = np.minimum(np.searchsorted(dist, t, side="right") - 1, dist.size - 2)
+    width, u = dist[j + 1] - dist[j], t - dist[j]
+    return (values[:, j] * (width - u) + values[:, j + 1] * u + width // 2) // width
+
+
+def profile_weights(k: int, first: int, span: int, peak: int, knots: NDArray) -> NDArray[np.uint8]:
+    """Rows of weights over k symbols from rows of knot bytes (peak, left knots, right knots)."""
+    knots = np.atleast_2d(knots).astype(np.int64)
+    left, right = knot_distances(peak), knot_distances(span - 1 - peak)
+    w = np.zeros((knots.shape[0], k), dtype=np.uint8)
+    centre = first + peak
+    w[:, centre] = knots[:, 0]
+    if peak:
+        w[:, centre - peak : centre] = _side(knots[:, : left.size], left)[:, ::-1]
+    if right.size > 1:
+        w[:, centre + 1 : first + span] = _side(knots[:, np.r_[0, left.size : left.size + right.size - 1]], right)
+    return w
+
+
+def _first_knots(side: NDArray[np.float64], top: float) -> list[int]:
+    """Starting knot bytes of one side (counts at distances 1..n): the log of the mean count over
+    the distances nearer each knot than its neighbours."""
+    dist = knot_distances(side.size)
+    cum = np.r_[0.0, np.cumsum(side)]
+    out = []
+    for j in range(1, dist.size):
+        lo = int(dist[j - 1] + dist[j]) // 2 + 1
+        hi = int(dist[j] + dist[j + 1]) // 2 if j + 1 < dist.size else int(dist[j])
+        mean = (cum[hi] - cum[lo - 1]) / (hi - lo + 1)
+        out.append(int(np.clip(255 + np.rint(16 * np.log2(mean / top)), 1, 255)) if mean > 0 else 1)
+    return out
+
+
+def fit_profile(counts: NDArray[np.int64], precision: int) -> tuple[int, int, int, NDArray[np.uint8], float]:
+    """(first, span, peak, knot bytes, coded bits) of a profile table for one row of counts: knots
+    from the mean counts near them, then moved a few steps at a time while the coded bits fall."""
+    nz = np.flatnonzero(counts)
+    first, last = int(nz[0]), int(nz[-1])
+    span = last - first + 1
+    c = counts[first : last + 1]
+    peak = int(np.argmax(c))
+    top = float(c[peak])
+    knots = np.array([255, *_first_knots(c[:peak][::-1].astype(np.float64), top),
+                      *_first_knots(c[peak + 1 :].astype(np.float64), top)], dtype=np.int64)
+
+    def costs(rows: NDArray[np.int64]) -> NDArray[np.float64]:
+        w = profile_weights(span, 0, span, peak, rows)
+        return coded_bits(c, frequencies(w, precision), precision)
+
+    best = float(costs(knots)[0])
+    for _ in range(PROFILE_PASSES):
+        moved = False
+        for i in range(knots.size):
+            trials = np.repeat(knots[None, :], PROFILE_DELTAS.size, axis=0)
+            trials[:, i] = np.clip(trials[:, i] + PROFILE_DELTAS, 1, 255)
+            bits = costs(trials)
+            j = int(np.argmin(bits))  # the first of the cheapest: the same choice everywhere
+            if bits[j] < best * (1 - 1e-12):
+                best, knots, moved = float(bits[j]), trials[j], True
+        if not moved:
+            break
+    return first, span, peak, knots.astype(np.uint8), best
+
+
+def _write_profile(out: bytearray, k: int, first: int, span: int, peak: int, knots: NDArray[np.uint8]) -> None:
+    out += _profile_struct(k).pack(first, span - 1, peak)
+    out += knots.tobytes()
+
+
+def _read_profile(data: memoryview, pos: int, k: int) -> tuple[NDArray[np.uint8], int]:
+    head = _profile_struct(k)
+    if pos + head.size > len(data):
+        raise FormatError("ans stream: truncated in its tables")
+    first, span, peak = head.unpack_from(data, pos)
+    span += 1
+    pos += head.size
+    if first + span > k or peak >= span:
+        raise FormatError(f"ans stream: profile [{first}, {first + span}) peaking at {peak} exceeds {k} symbols")
+    n = knot_distances(peak).size + knot_distances(span - 1 - peak).size - 1
+    if pos + n > len(data):
+        raise FormatError("ans stream: truncated in its tables")
+    knots = np.frombuffer(data, dtype=np.uint8, count=n, offset=pos)
+    if not knots.all():
+        raise FormatError("ans stream: a profile knot has weight 0")
+    return profile_weights(k, first, span, peak, knots)[0], pos + n
+
+
 def _write_table(out: bytearray, weights: NDArray[np.uint8], shift: int = 0) -> None:
     nz = np.flatnonzero(weights)
     first, last = int(nz[0]), int(nz[-1])
@@ -351,6 +472,30 @@ def choose_precision(counts: NDArray[np.int64], weights: NDArray[np.uint8]) -> i
     return next((p for p in PRECISIONS if coded(p) <= finest * (1 + PRECISION_SLACK)), ANS_PRECISION)
 
 
+def _profiled(counts: NDArray[np.int64], zero_code: int, plain_tables: int, plain: float) -> tuple[NDArray[np.uint8], int, bytearray] | None:
+    """(weights, precision, tables) with a profile table per context, where that makes the stream
+    smaller than `plain` bytes (`plain_tables` of weight-per-symbol tables, then the codes); None
+    where it does not, or where those tables are too small a share of the stream for a profile to pay."""
+    k = counts.shape[1]
+    if plain_tables <= PROFILE_WORTH * plain:
+        return None
+    rows, tables = [], bytearray()
+    try:
+        for row in counts:
+            if row.any():
+                first, span, peak, knots, _ = fit_profile(row, ANS_PRECISION)
+            else:  # a context no code falls in: its zero code alone
+                first, span, peak, knots = zero_code, 1, 0, np.array([255], dtype=np.uint8)
+            _write_profile(tables, k, first, span, peak, knots)
+            rows.append(profile_weights(k, first, span, peak, knots)[0])
+        weights = np.stack(rows)
+        precision = choose_precision(counts, weights)
+    except FormatError:  # a span of more symbols than a table has slots
+        return None
+    size = len(tables) + float(coded_bits(counts, frequencies(weights, precision), precision).sum()) / 8
+    return (weights, precision, tables) if size < plain else None
+
+
 def encode_codes(codes: NDArray[np.uint8], bits: int, model: Model | None = None) -> bytes | None:
     """The ans stream of `codes` (each < 2^bits), with the cheapest model unless one is given; None
     when no table can hold them (wide codes with more distinct values than a table has slots)."""
@@ -370,11 +515,18 @@ def encode_codes(codes: NDArray[np.uint8], bits: int, model: Model | None = None
         precision = choose_precision(counts, weights)
     except FormatError:  # more present codes than a table has slots
         return None
-    out = bytearray(_HEAD.pack(ANS_VERSION, bits, precision, ANS_MODEL_ORDER0 if model.contexts == 1 else ANS_MODEL_NEIGHBOURS))
+    tables = bytearray()
+    for c in range(model.contexts):
+        _write_table(tables, weights[c], shift)
+    plain = len(tables) + float(coded_bits(counts, frequencies(weights, precision), precision).sum()) / 8
+    profiled = _profiled(counts, model.zero_code, len(tables), plain)
+    if profiled is not None:
+        weights, precision, tables = profiled
+    kind = ANS_MODEL_ORDER0 if model.contexts == 1 else ANS_MODEL_NEIGHBOURS
+    out = bytearray(_HEAD.pack(ANS_VERSION, bits, precision, kind | (ANS_PROFILE if profiled is not None else 0)))
     if model.contexts > 1:
         out += _NEIGHBOURS.pack(model.window, model.contexts, model.offset, model.magnitude, model.center)
-    for c in range(model.contexts):
-        _write_table(out, weights[c], shift)
+    out += tables
     freq = frequencies(weights, precision).astype(np.uint32)
     cum = np.zeros_like(freq)
     np.cumsum(freq[:, :-1], axis=1, out=cum[:, 1:])
@@ -407,6 +559,8 @@ def _parse(stored: memoryview, bits: int) -> _Header:
         raise FormatError(f"ans stream: precision {precision} outside 1..{ANS_PRECISION}")
     pos = _HEAD.size
     k = 1 << bits
+    read_table = _read_profile if kind & ANS_PROFILE else _read_table
+    kind &= ~ANS_PROFILE
     if kind == ANS_MODEL_ORDER0:
         model = Model()
     elif kind == ANS_MODEL_NEIGHBOURS:
@@ -423,7 +577,7 @@ def _parse(stored: memoryview, bits: int) -> _Header:
         raise FormatError(f"ans stream: unknown model {kind}")
     weights = np.zeros((model.contexts, k), dtype=np.uint8)
     for c in range(model.contexts):
-        weights[c], pos = _read_table(data, pos, k)
+        weights[c], pos = read_table(data, pos, k)
     if len(data) < pos + _STATE.size or (len(data) - pos - _STATE.size) % 2:
         raise FormatError("ans stream: truncated state or an odd number of word bytes")
     (state,) = _STATE.unpack_from(data, pos)

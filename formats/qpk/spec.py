@@ -62,6 +62,7 @@ ANS_VERSION = 1
 ANS_PRECISION = 15  # tables sum to 2^15: one 16-bit word always renormalizes a 32-bit state
 ANS_MODEL_ORDER0 = 0  # one table
 ANS_MODEL_NEIGHBOURS = 1  # a table per context, chosen by the magnitudes of the codes before
+ANS_PROFILE = 0x80  # model flag: every table is a profile (a few knots), not a weight per symbol
 ANS_MAGNITUDE_CENTER = 0  # a code's magnitude is its distance from the stream's center code
 ANS_MAGNITUDE_SIGN = 1  # ... or its low n-1 bits (sign-magnitude codes, pow2)
 ANS_MAX_WINDOW = 8  # codes before the current one whose magnitudes are summed
