@@ -16,7 +16,7 @@ size asks for (the operating point of codecs that use one step size for the whol
 same equal slope (lam bisected until the summed error fits), checked on real conversions.
 
 With inputs (`--min-cosine`, `--max-accuracy-drop`), the goal is checked in the real runtime (a
-cosine goal on the inputs and on each quarter of them): the budget is bisected between the starting
+cosine goal on the inputs and on subsets of them, goal_subsets): the budget is bisected between the starting
 width and the most precise setting (8 bits; sym 12) for the smallest allocation that meets it; the
 tensors that hurt most, measured one at a time, are then weighted up and the search runs again. If
 the most precise setting everywhere cannot meet the goal, that is a BudgetError (exit 3), unless
@@ -65,6 +65,14 @@ MENU_DQ = 0.4  # the lambda dq menus search with (squared scale units per bit): 
 
 DEFAULT_OBJECTIVE = "layers"
 GOAL_PARTS = 4  # a cosine goal holds on the inputs and on each of this many runs of them
+# ... and, where a run has fewer samples than this, on the inputs without each run: one sample's
+# cosine says nothing of an output with one value per sample (a speech probability)
+MIN_PART = 4
+# the search keeps each cosine's error within this share of what the goal allows: the allocation it
+# settles on is the smallest of many that met the goal on these inputs, so it sits at their edge,
+# and another draw lands lower (palm_detection_lite: 0.99066 on its tune inputs, every subset within
+# 0.0006 of it, 0.98960 on another draw)
+COSINE_MARGIN = 0.8
 KEPT_REASON = "kept in float: the fidelity goal needs it (--allow-float)"
 AUTO_SCHEMES = ("asym", "sym")  # what a goal chooses each tensor's scheme from when none is given
 CODED_SCHEMES = ("dq",)  # and, with the ans codec, these too (a trellis search pays where codes are entropy-coded)
@@ -409,6 +417,14 @@ class Goal:
     objective: str | None = None  # a key of OBJECTIVES; None: see weighing
     schemes: tuple[str, ...] | None = None  # each tensor's scheme chosen among these; None: the policy's
     allow_float: bool = False  # a fidelity goal the most precise codes cannot meet may keep tensors in float
+    # the share of the error a cosine goal allows (1 - min_cosine) that its search may spend on the
+    # inputs it is tuned on; the rest is for other inputs (see COSINE_MARGIN)
+    cosine_share: float = 1.0
+
+    @property
+    def cosine_floor(self) -> float:
+        """The least cosine accepted on the inputs: min_cosine less the margin kept for other inputs."""
+        return 1 - self.cosine_share * (1 - (self.min_cosine if self.min_cosine is not None else -1.0))
 
     @property
     def fidelity(self) -> bool:
@@ -454,7 +470,7 @@ class Goal:
         if self.min_cosine is not None:
             cos = min(o["cosine"] for o in result["outputs"])
             parts = [min(o["cosine"] for o in p["outputs"]) for p in result.get("parts", [])]
-            ok &= min([cos, *parts]) >= self.min_cosine
+            ok &= min([cos, *parts]) >= self.cosine_floor
             words.append(f"min output cosine {cos:.5f}" + (f" (parts {', '.join(f'{h:.5f}' for h in parts)})" if parts else ""))
         if self.max_accuracy_drop is not None:
             c = result.get("classification") or {}
@@ -464,6 +480,15 @@ class Goal:
             ok &= drop <= self.max_accuracy_drop
             words.append(f"accuracy drop {drop:.2f} points")
         return ok, ", ".join(words)
+
+
+def goal_subsets(inputs: Any) -> list[Any]:
+    """The subsets of the inputs a cosine goal must hold on besides the whole: each of GOAL_PARTS
+    runs of them and, where those runs are short, the inputs without each run. An allocation found
+    on the edge of the goal for the whole falls below it on other inputs of the same kind; the
+    subsets say how far one draw of inputs is from another."""
+    parts = inputs.parts(GOAL_PARTS)
+    return parts + inputs.rests(GOAL_PARTS) if parts and min(p.count for p in parts) < MIN_PART else parts
 
 
 def bpw_budget(ms: list[Menu], bpw: float) -> float:
@@ -509,7 +534,16 @@ def for_fidelity(policy: Policy, goal: Goal, ms: list[Menu], evaluate_policy: Ca
     for m in ms:
         m.options = _hull(m.options)
     top_policy = plan(policy, ms, [m.options[-1] for m in ms], "largest")
-    ok, words = goal.met(evaluate_policy(top_policy))
+    top = evaluate_policy(top_policy)
+    if goal.min_cosine is not None:
+        goal = replace(goal, cosine_share=COSINE_MARGIN)
+        if not goal.met(top)[0] and replace(goal, cosine_share=1.0).met(top)[0]:
+            goal = replace(goal, cosine_share=1.0)
+            say("the most precise setting meets the cosine goal only without a margin for other inputs: searching without it")
+        else:
+            say(f"searching for cosines of at least {goal.cosine_floor:.5f} on these inputs "
+                "(a margin for other inputs)")
+    ok, words = goal.met(top)
     say(f"every tensor at its most precise setting: {words}")
     steps = 7
     if not ok and goal.allow_float:
@@ -821,9 +855,9 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
             raise OptionError("a fidelity goal needs inputs: --inputs, --images or --dataset")
         original = open_runner(model_path)
         reference = run_all(original, inputs)
-        # a cosine goal holds on each quarter of the inputs too (each input, for four or fewer): met on
-        # the whole alone, an allocation tuned to the edge falls below it on other inputs of the same kind
-        parts = [(h, run_all(original, h)) for h in inputs.parts(GOAL_PARTS)] if goal.min_cosine is not None else []
+        # a cosine goal holds on subsets of the inputs too (goal_subsets): met on the whole alone, an
+        # allocation tuned to the edge falls below it on other inputs of the same kind
+        parts = [(h, run_all(original, h)) for h in goal_subsets(inputs)] if goal.min_cosine is not None else []
         checks: list[str] = []
 
         def evaluate_policy(q: Policy) -> dict[str, Any]:

@@ -31,13 +31,24 @@ class Inputs:
 
     def parts(self, k: int) -> list[Inputs]:
         """The samples in k contiguous runs as even as can be (the same constants); none for fewer than two."""
+        return [self._take(np.arange(a, b), f"samples {a}..{b - 1}") for a, b in self._runs(k)]
+
+    def rests(self, k: int) -> list[Inputs]:
+        """The samples without each of the runs of parts(k)."""
+        n = self.count
+        return [self._take(np.r_[0:a, b:n], f"without samples {a}..{b - 1}") for a, b in self._runs(k)]
+
+    def _runs(self, k: int) -> list[tuple[int, int]]:
         n = self.count
         if not self.arrays or n < 2:
             return []
         k = min(k, n)
         cuts = [i * n // k for i in range(k + 1)]
-        return [Inputs({name: v[a:b] for name, v in self.arrays.items()}, None if self.labels is None else self.labels[a:b],
-                       f"{self.description} (samples {a}..{b - 1})", self.constants) for a, b in zip(cuts, cuts[1:])]
+        return list(zip(cuts, cuts[1:]))
+
+    def _take(self, rows: NDArray[np.int64], what: str) -> Inputs:
+        return Inputs({name: v[rows] for name, v in self.arrays.items()}, None if self.labels is None else self.labels[rows],
+                      f"{self.description} ({what})", self.constants)
 
 
 def _is_whole(a: NDArray, spec: InputSpec) -> bool:

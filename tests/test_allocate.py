@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from converter.allocate import Menu, Option, _front, _hull, choose, menus
+from converter.allocate import COSINE_MARGIN, Goal, Menu, Option, _front, _hull, choose, goal_subsets, menus
 from converter.cli import EXIT_BUDGET, app
+from converter.datasets import Inputs
 from converter.policy import Policy
 from converter.runtime import OnnxRunner, random_inputs
 from formats.errors import BudgetError
@@ -421,3 +422,25 @@ def test_entropy_coded_goals_use_the_steps_between_widths(sample: Path, tmp_path
     widths_only, rep = run("widths")
     assert all(t["rdo"] == 0 and not t["clip"].startswith("loose") and t["scheme"] != "dq" for t in rep["tensors"])
     assert full < 0.92 * widths_only, (full, widths_only)
+
+
+def test_cosine_goals_hold_on_subsets_and_keep_a_margin():
+    """Four inputs: each alone and the other three together (one input's cosine says nothing of an
+    output with one value per sample); twenty: each quarter only. The search accepts a cosine within
+    COSINE_MARGIN of the error the goal allows."""
+    def inputs(n: int) -> Inputs:
+        return Inputs({"x": np.arange(n * 3, dtype=np.float32).reshape(n, 3)}, np.arange(n), "test")
+
+    four = goal_subsets(inputs(4))
+    assert [p.count for p in four] == [1, 1, 1, 1, 3, 3, 3, 3]
+    assert four[5].arrays["x"][:, 0].tolist() == [0, 6, 9] and four[5].labels.tolist() == [0, 2, 3]  # without sample 1
+    assert [p.count for p in goal_subsets(inputs(20))] == [5, 5, 5, 5]
+    assert goal_subsets(inputs(1)) == []
+
+    def result(cos: float) -> dict:
+        return {"outputs": [{"cosine": cos}], "parts": [{"outputs": [{"cosine": 0.9999}]}]}
+
+    goal = Goal(min_cosine=0.99, cosine_share=COSINE_MARGIN)
+    assert goal.cosine_floor == pytest.approx(1 - COSINE_MARGIN * 0.01)
+    assert not goal.met(result(0.991))[0] and goal.met(result(0.9925))[0]
+    assert Goal(min_cosine=0.99).met(result(0.991))[0]

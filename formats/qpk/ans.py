@@ -473,7 +473,8 @@ def choose_precision(counts: NDArray[np.int64], weights: NDArray[np.uint8]) -> i
     return next((p for p in PRECISIONS if coded(p) <= finest * (1 + PRECISION_SLACK)), ANS_PRECISION)
 
 
-def _profiled(counts: NDArray[np.int64], zero_code: int, plain_tables: int, plain: float) -> tuple[NDArray[np.uint8], int, bytearray] | None:
+def _profiled(counts: NDArray[np.int64], zero_code: int, plain_tables: int,
+              plain: float) -> tuple[NDArray[np.uint8], int, bytearray] | None:
     """(weights, precision, tables) with a profile table per context, where that makes the stream
     smaller than `plain` bytes (`plain_tables` of weight-per-symbol tables, then the codes); None
     where it does not, or where those tables are too small a share of the stream for a profile to pay."""
