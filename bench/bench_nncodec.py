@@ -18,7 +18,8 @@ sym, dq, and each tensor's scheme chosen), against NNCodec's curve at the same D
 `--fidelity` adds the matched-output-fidelity comparison: the fewest bits per weight that keep the
 digits sample within 1 point of its float accuracy (its 540 test digits), and each fixture model's
 outputs at cosine >= 0.99 on random inputs drawn from its input specs (bench_fidelity's seed-0
-draw; like qpack's goal, on all the inputs and on each quarter of them). NNCodec: every qp from
+draw; on all the inputs and on the subsets qpack's goal checks: each quarter, and the inputs without
+each quarter where quarters are short; qpack's search also keeps a margin, the judge none). NNCodec: every qp from
 coarse to fine, its decoded weights put back into the model and run in the model's runtime; the
 coarsest qp that meets the goal (a scan in steps of 4, then of 1). qpack: `qpack convert
 --max-accuracy-drop 1` / `--min-cosine 0.99` with `--codec ans`, on the same inputs.
@@ -43,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from converter.allocate import goal_subsets  # noqa: E402
 from converter.cost import tensor_cost  # noqa: E402
 from converter.policy import Policy  # noqa: E402
 from formats.qpk import Grouping  # noqa: E402
@@ -238,14 +240,14 @@ class Judge:
 
         self.case, self.tmp, self.fmt = case, tmp, sniff(case.path)
         self.accuracy = case.qpack_goal[0] == "--max-accuracy-drop"
-        self.parts = [] if self.accuracy else case.inputs.parts(4)
+        self.parts = [] if self.accuracy else goal_subsets(case.inputs)
         ref = open_runner(case.path)
         self.ref = [run_all(ref, i) for i in [case.inputs, *self.parts]]
         self.model = open_model(case.path)
         self.skeletons: dict[frozenset[str], bytes] = {}  # by the keys put back: the same set for every trial
 
     def score(self, outs: list[list[np.ndarray]]) -> float:
-        """Accuracy points lost (accuracy) or the least output cosine over the inputs and their quarters."""
+        """Accuracy points lost (accuracy) or the least output cosine over the inputs and their subsets."""
         from converter.evaluate import output_fidelity
 
         if self.accuracy:
