@@ -99,7 +99,7 @@ class Option:
     def decision(self, why: str) -> Decision:
         if self.keep:
             return Decision(False, reason=KEPT_REASON, why=why)
-        dtypes = {"scale": "<f2"} if self.block is not None else None
+        dtypes = {"scale": "<f2"} if self.axis is not None else None
         return Decision(True, bits=self.bits, axis=self.axis, block=self.block, dtypes=dtypes, scheme=self.scheme, clip=self.clip,
                         rdo=self.rdo, why=why)
 
@@ -217,7 +217,9 @@ def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range
         if trellis and block is not None:  # its search runs in the tensor's order, which blocks are not
             continue
         v = _View(x, Grouping(axis, block))
-        dtypes = {"scale": "<f2"} if block is not None else None
+        # a scale per channel or block is stored as float16: the codes are chosen against the rounded
+        # scale, so the error hardly moves, and small channels (a 3x3 depthwise kernel) pay half
+        dtypes = {"scale": "<f2"} if axis is not None else None
         for bits in widths:
             if not q.spec().min_bits <= bits <= q.spec().max_bits or (bits > MAX_BITS and block is not None):
                 continue
