@@ -76,6 +76,26 @@ def test_menus_price_options_exactly(sample: Path, tmp_path: Path):
     assert stored == {m.weight.key: o.nbytes for m, o in zip(ms, chosen)}
 
 
+def test_goals_store_scales_per_channel_as_float16(sample: Path, tmp_path: Path):
+    """Per channel, as per block, a goal's scales are float16 (half their bytes): the container says
+    so, and the error stays what the float32 scales give, the codes being chosen against the rounded scale."""
+    from converter.allocate import plan
+    from converter.convert import convert
+
+    with OnnxModel(sample) as model:
+        ms = menus(model, Policy("sym", 4))
+        chosen = [Option(4, m.weight.axis, None, "minmax", 0, 0.0, "sym") for m in ms]
+        assert all(o.axis is not None for o in chosen)
+        result = convert(model, plan(Policy("sym", 4), ms, chosen, "test"), tmp_path / "h.qpk")
+        full = convert(model, Policy("sym", 4, per_channel=True), tmp_path / "f.qpk")
+    with QpkReader(tmp_path / "h.qpk") as q:
+        assert all((e.param_dtypes or {}).get("scale") == "<f2" for e in q.entries)
+    half = {t.key: t for t in result.tensors}
+    for t in full.tensors:
+        assert half[t.key].param_bytes * 2 == t.param_bytes
+        assert half[t.key].noise == pytest.approx(t.noise, rel=0.02)
+
+
 @pytest.mark.parametrize("bpw", [2.5, 3.0, 4.5])
 def test_target_bpw_from_below(sample: Path, tmp_path: Path, bpw: float):
     js = tmp_path / "r.json"
