@@ -16,7 +16,8 @@ size asks for (the operating point of codecs that use one step size for the whol
 same equal slope (lam bisected until the summed error fits), checked on real conversions.
 
 With inputs (`--min-cosine`, `--max-accuracy-drop`), the goal is checked in the real runtime (a
-cosine goal on the inputs and on subsets of them, goal_subsets): the budget is bisected between the starting
+cosine goal on the inputs and on subsets of them, goal_subsets, keeping a margin for other inputs,
+COSINE_MARGIN): the budget is bisected between the starting
 width and the most precise setting (8 bits; sym 12) for the smallest allocation that meets it; the
 tensors that hurt most, measured one at a time, are then weighted up and the search runs again. If
 the most precise setting everywhere cannot meet the goal, that is a BudgetError (exit 3), unless
@@ -38,7 +39,7 @@ from numpy.typing import NDArray
 from converter.measure import code_histogram, entropy_bits
 from converter.policy import Decision, Policy
 from converter.quant import get_quantizer
-from converter.quant.base import WIDENED, sample_rows
+from converter.quant.base import WIDENED, Quantizer, sample_rows
 from converter.quant.rdo import encode as rdo_encode
 from converter.quant.rdo import estimate as rdo_estimate
 from formats.errors import BudgetError, OptionError
@@ -95,11 +96,12 @@ class Option:
     scheme: str = "asym"
     keep: bool = False  # the tensor stays in float as the source stores it (fidelity goals, --allow-float)
     rdo: float = 0.0  # lambda of rate-aware rounding (entropy-coded options)
+    half: bool = False  # scales stored as float16 (per channel or block; see menu)
 
     def decision(self, why: str) -> Decision:
         if self.keep:
             return Decision(False, reason=KEPT_REASON, why=why)
-        dtypes = {"scale": "<f2"} if self.axis is not None else None
+        dtypes = {"scale": "<f2"} if self.half else None
         return Decision(True, bits=self.bits, axis=self.axis, block=self.block, dtypes=dtypes, scheme=self.scheme, clip=self.clip,
                         rdo=self.rdo, why=why)
 
@@ -199,8 +201,35 @@ def _sample_error(q: Any, v: _View, bits: int, clip: str, dtypes: dict[str, str]
     return err, param_bytes, entropy_bits(hist), int(present[-1] - present[0] + 1) if present.size else 1
 
 
+F16_TINY = float(np.finfo(np.float16).tiny)  # the smallest normal float16
+
+
+F16_MAX = float(np.finfo(np.float16).max)
+WIDEST_CLIP = max(WIDENED.values())  # the most a clip widens a range by (loose3)
+
+
+def _group_tops(x: NDArray[np.float32], g: Grouping) -> tuple[float, float]:
+    """The least and the greatest of the groups' largest magnitudes, all-zero groups aside (a
+    group's scale is about its largest magnitude over half its levels); (0, 0) if every group is zero."""
+    xv, axes = g.blocked(x)
+    top = np.abs(xv).max(axis=axes)
+    top = top[top > 0]
+    return (float(top.min()), float(top.max())) if top.size else (0.0, 0.0)
+
+
+def _half_fits(tops: tuple[float, float], levels: int, bits: int) -> bool:
+    """Whether every scale of a setting is a normal float16 whatever its clip: a scale is at least a
+    group's largest magnitude over levels - 1 (asym; sym and dq twice that), times the least factor
+    clip mse may shrink it by where it is used, and at most twice it over levels - 1, widened by up
+    to 2^(3/4) (loose3)."""
+    least, most = tops
+    shrink = min(Quantizer.shrinks) if bits <= LOW_BITS_CLIP else 1.0
+    steps = max(levels - 1, 1)
+    return least * shrink / steps >= F16_TINY and most * 2 * WIDEST_CLIP / steps <= F16_MAX
+
+
 def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range(MIN_WIDTH, MAX_BITS + 1),
-         coded: str | None = None) -> Menu:
+         coded: str | None = None, half: bool = True) -> Menu:
     """The options of one weight under `scheme`, pruned to their Pareto front.
 
     `coded`: the codec that will store the codes ("ans", "zstd"), where an option's code bytes are
@@ -217,12 +246,15 @@ def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range
         if trellis and block is not None:  # its search runs in the tensor's order, which blocks are not
             continue
         v = _View(x, Grouping(axis, block))
-        # a scale per channel or block is stored as float16: the codes are chosen against the rounded
-        # scale, so the error hardly moves, and small channels (a 3x3 depthwise kernel) pay half
-        dtypes = {"scale": "<f2"} if axis is not None else None
+        # a scale per channel or block is stored as float16 (unless `half` is off): the codes are chosen
+        # against the rounded scale, so the error hardly moves, and small channels (a 3x3 depthwise
+        # kernel) pay half; not where a scale could fall below float16's normal range and lose digits
+        tops = _group_tops(x, Grouping(axis, block)) if half and axis is not None else None
         for bits in widths:
             if not q.spec().min_bits <= bits <= q.spec().max_bits or (bits > MAX_BITS and block is not None):
                 continue
+            half_here = tops is not None and _half_fits(tops, q.levels(bits), bits)
+            dtypes = {"scale": "<f2"} if half_here else None
             # entropy-coded, a full range can cost fewer bytes than a clipped one: its codes crowd the middle
             priced = coded == "ans" or (coded is not None and 8 % bits == 0)
             clips = ("mse", "minmax") if priced and bits <= LOW_BITS_CLIP else ("mse",) if bits <= LOW_BITS_CLIP else ("minmax",)
@@ -246,7 +278,7 @@ def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range
                     # a stream that would shrink past the format's expansion limit is stored packed
                     if code_bytes <= expansion_limit(least):
                         code_bytes = min(code_bytes, math.ceil(least * CODED_MARGIN) + table)
-                opts.append(Option(bits, axis, block, clip, code_bytes + pbytes, err, scheme, rdo=lam))
+                opts.append(Option(bits, axis, block, clip, code_bytes + pbytes, err, scheme, rdo=lam, half=half_here))
     return Menu(w, signal, _front(opts))
 
 
@@ -381,7 +413,7 @@ def menus(model: SourceModel, policy: Policy, progress: Callable[[int, int], Non
         for scheme in names:
             spec = get_quantizer(scheme).spec()
             top = WIDE_BITS if spec.max_bits >= WIDE_BITS else MAX_BITS
-            got.append(menu(w, scheme, True, range(max(spec.min_bits, MIN_WIDTH), top + 1), coded))
+            got.append(menu(w, scheme, True, range(max(spec.min_bits, MIN_WIDTH), top + 1), coded, policy.param_dtype != "fp32"))
         return got[0] if len(got) == 1 else merged(got)
 
     out = []
@@ -426,7 +458,9 @@ class Goal:
     @property
     def cosine_floor(self) -> float:
         """The least cosine accepted on the inputs: min_cosine less the margin kept for other inputs."""
-        return 1 - self.cosine_share * (1 - (self.min_cosine if self.min_cosine is not None else -1.0))
+        if self.min_cosine is None:
+            return -1.0  # every cosine
+        return self.min_cosine + (1 - self.cosine_share) * (1 - self.min_cosine)
 
     @property
     def fidelity(self) -> bool:
@@ -490,7 +524,8 @@ def goal_subsets(inputs: Any) -> list[Any]:
     on the edge of the goal for the whole falls below it on other inputs of the same kind; the
     subsets say how far one draw of inputs is from another."""
     parts = inputs.parts(GOAL_PARTS)
-    return parts + inputs.rests(GOAL_PARTS) if parts and min(p.count for p in parts) < MIN_PART else parts
+    short = inputs.count > 2 and parts and min(p.count for p in parts) < MIN_PART  # of two, each rest is the other part
+    return parts + inputs.rests(GOAL_PARTS) if short else parts
 
 
 def bpw_budget(ms: list[Menu], bpw: float) -> float:
@@ -527,7 +562,8 @@ def for_fidelity(policy: Policy, goal: Goal, ms: list[Menu], evaluate_policy: Ca
     """The smallest allocation (bisected over the byte budget, from the starting width to the most
     precise setting) that meets a fidelity goal in the runtime; tensors that hurt most are weighted
     up and the search rerun when the goal is met only near the top; then the pooled search
-    (_pooled_search) may find a smaller one."""
+    (_pooled_search) may find a smaller one. A cosine goal is searched with COSINE_MARGIN, or
+    without it where the most precise setting meets the goal only so."""
     say = log or (lambda s: None)
     # the budget is bisected over each menu's convex hull: between neighbouring budgets tensors move
     # by whole hull steps, each worth its bytes, and what is found keeps a margin on other inputs
@@ -539,12 +575,11 @@ def for_fidelity(policy: Policy, goal: Goal, ms: list[Menu], evaluate_policy: Ca
     top = evaluate_policy(top_policy)
     if goal.min_cosine is not None:
         goal = replace(goal, cosine_share=COSINE_MARGIN)
-        if not goal.met(top)[0] and replace(goal, cosine_share=1.0).met(top)[0]:
+        if goal.met(top)[0]:
+            say(f"searching for cosines of at least {goal.cosine_floor:.5f} on these inputs (a margin for other inputs)")
+        elif replace(goal, cosine_share=1.0).met(top)[0]:
             goal = replace(goal, cosine_share=1.0)
             say("the most precise setting meets the cosine goal only without a margin for other inputs: searching without it")
-        else:
-            say(f"searching for cosines of at least {goal.cosine_floor:.5f} on these inputs "
-                "(a margin for other inputs)")
     ok, words = goal.met(top)
     say(f"every tensor at its most precise setting: {words}")
     steps = 7

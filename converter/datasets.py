@@ -31,7 +31,7 @@ class Inputs:
 
     def parts(self, k: int) -> list[Inputs]:
         """The samples in k contiguous runs as even as can be (the same constants); none for fewer than two."""
-        return [self._take(np.arange(a, b), f"samples {a}..{b - 1}") for a, b in self._runs(k)]
+        return [self._take(slice(a, b), f"samples {a}..{b - 1}") for a, b in self._runs(k)]
 
     def rests(self, k: int) -> list[Inputs]:
         """The samples without each of the runs of parts(k)."""
@@ -46,7 +46,7 @@ class Inputs:
         cuts = [i * n // k for i in range(k + 1)]
         return list(zip(cuts, cuts[1:]))
 
-    def _take(self, rows: NDArray[np.int64], what: str) -> Inputs:
+    def _take(self, rows: slice | NDArray[np.int64], what: str) -> Inputs:
         return Inputs({name: v[rows] for name, v in self.arrays.items()}, None if self.labels is None else self.labels[rows],
                       f"{self.description} ({what})", self.constants)
 

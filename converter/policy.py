@@ -61,7 +61,7 @@ class Policy:
     bits_for: tuple[tuple[str, int], ...] = ()
     clip: str = "minmax"  # or "mse": per-group range shrunk to the least squared error
     group_size: int | None = None  # blocks of this many weights along each tensor's reduction axis
-    param_dtype: str = "auto"  # float parameters as fp16 or fp32; auto: fp16 for blocks, fp32 otherwise
+    param_dtype: str = "auto"  # float parameters as fp16 or fp32; auto: fp16 for blocks (and per channel in goals), fp32 otherwise
     rdo: float = 0.0  # lambda of rate-aware rounding (squared steps per bit); 0: round to nearest
     plan: tuple[tuple[str, Decision], ...] = ()  # per-tensor settings an allocation chose, by key
 

@@ -316,7 +316,7 @@ def fit_profile(counts: NDArray[np.int64], precision: int) -> tuple[int, int, in
             trials = np.repeat(knots[None, :], PROFILE_DELTAS.size, axis=0)
             trials[:, i] = np.clip(trials[:, i] + PROFILE_DELTAS, 1, 255)
             bits = costs(trials)
-            j = int(np.argmin(bits))  # the first of the cheapest: the same choice everywhere
+            j = int(np.argmin(bits))  # the first of the cheapest
             if bits[j] < best * (1 - 1e-12):
                 best, knots, moved = float(bits[j]), trials[j], True
         if not moved:
@@ -562,10 +562,10 @@ def _parse(stored: memoryview, bits: int) -> _Header:
     pos = _HEAD.size
     k = 1 << bits
     read_table = _read_profile if kind & ANS_PROFILE else _read_table
-    kind &= ~ANS_PROFILE
-    if kind == ANS_MODEL_ORDER0:
+    model_kind = kind & ~ANS_PROFILE
+    if model_kind == ANS_MODEL_ORDER0:
         model = Model()
-    elif kind == ANS_MODEL_NEIGHBOURS:
+    elif model_kind == ANS_MODEL_NEIGHBOURS:
         if len(data) < pos + _NEIGHBOURS.size:
             raise FormatError("ans stream: truncated model")
         window, contexts, offset, magnitude, center = _NEIGHBOURS.unpack_from(data, pos)
