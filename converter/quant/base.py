@@ -87,8 +87,7 @@ class Quantizer:
     @classmethod
     def storage(cls, params: Params, wanted: dict[str, str] | None) -> dict[str, str]:
         """The dtypes the parameters will be stored in: `wanted` where each value survives it
-        (finite, and a normal number where it was non-zero: a subnormal float16 scale keeps only a
-        few digits), else the scheme's default."""
+        (finite, and non-zero where it was non-zero), else the scheme's default."""
         spec = cls.spec()
         out = dict(spec.dtypes)
         for p in spec.params:
@@ -98,7 +97,7 @@ class Quantizer:
             v = np.asarray(params[p.name])
             with np.errstate(over="ignore"):
                 r = v.astype(want)
-            if np.isfinite(r).all() and not ((np.abs(r) < np.finfo(r.dtype).tiny) & (v != 0)).any():
+            if np.isfinite(r).all() and not ((r == 0) & (v != 0)).any():
                 out[p.name] = want
         return out
 
