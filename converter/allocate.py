@@ -202,8 +202,6 @@ def _sample_error(q: Any, v: _View, bits: int, clip: str, dtypes: dict[str, str]
 
 
 F16_TINY = float(np.finfo(np.float16).tiny)  # the smallest normal float16
-
-
 F16_MAX = float(np.finfo(np.float16).max)
 WIDEST_CLIP = max(WIDENED.values())  # the most a clip widens a range by (loose3)
 
@@ -457,7 +455,7 @@ class Goal:
 
     @property
     def cosine_floor(self) -> float:
-        """The least cosine accepted on the inputs: min_cosine less the margin kept for other inputs."""
+        """The least cosine accepted on the inputs: min_cosine raised by the margin kept for other inputs."""
         if self.min_cosine is None:
             return -1.0  # every cosine
         return self.min_cosine + (1 - self.cosine_share) * (1 - self.min_cosine)
@@ -524,7 +522,7 @@ def goal_subsets(inputs: Any) -> list[Any]:
     on the edge of the goal for the whole falls below it on other inputs of the same kind; the
     subsets say how far one draw of inputs is from another."""
     parts = inputs.parts(GOAL_PARTS)
-    short = inputs.count > 2 and parts and min(p.count for p in parts) < MIN_PART  # of two, each rest is the other part
+    short = inputs.count > 2 and bool(parts) and min(p.count for p in parts) < MIN_PART  # of two, each rest is the other part
     return parts + inputs.rests(GOAL_PARTS) if short else parts
 
 
