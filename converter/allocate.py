@@ -74,6 +74,9 @@ MIN_PART = 4
 # and another draw lands lower (palm_detection_lite: 0.99066 on its tune inputs, every subset within
 # 0.0006 of it, 0.98960 on another draw)
 COSINE_MARGIN = 0.8
+# fewer inputs than this are a thin stand-in for others (four 32-ms audio chunks: Silero kept 0.998
+# on them and 0.979 on four others; 0.999 on both draws of 16), and the search says so
+FEW_INPUTS = 16
 KEPT_REASON = "kept in float: the fidelity goal needs it (--allow-float)"
 AUTO_SCHEMES = ("asym", "sym")  # what a goal chooses each tensor's scheme from when none is given
 CODED_SCHEMES = ("dq",)  # and, with the ans codec, these too (a trellis search pays where codes are entropy-coded)
@@ -904,6 +907,9 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
             if log:
                 log(line)
 
+        if goal.min_cosine is not None and inputs.count < FEW_INPUTS:
+            note(f"only {inputs.count} inputs: the cosine goal holds on them and their subsets, and another draw may land "
+                 f"lower; {FEW_INPUTS} or more stand for other inputs better")
         p, chosen, words = for_fidelity(policy, goal, ms, evaluate_policy, note)
         summary.update(goal=" and ".join(f"{k} {v}" for k, v in (("--min-cosine", goal.min_cosine),
                                                                    ("--max-accuracy-drop", goal.max_accuracy_drop)) if v is not None),

@@ -237,10 +237,12 @@ def test_min_cosine_met_on_other_inputs_of_the_same_kind(ocr_cls: Path, tmp_path
     for seed, name in ((0, "tune.npz"), (1, "check.npz")):
         feeds = random_inputs(specs, seed=seed, dynamic=4)
         np.savez(tmp_path / name, **{k: np.abs(v) for k, v in feeds.items()})
-    out = tmp_path / "c.qpk"
+    out, rep = tmp_path / "c.qpk", tmp_path / "c.json"
     r = _run("convert", ocr_cls, "--min-cosine", 0.99, "--inputs", tmp_path / "tune.npz", "--bits", 4, "--scheme", "sym",
-             "-o", out, "--compress", "none", "-q")
+             "-o", out, "--compress", "none", "-q", "--json", rep)
     assert r.exit_code == 0, r.output
+    checks = json.loads(rep.read_text())["allocation"]["checks"]
+    assert checks[0].startswith("only 4 inputs") and "cosines of at least 0.99200" in checks[1]
     js = tmp_path / "e.json"
     assert _run("eval", ocr_cls, "--qpk", out, "--inputs", tmp_path / "check.npz", "--json", js, "-q").exit_code == 0
     assert min(o["cosine"] for o in json.loads(js.read_text())["outputs"]) >= 0.99
