@@ -57,7 +57,6 @@ WIDE_RUN = 4  # codes per stored weight that a wide ans table typically takes (i
 # can meet at all, and the summed relative error underrates how they break a network
 MIN_WIDTH = 2
 CODED_MARGIN, CODED_OVERHEAD = 1.02, 64  # entropy-coded codes: within 2% of the entropy, plus a table
-ANS_FRAME = 8  # an ans stream's head and final state
 BLOCKS = (32, 128)
 MENU_RDO, MENU_RDO_BITS = 0.1, 6  # the rate-aware rounding ans menus offer, and the widest width they offer it at
 MENU_RDO_CLIPS = ("minmax", *WIDENED)
@@ -274,7 +273,7 @@ def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range
                 if priced:  # plus the table: past a byte, a weight per run of codes over the span
                     # a table of a weight per symbol, or a profile of a few knots where that is smaller
                     table = CODED_OVERHEAD + span // WIDE_RUN if bits > MAX_BITS else \
-                        min(CODED_OVERHEAD, ans.profile_bytes(1 << bits, span, span // 2) + ANS_FRAME)
+                        min(CODED_OVERHEAD, ans.profile_bytes(1 << bits, span, span // 2) + ans.FRAME_BYTES)
                     least = math.ceil(w.size * entropy / 8)
                     # a stream that would shrink past the format's expansion limit is stored packed
                     if code_bytes <= expansion_limit(least):

@@ -42,6 +42,7 @@ _NEIGHBOURS = struct.Struct("<BBBBB")  # window, contexts, offset, magnitude, ce
 _TABLE = struct.Struct("<BB")  # first symbol, span - 1
 _WIDE_TABLE = struct.Struct("<HHB")  # codes wider than a byte: first symbol, span - 1, run shift
 _STATE = struct.Struct("<I")
+FRAME_BYTES = _HEAD.size + _STATE.size  # what every stream adds to its tables and words
 _CHUNK = 1 << 20  # codes decoded per kernel call (a multiple of 8, so packed chunks concatenate)
 
 # value(w) = MANTISSA[(w - 1) % 16] << ((w - 1) // 16): 16 steps per octave, 16 octaves
@@ -254,7 +255,12 @@ def _profile_struct(k: int) -> struct.Struct:
 
 def profile_bytes(k: int, span: int, peak: int) -> int:
     """Bytes of a profile table over `span` symbols peaking at offset `peak`, for 2^bits = k codes."""
-    return _profile_struct(k).size + knot_distances(peak).size + knot_distances(span - 1 - peak).size - 1
+    return _profile_struct(k).size + _knot_bytes(span, peak)
+
+
+def _knot_bytes(span: int, peak: int) -> int:
+    """Knot bytes of a profile: the peak's, then each side's knots past the peak."""
+    return knot_distances(peak).size + knot_distances(span - 1 - peak).size - 1
 
 
 def _side(values: NDArray[np.int64], dist: NDArray[np.int64]) -> NDArray[np.int64]:
@@ -338,7 +344,7 @@ def _read_profile(data: memoryview, pos: int, k: int) -> tuple[NDArray[np.uint8]
     pos += head.size
     if first + span > k or peak >= span:
         raise FormatError(f"ans stream: profile [{first}, {first + span}) peaking at {peak} exceeds {k} symbols")
-    n = knot_distances(peak).size + knot_distances(span - 1 - peak).size - 1
+    n = _knot_bytes(span, peak)
     if pos + n > len(data):
         raise FormatError("ans stream: truncated in its tables")
     knots = np.frombuffer(data, dtype=np.uint8, count=n, offset=pos)
@@ -388,7 +394,7 @@ class Choice:
     @property
     def bytes(self) -> float:
         """Stream size to within the final state's rounding."""
-        return _HEAD.size + (_NEIGHBOURS.size if self.model.contexts > 1 else 0) + self.table_bytes + self.data_bits / 8 + _STATE.size
+        return FRAME_BYTES + (_NEIGHBOURS.size if self.model.contexts > 1 else 0) + self.table_bytes + self.data_bits / 8
 
 
 def _ranges(joint: NDArray[np.int64], precision: int) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
