@@ -841,6 +841,7 @@ class Allocation:
     policy: Policy
     summary: dict[str, Any]
     trial: Any = None
+    reuse: Any = None  # the trials' converter.convert.Reuse: what they quantized, for the final conversion
 
 
 def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: Any, model_path: Any = None,
@@ -865,9 +866,12 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
 
     last: list[Any] = [None, None]  # the policy last converted, and its result
     reuse = Reuse()  # trials differ in a few tensors: the others are carried over
+    # a fidelity goal's trials are judged by their decoded weights and priced by the menus: their codes
+    # need not be entropy-coded (the final conversion codes them once); size goals price real streams
+    trial_codec = RAW if goal.fidelity else codec
 
     def convert_to(p: Policy) -> Any:
-        last[:] = [p, convert(src, p, trial, codec=codec, reuse=reuse)]
+        last[:] = [p, convert(src, p, trial, codec=trial_codec, reuse=reuse)]
         return last[1]
 
     objective = goal.weighing
@@ -916,4 +920,4 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
     summary["bits_per_weight_planned"] = round(8 * sum(o.nbytes for o in chosen) / weights_of(ms), 4)
     if any(o.keep for o in chosen):
         summary["kept_in_float"] = [m.weight.name for m, o in zip(ms, chosen) if o.keep]
-    return Allocation(p, summary, last[1] if last[0] is p else None)
+    return Allocation(p, summary, last[1] if last[0] is p and trial_codec is codec else None, reuse)

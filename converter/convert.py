@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from converter import __version__
-from converter.measure import context_entropy_bits, entropy_bits
+from converter.measure import context_choice, entropy_bits
 from converter.policy import Decision, Policy
 from converter.quant import get_quantizer
 from converter.quant.stream import Quantized, check_finite, quantize_stream
@@ -105,19 +105,26 @@ class _Done:
     codes: tuple[int, memoryview, int]
     params: dict[str, tuple[int, memoryview, int]]
     context_entropy: float | None
+    codec: int  # the id of the codec `codes` went through
+
+
+def _quantize(w: Weight, d: Decision, scheme: str, clip: str, rdo: float = 0.0) -> Quantized:
+    x = np.asarray(w.array, dtype=np.float32)
+    check_finite(x, w.name)
+    return quantize_stream(get_quantizer(d.scheme or scheme), x, d.bits, d.grouping, d.clip or clip, d.dtypes, d.lam(rdo))
+
+
+def _code(q: Quantized, w: Weight, d: Decision, codec: Codec) -> _Done:
+    # the context model's bound is measured where the ans codec stores the codes, in the pass that
+    # chooses the codec's model (qpack report measures it always)
+    h_ctx, model = context_choice(unpack(q.packed, d.bits, w.size), d.bits) if codec.name == "ans" else (None, None)
+    ctx = CodeContext(d.bits, w.size, w.shape, d.grouping, model)
+    return _Done(q, encode(q.packed, BlobKind.CODES, codec, ctx=ctx), {k: encode(v, BlobKind.PARAM) for k, v in q.params.items()},
+                 h_ctx, codec.id)
 
 
 def _work(w: Weight, d: Decision, scheme: str, clip: str, codec: Codec, rdo: float = 0.0) -> _Done:
-    x = np.asarray(w.array, dtype=np.float32)
-    check_finite(x, w.name)
-    q = quantize_stream(get_quantizer(d.scheme or scheme), x, d.bits, d.grouping, d.clip or clip, d.dtypes, d.lam(rdo))
-    del x
-    ctx = CodeContext(d.bits, w.size, w.shape, d.grouping)
-    # the context model's bound costs a pass of its own: measured where the ans codec stores the codes
-    # (qpack report measures it always)
-    h_ctx = context_entropy_bits(unpack(q.packed, d.bits, w.size), d.bits) if codec.name == "ans" else None
-    return _Done(q, encode(q.packed, BlobKind.CODES, codec, ctx=ctx), {k: encode(v, BlobKind.PARAM) for k, v in q.params.items()},
-                 h_ctx)
+    return _code(_quantize(w, d, scheme, clip, rdo), w, d, codec)
 
 
 REUSE_BYTES = 256 << 20  # codes an allocator's trials keep for the next trial
@@ -125,8 +132,9 @@ REUSE_BYTES = 256 << 20  # codes an allocator's trials keep for the next trial
 
 class Reuse:
     """Tensors quantized and coded by earlier conversions of one model (an allocator's trials), by
-    weight and setting: a trial redoes only the tensors whose setting it changes. Keeps at most
-    `budget` bytes of codes; tensors past that are simply redone."""
+    weight and setting: a trial redoes only the tensors whose setting it changes, and a conversion
+    with another codec than the trials' only codes them again. Keeps at most `budget` bytes of
+    codes; tensors past that are simply redone."""
 
     def __init__(self, budget: int = REUSE_BYTES) -> None:
         self.done: dict[tuple[Any, ...], _Done] = {}
@@ -135,11 +143,12 @@ class Reuse:
 
     def job(self, w: Weight, d: Decision, scheme: str, clip: str, codec: Codec, rdo: float) -> Callable[[], _Done]:
         key = (w.key, d.scheme or scheme, d.bits, d.axis, d.block, d.clip or clip, tuple(sorted((d.dtypes or {}).items())),
-               codec.id, d.lam(rdo))
+               d.lam(rdo))
 
         def run() -> _Done:
-            if key in self.done:
-                return self.done[key]
+            held = self.done.get(key)
+            if held is not None:
+                return held if held.codec == codec.id else _code(held.q, w, d, codec)
             done = _work(w, d, scheme, clip, codec, rdo)
             size = done.q.packed.nbytes + len(done.codes[1]) + sum(len(v[1]) for v in done.params.values())
             with self.lock:

@@ -6,6 +6,7 @@ import gzip
 import io
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import zstandard
@@ -51,16 +52,22 @@ def context_entropy_bits(codes: NDArray[np.uint8], bits: int) -> float:
     With its tables, the best context model loses to order 0 on small or patternless tensors; the
     codec then stores order 0, but this figure still says what the context would buy.
     """
+    return context_choice(codes, bits)[0]
+
+
+def context_choice(codes: NDArray[np.uint8], bits: int) -> tuple[float, Any]:
+    """(context_entropy_bits, the model the ans codec stores the codes with): one pass for both,
+    the model then handed to the codec (CodeContext.model); None where the codec keeps them packed."""
     from formats.qpk import ans
 
     flat = np.ascontiguousarray(codes, dtype=code_dtype(bits)).reshape(-1)
     if flat.size == 0:
-        return 0.0
+        return 0.0, None
     try:
-        order0, best = ans.choose(flat, bits)
+        chosen, best = ans.choose(flat, bits)
     except FormatError:  # wide codes too varied for a table: the codec keeps them packed
-        return float(bits)
-    return (best or order0).data_bits / flat.size
+        return float(bits), None
+    return (best or chosen).data_bits / flat.size, chosen.model
 
 
 def _gzip(data: bytes) -> int:

@@ -73,7 +73,7 @@ def _publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budge
                 _take(found.trial.path, pending)
                 result = replace(found.trial, path=pending)
             else:
-                result = convert(src, policy, pending, progress, codec)
+                result = convert(src, policy, pending, progress, codec, reuse=found.reuse if found else None)
         except QpackError as e:  # name the output the user asked for, not the staging file
             raise type(e)(str(e).replace(str(pending), str(target))) from e
         report = size_report(src, result, compressors, compress_progress)

@@ -374,6 +374,29 @@ def test_the_reused_trial_is_the_conversion_of_the_chosen_policy(sample: Path, t
     assert out.read_bytes() == again.path.read_bytes()
 
 
+def test_fidelity_trials_go_uncoded_and_the_file_is_coded_once(sample: Path, tmp_path: Path):
+    """A fidelity goal judges trials by their decoded weights, so they are written packed; the file
+    shipped is the chosen policy's entropy-coded container, the same bytes a fresh conversion writes,
+    with the trials' quantization carried over."""
+    from converter.allocate import Goal, allocate
+    from converter.convert import convert
+    from converter.datasets import load_inputs
+    from formats.qpk import ANS, QpkReader
+
+    inputs = load_inputs(sample, dataset="digits")
+    with OnnxModel(sample) as model:
+        found = allocate(model, Policy("sym", 4), Goal(max_accuracy_drop=1.0), ANS, tmp_path, sample, inputs)
+        assert found.trial is None and found.reuse.done  # the last trial is packed: not the file to ship
+        with QpkReader(tmp_path / "trial.qpk") as q:
+            assert {b.codec for b in q.blobs} == {0, 1}  # codes packed (raw), the graph zstd
+        again = convert(model, found.policy, tmp_path / "again.qpk", codec=ANS)
+    out = tmp_path / "cli.qpk"
+    r = _run("convert", sample, "--max-accuracy-drop", 1.0, "--dataset", "digits", "--bits", 4, "--scheme", "sym",
+             "--codec", "ans", "-o", out, "-q")
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes() == again.path.read_bytes()
+
+
 def test_trials_carry_over_unchanged_tensors_byte_for_byte(sample: Path, tmp_path: Path):
     """A trial that changes one tensor's setting quantizes only that tensor again, and writes the
     container a fresh conversion writes; a zero budget keeps nothing."""

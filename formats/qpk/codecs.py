@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import zstandard
@@ -30,6 +30,7 @@ class CodeContext:
     count: int
     shape: tuple[int, ...]
     grouping: Grouping
+    model: Any = None  # the ans model already chosen for these codes (measuring them costs a pass)
 
 
 class Codec(Protocol):
@@ -125,7 +126,7 @@ class Ans:
 
         bits, count = self._shape(raw.nbytes, ctx)
         codes = unpack(np.frombuffer(raw, dtype=np.uint8), bits, count)
-        coded = ans.encode_codes(codes, bits)
+        coded = ans.encode_codes(codes, bits, ctx.model if ctx is not None else None)
         return bytes(raw) if coded is None else coded  # not smaller: the writer keeps the raw stream
 
     def decode(self, stored: memoryview, raw_length: int, ctx: CodeContext | None = None) -> bytearray:
