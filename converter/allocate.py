@@ -29,8 +29,11 @@ the smaller of the two answers kept.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -240,7 +243,7 @@ def menu(w: Weight, scheme: str, per_channel: bool = True, widths: range = range
     q = get_quantizer(scheme)
     trellis = getattr(q, "trellis", False)
     x = np.asarray(w.array, dtype=np.float32)
-    signal = float(np.dot(x.reshape(-1).astype(np.float64), x.reshape(-1).astype(np.float64)))
+    signal = float(np.square(x, dtype=np.float64).sum())  # not np.dot: a BLAS call leaves its threads spinning on the other cores
     opts = []
     for axis, block in _groupings(w, per_channel):
         if trellis and block is not None:  # its search runs in the tensor's order, which blocks are not
@@ -395,34 +398,68 @@ def plan(policy: Policy, menus: list[Menu], options: list[Option], why: str) -> 
     return replace(policy, plan=fixed)
 
 
+PROCESS_WEIGHTS = 1 << 18  # from this many weights, menus are measured in worker processes
+
+
 def menus(model: SourceModel, policy: Policy, progress: Callable[[int, int], None] | None = None,
           coded: str | None = None, schemes: tuple[str, ...] | None = None) -> list[Menu]:
     """A menu for each weight the policy quantizes: widths 2 to 8 (12 for sym) under the policy's
-    scheme, or under each of `schemes` (the tensor then takes whichever scheme its chosen option has)."""
-    from concurrent.futures import ThreadPoolExecutor
+    scheme, or under each of `schemes` (the tensor then takes whichever scheme its chosen option has).
 
-    from converter.convert import default_workers
+    A menu is hundreds of small measurements, whose Python between numpy calls holds the GIL: on
+    models of PROCESS_WEIGHTS or more they run in forked worker processes (threads gained nothing on
+    the recognizer, processes 1.6x on two cores), each sent one tensor's values at a time. Only
+    where forking is safe: on Linux, from a process with no other thread running (a library caller
+    may hold locks in threads of its own); elsewhere in threads."""
+    from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+
+    from converter.convert import default_workers, in_order
 
     chosen = [w for w in model.weights if policy.decide(w).quantize]
     names = schemes or (policy.scheme,)
     if schemes is not None and coded == "ans":
         names = (*names, *CODED_SCHEMES)
-
-    def one(w: Weight) -> Menu:
-        got = []
-        for scheme in names:
-            spec = get_quantizer(scheme).spec()
-            top = WIDE_BITS if spec.max_bits >= WIDE_BITS else MAX_BITS
-            got.append(menu(w, scheme, True, range(max(spec.min_bits, MIN_WIDTH), top + 1), coded, policy.param_dtype != "fp32"))
-        return got[0] if len(got) == 1 else merged(got)
-
+    half = policy.param_dtype != "fp32"
+    workers = default_workers()
+    apart = workers > 1 and sum(w.size for w in chosen) >= PROCESS_WEIGHTS and _fork_safe()
+    pool: Executor = ProcessPoolExecutor(workers, mp_context=_FORK) if apart else ThreadPoolExecutor(workers)
+    jobs = (partial(_menu_options, _portable(w) if apart else w, names, coded, half) for w in chosen)
     out = []
-    with ThreadPoolExecutor(default_workers()) as pool:  # numpy lets go of the GIL in the searches
-        for i, m in enumerate(pool.map(one, chosen)):
-            out.append(m)
+    with pool:
+        for i, (w, (signal, options)) in enumerate(zip(chosen, in_order(pool, jobs, 4 * workers))):
+            out.append(Menu(w, signal, options))
             if progress:
                 progress(i + 1, len(chosen))
     return out
+
+
+def _fork_safe() -> bool:
+    import threading
+
+    return sys.platform.startswith("linux") and threading.active_count() == 1
+
+
+_FORK = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+
+
+def _menu_options(w: Weight, names: tuple[str, ...], coded: str | None, half: bool) -> tuple[float, list[Option]]:
+    """(signal, options) of one weight's menu under each of `names`: what a worker sends back."""
+    got = []
+    for scheme in names:
+        spec = get_quantizer(scheme).spec()
+        top = WIDE_BITS if spec.max_bits >= WIDE_BITS else MAX_BITS
+        got.append(menu(w, scheme, True, range(max(spec.min_bits, MIN_WIDTH), top + 1), coded, half))
+    m = got[0] if len(got) == 1 else merged(got)
+    return m.signal, m.options
+
+
+def _portable(w: Weight) -> Weight:
+    """The weight with its values in hand, to send to a worker process (its loader reads the model's file)."""
+    return replace(w, load=partial(_held, np.asarray(w.array)))
+
+
+def _held(x: NDArray) -> NDArray:
+    return x
 
 
 def data_free(model: SourceModel, policy: Policy, budget_bytes: float, why: str,

@@ -12,12 +12,12 @@ import hashlib
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -32,6 +32,8 @@ from formats.qpk import RAW, ZSTD, BlobKind, Codec, CodeContext, Grouping, QpkRe
 from formats.qpk import meta as qpk_meta
 from formats.qpk.meta import BASE_KEYS
 from formats.qpk.spec import DTYPE_SIZES, VERSION_MINOR, VERSION_MINOR_1
+
+T = TypeVar("T")
 
 
 def default_workers() -> int:
@@ -159,9 +161,10 @@ class Reuse:
         return run
 
 
-def _in_order(pool: ThreadPoolExecutor, jobs: Sequence[Callable[[], _Done]], ahead: int) -> Iterator[_Done]:
-    """Results of jobs in submission order, with at most `ahead` running or waiting at once."""
-    window: deque[Future[_Done]] = deque()
+def in_order(pool: Executor, jobs: Iterable[Callable[[], T]], ahead: int) -> Iterator[T]:
+    """Results of jobs in submission order, with at most `ahead` running or waiting at once (jobs may
+    be a generator that makes each job only as it is submitted)."""
+    window: deque[Future[T]] = deque()
     todo = iter(jobs)
     for job in todo:
         window.append(pool.submit(job))
@@ -197,7 +200,7 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
             else partial(_work, w, d, policy.scheme, policy.clip, codec, policy.rdo) for w, d in chosen]
     prepare_parent(Path(out))  # the spill file goes beside the output
     with QpkWriter(Path(out).parent, Path(out)) as writer, ThreadPoolExecutor(workers) as pool:
-        for i, ((w, d), done) in enumerate(zip(chosen, _in_order(pool, jobs, workers + 1))):
+        for i, ((w, d), done) in enumerate(zip(chosen, in_order(pool, jobs, workers + 1))):
             codes_blob = writer.add_encoded(BlobKind.CODES, *done.codes)
             params = {k: writer.add_encoded(BlobKind.PARAM, *v) for k, v in done.params.items()}
             scheme = d.scheme or policy.scheme

@@ -16,15 +16,17 @@ from formats.errors import FormatError, OptionError
 from formats.qpk.bitstream import code_dtype
 from formats.qpk.spec import BYTE_BITS
 
+PAIR_COUNTING = 1 << 17  # codes from which counting them in pairs is faster (2x at 2^20)
+
 
 def code_histogram(codes: NDArray[np.uint8], bits: int) -> NDArray[np.int64]:
     """Occurrences of each of the 2**bits codes.
 
-    Codes are counted two at a time as uint16 pairs (65,536 bins), then the pair table is summed
-    both ways: half the elements through bincount, which is its cost. Codes wider than a byte are
-    counted one at a time.
+    Many codes are counted two at a time as uint16 pairs (65,536 bins), then the pair table is summed
+    both ways: half the elements through bincount, which is its cost. Codes wider than a byte, and
+    fewer codes than PAIR_COUNTING (where the pair table's own size is the cost), are counted one at a time.
     """
-    if bits > BYTE_BITS:
+    if bits > BYTE_BITS or np.size(codes) < PAIR_COUNTING:
         return np.bincount(np.asarray(codes).reshape(-1), minlength=1 << bits)[: 1 << bits].astype(np.int64)
     flat = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
     even = flat.size & ~1

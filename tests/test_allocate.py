@@ -63,6 +63,24 @@ def test_choose_refuses_an_impossible_budget():
         choose([_menu([(10, 1.0)]), _menu([(5, 1.0)])], 14)
 
 
+def test_menus_measured_in_worker_processes_are_the_same(sample: Path, monkeypatch: pytest.MonkeyPatch):
+    """Large models' menus are measured in forked worker processes: the very menus threads measure."""
+    import sys
+
+    from converter import allocate
+
+    policy = Policy("asym", 8)
+    with OnnxModel(sample) as model:
+        monkeypatch.setattr(allocate, "PROCESS_WEIGHTS", 1 << 60)
+        threads = menus(model, policy, coded="ans", schemes=("asym", "sym"))
+        monkeypatch.setattr(allocate, "PROCESS_WEIGHTS", 1)
+        if sys.platform.startswith("linux"):
+            assert allocate._fork_safe()  # so the processes really ran
+        forked = menus(model, policy, coded="ans", schemes=("asym", "sym"))
+    assert [m.weight.key for m in forked] == [m.weight.key for m in threads]
+    assert [(m.signal, m.options) for m in forked] == [(m.signal, m.options) for m in threads]
+
+
 def test_menus_price_options_exactly(sample: Path, tmp_path: Path):
     """A menu's bytes are what the container then stores for that tensor."""
     from converter.allocate import plan
