@@ -14,7 +14,7 @@ import os
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
@@ -300,6 +300,16 @@ class TfliteModel:
         return b"".join(pieces)
 
 
+SCAN_KEPT_BYTES = 64 << 20  # a skeleton up to this size keeps its parse for the next restore
+
+
+@lru_cache(maxsize=1)
+def _skeleton_scan(skeleton: bytes) -> _Scan:
+    """The parse of a skeleton, kept for the next restore of the same one: an allocator's trials
+    restore one skeleton dozens of times, and the flatbuffer walk is in Python."""
+    return _scan(skeleton, "graph blob", partial(_copy, skeleton))
+
+
 def restore(skeleton: bytes, tensors: Mapping[str, Callable[[], NDArray]], out: Path) -> list[Path]:
     """Write a runnable model: the skeleton with each float buffer overwritten in place, in its dtype.
 
@@ -317,7 +327,8 @@ def restore(skeleton: bytes, tensors: Mapping[str, Callable[[], NDArray]], out: 
             have the wrong shape.
     """
     out = Path(out)
-    scan = _scan(skeleton, "graph blob", partial(_copy, skeleton))
+    kept = isinstance(skeleton, bytes) and len(skeleton) <= SCAN_KEPT_BYTES
+    scan = _skeleton_scan(skeleton) if kept else _scan(skeleton, "graph blob", partial(_copy, skeleton))
     floats = {w.key for w in scan.weights if w.is_float}
     for key in tensors:
         if key not in floats:
