@@ -152,6 +152,20 @@ def test_bad_grouping_files(sample: Path, tmp_path: Path, content: str, message:
     assert r.exit_code == 1 and message in r.output and r.output.startswith("qpack: error:")
 
 
+def test_the_bundled_digits_split_is_scikit_learns():
+    """--dataset digits reads the sample's test split from qpack's own data: it must be the split
+    scikit-learn draws (30% stratified, seed 0), image for image and label for label."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    _, xte, _, yte = train_test_split(x, d.target.astype(np.int64), test_size=0.3, random_state=0, stratify=d.target)
+    got_x, got_y = digits()
+    assert got_x.dtype == np.float32 and got_y.dtype == np.int64
+    assert np.array_equal(got_x, xte) and np.array_equal(got_y, yte)
+
+
 def test_npz_inputs_with_labels_match_builtin(sample: Path, tmp_path: Path):
     x, y = digits()
     npz = tmp_path / "d.npz"
