@@ -94,7 +94,9 @@ def _status(message: str, quiet: bool) -> Iterator[None]:
 
 
 def _progress(quiet: bool) -> Progress | None:
-    return None if quiet or not sys.stderr.isatty() else Progress(console=err, transient=True)
+    """A progress bar on a terminal, redrawn by its updates: no refresh thread, so a goal's menus
+    may still fork their worker processes (converter.allocate.menus)."""
+    return None if quiet or not sys.stderr.isatty() else Progress(console=err, transient=True, auto_refresh=False)
 
 
 ModelArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="an .onnx or .tflite model")]
@@ -251,8 +253,8 @@ def convert(
                 task = bar.add_task("quantizing", total=None)
                 ctask = bar.add_task("compressing", total=len(compressors) * 2, visible=False)
                 done = publish(src, policy, target, _codec(codec), budget, compressors,
-                               lambda i, n: bar.update(task, completed=i, total=n),
-                               lambda _: bar.update(ctask, advance=1, visible=True), goal, data, say)
+                               lambda i, n: bar.update(task, completed=i, total=n, refresh=True),
+                               lambda _: bar.update(ctask, advance=1, visible=True, refresh=True), goal, data, say)
         else:
             done = publish(src, policy, target, _codec(codec), budget, compressors, goal=goal, inputs=data, log=say)
         report = done.report
@@ -494,7 +496,7 @@ def sweep(
             with bar:
                 task = bar.add_task("sweeping", total=None)
                 result = run_sweep(model, data, scheme_list, widths, grans, tolerance, sensitivity_bits,
-                                   lambda label: bar.update(task, advance=1, description=label), str(clip.value))
+                                   lambda label: bar.update(task, advance=1, description=label, refresh=True), str(clip.value))
         else:
             result = run_sweep(model, data, scheme_list, widths, grans, tolerance, sensitivity_bits, clip=str(clip.value))
         result["command"] = _command("sweep")
