@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -43,6 +44,7 @@ from converter.measure import code_histogram, entropy_bits
 from converter.policy import Decision, Policy
 from converter.quant import get_quantizer
 from converter.quant.base import WIDENED, Quantizer, sample_rows
+from converter.quant.dq import warm_trellis
 from converter.quant.rdo import encode as rdo_encode
 from converter.quant.rdo import estimate as rdo_estimate
 from formats.errors import BudgetError, OptionError
@@ -399,6 +401,7 @@ def plan(policy: Policy, menus: list[Menu], options: list[Option], why: str) -> 
 
 
 PROCESS_WEIGHTS = 1 << 18  # from this many weights, menus are measured in worker processes
+IN_FLIGHT_BYTES = 256 << 20  # tensors' values sent ahead to worker processes, at most (and at least one per worker)
 
 
 def menus(model: SourceModel, policy: Policy, progress: Callable[[int, int], None] | None = None,
@@ -409,9 +412,10 @@ def menus(model: SourceModel, policy: Policy, progress: Callable[[int, int], Non
     A menu is hundreds of small measurements, whose Python between numpy calls holds the GIL: on
     models of PROCESS_WEIGHTS or more they run in forked worker processes (threads gained nothing on
     the recognizer, processes 1.6x on two cores), each sent one tensor's values at a time. Only
-    where forking is safe: on Linux, from a process with no other thread running (a library caller
-    may hold locks in threads of its own); elsewhere in threads."""
-    from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+    where forking is safe: on Linux, from a process with no other Python thread running (a library
+    caller may hold locks in threads of its own; native pools such as BLAS's are not seen); else,
+    or if a worker dies or cannot be started, in threads (the same menus)."""
+    from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, ThreadPoolExecutor
 
     from converter.convert import default_workers, in_order
 
@@ -421,16 +425,29 @@ def menus(model: SourceModel, policy: Policy, progress: Callable[[int, int], Non
         names = (*names, *CODED_SCHEMES)
     half = policy.param_dtype != "fp32"
     workers = default_workers()
-    apart = workers > 1 and sum(w.size for w in chosen) >= PROCESS_WEIGHTS and _fork_safe()
-    pool: Executor = ProcessPoolExecutor(workers, mp_context=_FORK) if apart else ThreadPoolExecutor(workers)
-    jobs = (partial(_menu_options, _portable(w) if apart else w, names, coded, half) for w in chosen)
-    out = []
-    with pool:
-        for i, (w, (signal, options)) in enumerate(zip(chosen, in_order(pool, jobs, 4 * workers))):
+
+    def measure(pool: Any, jobs: Iterable[Callable[[], tuple[float, list[Option]]]], ahead: int) -> list[Menu]:
+        out = []
+        for i, (w, (signal, options)) in enumerate(zip(chosen, in_order(pool, jobs, ahead))):
             out.append(Menu(w, signal, options))
             if progress:
                 progress(i + 1, len(chosen))
-    return out
+        return out
+
+    if workers > 1 and sum(w.size for w in chosen) >= PROCESS_WEIGHTS and _fork_safe():
+        if any(getattr(get_quantizer(n), "trellis", False) for n in names):
+            warm_trellis()  # compiled or loaded once here, not once in every worker
+        largest = max(w.size * 4 for w in chosen)
+        ahead = max(workers + 1, min(4 * workers, IN_FLIGHT_BYTES // largest))
+        pool = ProcessPoolExecutor(workers, mp_context=_FORK, initializer=_worker_start, initargs=(os.getpid(),))
+        try:
+            return measure(pool, (partial(_menu_options, _portable(w), names, coded, half) for w in chosen), ahead)
+        except (BrokenExecutor, OSError):  # a worker died (out of memory?) or could not be forked: threads
+            pass
+        finally:
+            pool.shutdown(cancel_futures=True)
+    with ThreadPoolExecutor(workers) as threads:
+        return measure(threads, (partial(_menu_options, w, names, coded, half) for w in chosen), workers + 1)
 
 
 def _fork_safe() -> bool:
@@ -440,6 +457,25 @@ def _fork_safe() -> bool:
 
 
 _FORK = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+
+
+def _worker_start(parent: int) -> None:
+    """A menu worker: Ctrl-C is for the parent (which stops with one line), and the worker ends with
+    its parent, however that ends (a killed parent would otherwise leave it waiting forever)."""
+    import ctypes
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # pragma: no cover - Linux has it
+        pass
+    if os.getppid() != parent:  # the parent ended before the signal was asked for
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1  # prctl: the signal a process gets when its parent ends
 
 
 def _menu_options(w: Weight, names: tuple[str, ...], coded: str | None, half: bool) -> tuple[float, list[Option]]:
@@ -871,18 +907,20 @@ def for_sqnr(policy: Policy, db: float, convert_to: Callable[[Policy], Any], ms:
 
 @dataclass
 class Allocation:
-    """What allocate() found: the policy, a summary for reports, and the last trial conversion
-    (`trial`, a ConvertResult whose file is in the work folder) when it is of that very policy,
-    so the caller can use it instead of converting again."""
+    """What allocate() found: the policy, a summary for reports, the last trial conversion
+    (`trial`, a ConvertResult whose file is in the work folder) when it is of that very policy and
+    in the caller's codec, so the caller can use it instead of converting again, and the trials'
+    quantization (`reuse`, a converter.convert.Reuse) for when it converts."""
 
     policy: Policy
     summary: dict[str, Any]
     trial: Any = None
-    reuse: Any = None  # the trials' converter.convert.Reuse: what they quantized, for the final conversion
+    reuse: Any = None
 
 
 def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: Any, model_path: Any = None,
-             inputs: Any = None, log: Callable[[str], None] | None = None) -> Allocation:
+             inputs: Any = None, log: Callable[[str], None] | None = None,
+             progress: Callable[[int, int], None] | None = None) -> Allocation:
     """The policy that meets `goal` (tensors fixed to their chosen settings), and a summary for reports.
 
     `policy.bits` is where a fidelity search starts; every option uses `policy.scheme`, or one of
@@ -897,7 +935,7 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
     if policy.bits_for:
         raise OptionError("--bits-for fixes widths by hand: leave it out when qpack allocates them")
     trial = Path(workdir) / "trial.qpk"
-    ms = menus(src, policy, coded=None if codec.id == RAW.id else codec.name, schemes=goal.schemes)
+    ms = menus(src, policy, progress, coded=None if codec.id == RAW.id else codec.name, schemes=goal.schemes)
     if not ms:
         raise OptionError("no tensor is quantized under these options: nothing to allocate")
 
@@ -957,4 +995,4 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
     summary["bits_per_weight_planned"] = round(8 * sum(o.nbytes for o in chosen) / weights_of(ms), 4)
     if any(o.keep for o in chosen):
         summary["kept_in_float"] = [m.weight.name for m, o in zip(ms, chosen) if o.keep]
-    return Allocation(p, summary, last[1] if last[0] is p and trial_codec is codec else None, reuse)
+    return Allocation(p, summary, last[1] if last[0] is p and trial_codec.id == codec.id else None, reuse)

@@ -6,7 +6,7 @@ import gzip
 import io
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zstandard
@@ -15,6 +15,9 @@ from numpy.typing import NDArray
 from formats.errors import FormatError, OptionError
 from formats.qpk.bitstream import code_dtype
 from formats.qpk.spec import BYTE_BITS
+
+if TYPE_CHECKING:
+    from formats.qpk import ans
 
 PAIR_COUNTING = 1 << 17  # codes from which counting them in pairs is faster (2x at 2^20)
 
@@ -57,7 +60,7 @@ def context_entropy_bits(codes: NDArray[np.uint8], bits: int) -> float:
     return context_choice(codes, bits)[0]
 
 
-def context_choice(codes: NDArray[np.uint8], bits: int) -> tuple[float, Any]:
+def context_choice(codes: NDArray[np.uint8], bits: int) -> tuple[float, ans.Model | None]:
     """(context_entropy_bits, the model the ans codec stores the codes with): one pass for both,
     the model then handed to the codec (CodeContext.model); None where the codec keeps them packed."""
     from formats.qpk import ans

@@ -56,7 +56,7 @@ def publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget
     if goal is None or not goal.any:
         return _publish(src, policy, target, codec, budget, compressors, progress, compress_progress, None)
     with tempfile.TemporaryDirectory(prefix="qpack-allocate-") as tmp:  # trials; the last may be shipped from here
-        found = allocate(src, policy, goal, codec, tmp, src.path, inputs, log)
+        found = allocate(src, policy, goal, codec, tmp, src.path, inputs, log, progress)
         return _publish(src, found.policy, target, codec, budget, compressors, progress, compress_progress, found)
 
 
@@ -76,6 +76,8 @@ def _publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budge
                 result = convert(src, policy, pending, progress, codec, reuse=found.reuse if found else None)
         except QpackError as e:  # name the output the user asked for, not the staging file
             raise type(e)(str(e).replace(str(pending), str(target))) from e
+        if found:
+            found.reuse = None  # the trials' codes: not needed past here (the report's compressors run next)
         report = size_report(src, result, compressors, compress_progress)
         report["options"] = policy.options(codec.name)
         report["output"] = str(target)

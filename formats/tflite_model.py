@@ -8,13 +8,15 @@ handled the same way.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import mmap
 import os
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
@@ -300,14 +302,27 @@ class TfliteModel:
         return b"".join(pieces)
 
 
-SCAN_KEPT_BYTES = 64 << 20  # a skeleton up to this size keeps its parse for the next restore
+PARSES_KEPT = 2  # skeletons whose float buffers' layouts restore() keeps, by content digest
+_parses: OrderedDict[bytes, tuple[frozenset[str], dict[str, _Layout]]] = OrderedDict()
+_parses_lock = threading.Lock()
 
 
-@lru_cache(maxsize=1)
-def _skeleton_scan(skeleton: bytes) -> _Scan:
-    """The parse of a skeleton, kept for the next restore of the same one: an allocator's trials
-    restore one skeleton dozens of times, and the flatbuffer walk is in Python."""
-    return _scan(skeleton, "graph blob", partial(_copy, skeleton))
+def _float_layouts(skeleton: bytes) -> tuple[frozenset[str], dict[str, _Layout]]:
+    """The keys and layouts of a skeleton's float buffers, kept for the next restore of the same
+    skeleton: an allocator's trials restore one dozens of times, and the flatbuffer walk is in
+    Python. Only the layouts are kept (a few numbers a buffer), not the skeleton."""
+    digest = hashlib.sha256(skeleton).digest()
+    with _parses_lock:
+        known = _parses.get(digest)
+    if known is None:
+        scan = _scan(skeleton, "graph blob", partial(_copy, skeleton))
+        floats = frozenset(w.key for w in scan.weights if w.is_float)
+        known = floats, {k: v for k, v in scan.layouts.items() if k in floats}
+        with _parses_lock:
+            _parses[digest] = known
+            while len(_parses) > PARSES_KEPT:
+                _parses.popitem(last=False)
+    return known
 
 
 def restore(skeleton: bytes, tensors: Mapping[str, Callable[[], NDArray]], out: Path) -> list[Path]:
@@ -327,16 +342,14 @@ def restore(skeleton: bytes, tensors: Mapping[str, Callable[[], NDArray]], out: 
             have the wrong shape.
     """
     out = Path(out)
-    kept = isinstance(skeleton, bytes) and len(skeleton) <= SCAN_KEPT_BYTES
-    scan = _skeleton_scan(skeleton) if kept else _scan(skeleton, "graph blob", partial(_copy, skeleton))
-    floats = {w.key for w in scan.weights if w.is_float}
+    floats, layouts = _float_layouts(skeleton)
     for key in tensors:
         if key not in floats:
             raise FormatError(f"stored graph has no float buffer {key!r}")
     with atomic_output(out) as f:
         f.write(skeleton)
         for key, load in tensors.items():
-            layout = scan.layouts[key]
+            layout = layouts[key]
             values = np.asarray(load())
             if values.shape != layout.shape:
                 raise FormatError(f"buffer {key!r}: shape {values.shape} does not match {layout.shape}")

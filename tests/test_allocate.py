@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from converter.allocate import COSINE_MARGIN, Goal, Menu, Option, _front, _hull, choose, goal_subsets, menus
+from converter.allocate import COSINE_MARGIN, Goal, Menu, Option, _front, _hull, _menu_options, choose, goal_subsets, menus
 from converter.cli import EXIT_BUDGET, app
 from converter.datasets import Inputs
 from converter.policy import Policy
@@ -65,20 +66,49 @@ def test_choose_refuses_an_impossible_budget():
 
 def test_menus_measured_in_worker_processes_are_the_same(sample: Path, monkeypatch: pytest.MonkeyPatch):
     """Large models' menus are measured in forked worker processes: the very menus threads measure."""
-    import sys
-
-    from converter import allocate
+    from converter import allocate, convert
 
     policy = Policy("asym", 8)
+    monkeypatch.setattr(convert, "default_workers", lambda: 2)
+    sent: list[str] = []
+    portable = allocate._portable
+    monkeypatch.setattr(allocate, "_portable", lambda w: sent.append(w.key) or portable(w))
     with OnnxModel(sample) as model:
         monkeypatch.setattr(allocate, "PROCESS_WEIGHTS", 1 << 60)
         threads = menus(model, policy, coded="ans", schemes=("asym", "sym"))
+        assert not sent
+        if not allocate._fork_safe():
+            pytest.skip("forking worker processes is not safe here (not Linux, or other threads running)")
         monkeypatch.setattr(allocate, "PROCESS_WEIGHTS", 1)
-        if sys.platform.startswith("linux"):
-            assert allocate._fork_safe()  # so the processes really ran
         forked = menus(model, policy, coded="ans", schemes=("asym", "sym"))
+    assert sent == [m.weight.key for m in threads]  # each tensor went to a worker
     assert [m.weight.key for m in forked] == [m.weight.key for m in threads]
     assert [(m.signal, m.options) for m in forked] == [(m.signal, m.options) for m in threads]
+
+
+_PARENT = os.getpid()
+
+
+def _dies_in_a_worker(*args):  # a menu worker killed mid-way (out of memory, say)
+    if os.getpid() != _PARENT:
+        os._exit(9)
+    return _menu_options(*args)
+
+
+def test_menus_fall_back_to_threads_when_a_worker_dies(sample: Path, monkeypatch: pytest.MonkeyPatch):
+    """A worker process that dies costs the menus' speed, not the run: they are measured in threads."""
+    from converter import allocate, convert
+
+    monkeypatch.setattr(convert, "default_workers", lambda: 2)
+    policy = Policy("sym", 6)
+    with OnnxModel(sample) as model:
+        expected = menus(model, policy)
+        if not allocate._fork_safe():
+            pytest.skip("forking worker processes is not safe here")
+        monkeypatch.setattr(allocate, "PROCESS_WEIGHTS", 1)
+        monkeypatch.setattr(allocate, "_menu_options", _dies_in_a_worker)
+        got = menus(model, policy)
+    assert [(m.weight.key, m.signal, m.options) for m in got] == [(m.weight.key, m.signal, m.options) for m in expected]
 
 
 def test_menus_price_options_exactly(sample: Path, tmp_path: Path):

@@ -95,6 +95,12 @@ def _kernel() -> Any:
     return _KERNEL
 
 
+def warm_trellis() -> None:
+    """Compile (or load from numba's cache) the trellis now, with the argument types every search
+    uses: before forking worker processes that all search, so they inherit it."""
+    Dependent.search(np.zeros(2), 2, np.ones(4, dtype=np.float32), DQ_LAMBDA)
+
+
 class Dependent(Quantizer):
     """x ~ level * scale, levels from codes k in [-(2^(n-1)-1), 2^(n-1)-1] stored as k + 2^(n-1)-1,
     chosen by a trellis search; the scale is half each quantizer's step."""

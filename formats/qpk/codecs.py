@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import zstandard
@@ -17,20 +17,24 @@ from formats.errors import FormatError, OptionError
 from formats.qpk.grouping import Grouping
 from formats.qpk.spec import CODES_ZSTD_LEVEL, GRAPH_ZSTD_LEVEL, BlobKind
 
+if TYPE_CHECKING:
+    from formats.qpk import ans
+
 _CHUNK = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class CodeContext:
     """What a code blob holds, for codecs that model it (entropy coders with per-group or
-    neighbour contexts): the width of its codes, their count, the tensor's shape and grouping.
+    neighbour contexts): the width of its codes, their count, the tensor's shape and grouping,
+    and the ans model already chosen for these very codes, if any (converter.measure.context_choice).
     A codec that only sees bytes ignores it."""
 
     bits: int
     count: int
     shape: tuple[int, ...]
     grouping: Grouping
-    model: Any = None  # the ans model already chosen for these codes (measuring them costs a pass)
+    model: ans.Model | None = None
 
 
 class Codec(Protocol):
