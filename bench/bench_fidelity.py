@@ -16,8 +16,9 @@
    Where the goal is out of reach, the outputs that 8-bit weights already move below it are named.
 4. The data-free allocator at --target-bpw 4.5 beats uniform 4-bit asym per-channel on weight SQNR
    and on the lowest output cosine (seed-1 inputs of 3) for every model of 3; judged separately for
-   the default objective packed and with `--codec ans`, and for `--objective pooled --codec ans`
-   (each tensor's scheme chosen, as the CLI does without `--scheme`).
+   the default objective (balanced) packed and with `--codec ans`, for `--objective pooled --codec
+   ans` and, for reference, `--objective layers` (each tensor's scheme chosen, as the CLI does
+   without `--scheme`).
 5. Bit efficiency (`qpack report ... --json`: totals.bit_efficiency) of lut beside the uniform and
    pow2 schemes at 3 and 4 bits, on the sample and one fixture: figures only, no target.
 
@@ -612,14 +613,16 @@ def target_cosine(models: list[Model], skipped: list[tuple[str, str]], tmp: Path
 
 
 ALLOCATORS = {  # label -> the options of a data-free allocation at BPW_LIMIT (each tensor's scheme chosen); judged each
-    "layers": ["--target-bpw", BPW_LIMIT],
-    "layers ans": ["--target-bpw", BPW_LIMIT, "--codec", "ans"],
+    "balanced": ["--target-bpw", BPW_LIMIT],  # the default objective
+    "balanced ans": ["--target-bpw", BPW_LIMIT, "--codec", "ans"],
     "pooled ans": ["--target-bpw", BPW_LIMIT, "--objective", "pooled", "--codec", "ans"],
+    "layers": ["--target-bpw", BPW_LIMIT, "--objective", "layers"],  # the default before balanced
 }
 
 
 def target_allocator(models: list[Model], tmp: Path) -> None:
-    print("4. data-free --target-bpw 4.5 (the default objective, with and without --codec ans; --objective pooled --codec ans) "
+    print("4. data-free --target-bpw 4.5 (the default objective, with and without --codec ans; --objective pooled --codec ans; "
+          "--objective layers) "
           "against uniform --bits 4 --per-channel (asym): weight SQNR and min output cosine (seed-1 inputs)", flush=True)
     rows = []
     losses: dict[str, list[str]] = {k: [] for k in ALLOCATORS}

@@ -5,12 +5,14 @@ with its measured cost (code and parameter bytes) and error (squared error, esti
 of whole groups); the allocation minimizes the total *weighted* error under the size budget by
 equal slope: for a multiplier lam each tensor takes the setting minimizing error + lam * bytes, and
 lam is bisected until the budget is met, then the bytes left over go to the best remaining
-upgrades. The weight of a tensor's error is 1 / its signal energy, so the allocation minimizes the
-sum of relative errors (1 / SQNR) over tensors: each layer's output error grows with its relative
-weight error whatever the scale its weights happen to have (batch norms fold into kernels at any
-scale), and no data is needed (OBJECTIVES holds the other weighings). With "pooled" a tensor's error counts as it is, so the
-allocation maximizes the pooled weight SQNR of the whole model: large tensors get the bits their
-size asks for (the operating point of codecs that use one step size for the whole model).
+upgrades. By default ("balanced") a tensor's error counts twice over: divided by its own signal
+energy (its relative error, 1 / SQNR: each layer's output error grows with its relative weight
+error whatever the scale its weights happen to have, batch norms folding into kernels at any
+scale) and by the mean tensor's (so the pooled weight SQNR counts too: relative errors alone let
+a few large tensors fall far behind, "layers"). No data is needed; OBJECTIVES holds the other
+weighings. With "pooled" a tensor's error counts as it is, so the allocation maximizes the pooled
+weight SQNR of the whole model: large tensors get the bits their size asks for (the operating
+point of codecs that use one step size for the whole model).
 
 `--target-sqnr DB` is the dual: the fewest bytes whose pooled weight SQNR is at least DB, by the
 same equal slope (lam bisected until the summed error fits), checked on real conversions.
@@ -68,7 +70,8 @@ MENU_RDO_CLIPS = ("minmax", *WIDENED)
 MENU_DQ = 0.4  # the lambda dq menus search with (squared scale units per bit): at equal SQNR it beat 0.1 by 1-2%
 
 
-DEFAULT_OBJECTIVE = "layers"
+DEFAULT_OBJECTIVE = "balanced"  # what --target-bpw and --target-size maximize unless --objective says
+FIDELITY_OBJECTIVE = "layers"  # the proxy a fidelity goal's first rounds weigh by (its probes and pooled search correct it)
 GOAL_PARTS = 4  # a cosine goal holds on the inputs and on each of this many runs of them
 # ... and, where a run has fewer samples than this, on the inputs without each run: one sample's
 # cosine says nothing of an output with one value per sample (a speech probability)
@@ -129,20 +132,27 @@ class Menu:
 
 @dataclass(frozen=True)
 class Objective:
-    """How the data-free allocation weighs a tensor's squared error: cost = importance(menu) x
-    error / signal energy."""
+    """How the data-free allocation weighs a tensor's squared error: cost = importance(menu, all
+    menus) x error / signal energy."""
 
     help: str
-    importance: Callable[[Menu], float]
+    importance: Callable[[Menu, list[Menu]], float]
+
+
+def _balanced(m: Menu, ms: list[Menu]) -> float:
+    mean = sum(x.signal for x in ms) / len(ms)
+    return 1.0 + m.signal / mean if mean > 0 else 1.0
 
 
 OBJECTIVES = {
     "layers": Objective("sum over tensors of squared error / signal energy (1 / SQNR): every layer counts alike",
-                        lambda m: 1.0),
+                        lambda m, ms: 1.0),
+    "balanced": Objective("layers plus the squared error over the mean tensor's signal energy: every layer counts, and "
+                          "the pooled weight SQNR too", _balanced),
     "sized": Objective("sum over tensors of weights x squared error / signal energy: each tensor counts by its size, "
-                       "whatever its scale", lambda m: float(m.weight.size)),
+                       "whatever its scale", lambda m, ms: float(m.weight.size)),
     "pooled": Objective("squared error summed over all tensors (the pooled weight SQNR): large tensors count by their "
-                        "size and their scale", lambda m: m.signal),
+                        "size and their scale", lambda m, ms: m.signal),
 }
 
 
@@ -545,8 +555,11 @@ class Goal:
 
     @property
     def weighing(self) -> str:
-        """The objective's name: as given, else layers (pooled for --target-sqnr, pooled by definition)."""
-        return self.objective or ("pooled" if self.target_sqnr is not None else DEFAULT_OBJECTIVE)
+        """The objective's name: as given, else DEFAULT_OBJECTIVE (pooled for --target-sqnr, pooled by
+        definition; FIDELITY_OBJECTIVE for a fidelity goal)."""
+        if self.objective:
+            return self.objective
+        return "pooled" if self.target_sqnr is not None else FIDELITY_OBJECTIVE if self.fidelity else DEFAULT_OBJECTIVE
 
     def check(self) -> None:
         sizes = [f for f, v in (("--target-bpw", self.target_bpw), ("--target-size", self.target_size),
@@ -951,7 +964,7 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
 
     objective = goal.weighing
     for m in ms:
-        m.importance = OBJECTIVES[objective].importance(m)
+        m.importance = OBJECTIVES[objective].importance(m, ms)
     summary: dict[str, Any] = {"proxy": OBJECTIVES[objective].help, "objective": objective,
                                "schemes": list(goal.schemes or (policy.scheme,)), "candidates": sum(len(m.options) for m in ms)}
     if goal.target_sqnr is not None:
