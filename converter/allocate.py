@@ -415,9 +415,12 @@ IN_FLIGHT_BYTES = 256 << 20  # tensors' values sent ahead to worker processes, a
 
 
 def menus(model: SourceModel, policy: Policy, progress: Callable[[int, int], None] | None = None,
-          coded: str | None = None, schemes: tuple[str, ...] | None = None) -> list[Menu]:
+          coded: str | None = None, schemes: tuple[str, ...] | None = None,
+          near: dict[str, int] | None = None) -> list[Menu]:
     """A menu for each weight the policy quantizes: widths 2 to 8 (12 for sym) under the policy's
-    scheme, or under each of `schemes` (the tensor then takes whichever scheme its chosen option has).
+    scheme, or under each of `schemes` (the tensor then takes whichever scheme its chosen option has);
+    with `near` (weight key -> width, see step_widths), only the widths NEAR_BELOW below to
+    NEAR_ABOVE above it.
 
     A menu is hundreds of small measurements, whose Python between numpy calls holds the GIL: on
     models of PROCESS_WEIGHTS or more they run in forked worker processes (threads gained nothing on
@@ -451,13 +454,13 @@ def menus(model: SourceModel, policy: Policy, progress: Callable[[int, int], Non
         ahead = max(workers + 1, min(4 * workers, IN_FLIGHT_BYTES // largest))
         pool = ProcessPoolExecutor(workers, mp_context=_FORK, initializer=_worker_start, initargs=(os.getpid(),))
         try:
-            return measure(pool, (partial(_menu_options, _portable(w), names, coded, half) for w in chosen), ahead)
+            return measure(pool, (partial(_menu_options, _portable(w), names, coded, half, _near(near, w)) for w in chosen), ahead)
         except (BrokenExecutor, OSError):  # a worker died (out of memory?) or could not be forked: threads
             pass
         finally:
             pool.shutdown(cancel_futures=True)
     with ThreadPoolExecutor(workers) as threads:
-        return measure(threads, (partial(_menu_options, w, names, coded, half) for w in chosen), workers + 1)
+        return measure(threads, (partial(_menu_options, w, names, coded, half, _near(near, w)) for w in chosen), workers + 1)
 
 
 def _fork_safe() -> bool:
@@ -488,13 +491,43 @@ def _worker_start(parent: int) -> None:
 PR_SET_PDEATHSIG = 1  # prctl: the signal a process gets when its parent ends
 
 
-def _menu_options(w: Weight, names: tuple[str, ...], coded: str | None, half: bool) -> tuple[float, list[Option]]:
+NEAR_BELOW, NEAR_ABOVE = 4, 1  # the widths a --target-sqnr menu keeps around its tensor's step_widths
+
+
+def step_widths(model: SourceModel, policy: Policy, db: float) -> dict[str, int]:
+    """Each quantized weight's sym width at the one step that gives the whole model a pooled weight
+    SQNR of `db` (rounding noise step^2 / 12 a weight): equal slope lands near it, every width the
+    recognizer's allocations chose lay within 3 below it, so a --target-sqnr menu need not measure
+    the widths far from it."""
+    chosen = [w for w in model.weights if policy.decide(w).quantize]
+    tops, signal, count = {}, 0.0, 0
+    for w in chosen:
+        x = np.asarray(w.array, dtype=np.float32)
+        tops[w.key] = float(np.abs(x).max()) if x.size else 0.0
+        signal += float(np.square(x, dtype=np.float64).sum())
+        count += x.size
+    if signal <= 0 or count == 0:
+        return {}
+    step = math.sqrt(12 * signal / count / 10 ** (db / 10))
+    return {k: max(1, math.ceil(math.log2(2 * math.ceil(top / step) + 1))) for k, top in tops.items()}
+
+
+def _near(near: dict[str, int] | None, w: Weight) -> int | None:
+    return None if near is None else near.get(w.key)
+
+
+def _menu_options(w: Weight, names: tuple[str, ...], coded: str | None, half: bool,
+                  near: int | None = None) -> tuple[float, list[Option]]:
     """(signal, options) of one weight's menu under each of `names`: what a worker sends back."""
     got = []
     for scheme in names:
         spec = get_quantizer(scheme).spec()
         top = WIDE_BITS if spec.max_bits >= WIDE_BITS else MAX_BITS
-        got.append(menu(w, scheme, True, range(max(spec.min_bits, MIN_WIDTH), top + 1), coded, half))
+        low, high = max(spec.min_bits, MIN_WIDTH), top
+        if near is not None:  # the window, kept inside the scheme's widths and at least NEAR_ABOVE + 1 wide
+            high = max(min(top, near + NEAR_ABOVE), low + NEAR_ABOVE)
+            low = max(low, min(near - NEAR_BELOW, high - NEAR_ABOVE))
+        got.append(menu(w, scheme, True, range(low, high + 1), coded, half))
     m = got[0] if len(got) == 1 else merged(got)
     return m.signal, m.options
 
@@ -948,7 +981,8 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
     if policy.bits_for:
         raise OptionError("--bits-for fixes widths by hand: leave it out when qpack allocates them")
     trial = Path(workdir) / "trial.qpk"
-    ms = menus(src, policy, progress, coded=None if codec.id == RAW.id else codec.name, schemes=goal.schemes)
+    near = step_widths(src, policy, goal.target_sqnr) if goal.target_sqnr is not None else None
+    ms = menus(src, policy, progress, coded=None if codec.id == RAW.id else codec.name, schemes=goal.schemes, near=near)
     if not ms:
         raise OptionError("no tensor is quantized under these options: nothing to allocate")
 

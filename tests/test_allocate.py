@@ -234,6 +234,25 @@ def test_target_sqnr_is_met_with_fewer_bytes_than_any_uniform_setting(sample: Pa
     assert uniform and stored < min(uniform), (stored, sorted(uniform))
 
 
+@pytest.mark.parametrize("db", [12.0, 25.0, 40.0])
+def test_target_sqnr_menus_near_one_step_choose_as_the_whole_menus(sample: Path, tmp_path: Path, db: float,
+                                                                   monkeypatch: pytest.MonkeyPatch):
+    """--target-sqnr measures only the widths near the one step that gives the pooled SQNR: the same
+    allocation as the whole menus, for fewer measurements."""
+    from converter import allocate
+    from formats.qpk import ANS
+
+    goal = Goal(target_sqnr=db, schemes=allocate.AUTO_SCHEMES)
+    with OnnxModel(sample) as model:
+        near = allocate.step_widths(model, Policy("asym", 8), db)
+        assert near and all(1 <= b <= 16 for b in near.values())
+        narrow = allocate.allocate(model, Policy("asym", 8), goal, ANS, tmp_path)
+        monkeypatch.setattr(allocate, "step_widths", lambda *a: {})
+        whole = allocate.allocate(model, Policy("asym", 8), goal, ANS, tmp_path)
+    assert narrow.policy.plan == whole.policy.plan
+    assert narrow.summary["candidates"] < whole.summary["candidates"]
+
+
 def test_unreachable_sqnr_exits_3_and_writes_nothing(sample: Path, tmp_path: Path):
     out = tmp_path / "u.qpk"
     r = _run("convert", sample, "--target-sqnr", 90, "-o", out, "-q")
