@@ -34,6 +34,7 @@ import math
 import multiprocessing
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -438,6 +439,11 @@ def menus(model: SourceModel, policy: Policy, progress: Callable[[int, int], Non
         names = (*names, *CODED_SCHEMES)
     half = policy.param_dtype != "fp32"
     workers = default_workers()
+    near = near or {}
+
+    def job(w: Weight, send: bool) -> Callable[[], tuple[float, list[Option]]]:
+        """One weight's menu; `send`: its values go with it, to a worker process."""
+        return partial(_menu_options, _portable(w) if send else w, names, coded, half, near.get(w.key))
 
     def measure(pool: Any, jobs: Iterable[Callable[[], tuple[float, list[Option]]]], ahead: int) -> list[Menu]:
         out = []
@@ -454,22 +460,21 @@ def menus(model: SourceModel, policy: Policy, progress: Callable[[int, int], Non
         ahead = max(workers + 1, min(4 * workers, IN_FLIGHT_BYTES // largest))
         pool = ProcessPoolExecutor(workers, mp_context=_FORK, initializer=_worker_start, initargs=(os.getpid(),))
         try:
-            return measure(pool, (partial(_menu_options, _portable(w), names, coded, half, _near(near, w)) for w in chosen), ahead)
+            return measure(pool, (job(w, True) for w in chosen), ahead)
         except (BrokenExecutor, OSError):  # a worker died (out of memory?) or could not be forked: threads
             pass
         finally:
             pool.shutdown(cancel_futures=True)
     with ThreadPoolExecutor(workers) as threads:
-        return measure(threads, (partial(_menu_options, w, names, coded, half, _near(near, w)) for w in chosen), workers + 1)
+        return measure(threads, (job(w, False) for w in chosen), workers + 1)
+
+
+_LINUX = sys.platform.startswith("linux")
+_FORK = multiprocessing.get_context("fork") if _LINUX else None
 
 
 def _fork_safe() -> bool:
-    import threading
-
-    return sys.platform.startswith("linux") and threading.active_count() == 1
-
-
-_FORK = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+    return _LINUX and threading.active_count() == 1
 
 
 def _worker_start(parent: int) -> None:
@@ -510,10 +515,6 @@ def step_widths(model: SourceModel, policy: Policy, db: float) -> dict[str, int]
         return {}
     step = math.sqrt(12 * signal / count / 10 ** (db / 10))
     return {k: max(1, math.ceil(math.log2(2 * math.ceil(top / step) + 1))) for k, top in tops.items()}
-
-
-def _near(near: dict[str, int] | None, w: Weight) -> int | None:
-    return None if near is None else near.get(w.key)
 
 
 def _menu_options(w: Weight, names: tuple[str, ...], coded: str | None, half: bool,

@@ -328,14 +328,12 @@ def fit_profile(counts: NDArray[np.int64], precision: int) -> tuple[int, int, in
         gain = bits[np.arange(n), pick] < best * (1 - 1e-12)
         if not gain.any():
             break
-        single = int(np.argmin(bits.reshape(-1)))
-        moved = knots.copy()
-        moved[gain] = trials[np.flatnonzero(gain) * PROFILE_DELTAS.size + pick[gain], np.flatnonzero(gain)]
+        flat = bits.reshape(-1)
+        single = int(np.argmin(flat))
+        moved, idx = knots.copy(), np.flatnonzero(gain)
+        moved[idx] = trials[idx * PROFILE_DELTAS.size + pick[idx], idx]
         together = float(costs(moved)[0])
-        if together < float(bits.reshape(-1)[single]):
-            best, knots = together, moved
-        else:
-            best, knots = float(bits.reshape(-1)[single]), trials[single]
+        best, knots = (together, moved) if together < flat[single] else (float(flat[single]), trials[single])
     return first, span, peak, knots.astype(np.uint8), best
 
 
