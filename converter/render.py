@@ -113,10 +113,12 @@ def report_table(rep: dict[str, Any], console: Console) -> None:
 def eval_table(result: dict[str, Any], console: Console) -> None:
     """Per-output fidelity, then accuracy, confusion growth and grouping for classifiers."""
     t = Table(title=f"qpack eval: {result['model']} on {result['inputs']}", title_justify="left")
-    for c in ("output", "cosine", "SQNR dB", "max abs error"):
+    per_input = any("worst_input_cosine" in o for o in result["outputs"])
+    for c in ("output", "cosine", *(("worst input",) if per_input else ()), "SQNR dB", "max abs error"):
         t.add_column(c, justify="left" if c == "output" else "right")
     for o in result["outputs"]:
-        t.add_row(o["output"], f"{o['cosine']:.6f}", _n(o["sqnr_db"]), f"{o['max_abs_error']:.4g}")
+        worst = (f"{o['worst_input_cosine']:.6f}" if "worst_input_cosine" in o else "-",) if per_input else ()
+        t.add_row(o["output"], f"{o['cosine']:.6f}", *worst, _n(o["sqnr_db"]), f"{o['max_abs_error']:.4g}")
     console.print(t)
     cls: dict[str, Any] | None = result.get("classification")
     if cls:

@@ -77,6 +77,12 @@ def tfl_int8() -> Path:
 
 
 @pytest.fixture(scope="session")
+def ocr_det() -> Path:
+    """PaddleOCR PP-OCRv4 text detector: a sigmoid score per pixel, 0 wherever there is no text."""
+    return packaged("rapidocr-onnxruntime", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx")
+
+
+@pytest.fixture(scope="session")
 def ocr_rec() -> Path:
     """PaddleOCR PP-OCRv4 recognizer: 2.7M weights in Constant nodes, MatMul and Conv."""
     return packaged("rapidocr-onnxruntime", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx")

@@ -359,6 +359,46 @@ def test_a_cosine_goal_holds_on_each_part_of_the_inputs():
     assert not goal.met(result(0.985, 0.999, 0.999))[0]
 
 
+def test_a_cosine_goal_holds_on_each_single_input():
+    """A draw of inputs is led by the few with the largest outputs: met over all of them but not on
+    one of them is not met (another draw led by such an input lands low)."""
+    from converter.allocate import Goal, least_cosine
+    from converter.evaluate import output_fidelity, worst_input_cosine
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((4, 8, 3))
+    ref[0] *= 100  # the input that leads the draw
+    got = ref.copy()
+    got[2] = -ref[2]  # another input's output turned around
+    assert worst_input_cosine(ref, got, 4) == -1.0
+    row = output_fidelity([ref], [got], ["y"], 4)[0]
+    assert row["cosine"] > 0.99 and row["worst_input_cosine"] == -1.0
+    assert least_cosine({"outputs": [row]}) == -1.0 and not Goal(min_cosine=0.99).met({"outputs": [row]})[0]
+    assert "worst single input -1.00000" in Goal(min_cosine=0.99).met({"outputs": [row]})[1]
+    got[2] = ref[2]
+    got[3] = 0.0
+    ref[1] = 0.0  # an input whose original output is all zeros has no direction: left out
+    assert worst_input_cosine(ref, got, 4) == 0.0  # the output lost on input 3 counts as orthogonal
+    got[3] = ref[3]
+    assert worst_input_cosine(ref, got, 4) == 1.0 and Goal(min_cosine=0.99).met({"outputs": output_fidelity([ref], [got], ["y"], 4)})[0]
+    # no rows per input, one value per input (its cosine is a sign), one input: nothing to add
+    assert worst_input_cosine(ref.reshape(3, 4, 8), got.reshape(3, 4, 8), 4) is None
+    assert worst_input_cosine(ref[:, 0, 0], got[:, 0, 0], 4) is None and worst_input_cosine(ref, got, 1) is None
+    assert "worst_input_cosine" not in output_fidelity([ref], [got], ["y"])[0]
+
+
+def test_inputs_at_the_float_floor_are_named(ocr_det: Path, tmp_path: Path):
+    """On noise the text detector's scores are 0 but for a few units of 2^-25: float rounding of the
+    weights alone moves them below the goal, and qpack says so instead of blaming the goal."""
+    np.savez(tmp_path / "noise.npz", x=np.random.default_rng(0).uniform(0, 1, (4, 3, 64, 64)).astype(np.float32))
+    out = tmp_path / "d.qpk"
+    r = _run("convert", ocr_det, "--min-cosine", 0.99, "--inputs", tmp_path / "noise.npz", "--scheme", "sym", "--bits", 8,
+             "-o", out, "-q")
+    assert r.exit_code == EXIT_BUDGET and "outputs are at the float floor" in r.output, r.output
+    assert "use inputs the model responds to" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["noise.npz"]
+
+
 def test_unreachable_fidelity_exits_3(sample: Path, tmp_path: Path):
     out = tmp_path / "x.qpk"
     r = _run("convert", sample, "--min-cosine", 1.0, "--dataset", "digits", "--scheme", "asym", "-o", out)
