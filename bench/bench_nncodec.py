@@ -19,8 +19,9 @@ and, the best of those again, inside this process (the model opened, the librari
 `--fidelity` adds the matched-output-fidelity comparison: the fewest bits per weight that keep the
 digits sample within 1 point of its float accuracy (its 540 test digits), and each fixture model's
 outputs at cosine >= 0.99 on random inputs drawn from its input specs (bench_fidelity's seed-0
-draw; on all the inputs and on the subsets qpack's goal checks: each quarter, and the inputs without
-each quarter where quarters are short; qpack's search also keeps a margin, the judge none). NNCodec: every qp from
+draw; on all the inputs, on each single input and on the subsets qpack's goal checks: each quarter,
+and the inputs without each quarter where quarters are short; qpack's search also keeps a margin,
+the judge none). NNCodec: every qp from
 coarse to fine, its decoded weights put back into the model and run in the model's runtime; the
 coarsest qp that meets the goal (a scan in steps of 4, then of 1). qpack: `qpack convert
 --max-accuracy-drop 1` / `--min-cosine 0.99` with `--codec ans`, on the same inputs. qpack's
@@ -269,14 +270,18 @@ class Judge:
         self.skeletons: dict[frozenset[str], bytes] = {}  # by the keys put back: the same set for every trial
 
     def score(self, outs: list[list[np.ndarray]]) -> float:
-        """Accuracy points lost (accuracy) or the least output cosine over the inputs and their subsets."""
+        """Accuracy points lost (accuracy) or the least output cosine over the inputs, each single input and the subsets."""
         from converter.evaluate import output_fidelity
 
         if self.accuracy:
             labels = self.case.inputs.labels
             acc = [float(np.mean(np.argmax(o[0].reshape(len(labels), -1), axis=1) == labels)) for o in (self.ref[0], outs[0])]
             return 100 * (acc[0] - acc[1])
-        return min(r["cosine"] for ref, got in zip(self.ref, outs) for r in output_fidelity(ref, got, [""] * len(ref)))
+        from converter.allocate import least_cosine
+
+        # the whole (each output's cosine over the inputs and on each single input), then each subset
+        whole = least_cosine({"outputs": output_fidelity(self.ref[0], outs[0], [""] * len(outs[0]), self.case.inputs.count)})
+        return min([whole, *(r["cosine"] for ref, got in zip(self.ref[1:], outs[1:]) for r in output_fidelity(ref, got, [""] * len(ref)))])
 
     def meets(self, value: float) -> bool:
         return value <= MAX_DROP if self.accuracy else value >= MIN_COSINE
