@@ -21,9 +21,9 @@
    text, fed as its package feeds them, (x - 0.5) / 0.5).
 4. The data-free allocator at --target-bpw 4.5 beats uniform 4-bit asym per-channel on weight SQNR
    and on the lowest output cosine (seed-1 inputs of 3) for every model of 3; judged separately for
-   the default objective (balanced) packed and with `--codec ans`, for `--objective pooled --codec
-   ans` and, for reference, `--objective layers` (each tensor's scheme chosen, as the CLI does
-   without `--scheme`).
+   the defaults (objective balanced, codes entropy-coded: a goal's codec is ans unless told), for
+   `--codec packed`, for `--objective pooled` and, for reference, `--objective layers` (each
+   tensor's scheme chosen, as the CLI does without `--scheme`).
 5. Bit efficiency (`qpack report ... --json`: totals.bit_efficiency) of lut beside the uniform and
    pow2 schemes at 3 and 4 bits, on the sample and one fixture: figures only, no target.
 
@@ -300,7 +300,8 @@ def target_gguf(tmp: Path, repeat: int) -> None:
             add(f"qpack {c.label}", sqnr, stored * 8 / n)
 
         keep_args = [a for k in others for a in ("--keep", k)]
-        allocations: list[tuple[str | None, list[str]]] = [(s, []) for s in ("asym", "sym", "lut")]
+        allocations: list[tuple[str | None, list[str]]] = [(s, ["--codec", "packed"]) for s in ("asym", "sym", "lut")]
+        allocations += [(None, [])]  # the defaults: each tensor's scheme chosen, objective balanced, codec ans
         allocations += [(s, ["--objective", "pooled", "--codec", "ans"]) for s in ("asym", "sym", "lut", None)]
         for scheme, extra in allocations:
             js = tmp / "alloc.json"
@@ -663,15 +664,15 @@ def target_cosine(models: list[Model], skipped: list[tuple[str, str]], tmp: Path
 
 
 ALLOCATORS = {  # label -> the options of a data-free allocation at BPW_LIMIT (each tensor's scheme chosen); judged each
-    "balanced": ["--target-bpw", BPW_LIMIT],  # the default objective
-    "balanced ans": ["--target-bpw", BPW_LIMIT, "--codec", "ans"],
-    "pooled ans": ["--target-bpw", BPW_LIMIT, "--objective", "pooled", "--codec", "ans"],
-    "layers": ["--target-bpw", BPW_LIMIT, "--objective", "layers"],  # the default before balanced
+    "balanced": ["--target-bpw", BPW_LIMIT],  # the defaults: objective balanced, codec ans
+    "balanced packed": ["--target-bpw", BPW_LIMIT, "--codec", "packed"],
+    "pooled": ["--target-bpw", BPW_LIMIT, "--objective", "pooled"],
+    "layers": ["--target-bpw", BPW_LIMIT, "--objective", "layers"],  # the default objective before balanced
 }
 
 
 def target_allocator(models: list[Model], tmp: Path) -> None:
-    print("4. data-free --target-bpw 4.5 (the default objective, with and without --codec ans; --objective pooled --codec ans; "
+    print("4. data-free --target-bpw 4.5 (the defaults: objective balanced, codec ans; --codec packed; --objective pooled; "
           "--objective layers) "
           "against uniform --bits 4 --per-channel (asym): weight SQNR and min output cosine (seed-1 inputs)", flush=True)
     rows = []

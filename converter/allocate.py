@@ -60,6 +60,10 @@ MAX_BITS = 8
 # sym goes past a byte: a full range at a step finer than 255 levels allow (outliers kept, the bulk
 # fine), what entropy-coded high-fidelity goals want and what rescues a model 8 bits cannot carry
 WIDE_BITS = 12
+# ... and to 16 where a fidelity goal's most precise 12-bit setting misses it: a pose landmark model
+# on noise images keeps 0.9825 on its worst input at 12 bits everywhere, 0.99993 at 16 (its presence
+# score is a sigmoid at -10: weights moved by 2^-11 of their values take that output to 0.991)
+RESCUE_BITS = 16
 WIDE_RUN = 4  # codes per stored weight that a wide ans table typically takes (its run shift is chosen per table)
 # one-bit codes keep two levels per group: the allocation never needs them to reach a budget it
 # can meet at all, and the summed relative error underrates how they break a network
@@ -417,8 +421,8 @@ IN_FLIGHT_BYTES = 256 << 20  # tensors' values sent ahead to worker processes, a
 
 def menus(model: SourceModel, policy: Policy, progress: Callable[[int, int], None] | None = None,
           coded: str | None = None, schemes: tuple[str, ...] | None = None,
-          near: dict[str, int] | None = None) -> list[Menu]:
-    """A menu for each weight the policy quantizes: widths 2 to 8 (12 for sym) under the policy's
+          near: dict[str, int] | None = None, widest: int = WIDE_BITS) -> list[Menu]:
+    """A menu for each weight the policy quantizes: widths 2 to 8 (`widest` for sym and dq) under the policy's
     scheme, or under each of `schemes` (the tensor then takes whichever scheme its chosen option has);
     with `near` (weight key -> width, see step_widths), only the widths NEAR_BELOW below to
     NEAR_ABOVE above it.
@@ -443,7 +447,7 @@ def menus(model: SourceModel, policy: Policy, progress: Callable[[int, int], Non
 
     def job(w: Weight, send: bool) -> Callable[[], tuple[float, list[Option]]]:
         """One weight's menu; `send`: its values go with it, to a worker process."""
-        return partial(_menu_options, _portable(w) if send else w, names, coded, half, near.get(w.key))
+        return partial(_menu_options, _portable(w) if send else w, names, coded, half, near.get(w.key), widest)
 
     def measure(pool: Any, jobs: Iterable[Callable[[], tuple[float, list[Option]]]], ahead: int) -> list[Menu]:
         out = []
@@ -518,12 +522,12 @@ def step_widths(model: SourceModel, policy: Policy, db: float) -> dict[str, int]
 
 
 def _menu_options(w: Weight, names: tuple[str, ...], coded: str | None, half: bool,
-                  near: int | None = None) -> tuple[float, list[Option]]:
+                  near: int | None = None, widest: int = WIDE_BITS) -> tuple[float, list[Option]]:
     """(signal, options) of one weight's menu under each of `names`: what a worker sends back."""
     got = []
     for scheme in names:
         spec = get_quantizer(scheme).spec()
-        top = WIDE_BITS if spec.max_bits >= WIDE_BITS else MAX_BITS
+        top = min(widest, spec.max_bits) if spec.max_bits > MAX_BITS else MAX_BITS
         low, high = max(spec.min_bits, MIN_WIDTH), top
         if near is not None:  # the window, kept inside the scheme's widths and at least NEAR_ABOVE + 1 wide
             high = max(min(top, near + NEAR_ABOVE), low + NEAR_ABOVE)
@@ -686,21 +690,32 @@ def for_size(model: SourceModel, policy: Policy, size: int, convert_to: Callable
 
 
 def for_fidelity(policy: Policy, goal: Goal, ms: list[Menu], evaluate_policy: Callable[[Policy], dict[str, Any]],
-                 log: Callable[[str], None] | None = None, rounds: int = 2) -> tuple[Policy, list[Option], str]:
+                 log: Callable[[str], None] | None = None, rounds: int = 2,
+                 wider: Callable[[], list[Menu]] | None = None) -> tuple[Policy, list[Option], str]:
     """The smallest allocation (bisected over the byte budget, from the starting width to the most
     precise setting) that meets a fidelity goal in the runtime; tensors that hurt most are weighted
     up and the search rerun when the goal is met only near the top; then the pooled search
     (_pooled_search) may find a smaller one. A cosine goal is searched with COSINE_MARGIN, or
-    without it where the most precise setting meets the goal only so."""
+    without it where the most precise setting meets the goal only so. Where the most precise
+    setting misses the goal (with its margin), `wider` menus (RESCUE_BITS) replace `ms`, in place."""
     say = log or (lambda s: None)
-    # the budget is bisected over each menu's convex hull: between neighbouring budgets tensors move
-    # by whole hull steps, each worth its bytes, and what is found keeps a margin on other inputs
-    # (over the whole front the search settles on the tune inputs' edge: Silero op15 kept 0.990
-    # there and 0.982 on another draw)
-    for m in ms:
-        m.options = _hull(m.options)
-    top_policy = plan(policy, ms, [m.options[-1] for m in ms], "largest")
-    top = evaluate_policy(top_policy)
+
+    def most_precise() -> tuple[Policy, dict[str, Any]]:
+        # the budget is bisected over each menu's convex hull: between neighbouring budgets tensors move
+        # by whole hull steps, each worth its bytes, and what is found keeps a margin on other inputs
+        # (over the whole front the search settles on the tune inputs' edge: Silero op15 kept 0.990
+        # there and 0.982 on another draw)
+        for m in ms:
+            m.options = _hull(m.options)
+        p = plan(policy, ms, [m.options[-1] for m in ms], "largest")
+        return p, evaluate_policy(p)
+
+    top_policy, top = most_precise()
+    margined = replace(goal, cosine_share=COSINE_MARGIN) if goal.min_cosine is not None else goal
+    if wider is not None and not margined.met(top)[0]:
+        say(f"every tensor at its most precise setting: {margined.met(top)[1]}; measuring sym and dq up to {RESCUE_BITS} bits")
+        ms[:] = wider()
+        top_policy, top = most_precise()
     if goal.min_cosine is not None:
         goal = replace(goal, cosine_share=COSINE_MARGIN)
         if goal.met(top)[0]:
@@ -1019,7 +1034,8 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
         raise OptionError("--bits-for fixes widths by hand: leave it out when qpack allocates them")
     trial = Path(workdir) / "trial.qpk"
     near = step_widths(src, policy, goal.target_sqnr) if goal.target_sqnr is not None else None
-    ms = menus(src, policy, progress, coded=None if codec.id == RAW.id else codec.name, schemes=goal.schemes, near=near)
+    coded = None if codec.id == RAW.id else codec.name
+    ms = menus(src, policy, progress, coded=coded, schemes=goal.schemes, near=near)
     if not ms:
         raise OptionError("no tensor is quantized under these options: nothing to allocate")
 
@@ -1072,8 +1088,15 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
         if goal.min_cosine is not None and inputs.count < FEW_INPUTS:
             note(f"only {inputs.count} inputs: the cosine goal holds on them and their subsets, and another draw may land "
                  f"lower; {FEW_INPUTS} or more stand for other inputs better")
+        def wider() -> list[Menu]:
+            out = menus(src, policy, progress, coded=coded, schemes=goal.schemes, widest=RESCUE_BITS)
+            for m in out:
+                m.importance = OBJECTIVES[objective].importance(m, out)
+            return out
+
+        widens = any(get_quantizer(s).spec().max_bits > WIDE_BITS for s in goal.schemes or (policy.scheme,))
         try:
-            p, chosen, words = for_fidelity(policy, goal, ms, evaluate_policy, note)
+            p, chosen, words = for_fidelity(policy, goal, ms, evaluate_policy, note, wider=wider if widens else None)
         except BudgetError as e:
             floor = replace(goal, cosine_share=1.0).met(float_floor(src, ms, model_path, inputs, reference, parts, Path(workdir)))
             if floor[0]:

@@ -120,9 +120,13 @@ Compress = Annotated[str, typer.Option("--compress", help="compressors to measur
                                                             "auto = gzip,zstd for models up to 64 MiB")]
 JsonOut = Annotated[Path | None, typer.Option("--json", dir_okay=False, help="also write the report as JSON")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")]
-CodecOpt = Annotated[CodecName, typer.Option("--codec", help="packed: dense n-bit codes; zstd: the packed codes compressed; "
-                                                             "ans: the codes entropy-coded by rANS with context tables "
-                                                             "(either kept per tensor only where smaller)")]
+_CODEC_HELP = ("packed: dense n-bit codes; zstd: the packed codes compressed; ans: the codes entropy-coded by rANS with "
+               "context tables (either kept per tensor only where smaller)")
+CodecOpt = Annotated[CodecName, typer.Option("--codec", help=_CODEC_HELP)]
+# a goal trades fidelity for stored bytes, and the ans codec stores the same codes in the fewest
+GOAL_CODEC = "ans"
+GoalCodec = Annotated[CodecName | None, typer.Option("--codec", show_default=False,
+                                                     help=f"{_CODEC_HELP} [default: packed; with a goal, {GOAL_CODEC}]")]
 Rdo = Annotated[float, typer.Option("--rdo", min=0.0, max=10.0, help="rate-aware rounding (asym, sym): a weight takes a "
                                                                       "neighbouring code when the bits saved x LAMBDA outweigh the "
                                                                       "squared error added, in steps; 0 rounds to nearest",
@@ -192,7 +196,7 @@ def convert(
     keep: Keep = None,
     include: Include = None,
     bits_for: BitsFor = None,
-    codec: CodecOpt = CodecName("packed"),
+    codec: GoalCodec = None,
     rdo: Rdo = 0.0,
     compress: Compress = "auto",
     json_out: JsonOut = None,
@@ -221,7 +225,8 @@ def convert(
 
     With a goal (--target-bpw, --target-size, --target-sqnr, or --min-cosine/--max-accuracy-drop checked in the
     runtime on --inputs/--images/--dataset), qpack allocates each tensor's width, grouping and
-    clipping itself, starting from --bits; an impossible goal exits with code 3.
+    clipping itself, starting from --bits, and entropy-codes the codes unless --codec says otherwise;
+    an impossible goal exits with code 3.
 
     With a budget (--max-size, --max-bpw, --min-sqnr) a broken one exits with code 3 and the
     new artifact is not put in place (a previous file at the output path stays as it was), so a
@@ -243,6 +248,7 @@ def convert(
         goal = Goal(target_bpw, target_size, min_cosine, max_accuracy_drop, target_sqnr,
                     str(objective.value) if objective else None, None if scheme else AUTO_SCHEMES, allow_float)
         goal.check()
+        chosen_codec = _codec(codec or CodecName(GOAL_CODEC if goal.any else "packed"))
         data = _inputs(model, inputs, images, dataset, size, layout, scale, mean, std) if goal.fidelity else None
         src = stack.enter_context(closing(open_model(model)))
         compressors = parse_compressors(compress, src.file_bytes)
@@ -252,11 +258,11 @@ def convert(
             with bar:
                 task = bar.add_task("quantizing", total=None)
                 ctask = bar.add_task("compressing", total=len(compressors) * 2, visible=False)
-                done = publish(src, policy, target, _codec(codec), budget, compressors,
+                done = publish(src, policy, target, chosen_codec, budget, compressors,
                                lambda i, n: bar.update(task, completed=i, total=n, refresh=True),
                                lambda _: bar.update(ctask, advance=1, visible=True, refresh=True), goal, data, say)
         else:
-            done = publish(src, policy, target, _codec(codec), budget, compressors, goal=goal, inputs=data, log=say)
+            done = publish(src, policy, target, chosen_codec, budget, compressors, goal=goal, inputs=data, log=say)
         report = done.report
         report["command"] = _command("convert")
         if json_out:

@@ -253,6 +253,24 @@ def test_target_sqnr_menus_near_one_step_choose_as_the_whole_menus(sample: Path,
     assert narrow.summary["candidates"] < whole.summary["candidates"]
 
 
+def test_goals_entropy_code_unless_told(sample: Path, tmp_path: Path):
+    """A goal trades fidelity for stored bytes: without --codec its codes are entropy-coded (ans),
+    and the budget holds for what is stored; --codec packed keeps dense codes a reader needs no
+    decoder for, and a plain conversion stays packed."""
+    from formats.qpk import ANS, RAW
+
+    codecs, sizes = {}, {}
+    for name, extra in (("goal", []), ("goal-packed", ["--codec", "packed"]), ("plain", None)):
+        out, js = tmp_path / f"{name}.qpk", tmp_path / f"{name}.json"
+        opts = ["--bits", 3] if extra is None else ["--target-bpw", 3.0, *extra]
+        assert _run("convert", sample, *opts, "-o", out, "--compress", "none", "-q", "--json", js).exit_code == 0
+        with QpkReader(out) as q:
+            codecs[name] = {q.blobs[e.codes].codec for e in q.entries}
+        sizes[name] = json.loads(js.read_text())["sizes"]["bits_per_weight"]
+    assert ANS.id in codecs["goal"] and codecs["goal-packed"] == codecs["plain"] == {RAW.id}
+    assert sizes["goal"] <= 3.0 and sizes["goal-packed"] <= 3.0
+
+
 def test_unreachable_sqnr_exits_3_and_writes_nothing(sample: Path, tmp_path: Path):
     out = tmp_path / "u.qpk"
     r = _run("convert", sample, "--target-sqnr", 90, "-o", out, "-q")
@@ -269,7 +287,7 @@ def test_the_default_objective_keeps_the_pooled_sqnr_up(tfl_fp32: Path, tmp_path
         js = tmp_path / f"{objective}.json"
         extra = ["--objective", objective] if objective else []
         r = _run("convert", tfl_fp32, "--target-bpw", 4.5, *extra, "-o", tmp_path / f"{objective}.qpk", "--compress", "none",
-                 "-q", "--json", js)
+                 "--codec", "packed", "-q", "--json", js)
         assert r.exit_code == 0, r.output
         rep = json.loads(js.read_text())
         assert rep["sizes"]["bits_per_weight"] <= 4.5
@@ -444,8 +462,9 @@ def test_allow_float_keeps_what_8_bits_cannot_carry(tmp_path: Path):
 
 
 def test_codes_past_8_bits_carry_what_8_bits_cannot(tmp_path: Path):
-    """With each tensor's scheme chosen, sym offers 9..12-bit codes: Silero meets --min-cosine 0.99
-    with every tensor quantized, some past 8 bits, smaller than with tensors kept in float."""
+    """With each tensor's scheme chosen, sym (and, entropy-coded, dq) offers 9..12-bit codes: Silero
+    meets --min-cosine 0.99 with every tensor quantized, some past 8 bits, smaller than with tensors
+    kept in float."""
     model = _silero_inputs(tmp_path)
     out, js = tmp_path / "w.qpk", tmp_path / "w.json"
     r = _run("convert", model, "--min-cosine", 0.99, "--inputs", tmp_path / "in0.npz", "-o", out, "--compress", "none",
@@ -453,7 +472,7 @@ def test_codes_past_8_bits_carry_what_8_bits_cannot(tmp_path: Path):
     assert r.exit_code == 0, r.output
     rep = json.loads(js.read_text())
     assert "kept_in_float" not in rep["allocation"] and max(t["bits"] for t in rep["tensors"]) > 8
-    assert all(t["scheme"] == "sym" for t in rep["tensors"] if t["bits"] > 8)
+    assert {t["scheme"] for t in rep["tensors"] if t["bits"] > 8} <= {"sym", "dq"}
     assert _checked_cosine(model, out, tmp_path / "in1.npz", tmp_path) >= 0.99
     with QpkReader(out) as q:  # what the container gives back is what the report measured
         assert {e.bits for e in q.entries} == {t["bits"] for t in rep["tensors"]}
