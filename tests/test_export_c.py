@@ -32,6 +32,7 @@ from converter.quant import get_quantizer
 from formats.errors import FormatError, OptionError, UnsupportedError
 from formats.model import SourceModel
 from formats.qpk import (
+    ANS,
     RAW,
     SCHEMES,
     ZSTD,
@@ -406,6 +407,84 @@ def test_converted_containers(gcc: str, reader_driver: Path, table_driver: Path,
             _assert_same(qpk, data)
         _assert_same(qpk, _decode_table(gcc, STRICT, qpk, tmp_path, table_driver))
     assert {("asym", ("scale", "<f2"), ("zero_point", "<u1")), ("sym", ("scale", "<f2")), ("lut", ("centroids", "<f2"))} <= dtypes
+
+
+def _stream_kind(stream: bytes | memoryview) -> tuple[str, bool, bool]:
+    """(model, profile tables, codes past a byte) of an ans stream, from its head."""
+    return ("contexts" if stream[3] & 0x7F else "order 0"), bool(stream[3] & 0x80), stream[1] > 8
+
+
+@pytest.fixture(scope="module")
+def ans_models(tmp_path_factory: pytest.TempPathFactory, sample: Path) -> list[Path]:
+    """The sample converted with its codes entropy-coded, as a goal writes them: between them,
+    order-0 and context streams, weight and profile tables, codes of 3..12 bits."""
+    from formats.onnx_model import OnnxModel
+
+    tmp = tmp_path_factory.mktemp("ans")
+    runs = [Policy("asym", 3, per_channel=True), Policy("dq", 5), Policy("sym", 12), Policy("pow2", 4),
+            Policy("lut", 3, group_size=32), Policy("sym", 6, group_size=64, param_dtype="fp16")]
+    paths = []
+    for i, policy in enumerate(runs):
+        paths.append(tmp / f"ans{i}.qpk")
+        convert(OnnxModel(sample), policy, paths[-1], codec=ANS)
+    return paths
+
+
+def test_ans_containers_decode_bit_exactly(ans_models: list[Path], reader_driver_asan: Path, tmp_path: Path):
+    """qpk_unpack decodes every kind of ans stream the pipeline writes into the codes Python reads:
+    the floats are bit for bit Python's, under the sanitizers."""
+    kinds = set()
+    for qpk in ans_models:
+        with QpkReader(qpk) as q:
+            kinds |= {_stream_kind(q.blob_view(e.codes, BlobKind.CODES)) for e in q.entries if q.blobs[e.codes].codec == ANS.id}
+        data, rcs = _decode_file(reader_driver_asan, qpk, tmp_path)
+        assert set(rcs) == {0}
+        _assert_same(qpk, data)
+    assert {k[0] for k in kinds} == {"order 0", "contexts"} and {k[1] for k in kinds} == {k[2] for k in kinds} == {False, True}
+
+
+def _with_blob(path: Path, index: int, stored: bytes, out: Path) -> Path:
+    """`path` with blob `index` replaced by `stored` (its length and checksum updated, the payload
+    laid out again), written to `out`: what reaches a reader is the stream, not a checksum error."""
+    with QpkReader(path) as q:
+        meta = msgpack.unpackb(msgpack.packb(q.meta, use_bin_type=True), raw=False)
+        blobs = [bytes(q.blob_view(i, b.kind)) for i, b in enumerate(q.blobs)]
+    blobs[index] = stored
+    payload = bytearray()
+    for row, data in zip(meta["blobs"], blobs):
+        payload += bytes(align(len(payload)) - len(payload))
+        row[2], row[3], row[5] = len(payload), len(data), hashlib.sha256(data).digest()
+        payload += data
+    out.write_bytes(_assemble(msgpack.packb(meta, use_bin_type=True), bytes(payload)))
+    return out
+
+
+def test_corrupt_ans_streams_get_python_verdicts(ans_models: list[Path], reader_driver_asan: Path, tmp_path: Path):
+    """Each kind of stream truncated, extended and flipped (header, model, tables, state, words),
+    checksums fixed so that the stream itself is read: qpk_unpack refuses exactly what Python
+    refuses and decodes the rest to Python's floats, with no sanitizer report."""
+    rng = np.random.default_rng(0)
+    paths: list[Path] = []
+    seen = set()
+    for qpk in ans_models:
+        with QpkReader(qpk) as q:
+            streams = [(e.codes, bytes(q.blob_view(e.codes, BlobKind.CODES))) for e in q.entries if q.blobs[e.codes].codec == ANS.id]
+        for index, stream in streams:
+            if _stream_kind(stream) in seen:
+                continue
+            seen.add(_stream_kind(stream))
+            n = len(stream)
+            variants = [stream[:cut] for cut in sorted({0, 1, 3, 4, 5, 8, 9, 12, n // 2, n - 4, n - 3, n - 2, n - 1})]
+            variants += [stream + b"\0", stream + b"\0\0", stream + b"\xff\xff"]
+            for pos in [*range(min(n, 48)), *rng.integers(48, n, 16).tolist()] if n > 48 else range(n):
+                for flip in (0x01, 0x80, 0xFF):
+                    variants.append(stream[:pos] + bytes([stream[pos] ^ flip]) + stream[pos + 1:])
+            paths += [_with_blob(qpk, index, v, tmp_path / f"m{len(paths) + i}.qpk") for i, v in enumerate(variants)]
+    assert len(seen) >= 5
+    c = _c_verdicts(reader_driver_asan, paths)
+    py = [_python_verdict(p) for p in paths]
+    assert c == py
+    assert 0 < sum(v == "reject" for v in py) < len(py)  # both refusals and streams that still decode
 
 
 # ---- the exporter ------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
  * Decodes n-bit codes (schemes asym, sym, pow2, lut and dq; per-tensor, per-channel and blocked
  * parameter groups; scales and codebooks stored as float32 or float16) into float32 values
  * bit-exactly equal to qpack's Python reader, and reads a whole .qpk container held in memory
- * (flash, say), checking every rule of FORMAT.md's "Reading safely".
+ * (flash, say), checking every rule of FORMAT.md's "Reading safely". Codes stored entropy-coded
+ * (codec 2, ans: what qpack's goals write) are unpacked by qpk_unpack into a caller's buffer.
  *
  * No allocation, no I/O; only <stdint.h>, <stddef.h> and <string.h>. stb style:
  *
@@ -53,8 +54,15 @@ extern "C" {
 #define QPK_E_BLOB (-11)     /* blob table: kind, codec, order, alignment, bounds, padding, decompression budget */
 #define QPK_E_TENSOR (-12)   /* a tensor entry: scheme, bits, shape, axis, block, params, param dtypes, lengths, key */
 #define QPK_E_LIMIT (-13)    /* beyond a limit of this decoder (a dimension above 2^32 - 1) */
-#define QPK_E_CODEC (-14)    /* codes or parameters stored entropy-coded (zstd, codec 1): export --to c */
+#define QPK_E_CODEC (-14)    /* codes ans-coded: qpk_unpack first; stored with zstd (codec 1): export --to c */
 #define QPK_E_NOTFOUND (-15) /* no tensor of that name */
+#define QPK_E_STREAM (-16)   /* an ans code stream breaks FORMAT.md's rules (header, tables, words, end state) */
+#define QPK_E_SPACE (-17)    /* qpk_unpack: the workspace is smaller than qpk_unpack_size says */
+
+/* Codecs of a descriptor's codes (FORMAT.md's blob table): raw, or ans (decode with qpk_unpack).
+ * Any other value (codes or parameters stored with zstd) gives QPK_E_CODEC. */
+#define QPK_RAW 0
+#define QPK_ANS 2
 
 /* Schemes, FORMAT.md's scheme table. */
 #define QPK_ASYM 0 /* (code - zero_point) * scale; 1..8 bits */
@@ -84,7 +92,7 @@ typedef struct qpk_tensor {
     uint8_t scheme;            /* QPK_ASYM, QPK_SYM, QPK_POW2, QPK_LUT or QPK_DQ */
     uint8_t bits;              /* code width */
     uint8_t dtype;             /* QPK_FLOAT32... : the source dtype (informative) */
-    uint8_t codec;             /* 0 when codes and parameters are stored raw; else QPK_E_CODEC */
+    uint8_t codec;             /* QPK_RAW; QPK_ANS: codes is an ans stream of codes_len bytes (qpk_unpack) */
     int32_t axis;              /* -1: one parameter group for the whole tensor */
     uint64_t block;            /* 0: one group per index along axis; B >= 1: B weights along axis */
     uint64_t groups;           /* number of parameter groups (C order of the group array) */
@@ -107,6 +115,21 @@ int qpk_decode_tensor(const qpk_tensor *t, float *out);
 /* Decode weights [first, first + n) in C order into out (n floats): a row, a block, any slice,
  * so a device can stream a tensor through a small buffer. Same values as the whole decode. */
 int qpk_decode_range(const qpk_tensor *t, uint64_t first, size_t n, float *out);
+
+/* Workspace bytes qpk_unpack needs for t: its packed codes, ceil(count * bits / 8), plus the
+ * stream's frequency tables (at most 16 x 257 x 4 bytes for codes of up to 8 bits, 65537 x 4 for
+ * 16-bit codes) and 3 bytes of alignment. 0 for raw codes (nothing to unpack) and where the
+ * packed codes alone would not fit in a size_t. */
+size_t qpk_unpack_size(const qpk_tensor *t);
+
+/* Decode an ans-coded tensor's codes (t->codec == QPK_ANS) into `work` (work_len >=
+ * qpk_unpack_size(t) bytes) and describe them raw in *raw: a copy of *t whose codes point into
+ * work, codec QPK_RAW, ready for qpk_decode_tensor and qpk_decode_range. The stream is checked
+ * against every rule of FORMAT.md ("ans code streams"), reading only t->codes_len bytes and
+ * decoding exactly t->count codes: QPK_E_STREAM when it breaks one. A raw tensor is copied as it
+ * is (work unused). Decoding is sequential; a device with little RAM decodes a tensor's codes once
+ * into flash or a dedicated buffer and streams floats from them with qpk_decode_range. */
+int qpk_unpack(const qpk_tensor *t, void *work, size_t work_len, qpk_tensor *raw);
 
 /* The first tensor of `table` whose name is `name` (NUL-terminated), or NULL. */
 const qpk_tensor *qpk_find_tensor(const qpk_tensor *table, size_t n, const char *name);
@@ -141,8 +164,9 @@ int qpk_open(const uint8_t *buf, size_t len, qpk_file *f);
 int qpk_open_ex(const uint8_t *buf, size_t len, unsigned flags, qpk_file *f);
 
 /* Describe tensor `index` (0..tensor_count-1); pointers go into the file's buffer, shape into the
- * caller's array. A tensor with a dimension above 2^32 - 1 gives QPK_E_LIMIT; one stored with
- * zstd is described (codec 1) but decoding it gives QPK_E_CODEC. */
+ * caller's array. A tensor with a dimension above 2^32 - 1 gives QPK_E_LIMIT. One whose codes are
+ * ans-coded is described with codec QPK_ANS (codes: the stream; qpk_unpack decodes it); one stored
+ * with zstd (codes or parameters) is described with codec 1, and decoding it gives QPK_E_CODEC. */
 int qpk_get_tensor(const qpk_file *f, uint32_t index, qpk_tensor *t, uint32_t shape[QPK_MAX_RANK]);
 
 /* Index of the first tensor named name[0..len). */
@@ -383,6 +407,223 @@ int qpk_decode_tensor(const qpk_tensor *t, float *out)
     return qpk_decode_range(t, 0, (size_t)t->count, out);
 }
 
+/* ---- ans code streams (FORMAT.md "ans code streams") ------------------------------------------ */
+
+#define QPK__ANS_LOW UINT64_C(65536) /* the decoder's state stays at or above 2^16 */
+#define QPK__ANS_CONTEXTS 16u
+
+typedef struct qpk__ans_table {
+    const uint8_t *bytes; /* weight bytes (one per run of 2^shift symbols) or knot bytes (profile) */
+    uint32_t first, span, shift, peak;
+    int profile;
+} qpk__ans_table;
+
+/* v(w): a table weight's value, 16 steps per octave */
+static uint32_t qpk__ans_value(unsigned w)
+{
+    static const uint16_t mant[16] = {1024, 1069, 1117, 1166, 1218, 1272, 1328, 1387,
+                                      1448, 1512, 1579, 1649, 1722, 1798, 1878, 1961};
+    return w ? (uint32_t)mant[(w - 1) & 15u] << ((w - 1) >> 4) : 0u;
+}
+
+/* the knot distance after d: 1, 2, 3, then 2^e and 3 * 2^(e-1) */
+static uint32_t qpk__knot_next(uint32_t d) { return d < 3 ? d + 1 : (d & (d - 1)) == 0 ? d + d / 2 : d + d / 3; }
+
+/* knot bytes of a profile side of n symbols: one per knot distance below n, and n itself */
+static uint32_t qpk__side_knots(uint32_t n)
+{
+    uint32_t c = 0, d;
+    if (!n) return 0;
+    for (d = 1; d < n; d = qpk__knot_next(d)) c++;
+    return c + 1;
+}
+
+/* One table (weights or profile) at data[*pos]; k = 2^bits symbols. */
+static int qpk__ans_table_read(const uint8_t *data, size_t len, size_t *pos, uint32_t k, int profile, qpk__ans_table *tb)
+{
+    int wide = k > 256u;
+    size_t head = profile ? (wide ? 6u : 3u) : (wide ? 5u : 2u), n, i;
+    const uint8_t *p = data + *pos;
+    if (len - *pos < head) return QPK_E_STREAM;
+    tb->profile = profile;
+    tb->first = wide ? qpk__le16(p) : p[0];
+    tb->span = (wide ? qpk__le16(p + 2) : p[1]) + 1u;
+    tb->shift = !profile && wide ? p[4] : 0u;
+    tb->peak = profile ? (wide ? qpk__le16(p + 4) : p[2]) : 0u;
+    if (tb->first + tb->span > k || tb->shift > 15u || tb->peak >= tb->span) return QPK_E_STREAM;
+    if (profile) n = 1u + qpk__side_knots(tb->peak) + qpk__side_knots(tb->span - 1u - tb->peak);
+    else n = ((size_t)tb->span + ((size_t)1 << tb->shift) - 1u) >> tb->shift;
+    if (len - *pos - head < n) return QPK_E_STREAM;
+    tb->bytes = p + head;
+    if (profile) {
+        for (i = 0; i < n; i++)
+            if (!tb->bytes[i]) return QPK_E_STREAM; /* every symbol of the span keeps a weight */
+    } else if (!tb->bytes[0] || !tb->bytes[(tb->span - 1u) >> tb->shift]) {
+        return QPK_E_STREAM; /* the span starts and ends on a present symbol */
+    }
+    *pos += head + n;
+    return QPK_OK;
+}
+
+/* Values v(w) of one profile side into v[c -+ t], t = 1..n, interpolated between its knots. */
+static void qpk__ans_side(uint32_t *v, uint32_t c, int left, uint32_t n, unsigned w0, const uint8_t *knots)
+{
+    uint32_t d = 0, next, t, u, span;
+    unsigned a = w0, b;
+    while (d < n) {
+        next = qpk__knot_next(d);
+        if (next > n) next = n;
+        b = *knots++;
+        span = next - d;
+        for (t = d + 1; t <= next; t++) {
+            u = t - d;
+            v[left ? c - t : c + t] = qpk__ans_value((a * (span - u) + b * u + span / 2) / span);
+        }
+        d = next;
+        a = b;
+    }
+}
+
+/* A table's cumulative frequencies: cum[0..k], cum[s + 1] - cum[s] = f[s], cum[k] = 2^P. */
+static int qpk__ans_cum(const qpk__ans_table *tb, uint32_t k, unsigned precision, uint32_t *cum)
+{
+    uint32_t *v = cum + 1, s, end = tb->first + tb->span, top, m = UINT32_C(1) << precision;
+    uint64_t total = 0, f, sum = 0;
+    memset(cum, 0, ((size_t)k + 1) * sizeof *cum);
+    if (tb->profile) {
+        uint32_t c = tb->first + tb->peak, nl = qpk__side_knots(tb->peak);
+        v[c] = qpk__ans_value(tb->bytes[0]);
+        qpk__ans_side(v, c, 1, tb->peak, tb->bytes[0], tb->bytes + 1);
+        qpk__ans_side(v, c, 0, tb->span - 1u - tb->peak, tb->bytes[0], tb->bytes + 1 + nl);
+    } else {
+        for (s = tb->first; s < end; s++) v[s] = qpk__ans_value(tb->bytes[(s - tb->first) >> tb->shift]);
+    }
+    for (s = tb->first; s < end; s++) total += v[s];
+    if (!total) return QPK_E_STREAM;
+    for (s = tb->first; s < end; s++) {
+        if (!v[s]) continue;
+        f = (uint64_t)v[s] * m / total; /* < 2^26 * 2^15 */
+        if (f < 1) f = 1;
+        v[s] = (uint32_t)f;
+        sum += f;
+    }
+    /* the rest goes to the first symbol of the largest frequency, which must stay >= 1 */
+    top = tb->first;
+    for (s = tb->first; s < end; s++)
+        if (v[s] > v[top]) top = s;
+    if ((int64_t)v[top] + ((int64_t)m - (int64_t)sum) < 1) return QPK_E_STREAM;
+    v[top] = (uint32_t)((int64_t)v[top] + ((int64_t)m - (int64_t)sum));
+    for (s = 0; s < k; s++) cum[s + 1] += cum[s];
+    return QPK_OK;
+}
+
+/* hb(S): half octaves of a magnitude sum */
+static unsigned qpk__half_octaves(uint32_t sum)
+{
+    unsigned e = 0;
+    if (!sum) return 0;
+    while (sum >> (e + 1)) e++;
+    return 2u * e + 1u + (e >= 1 ? (sum >> (e - 1)) & 1u : 0u);
+}
+
+size_t qpk_unpack_size(const qpk_tensor *t)
+{
+    uint64_t packed, tables;
+    if (!t || t->codec != QPK_ANS || t->bits == 0 || t->bits > 16) return 0;
+    if (t->count > (UINT64_MAX - 7) / 16) return 0;
+    packed = (t->count * t->bits + 7) / 8;
+    tables = ((UINT64_C(1) << t->bits) + 1) * 4 * (t->bits <= 8 ? QPK__ANS_CONTEXTS : 1u);
+    if (packed > (uint64_t)SIZE_MAX - tables - 3) return 0;
+    return (size_t)(packed + tables + 3);
+}
+
+int qpk_unpack(const qpk_tensor *t, void *work, size_t work_len, qpk_tensor *raw)
+{
+    const uint8_t *data, *words;
+    uint8_t *out;
+    uint32_t *cum, k, m, mask, ring[8] = {0}, total = 0, mag;
+    qpk__ans_table tb[QPK__ANS_CONTEXTS];
+    unsigned bits, precision, model, window = 0, contexts = 1, offset = 0, rule = 0, center = 0, ctx = 0, c;
+    size_t len, pos, packed, need, nwords, ptr = 0, pad;
+    uint64_t x, i;
+    int rc;
+    if (!t || !raw) return QPK_E_ARG;
+    if (t->codec == QPK_RAW) {
+        *raw = *t;
+        return qpk_tensor_check(t);
+    }
+    if (t->codec != QPK_ANS) return QPK_E_CODEC;
+    need = qpk_unpack_size(t);
+    if (!need) return qpk__scheme_bits(t->scheme, t->bits) ? QPK_E_LIMIT : QPK_E_ARG;
+    if (!work || work_len < need) return QPK_E_SPACE;
+    if (!t->codes && t->codes_len) return QPK_E_ARG;
+    bits = t->bits, k = UINT32_C(1) << bits;
+    packed = (size_t)((t->count * bits + 7) / 8);
+    *raw = *t;
+    raw->codec = QPK_RAW, raw->codes = (const uint8_t *)work, raw->codes_len = packed;
+    if ((rc = qpk_tensor_check(raw)) != QPK_OK) return rc; /* shape, grouping, parameters */
+
+    /* header, model, tables (FORMAT.md "ans code streams") */
+    data = t->codes, len = t->codes_len;
+    if (len < 4 || data[0] != 1 || data[1] != bits || data[2] < 1 || data[2] > 15) return QPK_E_STREAM;
+    precision = data[2], model = data[3], pos = 4;
+    if ((model & 0x7Fu) == 1) {
+        if (bits > 8 || len - pos < 5) return QPK_E_STREAM;
+        window = data[4], contexts = data[5], offset = data[6], rule = data[7], center = data[8];
+        if (window < 1 || window > 8 || contexts < 2 || contexts > QPK__ANS_CONTEXTS || offset > 63 || rule > 1 ||
+            center >= k || (rule == 1 && (bits < 2 || center != 0)))
+            return QPK_E_STREAM;
+        pos += 5;
+    } else if ((model & 0x7Fu) != 0) {
+        return QPK_E_STREAM;
+    }
+    for (c = 0; c < contexts; c++)
+        if ((rc = qpk__ans_table_read(data, len, &pos, k, (model & 0x80u) != 0, &tb[c])) != QPK_OK) return rc;
+    if (len - pos < 4 || (len - pos - 4) % 2) return QPK_E_STREAM;
+    x = qpk__le32(data + pos);
+    if (x < QPK__ANS_LOW) return QPK_E_STREAM;
+    words = data + pos + 4, nwords = (len - pos - 4) / 2;
+
+    out = (uint8_t *)work;
+    pad = (size_t)((4u - ((uintptr_t)(out + packed) & 3u)) & 3u);
+    cum = (uint32_t *)(void *)(out + packed + pad);
+    for (c = 0; c < contexts; c++)
+        if ((rc = qpk__ans_cum(&tb[c], k, precision, cum + (size_t)c * (k + 1))) != QPK_OK) return rc;
+    memset(out, 0, packed);
+    m = UINT32_C(1) << precision, mask = m - 1;
+    for (i = 0; i < t->count; i++) {
+        const uint32_t *ct = cum + (size_t)ctx * (k + 1);
+        uint32_t slot = (uint32_t)(x & mask), lo = tb[ctx].first, hi = tb[ctx].first + tb[ctx].span - 1, mid, code;
+        uint64_t bit = i * bits;
+        size_t at = (size_t)(bit >> 3);
+        unsigned sh = (unsigned)(bit & 7u);
+        while (lo < hi) { /* the symbol whose slots hold `slot`: the first s with cum[s + 1] > slot */
+            mid = lo + (hi - lo) / 2;
+            if (ct[mid + 1] > slot) hi = mid;
+            else lo = mid + 1;
+        }
+        code = lo;
+        x = (uint64_t)(ct[code + 1] - ct[code]) * (x >> precision) + slot - ct[code];
+        if (x < QPK__ANS_LOW) {
+            if (ptr == nwords) return QPK_E_STREAM; /* runs out of words */
+            x = x << 16 | qpk__le16(words + 2 * ptr);
+            ptr++;
+        }
+        out[at] |= (uint8_t)(code << sh);
+        if (sh + bits > 8u) out[at + 1] |= (uint8_t)(code >> (8u - sh));
+        if (sh + bits > 16u) out[at + 2] |= (uint8_t)(code >> (16u - sh));
+        if (contexts > 1) { /* the next code's context: the magnitudes of the `window` codes before it */
+            mag = rule ? code & ((1u << (bits - 1)) - 1u) : code > center ? code - center : center - code;
+            total += mag - ring[i % window];
+            ring[i % window] = mag;
+            c = qpk__half_octaves(total);
+            ctx = c <= offset ? 0u : c - offset >= contexts ? contexts - 1 : c - offset;
+        }
+    }
+    if (x != QPK__ANS_LOW || ptr != nwords) return QPK_E_STREAM; /* does not end as stated */
+    return QPK_OK;
+}
+
 const qpk_tensor *qpk_find_tensor(const qpk_tensor *table, size_t n, const char *name)
 {
     size_t i, len;
@@ -410,8 +651,10 @@ const char *qpk_strerror(int err)
     case QPK_E_BLOB: return "invalid blob table";
     case QPK_E_TENSOR: return "invalid tensor entry";
     case QPK_E_LIMIT: return "beyond a limit of this decoder";
-    case QPK_E_CODEC: return "blob is entropy-coded (zstd); export with --to c for raw codes";
+    case QPK_E_CODEC: return "codes entropy-coded: ans needs qpk_unpack first; zstd (codes or parameters): export with --to c";
     case QPK_E_NOTFOUND: return "no such tensor";
+    case QPK_E_STREAM: return "invalid ans code stream";
+    case QPK_E_SPACE: return "workspace smaller than qpk_unpack_size";
     default: return "unknown error";
     }
 }
@@ -964,7 +1207,7 @@ static int qpk__entry_read(const qpk_file *f, qpk__mp *m, qpk__blobs *bc, qpk__e
         uint64_t size = (e->scheme == QPK_LUT ? UINT64_C(1) << e->bits : 1u) * qpk__param_sizes[e->param_dtype[j]];
         if ((rc = qpk__blob_at(bc, f, e->params[j], &e->param_blob[j])) != QPK_OK) return rc;
         if (e->param_blob[j].kind != QPK__PARAM || e->param_blob[j].raw_length != e->groups * size) return QPK_E_TENSOR;
-        if (e->param_blob[j].codec) e->codec = (unsigned)e->param_blob[j].codec;
+        if (e->param_blob[j].codec) e->codec = 1u; /* parameters stored coded: not for this decoder (QPK_E_CODEC) */
     }
     return QPK_OK;
 }
@@ -1011,7 +1254,7 @@ static int qpk__open_blobs(qpk_file *f, size_t at, unsigned flags)
     f->blobs_at_ = m.pos;
     for (i = 0; i < v.u; i++) {
         if ((rc = qpk__blob_row(&m, &b)) != QPK_OK) return rc;
-        if (b.kind > QPK__PARAM || b.codec > 1) return QPK_E_BLOB; /* codecs: 0 raw, 1 zstd */
+        if (b.kind > QPK__PARAM || b.codec > QPK_ANS) return QPK_E_BLOB; /* codecs: 0 raw, 1 zstd, 2 ans */
         /* increasing, aligned, inside the payload; raw blobs decode to themselves */
         if (b.offset < end || b.offset % 64 || b.offset > payload_len || b.length > payload_len - b.offset) return QPK_E_BLOB;
         if (b.codec == 0 && b.raw_length != b.length) return QPK_E_BLOB;

@@ -25,9 +25,28 @@ extern const size_t qpk_tensor_count;
 #include "qpk.h"
 #endif
 
-/* Decode t whole into a fresh exact-size buffer, and again in ranges of varying sizes: the two
+/* Unpack ans-coded codes (qpk_unpack, into an exact-size workspace; one byte less must be refused),
+ * then decode t whole into a fresh exact-size buffer, and again in ranges of varying sizes: the two
  * must agree bit for bit. Returns the first error code; *out gets the whole decode. */
-static int decode(const qpk_tensor *t, float **out)
+static int decode_raw(const qpk_tensor *t, float **out);
+
+static int decode(const qpk_tensor *coded, float **out)
+{
+    qpk_tensor t;
+    size_t need = qpk_unpack_size(coded);
+    unsigned char *work = malloc(need ? need : 1);
+    int rc;
+    if (!work) exit(2);
+    *out = NULL;
+    if (need && qpk_unpack(coded, work, need - 1, &t) != QPK_E_SPACE) exit(3);
+    if (coded->codec == QPK_ANS && qpk_decode_range(coded, 0, 0, NULL) != QPK_E_CODEC) exit(3); /* not without unpacking */
+    rc = qpk_unpack(coded, work, need, &t);
+    if (rc == 0) rc = decode_raw(&t, out);
+    free(work);
+    return rc;
+}
+
+static int decode_raw(const qpk_tensor *t, float **out)
 {
     static const size_t steps[] = {1, 7, 64, 3, 1000, 13};
     size_t n = (size_t)t->count, first = 0, k = 0;
