@@ -1,18 +1,23 @@
-"""The C decoder (qpk.h): decode rate of exported tables, whole and streamed, qpk_open rate, code size.
+"""The C decoder (qpk.h): decode rate of exported tables, whole and streamed, qpk_open rate, code size,
+and qpk_unpack's rate on ans-coded codes against the Python reader's (numba) in the same run.
 
     python bench/bench_export_c.py        (needs gcc)
 
 Converts the bundled sample at 4 bits per channel in each scheme (lut with float16 codebooks),
 exports it with `--to c`, compiles a timing program with gcc -O2 and prints medians of several runs.
+For ans: the PP-OCRv4 recognizer (rapidocr-onnxruntime; else the sample) at asym 4 bits per channel,
+dq 5 and sym 12, `--codec ans`, read whole by qpk_open and each tensor's codes unpacked.
 """
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,8 +27,81 @@ from converter.convert import convert  # noqa: E402
 from converter.export import export  # noqa: E402
 from converter.policy import Policy  # noqa: E402
 from formats.onnx_model import OnnxModel  # noqa: E402
+from formats.qpk import ANS, QpkReader  # noqa: E402
 
 RUNS = 5
+UNPACK = r"""
+#define _POSIX_C_SOURCE 199309L
+#define QPK_IMPLEMENTATION
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include "qpk.h"
+
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+
+int main(int argc, char **argv)
+{
+    FILE *f = fopen(argv[1], "rb");
+    long len;
+    unsigned char *qpk, *work;
+    size_t need = 0, codes = 0, rounds;
+    qpk_file file;
+    qpk_tensor t, raw;
+    uint32_t shape[QPK_MAX_RANK], i;
+    double t0;
+    (void)argc;
+    if (!f || fseek(f, 0, SEEK_END) || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET)) return 2;
+    qpk = malloc((size_t)len);
+    if (!qpk || fread(qpk, 1, (size_t)len, f) != (size_t)len || qpk_open(qpk, (size_t)len, &file)) return 2;
+    for (i = 0; i < file.tensor_count; i++) {
+        if (qpk_get_tensor(&file, i, &t, shape)) return 1;
+        if (qpk_unpack_size(&t) > need) need = qpk_unpack_size(&t);
+    }
+    work = malloc(need ? need : 1);
+    if (!work) return 2;
+    t0 = now();
+    for (rounds = 0; rounds < 5; rounds++)
+        for (i = 0; i < file.tensor_count; i++) {
+            if (qpk_get_tensor(&file, i, &t, shape) || t.codec != QPK_ANS) continue;
+            if (qpk_unpack(&t, work, need, &raw)) return 1;
+            codes += (size_t)t.count;
+        }
+    printf("%.1f\n", codes / (now() - t0) / 1e6);
+    return 0;
+}
+"""
+
+
+def _unpack_rates(gcc: str, d: Path) -> None:
+    """Million codes a second, qpk_unpack against QpkReader.codes, over the ans-coded tensors."""
+    try:
+        rec = Path(md.distribution("rapidocr-onnxruntime").locate_file("rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx"))
+    except md.PackageNotFoundError:
+        rec = ROOT / "samples" / "digits_cnn.onnx"
+    src = d / "unpack.c"
+    src.write_text(UNPACK)
+    shutil.copy(ROOT / "converter" / "export" / "qpk.h", d / "qpk.h")
+    exe = d / "unpack"
+    subprocess.run([gcc, "-std=c99", "-O2", f"-I{d}", "-o", str(exe), str(src)], check=True)
+    print(f"\nans codes unpacked, {rec.name}: million codes a second (medians of {RUNS})")
+    print(f"{'setting':28} {'qpk_unpack':>10} {'Python reader':>14} {'C / Python':>11}")
+    for label, policy in (("asym 4 per channel", Policy("asym", 4, per_channel=True)), ("dq 5", Policy("dq", 5)),
+                          ("sym 12", Policy("sym", 12))):
+        qpk = d / "ans.qpk"
+        convert(OnnxModel(rec), policy, qpk, codec=ANS)
+        py = []
+        with QpkReader(qpk) as q:
+            coded = [e for e in q.entries if q.blobs[e.codes].codec == ANS.id]
+            q.codes(coded[0])  # the kernels compiled
+            for _ in range(RUNS):
+                t0 = time.perf_counter()
+                for e in coded:
+                    q.codes(e)
+                py.append(sum(e.count for e in coded) / (time.perf_counter() - t0) / 1e6)
+        c = [float(subprocess.run([str(exe), str(qpk)], capture_output=True, text=True, check=True).stdout) for _ in range(RUNS)]
+        cm, pm = statistics.median(c), statistics.median(py)
+        print(f"{label:28} {cm:10.1f} {pm:14.1f} {cm / pm:11.2f}")
 PROGRAM = r"""
 #define _POSIX_C_SOURCE 199309L
 #include <stdio.h>
@@ -107,6 +185,7 @@ def main() -> None:
                 sizes[name] = _size(obj)
             for name, n in sizes.items():
                 print(f"qpk.h -Os {name}: {n:,} bytes of code and data")
+        _unpack_rates(gcc, d)
 
 
 if __name__ == "__main__":
