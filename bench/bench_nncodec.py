@@ -12,6 +12,13 @@ rate-aware rounding, with the ans codec. Bits per weight at 20, 30 and 40 dB are
 interpolation between the two nearest points that bracket the target (for qpack, the best such
 pair among all its settings: mixing two settings across tensors reaches the points between them).
 Encode time is that of the settings used at the target (NNCodec: the two bracketing qp runs).
+
+For scale, the Shannon lower bound at each target: no quantizer and coder can store the weights in
+fewer bits at that mean squared error if they are independent draws from their tensor's (or, with
+each channel's density known for free, their channel's) distribution. R(D) >= h(X) - 1/2 log2(2 pi
+e D) for every D; the distortion is split between tensors (channels) by reverse water-filling on
+their entropy powers; h(X) is estimated from a histogram (Freedman-Diaconis bins), which
+underestimates it on few samples, so the bound errs low.
 Then qpack's own allocation across tensors, `qpack convert --target-sqnr DB --codec ans` (asym,
 sym, dq, and each tensor's scheme chosen), against NNCodec's curve at the same DB, timed as a whole process
 and, the best of those again, inside this process (the model opened, the libraries loaded, as NNCodec's encode).
@@ -34,6 +41,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -149,6 +157,40 @@ def qpack_curve(tensors: dict[str, tuple[np.ndarray, int | None]], rdo: float, s
         label = f"{scheme} {bits}b {'channel' if per_channel else 'tensor'}" + (f" rdo {rdo}" if rdo else "")
         points.append(Point(label, 10 * np.log10(signal / noise), size * 8 / count, time.perf_counter() - t))
     return points
+
+
+def differential_entropy(x: np.ndarray) -> float:
+    """Bits, from a histogram with Freedman-Diaconis bins (at most 4 per sample): biased low on few samples."""
+    x = np.asarray(x, np.float64).ravel()
+    span = float(x.max() - x.min()) if x.size else 0.0
+    if span <= 0:
+        return -math.inf  # a constant: no information
+    q75, q25 = np.percentile(x, [75, 25])
+    width = max(2 * float(q75 - q25) / x.size ** (1 / 3), span / (4 * x.size))
+    p = np.bincount(((x - x.min()) / width).astype(np.int64)) / x.size
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum() + math.log2(width))
+
+
+def shannon_bound(tensors: dict[str, tuple[np.ndarray, int | None]], db: float, per_channel: bool) -> float:
+    """Bits per weight no code can beat at pooled SQNR `db` if the weights are independent draws from
+    their tensor's (per_channel: their output channel's) distribution: the sum over parts of
+    n max(0, 1/2 log2(P / D_part)), P the part's entropy power 2^(2h) / (2 pi e), the distortion
+    split by reverse water-filling so that it averages to the target's."""
+    parts, signal, count = [], 0.0, 0
+    for a, axis in tensors.values():
+        signal += float(np.square(a, dtype=np.float64).sum())
+        count += a.size
+        rows = np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1) if per_channel and axis is not None else a.reshape(1, -1)
+        parts += [(r.size, 2 ** (2 * differential_entropy(r)) / (2 * math.pi * math.e)) for r in rows]
+    n, power = np.array([p[0] for p in parts], np.float64), np.array([p[1] for p in parts])
+    mse = signal / count / 10 ** (db / 10)
+    lo, hi = 0.0, 2 * max(float(power.max()), mse)
+    for _ in range(100):  # the water level: parts below it take their whole power as distortion
+        level = (lo + hi) / 2
+        lo, hi = (lo, level) if (n * np.minimum(level, power)).sum() > count * mse else (level, hi)
+    bits = n * np.maximum(0.0, 0.5 * np.log2(np.maximum(power, 1e-300) / level))
+    return float(bits.sum() / count)
 
 
 def model_path(name: str) -> Path:
@@ -425,6 +467,13 @@ def main() -> None:
                 if with_rdo is not None and without is not None:
                     gains.append(round(with_rdo - without, 3))
         print(f"RDO (lambda {RDO}) on {name}: dB gained at equal rate, at the rates of {list(TARGETS)} dB: {gains}")
+        for row in rows:
+            row["shannon_bound"] = {k: round(shannon_bound(tensors, row["target"], k == "channel"), 4) for k in ("tensor", "channel")}
+        print(f"Shannon lower bound on {name} at {list(TARGETS)} dB (bpw, and against NNCodec's): " + "; ".join(
+            f"{row['target']:.0f} dB per tensor {row['shannon_bound']['tensor']:.3f}"
+            + (f" ({row['shannon_bound']['tensor'] / row['nncodec'][0]:.2f}x)" if row["nncodec"] else "")
+            + f", per channel {row['shannon_bound']['channel']:.3f}"
+            + (f" ({row['shannon_bound']['channel'] / row['nncodec'][0]:.2f}x)" if row["nncodec"] else "") for row in rows))
         with tempfile.TemporaryDirectory() as tmp:
             for row in rows:
                 target, r_n = row["target"], row["nncodec"]
