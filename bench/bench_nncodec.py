@@ -13,12 +13,14 @@ interpolation between the two nearest points that bracket the target (for qpack,
 pair among all its settings: mixing two settings across tensors reaches the points between them).
 Encode time is that of the settings used at the target (NNCodec: the two bracketing qp runs).
 
-For scale, the Shannon lower bound at each target: no quantizer and coder can store the weights in
-fewer bits at that mean squared error if they are independent draws from their tensor's (or, with
-each channel's density known for free, their channel's) distribution. R(D) >= h(X) - 1/2 log2(2 pi
-e D) for every D; the distortion is split between tensors (channels) by reverse water-filling on
-their entropy powers; h(X) is estimated from a histogram (Freedman-Diaconis bins), which
-underestimates it on few samples, so the bound errs low.
+For scale, an estimate of the Shannon lower bound at each target: no quantizer and coder can store
+the weights in fewer bits at that mean squared error if they are independent draws from their
+tensor's (or, with each channel's density known for free, their channel's) distribution. R(D) >=
+h(X) - 1/2 log2(2 pi e D) for every D; the distortion is split between tensors (channels) by
+reverse water-filling on their entropy powers. h(X) is estimated from a histogram
+(Freedman-Diaconis bins): biased low on few samples; the estimate holds for weights with a
+density (these take 98.7-100% distinct values), not for weights that take a few values only.
+
 Then qpack's own allocation across tensors, `qpack convert --target-sqnr DB --codec ans` (asym,
 sym, dq, and each tensor's scheme chosen), against NNCodec's curve at the same DB, timed as a whole process
 and, the best of those again, inside this process (the model opened, the libraries loaded, as NNCodec's encode).

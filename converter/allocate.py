@@ -20,10 +20,12 @@ same equal slope (lam bisected until the summed error fits), checked on real con
 With inputs (`--min-cosine`, `--max-accuracy-drop`), the goal is checked in the real runtime (a
 cosine goal on the inputs, on each single input and on subsets of them, goal_subsets, keeping a
 margin for other inputs, COSINE_MARGIN): the budget is bisected between the starting
-width and the most precise setting (8 bits; sym 12) for the smallest allocation that meets it; the
-tensors that hurt most, measured one at a time, are then weighted up and the search runs again. If
-the most precise setting everywhere cannot meet the goal, that is a BudgetError (exit 3), unless
-`allow_float` lets tensors stay in float. Last, the pooled weight SQNR is bisected for the fewest
+width and the most precise setting (8 bits; sym and dq 12, measured again up to RESCUE_BITS where
+12 falls short) for the smallest allocation that meets it; the tensors that hurt most, measured one
+at a time, are then weighted up and the search runs again. If the most precise setting everywhere
+cannot meet the goal, that is a BudgetError (exit 3), unless `allow_float` lets tensors stay in
+float; where even the float weights moved by float rounding miss it (float_floor), the error says
+the inputs are to blame. Last, the pooled weight SQNR is bisected for the fewest
 bytes that meet the goal (the operating point of a codec with one step for the whole model), and
 the smaller of the two answers kept.
 """
@@ -988,14 +990,15 @@ class Allocation:
     reuse: Any = None
 
 
-FLOAT_FLOOR = 2.0 ** -20  # relative noise of the float-rounding probe: 16 units in the last place of a float32
+FLOAT_FLOOR = 2.0 ** -20  # relative noise of the float-rounding probe: about 8-16 units in the last place of a float32
 
 
 def float_floor(src: SourceModel, ms: list[Menu], model_path: Any, inputs: Any, reference: Any, parts: Any, workdir: Any) -> dict[str, Any]:
-    """An evaluation of the model with the menus' tensors moved by FLOAT_FLOOR of their values,
-    randomly (seeded): where even that misses a fidelity goal, the outputs on these inputs are at the
-    float floor (a text detector's scores on noise: 16,359 of 16,384 exactly 0, the rest a few units
-    of 2^-25) and no quantizer can keep them; the goal is not what is out of reach."""
+    """An evaluation of the model with the menus' tensors times 1 + FLOAT_FLOOR x N(0, 1) noise
+    (seeded): where even that misses a fidelity goal, the outputs on these inputs are at the float
+    floor (a text detector's scores on noise: 16,359 of 16,384 exactly 0, the rest a few units of
+    2^-25) and no quantizer can keep them; the goal is not what is out of reach. Weights stored as
+    float16 cannot carry such a move: for them the probe is the model itself and finds nothing."""
     from converter.evaluate import compare
     from formats.registry import restore_model
 
@@ -1050,10 +1053,15 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
         return last[1]
 
     objective = goal.weighing
-    for m in ms:
-        m.importance = OBJECTIVES[objective].importance(m, ms)
+
+    def weighed(built: list[Menu]) -> list[Menu]:
+        for m in built:
+            m.importance = OBJECTIVES[objective].importance(m, built)
+        return built
+
+    weighed(ms)
     summary: dict[str, Any] = {"proxy": OBJECTIVES[objective].help, "objective": objective,
-                               "schemes": list(goal.schemes or (policy.scheme,)), "candidates": sum(len(m.options) for m in ms)}
+                               "schemes": list(goal.schemes or (policy.scheme,))}
     if goal.target_sqnr is not None:
         p, chosen = for_sqnr(policy, goal.target_sqnr, convert_to, ms)
         summary["goal"] = f"--target-sqnr {goal.target_sqnr}"
@@ -1089,10 +1097,7 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
             note(f"only {inputs.count} inputs: the cosine goal holds on them and their subsets, and another draw may land "
                  f"lower; {FEW_INPUTS} or more stand for other inputs better")
         def wider() -> list[Menu]:
-            out = menus(src, policy, progress, coded=coded, schemes=goal.schemes, widest=RESCUE_BITS)
-            for m in out:
-                m.importance = OBJECTIVES[objective].importance(m, out)
-            return out
+            return weighed(menus(src, policy, progress, coded=coded, schemes=goal.schemes, widest=RESCUE_BITS))
 
         widens = any(get_quantizer(s).spec().max_bits > WIDE_BITS for s in goal.schemes or (policy.scheme,))
         try:
@@ -1102,11 +1107,12 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
             if floor[0]:
                 raise
             raise BudgetError(f"on these inputs the outputs are at the float floor, where no quantizer can keep them: the "
-                              f"float weights, each moved by {FLOAT_FLOOR:.0e} of its value, give {floor[1]}; use inputs "
-                              f"the model responds to ({e})") from e
+                              f"float weights, each moved by random noise of {FLOAT_FLOOR:.0e} of its value, give {floor[1]}; "
+                              f"use inputs the model responds to ({e})") from e
         summary.update(goal=" and ".join(f"{k} {v}" for k, v in (("--min-cosine", goal.min_cosine),
                                                                    ("--max-accuracy-drop", goal.max_accuracy_drop)) if v is not None),
                        met=words, checks=checks, inputs=inputs.description)
+    summary["candidates"] = sum(len(m.options) for m in ms)  # the menus searched (widened ones included)
     summary["bits_per_weight_planned"] = round(8 * sum(o.nbytes for o in chosen) / weights_of(ms), 4)
     if any(o.keep for o in chosen):
         summary["kept_in_float"] = [m.weight.name for m, o in zip(ms, chosen) if o.keep]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -62,9 +63,10 @@ def worst_input_cosine(ref: NDArray, got: NDArray, count: int) -> float | None:
     input at a time, and over a draw of inputs the few with the largest outputs outweigh the rest:
     the cosine over all of them hides inputs the quantized model gets wrong (a selfie segmenter kept
     0.998 on 16 random images and 0.21 on one of them), and another draw led by such an input lands
-    low. None where the output has no rows per input, or one value per input (its cosine is a sign);
-    inputs whose original output is all zeros have no direction to keep and are left out."""
-    if count < 2 or ref.ndim == 0 or ref.shape[0] == 0 or ref.shape[0] % count or ref.size // count < 2:
+    low. None where the output is not a row per input (batch first), or one value per input (its
+    cosine is a sign); inputs whose original output is all zeros have no direction to keep and are
+    left out. A cosine that is not a number (an infinite output) counts as -1."""
+    if count < 2 or ref.ndim == 0 or ref.shape[0] != count or ref.size // count < 2:
         return None
     r, g = ref.reshape(count, -1).astype(np.float64), got.reshape(count, -1).astype(np.float64)
     rr, gg, rg = (np.einsum("ij,ij->i", a, b) for a, b in ((r, r), (g, g), (r, g)))
@@ -72,8 +74,9 @@ def worst_input_cosine(ref: NDArray, got: NDArray, count: int) -> float | None:
     if not live.any():
         return None
     denom = np.sqrt(rr[live] * gg[live])
-    cos = np.divide(rg[live], denom, out=np.zeros_like(denom), where=denom > 0)
-    return round(float(cos.min()), 6)
+    with np.errstate(invalid="ignore"):
+        cos = np.divide(rg[live], denom, out=np.zeros_like(denom), where=denom > 0)
+    return round(float(np.nan_to_num(cos, nan=-1.0).min()), 6)
 
 
 def output_fidelity(ref: list[NDArray], got: list[NDArray], names: list[str], count: int = 0) -> list[dict[str, Any]]:
@@ -83,7 +86,9 @@ def output_fidelity(ref: list[NDArray], got: list[NDArray], names: list[str], co
     for name, r, g in zip(names, ref, got):
         r64, g64 = r.astype(np.float64).ravel(), g.astype(np.float64).ravel()
         denom = np.linalg.norm(r64) * np.linalg.norm(g64)
-        cos = float(r64 @ g64 / denom) if denom > 0 else float(np.array_equal(r64, g64))
+        with np.errstate(invalid="ignore"):
+            cos = float(r64 @ g64 / denom) if denom > 0 else float(np.array_equal(r64, g64))
+        cos = cos if math.isfinite(cos) else -1.0  # an infinite or NaN output keeps no direction
         s = sqnr_db(r64, g64)
         row = {"output": name, "cosine": round(cos, 6), "sqnr_db": None if not np.isfinite(s) else round(s, 3),
                "max_abs_error": float(np.abs(r64 - g64).max()) if r64.size else 0.0}

@@ -54,13 +54,13 @@ extern "C" {
 #define QPK_E_BLOB (-11)     /* blob table: kind, codec, order, alignment, bounds, padding, decompression budget */
 #define QPK_E_TENSOR (-12)   /* a tensor entry: scheme, bits, shape, axis, block, params, param dtypes, lengths, key */
 #define QPK_E_LIMIT (-13)    /* beyond a limit of this decoder (a dimension above 2^32 - 1) */
-#define QPK_E_CODEC (-14)    /* codes ans-coded: qpk_unpack first; stored with zstd (codec 1): export --to c */
+#define QPK_E_CODEC (-14)    /* codes ans-coded: qpk_unpack first; zstd codes or coded parameters: export --to c */
 #define QPK_E_NOTFOUND (-15) /* no tensor of that name */
 #define QPK_E_STREAM (-16)   /* an ans code stream breaks FORMAT.md's rules (header, tables, words, end state) */
 #define QPK_E_SPACE (-17)    /* qpk_unpack: the workspace is smaller than qpk_unpack_size says */
 
 /* Codecs of a descriptor's codes (FORMAT.md's blob table): raw, or ans (decode with qpk_unpack).
- * Any other value (codes or parameters stored with zstd) gives QPK_E_CODEC. */
+ * Any other value (codes stored with zstd, or parameters stored with any codec) gives QPK_E_CODEC. */
 #define QPK_RAW 0
 #define QPK_ANS 2
 
@@ -116,19 +116,21 @@ int qpk_decode_tensor(const qpk_tensor *t, float *out);
  * so a device can stream a tensor through a small buffer. Same values as the whole decode. */
 int qpk_decode_range(const qpk_tensor *t, uint64_t first, size_t n, float *out);
 
-/* Workspace bytes qpk_unpack needs for t: its packed codes, ceil(count * bits / 8), plus the
- * stream's frequency tables (at most 16 x 257 x 4 bytes for codes of up to 8 bits, 65537 x 4 for
- * 16-bit codes) and 3 bytes of alignment. 0 for raw codes (nothing to unpack) and where the
- * packed codes alone would not fit in a size_t. */
+/* Workspace bytes qpk_unpack needs for t: the stream's frequency tables (16 x 257 x 4 bytes and
+ * 2,048 of contexts for codes of up to 8 bits, 65537 x 4 for 16-bit codes) then its packed codes,
+ * ceil(count * bits / 8). 0 for raw codes (nothing to unpack) and where the sum would not fit in
+ * a size_t. */
 size_t qpk_unpack_size(const qpk_tensor *t);
 
-/* Decode an ans-coded tensor's codes (t->codec == QPK_ANS) into `work` (work_len >=
- * qpk_unpack_size(t) bytes) and describe them raw in *raw: a copy of *t whose codes point into
- * work, codec QPK_RAW, ready for qpk_decode_tensor and qpk_decode_range. The stream is checked
- * against every rule of FORMAT.md ("ans code streams"), reading only t->codes_len bytes and
- * decoding exactly t->count codes: QPK_E_STREAM when it breaks one. A raw tensor is copied as it
- * is (work unused). Decoding is sequential; a device with little RAM decodes a tensor's codes once
- * into flash or a dedicated buffer and streams floats from them with qpk_decode_range. */
+/* Decode an ans-coded tensor's codes (t->codec == QPK_ANS) into `work` and describe them raw in
+ * *raw: a copy of *t whose codes point into work, codec QPK_RAW, ready for qpk_decode_tensor and
+ * qpk_decode_range (raw may be t itself). `work`: work_len >= qpk_unpack_size(t) bytes, aligned
+ * for uint32_t and used as such (malloc'd, or a uint32_t array), not overlapping the stream. The
+ * stream is checked against every rule of FORMAT.md ("ans code streams"), reading only
+ * t->codes_len bytes and decoding exactly t->count codes: QPK_E_STREAM when it breaks one. A raw
+ * tensor is copied as it is (work unused). Decoding is sequential; a device with little RAM
+ * decodes a tensor's codes once into flash or a dedicated buffer and streams floats from them
+ * with qpk_decode_range. */
 int qpk_unpack(const qpk_tensor *t, void *work, size_t work_len, qpk_tensor *raw);
 
 /* The first tensor of `table` whose name is `name` (NUL-terminated), or NULL. */
@@ -526,15 +528,24 @@ static unsigned qpk__half_octaves(uint32_t sum)
     return 2u * e + 1u + (e >= 1 ? (sum >> (e - 1)) & 1u : 0u);
 }
 
+#define QPK__ANS_SUMS 2048u /* a context per magnitude sum: at most 8 codes of magnitude 255, 0..2040 */
+
+/* workspace bytes before the packed codes: the frequency tables of a stream of `bits`-bit codes
+ * (one per context, 2^bits + 1 entries) and, for codes of up to 8 bits, the context of each sum */
+static uint64_t qpk__ans_tables(unsigned bits)
+{
+    return bits <= 8 ? ((UINT64_C(1) << bits) + 1) * 4 * QPK__ANS_CONTEXTS + QPK__ANS_SUMS : ((UINT64_C(1) << bits) + 1) * 4;
+}
+
 size_t qpk_unpack_size(const qpk_tensor *t)
 {
     uint64_t packed, tables;
     if (!t || t->codec != QPK_ANS || t->bits == 0 || t->bits > 16) return 0;
     if (t->count > (UINT64_MAX - 7) / 16) return 0;
     packed = (t->count * t->bits + 7) / 8;
-    tables = ((UINT64_C(1) << t->bits) + 1) * 4 * (t->bits <= 8 ? QPK__ANS_CONTEXTS : 1u);
-    if (packed > (uint64_t)SIZE_MAX - tables - 3) return 0;
-    return (size_t)(packed + tables + 3);
+    tables = qpk__ans_tables(t->bits);
+    if (tables > (uint64_t)SIZE_MAX || packed > (uint64_t)SIZE_MAX - tables) return 0; /* a 16-bit size_t too */
+    return (size_t)(tables + packed);
 }
 
 int qpk_unpack(const qpk_tensor *t, void *work, size_t work_len, qpk_tensor *raw)
@@ -543,9 +554,9 @@ int qpk_unpack(const qpk_tensor *t, void *work, size_t work_len, qpk_tensor *raw
     uint8_t *out;
     uint32_t *cum, k, m, mask, ring[8] = {0}, total = 0, mag;
     qpk__ans_table tb[QPK__ANS_CONTEXTS];
-    unsigned bits, precision, model, window = 0, contexts = 1, offset = 0, rule = 0, center = 0, ctx = 0, c;
-    size_t len, pos, packed, need, nwords, ptr = 0, pad;
-    uint64_t x, i;
+    unsigned bits, precision, model, window = 0, contexts = 1, offset = 0, rule = 0, center = 0, ctx = 0, c, r = 0;
+    size_t len, pos, packed, need, nwords, ptr = 0;
+    uint64_t x, i, count;
     int rc;
     if (!t || !raw) return QPK_E_ARG;
     if (t->codec == QPK_RAW) {
@@ -557,14 +568,17 @@ int qpk_unpack(const qpk_tensor *t, void *work, size_t work_len, qpk_tensor *raw
     if (!need) return qpk__scheme_bits(t->scheme, t->bits) ? QPK_E_LIMIT : QPK_E_ARG;
     if (!work || work_len < need) return QPK_E_SPACE;
     if (!t->codes && t->codes_len) return QPK_E_ARG;
+    /* the stream, before *raw (which may be *t) points the codes at the workspace */
+    data = t->codes, len = t->codes_len, count = t->count;
     bits = t->bits, k = UINT32_C(1) << bits;
-    packed = (size_t)((t->count * bits + 7) / 8);
+    packed = (size_t)((count * bits + 7) / 8);
+    cum = (uint32_t *)work; /* the tables first, where the caller's alignment holds */
+    out = (uint8_t *)work + (size_t)qpk__ans_tables(bits);
     *raw = *t;
-    raw->codec = QPK_RAW, raw->codes = (const uint8_t *)work, raw->codes_len = packed;
+    raw->codec = QPK_RAW, raw->codes = out, raw->codes_len = packed;
     if ((rc = qpk_tensor_check(raw)) != QPK_OK) return rc; /* shape, grouping, parameters */
 
     /* header, model, tables (FORMAT.md "ans code streams") */
-    data = t->codes, len = t->codes_len;
     if (len < 4 || data[0] != 1 || data[1] != bits || data[2] < 1 || data[2] > 15) return QPK_E_STREAM;
     precision = data[2], model = data[3], pos = 4;
     if ((model & 0x7Fu) == 1) {
@@ -584,25 +598,31 @@ int qpk_unpack(const qpk_tensor *t, void *work, size_t work_len, qpk_tensor *raw
     if (x < QPK__ANS_LOW) return QPK_E_STREAM;
     words = data + pos + 4, nwords = (len - pos - 4) / 2;
 
-    out = (uint8_t *)work;
-    pad = (size_t)((4u - ((uintptr_t)(out + packed) & 3u)) & 3u);
-    cum = (uint32_t *)(void *)(out + packed + pad);
     for (c = 0; c < contexts; c++)
         if ((rc = qpk__ans_cum(&tb[c], k, precision, cum + (size_t)c * (k + 1))) != QPK_OK) return rc;
+    if (contexts > 1) { /* the context of every magnitude sum the window can hold */
+        uint8_t *ctx_of = (uint8_t *)(cum + (size_t)QPK__ANS_CONTEXTS * (k + 1));
+        uint32_t sum, top = window * (rule ? (k >> 1) - 1u : (center > k - 1 - center ? center : k - 1 - center));
+        for (sum = 0; sum <= top; sum++) {
+            c = qpk__half_octaves(sum);
+            ctx_of[sum] = (uint8_t)(c <= offset ? 0u : c - offset >= contexts ? contexts - 1 : c - offset);
+        }
+    }
     memset(out, 0, packed);
     m = UINT32_C(1) << precision, mask = m - 1;
-    for (i = 0; i < t->count; i++) {
+    for (i = 0; i < count; i++) {
         const uint32_t *ct = cum + (size_t)ctx * (k + 1);
-        uint32_t slot = (uint32_t)(x & mask), lo = tb[ctx].first, hi = tb[ctx].first + tb[ctx].span - 1, mid, code;
+        uint32_t slot = (uint32_t)(x & mask), code = tb[ctx].first, n = tb[ctx].span, half;
         uint64_t bit = i * bits;
         size_t at = (size_t)(bit >> 3);
         unsigned sh = (unsigned)(bit & 7u);
-        while (lo < hi) { /* the symbol whose slots hold `slot`: the first s with cum[s + 1] > slot */
-            mid = lo + (hi - lo) / 2;
-            if (ct[mid + 1] > slot) hi = mid;
-            else lo = mid + 1;
+        /* the symbol whose slots hold `slot`: the last s of the span with cum[s] <= slot, which has a
+         * frequency (the span ends on a symbol that has one); halving without branches */
+        while (n > 1) {
+            half = n >> 1;
+            code = ct[code + half] <= slot ? code + half : code;
+            n -= half;
         }
-        code = lo;
         x = (uint64_t)(ct[code + 1] - ct[code]) * (x >> precision) + slot - ct[code];
         if (x < QPK__ANS_LOW) {
             if (ptr == nwords) return QPK_E_STREAM; /* runs out of words */
@@ -614,10 +634,10 @@ int qpk_unpack(const qpk_tensor *t, void *work, size_t work_len, qpk_tensor *raw
         if (sh + bits > 16u) out[at + 2] |= (uint8_t)(code >> (16u - sh));
         if (contexts > 1) { /* the next code's context: the magnitudes of the `window` codes before it */
             mag = rule ? code & ((1u << (bits - 1)) - 1u) : code > center ? code - center : center - code;
-            total += mag - ring[i % window];
-            ring[i % window] = mag;
-            c = qpk__half_octaves(total);
-            ctx = c <= offset ? 0u : c - offset >= contexts ? contexts - 1 : c - offset;
+            total += mag - ring[r];
+            ring[r] = mag;
+            r = r + 1 == window ? 0 : r + 1;
+            ctx = ((const uint8_t *)(cum + (size_t)QPK__ANS_CONTEXTS * (k + 1)))[total];
         }
     }
     if (x != QPK__ANS_LOW || ptr != nwords) return QPK_E_STREAM; /* does not end as stated */
@@ -651,7 +671,7 @@ const char *qpk_strerror(int err)
     case QPK_E_BLOB: return "invalid blob table";
     case QPK_E_TENSOR: return "invalid tensor entry";
     case QPK_E_LIMIT: return "beyond a limit of this decoder";
-    case QPK_E_CODEC: return "codes entropy-coded: ans needs qpk_unpack first; zstd (codes or parameters): export with --to c";
+    case QPK_E_CODEC: return "stored coded: ans codes need qpk_unpack first; zstd codes or coded parameters: export with --to c";
     case QPK_E_NOTFOUND: return "no such tensor";
     case QPK_E_STREAM: return "invalid ans code stream";
     case QPK_E_SPACE: return "workspace smaller than qpk_unpack_size";

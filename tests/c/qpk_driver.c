@@ -41,6 +41,15 @@ static int decode(const qpk_tensor *coded, float **out)
     if (need && qpk_unpack(coded, work, need - 1, &t) != QPK_E_SPACE) exit(3);
     if (coded->codec == QPK_ANS && qpk_decode_range(coded, 0, 0, NULL) != QPK_E_CODEC) exit(3); /* not without unpacking */
     rc = qpk_unpack(coded, work, need, &t);
+    if (rc == 0 && need) { /* again in place (raw == t): the same codes */
+        qpk_tensor same = *coded;
+        unsigned char *again = malloc(need);
+        if (!again) exit(2);
+        if (qpk_unpack(&same, again, need, &same) != 0 || same.codes_len != t.codes_len ||
+            memcmp(same.codes, t.codes, t.codes_len) != 0)
+            exit(3);
+        free(again);
+    }
     if (rc == 0) rc = decode_raw(&t, out);
     free(work);
     return rc;
