@@ -394,7 +394,8 @@ def qpack_fidelity(case: Case, judge: Judge, tmp: Path) -> tuple[float, float, f
 
 def fidelity(nnc_python: str, quick: bool) -> list[dict[str, Any]]:
     print("\nMatched output fidelity: the fewest bits per weight over the same weights (qpack's default set) that keep "
-          f"the goal (digits: <= {MAX_DROP:g} point lost; fixtures: cosine >= {MIN_COSINE} on the inputs and each quarter)")
+          f"the goal (digits: <= {MAX_DROP:g} point lost; fixtures: cosine >= {MIN_COSINE} on the inputs, each single input "
+          "and the subsets qpack checks)")
     print("| model | weights | NNCodec bpw (qp, score) | qpack bpw (score) | ratio | NNCodec encode s | NNCodec search s "
           "| qpack process s | ratio to encode | ratio to search |")
     print("|---|---|---|---|---|---|---|---|---|---|")
