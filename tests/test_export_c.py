@@ -26,7 +26,7 @@ from converter.cli import app
 from converter.convert import convert
 from converter.export import export
 from converter.export.c import SCHEMES as C_SCHEMES
-from converter.export.c import model_identifier, tensor_constants
+from converter.export.c import model_identifier, tensor_constants, unpack_bytes
 from converter.policy import Policy
 from converter.quant import get_quantizer
 from formats.errors import FormatError, OptionError, UnsupportedError
@@ -292,14 +292,15 @@ def _decode_file(driver: Path, path: Path, tmp: Path) -> tuple[bytes, list[int]]
     return out.read_bytes(), rcs
 
 
-def _decode_table(gcc: str, flags: list[str], qpk: Path, tmp: Path, driver: Path | None = None) -> bytes:
-    """Export a container to C, compile its table with the driver, and decode every tensor from it.
+def _decode_table(gcc: str, flags: list[str], qpk: Path, tmp: Path, driver: Path | None = None, to: str = "c") -> bytes:
+    """Export a container to C (`to`: c or c-coded), compile its table with the driver, and decode
+    every tensor from it (ans streams through qpk_unpack).
 
     With `driver` (an object file holding the decoder) the arrays are built with
     -DQPK_NO_IMPLEMENTATION and linked to it; without, `<model>_weights.c` compiles the decoder.
     """
-    src = tmp / (qpk.stem + "_c")
-    written, _ = export(qpk, "c", src)
+    src = tmp / (qpk.stem + "_" + to.replace("-", "_"))
+    written, _ = export(qpk, to, src)
     exe = tmp / (qpk.stem + "_table")
     if driver is None:
         _compile(gcc, flags, exe, [DRIVER, written[2]], src, "QPK_DRIVER_TABLE")
@@ -441,6 +442,36 @@ def test_ans_containers_decode_bit_exactly(ans_models: list[Path], reader_driver
         assert set(rcs) == {0}
         _assert_same(qpk, data)
     assert {k[0] for k in kinds} == {"order 0", "contexts"} and {k[1] for k in kinds} == {k[2] for k in kinds} == {False, True}
+
+
+def test_exported_tables_keep_ans_streams_with_c_coded(ans_models: list[Path], gcc: str, table_driver: Path, tmp_path: Path):
+    """`--to c-coded` keeps ans streams in the arrays (the container's bytes, fewer than packed
+    codes) and the table decodes them through qpk_unpack to Python's floats; `--to c` writes them
+    packed, as before."""
+    for qpk in ans_models:
+        _assert_same(qpk, _decode_table(gcc, STRICT, qpk, tmp_path, table_driver, to="c-coded"))
+        _assert_same(qpk, _decode_table(gcc, STRICT, qpk, tmp_path, table_driver))
+    qpk = ans_models[0]
+    coded, notes = export(qpk, "c-coded", tmp_path / "coded")
+    packed, _ = export(qpk, "c", tmp_path / "packed")
+    with QpkReader(qpk) as q:
+        n = sum(q.blobs[e.codes].codec == ANS.id for e in q.entries)
+        need = max(unpack_bytes(e) for e in q.entries if q.blobs[e.codes].codec == ANS.id)
+    source = coded[2].read_text()
+    assert source.count("QPK_ANS") == n and f"DIGITS_CNN_UNPACK_BYTES {need}u" in coded[1].read_text()
+    assert "DIGITS_CNN_UNPACK_BYTES 0u" in packed[1].read_text() and "QPK_ANS" not in packed[2].read_text()
+    assert coded[2].stat().st_size < packed[2].stat().st_size and any("qpk_unpack" in line for line in notes)
+
+
+def test_c_coded_refuses_a_corrupt_stream(ans_models: list[Path], tmp_path: Path):
+    """A stream that breaks the format's rules (checksum fixed) fails the export, not the device."""
+    with QpkReader(ans_models[0]) as q:
+        e = next(e for e in q.entries if q.blobs[e.codes].codec == ANS.id)
+        stream = bytes(q.blob_view(e.codes, BlobKind.CODES))
+    bad = _with_blob(ans_models[0], e.codes, stream[:-2], tmp_path / "bad.qpk")
+    with pytest.raises(FormatError):
+        export(bad, "c-coded", tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing half-written
 
 
 def _with_blob(path: Path, index: int, stored: bytes, out: Path) -> Path:

@@ -59,3 +59,5 @@ register_target(Target("tflite-dequantize", "converter.export.tflite_int", "expo
                        "TFLite with int8/int4 weights, all through DEQUANTIZE (float kernels, the container's exact values)"))
 register_target(Target("c", "converter.export.c", "export_c", ("onnx", "tflite"),
                        "firmware sources: qpk.h (C99 decoder) and the weights as const C arrays, into folder -o"))
+register_target(Target("c-coded", "converter.export.c", "export_c_coded", ("onnx", "tflite"),
+                       "as c, with entropy-coded (ans) codes kept as streams: the container's flash, qpk_unpack into RAM"))

@@ -3,14 +3,16 @@ and `qpk.h`, the single-file C99 decoder that reads them (and whole containers) 
 
 The arrays hold the container's bytes as they are, little-endian (float16 scales and codebooks
 too, with their dtype in the record), so the same `qpk_tensor` record describes a compiled-in
-table and a tensor inside a `.qpk` in flash. Codes stored with zstd are written packed: firmware
-gets raw n-bit streams whatever the container's codec.
+table and a tensor inside a `.qpk` in flash. Entropy-coded codes are written packed (decoded
+straight from flash, no RAM), or, with `--to c-coded`, ans streams kept as they are (the flash of
+the container; qpk_unpack decodes a tensor's codes into RAM first). zstd-coded codes are always
+written packed.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from importlib import resources
 from pathlib import Path
 from typing import BinaryIO
@@ -19,7 +21,7 @@ import numpy as np
 
 from formats.atomic import atomic_output
 from formats.errors import OptionError, UnsupportedError
-from formats.qpk import RAW, BlobKind, QpkReader, TensorEntry
+from formats.qpk import ANS, RAW, BlobKind, QpkReader, TensorEntry
 
 DECODER = "qpk.h"  # shipped beside this module as package data, copied into the output folder
 SCHEMES = {"asym": "QPK_ASYM", "sym": "QPK_SYM", "pow2": "QPK_POW2", "lut": "QPK_LUT", "dq": "QPK_DQ"}  # the schemes qpk.h decodes
@@ -29,6 +31,7 @@ PARAM_FIELDS = ("scale", "zero_point", "emax", "centroids")  # qpk_tensor fields
 PARAM_DTYPE_FIELDS = {"scale": "scale_dtype", "centroids": "centroids_dtype"}
 PARAM_DTYPES = {"<f4": "QPK_FLOAT32", "<f2": "QPK_FLOAT16"}
 
+_ANS_CONTEXTS, _ANS_SUMS = 16, 2048  # qpk.h's ans workspace: a table per context, a context per magnitude sum
 _ROW = 16  # array items per line
 _ROWS_PER_WRITE = 4096
 # C99 only promises string literals of 4095 characters (gcc -pedantic warns past that): longer
@@ -42,8 +45,20 @@ _TAKEN_PREFIX = re.compile(r"QPK.*|U?INT(8|16|32|64|MAX|PTR|_LEAST\d+|_FAST\d+)|
 _HEX = np.frombuffer(b"".join(b"0x%02x," % i for i in range(256)), dtype=np.uint8).reshape(256, 5)
 
 
-def export_c(reader: QpkReader, out: Path, notes: list[str]) -> list[Path]:
+def export_c_coded(reader: QpkReader, out: Path, notes: list[str]) -> list[Path]:
+    """As export_c, with ans-coded codes kept as their streams (`--to c-coded`)."""
+    return export_c(reader, out, notes, coded=True)
+
+
+def unpack_bytes(e: TensorEntry) -> int:
+    """qpk_unpack_size of an ans-coded tensor: its stream's tables (and contexts), then its packed codes."""
+    tables = ((1 << e.bits) + 1) * 4 * (_ANS_CONTEXTS if e.bits <= 8 else 1) + (_ANS_SUMS if e.bits <= 8 else 0)
+    return tables + -(-e.count * e.bits // 8)
+
+
+def export_c(reader: QpkReader, out: Path, notes: list[str], coded: bool = False) -> list[Path]:
     """Write `qpk.h`, `<model>_weights.h` and `<model>_weights.c` into folder `out`; returns their paths.
+    `coded`: ans-coded codes stay ans streams (qpk_unpack decodes them), else they are written packed.
 
     Raises:
         OptionError: `out` exists and is not a folder.
@@ -63,16 +78,24 @@ def export_c(reader: QpkReader, out: Path, notes: list[str]) -> list[Path]:
             raise UnsupportedError(f"tensor '{e.name[:200]}': dimension above 2^32 - 1 in shape {list(e.shape)}")
     source = reader.info["source"].get("name") or reader.path.name
     model = model_identifier(source)
-    zstd = sum(reader.blobs[e.codes].codec != RAW.id for e in reader.entries)
-    if zstd:
-        notes.append(f"{zstd} tensor(s) had entropy-coded codes in the container; the C arrays hold them packed")
+    streams = {i for i, e in enumerate(reader.entries) if coded and reader.blobs[e.codes].codec == ANS.id}
+    unpacked = sum(reader.blobs[e.codes].codec != RAW.id for e in reader.entries) - len(streams)
+    if unpacked:
+        notes.append(f"{unpacked} tensor(s) had entropy-coded codes in the container; the C arrays hold them packed"
+                     + ("" if coded else " (--to c-coded keeps ans streams)"))
+    for i in sorted(streams):  # decoded once before anything is written: a corrupt stream fails the export, not the device
+        reader.blob_bytes(reader.entries[i].codes, BlobKind.CODES, reader.entries[i].code_context)
+    if streams:
+        notes.append(f"{len(streams)} tensor(s) keep their ans streams: qpk_unpack decodes one into a workspace of "
+                     f"{model.upper()}_UNPACK_BYTES bytes first")
     paths = [out / DECODER, out / f"{model}_weights.h", out / f"{model}_weights.c"]
     with atomic_output(paths[0]) as f:
         f.write(resources.files("converter.export").joinpath(DECODER).read_bytes())
     with atomic_output(paths[1]) as f:
-        f.write(weights_header(reader.entries, model, _comment(Path(source).name)).encode())
+        f.write(weights_header(reader.entries, model, _comment(Path(source).name),
+                               max((unpack_bytes(reader.entries[i]) for i in streams), default=0)).encode())
     with atomic_output(paths[2]) as f:
-        write_weights_source(f, reader, model, _comment(Path(source).name))
+        write_weights_source(f, reader, model, _comment(Path(source).name), streams)
     return paths
 
 
@@ -101,7 +124,8 @@ def tensor_constants(entries: Iterable[TensorEntry], model: str) -> list[str]:
     return names
 
 
-def weights_header(entries: list[TensorEntry], model: str, source: str) -> str:
+def weights_header(entries: list[TensorEntry], model: str, source: str, unpack: int = 0) -> str:
+    """`unpack`: the largest qpk_unpack workspace a tensor of the table needs (0: every tensor packed)."""
     prefix = model.upper()
     constants = tensor_constants(entries, model)
     lines = [
@@ -112,6 +136,9 @@ def weights_header(entries: list[TensorEntry], model: str, source: str) -> str:
         f" *     const qpk_tensor *t = &qpk_tensors[{constants[0] if entries else prefix + '_...'}];",
         " *     int rc = qpk_decode_tensor(t, w);                      0 on success",
         " *     rc = qpk_decode_range(t, first, n, w);                 or weights [first, first + n)",
+        *([" *",
+           " * Tensors with codec QPK_ANS hold ans streams: qpk_unpack(t, work, sizeof work, &raw) into",
+           f" * static uint32_t work[{prefix}_UNPACK_BYTES / 4 + 1], then decode from &raw."] if unpack else []),
         " */",
         f"#ifndef {prefix}_WEIGHTS_H",
         f"#define {prefix}_WEIGHTS_H",
@@ -136,6 +163,8 @@ def weights_header(entries: list[TensorEntry], model: str, source: str) -> str:
         "",
         "/* The largest tensor in weights: a float buffer of this size decodes any tensor whole. */",
         f"#define {prefix}_MAX_COUNT {max((e.count for e in entries), default=0)}u",
+        "/* The largest qpk_unpack workspace a tensor needs (codec QPK_ANS), in bytes; 0 when every tensor is packed. */",
+        f"#define {prefix}_UNPACK_BYTES {unpack}u",
         "",
         "#ifdef __cplusplus",
         "}",
@@ -146,8 +175,9 @@ def weights_header(entries: list[TensorEntry], model: str, source: str) -> str:
     return "\n".join(lines)
 
 
-def write_weights_source(f: BinaryIO, reader: QpkReader, model: str, source: str) -> None:
-    """The arrays and the table, tensor by tensor, so memory holds one tensor's blobs at a time."""
+def write_weights_source(f: BinaryIO, reader: QpkReader, model: str, source: str, streams: Collection[int] = ()) -> None:
+    """The arrays and the table, tensor by tensor, so memory holds one tensor's blobs at a time;
+    the tensors numbered in `streams` keep their ans streams."""
     f.write(
         f"/* {model}_weights.c: the quantized weights of {source} (qpack export --to c): do not edit.\n"
         " * Codes are LSB-first n-bit streams and parameters little-endian bytes, as in the .qpk container.\n"
@@ -167,9 +197,12 @@ def write_weights_source(f: BinaryIO, reader: QpkReader, model: str, source: str
         if e.shape:
             f.write(f"static const uint32_t t{i}_shape[] = {{{', '.join(f'{n}u' for n in e.shape)}}};\n".encode())
             fields["shape"] = f"t{i}_shape"
-        codes = bytes(reader.blob_bytes(e.codes, BlobKind.CODES, e.code_context))  # decoded when entropy-coded
+        if i in streams:  # the stream as stored (export_c decoded it once: it is sound)
+            codes = bytes(reader.blob_view(e.codes, BlobKind.CODES))
+        else:
+            codes = bytes(reader.blob_bytes(e.codes, BlobKind.CODES, e.code_context))  # decoded when entropy-coded
         fields.update(count=f"UINT64_C({e.count})", scheme=SCHEMES[e.scheme], bits=f"{e.bits}u", dtype=DTYPES[e.dtype],
-                      codec="0u", axis=str(-1 if e.grouping.axis is None else e.grouping.axis),
+                      codec="QPK_ANS" if i in streams else "QPK_RAW", axis=str(-1 if e.grouping.axis is None else e.grouping.axis),
                       block=f"UINT64_C({e.grouping.block or 0})", groups=f"UINT64_C({e.groups})")
         if codes:
             _write_array(f, f"t{i}_codes", codes)
