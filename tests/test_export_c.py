@@ -308,7 +308,9 @@ def _decode_table(gcc: str, flags: list[str], qpk: Path, tmp: Path, driver: Path
         obj = _compile(gcc, [*flags, "-c"], tmp / (qpk.stem + "_weights.o"), [written[2]], src, "QPK_NO_IMPLEMENTATION")
         _compile(gcc, flags, exe, [driver, obj], src)
     out = tmp / (qpk.stem + ".table.f32")
-    _run([exe, "table", out])
+    need = _run([exe, "table", out]).split()[-1]  # the largest qpk_unpack workspace, as the C side computes it
+    header = written[1].read_text()
+    assert f"_UNPACK_BYTES {need if to == 'c-coded' else 0}u" in header, (need, to)
     return out.read_bytes()
 
 

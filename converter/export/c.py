@@ -31,7 +31,8 @@ PARAM_FIELDS = ("scale", "zero_point", "emax", "centroids")  # qpk_tensor fields
 PARAM_DTYPE_FIELDS = {"scale": "scale_dtype", "centroids": "centroids_dtype"}
 PARAM_DTYPES = {"<f4": "QPK_FLOAT32", "<f2": "QPK_FLOAT16"}
 
-_ANS_CONTEXTS, _ANS_SUMS = 16, 2048  # qpk.h's ans workspace: a table per context, a context per magnitude sum
+# qpk.h's ans workspace: a table per context and a context per magnitude sum; past a byte, one table and its buckets
+_ANS_CONTEXTS, _ANS_SUMS, _ANS_BUCKET_BITS = 16, 2048, 10
 _ROW = 16  # array items per line
 _ROWS_PER_WRITE = 4096
 # C99 only promises string literals of 4095 characters (gcc -pedantic warns past that): longer
@@ -52,7 +53,10 @@ def export_c_coded(reader: QpkReader, out: Path, notes: list[str]) -> list[Path]
 
 def unpack_bytes(e: TensorEntry) -> int:
     """qpk_unpack_size of an ans-coded tensor: its stream's tables (and contexts), then its packed codes."""
-    tables = ((1 << e.bits) + 1) * 4 * (_ANS_CONTEXTS if e.bits <= 8 else 1) + (_ANS_SUMS if e.bits <= 8 else 0)
+    if e.bits <= 8:
+        tables = ((1 << e.bits) + 1) * 4 * _ANS_CONTEXTS + _ANS_SUMS
+    else:
+        tables = ((1 << e.bits) + 1) * 4 + ((1 << _ANS_BUCKET_BITS) + 1) * 2
     return tables + -(-e.count * e.bits // 8)
 
 

@@ -529,12 +529,14 @@ static unsigned qpk__half_octaves(uint32_t sum)
 }
 
 #define QPK__ANS_SUMS 2048u /* a context per magnitude sum: at most 8 codes of magnitude 255, 0..2040 */
+#define QPK__ANS_BUCKET_BITS 10u /* codes past a byte: the symbol at each of 2^10 evenly spaced slots narrows the search */
 
 /* workspace bytes before the packed codes: the frequency tables of a stream of `bits`-bit codes
  * (one per context, 2^bits + 1 entries) and, for codes of up to 8 bits, the context of each sum */
 static uint64_t qpk__ans_tables(unsigned bits)
 {
-    return bits <= 8 ? ((UINT64_C(1) << bits) + 1) * 4 * QPK__ANS_CONTEXTS + QPK__ANS_SUMS : ((UINT64_C(1) << bits) + 1) * 4;
+    return bits <= 8 ? ((UINT64_C(1) << bits) + 1) * 4 * QPK__ANS_CONTEXTS + QPK__ANS_SUMS
+                     : ((UINT64_C(1) << bits) + 1) * 4 + ((UINT64_C(1) << QPK__ANS_BUCKET_BITS) + 1) * 2;
 }
 
 size_t qpk_unpack_size(const qpk_tensor *t)
@@ -554,7 +556,7 @@ int qpk_unpack(const qpk_tensor *t, void *work, size_t work_len, qpk_tensor *raw
     uint8_t *out;
     uint32_t *cum, k, m, mask, ring[8] = {0}, total = 0, mag;
     qpk__ans_table tb[QPK__ANS_CONTEXTS];
-    unsigned bits, precision, model, window = 0, contexts = 1, offset = 0, rule = 0, center = 0, ctx = 0, c, r = 0;
+    unsigned bits, precision, model, window = 0, contexts = 1, offset = 0, rule = 0, center = 0, ctx = 0, c, r = 0, buckets = 0;
     size_t len, pos, packed, need, nwords, ptr = 0;
     uint64_t x, i, count;
     int rc;
@@ -608,6 +610,16 @@ int qpk_unpack(const qpk_tensor *t, void *work, size_t work_len, qpk_tensor *raw
             ctx_of[sum] = (uint8_t)(c <= offset ? 0u : c - offset >= contexts ? contexts - 1 : c - offset);
         }
     }
+    if (bits > 8) { /* one table of up to 2^16 symbols: the symbol holding each bucket's first slot */
+        uint16_t *start = (uint16_t *)(cum + (k + 1));
+        uint32_t b, s = tb[0].first, end = tb[0].first + tb[0].span - 1;
+        buckets = precision < QPK__ANS_BUCKET_BITS ? precision : QPK__ANS_BUCKET_BITS;
+        for (b = 0; b < (UINT32_C(1) << buckets); b++) {
+            while (cum[s + 1] <= b << (precision - buckets)) s++; /* ends: cum[end + 1] = 2^P above every slot */
+            start[b] = (uint16_t)s;
+        }
+        start[b] = (uint16_t)end; /* past the last slot: the span's last symbol */
+    }
     memset(out, 0, packed);
     m = UINT32_C(1) << precision, mask = m - 1;
     for (i = 0; i < count; i++) {
@@ -616,8 +628,13 @@ int qpk_unpack(const qpk_tensor *t, void *work, size_t work_len, qpk_tensor *raw
         uint64_t bit = i * bits;
         size_t at = (size_t)(bit >> 3);
         unsigned sh = (unsigned)(bit & 7u);
-        /* the symbol whose slots hold `slot`: the last s of the span with cum[s] <= slot, which has a
-         * frequency (the span ends on a symbol that has one); halving without branches */
+        if (bits > 8) { /* between the symbols holding this slot's bucket's first slot and the next's */
+            const uint16_t *start = (const uint16_t *)(cum + (k + 1));
+            uint32_t b = slot >> (precision - buckets);
+            code = start[b], n = (uint32_t)start[b + 1] - start[b] + 1u;
+        }
+        /* the symbol whose slots hold `slot`: the last s of the range with cum[s] <= slot, which has a
+         * frequency (a symbol after it starts above the slot); halving without branches */
         while (n > 1) {
             half = n >> 1;
             code = ct[code + half] <= slot ? code + half : code;

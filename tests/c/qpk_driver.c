@@ -86,11 +86,12 @@ static int decode_raw(const qpk_tensor *t, float **out)
 int main(int argc, char **argv)
 {
     FILE *out;
-    size_t i;
+    size_t i, need = 0;
     if (argc != 3 || strcmp(argv[1], "table") != 0 || !(out = fopen(argv[2], "wb"))) return 2;
     for (i = 0; i < qpk_tensor_count; i++) {
         float *v;
         int rc = decode(&qpk_tensors[i], &v);
+        if (qpk_unpack_size(&qpk_tensors[i]) > need) need = qpk_unpack_size(&qpk_tensors[i]);
         if (rc) {
             fprintf(stderr, "tensor %lu: %s\n", (unsigned long)i, qpk_strerror(rc));
             return 1;
@@ -102,6 +103,7 @@ int main(int argc, char **argv)
         fwrite(v, sizeof(float), (size_t)qpk_tensors[i].count, out);
         free(v);
     }
+    printf("unpack %lu\n", (unsigned long)need); /* the largest workspace: the header's <MODEL>_UNPACK_BYTES */
     return fclose(out) ? 2 : 0;
 }
 #else
