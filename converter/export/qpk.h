@@ -117,7 +117,8 @@ int qpk_decode_tensor(const qpk_tensor *t, float *out);
 int qpk_decode_range(const qpk_tensor *t, uint64_t first, size_t n, float *out);
 
 /* Workspace bytes qpk_unpack needs for t: the stream's frequency tables (16 x 257 x 4 bytes and
- * 2,048 of contexts for codes of up to 8 bits, 65537 x 4 for 16-bit codes) then its packed codes,
+ * 2,048 of contexts for codes of up to 8 bits; 65537 x 4 and 2,050 of search buckets for 16-bit
+ * codes) then its packed codes,
  * ceil(count * bits / 8). 0 for raw codes (nothing to unpack) and where the sum would not fit in
  * a size_t. */
 size_t qpk_unpack_size(const qpk_tensor *t);
