@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.timing import median_time  # noqa: E402
+from converter.allocate import FEW_INPUTS  # noqa: E402  (the inputs qpack's cosine goals ask for)
 from converter.runtime import InputSpec, open_runner, random_inputs  # noqa: E402
 from formats.errors import QpackError  # noqa: E402
 
@@ -770,11 +771,11 @@ def main() -> None:
     ap.add_argument("--only", type=int, nargs="+", choices=(1, 2, 3, 4, 5), help="run only these targets")
     ap.add_argument("--quick", action="store_true", help=f"smoke run: {len(QUICK_FIXTURES)} fixture models, 4 samples, 2 repeats")
     ap.add_argument("--repeat", type=int, help="runs per timing median (default 5; --quick 2)")
-    ap.add_argument("--samples", type=int, help="random inputs per draw in 3 and 4 (default 16; --quick 4)")
+    ap.add_argument("--samples", type=int, help=f"random inputs per draw in 3 and 4 (default {FEW_INPUTS}; --quick 4)")
     ap.add_argument("--tmpdir", type=Path, help="where containers and inputs are written")
     args = ap.parse_args()
     repeat = args.repeat if args.repeat is not None else 2 if args.quick else 5
-    samples = args.samples if args.samples is not None else 4 if args.quick else 16
+    samples = args.samples if args.samples is not None else 4 if args.quick else FEW_INPUTS
     if repeat < 1 or samples < 1:
         ap.error("--repeat and --samples must be at least 1")
     targets = set(args.only or (1, 2, 3, 4, 5))

@@ -633,7 +633,7 @@ class Goal:
             cos = min(o["cosine"] for o in result["outputs"])
             worst = [o["worst_input_cosine"] for o in result["outputs"] if "worst_input_cosine" in o]
             parts = [min(o["cosine"] for o in p["outputs"]) for p in result.get("parts", [])]
-            ok &= least_cosine(result) >= self.cosine_floor and min(parts, default=1.0) >= self.cosine_floor
+            ok &= min([cos, *worst, *parts]) >= self.cosine_floor
             words.append(f"min output cosine {cos:.5f}" + (f", worst single input {min(worst):.5f}" if worst else "")
                          + (f" (parts {', '.join(f'{h:.5f}' for h in parts)})" if parts else ""))
         if self.max_accuracy_drop is not None:
@@ -713,13 +713,15 @@ def for_fidelity(policy: Policy, goal: Goal, ms: list[Menu], evaluate_policy: Ca
         return p, evaluate_policy(p)
 
     top_policy, top = most_precise()
-    margined = replace(goal, cosine_share=COSINE_MARGIN) if goal.min_cosine is not None else goal
-    if wider is not None and not margined.met(top)[0]:
-        say(f"every tensor at its most precise setting: {margined.met(top)[1]}; measuring sym and dq up to {RESCUE_BITS} bits")
-        ms[:] = wider()
-        top_policy, top = most_precise()
     if goal.min_cosine is not None:
         goal = replace(goal, cosine_share=COSINE_MARGIN)
+    if wider is not None:
+        ok, words = goal.met(top)
+        if not ok:
+            say(f"every tensor at its most precise setting: {words}; measuring sym and dq up to {RESCUE_BITS} bits")
+            ms[:] = wider()
+            top_policy, top = most_precise()
+    if goal.min_cosine is not None:
         if goal.met(top)[0]:
             say(f"searching for cosines of at least {goal.cosine_floor:.5f} on these inputs (a margin for other inputs)")
         elif replace(goal, cosine_share=1.0).met(top)[0]:

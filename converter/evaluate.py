@@ -68,7 +68,7 @@ def worst_input_cosine(ref: NDArray, got: NDArray, count: int) -> float | None:
     left out. A cosine that is not a number (an infinite output) counts as -1."""
     if count < 2 or ref.ndim == 0 or ref.shape[0] != count or ref.size // count < 2:
         return None
-    r, g = ref.reshape(count, -1).astype(np.float64), got.reshape(count, -1).astype(np.float64)
+    r, g = (np.asarray(a, dtype=np.float64).reshape(count, -1) for a in (ref, got))  # no copy when float64 already
     rr, gg, rg = (np.einsum("ij,ij->i", a, b) for a, b in ((r, r), (g, g), (r, g)))
     live = rr > 0
     if not live.any():
@@ -92,7 +92,7 @@ def output_fidelity(ref: list[NDArray], got: list[NDArray], names: list[str], co
         s = sqnr_db(r64, g64)
         row = {"output": name, "cosine": round(cos, 6), "sqnr_db": None if not np.isfinite(s) else round(s, 3),
                "max_abs_error": float(np.abs(r64 - g64).max()) if r64.size else 0.0}
-        worst = worst_input_cosine(r, g, count)
+        worst = worst_input_cosine(r64.reshape(r.shape), g64.reshape(g.shape), count)
         if worst is not None:
             row["worst_input_cosine"] = worst
         rows.append(row)

@@ -492,6 +492,7 @@ static int qpk__ans_cum(const qpk__ans_table *tb, uint32_t k, unsigned precision
 {
     uint32_t *v = cum + 1, s, end = tb->first + tb->span, top, m = UINT32_C(1) << precision;
     uint64_t total = 0, f, sum = 0;
+    int64_t rest;
     memset(cum, 0, ((size_t)k + 1) * sizeof *cum);
     if (tb->profile) {
         uint32_t c = tb->first + tb->peak, nl = qpk__side_knots(tb->peak);
@@ -503,19 +504,18 @@ static int qpk__ans_cum(const qpk__ans_table *tb, uint32_t k, unsigned precision
     }
     for (s = tb->first; s < end; s++) total += v[s];
     if (!total) return QPK_E_STREAM;
+    top = tb->first; /* the first symbol of the largest frequency (the span starts on a present one) */
     for (s = tb->first; s < end; s++) {
         if (!v[s]) continue;
         f = (uint64_t)v[s] * m / total; /* < 2^26 * 2^15 */
         if (f < 1) f = 1;
         v[s] = (uint32_t)f;
         sum += f;
-    }
-    /* the rest goes to the first symbol of the largest frequency, which must stay >= 1 */
-    top = tb->first;
-    for (s = tb->first; s < end; s++)
         if (v[s] > v[top]) top = s;
-    if ((int64_t)v[top] + ((int64_t)m - (int64_t)sum) < 1) return QPK_E_STREAM;
-    v[top] = (uint32_t)((int64_t)v[top] + ((int64_t)m - (int64_t)sum));
+    }
+    rest = (int64_t)v[top] + ((int64_t)m - (int64_t)sum); /* the rest goes to it, which must stay >= 1 */
+    if (rest < 1) return QPK_E_STREAM;
+    v[top] = (uint32_t)rest;
     for (s = 0; s < k; s++) cum[s + 1] += cum[s];
     return QPK_OK;
 }
