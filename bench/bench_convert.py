@@ -26,11 +26,11 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.timing import median_time  # noqa: E402
-from converter.convert import convert  # noqa: E402
-from converter.measure import compressed_sizes  # noqa: E402
-from converter.policy import Policy  # noqa: E402
-from formats.onnx_model import OnnxModel  # noqa: E402
-from formats.qpk import ZSTD, pack, unpack  # noqa: E402
+from qpack.converter.convert import convert  # noqa: E402
+from qpack.converter.measure import compressed_sizes  # noqa: E402
+from qpack.converter.policy import Policy  # noqa: E402
+from qpack.formats.onnx_model import OnnxModel  # noqa: E402
+from qpack.formats.qpk import ZSTD, pack, unpack  # noqa: E402
 
 
 def make_model(path: Path, million: int) -> int:
@@ -98,7 +98,7 @@ def main() -> None:
     # the whole CLI in a fresh process (start-up, load, convert, write) and its own peak memory,
     # read from VmHWM, which exec resets (ru_maxrss of a child would include this process's)
     cli_args = ["convert", str(src), "-o", str(tmp / "cli.qpk"), "--bits", "4", "--compress", "none", "-q"]
-    child = ("import sys, re\nfrom converter.cli import app\nsys.argv = ['qpack'] + sys.argv[1:]\n"
+    child = ("import sys, re\nfrom qpack.converter.cli import app\nsys.argv = ['qpack'] + sys.argv[1:]\n"
              "try:\n    app()\nexcept SystemExit as e:\n    assert not e.code\n"
              "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1), file=sys.stderr)")
     walls, peaks = [], []

@@ -24,12 +24,12 @@ import zstandard
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from converter.measure import entropy_bits  # noqa: E402
-from converter.policy import Policy  # noqa: E402
-from converter.quant import get_quantizer  # noqa: E402
-from formats.qpk import Grouping, ans, pack  # noqa: E402
-from formats.qpk.spec import CODES_ZSTD_LEVEL  # noqa: E402
-from formats.registry import open_model  # noqa: E402
+from qpack.converter.measure import entropy_bits  # noqa: E402
+from qpack.converter.policy import Policy  # noqa: E402
+from qpack.converter.quant import get_quantizer  # noqa: E402
+from qpack.formats.qpk import Grouping, ans, pack  # noqa: E402
+from qpack.formats.qpk.spec import CODES_ZSTD_LEVEL  # noqa: E402
+from qpack.formats.registry import open_model  # noqa: E402
 
 SETTINGS = (("sym", 4, True), ("sym", 4, False), ("sym", 8, True), ("sym", 12, False), ("asym", 4, True), ("pow2", 4, True))
 

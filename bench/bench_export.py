@@ -21,12 +21,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from converter.convert import convert, restore  # noqa: E402
-from converter.datasets import digits  # noqa: E402
-from converter.export import export  # noqa: E402
-from converter.policy import Policy  # noqa: E402
-from converter.runtime import InputSpec, Runner, open_runner, random_inputs  # noqa: E402
-from formats.registry import open_model  # noqa: E402
+from qpack.converter.convert import convert, restore  # noqa: E402
+from qpack.converter.datasets import digits  # noqa: E402
+from qpack.converter.export import export  # noqa: E402
+from qpack.converter.policy import Policy  # noqa: E402
+from qpack.converter.runtime import InputSpec, Runner, open_runner, random_inputs  # noqa: E402
+from qpack.formats.registry import open_model  # noqa: E402
 
 
 def _pkg(dist: str, rel: str) -> Path:

@@ -23,11 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from converter.convert import convert  # noqa: E402
-from converter.export import export  # noqa: E402
-from converter.policy import Policy  # noqa: E402
-from formats.onnx_model import OnnxModel  # noqa: E402
-from formats.qpk import ANS, QpkReader  # noqa: E402
+from qpack.converter.convert import convert  # noqa: E402
+from qpack.converter.export import export  # noqa: E402
+from qpack.converter.policy import Policy  # noqa: E402
+from qpack.formats.onnx_model import OnnxModel  # noqa: E402
+from qpack.formats.qpk import ANS, QpkReader  # noqa: E402
 
 RUNS = 5
 UNPACK = r"""
@@ -80,8 +80,8 @@ int main(int argc, char **argv)
 def _unpack_rates(gcc: str, d: Path) -> None:
     """Million codes a second over the ans-coded tensors: qpk_unpack against the Python reader's
     decoder (formats.qpk.ans.decode_codes, its compiled kernel), each from the stream to packed codes."""
-    from formats.qpk import BlobKind
-    from formats.qpk.ans import decode_codes
+    from qpack.formats.qpk import BlobKind
+    from qpack.formats.qpk.ans import decode_codes
 
     try:
         rec = Path(md.distribution("rapidocr-onnxruntime").locate_file("rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx"))

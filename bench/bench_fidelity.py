@@ -56,9 +56,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.timing import median_time  # noqa: E402
-from converter.allocate import FEW_INPUTS  # noqa: E402  (the inputs qpack's cosine goals ask for)
-from converter.runtime import InputSpec, open_runner, random_inputs  # noqa: E402
-from formats.errors import QpackError  # noqa: E402
+from qpack.converter.allocate import FEW_INPUTS  # noqa: E402  (the inputs qpack's cosine goals ask for)
+from qpack.converter.runtime import InputSpec, open_runner, random_inputs  # noqa: E402
+from qpack.formats.errors import QpackError  # noqa: E402
 
 SQNR_MARGIN_DB = 2.0
 BPW_LIMIT = 4.5
@@ -66,7 +66,7 @@ DIGITS_GOALS = ((3.0, 1.0), (2.0, 3.0))  # (stored bits per weight at most, accu
 MIN_COSINE = 0.99
 REC = ("rapidocr-onnxruntime", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx")
 SAMPLE = ROOT / "samples" / "digits_cnn.onnx"
-QPACK_CHILD = "from converter.cli import run; run()"
+QPACK_CHILD = "from qpack.converter.cli import run; run()"
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ def q4_0(mats: dict[str, NDArray[np.float32]]) -> tuple[float, int] | str:
 
 def container_sqnr(qpk: Path, mats: dict[str, NDArray[np.float32]]) -> tuple[float, int, int]:
     """(pooled SQNR of the values the container gives back, stored code + parameter bytes, weights)."""
-    from formats.qpk import QpkReader
+    from qpack.formats.qpk import QpkReader
 
     signal = noise = 0.0
     stored = count = 0
@@ -260,9 +260,9 @@ def target_gguf(tmp: Path, repeat: int) -> None:
     if src is None:
         record(target, "not run", limit, None, f"{REC[0]} is not installed (pip install --no-deps -r tests/fixtures.txt)")
         return
-    from converter.convert import convert
-    from converter.policy import Policy
-    from formats.onnx_model import OnnxModel
+    from qpack.converter.convert import convert
+    from qpack.converter.policy import Policy
+    from qpack.formats.onnx_model import OnnxModel
 
     with OnnxModel(src) as model:
         weights = model.weights
@@ -344,8 +344,8 @@ def target_gguf(tmp: Path, repeat: int) -> None:
 
 def scale_search_cost(mats: dict[str, NDArray[np.float32]], repeat: int) -> None:
     """Time per million weights of quantize() under each clip: 4-bit asym, blocks of 64, fp16 scales."""
-    from converter.quant import get_quantizer
-    from formats.qpk import Grouping
+    from qpack.converter.quant import get_quantizer
+    from qpack.formats.qpk import Grouping
 
     q = get_quantizer("asym")
     count = sum(x.size for x in mats.values())
@@ -364,7 +364,7 @@ def scale_search_cost(mats: dict[str, NDArray[np.float32]], repeat: int) -> None
 
 def digits_split(tmp: Path) -> tuple[Path, Path]:
     """The 540 test digits in two halves (even and odd positions), labelled: tune on one, check on the other."""
-    from converter.datasets import digits
+    from qpack.converter.datasets import digits
 
     x, y = digits()
     name = open_runner(SAMPLE).inputs[0].name
@@ -544,8 +544,8 @@ def prepare(fx: Fixture, tmp: Path, samples: int) -> Model | str:
 
 
 def quantized_weights(path: Path) -> int:
-    from converter.policy import Policy
-    from formats.registry import open_model
+    from qpack.converter.policy import Policy
+    from qpack.formats.registry import open_model
 
     model = open_model(path)
     try:
@@ -557,8 +557,8 @@ def quantized_weights(path: Path) -> int:
 def float_outputs(m: Model, inputs: Path) -> str:
     """The float model's outputs on some inputs, by largest magnitude: an output that random inputs
     drive to nearly zero (a saturated mask or score) has no direction for a cosine to keep."""
-    from converter.datasets import load_inputs
-    from converter.evaluate import run_all
+    from qpack.converter.datasets import load_inputs
+    from qpack.converter.evaluate import run_all
 
     runner = open_runner(m.path)
     outs = run_all(runner, load_inputs(m.path, inputs=inputs))
@@ -568,8 +568,8 @@ def float_outputs(m: Model, inputs: Path) -> str:
 def unreachable(m: Model, tmp: Path) -> str:
     """The outputs that 8-bit weights already move below the goal, with the float output's RMS: an
     output the random inputs drive to nearly zero (a saturated score) has no direction to keep."""
-    from converter.datasets import load_inputs
-    from converter.evaluate import run_all
+    from qpack.converter.datasets import load_inputs
+    from qpack.converter.evaluate import run_all
 
     e = qpack("eval", m.path, "--bits", 8, "--per-channel", "--inputs", m.tune, "-q", json_out=tmp / "u.json")
     if not e.ok:

@@ -56,7 +56,7 @@ QPACK_CHILD = f"""\
 import re, sys
 sys.argv = ['qpack', *sys.argv[1:]]
 try:
-    from converter.cli import app
+    from qpack.converter.cli import app
     app()
 finally:
     {REPORT_HWM}
@@ -80,7 +80,7 @@ quantize_dynamic(sys.argv[1], sys.argv[2], weight_type=QuantType.QInt8, per_chan
 
 def container_values(qpk: Path) -> Iterator[tuple[str, NDArray[np.float32]]]:
     """(key, dequantized values) for each tensor of a container, one at a time."""
-    from formats.qpk import QpkReader
+    from qpack.formats.qpk import QpkReader
 
     with QpkReader(qpk) as q:
         for e in q.entries:
@@ -89,7 +89,7 @@ def container_values(qpk: Path) -> Iterator[tuple[str, NDArray[np.float32]]]:
 
 def library_restore(qpk: Path, out: Path) -> None:
     """Restore a container in this process."""
-    from converter.convert import restore
+    from qpack.converter.convert import restore
 
     restore(qpk, out)
 

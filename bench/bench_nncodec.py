@@ -58,11 +58,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from converter.allocate import goal_subsets  # noqa: E402
-from converter.cost import tensor_cost  # noqa: E402
-from converter.policy import Policy  # noqa: E402
-from formats.qpk import Grouping  # noqa: E402
-from formats.registry import open_model  # noqa: E402
+from qpack.converter.allocate import goal_subsets  # noqa: E402
+from qpack.converter.cost import tensor_cost  # noqa: E402
+from qpack.converter.policy import Policy  # noqa: E402
+from qpack.formats.qpk import Grouping  # noqa: E402
+from qpack.formats.registry import open_model  # noqa: E402
 
 MODELS = {
     "digits_cnn": ("samples/digits_cnn.onnx", None),
@@ -209,7 +209,7 @@ def qpack_goal(name: str, target: float, scheme: str | None, tmp: Path) -> Point
     js = tmp / "goal.json"
     chosen = ["--scheme", scheme] if scheme else []
     t = time.perf_counter()
-    run = subprocess.run([sys.executable, "-c", "from converter.cli import run; run()", "convert", str(model_path(name)),
+    run = subprocess.run([sys.executable, "-c", "from qpack.converter.cli import run; run()", "convert", str(model_path(name)),
                           "-o", str(tmp / "goal.qpk"), "--target-sqnr", str(target), *chosen, "--codec", "ans",
                           "--compress", "none", "-q", "--json", str(js)], capture_output=True, text=True, cwd=ROOT)
     seconds = time.perf_counter() - t
@@ -227,10 +227,10 @@ def qpack_goal_in_process(name: str, target: float, scheme: str | None, tmp: Pat
     """Seconds the same `--target-sqnr` conversion takes inside this process, the model already
     opened and the libraries loaded (as NNCodec's encode gets its arrays): allocation, trial
     conversions and the file written, no compressor baselines."""
-    from converter.allocate import AUTO_SCHEMES, Goal
-    from converter.gates import Budget
-    from converter.publish import publish
-    from formats.qpk import ANS
+    from qpack.converter.allocate import AUTO_SCHEMES, Goal
+    from qpack.converter.gates import Budget
+    from qpack.converter.publish import publish
+    from qpack.formats.qpk import ANS
 
     src = open_model(model_path(name))
     try:
@@ -283,7 +283,7 @@ class Case:
 def fidelity_cases(quick: bool, tmp: Path) -> list[Case]:
     from bench_fidelity import SAMPLE, fixtures, prepare
 
-    from converter.datasets import load_inputs
+    from qpack.converter.datasets import load_inputs
 
     cases = [Case("digits_cnn (accuracy within 1 point)", SAMPLE, load_inputs(SAMPLE, dataset="digits"),
                   ("--max-accuracy-drop", str(MAX_DROP), "--dataset", "digits"), None)]
@@ -301,9 +301,9 @@ class Judge:
     """Whether a model with some weights replaced meets the case's goal, in the model's runtime."""
 
     def __init__(self, case: Case, tmp: Path) -> None:
-        from converter.evaluate import run_all
-        from converter.runtime import open_runner
-        from formats.registry import open_model, sniff
+        from qpack.converter.evaluate import run_all
+        from qpack.converter.runtime import open_runner
+        from qpack.formats.registry import open_model, sniff
 
         self.case, self.tmp, self.fmt = case, tmp, sniff(case.path)
         self.accuracy = case.qpack_goal[0] == "--max-accuracy-drop"
@@ -315,13 +315,13 @@ class Judge:
 
     def score(self, outs: list[list[np.ndarray]]) -> float:
         """Accuracy points lost (accuracy) or the least output cosine over the inputs, each single input and the subsets."""
-        from converter.evaluate import output_fidelity
+        from qpack.converter.evaluate import output_fidelity
 
         if self.accuracy:
             labels = self.case.inputs.labels
             acc = [float(np.mean(np.argmax(o[0].reshape(len(labels), -1), axis=1) == labels)) for o in (self.ref[0], outs[0])]
             return 100 * (acc[0] - acc[1])
-        from converter.allocate import least_cosine
+        from qpack.converter.allocate import least_cosine
 
         # the whole (each output's cosine over the inputs and on each single input), then each subset
         whole = least_cosine({"outputs": output_fidelity(self.ref[0], outs[0], [""] * len(outs[0]), self.case.inputs.count)})
@@ -331,9 +331,9 @@ class Judge:
         return value <= MAX_DROP if self.accuracy else value >= MIN_COSINE
 
     def with_weights(self, arrays: dict[str, np.ndarray]) -> float:
-        from converter.evaluate import run_all
-        from converter.runtime import open_runner
-        from formats.registry import restore_model
+        from qpack.converter.evaluate import run_all
+        from qpack.converter.runtime import open_runner
+        from qpack.formats.registry import restore_model
 
         out = self.tmp / f"restored.{self.fmt}"
         keys = frozenset(arrays)
@@ -375,11 +375,11 @@ def nncodec_fidelity(nnc_python: str, tensors: dict[str, tuple[np.ndarray, int |
 
 def qpack_fidelity(case: Case, judge: Judge, tmp: Path) -> tuple[float, float, float] | str:
     """(bpw over the quantized weights, process s, score in the same judge) of qpack's goal with ans."""
-    from formats.qpk import QpkReader
+    from qpack.formats.qpk import QpkReader
 
     qpk, js = tmp / "f.qpk", tmp / "f.json"
     t = time.perf_counter()
-    run = subprocess.run([sys.executable, "-c", "from converter.cli import run; run()", "convert", str(case.path), "-o", str(qpk),
+    run = subprocess.run([sys.executable, "-c", "from qpack.converter.cli import run; run()", "convert", str(case.path), "-o", str(qpk),
                           *case.qpack_goal, "--codec", "ans", "--compress", "none", "-q", "--json", str(js)],
                          capture_output=True, text=True, cwd=ROOT)
     seconds = time.perf_counter() - t

@@ -41,9 +41,9 @@ sys.path.insert(0, str(ROOT))
 
 import gen  # noqa: E402
 
-from converter.datasets import load_inputs  # noqa: E402
-from converter.evaluate import evaluate, quantized_copy, run_all  # noqa: E402
-from converter.runtime import open_runner  # noqa: E402
+from qpack.converter.datasets import load_inputs  # noqa: E402
+from qpack.converter.evaluate import evaluate, quantized_copy, run_all  # noqa: E402
+from qpack.converter.runtime import open_runner  # noqa: E402
 
 VARIANTS = ("float", "shift", "group")
 

@@ -162,7 +162,7 @@ def fuzz(args: argparse.Namespace) -> int:
 
 def entries(counts: list[int]) -> None:
     """`inspect` (verification on, the table, and the --json text) on containers listing `count` tensors each."""
-    from converter.inspect import describe, render_description
+    from qpack.converter.inspect import describe, render_description
     from tests.test_hostile import many_entries
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -45,17 +45,17 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from converter.measure import code_histogram, entropy_bits
-from converter.policy import Decision, Policy
-from converter.quant import get_quantizer
-from converter.quant.base import WIDENED, Quantizer, sample_rows
-from converter.quant.dq import warm_trellis
-from converter.quant.rdo import encode as rdo_encode
-from converter.quant.rdo import estimate as rdo_estimate
-from formats.errors import BudgetError, OptionError
-from formats.model import SourceModel, Weight
-from formats.qpk import Grouping, ans, packed_size
-from formats.qpk.spec import expansion_limit
+from qpack.converter.measure import code_histogram, entropy_bits
+from qpack.converter.policy import Decision, Policy
+from qpack.converter.quant import get_quantizer
+from qpack.converter.quant.base import WIDENED, Quantizer, sample_rows
+from qpack.converter.quant.dq import warm_trellis
+from qpack.converter.quant.rdo import encode as rdo_encode
+from qpack.converter.quant.rdo import estimate as rdo_estimate
+from qpack.formats.errors import BudgetError, OptionError
+from qpack.formats.model import SourceModel, Weight
+from qpack.formats.qpk import Grouping, ans, packed_size
+from qpack.formats.qpk.spec import expansion_limit
 
 SAMPLE_ELEMENTS = 1 << 16  # weights per tensor and setting the error is measured on
 MAX_BITS = 8
@@ -437,7 +437,7 @@ def menus(model: SourceModel, policy: Policy, progress: Callable[[int, int], Non
     or if a worker dies or cannot be started, in threads (the same menus)."""
     from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, ThreadPoolExecutor
 
-    from converter.convert import default_workers, in_order
+    from qpack.converter.convert import default_workers, in_order
 
     chosen = [w for w in model.weights if policy.decide(w).quantize]
     names = schemes or (policy.scheme,)
@@ -1001,8 +1001,8 @@ def float_floor(src: SourceModel, ms: list[Menu], model_path: Any, inputs: Any, 
     floor (a text detector's scores on noise: 16,359 of 16,384 exactly 0, the rest a few units of
     2^-25) and no quantizer can keep them; the goal is not what is out of reach. Weights stored as
     float16 cannot carry such a move: for them the probe is the model itself and finds nothing."""
-    from converter.evaluate import compare
-    from formats.registry import restore_model
+    from qpack.converter.evaluate import compare
+    from qpack.formats.registry import restore_model
 
     rng = np.random.default_rng(0)
 
@@ -1031,8 +1031,8 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
     """
     from pathlib import Path
 
-    from converter.convert import Reuse, convert
-    from formats.qpk import RAW
+    from qpack.converter.convert import Reuse, convert
+    from qpack.formats.qpk import RAW
 
     goal.check()
     if policy.bits_for:
@@ -1074,8 +1074,8 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
         p, chosen = for_size(src, policy, goal.target_size, lambda q: convert_to(q).size, ms)
         summary["goal"] = f"--target-size {goal.target_size}"
     else:
-        from converter.evaluate import evaluate, run_all
-        from converter.runtime import open_runner
+        from qpack.converter.evaluate import evaluate, run_all
+        from qpack.converter.runtime import open_runner
 
         if inputs is None:
             raise OptionError("a fidelity goal needs inputs: --inputs, --images or --dataset")

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from converter.convert import db
-from converter.measure import code_histogram, context_entropy_bits, entropy_bits, noise_energy
-from formats.errors import OptionError
-from formats.model import SourceModel
-from formats.qpk import SCHEMES, QpkReader, TensorEntry
+from qpack.converter.convert import db
+from qpack.converter.measure import code_histogram, context_entropy_bits, entropy_bits, noise_energy
+from qpack.formats.errors import OptionError
+from qpack.formats.model import SourceModel
+from qpack.formats.qpk import SCHEMES, QpkReader, TensorEntry
 
 
 def _quartiles(v: NDArray) -> list[float]:

@@ -16,11 +16,11 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 
-from converter import __version__
-from converter.allocate import AUTO_SCHEMES, DEFAULT_OBJECTIVE, OBJECTIVES
-from converter.quant import CLIPS, QUANTIZERS
-from formats.errors import BudgetError, QpackError
-from formats.qpk import CODECS, Codec, codec_named
+from qpack.converter import __version__
+from qpack.converter.allocate import AUTO_SCHEMES, DEFAULT_OBJECTIVE, OBJECTIVES
+from qpack.converter.quant import CLIPS, QUANTIZERS
+from qpack.formats.errors import BudgetError, QpackError
+from qpack.formats.qpk import CODECS, Codec, codec_named
 
 EXIT_ERROR = 1
 EXIT_BUDGET = 3  # a build budget was broken: distinct from ordinary errors so pipelines can tell
@@ -78,7 +78,7 @@ def _command(name: str) -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from formats.atomic import write_bytes_atomic
+    from qpack.formats.atomic import write_bytes_atomic
 
     write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
 
@@ -177,7 +177,7 @@ def _codec(name: Enum) -> Codec:
 def _policy(scheme: Enum, bits: int, per_channel: bool, keep: list[str] | None, include: list[str] | None,
             bits_for: list[str] | None, clip: Enum | None = None, group_size: int | None = None, param_dtype: str = "auto",
             rdo: float = 0.0):
-    from converter.policy import Policy, parse_bits_for
+    from qpack.converter.policy import Policy, parse_bits_for
 
     return Policy(str(scheme.value), bits, per_channel, tuple(keep or ()), tuple(include or ()), parse_bits_for(bits_for or []),
                   str(clip.value) if clip else "minmax", group_size, param_dtype, rdo=rdo)
@@ -232,12 +232,12 @@ def convert(
     new artifact is not put in place (a previous file at the output path stays as it was), so a
     build cannot ship it by accident.
     """
-    from converter.allocate import Goal
-    from converter.gates import Budget
-    from converter.measure import parse_compressors
-    from converter.publish import publish
-    from converter.render import size_table
-    from formats.registry import open_model
+    from qpack.converter.allocate import Goal
+    from qpack.converter.gates import Budget
+    from qpack.converter.measure import parse_compressors
+    from qpack.converter.publish import publish
+    from qpack.converter.render import size_table
+    from qpack.formats.registry import open_model
 
     with _errors(), ExitStack() as stack:
         policy = _policy(scheme or SchemeName("asym"), bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype,
@@ -284,7 +284,7 @@ def unpack(
     quiet: Quiet = False,
 ) -> None:
     """Rebuild a runnable float model (the source format) from a .qpk container."""
-    from converter.convert import restore
+    from qpack.converter.convert import restore
 
     with _errors():
         written = restore(qpk, output)
@@ -293,7 +293,7 @@ def unpack(
 
 
 def _targets_help() -> str:
-    from converter.export import TARGETS
+    from qpack.converter.export import TARGETS
 
     return "; ".join(f"{t.name}: {t.help}" for t in TARGETS.values()) or "none registered"
 
@@ -306,7 +306,7 @@ def export(
     quiet: Quiet = False,
 ) -> None:
     """Export a .qpk as a model a runtime executes with low-bit weights, or as firmware sources."""
-    from converter.export import export as run_export
+    from qpack.converter.export import export as run_export
 
     with _errors():
         written, notes = run_export(qpk, to, output)
@@ -323,7 +323,7 @@ def inspect(
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="check every blob's checksum")] = True,
 ) -> None:
     """Show what a .qpk holds: tensors, schemes, bits, sizes, checksums."""
-    from converter.inspect import describe, render_description
+    from qpack.converter.inspect import describe, render_description
 
     with _errors():
         info = describe(qpk, verify)
@@ -340,7 +340,7 @@ def _version(value: bool) -> None:
 
 def _stop(signum: int, frame: object) -> None:
     """SIGTERM/SIGINT: remove what this run was writing, then exit with the conventional 128 + signal."""
-    from formats.atomic import remove_pending
+    from qpack.formats.atomic import remove_pending
 
     remove_pending()
     err.print(f"qpack: stopped by {signal.Signals(signum).name}")
@@ -392,10 +392,10 @@ def report(
     quiet: Quiet = False,
 ) -> None:
     """Range, distribution and bit efficiency per tensor, for a model at the given options or a .qpk."""
-    from converter.gates import Budget
-    from converter.measure import parse_compressors
-    from converter.render import report_table
-    from converter.report import floats_known, report_path, write_html
+    from qpack.converter.gates import Budget
+    from qpack.converter.measure import parse_compressors
+    from qpack.converter.render import report_table
+    from qpack.converter.report import floats_known, report_path, write_html
 
     with _errors(), _status("measuring", quiet), ExitStack() as stack:
         budget = Budget(max_size, max_bpw, min_sqnr)
@@ -418,7 +418,7 @@ def report(
 
 def _inputs(model: Path, inputs: Path | None, images: Path | None, dataset: str | None, size: str, layout: str, scale: str,
             mean: str | None, std: str | None):
-    from converter.datasets import load_inputs
+    from qpack.converter.datasets import load_inputs
 
     return load_inputs(model, inputs, images, dataset, size, layout, scale, mean, std)
 
@@ -453,8 +453,8 @@ def eval_(
     quiet: Quiet = False,
 ) -> None:
     """Run MODEL and its quantized restoration on the same inputs; report fidelity and accuracy."""
-    from converter.evaluate import evaluate
-    from converter.render import eval_table
+    from qpack.converter.evaluate import evaluate
+    from qpack.converter.render import eval_table
 
     with _errors():
         data = _inputs(model, inputs, images, dataset, size, layout, scale, mean, std)
@@ -489,8 +489,8 @@ def sweep(
     quiet: Quiet = False,
 ) -> None:
     """Evaluate a grid of schemes x bit widths; name the knee; rank tensors by sensitivity."""
-    from converter.render import sweep_table
-    from converter.sweep import parse_bits, parse_granularity, parse_schemes, run_sweep, write_outputs
+    from qpack.converter.render import sweep_table
+    from qpack.converter.sweep import parse_bits, parse_granularity, parse_schemes, run_sweep, write_outputs
 
     with _errors():
         scheme_list = parse_schemes(schemes, sensitivity_bits)

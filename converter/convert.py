@@ -21,17 +21,17 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from converter import __version__
-from converter.measure import context_choice, entropy_bits
-from converter.policy import Decision, Policy
-from converter.quant import get_quantizer
-from converter.quant.stream import Quantized, check_finite, quantize_stream
-from formats.atomic import prepare_parent
-from formats.model import SourceModel, Weight
-from formats.qpk import RAW, ZSTD, BlobKind, Codec, CodeContext, Grouping, QpkReader, QpkWriter, TensorEntry, encode, unpack
-from formats.qpk import meta as qpk_meta
-from formats.qpk.meta import BASE_KEYS
-from formats.qpk.spec import DTYPE_SIZES, VERSION_MINOR, VERSION_MINOR_1
+from qpack.converter import __version__
+from qpack.converter.measure import context_choice, entropy_bits
+from qpack.converter.policy import Decision, Policy
+from qpack.converter.quant import get_quantizer
+from qpack.converter.quant.stream import Quantized, check_finite, quantize_stream
+from qpack.formats.atomic import prepare_parent
+from qpack.formats.model import SourceModel, Weight
+from qpack.formats.qpk import RAW, ZSTD, BlobKind, Codec, CodeContext, Grouping, QpkReader, QpkWriter, TensorEntry, encode, unpack
+from qpack.formats.qpk import meta as qpk_meta
+from qpack.formats.qpk.meta import BASE_KEYS
+from qpack.formats.qpk.spec import DTYPE_SIZES, VERSION_MINOR, VERSION_MINOR_1
 
 T = TypeVar("T")
 
@@ -269,7 +269,7 @@ class _Ahead:
 
 def restore(qpk: Path, out: Path, workers: int | None = None) -> list[Path]:
     """Rebuild a runnable float model from a container, tensor by tensor; returns the files written."""
-    from formats.registry import restore_model
+    from qpack.formats.registry import restore_model
 
     workers = workers or default_workers()
     with QpkReader(qpk) as q, ThreadPoolExecutor(workers) as pool:

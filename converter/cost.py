@@ -8,9 +8,9 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from converter.quant import as_grouping, get_quantizer
-from converter.quant.stream import check_finite, quantize_stream
-from formats.qpk import ANS, BlobKind, Codec, CodeContext, Grouping, encode
+from qpack.converter.quant import as_grouping, get_quantizer
+from qpack.converter.quant.stream import check_finite, quantize_stream
+from qpack.formats.qpk import ANS, BlobKind, Codec, CodeContext, Grouping, encode
 
 
 class Cost(NamedTuple):

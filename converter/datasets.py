@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from converter.runtime import InputSpec
-from formats.errors import OptionError, QpackError
+from qpack.converter.runtime import InputSpec
+from qpack.formats.errors import OptionError, QpackError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 BUILTIN = ("digits",)
@@ -216,7 +216,7 @@ def load_inputs(model: Path, inputs: Path | None = None, images: Path | None = N
                 size: str = "224", layout: str = "nchw", scale: str = "1/255", mean: str | None = None,
                 std: str | None = None) -> Inputs:
     """The evaluation inputs from exactly one source, checked against the model's input specs."""
-    from converter.runtime import open_runner
+    from qpack.converter.runtime import open_runner
 
     given = [x for x in (inputs, images, dataset) if x is not None]
     if len(given) != 1:

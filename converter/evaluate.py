@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from converter.convert import convert, restore
-from converter.datasets import Inputs, check_shapes
-from converter.measure import sqnr_db
-from converter.policy import Policy
-from converter.runtime import Runner, open_runner
-from formats.errors import OptionError, QpackError
-from formats.registry import open_model, sniff
+from qpack.converter.convert import convert, restore
+from qpack.converter.datasets import Inputs, check_shapes
+from qpack.converter.measure import sqnr_db
+from qpack.converter.policy import Policy
+from qpack.converter.runtime import Runner, open_runner
+from qpack.formats.errors import OptionError, QpackError
+from qpack.formats.registry import open_model, sniff
 
 BATCH = 256
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from formats.errors import BudgetError, OptionError
+from qpack.formats.errors import BudgetError, OptionError
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from formats.errors import shown
-from formats.qpk import QpkReader
+from qpack.formats.errors import shown
+from qpack.formats.qpk import QpkReader
 
 MAX_ROWS = 500  # a terminal table past this helps nobody; --json has every row
 

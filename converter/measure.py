@@ -12,12 +12,12 @@ import numpy as np
 import zstandard
 from numpy.typing import NDArray
 
-from formats.errors import FormatError, OptionError
-from formats.qpk.bitstream import code_dtype
-from formats.qpk.spec import BYTE_BITS
+from qpack.formats.errors import FormatError, OptionError
+from qpack.formats.qpk.bitstream import code_dtype
+from qpack.formats.qpk.spec import BYTE_BITS
 
 if TYPE_CHECKING:
-    from formats.qpk import ans
+    from qpack.formats.qpk import ans
 
 PAIR_COUNTING = 1 << 17  # codes from which counting them in pairs is faster (2x at 2^20)
 
@@ -63,7 +63,7 @@ def context_entropy_bits(codes: NDArray[np.uint8], bits: int) -> float:
 def context_choice(codes: NDArray[np.uint8], bits: int) -> tuple[float, ans.Model | None]:
     """(context_entropy_bits, the model the ans codec stores the codes with): one pass for both,
     the model then handed to the codec (CodeContext.model); None where the codec keeps them packed."""
-    from formats.qpk import ans
+    from qpack.formats.qpk import ans
 
     flat = np.ascontiguousarray(codes, dtype=code_dtype(bits)).reshape(-1)
     if flat.size == 0:

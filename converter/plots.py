@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 
-from converter.quant import QUANTIZERS  # noqa: E402
+from qpack.converter.quant import QUANTIZERS  # noqa: E402
 
 MAX_CHANNELS = 32  # a box per channel stops being readable beyond this
 _PNG_META = {"Software": None}  # no version strings: the same report gives the same bytes

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from converter.quant import CLIPS, get_quantizer
-from converter.quant.rdo import check as rdo_check
-from formats.errors import OptionError
-from formats.model import Role, Weight
-from formats.qpk import Grouping
+from qpack.converter.quant import CLIPS, get_quantizer
+from qpack.converter.quant.rdo import check as rdo_check
+from qpack.formats.errors import OptionError
+from qpack.formats.model import Role, Weight
+from qpack.formats.qpk import Grouping
 
 QUANTIZED_ROLES = frozenset({Role.KERNEL, Role.MATRIX, Role.RECURRENT, Role.EMBEDDING})
 MIN_ELEMENTS = 16  # below this the parameters would cost more than the float values they replace

@@ -11,16 +11,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from converter.allocate import Allocation, Goal, allocate
-from converter.convert import convert
-from converter.datasets import Inputs
-from converter.gates import Budget
-from converter.policy import Policy
-from converter.sizes import size_report
-from formats.atomic import prepare_parent, sweep_stale, track, untrack
-from formats.errors import BudgetError, QpackError
-from formats.model import SourceModel
-from formats.qpk import Codec
+from qpack.converter.allocate import Allocation, Goal, allocate
+from qpack.converter.convert import convert
+from qpack.converter.datasets import Inputs
+from qpack.converter.gates import Budget
+from qpack.converter.policy import Policy
+from qpack.converter.sizes import size_report
+from qpack.formats.atomic import prepare_parent, sweep_stale, track, untrack
+from qpack.formats.errors import BudgetError, QpackError
+from qpack.formats.model import SourceModel
+from qpack.formats.qpk import Codec
 
 
 @dataclass

@@ -9,15 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from converter.analysis import analyze
-from converter.convert import convert
-from converter.measure import compressed_sizes
-from converter.policy import Policy
-from converter.sizes import size_report
-from formats.errors import OptionError
-from formats.model import SourceModel
-from formats.qpk import RAW, Codec
-from formats.qpk.spec import FLOAT_DTYPES
+from qpack.converter.analysis import analyze
+from qpack.converter.convert import convert
+from qpack.converter.measure import compressed_sizes
+from qpack.converter.policy import Policy
+from qpack.converter.sizes import size_report
+from qpack.formats.errors import OptionError
+from qpack.formats.model import SourceModel
+from qpack.formats.qpk import RAW, Codec
+from qpack.formats.qpk.spec import FLOAT_DTYPES
 
 HISTOGRAM_WIDTHS = (8, 6, 4, 3, 2)
 
@@ -59,8 +59,8 @@ def report_path(path: Path, policy: Policy, codec: Codec, compress: str,
 
     Returns the report and the source model whose floats the pictures can use.
     """
-    from converter.measure import parse_compressors
-    from formats.registry import open_model, sniff
+    from qpack.converter.measure import parse_compressors
+    from qpack.formats.registry import open_model, sniff
 
     if sniff(path) == "qpk":
         src = open_model(source) if source else None
@@ -82,8 +82,8 @@ def floats_known(rep: dict[str, Any]) -> bool:
 
 def write_html(rep: dict[str, Any], src: SourceModel | None, layer: str | None, html_out: Path, command: str) -> None:
     """The self-contained page, and its pictures beside it as NAME_figK.png."""
-    from converter.html import page
-    from formats.atomic import write_bytes_atomic
+    from qpack.converter.html import page
+    from qpack.formats.atomic import write_bytes_atomic
 
     fo = rep["figure_options"]
     images = pictures(rep, src, layer, fo["bits"], fo["scheme"], fo["per_channel"])
@@ -99,7 +99,7 @@ def write_html(rep: dict[str, Any], src: SourceModel | None, layer: str | None, 
 def pictures(rep: dict[str, Any], source: SourceModel | None, layer: str | None, bits: int, scheme: str,
              per_channel: bool) -> dict[str, bytes]:
     """The three figures: channel quartiles and histograms of one layer (needs floats), per-layer bars."""
-    from converter import plots
+    from qpack.converter import plots
 
     images = {}
     if source is not None and rep["tensors"]:

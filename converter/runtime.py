@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from formats.errors import QpackError, UnsupportedError
+from qpack.formats.errors import QpackError, UnsupportedError
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
@@ -97,7 +97,7 @@ class TfliteRunner(Runner):
 
 def open_runner(path: Path) -> Runner:
     """A runner for an .onnx or .tflite file."""
-    from formats.registry import sniff
+    from qpack.formats.registry import sniff
 
     return TfliteRunner(path) if sniff(path) == "tflite" else OnnxRunner(path)
 

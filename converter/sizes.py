@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from converter.convert import ConvertResult, db
-from converter.measure import compressed_sizes
-from formats.model import SourceModel
+from qpack.converter.convert import ConvertResult, db
+from qpack.converter.measure import compressed_sizes
+from qpack.formats.model import SourceModel
 
 
 def source_bytes(model: SourceModel) -> bytes:

@@ -13,17 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from converter.convert import convert, quantize_weight
-from converter.datasets import Inputs
-from converter.evaluate import classification, evaluate, fidelity_loss, output_fidelity, run_all
-from converter.policy import Policy
-from converter.quant import get_quantizer
-from converter.runtime import open_runner
-from formats.atomic import write_bytes_atomic
-from formats.errors import OptionError
-from formats.model import SourceModel
-from formats.qpk.spec import MAX_BITS, MIN_BITS
-from formats.registry import open_model, restore_model
+from qpack.converter.convert import convert, quantize_weight
+from qpack.converter.datasets import Inputs
+from qpack.converter.evaluate import classification, evaluate, fidelity_loss, output_fidelity, run_all
+from qpack.converter.policy import Policy
+from qpack.converter.quant import get_quantizer
+from qpack.converter.runtime import open_runner
+from qpack.formats.atomic import write_bytes_atomic
+from qpack.formats.errors import OptionError
+from qpack.formats.model import SourceModel
+from qpack.formats.qpk.spec import MAX_BITS, MIN_BITS
+from qpack.formats.registry import open_model, restore_model
 
 CSV_COLUMNS = ("scheme", "granularity", "bits", "loss_points", "accuracy", "top1_agreement", "min_cosine", "qpk_bytes",
                "bits_per_weight")
@@ -160,7 +160,7 @@ def write_outputs(result: dict[str, Any], out: Path) -> list[Path]:
     """sweep.json, sweep.csv and the two plots into folder `out`."""
     import json
 
-    from converter import plots
+    from qpack.converter import plots
 
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()

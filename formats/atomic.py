@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from formats.errors import QpackError
+from qpack.formats.errors import QpackError
 
 _live: set[Path] = set()
 _lock = threading.Lock()

@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from formats.errors import FormatError
+from qpack.formats.errors import FormatError
 
 
 def open_regular(path: Path) -> BinaryIO:

@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from formats.qpk.spec import FLOAT_DTYPES  # noqa: F401  (re-exported: what counts as a float weight)
+from qpack.formats.qpk.spec import FLOAT_DTYPES  # noqa: F401  (re-exported: what counts as a float weight)
 
 
 class Role(str, Enum):

@@ -26,13 +26,13 @@ from google.protobuf.message import DecodeError
 from numpy.typing import NDArray
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, numpy_helper
 
-from formats import onnx_layout, onnx_wire
-from formats.atomic import atomic_output
-from formats.errors import FormatError, QpackError, UnsupportedError, shown
-from formats.files import open_raw
-from formats.model import Role, Weight
-from formats.onnx_wire import TENSOR_DOUBLE_DATA, TENSOR_FLOAT_DATA, TENSOR_RAW_DATA
-from formats.qpk.spec import MAX_ELEMENTS
+from qpack.formats import onnx_layout, onnx_wire
+from qpack.formats.atomic import atomic_output
+from qpack.formats.errors import FormatError, QpackError, UnsupportedError, shown
+from qpack.formats.files import open_raw
+from qpack.formats.model import Role, Weight
+from qpack.formats.onnx_wire import TENSOR_DOUBLE_DATA, TENSOR_FLOAT_DATA, TENSOR_RAW_DATA
+from qpack.formats.qpk.spec import MAX_ELEMENTS
 
 FORMAT = "onnx"
 # protobuf cannot serialize a message over 2 GiB; above this a restored model gets external data

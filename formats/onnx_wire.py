@@ -17,7 +17,7 @@ from typing import NamedTuple, TypeAlias
 
 from onnx import GraphProto, TensorProto
 
-from formats.errors import FormatError
+from qpack.formats.errors import FormatError
 
 MODEL_GRAPH = 7
 GRAPH_NODE, GRAPH_INITIALIZER = 1, 5

@@ -15,10 +15,10 @@ from types import ModuleType
 
 from numpy.typing import NDArray
 
-from formats.errors import FormatError, OptionError
-from formats.files import open_regular
-from formats.model import SourceModel
-from formats.qpk.spec import MAGIC, SOURCE_FORMATS
+from qpack.formats.errors import FormatError, OptionError
+from qpack.formats.files import open_regular
+from qpack.formats.model import SourceModel
+from qpack.formats.qpk.spec import MAGIC, SOURCE_FORMATS
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,8 @@ def register_adapter(adapter: Adapter) -> Adapter:
 
 
 # ONNX is a bare protobuf with no magic: it is what a file is when nothing else claims it.
-register_adapter(Adapter("tflite", ".tflite", "formats.tflite_model", "TfliteModel", (4, b"TFL3"), "TFLite model"))
-register_adapter(Adapter("onnx", ".onnx", "formats.onnx_model", "OnnxModel", None, "ONNX model"))
+register_adapter(Adapter("tflite", ".tflite", "qpack.formats.tflite_model", "TfliteModel", (4, b"TFL3"), "TFLite model"))
+register_adapter(Adapter("onnx", ".onnx", "qpack.formats.onnx_model", "OnnxModel", None, "ONNX model"))
 
 _QPK = "qpk"
 

@@ -25,10 +25,10 @@ import numpy as np
 import tflite
 from numpy.typing import NDArray
 
-from formats.atomic import atomic_output
-from formats.errors import FormatError, QpackError, UnsupportedError
-from formats.files import open_regular
-from formats.model import Role, Weight
+from qpack.formats.atomic import atomic_output
+from qpack.formats.errors import FormatError, QpackError, UnsupportedError
+from qpack.formats.files import open_regular
+from qpack.formats.model import Role, Weight
 
 FORMAT = "tflite"
 TFLITE_IDENT = b"TFL3"  # flatbuffer file identifier, bytes 4..8

@@ -39,8 +39,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from formats.errors import QpackError
-from formats.qpk.spec import ALIGNMENT, HEADER, HEADER_BODY, HEADER_SIZE, MAGIC
+from qpack.formats.errors import QpackError
+from qpack.formats.qpk.spec import ALIGNMENT, HEADER, HEADER_BODY, HEADER_SIZE, MAGIC
 
 TIME_LIMIT = 5.0  # seconds per input
 ALLOC_LIMIT = 1 << 30  # peak bytes traced per input
@@ -53,10 +53,10 @@ CORPUS = Path(__file__).resolve().parent / "corpus" / "qpk"
 
 def build_seeds(folder: Path) -> list[bytes]:
     """The seed containers, written under `folder` while they are built; returns their bytes."""
-    from converter.convert import convert
-    from converter.policy import Policy
-    from formats.onnx_model import OnnxModel
-    from formats.tflite_model import TfliteModel
+    from qpack.converter.convert import convert
+    from qpack.converter.policy import Policy
+    from qpack.formats.onnx_model import OnnxModel
+    from qpack.formats.tflite_model import TfliteModel
     from tests.tflite_build import fc_with_offset_buffer
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -67,7 +67,7 @@ def build_seeds(folder: Path) -> list[bytes]:
         ("asym", 1, False, "zstd"), ("pow2", 6, False, "zstd"), ("sym", 7, True, "raw"),
         ("sym", 5, True, "ans"), ("sym", 12, False, "ans"), ("sym", 11, True, "raw"), ("dq", 4, True, "ans"), ("dq", 9, False, "raw"),
     ]):
-        from formats.qpk import codec_named
+        from qpack.formats.qpk import codec_named
 
         path = folder / f"digits{i}.qpk"
         with OnnxModel(sample) as m:
@@ -87,9 +87,9 @@ def build_seeds(folder: Path) -> list[bytes]:
 
 def _blocked(path: Path) -> bytes:
     """Two tensors grouped in blocks (minor version 1), one with a short last block."""
-    from converter import quant
-    from formats.qpk import BlobKind, Grouping, QpkWriter, pack
-    from formats.qpk import meta as qpk_meta
+    from qpack.converter import quant
+    from qpack.formats.qpk import BlobKind, Grouping, QpkWriter, pack
+    from qpack.formats.qpk import meta as qpk_meta
 
     rng = np.random.default_rng(1)
     entries = []
@@ -817,8 +817,8 @@ def _run_stages(path: Path) -> tuple[str, str | None, list[str], list[str]]:
     reader end to end (as `unpack` uses it), then `inspect --no-verify` and `inspect` (describe, --json,
     the table). A stage that would repeat a failure already seen (describe opens and verifies as the
     reader did) is skipped: the code and the file are the same, so is the outcome."""
-    from converter.inspect import describe, render_description
-    from formats.qpk import QpkReader
+    from qpack.converter.inspect import describe, render_description
+    from qpack.formats.qpk import QpkReader
 
     run = _Run()
     box: list[QpkReader] = []

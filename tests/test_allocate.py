@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from converter.allocate import COSINE_MARGIN, Goal, Menu, Option, _front, _hull, _menu_options, choose, goal_subsets, menus
-from converter.cli import EXIT_BUDGET, app
-from converter.datasets import Inputs
-from converter.policy import Policy
-from converter.runtime import OnnxRunner, random_inputs
-from formats.errors import BudgetError
-from formats.onnx_model import OnnxModel
-from formats.qpk import QpkReader
+from qpack.converter.allocate import COSINE_MARGIN, Goal, Menu, Option, _front, _hull, _menu_options, choose, goal_subsets, menus
+from qpack.converter.cli import EXIT_BUDGET, app
+from qpack.converter.datasets import Inputs
+from qpack.converter.policy import Policy
+from qpack.converter.runtime import OnnxRunner, random_inputs
+from qpack.formats.errors import BudgetError
+from qpack.formats.onnx_model import OnnxModel
+from qpack.formats.qpk import QpkReader
 
 runner = CliRunner()
 
@@ -27,7 +27,7 @@ def _run(*args):
 
 
 def _menu(points: list[tuple[int, float]], signal: float = 1.0) -> Menu:
-    from formats.model import Role, Weight
+    from qpack.formats.model import Role, Weight
 
     w = Weight("init:w", "w", (8,), "float32", Role.MATRIX)
     return Menu(w, signal, _front([Option(b, None, None, "minmax", n, e) for b, (n, e) in enumerate(points, 2)]))
@@ -66,7 +66,7 @@ def test_choose_refuses_an_impossible_budget():
 
 def test_menus_measured_in_worker_processes_are_the_same(sample: Path, monkeypatch: pytest.MonkeyPatch):
     """Large models' menus are measured in forked worker processes: the very menus threads measure."""
-    from converter import allocate, convert
+    from qpack.converter import allocate, convert
 
     policy = Policy("asym", 8)
     monkeypatch.setattr(convert, "default_workers", lambda: 2)
@@ -97,7 +97,7 @@ def _dies_in_a_worker(*args):  # a menu worker killed mid-way (out of memory, sa
 
 def test_menus_fall_back_to_threads_when_a_worker_dies(sample: Path, monkeypatch: pytest.MonkeyPatch):
     """A worker process that dies costs the menus' speed, not the run: they are measured in threads."""
-    from converter import allocate, convert
+    from qpack.converter import allocate, convert
 
     monkeypatch.setattr(convert, "default_workers", lambda: 2)
     policy = Policy("sym", 6)
@@ -113,8 +113,8 @@ def test_menus_fall_back_to_threads_when_a_worker_dies(sample: Path, monkeypatch
 
 def test_menus_price_options_exactly(sample: Path, tmp_path: Path):
     """A menu's bytes are what the container then stores for that tensor."""
-    from converter.allocate import plan
-    from converter.convert import convert
+    from qpack.converter.allocate import plan
+    from qpack.converter.convert import convert
 
     with OnnxModel(sample) as model:
         ms = menus(model, Policy("asym", 4))
@@ -128,8 +128,8 @@ def test_goals_store_scales_per_channel_as_float16(sample: Path, tmp_path: Path)
     """Per channel, as per block, a goal's scales are float16 (half their bytes; float32 with
     --param-dtype fp32): the container says so, and the error stays what the float32 scales give,
     the codes being chosen against the rounded scale."""
-    from converter.allocate import plan
-    from converter.convert import convert
+    from qpack.converter.allocate import plan
+    from qpack.converter.convert import convert
 
     with OnnxModel(sample) as model:
         ms = menus(model, Policy("sym", 4))
@@ -209,8 +209,8 @@ def _pooled_db(model: Path, qpk: Path) -> float:
 def test_target_sqnr_is_met_with_fewer_bytes_than_any_uniform_setting(sample: Path, tmp_path: Path, db: float):
     """The goal holds on the codes as stored, and no single setting for every tensor (scheme, grouping,
     width, with the same codec) that reaches the goal stores fewer bytes."""
-    from converter.cost import tensor_cost
-    from formats.qpk import Grouping
+    from qpack.converter.cost import tensor_cost
+    from qpack.formats.qpk import Grouping
 
     out, js = tmp_path / "t.qpk", tmp_path / "t.json"
     r = _run("convert", sample, "--target-sqnr", db, "--codec", "ans", "-o", out, "--json", js, "--compress", "none", "-q")
@@ -239,8 +239,8 @@ def test_target_sqnr_menus_near_one_step_choose_as_the_whole_menus(sample: Path,
                                                                    monkeypatch: pytest.MonkeyPatch):
     """--target-sqnr measures only the widths near the one step that gives the pooled SQNR: the same
     allocation as the whole menus, for fewer measurements."""
-    from converter import allocate
-    from formats.qpk import ANS
+    from qpack.converter import allocate
+    from qpack.formats.qpk import ANS
 
     goal = Goal(target_sqnr=db, schemes=allocate.AUTO_SCHEMES)
     with OnnxModel(sample) as model:
@@ -257,7 +257,7 @@ def test_goals_entropy_code_unless_told(sample: Path, tmp_path: Path):
     """A goal trades fidelity for stored bytes: without --codec its codes are entropy-coded (ans),
     and the budget holds for what is stored; --codec packed keeps dense codes a reader needs no
     decoder for, and a plain conversion stays packed."""
-    from formats.qpk import ANS, RAW
+    from qpack.formats.qpk import ANS, RAW
 
     codecs, sizes = {}, {}
     for name, extra in (("goal", []), ("goal-packed", ["--codec", "packed"]), ("plain", None)):
@@ -358,8 +358,8 @@ def test_min_cosine_met_on_other_inputs_of_the_same_kind(ocr_cls: Path, tmp_path
 def test_a_cosine_goal_holds_on_each_part_of_the_inputs():
     """Met on the inputs as a whole but not on a part of them is not met: tuned to the edge of the
     whole, an allocation falls below the goal on other inputs of the same kind."""
-    from converter.allocate import Goal
-    from converter.datasets import Inputs
+    from qpack.converter.allocate import Goal
+    from qpack.converter.datasets import Inputs
 
     inputs = Inputs({"x": np.arange(10).reshape(5, 2)}, np.arange(5), "five", {"sr": np.array(16000)})
     parts = inputs.parts(4)
@@ -380,8 +380,8 @@ def test_a_cosine_goal_holds_on_each_part_of_the_inputs():
 def test_a_cosine_goal_holds_on_each_single_input():
     """A draw of inputs is led by the few with the largest outputs: met over all of them but not on
     one of them is not met (another draw led by such an input lands low)."""
-    from converter.allocate import Goal, least_cosine
-    from converter.evaluate import output_fidelity, worst_input_cosine
+    from qpack.converter.allocate import Goal, least_cosine
+    from qpack.converter.evaluate import output_fidelity, worst_input_cosine
 
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((4, 8, 3))
@@ -506,9 +506,9 @@ def test_scalar_and_state_inputs_accepted(tmp_path: Path):
 def test_the_reused_trial_is_the_conversion_of_the_chosen_policy(sample: Path, tmp_path: Path):
     """publish() ships the allocation's last trial instead of converting again: it must be the very
     container a fresh conversion of the chosen policy writes."""
-    from converter.allocate import AUTO_SCHEMES, Goal, allocate
-    from converter.convert import convert
-    from formats.qpk import ANS
+    from qpack.converter.allocate import AUTO_SCHEMES, Goal, allocate
+    from qpack.converter.convert import convert
+    from qpack.formats.qpk import ANS
 
     with OnnxModel(sample) as model:  # the CLI's defaults
         found = allocate(model, Policy("asym", 8), Goal(target_sqnr=30.0, schemes=AUTO_SCHEMES), ANS, tmp_path, sample)
@@ -524,10 +524,10 @@ def test_fidelity_trials_go_uncoded_and_the_file_is_coded_once(sample: Path, tmp
     """A fidelity goal judges trials by their decoded weights, so they are written packed; the file
     shipped is the chosen policy's entropy-coded container, the same bytes a fresh conversion writes,
     with the trials' quantization carried over."""
-    from converter.allocate import Goal, allocate
-    from converter.convert import convert
-    from converter.datasets import load_inputs
-    from formats.qpk import ANS, QpkReader
+    from qpack.converter.allocate import Goal, allocate
+    from qpack.converter.convert import convert
+    from qpack.converter.datasets import load_inputs
+    from qpack.formats.qpk import ANS, QpkReader
 
     inputs = load_inputs(sample, dataset="digits")
     with OnnxModel(sample) as model:
@@ -548,8 +548,8 @@ def test_trials_carry_over_unchanged_tensors_byte_for_byte(sample: Path, tmp_pat
     container a fresh conversion writes; a zero budget keeps nothing."""
     from dataclasses import replace
 
-    from converter.convert import Reuse, convert
-    from formats.qpk import ANS
+    from qpack.converter.convert import Reuse, convert
+    from qpack.formats.qpk import ANS
 
     with OnnxModel(sample) as model:
         base = Policy("asym", 6)
@@ -600,7 +600,7 @@ def test_the_size_report_says_what_the_goal_chose(sample: Path, tmp_path: Path):
 def test_entropy_coded_goals_use_the_steps_between_widths(sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """At a low pooled SQNR the ans menus' loose steps, rate-aware rounding and dq store fewer bytes
     than asym and sym at their widths alone, the goal still holds, and the JSON says which tensors took them."""
-    import converter.allocate as allocate
+    import qpack.converter.allocate as allocate
 
     def run(name: str) -> tuple[int, dict]:
         out, js = tmp_path / f"{name}.qpk", tmp_path / f"{name}.json"

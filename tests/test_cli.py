@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from converter.cli import app
-from formats.qpk import QpkReader
+from qpack.converter.cli import app
+from qpack.formats.qpk import QpkReader
 
 runner = CliRunner()
 

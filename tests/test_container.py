@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter.convert import convert
-from converter.policy import Policy
-from formats.errors import FormatError
-from formats.onnx_model import OnnxModel
-from formats.qpk import QpkReader
-from formats.qpk.spec import ALIGNMENT, HEADER, HEADER_SIZE, MAGIC
+from qpack.converter.convert import convert
+from qpack.converter.policy import Policy
+from qpack.formats.errors import FormatError
+from qpack.formats.onnx_model import OnnxModel
+from qpack.formats.qpk import QpkReader
+from qpack.formats.qpk.spec import ALIGNMENT, HEADER, HEADER_SIZE, MAGIC
 from tests.tiny import tiny_model
 
 
@@ -127,7 +127,7 @@ def test_decompression_stops_at_promised_length(tmp_path: Path):
     """A graph blob that inflates past its recorded raw_length is refused after raw_length + 1 bytes."""
     import zstandard
 
-    from formats.qpk import ZSTD, BlobKind, QpkWriter
+    from qpack.formats.qpk import ZSTD, BlobKind, QpkWriter
 
     frame = zstandard.ZstdCompressor(level=3).compress(bytes(50_000_000))
     with QpkWriter(tmp_path) as w:
@@ -141,7 +141,7 @@ def test_decompression_stops_at_promised_length(tmp_path: Path):
 @pytest.mark.parametrize("kind", ["graph", "codes"])
 def test_decompression_bomb_refused_on_open(tmp_path: Path, sample: Path, kind: str):
     """A small blob that claims gigabytes (4 GiB of zeros compress to ~130 kB) is refused before any decoding."""
-    from formats.qpk import ZSTD
+    from qpack.formats.qpk import ZSTD
 
     good = tmp_path / "good.qpk"
     convert(OnnxModel(sample), Policy("asym", 8), good)
@@ -166,7 +166,7 @@ def _rewrite_meta(data: bytes, edit) -> bytes:
     """Re-encode a container with edited metadata and valid checksums: a hostile, not a corrupt, file."""
     import msgpack
 
-    from formats.qpk.spec import HEADER_BODY
+    from qpack.formats.qpk.spec import HEADER_BODY
 
     fields = HEADER.unpack_from(data)
     meta_len, payload_off, payload_len = fields[4], fields[5], fields[6]

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from converter.cli import app
-from converter.convert import convert
-from converter.cost import tensor_cost
-from converter.policy import Policy
-from converter.quant import get_quantizer
-from converter.quant.stream import CHUNK_ELEMENTS, quantize_stream
-from formats.errors import FormatError, OptionError
-from formats.onnx_model import OnnxModel
-from formats.qpk import Grouping, QpkReader, unpack
-from formats.qpk.schemes import SCHEMES, dq_levels
+from qpack.converter.cli import app
+from qpack.converter.convert import convert
+from qpack.converter.cost import tensor_cost
+from qpack.converter.policy import Policy
+from qpack.converter.quant import get_quantizer
+from qpack.converter.quant.stream import CHUNK_ELEMENTS, quantize_stream
+from qpack.formats.errors import FormatError, OptionError
+from qpack.formats.onnx_model import OnnxModel
+from qpack.formats.qpk import Grouping, QpkReader, unpack
+from qpack.formats.qpk.schemes import SCHEMES, dq_levels
 
 _NEXT = [[0, 2], [2, 0], [1, 3], [3, 1]]  # state, parity of k -> state (the MPEG NNC / VVC table)
 
@@ -105,7 +105,7 @@ def test_blocks_are_refused_by_options_and_by_the_reader(sample: Path, tmp_path:
         Policy("dq", 4, per_channel=True, group_size=32)
     with pytest.raises(OptionError, match="not blocks"):
         quantize_stream(get_quantizer("dq"), np.ones((4, 64), np.float32), 4, Grouping(1, 32), "minmax")
-    from formats.qpk.meta import TensorEntry
+    from qpack.formats.qpk.meta import TensorEntry
 
     row = {"name": "w", "key": "init:w", "shape": [4, 64], "dtype": "float32", "role": "matrix", "scheme": "dq", "bits": 4,
            "axis": 1, "block": 32, "codes": 0, "params": {"scale": 1}}

@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from converter.cli import app
-from converter.convert import convert
-from converter.cost import tensor_cost
-from converter.measure import context_entropy_bits, entropy_bits
-from converter.policy import Policy
-from converter.quant import get_quantizer
-from formats.errors import FormatError, OptionError
-from formats.onnx_model import OnnxModel
-from formats.qpk import ANS, RAW, BlobKind, CodeContext, Grouping, QpkReader, ans, pack
-from formats.qpk.bitstream import code_dtype
-from formats.registry import open_model
+from qpack.converter.cli import app
+from qpack.converter.convert import convert
+from qpack.converter.cost import tensor_cost
+from qpack.converter.measure import context_entropy_bits, entropy_bits
+from qpack.converter.policy import Policy
+from qpack.converter.quant import get_quantizer
+from qpack.formats.errors import FormatError, OptionError
+from qpack.formats.onnx_model import OnnxModel
+from qpack.formats.qpk import ANS, RAW, BlobKind, CodeContext, Grouping, QpkReader, ans, pack
+from qpack.formats.qpk.bitstream import code_dtype
+from qpack.formats.registry import open_model
 
 RNG = np.random.default_rng(20261127)
 
@@ -102,7 +102,7 @@ def test_order0_within_the_entropy_bound(bits: int):
         bound = (h0_bytes(codes, bits) + table) * 1.003
         assert len(stream) <= bound, (bits, n, len(stream), bound)
         # the writer keeps the packed stream when coding does not pay (near-uniform 1-bit codes)
-        from formats.qpk import encode
+        from qpack.formats.qpk import encode
 
         codec, stored, _ = encode(pack(codes, bits), BlobKind.CODES, ANS, ctx=CodeContext(bits, n, (n,), Grouping()))
         assert stored.nbytes <= codes.size * bits / 8 + 1
@@ -124,7 +124,7 @@ def test_wide_codes_round_trip_order0(bits: int, n: int):
 def test_wide_adversarial_streams(bits: int):
     """All one symbol, uniform over every code, every symbol in turn, one rare symbol: coded or, where
     more codes are present than a table has slots, given back to the writer as not smaller."""
-    from formats.qpk import encode
+    from qpack.formats.qpk import encode
 
     n, top = 100_000, (1 << bits) - 1
     wide = code_dtype(bits)
@@ -320,7 +320,7 @@ def test_context_model_beats_order0_on_real_weights(sample: Path, silero_lstm: P
             d = Policy(scheme, bits, per_channel=True).decide(w)
             if not d.quantize:
                 continue
-            from converter.quant import get_quantizer
+            from qpack.converter.quant import get_quantizer
 
             codes, _ = get_quantizer(scheme).quantize(np.asarray(w.array, np.float32), bits, d.grouping)
             h0 += entropy_bits(np.bincount(codes.reshape(-1), minlength=1 << bits)) * codes.size
@@ -413,8 +413,8 @@ def test_rdo_needs_a_uniform_scheme():
 def test_rdo_takes_the_cheapest_of_the_three_nearest_codes():
     """Rate-aware rounding against a brute-force reference: each weight's cost (squared distance in
     steps plus lambda x the code's rate) over the nearest code and its two neighbours, ties kept nearest."""
-    from converter.quant import get_quantizer
-    from converter.quant.rdo import encode, rates
+    from qpack.converter.quant import get_quantizer
+    from qpack.converter.quant.rdo import encode, rates
 
     rng = np.random.default_rng(7)
     q = get_quantizer("sym")
@@ -433,8 +433,8 @@ def test_rdo_takes_the_cheapest_of_the_three_nearest_codes():
 
 
 def test_loose_clips_widen_the_range_without_clipping():
-    from converter.quant import get_quantizer
-    from formats.qpk import Grouping
+    from qpack.converter.quant import get_quantizer
+    from qpack.formats.qpk import Grouping
 
     rng = np.random.default_rng(3)
     x = rng.standard_t(3, size=(32, 64)).astype(np.float32)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from converter.cli import app
-from converter.datasets import digits
-from converter.evaluate import auto_groups, grouped_accuracy
+from qpack.converter.cli import app
+from qpack.converter.datasets import digits
+from qpack.converter.evaluate import auto_groups, grouped_accuracy
 
 runner = CliRunner()
 
@@ -203,7 +203,7 @@ def test_qpk_of_other_format_rejected(sample: Path, tfl_fp16: Path, tmp_path: Pa
 
 
 def test_only_single_axis_outputs_count_as_class_scores():
-    from converter.evaluate import _logits
+    from qpack.converter.evaluate import _logits
 
     assert _logits(np.zeros((2, 10))).shape == (2, 10)
     assert _logits(np.zeros((2, 10, 1, 1))).shape == (2, 10)

@@ -22,16 +22,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from converter.cli import app
-from converter.convert import convert
-from converter.export import export
-from converter.export.c import SCHEMES as C_SCHEMES
-from converter.export.c import model_identifier, tensor_constants, unpack_bytes
-from converter.policy import Policy
-from converter.quant import get_quantizer
-from formats.errors import FormatError, OptionError, UnsupportedError
-from formats.model import SourceModel
-from formats.qpk import (
+from qpack.converter.cli import app
+from qpack.converter.convert import convert
+from qpack.converter.export import export
+from qpack.converter.export.c import SCHEMES as C_SCHEMES
+from qpack.converter.export.c import model_identifier, tensor_constants, unpack_bytes
+from qpack.converter.policy import Policy
+from qpack.converter.quant import get_quantizer
+from qpack.formats.errors import FormatError, OptionError, UnsupportedError
+from qpack.formats.model import SourceModel
+from qpack.formats.qpk import (
     ANS,
     RAW,
     SCHEMES,
@@ -46,9 +46,9 @@ from formats.qpk import (
     TensorEntry,
     pack,
 )
-from formats.qpk import meta as qpk_meta
-from formats.qpk.spec import DTYPE_SIZES, HEADER, HEADER_BODY, HEADER_SIZE, MAGIC, VERSION_MAJOR, align, expansion_limit
-from formats.registry import open_model
+from qpack.formats.qpk import meta as qpk_meta
+from qpack.formats.qpk.spec import DTYPE_SIZES, HEADER, HEADER_BODY, HEADER_SIZE, MAGIC, VERSION_MAJOR, align, expansion_limit
+from qpack.formats.registry import open_model
 
 STRICT = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 SANITIZED = [*STRICT, "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
@@ -386,8 +386,8 @@ def test_converted_containers(gcc: str, reader_driver: Path, table_driver: Path,
     container in memory and from the exported tables; with zstd-coded codes the C reader says so,
     the export writes them packed. (The pipeline stores codebooks as float16 whatever --param-dtype
     says: float32 ones are built directly, in COMBOS and the edge cases.)"""
-    from formats.onnx_model import OnnxModel
-    from formats.tflite_model import TfliteModel
+    from qpack.formats.onnx_model import OnnxModel
+    from qpack.formats.tflite_model import TfliteModel
 
     runs: list[tuple[SourceModel, Policy, Codec]] = [(OnnxModel(sample), Policy("asym", 1, per_channel=True), RAW),
                                                      (OnnxModel(sample), Policy("pow2", 8), RAW),
@@ -421,7 +421,7 @@ def _stream_kind(stream: bytes | memoryview) -> tuple[str, bool, bool]:
 def ans_models(tmp_path_factory: pytest.TempPathFactory, sample: Path) -> list[Path]:
     """The sample converted with its codes entropy-coded, as a goal writes them: between them,
     order-0 and context streams, weight and profile tables, codes of 3..12 bits."""
-    from formats.onnx_model import OnnxModel
+    from qpack.formats.onnx_model import OnnxModel
 
     tmp = tmp_path_factory.mktemp("ans")
     runs = [Policy("asym", 3, per_channel=True), Policy("dq", 5), Policy("sym", 12), Policy("pow2", 4),

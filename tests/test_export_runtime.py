@@ -23,16 +23,16 @@ import tflite
 from onnx import TensorProto
 from typer.testing import CliRunner
 
-from converter.cli import app
-from converter.convert import convert, restore
-from converter.export import export
-from converter.export.onnx_graph import walk_graphs
-from converter.export.onnx_qdq import SIGNED, available
-from converter.policy import Decision, Policy
-from converter.runtime import InputSpec, open_runner, random_inputs
-from formats.model import Weight
-from formats.qpk import Grouping, QpkReader
-from formats.registry import open_model
+from qpack.converter.cli import app
+from qpack.converter.convert import convert, restore
+from qpack.converter.export import export
+from qpack.converter.export.onnx_graph import walk_graphs
+from qpack.converter.export.onnx_qdq import SIGNED, available
+from qpack.converter.policy import Decision, Policy
+from qpack.converter.runtime import InputSpec, open_runner, random_inputs
+from qpack.formats.model import Weight
+from qpack.formats.qpk import Grouping, QpkReader
+from qpack.formats.registry import open_model
 from tests.tiny import if_model, tiny_model
 
 EXACT, FLOAT16, HYBRID = 1e-4, 2e-2, 5e-2

@@ -27,11 +27,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from converter.cli import app
-from converter.convert import convert
-from converter.policy import Policy
-from formats.onnx_model import OnnxModel
-from formats.qpk import ZSTD
+from qpack.converter.cli import app
+from qpack.converter.convert import convert
+from qpack.converter.policy import Policy
+from qpack.formats.onnx_model import OnnxModel
+from qpack.formats.qpk import ZSTD
 from tests import fuzz_qpk as F
 from tests.test_container import _rewrite_meta
 
@@ -53,7 +53,7 @@ def _one_line_error(r: Any, *needles: str) -> None:
 def _qpack(*args: object, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
     """The qpack command in a subprocess of this checkout (the installed script may be another one)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-c", "from converter.cli import run; run()", *map(str, args)],
+    return subprocess.run([sys.executable, "-c", "from qpack.converter.cli import run; run()", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env=env, **kw)
 
 
@@ -170,7 +170,7 @@ def peak():
         f.write(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
 atexit.register(peak)
 sys.argv = ["qpack", *sys.argv[2:]]
-from converter.cli import run
+from qpack.converter.cli import run
 run()
 """
 
@@ -375,7 +375,7 @@ def test_inspect_time_grows_linearly_with_entries(tmp_path: Path):
     """10x the entries take under 20x the CPU time (anything comparing entries pairwise would take
     100x; linear work measures 9-15x here, the smaller file running from the caches), and the table
     stops at MAX_ROWS rows; bench/fuzz_qpk.py --entries times 1,000,000."""
-    from converter.inspect import MAX_ROWS, describe
+    from qpack.converter.inspect import MAX_ROWS, describe
 
     small, large = tmp_path / "small.qpk", tmp_path / "large.qpk"
     many_entries(small, 2_000)
@@ -444,7 +444,7 @@ def big_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _start(model: Path, out: Path) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-c", "from converter.cli import run; run()", "convert", str(model), "-o", str(out),
+    return subprocess.Popen([sys.executable, "-c", "from qpack.converter.cli import run; run()", "convert", str(model), "-o", str(out),
                              "--bits", "8", "--compress", "none", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
 
@@ -471,7 +471,7 @@ def _when(proc: subprocess.Popen[str], folder: Path, stage: str, delay: float) -
 
 def _complete(path: Path) -> bool:
     """Whether a container is whole: every checksum verified."""
-    from formats.qpk import QpkReader
+    from qpack.formats.qpk import QpkReader
 
     with QpkReader(path) as q:
         q.verify()

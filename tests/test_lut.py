@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter.convert import convert
-from converter.policy import Policy
-from converter.quant import get_quantizer
-from converter.quant.lut import kmeans
-from formats.onnx_model import OnnxModel
-from formats.qpk import Grouping, QpkReader
+from qpack.converter.convert import convert
+from qpack.converter.policy import Policy
+from qpack.converter.quant import get_quantizer
+from qpack.converter.quant.lut import kmeans
+from qpack.formats.onnx_model import OnnxModel
+from qpack.formats.qpk import Grouping, QpkReader
 
 LUT = get_quantizer("lut")
 
@@ -67,7 +67,7 @@ def test_lut_beats_uniform_on_heavy_tails():
 
 
 def test_lut_container_round_trip_and_bit_efficiency(sample: Path, tmp_path: Path):
-    from converter.report import report_model
+    from qpack.converter.report import report_model
 
     with OnnxModel(sample) as model:
         out = tmp_path / "lut.qpk"

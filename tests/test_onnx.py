@@ -9,13 +9,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from converter.convert import convert, restore
-from converter.policy import Policy
-from converter.runtime import OnnxRunner, random_inputs
-from formats.errors import FormatError
-from formats.model import Role
-from formats.onnx_model import OnnxModel
-from formats.qpk import QpkReader
+from qpack.converter.convert import convert, restore
+from qpack.converter.policy import Policy
+from qpack.converter.runtime import OnnxRunner, random_inputs
+from qpack.formats.errors import FormatError
+from qpack.formats.model import Role
+from qpack.formats.onnx_model import OnnxModel
+from qpack.formats.qpk import QpkReader
 from tests.tiny import if_model, tiny_model
 
 
@@ -192,7 +192,7 @@ def test_nan_weight_refused(tmp_path: Path):
 
 def test_restore_over_protobuf_limit_writes_external_data(monkeypatch, tmp_path: Path, sample: Path):
     """A restored model too large for one protobuf gets a .data file beside it; onnxruntime loads both."""
-    import formats.onnx_model as om
+    import qpack.formats.onnx_model as om
 
     monkeypatch.setattr(om, "_INLINE_LIMIT", 10_000)  # the sample's 230 kB stands in for a 2 GB model
     qpk, restored = tmp_path / "m.qpk", tmp_path / "out" / "m.onnx"

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from formats.errors import FormatError, OptionError
-from formats.qpk import pack, packed_size, unpack
-from formats.qpk.bitstream import code_dtype
+from qpack.formats.errors import FormatError, OptionError
+from qpack.formats.qpk import pack, packed_size, unpack
+from qpack.formats.qpk.bitstream import code_dtype
 
 
 def _by_bit(codes: np.ndarray, bits: int) -> list[int]:

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter.datasets import load_inputs
-from converter.evaluate import evaluate, quantized_copy, run_all
-from converter.runtime import open_runner
-from formats.errors import QpackError
+from qpack.converter.datasets import load_inputs
+from qpack.converter.evaluate import evaluate, quantized_copy, run_all
+from qpack.converter.runtime import open_runner
+from qpack.formats.errors import QpackError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench" / "pow2_shift"))
 import gen  # noqa: E402

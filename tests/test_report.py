@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from converter.analysis import tensor_figures, totals
-from converter.cli import EXIT_BUDGET, app
-from converter.quant import QUANTIZERS as SCHEMES
-from formats.qpk import Grouping, QpkReader, TensorEntry
+from qpack.converter.analysis import tensor_figures, totals
+from qpack.converter.cli import EXIT_BUDGET, app
+from qpack.converter.quant import QUANTIZERS as SCHEMES
+from qpack.formats.qpk import Grouping, QpkReader, TensorEntry
 
 runner = CliRunner()
 

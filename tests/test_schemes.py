@@ -8,9 +8,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from converter.quant import QUANTIZERS as SCHEMES
-from converter.quant import get_quantizer as get_scheme
-from formats.errors import OptionError
+from qpack.converter.quant import QUANTIZERS as SCHEMES
+from qpack.converter.quant import get_quantizer as get_scheme
+from qpack.formats.errors import OptionError
 
 finite = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=32)
 
@@ -157,7 +157,7 @@ def test_uniform_schemes_have_a_fused_roundtrip():
 def test_roundtrip_is_what_the_decoder_reads_back(name, dtypes):
     """A scheme's fused quantize-and-read-back (what the range searches measure) gives exactly the
     values the container's decoder makes of the codes (a zero's sign aside), at every width."""
-    from formats.qpk import Grouping
+    from qpack.formats.qpk import Grouping
 
     q = get_scheme(name)
     rng = np.random.default_rng(7)

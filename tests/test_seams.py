@@ -12,15 +12,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter import quant
-from converter.convert import convert
-from converter.policy import Policy
-from converter.quant.stream import quantize_stream
-from formats.errors import FormatError
-from formats.onnx_model import OnnxModel
-from formats.qpk import CODECS, SCHEMES, BlobKind, Grouping, ParamSpec, QpkReader, QpkWriter, SchemeSpec, register_codec, register_scheme
-from formats.qpk import meta as qpk_meta
-from formats.qpk.spec import HEADER
+from qpack.converter import quant
+from qpack.converter.convert import convert
+from qpack.converter.policy import Policy
+from qpack.converter.quant.stream import quantize_stream
+from qpack.formats.errors import FormatError
+from qpack.formats.onnx_model import OnnxModel
+from qpack.formats.qpk import (
+    CODECS,
+    SCHEMES,
+    BlobKind,
+    Grouping,
+    ParamSpec,
+    QpkReader,
+    QpkWriter,
+    SchemeSpec,
+    register_codec,
+    register_scheme,
+)
+from qpack.formats.qpk import meta as qpk_meta
+from qpack.formats.qpk.spec import HEADER
 
 
 def _toy_decode(codes, params, bits, grouping):
@@ -117,7 +128,7 @@ def test_reader_enforces_each_scheme_bit_range(tmp_path: Path, sample: Path):
 
 
 def test_cli_choices_come_from_the_registries():
-    from converter import cli
+    from qpack.converter import cli
 
     assert [m.value for m in cli.SchemeName] == list(quant.QUANTIZERS)
     assert {m.value for m in cli.CodecName} == {"packed", *(c.name for c in CODECS.values() if c.name != "raw")}
@@ -168,7 +179,7 @@ def test_golden_block_scaled_tensor(tmp_path: Path):
     assert codes.tolist() == [[14, 3, 14], [14, 7, 0]]
     entry = qpk_meta.TensorEntry("w", "init:w", (2, 3), "float32", "matrix", "sym", 4, g, 0, {"scale": 1})
     path = tmp_path / "b.qpk"
-    from formats.qpk import pack
+    from qpack.formats.qpk import pack
 
     with QpkWriter(tmp_path) as w:
         w.add(pack(codes, 4), BlobKind.CODES)
@@ -188,8 +199,8 @@ def test_golden_block_scaled_tensor(tmp_path: Path):
 @pytest.mark.parametrize("name", ["asym", "pow2"])
 def test_streamed_quantization_matches_whole_tensor(monkeypatch, grouping, name):
     """Row chunks (forced tiny here, with codes carried across byte boundaries) change nothing."""
-    from converter.quant import stream
-    from formats.qpk import pack
+    from qpack.converter.quant import stream
+    from qpack.formats.qpk import pack
 
     x = np.random.default_rng(2).standard_normal((23, 13)).astype(np.float32)
     monkeypatch.setattr(stream, "CHUNK_ELEMENTS", 40)
@@ -232,7 +243,7 @@ def test_thread_pool_output_is_byte_identical(sample: Path, tmp_path: Path):
 
 
 def test_adapter_table(sample: Path, tfl_fp16: Path, tmp_path: Path):
-    from formats.registry import ADAPTERS, Adapter, open_model, register_adapter, sniff
+    from qpack.formats.registry import ADAPTERS, Adapter, open_model, register_adapter, sniff
 
     assert sniff(sample) == "onnx" and sniff(tfl_fp16) == "tflite"
     for a in ADAPTERS.values():
@@ -260,7 +271,7 @@ def test_round_trip_every_scheme_grouping_and_param_dtype(tmp_path: Path, name: 
     codes, params = q.quantize(x, bits, grouping, dtypes=alt)
     dtypes = {k: v.dtype.str for k, v in params.items()}
     assert dtypes == {p.name: np.dtype((alt or {}).get(p.name, p.dtype)).str for p in spec.params}
-    from formats.qpk import pack
+    from qpack.formats.qpk import pack
 
     entry = qpk_meta.TensorEntry("w", "init:w", x.shape, "float32", "matrix", name, bits, grouping, 0,
                                  {k: i + 1 for i, k in enumerate(params)}, {k: (alt or {}).get(k, spec.dtypes[k]) for k in params})

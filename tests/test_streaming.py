@@ -13,12 +13,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from converter.runtime import OnnxRunner
-from formats import onnx_model, onnx_wire, tflite_model
-from formats.errors import FormatError, QpackError
-from formats.onnx_model import OnnxModel, walk_tensors
-from formats.onnx_wire import encode_varint, field_head
-from formats.tflite_model import TfliteModel
+from qpack.converter.runtime import OnnxRunner
+from qpack.formats import onnx_model, onnx_wire, tflite_model
+from qpack.formats.errors import FormatError, QpackError
+from qpack.formats.onnx_model import OnnxModel, walk_tensors
+from qpack.formats.onnx_wire import encode_varint, field_head
+from qpack.formats.tflite_model import TfliteModel
 from tests.conftest import ROOT, SAMPLE, packaged
 from tests.tiny import if_model, tiny_model
 
@@ -526,8 +526,8 @@ def test_tflite_restore_writes_each_buffer_in_place(tfl_fp16: Path, tmp_path: Pa
 
 
 def test_restore_model_keeps_its_suffix_check(tmp_path: Path):
-    from formats.errors import OptionError
-    from formats.registry import restore_model
+    from qpack.formats.errors import OptionError
+    from qpack.formats.registry import restore_model
 
     with OnnxModel(MAKERS["tiny_f32"](tmp_path)) as m:
         skeleton = m.skeleton({"init:conv.w"})
@@ -544,5 +544,5 @@ def test_tflite_adapter_does_not_import_the_registry():
     import subprocess
     import sys
 
-    code = "import sys, formats.tflite_model; assert 'formats.registry' not in sys.modules"
+    code = "import sys, qpack.formats.tflite_model; assert 'qpack.formats.registry' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})

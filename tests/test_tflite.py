@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import tflite
 
-from converter.convert import convert, restore
-from converter.policy import Policy
-from converter.runtime import TfliteRunner
-from formats.errors import FormatError, QpackError, UnsupportedError
-from formats.model import Role
-from formats.tflite_model import TfliteModel
+from qpack.converter.convert import convert, restore
+from qpack.converter.policy import Policy
+from qpack.converter.runtime import TfliteRunner
+from qpack.formats.errors import FormatError, QpackError, UnsupportedError
+from qpack.formats.model import Role
+from qpack.formats.tflite_model import TfliteModel
 
 
 def _round_trip(src: Path, tmp: Path, policy: Policy) -> tuple[Path, Path]:
@@ -182,7 +182,7 @@ def test_random_corruption_is_rejected_cleanly_or_parses_consistently(tfl_fp16: 
 
 
 def test_deterministic_and_records_format(tfl_fp32: Path, tmp_path: Path):
-    from formats.qpk import QpkReader
+    from qpack.formats.qpk import QpkReader
 
     blobs = []
     for i in range(2):

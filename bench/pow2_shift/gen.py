@@ -43,11 +43,11 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from converter.convert import convert  # noqa: E402
-from converter.policy import Policy  # noqa: E402
-from formats.errors import QpackError  # noqa: E402
-from formats.qpk import QpkReader  # noqa: E402
-from formats.registry import open_model  # noqa: E402
+from qpack.converter.convert import convert  # noqa: E402
+from qpack.converter.policy import Policy  # noqa: E402
+from qpack.formats.errors import QpackError  # noqa: E402
+from qpack.formats.qpk import QpkReader  # noqa: E402
+from qpack.formats.registry import open_model  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = ROOT / "samples" / "digits_cnn.onnx"
@@ -306,7 +306,7 @@ def digits_split() -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from converter.datasets import digits
+    from qpack.converter.datasets import digits
 
     d = load_digits()
     x = (d.images / 16.0).astype(np.float32)[:, None]

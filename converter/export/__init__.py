@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from formats.errors import OptionError
-from formats.qpk import QpkReader
+from qpack.formats.errors import OptionError
+from qpack.formats.qpk import QpkReader
 
 Exporter = Callable[[QpkReader, Path, list[str]], list[Path]]
 
@@ -49,15 +49,15 @@ def export(qpk: Path, to: str, out: Path) -> tuple[list[Path], list[str]]:
         return fn(q, Path(out), notes), notes
 
 
-register_target(Target("onnx-qdq", "converter.export.onnx_qdq", "export_onnx_qdq", ("onnx",),
+register_target(Target("onnx-qdq", "qpack.converter.export.onnx_qdq", "export_onnx_qdq", ("onnx",),
                        "ONNX with integer weights behind DequantizeLinear (INT2..INT32 as the codes need)"))
-register_target(Target("onnx-matmulnbits", "converter.export.onnx_matmulnbits", "export_onnx_matmulnbits", ("onnx",),
+register_target(Target("onnx-matmulnbits", "qpack.converter.export.onnx_matmulnbits", "export_onnx_matmulnbits", ("onnx",),
                        "ONNX with MatMul/Gemm weights as com.microsoft.MatMulNBits (2/4/8 bits), the rest as onnx-qdq"))
-register_target(Target("tflite", "converter.export.tflite_int", "export_tflite", ("tflite",),
+register_target(Target("tflite", "qpack.converter.export.tflite_int", "export_tflite", ("tflite",),
                        "TFLite with int8/int4 weights: hybrid kernels where they apply, DEQUANTIZE elsewhere"))
-register_target(Target("tflite-dequantize", "converter.export.tflite_int", "export_tflite_dequantize", ("tflite",),
+register_target(Target("tflite-dequantize", "qpack.converter.export.tflite_int", "export_tflite_dequantize", ("tflite",),
                        "TFLite with int8/int4 weights, all through DEQUANTIZE (float kernels, the container's exact values)"))
-register_target(Target("c", "converter.export.c", "export_c", ("onnx", "tflite"),
+register_target(Target("c", "qpack.converter.export.c", "export_c", ("onnx", "tflite"),
                        "firmware sources: qpk.h (C99 decoder) and the weights as const C arrays, into folder -o"))
-register_target(Target("c-coded", "converter.export.c", "export_c_coded", ("onnx", "tflite"),
+register_target(Target("c-coded", "qpack.converter.export.c", "export_c_coded", ("onnx", "tflite"),
                        "as c, with entropy-coded (ans) codes kept as streams: the container's flash, qpk_unpack into RAM"))

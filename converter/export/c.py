@@ -19,9 +19,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-from formats.atomic import atomic_output
-from formats.errors import OptionError, UnsupportedError
-from formats.qpk import ANS, RAW, BlobKind, QpkReader, TensorEntry
+from qpack.formats.atomic import atomic_output
+from qpack.formats.errors import OptionError, UnsupportedError
+from qpack.formats.qpk import ANS, RAW, BlobKind, QpkReader, TensorEntry
 
 DECODER = "qpk.h"  # shipped beside this module as package data, copied into the output folder
 SCHEMES = {"asym": "QPK_ASYM", "sym": "QPK_SYM", "pow2": "QPK_POW2", "lut": "QPK_LUT", "dq": "QPK_DQ"}  # the schemes qpk.h decodes
@@ -94,7 +94,7 @@ def export_c(reader: QpkReader, out: Path, notes: list[str], coded: bool = False
                      f"{model.upper()}_UNPACK_BYTES bytes first")
     paths = [out / DECODER, out / f"{model}_weights.h", out / f"{model}_weights.c"]
     with atomic_output(paths[0]) as f:
-        f.write(resources.files("converter.export").joinpath(DECODER).read_bytes())
+        f.write(resources.files("qpack.converter.export").joinpath(DECODER).read_bytes())
     with atomic_output(paths[1]) as f:
         f.write(weights_header(reader.entries, model, _comment(Path(source).name),
                                max((unpack_bytes(reader.entries[i]) for i in streams), default=0)).encode())

@@ -19,9 +19,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import NDArray
 
-from formats.errors import UnsupportedError
-from formats.qpk import Grouping, QpkReader, TensorEntry
-from formats.qpk.schemes import dq_levels
+from qpack.formats.errors import UnsupportedError
+from qpack.formats.qpk import Grouping, QpkReader, TensorEntry
+from qpack.formats.qpk.schemes import dq_levels
 
 # 2^30 is the largest power of two an int32 holds, and float32 represents it exactly
 _MAX_POW2_SPAN = 30

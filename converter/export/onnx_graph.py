@@ -18,10 +18,10 @@ import onnx
 from numpy.typing import NDArray
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 
-from formats.atomic import atomic_output
-from formats.errors import FormatError, UnsupportedError
-from formats.onnx_model import parse_model
-from formats.qpk import QpkReader
+from qpack.formats.atomic import atomic_output
+from qpack.formats.errors import FormatError, UnsupportedError
+from qpack.formats.onnx_model import parse_model
+from qpack.formats.qpk import QpkReader
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 MS_DOMAIN = "com.microsoft"

@@ -26,9 +26,9 @@ import numpy as np
 from numpy.typing import NDArray
 from onnx import ModelProto, NodeProto, TensorProto, helper
 
-from converter.export import onnx_qdq
-from converter.export.intform import IntForm, int_form
-from converter.export.onnx_graph import (
+from qpack.converter.export import onnx_qdq
+from qpack.converter.export.intform import IntForm, int_form
+from qpack.converter.export.onnx_graph import (
     DEFAULT_DOMAINS,
     MS_DOMAIN,
     Edits,
@@ -42,8 +42,8 @@ from converter.export.onnx_graph import (
     sites,
     walk_graphs,
 )
-from formats.errors import UnsupportedError
-from formats.qpk import QpkReader, TensorEntry, pack
+from qpack.formats.errors import UnsupportedError
+from qpack.formats.qpk import QpkReader, TensorEntry, pack
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # powers of two the CPU kernels are built for
 _BITS = (2, 4, 8)

@@ -28,8 +28,8 @@ import onnx
 from numpy.typing import NDArray
 from onnx import ModelProto, TensorProto, helper
 
-from converter.export.intform import IntForm, int_form
-from converter.export.onnx_graph import (
+from qpack.converter.export.intform import IntForm, int_form
+from qpack.converter.export.onnx_graph import (
     Edits,
     Names,
     Site,
@@ -41,8 +41,8 @@ from converter.export.onnx_graph import (
     set_opsets,
     write_model,
 )
-from formats.errors import UnsupportedError
-from formats.qpk import QpkReader, TensorEntry, pack
+from qpack.formats.errors import UnsupportedError
+from qpack.formats.qpk import QpkReader, TensorEntry, pack
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,10 @@ import flatbuffers
 import numpy as np
 from numpy.typing import NDArray
 
-from converter.export.intform import IntForm, int_form
-from formats.atomic import atomic_output
-from formats.errors import FormatError, UnsupportedError
-from formats.qpk import QpkReader, TensorEntry, pack
+from qpack.converter.export.intform import IntForm, int_form
+from qpack.formats.atomic import atomic_output
+from qpack.formats.errors import FormatError, UnsupportedError
+from qpack.formats.qpk import QpkReader, TensorEntry, pack
 
 _ALIGN = 16  # buffer data alignment TFLite's own writer uses, so kernels may read it in place
 _IDENT = b"TFL3"

@@ -13,8 +13,8 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from formats.errors import OptionError
-from formats.qpk import Grouping, SchemeSpec, scheme_spec
+from qpack.formats.errors import OptionError
+from qpack.formats.qpk import Grouping, SchemeSpec, scheme_spec
 
 Params = dict[str, NDArray]
 Stats = tuple[NDArray[np.float32], ...]

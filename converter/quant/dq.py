@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from converter.measure import code_histogram
-from converter.quant.base import Params, Quantizer
-from converter.quant.rdo import rates
-from converter.quant.uniform import Symmetric
-from formats.qpk.bitstream import code_dtype
-from formats.qpk.schemes import dq_levels
+from qpack.converter.measure import code_histogram
+from qpack.converter.quant.base import Params, Quantizer
+from qpack.converter.quant.rdo import rates
+from qpack.converter.quant.uniform import Symmetric
+from qpack.formats.qpk.bitstream import code_dtype
+from qpack.formats.qpk.schemes import dq_levels
 
 DQ_LAMBDA = 0.1  # squared scale units per bit, when no --rdo gives it
 

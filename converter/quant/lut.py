@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from converter.quant.base import Params, Quantizer, Stats
+from qpack.converter.quant.base import Params, Quantizer, Stats
 
 ITERATIONS = 8  # Lloyd steps; from the Panter-Dite start a few add little
 SAMPLE_BUDGET = 1 << 18  # k-means runs on about this many weights per tensor (its groups' extremes always in)

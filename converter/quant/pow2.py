@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from converter.quant.base import Quantizer
+from qpack.converter.quant.base import Quantizer
 
 _ABS = np.uint32(0x7FFFFFFF)
 _MIN_NORMAL = np.uint32(0x00800000)

@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from numpy.typing import NDArray
 
-from converter.measure import code_histogram
-from converter.quant.base import Params, Quantizer
-from formats.errors import OptionError
-from formats.qpk.bitstream import code_dtype
+from qpack.converter.measure import code_histogram
+from qpack.converter.quant.base import Params, Quantizer
+from qpack.formats.errors import OptionError
+from qpack.formats.qpk.bitstream import code_dtype
 
 RDO_ITERATIONS = 2  # estimate -> choose -> re-estimate -> choose; a third pass moves few codes
 MAX_LAMBDA = 10.0  # past this nearly every weight collapses to the most frequent code

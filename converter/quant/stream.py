@@ -9,14 +9,14 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from converter.measure import code_histogram
-from converter.quant.base import Params, Quantizer
-from converter.quant.rdo import check as rdo_check
-from converter.quant.rdo import encode as rdo_encode
-from converter.quant.rdo import estimate as rdo_estimate
-from formats.errors import FormatError, OptionError
-from formats.qpk import Grouping, pack
-from formats.qpk.bitstream import code_dtype
+from qpack.converter.measure import code_histogram
+from qpack.converter.quant.base import Params, Quantizer
+from qpack.converter.quant.rdo import check as rdo_check
+from qpack.converter.quant.rdo import encode as rdo_encode
+from qpack.converter.quant.rdo import estimate as rdo_estimate
+from qpack.formats.errors import FormatError, OptionError
+from qpack.formats.qpk import Grouping, pack
+from qpack.formats.qpk.bitstream import code_dtype
 
 CHUNK_ELEMENTS = 1 << 18  # 1 MiB of float32: temporaries per worker stay a few MiB
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from converter.quant.base import Quantizer, sample_error, sample_rows
-from formats.qpk.bitstream import code_dtype
+from qpack.converter.quant.base import Quantizer, sample_error, sample_rows
+from qpack.formats.qpk.bitstream import code_dtype
 
 
 class Asymmetric(Quantizer):

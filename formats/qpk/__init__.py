@@ -1,14 +1,14 @@
 """The .qpk container, everything FORMAT.md specifies: constants, scheme table, grouping, metadata
 schema, bit stream, codecs, writer and reader."""
 
-from formats.qpk.bitstream import pack, packed_size, unpack
-from formats.qpk.codecs import ANS, CODECS, RAW, ZSTD, Codec, CodeContext, codec_named, register_codec
-from formats.qpk.grouping import Grouping
-from formats.qpk.meta import TensorEntry
-from formats.qpk.reader import QpkReader
-from formats.qpk.schemes import SCHEMES, ParamSpec, SchemeSpec, register_scheme, scheme_spec
-from formats.qpk.spec import BlobKind
-from formats.qpk.writer import Blob, QpkWriter, encode
+from qpack.formats.qpk.bitstream import pack, packed_size, unpack
+from qpack.formats.qpk.codecs import ANS, CODECS, RAW, ZSTD, Codec, CodeContext, codec_named, register_codec
+from qpack.formats.qpk.grouping import Grouping
+from qpack.formats.qpk.meta import TensorEntry
+from qpack.formats.qpk.reader import QpkReader
+from qpack.formats.qpk.schemes import SCHEMES, ParamSpec, SchemeSpec, register_scheme, scheme_spec
+from qpack.formats.qpk.spec import BlobKind
+from qpack.formats.qpk.writer import Blob, QpkWriter, encode
 
 __all__ = [
     "ANS", "CODECS", "RAW", "SCHEMES", "ZSTD", "Blob", "BlobKind", "Codec", "CodeContext", "Grouping", "ParamSpec", "QpkReader",

@@ -20,10 +20,10 @@ from functools import lru_cache
 import numpy as np
 from numpy.typing import NDArray
 
-from formats.errors import FormatError
-from formats.qpk import rans
-from formats.qpk.bitstream import code_dtype, pack, packed_size, unpack
-from formats.qpk.spec import (
+from qpack.formats.errors import FormatError
+from qpack.formats.qpk import rans
+from qpack.formats.qpk.bitstream import code_dtype, pack, packed_size, unpack
+from qpack.formats.qpk.spec import (
     ANS_MAGNITUDE_CENTER,
     ANS_MAGNITUDE_SIGN,
     ANS_MAX_CONTEXTS,

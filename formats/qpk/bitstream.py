@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from formats.errors import FormatError, OptionError
-from formats.qpk.spec import BYTE_BITS, MAX_BITS, MIN_BITS
+from qpack.formats.errors import FormatError, OptionError
+from qpack.formats.qpk.spec import BYTE_BITS, MAX_BITS, MIN_BITS
 
 _U64 = np.dtype("<u8")
 _M1 = np.uint64(0x00FF00FF00FF00FF)  # even bytes

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import zstandard
 
-from formats.errors import FormatError, OptionError
-from formats.qpk.grouping import Grouping
-from formats.qpk.spec import CODES_ZSTD_LEVEL, GRAPH_ZSTD_LEVEL, BlobKind
+from qpack.formats.errors import FormatError, OptionError
+from qpack.formats.qpk.grouping import Grouping
+from qpack.formats.qpk.spec import CODES_ZSTD_LEVEL, GRAPH_ZSTD_LEVEL, BlobKind
 
 if TYPE_CHECKING:
-    from formats.qpk import ans
+    from qpack.formats.qpk import ans
 
 _CHUNK = 16 * 1024 * 1024
 
@@ -125,8 +125,8 @@ class Ans:
         return (ctx.bits, ctx.count) if ctx is not None else (8, length)
 
     def encode(self, raw: memoryview, kind: BlobKind, ctx: CodeContext | None = None) -> bytes:
-        from formats.qpk import ans  # numpy- and numba-heavy: loaded when a stream is coded
-        from formats.qpk.bitstream import unpack
+        from qpack.formats.qpk import ans  # numpy- and numba-heavy: loaded when a stream is coded
+        from qpack.formats.qpk.bitstream import unpack
 
         bits, count = self._shape(raw.nbytes, ctx)
         codes = unpack(np.frombuffer(raw, dtype=np.uint8), bits, count)
@@ -134,8 +134,8 @@ class Ans:
         return bytes(raw) if coded is None else coded  # not smaller: the writer keeps the raw stream
 
     def decode(self, stored: memoryview, raw_length: int, ctx: CodeContext | None = None) -> bytearray:
-        from formats.qpk import ans
-        from formats.qpk.bitstream import packed_size
+        from qpack.formats.qpk import ans
+        from qpack.formats.qpk.bitstream import packed_size
 
         bits, count = self._shape(raw_length, ctx)
         if packed_size(count, bits) != raw_length:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from formats.errors import FormatError, brief, shown
-from formats.qpk.codecs import CodeContext
-from formats.qpk.grouping import Grouping
-from formats.qpk.schemes import SCHEMES
-from formats.qpk.spec import (
+from qpack.formats.errors import FormatError, brief, shown
+from qpack.formats.qpk.codecs import CodeContext
+from qpack.formats.qpk.grouping import Grouping
+from qpack.formats.qpk.schemes import SCHEMES
+from qpack.formats.qpk.spec import (
     FLOAT_DTYPES,
     MAX_DIM,
     MAX_ELEMENTS,

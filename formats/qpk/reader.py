@@ -14,13 +14,13 @@ import msgpack
 import numpy as np
 from numpy.typing import NDArray
 
-from formats.errors import FormatError, brief, shown
-from formats.files import open_regular
-from formats.qpk.bitstream import packed_size, unpack
-from formats.qpk.codecs import CODECS, RAW, CodeContext
-from formats.qpk.meta import TensorEntry, check_format, check_nesting, informative, is_int, parse_kept, parse_tensors
-from formats.qpk.schemes import SCHEMES, SchemeSpec
-from formats.qpk.spec import (
+from qpack.formats.errors import FormatError, brief, shown
+from qpack.formats.files import open_regular
+from qpack.formats.qpk.bitstream import packed_size, unpack
+from qpack.formats.qpk.codecs import CODECS, RAW, CodeContext
+from qpack.formats.qpk.meta import TensorEntry, check_format, check_nesting, informative, is_int, parse_kept, parse_tensors
+from qpack.formats.qpk.schemes import SCHEMES, SchemeSpec
+from qpack.formats.qpk.spec import (
     ALIGNMENT,
     DTYPE_SIZES,
     HEADER,
@@ -37,7 +37,7 @@ from formats.qpk.spec import (
     align,
     expansion_limit,
 )
-from formats.qpk.writer import Blob
+from qpack.formats.qpk.writer import Blob
 
 _PADDING_CHUNK = 1 << 20
 

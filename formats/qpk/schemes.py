@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from formats.errors import OptionError
-from formats.qpk.grouping import Grouping
+from qpack.formats.errors import OptionError
+from qpack.formats.qpk.grouping import Grouping
 
 Params = dict[str, NDArray]
 

@@ -18,9 +18,9 @@ import msgpack
 import numpy as np
 from numpy.typing import NDArray
 
-from formats.atomic import atomic_output, cannot_write
-from formats.qpk.codecs import CODECS, RAW, Codec, CodeContext
-from formats.qpk.spec import HEADER, HEADER_BODY, HEADER_SIZE, MAGIC, VERSION_MAJOR, BlobKind, align, expansion_limit
+from qpack.formats.atomic import atomic_output, cannot_write
+from qpack.formats.qpk.codecs import CODECS, RAW, Codec, CodeContext
+from qpack.formats.qpk.spec import HEADER, HEADER_BODY, HEADER_SIZE, MAGIC, VERSION_MAJOR, BlobKind, align, expansion_limit
 
 
 @dataclass(frozen=True)
