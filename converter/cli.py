@@ -343,7 +343,9 @@ def _stop(signum: int, frame: object) -> None:
     from qpack.formats.atomic import remove_pending
 
     remove_pending()
-    err.print(f"qpack: stopped by {signal.Signals(signum).name}")
+    # os.write, not the console: the interrupted code may hold the console's lock (and a handler that
+    # waits on a lock its own thread holds waits forever)
+    os.write(2, f"qpack: stopped by {signal.Signals(signum).name}\n".encode())
     os._exit(128 + signum)  # worker threads may be mid-numpy: leave without waiting for them
 
 

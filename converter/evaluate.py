@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -18,6 +17,7 @@ from qpack.converter.datasets import Inputs, check_shapes
 from qpack.converter.measure import sqnr_db
 from qpack.converter.policy import Policy
 from qpack.converter.runtime import Runner, open_runner
+from qpack.formats.atomic import scratch_folder
 from qpack.formats.errors import OptionError, QpackError
 from qpack.formats.registry import open_model, sniff
 
@@ -194,7 +194,7 @@ def classification(ref: NDArray, got: NDArray, labels: NDArray | None, groups: l
 def quantized_copy(model: Path, qpk: Path | None, policy: Policy | None) -> Iterator[Path]:
     """A restored model file from `qpk`, or from converting `model` under `policy`, in a temporary folder."""
     suffix = "." + sniff(model)  # the restored file's name must say its format, whatever the model's says
-    with tempfile.TemporaryDirectory(prefix="qpack-eval-") as tmp:
+    with scratch_folder("qpack-eval-") as tmp:
         if qpk is None:
             if policy is None:
                 raise OptionError("give --qpk or quantization options")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,7 +16,7 @@ from qpack.converter.datasets import Inputs
 from qpack.converter.gates import Budget
 from qpack.converter.policy import Policy
 from qpack.converter.sizes import size_report
-from qpack.formats.atomic import prepare_parent, sweep_stale, track, untrack
+from qpack.formats.atomic import prepare_parent, scratch_folder, sweep_stale, track, untrack
 from qpack.formats.errors import BudgetError, QpackError
 from qpack.formats.model import SourceModel
 from qpack.formats.qpk import Codec
@@ -55,7 +54,7 @@ def publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget
     prepare_parent(target)  # before any work, and naming the path the user gave
     if goal is None or not goal.any:
         return _publish(src, policy, target, codec, budget, compressors, progress, compress_progress, None)
-    with tempfile.TemporaryDirectory(prefix="qpack-allocate-") as tmp:  # trials; the last may be shipped from here
+    with scratch_folder("qpack-allocate-") as tmp:  # trials; the last may be shipped from here
         found = allocate(src, policy, goal, codec, tmp, src.path, inputs, log, progress)
         return _publish(src, found.policy, target, codec, budget, compressors, progress, compress_progress, found)
 

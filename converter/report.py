@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from qpack.converter.convert import convert
 from qpack.converter.measure import compressed_sizes
 from qpack.converter.policy import Policy
 from qpack.converter.sizes import size_report
+from qpack.formats.atomic import scratch_folder
 from qpack.formats.errors import OptionError
 from qpack.formats.model import SourceModel
 from qpack.formats.qpk import RAW, Codec
@@ -24,7 +24,7 @@ HISTOGRAM_WIDTHS = (8, 6, 4, 3, 2)
 
 def report_model(model: SourceModel, policy: Policy, compressors: tuple[str, ...], codec: Codec = RAW) -> dict[str, Any]:
     """Convert into a temporary container, so every size is that of a real artifact, and analyze it."""
-    with tempfile.TemporaryDirectory(prefix="qpack-report-") as tmp:
+    with scratch_folder("qpack-report-") as tmp:
         qpk = Path(tmp) / "model.qpk"
         result = convert(model, policy, qpk, codec=codec)
         sizes = size_report(model, result, compressors)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import tempfile
 from collections.abc import Callable
 from contextlib import closing
 from functools import partial
@@ -19,7 +18,7 @@ from qpack.converter.evaluate import classification, evaluate, fidelity_loss, ou
 from qpack.converter.policy import Policy
 from qpack.converter.quant import get_quantizer
 from qpack.converter.runtime import open_runner
-from qpack.formats.atomic import write_bytes_atomic
+from qpack.formats.atomic import scratch_folder, write_bytes_atomic
 from qpack.formats.errors import OptionError
 from qpack.formats.model import SourceModel
 from qpack.formats.qpk.spec import MAX_BITS, MIN_BITS
@@ -128,7 +127,7 @@ def _sweep(model: Path, src: SourceModel, inputs: Inputs, schemes: list[str], wi
     reference = run_all(open_runner(model), inputs)
     base = classification(reference[0], reference[0], inputs.labels, [], 1.0) or {}
     cells = []
-    with tempfile.TemporaryDirectory(prefix="qpack-sweep-") as tmp:
+    with scratch_folder("qpack-sweep-") as tmp:
         for g in granularities:
             for s in schemes:
                 for b in widths:

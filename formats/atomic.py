@@ -4,14 +4,20 @@ Temporary files are named `.NAME.PID.*.tmp` beside their target. The ones being 
 tracked, so a SIGTERM or SIGINT handler can remove them (remove_pending); a run that was killed
 outright (SIGKILL) leaves one behind, which the next run writing beside it removes once its PID
 is gone (sweep_stale).
+
+The stop handler runs on the main thread between any two bytecodes, also in the middle of track()
+or atomic_output() on that same thread. So nothing here takes a lock (a handler waiting on a lock its
+own thread holds waits forever), and a file is tracked before it is created: a stop at any point finds
+every file this run made.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
+import shutil
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,31 +25,31 @@ from typing import BinaryIO
 
 from qpack.formats.errors import QpackError
 
-_live: set[Path] = set()
-_lock = threading.Lock()
+# Paths this run is writing. Setting and popping a dict key are single operations under the GIL, and
+# list() of a dict copies it without running Python code, so the handler needs no lock to read it.
+_live: dict[str, None] = {}
 
 
-def track(path: Path) -> None:
-    """Remember a file this run is writing, for remove_pending()."""
-    with _lock:
-        _live.add(Path(path))
+def track(path: Path | str) -> None:
+    """Remember a file or folder this run is writing, for remove_pending(); call it before creating it."""
+    _live[os.fspath(path)] = None
 
 
-def untrack(path: Path) -> None:
-    with _lock:
-        _live.discard(Path(path))
+def untrack(path: Path | str) -> None:
+    _live.pop(os.fspath(path), None)
 
 
 def remove_pending() -> None:
-    """Remove every file this run is still writing (called on SIGTERM/SIGINT)."""
-    with _lock:
-        paths = list(_live)
-        _live.clear()
-    for p in paths:
+    """Remove every file and folder this run is still writing (called on SIGTERM/SIGINT; takes no lock)."""
+    for p in list(_live):
         try:
-            os.unlink(p)
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                os.unlink(p)
         except OSError:
             pass
+    _live.clear()
 
 
 def _alive(pid: int) -> bool:
@@ -96,18 +102,28 @@ def prepare_parent(path: Path) -> None:
         raise cannot_write(path, e) from e
 
 
+def _create_beside(path: Path) -> tuple[int, Path]:
+    """Create and open a new temporary file beside `path`, tracked from before it exists."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        track(tmp)
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), tmp
+        except FileExistsError:
+            untrack(tmp)
+        except OSError as e:
+            untrack(tmp)
+            raise cannot_write(path, e) from e
+    raise QpackError(f"{path}: cannot write (no free temporary name beside it)")
+
+
 @contextmanager
 def atomic_output(path: Path) -> Iterator[BinaryIO]:
     """Yield a temporary file beside `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
     prepare_parent(path)
-    try:
-        sweep_stale(path)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise cannot_write(path, e) from e
-    tmp = Path(name)
-    track(tmp)
+    sweep_stale(path)
+    fd, tmp = _create_beside(path)
     try:
         try:
             # No fsync: the rename makes the output all-or-nothing for a failed, stopped or killed
@@ -127,6 +143,30 @@ def atomic_output(path: Path) -> Iterator[BinaryIO]:
         raise
     finally:
         untrack(tmp)
+
+
+@contextmanager
+def scratch_folder(prefix: str) -> Iterator[str]:
+    """A private temporary folder (trials, restored models), removed on exit and on a stop."""
+    base = tempfile.gettempdir()
+    for _ in range(100):
+        folder = os.path.join(base, f"{prefix}{os.getpid()}.{secrets.token_hex(4)}")
+        track(folder)
+        try:
+            os.mkdir(folder, 0o700)
+            break
+        except FileExistsError:
+            untrack(folder)
+        except OSError as e:
+            untrack(folder)
+            raise QpackError(f"{base}: cannot make a temporary folder ({e.strerror or e})") from e
+    else:
+        raise QpackError(f"{base}: cannot make a temporary folder (no free name)")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        untrack(folder)
 
 
 def write_bytes_atomic(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:

@@ -504,6 +504,79 @@ def test_stop_mid_conversion_leaves_nothing(big_model: Path, tmp_path: Path, sig
     assert interrupted >= len(stops) - 1, "the stops came too late to interrupt the conversions"
 
 
+def _stopped_at(point: int, out: Path, names: int) -> int:
+    """Fork a child that writes `out` atomically inside a scratch folder and runs qpack's stop handler
+    just before its `point`-th line in formats/atomic.py (where the interpreter may run a handler);
+    its exit status, or -1 if it is still running after 10 s. The child writes its scratch folder's
+    name to the file descriptor `names`."""
+    from qpack.converter import cli
+    from qpack.formats import atomic
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            seen = 0
+
+            def lines(frame, event, arg):
+                nonlocal seen
+                if event == "line":
+                    if seen == point:
+                        cli._stop(signal.SIGTERM, None)
+                    seen += 1
+                return lines
+
+            def calls(frame, event, arg):
+                return lines if frame.f_code.co_filename == atomic.__file__ else None
+
+            sys.settrace(calls)
+            with atomic.scratch_folder("qpack-stoptest-") as tmp:
+                os.write(names, tmp.encode() + b"\n")
+                atomic.write_bytes_atomic(out, lambda f: [f.write(bytes(1000)) for _ in range(3)])
+            sys.settrace(None)
+            os._exit(0)
+        finally:
+            os._exit(99)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.002)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return -1
+
+
+def test_stop_at_every_point_of_the_atomic_output_path(tmp_path: Path):
+    """A stop anywhere in writing an output (tracking, creating, writing, renaming, cleaning up, the
+    scratch folder) exits promptly with 143 and leaves no temporary file or folder: never a hang on a
+    lock the interrupted code holds, never a file made before it was tracked."""
+    read, write = os.pipe()
+    points = 0
+    try:
+        for point in range(2000):
+            folder = tmp_path / f"p{point}"
+            folder.mkdir()
+            out = folder / "out.bin"
+            code = _stopped_at(point, out, write)
+            assert code != -1, f"the stop before line {point} of the atomic-output path hung"
+            assert code in (143, 0), (point, code)
+            left = [p.name for p in folder.iterdir()]
+            assert left in ([], ["out.bin"]), (point, left)
+            if left:
+                assert out.read_bytes() == bytes(3000)
+            if code == 0:
+                points = point
+                break
+        else:
+            pytest.fail("the write never finished")
+    finally:
+        os.close(write)
+    names = os.read(read, 1 << 20).decode().split()
+    os.close(read)
+    assert points > 20 and names and not any(os.path.exists(n) for n in names)
+
+
 def test_kill_leaves_nothing_the_next_run_keeps(big_model: Path, tmp_path: Path):
     """SIGKILL cannot be caught: the spill file is unlinked from its creation, and what a killed run
     leaves beside the output (its staged file) is swept by the next run writing there."""
