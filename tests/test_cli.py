@@ -180,3 +180,30 @@ def test_group_size_and_param_dtype_reach_the_container(model: Path, tmp_path: P
     with QpkReader(out) as q:
         assert all(e.dtypes.get("scale", "<f4") == "<f4" for e in q.entries)
     assert _run("convert", model, "--group-size", "8", "-o", out).exit_code == 2  # outside 16..1024
+
+
+@pytest.mark.parametrize("command", ["convert", "unpack", "export", "inspect", "report", "eval", "sweep"])
+def test_help_users_can_scan(command: str):
+    """Every command's help: an example, no type shown for flags, the choices and defaults of registries."""
+    r = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"})
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.replace("│", " ").split())  # the help column's wrapped lines, joined
+    assert "<bool>" not in text
+    assert f"qpack {command} " in text.split("Examples", 1)[1]
+    if command == "convert":
+        for panel in ("What to quantize", "Goals", "Inputs", "Storage", "Budgets", "Output"):
+            assert f"─ {panel}" in r.output, panel
+        assert "<asym|sym|dq|lut|pow2>" in text and "[default: asym; with a goal, each tensor's best of asym, sym]" in text
+        assert "[default: packed; with a goal, ans]" in text and "<auto|fp16|fp32>" in text
+    if command == "export":
+        assert "<onnx-qdq|onnx-matmulnbits|tflite|tflite-dequantize|c|c-coded>" in text
+
+
+def test_json_to_standard_output(model: Path, tmp_path: Path):
+    """`--json -` writes the report, alone, on standard output (no file named '-')."""
+    r = runner.invoke(app, ["convert", str(model), "--bits", "4", "-o", str(tmp_path / "d.qpk"), "--json", "-", "--compress", "none"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["sizes"]["qpk_bytes"] == (tmp_path / "d.qpk").stat().st_size
+    assert not Path("-").exists() and not (tmp_path / "-").exists()
+    r = runner.invoke(app, ["inspect", str(tmp_path / "d.qpk"), "--json", "-"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["verified"] is True
