@@ -1,4 +1,4 @@
-"""Fidelity and size of the runtime exports on the test fixtures; prints the README's table.
+"""Fidelity and size of the runtime exports on the test fixtures; prints the table of docs/benchmarks/export.md.
 
     python bench/bench_export.py
 

@@ -1,4 +1,4 @@
-"""Per-tensor range, distribution and bit-efficiency figures of stored codes (see README, "qpack report").
+"""Per-tensor range, distribution and bit-efficiency figures of stored codes (see docs/commands.md, "qpack report").
 
 Definitions, for a tensor of n-bit codes c with dequantized values y and, when the source is at
 hand, float values x:

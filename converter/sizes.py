@@ -18,7 +18,7 @@ def source_bytes(model: SourceModel) -> bytes:
 
 def size_report(model: SourceModel, result: ConvertResult, compressors: tuple[str, ...],
                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """All size figures of one conversion, as a JSON-ready dict (keys documented in README)."""
+    """All size figures of one conversion, as a JSON-ready dict (keys documented in docs/commands.md)."""
     quantized = sum(t.count for t in result.tensors)
     kept_float = sum(int(w.size) for w in model.weights if w.is_float) - quantized
     packed = sum(t.packed_bytes for t in result.tensors)

@@ -731,7 +731,7 @@ def _hostile_metas(meta: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
     yield "array count beyond the data", packed[:-3] + b"\xdd\xff\xff\xff\xff"
 
 
-# Cases where the C reader is deliberately stricter than Python (see README): it refuses them.
+# Cases where the C reader is deliberately stricter than Python (see docs/exports-and-firmware.md): it refuses them.
 C_STRICTER = {
     "duplicate map key": lambda meta: _raw_map(list(meta.items()) + [("format", meta["format"])]),
     "ext type in options": lambda meta: msgpack.packb(dict(meta, options={"x": msgpack.ExtType(5, b"ab")}), use_bin_type=True),
