@@ -59,18 +59,9 @@ def tensor_figures(e: TensorEntry, codes: NDArray[np.uint8], y: NDArray[np.float
     if x is not None:
         signal, noise = noise_energy(x, y)
         out.update(sqnr_db=db(signal, noise), signal=signal, noise=noise)
-    if e.scheme == "pow2":
-        top = (1 << (e.bits - 1)) - 1
-        m = codes & top
-        emax = params["emax"].astype(np.int64)
-        nz = m > 0
-        if nz.any():
-            group = np.broadcast_to(e.grouping.expand(emax, e.shape), e.shape)
-            exps = (group - top + m.astype(np.int64))[nz]
-            out["exponent_window"] = [int(exps.min()), int(exps.max())]
-            out["exponents_used"] = int(np.unique(exps).size)
-        else:
-            out["exponent_window"], out["exponents_used"] = None, 0
+    figures = SCHEMES[e.scheme].figures
+    if figures is not None:
+        out.update(figures(codes, params, e.bits, e.grouping))
     return out
 
 

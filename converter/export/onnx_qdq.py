@@ -196,15 +196,18 @@ def apply(p: QdqPlan, site: Site, edits: Edits, names: Names, reader: QpkReader)
 
 def notes_for(plans: list[QdqPlan]) -> list[str]:
     """One line per kind of widening, and one per tensor left in float."""
-    widened: Counter[tuple[str, int, str]] = Counter()
+    widened: Counter[tuple[str, int, str, str]] = Counter()
     out = []
     for p in plans:
         if p.qtype is None:
             out.append(f"{p.reason}; kept as exact float values")
-        elif p.qtype.bits != p.entry.bits:
-            widened[(p.entry.scheme, p.entry.bits, p.qtype.name)] += 1
-    for (scheme, bits, name), n in sorted(widened.items()):
-        why = "the narrowest ONNX integer type here" if scheme != "pow2" else "the smallest that holds each group's powers of two"
+        elif p.qtype.bits != p.entry.bits and p.form is not None:
+            # integers wider than the codes (pow2's powers of two): the type is the smallest that holds them
+            top = 1 << (p.entry.bits - 1)
+            why = ("the narrowest ONNX integer type here" if p.form.fits(-top, 2 * top - 1)
+                   else "the smallest that holds the tensor's integers")
+            widened[(p.entry.scheme, p.entry.bits, p.qtype.name, why)] += 1
+    for (scheme, bits, name, why), n in sorted(widened.items()):
         out.insert(0, f"{n} tensor{'s' if n > 1 else ''} of {bits}-bit {scheme} codes stored as {name} ({why})")
     return out
 

@@ -14,10 +14,23 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from qpack.formats.errors import OptionError
+from qpack.formats.errors import OptionError, UnsupportedError
 from qpack.formats.qpk.grouping import Grouping
 
 Params = dict[str, NDArray]
+# A tensor as integers q (tensor-shaped) with a scale and an optional zero point per group (flat, in
+# group order): value = (q - zero_point) * scale exactly, how ONNX, TFLite and C kernels take weights.
+IntegerForm = tuple[NDArray[np.int32], NDArray[np.float32], NDArray[np.int32] | None]
+ToIntegers = Callable[[NDArray[np.uint8], Params, int, Grouping], IntegerForm]
+Figures = Callable[[NDArray[np.uint8], Params, int, Grouping], dict]
+
+# 2^30 is the largest power of two an int32 holds, and float32 represents it exactly
+_MAX_POW2_SPAN = 30
+
+
+def midpoint(bits: int) -> int:
+    """M = 2^(bits-1) - 1 (FORMAT.md): the code of 0 in sym and dq, the top exponent code of pow2."""
+    return (1 << (bits - 1)) - 1
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,11 @@ class SchemeSpec:
     levels: Callable[[int], int]  # distinct values the codes can represent at a width
     decode: Decode  # codes (tensor-shaped) and parameters -> float32 values, as FORMAT.md defines
     blocks: bool = True  # whether groups may be blocks (dq's codes run through the tensor in order: no)
+    # the same values as integers and per-group scales (what runtimes and firmware execute), or None
+    # where the scheme has no such form (a codebook)
+    integers: ToIntegers | None = None
+    signed: bool = False  # its integer form is symmetric around 0, with no zero point
+    figures: Figures | None = None  # scheme-specific figures a report adds per tensor (pow2: exponents used)
 
     def check_bits(self, bits: int) -> None:
         if not self.min_bits <= bits <= self.max_bits:
@@ -94,13 +112,13 @@ def _asym(codes, params, bits, grouping):
 
 def _sym(codes, params, bits, grouping):
     out = codes.astype(np.float32)
-    out -= np.float32((1 << (bits - 1)) - 1)
+    out -= np.float32(midpoint(bits))
     out *= _group(params["scale"], codes, grouping, "<f4")
     return out
 
 
 def _pow2(codes, params, bits, grouping):
-    top = (1 << (bits - 1)) - 1
+    top = midpoint(bits)
     # every code's value for emax = 0; powers of two times powers of two stay exact
     m = np.arange(1 << bits) & top
     lut = np.where(m > 0, np.ldexp(1.0, m - top), 0.0)
@@ -120,7 +138,7 @@ def dq_levels(codes: NDArray, bits: int, state: int = 0) -> tuple[NDArray[np.int
     `state`: the machine's state at the first code (0 at a tensor's first code).
     """
     k = codes.reshape(-1).astype(np.int32)
-    k -= np.int32((1 << (bits - 1)) - 1)
+    k -= np.int32(midpoint(bits))
     n = k.size
     p = (k & 1).astype(np.uint8)
     q = np.empty(n + 1, dtype=np.uint8)  # the quantizer of each code, and of the code after the last
@@ -149,10 +167,67 @@ def _lut(codes, params, bits, grouping):
     return table[base + codes]
 
 
+def _scales(params: Params) -> NDArray[np.float32]:
+    return np.asarray(params["scale"]).astype(np.float32).reshape(-1)
+
+
+def _asym_integers(codes, params, bits, grouping) -> IntegerForm:
+    return codes.astype(np.int32), _scales(params), np.asarray(params["zero_point"]).astype(np.int32).reshape(-1)
+
+
+def _sym_integers(codes, params, bits, grouping) -> IntegerForm:
+    return codes.astype(np.int32) - np.int32(midpoint(bits)), _scales(params), None
+
+
+def _dq_integers(codes, params, bits, grouping) -> IntegerForm:
+    return dq_levels(codes, bits)[0], _scales(params), None
+
+
+def _group_reduce(x: NDArray, grouping: Grouping, op: Callable) -> NDArray:
+    view, axes = grouping.blocked(x)
+    return op(view, axis=axes, keepdims=True).reshape(-1)
+
+
+def _pow2_integers(codes, params, bits, grouping) -> IntegerForm:
+    """q = ±2^(m - lo), scale = 2^(emax - M + lo), with lo the group's smallest exponent in use, so the
+    integers are as small as the exponents a group really uses allow."""
+    top = midpoint(bits)
+    m = (codes & top).astype(np.int32)
+    negative = (codes >> (bits - 1)).astype(bool)
+    lo = _group_reduce(np.where(m > 0, m, top + 1), grouping, np.min)
+    lo = np.where(lo > top, 1, lo)  # a group of zeros: any scale will do
+    span = int((_group_reduce(m, grouping, np.max) - lo).max()) if m.size else 0
+    if span > _MAX_POW2_SPAN:
+        raise UnsupportedError(f"its pow2 exponents span 2^{span} within a group, more than an int32 holds")
+    shift = np.maximum(m - grouping.expand(lo, codes.shape), 0)
+    q = np.where(m > 0, np.left_shift(np.int32(1), shift.astype(np.int32)), 0).astype(np.int32)
+    q[negative] *= -1
+    emax = np.asarray(params["emax"]).astype(np.int32).reshape(-1)
+    with np.errstate(over="ignore", under="ignore"):
+        scale = np.ldexp(np.float32(1), (emax - top + lo).astype(np.int32)).astype(np.float32)
+    return q, scale, None
+
+
+def _pow2_figures(codes, params, bits, grouping) -> dict:
+    """The window of exponents the codes use, and how many distinct ones (a shift-only kernel's range)."""
+    top = midpoint(bits)
+    m = codes & top
+    nz = m > 0
+    if not nz.any():
+        return {"exponent_window": None, "exponents_used": 0}
+    emax = np.asarray(params["emax"]).astype(np.int64)
+    group = np.broadcast_to(grouping.expand(emax, codes.shape), codes.shape)
+    exps = (group - top + m.astype(np.int64))[nz]
+    return {"exponent_window": [int(exps.min()), int(exps.max())], "exponents_used": int(np.unique(exps).size)}
+
+
 _SCALE = ParamSpec("scale", "<f4", others=("<f2",))
-register_scheme(SchemeSpec("asym", 1, 8, (_SCALE, ParamSpec("zero_point", "<u1")), lambda bits: 1 << bits, _asym))
-register_scheme(SchemeSpec("sym", 2, 16, (_SCALE,), lambda bits: (1 << bits) - 1, _sym))
+register_scheme(SchemeSpec("asym", 1, 8, (_SCALE, ParamSpec("zero_point", "<u1")), lambda bits: 1 << bits, _asym,
+                           integers=_asym_integers))
+register_scheme(SchemeSpec("sym", 2, 16, (_SCALE,), lambda bits: (1 << bits) - 1, _sym, integers=_sym_integers, signed=True))
 register_scheme(SchemeSpec("lut", 1, 8, (ParamSpec("centroids", "<f2", lambda bits: 1 << bits, ("<f4",)),),
                            lambda bits: 1 << bits, _lut))
-register_scheme(SchemeSpec("dq", 2, 16, (_SCALE,), lambda bits: 4 * ((1 << (bits - 1)) - 1) + 1, _dq, blocks=False))
-register_scheme(SchemeSpec("pow2", 2, 8, (ParamSpec("emax", "<i2"),), lambda bits: 2 * ((1 << (bits - 1)) - 1) + 1, _pow2))
+register_scheme(SchemeSpec("dq", 2, 16, (_SCALE,), lambda bits: 4 * midpoint(bits) + 1, _dq, blocks=False,
+                           integers=_dq_integers, signed=True))
+register_scheme(SchemeSpec("pow2", 2, 8, (ParamSpec("emax", "<i2"),), lambda bits: 2 * midpoint(bits) + 1, _pow2,
+                           integers=_pow2_integers, signed=True, figures=_pow2_figures))
