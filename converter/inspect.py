@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from qpack.converter.export import fit
 from qpack.formats.errors import shown
 from qpack.formats.qpk import QpkReader
 
@@ -35,6 +36,8 @@ def describe(path: Path, verify: bool = True) -> dict[str, Any]:
             "format": q.format, "qpack": q.info["qpack"], "source": q.info["source"],
             "options": q.info["options"], "verified": verify,
             "graph_bytes": blobs[q.graph_index].length, "tensors": tensors, "kept": q.kept,
+            # per export target, the tensors it does not run as stored (widened, decoded, or refused)
+            "exports": fit(q),
         }
 
 
@@ -56,3 +59,9 @@ def render_description(info: dict[str, Any], console: Console) -> None:
         console.print(f"... {len(info['tensors']) - MAX_ROWS:,} more tensors (all of them in --json)")
     console.print(f"{len(info['tensors'])} quantized tensors, {len(info['kept'])} kept in the graph "
                   f"({info['graph_bytes']:,} bytes compressed); checksums {'verified' if info['verified'] else 'not checked'}")
+    exports = info.get("exports") or {}
+    if exports:
+        as_stored = [t for t, n in exports.items() if n == 0]
+        widened = [f"{t} ({n} tensor{'s' if n > 1 else ''})" for t, n in exports.items() if n]
+        console.print("exports as stored: " + (", ".join(as_stored) or "none")
+                      + ("; stored otherwise by: " + ", ".join(widened) if widened else ""))

@@ -449,3 +449,20 @@ def test_dq_levels_export_as_integers(sample: Path, tfl_fp32: Path, tmp_path: Pa
     run = _run(qpk, target, tmp_path)
     # LiteRT's hybrid kernels quantize activations on the fly: its tolerance is theirs
     assert run.error() < 1e-5 and run.cosine() > 0.9999 if target == "onnx-qdq" else run.error() < HYBRID and run.cosine() > 0.999
+
+
+def test_inspect_says_which_targets_take_the_file_as_stored(sample: Path, tfl_fp16: Path, tmp_path: Path):
+    """Each target's declared native settings, read against the container: 4-bit sym runs as INT4
+    everywhere; 3-bit codes widen in ONNX (no INT3) but not in qpk.h; TFLite takes symmetric int8 per channel."""
+    import qpack
+
+    four, three = _pack(sample, tmp_path, Policy("sym", 4, per_channel=True)), tmp_path / "three.qpk"
+    qpack.convert(sample, three, bits=3, scheme="sym", per_channel=True, compress="none")
+    assert qpack.describe(four)["exports"] == {"onnx-qdq": 0, "onnx-matmulnbits": 0, "c": 0, "c-coded": 0}
+    assert qpack.describe(three)["exports"] == {"onnx-qdq": 5, "onnx-matmulnbits": 5, "c": 0, "c-coded": 0}
+    tfl = tmp_path / "face.qpk"
+    qpack.convert(tfl_fp16, tfl, bits=8, scheme="sym", per_channel=True, compress="none")
+    fits = qpack.describe(tfl)["exports"]
+    assert set(fits) == {"tflite", "tflite-dequantize", "c", "c-coded"} and fits["tflite"] == 0 and fits["c"] == 0
+    r = runner.invoke(app, ["inspect", str(three)])
+    assert "exports as stored: c, c-coded; stored otherwise by: onnx-qdq (5 tensors), onnx-matmulnbits (5 tensors)" in r.output
