@@ -18,7 +18,7 @@ from qpack.converter.evaluate import classification, evaluate, fidelity_loss, ou
 from qpack.converter.policy import Policy
 from qpack.converter.quant import get_quantizer
 from qpack.converter.runtime import open_runner
-from qpack.formats.atomic import scratch_folder, write_bytes_atomic
+from qpack.formats.atomic import prepare_folder, scratch_folder, write_bytes_atomic
 from qpack.formats.errors import OptionError
 from qpack.formats.model import SourceModel
 from qpack.formats.qpk.spec import MAX_BITS, MIN_BITS
@@ -161,7 +161,7 @@ def write_outputs(result: dict[str, Any], out: Path) -> list[Path]:
 
     from qpack.converter import plots
 
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_folder(out)
     buf = io.StringIO()
     w = csv.DictWriter(buf, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()

@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -87,19 +88,53 @@ def cannot_write(path: Path, e: OSError) -> QpackError:
 
 
 def prepare_parent(path: Path) -> None:
-    """Make the folder `path` goes in, or say why it cannot be (a file where a folder should be)."""
+    """Check that `path` can be written as a regular file in a folder that exists, or say why not.
+
+    A FIFO, a device or a socket at `path` is refused: replacing it with a file (or writing into a
+    device as root) is never what a user asked for. A missing folder is an error, not created: a typo
+    in a path should not grow a tree of folders.
+    """
     path = Path(path)
-    if path.is_dir():
-        raise QpackError(f"{path}: is a directory")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise QpackError(f"{path}: cannot write ({parent} is a file, not a folder)")
-            break
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # nothing there yet (the folder is checked next)
     except OSError as e:
         raise cannot_write(path, e) from e
+    else:
+        if stat.S_ISDIR(st.st_mode):
+            raise QpackError(f"{path}: is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise QpackError(f"{path}: is not a regular file ({_kind(st.st_mode)}); qpack writes outputs as files")
+    parent = path.parent
+    if not parent.is_dir():
+        blocking = next((p for p in path.parents if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise QpackError(f"{path}: cannot write ({blocking} is a file, not a folder)")
+        raise QpackError(f"{path}: cannot write (the folder {parent} does not exist)")
+
+
+def prepare_folder(folder: Path) -> None:
+    """Make output folder `folder` (its own parent must exist), or say why it cannot be."""
+    folder = Path(folder)
+    if folder.is_dir():
+        return
+    if folder.exists() or folder.is_symlink():
+        raise QpackError(f"{folder}: cannot write (it exists and is not a folder)")
+    prepare_parent(folder)
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        if not folder.is_dir():
+            raise QpackError(f"{folder}: cannot write (it exists and is not a folder)") from None
+    except OSError as e:
+        raise cannot_write(folder, e) from e
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a file")
 
 
 def _create_beside(path: Path) -> tuple[int, Path]:

@@ -646,9 +646,40 @@ def test_output_under_a_regular_file(sample: Path, tmp_path: Path, where: str):
     assert not re.search(r"\.pending|\.tmp|File exists|Not a directory", r.output)
 
 
-def test_output_in_a_new_folder(sample: Path, tmp_path: Path):
-    """The folder is made, for the spill file as for the output."""
+def test_output_in_a_missing_folder_is_an_error(sample: Path, tmp_path: Path):
+    """A typo in a path does not grow a tree of folders: the missing folder is named, nothing is made."""
     out = tmp_path / "new" / "sub" / "x.qpk"
     r = _run("convert", sample, "-o", out, "--compress", "none", "-q")
-    assert r.exit_code == 0, r.output
-    assert [p.name for p in out.parent.iterdir()] == ["x.qpk"]
+    _one_line_error(r, f"{out}: cannot write (the folder {out.parent} does not exist)")
+    assert not (tmp_path / "new").exists()
+    r = _run("convert", sample, "-o", tmp_path / "x.qpk", "--json", tmp_path / "nope" / "r.json", "--compress", "none", "-q")
+    _one_line_error(r, f"the folder {tmp_path / 'nope'} does not exist")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket"])
+def test_output_onto_a_special_file_is_refused(sample: Path, tmp_path: Path, kind: str):
+    """`-o` naming a FIFO, socket or device is refused: it is never replaced by a regular file (as root,
+    `-o /dev/null` would otherwise replace the system's /dev/null)."""
+    import socket
+    import stat as st
+
+    out = tmp_path / "special.onnx"
+    if kind == "fifo":
+        os.mkfifo(out)
+        what = "a FIFO"
+    else:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(out))
+        sock.close()
+        what = "a socket"
+    for args in (["convert", sample, "-o", out], ["convert", sample, "-o", tmp_path / "ok.qpk", "--json", out]):
+        r = _run(*args, "--compress", "none", "-q")
+        _one_line_error(r, f"{out}: is not a regular file ({what}); qpack writes outputs as files")
+        mode = os.lstat(out).st_mode
+        assert (st.S_ISFIFO if kind == "fifo" else st.S_ISSOCK)(mode)
+    qpk = tmp_path / "ok.qpk"
+    _qpack("convert", sample, "-o", qpk, "--compress", "none", "-q")
+    r = _run("unpack", qpk, "-o", out)
+    _one_line_error(r, "is not a regular file")
+
+

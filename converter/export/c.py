@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from qpack.formats.atomic import atomic_output
+from qpack.formats.atomic import atomic_output, prepare_folder
 from qpack.formats.errors import OptionError, UnsupportedError
 from qpack.formats.qpk import ANS, RAW, BlobKind, QpkReader, TensorEntry
 
@@ -92,6 +92,7 @@ def export_c(reader: QpkReader, out: Path, notes: list[str], coded: bool = False
     if streams:
         notes.append(f"{len(streams)} tensor(s) keep their ans streams: qpk_unpack decodes one into a workspace of "
                      f"{model.upper()}_UNPACK_BYTES bytes first")
+    prepare_folder(out)
     paths = [out / DECODER, out / f"{model}_weights.h", out / f"{model}_weights.c"]
     with atomic_output(paths[0]) as f:
         f.write(resources.files("qpack.converter.export").joinpath(DECODER).read_bytes())
