@@ -159,7 +159,7 @@ def _write(path: Path, tensors: list[Tensor], fmt: str = "onnx", codec: Any = No
         graph = w.add(b"graph", BlobKind.GRAPH)
         meta = qpk_meta.build("test", fmt, {"name": path.stem + "." + fmt, "bytes": 1}, {}, graph,
                               hashlib.sha256(b"graph").hexdigest(), entries, [])
-        w.write(path, meta, minor=1 if any(e.grouping.block or e.param_dtypes for e in entries) else 0)
+        w.write(path, meta)
     return path
 
 

@@ -14,6 +14,9 @@ MAGIC = b"\x89QPK\r\n\x1a\n"  # PNG-style: catches text-mode transfers and 7-bit
 VERSION_MAJOR = 1
 VERSION_MINOR = 0  # written when no tensor uses a 1.1 feature, so 1.0 readers keep reading those files
 VERSION_MINOR_1 = 1  # 1.1: blocks of weights along an axis (`block`), parameter dtypes per tensor (`param_dtypes`)
+# tensor-entry keys added after 1.0, each with the minor version that added it: a file declares the
+# highest minor version its entries use (the writer decides it, from the entries it writes)
+ENTRY_KEY_MINORS = {"block": VERSION_MINOR_1, "param_dtypes": VERSION_MINOR_1}
 
 # magic, major, minor, flags, meta_length, payload_offset, payload_length, meta_sha256
 HEADER_BODY = struct.Struct("<8sHHIQQQ32s")
