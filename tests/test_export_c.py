@@ -48,7 +48,6 @@ from qpack.formats.qpk import (
     SchemeSpec,
     TensorEntry,
     pack,
-    rans,
 )
 from qpack.formats.qpk import meta as qpk_meta
 from qpack.formats.qpk import spec as qpk_spec
@@ -67,7 +66,7 @@ QPK_H_MIRRORS = {
     "QPK_FORMAT_MAJOR": VERSION_MAJOR, "QPK_MAX_RANK": qpk_spec.MAX_RANK, "QPK__MAX_DIM": qpk_spec.MAX_DIM,
     "QPK__MAX_ELEMENTS": qpk_spec.MAX_ELEMENTS, "QPK__MAX_GRAPH_BYTES": qpk_spec.MAX_GRAPH_BYTES, "QPK_MAX_DEPTH": qpk_spec.MAX_META_DEPTH,
     "QPK__MAX_ITEMS": 2 * qpk_spec.MAX_TENSORS,  # the Python reader's max_map_len (qpk.h caps arrays at it too)
-    "QPK_RAW": RAW.id, "QPK_ANS": ANS.id, "QPK__ANS_CONTEXTS": qpk_spec.ANS_MAX_CONTEXTS, "QPK__ANS_LOW": rans.LOW,
+    "QPK_RAW": RAW.id, "QPK_ANS": ANS.id, "QPK__ANS_CONTEXTS": qpk_spec.ANS_MAX_CONTEXTS, "QPK__ANS_LOW": qpk_spec.ANS_STATE_LOW,
     "QPK__SCHEMES": len(C_SCHEMES),
 }
 # qpk.h's own: the C API's numbering (errors, schemes, dtypes, flags) and the decoder's workspace and

@@ -84,6 +84,7 @@ def check_nesting(meta: dict[Any, Any]) -> None:
 
 # Informative fields are shown to users and written to JSON reports: they are made plain (str
 # keys, no bytes) and bounded, so a hostile file can neither crash rendering nor flood the output.
+# The bounds are how much qpack shows, not format limits: a file past them is valid, only cut short.
 _MAX_DEPTH, _MAX_ITEMS, _MAX_TEXT = 6, 1000, 1000
 
 
