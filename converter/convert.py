@@ -30,8 +30,7 @@ from qpack.formats.atomic import prepare_parent
 from qpack.formats.model import SourceModel, Weight
 from qpack.formats.qpk import RAW, ZSTD, BlobKind, Codec, CodeContext, Grouping, QpkReader, QpkWriter, TensorEntry, encode, unpack
 from qpack.formats.qpk import meta as qpk_meta
-from qpack.formats.qpk.meta import BASE_KEYS
-from qpack.formats.qpk.spec import DTYPE_SIZES, VERSION_MINOR, VERSION_MINOR_1
+from qpack.formats.qpk.spec import DTYPE_SIZES
 
 T = TypeVar("T")
 
@@ -221,9 +220,8 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
         meta = qpk_meta.build(__version__, model.format, {"name": model.path.name, "bytes": model.file_bytes},
                               policy.options(codec.name), graph, hashlib.sha256(skeleton).hexdigest(), entries, kept)
         del skeleton
-        minor = VERSION_MINOR if all(e.to_meta().keys() <= BASE_KEYS for e in entries) else VERSION_MINOR_1
         result.graph_bytes = writer.blob(graph).length
-        result.size = writer.write(out, meta, minor)
+        result.size = writer.write(out, meta)
     return result
 
 

@@ -10,7 +10,6 @@ import io
 import math
 import mmap
 import os
-import re
 import sys
 import threading
 from collections import defaultdict
@@ -24,13 +23,14 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from numpy.typing import NDArray
-from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, numpy_helper
+from onnx import GraphProto, ModelProto, TensorProto, numpy_helper
 
 from qpack.formats import onnx_layout, onnx_wire
 from qpack.formats.atomic import atomic_output
 from qpack.formats.errors import FormatError, QpackError, UnsupportedError, shown
 from qpack.formats.files import open_raw
 from qpack.formats.model import Role, Weight
+from qpack.formats.onnx_keys import split_key, subgraphs, walk_sites
 from qpack.formats.onnx_wire import TENSOR_DOUBLE_DATA, TENSOR_FLOAT_DATA, TENSOR_RAW_DATA
 from qpack.formats.qpk.spec import MAX_ELEMENTS
 
@@ -86,40 +86,11 @@ def _role_of(op: str, index: int, node: onnx.NodeProto, ndim: int) -> RoleAxes:
     return Role.OTHER, None, None
 
 
-def _subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, GraphProto]]:
-    for attr in node.attribute:
-        if attr.type == AttributeProto.GRAPH:
-            yield attr.name, attr.g
-        elif attr.type == AttributeProto.GRAPHS:
-            for k, g in enumerate(attr.graphs):
-                yield f"{attr.name}[{k}]", g
-
-
-_KEY = re.compile(r"((?:node\d+\.[^/]+/)*)(init|node\d+):(.*)", re.S)
-
-
-def _split_key(key: str) -> tuple[str, str]:
-    """('init' or 'nodeI', the initializer's or Constant output's name) of a tensor key."""
-    m = _KEY.fullmatch(key)
-    if m is None:
-        raise FormatError(f"malformed tensor key {key[:200]!r}")
-    return m.group(2), m.group(3)
-
-
-def walk_tensors(graph: GraphProto, prefix: str = "") -> Iterator[tuple[str, TensorProto]]:
-    """(key, tensor) for every initializer and Constant value, subgraphs included, in file order.
-
-    The key is a path of node indices, so the same walk over a stripped copy finds the same tensors.
-    """
-    for init in graph.initializer:
-        yield f"{prefix}init:{init.name}", init
-    for i, node in enumerate(graph.node):
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            for attr in node.attribute:
-                if attr.name == "value" and attr.type == AttributeProto.TENSOR:
-                    yield f"{prefix}node{i}:{node.output[0] if node.output else ''}", attr.t
-        for name, sub in _subgraphs(node):
-            yield from walk_tensors(sub, f"{prefix}node{i}.{name}/")
+def walk_tensors(graph: GraphProto) -> Iterator[tuple[str, TensorProto]]:
+    """(key, tensor) for every initializer and Constant value, subgraphs included, in file order
+    (the keys of `formats.onnx_keys`)."""
+    for site in walk_sites(graph):
+        yield site.key, site.tensor
 
 
 def _consumers(graph: GraphProto, out: dict[str, list[tuple[onnx.NodeProto, int]]]) -> None:
@@ -127,7 +98,7 @@ def _consumers(graph: GraphProto, out: dict[str, list[tuple[onnx.NodeProto, int]
         for index, name in enumerate(node.input):
             if name:
                 out[name].append((node, index))
-        for _, sub in _subgraphs(node):
+        for _, sub in subgraphs(node):
             _consumers(sub, out)
 
 
@@ -292,7 +263,7 @@ class OnnxModel:
             if key in seen:
                 raise FormatError(f"two tensors share the location {key!r}")
             seen.add(key)
-            local, ref = _split_key(key)
+            local, ref = split_key(key)
             # a Constant is known by its output, which may itself hold ':' and '/'
             name = ref if local.startswith("node") else (tensor.name or ref)
             dtype = _FLOAT_TYPES.get(tensor.data_type)
@@ -336,7 +307,7 @@ class OnnxModel:
         small: dict[str, tuple[TensorProto, _Source | None]] = {}
         for key, tensor in walk_tensors(self.model.graph):
             if tensor.data_type in (TensorProto.INT64, TensorProto.INT32) and math.prod(tensor.dims) <= 64:
-                local, ref = _split_key(key)
+                local, ref = split_key(key)
                 small[ref if local.startswith("node") else (tensor.name or ref)] = (tensor, self._sources.get(key))
         cache: dict[str, NDArray | None] = {}
 

@@ -103,7 +103,7 @@ def _blocked(path: Path) -> bytes:
         graph = w.add(b"g" * 100, BlobKind.GRAPH)
         meta = qpk_meta.build("t", "onnx", {"name": "b.onnx", "bytes": 1}, {}, graph, hashlib.sha256(b"g" * 100).hexdigest(),
                               entries, [])
-        w.write(path, meta, minor=1)
+        w.write(path, meta)
     return path.read_bytes()
 
 

@@ -11,9 +11,11 @@ import pytest
 
 from qpack.converter.convert import convert
 from qpack.converter.policy import Policy
+from qpack.converter.quant import get_quantizer
 from qpack.formats.errors import FormatError
 from qpack.formats.onnx_model import OnnxModel
-from qpack.formats.qpk import QpkReader
+from qpack.formats.qpk import BlobKind, Grouping, QpkReader, QpkWriter, TensorEntry, pack
+from qpack.formats.qpk import meta as qpk_meta
 from qpack.formats.qpk.spec import ALIGNMENT, HEADER, HEADER_SIZE, MAGIC
 from tests.tiny import tiny_model
 
@@ -64,6 +66,32 @@ def test_blobs_aligned_and_ordered(tiny_qpk: Path):
             assert b.offset >= end
             end = b.offset + b.length
         c.verify()
+
+
+@pytest.mark.parametrize(("grouping", "scale_dtype", "minor"), [
+    (Grouping(0), "<f4", 0),  # per channel, float32 scales: nothing 1.0 lacks
+    (Grouping(1, 2), "<f4", 1),  # blocks: the entry has `block`
+    (Grouping(0), "<f2", 1),  # float16 scales: the entry has `param_dtypes`
+])
+def test_writer_declares_the_minor_version_its_entries_need(tmp_path: Path, grouping: Grouping, scale_dtype: str, minor: int):
+    """The writer, not its caller, sets the header's minor version: 1 exactly when an entry uses a 1.1 key."""
+    x = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    codes, params = get_quantizer("sym").quantize(x, 4, grouping)
+    path = tmp_path / "m.qpk"
+    with QpkWriter(tmp_path) as w:
+        c = w.add(pack(codes, 4), BlobKind.CODES)
+        scale = w.add(params["scale"].astype(scale_dtype), BlobKind.PARAM)
+        graph = w.add(b"g", BlobKind.GRAPH)
+        entry = TensorEntry("w", "init:w", x.shape, "float32", "matrix", "sym", 4, grouping, c, {"scale": scale},
+                            {"scale": scale_dtype})
+        meta = qpk_meta.build("t", "onnx", {}, {}, graph, hashlib.sha256(b"g").hexdigest(), [entry], [])
+        with pytest.raises(TypeError):  # no caller chooses the version
+            w.write(path, meta, minor=0)  # type: ignore[call-arg]  # the refusal is what is tested
+        w.write(path, meta)
+    assert HEADER.unpack_from(path.read_bytes())[2] == minor
+    with QpkReader(path) as q:
+        assert q.version == (1, minor) and [e.to_meta() for e in q.entries] == [entry.to_meta()]
+        assert np.allclose(q.dequantize(q.entries[0]), x, atol=0.15)
 
 
 def test_deterministic(tmp_path: Path, sample: Path):

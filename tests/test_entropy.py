@@ -22,7 +22,7 @@ from qpack.converter.policy import Policy
 from qpack.converter.quant import get_quantizer
 from qpack.formats.errors import FormatError, OptionError
 from qpack.formats.onnx_model import OnnxModel
-from qpack.formats.qpk import ANS, RAW, BlobKind, CodeContext, Grouping, QpkReader, ans, pack
+from qpack.formats.qpk import ANS, RAW, BlobKind, CodeContext, Grouping, QpkReader, ans, pack, spec
 from qpack.formats.qpk.bitstream import code_dtype
 from qpack.formats.registry import open_model
 
@@ -272,6 +272,13 @@ def test_profile_weights_follow_the_specification():
     assert w.tolist() == [0, 230, 247, 255, 250, 240, 226, 210, 196, 181, 160, 0, 0, 0, 0, 0]
     assert ans.profile_bytes(16, 10, 2) == 3 + knots.size
     assert ans.knot_distances(7).tolist() == [0, 1, 2, 3, 4, 6, 7] and ans.knot_distances(0).tolist() == [0]
+
+
+def test_weight_values_and_knot_distances_are_formats_tables():
+    """spec's tables, as FORMAT.md prints them (MANT; 1, 2, 3, then 2^e and 3 * 2^(e-1))."""
+    assert spec.ANS_MANTISSA == (1024, 1069, 1117, 1166, 1218, 1272, 1328, 1387, 1448, 1512, 1579, 1649, 1722, 1798, 1878, 1961)
+    assert spec.ANS_KNOTS[:10] == (1, 2, 3, 4, 6, 8, 12, 16, 24, 32) and spec.ANS_KNOTS[-1] >= 1 << spec.MAX_BITS  # any side
+    assert ans.MANTISSA.tolist() == list(spec.ANS_MANTISSA)
 
 
 def test_hostile_profile_tables():

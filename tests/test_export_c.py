@@ -9,6 +9,7 @@ flags and once more with AddressSanitizer and UndefinedBehaviorSanitizer.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import struct
 import subprocess
@@ -24,7 +25,9 @@ from typer.testing import CliRunner
 
 from qpack.converter.cli import app
 from qpack.converter.convert import convert
-from qpack.converter.export import export
+from qpack.converter.export import export, qpk_h
+from qpack.converter.export.c import DTYPES as C_DTYPES
+from qpack.converter.export.c import PARAM_DTYPES as C_PARAM_DTYPES
 from qpack.converter.export.c import SCHEMES as C_SCHEMES
 from qpack.converter.export.c import model_identifier, tensor_constants, unpack_bytes
 from qpack.converter.policy import Policy
@@ -47,6 +50,7 @@ from qpack.formats.qpk import (
     pack,
 )
 from qpack.formats.qpk import meta as qpk_meta
+from qpack.formats.qpk import spec as qpk_spec
 from qpack.formats.qpk.spec import DTYPE_SIZES, HEADER, HEADER_BODY, HEADER_SIZE, MAGIC, VERSION_MAJOR, align, expansion_limit
 from qpack.formats.registry import open_model
 
@@ -54,7 +58,21 @@ STRICT = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 SANITIZED = [*STRICT, "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
 DRIVER = Path(__file__).parent / "c" / "qpk_driver.c"
 DECODER = Path(__file__).resolve().parent.parent / "converter" / "export" / "qpk.h"
-QPK_E_BLOB, QPK_E_CODEC = -11, -14
+QPK_E_BLOB, QPK_E_CODEC = qpk_h.define("QPK_E_BLOB"), qpk_h.define("QPK_E_CODEC")
+
+# qpk.h's constants that restate a rule of FORMAT.md (or a registry of qpack's), with the value the
+# Python side gives each: a format change that misses qpk.h fails here
+QPK_H_MIRRORS = {
+    "QPK_FORMAT_MAJOR": VERSION_MAJOR, "QPK_MAX_RANK": qpk_spec.MAX_RANK, "QPK__MAX_DIM": qpk_spec.MAX_DIM,
+    "QPK__MAX_ELEMENTS": qpk_spec.MAX_ELEMENTS, "QPK__MAX_GRAPH_BYTES": qpk_spec.MAX_GRAPH_BYTES, "QPK_MAX_DEPTH": qpk_spec.MAX_META_DEPTH,
+    "QPK__MAX_ITEMS": 2 * qpk_spec.MAX_TENSORS,  # the Python reader's max_map_len (qpk.h caps arrays at it too)
+    "QPK_RAW": RAW.id, "QPK_ANS": ANS.id, "QPK__ANS_CONTEXTS": qpk_spec.ANS_MAX_CONTEXTS, "QPK__ANS_LOW": qpk_spec.ANS_STATE_LOW,
+    "QPK__SCHEMES": len(C_SCHEMES),
+}
+# qpk.h's own: the C API's numbering (errors, schemes, dtypes, flags) and the decoder's workspace and
+# tuning, which `--to c` reads from qpk.h (converter/export/qpk_h.py)
+QPK_H_OWN = {"QPK_OK", "QPK_OPEN_TRUST_BLOBS", "QPK_KEY_FILTER_BITS", "QPK__ANS_SUMS", "QPK__ANS_BUCKET_BITS",
+             *C_SCHEMES.values(), *C_DTYPES.values()}
 
 
 def _dtype_variants(spec: SchemeSpec) -> list[tuple[tuple[str, str], ...]]:
@@ -159,7 +177,7 @@ def _write(path: Path, tensors: list[Tensor], fmt: str = "onnx", codec: Any = No
         graph = w.add(b"graph", BlobKind.GRAPH)
         meta = qpk_meta.build("test", fmt, {"name": path.stem + "." + fmt, "bytes": 1}, {}, graph,
                               hashlib.sha256(b"graph").hexdigest(), entries, [])
-        w.write(path, meta, minor=1 if any(e.grouping.block or e.param_dtypes for e in entries) else 0)
+        w.write(path, meta)
     return path
 
 
@@ -337,6 +355,31 @@ def test_combos_cover_the_scheme_table():
     # dq (2..16) with either scale, per tensor or per channel
     assert len(COMBOS) == (8 * 2 + 15 * 2 + 7 + 8 * 2) * 3 + 15 * 2 * 2
     assert {s for s, *_ in COMBOS} == set(C_SCHEMES) == set(SCHEMES) == {"asym", "sym", "pow2", "lut", "dq"}
+
+
+def test_qpk_h_constants_match_the_python_side():
+    """Every `#define` of qpk.h is read, and each is either held to the value Python gives it or
+    named as qpk.h's own; the names `--to c` writes are qpk.h's."""
+    d = qpk_h.defines()
+    assert set(d) == set(re.findall(r"^#define[ \t]+(QPK\w*)", qpk_h.source(), re.M)) - {"QPK_H", "QPK_IMPLEMENTATION_DONE"}
+    errors = {k for k in d if k.startswith("QPK_E_")}
+    assert set(d) == QPK_H_MIRRORS.keys() | QPK_H_OWN | errors and not QPK_H_MIRRORS.keys() & (QPK_H_OWN | errors)
+    assert {k: d[k] for k in QPK_H_MIRRORS} == QPK_H_MIRRORS
+    assert d["QPK_OK"] == 0 and sorted(d[k] for k in errors) == list(range(-len(errors), 0))
+    assert sorted(d[v] for v in C_SCHEMES.values()) == list(range(d["QPK__SCHEMES"]))
+    assert sorted(d[v] for v in C_DTYPES.values()) == list(range(len(qpk_spec.FLOAT_DTYPES)))
+    assert set(C_PARAM_DTYPES.values()) <= set(C_DTYPES.values())
+    # a context for every magnitude sum a window of codes up to a byte wide can hold (qpk_unpack's ctx_of)
+    assert d["QPK__ANS_SUMS"] > qpk_spec.ANS_MAX_WINDOW * ((1 << qpk_spec.BYTE_BITS) - 1)
+    assert d["QPK__ANS_BUCKET_BITS"] <= qpk_spec.ANS_PRECISION
+
+
+def test_qpk_h_reader_takes_c_integer_constants_only():
+    src = "#define QPK_A (-3)\n#define QPK_B (UINT64_C(1) << 40) /* why */\n#define QPK_C 16u\n#define QPK_G\n  #define QPK_X 1\n"
+    assert qpk_h.parse_defines(src) == {"QPK_A": -3, "QPK_B": 1 << 40, "QPK_C": 16}
+    for bad in ("sizeof(int)", "QPK_A + 1", "1.5", '"text"'):
+        with pytest.raises(ValueError, match="QPK_D"):
+            qpk_h.parse_defines(f"#define QPK_D {bad}\n")
 
 
 @pytest.mark.parametrize("name", ["sample_all", "ocr_cls", "tfl_fp16", "edge"])

@@ -79,6 +79,46 @@ def test_weights_in_if_subgraphs_are_quantized_and_restored(tmp_path: Path):
         assert np.abs(ref - got).max() < 0.05 and not np.array_equal(ref, got)
 
 
+def _keyed_model() -> onnx.ModelProto:
+    """Tensors in every place a key can name: initializers, Constant nodes (one whose output holds ':'
+    and '/'), an If's branches, a graph list attribute, and a subgraph within a subgraph."""
+    def const(out: str, v: float) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [out], value=numpy_helper.from_array(np.full(2, v, np.float32)))
+
+    def graph(name: str, nodes: list, inits: list) -> onnx.GraphProto:
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info("o", TensorProto.FLOAT, [2])], inits)
+
+    def init(name: str) -> TensorProto:
+        return numpy_helper.from_array(np.ones(2, np.float32), name)
+
+    inner = graph("inner", [const("deep", 1.0)], [init("i.w")])
+    then = graph("then", [helper.make_node("If", ["c"], ["o"], then_branch=inner, else_branch=graph("e2", [], []))], [])
+    nodes = [const("a:b/c", 2.0), helper.make_node("Relu", ["x"], ["y"]),
+             helper.make_node("If", ["c"], ["z"], then_branch=then, else_branch=graph("else", [const("e", 3.0)], [])),
+             helper.make_node("Custom", [], ["u"], domain="x.y", bodies=[graph("b0", [], [init("b0.w")]), graph("b1", [], [init("b1.w")])])]
+    main = helper.make_graph(nodes, "main", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [init("w"), init("v")])
+    return helper.make_model(main)
+
+
+def test_tensor_keys_name_every_location():
+    """FORMAT.md's keys, in file order, from the one walk the adapter and the exports share."""
+    from qpack.converter.export.onnx_graph import sites
+    from qpack.formats.onnx_keys import split_key, walk_sites
+    from qpack.formats.onnx_model import walk_tensors
+
+    model = _keyed_model()
+    keys = ["init:w", "init:v", "node0:a:b/c", "node2.else_branch/node0:e",  # attributes in the node's order (onnx sorts them)
+            "node2.then_branch/node0.then_branch/init:i.w", "node2.then_branch/node0.then_branch/node0:deep",
+            "node3.bodies[0]/init:b0.w", "node3.bodies[1]/init:b1.w"]
+    assert [s.key for s in walk_sites(model.graph)] == [k for k, _ in walk_tensors(model.graph)] == list(sites(model)) == keys
+    assert [s.value for s in walk_sites(model.graph)] == ["w", "v", "a:b/c", "e", "i.w", "deep", "b0.w", "b1.w"]
+    assert [split_key(k) for k in keys[2:6]] == [("node0", "a:b/c"), ("node0", "e"), ("init", "i.w"), ("node0", "deep")]
+    for bad in ("w", "node:x", "node1.then/x:y", "nodeA:x"):
+        with pytest.raises(FormatError, match="malformed tensor key"):
+            split_key(bad)
+
+
 def test_silero_if_model_runs_after_round_trip(silero_if: Path, tmp_path: Path):
     _, restored = _round_trip(silero_if, tmp_path, Policy("asym", 8, per_channel=True))
     runner = OnnxRunner(silero_if)

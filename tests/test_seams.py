@@ -185,7 +185,7 @@ def test_golden_block_scaled_tensor(tmp_path: Path):
         w.add(pack(codes, 4), BlobKind.CODES)
         w.add(params["scale"], BlobKind.PARAM)
         graph = w.add(b"g", BlobKind.GRAPH)
-        w.write(path, qpk_meta.build("t", "onnx", {}, {}, graph, hashlib.sha256(b"g").hexdigest(), [entry], []), minor=1)
+        w.write(path, qpk_meta.build("t", "onnx", {}, {}, graph, hashlib.sha256(b"g").hexdigest(), [entry], []))
     data = path.read_bytes()
     assert HEADER.unpack_from(data)[2] == 1  # minor version 1.1: blocks
     with QpkReader(path) as q:
@@ -281,7 +281,7 @@ def test_round_trip_every_scheme_grouping_and_param_dtype(tmp_path: Path, name: 
         for v in params.values():
             w.add(v, BlobKind.PARAM)
         graph = w.add(b"g", BlobKind.GRAPH)
-        w.write(path, qpk_meta.build("t", "onnx", {}, {}, graph, hashlib.sha256(b"g").hexdigest(), [entry], []), minor=1)
+        w.write(path, qpk_meta.build("t", "onnx", {}, {}, graph, hashlib.sha256(b"g").hexdigest(), [entry], []))
     with QpkReader(path) as r:
         (e,) = r.entries
         y = r.dequantize(e)

@@ -19,11 +19,12 @@ from typing import BinaryIO
 
 import numpy as np
 
+from qpack.converter.export.qpk_h import DECODER, define
 from qpack.formats.atomic import atomic_output, prepare_folder
 from qpack.formats.errors import OptionError, UnsupportedError
-from qpack.formats.qpk import ANS, RAW, BlobKind, QpkReader, TensorEntry
+from qpack.formats.qpk import ANS, RAW, BlobKind, QpkReader, TensorEntry, packed_size
+from qpack.formats.qpk.spec import BYTE_BITS
 
-DECODER = "qpk.h"  # shipped beside this module as package data, copied into the output folder
 SCHEMES = {"asym": "QPK_ASYM", "sym": "QPK_SYM", "pow2": "QPK_POW2", "lut": "QPK_LUT", "dq": "QPK_DQ"}  # the schemes qpk.h decodes
 DTYPES = {"float32": "QPK_FLOAT32", "float16": "QPK_FLOAT16", "bfloat16": "QPK_BFLOAT16", "float64": "QPK_FLOAT64"}
 PARAM_FIELDS = ("scale", "zero_point", "emax", "centroids")  # qpk_tensor fields, named as the parameters
@@ -31,8 +32,6 @@ PARAM_FIELDS = ("scale", "zero_point", "emax", "centroids")  # qpk_tensor fields
 PARAM_DTYPE_FIELDS = {"scale": "scale_dtype", "centroids": "centroids_dtype"}
 PARAM_DTYPES = {"<f4": "QPK_FLOAT32", "<f2": "QPK_FLOAT16"}
 
-# qpk.h's ans workspace: a table per context and a context per magnitude sum; past a byte, one table and its buckets
-_ANS_CONTEXTS, _ANS_SUMS, _ANS_BUCKET_BITS = 16, 2048, 10
 _ROW = 16  # array items per line
 _ROWS_PER_WRITE = 4096
 # C99 only promises string literals of 4095 characters (gcc -pedantic warns past that): longer
@@ -52,12 +51,17 @@ def export_c_coded(reader: QpkReader, out: Path, notes: list[str]) -> list[Path]
 
 
 def unpack_bytes(e: TensorEntry) -> int:
-    """qpk_unpack_size of an ans-coded tensor: its stream's tables (and contexts), then its packed codes."""
-    if e.bits <= 8:
-        tables = ((1 << e.bits) + 1) * 4 * _ANS_CONTEXTS + _ANS_SUMS
+    """qpk_unpack_size of an ans-coded tensor: its stream's tables (and contexts), then its packed codes.
+
+    qpk.h's workspace layout (qpk__ans_tables), sized by qpk.h's own constants: up to a byte, 2^bits + 1
+    uint32 cumulative frequencies per context and a byte per magnitude sum; past a byte, one table
+    and a uint16 symbol per search bucket and one past the last.
+    """
+    if e.bits <= BYTE_BITS:
+        tables = ((1 << e.bits) + 1) * 4 * define("QPK__ANS_CONTEXTS") + define("QPK__ANS_SUMS")
     else:
-        tables = ((1 << e.bits) + 1) * 4 + ((1 << _ANS_BUCKET_BITS) + 1) * 2
-    return tables + -(-e.count * e.bits // 8)
+        tables = ((1 << e.bits) + 1) * 4 + ((1 << define("QPK__ANS_BUCKET_BITS")) + 1) * 2
+    return tables + packed_size(e.count, e.bits)
 
 
 def export_c(reader: QpkReader, out: Path, notes: list[str], coded: bool = False) -> list[Path]:

@@ -1,81 +1,37 @@
 """ONNX plumbing shared by the runtime exports: find stored tensors by key, rewrite graphs, raise the
 opset, validate and write.
 
-Keys follow FORMAT.md (`init:NAME`, `nodeI:OUTPUT`, `nodeI.ATTR/` prefixes per subgraph), which is
-all this module assumes about how the container was made.
+Stored tensors are found by the keys `formats.onnx_keys` gives them, the walk the container's
+writer used, which is all this module assumes about how the container was made.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 from numpy.typing import NDArray
-from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
+from onnx import GraphProto, ModelProto, NodeProto, TensorProto
 
 from qpack.formats.atomic import atomic_output
 from qpack.formats.errors import FormatError, UnsupportedError
+from qpack.formats.onnx_keys import DEFAULT_DOMAINS, Site, walk_graphs, walk_sites
 from qpack.formats.onnx_model import parse_model
 from qpack.formats.qpk import QpkReader
 
-DEFAULT_DOMAINS = ("", "ai.onnx")
 MS_DOMAIN = "com.microsoft"
 # protobuf cannot serialize a message of 2 GiB or more
 _MAX_MODEL_BYTES = (1 << 31) - 1
 _TAG = "qpack.export.tag."
 
 
-@dataclass
-class Site:
-    """Where a stored tensor sits: its graph, the tensor, and the Constant node holding it (None: an initializer)."""
-
-    key: str
-    scope: str  # the key prefix of its graph ("" for the main graph)
-    graph: GraphProto
-    tensor: TensorProto
-    node: NodeProto | None
-
-    @property
-    def value(self) -> str:
-        """The name consumers read it by."""
-        return self.node.output[0] if self.node is not None else self.tensor.name
-
-
-def _subgraphs(node: NodeProto) -> Iterator[tuple[str, GraphProto]]:
-    for attr in node.attribute:
-        if attr.type == AttributeProto.GRAPH:
-            yield attr.name, attr.g
-        elif attr.type == AttributeProto.GRAPHS:
-            for k, g in enumerate(attr.graphs):
-                yield f"{attr.name}[{k}]", g
-
-
-def walk_graphs(graph: GraphProto, scope: str = "") -> Iterator[tuple[str, GraphProto]]:
-    """(scope, graph) for the graph and every subgraph, keyed as FORMAT.md prefixes tensor keys."""
-    yield scope, graph
-    for i, node in enumerate(graph.node):
-        for name, sub in _subgraphs(node):
-            yield from walk_graphs(sub, f"{scope}node{i}.{name}/")
-
-
 def sites(model: ModelProto) -> dict[str, Site]:
     """Every initializer and Constant value of the model, by its container key."""
-    out: dict[str, Site] = {}
-    for scope, graph in walk_graphs(model.graph):
-        for init in graph.initializer:
-            out[f"{scope}init:{init.name}"] = Site(f"{scope}init:{init.name}", scope, graph, init, None)
-        for i, node in enumerate(graph.node):
-            if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS:
-                for attr in node.attribute:
-                    if attr.name == "value" and attr.type == AttributeProto.TENSOR:
-                        key = f"{scope}node{i}:{node.output[0] if node.output else ''}"
-                        out[key] = Site(key, scope, graph, attr.t, node)
-    return out
+    return {site.key: site for site in walk_sites(model.graph)}
 
 
 def consumers(model: ModelProto, name: str) -> list[NodeProto]:

@@ -24,15 +24,19 @@ from qpack.formats.errors import FormatError
 from qpack.formats.qpk import rans
 from qpack.formats.qpk.bitstream import code_dtype, pack, packed_size, unpack
 from qpack.formats.qpk.spec import (
+    ANS_KNOTS,
     ANS_MAGNITUDE_CENTER,
     ANS_MAGNITUDE_SIGN,
+    ANS_MANTISSA,
     ANS_MAX_CONTEXTS,
     ANS_MAX_OFFSET,
+    ANS_MAX_WIDE_SHIFT,
     ANS_MAX_WINDOW,
     ANS_MODEL_NEIGHBOURS,
     ANS_MODEL_ORDER0,
     ANS_PRECISION,
     ANS_PROFILE,
+    ANS_STATE_LOW,
     ANS_VERSION,
     BYTE_BITS,
 )
@@ -45,14 +49,15 @@ _STATE = struct.Struct("<I")
 FRAME_BYTES = _HEAD.size + _STATE.size  # what every stream adds to its tables and words
 _CHUNK = 1 << 20  # codes decoded per kernel call (a multiple of 8, so packed chunks concatenate)
 
-# value(w) = MANTISSA[(w - 1) % 16] << ((w - 1) // 16): 16 steps per octave, 16 octaves
-MANTISSA = np.array([round(1024 * 2 ** (j / 16)) for j in range(16)], dtype=np.int64)
+MANTISSA = np.array(ANS_MANTISSA, dtype=np.int64)  # value(w) = MANTISSA[(w - 1) % 16] << ((w - 1) // 16)
+
+# The encoder's search: which models, precisions and runs it prices. A reader never checks these
+# (any value the format allows decodes), so they are not format rules and live here, not in spec.
 WINDOWS = (1, 2, 4, 8)  # neighbourhood sizes the encoder tries
 CONTEXTS = (2, 3, 4, 6, 8, 12, 16)
 PRECISIONS = (12, 13, 14)  # tried in turn before ANS_PRECISION; lower decodes faster (smaller tables)
 PRECISION_SLACK = 0.001  # coded bits a lower precision may add
 WIDE_SHIFTS = tuple(range(7))  # a wide table's weight stands for a run of 2^shift codes; the encoder tries these
-MAX_WIDE_SHIFT = 15  # what a reader accepts
 
 
 @dataclass(frozen=True)
@@ -238,15 +243,15 @@ def wide_table(counts: NDArray[np.int64], precision: int = ANS_PRECISION) -> tup
 
 _PROFILE = struct.Struct("<BBB")  # first symbol, span - 1, peak (its offset in the span)
 _WIDE_PROFILE = struct.Struct("<HHH")  # the same for codes wider than a byte
-KNOTS = (1, 2, 3, *sorted(d for e in range(2, 17) for d in (1 << e, 3 << (e - 1))))  # 1, 2, 3, 4, 6, 8, 12, 16, ...
+# the encoder's fitting of profiles (not format rules: a reader never checks them)
 PROFILE_DELTAS = np.array([-12, -6, -3, -1, 1, 3, 6, 12], dtype=np.int64)  # knot moves the encoder tries
 PROFILE_PASSES = 4
 PROFILE_WORTH = 0.003  # profiles are tried where weight-per-symbol tables are above this share of the stream
 
 
 def knot_distances(n: int) -> NDArray[np.int64]:
-    """Knot distances of a side n symbols long: 0 (the peak), the KNOTS below n, then n itself."""
-    return np.array([0, *(d for d in KNOTS if d < n), n] if n else [0], dtype=np.int64)
+    """Knot distances of a side n symbols long: 0 (the peak), the ANS_KNOTS below n, then n itself."""
+    return np.array([0, *(d for d in ANS_KNOTS if d < n), n] if n else [0], dtype=np.int64)
 
 
 def _profile_struct(k: int) -> struct.Struct:
@@ -376,8 +381,8 @@ def _read_table(data: memoryview, pos: int, k: int) -> tuple[NDArray[np.uint8], 
     shift = rest[0] if rest else 0  # only wide tables store one
     span += 1
     pos += head.size
-    runs = -(-span // (1 << min(shift, MAX_WIDE_SHIFT)))
-    if shift > MAX_WIDE_SHIFT or first + span > k or pos + runs > len(data):
+    runs = -(-span // (1 << min(shift, ANS_MAX_WIDE_SHIFT)))
+    if shift > ANS_MAX_WIDE_SHIFT or first + span > k or pos + runs > len(data):
         raise FormatError(f"ans stream: table [{first}, {first + span}) in runs of 2^{shift} exceeds {k} symbols or the stream")
     w = np.zeros(k, dtype=np.uint8)
     stored = np.frombuffer(data, dtype=np.uint8, count=runs, offset=pos)
@@ -596,7 +601,7 @@ def _parse(stored: memoryview, bits: int) -> _Header:
     if len(data) < pos + _STATE.size or (len(data) - pos - _STATE.size) % 2:
         raise FormatError("ans stream: truncated state or an odd number of word bytes")
     (state,) = _STATE.unpack_from(data, pos)
-    if state < rans.LOW:
+    if state < ANS_STATE_LOW:
         raise FormatError(f"ans stream: initial state {state:#x} below 2^16")
     pos += _STATE.size
     words = np.frombuffer(data, dtype="<u2", offset=pos)
@@ -641,7 +646,7 @@ def decode_codes(stored: memoryview | bytes, bits: int, count: int, out: bytearr
         view[start : start + packed_size(n, bits)] = pack(part, bits)
         buf[:k] = buf[n : n + k]  # the last k codes lead the next chunk
         done += n
-    if x != rans.LOW or ptr != h.words.size:
+    if x != ANS_STATE_LOW or ptr != h.words.size:
         raise FormatError(f"ans stream: does not end where it should (state {x:#x}, {h.words.size - ptr} words left)")
     return result
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -10,6 +11,7 @@ from qpack.formats.qpk.codecs import CodeContext
 from qpack.formats.qpk.grouping import Grouping
 from qpack.formats.qpk.schemes import SCHEMES
 from qpack.formats.qpk.spec import (
+    ENTRY_KEY_MINORS,
     FLOAT_DTYPES,
     MAX_DIM,
     MAX_ELEMENTS,
@@ -18,6 +20,7 @@ from qpack.formats.qpk.spec import (
     MAX_RANK,
     MAX_TENSORS,
     SOURCE_FORMATS,
+    VERSION_MINOR,
 )
 
 
@@ -81,6 +84,7 @@ def check_nesting(meta: dict[Any, Any]) -> None:
 
 # Informative fields are shown to users and written to JSON reports: they are made plain (str
 # keys, no bytes) and bounded, so a hostile file can neither crash rendering nor flood the output.
+# The bounds are how much qpack shows, not format limits: a file past them is valid, only cut short.
 _MAX_DEPTH, _MAX_ITEMS, _MAX_TEXT = 6, 1000, 1000
 
 
@@ -101,8 +105,10 @@ def plain(v: Any, depth: int = 0) -> Any:
     return brief(v)
 
 
-# the keys of a 1.0 tensor entry; a writer declares minor version 1 when an entry has any other
-BASE_KEYS = frozenset({"name", "key", "shape", "dtype", "role", "scheme", "bits", "axis", "codes", "params"})
+def minor_version(tensors: Iterable[Mapping[str, Any]]) -> int:
+    """The minor version a file with these tensor entries (as written, see TensorEntry.to_meta)
+    declares: the highest that added a key they use, so a file without 1.1 keys stays a 1.0 file."""
+    return max((ENTRY_KEY_MINORS.get(k, VERSION_MINOR) for t in tensors for k in t), default=VERSION_MINOR)
 
 
 @dataclass(frozen=True)

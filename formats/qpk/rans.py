@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-LOW = 1 << 16  # the lower bound of a normalized state, and the encoder's initial state
+from qpack.formats.qpk.spec import ANS_STATE_LOW as LOW  # the lower bound of a normalized state, and the encoder's initial state
 
 _kernels: dict[str, Callable[..., Any]] = {}
 

@@ -14,6 +14,9 @@ MAGIC = b"\x89QPK\r\n\x1a\n"  # PNG-style: catches text-mode transfers and 7-bit
 VERSION_MAJOR = 1
 VERSION_MINOR = 0  # written when no tensor uses a 1.1 feature, so 1.0 readers keep reading those files
 VERSION_MINOR_1 = 1  # 1.1: blocks of weights along an axis (`block`), parameter dtypes per tensor (`param_dtypes`)
+# tensor-entry keys added after 1.0, each with the minor version that added it: a file declares the
+# highest minor version its entries use (the writer decides it, from the entries it writes)
+ENTRY_KEY_MINORS = {"block": VERSION_MINOR_1, "param_dtypes": VERSION_MINOR_1}
 
 # magic, major, minor, flags, meta_length, payload_offset, payload_length, meta_sha256
 HEADER_BODY = struct.Struct("<8sHHIQQQ32s")
@@ -68,6 +71,12 @@ ANS_MAGNITUDE_SIGN = 1  # ... or its low n-1 bits (sign-magnitude codes, pow2)
 ANS_MAX_WINDOW = 8  # codes before the current one whose magnitudes are summed
 ANS_MAX_CONTEXTS = 16
 ANS_MAX_OFFSET = 63
+ANS_MAX_WIDE_SHIFT = 15  # a wide table's weight stands for a run of at most 2^15 codes
+ANS_STATE_LOW = 1 << 16  # a stream's state: at least this between codes, at first too, and exactly this at the end
+# a table weight w stands for ANS_MANTISSA[(w - 1) % 16] << ((w - 1) // 16): 16 steps per octave
+ANS_MANTISSA = tuple(round(1024 * 2 ** (j / 16)) for j in range(16))
+# a profile side's knots lie at these distances from its peak (those below the side's length, then its length)
+ANS_KNOTS = (1, 2, 3, *sorted(d for e in range(2, 17) for d in (1 << e, 3 << (e - 1))))  # 1, 2, 3, 4, 6, 8, 12, 16, ...
 
 
 class BlobKind(IntEnum):

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from qpack.formats.atomic import atomic_output, cannot_write
 from qpack.formats.qpk.codecs import CODECS, RAW, Codec, CodeContext
+from qpack.formats.qpk.meta import minor_version
 from qpack.formats.qpk.spec import HEADER, HEADER_BODY, HEADER_SIZE, MAGIC, VERSION_MAJOR, BlobKind, align, expansion_limit
 
 
@@ -107,12 +108,16 @@ class QpkWriter:
     def blob(self, index: int) -> Blob:
         return self._blobs[index]
 
-    def write(self, path: Path, meta: dict[str, Any], minor: int = 0) -> int:
-        """Write the container atomically to `path`; returns its size in bytes."""
+    def write(self, path: Path, meta: dict[str, Any]) -> int:
+        """Write the container atomically to `path`; returns its size in bytes.
+
+        The header's minor version is decided here, from the tensor entries written (meta.minor_version),
+        so no caller can declare 1.0 over an entry a 1.0 reader cannot decode.
+        """
         meta = dict(meta, blobs=[b.to_list() for b in self._blobs])
         packed = msgpack.packb(meta, use_bin_type=True)
         payload_offset = align(HEADER_SIZE + len(packed))
-        body = HEADER_BODY.pack(MAGIC, VERSION_MAJOR, minor, 0, len(packed), payload_offset, self._end,
+        body = HEADER_BODY.pack(MAGIC, VERSION_MAJOR, minor_version(meta.get("tensors", ())), 0, len(packed), payload_offset, self._end,
                                 hashlib.sha256(packed).digest())
         header = HEADER.pack(*HEADER_BODY.unpack(body), zlib.crc32(body), bytes(4))
         with self._writing():
