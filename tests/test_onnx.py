@@ -236,6 +236,7 @@ def test_restore_over_protobuf_limit_writes_external_data(monkeypatch, tmp_path:
 
     monkeypatch.setattr(om, "_INLINE_LIMIT", 10_000)  # the sample's 230 kB stands in for a 2 GB model
     qpk, restored = tmp_path / "m.qpk", tmp_path / "out" / "m.onnx"
+    restored.parent.mkdir()
     convert(OnnxModel(sample), Policy("asym", 8), qpk)
     written = restore(qpk, restored)
     assert written == [restored, restored.with_name("m.onnx.data")]

@@ -391,6 +391,7 @@ def test_restore_inline_is_byte_identical_to_plain_onnx(which: str, tmp_path: Pa
         skeleton, values = m.skeleton(set(keys)), _new_values(m, keys)
     loaders = _Loaders(values)
     out = tmp_path / "out" / "r.onnx"
+    out.parent.mkdir()
     assert onnx_model.restore(skeleton, loaders, out) == [out]
     assert out.read_bytes() == _reference_restore(skeleton, values)
     assert set(loaders.calls.values()) == {1}
@@ -409,6 +410,7 @@ def test_restore_streams_tensor_by_tensor(monkeypatch, tmp_path: Path, external:
         monkeypatch.setattr(onnx_model, "_INLINE_LIMIT", 100_000)  # stands in for protobuf's 2 GiB
     loaders = _Loaders(values)
     out = tmp_path / "out" / "r.onnx"
+    out.parent.mkdir()
     tracemalloc.start()
     try:
         written = onnx_model.restore(skeleton, loaders, out)
