@@ -20,10 +20,6 @@ class Budget:
         if self.max_bpw is not None and self.max_bpw <= 0:
             raise OptionError("--max-bpw must be positive")
 
-    @property
-    def needs_sqnr(self) -> bool:
-        return self.min_sqnr is not None
-
     def check(self, size: int, bpw: float | None, sqnr: float | None, floats_known: bool) -> None:
         """Raise BudgetError naming the first budget broken.
 

@@ -10,12 +10,31 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from qpack.converter.allocate import COSINE_MARGIN, Goal, Menu, Option, _front, _hull, _menu_options, choose, goal_subsets, menus
+from qpack.converter.allocate import (
+    AUTO_SCHEMES,
+    COSINE_MARGIN,
+    DEFAULT_OBJECTIVE,
+    GOALS,
+    Goal,
+    GoalSpec,
+    Kind,
+    Menu,
+    Option,
+    Task,
+    allocate,
+    choose,
+    goal_subsets,
+    menus,
+    plan,
+    register_goal,
+)
+from qpack.converter.allocate.goals.registry import Found, stored_bytes
+from qpack.converter.allocate.options import _menu_options, front, hull
 from qpack.converter.cli import EXIT_BUDGET, app
 from qpack.converter.datasets import Inputs
 from qpack.converter.policy import Policy
 from qpack.converter.runtime import OnnxRunner, random_inputs
-from qpack.formats.errors import BudgetError
+from qpack.formats.errors import BudgetError, OptionError
 from qpack.formats.onnx_model import OnnxModel
 from qpack.formats.qpk import QpkReader
 
@@ -30,13 +49,13 @@ def _menu(points: list[tuple[int, float]], signal: float = 1.0) -> Menu:
     from qpack.formats.model import Role, Weight
 
     w = Weight("init:w", "w", (8,), "float32", Role.MATRIX)
-    return Menu(w, signal, _front([Option(b, None, None, "minmax", n, e) for b, (n, e) in enumerate(points, 2)]))
+    return Menu(w, signal, front([Option(b, None, None, "minmax", n, e, "asym") for b, (n, e) in enumerate(points, 2)]))
 
 
 def test_front_drops_dominated_options_and_keeps_non_convex_ones():
     m = _menu([(10, 100.0), (20, 40.0), (30, 35.0), (40, 5.0), (50, 6.0), (25, 50.0)])
     assert [(o.nbytes, o.error) for o in m.options] == [(10, 100.0), (20, 40.0), (30, 35.0), (40, 5.0)]
-    assert [(o.nbytes, o.error) for o in _hull(m.options)] == [(10, 100.0), (20, 40.0), (40, 5.0)]  # what fidelity searches bisect over
+    assert [(o.nbytes, o.error) for o in hull(m.options)] == [(10, 100.0), (20, 40.0), (40, 5.0)]  # what fidelity searches bisect over
 
 
 def test_a_budget_is_filled_through_a_point_inside_the_hull():
@@ -64,23 +83,75 @@ def test_choose_refuses_an_impossible_budget():
         choose([_menu([(10, 1.0)]), _menu([(5, 1.0)])], 14)
 
 
+def _within_weight_bytes(task: Task, limit: int) -> Found:
+    chosen = choose(task.menus, limit)
+    p = plan(task.policy, task.menus, chosen, f"least weighted error within {limit:,} bytes of weights")
+    return p, chosen, {"stored": stored_bytes(task.convert_to(p))}
+
+
+def _positive(limit: int) -> None:
+    if limit <= 0:
+        raise OptionError(f"--max-weight-bytes must be positive, not {limit}")
+
+
+# a goal qpack does not ship: at most so many bytes of codes and parameters (the container's other bytes aside)
+WEIGHT_BYTES = GoalSpec("--max-weight-bytes", "max_weight_bytes", int, "goal: at most this many bytes of codes and parameters",
+                        Kind.SIZE, DEFAULT_OBJECTIVE, _within_weight_bytes, _positive)
+
+
+@pytest.fixture()
+def weight_bytes_goal():
+    register_goal(WEIGHT_BYTES)
+    yield WEIGHT_BYTES
+    del GOALS[WEIGHT_BYTES.field]
+
+
+def test_a_goal_registered_outside_the_package_is_checked_and_searched(weight_bytes_goal, sample: Path, tmp_path: Path):
+    """A goal is a record in the registry: Goal checks it with the others and allocate() runs its search."""
+    from qpack.formats.qpk import RAW
+
+    with pytest.raises(OptionError, match="must be positive, not 0"):
+        Goal.of(max_weight_bytes=0).check()
+    with pytest.raises(OptionError, match="give one of --target-bpw, --target-size, --target-sqnr and --max-weight-bytes, "
+                                          "not --target-bpw and --max-weight-bytes"):
+        Goal.of(target_bpw=3.0, max_weight_bytes=30_000).check()
+    with pytest.raises(OptionError, match="--objective weighs tensors for --target-bpw, --target-size or --max-weight-bytes"):
+        Goal.of(target_sqnr=30.0, objective="layers").check()
+    goal = Goal.of(max_weight_bytes=30_000, schemes=AUTO_SCHEMES)
+    assert goal.any and not goal.fidelity and goal.weighing == DEFAULT_OBJECTIVE
+    with OnnxModel(sample) as model:
+        found = allocate(model, Policy("asym", 8), goal, RAW, tmp_path)
+    assert found.summary["goal"] == "--max-weight-bytes 30000"
+    assert found.trial is not None and stored_bytes(found.trial) == found.summary["stored"]
+    assert 29_000 < found.summary["stored"] <= 30_000  # packed codes are priced exactly: the budget is spent
+    assert len({d.bits for _, d in found.policy.plan}) > 1
+
+
+def test_an_unregistered_goal_is_refused():
+    assert "max_weight_bytes" not in GOALS
+    with pytest.raises(OptionError, match="unknown goal 'max_weight_bytes'"):
+        Goal.of(max_weight_bytes=30_000).check()
+
+
 def test_menus_measured_in_worker_processes_are_the_same(sample: Path, monkeypatch: pytest.MonkeyPatch):
     """Large models' menus are measured in forked worker processes: the very menus threads measure."""
-    from qpack.converter import allocate, convert
+    from qpack.converter import convert
+    from qpack.converter.allocate import pool
+    from qpack.formats.qpk import ANS
 
     policy = Policy("asym", 8)
     monkeypatch.setattr(convert, "default_workers", lambda: 2)
     sent: list[str] = []
-    portable = allocate._portable
-    monkeypatch.setattr(allocate, "_portable", lambda w: sent.append(w.key) or portable(w))
+    portable = pool._portable
+    monkeypatch.setattr(pool, "_portable", lambda w: sent.append(w.key) or portable(w))
     with OnnxModel(sample) as model:
-        monkeypatch.setattr(allocate, "PROCESS_WEIGHTS", 1 << 60)
-        threads = menus(model, policy, coded="ans", schemes=("asym", "sym"))
+        monkeypatch.setattr(pool, "PROCESS_WEIGHTS", 1 << 60)
+        threads = menus(model, policy, codec=ANS, schemes=("asym", "sym"))
         assert not sent
-        if not allocate._fork_safe():
+        if not pool._fork_safe():
             pytest.skip("forking worker processes is not safe here (not Linux, or other threads running)")
-        monkeypatch.setattr(allocate, "PROCESS_WEIGHTS", 1)
-        forked = menus(model, policy, coded="ans", schemes=("asym", "sym"))
+        monkeypatch.setattr(pool, "PROCESS_WEIGHTS", 1)
+        forked = menus(model, policy, codec=ANS, schemes=("asym", "sym"))
     assert sent == [m.weight.key for m in threads]  # each tensor went to a worker
     assert [m.weight.key for m in forked] == [m.weight.key for m in threads]
     assert [(m.signal, m.options) for m in forked] == [(m.signal, m.options) for m in threads]
@@ -97,23 +168,23 @@ def _dies_in_a_worker(*args):  # a menu worker killed mid-way (out of memory, sa
 
 def test_menus_fall_back_to_threads_when_a_worker_dies(sample: Path, monkeypatch: pytest.MonkeyPatch):
     """A worker process that dies costs the menus' speed, not the run: they are measured in threads."""
-    from qpack.converter import allocate, convert
+    from qpack.converter import convert
+    from qpack.converter.allocate import options, pool
 
     monkeypatch.setattr(convert, "default_workers", lambda: 2)
     policy = Policy("sym", 6)
     with OnnxModel(sample) as model:
         expected = menus(model, policy)
-        if not allocate._fork_safe():
+        if not pool._fork_safe():
             pytest.skip("forking worker processes is not safe here")
-        monkeypatch.setattr(allocate, "PROCESS_WEIGHTS", 1)
-        monkeypatch.setattr(allocate, "_menu_options", _dies_in_a_worker)
+        monkeypatch.setattr(pool, "PROCESS_WEIGHTS", 1)
+        monkeypatch.setattr(options, "_menu_options", _dies_in_a_worker)
         got = menus(model, policy)
     assert [(m.weight.key, m.signal, m.options) for m in got] == [(m.weight.key, m.signal, m.options) for m in expected]
 
 
 def test_menus_price_options_exactly(sample: Path, tmp_path: Path):
     """A menu's bytes are what the container then stores for that tensor."""
-    from qpack.converter.allocate import plan
     from qpack.converter.convert import convert
 
     with OnnxModel(sample) as model:
@@ -128,7 +199,6 @@ def test_goals_store_scales_per_channel_as_float16(sample: Path, tmp_path: Path)
     """Per channel, as per block, a goal's scales are float16 (half their bytes; float32 with
     --param-dtype fp32): the container says so, and the error stays what the float32 scales give,
     the codes being chosen against the rounded scale."""
-    from qpack.converter.allocate import plan
     from qpack.converter.convert import convert
 
     with OnnxModel(sample) as model:
@@ -239,6 +309,8 @@ def test_target_sqnr_menus_near_one_step_choose_as_the_whole_menus(sample: Path,
                                                                    monkeypatch: pytest.MonkeyPatch):
     """--target-sqnr measures only the widths near the one step that gives the pooled SQNR: the same
     allocation as the whole menus, for fewer measurements."""
+    from dataclasses import replace
+
     from qpack.converter import allocate
     from qpack.formats.qpk import ANS
 
@@ -247,7 +319,7 @@ def test_target_sqnr_menus_near_one_step_choose_as_the_whole_menus(sample: Path,
         near = allocate.step_widths(model, Policy("asym", 8), db)
         assert near and all(1 <= b <= 16 for b in near.values())
         narrow = allocate.allocate(model, Policy("asym", 8), goal, ANS, tmp_path)
-        monkeypatch.setattr(allocate, "step_widths", lambda *a: {})
+        monkeypatch.setitem(allocate.GOALS, "target_sqnr", replace(allocate.GOALS["target_sqnr"], narrow=None))
         whole = allocate.allocate(model, Policy("asym", 8), goal, ANS, tmp_path)
     assert narrow.policy.plan == whole.policy.plan
     assert narrow.summary["candidates"] < whole.summary["candidates"]
@@ -506,7 +578,6 @@ def test_scalar_and_state_inputs_accepted(tmp_path: Path):
 def test_the_reused_trial_is_the_conversion_of_the_chosen_policy(sample: Path, tmp_path: Path):
     """publish() ships the allocation's last trial instead of converting again: it must be the very
     container a fresh conversion of the chosen policy writes."""
-    from qpack.converter.allocate import AUTO_SCHEMES, Goal, allocate
     from qpack.converter.convert import convert
     from qpack.formats.qpk import ANS
 
@@ -524,7 +595,6 @@ def test_fidelity_trials_go_uncoded_and_the_file_is_coded_once(sample: Path, tmp
     """A fidelity goal judges trials by their decoded weights, so they are written packed; the file
     shipped is the chosen policy's entropy-coded container, the same bytes a fresh conversion writes,
     with the trials' quantization carried over."""
-    from qpack.converter.allocate import Goal, allocate
     from qpack.converter.convert import convert
     from qpack.converter.datasets import load_inputs
     from qpack.formats.qpk import ANS, QpkReader
@@ -600,7 +670,8 @@ def test_the_size_report_says_what_the_goal_chose(sample: Path, tmp_path: Path):
 def test_entropy_coded_goals_use_the_steps_between_widths(sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """At a low pooled SQNR the ans menus' loose steps, rate-aware rounding and dq store fewer bytes
     than asym and sym at their widths alone, the goal still holds, and the JSON says which tensors took them."""
-    import qpack.converter.allocate as allocate
+    from qpack.converter.allocate import options
+    from qpack.converter.quant import get_quantizer
 
     def run(name: str) -> tuple[int, dict]:
         out, js = tmp_path / f"{name}.qpk", tmp_path / f"{name}.json"
@@ -614,9 +685,9 @@ def test_entropy_coded_goals_use_the_steps_between_widths(sample: Path, tmp_path
     assert any(t["rdo"] > 0 or t["clip"].startswith("loose") or t["scheme"] == "dq" for t in rep["tensors"])
     with QpkReader(tmp_path / "full.qpk") as q:
         q.verify()
-    monkeypatch.setattr(allocate, "WIDENED", {})
-    monkeypatch.setattr(allocate, "MENU_RDO_BITS", 0)
-    monkeypatch.setattr(allocate, "CODED_SCHEMES", ())
+    monkeypatch.setattr(options, "WIDENED", {})
+    monkeypatch.setattr(options, "MENU_RDO_BITS", 0)
+    monkeypatch.setattr(get_quantizer("dq"), "coded_choice", False)
     widths_only, rep = run("widths")
     assert all(t["rdo"] == 0 and not t["clip"].startswith("loose") and t["scheme"] != "dq" for t in rep["tensors"])
     assert full < 0.92 * widths_only, (full, widths_only)

@@ -134,6 +134,31 @@ def test_cli_choices_come_from_the_registries():
     assert {m.value for m in cli.CodecName} == {"packed", *(c.name for c in CODECS.values() if c.name != "raw")}
 
 
+def test_codecs_say_how_they_store_codes():
+    """What allocation asks a codec instead of naming it: ans prices codes of every width by their
+    entropy plus its tables, zstd only codes that fill whole bytes, packed none; an estimate is never
+    above the packed size, and a stream the format would not let expand that far is priced packed."""
+    from qpack.formats.qpk import ANS, RAW, ZSTD, packed_size
+
+    assert [c.label for c in (RAW, ZSTD, ANS)] == ["packed", "zstd", "ans"]
+    assert all(c.help and "\n" not in c.help for c in (RAW, ZSTD, ANS))
+    assert [c.entropy_coded for c in (RAW, ZSTD, ANS)] == [False, False, True]
+    assert [b for b in range(1, 17) if ZSTD.sized_by_entropy(b)] == [1, 2, 4, 8]
+    assert all(ANS.sized_by_entropy(b) and not RAW.sized_by_entropy(b) for b in range(1, 17))
+    assert RAW.price(10_000, 4, 2.0, 16) is None and ZSTD.price(10_000, 3, 2.0, 8) is None
+    # 10,000 codes at 2 bits each: 2,500 bytes, 2% over, and a profile table of 16 bytes plus the frame's 8
+    assert ANS.price(10_000, 4, 2.0, 16) == ZSTD.price(10_000, 4, 2.0, 16) == 2550 + 24
+    assert ANS.price(10_000, 4, 4.0, 16) == packed_size(10_000, 4)  # nothing to gain: the packed size
+    assert ANS.price(10_000, 12, 6.0, 400) == 7650 + 64 + 400 // 4  # past a byte, a table weight per run of 4 codes
+    assert ANS.price(1 << 20, 8, 0.0, 1) is None  # one code a million times: past the 64x expansion limit
+
+
+def test_schemes_declare_what_allocation_asks():
+    flags = {n: (q.trellis, q.entropy_steps, q.coded_choice) for n, q in quant.QUANTIZERS.items()}
+    assert flags == {"asym": (False, False, False), "sym": (False, True, False), "pow2": (False, False, False),
+                     "lut": (False, False, False), "dq": (True, False, True)}
+
+
 @pytest.mark.parametrize("shape,axis,block", [((10, 7), 0, 4), ((10, 7), 1, 3), ((3, 8, 2, 2), 1, 3), ((6, 5), 1, 5), ((9,), 0, 2)])
 def test_grouping_blocks(shape, axis, block):
     g = Grouping(axis, block)

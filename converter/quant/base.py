@@ -39,6 +39,15 @@ class Quantizer:
     name: ClassVar[str]
     # range factors tried by clip "mse", widest first
     shrinks: ClassVar[tuple[float, ...]] = tuple(float(r) for r in np.linspace(1.0, 0.2, 33))
+    # its codes are chosen together by a search through the tensor in order (search, estimate, units,
+    # decode_from), rate-aware by itself, instead of each rounded on its own
+    trellis: ClassVar[bool] = False
+    # entropy-coded, its ranges widened between widths and rate-aware rounding (converter.quant.rdo)
+    # are worth measuring as settings of their own
+    entropy_steps: ClassVar[bool] = False
+    # a goal choosing each tensor's scheme adds it where the codes are entropy-coded (its gain is in
+    # the rate a frequency model sees) and leaves it out otherwise
+    coded_choice: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -48,6 +57,11 @@ class Quantizer:
     @classmethod
     def spec(cls) -> SchemeSpec:
         return scheme_spec(cls.name)
+
+    @classmethod
+    def warm(cls) -> None:
+        """Prepare once what each worker process would otherwise prepare again (a compiled kernel):
+        called before they are forked. Nothing by default."""
 
     @classmethod
     def check_bits(cls, bits: int) -> None:

@@ -107,8 +107,13 @@ class Dependent(Quantizer):
 
     name = "dq"
     trellis = True
+    coded_choice = True
 
     stats = Symmetric.stats  # the largest magnitude of each group, as sym
+
+    @classmethod
+    def warm(cls) -> None:
+        warm_trellis()
 
     @classmethod
     def params(cls, stats, bits):

@@ -28,7 +28,7 @@ MAX_LAMBDA = 10.0  # past this nearly every weight collapses to the most frequen
 def check(q: type[Quantizer], lam: float) -> None:
     if not 0 <= lam <= MAX_LAMBDA:
         raise OptionError(f"--rdo must lie in 0..{MAX_LAMBDA}, not {lam}")
-    if lam and getattr(q, "continuous", None) is None and not getattr(q, "trellis", False):
+    if lam and getattr(q, "continuous", None) is None and not q.trellis:
         raise OptionError(f"--rdo needs a uniform scheme (asym or sym) or dq, not {q.name}")
 
 

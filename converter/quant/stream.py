@@ -44,7 +44,6 @@ def quantize_stream(q: type[Quantizer], x: NDArray[np.float32], bits: int, group
     unless `rdo` (lambda of rate-aware rounding, see converter.quant.rdo) is non-zero, or the scheme
     searches its codes (dq: a chunk at a time, its state carried over)."""
     rdo_check(q, rdo)
-    trellis = getattr(q, "trellis", False)
     if grouping.block and not q.spec().blocks:
         raise OptionError(f"scheme '{q.name}' searches its codes in the tensor's order: give it a scale per tensor or "
                           "per channel, not blocks")
@@ -61,7 +60,7 @@ def quantize_stream(q: type[Quantizer], x: NDArray[np.float32], bits: int, group
         for i in range(0, max(1, xv.shape[0] if xv.ndim else 1), step):
             yield (xv[i : i + step] if xv.ndim else xv), {k: v[i : i + step] if v.ndim and v.shape[0] > 1 else v for k, v in params.items()}
 
-    if trellis:
+    if q.trellis:
         rate, lam = q.estimate(chunks, bits, rdo or None)  # type: ignore[attr-defined]
         state = 0  # the search's state, carried from chunk to chunk
     else:
@@ -75,7 +74,7 @@ def quantize_stream(q: type[Quantizer], x: NDArray[np.float32], bits: int, group
     for xc, pc in chunks():
         rows = min(first - done, xc.shape[0] * (grouping.block if grouping.axis == 0 and grouping.block else 1)) if x.ndim else 1
         shape = (rows,) + x.shape[1:] if x.ndim else ()
-        if trellis:
+        if q.trellis:
             start = state
             chosen, state = q.search(q.units(xc, pc), bits, rate, lam, state)  # type: ignore[attr-defined]
             codes = chosen.reshape(shape)

@@ -90,6 +90,7 @@ class Symmetric(Quantizer):
     """x ~ q * scale, q in [-(2^(n-1)-1), 2^(n-1)-1], stored as q + 2^(n-1)-1."""
 
     name = "sym"
+    entropy_steps = True  # asym's gained under 0.1% for a third more time
 
     @classmethod
     def stats(cls, x, axes):

@@ -39,6 +39,7 @@ from qpack.formats.qpk.spec import (
     ANS_STATE_LOW,
     ANS_VERSION,
     BYTE_BITS,
+    expansion_limit,
 )
 
 _HEAD = struct.Struct("<BBBB")  # version, bits, precision, model
@@ -266,6 +267,28 @@ def profile_bytes(k: int, span: int, peak: int) -> int:
 def _knot_bytes(span: int, peak: int) -> int:
     """Knot bytes of a profile: the peak's, then each side's knots past the peak."""
     return knot_distances(peak).size + knot_distances(span - 1 - peak).size - 1
+
+
+# What a stream is expected to take before it is coded (Codec.price): the encoder's models come
+# within ESTIMATE_MARGIN of the codes' order-0 entropy, plus tables
+ESTIMATE_MARGIN = 1.02
+ESTIMATE_TABLES = 64  # bytes a stream's tables are allowed
+WIDE_RUN = 4  # codes per stored weight that a wide table typically takes (its run shift is chosen per table)
+
+
+def estimated_bytes(count: int, bits: int, entropy: float, span: int) -> int | None:
+    """The bytes a stream of `count` codes is expected to take, no more than packed: within
+    ESTIMATE_MARGIN of their order-0 entropy (`entropy` bits a code) plus the tables, past a byte a
+    weight per run of codes over the `span` of present codes, else a weight per symbol or, where
+    smaller, a profile of a few knots. None where the writer would keep them packed: a stream that
+    would shrink past the format's expansion limit."""
+    packed = packed_size(count, bits)
+    least = math.ceil(count * entropy / 8)
+    if packed > expansion_limit(least):
+        return None
+    tables = ESTIMATE_TABLES + span // WIDE_RUN if bits > BYTE_BITS else \
+        min(ESTIMATE_TABLES, profile_bytes(1 << bits, span, span // 2) + FRAME_BYTES)
+    return min(packed, math.ceil(least * ESTIMATE_MARGIN) + tables)
 
 
 def _side(values: NDArray[np.int64], dist: NDArray[np.int64]) -> NDArray[np.int64]:

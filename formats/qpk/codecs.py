@@ -15,7 +15,7 @@ import zstandard
 
 from qpack.formats.errors import FormatError, OptionError
 from qpack.formats.qpk.grouping import Grouping
-from qpack.formats.qpk.spec import CODES_ZSTD_LEVEL, GRAPH_ZSTD_LEVEL, BlobKind
+from qpack.formats.qpk.spec import BYTE_BITS, CODES_ZSTD_LEVEL, GRAPH_ZSTD_LEVEL, BlobKind
 
 if TYPE_CHECKING:
     from qpack.formats.qpk import ans
@@ -48,6 +48,34 @@ class Codec(Protocol):
         """The name FORMAT.md and `--codec` use."""
         ...
 
+    @property
+    def label(self) -> str:
+        """The word the CLI and reports use for it."""
+        ...
+
+    @property
+    def help(self) -> str:
+        """How it stores codes, in one line (the CLI's help)."""
+        ...
+
+    @property
+    def entropy_coded(self) -> bool:
+        """Whether it models the codes' frequencies at every width, as an arithmetic coder does: only
+        then do rounding that trades error for rate, ranges widened between widths and schemes whose
+        search is rate-aware pay off."""
+        ...
+
+    def sized_by_entropy(self, bits: int) -> bool:
+        """Whether codes of this width are stored in about their order-0 entropy (see price): then a
+        full range can cost fewer bytes than a clipped one, its codes crowding the middle."""
+        ...
+
+    def price(self, count: int, bits: int, entropy: float, span: int) -> int | None:
+        """The bytes it is expected to store for `count` codes of `bits` bits, whose order-0 entropy
+        is `entropy` bits a code and whose present codes run over `span` values; None where it
+        stores them packed. What an allocation weighs a setting by before anything is coded."""
+        ...
+
     def encode(self, raw: memoryview, kind: BlobKind, ctx: CodeContext | None = None) -> bytes | memoryview: ...
 
     def decode(self, stored: memoryview, raw_length: int, ctx: CodeContext | None = None) -> bytes | bytearray | memoryview:
@@ -59,6 +87,15 @@ class Codec(Protocol):
 class Raw:
     id: int = 0
     name: str = "raw"
+    label: str = "packed"
+    help: str = "dense n-bit codes"
+    entropy_coded: bool = False
+
+    def sized_by_entropy(self, bits: int) -> bool:
+        return False
+
+    def price(self, count: int, bits: int, entropy: float, span: int) -> int | None:
+        return None
 
     def encode(self, raw: memoryview, kind: BlobKind, ctx: CodeContext | None = None) -> memoryview:
         return raw
@@ -75,6 +112,21 @@ class Zstd:
 
     id: int = 1
     name: str = "zstd"
+    label: str = "zstd"
+    help: str = "the packed codes compressed (kept per tensor only where smaller)"
+    entropy_coded: bool = False
+
+    def sized_by_entropy(self, bits: int) -> bool:
+        return BYTE_BITS % bits == 0  # a byte compressor finds little in codes that straddle bytes
+
+    def price(self, count: int, bits: int, entropy: float, span: int) -> int | None:
+        if not self.sized_by_entropy(bits):
+            return None
+        from qpack.formats.qpk import ans
+
+        # codes that fill whole bytes are zstd's literals, which it Huffman-codes: about as close to
+        # their order-0 entropy as an order-0 ans stream
+        return ans.estimated_bytes(count, bits, entropy, span)
 
     def encode(self, raw: memoryview, kind: BlobKind, ctx: CodeContext | None = None) -> bytes:
         level = GRAPH_ZSTD_LEVEL if kind == BlobKind.GRAPH else CODES_ZSTD_LEVEL
@@ -119,6 +171,17 @@ class Ans:
 
     id: int = 2
     name: str = "ans"
+    label: str = "ans"
+    help: str = "the codes entropy-coded by rANS with context tables (kept per tensor only where smaller)"
+    entropy_coded: bool = True
+
+    def sized_by_entropy(self, bits: int) -> bool:
+        return True
+
+    def price(self, count: int, bits: int, entropy: float, span: int) -> int | None:
+        from qpack.formats.qpk import ans
+
+        return ans.estimated_bytes(count, bits, entropy, span)
 
     @staticmethod
     def _shape(length: int, ctx: CodeContext | None) -> tuple[int, int]:
