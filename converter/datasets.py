@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from itertools import islice
@@ -16,11 +17,13 @@ from qpack.formats.files import open_regular
 from qpack.formats.npy import MAX_BYTES, read_arrays
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")  # Pillow's decoders for those names, and no other
 BUILTIN = ("digits",)
 
 # Limits (docs/inputs.md, "Limits"); the decoded, resized images share formats.npy's MAX_BYTES.
 MAX_IMAGE_SIDE = 8192
 MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE  # checked before decoding: 192 MiB as RGB
+MAX_IMAGE_FILE_BYTES = 1 << 30  # an image file: 8192 x 8192 RGBA at 16 bits per channel, uncompressed, is half that
 MAX_IMAGES = 100_000  # files named as images under an --images folder
 MAX_LABEL = 1 << 31  # labels index classes; evaluation also holds them below the model's class count
 
@@ -169,9 +172,12 @@ def _read_image(path: Path, mode: str, w: int, h: int) -> NDArray[np.float32]:
     from PIL import Image
 
     with open_regular(path) as f, warnings.catch_warnings():
+        stored = os.fstat(f.fileno()).st_size
+        if stored > MAX_IMAGE_FILE_BYTES:  # some decoders (WebP) read the whole file on opening
+            raise FormatError(f"{path}: {stored} bytes, more than the {MAX_IMAGE_FILE_BYTES >> 30} GiB qpack reads as one image")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(f) as im:
+            with Image.open(f, formats=IMAGE_FORMATS) as im:
                 width, height = im.size  # read from the header: Image.open decodes nothing
                 if width * height > MAX_IMAGE_PIXELS:
                     raise FormatError(f"{path}: {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS} "
