@@ -105,7 +105,7 @@ def from_arrays(path: Path, specs: list[InputSpec]) -> Inputs:
     elif len(arrays) == 1 and len(specs) == 1:
         chosen = {names[0]: next(iter(arrays.values()))}
     else:
-        raise OptionError(f"{path.name} holds {sorted(arrays) or 'no arrays'}, the model wants inputs {names}")
+        raise OptionError(f"{path} holds {sorted(arrays) or 'no arrays'}, the model wants inputs {names}")
     batched, whole = split(chosen, specs)
     return Inputs(batched, None if labels is None else _labels(labels, str(path)), str(path), whole)
 

@@ -60,14 +60,15 @@ def read_arrays(path: Path, budget: int = MAX_BYTES) -> dict[str, NDArray]:
             return {"": _read_npy(f, size, budget, str(path))}
         if head[:4] in ZIP_MAGICS:
             try:
-                return _read_npz(f, budget, path)
+                return _read_npz(f, size, budget, path)
             except _ZIP_ERRORS as e:
                 raise FormatError(f"{path}: not a readable .npz archive ({shown(str(e) or type(e).__name__)})") from e
         raise FormatError(f"{path}: not an .npy or .npz file (it starts with {brief(head)})")
 
 
-def _read_npz(f: IO[bytes], budget: int, path: Path) -> dict[str, NDArray]:
-    """Every member's declared size is checked before any member is decompressed."""
+def _read_npz(f: IO[bytes], size: int, budget: int, path: Path) -> dict[str, NDArray]:
+    """Every member's declared sizes are checked (against the file's `size` and the budget) before any
+    member is read."""
     with zipfile.ZipFile(f) as zf:
         infos = zf.infolist()
         if len(infos) > MAX_ARRAYS:
@@ -81,6 +82,9 @@ def _read_npz(f: IO[bytes], budget: int, path: Path) -> dict[str, NDArray]:
             if info.filename in seen:
                 raise FormatError(f"{where} appears twice")
             seen.add(info.filename)
+            if info.header_offset + info.compress_size > size:
+                raise FormatError(f"{where} declares {info.compress_size} stored bytes at offset {info.header_offset}, "
+                                  f"past the end of the file ({size} bytes)")
             if info.file_size > max(SMALL_MEMBER, MAX_RATIO * info.compress_size):
                 raise FormatError(f"{where} expands {info.compress_size} bytes to {info.file_size}, past the "
                                   f"{MAX_RATIO}x qpack allows above {SMALL_MEMBER >> 20} MiB (store it uncompressed: np.savez)")

@@ -18,7 +18,7 @@ import time
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -82,18 +82,27 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
     return f.getvalue()
 
 
-def _zip(path: Path, members: list[tuple[str, int, bytes, int, int]]) -> None:
-    """A zip archive written field by field (APPNOTE 4.3.7, 4.3.12, 4.3.16), each member given as
-    (name, method, stored bytes, declared uncompressed size, CRC-32). Every member carries a ZIP64
-    extra field with both sizes, so a member may declare 4 GiB or more."""
+class Member(NamedTuple):
+    name: str
+    method: int  # zipfile.ZIP_STORED or ZIP_DEFLATED
+    data: bytes  # as stored
+    size: int  # declared uncompressed size
+    crc: int
+    stored: int | None = None  # declared stored size, if not len(data)
+
+
+def _zip(path: Path, members: list[Member]) -> None:
+    """A zip archive written field by field (APPNOTE 4.3.7, 4.3.12, 4.3.16). Every member carries a
+    ZIP64 extra field with both sizes, so a member may declare 4 GiB or more."""
     out, central = bytearray(), bytearray()
-    for name, method, data, size, crc in members:
-        n = name.encode()
-        extra = struct.pack("<HHQQ", 1, 16, size, len(data))  # ZIP64: uncompressed, then compressed size
+    for m in members:
+        n = m.name.encode()
+        stored = len(m.data) if m.stored is None else m.stored
+        extra = struct.pack("<HHQQ", 1, 16, m.size, stored)  # ZIP64: uncompressed, then compressed size
         offset = len(out)
-        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 45, 0, method, 0, 0x21, crc, 0xFFFFFFFF, 0xFFFFFFFF,
-                           len(n), len(extra)) + n + extra + data
-        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45, 0, method, 0, 0x21, crc, 0xFFFFFFFF,
+        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 45, 0, m.method, 0, 0x21, m.crc, 0xFFFFFFFF, 0xFFFFFFFF,
+                           len(n), len(extra)) + n + extra + m.data
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45, 0, m.method, 0, 0x21, m.crc, 0xFFFFFFFF,
                                0xFFFFFFFF, len(n), len(extra), 0, 0, 0, 0, offset) + n + extra
     end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central), len(out), 0)
     path.write_bytes(bytes(out + central + end))
@@ -111,7 +120,7 @@ def _zeros_bomb(path: Path, mib: int) -> None:
     crc = zlib.crc32(header)
     for _ in range(mib):
         crc = zlib.crc32(mebibyte, crc)
-    _zip(path, [("image.npy", zipfile.ZIP_DEFLATED, head + block * mib + c.flush(), len(header) + (mib << 20), crc)])
+    _zip(path, [Member("image.npy", zipfile.ZIP_DEFLATED, head + block * mib + c.flush(), len(header) + (mib << 20), crc)])
 
 
 def _png(path: Path, width: int, height: int) -> None:
@@ -179,14 +188,20 @@ def test_object_array_is_refused_by_name(tmp_path: Path):
     _one_line_error(_eval("--inputs", npz), str(npz), "'image'", "dtype object")
 
 
-def test_truncated_member(tmp_path: Path):
-    """A member whose deflate stream stops halfway through the size it declares."""
+@pytest.mark.parametrize("cut", ["deflated", "stored"])
+def test_truncated_member(tmp_path: Path, cut: str):
+    """A member cut in half: a deflate stream that stops halfway through the size it declares, or a
+    stored member declaring more bytes than the file holds (the central directory follows them)."""
     data = _npy_header((4, 1, 8, 8)) + np.ones((4, 1, 8, 8), np.float32).tobytes()
-    c = zlib.compressobj(9, zlib.DEFLATED, -15)
-    stream = c.compress(data) + c.flush()
     npz = tmp_path / "truncated.npz"
-    _zip(npz, [("image.npy", zipfile.ZIP_DEFLATED, stream[: len(stream) // 2], len(data), zlib.crc32(data))])
-    _one_line_error(_eval("--inputs", npz), str(npz), "not a readable .npz")
+    if cut == "deflated":
+        c = zlib.compressobj(9, zlib.DEFLATED, -15)
+        stream = c.compress(data) + c.flush()
+        member = Member("image.npy", zipfile.ZIP_DEFLATED, stream[: len(stream) // 2], len(data), zlib.crc32(data))
+    else:
+        member = Member("image.npy", zipfile.ZIP_STORED, data[: len(data) // 2], len(data), zlib.crc32(data), len(data) * 2)
+    _zip(npz, [member])
+    _one_line_error(_eval("--inputs", npz), str(npz), "'image.npy'")
 
 
 def test_member_with_a_bad_crc(tmp_path: Path):
