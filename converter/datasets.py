@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
 from qpack.converter.runtime import InputSpec
-from qpack.formats.errors import OptionError, QpackError
+from qpack.formats.errors import FormatError, OptionError, QpackError, shown
+from qpack.formats.files import open_regular
+from qpack.formats.npy import MAX_BYTES, read_arrays
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")  # Pillow's decoders for those names, and no other
 BUILTIN = ("digits",)
+
+# Limits (docs/inputs.md, "Limits"); the decoded, resized images share formats.npy's MAX_BYTES.
+MAX_IMAGE_SIDE = 8192
+MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE  # checked before decoding: 192 MiB as RGB
+MAX_IMAGE_FILE_BYTES = 1 << 30  # an image file: 8192 x 8192 RGBA at 16 bits per channel, uncompressed, is half that
+MAX_IMAGES = 100_000  # files named as images under an --images folder
+MAX_LABEL = 1 << 31  # labels index classes; evaluation also holds them below the model's class count
 
 
 @dataclass
@@ -82,35 +95,30 @@ def digits() -> tuple[NDArray[np.float32], NDArray[np.int64]]:
 
 
 def from_arrays(path: Path, specs: list[InputSpec]) -> Inputs:
-    """Arrays from .npy (single-input models) or .npz (one array per input, by name or alone; `labels`)."""
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise QpackError(f"{path}: cannot read arrays ({e})") from e
-    if isinstance(loaded, np.ndarray):
-        arrays, labels = {"": loaded}, None
-    else:
-        with loaded:
-            arrays = {k: loaded[k] for k in loaded.files}
-        labels = arrays.pop("labels", None)
+    """Arrays from .npy (single-input models) or .npz (one array per input, by name or alone; `labels`),
+    read within formats.npy's limits."""
+    arrays = read_arrays(path)
+    labels = arrays.pop("labels", None)
     names = [s.name for s in specs]
     if set(names) <= set(arrays):
         chosen = {n: arrays[n] for n in names}
     elif len(arrays) == 1 and len(specs) == 1:
         chosen = {names[0]: next(iter(arrays.values()))}
     else:
-        raise OptionError(f"{path.name} holds {sorted(arrays) or 'no arrays'}, the model wants inputs {names}")
+        raise OptionError(f"{path} holds {sorted(arrays) or 'no arrays'}, the model wants inputs {names}")
     batched, whole = split(chosen, specs)
-    return Inputs(batched, _labels(labels, batched, path.name), str(path), whole)
+    return Inputs(batched, None if labels is None else _labels(labels, str(path)), str(path), whole)
 
 
-def _labels(labels: NDArray | None, arrays: dict[str, NDArray], where: str) -> NDArray[np.int64] | None:
-    if labels is None:
-        return None
-    n = len(next(iter(arrays.values()))) if arrays else 1
+def _labels(labels: NDArray, where: str) -> NDArray[np.int64]:
+    """Labels as int64: one integer per sample, each a class index in 0 <= label < MAX_LABEL."""
     labels = np.asarray(labels)
-    if labels.ndim != 1 or len(labels) != n or not np.issubdtype(labels.dtype, np.integer):
-        raise OptionError(f"{where}: labels must be {n} integers, got shape {labels.shape} {labels.dtype}")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise OptionError(f"{where}: labels must be integers, one per sample; got shape {list(labels.shape)} {labels.dtype}")
+    bad = np.flatnonzero((labels < 0) | (labels >= MAX_LABEL))
+    if len(bad):
+        i = int(bad[0])
+        raise OptionError(f"{where}: label {labels[i]} at sample {i} is not a class index (0 <= label < 2**31)")
     return labels.astype(np.int64)
 
 
@@ -146,32 +154,62 @@ def parse_size(text: str) -> tuple[int, int]:
     return dims[0], dims[1]
 
 
+def _image_files(folder: Path) -> list[Path]:
+    """Every entry under `folder` named as an image (sorted), folders aside; at most MAX_IMAGES."""
+    if not folder.is_dir():
+        raise OptionError(f"{folder}: not a folder")
+    found = (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+    files = list(islice(found, MAX_IMAGES + 1))
+    if len(files) > MAX_IMAGES:
+        raise OptionError(f"{folder}: more than {MAX_IMAGES} images")
+    if not files:
+        raise OptionError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return sorted(files)
+
+
+def _read_image(path: Path, mode: str, w: int, h: int) -> NDArray[np.float32]:
+    """One image as float32 [h, w, channels], its size checked before its pixels are decoded."""
+    from PIL import Image
+
+    with open_regular(path) as f, warnings.catch_warnings():
+        stored = os.fstat(f.fileno()).st_size
+        if stored > MAX_IMAGE_FILE_BYTES:  # some decoders (WebP) read the whole file on opening
+            raise FormatError(f"{path}: {stored} bytes, more than the {MAX_IMAGE_FILE_BYTES >> 30} GiB qpack reads as one image")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(f, formats=IMAGE_FORMATS) as im:
+                width, height = im.size  # read from the header: Image.open decodes nothing
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise FormatError(f"{path}: {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS} "
+                                      f"({MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}) qpack decodes")
+                pixels = im.convert(mode).resize((w, h), Image.Resampling.BILINEAR)
+        except QpackError:
+            raise
+        except Exception as e:  # a decoder fed a damaged or hostile file may raise anything: that file is at fault
+            raise FormatError(f"{path}: cannot read image ({shown(str(e) or type(e).__name__, 160)})") from e
+    return np.asarray(pixels, np.float32).reshape(h, w, len(mode))
+
+
 def from_images(folder: Path, spec: InputSpec, size: str, layout: str, scale: str, mean: str | None, std: str | None) -> Inputs:
     """Images resized (bilinear) to --size, in --layout, x * scale, then (x - mean) / std per channel.
 
     Labels come from sub-folder names when the images sit in one folder per class (sorted order).
+    Every file named as an image must be a regular file (or a link to one); the limits are checked
+    before any pixel is decoded.
     """
-    from PIL import Image, UnidentifiedImageError
-
     if layout not in ("nchw", "nhwc"):
         raise OptionError(f"--layout must be nchw or nhwc, not {layout!r}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise OptionError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    files = _image_files(folder)
     h, w = parse_size(size)
     channel_dim = 1 if layout == "nchw" else -1
     channels = spec.shape[channel_dim] if len(spec.shape) == 4 and spec.shape[channel_dim] else 3
     if channels not in (1, 3):
         raise OptionError(f"input '{spec.name}' has {channels} channels; images give 1 or 3")
-    batch = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                pixels = im.convert("L" if channels == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR)
-                batch.append(np.asarray(pixels, np.float32).reshape(h, w, channels))
-        except (UnidentifiedImageError, OSError) as e:
-            raise QpackError(f"{f}: cannot read image ({e})") from e
-    x = np.stack(batch) * np.float32(parse_number(scale))
+    need = len(files) * h * w * channels * np.dtype(np.float32).itemsize
+    if need > MAX_BYTES:
+        raise OptionError(f"{folder}: {len(files)} images at {h}x{w}x{channels} make {need} bytes of float32, past the "
+                          f"{MAX_BYTES >> 30} GiB qpack takes as inputs (use fewer images or a smaller --size)")
+    x = np.stack([_read_image(f, "L" if channels == 1 else "RGB", w, h) for f in files]) * np.float32(parse_number(scale))
     x = (x - parse_triple(mean, 0.0)) / parse_triple(std, 1.0)
     if layout == "nchw":
         x = x.transpose(0, 3, 1, 2)
@@ -193,23 +231,31 @@ def builtin(name: str, specs: list[InputSpec]) -> Inputs:
 
 
 def check_shapes(inputs: Inputs, specs: list[InputSpec]) -> None:
-    """Every input present with the model's rank and fixed dimensions (the batch dimension aside)."""
+    """Every input present with the model's rank and fixed dimensions (the batch dimension aside), the
+    same number of samples (not none) in every batched array and the labels, labels in range."""
+    where = inputs.description
     for s in specs:
-        shown = ["?" if w is None else w for w in s.shape]
+        dims = ["?" if w is None else w for w in s.shape]
         if s.name in inputs.constants:
             a = inputs.constants[s.name]
             if a.ndim != len(s.shape) or any(w is not None and d != w for d, w in zip(a.shape, s.shape)):
-                raise OptionError(f"input '{s.name}': data has shape {list(a.shape)}, the model wants {shown}")
+                raise OptionError(f"{where}: input '{s.name}': data has shape {list(a.shape)}, the model wants {dims}")
             continue
         if s.name not in inputs.arrays:
-            raise OptionError(f"no data for model input '{s.name}'")
+            raise OptionError(f"{where}: no data for model input '{s.name}'")
         a = inputs.arrays[s.name]
         want = s.shape
         if a.ndim != len(want) or any(w is not None and d != w for d, w in list(zip(a.shape, want))[1:]):
-            raise OptionError(f"input '{s.name}': data has shape {list(a.shape)}, the model wants {shown} (batch first)")
-    counts = {len(a) for a in inputs.arrays.values()}
+            raise OptionError(f"{where}: input '{s.name}': data has shape {list(a.shape)}, the model wants {dims} (batch first)")
+    counts = {len(a) for a in inputs.arrays.values() if a.ndim}
     if len(counts) > 1:
-        raise OptionError(f"inputs have different sample counts {sorted(counts)}")
+        raise OptionError(f"{where}: inputs have different sample counts {sorted(counts)}")
+    if counts == {0}:
+        raise OptionError(f"{where}: holds no samples")
+    if inputs.labels is not None:
+        _labels(inputs.labels, where)
+        if len(inputs.labels) != inputs.count:
+            raise OptionError(f"{where}: {len(inputs.labels)} labels for {inputs.count} samples")
 
 
 def load_inputs(model: Path, inputs: Path | None = None, images: Path | None = None, dataset: str | None = None,

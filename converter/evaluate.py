@@ -160,8 +160,12 @@ def grouped_accuracy(labels: NDArray, preds: NDArray, groups: list[list[int]], k
 
 
 def classification(ref: NDArray, got: NDArray, labels: NDArray | None, groups: list[list[int]] | None,
-                   group_threshold: float) -> dict[str, Any] | None:
-    """Top-1 agreement, accuracy, confusion matrices and class grouping of class-score outputs."""
+                   group_threshold: float, where: str = "labels") -> dict[str, Any] | None:
+    """Top-1 agreement, accuracy, confusion matrices and class grouping of class-score outputs.
+
+    Raises:
+        OptionError: a label is not one of the model's classes (`where` names the inputs).
+    """
     lr, lg = _logits(ref), _logits(got)
     if lr is None or lg is None:
         return None
@@ -169,7 +173,12 @@ def classification(ref: NDArray, got: NDArray, labels: NDArray | None, groups: l
     out: dict[str, Any] = {"top1_agreement": round(float((pr == pg).mean()), 6), "classes": int(lr.shape[1])}
     if labels is None:
         return out
-    k = max(int(lr.shape[1]), int(labels.max()) + 1)
+    k = int(lr.shape[1])
+    # labels index k x k confusion matrices: one past the model's classes is a misnumbered label file
+    bad = np.flatnonzero((labels < 0) | (labels >= k))
+    if len(bad):
+        i = int(bad[0])
+        raise OptionError(f"{where}: label {labels[i]} at sample {i} is not one of the model's {k} classes (0..{k - 1})")
     acc_ref, acc_q = float((pr == labels).mean()), float((pg == labels).mean())
     cr, cq = confusion(labels, pr, k), confusion(labels, pg, k)
     source = "file"
@@ -240,11 +249,11 @@ def compare(model: Path, other: Path, inputs: Inputs, groups_file: Path | None =
         lr = _logits(ref[0])
         if lr is None or inputs.labels is None:
             raise OptionError("--groups needs a classifier and labelled inputs")
-        groups = load_groups(groups_file, max(lr.shape[1], int(inputs.labels.max()) + 1))
+        groups = load_groups(groups_file, lr.shape[1])
     return {
         "model": str(model), "inputs": inputs.description, "samples": inputs.count,
         "outputs": output_fidelity(ref, got, quantized.output_names, inputs.count),
-        "classification": classification(ref[0], got[0], inputs.labels, groups, group_threshold),
+        "classification": classification(ref[0], got[0], inputs.labels, groups, group_threshold, inputs.description),
         **({"parts": [{"inputs": p.description, "samples": p.count, "outputs": output_fidelity(r, g, quantized.output_names)}
                       for (p, r), g in zip(parts, got_parts)]} if parts else {}),
     }

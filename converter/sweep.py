@@ -103,7 +103,7 @@ def sensitivity(src: SourceModel, inputs: Inputs, reference, scheme: str, bits: 
         restore_model(src.format, src.skeleton({w.key}), {w.key: partial(np.asarray, y)}, out)
         got = run_all(open_runner(out), inputs)
         result: dict[str, Any] = {"outputs": output_fidelity(reference, got, [str(i) for i in range(len(got))]),
-                  "classification": classification(reference[0], got[0], inputs.labels, [], 1.0)}
+                  "classification": classification(reference[0], got[0], inputs.labels, [], 1.0, inputs.description)}
         rows.append({"name": w.name, "key": w.key, "params": w.size, "loss_points": fidelity_loss(result),
                      "min_cosine": min(o["cosine"] for o in result["outputs"])})
         if progress:
@@ -125,7 +125,7 @@ def run_sweep(model: Path, inputs: Inputs, schemes: list[str], widths: list[int]
 def _sweep(model: Path, src: SourceModel, inputs: Inputs, schemes: list[str], widths: list[int], granularities: list[str],
            tolerance: float, sensitivity_bits: int, progress: Callable[[str], None] | None, clip: str) -> dict[str, Any]:
     reference = run_all(open_runner(model), inputs)
-    base = classification(reference[0], reference[0], inputs.labels, [], 1.0) or {}
+    base = classification(reference[0], reference[0], inputs.labels, [], 1.0, inputs.description) or {}
     cells = []
     with scratch_folder("qpack-sweep-") as tmp:
         for g in granularities:
