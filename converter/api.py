@@ -26,7 +26,6 @@ SCHEME = "asym"  # the scheme of a conversion without a goal
 # plain conversion keeps dense codes a reader needs no decoder for.
 GOAL_CODEC = "ans"
 CODEC = "raw"
-CODEC_LABELS = {"raw": "packed"}  # the word users see for a codec, where it is not its name
 
 PathLike = str | Path
 
@@ -49,10 +48,9 @@ def codec_for(word: str | None, goal: bool = False) -> Codec:
     """The codec a name or its label (`packed`) names; None: the default, which depends on whether a goal is given."""
     word = word or (GOAL_CODEC if goal else CODEC)
     for c in CODECS.values():
-        if word in (c.name, CODEC_LABELS.get(c.name)):
+        if word in (c.name, c.label):
             return c
-    labels = ", ".join(CODEC_LABELS.get(c.name, c.name) for c in CODECS.values())
-    raise OptionError(f"unknown codec {word!r}, expected one of {labels}")
+    raise OptionError(f"unknown codec {word!r}, expected one of {', '.join(c.label for c in CODECS.values())}")
 
 
 def policy(scheme: str = SCHEME, bits: int = 8, per_channel: bool = False, keep: Sequence[str] = (),
@@ -83,7 +81,7 @@ def convert(model: PathLike, output: PathLike | None = None, *, bits: int = 8, s
             target_sqnr: float | None = None, objective: str | None = None, min_cosine: float | None = None,
             max_accuracy_drop: float | None = None, allow_float: bool = False, inputs: Inputs | PathLike | None = None,
             progress: Callable[[int, int], None] | None = None, compress_progress: Callable[[str], None] | None = None,
-            log: Callable[[str], None] | None = None) -> dict[str, Any]:
+            log: Callable[[str], None] | None = None, **goals: Any) -> dict[str, Any]:
     """Quantize `model` (.onnx or .tflite) into a .qpk container and return its size report.
 
     Args:
@@ -92,6 +90,7 @@ def convert(model: PathLike, output: PathLike | None = None, *, bits: int = 8, s
         codec: "packed" (raw), "zstd" or "ans"; None: packed, or with a goal ans.
         target_bpw, target_size, target_sqnr, min_cosine, max_accuracy_drop: a goal; qpack then allocates
             each tensor's width, grouping, clipping (and scheme) itself, starting from `bits`.
+        goals: any other registered goal (converter.allocate.GOALS), by its field name.
         max_size, max_bpw, min_sqnr: build budgets.
         inputs: for a fidelity goal (min_cosine, max_accuracy_drop): an .npy/.npz path or load_inputs().
         progress, compress_progress, log: callbacks for a progress display and the allocation's log lines.
@@ -110,8 +109,9 @@ def convert(model: PathLike, output: PathLike | None = None, *, bits: int = 8, s
     rules = policy(scheme or SCHEME, bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype, rdo)
     budget = Budget(max_size, max_bpw, min_sqnr)
     parse_compressors(compress)  # reject a bad list before any work
-    goal = Goal(target_bpw, target_size, min_cosine, max_accuracy_drop, target_sqnr, objective,
-                None if scheme else AUTO_SCHEMES, allow_float)
+    goal = Goal.of(target_bpw=target_bpw, target_size=target_size, min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop,
+                   target_sqnr=target_sqnr, objective=objective, schemes=None if scheme else AUTO_SCHEMES, allow_float=allow_float,
+                   **{k: v for k, v in goals.items() if v is not None})
     goal.check()
     chosen = codec_for(codec, goal.any)
     data = None

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from qpack.converter import __version__, api
-from qpack.converter.allocate import AUTO_SCHEMES, DEFAULT_OBJECTIVE, OBJECTIVES
+from qpack.converter.allocate import AUTO_SCHEMES, DEFAULT_OBJECTIVE, GOALS, OBJECTIVES
 from qpack.converter.policy import PARAM_DTYPES
 from qpack.converter.quant import CLIPS, QUANTIZERS
 from qpack.formats.errors import BudgetError, QpackError
@@ -59,7 +59,7 @@ err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 CONVERT = {k: p.default for k, p in _inspect.signature(api.convert).parameters.items()}
 
 # help panels, in the order a user decides
-WHAT, GOALS, INPUTS, STORAGE, BUDGETS, OUTPUT = ("What to quantize", "Goals (qpack allocates each tensor's setting)",
+WHAT, GOAL_PANEL, INPUTS, STORAGE, BUDGETS, OUTPUT = ("What to quantize", "Goals (qpack allocates each tensor's setting)",
                                                  "Inputs (fidelity goals, eval, sweep)", "Storage",
                                                  "Budgets (a build step fails with exit 3)", "Output")
 
@@ -88,7 +88,7 @@ if TYPE_CHECKING:
     TargetName: TypeAlias = Enum
     ParamDtypeName: TypeAlias = Enum
 else:
-    CodecName = _choices("CodecName", [api.CODEC_LABELS.get(c.name, c.name) for c in CODECS.values()])
+    CodecName = _choices("CodecName", [c.label for c in CODECS.values()])
     ClipName = _choices("ClipName", list(CLIPS))
     SchemeName = _choices("SchemeName", list(QUANTIZERS))
     ObjectiveName = _choices("ObjectiveName", list(OBJECTIVES))
@@ -196,12 +196,11 @@ Compress = Annotated[str, typer.Option("--compress", metavar="LIST", rich_help_p
 JsonOut = Annotated[Path | None, typer.Option("--json", dir_okay=False, metavar="FILE", rich_help_panel=OUTPUT,
                                               help="also write the report as JSON (- : to standard output, instead of the table)")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors", metavar="", rich_help_panel=OUTPUT)]
-_CODEC_HELP = ("packed: dense n-bit codes; zstd: the packed codes compressed; ans: the codes entropy-coded by rANS with "
-               "context tables (either kept per tensor only where smaller)")
+_CODEC_HELP = "; ".join(f"{c.label}: {c.help}" for c in CODECS.values())
 CodecOpt = Annotated[CodecName, typer.Option("--codec", help=_CODEC_HELP, rich_help_panel=STORAGE)]
 GoalCodec = Annotated[CodecName | None, typer.Option(
     "--codec", show_default=False, rich_help_panel=STORAGE,
-    help=f"{_CODEC_HELP} " + _default(f"{api.CODEC_LABELS.get(api.CODEC, api.CODEC)}; with a goal, {api.GOAL_CODEC}"))]
+    help=f"{_CODEC_HELP} " + _default(f"{api.codec_for(None).label}; with a goal, {api.codec_for(None, goal=True).label}"))]
 MaxSize = Annotated[int | None, typer.Option("--max-size", metavar="BYTES", rich_help_panel=BUDGETS,
                                              help="fail when the .qpk is larger than this many bytes")]
 MaxBpw = Annotated[float | None, typer.Option("--max-bpw", metavar="BITS", rich_help_panel=BUDGETS,
@@ -223,25 +222,14 @@ StdOpt = Annotated[str | None, typer.Option("--std", metavar="X|R,G,B", help="di
 DatasetOpt = Annotated[str | None, typer.Option("--dataset", metavar="NAME", rich_help_panel=INPUTS,
                                                 help="built-in labelled data: digits (the bundled sample's test split)")]
 
-TargetBpw = Annotated[float | None, typer.Option("--target-bpw", metavar="BITS", rich_help_panel=GOALS,
-                                                 help="at most this many stored bits per weight (scales included)")]
-TargetSize = Annotated[int | None, typer.Option("--target-size", metavar="BYTES", rich_help_panel=GOALS,
-                                                help="a .qpk of at most this many bytes")]
-TargetSqnr = Annotated[float | None, typer.Option("--target-sqnr", metavar="DB", rich_help_panel=GOALS,
-                                                  help="the smallest file whose weight SQNR, pooled over the quantized "
-                                                       "tensors, is at least this many dB")]
-Objective = Annotated[ObjectiveName | None, typer.Option("--objective", rich_help_panel=GOALS, show_default=False,
-                                                         help="what --target-bpw/--target-size maximize: "
+Objective = Annotated[ObjectiveName | None, typer.Option("--objective", rich_help_panel=GOAL_PANEL, show_default=False,
+                                                         help="what " + "/".join(g.option for g in GOALS.values()
+                                                                                 if g.fixed_objective is None) + " maximize: "
                                                          + "; ".join(f"{k}: {v.help}" for k, v in OBJECTIVES.items())
                                                          + " " + _default(DEFAULT_OBJECTIVE))]
-MinCosine = Annotated[float | None, typer.Option("--min-cosine", metavar="C", rich_help_panel=GOALS,
-                                                 help="every output's cosine to the float model's at least C, on the "
-                                                      "given inputs (the smallest file that keeps it)")]
-AllowFloat = Annotated[bool, typer.Option("--allow-float", metavar="", rich_help_panel=GOALS,
+AllowFloat = Annotated[bool, typer.Option("--allow-float", metavar="", rich_help_panel=GOAL_PANEL,
                                           help="fidelity goals: where every tensor at its most precise setting falls short, "
                                                "keep the tensors that need it in float (as the source stores them) instead of exit 3")]
-MaxDrop = Annotated[float | None, typer.Option("--max-accuracy-drop", metavar="POINTS", rich_help_panel=GOALS,
-                                               help="accuracy lost on labelled inputs at most this many points")]
 
 
 def _examples(*lines: str) -> str:
@@ -257,11 +245,30 @@ def _inputs(model: Path, inputs: Path | None, images: Path | None, dataset: str 
     return api.load_inputs(model, inputs, images, dataset, size, layout, scale, mean, std)
 
 
+def _goal_options(command: Callable[..., None]) -> Callable[..., None]:
+    """An option per registered goal (converter.allocate.GOALS), in the Goals panel before --objective,
+    given to `command` in its **goals: a goal registered before the CLI is built is offered with its help."""
+    signature = _inspect.signature(command, eval_str=True)
+    goal_params = [_inspect.Parameter(g.field, _inspect.Parameter.KEYWORD_ONLY, default=None,
+                                      annotation=Annotated[g.type | None, typer.Option(g.option, metavar=g.metavar, help=g.help,
+                                                                                       rich_help_panel=GOAL_PANEL, show_default=False)])
+                   for g in GOALS.values()]
+    params = []
+    for p in signature.parameters.values():
+        if p.name == "objective":
+            params += goal_params
+        if p.kind is not p.VAR_KEYWORD:
+            params.append(p.replace(kind=_inspect.Parameter.KEYWORD_ONLY))
+    command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    return command
+
+
 @app.command(cls=_Command, epilog=_examples("qpack convert model.onnx --bits 6 --scheme pow2",
                               "qpack convert model.onnx --bits 4 --group-size 32 --clip mse -o small.qpk",
                               "qpack convert model.onnx --target-bpw 3.5",
                               "qpack convert model.onnx --min-cosine 0.99 --inputs data.npz",
                               "qpack convert model.onnx --bits 4 --max-size 2000000 --json -"))
+@_goal_options
 def convert(
     model: ModelArg,
     bits: Bits = CONVERT["bits"],
@@ -274,12 +281,7 @@ def convert(
     include: Include = None,
     bits_for: BitsFor = None,
     rdo: Rdo = CONVERT["rdo"],
-    target_bpw: TargetBpw = None,
-    target_size: TargetSize = None,
-    target_sqnr: TargetSqnr = None,
     objective: Objective = None,
-    min_cosine: MinCosine = None,
-    max_accuracy_drop: MaxDrop = None,
     allow_float: AllowFloat = CONVERT["allow_float"],
     inputs: InputsOpt = None,
     images: ImagesOpt = None,
@@ -300,6 +302,7 @@ def convert(
     tensors: Annotated[bool, typer.Option("--tensors", help="also print the per-tensor table", metavar="",
                                           rich_help_panel=OUTPUT)] = False,
     quiet: Quiet = False,
+    **goals: Any,
 ) -> None:
     """Quantize MODEL's weights into a .qpk container and print a size report.
 
@@ -319,9 +322,8 @@ def convert(
         request: dict[str, Any] = dict(
             bits=bits, scheme=_value(scheme), per_channel=per_channel, clip=_value(clip), group_size=group_size,
             param_dtype=_value(param_dtype), keep=keep or (), include=include or (), bits_for=bits_for or (), codec=_value(codec),
-            rdo=rdo, compress=compress, max_size=max_size, max_bpw=max_bpw, min_sqnr=min_sqnr, target_bpw=target_bpw,
-            target_size=target_size, target_sqnr=target_sqnr, objective=_value(objective), min_cosine=min_cosine,
-            max_accuracy_drop=max_accuracy_drop, allow_float=allow_float, inputs=data, log=say)
+            rdo=rdo, compress=compress, max_size=max_size, max_bpw=max_bpw, min_sqnr=min_sqnr, objective=_value(objective),
+            allow_float=allow_float, inputs=data, log=say, **goals)
         broken: BudgetError | None = None
         try:
             bar = _progress(quiet)
@@ -456,7 +458,7 @@ def report(
     include: Include = None,
     bits_for: BitsFor = None,
     rdo: Rdo = 0.0,
-    codec: CodecOpt = CodecName(api.CODEC_LABELS.get(api.CODEC, api.CODEC)),
+    codec: CodecOpt = CodecName(api.codec_for(None).label),
     source: Annotated[Path | None, typer.Option("--source", exists=True, dir_okay=False, metavar="MODEL", rich_help_panel=WHAT,
                                                 help="for a .qpk: the float model it came from (enables SQNR and pictures)")] = None,
     layer: Annotated[str | None, typer.Option("--layer", metavar="NAME", rich_help_panel=OUTPUT,

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from qpack.converter import __version__
-from qpack.converter.measure import context_choice, entropy_bits
+from qpack.converter.measure import entropy_bits
 from qpack.converter.policy import Decision, Policy
 from qpack.converter.quant import get_quantizer
 from qpack.converter.quant.stream import Quantized, check_finite, quantize_stream
@@ -116,9 +116,10 @@ def _quantize(w: Weight, d: Decision, scheme: str, clip: str, rdo: float = 0.0) 
 
 
 def _code(q: Quantized, w: Weight, d: Decision, codec: Codec) -> _Done:
-    # the context model's bound is measured where the ans codec stores the codes, in the pass that
-    # chooses the codec's model (qpack report measures it always)
-    h_ctx, model = context_choice(unpack(q.packed, d.bits, w.size), d.bits) if codec.name == "ans" else (None, None)
+    # the context model's bound is measured where a codec models the codes, in the pass that chooses
+    # the codec's model (qpack report measures it always)
+    chosen = codec.choose_model(unpack(q.packed, d.bits, w.size), d.bits)
+    h_ctx, model = chosen if chosen is not None else (None, None)
     ctx = CodeContext(d.bits, w.size, w.shape, d.grouping, model)
     return _Done(q, encode(q.packed, BlobKind.CODES, codec, ctx=ctx), {k: encode(v, BlobKind.PARAM) for k, v in q.params.items()},
                  h_ctx, codec.id)

@@ -12,8 +12,8 @@ import numpy as np
 import zstandard
 from numpy.typing import NDArray
 
-from qpack.formats.errors import FormatError, OptionError
-from qpack.formats.qpk.bitstream import code_dtype
+from qpack.formats.errors import OptionError
+from qpack.formats.qpk.codecs import ANS
 from qpack.formats.qpk.spec import BYTE_BITS
 
 if TYPE_CHECKING:
@@ -63,16 +63,7 @@ def context_entropy_bits(codes: NDArray[np.uint8], bits: int) -> float:
 def context_choice(codes: NDArray[np.uint8], bits: int) -> tuple[float, ans.Model | None]:
     """(context_entropy_bits, the model the ans codec stores the codes with): one pass for both,
     the model then handed to the codec (CodeContext.model); None where the codec keeps them packed."""
-    from qpack.formats.qpk import ans
-
-    flat = np.ascontiguousarray(codes, dtype=code_dtype(bits)).reshape(-1)
-    if flat.size == 0:
-        return 0.0, None
-    try:
-        chosen, best = ans.choose(flat, bits)
-    except FormatError:  # wide codes too varied for a table: the codec keeps them packed
-        return float(bits), None
-    return (best or chosen).data_bits / flat.size, chosen.model
+    return ANS.choose_model(codes, bits) or (float(bits), None)
 
 
 def _gzip(data: bytes) -> int:

@@ -581,7 +581,10 @@ def test_kill_leaves_nothing_the_next_run_keeps(big_model: Path, tmp_path: Path)
     """SIGKILL cannot be caught: the spill file is unlinked from its creation, and what a killed run
     leaves beside the output (its staged file) is swept by the next run writing there."""
     out = tmp_path / "big.qpk"
-    for stage, delay in (("convert", 0.2), ("convert", 0.8), ("write", 0.0)):
+    # the write-time kill is tried again where the run finished before the kill reached it (a loaded machine)
+    for stage, delay in (("convert", 0.2), ("convert", 0.8), *[("write", 0.0)] * 5):
+        if stage == "write" and any(p.name.startswith(".") for p in tmp_path.iterdir()):
+            break  # a kill landed while writing: its staged file is there
         proc = _start(big_model, out)
         _when(proc, tmp_path, stage, delay)
         proc.kill()

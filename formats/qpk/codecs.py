@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import zstandard
+from numpy.typing import NDArray
 
 from qpack.formats.errors import FormatError, OptionError
 from qpack.formats.qpk.grouping import Grouping
@@ -76,15 +77,36 @@ class Codec(Protocol):
         stores them packed. What an allocation weighs a setting by before anything is coded."""
         ...
 
+    def choose_model(self, codes: NDArray[np.uint8], bits: int) -> tuple[float, ans.Model | None] | None:
+        """For a codec that models codes: the bits per code its best model for these codes would take
+        (tables not counted) and that model, to hand back in CodeContext.model so the choice is made once;
+        None for a codec that models bytes."""
+        ...
+
     def encode(self, raw: memoryview, kind: BlobKind, ctx: CodeContext | None = None) -> bytes | memoryview: ...
 
     def decode(self, stored: memoryview, raw_length: int, ctx: CodeContext | None = None) -> bytes | bytearray | memoryview:
         """Exactly raw_length bytes, or FormatError; never allocates more than raw_length + one chunk."""
         ...
 
+    def chunks(self, stored: memoryview, raw_length: int) -> Iterator[bytes | bytearray | memoryview]:
+        """The decoded bytes in pieces, exactly raw_length in all, or FormatError: a reader hashing a
+        large blob (the graph) holds one piece at a time where the codec can stream."""
+        ...
+
+
+class _Whole:
+    """For codecs that decode a blob at once: its bytes as a single piece."""
+
+    def chunks(self, stored: memoryview, raw_length: int) -> Iterator[bytes | bytearray | memoryview]:
+        yield self.decode(stored, raw_length)  # type: ignore[attr-defined]
+
+    def choose_model(self, codes: NDArray[np.uint8], bits: int) -> tuple[float, ans.Model | None] | None:
+        return None
+
 
 @dataclass(frozen=True)
-class Raw:
+class Raw(_Whole):
     id: int = 0
     name: str = "raw"
     label: str = "packed"
@@ -107,7 +129,7 @@ class Raw:
 
 
 @dataclass(frozen=True)
-class Zstd:
+class Zstd(_Whole):
     """One zstd frame, at a fixed level per blob kind (a level is part of the byte-identical promise)."""
 
     id: int = 1
@@ -163,7 +185,7 @@ class Zstd:
 
 
 @dataclass(frozen=True)
-class Ans:
+class Ans(_Whole):
     """Codes entropy-coded by static rANS with context-chosen tables (FORMAT.md, "ans code streams").
 
     It models codes, not bytes: a blob without a code context is taken as 8-bit codes.
@@ -182,6 +204,19 @@ class Ans:
         from qpack.formats.qpk import ans
 
         return ans.estimated_bytes(count, bits, entropy, span)
+
+    def choose_model(self, codes: NDArray[np.uint8], bits: int) -> tuple[float, ans.Model | None] | None:
+        from qpack.formats.qpk import ans
+        from qpack.formats.qpk.bitstream import code_dtype
+
+        flat = np.ascontiguousarray(codes, dtype=code_dtype(bits)).reshape(-1)
+        if flat.size == 0:
+            return 0.0, None
+        try:
+            chosen, best = ans.choose(flat, bits)
+        except FormatError:  # wide codes too varied for a table: the codec keeps them packed
+            return float(bits), None
+        return (best or chosen).data_bits / flat.size, chosen.model
 
     @staticmethod
     def _shape(length: int, ctx: CodeContext | None) -> tuple[int, int]:

@@ -236,9 +236,8 @@ class QpkReader:
         view = self.blob_view(self.graph_index, BlobKind.GRAPH)
         codec = CODECS[blob.codec]
         h = hashlib.sha256()
-        chunks = getattr(codec, "chunks", None)
         try:
-            for chunk in chunks(view, blob.raw_length) if chunks else [codec.decode(view, blob.raw_length)]:
+            for chunk in codec.chunks(view, blob.raw_length):
                 h.update(chunk)
         except FormatError as e:
             raise FormatError(f"{self.path}: blob {self.graph_index} {e}") from None

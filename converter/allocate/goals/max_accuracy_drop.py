@@ -27,6 +27,6 @@ def _check(points: float) -> None:
 
 
 GOAL = GoalSpec("--max-accuracy-drop", "max_accuracy_drop", float,
-                "goal: accuracy lost on labelled inputs at most this many points",
+                "accuracy lost on labelled inputs at most this many points",
                 Kind.FIDELITY, FIDELITY_OBJECTIVE, fidelity.search, _check, fixed_objective="a fidelity goal is measured",
-                met=_met)
+                met=_met, metavar="POINTS")

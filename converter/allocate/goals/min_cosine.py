@@ -30,6 +30,6 @@ def _check(cosine: float) -> None:
 
 
 GOAL = GoalSpec("--min-cosine", "min_cosine", float,
-                "goal: every output's cosine to the float model's at least this, on the given inputs (smallest file that meets it)",
+                "every output's cosine to the float model's at least C, on the given inputs (the smallest file that keeps it)",
                 Kind.FIDELITY, FIDELITY_OBJECTIVE, fidelity.search, _check, fixed_objective="a fidelity goal is measured",
-                met=_met, parts=True)
+                met=_met, parts=True, metavar="C")

@@ -70,6 +70,7 @@ class GoalSpec:
     narrow: Callable[[SourceModel, Policy, Any], dict[str, int]] | None = None
     met: Callable[[Goal, Any, dict[str, Any]], tuple[bool, str]] | None = None
     parts: bool = False
+    metavar: str = "VALUE"  # what the option's value is, in the CLI's help
 
 
 GOALS: dict[str, GoalSpec] = {}

@@ -65,5 +65,5 @@ def _check(bpw: float) -> None:
 
 
 GOAL = GoalSpec("--target-bpw", "target_bpw", float,
-                "goal: at most this many stored bits per weight (scales included); qpack picks each tensor's width, "
-                "grouping and clipping", Kind.SIZE, DEFAULT_OBJECTIVE, _search, _check)
+                "at most this many stored bits per weight (scales included)", Kind.SIZE, DEFAULT_OBJECTIVE, _search, _check,
+                metavar="BITS")

@@ -38,5 +38,5 @@ def _search(task: Task, size: int) -> Found:
     return (*for_size(task.src, task.policy, size, lambda q: task.convert_to(q).size, task.menus), {})
 
 
-GOAL = GoalSpec("--target-size", "target_size", int, "goal: a .qpk of at most this many bytes", Kind.SIZE,
-                DEFAULT_OBJECTIVE, _search)
+GOAL = GoalSpec("--target-size", "target_size", int, "a .qpk of at most this many bytes", Kind.SIZE,
+                DEFAULT_OBJECTIVE, _search, metavar="BYTES")

@@ -86,6 +86,6 @@ def _check(db: float) -> None:
 
 
 GOAL = GoalSpec("--target-sqnr", "target_sqnr", float,
-                "goal: the smallest file whose weight SQNR, pooled over the quantized tensors, is at least this many dB",
+                "the smallest file whose weight SQNR, pooled over the quantized tensors, is at least this many dB",
                 Kind.SIZE, POOLED_OBJECTIVE, _search, _check, fixed_objective="--target-sqnr is pooled by definition",
-                narrow=step_widths)
+                narrow=step_widths, metavar="DB")
