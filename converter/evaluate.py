@@ -18,8 +18,9 @@ from qpack.converter.measure import sqnr_db
 from qpack.converter.policy import Policy
 from qpack.converter.runtime import Runner, open_runner
 from qpack.formats.atomic import scratch_folder
-from qpack.formats.errors import OptionError, QpackError
-from qpack.formats.registry import open_model, sniff
+from qpack.formats.errors import OptionError, QpackError, shown
+from qpack.formats.qpk import QpkReader
+from qpack.formats.registry import a_model, open_model, sniff
 
 BATCH = 256
 
@@ -201,12 +202,33 @@ def quantized_copy(model: Path, qpk: Path | None, policy: Policy | None) -> Iter
             qpk = Path(tmp) / "model.qpk"
             with closing(open_model(model)) as src:
                 convert(src, policy, qpk)
+        else:
+            check_made_from(qpk, model)
         out = Path(tmp) / f"restored{suffix}"
-        try:
-            restore(qpk, out)
-        except OptionError as e:
-            raise OptionError(f"--qpk does not hold a {suffix[1:]} model like {Path(model).name} ({e})") from e
+        restore(qpk, out)
         yield out
+
+
+def check_made_from(qpk: Path, model: Path) -> None:
+    """That container `qpk` was converted from `model`: the same format, and every tensor it records
+    (quantized or kept) one of the model's, of the same shape. Raises OptionError naming both paths."""
+    fmt = sniff(model)
+    with QpkReader(qpk) as q:
+        made = q.info["source"].get("name")
+        origin = f" (made from {made})" if made else ""
+        if q.format != fmt:
+            raise OptionError(f"--qpk {qpk} holds {a_model(q.format)}{origin}, and {model} is {a_model(fmt)}: "
+                              f"give the container converted from {model.name}")
+        recorded = [(e.name, e.key, list(e.shape)) for e in q.entries]
+        recorded += [(str(k.get("name")), k["key"], k["shape"]) for k in q.kept
+                     if isinstance(k.get("key"), str) and isinstance(k.get("shape"), list)]
+    with closing(open_model(model)) as src:
+        shapes = {w.key: list(w.shape) for w in src.weights}
+    for name, key, shape in recorded:
+        if key not in shapes or shapes[key] != shape:
+            there = "is not in the model" if key not in shapes else f"has shape {shapes[key]} in the model"
+            raise OptionError(f"--qpk {qpk} was not converted from {model}{origin}: its tensor '{shown(name)}' "
+                              f"(shape {shape}) {there}")
 
 
 def evaluate(model: Path, inputs: Inputs, qpk: Path | None = None, policy: Policy | None = None,

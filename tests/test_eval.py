@@ -195,11 +195,19 @@ def test_wrong_input_names_and_choices(sample: Path, tmp_path: Path):
     assert r.exit_code == 1 and "unknown dataset" in r.output
 
 
-def test_qpk_of_other_format_rejected(sample: Path, tfl_fp16: Path, tmp_path: Path):
-    qpk = tmp_path / "f.qpk"
-    _run("convert", tfl_fp16, "-o", qpk, "--compress", "none")
-    r = _run("eval", sample, "--dataset", "digits", "--qpk", qpk)
-    assert r.exit_code == 1 and "onnx" in r.output
+def test_qpk_of_another_model_named_with_the_users_paths(sample: Path, tfl_fp16: Path, ocr_cls: Path, tmp_path: Path):
+    tfl, ocr = tmp_path / "face.qpk", tmp_path / "ocr.qpk"
+    for model, qpk in ((tfl_fp16, tfl), (ocr_cls, ocr)):
+        assert _run("convert", model, "-o", qpk, "--compress", "none", "-q").exit_code == 0
+    r = _run("eval", sample, "--dataset", "digits", "--qpk", tfl)
+    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+    assert f"--qpk {tfl} holds a tflite model (made from {tfl_fp16.name}), and {sample} is an onnx model" in r.output
+    r = _run("eval", sample, "--dataset", "digits", "--qpk", ocr)  # the same format, another model
+    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+    assert f"--qpk {ocr} was not converted from {sample} (made from {ocr_cls.name}): its tensor" in r.output
+    assert "is not in the model" in r.output and "qpack-eval" not in r.output
+    r = _run("unpack", ocr, "-o", tmp_path / "restored.tflite")
+    assert r.exit_code == 1 and "the container holds an onnx model; name the output *.onnx" in r.output
 
 
 def test_only_single_axis_outputs_count_as_class_scores():
