@@ -49,8 +49,15 @@ def size_table(report: dict[str, Any], console: Console, tensors: bool = False) 
     )
     if report.get("allocation"):
         console.print(allocation_line(report["allocation"], report["tensors"]))
+    print_notes(report, console)
     if tensors:
         tensor_table(report, console)
+
+
+def print_notes(report: dict[str, Any], console: Console) -> None:
+    """A report's remarks (converter.sizes.notes), one `note:` line each."""
+    for note in report.get("notes") or ():
+        console.print(f"note: {note}")
 
 
 def allocation_line(a: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -108,6 +115,7 @@ def report_table(rep: dict[str, Any], console: Console) -> None:
         f"average bit-levels {_n(tot.get('bit_levels'))}; "
         f"bit efficiency {_n(tot.get('bit_efficiency'))}; weight SQNR {_n(tot.get('sqnr_db'))} dB"
     )
+    print_notes(rep, console)
 
 
 def eval_table(result: dict[str, Any], console: Console) -> None:

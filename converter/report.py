@@ -12,7 +12,7 @@ from qpack.converter.analysis import analyze
 from qpack.converter.convert import convert
 from qpack.converter.measure import compressed_sizes
 from qpack.converter.policy import Policy
-from qpack.converter.sizes import size_report
+from qpack.converter.sizes import notes, size_report
 from qpack.formats.atomic import scratch_folder
 from qpack.formats.errors import OptionError
 from qpack.formats.model import SourceModel
@@ -29,7 +29,7 @@ def report_model(model: SourceModel, policy: Policy, compressors: tuple[str, ...
         result = convert(model, policy, qpk, codec=codec)
         sizes = size_report(model, result, compressors)
         rep = analyze(qpk, model)
-    rep.update(source=str(model.path), sizes=sizes["sizes"], compressed=sizes["compressed"])
+    rep.update(source=str(model.path), sizes=sizes["sizes"], compressed=sizes["compressed"], notes=sizes["notes"])
     return rep
 
 
@@ -45,6 +45,7 @@ def report_qpk(qpk: Path, source: SourceModel | None, compressors: tuple[str, ..
     rep["sizes"] = {"qpk_bytes": rep["qpk_bytes"], "graph_bytes": rep["graph_bytes"], "stored_code_and_param_bytes": stored,
                     "bits_per_weight": round(stored * 8 / n, 4) if n else None,
                     "quantized_share": round(n / (n + kept), 4) if n + kept else None}
+    rep["notes"] = notes(rep["tensors"], rep["kept"])
     return rep
 
 

@@ -308,8 +308,9 @@ class OnnxModel:
             if dtype is None:
                 consumers = uses.get(name, [])
                 labels = tuple(f"{n.op_type}:{i}" for n, i in consumers)
-                role = Role.QUANTIZED if any(n.op_type in _QUANT_CONSUMERS for n, _ in consumers) else Role.INTEGER
-                weights.append(Weight(key, name, shape, str(np_dtype), role, None, labels, "", nbytes, load))
+                quant_ops = sorted({n.op_type for n, _ in consumers if n.op_type in _QUANT_CONSUMERS})
+                role = Role.QUANTIZED if quant_ops else Role.INTEGER
+                weights.append(Weight(key, name, shape, str(np_dtype), role, None, labels, ", ".join(quant_ops), nbytes, load))
                 continue
             traced = list(onnx_layout.trace(name, shape, uses, const))
             labels = tuple(dict.fromkeys("".join(f"{p}>" for p in u.path) + f"{u.node.op_type}:{u.index}" for u in traced))

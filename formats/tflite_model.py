@@ -228,7 +228,9 @@ def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict,
         raise FormatError(f"{where}: tensor '{name}' is {region.length} bytes, expected {expected} for shape {list(shape)} {dtype_name}")
     layout = _Layout(region.start, region.length, np.dtype(np_dtype), shape)
     if quantized or not np.issubdtype(layout.dtype, np.floating):
-        return weight(layout, Role.QUANTIZED if quantized else Role.INTEGER)
+        if not quantized:
+            return weight(layout, Role.INTEGER)
+        return weight(layout, Role.QUANTIZED, note="per-channel scales" if first.Quantization().ScaleLength() > 1 else "per-tensor scale")
     roles = {_role_of(op, i, len(shape)) for op, i in uses}
     reduction = None
     if len(roles) == 1:
