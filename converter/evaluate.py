@@ -6,6 +6,7 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from qpack.converter.policy import Policy
 from qpack.converter.runtime import Runner, open_runner
 from qpack.formats.atomic import scratch_folder
 from qpack.formats.errors import OptionError, QpackError, shown
+from qpack.formats.model import Head
 from qpack.formats.qpk import QpkReader
 from qpack.formats.registry import a_model, open_model, sniff
 
@@ -43,6 +45,50 @@ def run_all(runner: Runner, inputs: Inputs) -> list[NDArray]:
         feeds.update(inputs.constants)
         parts.append(runner.run(feeds))
     return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+
+
+PROBABILITY_TOLERANCE = 1e-3  # how far from 1 a row of probabilities may sum (float32 softmax rounding)
+
+
+def output_heads(model: Path) -> dict[str, Head]:
+    """What computes each output of `model` (formats.model.Head), by output name; read once per
+    version of the file (an allocation compares many trials against one model)."""
+    st = Path(model).stat()
+    return dict(_heads(str(Path(model).resolve()), st.st_mtime_ns, st.st_size))
+
+
+@lru_cache(maxsize=8)
+def _heads(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, Head], ...]:
+    with closing(open_model(Path(path))) as src:
+        return tuple(src.output_heads().items())
+
+
+def class_scores(out: NDArray, head: Head | None, labelled: bool) -> NDArray | None:
+    """The [N, classes] view of an output that holds class scores, else None: it is a regression.
+
+    An output holds class scores when it has one axis of at least two values per sample (_logits)
+    and a softmax computes it, or its rows are probabilities (non-negative, summing to 1) or
+    log-probabilities; or a dense layer computes it (logits); or the inputs carry labels for it. The
+    rest (what a convolution or an activation computes: landmarks, boxes, masks, normalized
+    embeddings) is judged by its errors.
+    """
+    lr = _logits(out)
+    if lr is None:
+        return None
+    return lr if labelled or head in (Head.SOFTMAX, Head.DENSE) or _probabilities(lr) else None
+
+
+def _probabilities(rows: NDArray) -> bool:
+    """Whether every row is a probability vector, or the logarithm of one (a softmax's output)."""
+    x = rows.astype(np.float64)
+    if not np.isfinite(x).all():
+        return False
+    if (x >= 0).all():
+        return bool(np.allclose(x.sum(1), 1, rtol=0, atol=PROBABILITY_TOLERANCE))
+    if (x <= 0).all():
+        top = x.max(1)
+        return bool(np.allclose(top + np.log(np.exp(x - top[:, None]).sum(1)), 0, rtol=0, atol=PROBABILITY_TOLERANCE))
+    return False
 
 
 def _logits(out: NDArray) -> NDArray | None:
@@ -98,6 +144,31 @@ def output_fidelity(ref: list[NDArray], got: list[NDArray], names: list[str], co
             row["worst_input_cosine"] = worst
         rows.append(row)
     return rows
+
+
+def regression(ref: list[NDArray], got: list[NDArray], names: list[str], scores: list[bool],
+               fidelity: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per output that does not hold class scores (`scores` False): largest and mean absolute error,
+    the RMS error relative to the RMS of the original output, and the cosine (from `fidelity`)."""
+    rows = []
+    for name, r, g, is_scores, fid in zip(names, ref, got, scores, fidelity):
+        if is_scores:
+            continue
+        r64, g64 = r.astype(np.float64).ravel(), g.astype(np.float64).ravel()
+        with np.errstate(invalid="ignore", over="ignore"):
+            err = np.abs(r64 - g64)
+            norm = float(np.linalg.norm(r64))
+            rel = float(np.linalg.norm(r64 - g64)) / norm if norm > 0 else None
+        rows.append({"output": name, "max_abs_error": _finite(err.max() if err.size else 0.0),
+                     "mean_abs_error": _finite(err.mean() if err.size else 0.0),
+                     "relative_rms_error": None if rel is None else _finite(rel), "cosine": fid["cosine"]})
+    return rows
+
+
+def _finite(v: Any) -> float | None:
+    """A figure for the report: None where the outputs held infinities or NaN."""
+    v = float(v)
+    return float(f"{v:.6g}") if math.isfinite(v) else None
 
 
 def confusion(labels: NDArray[np.int64], preds: NDArray[np.int64], k: int) -> NDArray[np.int64]:
@@ -161,9 +232,10 @@ def grouped_accuracy(labels: NDArray, preds: NDArray, groups: list[list[int]], k
 
 
 def classification(ref: NDArray, got: NDArray, labels: NDArray | None, groups: list[list[int]] | None,
-                   group_threshold: float) -> dict[str, Any] | None:
-    """Top-1 agreement, accuracy, confusion matrices and class grouping of class-score outputs."""
-    lr, lg = _logits(ref), _logits(got)
+                   group_threshold: float, head: Head | None = None) -> dict[str, Any] | None:
+    """Top-1 agreement, accuracy, confusion matrices and class grouping of an output that holds class
+    scores (class_scores, `head` being what computes it), else None."""
+    lr, lg = class_scores(ref, head, labels is not None), _logits(got)
     if lr is None or lg is None:
         return None
     pr, pg = lr.argmax(1), lg.argmax(1)
@@ -257,16 +329,22 @@ def compare(model: Path, other: Path, inputs: Inputs, groups_file: Path | None =
     got_parts = [run_all(quantized, p) for p, _ in parts]
     if [r.shape for r in ref] != [g.shape for g in got]:
         raise QpackError("the quantized model's outputs differ in shape from the original's")
+    names = quantized.output_names
+    heads = output_heads(model)
+    scores = [class_scores(r, heads.get(n), inputs.labels is not None and i == 0) is not None
+              for i, (n, r) in enumerate(zip(names, ref))]  # labels are the first output's
     groups = None
     if groups_file is not None:
         lr = _logits(ref[0])
         if lr is None or inputs.labels is None:
             raise OptionError("--groups needs a classifier and labelled inputs")
         groups = load_groups(groups_file, max(lr.shape[1], int(inputs.labels.max()) + 1))
+    fidelity = output_fidelity(ref, got, names, inputs.count)
     return {
         "model": str(model), "inputs": inputs.description, "samples": inputs.count,
-        "outputs": output_fidelity(ref, got, quantized.output_names, inputs.count),
-        "classification": classification(ref[0], got[0], inputs.labels, groups, group_threshold),
+        "outputs": fidelity,
+        "classification": classification(ref[0], got[0], inputs.labels, groups, group_threshold, heads.get(names[0])),
+        "regression": regression(ref, got, names, scores, fidelity),
         **({"parts": [{"inputs": p.description, "samples": p.count, "outputs": output_fidelity(r, g, quantized.output_names)}
                       for (p, r), g in zip(parts, got_parts)]} if parts else {}),
     }
