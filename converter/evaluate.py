@@ -17,7 +17,7 @@ from qpack.converter.convert import convert, restore
 from qpack.converter.datasets import Inputs, check_shapes
 from qpack.converter.measure import sqnr_db
 from qpack.converter.policy import Policy
-from qpack.converter.runtime import Runner, open_runner
+from qpack.converter.runtime import InputSpec, Runner, open_runner, random_inputs
 from qpack.formats.atomic import scratch_folder
 from qpack.formats.errors import OptionError, QpackError, shown
 from qpack.formats.model import Head
@@ -348,6 +348,40 @@ def compare(model: Path, other: Path, inputs: Inputs, groups_file: Path | None =
         **({"parts": [{"inputs": p.description, "samples": p.count, "outputs": output_fidelity(r, g, quantized.output_names)}
                       for (p, r), g in zip(parts, got_parts)]} if parts else {}),
     }
+
+
+CHECK_SAMPLES = 8  # seeded random inputs a report runs the source and the restored container on
+CHECK_MAX_BYTES = 64 << 20  # above this model size a report does not run the models (qpack eval does)
+CHECK_FREE_DIM = 32  # the size given to a free dimension past the batch
+
+
+def random_samples(specs: list[InputSpec], count: int, seed: int = 0) -> Inputs:
+    """`count` seeded random samples for a model's inputs: floats ~ N(0, 1), integers 0, free
+    dimensions past the batch CHECK_FREE_DIM; an input fed whole (0-d, or a first dimension fixed
+    and not 1: see converter.datasets.split) gets one value."""
+    whole = [s for s in specs if not s.shape or s.shape[0] not in (None, 1)]
+    batched = [InputSpec(s.name, (count, *s.shape[1:]), s.dtype) for s in specs if s not in whole]
+    what = (f"{count} seeded random inputs (floats drawn from N(0, 1) with seed {seed}, integers 0, "
+            f"free dimensions {CHECK_FREE_DIM})")
+    return Inputs(random_inputs(batched, seed, CHECK_FREE_DIM), None, what, random_inputs(whole, seed + 1, CHECK_FREE_DIM))
+
+
+def random_check(model: Path, qpk: Path) -> dict[str, Any]:
+    """The container's restored model against its source `model` on CHECK_SAMPLES seeded random
+    inputs: compare()'s figures ("inputs", "samples", "outputs", "classification", "regression"), or
+    {"skipped": why} for a model over CHECK_MAX_BYTES or one that does not run on such inputs."""
+    size = Path(model).stat().st_size
+    if size > CHECK_MAX_BYTES:
+        return {"skipped": f"the model is over {CHECK_MAX_BYTES >> 20} MiB; qpack eval compares them on real inputs"}
+    try:
+        runner = open_runner(model)
+        inputs = random_samples(runner.inputs, CHECK_SAMPLES)
+        reference = run_all(runner, inputs)
+        with quantized_copy(model, qpk, None) as restored:
+            result = compare(model, restored, inputs, reference=reference)
+    except QpackError as e:
+        return {"skipped": f"the models did not run on random inputs ({e}); qpack eval compares them on real inputs"}
+    return {k: result[k] for k in ("inputs", "samples", "outputs", "classification", "regression")}
 
 
 def fidelity_loss(result: dict[str, Any]) -> float:

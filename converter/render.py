@@ -119,6 +119,13 @@ def report_table(rep: dict[str, Any], console: Console) -> None:
         f"average bit-levels {_n(tot.get('bit_levels'))}; "
         f"bit efficiency {_n(tot.get('bit_efficiency'))}; weight SQNR {_n(tot.get('sqnr_db'))} dB"
     )
+    f = rep.get("fidelity")
+    if f and "skipped" in f:
+        console.print(f"outputs not compared: {f['skipped']}")
+    elif f:
+        least = min(f["outputs"], key=lambda o: o["cosine"])
+        console.print(f"outputs of the source and the restored container on {f['inputs']}: least cosine {least['cosine']:.6f} "
+                      f"({least['output']}); a smoke check, qpack eval measures on real inputs")
     print_notes(rep, console)
 
 
