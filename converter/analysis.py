@@ -85,7 +85,8 @@ def analyze(qpk: Path, source: SourceModel | None = None) -> dict[str, Any]:
             row["packed_bytes"] = blobs[e.codes].raw_length
             rows.append(row)
         return {"tensors": rows, "totals": totals(rows), "kept": q.kept, "format": q.format,
-                "options": q.info["options"], "qpk_bytes": q.size, "graph_bytes": q.blobs[q.graph_index].length}
+                "options": q.info["options"], "qpk_bytes": q.size, "graph_bytes": q.blobs[q.graph_index].length,
+                "source_bytes": q.info["source"].get("bytes")}
 
 
 def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:

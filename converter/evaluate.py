@@ -6,6 +6,7 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,12 @@ from qpack.converter.convert import convert, restore
 from qpack.converter.datasets import Inputs, check_shapes
 from qpack.converter.measure import sqnr_db
 from qpack.converter.policy import Policy
-from qpack.converter.runtime import Runner, open_runner
+from qpack.converter.runtime import InputSpec, Runner, open_runner, random_inputs
 from qpack.formats.atomic import scratch_folder
-from qpack.formats.errors import OptionError, QpackError
-from qpack.formats.registry import open_model, sniff
+from qpack.formats.errors import OptionError, QpackError, shown
+from qpack.formats.model import Head
+from qpack.formats.qpk import QpkReader
+from qpack.formats.registry import a_model, open_model, sniff
 
 BATCH = 256
 
@@ -42,6 +45,50 @@ def run_all(runner: Runner, inputs: Inputs) -> list[NDArray]:
         feeds.update(inputs.constants)
         parts.append(runner.run(feeds))
     return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+
+
+PROBABILITY_TOLERANCE = 1e-3  # how far from 1 a row of probabilities may sum (float32 softmax rounding)
+
+
+def output_heads(model: Path) -> dict[str, Head]:
+    """What computes each output of `model` (formats.model.Head), by output name; read once per
+    version of the file (an allocation compares many trials against one model)."""
+    st = Path(model).stat()
+    return dict(_heads(str(Path(model).resolve()), st.st_mtime_ns, st.st_size))
+
+
+@lru_cache(maxsize=8)
+def _heads(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, Head], ...]:
+    with closing(open_model(Path(path))) as src:
+        return tuple(src.output_heads().items())
+
+
+def class_scores(out: NDArray, head: Head | None, labelled: bool) -> NDArray | None:
+    """The [N, classes] view of an output that holds class scores, else None: it is a regression.
+
+    An output holds class scores when it has one axis of at least two values per sample (_logits)
+    and a softmax computes it, or its rows are probabilities (non-negative, summing to 1) or
+    log-probabilities; or a dense layer computes it (logits); or the inputs carry labels for it. The
+    rest (what a convolution or an activation computes: landmarks, boxes, masks, normalized
+    embeddings) is judged by its errors.
+    """
+    lr = _logits(out)
+    if lr is None:
+        return None
+    return lr if labelled or head in (Head.SOFTMAX, Head.DENSE) or _probabilities(lr) else None
+
+
+def _probabilities(rows: NDArray) -> bool:
+    """Whether every row is a probability vector, or the logarithm of one (a softmax's output)."""
+    x = rows.astype(np.float64)
+    if not np.isfinite(x).all():
+        return False
+    if (x >= 0).all():
+        return bool(np.allclose(x.sum(1), 1, rtol=0, atol=PROBABILITY_TOLERANCE))
+    if (x <= 0).all():
+        top = x.max(1)
+        return bool(np.allclose(top + np.log(np.exp(x - top[:, None]).sum(1)), 0, rtol=0, atol=PROBABILITY_TOLERANCE))
+    return False
 
 
 def _logits(out: NDArray) -> NDArray | None:
@@ -97,6 +144,31 @@ def output_fidelity(ref: list[NDArray], got: list[NDArray], names: list[str], co
             row["worst_input_cosine"] = worst
         rows.append(row)
     return rows
+
+
+def regression(ref: list[NDArray], got: list[NDArray], names: list[str], scores: list[bool],
+               fidelity: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per output that does not hold class scores (`scores` False): largest and mean absolute error,
+    the RMS error relative to the RMS of the original output, and the cosine (from `fidelity`)."""
+    rows = []
+    for name, r, g, is_scores, fid in zip(names, ref, got, scores, fidelity):
+        if is_scores:
+            continue
+        r64, g64 = r.astype(np.float64).ravel(), g.astype(np.float64).ravel()
+        with np.errstate(invalid="ignore", over="ignore"):
+            err = np.abs(r64 - g64)
+            norm = float(np.linalg.norm(r64))
+            rel = float(np.linalg.norm(r64 - g64)) / norm if norm > 0 else None
+        rows.append({"output": name, "max_abs_error": _finite(err.max() if err.size else 0.0),
+                     "mean_abs_error": _finite(err.mean() if err.size else 0.0),
+                     "relative_rms_error": None if rel is None else _finite(rel), "cosine": fid["cosine"]})
+    return rows
+
+
+def _finite(v: Any) -> float | None:
+    """A figure for the report: None where the outputs held infinities or NaN."""
+    v = float(v)
+    return float(f"{v:.6g}") if math.isfinite(v) else None
 
 
 def confusion(labels: NDArray[np.int64], preds: NDArray[np.int64], k: int) -> NDArray[np.int64]:
@@ -160,13 +232,14 @@ def grouped_accuracy(labels: NDArray, preds: NDArray, groups: list[list[int]], k
 
 
 def classification(ref: NDArray, got: NDArray, labels: NDArray | None, groups: list[list[int]] | None,
-                   group_threshold: float, where: str = "labels") -> dict[str, Any] | None:
-    """Top-1 agreement, accuracy, confusion matrices and class grouping of class-score outputs.
+                   group_threshold: float, head: Head | None = None, where: str = "labels") -> dict[str, Any] | None:
+    """Top-1 agreement, accuracy, confusion matrices and class grouping of an output that holds class
+    scores (class_scores, `head` being what computes it), else None.
 
     Raises:
         OptionError: a label is not one of the model's classes (`where` names the inputs).
     """
-    lr, lg = _logits(ref), _logits(got)
+    lr, lg = class_scores(ref, head, labels is not None), _logits(got)
     if lr is None or lg is None:
         return None
     pr, pg = lr.argmax(1), lg.argmax(1)
@@ -210,12 +283,33 @@ def quantized_copy(model: Path, qpk: Path | None, policy: Policy | None) -> Iter
             qpk = Path(tmp) / "model.qpk"
             with closing(open_model(model)) as src:
                 convert(src, policy, qpk)
+        else:
+            check_made_from(qpk, model)
         out = Path(tmp) / f"restored{suffix}"
-        try:
-            restore(qpk, out)
-        except OptionError as e:
-            raise OptionError(f"--qpk does not hold a {suffix[1:]} model like {Path(model).name} ({e})") from e
+        restore(qpk, out)
         yield out
+
+
+def check_made_from(qpk: Path, model: Path) -> None:
+    """That container `qpk` was converted from `model`: the same format, and every tensor it records
+    (quantized or kept) one of the model's, of the same shape. Raises OptionError naming both paths."""
+    fmt = sniff(model)
+    with QpkReader(qpk) as q:
+        made = q.info["source"].get("name")
+        origin = f" (made from {made})" if made else ""
+        if q.format != fmt:
+            raise OptionError(f"--qpk {qpk} holds {a_model(q.format)}{origin}, and {model} is {a_model(fmt)}: "
+                              f"give the container converted from {model.name}")
+        recorded = [(e.name, e.key, list(e.shape)) for e in q.entries]
+        recorded += [(str(k.get("name")), k["key"], k["shape"]) for k in q.kept
+                     if isinstance(k.get("key"), str) and isinstance(k.get("shape"), list)]
+    with closing(open_model(model)) as src:
+        shapes = {w.key: list(w.shape) for w in src.weights}
+    for name, key, shape in recorded:
+        if key not in shapes or shapes[key] != shape:
+            there = "is not in the model" if key not in shapes else f"has shape {shapes[key]} in the model"
+            raise OptionError(f"--qpk {qpk} was not converted from {model}{origin}: its tensor '{shown(name)}' "
+                              f"(shape {shape}) {there}")
 
 
 def evaluate(model: Path, inputs: Inputs, qpk: Path | None = None, policy: Policy | None = None,
@@ -244,19 +338,60 @@ def compare(model: Path, other: Path, inputs: Inputs, groups_file: Path | None =
     got_parts = [run_all(quantized, p) for p, _ in parts]
     if [r.shape for r in ref] != [g.shape for g in got]:
         raise QpackError("the quantized model's outputs differ in shape from the original's")
+    names = quantized.output_names
+    heads = output_heads(model)
+    scores = [class_scores(r, heads.get(n), inputs.labels is not None and i == 0) is not None
+              for i, (n, r) in enumerate(zip(names, ref))]  # labels are the first output's
     groups = None
     if groups_file is not None:
         lr = _logits(ref[0])
         if lr is None or inputs.labels is None:
             raise OptionError("--groups needs a classifier and labelled inputs")
         groups = load_groups(groups_file, lr.shape[1])
+    fidelity = output_fidelity(ref, got, names, inputs.count)
     return {
         "model": str(model), "inputs": inputs.description, "samples": inputs.count,
-        "outputs": output_fidelity(ref, got, quantized.output_names, inputs.count),
-        "classification": classification(ref[0], got[0], inputs.labels, groups, group_threshold, inputs.description),
+        "outputs": fidelity,
+        "classification": classification(ref[0], got[0], inputs.labels, groups, group_threshold, heads.get(names[0]),
+                                         inputs.description),
+        "regression": regression(ref, got, names, scores, fidelity),
         **({"parts": [{"inputs": p.description, "samples": p.count, "outputs": output_fidelity(r, g, quantized.output_names)}
                       for (p, r), g in zip(parts, got_parts)]} if parts else {}),
     }
+
+
+CHECK_SAMPLES = 8  # seeded random inputs a report runs the source and the restored container on
+CHECK_MAX_BYTES = 64 << 20  # above this model size a report does not run the models (qpack eval does)
+CHECK_FREE_DIM = 32  # the size given to a free dimension past the batch
+
+
+def random_samples(specs: list[InputSpec], count: int, seed: int = 0) -> Inputs:
+    """`count` seeded random samples for a model's inputs: floats ~ N(0, 1), integers 0, free
+    dimensions past the batch CHECK_FREE_DIM; an input fed whole (0-d, or a first dimension fixed
+    and not 1: see converter.datasets.split) gets one value."""
+    whole = [s for s in specs if not s.shape or s.shape[0] not in (None, 1)]
+    batched = [InputSpec(s.name, (count, *s.shape[1:]), s.dtype) for s in specs if s not in whole]
+    what = (f"{count} seeded random inputs (floats drawn from N(0, 1) with seed {seed}, integers 0, "
+            f"free dimensions {CHECK_FREE_DIM})")
+    return Inputs(random_inputs(batched, seed, CHECK_FREE_DIM), None, what, random_inputs(whole, seed + 1, CHECK_FREE_DIM))
+
+
+def random_check(model: Path, qpk: Path) -> dict[str, Any]:
+    """The container's restored model against its source `model` on CHECK_SAMPLES seeded random
+    inputs: compare()'s figures ("inputs", "samples", "outputs", "classification", "regression"), or
+    {"skipped": why} for a model over CHECK_MAX_BYTES or one that does not run on such inputs."""
+    size = Path(model).stat().st_size
+    if size > CHECK_MAX_BYTES:
+        return {"skipped": f"the model is over {CHECK_MAX_BYTES >> 20} MiB; qpack eval compares them on real inputs"}
+    try:
+        runner = open_runner(model)
+        inputs = random_samples(runner.inputs, CHECK_SAMPLES)
+        reference = run_all(runner, inputs)
+        with quantized_copy(model, qpk, None) as restored:
+            result = compare(model, restored, inputs, reference=reference)
+    except QpackError as e:
+        return {"skipped": f"the models did not run on random inputs ({e}); qpack eval compares them on real inputs"}
+    return {k: result[k] for k in ("inputs", "samples", "outputs", "classification", "regression")}
 
 
 def fidelity_loss(result: dict[str, Any]) -> float:

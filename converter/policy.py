@@ -23,6 +23,7 @@ QUANTIZED_ROLES = frozenset({Role.KERNEL, Role.MATRIX, Role.RECURRENT, Role.EMBE
 MIN_ELEMENTS = 16  # below this the parameters would cost more than the float values they replace
 MIN_GROUP, MAX_GROUP = 16, 1024
 PARAM_DTYPES = ("auto", "fp16", "fp32")
+ALREADY = "already quantized"  # the reason an integer weight with its own scales is kept, as reports show it
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,9 @@ class Policy:
         if chosen is not None:
             return chosen
         if not w.is_float:
-            return Decision(False, reason="already quantized" if w.role == Role.QUANTIZED else f"not float ({w.dtype})")
+            if w.role == Role.QUANTIZED:
+                return Decision(False, reason=ALREADY + (f" ({w.note})" if w.note else ""))
+            return Decision(False, reason=f"not float ({w.dtype})")
         if _matches(w, self.keep):
             return Decision(False, reason="kept by --keep")
         forced = _matches(w, self.include)

@@ -13,6 +13,10 @@ def _n(v: Any) -> str:
     return f"{v:,}" if isinstance(v, int) else ("-" if v is None else str(v))
 
 
+def _g(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
@@ -49,8 +53,15 @@ def size_table(report: dict[str, Any], console: Console, tensors: bool = False) 
     )
     if report.get("allocation"):
         console.print(allocation_line(report["allocation"], report["tensors"]))
+    print_notes(report, console)
     if tensors:
         tensor_table(report, console)
+
+
+def print_notes(report: dict[str, Any], console: Console) -> None:
+    """A report's remarks (converter.sizes.notes), one `note:` line each."""
+    for note in report.get("notes") or ():
+        console.print(f"note: {note}")
 
 
 def allocation_line(a: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -108,17 +119,33 @@ def report_table(rep: dict[str, Any], console: Console) -> None:
         f"average bit-levels {_n(tot.get('bit_levels'))}; "
         f"bit efficiency {_n(tot.get('bit_efficiency'))}; weight SQNR {_n(tot.get('sqnr_db'))} dB"
     )
+    f = rep.get("fidelity")
+    if f and "skipped" in f:
+        console.print(f"outputs not compared: {f['skipped']}")
+    elif f:
+        least = min(f["outputs"], key=lambda o: o["cosine"])
+        console.print(f"outputs of the source and the restored container on {f['inputs']}: least cosine {least['cosine']:.6f} "
+                      f"({least['output']}); a smoke check, qpack eval measures on real inputs")
+    print_notes(rep, console)
 
 
 def eval_table(result: dict[str, Any], console: Console) -> None:
-    """Per-output fidelity, then accuracy, confusion growth and grouping for classifiers."""
+    """Per-output fidelity (with the errors of regression outputs), then accuracy, confusion growth
+    and grouping for classifiers."""
     t = Table(title=f"qpack eval: {result['model']} on {result['inputs']}", title_justify="left")
     per_input = any("worst_input_cosine" in o for o in result["outputs"])
-    for c in ("output", "cosine", *(("worst input",) if per_input else ()), "SQNR dB", "max abs error"):
-        t.add_column(c, justify="left" if c == "output" else "right")
+    reg = {o["output"]: o for o in result.get("regression") or []}
+    cols = ("output", "judged as", "cosine", *(("worst input",) if per_input else ()), "SQNR dB", "max abs error",
+            *(("mean abs error", "relative RMS error") if reg else ()))
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("output", "judged as") else "right")
     for o in result["outputs"]:
         worst = (f"{o['worst_input_cosine']:.6f}" if "worst_input_cosine" in o else "-",) if per_input else ()
-        t.add_row(o["output"], f"{o['cosine']:.6f}", *worst, _n(o["sqnr_db"]), f"{o['max_abs_error']:.4g}")
+        r = reg.get(o["output"])
+        kind = "regression" if r else "class scores"
+        errors = () if not reg else ("", "") if r is None else (
+            _g(r["mean_abs_error"]), "-" if r["relative_rms_error"] is None else f"{100 * r['relative_rms_error']:.3g}%")
+        t.add_row(o["output"], kind, f"{o['cosine']:.6f}", *worst, _n(o["sqnr_db"]), f"{o['max_abs_error']:.4g}", *errors)
     console.print(t)
     cls: dict[str, Any] | None = result.get("classification")
     if cls:

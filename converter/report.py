@@ -10,9 +10,10 @@ import numpy as np
 
 from qpack.converter.analysis import analyze
 from qpack.converter.convert import convert
+from qpack.converter.evaluate import random_check
 from qpack.converter.measure import compressed_sizes
 from qpack.converter.policy import Policy
-from qpack.converter.sizes import size_report
+from qpack.converter.sizes import notes, size_report
 from qpack.formats.atomic import scratch_folder
 from qpack.formats.errors import OptionError
 from qpack.formats.model import SourceModel
@@ -29,7 +30,9 @@ def report_model(model: SourceModel, policy: Policy, compressors: tuple[str, ...
         result = convert(model, policy, qpk, codec=codec)
         sizes = size_report(model, result, compressors)
         rep = analyze(qpk, model)
-    rep.update(source=str(model.path), sizes=sizes["sizes"], compressed=sizes["compressed"])
+        rep["fidelity"] = random_check(model.path, qpk)
+    rep.pop("source_bytes", None)  # sizes has the model's own
+    rep.update(source=str(model.path), sizes=sizes["sizes"], compressed=sizes["compressed"], notes=sizes["notes"])
     return rep
 
 
@@ -45,6 +48,14 @@ def report_qpk(qpk: Path, source: SourceModel | None, compressors: tuple[str, ..
     rep["sizes"] = {"qpk_bytes": rep["qpk_bytes"], "graph_bytes": rep["graph_bytes"], "stored_code_and_param_bytes": stored,
                     "bits_per_weight": round(stored * 8 / n, 4) if n else None,
                     "quantized_share": round(n / (n + kept), 4) if n + kept else None}
+    recorded = rep.pop("source_bytes", None)  # the source's size as the container recorded it
+    original = source.file_bytes if source is not None else recorded
+    if original:
+        rep["sizes"].update(original_bytes=original, ratio_vs_original=round(original / rep["qpk_bytes"], 4))
+    rep["source_model"] = None if source is None else str(source.path)
+    rep["notes"] = notes(rep["tensors"], rep["kept"])
+    if source is not None:
+        rep["fidelity"] = random_check(source.path, qpk)
     return rep
 
 

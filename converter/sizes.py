@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 from qpack.converter.convert import ConvertResult, db
 from qpack.converter.measure import compressed_sizes
-from qpack.formats.model import SourceModel
+from qpack.converter.policy import ALREADY, QUANTIZED_ROLES
+from qpack.formats.model import FLOAT_DTYPES, SourceModel
 
 
 def source_bytes(model: SourceModel) -> bytes:
@@ -32,6 +34,8 @@ def size_report(model: SourceModel, result: ConvertResult, compressors: tuple[st
     if compressors:  # reading a large model back is only worth it when something compresses it
         items = {"original": source_bytes(model), "qpk": result.path.read_bytes()}
         compressed = compressed_sizes(items, compressors, progress)
+    tensors = [dict(asdict(t), sqnr_db=t.sqnr_db) for t in result.tensors]
+    kept = [asdict(k) for k in result.kept]
     return {
         "source": {"path": str(model.path), "format": model.format},
         "sizes": {
@@ -54,6 +58,47 @@ def size_report(model: SourceModel, result: ConvertResult, compressors: tuple[st
                 "context_limit_bytes": int(-(-context_total // 8))} if known else {}),
         },
         "compressed": compressed,
-        "tensors": [dict(asdict(t), sqnr_db=t.sqnr_db) for t in result.tensors],
-        "kept": [asdict(k) for k in result.kept],
+        "tensors": tensors,
+        "kept": kept,
+        "notes": notes(tensors, kept),
     }
+
+
+def notes(tensors: list[dict[str, Any]], kept: list[dict[str, Any]]) -> list[str]:
+    """One-line remarks on a conversion that a user would otherwise wonder about (reports print
+    them as `note:` lines): so far, weights that came quantized already."""
+    line = already_quantized(tensors, kept)
+    return [line] if line else []
+
+
+def already_quantized(tensors: list[dict[str, Any]], kept: list[dict[str, Any]]) -> str | None:
+    """What a model whose weights came integer-quantized (an int8 QDQ, dynamic or TFLite model)
+    gets from qpack, in a line: how many weight tensors, in what form, and what qpack still does
+    with it; None when no weight came quantized.
+
+    `tensors` are the ones quantized, `kept` those left in the graph (rows of a report, or of a
+    container's metadata). Weight tensors are kernels, matrices and tables: two or more
+    dimensions, so zero points and integer biases are not counted.
+    """
+    done = [k for k in kept if str(k.get("reason", "")).startswith(ALREADY) and len(_shape(k)) >= 2]
+    if not done:
+        return None
+    roles = {r.value for r in QUANTIZED_ROLES}
+    floats = [k for k in kept if k.get("dtype") in FLOAT_DTYPES and k.get("role") in roles]
+    total = len(done) + len(tensors) + len(floats)
+    dtypes = Counter(str(k.get("dtype")) for k in done)
+    kind = next(iter(dtypes)) if len(dtypes) == 1 else "integer (" + ", ".join(f"{n} {d}" for d, n in dtypes.most_common()) + ")"
+    how = sorted({str(k["reason"])[len(ALREADY):].strip(" ()") for k in done} - {""})
+    head = f"{len(done)} of {total} weight tensors are already {kind}" + (f" ({', '.join(how[:3])})" if how else "")
+    if tensors:
+        return f"{head} and stay as they are in the graph; {len(tensors)} float tensors were quantized"
+    return (f"{head}, and qpack quantizes float weights only: nothing was quantized. The .qpk holds the model as "
+            "it is, its graph compressed with zstd; for fewer bits, convert the float model it came from")
+
+
+def _shape(row: dict[str, Any]) -> list[int]:
+    """A kept row's shape, where it is one (a container's rows are informative, so checked before use)."""
+    v = row.get("shape")
+    if not isinstance(v, (list, tuple)) or len(v) > 16 or not all(type(d) is int and 0 <= d < 2**40 for d in v):
+        return []
+    return list(v)

@@ -20,7 +20,7 @@ from qpack.converter.quant import get_quantizer
 from qpack.converter.runtime import open_runner
 from qpack.formats.atomic import prepare_folder, scratch_folder, write_bytes_atomic
 from qpack.formats.errors import OptionError
-from qpack.formats.model import SourceModel
+from qpack.formats.model import Head, SourceModel
 from qpack.formats.qpk.spec import MAX_BITS, MIN_BITS
 from qpack.formats.registry import open_model, restore_model
 
@@ -89,8 +89,9 @@ def _cell(model: Path, src: SourceModel, inputs: Inputs, reference, policy: Poli
 
 
 def sensitivity(src: SourceModel, inputs: Inputs, reference, scheme: str, bits: int, tmp: Path,
-                progress: Callable[[], None] | None = None) -> list[dict[str, Any]]:
-    """Quantize one tensor at a time (per-tensor, at `bits`), the rest float; rank by the damage done."""
+                progress: Callable[[], None] | None = None, head: Head | None = None) -> list[dict[str, Any]]:
+    """Quantize one tensor at a time (per-tensor, at `bits`), the rest float; rank by the damage done
+    (`head`: what computes the first output, which says whether it holds class scores)."""
     get_quantizer(scheme).check_bits(bits)
     policy = Policy(scheme, bits)
     rows = []
@@ -103,7 +104,7 @@ def sensitivity(src: SourceModel, inputs: Inputs, reference, scheme: str, bits: 
         restore_model(src.format, src.skeleton({w.key}), {w.key: partial(np.asarray, y)}, out)
         got = run_all(open_runner(out), inputs)
         result: dict[str, Any] = {"outputs": output_fidelity(reference, got, [str(i) for i in range(len(got))]),
-                  "classification": classification(reference[0], got[0], inputs.labels, [], 1.0, inputs.description)}
+                  "classification": classification(reference[0], got[0], inputs.labels, [], 1.0, head, inputs.description)}
         rows.append({"name": w.name, "key": w.key, "params": w.size, "loss_points": fidelity_loss(result),
                      "min_cosine": min(o["cosine"] for o in result["outputs"])})
         if progress:
@@ -124,8 +125,10 @@ def run_sweep(model: Path, inputs: Inputs, schemes: list[str], widths: list[int]
 
 def _sweep(model: Path, src: SourceModel, inputs: Inputs, schemes: list[str], widths: list[int], granularities: list[str],
            tolerance: float, sensitivity_bits: int, progress: Callable[[str], None] | None, clip: str) -> dict[str, Any]:
-    reference = run_all(open_runner(model), inputs)
-    base = classification(reference[0], reference[0], inputs.labels, [], 1.0, inputs.description) or {}
+    runner = open_runner(model)
+    reference = run_all(runner, inputs)
+    head = src.output_heads().get(runner.output_names[0])
+    base = classification(reference[0], reference[0], inputs.labels, [], 1.0, head, inputs.description) or {}
     cells = []
     with scratch_folder("qpack-sweep-") as tmp:
         for g in granularities:
@@ -138,7 +141,7 @@ def _sweep(model: Path, src: SourceModel, inputs: Inputs, schemes: list[str], wi
                     if progress:
                         progress(f"{s} {g} {b}-bit")
         ranking = sensitivity(src, inputs, reference, "asym", sensitivity_bits, Path(tmp),
-                              (lambda: progress("sensitivity")) if progress else None) if sensitivity_bits else []
+                              (lambda: progress("sensitivity")) if progress else None, head) if sensitivity_bits else []
     knees = {}
     for g in granularities:
         for s in schemes:

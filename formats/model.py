@@ -29,6 +29,18 @@ class Role(str, Enum):
     INTEGER = "integer"  # shapes, indices, masks
 
 
+class Head(str, Enum):
+    """What computes a model output, looking through ops that only reshape, cast or (de)quantize it
+    and through a constant added or multiplied in (a bias, a scale): how an evaluation judges it."""
+
+    SOFTMAX = "softmax"  # a softmax or log-softmax: class probabilities
+    DENSE = "dense"  # a matrix product (a dense layer): logits, most often
+    OTHER = "other"  # a convolution, an activation, a concatenation, ...
+
+
+HEAD_STEPS = 32  # ops looked through from an output to what computes it
+
+
 @dataclass(frozen=True)
 class Weight:
     """One constant tensor of a source model.
@@ -85,6 +97,10 @@ class SourceModel(Protocol):
 
     def skeleton(self, strip: set[str]) -> bytes:
         """The model serialized with the data of the `strip` weights removed."""
+        ...
+
+    def output_heads(self) -> dict[str, Head]:
+        """What computes each output of the (main) graph, by output name."""
         ...
 
     def close(self) -> None:

@@ -29,7 +29,7 @@ from qpack.formats import onnx_layout, onnx_wire
 from qpack.formats.atomic import atomic_output
 from qpack.formats.errors import FormatError, QpackError, UnsupportedError, shown
 from qpack.formats.files import open_raw
-from qpack.formats.model import Role, Weight
+from qpack.formats.model import HEAD_STEPS, Head, Role, Weight
 from qpack.formats.onnx_keys import split_key, subgraphs, walk_sites
 from qpack.formats.onnx_wire import TENSOR_DOUBLE_DATA, TENSOR_FLOAT_DATA, TENSOR_RAW_DATA
 from qpack.formats.qpk.spec import MAX_ELEMENTS
@@ -84,6 +84,35 @@ def _role_of(op: str, index: int, node: onnx.NodeProto, ndim: int) -> RoleAxes:
     if op in _QUANT_CONSUMERS:
         return Role.QUANTIZED, None, None
     return Role.OTHER, None, None
+
+
+# output heads (formats.model.Head): ops looked through, and the ops that name a head
+_PASSING = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast", "DequantizeLinear", "QuantizeLinear"}
+_AFFINE = {"Add", "Sub", "Mul", "Div"}  # looked through when the other operand is a constant
+_HEADS = {"Softmax": Head.SOFTMAX, "LogSoftmax": Head.SOFTMAX, "Gemm": Head.DENSE, "MatMul": Head.DENSE,
+          "MatMulInteger": Head.DENSE, "QLinearMatMul": Head.DENSE, "MatMulNBits": Head.DENSE}
+
+
+def output_heads(graph: GraphProto) -> dict[str, Head]:
+    """What computes each output of `graph` (formats.model.Head), by output name."""
+    producer = {o: n for n in graph.node for o in n.output if o}
+    constant = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant" and n.output}
+    heads = {}
+    for out in graph.output:
+        name, node = out.name, None
+        for _ in range(HEAD_STEPS):
+            node = producer.get(name)
+            if node is None:
+                break
+            ins = [i for i in node.input if i]
+            if node.op_type in _PASSING and ins:
+                name = ins[0]
+            elif node.op_type in _AFFINE and len(ins) == 2 and sum(i in constant for i in ins) == 1:
+                name = ins[0] if ins[1] in constant else ins[1]
+            else:
+                break
+        heads[out.name] = _HEADS.get(node.op_type, Head.OTHER) if node is not None else Head.OTHER
+    return heads
 
 
 def walk_tensors(graph: GraphProto) -> Iterator[tuple[str, TensorProto]]:
@@ -279,8 +308,9 @@ class OnnxModel:
             if dtype is None:
                 consumers = uses.get(name, [])
                 labels = tuple(f"{n.op_type}:{i}" for n, i in consumers)
-                role = Role.QUANTIZED if any(n.op_type in _QUANT_CONSUMERS for n, _ in consumers) else Role.INTEGER
-                weights.append(Weight(key, name, shape, str(np_dtype), role, None, labels, "", nbytes, load))
+                quant_ops = sorted({n.op_type for n, _ in consumers if n.op_type in _QUANT_CONSUMERS})
+                role = Role.QUANTIZED if quant_ops else Role.INTEGER
+                weights.append(Weight(key, name, shape, str(np_dtype), role, None, labels, ", ".join(quant_ops), nbytes, load))
                 continue
             traced = list(onnx_layout.trace(name, shape, uses, const))
             labels = tuple(dict.fromkeys("".join(f"{p}>" for p in u.path) + f"{u.node.op_type}:{u.index}" for u in traced))
@@ -377,6 +407,9 @@ class OnnxModel:
         else:
             whole.MergeFromString(self._field(src))
         return _to_array(whole)
+
+    def output_heads(self) -> dict[str, Head]:
+        return output_heads(self.model.graph)
 
     def skeleton(self, strip: set[str]) -> bytes:
         """The model with the stripped tensors' data removed (dims and type kept), external data made inline.

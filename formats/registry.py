@@ -80,6 +80,11 @@ def adapter(name: str) -> Adapter:
         raise FormatError(f"no adapter for source format {name!r}") from None
 
 
+def a_model(fmt: str) -> str:
+    """'an onnx model', 'a tflite model': a container's format in a sentence."""
+    return f"{'an' if fmt[:1] in 'aeiou' else 'a'} {fmt} model"
+
+
 def open_model(path: Path) -> SourceModel:
     """Load a model with the adapter its content calls for."""
     kind = sniff(path)
@@ -95,6 +100,6 @@ def restore_model(fmt: str, skeleton: bytes, tensors: Mapping[str, Callable[[], 
     a = adapter(fmt)
     out = Path(out)
     if out.suffix.lower() != a.suffix:
-        raise OptionError(f"{out}: the container holds a {fmt} model; name the output *{a.suffix}")
+        raise OptionError(f"{out}: the container holds {a_model(fmt)}; name the output *{a.suffix}")
     written: list[Path] = a.load().restore(skeleton, tensors, out)
     return written

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from qpack.formats.atomic import atomic_output
 from qpack.formats.errors import FormatError, QpackError, UnsupportedError
 from qpack.formats.files import open_regular
-from qpack.formats.model import Role, Weight
+from qpack.formats.model import HEAD_STEPS, Head, Role, Weight
 
 FORMAT = "tflite"
 TFLITE_IDENT = b"TFL3"  # flatbuffer file identifier, bytes 4..8
@@ -114,6 +114,37 @@ class _Scan:
     regions: dict[int, _Buffer]
     weights: list[Weight]
     layouts: dict[str, _Layout]  # by weight key
+    heads: dict[str, Head]  # what computes each output of the main subgraph, by name
+
+
+# output heads (formats.model.Head): ops looked through, and the ops that name a head
+_PASSING = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS", "DEQUANTIZE", "QUANTIZE", "CAST"}
+_AFFINE = {"ADD", "SUB", "MUL", "DIV"}  # looked through when the other operand is a constant
+_HEADS = {"SOFTMAX": Head.SOFTMAX, "LOG_SOFTMAX": Head.SOFTMAX, "FULLY_CONNECTED": Head.DENSE, "BATCH_MATMUL": Head.DENSE}
+
+
+def _heads(g: tflite.SubGraph, codes: list[str], constant: Callable[[int], bool]) -> dict[str, Head]:
+    """What computes each output of subgraph `g` (indices checked by the caller's scan)."""
+    producer: dict[int, tuple[str, list[int]]] = {}
+    for k in range(g.OperatorsLength()):
+        op = g.Operators(k)
+        ins = [int(t) for t in (op.InputsAsNumpy().tolist() if op.InputsLength() else []) if t >= 0]
+        for t in op.OutputsAsNumpy().tolist() if op.OutputsLength() else []:
+            producer[int(t)] = (codes[op.OpcodeIndex()], ins)
+    heads = {}
+    for out in g.OutputsAsNumpy().tolist() if g.OutputsLength() else []:
+        t, op = int(out), ""
+        for _ in range(HEAD_STEPS):
+            op, ins = producer.get(t, ("", []))
+            if op in _PASSING and ins:
+                t = ins[0]
+            elif op in _AFFINE and len(ins) == 2 and constant(ins[0]) != constant(ins[1]):
+                t = ins[1] if constant(ins[0]) else ins[0]
+            else:
+                break
+        if 0 <= out < g.TensorsLength():
+            heads[(g.Tensors(out).Name() or b"").decode("utf-8", "replace")] = _HEADS.get(op, Head.OTHER)
+    return heads
 
 
 def _scan(data: bytes | mmap.mmap, where: str, read: Callable[[_Layout], NDArray]) -> _Scan:
@@ -189,7 +220,9 @@ def _scan_tables(data: bytes | mmap.mmap, where: str, read: Callable[[_Layout], 
                 else:
                     uses[b].append((op, idx))
     found = [_weight(b, regions[b], tensors_of[b], info, uses.get(b, []), read, where) for b in sorted(tensors_of)]
-    return _Scan(regions, [w for w, _ in found], {w.key: layout for w, layout in found})
+    main = model.Subgraphs(0)
+    heads = _heads(main, codes, lambda t: 0 <= t < main.TensorsLength() and main.Tensors(t).Buffer() in regions)
+    return _Scan(regions, [w for w, _ in found], {w.key: layout for w, layout in found}, heads)
 
 
 def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict, uses: list[tuple[str, int]],
@@ -228,7 +261,9 @@ def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict,
         raise FormatError(f"{where}: tensor '{name}' is {region.length} bytes, expected {expected} for shape {list(shape)} {dtype_name}")
     layout = _Layout(region.start, region.length, np.dtype(np_dtype), shape)
     if quantized or not np.issubdtype(layout.dtype, np.floating):
-        return weight(layout, Role.QUANTIZED if quantized else Role.INTEGER)
+        if not quantized:
+            return weight(layout, Role.INTEGER)
+        return weight(layout, Role.QUANTIZED, note="per-channel scales" if first.Quantization().ScaleLength() > 1 else "per-tensor scale")
     roles = {_role_of(op, i, len(shape)) for op, i in uses}
     reduction = None
     if len(roles) == 1:
@@ -284,6 +319,9 @@ class TfliteModel:
     @property
     def weights(self) -> list[Weight]:
         return self._scan.weights
+
+    def output_heads(self) -> dict[str, Head]:
+        return dict(self._scan.heads)
 
     def skeleton(self, strip: set[str]) -> bytes:
         """The file with every stripped buffer's bytes zeroed (they compress to almost nothing)."""

@@ -207,3 +207,47 @@ def test_json_to_standard_output(model: Path, tmp_path: Path):
     assert not Path("-").exists() and not (tmp_path / "-").exists()
     r = runner.invoke(app, ["inspect", str(tmp_path / "d.qpk"), "--json", "-"])
     assert r.exit_code == 0 and json.loads(r.stdout)["verified"] is True
+
+
+class _Digits:
+    """onnxruntime's calibration reader over a few of the bundled digits."""
+
+    def __init__(self) -> None:
+        from qpack.converter.datasets import digits
+
+        x = digits()[0][:16]
+        self.feeds = iter([{"image": x[i : i + 1]} for i in range(len(x))])
+
+    def get_next(self):
+        return next(self.feeds, None)
+
+
+def test_already_quantized_models_say_so(sample: Path, tfl_int8: Path, tmp_path: Path):
+    """An int8 model converts (exit 0: the container is a valid, lossless copy), with one note saying
+    why nothing was quantized and what the container is; a partly quantized one says which part."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
+
+    dynamic, qdq, part = tmp_path / "dynamic.onnx", tmp_path / "qdq.onnx", tmp_path / "part.onnx"
+    quantize_dynamic(sample, dynamic)
+    reader = type("Reader", (_Digits, CalibrationDataReader), {})()
+    quantize_static(sample, qdq, reader, quant_format=QuantFormat.QDQ, per_channel=True)
+    quantize_dynamic(sample, part, op_types_to_quantize=["Gemm", "MatMul"])  # the dense layers; the convolutions stay float
+    for model, how in ((dynamic, "(ConvInteger, MatMulInteger)"), (qdq, "(DequantizeLinear)"),
+                       (tfl_int8, "(per-channel scales")):
+        qpk, js = tmp_path / f"{model.stem}.qpk", tmp_path / f"{model.stem}.json"
+        r = _run("convert", model, "-o", qpk, "--json", js, "--compress", "none")
+        assert r.exit_code == 0 and qpk.is_file(), r.output
+        notes = [line for line in r.output.splitlines() if line.startswith("note:")]
+        assert len(notes) == 1, r.output
+        n = 21 if model == tfl_int8 else 5
+        assert notes[0].startswith(f"note: {n} of {n} weight tensors are already int8 {how}"), notes
+        assert "nothing was quantized" in notes[0] and "convert the float model it came from" in notes[0]
+        assert json.loads(js.read_text())["notes"] == [notes[0].removeprefix("note: ")]
+        r = _run("report", qpk, "--compress", "none")  # the container says the same
+        assert r.exit_code == 0 and notes[0] in r.output, r.output
+    r = _run("convert", part, "-o", tmp_path / "part.qpk", "--compress", "none")
+    assert r.exit_code == 0
+    assert "note: 2 of 5 weight tensors are already int8 (MatMulInteger) and stay as they are in the graph; " \
+           "3 float tensors were quantized" in r.output
+    r = _run("convert", sample, "-o", tmp_path / "float.qpk", "--compress", "none")
+    assert r.exit_code == 0 and "note:" not in r.output

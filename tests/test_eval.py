@@ -106,6 +106,31 @@ def test_eval_tflite_on_photos(tfl_fp16: Path, photos: Path, tmp_path: Path):
     assert json.loads((tmp_path / "q.json").read_text())["outputs"] == result["outputs"]
 
 
+def test_eval_judges_each_output_by_what_computes_it(tfl_fp32: Path, sample: Path, photos: Path, tmp_path: Path):
+    """A landmark model's outputs (convolutions) get errors, not a top-1 agreement; a classifier's
+    logits (a dense layer) keep their agreement without labels."""
+    js = tmp_path / "landmarks.json"
+    r = _run("eval", tfl_fp32, "--images", photos, "--size", "192", "--layout", "nhwc", "--bits", "6", "--json", js)
+    assert r.exit_code == 0, r.output
+    assert "top-1" not in r.output and "regression" in r.output and "mean abs error" in r.output
+    result = json.loads(js.read_text())
+    assert result["classification"] is None
+    rows = result["regression"]
+    assert [o["output"] for o in rows] == [o["output"] for o in result["outputs"]] == ["conv2d_20", "conv2d_30"]
+    for row, out in zip(rows, result["outputs"]):
+        assert 0 < row["mean_abs_error"] < row["max_abs_error"] == pytest.approx(out["max_abs_error"], rel=1e-5)
+        assert 0 < row["relative_rms_error"] < 0.1 and row["cosine"] == out["cosine"]
+        # the relative RMS error is the SQNR in other units
+        assert row["relative_rms_error"] == pytest.approx(10 ** (-out["sqnr_db"] / 20), rel=1e-3)
+    npy = tmp_path / "x.npy"  # the digits without their labels
+    np.save(npy, digits()[0][:64])
+    js = tmp_path / "digits.json"
+    r = _run("eval", sample, "--inputs", npy, "--bits", "4", "--json", js)
+    assert r.exit_code == 0 and "top-1 agreement" in r.output, r.output
+    result = json.loads(js.read_text())
+    assert result["classification"]["top1_agreement"] > 0.9 and result["regression"] == []
+
+
 def test_grouping_auto_and_file(sample: Path, tmp_path: Path):
     js = tmp_path / "g.json"
     args = ("eval", sample, "--dataset", "digits", "--bits", "2", "--scheme", "asym", "--per-channel")
@@ -195,11 +220,19 @@ def test_wrong_input_names_and_choices(sample: Path, tmp_path: Path):
     assert r.exit_code == 1 and "unknown dataset" in r.output
 
 
-def test_qpk_of_other_format_rejected(sample: Path, tfl_fp16: Path, tmp_path: Path):
-    qpk = tmp_path / "f.qpk"
-    _run("convert", tfl_fp16, "-o", qpk, "--compress", "none")
-    r = _run("eval", sample, "--dataset", "digits", "--qpk", qpk)
-    assert r.exit_code == 1 and "onnx" in r.output
+def test_qpk_of_another_model_named_with_the_users_paths(sample: Path, tfl_fp16: Path, ocr_cls: Path, tmp_path: Path):
+    tfl, ocr = tmp_path / "face.qpk", tmp_path / "ocr.qpk"
+    for model, qpk in ((tfl_fp16, tfl), (ocr_cls, ocr)):
+        assert _run("convert", model, "-o", qpk, "--compress", "none", "-q").exit_code == 0
+    r = _run("eval", sample, "--dataset", "digits", "--qpk", tfl)
+    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+    assert f"--qpk {tfl} holds a tflite model (made from {tfl_fp16.name}), and {sample} is an onnx model" in r.output
+    r = _run("eval", sample, "--dataset", "digits", "--qpk", ocr)  # the same format, another model
+    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+    assert f"--qpk {ocr} was not converted from {sample} (made from {ocr_cls.name}): its tensor" in r.output
+    assert "is not in the model" in r.output and "qpack-eval" not in r.output
+    r = _run("unpack", ocr, "-o", tmp_path / "restored.tflite")
+    assert r.exit_code == 1 and "the container holds an onnx model; name the output *.onnx" in r.output
 
 
 def test_only_single_axis_outputs_count_as_class_scores():
@@ -209,6 +242,20 @@ def test_only_single_axis_outputs_count_as_class_scores():
     assert _logits(np.zeros((2, 10, 1, 1))).shape == (2, 10)
     assert _logits(np.zeros((1, 896, 16))) is None  # boxes x coordinates: judged by cosine alone
     assert _logits(np.zeros((2, 1))) is None and _logits(np.zeros(5)) is None
+
+
+def test_class_scores_rule():
+    from qpack.converter.evaluate import class_scores
+    from qpack.formats.model import Head
+
+    x = np.random.default_rng(0).standard_normal((8, 5))
+    probs = np.exp(x) / np.exp(x).sum(1, keepdims=True)
+    assert class_scores(x, Head.OTHER, False) is None  # a convolution's five values: a regression
+    assert class_scores(x, Head.DENSE, False) is not None  # a dense layer's: logits
+    assert class_scores(x, Head.OTHER, True) is not None  # labelled inputs say it classifies
+    assert class_scores(probs, Head.OTHER, False) is not None and class_scores(np.log(probs), None, False) is not None
+    assert class_scores(probs * 1.01, Head.OTHER, False) is None
+    assert class_scores(x[:, :1], Head.SOFTMAX, True) is None  # one value per sample is never class scores
 
 
 def test_sweep_of_a_detector_uses_output_fidelity(tfl_fp16: Path, photos: Path, tmp_path: Path):

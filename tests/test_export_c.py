@@ -629,6 +629,20 @@ def test_cli_export(models: dict[str, Path], tmp_path: Path):
     assert r.exit_code == 1 and "exists and is not a folder" in r.output and r.output.count("\n") == 1
 
 
+def test_c_coded_of_a_packed_container_says_it_equals_c(sample: Path, tmp_path: Path):
+    runner = CliRunner()
+    qpk = tmp_path / "packed.qpk"
+    assert runner.invoke(app, ["convert", str(sample), "-o", str(qpk), "--compress", "none", "-q"]).exit_code == 0
+    plain = runner.invoke(app, ["export", str(qpk), "--to", "c", "-o", str(tmp_path / "c")])
+    coded = runner.invoke(app, ["export", str(qpk), "--to", "c-coded", "-o", str(tmp_path / "cc")])
+    assert plain.exit_code == coded.exit_code == 0, plain.output + coded.output
+    assert "note:" not in plain.output
+    for f in (tmp_path / "c").iterdir():
+        assert (tmp_path / "cc" / f.name).read_bytes() == f.read_bytes()
+    notes = [line for line in coded.output.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "equal those of --to c" in notes[0] and "--codec ans" in notes[0], coded.output
+
+
 # ---- the container reader against damaged and hostile files ------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -123,6 +123,31 @@ def test_report_of_qpk_with_and_without_source(sample: Path, tmp_path: Path):
     _check_pictures(tmp_path / "q.html", 3)
 
 
+def test_report_with_a_source_runs_both_models_and_the_page_says_it_in_words(tfl_fp32: Path, tmp_path: Path):
+    qpk, js, html = tmp_path / "lm.qpk", tmp_path / "r.json", tmp_path / "r.html"
+    assert _run("convert", tfl_fp32, "--bits", "4", "--per-channel", "-o", qpk, "--compress", "none", "-q").exit_code == 0
+    r = _run("report", qpk, "--source", tfl_fp32, "--json", js, "--html", html, "--compress", "none")
+    assert r.exit_code == 0, r.output
+    assert "8 seeded random inputs" in r.output and "least cosine" in r.output
+    rep = json.loads(js.read_text())
+    f = rep["fidelity"]
+    assert f["samples"] == 8 and "seed 0" in f["inputs"] and [o["output"] for o in f["outputs"]] == ["conv2d_20", "conv2d_30"]
+    assert min(o["cosine"] for o in f["outputs"]) > 0.95 and f["classification"] is None and len(f["regression"]) == 2
+    assert rep["sizes"]["original_bytes"] == tfl_fp32.stat().st_size
+    assert rep["sizes"]["ratio_vs_original"] == round(tfl_fp32.stat().st_size / qpk.stat().st_size, 4)
+    page = html.read_text()
+    for words in ("Original model", "Packed (.qpk)", "x smaller", "Bits per weight", "Weight SQNR", "Output fidelity",
+                  "8 seeded random inputs", "regression", f"made from {tfl_fp32}"):
+        assert words in page, words
+    for key in ("bits_per_weight", "qpk_bytes", "ratio_vs_original", "min_tensor_sqnr_db", "bits"):  # labels, not JSON keys
+        assert f"<td>{key}</td>" not in page, key
+    assert "position:sticky" in page and "overflow:auto" in page  # the tensor table scrolls in its own box
+    # without the source model nothing runs, and the page says why
+    r = _run("report", qpk, "--json", js, "--html", html, "--compress", "none")
+    assert r.exit_code == 0 and "fidelity" not in json.loads(js.read_text())
+    assert "not measured" in html.read_text() and "give --source MODEL" in html.read_text()
+
+
 def test_unknown_layer(sample: Path, tmp_path: Path):
     r = _run("report", sample, "--html", tmp_path / "x.html", "--layer", "nope")
     assert r.exit_code == 1 and "--layer" in r.output

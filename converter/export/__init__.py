@@ -15,6 +15,7 @@ from pathlib import Path
 
 from qpack.formats.errors import OptionError
 from qpack.formats.qpk import CODECS, SCHEMES, QpkReader, TensorEntry
+from qpack.formats.registry import a_model
 
 Exporter = Callable[[QpkReader, Path, list[str]], list[Path]]
 
@@ -72,9 +73,8 @@ def export(qpk: Path, to: str, out: Path) -> tuple[list[Path], list[str]]:
     notes: list[str] = []
     with QpkReader(qpk) as q:
         if q.format not in target.formats:
-            article = "an" if q.format[0] in "aeiou" else "a"
             takes = " or ".join(target.formats)
-            raise OptionError(f"{qpk}: holds {article} {q.format} model; --to {to} takes containers of {takes} models")
+            raise OptionError(f"{qpk}: holds {a_model(q.format)}; --to {to} takes containers of {takes} models")
         fn: Exporter = getattr(importlib.import_module(target.module), target.function)
         return fn(q, Path(out), notes), notes
 

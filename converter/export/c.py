@@ -93,6 +93,9 @@ def export_c(reader: QpkReader, out: Path, notes: list[str], coded: bool = False
                      + ("" if coded else " (--to c-coded keeps ans streams)"))
     for i in sorted(streams):  # decoded once before anything is written: a corrupt stream fails the export, not the device
         reader.blob_bytes(reader.entries[i].codes, BlobKind.CODES, reader.entries[i].code_context)
+    if coded and not streams:
+        notes.append(f"no tensor's codes are ans-coded in {reader.path.name}, so the files equal those of --to c "
+                     "(convert with --codec ans for coded streams)")
     if streams:
         notes.append(f"{len(streams)} tensor(s) keep their ans streams: qpk_unpack decodes one into a workspace of "
                      f"{model.upper()}_UNPACK_BYTES bytes first")
