@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from qpack.formats.qpk.codecs import RAW, label_of
+
 # The page fits its window: only the wide tables scroll, each inside its own box, under a sticky header.
 _STYLE = """*{box-sizing:border-box}
 body{font-family:system-ui,sans-serif;margin:0 auto;padding:1.5em;max-width:1400px;color:#222;line-height:1.45}
@@ -167,7 +169,7 @@ def _options(rep: dict[str, Any]) -> str:
     words = [f"{o.get('scheme', '?')}, {o.get('bits', '?')} bits", "per channel" if o.get("per_channel") else "per tensor"]
     if o.get("group_size"):
         words.append(f"blocks of {o['group_size']}")
-    words += [f"clip {o.get('clip', 'minmax')}", "codec " + ("packed" if o.get("codec", "raw") == "raw" else str(o.get("codec")))]
+    words += [f"clip {o.get('clip', 'minmax')}", "codec " + label_of(str(o.get("codec", RAW.name)))]
     return f'<p class="muted">Options: {_E(", ".join(words))}</p>'
 
 

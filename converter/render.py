@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from qpack.formats.qpk.codecs import RAW, label_of
+
 
 def _n(v: Any) -> str:
     return f"{v:,}" if isinstance(v, int) else ("-" if v is None else str(v))
@@ -33,10 +35,9 @@ def size_table(report: dict[str, Any], console: Console, tensors: bool = False) 
     t.add_row("original (float)", _n(s["original_bytes"]), *(_n(comp[c].get("original")) for c in comp))
     t.add_row("float32 weights", _n(s["float32_weight_bytes"]), *("" for _ in comp))
     t.add_row(".qpk", _n(s["qpk_bytes"]), *(_n(comp[c].get("qpk")) for c in comp))
-    codec = (report.get("options") or {}).get("codec", "raw")
+    codec = label_of((report.get("options") or {}).get("codec", RAW.name))
     t.add_row("  codes, packed", _n(s["packed_code_bytes"]), *("" for _ in comp))
-    t.add_row("  codes, as stored (packed)" if codec == "raw" else f"  codes, entropy-coded ({codec})", _n(s["stored_code_bytes"]),
-              *("" for _ in comp))
+    t.add_row(f"  codes, as stored ({codec})", _n(s["stored_code_bytes"]), *("" for _ in comp))
     t.add_row("    order-0 entropy bound", _n(s["entropy_limit_bytes"]), *("" for _ in comp))
     if "context_limit_bytes" in s:
         t.add_row("    context-model bound", _n(s["context_limit_bytes"]), *("" for _ in comp))

@@ -382,7 +382,7 @@ def test_cli_codec_and_figures(sample: Path, tmp_path: Path):
     r = CliRunner().invoke(app, ["convert", str(sample), "-o", str(out), "--bits", "4", "--scheme", "sym", "--per-channel",
                                  "--codec", "ans", "--rdo", "0.1", "--compress", "none", "--json", str(tmp_path / "r.json")])
     assert r.exit_code == 0, r.output
-    assert "context-model bound" in r.output and "entropy-coded (ans)" in r.output
+    assert "context-model bound" in r.output and "codes, as stored (ans)" in r.output
     import json
 
     rep = json.loads((tmp_path / "r.json").read_text())

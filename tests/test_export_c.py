@@ -25,11 +25,10 @@ from typer.testing import CliRunner
 
 from qpack.converter.cli import app
 from qpack.converter.convert import convert
-from qpack.converter.export import export, qpk_h
+from qpack.converter.export import TARGETS, export, qpk_h
 from qpack.converter.export.c import DTYPES as C_DTYPES
 from qpack.converter.export.c import PARAM_DTYPES as C_PARAM_DTYPES
-from qpack.converter.export.c import SCHEMES as C_SCHEMES
-from qpack.converter.export.c import model_identifier, tensor_constants, unpack_bytes
+from qpack.converter.export.c import model_identifier, scheme_constant, tensor_constants, unpack_bytes
 from qpack.converter.policy import Policy
 from qpack.converter.quant import get_quantizer
 from qpack.formats.errors import FormatError, OptionError, UnsupportedError
@@ -53,6 +52,9 @@ from qpack.formats.qpk import meta as qpk_meta
 from qpack.formats.qpk import spec as qpk_spec
 from qpack.formats.qpk.spec import DTYPE_SIZES, HEADER, HEADER_BODY, HEADER_SIZE, MAGIC, VERSION_MAJOR, align, expansion_limit
 from qpack.formats.registry import open_model
+
+# the schemes the C target runs, and qpk.h's constant for each
+C_SCHEMES = {s: str(scheme_constant(s)) for s in TARGETS["c"].native.schemes or ()}
 
 STRICT = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 SANITIZED = [*STRICT, "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
@@ -919,3 +921,13 @@ def test_random_metadata_mutations_agree_with_python(tiny: Path, reader_driver: 
     got, want = _c_verdicts(reader_driver, paths), [_python_verdict(p) for p in paths]
     assert [(i, g, w) for i, (g, w) in enumerate(zip(got, want)) if g != w] == []
     assert 0 < sum(w != "reject" for w in want) < len(want)
+
+
+def test_c_target_declares_the_schemes_qpk_h_decodes():
+    """The C target's native schemes (converter.export) are exactly those qpk.h has a constant for."""
+    from qpack.converter.export import TARGETS
+    from qpack.converter.export.c import scheme_constant
+    from qpack.formats.qpk import SCHEMES
+
+    decoded = {s for s in SCHEMES if scheme_constant(s) is not None}
+    assert decoded == set(TARGETS["c"].native.schemes) == set(TARGETS["c-coded"].native.schemes)

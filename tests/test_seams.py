@@ -22,6 +22,7 @@ from qpack.formats.qpk import (
     CODECS,
     SCHEMES,
     BlobKind,
+    ByteCodec,
     Grouping,
     ParamSpec,
     QpkReader,
@@ -43,11 +44,13 @@ def _toy_decode(codes, params, bits, grouping):
 
 
 @dataclass(frozen=True)
-class _Deflate:
+class _Deflate(ByteCodec):
     """A codec the format does not know: zlib, decoded within the promised length."""
 
     id: int = 200
     name: str = "deflate"
+    label: str = "deflate"
+    help: str = "zlib"
 
     def encode(self, raw, kind, ctx=None):
         return zlib.compress(raw, 9)

@@ -19,13 +19,12 @@ from typing import BinaryIO
 
 import numpy as np
 
-from qpack.converter.export.qpk_h import DECODER, define
+from qpack.converter.export.qpk_h import DECODER, define, defines
 from qpack.formats.atomic import atomic_output, prepare_folder
 from qpack.formats.errors import OptionError, UnsupportedError
 from qpack.formats.qpk import ANS, RAW, BlobKind, QpkReader, TensorEntry, packed_size
 from qpack.formats.qpk.spec import BYTE_BITS
 
-SCHEMES = {"asym": "QPK_ASYM", "sym": "QPK_SYM", "pow2": "QPK_POW2", "lut": "QPK_LUT", "dq": "QPK_DQ"}  # the schemes qpk.h decodes
 DTYPES = {"float32": "QPK_FLOAT32", "float16": "QPK_FLOAT16", "bfloat16": "QPK_BFLOAT16", "float64": "QPK_FLOAT64"}
 PARAM_FIELDS = ("scale", "zero_point", "emax", "centroids")  # qpk_tensor fields, named as the parameters
 # float parameters stored in either of two dtypes: the qpk_tensor field that says which, and its values
@@ -43,6 +42,12 @@ _U32_MAX = 2**32 - 1
 # SIZE_MAX): a model named so gets an `m_` in front.
 _TAKEN_PREFIX = re.compile(r"QPK.*|U?INT(8|16|32|64|MAX|PTR|_LEAST\d+|_FAST\d+)|SIZE|PTRDIFF|SIG_ATOMIC|WCHAR|WINT")
 _HEX = np.frombuffer(b"".join(b"0x%02x," % i for i in range(256)), dtype=np.uint8).reshape(256, 5)
+
+
+def scheme_constant(scheme: str) -> str | None:
+    """qpk.h's constant for a scheme (QPK_<NAME>), or None where qpk.h decodes no such scheme."""
+    name = f"QPK_{scheme.upper()}"
+    return name if name in defines() else None
 
 
 def export_c_coded(reader: QpkReader, out: Path, notes: list[str]) -> list[Path]:
@@ -77,7 +82,7 @@ def export_c(reader: QpkReader, out: Path, notes: list[str], coded: bool = False
     if out.exists() and not out.is_dir():
         raise OptionError(f"{out}: exists and is not a folder (--to c writes a folder of C sources)")
     for e in reader.entries:
-        if e.scheme not in SCHEMES:
+        if scheme_constant(e.scheme) is None:
             raise UnsupportedError(f"tensor '{e.name[:200]}': scheme {e.scheme!r} has no C decoder")
         for name, dtype in e.dtypes.items():
             if name in PARAM_DTYPE_FIELDS and dtype not in PARAM_DTYPES:
@@ -213,7 +218,7 @@ def write_weights_source(f: BinaryIO, reader: QpkReader, model: str, source: str
             codes = bytes(reader.blob_view(e.codes, BlobKind.CODES))
         else:
             codes = bytes(reader.blob_bytes(e.codes, BlobKind.CODES, e.code_context))  # decoded when entropy-coded
-        fields.update(count=f"UINT64_C({e.count})", scheme=SCHEMES[e.scheme], bits=f"{e.bits}u", dtype=DTYPES[e.dtype],
+        fields.update(count=f"UINT64_C({e.count})", scheme=str(scheme_constant(e.scheme)), bits=f"{e.bits}u", dtype=DTYPES[e.dtype],
                       codec="QPK_ANS" if i in streams else "QPK_RAW", axis=str(-1 if e.grouping.axis is None else e.grouping.axis),
                       block=f"UINT64_C({e.grouping.block or 0})", groups=f"UINT64_C({e.groups})")
         if codes:

@@ -95,8 +95,18 @@ class Codec(Protocol):
         ...
 
 
-class _Whole:
-    """For codecs that decode a blob at once: its bytes as a single piece."""
+class ByteCodec:
+    """Defaults for a codec that stores bytes as a general-purpose compressor does: it prices codes as
+    packed, chooses no model of them, and decodes a blob at once (subclass it, then give `id`, `name`,
+    `label`, `help`, `encode` and `decode`)."""
+
+    entropy_coded: bool = False
+
+    def sized_by_entropy(self, bits: int) -> bool:
+        return False
+
+    def price(self, count: int, bits: int, entropy: float, span: int) -> int | None:
+        return None
 
     def chunks(self, stored: memoryview, raw_length: int) -> Iterator[bytes | bytearray | memoryview]:
         yield self.decode(stored, raw_length)  # type: ignore[attr-defined]
@@ -106,18 +116,11 @@ class _Whole:
 
 
 @dataclass(frozen=True)
-class Raw(_Whole):
+class Raw(ByteCodec):
     id: int = 0
     name: str = "raw"
     label: str = "packed"
     help: str = "dense n-bit codes"
-    entropy_coded: bool = False
-
-    def sized_by_entropy(self, bits: int) -> bool:
-        return False
-
-    def price(self, count: int, bits: int, entropy: float, span: int) -> int | None:
-        return None
 
     def encode(self, raw: memoryview, kind: BlobKind, ctx: CodeContext | None = None) -> memoryview:
         return raw
@@ -129,14 +132,13 @@ class Raw(_Whole):
 
 
 @dataclass(frozen=True)
-class Zstd(_Whole):
+class Zstd(ByteCodec):
     """One zstd frame, at a fixed level per blob kind (a level is part of the byte-identical promise)."""
 
     id: int = 1
     name: str = "zstd"
     label: str = "zstd"
     help: str = "the packed codes compressed (kept per tensor only where smaller)"
-    entropy_coded: bool = False
 
     def sized_by_entropy(self, bits: int) -> bool:
         return BYTE_BITS % bits == 0  # a byte compressor finds little in codes that straddle bytes
@@ -185,7 +187,7 @@ class Zstd(_Whole):
 
 
 @dataclass(frozen=True)
-class Ans(_Whole):
+class Ans(ByteCodec):
     """Codes entropy-coded by static rANS with context-chosen tables (FORMAT.md, "ans code streams").
 
     It models codes, not bytes: a blob without a code context is taken as 8-bit codes.
@@ -250,6 +252,11 @@ def register_codec(codec: Codec) -> Codec:
         raise ValueError(f"codec id {codec.id} is already {CODECS[codec.id].name!r}")
     CODECS[codec.id] = codec
     return codec
+
+
+def label_of(name: str) -> str:
+    """The word users see for the codec `name` (as a report records it), or the name itself if unknown."""
+    return next((c.label for c in CODECS.values() if c.name == name), name)
 
 
 def codec_named(name: str) -> Codec:
