@@ -713,3 +713,11 @@ def test_cosine_goals_hold_on_subsets_and_keep_a_margin():
     assert goal.cosine_floor == pytest.approx(1 - COSINE_MARGIN * 0.01)
     assert not goal.met(result(0.991))[0] and goal.met(result(0.9925))[0]
     assert Goal(min_cosine=0.99).met(result(0.991))[0]
+
+
+def test_goal_on_an_already_quantized_model_says_why(tfl_int8: Path, tmp_path: Path):
+    """Nothing float to allocate: the error says the weights came quantized, and what to do instead."""
+    r = runner.invoke(app, ["convert", str(tfl_int8), "--target-bpw", "3", "-o", str(tmp_path / "w.qpk")])
+    assert r.exit_code == 1 and r.output.count("\n") == 1
+    assert "nothing to allocate (21 weight tensors are already quantized: convert the float model they came from)" in r.output
+    assert not (tmp_path / "w.qpk").exists()

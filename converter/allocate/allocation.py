@@ -49,7 +49,11 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
     narrowed = [spec.narrow(src, policy, v) for spec, v in given if spec.narrow is not None]
     ms = menus(src, policy, progress, codec=codec, schemes=goal.schemes, near=narrowed[0] if narrowed else None)
     if not ms:
-        raise OptionError("no tensor is quantized under these options: nothing to allocate")
+        from qpack.converter.policy import ALREADY
+
+        done = sum(len(w.shape) >= 2 and policy.decide(w).reason.startswith(ALREADY) for w in src.weights)
+        why = (f" ({done} weight tensors are already quantized: convert the float model they came from)" if done else "")
+        raise OptionError(f"no tensor is quantized under these options: nothing to allocate{why}")
 
     last: list[Any] = [None, None]  # the policy last converted, and its result
     reuse = Reuse()  # trials differ in a few tensors: the others are carried over

@@ -48,6 +48,8 @@ class Quantizer:
     # a goal choosing each tensor's scheme adds it where the codes are entropy-coded (its gain is in
     # the rate a frequency model sees) and leaves it out otherwise
     coded_choice: ClassVar[bool] = False
+    # its codes sit on a continuous scale (continuous, code_range), so --rdo can round each toward a cheaper neighbour
+    rate_aware: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

@@ -27,7 +27,7 @@ from qpack.converter.quant.base import Params, Quantizer
 from qpack.converter.quant.rdo import rates
 from qpack.converter.quant.uniform import Symmetric
 from qpack.formats.qpk.bitstream import code_dtype
-from qpack.formats.qpk.schemes import dq_levels
+from qpack.formats.qpk.schemes import dq_levels, midpoint
 
 DQ_LAMBDA = 0.1  # squared scale units per bit, when no --rdo gives it
 
@@ -117,7 +117,7 @@ class Dependent(Quantizer):
 
     @classmethod
     def params(cls, stats, bits):
-        scale = (stats[0] / np.float32(2 * ((1 << (bits - 1)) - 1))).astype(np.float32)  # the top level 2k reaches the range
+        scale = (stats[0] / np.float32(2 * midpoint(bits))).astype(np.float32)  # the top level 2k reaches the range
         scale[scale == 0] = 1.0
         return {"scale": scale}
 
@@ -128,14 +128,14 @@ class Dependent(Quantizer):
     @classmethod
     def _nearest_even(cls, t: NDArray[np.float64], bits: int) -> NDArray[np.int64]:
         """The histogram of Q0 alone, rounded to nearest: what a first search is priced by."""
-        top = (1 << (bits - 1)) - 1
+        top = midpoint(bits)
         return code_histogram((np.clip(np.rint(t / 2), -top, top) + top).astype(code_dtype(bits)), bits)
 
     @classmethod
     def search(cls, t: NDArray[np.float64], bits: int, rate: NDArray[np.float32], lam: float,
                state: int = 0) -> tuple[NDArray[np.uint8], int]:
         """Codes of t (weights in scale units, C order) from `state`, and the state after them."""
-        top = (1 << (bits - 1)) - 1
+        top = midpoint(bits)
         levels, end = _kernel()(np.ascontiguousarray(t), (lam * rate.astype(np.float64))[: 2 * top + 1], top, state)
         levels += top
         return levels.astype(code_dtype(bits)), int(end)

@@ -6,6 +6,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from qpack.converter.quant.base import Quantizer
+from qpack.formats.qpk.schemes import midpoint
 
 _ABS = np.uint32(0x7FFFFFFF)
 _MIN_NORMAL = np.uint32(0x00800000)
@@ -49,7 +50,7 @@ class PowerOfTwo(Quantizer):
         # The code of a float32 depends only on its top 10 bits (sign, exponent, first mantissa
         # bit) and its group's window, so each group gets a 1024-entry table and quantizing is
         # one shift, one add and one lookup per element.
-        top = (1 << (bits - 1)) - 1
+        top = midpoint(bits)
         x = np.ascontiguousarray(x, dtype=np.float32)
         emax = params["emax"].astype(np.int32)
         groups = emax.reshape(-1)

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from qpack.converter.measure import code_histogram
-from qpack.converter.quant.base import Params, Quantizer
+from qpack.converter.quant.base import QUANTIZERS, Params, Quantizer
 from qpack.formats.errors import OptionError
 from qpack.formats.qpk.bitstream import code_dtype
 
@@ -28,8 +28,9 @@ MAX_LAMBDA = 10.0  # past this nearly every weight collapses to the most frequen
 def check(q: type[Quantizer], lam: float) -> None:
     if not 0 <= lam <= MAX_LAMBDA:
         raise OptionError(f"--rdo must lie in 0..{MAX_LAMBDA}, not {lam}")
-    if lam and getattr(q, "continuous", None) is None and not q.trellis:
-        raise OptionError(f"--rdo needs a uniform scheme (asym or sym) or dq, not {q.name}")
+    if lam and not (q.rate_aware or q.trellis):
+        takes = ", ".join(n for n, c in QUANTIZERS.items() if c.rate_aware or c.trellis)
+        raise OptionError(f"--rdo needs a scheme that rounds rate-aware ({takes}), not {q.name}")
 
 
 def rates(hist: NDArray[np.int64]) -> NDArray[np.float32]:
@@ -46,7 +47,7 @@ def encode(q: type[Quantizer], x: NDArray[np.float32], bits: int, params: Params
     rate(r)) more and its upper one 1 - 2d + lam (rate(r+1) - rate(r)): two gathers from per-code
     tables instead of a cost per candidate. Ties keep the nearest code, then the lower neighbour.
     """
-    t = q.continuous(x, bits, params)  # type: ignore[attr-defined]  # checked by check()
+    t = q.continuous(x, bits, params)  # type: ignore[attr-defined]  # rate_aware: checked by check()
     lo, hi = q.code_range(bits)  # type: ignore[attr-defined]
     r = np.rint(t)
     np.clip(r, lo, hi, out=r)

@@ -6,9 +6,11 @@ import numpy as np
 
 from qpack.converter.quant.base import Quantizer, sample_error, sample_rows
 from qpack.formats.qpk.bitstream import code_dtype
+from qpack.formats.qpk.schemes import midpoint
 
 
 class Asymmetric(Quantizer):
+    rate_aware = True
     """x ~ (code - zero_point) * scale, codes 0..2^n-1, the range widened to hold 0."""
 
     name = "asym"
@@ -91,6 +93,7 @@ class Symmetric(Quantizer):
 
     name = "sym"
     entropy_steps = True  # asym's gained under 0.1% for a third more time
+    rate_aware = True
 
     @classmethod
     def stats(cls, x, axes):
@@ -98,23 +101,23 @@ class Symmetric(Quantizer):
 
     @classmethod
     def params(cls, stats, bits):
-        scale = (stats[0] / np.float32((1 << (bits - 1)) - 1)).astype(np.float32)
+        scale = (stats[0] / np.float32(midpoint(bits))).astype(np.float32)
         scale[scale == 0] = 1.0
         return {"scale": scale}
 
     @classmethod
     def continuous(cls, x, bits, params):
         q = np.divide(x, params["scale"], dtype=np.float32)
-        q += np.float32((1 << (bits - 1)) - 1)
+        q += np.float32(midpoint(bits))
         return q
 
     @classmethod
     def code_range(cls, bits):
-        return 0, 2 * ((1 << (bits - 1)) - 1)
+        return 0, 2 * midpoint(bits)
 
     @classmethod
     def encode(cls, x, bits, params):
-        qmax = np.float32((1 << (bits - 1)) - 1)
+        qmax = np.float32(midpoint(bits))
         q = np.divide(x, params["scale"], dtype=np.float32)
         np.rint(q, out=q)
         np.clip(q, -qmax, qmax, out=q)
@@ -124,7 +127,7 @@ class Symmetric(Quantizer):
     @classmethod
     def roundtrip(cls, x, bits, params, dtypes):
         """The signed level times the scale, in place: the values dequantize gives."""
-        qmax = np.float32((1 << (bits - 1)) - 1)
+        qmax = np.float32(midpoint(bits))
         q = np.divide(x, params["scale"], dtype=np.float32)
         np.rint(q, out=q)
         np.clip(q, -qmax, qmax, out=q)

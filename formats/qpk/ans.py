@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from qpack.formats.errors import FormatError
 from qpack.formats.qpk import rans
 from qpack.formats.qpk.bitstream import code_dtype, pack, packed_size, unpack
+from qpack.formats.qpk.schemes import midpoint
 from qpack.formats.qpk.spec import (
     ANS_KNOTS,
     ANS_MAGNITUDE_CENTER,
@@ -75,7 +76,7 @@ class Model:
         """Each code's magnitude: its distance from the center, or its low bits (sign-magnitude codes)."""
         codes = np.arange(1 << bits, dtype=np.int64)
         if self.magnitude == ANS_MAGNITUDE_SIGN:
-            return codes & ((1 << (bits - 1)) - 1)
+            return codes & midpoint(bits)
         return np.abs(codes - self.center)
 
     @property
