@@ -152,7 +152,7 @@ def toys():
 def test_toy_scheme_codec_and_target_are_priced_offered_and_exported(toys, sample: Path, tmp_path: Path):
     cli = toys
     runner = CliRunner()
-    helps = {c: " ".join(runner.invoke(cli.app, [c, "--help"], env={"TERMINAL_WIDTH": "400"}).output.replace("│", " ").split())
+    helps = {c: " ".join(runner.invoke(cli.app, [c, "--help"], env={"COLUMNS": "400"}).output.replace("│", " ").split())
              for c in ("convert", "export")}
     assert "<asym|sym|dq|lut|pow2|ramp>" in helps["convert"]
     assert "<packed|zstd|ans|deflate>" in helps["convert"] and "deflate: the packed codes through zlib at level 9" in helps["convert"]
