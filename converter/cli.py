@@ -155,7 +155,7 @@ def _status(message: str, quiet: bool) -> Iterator[None]:
 
 def _progress(quiet: bool) -> Progress | None:
     """A progress bar on a terminal, redrawn by its updates: no refresh thread, so a goal's menus
-    may still fork their worker processes (converter.allocate.menus)."""
+    may still fork their worker processes (converter.allocate.pool)."""
     return None if quiet or not sys.stderr.isatty() else Progress(console=err, transient=True, auto_refresh=False)
 
 
