@@ -410,8 +410,8 @@ def test_rdo_saves_bits_at_a_bounded_cost(sample: Path):
     assert 10 * np.log10(signal_energy / plain.squared_error) > 5
 
 
-def test_rdo_needs_a_uniform_scheme():
-    with pytest.raises(OptionError, match="uniform"):
+def test_rdo_needs_a_rate_aware_scheme():
+    with pytest.raises(OptionError, match=r"--rdo needs a scheme that rounds rate-aware \(asym, sym, dq\), not pow2"):
         Policy("pow2", 4, rdo=0.1)
     with pytest.raises(OptionError, match="0..10"):
         Policy("sym", 4, rdo=-1)
