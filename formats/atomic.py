@@ -9,6 +9,11 @@ The stop handler runs on the main thread between any two bytecodes, also in the 
 or atomic_output() on that same thread. So nothing here takes a lock (a handler waiting on a lock its
 own thread holds waits forever), and a file is tracked before it is created: a stop at any point finds
 every file this run made.
+
+A set of outputs that belong together (atomic_outputs: the sources of a firmware export) is written
+whole to temporary files first, then renamed into place one by one. A stop among those renames
+finishes them rather than removing anything, so the set's paths hold the old files or the new ones,
+never some of each.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from qpack.formats.errors import QpackError
 # Paths this run is writing. Setting and popping a dict key are single operations under the GIL, and
 # list() of a dict copies it without running Python code, so the handler needs no lock to read it.
 _live: dict[str, None] = {}
+# Sets of outputs written whole and being renamed into place: (temporary, target) pairs, one item per
+# set, so recording a set is one operation.
+_committing: dict[int, tuple[tuple[str, str], ...]] = {}
 
 
 def track(path: Path | str) -> None:
@@ -41,7 +49,11 @@ def untrack(path: Path | str) -> None:
 
 
 def remove_pending() -> None:
-    """Remove every file and folder this run is still writing (called on SIGTERM/SIGINT; takes no lock)."""
+    """Finish putting in place the sets of outputs already written whole, then remove every file and
+    folder this run is still writing (called on SIGTERM/SIGINT; takes no lock)."""
+    for moves in list(_committing.values()):
+        _finish(moves)
+    _committing.clear()
     for p in list(_live):
         try:
             if os.path.isdir(p) and not os.path.islink(p):
@@ -178,6 +190,89 @@ def atomic_output(path: Path) -> Iterator[BinaryIO]:
         raise
     finally:
         untrack(tmp)
+
+
+def _finish(moves: tuple[tuple[str, str], ...]) -> None:
+    """The renames of a set of outputs that are still to do (a temporary already renamed is gone)."""
+    for tmp, target in moves:
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            pass
+
+
+class OutputSet:
+    """The files of an atomic_outputs() set, each written through output()."""
+
+    def __init__(self) -> None:
+        self.temps: list[Path] = []
+        self.moves: list[tuple[str, str]] = []
+
+    @contextmanager
+    def output(self, path: Path) -> Iterator[BinaryIO]:
+        """Yield a temporary file beside `path`, put in place with the rest of the set."""
+        path = Path(path)
+        prepare_parent(path)
+        sweep_stale(path)
+        fd, tmp = _create_beside(path)
+        self.temps.append(tmp)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+            os.chmod(tmp, 0o644)
+        except OSError as e:
+            raise cannot_write(path, e) from e
+        self.moves.append((os.fspath(tmp), os.fspath(path)))
+
+
+@contextmanager
+def atomic_outputs(folder: Path) -> Iterator[OutputSet]:
+    """A set of outputs in `folder` (made if missing; its parent must exist) that appear together or not at all.
+
+    Each file goes to a temporary beside its target (OutputSet.output); when the block succeeds, the
+    temporaries are renamed over their targets in the order they were written. A failure or a stop
+    before that leaves every target as it was (and no folder made); a stop among the renames finishes
+    them (remove_pending). No fsync, as in atomic_output; and SIGKILL runs no handler, so a run killed
+    among the renames (microseconds) leaves the first of them done.
+    """
+    folder = Path(folder)
+    made = not folder.exists() and not folder.is_symlink()
+    if made:
+        track(folder)  # before it exists: a stop from here removes it
+    outputs = OutputSet()
+    key = id(outputs)
+    try:
+        prepare_folder(folder)
+        yield outputs
+        moves = tuple(outputs.moves)
+        _committing[key] = moves  # from here, a stop finishes the renames instead of undoing the set
+        if made:
+            untrack(folder)
+        for staged, target in moves:
+            try:
+                os.replace(staged, target)
+            except OSError as e:  # targets were checked to be files or nothing: a disk or permission failure
+                raise cannot_write(Path(target), e) from e
+    except BaseException as e:
+        if key in _committing and not isinstance(e, QpackError):  # interrupted among the renames
+            _finish(_committing[key])
+        for tmp in outputs.temps:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        if made and key not in _committing:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
+        raise
+    finally:
+        _committing.pop(key, None)
+        if made:
+            untrack(folder)
+        for tmp in outputs.temps:
+            untrack(tmp)
 
 
 @contextmanager

@@ -9,10 +9,14 @@ flags and once more with AddressSanitizer and UndefinedBehaviorSanitizer.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
+import sys
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -574,7 +578,7 @@ def test_export_is_deterministic_and_ships_the_decoder(models: dict[str, Path], 
     assert all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b))
     assert a[0].read_bytes() == DECODER.read_bytes()
     header = a[1].read_text()
-    assert "EDGE_SCALAR = 0," in header and "EDGE_MAX_COUNT 196608u" in header  # sym float16 scales: 3 x 65536 weights
+    assert "EDGE_T_SCALAR = 0," in header and "EDGE_MAX_COUNT 196608u" in header  # sym float16 scales: 3 x 65536 weights
     assert "extern const qpk_tensor qpk_tensors[];" in header and "extern const size_t qpk_tensor_count;" in header
 
 
@@ -584,18 +588,112 @@ def test_model_identifier():
     assert model_identifier("3d.unet.onnx") == "m_3d_unet"
     assert model_identifier("../../évil\\x.onnx") == "x"
     assert model_identifier("....") == "model"
-    # constants MODEL_NAME must not meet a macro of qpk.h or <stdint.h>
-    assert [model_identifier(n) for n in ("qpk.onnx", "qpk_e.onnx", "int8.tflite", "size.onnx", "sizes.onnx")] == \
-        ["m_qpk", "m_qpk_e", "m_int8", "m_size", "sizes"]
+    # no run of underscores, none in front; the prefixes qpk.h and <stdint.h> keep for their macros (QPK_,
+    # INT..._C) taken with an `m_`; 32 characters at most
+    assert [model_identifier(n) for n in ("qpk.onnx", "Qpk_e.onnx", "int8.tflite", "Interp.onnx", "uint.onnx", "size.onnx",
+                                          "__a__b__.onnx", "é.onnx", "1abc.onnx", "x" * 40 + ".onnx", "1" + "b" * 28 + "_yz.onnx")] == \
+        ["m_qpk", "m_Qpk_e", "m_int8", "m_Interp", "m_uint", "size", "a_b", "model", "m_1abc", "x" * 32, "m_1" + "b" * 28]
 
 
 def test_tensor_constants_unique():
     def entry(name: str) -> TensorEntry:
         return TensorEntry(name, name, (1,), "float32", "", "sym", 2, Grouping(), 0, {})
 
-    names = ["A_2", "a", "a", "a.2", "tensor count", "", "Conv", "conv"]
+    # names that meet: the first keeps the plain form, the others take their index (and a count after it
+    # where that is some tensor's name too); an empty one, its index
+    names = ["a", "A_2", "a", "a.2", "tensor count", "", "Conv", "conv", "a__2", "5", "2", "a_2_2", "a"]
     got = tensor_constants([entry(n) for n in names], "m")
-    assert got == ["M_A_2", "M_A", "M_A_2_", "M_A_2_3", "M_TENSOR_COUNT_4", "M_T5", "M_CONV", "M_CONV_7"]
+    assert got == ["M_T_A", "M_T_A_2", "M_T_A_2_3", "M_T_A_2_3_2", "M_T_TENSOR_COUNT", "M_T_5", "M_T_CONV", "M_T_CONV_7",
+                   "M_T_A_2_8", "M_T_5_9", "M_T_2", "M_T_A_2_2", "M_T_A_12"]
+    # 63 characters at most, a suffix taking the place of the name's end
+    long = tensor_constants([entry("w" * 300), entry("W" * 299 + ".")], "model_of_thirty_two_characters_x")
+    assert long == ["MODEL_OF_THIRTY_TWO_CHARACTERS_X_T_" + "W" * 28, "MODEL_OF_THIRTY_TWO_CHARACTERS_X_T_" + "W" * 26 + "_1"]
+
+
+def _export_stopped_at(point: int, qpk: Path, out: Path) -> int:
+    """`export(qpk, "c", out)` in a child process whose stop handler (the CLI's, for SIGTERM) runs
+    before line `point` of the export's path (converter/export/c.py and formats/atomic.py); the
+    child's exit status (143 when stopped, 0 when the export finished first), -1 if it hangs."""
+    from qpack.converter import cli
+    from qpack.converter.export import c as c_export
+    from qpack.formats import atomic
+
+    traced = {atomic.__file__, c_export.__file__}
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            seen = 0
+
+            def lines(frame: Any, event: str, arg: Any) -> Any:
+                nonlocal seen
+                if event == "line":
+                    if seen == point:
+                        cli._stop(signal.SIGTERM, None)
+                    seen += 1
+                return lines
+
+            def calls(frame: Any, event: str, arg: Any) -> Any:
+                return lines if frame.f_code.co_filename in traced else None
+
+            sys.settrace(calls)
+            export(qpk, "c", out)
+            sys.settrace(None)
+            os._exit(0)
+        finally:
+            os._exit(99)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.002)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return -1
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()} if folder.exists() else {}
+
+
+def test_a_stop_anywhere_in_an_export_leaves_one_whole_set(tmp_path: Path):
+    """A stop before any line of `--to c` leaves the folder holding the old files or the new ones,
+    never a new header beside an old source, nor a temporary file; the firmware's own files are
+    kept. Into a folder of its own, the export leaves the three files or no folder."""
+    codes = np.arange(12, dtype=np.uint8).reshape(3, 4) % 8
+    sets = {}
+    for which, names in (("old", ["a", "b"]), ("new", ["a", "c", "d"])):
+        (tmp_path / which).mkdir()
+        tensors: list[Tensor] = [(n, f"k:{n}", (3, 4), "float32", "sym", 3 + i, Grouping(), codes, {"scale": [0.5 + i]})
+                                 for i, n in enumerate(names)]
+        sets[which] = _write(tmp_path / which / "m.qpk", tensors)  # model "m" both times: the same three file names
+        export(sets[which], "c", tmp_path / which / "c")
+    old, new = _hashes(tmp_path / "old" / "c"), _hashes(tmp_path / "new" / "c")
+    assert old.keys() == new.keys() == {"qpk.h", "m_weights.h", "m_weights.c"} and old != new
+    seen = {"kept": set(), "fresh": set()}
+    for case in seen:
+        for point in range(5000):
+            out = tmp_path / f"{case}{point}" / "fw"
+            out.parent.mkdir()
+            if case == "kept":
+                shutil.copytree(tmp_path / "old" / "c", out)
+                (out / "main.c").write_text("int main(void) { return 0; }\n")
+            code = _export_stopped_at(point, sets["new"], out)
+            assert code in (143, 0), (case, point, code)
+            left = _hashes(out)
+            if case == "kept":
+                assert left.pop("main.c", None) is not None
+                assert left in (old, new), (point, sorted(left))
+            else:
+                assert left in ({}, new), (point, sorted(left))
+                assert out.exists() == bool(left)
+            assert [p.name for p in out.parent.iterdir()] in ([], ["fw"]), (point, list(out.parent.iterdir()))
+            seen[case].add("new" if left == new else "old")  # old: as before the export (no folder, when fresh)
+            if code == 0:
+                break
+        else:
+            pytest.fail("the export never finished")
+        assert point > 100 and seen[case] == {"old", "new"}, (case, point, seen)
 
 
 def test_export_refusals(models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -643,6 +741,138 @@ def test_c_coded_of_a_packed_container_says_it_equals_c(sample: Path, tmp_path: 
         assert (tmp_path / "cc" / f.name).read_bytes() == f.read_bytes()
     notes = [line for line in coded.output.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "equal those of --to c" in notes[0] and "--codec ans" in notes[0], coded.output
+
+
+# ---- names: tensor names as C identifiers ----------------------------------------------------------------
+
+C_KEYWORDS = ("auto break case char const continue default do double else enum extern float for goto if inline int long "
+              "register restrict return short signed sizeof static struct switch typedef union unsigned void volatile while "
+              "_Bool _Complex _Imaginary _Alignas _Alignof _Atomic _Generic _Noreturn _Static_assert _Thread_local "
+              "alignas alignof bool constexpr false nullptr static_assert thread_local true typeof typeof_unqual").split()
+NAMES_DRIVER = Path(__file__).parent / "c" / "names_driver.c"
+IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9]*(_[A-Za-z0-9]+)*")  # no leading underscore, no run of them
+STDINT_FUTURE = re.compile(r"U?INT\w*_(MAX|MIN|C|WIDTH)")  # kept for <stdint.h>'s macros (C99 7.26.8, C23 7.33.14)
+
+
+@pytest.fixture(scope="module")
+def header_macros(gcc: str, tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """Every macro <stdint.h>, <stddef.h>, <limits.h> and qpk.h define, as gcc's C99, GNU C17 (POSIX's
+    limits too) and C2x modes have them."""
+    src = tmp_path_factory.mktemp("macros") / "headers.c"
+    src.write_text('#include <stdint.h>\n#include <stddef.h>\n#include <limits.h>\n#include "qpk.h"\n')
+    names: set[str] = set()
+    for std in ("c99", "gnu17", "c2x"):
+        out = _run([gcc, f"-std={std}", "-D_GNU_SOURCE", "-dM", "-E", f"-I{DECODER.parent}", src])
+        names |= {line.split()[1].split("(")[0] for line in out.splitlines() if line.startswith("#define ")}
+    assert {"INT_LEAST8_MAX", "INT_FAST16_MAX", "SIG_ATOMIC_MAX", "SIZE_MAX", "NULL", "offsetof", "CHAR_BIT", "QPK_OK"} <= names
+    return names
+
+
+def _hostile_c_names(macros: set[str], short: bool = False) -> list[str]:
+    """Tensor names that meet C's words once mapped: keywords; the header's own constants; the
+    macros of <stdint.h>, <stddef.h>, <limits.h> and qpk.h as they are, lowercased and without their
+    first word (INT_LEAST8_MAX: least8_max); names that map to one identifier; a 300-character name;
+    non-ASCII ones. `short`: the macros' tails only."""
+    names = [*C_KEYWORDS, "weights_h", "tensor_count", "max_count", "unpack_bytes", "t", "t_weights_h", "T_MAX_COUNT"]
+    for m in sorted(macros):
+        if not m.startswith("_"):
+            names += [m.split("_", 1)[-1].lower()] if short else [m, m.lower(), m.split("_", 1)[-1].lower()]
+    names += ["Conv.W", "conv_w", "conv-w", "CONV__W", "conv w", "_conv_w_", "conv_w_1", "conv_w_2", "conv.w.1"]
+    names += ["w" * 300, "w" * 299 + "x", "é", "ü", "重み", "😀 1", "naïve/层", "...", "__", "_T_X", "__STDC__"]
+    return list(dict.fromkeys(names))  # initializer names are unique
+
+
+def _named_model(path: Path, names: list[str], large: set[str]) -> Path:
+    """An ONNX model of one MatMul per initializer, named `names`; those in `large` big enough for
+    ans to code them (64 x 32 weights, the others 8 x 4)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    inits, nodes, outputs = [], [], []
+    for i, name in enumerate(names):
+        rows, cols = (64, 32) if name in large else (8, 4)
+        inits.append(numpy_helper.from_array(rng.standard_normal((rows, cols)).astype(np.float32), name))
+        nodes.append(helper.make_node("MatMul", [f"x{rows}", name], [f"y{i}"]))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, cols]))
+    inputs = [helper.make_tensor_value_info(f"x{n}", TensorProto.FLOAT, [1, n]) for n in (8, 64)]
+    graph = helper.make_graph(nodes, "names", inputs, outputs, inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def names_decoder(gcc: str, build: Path) -> dict[str, Path]:
+    """qpk.h's code as an object, with the strict flags and with the sanitizers."""
+    src = build / "qpk_impl.c"
+    src.write_text('#define QPK_IMPLEMENTATION\n#include "qpk.h"\n')
+    return {"strict": _compile(gcc, [*STRICT, "-c"], build / "impl.o", [src], DECODER.parent),
+            "sanitized": _compile(gcc, [*SANITIZED, "-c"], build / "impl_asan.o", [src], DECODER.parent)}
+
+
+def _check_names(header: str, n: int, macros: set[str]) -> tuple[str, list[str]]:
+    """The header's model prefix and tensor constants, each name it defines held to the scheme."""
+    guard = re.search(r"^#ifndef (\w+)$", header, re.M)
+    assert guard is not None
+    prefix = guard.group(1).removesuffix("_WEIGHTS_H")
+    tensors = re.findall(r"^    (\w+) = \d+,", header, re.M)
+    tag = re.findall(r"^enum (\w+) \{", header, re.M)
+    defined = [guard.group(1), *re.findall(r"^#define (\w+)", header, re.M), *re.findall(r"^    (\w+) = \d+,?", header, re.M), *tag]
+    assert len(tensors) == n and len(set(tensors)) == n
+    assert all(t.startswith(prefix + "_T_") for t in tensors)
+    assert len(tag) == 1 and tag[0].upper() == prefix + "_TENSOR"
+    assert set(defined) - set(tensors) == {f"{prefix}_{s}" for s in ("WEIGHTS_H", "MAX_COUNT", "UNPACK_BYTES", "TENSOR_COUNT")} | set(tag)
+    for name in defined:
+        assert IDENTIFIER.fullmatch(name) and len(name) <= 63, name
+        assert name not in macros and name not in C_KEYWORDS and not STDINT_FUTURE.fullmatch(name), name
+    return prefix, tensors
+
+
+def _decode_by_names(gcc: str, decoder: Path, flags: list[str], qpk: Path, to: str, macros: set[str], src: Path) -> str:
+    """Export `qpk` (`to`: c or c-coded) into `src`, hold its names to the scheme, and check that the
+    driver, looking every tensor up by its constant, decodes the floats Python reads; returns the header."""
+    written, _ = export(qpk, to, src)
+    with QpkReader(qpk) as q:
+        n = len(q.entries)
+    prefix, tensors = _check_names(written[1].read_text(), n, macros)
+    (src / "list.inc").write_text("".join(f"NAME({t}, {i})\n" for i, t in enumerate(tensors)))
+    defines = [f'NAMES_HEADER="{written[1].name}"', 'NAMES_LIST="list.inc"', "QPK_NO_IMPLEMENTATION",
+               *(f"NAMES_{s}={prefix}_{s}" for s in ("TENSOR_COUNT", "MAX_COUNT", "UNPACK_BYTES"))]
+    exe = _compile(gcc, flags, src / "names", [NAMES_DRIVER, written[2], decoder], src, *defines)
+    _run([exe, src / "floats"])
+    _assert_same(qpk, (src / "floats").read_bytes())
+    return written[1].read_text()
+
+
+def test_tensor_names_as_c_identifiers(gcc: str, names_decoder: dict[str, Path], header_macros: set[str], tmp_path: Path):
+    """Tensor names that are C keywords, macros of the standard headers and of qpk.h (as they are,
+    lowercased, and as the rest of one after a model prefix), the header's own constants, names that
+    map to one identifier, 300 characters, non-ASCII: the header compiles under -std=c99 -Wall -Wextra
+    -Werror -pedantic and under the sanitizers, every name it defines is an identifier C leaves to
+    programs (63 characters at most), and a driver that looks each tensor up by its constant decodes
+    Python's floats; for models whose own names are such words too."""
+    from qpack.formats.onnx_model import OnnxModel
+
+    names = _hostile_c_names(header_macros)
+    large = {"unpack_bytes", "max_count", "int", "least8_max", "w" * 300}
+    qpk = tmp_path / "int.qpk"
+    convert(OnnxModel(_named_model(tmp_path / "int.onnx", names, large)), Policy("asym", 4), qpk, codec=ANS)
+    with QpkReader(qpk) as q:
+        assert [e.name for e in q.entries] == names
+        assert sum(q.blobs[e.codes].codec == ANS.id for e in q.entries) >= 3  # a workspace to size
+    for to in ("c", "c-coded"):
+        for build, flags in (("strict", STRICT), ("sanitized", SANITIZED)):
+            header = _decode_by_names(gcc, names_decoder[build], flags, qpk, to, header_macros, tmp_path / f"{to}_{build}")
+    for want in ("M_INT_T_WEIGHTS_H = ", "M_INT_T_UNPACK_BYTES = ", "M_INT_T_LEAST8_MAX = ", "M_INT_T_INT = ",
+                 "#define M_INT_UNPACK_BYTES ", "#ifndef M_INT_WEIGHTS_H"):
+        assert want in header
+    assert re.search(r"M_INT_UNPACK_BYTES [1-9]\d*u", header)
+
+    short = _hostile_c_names(header_macros, short=True)
+    for i, model in enumerate(("uint8", "Qpk", "sig", "1abc", "stdint", "for", "_Bool", "weights", "m_t", "é" * 3 + "x" * 200)):
+        qpk = tmp_path / f"short{i}.qpk"
+        convert(OnnxModel(_named_model(tmp_path / f"{model}.onnx", short, set())), Policy("sym", 3), qpk)
+        _decode_by_names(gcc, names_decoder["strict"], STRICT, qpk, "c", header_macros, tmp_path / f"short{i}")
 
 
 # ---- the container reader against damaged and hostile files ------------------------------------------

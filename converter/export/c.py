@@ -20,7 +20,7 @@ from typing import BinaryIO
 import numpy as np
 
 from qpack.converter.export.qpk_h import DECODER, define, defines
-from qpack.formats.atomic import atomic_output, prepare_folder
+from qpack.formats.atomic import atomic_outputs
 from qpack.formats.errors import OptionError, UnsupportedError
 from qpack.formats.qpk import ANS, RAW, BlobKind, QpkReader, TensorEntry, packed_size
 from qpack.formats.qpk.spec import BYTE_BITS
@@ -36,11 +36,19 @@ _ROWS_PER_WRITE = 4096
 # C99 only promises string literals of 4095 characters (gcc -pedantic warns past that): longer
 # names are written as character lists
 _MAX_LITERAL = 4000
-_MAX_IDENT = 40
 _U32_MAX = 2**32 - 1
-# Prefixes whose `PREFIX_NAME` constants could meet a macro of qpk.h (QPK_OK) or <stdint.h> (INT8_MAX,
-# SIZE_MAX): a model named so gets an `m_` in front.
-_TAKEN_PREFIX = re.compile(r"QPK.*|U?INT(8|16|32|64|MAX|PTR|_LEAST\d+|_FAST\d+)|SIZE|PTRDIFF|SIG_ATOMIC|WCHAR|WINT")
+# C99 (5.2.4.1) promises 63 significant initial characters in a macro name or an identifier without
+# linkage: every name written here fits in 63, so names that differ stay different. The only external
+# names are qpk_tensors and qpk_tensor_count, well within the 31 it promises for those.
+_MAX_NAME = 63
+_MAX_MODEL = 32  # a model prefix leaves a tensor at least 63 - 32 - 3 characters of its own
+# Prefixes <stdint.h> (macros INT... and UINT... ending in _MAX, _MIN, _C or _WIDTH, C99 7.26.8) and
+# qpk.h (QPK_) keep for their macros: a model named so gets an `m_` in front.
+_TAKEN_PREFIX = re.compile(r"QPK|U?INT", re.IGNORECASE)
+# The header's own names, after the model prefix `<MODEL>_`; tensors take `<MODEL>_T_<NAME>`, which
+# none of these begins with, so no tensor name can meet them.
+GUARD, TENSOR_COUNT, MAX_COUNT, UNPACK_BYTES = "WEIGHTS_H", "TENSOR_COUNT", "MAX_COUNT", "UNPACK_BYTES"
+TENSOR_SPACE = "T"
 _HEX = np.frombuffer(b"".join(b"0x%02x," % i for i in range(256)), dtype=np.uint8).reshape(256, 5)
 
 
@@ -103,62 +111,87 @@ def export_c(reader: QpkReader, out: Path, notes: list[str], coded: bool = False
                      "(convert with --codec ans for coded streams)")
     if streams:
         notes.append(f"{len(streams)} tensor(s) keep their ans streams: qpk_unpack decodes one into a workspace of "
-                     f"{model.upper()}_UNPACK_BYTES bytes first")
-    prepare_folder(out)
+                     f"{constant(model, UNPACK_BYTES)} bytes first")
     paths = [out / DECODER, out / f"{model}_weights.h", out / f"{model}_weights.c"]
-    with atomic_output(paths[0]) as f:
-        f.write(resources.files("qpack.converter.export").joinpath(DECODER).read_bytes())
-    with atomic_output(paths[1]) as f:
-        f.write(weights_header(reader.entries, model, _comment(Path(source).name),
-                               max((unpack_bytes(reader.entries[i]) for i in streams), default=0)).encode())
-    with atomic_output(paths[2]) as f:
-        write_weights_source(f, reader, model, _comment(Path(source).name), streams)
+    # all three or none: a new header beside an old source compiles into a wrong firmware
+    with atomic_outputs(out) as files:
+        with files.output(paths[0]) as f:
+            f.write(resources.files("qpack.converter.export").joinpath(DECODER).read_bytes())
+        with files.output(paths[1]) as f:
+            f.write(weights_header(reader.entries, model, _comment(Path(source).name),
+                                   max((unpack_bytes(reader.entries[i]) for i in streams), default=0)).encode())
+        with files.output(paths[2]) as f:
+            write_weights_source(f, reader, model, _comment(Path(source).name), streams)
     return paths
 
 
+def _words(text: str) -> str:
+    """`text` as letters and digits joined by single underscores, none at either end: no run of
+    underscores (reserved in C++), no leading underscore (reserved in C)."""
+    return re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_")
+
+
 def model_identifier(source_name: str) -> str:
-    """A C identifier (and file-name prefix) from the source model's file name: `digits_cnn.onnx` -> `digits_cnn`."""
+    """A C identifier (and file-name prefix) from the source model's file name: `digits_cnn.onnx` -> `digits_cnn`;
+    `m_` in front of one that starts with a digit or with a prefix <stdint.h> or qpk.h keeps (`int8` -> `m_int8`)."""
     stem = Path(source_name.replace("\\", "/")).name
     stem = stem.rsplit(".", 1)[0] if "." in stem.lstrip(".") else stem
-    ident = re.sub(r"[^0-9A-Za-z_]+", "_", stem).strip("_")[:_MAX_IDENT] or "model"
-    return "m_" + ident if ident[0].isdigit() or _TAKEN_PREFIX.fullmatch(ident.upper()) else ident
+    ident = _words(stem) or "model"
+    if ident[0].isdigit() or _TAKEN_PREFIX.match(ident):
+        ident = "m_" + ident
+    return ident[:_MAX_MODEL].rstrip("_")
+
+
+def constant(model: str, name: str) -> str:
+    """The header's constant `name` (GUARD, TENSOR_COUNT, MAX_COUNT, UNPACK_BYTES) for `model`: `<MODEL>_<NAME>`."""
+    return f"{model.upper()}_{name}"
 
 
 def tensor_constants(entries: Iterable[TensorEntry], model: str) -> list[str]:
-    """Enum constants naming each tensor's index, `MODEL_NAME`, made unique by a suffix where names collide."""
-    prefix = model.upper()
-    taken = {f"{prefix}_TENSOR_COUNT", f"{prefix}_MAX_COUNT"}
+    """Enum constants naming each tensor's index, `<MODEL>_T_<NAME>`, at most 63 characters.
+
+    NAME is the tensor's name in capitals, each run of other characters one underscore (a name left
+    empty: its index). Where names meet, the first tensor keeps the plain form and each later one
+    gets its index, `_<index>` (then `_<index>_2`, ... should that be some tensor's name too).
+    """
+    prefix = f"{model.upper()}_{TENSOR_SPACE}_"
+    room = _MAX_NAME - len(prefix)
+    bases = [_words(e.name).upper()[:room].rstrip("_") or str(i) for i, e in enumerate(entries)]
+    first: dict[str, int] = {}
+    for i, base in enumerate(bases):
+        first.setdefault(base, i)
+    taken = set(first)
     names = []
-    for i, e in enumerate(entries):
-        base = re.sub(r"[^0-9A-Za-z_]+", "_", e.name).strip("_").upper()[:_MAX_IDENT] or f"T{i}"
-        name = f"{prefix}_{base}"
-        if name in taken:
-            name = f"{name}_{i}"
-            while name in taken:  # "A_2", "a", "a": the third cannot be A_2 either
-                name += "_"
+    for i, base in enumerate(bases):
+        name, k = base, 1
+        if first[base] != i:
+            name = base[: room - len(f"_{i}")].rstrip("_") + f"_{i}"
+            while name in taken:
+                k += 1
+                name = base[: room - len(f"_{i}_{k}")].rstrip("_") + f"_{i}_{k}"
         taken.add(name)
-        names.append(name)
+        names.append(prefix + name)
     return names
 
 
 def weights_header(entries: list[TensorEntry], model: str, source: str, unpack: int = 0) -> str:
     """`unpack`: the largest qpk_unpack workspace a tensor of the table needs (0: every tensor packed)."""
-    prefix = model.upper()
     constants = tensor_constants(entries, model)
+    guard, count, largest, work = (constant(model, n) for n in (GUARD, TENSOR_COUNT, MAX_COUNT, UNPACK_BYTES))
     lines = [
         f"/* {model}_weights.h: the quantized weights of {source} as C arrays, decoded through qpk.h.",
         " * Written by `qpack export --to c` from a .qpk container: do not edit.",
         " *",
-        f" *     static float w[{prefix}_MAX_COUNT];",
-        f" *     const qpk_tensor *t = &qpk_tensors[{constants[0] if entries else prefix + '_...'}];",
+        f" *     static float w[{largest}];",
+        f" *     const qpk_tensor *t = &qpk_tensors[{constants[0] if entries else f'{model.upper()}_{TENSOR_SPACE}_...'}];",
         " *     int rc = qpk_decode_tensor(t, w);                      0 on success",
         " *     rc = qpk_decode_range(t, first, n, w);                 or weights [first, first + n)",
         *([" *",
            " * Tensors with codec QPK_ANS hold ans streams: qpk_unpack(t, work, sizeof work, &raw) into",
-           f" * static uint32_t work[{prefix}_UNPACK_BYTES / 4 + 1], then decode from &raw."] if unpack else []),
+           f" * static uint32_t work[{work} / 4 + 1], then decode from &raw."] if unpack else []),
         " */",
-        f"#ifndef {prefix}_WEIGHTS_H",
-        f"#define {prefix}_WEIGHTS_H",
+        f"#ifndef {guard}",
+        f"#define {guard}",
         "",
         '#include "qpk.h"',
         "",
@@ -175,18 +208,18 @@ def weights_header(entries: list[TensorEntry], model: str, source: str, unpack: 
     for i, (name, e) in enumerate(zip(constants, entries)):
         lines.append(f"    {name} = {i},  /* {_describe(e)} */")
     lines += [
-        f"    {prefix}_TENSOR_COUNT = {len(entries)}",
+        f"    {count} = {len(entries)}",
         "};",
         "",
         "/* The largest tensor in weights: a float buffer of this size decodes any tensor whole. */",
-        f"#define {prefix}_MAX_COUNT {max((e.count for e in entries), default=0)}u",
+        f"#define {largest} {max((e.count for e in entries), default=0)}u",
         "/* The largest qpk_unpack workspace a tensor needs (codec QPK_ANS), in bytes; 0 when every tensor is packed. */",
-        f"#define {prefix}_UNPACK_BYTES {unpack}u",
+        f"#define {work} {unpack}u",
         "",
         "#ifdef __cplusplus",
         "}",
         "#endif",
-        f"#endif /* {prefix}_WEIGHTS_H */",
+        f"#endif /* {guard} */",
         "",
     ]
     return "\n".join(lines)
