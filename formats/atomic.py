@@ -269,6 +269,8 @@ def atomic_outputs(folder: Path) -> Iterator[OutputSet]:
         raise
     finally:
         _committing.pop(key, None)
+        for tmp in outputs.temps:
+            untrack(tmp)
         if made:
             untrack(folder)
         for tmp in outputs.temps:
