@@ -16,10 +16,10 @@ from qpack.converter.allocate import AUTO_SCHEMES, Goal
 from qpack.converter.datasets import Inputs
 from qpack.converter.policy import Policy
 from qpack.formats.errors import BudgetError, OptionError
-from qpack.formats.qpk import CODECS, Codec, QpkReader
+from qpack.formats.qpk import Codec, QpkReader, codec_named
 
 __all__ = ["BudgetBroken", "Exported", "codec_for", "convert", "describe", "evaluate", "export", "load_inputs", "open", "policy",
-           "report", "unpack"]
+           "report", "sweep", "unpack"]
 
 SCHEME = "asym"  # the scheme of a conversion without a goal
 # A goal trades fidelity for stored bytes, and the ans codec stores the same codes in the fewest; a
@@ -40,17 +40,15 @@ class BudgetBroken(BudgetError):
 
 @dataclass(frozen=True)
 class Exported:
-    files: list[Path]  # what was written
-    notes: list[str]  # one-line remarks (a tensor widened to the nearest exact form, say)
+    """What an export wrote, and its one-line notes (a tensor widened to the nearest exact form, say)."""
+
+    files: tuple[Path, ...]
+    notes: tuple[str, ...]
 
 
 def codec_for(word: str | None, goal: bool = False) -> Codec:
     """The codec a name or its label (`packed`) names; None: the default, which depends on whether a goal is given."""
-    word = word or (GOAL_CODEC if goal else CODEC)
-    for c in CODECS.values():
-        if word in (c.name, c.label):
-            return c
-    raise OptionError(f"unknown codec {word!r}, expected one of {', '.join(c.label for c in CODECS.values())}")
+    return codec_named(word or (GOAL_CODEC if goal else CODEC))
 
 
 def policy(scheme: str = SCHEME, bits: int = 8, per_channel: bool = False, keep: Sequence[str] = (),
@@ -66,8 +64,18 @@ def policy(scheme: str = SCHEME, bits: int = 8, per_channel: bool = False, keep:
 def load_inputs(model: PathLike, inputs: PathLike | None = None, images: PathLike | None = None, dataset: str | None = None,
                 size: str = "224", layout: str = "nchw", scale: str = "1/255", mean: str | None = None,
                 std: str | None = None) -> Inputs:
-    """Inputs for `model` from exactly one source: an .npy/.npz file, a folder of images (with how to
-    size and normalize them), or a built-in dataset; checked against the model's inputs."""
+    """Inputs for `model` from exactly one source, checked against the model's inputs.
+
+    Args:
+        inputs: an .npy or .npz file (one array per model input, optional `labels`; docs/inputs.md).
+        images: a folder of images (one sub-folder per class gives labels), sized to `size` (N or HxW) in
+            `layout` (nchw, nhwc), times `scale`, then minus `mean` and over `std` (one value or R,G,B).
+        dataset: a built-in labelled set ("digits").
+
+    Raises:
+        OptionError: not exactly one source, or inputs that do not fit the model.
+        FormatError: an unreadable, hostile or oversized file, in one line naming it.
+    """
     from qpack.converter.datasets import load_inputs as load
 
     return load(Path(model), _path(inputs), _path(images), dataset, size, layout, scale, mean, std)
@@ -79,7 +87,8 @@ def convert(model: PathLike, output: PathLike | None = None, *, bits: int = 8, s
             rdo: float = 0.0, compress: str = "auto", max_size: int | None = None, max_bpw: float | None = None,
             min_sqnr: float | None = None, target_bpw: float | None = None, target_size: int | None = None,
             target_sqnr: float | None = None, objective: str | None = None, min_cosine: float | None = None,
-            max_accuracy_drop: float | None = None, allow_float: bool = False, inputs: Inputs | PathLike | None = None,
+            max_accuracy_drop: float | None = None, allow_float: bool = False,
+            inputs: Inputs | PathLike | Callable[[], Inputs] | None = None,
             progress: Callable[[int, int], None] | None = None, compress_progress: Callable[[str], None] | None = None,
             log: Callable[[str], None] | None = None, **goals: Any) -> dict[str, Any]:
     """Quantize `model` (.onnx or .tflite) into a .qpk container and return its size report.
@@ -92,7 +101,8 @@ def convert(model: PathLike, output: PathLike | None = None, *, bits: int = 8, s
             each tensor's width, grouping, clipping (and scheme) itself, starting from `bits`.
         goals: any other registered goal (converter.allocate.GOALS), by its field name.
         max_size, max_bpw, min_sqnr: build budgets.
-        inputs: for a fidelity goal (min_cosine, max_accuracy_drop): an .npy/.npz path or load_inputs().
+        inputs: for a fidelity goal (min_cosine, max_accuracy_drop), and only then: an .npy/.npz path,
+            load_inputs(), or a function that loads them (called once the options are checked).
         progress, compress_progress, log: callbacks for a progress display and the allocation's log lines.
 
     Raises:
@@ -114,9 +124,17 @@ def convert(model: PathLike, output: PathLike | None = None, *, bits: int = 8, s
                    **{k: v for k, v in goals.items() if v is not None})
     goal.check()
     chosen = codec_for(codec, goal.any)
-    data = None
-    if goal.fidelity and inputs is not None:
-        data = inputs if isinstance(inputs, Inputs) else load_inputs(model, inputs)
+    if goal.fidelity != (inputs is not None):
+        raise OptionError("a fidelity goal needs inputs: --inputs, --images or --dataset" if goal.fidelity else
+                          "inputs (--inputs, --images, --dataset) feed fidelity goals (--min-cosine, --max-accuracy-drop); "
+                          "this conversion has none")
+    data: Inputs | None
+    if callable(inputs):
+        data = inputs()
+    elif inputs is None or isinstance(inputs, Inputs):
+        data = inputs
+    else:
+        data = load_inputs(model, inputs)
     target = Path(output) if output is not None else model.with_suffix(".qpk")
     with closing(open_model(model)) as src:
         done = publish(src, rules, target, chosen, budget, parse_compressors(compress, src.file_bytes), progress,
@@ -127,38 +145,82 @@ def convert(model: PathLike, output: PathLike | None = None, *, bits: int = 8, s
 
 
 def open(path: PathLike) -> QpkReader:  # noqa: A001 (qpack.open, as gzip.open)
-    """A lazy reader of a .qpk container (use it as a context manager); every rule of FORMAT.md is checked."""
+    """A lazy reader of a .qpk container: `entries`, `codes(e)`, `params(e)`, `dequantize(e)`, `verify()`;
+    use it as a context manager.
+
+    Raises:
+        FormatError: the file breaks a rule of FORMAT.md (checked on open; blob checksums by verify()).
+    """
     return QpkReader(Path(path))
 
 
 def describe(path: PathLike, verify: bool = True) -> dict[str, Any]:
-    """What a .qpk holds (header, options, each tensor's layout and sizes); checksums checked when `verify`."""
+    """What a .qpk holds: header, options, each tensor's layout and sizes, and which export targets take
+    it as stored (`exports`: target -> tensors it would store otherwise).
+
+    Returns:
+        The dict `qpack inspect --json` writes.
+
+    Raises:
+        FormatError: the file breaks a rule of FORMAT.md, or (with `verify`) a checksum does not match.
+    """
     from qpack.converter.inspect import describe as run
 
     return run(Path(path), verify)
 
 
 def unpack(qpk: PathLike, output: PathLike) -> list[Path]:
-    """Rebuild a runnable float model in the container's source format; returns the files written."""
+    """Rebuild a runnable float model in the container's source format at `output` (.onnx or .tflite).
+
+    Returns:
+        The files written (an ONNX model over 2 GB gets its external data file too).
+
+    Raises:
+        FormatError: the container is damaged; OptionError: `output` names another format.
+    """
     from qpack.converter.convert import restore
 
     return restore(Path(qpk), Path(output))
 
 
 def export(qpk: PathLike, to: str, output: PathLike) -> Exported:
-    """Export a .qpk to a runtime's format or firmware sources (`to`: a name of converter.export.TARGETS)."""
+    """Export a .qpk to a runtime's format or firmware sources.
+
+    Args:
+        to: a name of converter.export.TARGETS (onnx-qdq, onnx-matmulnbits, tflite, tflite-dequantize, c, c-coded).
+        output: the exported model, or the folder of C sources.
+
+    Returns:
+        The files written and the export's notes (tensors widened to their nearest exact form, say).
+
+    Raises:
+        OptionError: an unknown target, or a container of a format the target does not take.
+        UnsupportedError: a tensor the target has no exact form for (nothing is written).
+    """
     from qpack.converter.export import export as run
 
     files, notes = run(Path(qpk), to, Path(output))
-    return Exported(files, notes)
+    return Exported(tuple(files), tuple(notes))
 
 
 def evaluate(model: PathLike, inputs: Inputs | PathLike, qpk: PathLike | None = None, *, bits: int = 8,
              scheme: str = SCHEME, per_channel: bool = False, clip: str = "minmax", group_size: int | None = None,
              param_dtype: str = "auto", keep: Sequence[str] = (), include: Sequence[str] = (),
              bits_for: Sequence[str] = (), groups: PathLike | None = None, group_threshold: float = 0.05) -> dict[str, Any]:
-    """Run `model` and its quantized restoration (of `qpk`, or converted at the options) on the same
-    inputs; per-output fidelity and, for classifiers, accuracy."""
+    """Run `model` and its quantized restoration (of `qpk`, or converted at the options) on the same inputs.
+
+    Args:
+        inputs: load_inputs(), or an .npy/.npz path.
+        groups: a JSON class grouping ([[3, 5], [8, 9]]); group_threshold: the confusion growth that
+            merges two classes when grouping automatically.
+
+    Returns:
+        The dict `qpack eval --json` writes: per-output fidelity, and accuracy and agreement for class
+        scores or errors for regressions.
+
+    Raises:
+        OptionError: `qpk` was not made from `model`, or the inputs do not fit it.
+    """
     from qpack.converter.evaluate import evaluate as run
 
     data = inputs if isinstance(inputs, Inputs) else load_inputs(model, inputs)
@@ -169,23 +231,70 @@ def evaluate(model: PathLike, inputs: Inputs | PathLike, qpk: PathLike | None = 
 def report(path: PathLike, *, bits: int = 8, scheme: str = SCHEME, per_channel: bool = False, clip: str = "minmax",
            group_size: int | None = None, param_dtype: str = "auto", keep: Sequence[str] = (), include: Sequence[str] = (),
            bits_for: Sequence[str] = (), codec: str | None = None, rdo: float = 0.0, source: PathLike | None = None,
-           compress: str = "auto", html: PathLike | None = None, layer: str | None = None,
-           command: str = "") -> dict[str, Any]:
-    """Range, distribution and bit efficiency per tensor: of a model at the options, or of a .qpk
-    (against its float `source` when given); with `html`, also a self-contained page (PNGs beside it)."""
-    from qpack.converter.report import report_path, write_html
+           compress: str = "auto", html: PathLike | None = None, layer: str | None = None, max_size: int | None = None,
+           max_bpw: float | None = None, min_sqnr: float | None = None, command: str | None = None) -> dict[str, Any]:
+    """Range, distribution and bit efficiency per tensor: of a model at the options, or of a .qpk.
 
+    Args:
+        source: for a .qpk, the float model it came from (weight SQNR, pictures, output fidelity).
+        html: also write a self-contained page there (PNGs beside it); `layer` names the tensor pictured.
+        max_size, max_bpw, min_sqnr: budgets, checked after the report is made.
+        command: the command line that reproduces the report, recorded in it and on the page.
+
+    Returns:
+        The report (the dict `qpack report --json` writes).
+
+    Raises:
+        BudgetBroken: a budget was broken; its `report` is the full report.
+        QpackError: an unreadable file or an impossible option, in one line.
+    """
+    from qpack.converter.gates import Budget
+    from qpack.converter.measure import parse_compressors
+    from qpack.converter.report import floats_known, report_path, write_html
+
+    budget = Budget(max_size, max_bpw, min_sqnr)
+    parse_compressors(compress)  # a bad list before any work
     rules = policy(scheme, bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype, rdo)
     rep, src = report_path(Path(path), rules, codec_for(codec), compress, _path(source))
     try:
-        rep["command"] = command
+        if command is not None:
+            rep["command"] = command
         if html is not None:
-            write_html(rep, src, layer, Path(html), command)
+            write_html(rep, src, layer, Path(html), command or "")
     finally:
         if src is not None:
             src.close()
     rep.pop("figure_options", None)
+    try:
+        budget.check(rep["sizes"]["qpk_bytes"], rep["sizes"]["bits_per_weight"], rep["totals"].get("sqnr_db"), floats_known(rep))
+    except BudgetError as e:
+        raise BudgetBroken(str(e), rep) from None
     return rep
+
+
+def sweep(model: PathLike, inputs: Inputs | PathLike, output: PathLike | None = None, *, schemes: str = "asym,sym,pow2",
+          bits: str = "8..2", granularity: str = "both", tolerance: float = 1.0, clip: str = "minmax", sensitivity_bits: int = 2,
+          progress: Callable[[str], None] | None = None, command: str | None = None) -> tuple[dict[str, Any], list[Path]]:
+    """Evaluate a grid of schemes x widths x granularities on `inputs`, name the knee, rank tensors by sensitivity.
+
+    Args:
+        schemes: comma-separated scheme names; bits: a range "8..2" or a list "8,6,4"; granularity:
+            "tensor", "channel" or "both"; tolerance: points of loss the knee may cost; sensitivity_bits:
+            the width of the one-tensor-at-a-time ranking (0: skip it).
+        output: a folder for sweep.json, sweep.csv and the plots (its parent must exist); None: nothing written.
+        command: the command line that reproduces the sweep, recorded in it.
+
+    Returns:
+        The sweep (the dict sweep.json holds) and the files written.
+    """
+    from qpack.converter.sweep import parse_bits, parse_granularity, parse_schemes, run_sweep, write_outputs
+
+    names, widths, grans = parse_schemes(schemes, sensitivity_bits), parse_bits(bits), parse_granularity(granularity)
+    data = inputs if isinstance(inputs, Inputs) else load_inputs(model, inputs)
+    result = run_sweep(Path(model), data, names, widths, grans, tolerance, sensitivity_bits, progress, clip)
+    if command is not None:
+        result["command"] = command
+    return result, (write_outputs(result, Path(output)) if output is not None else [])
 
 
 def _path(p: PathLike | None) -> Path | None:

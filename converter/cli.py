@@ -21,11 +21,15 @@ from qpack.converter import __version__, api
 from qpack.converter.allocate import AUTO_SCHEMES, DEFAULT_OBJECTIVE, GOALS, OBJECTIVES
 from qpack.converter.policy import PARAM_DTYPES
 from qpack.converter.quant import CLIPS, QUANTIZERS
+from qpack.converter.quant.rdo import MAX_LAMBDA
 from qpack.formats.errors import BudgetError, QpackError
-from qpack.formats.qpk import CODECS
+from qpack.formats.qpk import CODECS, SCHEMES
+from qpack.formats.qpk.spec import MAX_BITS, MIN_BITS
 
 EXIT_ERROR = 1
 EXIT_BUDGET = 3  # a build budget was broken: distinct from ordinary errors so pipelines can tell
+PLUGINS = "qpack.plugins"  # the entry-point group of modules that register schemes, codecs, goals or targets
+
 
 class _Help:
     """--help takes no value: no type shown beside it, and listed with the output options where there are panels."""
@@ -33,7 +37,7 @@ class _Help:
     params: list[Any]
 
     def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)  # type: ignore[misc]
+        option = super().get_help_option(ctx)  # type: ignore[misc]  # a mixin: the command class comes after it
         if option is not None:
             option.metavar = ""
             if any(getattr(p, "rich_help_panel", None) == OUTPUT for p in self.params):
@@ -56,7 +60,12 @@ out = Console(highlight=False, markup=False, soft_wrap=True, width=None if sys.s
 err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 # The library's defaults, shown in the help as they are: the API decides them, the CLI only displays them.
-CONVERT = {k: p.default for k, p in _inspect.signature(api.convert).parameters.items()}
+def _defaults(fn: Callable[..., Any]) -> dict[str, Any]:
+    return {k: p.default for k, p in _inspect.signature(fn).parameters.items()}
+
+
+CONVERT, REPORT, EVALUATE = _defaults(api.convert), _defaults(api.report), _defaults(api.evaluate)
+SWEEP, INPUT = _defaults(api.sweep), _defaults(api.load_inputs)
 
 # help panels, in the order a user decides
 WHAT, GOAL_PANEL, INPUTS, STORAGE, BUDGETS, OUTPUT = ("What to quantize", "Goals (qpack allocates each tensor's setting)",
@@ -69,9 +78,24 @@ def _default(text: str) -> str:
     return f"\\[default: {text}]"  # the backslash keeps rich from reading it as markup
 
 
+def _load_plugins() -> None:
+    """Import the modules installed packages declare under the entry-point group PLUGINS, so what they
+    register is in the registries before the command line reads them; one that fails is named, and skipped."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGINS):
+        try:
+            ep.load()
+        except Exception as e:  # a broken plugin must not take the command down with it
+            err.print(f"qpack: warning: plugin {ep.name} ({ep.value}) not loaded: {type(e).__name__}: {e}")
+
+
+_load_plugins()
+
+
 def _choices(name: str, values: list[str]) -> type[Enum]:
     """A str Enum typer can offer, built from a registry (so a registered scheme or codec shows up)."""
-    return Enum(name, {v: v for v in values}, type=str)  # type: ignore[return-value]
+    return Enum(name, {v: v for v in values}, type=str)  # type: ignore[return-value]  # the functional API is typed as Enum
 
 
 def _targets() -> list[str]:
@@ -162,13 +186,16 @@ def _progress(quiet: bool) -> Progress | None:
 ModelArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="an .onnx or .tflite model",
                                           show_default=False)]
 QpkArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="a .qpk container", show_default=False)]
-Bits = Annotated[int, typer.Option("--bits", "-b", min=1, max=16, rich_help_panel=WHAT,
-                                   help="bits per weight code (asym, lut, pow2: up to 8; sym, dq: up to 16)")]
-_SCHEMES_HELP = "asym: scale+zero point; sym: scale; dq: sym with a trellis; pow2: sign+exponent; lut: a codebook"
+Bits = Annotated[int, typer.Option("--bits", "-b", min=MIN_BITS, max=MAX_BITS, rich_help_panel=WHAT,
+                                   help="bits per weight code (each scheme's range under --scheme)")]
+_SCHEMES_HELP = "; ".join(f"{n}: {SCHEMES[n].help} ({SCHEMES[n].min_bits}..{SCHEMES[n].max_bits} bits)" for n in QUANTIZERS)
+# what a goal chooses each tensor's scheme from, as options.menus does
+_GOAL_SCHEMES = ", ".join(AUTO_SCHEMES) + "".join(f", and {n} with an entropy coder" for n, q in QUANTIZERS.items()
+                                                   if q.coded_choice and n not in AUTO_SCHEMES)
 Scheme = Annotated[SchemeName, typer.Option("--scheme", "-s", help=_SCHEMES_HELP, rich_help_panel=WHAT)]
 GoalScheme = Annotated[SchemeName | None, typer.Option(
     "--scheme", "-s", show_default=False, rich_help_panel=WHAT,
-    help=f"{_SCHEMES_HELP} " + _default(f"{api.SCHEME}; with a goal, each tensor's best of {', '.join(AUTO_SCHEMES)}"))]
+    help=f"{_SCHEMES_HELP} " + _default(f"{api.SCHEME}; with a goal, each tensor's best of {_GOAL_SCHEMES}"))]
 PerChannel = Annotated[bool, typer.Option("--per-channel/--per-tensor", help="one scale per output channel", metavar="",
                                           rich_help_panel=WHAT)]
 Clip = Annotated[ClipName, typer.Option("--clip", rich_help_panel=WHAT,
@@ -187,9 +214,10 @@ GroupSize = Annotated[int | None, typer.Option("--group-size", min=16, max=1024,
                                                     "(instead of per tensor or per channel); a short last block where N does not divide")]
 ParamDtype = Annotated[ParamDtypeName, typer.Option("--param-dtype", rich_help_panel=WHAT,
                                                     help="scales as fp16 or fp32; auto: fp16 for --group-size, fp32 otherwise")]
-Rdo = Annotated[float, typer.Option("--rdo", min=0.0, max=10.0, metavar="LAMBDA", rich_help_panel=WHAT,
-                                    help="rate-aware rounding (asym, sym): a weight takes a neighbouring code when the bits "
-                                         "saved x LAMBDA outweigh the squared error added, in steps; 0 rounds to nearest")]
+Rdo = Annotated[float, typer.Option("--rdo", min=0.0, max=MAX_LAMBDA, metavar="LAMBDA", rich_help_panel=WHAT,
+                                    help="rate-aware rounding (" + ", ".join(n for n, q in QUANTIZERS.items() if q.rate_aware or q.trellis)
+                                         + "): a weight takes a neighbouring code when the bits saved x LAMBDA outweigh the "
+                                           "squared error added, in steps; 0 rounds to nearest")]
 Compress = Annotated[str, typer.Option("--compress", metavar="LIST", rich_help_panel=OUTPUT,
                                        help="compressors to measure: a list of gzip,zstd,7z; all; none; "
                                             "auto = gzip,zstd for models up to 64 MiB")]
@@ -238,11 +266,11 @@ def _examples(*lines: str) -> str:
 
 
 def _inputs(model: Path, inputs: Path | None, images: Path | None, dataset: str | None, size: str, layout: str, scale: str,
-            mean: str | None, std: str | None) -> Any:
-    """The inputs given, loaded and checked against the model; None when none are."""
+            mean: str | None, std: str | None) -> Callable[[], Any] | None:
+    """A loader of the inputs given (checked against the model when called); None when none are."""
     if inputs is None and images is None and dataset is None:
         return None
-    return api.load_inputs(model, inputs, images, dataset, size, layout, scale, mean, std)
+    return lambda: api.load_inputs(model, inputs, images, dataset, size, layout, scale, mean, std)
 
 
 def _goal_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -259,7 +287,7 @@ def _goal_options(command: Callable[..., None]) -> Callable[..., None]:
             params += goal_params
         if p.kind is not p.VAR_KEYWORD:
             params.append(p.replace(kind=_inspect.Parameter.KEYWORD_ONLY))
-    command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]  # read by inspect.signature
     return command
 
 
@@ -286,9 +314,9 @@ def convert(
     inputs: InputsOpt = None,
     images: ImagesOpt = None,
     dataset: DatasetOpt = None,
-    size: SizeOpt = "224",
-    layout: LayoutOpt = "nchw",
-    scale: ScaleOpt = "1/255",
+    size: SizeOpt = INPUT["size"],
+    layout: LayoutOpt = INPUT["layout"],
+    scale: ScaleOpt = INPUT["scale"],
     mean: MeanOpt = None,
     std: StdOpt = None,
     codec: GoalCodec = None,
@@ -444,21 +472,21 @@ def run() -> None:
 
 
 @app.command(cls=_Command, epilog=_examples("qpack report model.onnx --bits 4 --per-channel --html report.html",
-                              "qpack report small.qpk --source model.onnx --json report.json"))
+                                            "qpack report small.qpk --source model.onnx --json report.json"))
 def report(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="an .onnx, .tflite or .qpk file",
                                          show_default=False)],
-    bits: Bits = 8,
-    scheme: Scheme = SchemeName(api.SCHEME),
-    per_channel: PerChannel = False,
-    clip: Clip = ClipName("minmax"),
-    group_size: GroupSize = None,
-    param_dtype: ParamDtype = ParamDtypeName("auto"),
+    bits: Bits = REPORT["bits"],
+    scheme: Scheme = SchemeName(REPORT["scheme"]),
+    per_channel: PerChannel = REPORT["per_channel"],
+    clip: Clip = ClipName(REPORT["clip"]),
+    group_size: GroupSize = REPORT["group_size"],
+    param_dtype: ParamDtype = ParamDtypeName(REPORT["param_dtype"]),
     keep: Keep = None,
     include: Include = None,
     bits_for: BitsFor = None,
-    rdo: Rdo = 0.0,
-    codec: CodecOpt = CodecName(api.codec_for(None).label),
+    rdo: Rdo = REPORT["rdo"],
+    codec: CodecOpt = CodecName(api.codec_for(REPORT["codec"]).label),
     source: Annotated[Path | None, typer.Option("--source", exists=True, dir_okay=False, metavar="MODEL", rich_help_panel=WHAT,
                                                 help="for a .qpk: the float model it came from (enables SQNR and pictures)")] = None,
     layer: Annotated[str | None, typer.Option("--layer", metavar="NAME", rich_help_panel=OUTPUT,
@@ -466,68 +494,69 @@ def report(
     html_out: Annotated[Path | None, typer.Option("--html", dir_okay=False, metavar="FILE", rich_help_panel=OUTPUT,
                                                   help="self-contained HTML page; PNGs beside it")] = None,
     json_out: JsonOut = None,
-    compress: Compress = "auto",
+    compress: Compress = REPORT["compress"],
     max_size: MaxSize = None,
     max_bpw: MaxBpw = None,
     min_sqnr: MinSqnr = None,
     quiet: Quiet = False,
 ) -> None:
     """Range, distribution and bit efficiency per tensor, for a model at the given options or a .qpk."""
-    from qpack.converter.gates import Budget
-    from qpack.converter.measure import parse_compressors
     from qpack.converter.render import report_table
-    from qpack.converter.report import floats_known
 
     with _errors(), _status("measuring", quiet):
-        budget = Budget(max_size, max_bpw, min_sqnr)
-        parse_compressors(compress)
-        rep = api.report(path, bits=bits, scheme=str(scheme.value), per_channel=per_channel, clip=str(clip.value),
-                         group_size=group_size, param_dtype=str(param_dtype.value), keep=keep or (), include=include or (),
-                         bits_for=bits_for or (), codec=str(codec.value), rdo=rdo, source=source, compress=compress,
-                         html=html_out, layer=layer, command=_command("report"))
+        broken: BudgetError | None = None
+        try:
+            rep = api.report(path, bits=bits, scheme=str(scheme.value), per_channel=per_channel, clip=str(clip.value),
+                             group_size=group_size, param_dtype=str(param_dtype.value), keep=keep or (), include=include or (),
+                             bits_for=bits_for or (), codec=str(codec.value), rdo=rdo, source=source, compress=compress,
+                             html=html_out, layer=layer, max_size=max_size, max_bpw=max_bpw, min_sqnr=min_sqnr,
+                             command=_command("report"))
+        except api.BudgetBroken as e:
+            rep, broken = e.report, e
         if json_out:
             _write_json(json_out, rep)
         if _shown(json_out, quiet):
             report_table(rep, out)
-        budget.check(rep["sizes"]["qpk_bytes"], rep["sizes"]["bits_per_weight"], rep["totals"].get("sqnr_db"), floats_known(rep))
+        if broken:
+            raise broken
 
 
 @app.command("eval", cls=_Command, epilog=_examples("qpack eval samples/digits_cnn.onnx --dataset digits --bits 4 --per-channel",
-                                      "qpack eval model.onnx --qpk small.qpk --inputs data.npz"))
+                                                    "qpack eval model.onnx --qpk small.qpk --inputs data.npz"))
 def eval_(
     model: ModelArg,
     qpk: Annotated[Path | None, typer.Option("--qpk", exists=True, dir_okay=False, metavar="FILE", rich_help_panel=WHAT,
                                              help="evaluate this container instead of converting")] = None,
-    bits: Bits = 8,
-    scheme: Scheme = SchemeName(api.SCHEME),
-    per_channel: PerChannel = False,
-    clip: Clip = ClipName("minmax"),
-    group_size: GroupSize = None,
-    param_dtype: ParamDtype = ParamDtypeName("auto"),
+    bits: Bits = EVALUATE["bits"],
+    scheme: Scheme = SchemeName(EVALUATE["scheme"]),
+    per_channel: PerChannel = EVALUATE["per_channel"],
+    clip: Clip = ClipName(EVALUATE["clip"]),
+    group_size: GroupSize = EVALUATE["group_size"],
+    param_dtype: ParamDtype = ParamDtypeName(EVALUATE["param_dtype"]),
     keep: Keep = None,
     include: Include = None,
     bits_for: BitsFor = None,
     inputs: InputsOpt = None,
     images: ImagesOpt = None,
     dataset: DatasetOpt = None,
-    size: SizeOpt = "224",
-    layout: LayoutOpt = "nchw",
-    scale: ScaleOpt = "1/255",
+    size: SizeOpt = INPUT["size"],
+    layout: LayoutOpt = INPUT["layout"],
+    scale: ScaleOpt = INPUT["scale"],
     mean: MeanOpt = None,
     std: StdOpt = None,
     groups: Annotated[Path | None, typer.Option("--groups", exists=True, dir_okay=False, metavar="FILE", rich_help_panel=OUTPUT,
                                                 help="JSON class grouping, e.g. [[3,5],[8,9]]")] = None,
     group_threshold: Annotated[float, typer.Option("--group-threshold", min=0.0, max=1.0, rich_help_panel=OUTPUT,
-                                                   help="auto grouping: confusion-rate growth that merges two classes")] = 0.05,
+                                                   help="auto grouping: confusion-rate growth that merges two classes")]
+    = EVALUATE["group_threshold"],
     json_out: JsonOut = None,
     quiet: Quiet = False,
 ) -> None:
     """Run MODEL and its quantized restoration on the same inputs; report fidelity and accuracy."""
-    from qpack.converter.datasets import load_inputs
     from qpack.converter.render import eval_table
 
     with _errors():
-        data = load_inputs(model, inputs, images, dataset, size, layout, scale, mean, std)  # exactly one source, or an error
+        data = api.load_inputs(model, inputs, images, dataset, size, layout, scale, mean, std)  # exactly one source, or an error
         result = api.evaluate(model, data, qpk, bits=bits, scheme=str(scheme.value), per_channel=per_channel,
                               clip=str(clip.value), group_size=group_size, param_dtype=str(param_dtype.value), keep=keep or (),
                               include=include or (), bits_for=bits_for or (), groups=groups, group_threshold=group_threshold)
@@ -544,47 +573,42 @@ def sweep(
     out_dir: Annotated[Path, typer.Option("--out", file_okay=False, metavar="DIR", rich_help_panel=OUTPUT, show_default=False,
                                           help="folder for sweep.json, sweep.csv and the plots")],
     schemes: Annotated[str, typer.Option("--schemes", metavar="LIST", help="comma-separated schemes",
-                                         rich_help_panel=WHAT)] = "asym,sym,pow2",
+                                         rich_help_panel=WHAT)] = SWEEP["schemes"],
     bits: Annotated[str, typer.Option("--bits", metavar="RANGE|LIST", help="widths: a range 8..2 or a list 8,6,4",
-                                      rich_help_panel=WHAT)] = "8..2",
+                                      rich_help_panel=WHAT)] = SWEEP["bits"],
     granularity: Annotated[str, typer.Option("--granularity", metavar="tensor|channel|both", rich_help_panel=WHAT,
-                                             help="one scale per tensor, per channel, or both")] = "both",
+                                             help="one scale per tensor, per channel, or both")] = SWEEP["granularity"],
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="points of loss the knee may cost",
-                                             rich_help_panel=WHAT)] = 1.0,
-    clip: Clip = ClipName("minmax"),
+                                             rich_help_panel=WHAT)] = SWEEP["tolerance"],
+    clip: Clip = ClipName(SWEEP["clip"]),
     sensitivity_bits: Annotated[int, typer.Option("--sensitivity-bits", min=0, max=8, rich_help_panel=WHAT,
-                                                  help="width for the one-tensor-at-a-time ranking (0: skip)")] = 2,
+                                                  help="width for the one-tensor-at-a-time ranking (0: skip)")]
+    = SWEEP["sensitivity_bits"],
     inputs: InputsOpt = None,
     images: ImagesOpt = None,
     dataset: DatasetOpt = None,
-    size: SizeOpt = "224",
-    layout: LayoutOpt = "nchw",
-    scale: ScaleOpt = "1/255",
+    size: SizeOpt = INPUT["size"],
+    layout: LayoutOpt = INPUT["layout"],
+    scale: ScaleOpt = INPUT["scale"],
     mean: MeanOpt = None,
     std: StdOpt = None,
     quiet: Quiet = False,
 ) -> None:
     """Evaluate a grid of schemes x bit widths; name the knee; rank tensors by sensitivity."""
-    from qpack.converter.datasets import load_inputs
     from qpack.converter.render import sweep_table
-    from qpack.converter.sweep import parse_bits, parse_granularity, parse_schemes, run_sweep, write_outputs
 
     with _errors():
-        scheme_list = parse_schemes(schemes, sensitivity_bits)
-        widths = parse_bits(bits)
-        grans = parse_granularity(granularity)
-        data = load_inputs(model, inputs, images, dataset, size, layout, scale, mean, std)
+        data = api.load_inputs(model, inputs, images, dataset, size, layout, scale, mean, std)
+        request: dict[str, Any] = dict(schemes=schemes, bits=bits, granularity=granularity, tolerance=tolerance, clip=str(clip.value),
+                                       sensitivity_bits=sensitivity_bits, command=_command("sweep"))
         bar = _progress(quiet)
-        step: Callable[[str], None] | None = None
         if bar:
             with bar:
                 task = bar.add_task("sweeping", total=None)
-                step = lambda label: bar.update(task, advance=1, description=label, refresh=True)  # noqa: E731
-                result = run_sweep(model, data, scheme_list, widths, grans, tolerance, sensitivity_bits, step, str(clip.value))
+                result, files = api.sweep(model, data, out_dir, **request,
+                                          progress=lambda label: bar.update(task, advance=1, description=label, refresh=True))
         else:
-            result = run_sweep(model, data, scheme_list, widths, grans, tolerance, sensitivity_bits, clip=str(clip.value))
-        result["command"] = _command("sweep")
-        files = write_outputs(result, out_dir)
+            result, files = api.sweep(model, data, out_dir, **request)
         if not quiet:
             sweep_table(result, out)
             out.print("wrote " + ", ".join(map(str, files)))

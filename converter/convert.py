@@ -152,7 +152,7 @@ class Reuse:
             if held is not None:
                 return held if held.codec == codec.id else _code(held.q, w, d, codec)
             done = _work(w, d, scheme, clip, codec, rdo)
-            coded = len(done.codes[1]) if done.codec != RAW.id else 0  # raw codes are the packed ones
+            coded = len(done.codes[1]) if done.codes[0] != RAW.id else 0  # stored raw (as asked, or not shrunk): packed
             size = done.q.packed.nbytes + coded + sum(len(v[1]) for v in done.params.values())
             with self.lock:
                 if size <= self.left:

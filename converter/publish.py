@@ -17,7 +17,7 @@ from qpack.converter.gates import Budget
 from qpack.converter.policy import Policy
 from qpack.converter.sizes import size_report
 from qpack.formats.atomic import prepare_parent, scratch_folder, sweep_stale, track, untrack
-from qpack.formats.errors import BudgetError, QpackError
+from qpack.formats.errors import BudgetError, OptionError, QpackError
 from qpack.formats.model import SourceModel
 from qpack.formats.qpk import Codec
 
@@ -50,7 +50,7 @@ def publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget
     converter.allocate); a goal that cannot be met is a BudgetError before anything is written.
     """
     if target.resolve() == src.path.resolve():
-        raise QpackError(f"{target}: output would overwrite the input")
+        raise OptionError(f"{target}: output would overwrite the input")
     prepare_parent(target)  # before any work, and naming the path the user gave
     if goal is None or not goal.any:
         return _publish(src, policy, target, codec, budget, compressors, progress, compress_progress, None)

@@ -29,7 +29,7 @@ CSV_COLUMNS = ("scheme", "granularity", "bits", "loss_points", "accuracy", "top1
 
 
 def parse_bits(text: str) -> list[int]:
-    """'8..2', '8,6,4' or '4' -> descending list of widths in 1..16 (past 8 only sym takes them)."""
+    """'8..2', '8,6,4' or '4' -> descending list of widths in 1..16 (each scheme keeps those in its own range)."""
     try:
         if ".." in text:
             a, b = (int(t) for t in text.split(".."))
@@ -49,11 +49,12 @@ def parse_schemes(text: str, sensitivity_bits: int) -> list[str]:
     for s in names:
         get_quantizer(s)
     if sensitivity_bits:
-        get_quantizer("asym").check_bits(sensitivity_bits)
+        get_quantizer(SENSITIVITY_SCHEME).check_bits(sensitivity_bits)
     return names
 
 
 GRANULARITIES = {"both": ["tensor", "channel"], "tensor": ["tensor"], "channel": ["channel"]}
+SENSITIVITY_SCHEME = "asym"  # the one-tensor-at-a-time ranking quantizes with the plain default scheme
 
 
 def parse_granularity(text: str) -> list[str]:
@@ -140,7 +141,7 @@ def _sweep(model: Path, src: SourceModel, inputs: Inputs, schemes: list[str], wi
                     cells.append(_cell(model, src, inputs, reference, policy, Path(tmp)))
                     if progress:
                         progress(f"{s} {g} {b}-bit")
-        ranking = sensitivity(src, inputs, reference, "asym", sensitivity_bits, Path(tmp),
+        ranking = sensitivity(src, inputs, reference, SENSITIVITY_SCHEME, sensitivity_bits, Path(tmp),
                               (lambda: progress("sensitivity")) if progress else None, head) if sensitivity_bits else []
     knees = {}
     for g in granularities:
@@ -154,7 +155,7 @@ def _sweep(model: Path, src: SourceModel, inputs: Inputs, schemes: list[str], wi
         "loss_measure": "accuracy points" if inputs.labels is not None and base else
                         ("100 - top-1 agreement %" if base else "100 * (1 - mean output cosine)"),
         "cells": cells, "knee_bits": knees,
-        "sensitivity": {"scheme": "asym", "granularity": "tensor", "bits": sensitivity_bits, "ranking": ranking},
+        "sensitivity": {"scheme": SENSITIVITY_SCHEME, "granularity": "tensor", "bits": sensitivity_bits, "ranking": ranking},
     }
 
 

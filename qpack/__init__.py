@@ -17,12 +17,24 @@ from typing import TYPE_CHECKING, Any
 from qpack.converter import __version__
 
 if TYPE_CHECKING:
-    from qpack.converter.api import BudgetBroken, Exported, convert, describe, evaluate, export, load_inputs, open, report, unpack
+    from qpack.converter.api import (
+        BudgetBroken,
+        Exported,
+        convert,
+        describe,
+        evaluate,
+        export,
+        load_inputs,
+        open,
+        report,
+        sweep,
+        unpack,
+    )
     from qpack.formats.errors import BudgetError, FormatError, OptionError, QpackError, UnsupportedError
 
 __all__ = [
     "BudgetBroken", "BudgetError", "Exported", "FormatError", "OptionError", "QpackError", "UnsupportedError", "__version__",
-    "convert", "describe", "evaluate", "export", "load_inputs", "open", "report", "unpack",
+    "convert", "describe", "evaluate", "export", "load_inputs", "open", "report", "sweep", "unpack",
 ]
 _ERRORS = ("BudgetError", "FormatError", "OptionError", "QpackError", "UnsupportedError")
 

@@ -80,7 +80,22 @@ def test_open_describe_unpack_export(sample: Path, tmp_path: Path):
     restored = qpack.unpack(qpk, tmp_path / "r.onnx")
     assert restored == [tmp_path / "r.onnx"]
     done = qpack.export(qpk, "onnx-qdq", tmp_path / "q.onnx")
-    assert done.files == [tmp_path / "q.onnx"] and any("INT4" in n for n in done.notes)
+    assert done.files == (tmp_path / "q.onnx",) and any("INT4" in n for n in done.notes)
     result = qpack.evaluate(sample, qpack.load_inputs(sample, dataset="digits"), qpk)
     assert result["classification"]["accuracy_quantized"] > 0.9
     assert np.isfinite(result["outputs"][0]["cosine"])
+
+
+def test_inputs_go_with_fidelity_goals_only(sample: Path, tmp_path: Path):
+    """Inputs without a fidelity goal are refused (they would be ignored), and a fidelity goal without
+    them is refused before any work; neither loads the inputs nor writes a file."""
+    def never():
+        raise AssertionError("inputs loaded")
+
+    with pytest.raises(qpack.OptionError, match="feed fidelity goals"):
+        qpack.convert(sample, tmp_path / "x.qpk", target_bpw=4, inputs=never)
+    with pytest.raises(qpack.OptionError, match="a fidelity goal needs inputs"):
+        qpack.convert(sample, tmp_path / "x.qpk", min_cosine=0.99)
+    r = runner.invoke(app, ["convert", str(sample), "--bits", "4", "--dataset", "digits", "-o", str(tmp_path / "x.qpk")])
+    assert r.exit_code == 1 and "feed fidelity goals" in r.output
+    assert list(tmp_path.iterdir()) == []

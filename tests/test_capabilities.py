@@ -179,3 +179,29 @@ def test_toy_scheme_codec_and_target_are_priced_offered_and_exported(toys, sampl
     assert f"note: {len(values)} tensors as float32" in r.output
     with np.load(npz) as got:
         assert set(got.files) == set(values) and all(np.array_equal(got[k], v) for k, v in values.items())
+
+
+def test_plugins_register_before_the_command_line_reads_the_registries(tmp_path: Path):
+    """A package declaring a module under the `qpack.plugins` entry-point group is imported when `qpack`
+    starts: the codec it registers is a --codec choice; a plugin that fails is named and skipped."""
+    import os
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    (site / "qpack_zlib_plugin-0.1.dist-info").mkdir(parents=True)
+    (site / "qpack_zlib_plugin-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: qpack-zlib-plugin\nVersion: 0.1\n")
+    (site / "qpack_zlib_plugin-0.1.dist-info" / "entry_points.txt").write_text(
+        "[qpack.plugins]\nzlib = qpack_zlib_plugin\nbroken = qpack_missing_module\n")
+    (site / "qpack_zlib_plugin.py").write_text(
+        "import zlib\nfrom dataclasses import dataclass\nfrom qpack.formats.qpk import ByteCodec, register_codec\n\n"
+        "@dataclass(frozen=True)\nclass Zlib(ByteCodec):\n    id: int = 202\n    name: str = 'zlib'\n    label: str = 'zlib'\n"
+        "    help: str = 'the packed codes through zlib'\n\n    def encode(self, raw, kind, ctx=None):\n"
+        "        return zlib.compress(raw, 9)\n\n    def decode(self, stored, raw_length, ctx=None):\n"
+        "        return zlib.decompress(stored)[:raw_length]\n\nregister_codec(Zlib())\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]), COLUMNS="300")
+    p = subprocess.run([sys.executable, "-c", "from qpack.converter.cli import run; run()", "convert", "--help"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "<packed|zstd|ans|zlib>" in p.stdout and "zlib: the packed codes through zlib" in " ".join(p.stdout.split())
+    assert p.stderr.startswith("qpack: warning: plugin broken (qpack_missing_module) not loaded: ModuleNotFoundError")

@@ -193,7 +193,8 @@ def test_help_users_can_scan(command: str):
     if command == "convert":
         for panel in ("What to quantize", "Goals", "Inputs", "Storage", "Budgets", "Output"):
             assert f"─ {panel}" in r.output, panel
-        assert "<asym|sym|dq|lut|pow2>" in text and "[default: asym; with a goal, each tensor's best of asym, sym]" in text
+        assert "<asym|sym|dq|lut|pow2>" in text
+        assert "[default: asym; with a goal, each tensor's best of asym, sym, and dq with an entropy coder]" in text
         assert "[default: packed; with a goal, ans]" in text and "<auto|fp16|fp32>" in text
     if command == "export":
         assert "<onnx-qdq|onnx-matmulnbits|tflite|tflite-dequantize|c|c-coded>" in text

@@ -91,7 +91,7 @@ register_target(Target("onnx-qdq", "qpack.converter.export.onnx_qdq", "export_on
                        "ONNX with integer weights behind DequantizeLinear (INT2..INT32 as the codes need)", _QDQ))
 register_target(Target("onnx-matmulnbits", "qpack.converter.export.onnx_matmulnbits", "export_onnx_matmulnbits", ("onnx",),
                        "ONNX with MatMul/Gemm weights as com.microsoft.MatMulNBits (2/4/8 bits), the rest as onnx-qdq",
-                       Native(widths=(2, 4, 8), blocks=(16, 32, 64, 128, 256, 512, 1024))))
+                       Native(widths=(2, 4, 8), blocks=(16, 32, 64, 128, 256))))
 register_target(Target("tflite", "qpack.converter.export.tflite_int", "export_tflite", ("tflite",),
                        "TFLite with int8/int4 weights: hybrid kernels where they apply, DEQUANTIZE elsewhere", _TFLITE))
 register_target(Target("tflite-dequantize", "qpack.converter.export.tflite_int", "export_tflite_dequantize", ("tflite",),

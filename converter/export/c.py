@@ -53,9 +53,14 @@ _HEX = np.frombuffer(b"".join(b"0x%02x," % i for i in range(256)), dtype=np.uint
 
 
 def scheme_constant(scheme: str) -> str | None:
-    """qpk.h's constant for a scheme (QPK_<NAME>), or None where qpk.h decodes no such scheme."""
-    name = f"QPK_{scheme.upper()}"
-    return name if name in defines() else None
+    """qpk.h's constant for a scheme the C target runs (QPK_<NAME>, one of qpk.h's scheme numbers below
+    QPK__SCHEMES), or None where qpk.h decodes no such scheme."""
+    from qpack.converter.export import TARGETS
+
+    name, table = f"QPK_{scheme.upper()}", defines()
+    if scheme not in (TARGETS["c"].native.schemes or ()) or not 0 <= table.get(name, -1) < table["QPK__SCHEMES"]:
+        return None
+    return name
 
 
 def export_c_coded(reader: QpkReader, out: Path, notes: list[str]) -> list[Path]:

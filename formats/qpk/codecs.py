@@ -260,10 +260,11 @@ def label_of(name: str) -> str:
 
 
 def codec_named(name: str) -> Codec:
+    """The codec a name or its label (the CLI's word, `packed` for raw) names."""
     for c in CODECS.values():
-        if c.name == name:
+        if name in (c.name, c.label):
             return c
-    raise OptionError(f"unknown codec {name!r}, expected one of {', '.join(c.name for c in CODECS.values())}")
+    raise OptionError(f"unknown codec {name!r}, expected one of {', '.join(c.label for c in CODECS.values())}")
 
 
 RAW = register_codec(Raw())

@@ -67,6 +67,7 @@ class SchemeSpec:
     integers: ToIntegers | None = None
     signed: bool = False  # its integer form is symmetric around 0, with no zero point
     figures: Figures | None = None  # scheme-specific figures a report adds per tensor (pow2: exponents used)
+    help: str = ""  # what a code means, in a few words (the CLI's help)
 
     def check_bits(self, bits: int) -> None:
         if not self.min_bits <= bits <= self.max_bits:
@@ -223,11 +224,12 @@ def _pow2_figures(codes, params, bits, grouping) -> dict:
 
 _SCALE = ParamSpec("scale", "<f4", others=("<f2",))
 register_scheme(SchemeSpec("asym", 1, 8, (_SCALE, ParamSpec("zero_point", "<u1")), lambda bits: 1 << bits, _asym,
-                           integers=_asym_integers))
-register_scheme(SchemeSpec("sym", 2, 16, (_SCALE,), lambda bits: (1 << bits) - 1, _sym, integers=_sym_integers, signed=True))
+                           integers=_asym_integers, help="scale + zero point"))
+register_scheme(SchemeSpec("sym", 2, 16, (_SCALE,), lambda bits: (1 << bits) - 1, _sym, integers=_sym_integers, signed=True,
+                           help="scale, symmetric around 0"))
 register_scheme(SchemeSpec("lut", 1, 8, (ParamSpec("centroids", "<f2", lambda bits: 1 << bits, ("<f4",)),),
-                           lambda bits: 1 << bits, _lut))
+                           lambda bits: 1 << bits, _lut, help="a codebook per group"))
 register_scheme(SchemeSpec("dq", 2, 16, (_SCALE,), lambda bits: 4 * midpoint(bits) + 1, _dq, blocks=False,
-                           integers=_dq_integers, signed=True))
+                           integers=_dq_integers, signed=True, help="sym levels chosen by a trellis (dependent quantization)"))
 register_scheme(SchemeSpec("pow2", 2, 8, (ParamSpec("emax", "<i2"),), lambda bits: 2 * midpoint(bits) + 1, _pow2,
-                           integers=_pow2_integers, signed=True, figures=_pow2_figures))
+                           integers=_pow2_integers, signed=True, figures=_pow2_figures, help="sign + exponent (shifts)"))

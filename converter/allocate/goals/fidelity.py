@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from qpack.converter.allocate.goals import Goal
 
 # schemes past a byte are measured again up to 16 where a fidelity goal's most precise 12-bit
-# setting (menus.WIDE_BITS) misses it: a pose landmark model
+# setting (options.WIDE_BITS) misses it: a pose landmark model
 # on noise images keeps 0.9825 on its worst input at 12 bits everywhere, 0.99993 at 16 (its presence
 # score is a sigmoid at -10: weights moved by 2^-11 of their values take that output to 0.991)
 RESCUE_BITS = 16
@@ -139,7 +139,8 @@ def for_fidelity(policy: Policy, goal: Goal, ms: list[Menu], evaluate_policy: Ca
     if wider is not None:
         ok, words = goal.met(top)
         if not ok:
-            say(f"every tensor at its most precise setting: {words}; measuring sym and dq up to {RESCUE_BITS} bits")
+            wide = sorted({o.scheme for m in ms for o in m.options if get_quantizer(o.scheme).spec().max_bits > WIDE_BITS})
+            say(f"every tensor at its most precise setting: {words}; measuring {' and '.join(wide)} up to {RESCUE_BITS} bits")
             ms[:] = wider()
             top_policy, top = most_precise()
     if goal.min_cosine is not None:

@@ -9,12 +9,10 @@ from qpack.converter.allocate.knapsack import choose
 from qpack.converter.allocate.objectives import DEFAULT_OBJECTIVE
 from qpack.converter.allocate.options import Menu, Option, plan
 from qpack.converter.policy import Policy
-from qpack.formats.errors import BudgetError
-from qpack.formats.model import SourceModel
+from qpack.formats.errors import BudgetError, OptionError
 
 
-def for_size(model: SourceModel, policy: Policy, size: int, convert_to: Callable[[Policy], int],
-             ms: list[Menu]) -> tuple[Policy, list[Option]]:
+def for_size(policy: Policy, size: int, convert_to: Callable[[Policy], int], ms: list[Menu]) -> tuple[Policy, list[Option]]:
     """The allocation whose whole container is at most `size` bytes: the overhead (graph, metadata,
     padding) is measured on a first conversion and the budget corrected until the file fits."""
     cheapest_policy = plan(policy, ms, [m.options[0] for m in ms], "cheapest")
@@ -35,8 +33,13 @@ def for_size(model: SourceModel, policy: Policy, size: int, convert_to: Callable
 
 
 def _search(task: Task, size: int) -> Found:
-    return (*for_size(task.src, task.policy, size, lambda q: task.convert_to(q).size, task.menus), {})
+    return (*for_size(task.policy, size, lambda q: task.convert_to(q).size, task.menus), {})
+
+
+def _check(size: int) -> None:
+    if size <= 0:
+        raise OptionError(f"--target-size must be a positive number of bytes, not {size}")
 
 
 GOAL = GoalSpec("--target-size", "target_size", int, "a .qpk of at most this many bytes", Kind.SIZE,
-                DEFAULT_OBJECTIVE, _search, metavar="BYTES")
+                DEFAULT_OBJECTIVE, _search, _check, metavar="BYTES")
