@@ -19,10 +19,11 @@ from typing import BinaryIO
 
 import numpy as np
 
+from qpack.converter.export import TARGETS
 from qpack.converter.export.qpk_h import DECODER, define, defines
 from qpack.formats.atomic import atomic_outputs
 from qpack.formats.errors import OptionError, UnsupportedError
-from qpack.formats.qpk import ANS, RAW, BlobKind, QpkReader, TensorEntry, packed_size
+from qpack.formats.qpk import CODECS, RAW, BlobKind, QpkReader, TensorEntry, packed_size
 from qpack.formats.qpk.spec import BYTE_BITS
 
 DTYPES = {"float32": "QPK_FLOAT32", "float16": "QPK_FLOAT16", "bfloat16": "QPK_BFLOAT16", "float64": "QPK_FLOAT64"}
@@ -55,8 +56,6 @@ _HEX = np.frombuffer(b"".join(b"0x%02x," % i for i in range(256)), dtype=np.uint
 def scheme_constant(scheme: str) -> str | None:
     """qpk.h's constant for a scheme the C target runs (QPK_<NAME>, one of qpk.h's scheme numbers below
     QPK__SCHEMES), or None where qpk.h decodes no such scheme."""
-    from qpack.converter.export import TARGETS
-
     name, table = f"QPK_{scheme.upper()}", defines()
     if scheme not in (TARGETS["c"].native.schemes or ()) or not 0 <= table.get(name, -1) < table["QPK__SCHEMES"]:
         return None
@@ -104,7 +103,9 @@ def export_c(reader: QpkReader, out: Path, notes: list[str], coded: bool = False
             raise UnsupportedError(f"tensor '{e.name[:200]}': dimension above 2^32 - 1 in shape {list(e.shape)}")
     source = reader.info["source"].get("name") or reader.path.name
     model = model_identifier(source)
-    streams = {i for i, e in enumerate(reader.entries) if coded and reader.blobs[e.codes].codec == ANS.id}
+    # the streams qpk_unpack decodes on the device: codes whose codec the target keeps as stored
+    keeps = set(TARGETS["c-coded" if coded else "c"].native.codecs or ()) - {RAW.name}
+    streams = {i for i, e in enumerate(reader.entries) if CODECS[reader.blobs[e.codes].codec].name in keeps}
     unpacked = sum(reader.blobs[e.codes].codec != RAW.id for e in reader.entries) - len(streams)
     if unpacked:
         notes.append(f"{unpacked} tensor(s) had entropy-coded codes in the container; the C arrays hold them packed"
