@@ -60,21 +60,22 @@ STRICT = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 SANITIZED = [*STRICT, "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
 DRIVER = Path(__file__).parent / "c" / "qpk_driver.c"
 DECODER = Path(__file__).resolve().parent.parent / "converter" / "export" / "qpk.h"
-QPK_E_BLOB, QPK_E_CODEC = qpk_h.define("QPK_E_BLOB"), qpk_h.define("QPK_E_CODEC")
+QPK_E_BLOB, QPK_E_CODEC, QPK_E_PARAM = qpk_h.define("QPK_E_BLOB"), qpk_h.define("QPK_E_CODEC"), qpk_h.define("QPK_E_PARAM")
 
 # qpk.h's constants that restate a rule of FORMAT.md (or a registry of qpack's), with the value the
 # Python side gives each: a format change that misses qpk.h fails here
 QPK_H_MIRRORS = {
     "QPK_FORMAT_MAJOR": VERSION_MAJOR, "QPK_MAX_RANK": qpk_spec.MAX_RANK, "QPK__MAX_DIM": qpk_spec.MAX_DIM,
     "QPK__MAX_ELEMENTS": qpk_spec.MAX_ELEMENTS, "QPK__MAX_GRAPH_BYTES": qpk_spec.MAX_GRAPH_BYTES, "QPK_MAX_DEPTH": qpk_spec.MAX_META_DEPTH,
-    "QPK__MAX_ITEMS": 2 * qpk_spec.MAX_TENSORS,  # the Python reader's max_map_len (qpk.h caps arrays at it too)
+    "QPK__MAX_ARRAY": qpk_spec.MAX_BLOBS, "QPK__MAX_MAP": 2 * qpk_spec.MAX_TENSORS,  # the Python reader's max_array_len, max_map_len
+    "QPK__MAX_TENSORS": qpk_spec.MAX_TENSORS, "QPK__MAX_NAME": qpk_spec.MAX_NAME_LENGTH,
+    "QPK__EMAX_MIN": qpk_spec.POW2_EMAX_MIN, "QPK__EMAX_MAX": qpk_spec.POW2_EMAX_MAX,
     "QPK_RAW": RAW.id, "QPK_ANS": ANS.id, "QPK__ANS_CONTEXTS": qpk_spec.ANS_MAX_CONTEXTS, "QPK__ANS_LOW": qpk_spec.ANS_STATE_LOW,
     "QPK__SCHEMES": len(C_SCHEMES),
 }
 # qpk.h's own: the C API's numbering (errors, schemes, dtypes, flags) and the decoder's workspace and
 # tuning, which `--to c` reads from qpk.h (converter/export/qpk_h.py)
-QPK_H_OWN = {"QPK_OK", "QPK_OPEN_TRUST_BLOBS", "QPK_KEY_FILTER_BITS", "QPK__ANS_SUMS", "QPK__ANS_BUCKET_BITS",
-             *C_SCHEMES.values(), *C_DTYPES.values()}
+QPK_H_OWN = {"QPK_OK", "QPK_OPEN_TRUST_BLOBS", "QPK__ANS_SUMS", "QPK__ANS_BUCKET_BITS", *C_SCHEMES.values(), *C_DTYPES.values()}
 
 
 def _dtype_variants(spec: SchemeSpec) -> list[tuple[tuple[str, str], ...]]:
@@ -218,10 +219,22 @@ def _fmt(path: Path) -> str:
     return "tflite" if path.suffix == ".tflite" else "onnx"
 
 
+def _scale_limit(level: int) -> float:
+    """The largest float32 scale whose product with `level` is finite in float32: a scale's upper
+    edge where a code's |level| reaches `level` (FORMAT.md "Parameter ranges")."""
+    s = np.float32(np.finfo(np.float32).max / level)
+    with np.errstate(over="ignore"):
+        while not np.isfinite(np.float32(level) * s):
+            s = np.nextafter(s, np.float32(0))
+        assert not np.isfinite(np.float32(level) * np.nextafter(s, np.float32(np.inf)))
+    return float(s)
+
+
 def _edge_tensors() -> list[Tensor]:
     """Shapes and parameters at the edges: scalar, empty, one weight, odd lengths at every width,
-    pow2 exponents that underflow, go subnormal or overflow, non-finite or signed-zero scales, and
-    every float16 bit pattern as a scale and as a centroid (subnormals, infinities, NaN payloads)."""
+    pow2 exponents at both ends of their range (2^-149, a subnormal, to 2^127), subnormal,
+    signed-zero and largest scales, and every finite float16 bit pattern as a scale and as a
+    centroid (subnormals included)."""
     rng = np.random.default_rng(7)
     out: list[Tensor] = []
 
@@ -245,21 +258,30 @@ def _edge_tensors() -> list[Tensor]:
         add(f"odd asym {bits}", (7, 13), "asym", bits, Grouping(1, 4), params)
     for bits in range(2, 9):
         add(f"odd sym {bits}", (13, 7), "sym", bits, Grouping(0), {"scale": rng.random(13)})
-    emax = [-32768, -300, -151, -150, -149, -148, -140, -127, -126, -125, -1, 0, 1, 100, 126, 127, 128, 129, 1000, 32767]
+    emax = [qpk_spec.POW2_EMAX_MIN, -22, -1, 0, 1, 100, 126, qpk_spec.POW2_EMAX_MAX]
     for bits in (2, 5, 8):
-        add(f"pow2 extremes {bits}", (len(emax), 1 << bits), "pow2", bits, Grouping(0), {"emax": emax})
-    special = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-45, -1e-45, 1.17e-38, 3.4e38, -2.5], np.float32)
-    add("asym specials", (len(special), 9), "asym", 3, Grouping(0), {"scale": special, "zero_point": [0, 255, 3, 7, 1, 0, 2, 128, 4, 5]})
-    add("sym specials", (9, len(special)), "sym", 3, Grouping(1), {"scale": special})
+        add(f"pow2 extremes {bits}", (len(emax), 1 << bits), "pow2", bits, Grouping(0), {"emax": emax},
+            np.tile(np.arange(1 << bits, dtype=np.uint8), len(emax)))
+    # asym at 3 bits: the largest |code - zero_point| is 7 for zero points 0 and 7, 128 and 255 for those
+    zero_points = [0, 255, 3, 7, 1, 0, 2, 128, 4, 5, 7, 128]
+    special = np.array([-0.0, 0.0, 1e-45, -1e-45, 1.17e-38, -2.5, 0.75, 3e30, _scale_limit(4), -_scale_limit(7),
+                        _scale_limit(7), -_scale_limit(128)], np.float32)
+    add("asym specials", (len(special), 9), "asym", 3, Grouping(0), {"scale": special, "zero_point": zero_points})
+    sym_special = np.array([-0.0, 0.0, 1e-45, -1e-45, 1.17e-38, -2.5, _scale_limit(4), -_scale_limit(4)], np.float32)
+    add("sym specials", (9, len(sym_special)), "sym", 3, Grouping(1), {"scale": sym_special})
+    add("dq largest scale", (2, 9), "dq", 16, Grouping(0), {"scale": np.array([_scale_limit(1 << 16), -1e-45], np.float32)},
+        np.array([65535, 0, 1, 32767, 32768, 65535, 0, 65534, 3] * 2, np.uint16))
 
-    # float16 parameters: every one of the 65,536 bit patterns, as a scale and as a centroid
+    # float16 parameters: every one of the 63,488 finite bit patterns, as a scale and as a centroid
     halves = np.arange(1 << 16).astype(np.uint16).view(np.float16)
-    add("asym float16 scales", (1 << 16, 2), "asym", 2, Grouping(0), {"scale": halves, "zero_point": rng.integers(0, 4, 1 << 16)})
-    add("sym float16 scales", (3, 1 << 16), "sym", 2, Grouping(1), {"scale": halves})
-    add("lut float16 centroids", (256, 256), "lut", 8, Grouping(0), {"centroids": halves},
-        np.tile(np.arange(256, dtype=np.uint8), 256))
-    f32 = np.array([0x7F800001, 0xFFC00001, 0x7FC00000, 0x7F800000, 0xFF800000, 0x80000000, 0, 1, 0x807FFFFF,
-                    0x00800000, 0x7F7FFFFF, 0xFF7FFFFF, 0x3F800000, 0xBFC00000, 0x7FBFFFFF, 0xFFFFFFFF], np.uint32).view(np.float32)
+    halves = halves[np.isfinite(halves)]
+    n = halves.size
+    add("asym float16 scales", (n, 2), "asym", 2, Grouping(0), {"scale": halves, "zero_point": rng.integers(0, 4, n)})
+    add("sym float16 scales", (3, n), "sym", 2, Grouping(1), {"scale": halves})
+    add("lut float16 centroids", (n // 256, 256), "lut", 8, Grouping(0), {"centroids": halves},
+        np.tile(np.arange(256, dtype=np.uint8), n // 256))
+    f32 = np.array([0x33800000, 0x80000001, 0x7F7FFFFE, 0x80000000, 0, 1, 0x807FFFFF, 0x00800000, 0x7F7FFFFF,
+                    0xFF7FFFFF, 0x3F800000, 0xBFC00000, 0x00000002, 0x4B000000, 0xC2F60000, 0x3F000000], np.uint32).view(np.float32)
     add("lut float32 specials", (4, 16), "lut", 4, Grouping(), {"centroids": f32}, np.tile(np.arange(16, dtype=np.uint8), 4))
     add("scalar lut", (), "lut", 1, Grouping(), {"centroids": np.array([1.5, -2], np.float16)})
     add("scalar float16 scale", (), "sym", 5, Grouping(), {"scale": np.array([2**-24], np.float16)})
@@ -280,6 +302,36 @@ def _hostile_names() -> list[Tensor]:
     names = ['we"ird\\name??=??/\n\t\0*/ end', "é€𝄞 utf-8", "x" * 5000]
     codes = np.arange(6, dtype=np.uint8).reshape(2, 3)
     return [(n, f"hostile:{i}", (2, 3), "float16", "sym", 3, Grouping(), codes, {"scale": [0.25]}) for i, n in enumerate(names)]
+
+
+def _out_of_range_tensors() -> list[Tensor]:
+    """One tensor per way a parameter can leave its range (FORMAT.md "Parameter ranges"), each
+    beside values within it: NaN and infinite scales and centroids (float32 and float16), scales one
+    step past their edge, and pow2 exponents just outside -23..127 and at int16's ends."""
+    nan, inf = float("nan"), float("inf")
+
+    def above(level: int) -> float:
+        return float(np.nextafter(np.float32(_scale_limit(level)), np.float32(inf)))
+
+    cases: list[tuple[str, str, int, dict[str, Any]]] = [
+        ("nan scale", "asym", 3, {"scale": [1.0, nan], "zero_point": [0, 0]}),
+        ("inf scale", "sym", 4, {"scale": [0.5, inf]}),
+        ("-inf float16 scale", "dq", 4, {"scale": np.array([1, -inf], np.float16)}),
+        ("nan float16 scale", "asym", 2, {"scale": np.array([1, nan], np.float16), "zero_point": [1, 1]}),
+        ("sym scale past its edge", "sym", 3, {"scale": [1.0, above(4)]}),
+        ("asym scale past its edge at zero point 255", "asym", 2, {"scale": [1.0, above(255)], "zero_point": [0, 255]}),
+        ("dq scale past its edge", "dq", 16, {"scale": [1.0, -above(1 << 16)]}),
+        ("emax 128", "pow2", 2, {"emax": [0, 128]}),
+        ("emax -24", "pow2", 8, {"emax": [0, -24]}),
+        ("emax 32767", "pow2", 5, {"emax": [0, 32767]}),
+        ("emax -32768", "pow2", 3, {"emax": [0, -32768]}),
+        ("nan centroid", "lut", 2, {"centroids": np.array([0, 1, 2, 3, 4, nan, 6, 7], np.float16)}),
+        ("inf float32 centroid", "lut", 1, {"centroids": np.array([0, 1, -inf, 3], np.float32)}),
+    ]
+    rng = np.random.default_rng(5)
+    return [(name, f"bad:{i}", (2, 3), "float32", scheme, bits, Grouping(0),
+             rng.integers(0, 1 << bits, (2, 3)).astype(np.uint16 if bits > 8 else np.uint8), params)
+            for i, (name, scheme, bits, params) in enumerate(cases)]
 
 
 def _python_floats(path: Path) -> list[bytes]:
@@ -574,7 +626,7 @@ def test_export_is_deterministic_and_ships_the_decoder(models: dict[str, Path], 
     assert all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b))
     assert a[0].read_bytes() == DECODER.read_bytes()
     header = a[1].read_text()
-    assert "EDGE_SCALAR = 0," in header and "EDGE_MAX_COUNT 196608u" in header  # sym float16 scales: 3 x 65536 weights
+    assert "EDGE_SCALAR = 0," in header and "EDGE_MAX_COUNT 190464u" in header  # sym float16 scales: 3 x 63,488 weights
     assert "extern const qpk_tensor qpk_tensors[];" in header and "extern const size_t qpk_tensor_count;" in header
 
 
@@ -686,9 +738,10 @@ def _python_verdict(path: Path) -> str:
     """'reject', or the SHA-256 of every tensor's floats, the C driver's `check` line."""
     try:
         with QpkReader(path) as q:
-            # stored checksums only: the decoded graph's checksum needs zstd, which qpk.h does not have
             for i, blob in enumerate(q.blobs):
                 q.blob_view(i, blob.kind)
+            if q.blobs[q.graph_index].codec == RAW.id:  # its checksum; a zstd graph's needs zstd, which qpk.h has not
+                q.graph()
             data = b"".join(q.dequantize(e).astype("<f4").tobytes() for e in q.entries)
     except FormatError:
         return "reject"
@@ -733,6 +786,15 @@ def _hostile_metas(meta: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
         "axis = rank": tensor("axis", 2), "axis -1": tensor("axis", -1), "block 0": tensor("block", 0),
         "block without axis": lambda m: m["tensors"][1].update(axis=None), "block -2": tensor("block", -2),
         "huge block": tensor("block", 2**64 - 1),
+        # tensor 2 (pow2, 9 weights, per tensor) as one block along its axis: valid while the block is under 2^40
+        "block 2^40 - 1": lambda m: m["tensors"][2].update(axis=0, block=2**40 - 1),
+        "block 2^40": lambda m: m["tensors"][2].update(axis=0, block=2**40),
+        "block 2^63": lambda m: m["tensors"][2].update(axis=0, block=2**63),
+        "a tensor's blobs named by another": lambda m: m["tensors"].append(dict(m["tensors"][0], key="init:copy")),
+        "graph checksum wrong": lambda m: m.__setitem__("graph_sha256", "0" * 64),
+        "graph checksum in capitals": lambda m: m.__setitem__("graph_sha256", m["graph_sha256"].upper()),
+        "graph checksum missing": lambda m: m.pop("graph_sha256"),
+        "graph checksum as bin": lambda m: m.__setitem__("graph_sha256", bytes.fromhex(m["graph_sha256"])),
         "extra parameter": tensor("params", {"scale": 4, "zero_point": 5}), "parameter missing": tensor("params", {}),
         "parameter index negative": tensor("params", {"scale": -1}), "parameter index huge": tensor("params", {"scale": 2**63}),
         "parameter blob is codes": tensor("params", {"scale": 3}), "codes index out of range": tensor("codes", 99),
@@ -827,7 +889,7 @@ def test_hostile_metadata_same_verdict_as_python(tiny: Path, reader_driver_asan:
     want = {what: _python_verdict(p) for (what, _), p in zip(cases, paths)}
     # the cases do what they say: valid ones stay valid, the rest break a rule Python checks too
     valid = {"unchanged", "axis missing (per tensor)", "block nil", "float and int keys in options", "key 65536 chars",
-             "param_dtypes nil", "float32 centroids read as float16 at 4 bits"}
+             "param_dtypes nil", "float32 centroids read as float16 at 4 bits", "block 2^40 - 1"}
     assert {what for what, v in want.items() if v != "reject"} == valid
     assert [(what, g) for (what, _), g in zip(cases, got) if g != want[what]] == []
 
