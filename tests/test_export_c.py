@@ -509,6 +509,92 @@ def test_converted_containers(gcc: str, reader_driver: Path, table_driver: Path,
     assert {("asym", ("scale", "<f2"), ("zero_point", "<u1")), ("sym", ("scale", "<f2")), ("lut", ("centroids", "<f2"))} <= dtypes
 
 
+def test_out_of_range_parameters_refused_by_both_readers(reader_driver_asan: Path, tmp_path: Path):
+    """Each way a parameter can leave its range (FORMAT.md "Parameter ranges"), in group 1 of its
+    tensor: qpk_get_tensor gives QPK_E_PARAM for the tensor, the Python reader a FormatError naming
+    the tensor, the parameter and the group, before any value is used; the tensor in range beside
+    them decodes alike in both, and verify() refuses the file."""
+    good: Tensor = ("good", "good:0", (2, 3), "float32", "sym", 3, Grouping(0), np.array([[4, 5, 6], [2, 1, 0]], np.uint8),
+                    {"scale": [1.0, 2.0]})
+    bad = _out_of_range_tensors()
+    path = _write(tmp_path / "bad.qpk", [good, *bad])
+    data, rcs = _decode_file(reader_driver_asan, path, tmp_path)
+    assert rcs == [0] + [QPK_E_PARAM] * len(bad)
+    with QpkReader(path) as q:
+        assert data == q.dequantize(q.entries[0]).astype("<f4").tobytes()
+        assert q.dequantize(q.entries[0]).tolist() == [[1, 2, 3], [-2, -4, -6]]
+        for e in q.entries[1:]:
+            param = "scale" if e.scheme == "asym" else next(iter(e.params))
+            with pytest.raises(FormatError, match=f"tensor '{re.escape(e.name)}': parameter '{param}' of group 1[ :(]"):
+                q.dequantize(e)
+            with pytest.raises(FormatError, match="parameter"):
+                q.blob_bytes(e.params[param], BlobKind.PARAM)  # no path hands out an unchecked parameter
+        with pytest.raises(FormatError, match="tensor 'nan scale': parameter 'scale'"):
+            q.verify()
+
+
+def test_decoder_refuses_out_of_range_descriptors(gcc: str, tmp_path: Path):
+    """Descriptors built by hand (not read by qpk_open): qpk_params_check refuses each out-of-range
+    parameter, and the decoders refuse it when they reach its group (a centroid, when a code reads
+    it), so no NaN or infinity comes out; the group before it decodes, and parameters at the edges
+    of their ranges pass everywhere."""
+    def f32(*v: float) -> str:
+        return ", ".join(f"0x{b:02x}" for b in np.array(v, "<f4").tobytes())
+
+    def f16(*v: float) -> str:
+        return ", ".join(f"0x{b:02x}" for b in np.array(v, "<f2").tobytes())
+
+    def i16(*v: int) -> str:
+        return ", ".join(f"0x{b:02x}" for b in np.array(v, "<i2").tobytes())
+
+    above = float(np.nextafter(np.float32(_scale_limit(255)), np.float32(np.inf)))
+    # (name, scheme, bits, parameter field, its bytes, extra fields, expected: check, whole, group 0, group 1)
+    cases = [
+        ("nan scale", "QPK_SYM", 4, "scale", f32(1, np.nan), "", "bad"),
+        ("inf float16 scale", "QPK_DQ", 4, "scale", f16(1, np.inf), ".scale_dtype = QPK_FLOAT16,", "bad"),
+        ("asym scale past its edge at zero point 255", "QPK_ASYM", 2, "scale", f32(1, above), ".zero_point = zp255,", "bad"),
+        ("the same scale at zero point 0", "QPK_ASYM", 2, "scale", f32(1, above), ".zero_point = zp0,", "good"),
+        ("sym scale at its edge", "QPK_SYM", 16, "scale", f32(1, -_scale_limit(1 << 15)), "", "good"),
+        ("emax 128", "QPK_POW2", 4, "emax", i16(0, 128), "", "bad"),
+        ("emax -24", "QPK_POW2", 8, "emax", i16(0, -24), "", "bad"),
+        ("emax at both ends", "QPK_POW2", 8, "emax", i16(qpk_spec.POW2_EMAX_MAX, qpk_spec.POW2_EMAX_MIN), "", "good"),
+        ("nan centroid", "QPK_LUT", 1, "centroids", f16(1, 2, 3, np.nan), ".centroids_dtype = QPK_FLOAT16,", "bad"),
+        ("inf float32 centroid", "QPK_LUT", 1, "centroids", f32(1, 2, 4, -np.inf), ".centroids_dtype = QPK_FLOAT32,", "bad"),
+    ]
+    body = []
+    for i, (_, scheme, bits, field, data, extra, _) in enumerate(cases):
+        count = 4
+        codes = np.full(count, (1 << bits) - 1, np.uint32)  # every code the top one: each reads centroid 1 of its group
+        packed = pack(codes.astype(np.uint16 if bits > 8 else np.uint8), bits)
+        body.append(f"    {{ static const uint8_t p[] = {{{data}}}, c[] = {{{', '.join(str(b) for b in packed)}}};\n"
+                    f"      qpk_tensor t = {{.ndim = 2, .shape = shape, .count = {count}, .scheme = {scheme}, .bits = {bits}, "
+                    f".axis = 0, .groups = 2, .codes = c, .codes_len = sizeof c, .{field} = p, {extra}}};\n"
+                    f"      report({i}, &t); }}")
+    source = f"""#define QPK_IMPLEMENTATION
+#include "qpk.h"
+#include <stdio.h>
+static const uint32_t shape[2] = {{2, 2}};
+static const uint8_t zp0[2] = {{0, 0}}, zp255[2] = {{0, 255}};
+static void report(int i, const qpk_tensor *t)
+{{
+    float out[4];
+    int whole = qpk_decode_tensor(t, out), g0 = qpk_decode_range(t, 0, 2, out), g1 = qpk_decode_range(t, 2, 2, out);
+    printf("%d %d %d %d %d\\n", i, qpk_params_check(t), whole, g0, g1);
+}}
+int main(void)
+{{
+{chr(10).join(body)}
+    return 0;
+}}
+"""
+    src = tmp_path / "descriptors.c"
+    src.write_text(source)
+    exe = _compile(gcc, SANITIZED, tmp_path / "descriptors", [src], DECODER.parent)
+    rows = [list(map(int, line.split())) for line in _run([exe]).split("\n")[:-1]]
+    want = {"bad": [QPK_E_PARAM, QPK_E_PARAM, 0, QPK_E_PARAM], "good": [0, 0, 0, 0]}
+    assert {case[0]: row[1:] for case, row in zip(cases, rows)} == {case[0]: want[case[-1]] for case in cases}
+
+
 def _stream_kind(stream: bytes | memoryview) -> tuple[str, bool, bool]:
     """(model, profile tables, codes past a byte) of an ans stream, from its head."""
     return ("contexts" if stream[3] & 0x7F else "order 0"), bool(stream[3] & 0x80), stream[1] > 8
@@ -983,6 +1069,33 @@ def test_random_metadata_mutations_agree_with_python(tiny: Path, reader_driver: 
     got, want = _c_verdicts(reader_driver, paths), [_python_verdict(p) for p in paths]
     assert [(i, g, w) for i, (g, w) in enumerate(zip(got, want)) if g != w] == []
     assert 0 < sum(w != "reject" for w in want) < len(want)
+
+
+def test_qpk_open_time_grows_linearly(reader_driver: Path, tmp_path: Path):
+    """qpk_open, and qpk_open with qpk_get_tensor of every tensor, on 5,000 and 20,000 entries whose
+    blobs run backwards through the blob table: 4x the entries take under 8x the CPU time (linear
+    work measures about 4x; checking keys or blob ownership pairwise, or walking the blob table or
+    the tensor list per entry, 16x). Each figure is the least of 5 runs in one process."""
+    from tests.test_container import _rewrite_meta
+    from tests.test_hostile import many_entries
+
+    paths = []
+    for count in (5_000, 20_000):
+        paths.append(tmp_path / f"e{count}.qpk")
+        many_entries(paths[-1], count)
+        paths[-1].write_bytes(_rewrite_meta(paths[-1].read_bytes(), lambda m: m["tensors"].reverse()))
+    with QpkReader(paths[0]) as q:
+        assert q.entries[0].codes > q.entries[1].codes  # backwards: no cursor over the table helps
+
+    def ratios() -> tuple[float, float]:
+        (n1, open1, all1), (n2, open2, all2) = (map(int, line.split()) for line in _run([reader_driver, "time", 5, *paths]).split("\n")[:2])
+        assert (n1, n2) == (5_000, 20_000)
+        return open2 / max(open1, 1), all2 / max(all1, 1)
+
+    got = ratios()
+    if max(got) >= 8:  # once more, in case the machine was busier during the first
+        got = ratios()
+    assert max(got) < 8, got
 
 
 def test_c_target_declares_the_schemes_qpk_h_decodes():
