@@ -881,6 +881,11 @@ def _hostile_metas(meta: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
         "graph checksum in capitals": lambda m: m.__setitem__("graph_sha256", m["graph_sha256"].upper()),
         "graph checksum missing": lambda m: m.pop("graph_sha256"),
         "graph checksum as bin": lambda m: m.__setitem__("graph_sha256", bytes.fromhex(m["graph_sha256"])),
+        # msgpack's caps: arrays of up to MAX_BLOBS items, maps of up to 2 x MAX_TENSORS pairs, anywhere
+        "an array of 4,000,001 items": lambda m: m.__setitem__("kept", [None] * qpk_spec.MAX_BLOBS),
+        "an array of 4,000,002 items": lambda m: m.__setitem__("kept", [None] * (qpk_spec.MAX_BLOBS + 1)),
+        "a map of 2,000,000 pairs": lambda m: m.__setitem__("options", dict.fromkeys(range(2 * qpk_spec.MAX_TENSORS))),
+        "a map of 2,000,001 pairs": lambda m: m.__setitem__("options", dict.fromkeys(range(2 * qpk_spec.MAX_TENSORS + 1))),
         "extra parameter": tensor("params", {"scale": 4, "zero_point": 5}), "parameter missing": tensor("params", {}),
         "parameter index negative": tensor("params", {"scale": -1}), "parameter index huge": tensor("params", {"scale": 2**63}),
         "parameter blob is codes": tensor("params", {"scale": 3}), "codes index out of range": tensor("codes", 99),
@@ -975,7 +980,8 @@ def test_hostile_metadata_same_verdict_as_python(tiny: Path, reader_driver_asan:
     want = {what: _python_verdict(p) for (what, _), p in zip(cases, paths)}
     # the cases do what they say: valid ones stay valid, the rest break a rule Python checks too
     valid = {"unchanged", "axis missing (per tensor)", "block nil", "float and int keys in options", "key 65536 chars",
-             "param_dtypes nil", "float32 centroids read as float16 at 4 bits", "block 2^40 - 1"}
+             "param_dtypes nil", "float32 centroids read as float16 at 4 bits", "block 2^40 - 1", "an array of 4,000,001 items",
+             "a map of 2,000,000 pairs"}
     assert {what for what, v in want.items() if v != "reject"} == valid
     assert [(what, g) for (what, _), g in zip(cases, got) if g != want[what]] == []
 
