@@ -5,8 +5,10 @@
  * bit-exactly equal to qpack's Python reader, and reads a whole .qpk container held in memory
  * (flash, say), checking every rule of FORMAT.md's "Reading safely". Codes stored entropy-coded
  * (codec 2, ans: what qpack's goals write) are unpacked by qpk_unpack into a caller's buffer.
+ * Parameters outside FORMAT.md's ranges are refused (QPK_E_PARAM): no weight decodes to NaN or inf.
  *
- * No allocation, no I/O; only <stdint.h>, <stddef.h> and <string.h>. stb style:
+ * No allocation, no I/O (qpk_open and qpk_unpack work in buffers the caller gives); only
+ * <stdint.h>, <stddef.h> and <string.h>. stb style:
  *
  *     #include "qpk.h"                 declarations, in any number of files
  *
@@ -24,7 +26,7 @@
  * IEEE-754 binary32 `float` with round-to-nearest and subnormals kept (no flush-to-zero, no
  * -ffast-math): the decoder performs the same single float32 multiplication per weight as the
  * Python reader (lut: none, a table lookup). float16 parameters are widened to float32 exactly,
- * from their bits (no _Float16 needed): subnormals, infinities and NaN payloads included.
+ * from their bits (no _Float16 needed), subnormals included.
  */
 #ifndef QPK_H
 #define QPK_H
@@ -1114,7 +1116,7 @@ static int qpk__blob_row(qpk__mp *m, qpk__blob *b)
 
 /* The workspace's index (qpk_open): the metadata offset of each blob row, then of each tensor
  * entry. Offsets are below 2^28 (the metadata's cap), so while qpk_open runs the top bit of a
- * row's marks a blob that a tensor has named. */
+ * row's offset marks a blob that a tensor has named. */
 static const uint32_t qpk__owned = 0x80000000u, qpk__offset = 0x7FFFFFFFu;
 
 /* Row `index` of a validated table, in constant time through the index. */
@@ -1190,8 +1192,9 @@ static int qpk__field(const qpk_file *f, size_t at, qpk__val *v)
     return at ? qpk__scalar_at(f, at, v) : QPK_E_TENSOR;
 }
 
-/* Blob `index` of tensor entry e: of `kind`; while qpk_open runs (`rows` writable), named by no
- * tensor before (FORMAT.md: each code and parameter blob belongs to one tensor), and marked. */
+/* Blob `index`, named by a tensor entry: of `kind`; and while qpk_open runs (`owned`: the index,
+ * writable), named by no entry before (FORMAT.md: each code and parameter blob belongs to one
+ * tensor), then marked. */
 static int qpk__entry_blob(const qpk_file *f, const uint32_t *rows, uint32_t *owned, uint64_t index, unsigned kind, qpk__blob *b)
 {
     int rc = qpk__blob_at(f, rows, index, b);
