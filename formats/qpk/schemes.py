@@ -192,19 +192,24 @@ def _finite(name: str, values: NDArray, per_group: int = 1) -> str | None:
     return f"parameter '{name}' of {where} is {v[i]}, not a finite number"
 
 
+# float32 rounds a value of this magnitude or more to infinity (half an ulp above its largest,
+# 2^128 - 2^104, a tie that goes to the even 2^128)
+_FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
+
+
 def _scaled(scale: NDArray, top: NDArray | int) -> str | None:
     """Each group's scale times the largest |level| its codes reach (`top`), one float32
-    multiplication as dequantization makes it, is finite: no code's value overflows."""
+    multiplication as dequantization makes it, is finite: no code's value overflows. The product is
+    taken in float64, where it is exact (24 by at most 17 significant bits), and compared with the
+    magnitude float32 rounds to infinity: the same verdict, without overflow in numpy."""
     s = np.asarray(scale).astype(np.float32).reshape(-1)
-    levels = np.broadcast_to(np.asarray(top, dtype=np.int64).reshape(-1), s.shape)
-    with np.errstate(over="ignore", invalid="ignore"):
-        worst = levels.astype(np.float32) * s
-    g = _first(~np.isfinite(worst))
+    levels = np.asarray(top, dtype=np.float64).reshape(-1)
+    g = _first(~(np.abs(s * levels) < _FLOAT32_OVERFLOW))  # NaN compares false: out of range too
     if g is None:
         return None
     if not np.isfinite(s[g]):
         return f"parameter 'scale' of group {g} is {s[g]}, not a finite number"
-    return f"parameter 'scale' of group {g} is {s[g]}: level {levels[g]} times it overflows float32"
+    return f"parameter 'scale' of group {g} is {s[g]}: level {int(levels[g if levels.size > 1 else 0])} times it overflows float32"
 
 
 def _asym_ranges(params: Params, bits: int) -> str | None:
