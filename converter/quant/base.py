@@ -241,9 +241,10 @@ def sample_error(q: type[Quantizer], sample: NDArray[np.float32], stats: Stats, 
     params = q.params(stats, bits)
     used = q.storage(params, dtypes)
     y = q.roundtrip(sample, bits, q.rounded(params, used), used)
-    y -= sample
-    np.square(y, out=y)
-    return y.sum(axis=1).astype(np.float64)  # float32 pairwise sums: ample for ranking settings
+    with np.errstate(over="ignore"):  # errors of weights near float32's largest value square to inf: the worst rank
+        y -= sample
+        np.square(y, out=y)
+        return y.sum(axis=1).astype(np.float64)  # float32 pairwise sums: ample for ranking settings
 
 
 def get_quantizer(name: str) -> type[Quantizer]:
