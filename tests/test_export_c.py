@@ -340,7 +340,7 @@ def _python_floats(path: Path) -> list[bytes]:
 
 
 def _assert_same(path: Path, c_bytes: bytes, names: list[str] | None = None) -> None:
-    """C's floats, all tensors concatenated, equal Python's bit for bit (NaN payloads and signed zeros included)."""
+    """C's floats, all tensors concatenated, equal Python's bit for bit (signed zeros and subnormals included)."""
     expected = _python_floats(path)
     pos = 0
     with QpkReader(path) as q:
