@@ -45,6 +45,7 @@ int main(int argc, char **argv)
     FILE *f = fopen(argv[1], "rb");
     long len;
     unsigned char *qpk, *work;
+    void *index;
     size_t need = 0, codes = 0, rounds;
     qpk_file file;
     qpk_tensor *t, raw;
@@ -53,7 +54,9 @@ int main(int argc, char **argv)
     (void)argc;
     if (!f || fseek(f, 0, SEEK_END) || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET)) return 2;
     qpk = malloc((size_t)len);
-    if (!qpk || fread(qpk, 1, (size_t)len, f) != (size_t)len || qpk_open(qpk, (size_t)len, &file)) return 2;
+    if (!qpk || fread(qpk, 1, (size_t)len, f) != (size_t)len) return 2;
+    index = malloc(qpk_open_size(qpk, (size_t)len) + 1);
+    if (!index || qpk_open(qpk, (size_t)len, index, qpk_open_size(qpk, (size_t)len), &file)) return 2;
     t = malloc(file.tensor_count * sizeof *t);
     shape = malloc(file.tensor_count * sizeof *shape);
     if (!t || !shape) return 2;
@@ -133,11 +136,15 @@ int main(int argc, char **argv)
     FILE *f = fopen(argv[1], "rb");
     long len;
     unsigned char *qpk;
+    void *index;
+    size_t need;
     qpk_file file;
     (void)argc;
     if (!f || fseek(f, 0, SEEK_END) || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET)) return 2;
     qpk = malloc((size_t)len);
     if (!qpk || fread(qpk, 1, (size_t)len, f) != (size_t)len) return 2;
+    need = qpk_open_size(qpk, (size_t)len);
+    if (!(index = malloc(need + 1))) return 2;
     for (i = 0; i < qpk_tensor_count; i++) weights += (size_t)qpk_tensors[i].count;
     t0 = now();
     for (rounds = 0; rounds < 200; rounds++)
@@ -154,7 +161,7 @@ int main(int argc, char **argv)
     streamed = now() - t0;
     t0 = now();
     for (rounds = 0; rounds < 200; rounds++)
-        if (qpk_open(qpk, (size_t)len, &file)) return 1;
+        if (qpk_open(qpk, (size_t)len, index, need, &file)) return 1;
     opened = now() - t0;
     printf("%.1f %.1f %.1f\n", 200.0 * weights / whole / 1e6, 200.0 * weights / streamed / 1e6, 200.0 * len / opened / 1e6);
     return 0;

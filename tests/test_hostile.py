@@ -302,29 +302,36 @@ def test_block_longer_than_its_axis(tmp_path: Path, sample: Path):
     _one_line_error(_run("inspect", _edited(tmp_path, base.read_bytes(), edit(2**40), "b.qpk")), "under 2^40")
 
 
-@pytest.mark.parametrize("scheme,value", [("asym", b"\x00\x00\xc0\x7f"), ("asym", b"\xff\xff\x7f\x7f"), ("pow2", b"\xff\x7f")],
-                         ids=["nan-scale", "huge-scale", "huge-exponent"])
-def test_parameters_out_of_float32_range_restore_silently(tmp_path: Path, sample: Path, scheme: str, value: bytes):
-    """NaN or out-of-range parameters dequantize to NaN or inf, as IEEE 754 says, without numpy
-    warnings on the terminal (made errors here, so a warning fails the command)."""
+@pytest.mark.parametrize("scheme,value,param", [("asym", b"\x00\x00\xc0\x7f", "scale"), ("sym", b"\xff\xff\x7f\x7f", "scale"),
+                                                 ("pow2", b"\xff\x7f", "emax"), ("lut", b"\x00\x7c", "centroids")],
+                         ids=["nan-scale", "overflowing-scale", "huge-exponent", "infinite-centroid"])
+def test_parameters_out_of_range_are_refused(tmp_path: Path, sample: Path, scheme: str, value: bytes, param: str):
+    """A NaN scale, a scale whose codes overflow float32 (3.4e38), an exponent of 32767 and an
+    infinite centroid (FORMAT.md "Parameter ranges") are refused by every command that reads the
+    parameters, in one line naming the tensor and the parameter, before any value is used: nothing
+    is written, and no numpy warning reaches the terminal (warnings are made errors here)."""
     import warnings
 
     base = tmp_path / "base.qpk"
     _convert(sample, Policy(scheme, 6), base)
     parts = F.split(base.read_bytes())
     first = parts.meta["tensors"][0]
-    param = first["params"]["scale" if scheme == "asym" else "emax"]
+    index = first["params"][param]
     blobs = [parts.blob(i) for i in range(len(parts.meta["blobs"]))]
-    blobs[param] = (value * len(blobs[param]))[: len(blobs[param])]
+    blobs[index] = (value * len(blobs[index]))[: len(blobs[index])]
     path = tmp_path / "odd.qpk"
     payload = F.relayout(parts.meta, blobs)  # rows get their new checksums before the metadata is encoded
     path.write_bytes(F.assemble(F.pack_tree(parts.meta), payload, parts.minor))
+    out = tmp_path / "out"
+    out.mkdir()
+    commands = [("unpack", path, "-o", out / "m.onnx"), ("inspect", path)]
+    commands += [("export", path, "--to", to, "-o", out / to) for to in ("onnx-qdq", "onnx-matmulnbits", "c", "c-coded")]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        r = _run("unpack", path, "-o", tmp_path / "out.onnx")
-    assert r.exit_code == 0, r.output
-    w = next(t for t in onnx.load(tmp_path / "out.onnx").graph.initializer if t.name == first["name"])
-    assert not np.isfinite(numpy_helper.to_array(w)).all()
+        for args in commands:
+            _one_line_error(_run(*args), f"tensor '{first['name']}'", f"parameter '{param}'")
+    assert not list(out.iterdir())
+    assert _run("inspect", path, "--no-verify").exit_code == 0  # the layout alone reads no parameter
 
 
 # --- inputs that are not regular files -------------------------------------------------------------

@@ -167,3 +167,28 @@ def test_roundtrip_is_what_the_decoder_reads_back(name, dtypes):
         params, used = q.fit(x, (1,), bits, "mse", dtypes)
         expected = q.spec().dequantize(q.encode(x, bits, params), q.flat(params, used), bits, Grouping(0))
         assert np.array_equal(q.roundtrip(x, bits, params, used), expected), (bits, used)
+
+
+@pytest.mark.parametrize("clip", ["minmax", "mse"])
+def test_quantizers_keep_parameters_in_range(clip):
+    """Whatever finite weights a model holds, qpack writes no parameter a reader refuses (FORMAT.md
+    "Parameter ranges"): weights at float32's largest value, past float16's (a codebook's default
+    dtype), tiny and subnormal ones, zeros; every scheme, width, grouping and parameter dtype. The
+    values decode finite, without a numpy warning."""
+    import warnings
+
+    from qpack.formats.qpk import SCHEMES as TABLE
+    from qpack.formats.qpk import Grouping
+
+    big = float(np.finfo(np.float32).max)
+    x = np.array([[big, -big, 1.0, 0.0], [1e-40, 0.0, -1e-39, 2e-45], [0.0] * 4, [1e-10, -2e-10, 3e-9, 1e-30],
+                  [131008.0, -1e5, 7e4, 1.0], [1.6e38, 1.7e38, -1.69e38, 2.0**127 * 1.5]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name, spec in TABLE.items():
+            for bits in range(spec.min_bits, spec.max_bits + 1):
+                for g in (Grouping(), Grouping(0), *([Grouping(1, 2)] if spec.blocks else [])):
+                    for dtypes in ({}, {p.name: d for p in spec.params for d in p.others}):
+                        codes, params = get_scheme(name).quantize(x, bits, g, clip, dtypes)
+                        assert spec.out_of_range(params, bits) is None, (name, bits, g, dtypes)
+                        assert np.isfinite(spec.dequantize(codes, params, bits, g)).all(), (name, bits, g, dtypes)

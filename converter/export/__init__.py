@@ -75,6 +75,8 @@ def export(qpk: Path, to: str, out: Path) -> tuple[list[Path], list[str]]:
         if q.format not in target.formats:
             takes = " or ".join(target.formats)
             raise OptionError(f"{qpk}: holds {a_model(q.format)}; --to {to} takes containers of {takes} models")
+        for e in q.entries:  # every parameter within its range before anything is written (FormatError)
+            q.params(e)
         fn: Exporter = getattr(importlib.import_module(target.module), target.function)
         return fn(q, Path(out), notes), notes
 

@@ -5,8 +5,10 @@
  * bit-exactly equal to qpack's Python reader, and reads a whole .qpk container held in memory
  * (flash, say), checking every rule of FORMAT.md's "Reading safely". Codes stored entropy-coded
  * (codec 2, ans: what qpack's goals write) are unpacked by qpk_unpack into a caller's buffer.
+ * Parameters outside FORMAT.md's ranges are refused (QPK_E_PARAM): no weight decodes to NaN or inf.
  *
- * No allocation, no I/O; only <stdint.h>, <stddef.h> and <string.h>. stb style:
+ * No allocation, no I/O (qpk_open and qpk_unpack work in buffers the caller gives); only
+ * <stdint.h>, <stddef.h> and <string.h>. stb style:
  *
  *     #include "qpk.h"                 declarations, in any number of files
  *
@@ -24,7 +26,7 @@
  * IEEE-754 binary32 `float` with round-to-nearest and subnormals kept (no flush-to-zero, no
  * -ffast-math): the decoder performs the same single float32 multiplication per weight as the
  * Python reader (lut: none, a table lookup). float16 parameters are widened to float32 exactly,
- * from their bits (no _Float16 needed): subnormals, infinities and NaN payloads included.
+ * from their bits (no _Float16 needed), subnormals included.
  */
 #ifndef QPK_H
 #define QPK_H
@@ -57,7 +59,8 @@ extern "C" {
 #define QPK_E_CODEC (-14)    /* codes ans-coded: qpk_unpack first; zstd codes or coded parameters: export --to c */
 #define QPK_E_NOTFOUND (-15) /* no tensor of that name */
 #define QPK_E_STREAM (-16)   /* an ans code stream breaks FORMAT.md's rules (header, tables, words, end state) */
-#define QPK_E_SPACE (-17)    /* qpk_unpack: the workspace is smaller than qpk_unpack_size says */
+#define QPK_E_SPACE (-17)    /* the workspace is smaller than qpk_unpack_size or qpk_open_size says */
+#define QPK_E_PARAM (-18)    /* a parameter out of range: scale or centroid not finite, a value overflowing, emax outside -23..127 */
 
 /* Codecs of a descriptor's codes (FORMAT.md's blob table): raw, or ans (decode with qpk_unpack).
  * Any other value (codes stored with zstd, or parameters stored with any codec) gives QPK_E_CODEC. */
@@ -109,7 +112,13 @@ typedef struct qpk_tensor {
 /* Check a descriptor (scheme, width, shape product, grouping, lengths); 0 when decodable. */
 int qpk_tensor_check(const qpk_tensor *t);
 
-/* Decode all t->count weights into out (t->count floats). */
+/* Check every parameter of a descriptor against FORMAT.md's ranges ("Parameter ranges": scales
+ * and centroids finite, no code's value overflowing float32, pow2's emax within -23..127), one
+ * pass over the parameter arrays: 0, or QPK_E_PARAM. qpk_get_tensor runs it; the decoders check
+ * each group's parameters as they reach it, so no NaN or infinity is ever decoded. */
+int qpk_params_check(const qpk_tensor *t);
+
+/* Decode all t->count weights into out (t->count floats). On an error, out holds no meaning. */
 int qpk_decode_tensor(const qpk_tensor *t, float *out);
 
 /* Decode weights [first, first + n) in C order into out (n floats): a row, a block, any slice,
@@ -144,7 +153,8 @@ const char *qpk_strerror(int err);
 
 #define QPK_OPEN_TRUST_BLOBS 1u /* qpk_open_ex: skip the blobs' SHA-256 (header and metadata still checked) */
 
-/* A .qpk container validated in memory; the buffer must outlive it. Fields are read-only. */
+/* A .qpk container validated in memory; the buffer and the workspace given to qpk_open must
+ * outlive it. Fields are read-only. */
 typedef struct qpk_file {
     const uint8_t *data;
     size_t size;
@@ -157,19 +167,32 @@ typedef struct qpk_file {
     uint32_t graph;         /* blob index of the graph */
     size_t tensors_at_;     /* private: metadata offsets of the tensor list and the blob table */
     size_t blobs_at_;
+    const uint32_t *index_; /* private: the workspace: each blob row's metadata offset, then each tensor entry's */
 } qpk_file;
+
+/* Workspace bytes qpk_open needs for the container in buf: 4 per blob and 4 per tensor (a model of
+ * 100 tensors: about 1.6 KB), from the header and the top of the metadata (no checksum is
+ * computed). 0 when the container needs none, and for a buffer too broken to tell, which qpk_open
+ * then refuses for what is wrong with it. */
+size_t qpk_open_size(const uint8_t *buf, size_t len);
 
 /* Validate a whole container: header (magic, CRC-32, version, flags, reserved, lengths), metadata
  * SHA-256 and msgpack, blob table (kinds, codecs, order, alignment, bounds, zero padding, SHA-256,
- * decompression budget) and every tensor entry (parameter dtypes included). On success fills *f;
- * on failure leaves it zeroed. */
-int qpk_open(const uint8_t *buf, size_t len, qpk_file *f);
-int qpk_open_ex(const uint8_t *buf, size_t len, unsigned flags, qpk_file *f);
+ * decompression budget, the graph's checksum when it is stored raw) and every tensor entry
+ * (parameter dtypes included, unique keys, each blob named by one tensor), in time linear in the
+ * file (n log n in the tensors, for their keys). `work`: work_len >= qpk_open_size(buf, len) bytes,
+ * aligned for uint32_t (malloc'd, or a uint32_t array; NULL when the size is 0): an index of the
+ * blob table and the tensor list, which qpk_get_tensor reads afterwards, so it must outlive *f as
+ * buf does. QPK_E_SPACE when it is smaller. On success fills *f; on failure leaves it zeroed. */
+int qpk_open(const uint8_t *buf, size_t len, void *work, size_t work_len, qpk_file *f);
+int qpk_open_ex(const uint8_t *buf, size_t len, unsigned flags, void *work, size_t work_len, qpk_file *f);
 
 /* Describe tensor `index` (0..tensor_count-1); pointers go into the file's buffer, shape into the
- * caller's array. A tensor with a dimension above 2^32 - 1 gives QPK_E_LIMIT. One whose codes are
- * ans-coded is described with codec QPK_ANS (codes: the stream; qpk_unpack decodes it); one stored
- * with zstd (codes or parameters) is described with codec 1, and decoding it gives QPK_E_CODEC. */
+ * caller's array. A tensor with a dimension above 2^32 - 1 gives QPK_E_LIMIT; one whose parameters
+ * lie outside their range (qpk_params_check), QPK_E_PARAM. One whose codes are ans-coded is
+ * described with codec QPK_ANS (codes: the stream; qpk_unpack decodes it); one stored with zstd
+ * (codes or parameters) is described with codec 1, and decoding it gives QPK_E_CODEC (its coded
+ * parameters are not checked). */
 int qpk_get_tensor(const qpk_file *f, uint32_t index, qpk_tensor *t, uint32_t shape[QPK_MAX_RANK]);
 
 /* Index of the first tensor named name[0..len). */
@@ -197,7 +220,11 @@ void qpk_sha256(const void *data, size_t n, uint8_t out[32]); /* FIPS 180-4 */
 typedef char qpk__float_is_32_bits[sizeof(float) == 4 ? 1 : -1];
 
 #define QPK__MAX_ELEMENTS (UINT64_C(1) << 48) /* FORMAT limits, as the Python reader applies them */
-#define QPK__MAX_DIM (UINT64_C(1) << 40)
+#define QPK__MAX_DIM (UINT64_C(1) << 40)         /* a dimension and a block are below it */
+/* FORMAT.md "Parameter ranges": pow2's emax, so that every code's value 2^(emax - M + m), m in 1..M
+ * and M up to 127, is a power of two float32 holds exactly (2^-149, its least subnormal, to 2^127) */
+#define QPK__EMAX_MIN (-23)
+#define QPK__EMAX_MAX 127
 
 static uint32_t qpk__le16(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
 
@@ -214,7 +241,8 @@ static float qpk__f32(uint32_t u)
 }
 
 /* 2^e as float32, exactly what ldexpf(1, e) gives: normal, subnormal, 0 below 2^-149 (2^-150 is
- * a tie that rounds to even, i.e. to 0) and +inf above 2^127. Built from bits, no libm. */
+ * a tie that rounds to even, i.e. to 0) and +inf above 2^127 (pow2's emax, checked to lie in
+ * -23..127, asks for neither). Built from bits, no libm. */
 static float qpk__pow2f(int32_t e)
 {
     if (e > 127) return qpk__f32(0x7F800000u);
@@ -244,6 +272,37 @@ static uint32_t qpk__f16to32(uint32_t h)
 static uint32_t qpk__param_bits(const uint8_t *p, uint64_t i, unsigned dtype)
 {
     return dtype == QPK_FLOAT16 ? qpk__f16to32(qpk__le16(p + 2 * i)) : qpk__le32(p + 4 * i);
+}
+
+/* Whether float32 bits are a finite number (an exponent field other than all ones). */
+static int qpk__finite(uint32_t u) { return (u & 0x7F800000u) != 0x7F800000u; }
+
+/* Whether level * scale, one float32 multiplication as the decoder does it, is finite: the value
+ * read back through memory, so no wider intermediate (an x87 register) hides an overflow. */
+static int qpk__scaled_finite(uint32_t level, float scale)
+{
+    float p = (float)level * scale;
+    uint32_t u;
+    memcpy(&u, &p, sizeof u);
+    return qpk__finite(u);
+}
+
+/* pow2's emax of group g (int16, sign by hand) */
+static int32_t qpk__emax(const uint8_t *p, uint64_t g)
+{
+    uint32_t u = qpk__le16(p + 2 * g);
+    return (int32_t)u - (u & 0x8000u ? 65536 : 0);
+}
+
+/* The largest |level| a code of group g can take, which its scale must keep finite (FORMAT.md
+ * "Parameter ranges"): asym max(zero_point, 2^n - 1 - zero_point), sym 2^(n-1), dq 2^n. */
+static uint32_t qpk__top_level(const qpk_tensor *t, uint64_t g)
+{
+    uint32_t top = (1u << t->bits) - 1u, z;
+    if (t->scheme == QPK_DQ) return 1u << t->bits;
+    if (t->scheme != QPK_ASYM) return 1u << (t->bits - 1);
+    z = t->zero_point[g]; /* up to 255, above the top code at narrow widths: then it is the largest */
+    return z >= top || z > top - z ? z : top - z;
 }
 
 /* Code i of a stream (bit offset i * bits), LSB first. */
@@ -286,6 +345,17 @@ static uint64_t qpk__groups(const uint32_t *shape, uint32_t ndim, int32_t axis, 
     return g;
 }
 
+/* The parameter arrays the descriptor's scheme reads are given, in dtypes this decoder reads. */
+static int qpk__params_given(const qpk_tensor *t)
+{
+    if (t->scale_dtype > QPK_FLOAT16 || t->centroids_dtype > QPK_FLOAT16) return 0;
+    if (!t->groups) return 1;
+    if ((t->scheme == QPK_ASYM || t->scheme == QPK_SYM || t->scheme == QPK_DQ) && !t->scale) return 0;
+    if (t->scheme == QPK_ASYM && !t->zero_point) return 0;
+    if (t->scheme == QPK_POW2 && !t->emax) return 0;
+    return t->scheme != QPK_LUT || t->centroids;
+}
+
 int qpk_tensor_check(const qpk_tensor *t)
 {
     uint64_t count = 1, zero = 0;
@@ -303,12 +373,28 @@ int qpk_tensor_check(const qpk_tensor *t)
     if (t->groups != qpk__groups(t->shape, t->ndim, t->axis, t->block)) return QPK_E_ARG;
     if (t->codec != 0) return QPK_E_CODEC;
     if ((uint64_t)t->codes_len != (count * t->bits + 7) / 8 || (t->codes_len && !t->codes)) return QPK_E_ARG;
-    if (t->scale_dtype > QPK_FLOAT16 || t->centroids_dtype > QPK_FLOAT16) return QPK_E_ARG;
-    if (t->groups) {
-        if ((t->scheme == QPK_ASYM || t->scheme == QPK_SYM || t->scheme == QPK_DQ) && !t->scale) return QPK_E_ARG;
-        if (t->scheme == QPK_ASYM && !t->zero_point) return QPK_E_ARG;
-        if (t->scheme == QPK_POW2 && !t->emax) return QPK_E_ARG;
-        if (t->scheme == QPK_LUT && !t->centroids) return QPK_E_ARG;
+    return qpk__params_given(t) ? QPK_OK : QPK_E_ARG;
+}
+
+int qpk_params_check(const qpk_tensor *t)
+{
+    uint64_t g, i, n;
+    int rc = qpk_tensor_check(t);
+    if (rc == QPK_E_CODEC) rc = qpk__params_given(t) ? QPK_OK : QPK_E_ARG; /* coded codes: parameters still checked */
+    if (rc) return rc;
+    if (t->scheme == QPK_POW2) {
+        for (g = 0; g < t->groups; g++) {
+            int32_t e = qpk__emax(t->emax, g);
+            if (e < QPK__EMAX_MIN || e > QPK__EMAX_MAX) return QPK_E_PARAM;
+        }
+    } else if (t->scheme == QPK_LUT) {
+        n = t->groups << t->bits; /* < 2^48 * 2^8 */
+        for (i = 0; i < n; i++)
+            if (!qpk__finite(qpk__param_bits(t->centroids, i, t->centroids_dtype))) return QPK_E_PARAM;
+    } else {
+        for (g = 0; g < t->groups; g++) /* a NaN or infinite scale fails too: level >= 1 */
+            if (!qpk__scaled_finite(qpk__top_level(t, g), qpk__f32(qpk__param_bits(t->scale, g, t->scale_dtype))))
+                return QPK_E_PARAM;
     }
     return QPK_OK;
 }
@@ -352,15 +438,17 @@ int qpk_decode_range(const qpk_tensor *t, uint64_t first, size_t n, float *out)
         bit += bits;
 
         g = t->axis < 0 ? 0 : t->block == 0 ? a : (o * nblk + ab) * inner + r;
-        if (g != cur) {
+        if (g != cur) { /* a new group: its parameters, checked against their ranges (qpk_params_check) */
             cur = g;
             if (t->scheme == QPK_POW2) {
-                uint32_t u = qpk__le16(t->emax + 2 * g);
-                scale = qpk__pow2f((int32_t)u - (u & 0x8000u ? 65536 : 0)); /* int16, sign by hand */
+                int32_t e = qpk__emax(t->emax, g);
+                if (e < QPK__EMAX_MIN || e > QPK__EMAX_MAX) return QPK_E_PARAM;
+                scale = qpk__pow2f(e);
             } else if (t->scheme == QPK_LUT) {
-                base = g << bits; /* the group's 2^bits centroids */
+                base = g << bits; /* the group's 2^bits centroids, each checked as it is read */
             } else {
                 scale = qpk__f32(qpk__param_bits(t->scale, g, t->scale_dtype)); /* float16: widened exactly */
+                if (!qpk__scaled_finite(qpk__top_level(t, g), scale)) return QPK_E_PARAM;
             }
             if (t->scheme == QPK_ASYM) zp = t->zero_point[g];
         }
@@ -375,13 +463,14 @@ int qpk_decode_range(const qpk_tensor *t, uint64_t first, size_t n, float *out)
             out[i] = (float)level * scale;                /* |level| < 2^17: exact, one rounding */
             state = qpk__dq_next(state, k);
         } else if (t->scheme == QPK_LUT) {
-            /* the centroid's bits stored as they are: no float operation, so a NaN keeps its payload */
+            /* the centroid's bits stored as they are: no float operation */
             uint32_t u = qpk__param_bits(t->centroids, base + code, t->centroids_dtype);
+            if (!qpk__finite(u)) return QPK_E_PARAM;
             memcpy(out + i, &u, sizeof u);
         } else {
             /* +-2^(m - M) built from its bits (m - M >= -126: a normal float, exact; m = 0 gives a
              * zero that keeps the sign bit), times 2^emax in one multiplication, as the Python
-             * reader does, so underflow, overflow and the sign of zero agree. */
+             * reader does: with emax in its range the product is exact, 2^-149 at the least. */
             unsigned m = code & top;
             uint32_t sign = (uint32_t)(code >> (bits - 1)) << 31;
             out[i] = qpk__f32(sign | (m ? (uint32_t)(m + 127u - top) << 23 : 0u)) * scale;
@@ -780,7 +869,10 @@ void qpk_sha256(const void *data, size_t n, uint8_t out[32])
 #ifndef QPK_MAX_DEPTH
 #define QPK_MAX_DEPTH 32
 #endif
-#define QPK__MAX_ITEMS 2000000u /* the Python reader's max_array_len / max_map_len */
+#define QPK__MAX_ARRAY 4000001u /* FORMAT.md's limits on the items of an array (the blob table's, MAX_BLOBS) */
+#define QPK__MAX_MAP 2000000u   /* and on the pairs of a map, as the Python reader bounds them */
+#define QPK__MAX_TENSORS 1000000u
+#define QPK__MAX_NAME 65536u    /* characters of a tensor's name or key */
 
 enum { QPK__NIL, QPK__BOOL, QPK__INT, QPK__FLOAT, QPK__STR, QPK__BIN, QPK__ARRAY, QPK__MAP };
 
@@ -870,7 +962,7 @@ static int qpk__next(qpk__mp *m, qpk__val *v)
         }
         v->type = map ? QPK__MAP : QPK__ARRAY;
         /* every item takes at least one byte: a count beyond the bytes left is a lie */
-        if (v->u > QPK__MAX_ITEMS || (map ? 2 * v->u : v->u) > m->n - m->pos) return QPK_E_MSGPACK;
+        if (v->u > (map ? QPK__MAX_MAP : QPK__MAX_ARRAY) || (map ? 2 * v->u : v->u) > m->n - m->pos) return QPK_E_MSGPACK;
         return QPK_OK;
     }
     if (t <= 0xBF) { /* fixstr */
@@ -1022,43 +1114,32 @@ static int qpk__blob_row(qpk__mp *m, qpk__blob *b)
     return QPK_OK;
 }
 
-/* Row `index` of a validated table, walking forward from a cursor (rows are usually asked for in
- * increasing order, so reading every tensor costs one pass over the table). */
-typedef struct {
+/* The workspace's index (qpk_open): the metadata offset of each blob row, then of each tensor
+ * entry. Offsets are below 2^28 (the metadata's cap), so while qpk_open runs the top bit of a
+ * row's offset marks a blob that a tensor has named. */
+static const uint32_t qpk__owned = 0x80000000u, qpk__offset = 0x7FFFFFFFu;
+
+/* Row `index` of a validated table, in constant time through the index. */
+static int qpk__blob_at(const qpk_file *f, const uint32_t *rows, uint64_t index, qpk__blob *b)
+{
     qpk__mp m;
-    uint32_t next; /* index of the row at m.pos */
-} qpk__blobs;
-
-static void qpk__blobs_init(qpk__blobs *c, const qpk_file *f)
-{
-    c->m.p = f->data + 80;
-    c->m.n = f->meta_length;
-    c->m.pos = f->blobs_at_;
-    c->next = 0;
-}
-
-static int qpk__blob_at(qpk__blobs *c, const qpk_file *f, uint64_t index, qpk__blob *b)
-{
-    int rc;
     if (index >= f->blob_count) return QPK_E_TENSOR;
-    if (index < c->next) qpk__blobs_init(c, f);
-    for (;;) {
-        if ((rc = qpk__blob_row(&c->m, b)) != QPK_OK) return rc;
-        if (c->next++ == index) return QPK_OK;
-    }
+    m.p = f->data + 80, m.n = f->meta_length, m.pos = rows[index] & qpk__offset;
+    return qpk__blob_row(&m, b);
 }
 
 /* ---- tensor entries ------------------------------------------------------------------------------ */
 
 typedef struct {
     const uint8_t *name, *key;
-    size_t name_len, key_len;
+    size_t name_len, key_len, key_at; /* key_at: the metadata offset of the key's value */
     uint32_t ndim;
     uint64_t dims[QPK_MAX_RANK], count, groups, block;
     int32_t axis;
     unsigned scheme, bits, dtype, codec;
     uint64_t codes, params[2];
     unsigned param_dtype[2]; /* QPK__P_*: how each parameter is stored */
+    int params_coded;        /* a parameter blob stored with a codec (its values cannot be read here) */
     qpk__blob code_blob, param_blob[2];
 } qpk__entry;
 
@@ -1111,9 +1192,25 @@ static int qpk__field(const qpk_file *f, size_t at, qpk__val *v)
     return at ? qpk__scalar_at(f, at, v) : QPK_E_TENSOR;
 }
 
+/* Blob `index`, named by a tensor entry: of `kind`; and while qpk_open runs (`owned`: the index,
+ * writable), named by no entry before (FORMAT.md: each code and parameter blob belongs to one
+ * tensor), then marked. */
+static int qpk__entry_blob(const qpk_file *f, const uint32_t *rows, uint32_t *owned, uint64_t index, unsigned kind, qpk__blob *b)
+{
+    int rc = qpk__blob_at(f, rows, index, b);
+    if (rc != QPK_OK) return rc;
+    if (b->kind != kind) return QPK_E_TENSOR;
+    if (owned) {
+        if (owned[index] & qpk__owned) return QPK_E_TENSOR; /* another tensor's, or named twice in this one */
+        owned[index] |= qpk__owned;
+    }
+    return QPK_OK;
+}
+
 /* Parse and check one tensor entry at m (FORMAT.md "Tensor entries" and "Reading safely"): the
- * same rules, in the same terms, as the Python reader's TensorEntry.from_meta and _check_entry. */
-static int qpk__entry_read(const qpk_file *f, qpk__mp *m, qpk__blobs *bc, qpk__entry *e)
+ * same rules, in the same terms, as the Python reader's TensorEntry.from_meta and _check_entry.
+ * `owned`: the index, writable, while qpk_open checks that no blob is named twice; else NULL. */
+static int qpk__entry_read(const qpk_file *f, qpk__mp *m, const uint32_t *rows, uint32_t *owned, qpk__entry *e)
 {
     size_t at[QPK__F_COUNT], chars, pat[2];
     qpk__val v;
@@ -1127,11 +1224,11 @@ static int qpk__entry_read(const qpk_file *f, qpk__mp *m, qpk__blobs *bc, qpk__e
     if ((rc = qpk__fields(m, 3, qpk__entry_fields, QPK__F_COUNT, at, QPK_E_TENSOR)) != QPK_OK) return rc;
 
     if ((rc = qpk__field(f, at[QPK__F_NAME], &v)) != QPK_OK) return rc;
-    if (v.type != QPK__STR || !qpk__utf8(v.s, v.len, &chars) || chars > 65536) return QPK_E_TENSOR;
+    if (v.type != QPK__STR || !qpk__utf8(v.s, v.len, &chars) || chars > QPK__MAX_NAME) return QPK_E_TENSOR;
     e->name = v.s, e->name_len = v.len;
     if ((rc = qpk__field(f, at[QPK__F_KEY], &v)) != QPK_OK) return rc;
-    if (v.type != QPK__STR || !qpk__utf8(v.s, v.len, &chars) || chars == 0 || chars > 65536) return QPK_E_TENSOR;
-    e->key = v.s, e->key_len = v.len;
+    if (v.type != QPK__STR || !qpk__utf8(v.s, v.len, &chars) || chars == 0 || chars > QPK__MAX_NAME) return QPK_E_TENSOR;
+    e->key = v.s, e->key_len = v.len, e->key_at = at[QPK__F_KEY];
 
     if (!at[QPK__F_SHAPE]) return QPK_E_TENSOR;
     sm.p = f->data + 80, sm.n = f->meta_length, sm.pos = at[QPK__F_SHAPE];
@@ -1171,7 +1268,7 @@ static int qpk__entry_read(const qpk_file *f, qpk__mp *m, qpk__blobs *bc, qpk__e
     }
     if (at[QPK__F_BLOCK]) {
         if ((rc = qpk__scalar_at(f, at[QPK__F_BLOCK], &v)) != QPK_OK) return rc;
-        if (v.type != QPK__NIL && (!qpk__uint(&v, UINT64_MAX, &e->block) || e->block == 0 || e->axis < 0)) return QPK_E_TENSOR;
+        if (v.type != QPK__NIL && (!qpk__uint(&v, QPK__MAX_DIM - 1, &e->block) || e->block == 0 || e->axis < 0)) return QPK_E_TENSOR;
         if (v.type != QPK__NIL && e->scheme == QPK_DQ) return QPK_E_TENSOR; /* dq has no blocked groups */
     }
 
@@ -1235,37 +1332,69 @@ static int qpk__entry_read(const qpk_file *f, qpk__mp *m, qpk__blobs *bc, qpk__e
         }
     }
 
-    /* blobs: the right kind, and exactly the lengths shape, grouping and width imply */
-    if ((rc = qpk__blob_at(bc, f, e->codes, &e->code_blob)) != QPK_OK) return rc;
-    if (e->code_blob.kind != QPK__CODES || e->code_blob.raw_length != (e->count * e->bits + 7) / 8) return QPK_E_TENSOR;
+    /* blobs: the right kind, each named once, and exactly the lengths shape, grouping and width imply */
+    if ((rc = qpk__entry_blob(f, rows, owned, e->codes, QPK__CODES, &e->code_blob)) != QPK_OK) return rc;
+    if (e->code_blob.raw_length != (e->count * e->bits + 7) / 8) return QPK_E_TENSOR;
     e->codec = (unsigned)e->code_blob.codec;
     for (j = 0; j < nparams; j++) {
         /* values per group (lut: 2^bits centroids, else 1) times the size of the chosen dtype:
          * below 2^48 * 2^8 * 4, no overflow */
         uint64_t size = (e->scheme == QPK_LUT ? UINT64_C(1) << e->bits : 1u) * qpk__param_sizes[e->param_dtype[j]];
-        if ((rc = qpk__blob_at(bc, f, e->params[j], &e->param_blob[j])) != QPK_OK) return rc;
-        if (e->param_blob[j].kind != QPK__PARAM || e->param_blob[j].raw_length != e->groups * size) return QPK_E_TENSOR;
-        if (e->param_blob[j].codec) e->codec = 1u; /* parameters stored coded: not for this decoder (QPK_E_CODEC) */
+        if ((rc = qpk__entry_blob(f, rows, owned, e->params[j], QPK__PARAM, &e->param_blob[j])) != QPK_OK) return rc;
+        if (e->param_blob[j].raw_length != e->groups * size) return QPK_E_TENSOR;
+        if (e->param_blob[j].codec) e->codec = 1u, e->params_coded = 1; /* not for this decoder (QPK_E_CODEC) */
     }
     return QPK_OK;
 }
 
-/* The key of the entry at m (already validated), m moved past the entry. */
-static int qpk__entry_key(const qpk_file *f, qpk__mp *m, const uint8_t **key, size_t *len)
+/* The bytes of the string at metadata offset `at`, already validated (no UTF-8 check again). */
+static void qpk__str_at(const qpk_file *f, size_t at, const uint8_t **s, size_t *len)
 {
-    static const char *const name[1] = {"key"};
-    size_t at;
-    qpk__val v;
-    int rc = qpk__fields(m, 3, name, 1, &at, QPK_E_TENSOR);
-    if (rc == QPK_OK && (rc = qpk__scalar_at(f, at, &v)) == QPK_OK) *key = v.s, *len = v.len;
-    return rc;
+    const uint8_t *p = f->data + 80 + at;
+    unsigned t = p[0];
+    size_t k = t <= 0xBF ? 0 : (size_t)1 << (t - 0xD9); /* fixstr, or str 8/16/32 */
+    *len = k ? (size_t)qpk__be(p + 1, k) : (t & 0x1Fu);
+    *s = p + 1 + k;
+}
+
+/* Order of the keys whose values sit at metadata offsets a and b: bytes, then length. */
+static int qpk__key_cmp(const qpk_file *f, uint32_t a, uint32_t b)
+{
+    const uint8_t *x, *y;
+    size_t nx, ny;
+    int c;
+    qpk__str_at(f, a, &x, &nx);
+    qpk__str_at(f, b, &y, &ny);
+    c = memcmp(x, y, nx < ny ? nx : ny);
+    return c ? c : (nx > ny) - (nx < ny);
+}
+
+/* Heapsort of key offsets (no recursion, no allocation, n log n comparisons). */
+static void qpk__sift(const qpk_file *f, uint32_t *k, size_t root, size_t n)
+{
+    for (;;) {
+        size_t child = 2 * root + 1;
+        uint32_t t;
+        if (child >= n) return;
+        if (child + 1 < n && qpk__key_cmp(f, k[child], k[child + 1]) < 0) child++;
+        if (qpk__key_cmp(f, k[root], k[child]) >= 0) return;
+        t = k[root], k[root] = k[child], k[child] = t;
+        root = child;
+    }
+}
+
+static void qpk__sort_keys(const qpk_file *f, uint32_t *k, size_t n)
+{
+    size_t i;
+    uint32_t t;
+    for (i = n / 2; i-- > 0;) qpk__sift(f, k, i, n);
+    for (i = n; i-- > 1;) {
+        t = k[0], k[0] = k[i], k[i] = t;
+        qpk__sift(f, k, 0, i);
+    }
 }
 
 /* ---- the container ------------------------------------------------------------------------------ */
-
-#ifndef QPK_KEY_FILTER_BITS
-#define QPK_KEY_FILTER_BITS 4096 /* duplicate-key check: a bit per hash on the stack, then exact compares */
-#endif
 
 static uint64_t qpk__rd64le(const uint8_t *p) { return (uint64_t)qpk__le32(p) | (uint64_t)qpk__le32(p + 4) << 32; }
 
@@ -1277,7 +1406,8 @@ static int qpk__zero(const uint8_t *p, size_t n)
     return 1;
 }
 
-static int qpk__open_blobs(qpk_file *f, size_t at, unsigned flags)
+/* Validate the blob table at metadata offset `at`; rows[i] gets the offset of row i. */
+static int qpk__open_blobs(qpk_file *f, size_t at, unsigned flags, uint32_t *rows)
 {
     qpk__mp m;
     qpk__val v;
@@ -1287,10 +1417,10 @@ static int qpk__open_blobs(qpk_file *f, size_t at, unsigned flags)
     int rc;
     m.p = f->data + 80, m.n = f->meta_length, m.pos = at;
     if ((rc = qpk__next(&m, &v)) != QPK_OK) return rc;
-    if (v.type != QPK__ARRAY) return QPK_E_META;
-    f->blob_count = (uint32_t)v.u;
+    if (v.type != QPK__ARRAY || v.u != f->blob_count) return QPK_E_META;
     f->blobs_at_ = m.pos;
     for (i = 0; i < v.u; i++) {
+        rows[i] = (uint32_t)m.pos; /* below 2^28 */
         if ((rc = qpk__blob_row(&m, &b)) != QPK_OK) return rc;
         if (b.kind > QPK__PARAM || b.codec > QPK_ANS) return QPK_E_BLOB; /* codecs: 0 raw, 1 zstd, 2 ans */
         /* increasing, aligned, inside the payload; raw blobs decode to themselves */
@@ -1309,44 +1439,36 @@ static int qpk__open_blobs(qpk_file *f, size_t at, unsigned flags)
 
 #define QPK__MAX_GRAPH_BYTES (UINT64_C(1) << 34) /* FORMAT.md: a graph blob's budget never exceeds 2^34 */
 
-/* Validate the tensor list; *zeroed gets the bytes the quantized tensors take in their source
- * dtypes (the graph blob's allowance), saturated at QPK__MAX_GRAPH_BYTES. */
-static int qpk__open_tensors(qpk_file *f, size_t at, uint64_t *zeroed)
+/* Validate the tensor list at metadata offset `at`, index[0..blob_count) holding the blob rows:
+ * every entry, each blob named by one tensor (the rows' top bits), and keys unique (sorted in
+ * index[blob_count..], then compared neighbour to neighbour); then index[blob_count + i] gets the
+ * offset of entry i. *zeroed gets the bytes the quantized tensors take in their source dtypes (the
+ * graph blob's allowance), saturated at QPK__MAX_GRAPH_BYTES. */
+static int qpk__open_tensors(qpk_file *f, size_t at, uint32_t *index, uint64_t *zeroed)
 {
-    uint8_t filter[QPK_KEY_FILTER_BITS / 8];
-    qpk__mp m, prev;
+    uint32_t *keys = index + f->blob_count, i;
+    qpk__mp m;
     qpk__val v;
     qpk__entry e;
-    qpk__blobs bc;
-    uint64_t i, j;
     int rc;
     m.p = f->data + 80, m.n = f->meta_length, m.pos = at;
     if ((rc = qpk__next(&m, &v)) != QPK_OK) return rc;
-    if (v.type != QPK__ARRAY || v.u > 1000000u) return QPK_E_META; /* MAX_TENSORS */
-    f->tensor_count = (uint32_t)v.u;
+    if (v.type != QPK__ARRAY || v.u != f->tensor_count) return QPK_E_META;
     f->tensors_at_ = m.pos;
-    memset(filter, 0, sizeof filter);
-    qpk__blobs_init(&bc, f);
     *zeroed = 0;
-    for (i = 0; i < v.u; i++) {
-        uint64_t h = UINT64_C(14695981039346656037); /* FNV-1a of the key */
-        size_t k;
-        if ((rc = qpk__entry_read(f, &m, &bc, &e)) != QPK_OK) return rc;
+    for (i = 0; i < f->tensor_count; i++) {
+        if ((rc = qpk__entry_read(f, &m, index, index, &e)) != QPK_OK) return rc;
+        keys[i] = (uint32_t)e.key_at;
         *zeroed += e.count * qpk__dtype_sizes[e.dtype]; /* < 2^34 + 2^48 * 8 before saturating: no overflow */
         if (*zeroed > QPK__MAX_GRAPH_BYTES) *zeroed = QPK__MAX_GRAPH_BYTES;
-        for (k = 0; k < e.key_len; k++) h = (h ^ e.key[k]) * UINT64_C(1099511628211);
-        h %= QPK_KEY_FILTER_BITS;
-        if (filter[h / 8] & (1u << (h % 8))) {
-            /* maybe seen: compare with every earlier key (rare unless keys really repeat) */
-            prev.p = m.p, prev.n = m.n, prev.pos = f->tensors_at_;
-            for (j = 0; j < i; j++) {
-                const uint8_t *key;
-                size_t len;
-                if ((rc = qpk__entry_key(f, &prev, &key, &len)) != QPK_OK) return rc;
-                if (len == e.key_len && memcmp(key, e.key, len) == 0) return QPK_E_TENSOR;
-            }
-        }
-        filter[h / 8] |= (uint8_t)(1u << (h % 8));
+    }
+    qpk__sort_keys(f, keys, f->tensor_count);
+    for (i = 1; i < f->tensor_count; i++)
+        if (qpk__key_cmp(f, keys[i - 1], keys[i]) == 0) return QPK_E_TENSOR; /* a key given twice */
+    m.pos = f->tensors_at_;
+    for (i = 0; i < f->tensor_count; i++) {
+        keys[i] = (uint32_t)m.pos;
+        if ((rc = qpk__skip(&m, 3)) != QPK_OK) return rc;
     }
     return QPK_OK;
 }
@@ -1355,15 +1477,13 @@ static int qpk__open_tensors(qpk_file *f, size_t at, uint64_t *zeroed)
  * codec other than raw may claim at most 64 x length + 4096 bytes decoded; the graph blob may add
  * the quantized tensors' source bytes (`zeroed`), and never more than 2^34 in all. Checked for
  * every blob on open, though this decoder never decompresses one. */
-static int qpk__check_budget(const qpk_file *f, uint64_t graph, uint64_t zeroed)
+static int qpk__check_budget(const qpk_file *f, const uint32_t *rows, uint64_t graph, uint64_t zeroed)
 {
-    qpk__blobs bc;
     qpk__blob b;
     uint64_t i, limit;
     int rc;
-    qpk__blobs_init(&bc, f);
     for (i = 0; i < f->blob_count; i++) {
-        if ((rc = qpk__blob_at(&bc, f, i, &b)) != QPK_OK) return rc;
+        if ((rc = qpk__blob_at(f, rows, i, &b)) != QPK_OK) return rc;
         if (b.codec == 0) continue;
         if (i == graph) {
             /* length < 2^34 here: the sum stays below 2^41 */
@@ -1378,17 +1498,85 @@ static int qpk__check_budget(const qpk_file *f, uint64_t graph, uint64_t zeroed)
     return QPK_OK;
 }
 
-int qpk_open_ex(const uint8_t *buf, size_t len, unsigned flags, qpk_file *out)
+/* A graph blob stored raw decodes to its stored bytes, whose SHA-256 the blob table holds (and
+ * qpk_open has checked): `graph_sha256` must be it, in lowercase hex, as the Python reader's
+ * verify() requires. (A graph stored with zstd is not decompressed here: qpk.h has no zstd.) */
+static int qpk__check_graph_sha(const qpk_file *f, size_t at, const uint8_t sha[32])
 {
-    static const uint8_t magic[8] = {0x89, 'Q', 'P', 'K', '\r', '\n', 0x1A, '\n'};
-    static const char *const top[4] = {"format", "graph", "tensors", "blobs"};
-    qpk_file f;
+    static const char hex[] = "0123456789abcdef";
+    qpk__val v;
+    int i, rc;
+    if (!at) return QPK_E_META;
+    if ((rc = qpk__scalar_at(f, at, &v)) != QPK_OK) return rc;
+    if (v.type != QPK__STR || v.len != 64) return QPK_E_META;
+    for (i = 0; i < 32; i++)
+        if (v.s[2 * i] != (uint8_t)hex[sha[i] >> 4] || v.s[2 * i + 1] != (uint8_t)hex[sha[i] & 15u]) return QPK_E_META;
+    return QPK_OK;
+}
+
+/* The top-level fields qpk_open reads. */
+enum { QPK__T_FORMAT, QPK__T_GRAPH, QPK__T_TENSORS, QPK__T_BLOBS, QPK__T_GRAPH_SHA, QPK__T_COUNT };
+static const char *const qpk__top_fields[QPK__T_COUNT] = {"format", "graph", "tensors", "blobs", "graph_sha256"};
+
+/* The header's lengths (FORMAT.md "Header"), checked against each other and the buffer. */
+static int qpk__layout(const uint8_t *buf, size_t len, qpk_file *f)
+{
+    uint64_t meta_len = qpk__rd64le(buf + 16), payload_off = qpk__rd64le(buf + 24), payload_len = qpk__rd64le(buf + 32);
+    if (meta_len > (UINT64_C(256) << 20)) return QPK_E_HEADER;
+    if (payload_off != (80 + meta_len + 63) / 64 * 64) return QPK_E_HEADER;
+    if (payload_off > len || payload_len != len - payload_off) return QPK_E_SIZE;
+    f->data = buf;
+    f->size = len;
+    f->meta_length = (size_t)meta_len;
+    f->payload_offset = (size_t)payload_off;
+    return QPK_OK;
+}
+
+/* The metadata's top map, the offsets of the fields read (at[QPK__T_*], 0 when absent), and the
+ * lengths of the blob table and the tensor list, which size the workspace. */
+static int qpk__top(qpk_file *f, size_t at[QPK__T_COUNT])
+{
     qpk__mp m;
     qpk__val v;
+    int rc;
+    m.p = f->data + 80, m.n = f->meta_length, m.pos = 0;
+    if ((rc = qpk__fields(&m, 1, qpk__top_fields, QPK__T_COUNT, at, QPK_E_META)) != QPK_OK) return rc;
+    if (m.pos != m.n) return QPK_E_MSGPACK; /* one msgpack map and nothing after it */
+    if (!at[QPK__T_FORMAT] || !at[QPK__T_GRAPH] || !at[QPK__T_TENSORS] || !at[QPK__T_BLOBS]) return QPK_E_META;
+    if ((rc = qpk__scalar_at(f, at[QPK__T_BLOBS], &v)) != QPK_OK) return rc;
+    if (v.type != QPK__ARRAY) return QPK_E_META;
+    f->blob_count = (uint32_t)v.u; /* <= QPK__MAX_ARRAY */
+    if ((rc = qpk__scalar_at(f, at[QPK__T_TENSORS], &v)) != QPK_OK) return rc;
+    if (v.type != QPK__ARRAY || v.u > QPK__MAX_TENSORS) return QPK_E_META;
+    f->tensor_count = (uint32_t)v.u;
+    return QPK_OK;
+}
+
+/* 4 bytes per blob and per tensor; 0 where that would not fit in a size_t (a 16-bit one) */
+static size_t qpk__index_bytes(const qpk_file *f)
+{
+    uint64_t n = (uint64_t)f->blob_count + f->tensor_count;
+    return n > (uint64_t)SIZE_MAX / 4 ? 0 : (size_t)(4 * n);
+}
+
+size_t qpk_open_size(const uint8_t *buf, size_t len)
+{
+    qpk_file f;
+    size_t at[QPK__T_COUNT];
+    memset(&f, 0, sizeof f);
+    if (!buf || len < 80 || qpk__layout(buf, len, &f) != QPK_OK || qpk__top(&f, at) != QPK_OK) return 0;
+    return qpk__index_bytes(&f);
+}
+
+int qpk_open_ex(const uint8_t *buf, size_t len, unsigned flags, void *work, size_t work_len, qpk_file *out)
+{
+    static const uint8_t magic[8] = {0x89, 'Q', 'P', 'K', '\r', '\n', 0x1A, '\n'};
+    qpk_file f;
+    qpk__val v;
     qpk__blob b;
-    qpk__blobs bc;
-    uint64_t meta_len, payload_off, payload_len, graph, zeroed;
-    size_t at[4];
+    uint32_t *index = (uint32_t *)work;
+    uint64_t graph, zeroed;
+    size_t at[QPK__T_COUNT], need;
     uint8_t digest[32];
     int rc;
 
@@ -1399,57 +1587,47 @@ int qpk_open_ex(const uint8_t *buf, size_t len, unsigned flags, qpk_file *out)
     if (memcmp(buf, magic, 8) != 0) return QPK_E_MAGIC;
     if (qpk_crc32(buf, 72) != qpk__le32(buf + 72)) return QPK_E_CRC;
     memset(&f, 0, sizeof f);
-    f.data = buf;
-    f.size = len;
     f.major = (uint16_t)qpk__le16(buf + 8);
     f.minor = (uint16_t)qpk__le16(buf + 10);
     if (f.major != QPK_FORMAT_MAJOR) return QPK_E_VERSION;
     if (qpk__le32(buf + 12) != 0 || !qpk__zero(buf + 76, 4)) return QPK_E_HEADER;
-    meta_len = qpk__rd64le(buf + 16);
-    payload_off = qpk__rd64le(buf + 24);
-    payload_len = qpk__rd64le(buf + 32);
-    if (meta_len > (UINT64_C(256) << 20)) return QPK_E_HEADER;
-    if (payload_off != (80 + meta_len + 63) / 64 * 64) return QPK_E_HEADER;
-    if (payload_off > len || payload_len != len - payload_off) return QPK_E_SIZE;
-    f.meta_length = (size_t)meta_len;
-    f.payload_offset = (size_t)payload_off;
+    if ((rc = qpk__layout(buf, len, &f)) != QPK_OK) return rc;
     qpk_sha256(buf + 80, f.meta_length, digest);
     if (memcmp(digest, buf + 40, 32) != 0) return QPK_E_CHECKSUM;
     if (!qpk__zero(buf + 80 + f.meta_length, f.payload_offset - 80 - f.meta_length)) return QPK_E_BLOB;
+    if ((rc = qpk__top(&f, at)) != QPK_OK) return rc;
+    need = qpk__index_bytes(&f);
+    if (need == 0 && f.blob_count + f.tensor_count) return QPK_E_LIMIT;
+    if (need && (!work || work_len < need)) return QPK_E_SPACE;
 
-    /* one msgpack map and nothing after it; note where the four fields read here sit */
-    m.p = buf + 80, m.n = f.meta_length, m.pos = 0;
-    if ((rc = qpk__fields(&m, 1, top, 4, at, QPK_E_META)) != QPK_OK) return rc;
-    if (m.pos != m.n) return QPK_E_MSGPACK;
-    if (!at[0] || !at[1] || !at[2] || !at[3]) return QPK_E_META;
-
-    if ((rc = qpk__open_blobs(&f, at[3], flags)) != QPK_OK) return rc;
-    if ((rc = qpk__scalar_at(&f, at[0], &v)) != QPK_OK) return rc;
+    if ((rc = qpk__open_blobs(&f, at[QPK__T_BLOBS], flags, index)) != QPK_OK) return rc;
+    if ((rc = qpk__scalar_at(&f, at[QPK__T_FORMAT], &v)) != QPK_OK) return rc;
     if (!qpk__is(&v, "onnx") && !qpk__is(&v, "tflite")) return QPK_E_META;
     f.format = (uint8_t)qpk__is(&v, "tflite");
-    if ((rc = qpk__open_tensors(&f, at[2], &zeroed)) != QPK_OK) return rc;
-    if ((rc = qpk__scalar_at(&f, at[1], &v)) != QPK_OK) return rc;
+    if ((rc = qpk__open_tensors(&f, at[QPK__T_TENSORS], index, &zeroed)) != QPK_OK) return rc;
+    if ((rc = qpk__scalar_at(&f, at[QPK__T_GRAPH], &v)) != QPK_OK) return rc;
     if (!qpk__uint(&v, UINT64_MAX, &graph) || graph >= f.blob_count) return QPK_E_META;
-    qpk__blobs_init(&bc, &f);
-    if ((rc = qpk__blob_at(&bc, &f, graph, &b)) != QPK_OK) return rc;
+    if ((rc = qpk__blob_at(&f, index, graph, &b)) != QPK_OK) return rc;
     if (b.kind != QPK__GRAPH) return QPK_E_META;
-    if ((rc = qpk__check_budget(&f, graph, zeroed)) != QPK_OK) return rc;
+    if (b.codec == 0 && !(flags & QPK_OPEN_TRUST_BLOBS) && (rc = qpk__check_graph_sha(&f, at[QPK__T_GRAPH_SHA], b.sha256)) != QPK_OK)
+        return rc;
+    if ((rc = qpk__check_budget(&f, index, graph, zeroed)) != QPK_OK) return rc;
     f.graph = (uint32_t)graph;
+    f.index_ = index;
     *out = f;
     return QPK_OK;
 }
 
-int qpk_open(const uint8_t *buf, size_t len, qpk_file *f) { return qpk_open_ex(buf, len, 0, f); }
+int qpk_open(const uint8_t *buf, size_t len, void *work, size_t work_len, qpk_file *f)
+{
+    return qpk_open_ex(buf, len, 0, work, work_len, f);
+}
 
-/* Move m past `index` entries of the tensor list. */
+/* The metadata position of entry `index` of an opened file. */
 static int qpk__seek_entry(const qpk_file *f, uint32_t index, qpk__mp *m)
 {
-    uint32_t i;
-    int rc;
     if (!f || !f->data || index >= f->tensor_count) return QPK_E_RANGE;
-    m->p = f->data + 80, m->n = f->meta_length, m->pos = f->tensors_at_;
-    for (i = 0; i < index; i++)
-        if ((rc = qpk__skip(m, 3)) != QPK_OK) return rc;
+    m->p = f->data + 80, m->n = f->meta_length, m->pos = f->index_[f->blob_count + index];
     return QPK_OK;
 }
 
@@ -1457,14 +1635,12 @@ int qpk_get_tensor(const qpk_file *f, uint32_t index, qpk_tensor *t, uint32_t sh
 {
     qpk__mp m;
     qpk__entry e;
-    qpk__blobs bc;
     uint32_t d;
     const uint8_t *payload;
     int rc;
     if (!t || !shape) return QPK_E_ARG;
     if ((rc = qpk__seek_entry(f, index, &m)) != QPK_OK) return rc;
-    qpk__blobs_init(&bc, f);
-    if ((rc = qpk__entry_read(f, &m, &bc, &e)) != QPK_OK) return rc;
+    if ((rc = qpk__entry_read(f, &m, f->index_, NULL, &e)) != QPK_OK) return rc;
     for (d = 0; d < e.ndim; d++) {
         if (e.dims[d] > UINT32_MAX) return QPK_E_LIMIT;
         shape[d] = (uint32_t)e.dims[d];
@@ -1495,7 +1671,8 @@ int qpk_get_tensor(const qpk_file *f, uint32_t index, qpk_tensor *t, uint32_t sh
         t->scale_dtype = e.param_dtype[0] == QPK__P_F2 ? QPK_FLOAT16 : QPK_FLOAT32;
     }
     if (e.scheme == QPK_ASYM) t->zero_point = payload + e.param_blob[1].offset;
-    return QPK_OK;
+    /* the parameters' values against their ranges, where they are stored raw (FORMAT.md) */
+    return e.params_coded ? QPK_OK : qpk_params_check(t);
 }
 
 int qpk_find(const qpk_file *f, const char *name, size_t len, uint32_t *index)

@@ -8,6 +8,7 @@ registers a quantizer under the name of its scheme row.
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import numpy as np
@@ -103,18 +104,21 @@ class Quantizer:
     @classmethod
     def storage(cls, params: Params, wanted: dict[str, str] | None) -> dict[str, str]:
         """The dtypes the parameters will be stored in: `wanted` where each value survives it
-        (finite, and non-zero where it was non-zero), else the scheme's default."""
+        (finite, and non-zero where it was non-zero), else the scheme's default, unless that makes a
+        value infinite (a float16 codebook of weights past 65,504): then the first alternative that
+        keeps every value finite, as FORMAT.md's parameter ranges require."""
         spec = cls.spec()
         out = dict(spec.dtypes)
         for p in spec.params:
             want = (wanted or {}).get(p.name, p.dtype)
-            if want == p.dtype or want not in p.dtypes:
-                continue
             v = np.asarray(params[p.name])
-            with np.errstate(over="ignore"):
-                r = v.astype(want)
-            if np.isfinite(r).all() and not ((r == 0) & (v != 0)).any():
-                out[p.name] = want
+            if want != p.dtype and want in p.dtypes:
+                r = _stored(v, want)
+                if np.isfinite(r).all() and not ((r == 0) & (v != 0)).any():
+                    out[p.name] = want
+                    continue
+            if not np.isfinite(_stored(v, p.dtype)).all():
+                out[p.name] = next((d for d in p.others if np.isfinite(_stored(v, d)).all()), p.dtype)
         return out
 
     @classmethod
@@ -176,6 +180,27 @@ class Quantizer:
         return cls.spec().dequantize(codes, params, bits, as_grouping(grouping))
 
 
+def _stored(v: NDArray, dtype: str) -> NDArray:
+    with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become inf: what is asked
+        return v.astype(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _scale_limit(level: int) -> np.float32:
+    limit = np.float32(float(np.finfo(np.float32).max) / level)  # float64 division, rounded to float32
+    with np.errstate(over="ignore"):
+        while not np.isfinite(np.float32(level) * limit):  # rounded up: one step down at most
+            limit = np.nextafter(limit, np.float32(0))
+    return limit
+
+
+def bounded_scale(scale: NDArray[np.float32], level: int) -> NDArray[np.float32]:
+    """`scale` capped where `level` (the largest |level| the scheme's codes reach) times it would
+    overflow float32, so that every code's value is finite (FORMAT.md, "Parameter ranges"): only
+    weights within a factor of two or so of float32's largest value are clipped."""
+    return np.minimum(scale, _scale_limit(level))
+
+
 SAMPLE_BUDGET = 1 << 18  # elements examined per tensor (at least MIN_PER_GROUP per group)
 MIN_PER_GROUP = 64
 
@@ -218,9 +243,10 @@ def sample_error(q: type[Quantizer], sample: NDArray[np.float32], stats: Stats, 
     params = q.params(stats, bits)
     used = q.storage(params, dtypes)
     y = q.roundtrip(sample, bits, q.rounded(params, used), used)
-    y -= sample
-    np.square(y, out=y)
-    return y.sum(axis=1).astype(np.float64)  # float32 pairwise sums: ample for ranking settings
+    with np.errstate(over="ignore"):  # errors of weights near float32's largest value square to inf: the worst rank
+        y -= sample
+        np.square(y, out=y)
+        return y.sum(axis=1).astype(np.float64)  # float32 pairwise sums: ample for ranking settings
 
 
 def get_quantizer(name: str) -> type[Quantizer]:

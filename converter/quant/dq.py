@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from qpack.converter.measure import code_histogram
-from qpack.converter.quant.base import Params, Quantizer
+from qpack.converter.quant.base import Params, Quantizer, bounded_scale
 from qpack.converter.quant.rdo import rates
 from qpack.converter.quant.uniform import Symmetric
 from qpack.formats.qpk.bitstream import code_dtype
@@ -117,7 +117,8 @@ class Dependent(Quantizer):
 
     @classmethod
     def params(cls, stats, bits):
-        scale = (stats[0] / np.float32(2 * midpoint(bits))).astype(np.float32)  # the top level 2k reaches the range
+        # the top level 2k reaches the range; the largest level a code can take, 2^n, stays finite
+        scale = bounded_scale((stats[0] / np.float32(2 * midpoint(bits))).astype(np.float32), 1 << bits)
         scale[scale == 0] = 1.0
         return {"scale": scale}
 

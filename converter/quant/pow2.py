@@ -7,6 +7,7 @@ from numpy.typing import NDArray
 
 from qpack.converter.quant.base import Quantizer
 from qpack.formats.qpk.schemes import midpoint
+from qpack.formats.qpk.spec import POW2_EMAX_MAX, POW2_EMAX_MIN
 
 _ABS = np.uint32(0x7FFFFFFF)
 _MIN_NORMAL = np.uint32(0x00800000)
@@ -41,9 +42,12 @@ class PowerOfTwo(Quantizer):
     @classmethod
     def params(cls, stats, bits):
         amax_bits = stats[0].astype(np.float32).view(np.uint32) & _ABS  # max(0.0, -(-0.0)) may be -0.0
-        # emax, unbiased; a group of zeros and subnormals gets 0 (any window represents it)
+        # emax, unbiased; a group of zeros and subnormals gets 0 (any window represents it). Within
+        # FORMAT.md's range: weights past 1.5 x 2^127 get the top power 2^127, and a group whose
+        # weights all lie below 2^-23 a window ending there (down to 2^-149 at 8 bits; a narrow
+        # window rounds such weights to 0, an error below 2^-23 each)
         emax = np.where(amax_bits >= _MIN_NORMAL, _nearest_pow2_biased(amax_bits).astype(np.int32) - 127, 0)
-        return {"emax": emax.astype(np.int16)}
+        return {"emax": np.clip(emax, POW2_EMAX_MIN, POW2_EMAX_MAX).astype(np.int16)}
 
     @classmethod
     def encode(cls, x, bits, params):

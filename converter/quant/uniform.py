@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qpack.converter.quant.base import Quantizer, sample_error, sample_rows
+from qpack.converter.quant.base import Quantizer, bounded_scale, sample_error, sample_rows
 from qpack.formats.qpk.bitstream import code_dtype
 from qpack.formats.qpk.schemes import midpoint
 
@@ -25,7 +25,8 @@ class Asymmetric(Quantizer):
     def params(cls, stats, bits):
         lo, hi = stats
         top = np.float32((1 << bits) - 1)
-        scale = ((hi - lo) / top).astype(np.float32)
+        with np.errstate(over="ignore"):  # a range past float32's largest value: bounded below
+            scale = bounded_scale(((hi - lo) / top).astype(np.float32), (1 << bits) - 1)  # zero points lie in 0..top
         scale[scale == 0] = 1.0  # an all-zero group: any scale represents it exactly
         zero = np.clip(np.round(-lo / scale), 0, top)
         return {"scale": scale, "zero_point": zero}
@@ -101,7 +102,7 @@ class Symmetric(Quantizer):
 
     @classmethod
     def params(cls, stats, bits):
-        scale = (stats[0] / np.float32(midpoint(bits))).astype(np.float32)
+        scale = bounded_scale((stats[0] / np.float32(midpoint(bits))).astype(np.float32), 1 << (bits - 1))
         scale[scale == 0] = 1.0
         return {"scale": scale}
 

@@ -61,10 +61,12 @@ def _itemsize(dtype: str) -> int:
 
 class QpkReader:
     """A .qpk file opened for reading: header, metadata, blob table and tensor entries validated on open;
-    blob checksums verified when a blob is read (or all at once by verify())."""
+    blob checksums verified when a blob is read, a tensor's parameter values against their ranges when
+    they are read (or all at once by verify())."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._owners: dict[int, TensorEntry] | None = None  # parameter blob -> its tensor, built when first asked
         where = str(path)
         try:
             with open_regular(self.path) as f:
@@ -203,7 +205,15 @@ class QpkReader:
         return view
 
     def blob_bytes(self, index: int, kind: BlobKind, ctx: CodeContext | None = None) -> bytes | bytearray | memoryview:
-        """A blob decoded to exactly its raw_length: raw blobs as mmap views, others decoded within that bound."""
+        """A blob decoded to exactly its raw_length: raw blobs as mmap views, others decoded within that bound.
+        A parameter blob comes only once its tensor's parameters are within their ranges (see params)."""
+        if kind == BlobKind.PARAM:
+            owner = self._owner(index)
+            if owner is not None:
+                self.params(owner)
+        return self._decoded(index, kind, ctx)
+
+    def _decoded(self, index: int, kind: BlobKind, ctx: CodeContext | None = None) -> bytes | bytearray | memoryview:
         view = self.blob_view(index, kind)
         blob = self.blobs[index]
         try:
@@ -211,13 +221,30 @@ class QpkReader:
         except FormatError as e:
             raise FormatError(f"{self.path}: blob {index} {e}") from None
 
+    def _owner(self, index: int) -> TensorEntry | None:
+        """The tensor whose parameter blob `index` is (one at most: checked on open)."""
+        if self._owners is None:
+            self._owners = {i: e for e in self.entries for i in e.params.values()}
+        return self._owners.get(index)
+
     def codes(self, e: TensorEntry) -> NDArray[np.uint8]:
         raw = self.blob_bytes(e.codes, BlobKind.CODES, e.code_context)
         return unpack(np.frombuffer(raw, dtype=np.uint8), e.bits, e.count).reshape(e.shape)
 
     def params(self, e: TensorEntry) -> dict[str, NDArray]:
+        """The tensor's parameters, flat, in their storage dtypes.
+
+        Raises:
+            FormatError: a value lies outside the scheme's range (FORMAT.md "Parameter ranges": a NaN
+                or infinite scale or centroid, a scale that makes a code's value overflow, a pow2
+                emax outside -23..127), before any value is used.
+        """
         dtypes = e.dtypes
-        return {k: np.frombuffer(self.blob_bytes(i, BlobKind.PARAM), dtype=dtypes[k]) for k, i in e.params.items()}
+        out = {k: np.frombuffer(self._decoded(i, BlobKind.PARAM), dtype=dtypes[k]) for k, i in e.params.items()}
+        problem = SCHEMES[e.scheme].out_of_range(out, e.bits)
+        if problem is not None:
+            raise FormatError(f"{self.path}: tensor '{shown(e.name)}': {problem}")
+        return out
 
     def dequantize(self, e: TensorEntry) -> NDArray[np.float32]:
         """The tensor's float32 values, as FORMAT.md's dequantization defines them."""
@@ -229,7 +256,8 @@ class QpkReader:
         return data
 
     def verify(self) -> None:
-        """Check every blob's checksum, and the decoded graph's, a chunk at a time (no blob is held whole)."""
+        """Check every blob's checksum, the decoded graph's, a chunk at a time (no blob is held whole),
+        and every tensor's parameters against their ranges."""
         for i, blob in enumerate(self.blobs):
             self.blob_view(i, blob.kind)
         blob = self.blobs[self.graph_index]
@@ -242,6 +270,8 @@ class QpkReader:
         except FormatError as e:
             raise FormatError(f"{self.path}: blob {self.graph_index} {e}") from None
         _check(self.meta.get("graph_sha256") == h.hexdigest(), f"{self.path}: graph checksum mismatch")
+        for entry in self.entries:
+            self.params(entry)
 
     def close(self) -> None:
         m = getattr(self, "_map", None)

@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 from qpack.formats.errors import OptionError, UnsupportedError
 from qpack.formats.qpk.grouping import Grouping
+from qpack.formats.qpk.spec import POW2_EMAX_MAX, POW2_EMAX_MIN
 
 Params = dict[str, NDArray]
 # A tensor as integers q (tensor-shaped) with a scale and an optional zero point per group (flat, in
@@ -23,6 +24,8 @@ Params = dict[str, NDArray]
 IntegerForm = tuple[NDArray[np.int32], NDArray[np.float32], NDArray[np.int32] | None]
 ToIntegers = Callable[[NDArray[np.uint8], Params, int, Grouping], IntegerForm]
 Figures = Callable[[NDArray[np.uint8], Params, int, Grouping], dict]
+# the first parameter value outside the scheme's range (FORMAT.md "Parameter ranges"), described, or None
+Ranges = Callable[[Params, int], str | None]
 
 # 2^30 is the largest power of two an int32 holds, and float32 represents it exactly
 _MAX_POW2_SPAN = 30
@@ -67,6 +70,8 @@ class SchemeSpec:
     integers: ToIntegers | None = None
     signed: bool = False  # its integer form is symmetric around 0, with no zero point
     figures: Figures | None = None  # scheme-specific figures a report adds per tensor (pow2: exponents used)
+    # where its parameters' values may lie, so that every code decodes to a finite float32 (None: anywhere)
+    ranges: Ranges | None = None
     help: str = ""  # what a code means, in a few words (the CLI's help)
 
     def check_bits(self, bits: int) -> None:
@@ -77,10 +82,16 @@ class SchemeSpec:
     def dtypes(self) -> dict[str, str]:
         return {p.name: p.dtype for p in self.params}
 
+    def out_of_range(self, params: Params, bits: int) -> str | None:
+        """The first parameter value (flat, in storage dtypes) outside the scheme's range, described
+        ("parameter 'scale' of group 3 is nan, not a finite number"), or None: a reader refuses the
+        tensor before using any of its values, so none decodes to NaN or infinity."""
+        return self.ranges(params, bits) if self.ranges is not None else None
+
     def dequantize(self, codes: NDArray[np.uint8], params: Params, bits: int, grouping: Grouping) -> NDArray[np.float32]:
-        # float32 arithmetic as FORMAT.md writes it: parameters a file may hold (a NaN scale, an exponent
-        # past float32's range) give NaN or inf, as IEEE 754 defines, without warnings on the user's terminal
-        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        """Float32 arithmetic as FORMAT.md writes it. Parameters within their ranges (out_of_range)
+        give finite values; subnormal results are results too (no underflow warning)."""
+        with np.errstate(under="ignore"):
             return self.decode(codes, params, bits, grouping)
 
 
@@ -168,6 +179,54 @@ def _lut(codes, params, bits, grouping):
     return table[base + codes]
 
 
+def _first(bad: NDArray[np.bool_]) -> int | None:
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def _finite(name: str, values: NDArray, per_group: int = 1) -> str | None:
+    """Every value finite (float16 ones as float32, widened exactly)."""
+    v = np.asarray(values).astype(np.float32).reshape(-1)
+    i = _first(~np.isfinite(v))
+    if i is None:
+        return None
+    where = f"group {i}" if per_group == 1 else f"group {i // per_group} (value {i % per_group})"
+    return f"parameter '{name}' of {where} is {v[i]}, not a finite number"
+
+
+# float32 rounds a value of this magnitude or more to infinity (half an ulp above its largest,
+# 2^128 - 2^104, a tie that goes to the even 2^128)
+_FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
+
+
+def _scaled(scale: NDArray, top: NDArray | int) -> str | None:
+    """Each group's scale times the largest |level| its codes reach (`top`), one float32
+    multiplication as dequantization makes it, is finite: no code's value overflows. The product is
+    taken in float64, where it is exact (24 by at most 17 significant bits), and compared with the
+    magnitude float32 rounds to infinity: the same verdict, without overflow in numpy."""
+    s = np.asarray(scale).astype(np.float32).reshape(-1)
+    levels = np.asarray(top, dtype=np.float64).reshape(-1)
+    g = _first(~(np.abs(s * levels) < _FLOAT32_OVERFLOW))  # NaN compares false: out of range too
+    if g is None:
+        return None
+    if not np.isfinite(s[g]):
+        return f"parameter 'scale' of group {g} is {s[g]}, not a finite number"
+    return f"parameter 'scale' of group {g} is {s[g]}: level {int(levels[g if levels.size > 1 else 0])} times it overflows float32"
+
+
+def _asym_ranges(params: Params, bits: int) -> str | None:
+    zp = np.asarray(params["zero_point"]).astype(np.int64).reshape(-1)
+    top = (1 << bits) - 1  # codes 0..top: |code - zero_point| is largest at one end
+    return _scaled(params["scale"], np.maximum(zp, top - zp))
+
+
+def _pow2_ranges(params: Params, bits: int) -> str | None:
+    e = np.asarray(params["emax"]).astype(np.int64).reshape(-1)
+    g = _first((e < POW2_EMAX_MIN) | (e > POW2_EMAX_MAX))
+    if g is None:
+        return None
+    return f"parameter 'emax' of group {g} is {e[g]}, outside {POW2_EMAX_MIN}..{POW2_EMAX_MAX}"
+
+
 def _scales(params: Params) -> NDArray[np.float32]:
     return np.asarray(params["scale"]).astype(np.float32).reshape(-1)
 
@@ -224,12 +283,16 @@ def _pow2_figures(codes, params, bits, grouping) -> dict:
 
 _SCALE = ParamSpec("scale", "<f4", others=("<f2",))
 register_scheme(SchemeSpec("asym", 1, 8, (_SCALE, ParamSpec("zero_point", "<u1")), lambda bits: 1 << bits, _asym,
-                           integers=_asym_integers, help="scale + zero point"))
+                           integers=_asym_integers, ranges=_asym_ranges, help="scale + zero point"))
+# sym's codes reach k = code - M = 2^(n-1); dq's levels 2k, 2^n
 register_scheme(SchemeSpec("sym", 2, 16, (_SCALE,), lambda bits: (1 << bits) - 1, _sym, integers=_sym_integers, signed=True,
-                           help="scale, symmetric around 0"))
+                           ranges=lambda params, bits: _scaled(params["scale"], 1 << (bits - 1)), help="scale, symmetric around 0"))
 register_scheme(SchemeSpec("lut", 1, 8, (ParamSpec("centroids", "<f2", lambda bits: 1 << bits, ("<f4",)),),
-                           lambda bits: 1 << bits, _lut, help="a codebook per group"))
+                           lambda bits: 1 << bits, _lut, ranges=lambda params, bits: _finite("centroids", params["centroids"], 1 << bits),
+                           help="a codebook per group"))
 register_scheme(SchemeSpec("dq", 2, 16, (_SCALE,), lambda bits: 4 * midpoint(bits) + 1, _dq, blocks=False,
-                           integers=_dq_integers, signed=True, help="sym levels chosen by a trellis (dependent quantization)"))
+                           integers=_dq_integers, signed=True, ranges=lambda params, bits: _scaled(params["scale"], 1 << bits),
+                           help="sym levels chosen by a trellis (dependent quantization)"))
 register_scheme(SchemeSpec("pow2", 2, 8, (ParamSpec("emax", "<i2"),), lambda bits: 2 * midpoint(bits) + 1, _pow2,
-                           integers=_pow2_integers, signed=True, figures=_pow2_figures, help="sign + exponent (shifts)"))
+                           integers=_pow2_integers, signed=True, figures=_pow2_figures, ranges=_pow2_ranges,
+                           help="sign + exponent (shifts)"))

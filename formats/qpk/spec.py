@@ -43,6 +43,13 @@ EXPANSION_SLACK = 4096
 MAX_GRAPH_BYTES = 1 << 34  # a graph blob, whatever its allowance (16 GiB)
 
 MIN_BITS, MAX_BITS = 1, 16  # code widths any scheme may use; each scheme narrows its own range
+
+# Parameter ranges (FORMAT.md): every code decodes to a finite float32, exactly as the dequantization
+# rules say. pow2's codes are 2^(emax - M + m), m in 1..M, M = 2^(n-1) - 1 up to 127 (8 bits): with
+# emax in this range every one is a power of two float32 holds exactly, from its least subnormal
+# 2^-149 (emax - 127 + 1 >= -149) to 2^127, and 2^emax is finite, so a zero code stays 0.
+POW2_EMAX_MIN = -23
+POW2_EMAX_MAX = 127
 BYTE_BITS = 8  # codes up to this wide are held one per byte; wider ones in 16 bits
 
 SOURCE_FORMATS = ("onnx", "tflite")  # how the graph blob is read

@@ -7,12 +7,18 @@
  *   qpk_driver file IN OUT        qpk_open IN, decode every tensor; "index rc" per tensor on stdout
  *   qpk_driver check IN...        per file "rc sha256" (rc: first error of open / get / decode;
  *                                 sha256 of all decoded floats)
+ *   qpk_driver diff IN...         per file a line: open's rc, then per tensor "rc:sha256" of its
+ *                                 floats ("rc:-" when get, find or decode failed)
+ *   qpk_driver time N IN...       per file "count open_us all_us": the tensors, then the least CPU
+ *                                 time of N runs of qpk_open, and of qpk_open with qpk_get_tensor
+ *                                 of every tensor
  *   qpk_driver fuzz IN            truncations, bit flips and checksum-fixed metadata mutations of IN;
  *                                 prints "truncated A/N flipped B/M meta C/K" (A, B: accepted)
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #ifdef QPK_DRIVER_TABLE
 /* linked with an exported <model>_weights.c, which compiles the decoder unless built with
@@ -122,24 +128,46 @@ static unsigned char *read_file(const char *path, size_t *len)
     return buf;
 }
 
+/* qpk_open into a fresh workspace of exactly qpk_open_size bytes (*work, freed by the caller);
+ * one byte less must not open the file */
+static int open_file(const unsigned char *buf, size_t len, qpk_file *f, uint32_t **work)
+{
+    size_t need = qpk_open_size(buf, len);
+    *work = malloc(need ? need : 1);
+    if (!*work) exit(2);
+    if (need && qpk_open(buf, len, *work, need - 1, f) == 0) exit(3);
+    return qpk_open(buf, len, need ? *work : NULL, need, f);
+}
+
+/* describe, find and decode tensor i of an opened file: its rc, and its floats in *v */
+static int load_one(const qpk_file *f, uint32_t i, qpk_tensor *t, uint32_t shape[QPK_MAX_RANK], float **v)
+{
+    uint32_t found;
+    int rc = qpk_get_tensor(f, i, t, shape);
+    *v = NULL;
+    if (rc == 0) rc = qpk_find(f, t->name, t->name_len, &found);
+    if (rc == 0 && found > i) rc = -100; /* the first tensor of that name comes first */
+    if (rc == 0) rc = decode(t, v);
+    return rc;
+}
+
 /* open, then describe and decode every tensor; rc is the first error; sha over the floats */
 static int load_all(const unsigned char *buf, size_t len, FILE *out, uint8_t sha[32])
 {
     qpk_file f;
     qpk_tensor t;
-    uint32_t shape[QPK_MAX_RANK], i, found;
+    uint32_t shape[QPK_MAX_RANK], i, *work;
     unsigned char *all = NULL;
     size_t used = 0;
-    int rc = qpk_open(buf, len, &f);
+    int rc = open_file(buf, len, &f, &work);
     memset(sha, 0, 32);
-    if (rc) return rc;
+    if (rc) {
+        free(work);
+        return rc;
+    }
     for (i = 0; i < f.tensor_count; i++) {
         float *v;
-        rc = qpk_get_tensor(&f, i, &t, shape);
-        if (rc == 0) rc = qpk_find(&f, t.name, t.name_len, &found);
-        if (rc == 0 && found > i) rc = -100; /* the first tensor of that name comes first */
-        if (rc == 0) rc = decode(&t, &v);
-        else v = NULL;
+        rc = load_one(&f, i, &t, shape, &v);
         if (out) {
             printf("%lu %d\n", (unsigned long)i, rc);
             if (rc == 0) fwrite(v, sizeof(float), (size_t)t.count, out);
@@ -155,7 +183,65 @@ static int load_all(const unsigned char *buf, size_t len, FILE *out, uint8_t sha
     if (qpk_get_tensor(&f, f.tensor_count, &t, shape) != QPK_E_RANGE) exit(3);
     if (!out && rc == 0) qpk_sha256(all ? all : (unsigned char *)"", used, sha);
     free(all);
+    free(work);
     return rc;
+}
+
+static void print_sha(const uint8_t sha[32])
+{
+    int k;
+    for (k = 0; k < 32; k++) printf("%02x", sha[k]);
+}
+
+/* a line: open's rc, then each tensor's rc and the sha256 of its floats, each on its own */
+static void diff_file(const unsigned char *buf, size_t len)
+{
+    qpk_file f;
+    qpk_tensor t;
+    uint32_t shape[QPK_MAX_RANK], i, *work;
+    uint8_t sha[32];
+    int rc = open_file(buf, len, &f, &work);
+    printf("%d", rc);
+    for (i = 0; rc == 0 && i < f.tensor_count; i++) {
+        float *v;
+        int trc = load_one(&f, i, &t, shape, &v);
+        printf(" %d:", trc);
+        if (trc == 0) {
+            qpk_sha256(v, (size_t)t.count * sizeof(float), sha);
+            print_sha(sha);
+        } else {
+            printf("-");
+        }
+        free(v);
+    }
+    printf("\n");
+    fflush(stdout);
+    free(work);
+}
+
+/* the least CPU time of `runs` runs of qpk_open (and of qpk_open with every qpk_get_tensor), in us */
+static void time_file(const unsigned char *buf, size_t len, int runs)
+{
+    qpk_file f;
+    qpk_tensor t;
+    uint32_t shape[QPK_MAX_RANK], i, *work;
+    double best_open = 1e30, best_all = 1e30;
+    size_t need = qpk_open_size(buf, len);
+    int r, all;
+    if (open_file(buf, len, &f, &work) != 0) exit(4);
+    for (r = 0; r < runs; r++)
+        for (all = 0; all < 2; all++) {
+            clock_t c0 = clock();
+            double us;
+            if (qpk_open(buf, len, work, need, &f) != 0) exit(4);
+            for (i = 0; all && i < f.tensor_count; i++)
+                if (qpk_get_tensor(&f, i, &t, shape) != 0) exit(4);
+            us = (double)(clock() - c0) * 1e6 / CLOCKS_PER_SEC;
+            if (all && us < best_all) best_all = us;
+            if (!all && us < best_open) best_open = us;
+        }
+    printf("%lu %.0f %.0f\n", (unsigned long)f.tensor_count, best_open, best_all);
+    free(work);
 }
 
 static void fix_checksums(unsigned char *buf)
@@ -211,13 +297,18 @@ int main(int argc, char **argv)
 {
     unsigned char *buf, sha[32];
     size_t len;
-    int i, k, rc;
+    int i, rc;
     FILE *out;
     if (argc == 4 && strcmp(argv[1], "file") == 0) {
         buf = read_file(argv[2], &len);
         if (!(out = fopen(argv[3], "wb"))) return 2;
         rc = load_all(buf, len, out, sha);
-        printf("open %d\n", qpk_open(buf, len, &(qpk_file){0}));
+        {
+            qpk_file f;
+            uint32_t *work;
+            printf("open %d\n", open_file(buf, len, &f, &work));
+            free(work);
+        }
         free(buf);
         return fclose(out) ? 2 : 0;
     }
@@ -226,8 +317,24 @@ int main(int argc, char **argv)
             buf = read_file(argv[i], &len);
             rc = load_all(buf, len, NULL, sha);
             printf("%d ", rc);
-            for (k = 0; k < 32; k++) printf("%02x", sha[k]);
+            print_sha(sha);
             printf("\n");
+            free(buf);
+        }
+        return 0;
+    }
+    if (argc >= 2 && strcmp(argv[1], "diff") == 0) {
+        for (i = 2; i < argc; i++) {
+            buf = read_file(argv[i], &len);
+            diff_file(buf, len);
+            free(buf);
+        }
+        return 0;
+    }
+    if (argc >= 3 && strcmp(argv[1], "time") == 0) {
+        for (i = 3; i < argc; i++) {
+            buf = read_file(argv[i], &len);
+            time_file(buf, len, atoi(argv[2]));
             free(buf);
         }
         return 0;
