@@ -86,7 +86,10 @@ class SchemeSpec:
         """The first parameter value (flat, in storage dtypes) outside the scheme's range, described
         ("parameter 'scale' of group 3 is nan, not a finite number"), or None: a reader refuses the
         tensor before using any of its values, so none decodes to NaN or infinity."""
-        return self.ranges(params, bits) if self.ranges is not None else None
+        if self.ranges is None:
+            return None
+        with np.errstate(all="ignore"):  # the checks name NaN and overflow themselves: no numpy warning on the user's terminal
+            return self.ranges(params, bits)
 
     def dequantize(self, codes: NDArray[np.uint8], params: Params, bits: int, grouping: Grouping) -> NDArray[np.float32]:
         """Float32 arithmetic as FORMAT.md writes it. Parameters within their ranges (out_of_range)
