@@ -466,3 +466,20 @@ def test_inspect_says_which_targets_take_the_file_as_stored(sample: Path, tfl_fp
     assert set(fits) == {"tflite", "tflite-dequantize", "c", "c-coded"} and fits["tflite"] == 0 and fits["c"] == 0
     r = runner.invoke(app, ["inspect", str(three)])
     assert "exports as stored: c, c-coded; stored otherwise by: onnx-qdq (5 tensors), onnx-matmulnbits (5 tensors)" in r.output
+
+
+@pytest.mark.parametrize("scheme,bits,qtype", [("pow2", 4, "INT8"), ("dq", 3, "INT4"), ("sym", 4, "INT4")])
+def test_native_width_is_the_integer_forms(sample: Path, tmp_path: Path, scheme: str, bits: int, qtype: str):
+    """A target of integer forms runs a tensor natively at its integers' width, which the scheme row
+    declares (pow2's powers of two and dq's levels are wider than their codes): the ONNX export stores
+    exactly that type."""
+    import qpack
+    from qpack.formats.qpk import SCHEMES
+
+    qpk = tmp_path / "n.qpk"
+    qpack.convert(sample, qpk, bits=bits, scheme=scheme, compress="none")
+    assert qpack.describe(qpk)["exports"]["onnx-qdq"] == 0
+    assert SCHEMES[scheme].integer_bits(bits) == int(qtype[3:])
+    done = qpack.export(qpk, "onnx-qdq", tmp_path / "n.onnx")
+    stored = {TensorProto.DataType.Name(t.data_type) for t in onnx.load(tmp_path / "n.onnx").graph.initializer if t.data_type != 1}
+    assert qtype in stored and all("stored as" not in n or qtype in n for n in done.notes)

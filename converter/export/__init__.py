@@ -43,7 +43,9 @@ class Native:
             return False
         floats = {d for d in e.dtypes.values() if d.startswith("<f")}
         g = e.grouping
-        return (e.bits in self.widths and g.kind in self.groupings and floats <= set(self.param_dtypes)
+        # a target of integer forms stores the integers' width; one that decodes named schemes, the codes'
+        width = spec.integer_bits(e.bits) if self.schemes is None else e.bits
+        return (width in self.widths and g.kind in self.groupings and floats <= set(self.param_dtypes)
                 and (g.block is None or not self.blocks or g.block in self.blocks))
 
 

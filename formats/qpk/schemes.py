@@ -73,6 +73,8 @@ class SchemeSpec:
     # where its parameters' values may lie, so that every code decodes to a finite float32 (None: anywhere)
     ranges: Ranges | None = None
     help: str = ""  # what a code means, in a few words (the CLI's help)
+    # the width of its integer form's type at a code width (pow2's powers of two and dq's levels are wider)
+    integer_bits: Callable[[int], int] = lambda bits: bits
 
     def check_bits(self, bits: int) -> None:
         if not self.min_bits <= bits <= self.max_bits:
@@ -295,7 +297,9 @@ register_scheme(SchemeSpec("lut", 1, 8, (ParamSpec("centroids", "<f2", lambda bi
                            help="a codebook per group"))
 register_scheme(SchemeSpec("dq", 2, 16, (_SCALE,), lambda bits: 4 * midpoint(bits) + 1, _dq, blocks=False,
                            integers=_dq_integers, signed=True, ranges=lambda params, bits: _scaled(params["scale"], 1 << bits),
-                           help="sym levels chosen by a trellis (dependent quantization)"))
+                           help="sym levels chosen by a trellis (dependent quantization)",
+                           integer_bits=lambda bits: bits + 1))  # levels up to 2^bits - 2 in magnitude
 register_scheme(SchemeSpec("pow2", 2, 8, (ParamSpec("emax", "<i2"),), lambda bits: 2 * midpoint(bits) + 1, _pow2,
                            integers=_pow2_integers, signed=True, figures=_pow2_figures, ranges=_pow2_ranges,
-                           help="sign + exponent (shifts)"))
+                           help="sign + exponent (shifts)",
+                           integer_bits=lambda bits: 1 << (bits - 1)))  # up to +-2^(M-1) where a group spans every exponent
