@@ -9,14 +9,10 @@ flags and once more with AddressSanitizer and UndefinedBehaviorSanitizer.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
-import signal
 import struct
 import subprocess
-import sys
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -56,6 +52,7 @@ from qpack.formats.qpk import meta as qpk_meta
 from qpack.formats.qpk import spec as qpk_spec
 from qpack.formats.qpk.spec import DTYPE_SIZES, HEADER, HEADER_BODY, HEADER_SIZE, MAGIC, VERSION_MAJOR, align, expansion_limit
 from qpack.formats.registry import open_model
+from tests.stopping import stopped_at
 
 # the schemes the C target runs, and qpk.h's constant for each
 C_SCHEMES = {s: str(scheme_constant(s)) for s in TARGETS["c"].native.schemes or ()}
@@ -749,45 +746,12 @@ def test_tensor_constants_unique():
 
 
 def _export_stopped_at(point: int, qpk: Path, out: Path) -> int:
-    """`export(qpk, "c", out)` in a child process whose stop handler (the CLI's, for SIGTERM) runs
-    before line `point` of the export's path (converter/export/c.py and formats/atomic.py); the
-    child's exit status (143 when stopped, 0 when the export finished first), -1 if it hangs."""
-    from qpack.converter import cli
+    """`export(qpk, "c", out)` stopped before line `point` of the export's path (converter/export/c.py
+    and formats/atomic.py): the child's exit status (143 when stopped, 0 when the export finished first), -1 if it hangs."""
     from qpack.converter.export import c as c_export
     from qpack.formats import atomic
 
-    traced = {atomic.__file__, c_export.__file__}
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover (the child)
-        try:
-            seen = 0
-
-            def lines(frame: Any, event: str, arg: Any) -> Any:
-                nonlocal seen
-                if event == "line":
-                    if seen == point:
-                        cli._stop(signal.SIGTERM, None)
-                    seen += 1
-                return lines
-
-            def calls(frame: Any, event: str, arg: Any) -> Any:
-                return lines if frame.f_code.co_filename in traced else None
-
-            sys.settrace(calls)
-            export(qpk, "c", out)
-            sys.settrace(None)
-            os._exit(0)
-        finally:
-            os._exit(99)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.002)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return -1
+    return stopped_at(point, {atomic.__file__, c_export.__file__}, lambda: export(qpk, "c", out), 20)
 
 
 def _hashes(folder: Path) -> dict[str, str]:

@@ -33,6 +33,7 @@ from qpack.converter.policy import Policy
 from qpack.formats.onnx_model import OnnxModel
 from qpack.formats.qpk import ZSTD
 from tests import fuzz_qpk as F
+from tests.stopping import stopped_at
 from tests.test_container import _rewrite_meta
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -512,46 +513,16 @@ def test_stop_mid_conversion_leaves_nothing(big_model: Path, tmp_path: Path, sig
 
 
 def _stopped_at(point: int, out: Path, names: int) -> int:
-    """Fork a child that writes `out` atomically inside a scratch folder and runs qpack's stop handler
-    just before its `point`-th line in formats/atomic.py (where the interpreter may run a handler);
-    its exit status, or -1 if it is still running after 10 s. The child writes its scratch folder's
-    name to the file descriptor `names`."""
-    from qpack.converter import cli
+    """Write `out` atomically inside a scratch folder, stopped before the `point`-th line of
+    formats/atomic.py (tests/stopping.py); the child names its scratch folder on the file descriptor `names`."""
     from qpack.formats import atomic
 
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover (the child)
-        try:
-            seen = 0
+    def work() -> None:
+        with atomic.scratch_folder("qpack-stoptest-") as tmp:
+            os.write(names, tmp.encode() + b"\n")
+            atomic.write_bytes_atomic(out, lambda f: [f.write(bytes(1000)) for _ in range(3)])
 
-            def lines(frame, event, arg):
-                nonlocal seen
-                if event == "line":
-                    if seen == point:
-                        cli._stop(signal.SIGTERM, None)
-                    seen += 1
-                return lines
-
-            def calls(frame, event, arg):
-                return lines if frame.f_code.co_filename == atomic.__file__ else None
-
-            sys.settrace(calls)
-            with atomic.scratch_folder("qpack-stoptest-") as tmp:
-                os.write(names, tmp.encode() + b"\n")
-                atomic.write_bytes_atomic(out, lambda f: [f.write(bytes(1000)) for _ in range(3)])
-            sys.settrace(None)
-            os._exit(0)
-        finally:
-            os._exit(99)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.002)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return -1
+    return stopped_at(point, {atomic.__file__}, work, 10)
 
 
 def test_stop_at_every_point_of_the_atomic_output_path(tmp_path: Path):
