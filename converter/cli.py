@@ -162,6 +162,14 @@ def _write_json(path: Path, data: Any) -> None:
         write_bytes_atomic(path, text.encode())
 
 
+def _emit(data: dict[str, Any], json_out: Path | None, quiet: bool, table: Callable[[dict[str, Any], Console], None]) -> None:
+    """The JSON where --json asks for it, and the table unless -q or the JSON takes standard output."""
+    if json_out:
+        _write_json(json_out, data)
+    if _shown(json_out, quiet):
+        table(data, out)
+
+
 def _shown(json_out: Path | None, quiet: bool) -> bool:
     """Whether the human-readable tables go to standard output (not with -q, nor when JSON does)."""
     return not quiet and str(json_out) != "-"
@@ -428,10 +436,7 @@ def inspect(
 
     with _errors():
         info = api.describe(qpk, verify)
-        if json_out:
-            _write_json(json_out, info)
-        if _shown(json_out, False):
-            render_description(info, out)
+        _emit(info, json_out, False, render_description)
 
 
 def _version(value: bool) -> None:
@@ -513,10 +518,7 @@ def report(
                              command=_command("report"))
         except api.BudgetBroken as e:
             rep, broken = e.report, e
-        if json_out:
-            _write_json(json_out, rep)
-        if _shown(json_out, quiet):
-            report_table(rep, out)
+        _emit(rep, json_out, quiet, report_table)
         if broken:
             raise broken
 
@@ -561,10 +563,7 @@ def eval_(
                               clip=str(clip.value), group_size=group_size, param_dtype=str(param_dtype.value), keep=keep or (),
                               include=include or (), bits_for=bits_for or (), groups=groups, group_threshold=group_threshold)
         result["command"] = _command("eval")
-        if json_out:
-            _write_json(json_out, result)
-        if _shown(json_out, quiet):
-            eval_table(result, out)
+        _emit(result, json_out, quiet, eval_table)
 
 
 @app.command(cls=_Command, epilog=_examples("qpack sweep samples/digits_cnn.onnx --dataset digits --out sweep/"))

@@ -17,7 +17,7 @@ from qpack.formats.qpk.codecs import ANS
 from qpack.formats.qpk.spec import BYTE_BITS
 
 if TYPE_CHECKING:
-    from qpack.formats.qpk import ans
+    pass
 
 PAIR_COUNTING = 1 << 17  # codes from which counting them in pairs is faster (2x at 2^20)
 
@@ -57,13 +57,8 @@ def context_entropy_bits(codes: NDArray[np.uint8], bits: int) -> float:
     With its tables, the best context model loses to order 0 on small or patternless tensors; the
     codec then stores order 0, but this figure still says what the context would buy.
     """
-    return context_choice(codes, bits)[0]
-
-
-def context_choice(codes: NDArray[np.uint8], bits: int) -> tuple[float, ans.Model | None]:
-    """(context_entropy_bits, the model the ans codec stores the codes with): one pass for both,
-    the model then handed to the codec (CodeContext.model); None where the codec keeps them packed."""
-    return ANS.choose_model(codes, bits) or (float(bits), None)
+    chosen = ANS.choose_model(codes, bits)
+    return chosen[0] if chosen is not None else float(bits)
 
 
 def _gzip(data: bytes) -> int:

@@ -28,7 +28,7 @@ _CHUNK = 16 * 1024 * 1024
 class CodeContext:
     """What a code blob holds, for codecs that model it (entropy coders with per-group or
     neighbour contexts): the width of its codes, their count, the tensor's shape and grouping,
-    and the ans model already chosen for these very codes, if any (converter.measure.context_choice).
+    and the ans model already chosen for these very codes, if any (Codec.choose_model).
     A codec that only sees bytes ignores it."""
 
     bits: int
