@@ -14,11 +14,12 @@ from typing import Any
 
 from qpack.converter.allocate import AUTO_SCHEMES, Goal
 from qpack.converter.datasets import Inputs
+from qpack.converter.export import QPK
 from qpack.converter.policy import Policy
 from qpack.formats.errors import BudgetError, OptionError
 from qpack.formats.qpk import Codec, QpkReader, codec_named
 
-__all__ = ["BudgetBroken", "Exported", "codec_for", "convert", "describe", "evaluate", "export", "load_inputs", "open", "policy",
+__all__ = ["QPK", "BudgetBroken", "Exported", "codec_for", "convert", "describe", "evaluate", "export", "load_inputs", "open", "policy",
            "report", "sweep", "unpack"]
 
 SCHEME = "asym"  # the scheme of a conversion without a goal
@@ -51,14 +52,23 @@ def codec_for(word: str | None, goal: bool = False) -> Codec:
     return codec_named(word or (GOAL_CODEC if goal else CODEC))
 
 
-def policy(scheme: str = SCHEME, bits: int = 8, per_channel: bool = False, keep: Sequence[str] = (),
+def policy(scheme: str | None = None, bits: int = 8, per_channel: bool = False, keep: Sequence[str] = (),
            include: Sequence[str] = (), bits_for: Sequence[str] = (), clip: str = "minmax", group_size: int | None = None,
-           param_dtype: str = "auto", rdo: float = 0.0) -> Policy:
-    """Which tensors to quantize, and how: the options every command shares (checked here)."""
+           param_dtype: str = "auto", rdo: float = 0.0, target: str = QPK, codec: str = CODEC, allocating: bool = False) -> Policy:
+    """Which tensors to quantize, and how: the options every command shares (checked here).
+
+    Args:
+        scheme: None: SCHEME, or the first of AUTO_SCHEMES that `target` runs.
+        target: the export target the file is made for (`--for`), or `qpk`: a fixed option it cannot
+            hold is an OptionError (`codec` the codec that will store the codes; `allocating`: a goal
+            chooses the widths and groupings, so only the fixed ones are checked).
+    """
+    from qpack.converter.deploy import default_scheme, for_target
     from qpack.converter.policy import parse_bits_for
 
-    return Policy(scheme, bits, per_channel, tuple(keep), tuple(include), parse_bits_for(list(bits_for)), clip, group_size,
-                  param_dtype, rdo=rdo)
+    rules = Policy(scheme or default_scheme(target, SCHEME, AUTO_SCHEMES), bits, per_channel, tuple(keep), tuple(include),
+                   parse_bits_for(list(bits_for)), clip, group_size, param_dtype, rdo=rdo, target=target)
+    return for_target(rules, codec_named(codec).name, allocating, scheme is not None)
 
 
 def load_inputs(model: PathLike, inputs: PathLike | None = None, images: PathLike | None = None, dataset: str | None = None,
@@ -87,7 +97,7 @@ def convert(model: PathLike, output: PathLike | None = None, *, bits: int = 8, s
             rdo: float = 0.0, compress: str = "auto", max_size: int | None = None, max_bpw: float | None = None,
             min_sqnr: float | None = None, target_bpw: float | None = None, target_size: int | None = None,
             target_sqnr: float | None = None, objective: str | None = None, min_cosine: float | None = None,
-            max_accuracy_drop: float | None = None, allow_float: bool = False,
+            max_accuracy_drop: float | None = None, allow_float: bool = False, target: str = QPK,
             inputs: Inputs | PathLike | Callable[[], Inputs] | None = None,
             progress: Callable[[int, int], None] | None = None, compress_progress: Callable[[str], None] | None = None,
             log: Callable[[str], None] | None = None, **goals: Any) -> dict[str, Any]:
@@ -95,12 +105,14 @@ def convert(model: PathLike, output: PathLike | None = None, *, bits: int = 8, s
 
     Args:
         output: the container; default `model` with the suffix .qpk.
-        scheme: None: asym, or with a goal each tensor's best of AUTO_SCHEMES.
-        codec: "packed" (raw), "zstd" or "ans"; None: packed, or with a goal ans.
+        scheme: None: asym, or with a goal each tensor's best of AUTO_SCHEMES (those `target` runs).
+        codec: "packed" (raw), "zstd" or "ans"; None: packed, or with a goal ans (or what `target` keeps).
         target_bpw, target_size, target_sqnr, min_cosine, max_accuracy_drop: a goal; qpack then allocates
             each tensor's width, grouping, clipping (and scheme) itself, starting from `bits`.
         goals: any other registered goal (converter.allocate.GOALS), by its field name.
         max_size, max_bpw, min_sqnr: build budgets.
+        target: an export target (converter.export.TARGETS) the file is made for (`--for`): a goal allocates
+            only what it runs natively, priced in its bytes; a fixed option it cannot hold is refused. `qpk`: none.
         inputs: for a fidelity goal (min_cosine, max_accuracy_drop), and only then: an .npy/.npz path,
             load_inputs(), or a function that loads them (called once the options are checked).
         progress, compress_progress, log: callbacks for a progress display and the allocation's log lines.
@@ -110,20 +122,22 @@ def convert(model: PathLike, output: PathLike | None = None, *, bits: int = 8, s
         BudgetError: a goal cannot be met (nothing was written).
         QpackError: any other failure, with a one-line message.
     """
+    from qpack.converter.deploy import default_codec, goal_schemes
     from qpack.converter.gates import Budget
     from qpack.converter.measure import parse_compressors
     from qpack.converter.publish import publish
     from qpack.formats.registry import open_model
 
     model = Path(model)
-    rules = policy(scheme or SCHEME, bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype, rdo)
     budget = Budget(max_size, max_bpw, min_sqnr)
     parse_compressors(compress)  # reject a bad list before any work
     goal = Goal.of(target_bpw=target_bpw, target_size=target_size, min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop,
-                   target_sqnr=target_sqnr, objective=objective, schemes=None if scheme else AUTO_SCHEMES, allow_float=allow_float,
-                   **{k: v for k, v in goals.items() if v is not None})
+                   target_sqnr=target_sqnr, objective=objective, schemes=None if scheme else goal_schemes(target, AUTO_SCHEMES),
+                   allow_float=allow_float, **{k: v for k, v in goals.items() if v is not None})
     goal.check()
-    chosen = codec_for(codec, goal.any)
+    chosen = codec_for(codec or default_codec(target, GOAL_CODEC if goal.any else CODEC))
+    rules = policy(scheme, bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype, rdo, target, chosen.name,
+                   goal.any)
     if goal.fidelity != (inputs is not None):
         raise OptionError("a fidelity goal needs inputs: --inputs, --images or --dataset" if goal.fidelity else
                           "inputs (--inputs, --images, --dataset) feed fidelity goals (--min-cosine, --max-accuracy-drop); "
@@ -135,9 +149,9 @@ def convert(model: PathLike, output: PathLike | None = None, *, bits: int = 8, s
         data = inputs
     else:
         data = load_inputs(model, inputs)
-    target = Path(output) if output is not None else model.with_suffix(".qpk")
+    dest = Path(output) if output is not None else model.with_suffix(".qpk")
     with closing(open_model(model)) as src:
-        done = publish(src, rules, target, chosen, budget, parse_compressors(compress, src.file_bytes), progress,
+        done = publish(src, rules, dest, chosen, budget, parse_compressors(compress, src.file_bytes), progress,
                        compress_progress, goal, data, log)
     if done.broken:
         raise BudgetBroken(str(done.broken), done.report)

@@ -110,6 +110,7 @@ if TYPE_CHECKING:
     SchemeName: TypeAlias = Enum
     ObjectiveName: TypeAlias = Enum
     TargetName: TypeAlias = Enum
+    ForName: TypeAlias = Enum
     ParamDtypeName: TypeAlias = Enum
 else:
     CodecName = _choices("CodecName", [c.label for c in CODECS.values()])
@@ -117,6 +118,7 @@ else:
     SchemeName = _choices("SchemeName", list(QUANTIZERS))
     ObjectiveName = _choices("ObjectiveName", list(OBJECTIVES))
     TargetName = _choices("TargetName", _targets())
+    ForName = _choices("ForName", [api.QPK, *_targets()])
     ParamDtypeName = _choices("ParamDtypeName", list(PARAM_DTYPES))
 
 
@@ -222,6 +224,10 @@ GroupSize = Annotated[int | None, typer.Option("--group-size", min=16, max=1024,
                                                     "(instead of per tensor or per channel); a short last block where N does not divide")]
 ParamDtype = Annotated[ParamDtypeName, typer.Option("--param-dtype", rich_help_panel=WHAT,
                                                     help="scales as fp16 or fp32; auto: fp16 for --group-size, fp32 otherwise")]
+ForTarget = Annotated[ForName, typer.Option(
+    "--for", rich_help_panel=WHAT, metavar="TARGET",
+    help="the export target the file is made for (`qpack export --to`): a goal allocates only what it runs natively, priced in "
+         "the bytes its export stores; a fixed option it cannot hold is refused; qpk: the container alone")]
 Rdo = Annotated[float, typer.Option("--rdo", min=0.0, max=MAX_LAMBDA, metavar="LAMBDA", rich_help_panel=WHAT,
                                     help="rate-aware rounding (" + ", ".join(n for n, q in QUANTIZERS.items() if q.rate_aware or q.trellis)
                                          + "): a weight takes a neighbouring code when the bits saved x LAMBDA outweigh the "
@@ -317,6 +323,7 @@ def convert(
     include: Include = None,
     bits_for: BitsFor = None,
     rdo: Rdo = CONVERT["rdo"],
+    target: ForTarget = ForName(CONVERT["target"]),
     objective: Objective = None,
     allow_float: AllowFloat = CONVERT["allow_float"],
     inputs: InputsOpt = None,
@@ -358,7 +365,8 @@ def convert(
         request: dict[str, Any] = dict(
             bits=bits, scheme=_value(scheme), per_channel=per_channel, clip=_value(clip), group_size=group_size,
             param_dtype=_value(param_dtype), keep=keep or (), include=include or (), bits_for=bits_for or (), codec=_value(codec),
-            rdo=rdo, compress=compress, max_size=max_size, max_bpw=max_bpw, min_sqnr=min_sqnr, objective=_value(objective),
+            rdo=rdo, target=_value(target), compress=compress, max_size=max_size, max_bpw=max_bpw, min_sqnr=min_sqnr,
+            objective=_value(objective),
             allow_float=allow_float, inputs=data, log=say, **goals)
         broken: BudgetError | None = None
         try:

@@ -31,6 +31,7 @@ from qpack.formats.model import SourceModel, Weight
 from qpack.formats.qpk import RAW, ZSTD, BlobKind, Codec, CodeContext, Grouping, QpkReader, QpkWriter, TensorEntry, encode, unpack
 from qpack.formats.qpk import meta as qpk_meta
 from qpack.formats.qpk.spec import DTYPE_SIZES
+from qpack.formats.registry import adapter
 
 T = TypeVar("T")
 
@@ -96,6 +97,7 @@ class ConvertResult:
     tensors: list[TensorStat] = field(default_factory=list)
     kept: list[KeptStat] = field(default_factory=list)
     graph_bytes: int = 0
+    skeleton_bytes: int = 0  # the graph before compression, less any zeros in quantized tensors' places
 
 
 @dataclass
@@ -220,6 +222,8 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
         graph = writer.add(skeleton, BlobKind.GRAPH, ZSTD, zeroed_bytes(entries))
         meta = qpk_meta.build(__version__, model.format, {"name": model.path.name, "bytes": model.file_bytes},
                               policy.options(codec.name), graph, hashlib.sha256(skeleton).hexdigest(), entries, kept)
+        # what an export carrying the graph writes of it: not the zeros that keep stripped tensors' places
+        result.skeleton_bytes = len(skeleton) - (zeroed_bytes(entries) if adapter(model.format).zeroed else 0)
         del skeleton
         result.graph_bytes = writer.blob(graph).length
         result.size = writer.write(out, meta)

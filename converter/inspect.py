@@ -36,7 +36,7 @@ def describe(path: Path, verify: bool = True) -> dict[str, Any]:
             "format": q.format, "qpack": q.info["qpack"], "source": q.info["source"],
             "options": q.info["options"], "verified": verify,
             "graph_bytes": blobs[q.graph_index].length, "tensors": tensors, "kept": q.kept,
-            # per export target, the tensors it does not run as stored (widened, decoded, or refused)
+            # per export target: the tensors it does not run as stored (widened, decoded, or refused), its bytes
             "exports": fit(q),
         }
 
@@ -61,7 +61,6 @@ def render_description(info: dict[str, Any], console: Console) -> None:
                   f"({info['graph_bytes']:,} bytes compressed); checksums {'verified' if info['verified'] else 'not checked'}")
     exports = info.get("exports") or {}
     if exports:
-        as_stored = [t for t, n in exports.items() if n == 0]
-        widened = [f"{t} ({n} tensor{'s' if n > 1 else ''})" for t, n in exports.items() if n]
-        console.print("exports as stored: " + (", ".join(as_stored) or "none")
-                      + ("; stored otherwise by: " + ", ".join(widened) if widened else ""))
+        console.print("exports: " + "; ".join(
+            f"{t} {'as stored' if v['widened'] == 0 else 'widening ' + str(v['widened']) + ' tensor' + 's' * (v['widened'] > 1)}"
+            f" (about {v['bytes']:,} bytes)" for t, v in exports.items()))

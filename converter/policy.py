@@ -65,6 +65,7 @@ class Policy:
     param_dtype: str = "auto"  # float parameters as fp16 or fp32; auto: fp16 for blocks (and per channel in goals), fp32 otherwise
     rdo: float = 0.0  # lambda of rate-aware rounding (squared steps per bit); 0: round to nearest
     plan: tuple[tuple[str, Decision], ...] = ()  # per-tensor settings an allocation chose, by key
+    target: str = "qpk"  # the export target the file is made for (`--for`): its goals allocate only what it runs
 
     def __post_init__(self) -> None:
         if self.group_size is not None and not MIN_GROUP <= self.group_size <= MAX_GROUP:
@@ -92,6 +93,8 @@ class Policy:
             out.update(group_size=self.group_size, param_dtype=self.param_dtype)
         if self.rdo:  # absent otherwise, for the same reason
             out["rdo"] = self.rdo
+        if self.target != "qpk":  # absent otherwise, for the same reason
+            out["for"] = self.target
         return out
 
     def decide(self, w: Weight) -> Decision:

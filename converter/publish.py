@@ -13,13 +13,14 @@ from typing import Any
 from qpack.converter.allocate import Allocation, Goal, allocate
 from qpack.converter.convert import convert
 from qpack.converter.datasets import Inputs
+from qpack.converter.export import QPK, TARGETS, export, fit
 from qpack.converter.gates import Budget
 from qpack.converter.policy import Policy
 from qpack.converter.sizes import size_report
 from qpack.formats.atomic import prepare_parent, scratch_folder, sweep_stale, track, untrack
 from qpack.formats.errors import BudgetError, OptionError, QpackError
 from qpack.formats.model import SourceModel
-from qpack.formats.qpk import Codec
+from qpack.formats.qpk import Codec, QpkReader
 
 
 @dataclass
@@ -39,6 +40,30 @@ def _take(trial: Path, pending: Path) -> None:
         os.replace(trial, pending)
     except OSError:
         shutil.copyfile(trial, pending)
+
+
+def made_for(qpk: Path, to: str, shown: Path) -> dict[str, Any]:
+    """The export a file made `--for` a target gets, written to a scratch folder before the file is put in
+    place: it must store every tensor as the container does. Returns its measured bytes (a model file;
+    firmware sources are text, so their flash stays the estimate) and notes.
+
+    Raises:
+        QpackError: the target cannot run the file as made (a defect: --for allocates only what it runs).
+    """
+    t = TARGETS[to]
+    with QpkReader(qpk) as q:
+        if n := t.widened(q):
+            raise QpackError(f"{shown}: made --for {to}, but {n} of its tensors are not stored as {to} runs them")
+    with scratch_folder("qpack-export-") as tmp:
+        out = Path(tmp) / (shown.with_suffix("." + t.formats[0]).name if t.graph else "sources")
+        try:
+            files, notes = export(qpk, to, out)
+        except QpackError as e:
+            raise type(e)(f"{shown}: made --for {to}, but its export fails: {e}") from e
+        got: dict[str, Any] = {"notes": notes}
+        if t.graph:
+            got.update(bytes=sum(f.stat().st_size for f in files), measured=True)
+        return got
 
 
 def publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget: Budget, compressors: tuple[str, ...],
@@ -82,6 +107,10 @@ def _publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budge
         report["output"] = str(target)
         if allocation is not None:
             report["allocation"] = allocation
+        with QpkReader(pending) as q:  # where the file can go: what each export target would widen, and its bytes
+            report["exports"] = fit(q)
+        if policy.target != QPK:
+            report["exports"][policy.target].update(made_for(pending, policy.target, target))
         sizes = report["sizes"]
         try:
             budget.check(sizes["qpk_bytes"], sizes["bits_per_weight"], sizes["sqnr_db"], floats_known=True)

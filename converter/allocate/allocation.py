@@ -37,6 +37,7 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
     `goal.schemes`. The goal's search is the one its registry entry names (goals.GOALS).
     """
     from qpack.converter.convert import Reuse, convert
+    from qpack.converter.deploy import priced
     from qpack.formats.qpk import RAW
 
     goal.check()
@@ -74,6 +75,8 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
     summary: dict[str, Any] = {"proxy": OBJECTIVES[objective].help, "objective": objective,
                                "schemes": list(goal.schemes or (policy.scheme,))}
     task = Task(src, policy, goal, ms, convert_to, remeasure, trial, Path(workdir), model_path, inputs, log)
+    if (target := priced(policy, trial_codec.name)) is not None:  # made for an export target: its bytes
+        task.stored, task.size = target
     spec, value = given[0]  # size goals come alone, and fidelity goals share one search
     p, chosen, found = spec.search(task, value)
     summary["goal"] = " and ".join(f"{s.option} {v}" for s, v in given)

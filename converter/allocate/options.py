@@ -16,9 +16,11 @@ import numpy as np
 
 from qpack.converter.allocate.pool import each_weight
 from qpack.converter.allocate.sample import LOW_BITS_CLIP, View, group_tops, half_fits, sample_error
+from qpack.converter.export.native import Native
 from qpack.converter.policy import Decision, Policy
 from qpack.converter.quant import QUANTIZERS, get_quantizer
 from qpack.converter.quant.base import WIDENED
+from qpack.formats.errors import OptionError
 from qpack.formats.model import SourceModel, Weight
 from qpack.formats.qpk import RAW, Codec, Grouping, packed_size
 
@@ -137,13 +139,14 @@ def groupings(w: Weight) -> list[tuple[int | None, int | None]]:
     return out
 
 
-def menu(w: Weight, scheme: str, widths: range = range(MIN_WIDTH, MAX_BITS + 1), codec: Codec | None = None,
-         half: bool = True) -> Menu:
+def menu(w: Weight, scheme: str, widths: range | list[int] = range(MIN_WIDTH, MAX_BITS + 1), codec: Codec | None = None,
+         half: bool = True, native: Native | None = None) -> Menu:
     """The options of one weight under `scheme`, pruned to their Pareto front.
 
     `codec`: what will store the codes (None: packed); where it stores them in about their entropy
     (Codec.sized_by_entropy), an option's code bytes are its price from the codes' order-0 entropy
-    instead of their packed size.
+    instead of their packed size. `native`: an export target's; only the groupings it takes are
+    measured, each option priced in the bytes it stores (the widths are the caller's to choose).
     """
     q = get_quantizer(scheme)
     spec = q.spec()
@@ -152,7 +155,7 @@ def menu(w: Weight, scheme: str, widths: range = range(MIN_WIDTH, MAX_BITS + 1),
     signal = float(np.square(x, dtype=np.float64).sum())  # not np.dot: a BLAS call leaves its threads spinning on the other cores
     opts = []
     for axis, block in groupings(w):
-        if block is not None and not spec.blocks:
+        if (block is not None and not spec.blocks) or (native is not None and not native.takes_grouping(Grouping(axis, block))):
             continue
         v = View(x, Grouping(axis, block))
         # a scale per channel or block is stored as float16 (unless `half` is off): the codes are chosen
@@ -180,7 +183,10 @@ def menu(w: Weight, scheme: str, widths: range = range(MIN_WIDTH, MAX_BITS + 1),
                 err, pbytes, entropy, span = sample_error(q, v, bits, clip, dtypes, lam)
                 stored = codec.price(w.size, bits, entropy, span)
                 code_bytes = packed_size(w.size, bits) if stored is None else stored
-                opts.append(Option(bits, axis, block, clip, code_bytes + pbytes, err, scheme, rdo=lam, half=half_here))
+                nbytes = code_bytes + pbytes
+                if native is not None:
+                    nbytes = native.price(scheme, bits, w.shape, Grouping(axis, block), code_bytes, pbytes, codec.name)
+                opts.append(Option(bits, axis, block, clip, nbytes, err, scheme, rdo=lam, half=half_here))
     return Menu(w, signal, front(opts))
 
 
@@ -191,36 +197,59 @@ def menus(model: SourceModel, policy: Policy, progress: Callable[[int, int], Non
     a byte) under the policy's scheme, or under each of `schemes` (the tensor then takes whichever
     scheme its chosen option has; with an entropy-coding codec, the schemes offered for it too,
     Quantizer.coded_choice); with `near` (weight key -> width), only the widths NEAR_BELOW below to
-    NEAR_ABOVE above it. Measured in worker processes on large models (allocate.pool)."""
+    NEAR_ABOVE above it. A policy made for an export target (`--for`) gets only the settings the
+    target runs natively, priced in its bytes. Measured in worker processes on large models (allocate.pool)."""
+    from qpack.converter.deploy import native_of
+
+    native = native_of(policy)
     chosen = [w for w in model.weights if policy.decide(w).quantize]
     names = schemes or (policy.scheme,)
     if schemes is not None and codec is not None and codec.entropy_coded:
         names = (*names, *(n for n, q in QUANTIZERS.items() if q.coded_choice and n not in names))
-    half = policy.param_dtype != "fp32"
+    if native is not None:
+        names = tuple(n for n in names if native.takes_scheme(n))
+    half = policy.param_dtype != "fp32" and (native is None or native.half_scales)
     near = near or {}
 
     def job(w: Weight) -> Callable[[], tuple[float, list[Option]]]:
-        return partial(_menu_options, w, names, codec, half, near.get(w.key), widest)
+        return partial(_menu_options, w, names, codec, half, near.get(w.key), widest, native)
 
     def warm() -> None:
         for n in names:
             get_quantizer(n).warm()
 
     got = each_weight(chosen, job, progress, warm)
-    return [Menu(w, signal, options) for w, (signal, options) in zip(chosen, got)]
+    out = [Menu(w, signal, options) for w, (signal, options) in zip(chosen, got)]
+    for m in out:
+        if not m.options:
+            raise OptionError(f"tensor '{m.weight.name}': no setting of {', '.join(names) or 'any scheme'} runs natively in "
+                              f"--for {policy.target}: keep it (--keep) or choose another target")
+    return out
 
 
 def _menu_options(w: Weight, names: tuple[str, ...], codec: Codec | None, half: bool,
-                  near: int | None = None, widest: int = WIDE_BITS) -> tuple[float, list[Option]]:
+                  near: int | None = None, widest: int = WIDE_BITS, native: Native | None = None) -> tuple[float, list[Option]]:
     """(signal, options) of one weight's menu under each of `names`: what a worker sends back."""
     got = []
     for scheme in names:
         spec = get_quantizer(scheme).spec()
         top = min(widest, spec.max_bits) if spec.max_bits > MAX_BITS else MAX_BITS
         low, high = max(spec.min_bits, MIN_WIDTH), top
+        widths = list(range(low, high + 1))
+        if native is not None:  # only the widths the target stores as they are
+            widths = [b for b in widths if native.width(spec, b) in native.widths]
         if near is not None:  # the window, kept inside the scheme's widths and at least NEAR_ABOVE + 1 wide
             high = max(min(top, near + NEAR_ABOVE), low + NEAR_ABOVE)
             low = max(low, min(near - NEAR_BELOW, high - NEAR_ABOVE))
-        got.append(menu(w, scheme, range(low, high + 1), codec, half))
+            if native is None:
+                widths = list(range(low, high + 1))
+            else:  # a target's widths can all lie outside the window: then the nearest on each side too
+                window = [b for b in widths if low <= b <= high]
+                below, above = [b for b in widths if b < low], [b for b in widths if b > high]
+                widths = window if len(window) >= 2 else sorted({*window, *below[-1:], *above[:1]})
+        if widths:
+            got.append(menu(w, scheme, widths, codec, half, native))
+    if not got:
+        return 0.0, []
     m = got[0] if len(got) == 1 else merged(got)
     return m.signal, m.options

@@ -12,41 +12,15 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+from qpack.converter.export.native import GROUPINGS, Native
 from qpack.formats.errors import OptionError
-from qpack.formats.qpk import CODECS, SCHEMES, QpkReader, TensorEntry
-from qpack.formats.registry import a_model
+from qpack.formats.qpk import CODECS, QpkReader
+from qpack.formats.qpk.spec import DTYPE_SIZES
+from qpack.formats.registry import a_model, adapter
 
 Exporter = Callable[[QpkReader, Path, list[str]], list[Path]]
-
-GROUPINGS = ("tensor", "channel", "block")  # Grouping.kind
-
-
-@dataclass(frozen=True)
-class Native:
-    """The stored settings a target executes as they are (no widening, no decoding at load time)."""
-
-    schemes: tuple[str, ...] | None = None  # None: every scheme with an integer form (SchemeSpec.integers)
-    widths: tuple[int, ...] = tuple(range(1, 17))  # code widths stored at their own width
-    signed: bool | None = None  # integer forms: True symmetric only (no zero point), None either
-    groupings: tuple[str, ...] = GROUPINGS
-    blocks: tuple[int, ...] = ()  # block sizes taken (empty: any the container allows)
-    param_dtypes: tuple[str, ...] = ("<f4", "<f2")
-    codecs: tuple[str, ...] | None = None  # codecs whose streams it keeps as stored; None: it decodes every codec
-
-    def runs(self, e: TensorEntry, codec: str) -> bool:
-        """Whether tensor `e`, its codes stored by `codec`, runs natively."""
-        spec = SCHEMES.get(e.scheme)
-        if spec is None or (self.schemes is None and spec.integers is None) or (self.schemes is not None and e.scheme not in self.schemes):
-            return False
-        if (self.signed and not spec.signed) or (self.codecs is not None and codec not in self.codecs):
-            return False
-        floats = {d for d in e.dtypes.values() if d.startswith("<f")}
-        g = e.grouping
-        # a target of integer forms stores the integers' width; one that decodes named schemes, the codes'
-        width = spec.integer_bits(e.bits) if self.schemes is None else e.bits
-        return (width in self.widths and g.kind in self.groupings and floats <= set(self.param_dtypes)
-                and (g.block is None or not self.blocks or g.block in self.blocks))
 
 
 @dataclass(frozen=True)
@@ -57,9 +31,30 @@ class Target:
     formats: tuple[str, ...]  # source formats it can export
     help: str
     native: Native = Native()
+    graph: bool = True  # the export carries the model's graph (its size counts), not only the weights
+
+    def widened(self, reader: QpkReader) -> int:
+        """How many of the container's tensors this target does not run as stored (widened, decoded or refused)."""
+        return sum(not self.native.runs(e, c) for e, c in zip(reader.entries, _codecs(reader)))
+
+    def predict(self, reader: QpkReader, graph: int | None = None) -> int:
+        """The bytes the export of `reader` takes (an estimate: the graph, `graph` bytes if known, and
+        each tensor as `native` prices it)."""
+        total = self.native.base
+        if self.graph:  # the skeleton, without the zeros that hold the quantized tensors' places
+            total = len(reader.graph()) if graph is None else graph
+            if adapter(reader.format).zeroed:
+                total -= sum(e.count * DTYPE_SIZES.get(e.dtype, 0) for e in reader.entries)
+        for e, c in zip(reader.entries, _codecs(reader)):
+            blobs = reader.blobs
+            stored = self.native.price(e.scheme, e.bits, e.shape, e.grouping, blobs[e.codes].length,
+                                       sum(blobs[i].length for i in e.params.values()), c)
+            total += stored + self.native.extra(e.name)
+        return total
 
 
 TARGETS: dict[str, Target] = {}
+QPK = "qpk"  # what `--for` names when a file is made for the container itself: no target's limits
 
 
 def register_target(target: Target) -> Target:
@@ -67,8 +62,22 @@ def register_target(target: Target) -> Target:
     return target
 
 
+def target_named(name: str) -> Target | None:
+    """The export target `--for` names; None for `qpk`.
+
+    Raises:
+        OptionError: no such target.
+    """
+    if name == QPK:
+        return None
+    if name not in TARGETS:
+        raise OptionError(f"unknown target {name!r} for --for, expected {QPK} or one of {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
 def export(qpk: Path, to: str, out: Path) -> tuple[list[Path], list[str]]:
-    """Export container `qpk` as `to` into `out`; returns the files written and the notes."""
+    """Export container `qpk` as `to` into `out`; returns the files written and the notes (the first says
+    what the export widens when the container was made for another target)."""
     target = TARGETS.get(to)
     if target is None:
         raise OptionError(f"unknown export target {to!r}, expected one of {', '.join(TARGETS)}")
@@ -79,38 +88,51 @@ def export(qpk: Path, to: str, out: Path) -> tuple[list[Path], list[str]]:
             raise OptionError(f"{qpk}: holds {a_model(q.format)}; --to {to} takes containers of {takes} models")
         for e in q.entries:  # every parameter within its range before anything is written (FormatError)
             q.params(e)
+        made_for = q.info["options"].get("for", QPK)
+        if made_for not in (to, QPK) and (n := target.widened(q)):
+            notes.append(f"made for {made_for}: --to {to} stores {n} of its {len(q.entries)} tensors otherwise than the "
+                         f"container does (convert --for {to} allocates for it)")
         fn: Exporter = getattr(importlib.import_module(target.module), target.function)
         return fn(q, Path(out), notes), notes
 
 
-# DequantizeLinear: INT4/UINT4 and INT16 from opset 21, INT2/UINT2 from 25, blocks along one axis
-_QDQ = Native(widths=(2, 4, 8, 16))
-# TFLite: int4 and int8 per tensor or per channel, float32 scales; hybrid kernels want symmetric weights
-_TFLITE = Native(widths=(4, 8), signed=True, groupings=("tensor", "channel"), param_dtypes=("<f4",))
-_TFLITE_DEQUANTIZE = Native(widths=(4, 8), groupings=("tensor", "channel"), param_dtypes=("<f4",))
-# qpk.h decodes every scheme of FORMAT.md at any width and grouping
-_C = Native(schemes=("asym", "sym", "pow2", "lut", "dq"), codecs=("raw",))
+def _codecs(reader: QpkReader) -> list[str]:
+    return [CODECS[reader.blobs[e.codes].codec].name for e in reader.entries]
+
+
+def fit(reader: QpkReader) -> dict[str, dict[str, Any]]:
+    """For each target that takes the container's source format: how many of its tensors it does not
+    run natively (`widened`, 0: the export stores every tensor as the container does) and the bytes
+    its export takes (`bytes`, an estimate)."""
+    graph = len(reader.graph())
+    return {t.name: {"widened": t.widened(reader), "bytes": t.predict(reader, graph)}
+            for t in TARGETS.values() if reader.format in t.formats}
+
+
+# DequantizeLinear: INT2..INT16 as the codes need (INT2 from opset 25, INT4/INT16 from 21), blocks along one
+# axis; scales in the weight's float type, zero points as wide as the integers
+_QDQ = Native(widths=(2, 4, 8, 16), scale_bytes=4, overhead=(300, 8))
+# TFLite: int4 and int8 per tensor or per channel, float32 scales and int64 zero points (even for
+# symmetric weights); hybrid kernels want symmetric weights
+_TFLITE = Native(widths=(4, 8), signed=True, groupings=("tensor", "channel"), param_dtypes=("<f4",), scale_bytes=4,
+                 zero_point_bits=64, zero_points=True, overhead=(60, 2))
+# qpk.h decodes every scheme of FORMAT.md at any width and grouping, its parameters as the container stores them
+_C = Native(schemes=("asym", "sym", "pow2", "lut", "dq"), codecs=("raw",), overhead=(170, 3), base=1800)
 
 register_target(Target("onnx-qdq", "qpack.converter.export.onnx_qdq", "export_onnx_qdq", ("onnx",),
                        "ONNX with integer weights behind DequantizeLinear (INT2..INT32 as the codes need)", _QDQ))
 register_target(Target("onnx-matmulnbits", "qpack.converter.export.onnx_matmulnbits", "export_onnx_matmulnbits", ("onnx",),
                        "ONNX with MatMul/Gemm weights as com.microsoft.MatMulNBits (2/4/8 bits), the rest as onnx-qdq",
-                       Native(widths=(2, 4, 8), blocks=(16, 32, 64, 128, 256))))
+                       replace(_QDQ, widths=(2, 4, 8), blocks=(16, 32, 64, 128, 256))))
 register_target(Target("tflite", "qpack.converter.export.tflite_int", "export_tflite", ("tflite",),
                        "TFLite with int8/int4 weights: hybrid kernels where they apply, DEQUANTIZE elsewhere", _TFLITE))
 register_target(Target("tflite-dequantize", "qpack.converter.export.tflite_int", "export_tflite_dequantize", ("tflite",),
                        "TFLite with int8/int4 weights, all through DEQUANTIZE (float kernels, the container's exact values)",
-                       _TFLITE_DEQUANTIZE))
+                       replace(_TFLITE, signed=None)))
 register_target(Target("c", "qpack.converter.export.c", "export_c", ("onnx", "tflite"),
-                       "firmware sources: qpk.h (C99 decoder) and the weights as const C arrays, into folder -o", _C))
+                       "firmware sources: qpk.h (C99 decoder) and the weights as const C arrays, into folder -o", _C, graph=False))
 register_target(Target("c-coded", "qpack.converter.export.c", "export_c_coded", ("onnx", "tflite"),
                        "as c, with entropy-coded (ans) codes kept as streams: the container's flash, qpk_unpack into RAM",
-                       replace(_C, codecs=("raw", "ans"))))
+                       replace(_C, codecs=("raw", "ans")), graph=False))
 
-
-def fit(reader: QpkReader) -> dict[str, int]:
-    """For each target that takes the container's source format: how many of its tensors it does not
-    run natively (0: the export stores every tensor as the container does)."""
-    codecs = [CODECS[reader.blobs[e.codes].codec].name for e in reader.entries]
-    return {t.name: sum(not t.native.runs(e, c) for e, c in zip(reader.entries, codecs))
-            for t in TARGETS.values() if reader.format in t.formats}
+__all__ = ["GROUPINGS", "QPK", "TARGETS", "Native", "Target", "export", "fit", "register_target", "target_named"]

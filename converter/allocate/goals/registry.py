@@ -4,7 +4,7 @@ and what its search is given."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,10 @@ class Task:
     model_path: Any = None
     inputs: Any = None  # converter.datasets.Inputs, for fidelity goals
     log: Callable[[str], None] | None = None
+    # a trial's stored code and parameter bytes, and its whole size: the container's, or the export's
+    # when the file is made for a target (deploy.priced)
+    stored: Callable[[Any], int] = field(default=lambda r: stored_bytes(r))
+    size: Callable[[Any], int] = field(default=lambda r: r.size)
 
 
 # the policy found, its options (one per menu), and what the allocation summary adds

@@ -18,7 +18,8 @@ from qpack.converter.policy import Policy
 from qpack.formats.errors import BudgetError, OptionError
 
 
-def for_bpw(policy: Policy, bpw: float, convert_to: Callable[[Policy], Any], ms: list[Menu]) -> tuple[Policy, list[Option]]:
+def for_bpw(policy: Policy, bpw: float, convert_to: Callable[[Policy], Any], ms: list[Menu],
+            stored: Callable[[Any], int] = stored_bytes) -> tuple[Policy, list[Option]]:
     """The allocation whose stored codes and parameters are at most `bpw` bits per quantized weight,
     checked on real conversions (entropy-coded sizes are estimates until then): the budget is
     scaled by what each conversion missed by, within the bracket of budgets known to fit and not
@@ -34,17 +35,17 @@ def for_bpw(policy: Policy, bpw: float, convert_to: Callable[[Policy], Any], ms:
         repeat = tuple(chosen) in stored_of
         if not repeat:
             p = plan(policy, ms, chosen, f"equal slope within {bpw} bits per weight")
-            stored_of[tuple(chosen)] = stored = stored_bytes(convert_to(p))
-            if stored <= limit and (fits is None or stored > fits):
-                best, fits = (p, chosen), stored
-        stored = stored_of[tuple(chosen)]
-        if stored <= limit:
+            stored_of[tuple(chosen)] = got = stored(convert_to(p))
+            if got <= limit and (fits is None or got > fits):
+                best, fits = (p, chosen), got
+        got = stored_of[tuple(chosen)]
+        if got <= limit:
             fit_at = max(fit_at, budget)
         else:
             miss_at = min(miss_at, budget)
         if fits is not None and fits >= limit * (1 - 0.002):
             break
-        nxt = min(budget * limit / max(stored, 1), top + limit)
+        nxt = min(budget * limit / max(got, 1), top + limit)
         if repeat or not fit_at < nxt < miss_at or abs(nxt - budget) < 1:  # the estimate is spent: bisect
             nxt = (fit_at + miss_at) / 2 if math.isfinite(miss_at) else 2 * budget
         if miss_at - fit_at < limit * 1e-3 or nxt < floor:
@@ -56,7 +57,7 @@ def for_bpw(policy: Policy, bpw: float, convert_to: Callable[[Policy], Any], ms:
 
 
 def _search(task: Task, bpw: float) -> Found:
-    return (*for_bpw(task.policy, bpw, task.convert_to, task.menus), {})
+    return (*for_bpw(task.policy, bpw, task.convert_to, task.menus, task.stored), {})
 
 
 def _check(bpw: float) -> None:

@@ -33,7 +33,7 @@ def for_size(policy: Policy, size: int, convert_to: Callable[[Policy], int], ms:
 
 
 def _search(task: Task, size: int) -> Found:
-    return (*for_size(task.policy, size, lambda q: task.convert_to(q).size, task.menus), {})
+    return (*for_size(task.policy, size, lambda q: task.size(task.convert_to(q)), task.menus), {})
 
 
 def _check(size: int) -> None:

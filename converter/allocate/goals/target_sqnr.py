@@ -23,7 +23,8 @@ from qpack.formats.model import SourceModel
 MAX_SQNR_DB = 100.0  # beyond what 8-bit codes give any real tensor: the goal is a typo
 
 
-def for_sqnr(policy: Policy, db: float, convert_to: Callable[[Policy], Any], ms: list[Menu]) -> tuple[Policy, list[Option]]:
+def for_sqnr(policy: Policy, db: float, convert_to: Callable[[Policy], Any], ms: list[Menu],
+             stored: Callable[[Any], int] = stored_bytes) -> tuple[Policy, list[Option]]:
     """The fewest stored bytes whose pooled weight SQNR is at least `db`, checked on real
     conversions: the estimated error budget is corrected by what each one missed by.
 
@@ -44,8 +45,8 @@ def for_sqnr(policy: Policy, db: float, convert_to: Callable[[Policy], Any], ms:
         result = convert_to(p)
         noise = sum(t.noise for t in result.tensors)
         got = 10 * math.log10(signal / noise) if noise > 0 else math.inf
-        if got >= db and stored_bytes(result) < best_bytes:
-            best, best_bytes = (p, chosen), stored_bytes(result)
+        if got >= db and stored(result) < best_bytes:
+            best, best_bytes = (p, chosen), stored(result)
         if got < db and all(o is m.options[-1] for o, m in zip(chosen, ms)):
             raise BudgetError(f"--target-sqnr {db:g} dB is out of reach: every tensor at its most precise setting "
                               f"gives {got:.2f} dB")
@@ -77,7 +78,7 @@ def step_widths(model: SourceModel, policy: Policy, db: float) -> dict[str, int]
 
 
 def _search(task: Task, db: float) -> Found:
-    return (*for_sqnr(task.policy, db, task.convert_to, task.menus), {})
+    return (*for_sqnr(task.policy, db, task.convert_to, task.menus, task.stored), {})
 
 
 def _check(db: float) -> None:

@@ -1,0 +1,102 @@
+"""What an export target runs natively, and the bytes it stores: what `convert --for` allocates within.
+
+Each export target declares a `Native`: the stored settings it executes as they are (no widening, no
+decoding at load time), and how it stores them (its integers packed at their type's width, scales
+and zero points in its own dtypes). The same declaration answers three questions: whether a stored
+tensor exports as it is (`runs`), whether a setting may enter a goal's menu (`takes`), and what a
+setting costs in the export (`price`), so an allocation made for a target is priced in the bytes
+that target writes and holds nothing it would widen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qpack.formats.qpk import SCHEMES, Grouping, SchemeSpec, TensorEntry, packed_size
+
+GROUPINGS = ("tensor", "channel", "block")  # Grouping.kind
+
+
+@dataclass(frozen=True)
+class Native:
+    """The stored settings a target executes as they are, and how it stores them."""
+
+    schemes: tuple[str, ...] | None = None  # None: every scheme with an integer form (SchemeSpec.integers)
+    widths: tuple[int, ...] = tuple(range(1, 17))  # code widths stored at their own width
+    signed: bool | None = None  # integer forms: True symmetric only (no zero point), None either
+    groupings: tuple[str, ...] = GROUPINGS
+    blocks: tuple[int, ...] = ()  # block sizes taken (empty: any the container allows)
+    param_dtypes: tuple[str, ...] = ("<f4", "<f2")
+    codecs: tuple[str, ...] | None = None  # codecs whose streams it keeps as stored; None: it decodes every codec
+    # how it stores parameters: None, as the container does; else bytes per scale, and bits per zero
+    # point (None: the integers' own width, packed like them)
+    scale_bytes: int | None = None
+    zero_point_bits: int | None = None
+    zero_points: bool = False  # a zero point per group even for symmetric forms (TFLite's)
+    # bytes an exported tensor adds beyond its data (nodes, names, records): fixed, and per character of its
+    # name; and bytes every export adds (a decoder's tables); measured on the fixtures, an estimate
+    overhead: tuple[int, int] = (0, 0)
+    base: int = 0
+
+    def takes_scheme(self, name: str) -> bool:
+        spec = SCHEMES.get(name)
+        if spec is None:
+            return False
+        if self.schemes is not None:
+            return name in self.schemes
+        return spec.integers is not None and (not self.signed or spec.signed)
+
+    def width(self, spec: SchemeSpec, bits: int) -> int:
+        """The width a target of integer forms stores `bits`-bit codes of `spec` at (its integers'),
+        one that decodes named schemes stores the codes'."""
+        return spec.integer_bits(bits) if self.schemes is None else bits
+
+    def stored_width(self, spec: SchemeSpec, bits: int) -> int:
+        """The narrowest width the target stores that holds the codes (wider than theirs when widened)."""
+        need = self.width(spec, bits)
+        return min((w for w in self.widths if w >= need), default=need)
+
+    def takes_grouping(self, g: Grouping) -> bool:
+        return g.kind in self.groupings and (g.block is None or not self.blocks or g.block in self.blocks)
+
+    @property
+    def half_scales(self) -> bool:
+        """Whether float16 scales are stored as such (and so worth choosing)."""
+        return self.scale_bytes == 2 or (self.scale_bytes is None and "<f2" in self.param_dtypes)
+
+    def keeps(self, codec: str) -> bool:
+        """Whether codes stored by `codec` are kept as stored (else decoded and stored at their width)."""
+        return self.codecs is not None and codec in self.codecs
+
+    def takes(self, scheme: str, bits: int, g: Grouping, codec: str) -> bool:
+        """Whether a setting runs natively: what a goal's menu for this target may offer."""
+        spec = SCHEMES.get(scheme)
+        return (spec is not None and self.takes_scheme(scheme) and self.width(spec, bits) in self.widths
+                and self.takes_grouping(g) and (self.codecs is None or codec in self.codecs))
+
+    def runs(self, e: TensorEntry, codec: str) -> bool:
+        """Whether tensor `e`, its codes stored by `codec`, runs natively."""
+        floats = {d for d in e.dtypes.values() if d.startswith("<f")}
+        return self.takes(e.scheme, e.bits, e.grouping, codec) and floats <= set(self.param_dtypes)
+
+    def price(self, scheme: str, bits: int, shape: tuple[int, ...], g: Grouping, code_bytes: int, param_bytes: int,
+              codec: str) -> int:
+        """Bytes one tensor's codes and parameters take in the export; `code_bytes` and
+        `param_bytes` are what the container stores (or a menu's estimate of it)."""
+        spec = SCHEMES[scheme]
+        count = 1
+        for n in shape:
+            count *= n
+        codes = code_bytes if self.keeps(codec) else packed_size(count, self.stored_width(spec, bits))
+        if self.scale_bytes is None:
+            return codes + param_bytes
+        groups = g.count(shape)
+        params = groups * self.scale_bytes
+        if self.zero_points or not spec.signed:
+            params += packed_size(groups, self.zero_point_bits or self.stored_width(spec, bits))
+        return codes + params
+
+    def extra(self, name: str) -> int:
+        """Bytes a stored tensor adds to the export beyond its codes and parameters."""
+        fixed, per_char = self.overhead
+        return fixed + per_char * len(name.encode())
