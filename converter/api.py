@@ -218,13 +218,15 @@ def export(qpk: PathLike, to: str, output: PathLike) -> Exported:
 
 
 def evaluate(model: PathLike, inputs: Inputs | PathLike, qpk: PathLike | None = None, *, bits: int = 8,
-             scheme: str = SCHEME, per_channel: bool = False, clip: str = "minmax", group_size: int | None = None,
+             scheme: str | None = None, per_channel: bool = False, clip: str = "minmax", group_size: int | None = None,
              param_dtype: str = "auto", keep: Sequence[str] = (), include: Sequence[str] = (),
-             bits_for: Sequence[str] = (), groups: PathLike | None = None, group_threshold: float = 0.05) -> dict[str, Any]:
+             bits_for: Sequence[str] = (), target: str = QPK, groups: PathLike | None = None,
+             group_threshold: float = 0.05) -> dict[str, Any]:
     """Run `model` and its quantized restoration (of `qpk`, or converted at the options) on the same inputs.
 
     Args:
         inputs: load_inputs(), or an .npy/.npz path.
+        scheme, target: as for convert (a fixed option `target` cannot hold is refused).
         groups: a JSON class grouping ([[3, 5], [8, 9]]); group_threshold: the confusion growth that
             merges two classes when grouping automatically.
 
@@ -238,18 +240,21 @@ def evaluate(model: PathLike, inputs: Inputs | PathLike, qpk: PathLike | None = 
     from qpack.converter.evaluate import evaluate as run
 
     data = inputs if isinstance(inputs, Inputs) else load_inputs(model, inputs)
-    rules = None if qpk else policy(scheme, bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype)
+    rules = None if qpk else policy(scheme, bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype,
+                                    target=target)
     return run(Path(model), data, qpk=_path(qpk), policy=rules, groups_file=_path(groups), group_threshold=group_threshold)
 
 
-def report(path: PathLike, *, bits: int = 8, scheme: str = SCHEME, per_channel: bool = False, clip: str = "minmax",
+def report(path: PathLike, *, bits: int = 8, scheme: str | None = None, per_channel: bool = False, clip: str = "minmax",
            group_size: int | None = None, param_dtype: str = "auto", keep: Sequence[str] = (), include: Sequence[str] = (),
-           bits_for: Sequence[str] = (), codec: str | None = None, rdo: float = 0.0, source: PathLike | None = None,
+           bits_for: Sequence[str] = (), codec: str | None = None, rdo: float = 0.0, target: str = QPK,
+           source: PathLike | None = None,
            compress: str = "auto", html: PathLike | None = None, layer: str | None = None, max_size: int | None = None,
            max_bpw: float | None = None, min_sqnr: float | None = None, command: str | None = None) -> dict[str, Any]:
     """Range, distribution and bit efficiency per tensor: of a model at the options, or of a .qpk.
 
     Args:
+        scheme, target: as for convert (a model's report at options `target` cannot hold is refused).
         source: for a .qpk, the float model it came from (weight SQNR, pictures, output fidelity).
         html: also write a self-contained page there (PNGs beside it); `layer` names the tensor pictured.
         max_size, max_bpw, min_sqnr: budgets, checked after the report is made.
@@ -268,7 +273,8 @@ def report(path: PathLike, *, bits: int = 8, scheme: str = SCHEME, per_channel: 
 
     budget = Budget(max_size, max_bpw, min_sqnr)
     parse_compressors(compress)  # a bad list before any work
-    rules = policy(scheme, bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype, rdo)
+    rules = policy(scheme, bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype, rdo, target,
+                   codec_for(codec).name)
     rep, src = report_path(Path(path), rules, codec_for(codec), compress, _path(source))
     try:
         if command is not None:
@@ -288,13 +294,15 @@ def report(path: PathLike, *, bits: int = 8, scheme: str = SCHEME, per_channel: 
 
 def sweep(model: PathLike, inputs: Inputs | PathLike, output: PathLike | None = None, *, schemes: str = "asym,sym,pow2",
           bits: str = "8..2", granularity: str = "both", tolerance: float = 1.0, clip: str = "minmax", sensitivity_bits: int = 2,
-          progress: Callable[[str], None] | None = None, command: str | None = None) -> tuple[dict[str, Any], list[Path]]:
+          target: str = QPK, progress: Callable[[str], None] | None = None,
+          command: str | None = None) -> tuple[dict[str, Any], list[Path]]:
     """Evaluate a grid of schemes x widths x granularities on `inputs`, name the knee, rank tensors by sensitivity.
 
     Args:
         schemes: comma-separated scheme names; bits: a range "8..2" or a list "8,6,4"; granularity:
             "tensor", "channel" or "both"; tolerance: points of loss the knee may cost; sensitivity_bits:
-            the width of the one-tensor-at-a-time ranking (0: skip it).
+            the width of the one-tensor-at-a-time ranking (0: skip it); target: only the cells this export
+            target runs natively (`--for`).
         output: a folder for sweep.json, sweep.csv and the plots (its parent must exist); None: nothing written.
         command: the command line that reproduces the sweep, recorded in it.
 
@@ -305,7 +313,10 @@ def sweep(model: PathLike, inputs: Inputs | PathLike, output: PathLike | None = 
 
     names, widths, grans = parse_schemes(schemes, sensitivity_bits), parse_bits(bits), parse_granularity(granularity)
     data = inputs if isinstance(inputs, Inputs) else load_inputs(model, inputs)
-    result = run_sweep(Path(model), data, names, widths, grans, tolerance, sensitivity_bits, progress, clip)
+    from qpack.converter.export import target_named
+
+    target_named(target)  # an unknown one before any work
+    result = run_sweep(Path(model), data, names, widths, grans, tolerance, sensitivity_bits, progress, clip, target)
     if command is not None:
         result["command"] = command
     return result, (write_outputs(result, Path(output)) if output is not None else [])

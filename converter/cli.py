@@ -203,6 +203,9 @@ _SCHEMES_HELP = "; ".join(f"{n}: {SCHEMES[n].help} ({SCHEMES[n].min_bits}..{SCHE
 _GOAL_SCHEMES = ", ".join(AUTO_SCHEMES) + "".join(f", and {n} with an entropy coder" for n, q in QUANTIZERS.items()
                                                    if q.coded_choice and n not in AUTO_SCHEMES)
 Scheme = Annotated[SchemeName, typer.Option("--scheme", "-s", help=_SCHEMES_HELP, rich_help_panel=WHAT)]
+FixedScheme = Annotated[SchemeName | None, typer.Option(
+    "--scheme", "-s", show_default=False, rich_help_panel=WHAT,
+    help=f"{_SCHEMES_HELP} " + _default(f"{api.SCHEME}, or for a --for target without it the first of {', '.join(AUTO_SCHEMES)} it runs"))]
 GoalScheme = Annotated[SchemeName | None, typer.Option(
     "--scheme", "-s", show_default=False, rich_help_panel=WHAT,
     help=f"{_SCHEMES_HELP} " + _default(f"{api.SCHEME}; with a goal, each tensor's best of {_GOAL_SCHEMES}"))]
@@ -225,7 +228,7 @@ GroupSize = Annotated[int | None, typer.Option("--group-size", min=16, max=1024,
 ParamDtype = Annotated[ParamDtypeName, typer.Option("--param-dtype", rich_help_panel=WHAT,
                                                     help="scales as fp16 or fp32; auto: fp16 for --group-size, fp32 otherwise")]
 ForTarget = Annotated[ForName, typer.Option(
-    "--for", rich_help_panel=WHAT, metavar="TARGET",
+    "--for", rich_help_panel=WHAT,
     help="the export target the file is made for (`qpack export --to`): a goal allocates only what it runs natively, priced in "
          "the bytes its export stores; a fixed option it cannot hold is refused; qpk: the container alone")]
 Rdo = Annotated[float, typer.Option("--rdo", min=0.0, max=MAX_LAMBDA, metavar="LAMBDA", rich_help_panel=WHAT,
@@ -490,7 +493,7 @@ def report(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="an .onnx, .tflite or .qpk file",
                                          show_default=False)],
     bits: Bits = REPORT["bits"],
-    scheme: Scheme = SchemeName(REPORT["scheme"]),
+    scheme: FixedScheme = None,
     per_channel: PerChannel = REPORT["per_channel"],
     clip: Clip = ClipName(REPORT["clip"]),
     group_size: GroupSize = REPORT["group_size"],
@@ -499,6 +502,7 @@ def report(
     include: Include = None,
     bits_for: BitsFor = None,
     rdo: Rdo = REPORT["rdo"],
+    target: ForTarget = ForName(REPORT["target"]),
     codec: CodecOpt = CodecName(api.codec_for(REPORT["codec"]).label),
     source: Annotated[Path | None, typer.Option("--source", exists=True, dir_okay=False, metavar="MODEL", rich_help_panel=WHAT,
                                                 help="for a .qpk: the float model it came from (enables SQNR and pictures)")] = None,
@@ -519,9 +523,10 @@ def report(
     with _errors(), _status("measuring", quiet):
         broken: BudgetError | None = None
         try:
-            rep = api.report(path, bits=bits, scheme=str(scheme.value), per_channel=per_channel, clip=str(clip.value),
+            rep = api.report(path, bits=bits, scheme=_value(scheme), per_channel=per_channel, clip=str(clip.value),
                              group_size=group_size, param_dtype=str(param_dtype.value), keep=keep or (), include=include or (),
-                             bits_for=bits_for or (), codec=str(codec.value), rdo=rdo, source=source, compress=compress,
+                             bits_for=bits_for or (), codec=str(codec.value), rdo=rdo, target=_value(target), source=source,
+                             compress=compress,
                              html=html_out, layer=layer, max_size=max_size, max_bpw=max_bpw, min_sqnr=min_sqnr,
                              command=_command("report"))
         except api.BudgetBroken as e:
@@ -538,7 +543,7 @@ def eval_(
     qpk: Annotated[Path | None, typer.Option("--qpk", exists=True, dir_okay=False, metavar="FILE", rich_help_panel=WHAT,
                                              help="evaluate this container instead of converting")] = None,
     bits: Bits = EVALUATE["bits"],
-    scheme: Scheme = SchemeName(EVALUATE["scheme"]),
+    scheme: FixedScheme = None,
     per_channel: PerChannel = EVALUATE["per_channel"],
     clip: Clip = ClipName(EVALUATE["clip"]),
     group_size: GroupSize = EVALUATE["group_size"],
@@ -546,6 +551,7 @@ def eval_(
     keep: Keep = None,
     include: Include = None,
     bits_for: BitsFor = None,
+    target: ForTarget = ForName(EVALUATE["target"]),
     inputs: InputsOpt = None,
     images: ImagesOpt = None,
     dataset: DatasetOpt = None,
@@ -567,9 +573,10 @@ def eval_(
 
     with _errors():
         data = api.load_inputs(model, inputs, images, dataset, size, layout, scale, mean, std)  # exactly one source, or an error
-        result = api.evaluate(model, data, qpk, bits=bits, scheme=str(scheme.value), per_channel=per_channel,
+        result = api.evaluate(model, data, qpk, bits=bits, scheme=_value(scheme), per_channel=per_channel,
                               clip=str(clip.value), group_size=group_size, param_dtype=str(param_dtype.value), keep=keep or (),
-                              include=include or (), bits_for=bits_for or (), groups=groups, group_threshold=group_threshold)
+                              include=include or (), bits_for=bits_for or (), target=_value(target), groups=groups,
+                              group_threshold=group_threshold)
         result["command"] = _command("eval")
         _emit(result, json_out, quiet, eval_table)
 
@@ -591,6 +598,7 @@ def sweep(
     sensitivity_bits: Annotated[int, typer.Option("--sensitivity-bits", min=0, max=8, rich_help_panel=WHAT,
                                                   help="width for the one-tensor-at-a-time ranking (0: skip)")]
     = SWEEP["sensitivity_bits"],
+    target: ForTarget = ForName(SWEEP["target"]),
     inputs: InputsOpt = None,
     images: ImagesOpt = None,
     dataset: DatasetOpt = None,
@@ -607,7 +615,7 @@ def sweep(
     with _errors():
         data = api.load_inputs(model, inputs, images, dataset, size, layout, scale, mean, std)
         request: dict[str, Any] = dict(schemes=schemes, bits=bits, granularity=granularity, tolerance=tolerance, clip=str(clip.value),
-                                       sensitivity_bits=sensitivity_bits, command=_command("sweep"))
+                                       sensitivity_bits=sensitivity_bits, target=_value(target), command=_command("sweep"))
         bar = _progress(quiet)
         if bar:
             with bar:

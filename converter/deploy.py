@@ -70,6 +70,13 @@ def for_target(policy: Policy, codec: str, allocating: bool, scheme_given: bool)
     return policy
 
 
+def runs(policy: Policy, codec: str = "raw") -> bool:
+    """Whether the target of a fixed policy (one scheme, width and grouping) runs it natively (`qpk`: always)."""
+    t = target_named(policy.target)
+    g = Grouping(0 if policy.group_size or policy.per_channel else None, policy.group_size)
+    return t is None or t.native.takes(policy.scheme, policy.bits, g, codec)
+
+
 def priced(policy: Policy, codec: str) -> tuple[Callable[[Any], int], Callable[[Any], int]] | None:
     """For a policy made for a target: a conversion's (converter.convert.ConvertResult) code and
     parameter bytes as the target stores them, and the size of its export; None for `qpk`."""
@@ -120,4 +127,4 @@ def _either(items: list[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
 
 
-__all__ = ["QPK", "default_codec", "default_scheme", "for_target", "goal_schemes", "native_of", "priced", "schemes_taken"]
+__all__ = ["QPK", "default_codec", "default_scheme", "for_target", "goal_schemes", "native_of", "priced", "runs", "schemes_taken"]

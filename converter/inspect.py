@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qpack.converter.export import fit
+from qpack.converter.render import exports_line
 from qpack.formats.errors import shown
 from qpack.formats.qpk import QpkReader
 
@@ -59,8 +60,5 @@ def render_description(info: dict[str, Any], console: Console) -> None:
         console.print(f"... {len(info['tensors']) - MAX_ROWS:,} more tensors (all of them in --json)")
     console.print(f"{len(info['tensors'])} quantized tensors, {len(info['kept'])} kept in the graph "
                   f"({info['graph_bytes']:,} bytes compressed); checksums {'verified' if info['verified'] else 'not checked'}")
-    exports = info.get("exports") or {}
-    if exports:
-        console.print("exports: " + "; ".join(
-            f"{t} {'as stored' if v['widened'] == 0 else 'widening ' + str(v['widened']) + ' tensor' + 's' * (v['widened'] > 1)}"
-            f" (about {v['bytes']:,} bytes)" for t, v in exports.items()))
+    if info.get("exports"):
+        console.print(exports_line(info["exports"], info["options"].get("for")))

@@ -54,6 +54,8 @@ def size_table(report: dict[str, Any], console: Console, tensors: bool = False) 
     )
     if report.get("allocation"):
         console.print(allocation_line(report["allocation"], report["tensors"]))
+    if report.get("exports"):
+        console.print(exports_line(report["exports"], report.get("options", {}).get("for")))
     print_notes(report, console)
     if tensors:
         tensor_table(report, console)
@@ -63,6 +65,18 @@ def print_notes(report: dict[str, Any], console: Console) -> None:
     """A report's remarks (converter.sizes.notes), one `note:` line each."""
     for note in report.get("notes") or ():
         console.print(f"note: {note}")
+
+
+def exports_line(exports: dict[str, dict[str, Any]], made_for: str | None = None) -> str:
+    """Where a file can go: each export target, whether it stores every tensor as the container does,
+    and its bytes (measured for the target the file was made for, else estimated)."""
+    def one(target: str, v: dict[str, Any]) -> str:
+        n = v["widened"]
+        how = "as stored" if n == 0 else f"widening {n} tensor{'s' if n > 1 else ''}"
+        size = f"{v['bytes']:,} bytes" if v.get("measured") else f"about {v['bytes']:,} bytes"
+        return f"{target}{' (made for)' if target == made_for else ''} {how}, {size}"
+
+    return "exports: " + "; ".join(one(t, v) for t, v in exports.items())
 
 
 def allocation_line(a: dict[str, Any], rows: list[dict[str, Any]]) -> str:

@@ -118,14 +118,19 @@ def sensitivity(src: SourceModel, inputs: Inputs, reference, scheme: str, bits: 
 
 def run_sweep(model: Path, inputs: Inputs, schemes: list[str], widths: list[int], granularities: list[str],
               tolerance: float, sensitivity_bits: int, progress: Callable[[str], None] | None = None,
-              clip: str = "minmax") -> dict[str, Any]:
-    """Every valid (scheme, granularity, bits) cell, the knee of each curve, and the sensitivity ranking."""
+              clip: str = "minmax", target: str = "qpk") -> dict[str, Any]:
+    """Every valid (scheme, granularity, bits) cell, the knee of each curve, and the sensitivity ranking;
+    with a `target` (`--for`), only the cells it runs natively."""
     with closing(open_model(model)) as src:
-        return _sweep(model, src, inputs, schemes, widths, granularities, tolerance, sensitivity_bits, progress, clip)
+        return _sweep(model, src, inputs, schemes, widths, granularities, tolerance, sensitivity_bits, progress, clip, target)
 
 
 def _sweep(model: Path, src: SourceModel, inputs: Inputs, schemes: list[str], widths: list[int], granularities: list[str],
-           tolerance: float, sensitivity_bits: int, progress: Callable[[str], None] | None, clip: str) -> dict[str, Any]:
+           tolerance: float, sensitivity_bits: int, progress: Callable[[str], None] | None, clip: str,
+           target: str = "qpk") -> dict[str, Any]:
+    from qpack.converter.deploy import runs
+
+
     runner = open_runner(model)
     reference = run_all(runner, inputs)
     head = src.output_heads().get(runner.output_names[0])
@@ -137,7 +142,9 @@ def _sweep(model: Path, src: SourceModel, inputs: Inputs, schemes: list[str], wi
                 for b in widths:
                     if not get_quantizer(s).spec().min_bits <= b <= get_quantizer(s).spec().max_bits:
                         continue
-                    policy = Policy(s, b, per_channel=g == "channel", clip=clip)
+                    policy = Policy(s, b, per_channel=g == "channel", clip=clip, target=target)
+                    if not runs(policy):
+                        continue
                     cells.append(_cell(model, src, inputs, reference, policy, Path(tmp)))
                     if progress:
                         progress(f"{s} {g} {b}-bit")
@@ -154,7 +161,7 @@ def _sweep(model: Path, src: SourceModel, inputs: Inputs, schemes: list[str], wi
         "float_accuracy": base.get("accuracy_original"), "tolerance_points": tolerance, "clip": clip,
         "loss_measure": "accuracy points" if inputs.labels is not None and base else
                         ("100 - top-1 agreement %" if base else "100 * (1 - mean output cosine)"),
-        "cells": cells, "knee_bits": knees,
+        "cells": cells, "knee_bits": knees, **({"for": target} if target != "qpk" else {}),
         "sensitivity": {"scheme": SENSITIVITY_SCHEME, "granularity": "tensor", "bits": sensitivity_bits, "ranking": ranking},
     }
 

@@ -468,7 +468,7 @@ def test_inspect_says_which_targets_take_the_file_as_stored(sample: Path, tfl_fp
     fits = widened(tfl)
     assert set(fits) == {"tflite", "tflite-dequantize", "c", "c-coded"} and fits["tflite"] == 0 and fits["c"] == 0
     r = runner.invoke(app, ["inspect", str(three)])
-    assert "onnx-qdq widening 5 tensors (about" in r.output and "c as stored (about" in r.output
+    assert "onnx-qdq widening 5 tensors, about" in r.output and "c as stored, about" in r.output
 
 
 @pytest.mark.parametrize("scheme,bits,qtype", [("pow2", 4, "INT8"), ("dq", 3, "INT4"), ("sym", 4, "INT4")])

@@ -1,0 +1,171 @@
+"""`convert --for TARGET`: files made for an export target export as they are, and hold the container's values.
+
+Each goal runs on a real fixture with `--for`; the export must widen nothing (inspect says so, and
+the export step at convert measured it) and hold the container's values: the ONNX exports compute
+the unpacked model's outputs (onnxruntime, basic optimizations), the TFLite ones store integers and
+scales whose values are the container's bit for bit. Fixed options a target cannot hold are refused
+at convert, in one line, with nothing written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tflite
+from typer.testing import CliRunner
+
+import qpack
+from qpack.converter.cli import app
+from qpack.converter.export import TARGETS
+from qpack.converter.runtime import InputSpec, open_runner, random_inputs
+from qpack.formats.qpk import SCHEMES, QpkReader
+
+runner = CliRunner()
+
+
+def _made_for(model: Path, target: str, tmp: Path, **options: object) -> tuple[Path, dict]:
+    qpk = tmp / f"{model.stem}.{target}.qpk"
+    report = qpack.convert(model, qpk, target=target, compress="none", **options)
+    with QpkReader(qpk) as q:
+        assert q.info["options"]["for"] == target
+    fits = qpack.describe(qpk)["exports"]
+    assert fits[target]["widened"] == 0, fits
+    assert report["exports"][target]["widened"] == 0
+    return qpk, report
+
+
+def _outputs(path: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> list[np.ndarray]:
+    r = open_runner(path)
+    specs = [InputSpec(s.name, (shapes or {}).get(s.name, s.shape), s.dtype) for s in r.inputs]
+    return r.run(random_inputs(specs, seed=3))
+
+
+@pytest.mark.parametrize("target", ["onnx-qdq", "onnx-matmulnbits"])
+def test_onnx_goal_for_target_exports_the_containers_values(sample: Path, tmp_path: Path, target: str):
+    """A --target-bpw goal made for an ONNX target: every width is one it stores (2, 4 or 8), the export
+    takes the bytes convert measured, and it computes the unpacked model's outputs."""
+    qpk, report = _made_for(sample, target, tmp_path, target_bpw=4.5)
+    with QpkReader(qpk) as q:
+        assert {e.bits for e in q.entries} <= {2, 4, 8} and {e.scheme for e in q.entries} <= {"asym", "sym"}
+        assert all(e.dtypes.get("scale") == "<f4" for e in q.entries)  # ONNX stores float32 scales: no float16 rounding
+    out = tmp_path / f"{target}.onnx"
+    done = qpack.export(qpk, target, out)
+    assert report["exports"][target]["bytes"] == out.stat().st_size
+    assert not [n for n in done.notes if "stored as" in n or "float values" in n]
+    restored = tmp_path / "unpacked.onnx"
+    qpack.unpack(qpk, restored)
+    for a, b in zip(_outputs(restored), _outputs(out)):
+        assert np.abs(a - b).max() <= 1e-4 * (np.abs(a).max() + 1e-30)
+    # priced in the export's own bytes (float32 scales, zero points as wide as the codes): within the goal
+    assert 4.3 <= report["allocation"]["bits_per_weight_planned"] <= 4.5
+
+
+def _tflite_values(path: Path) -> dict[str, np.ndarray]:
+    """Each integer constant of a .tflite (int8 or int4) as float32 values, (q - zero_point) * scale, by tensor name."""
+    m = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+    g, out = m.Subgraphs(0), {}
+    for i in range(g.TensorsLength()):
+        t = g.Tensors(i)
+        data = m.Buffers(t.Buffer()).DataAsNumpy() if m.Buffers(t.Buffer()).DataLength() else None
+        q = t.Quantization()
+        if data is None or t.Type() not in (tflite.TensorType.INT8, tflite.TensorType.INT4) or not q or not q.ScaleLength():
+            continue
+        shape = tuple(t.ShapeAsNumpy())
+        raw = data.view(np.int8)
+        if t.Type() == tflite.TensorType.INT4:  # two per byte, the first in the low half
+            lo, hi = (raw << 4) >> 4, raw >> 4
+            raw = np.stack([lo, hi], axis=-1).reshape(-1)[: int(np.prod(shape))]
+        ints = raw.astype(np.float32).reshape(shape)
+        scale, zp = q.ScaleAsNumpy().astype(np.float32), q.ZeroPointAsNumpy().astype(np.float32)
+        axis = q.QuantizedDimension()
+        view = [1] * len(shape)
+        if scale.size > 1:
+            view[axis] = scale.size
+        out[t.Name().decode()] = ((ints - zp.reshape(view)) * scale.reshape(view)).astype(np.float32)
+    return out
+
+
+@pytest.mark.parametrize("target", ["tflite", "tflite-dequantize"])
+def test_tflite_goal_for_target_stores_the_containers_values(tfl_fp16: Path, tmp_path: Path, target: str):
+    """--target-bpw 4.5 --for tflite on MediaPipe's float16 detector: every tensor int4 or int8 per tensor or per
+    channel, symmetric for the hybrid kernels; the export stores exactly the container's values and runs in LiteRT."""
+    qpk, report = _made_for(tfl_fp16, target, tmp_path, target_bpw=4.5)
+    with QpkReader(qpk) as q:
+        widths = {SCHEMES[e.scheme].integer_bits(e.bits) for e in q.entries}
+        assert widths <= {4, 8} and {e.grouping.kind for e in q.entries} <= {"tensor", "channel"}
+        if target == "tflite":
+            assert all(SCHEMES[e.scheme].signed for e in q.entries)
+        expected = {e.name: q.dequantize(e) for e in q.entries}
+    out = tmp_path / f"{target}.tflite"
+    qpack.export(qpk, target, out)
+    assert report["exports"][target]["bytes"] == out.stat().st_size
+    got = _tflite_values(out)
+    for name, values in expected.items():
+        assert name in got and np.array_equal(got[name], values), name
+    assert all(np.isfinite(o).all() for o in _outputs(out))
+
+
+def test_fidelity_goal_for_target_keeps_its_cosine(sample: Path, tmp_path: Path):
+    """--min-cosine made for onnx-qdq: the export keeps the goal on the inputs in onnxruntime."""
+    from qpack.converter.datasets import digits
+
+    x, _ = digits()
+    np.savez(tmp_path / "in.npz", x=x[:64])
+    qpk, _ = _made_for(sample, "onnx-qdq", tmp_path, min_cosine=0.995, inputs=tmp_path / "in.npz")
+    out = tmp_path / "qdq.onnx"
+    qpack.export(qpk, "onnx-qdq", out)
+    a, b = open_runner(sample), open_runner(out)
+    name = a.inputs[0].name
+    fa, fb = a.run({name: x[:64]})[0].ravel().astype(np.float64), b.run({name: x[:64]})[0].ravel().astype(np.float64)
+    assert fa @ fb / np.linalg.norm(fa) / np.linalg.norm(fb) >= 0.995
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--for", "tflite", "--group-size", "32"], "tflite quantizes per tensor or channel: drop --group-size"),
+    (["--for", "tflite", "--scheme", "asym"], "tflite runs sym, dq or pow2 codes (symmetric weights, no zero point)"),
+    (["--for", "tflite", "--bits", "6", "--scheme", "sym"], "use --bits 4 or 8"),
+    (["--for", "tflite", "--param-dtype", "fp16"], "tflite stores float32 scales: drop --param-dtype fp16"),
+    (["--for", "c", "--codec", "ans", "--bits", "4"], "c keeps codes packed: not --codec ans"),
+    (["--for", "onnx-matmulnbits", "--group-size", "48"], "onnx-matmulnbits takes blocks of 16, 32, 64, 128 or 256 weights"),
+    (["--for", "onnx-qdq", "--scheme", "lut"], "onnx-qdq runs asym, sym, dq or pow2 codes"),
+    (["--for", "onnx-qdq", "--bits", "5"], "use --bits 2, 4 or 8"),
+])
+def test_fixed_options_a_target_cannot_hold_are_refused(sample: Path, tfl_fp16: Path, tmp_path: Path, args: list[str],
+                                                        says: str):
+    model = tfl_fp16 if "tflite" in args else sample
+    out = tmp_path / "x.qpk"
+    r = runner.invoke(app, ["convert", str(model), "-o", str(out), *args])
+    assert r.exit_code == 1, r.output
+    assert says in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_defaults_move_to_what_the_target_runs(tfl_fp16: Path, sample: Path, tmp_path: Path):
+    """Without --scheme a file for tflite is sym (asym never takes the hybrid kernels); ONNX targets store
+    float32 scales, so blocks keep them (no float16 rounding for nothing); an unknown target is named."""
+    qpk, _ = _made_for(tfl_fp16, "tflite", tmp_path, bits=8, per_channel=True)
+    with QpkReader(qpk) as q:
+        assert {e.scheme for e in q.entries} == {"sym"}
+    qpk, _ = _made_for(sample, "onnx-matmulnbits", tmp_path, bits=4, group_size=32)
+    with QpkReader(qpk) as q:
+        assert {e.dtypes["scale"] for e in q.entries} == {"<f4"}
+    r = runner.invoke(app, ["convert", str(sample), "-o", str(tmp_path / "y.qpk"), "--for", "tpu"])
+    assert r.exit_code == 2 and "tpu" in r.output
+
+
+def test_export_to_another_target_says_what_it_widens(sample: Path, tmp_path: Path):
+    """A file made for c (any width) exported to onnx-qdq: the first note says how many tensors it stores otherwise."""
+    qpk, _ = _made_for(sample, "c", tmp_path, target_bpw=3.3)
+    n = qpack.describe(qpk)["exports"]["onnx-qdq"]["widened"]
+    done = qpack.export(qpk, "onnx-qdq", tmp_path / "x.onnx")
+    if n:
+        assert done.notes[0].startswith(f"made for c: --to onnx-qdq stores {n} of its 5 tensors otherwise")
+    else:
+        assert not any(note.startswith("made for") for note in done.notes)
+
+
+def test_every_target_is_a_choice_of_for():
+    r = runner.invoke(app, ["convert", "--help"], env={"COLUMNS": "200"})
+    assert "--for" in r.output and all(t in r.output for t in ("qpk", *TARGETS))
