@@ -78,7 +78,7 @@ MODELS = (
 MATRIX_ROLES = (Role.MATRIX, Role.RECURRENT)
 OBJECTIVES = ("balanced", "layers", "pooled", "sized")
 # qpack's variants: label -> the keywords they add to convert. A restriction to what an export stores
-# natively is one more line here, e.g. "for onnx-matmulnbits": {"for_target": "onnx-matmulnbits"}.
+# natively (`--for`) is one more line here, e.g. "for onnx-matmulnbits": {"target": "onnx-matmulnbits"}.
 SIDES: dict[str, dict[str, Any]] = {"raw": {}}
 
 QK_K, QK = 256, 32  # super-block and block lengths of GGUF's k-quants and its 32-blocks
