@@ -122,13 +122,14 @@ def convert(model: PathLike, output: PathLike | None = None, *, bits: int = 8, s
         BudgetError: a goal cannot be met (nothing was written).
         QpackError: any other failure, with a one-line message.
     """
-    from qpack.converter.deploy import default_codec, goal_schemes
+    from qpack.converter.deploy import check_format, default_codec, goal_schemes
     from qpack.converter.gates import Budget
     from qpack.converter.measure import parse_compressors
     from qpack.converter.publish import publish
     from qpack.formats.registry import open_model
 
     model = Path(model)
+    check_format(target, model)
     budget = Budget(max_size, max_bpw, min_sqnr)
     parse_compressors(compress)  # reject a bad list before any work
     goal = Goal.of(target_bpw=target_bpw, target_size=target_size, min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop,
@@ -237,8 +238,10 @@ def evaluate(model: PathLike, inputs: Inputs | PathLike, qpk: PathLike | None = 
     Raises:
         OptionError: `qpk` was not made from `model`, or the inputs do not fit it.
     """
+    from qpack.converter.deploy import check_format
     from qpack.converter.evaluate import evaluate as run
 
+    check_format(target, Path(model))
     data = inputs if isinstance(inputs, Inputs) else load_inputs(model, inputs)
     rules = None if qpk else policy(scheme, bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype,
                                     target=target)
@@ -267,12 +270,14 @@ def report(path: PathLike, *, bits: int = 8, scheme: str | None = None, per_chan
         BudgetBroken: a budget was broken; its `report` is the full report.
         QpackError: an unreadable file or an impossible option, in one line.
     """
+    from qpack.converter.deploy import check_format
     from qpack.converter.gates import Budget
     from qpack.converter.measure import parse_compressors
     from qpack.converter.report import floats_known, report_path, write_html
 
     budget = Budget(max_size, max_bpw, min_sqnr)
     parse_compressors(compress)  # a bad list before any work
+    check_format(target, Path(path))
     rules = policy(scheme, bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype, rdo, target,
                    codec_for(codec).name)
     rep, src = report_path(Path(path), rules, codec_for(codec), compress, _path(source))
@@ -313,9 +318,9 @@ def sweep(model: PathLike, inputs: Inputs | PathLike, output: PathLike | None = 
 
     names, widths, grans = parse_schemes(schemes, sensitivity_bits), parse_bits(bits), parse_granularity(granularity)
     data = inputs if isinstance(inputs, Inputs) else load_inputs(model, inputs)
-    from qpack.converter.export import target_named
+    from qpack.converter.deploy import check_format
 
-    target_named(target)  # an unknown one before any work
+    check_format(target, Path(model))  # an unknown target, or one of another format, before any work
     result = run_sweep(Path(model), data, names, widths, grans, tolerance, sensitivity_bits, progress, clip, target)
     if command is not None:
         result["command"] = command

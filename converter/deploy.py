@@ -11,12 +11,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from qpack.converter.export import QPK, Native, Target, target_named
 from qpack.converter.policy import Policy
 from qpack.formats.errors import OptionError
 from qpack.formats.qpk import SCHEMES, Grouping, label_of, scheme_spec
+from qpack.formats.registry import ADAPTERS, a_model, sniff
+
+
+def check_format(target: str, model: Path) -> None:
+    """A target takes models of its source formats only (a .qpk given to `report` is checked by what it holds).
+
+    Raises:
+        OptionError: `model` is of a format the target does not export.
+    """
+    t = target_named(target)
+    fmt = sniff(model)
+    if t is not None and fmt in ADAPTERS and fmt not in t.formats:
+        raise OptionError(f"--for {target} exports {' or '.join(ADAPTERS[f].label + 's' for f in t.formats)}: "
+                          f"{model} is {a_model(fmt)}")
 
 
 def native_of(policy: Policy) -> Native | None:
@@ -127,4 +142,5 @@ def _either(items: list[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
 
 
-__all__ = ["QPK", "default_codec", "default_scheme", "for_target", "goal_schemes", "native_of", "priced", "runs", "schemes_taken"]
+__all__ = ["QPK", "check_format", "default_codec", "default_scheme", "for_target", "goal_schemes", "native_of", "priced", "runs",
+           "schemes_taken"]

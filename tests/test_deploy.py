@@ -142,6 +142,13 @@ def test_fixed_options_a_target_cannot_hold_are_refused(sample: Path, tfl_fp16: 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_target_of_another_format_is_refused(sample: Path, tmp_path: Path):
+    for command in (["convert", str(sample), "-o", str(tmp_path / "x.qpk")], ["report", str(sample)]):
+        r = runner.invoke(app, [*command, "--for", "tflite", "--bits", "4"])
+        assert r.exit_code == 1 and "--for tflite exports TFLite models" in r.output, r.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_defaults_move_to_what_the_target_runs(tfl_fp16: Path, sample: Path, tmp_path: Path):
     """Without --scheme a file for tflite is sym (asym never takes the hybrid kernels); ONNX targets store
     float32 scales, so blocks keep them (no float16 rounding for nothing); an unknown target is named."""

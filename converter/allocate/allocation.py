@@ -10,8 +10,9 @@ from typing import Any
 from qpack.converter.allocate.goals import Goal, Task
 from qpack.converter.allocate.objectives import OBJECTIVES, weigh
 from qpack.converter.allocate.options import Menu, menus, weights_of
+from qpack.converter.export import QPK
 from qpack.converter.policy import Policy
-from qpack.formats.errors import OptionError
+from qpack.formats.errors import BudgetError, OptionError
 from qpack.formats.model import SourceModel
 
 
@@ -78,7 +79,12 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
     if (target := priced(policy, trial_codec.name)) is not None:  # made for an export target: its bytes
         task.stored, task.size = target
     spec, value = given[0]  # size goals come alone, and fidelity goals share one search
-    p, chosen, found = spec.search(task, value)
+    try:
+        p, chosen, found = spec.search(task, value)
+    except BudgetError as e:
+        if policy.target == QPK:
+            raise
+        raise BudgetError(f"{e}, as --for {policy.target} stores them") from None
     summary["goal"] = " and ".join(f"{s.option} {v}" for s, v in given)
     summary.update(found)
     summary["candidates"] = sum(len(m.options) for m in ms)  # the menus searched (widened ones included)

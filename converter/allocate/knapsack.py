@@ -144,7 +144,9 @@ def choose(menus: list[Menu], budget: float) -> list[Option]:
     """
     cheapest = sum(m.options[0].nbytes for m in menus)
     if cheapest > budget:
-        raise BudgetError(f"the goal leaves {budget:,.0f} bytes for weights; the fewest they can take is {cheapest:,}")
+        n = sum(m.weight.size for m in menus)
+        raise BudgetError(f"the goal leaves {budget:,.0f} bytes for weights; the fewest they can take is {cheapest:,} "
+                          f"({8 * cheapest / max(n, 1):.3f} bits per weight)")
     return WITHIN_BYTES.solve(menus, budget)
 
 
