@@ -19,6 +19,7 @@ from rich.progress import Progress
 
 from qpack.converter import __version__, api
 from qpack.converter.allocate import AUTO_SCHEMES, DEFAULT_OBJECTIVE, GOALS, OBJECTIVES
+from qpack.converter.export.calibrate import METHODS as CALIBRATIONS
 from qpack.converter.policy import PARAM_DTYPES
 from qpack.converter.quant import CLIPS, QUANTIZERS
 from qpack.converter.quant.rdo import MAX_LAMBDA
@@ -65,7 +66,7 @@ def _defaults(fn: Callable[..., Any]) -> dict[str, Any]:
 
 
 CONVERT, REPORT, EVALUATE = _defaults(api.convert), _defaults(api.report), _defaults(api.evaluate)
-SWEEP, INPUT = _defaults(api.sweep), _defaults(api.load_inputs)
+SWEEP, INPUT, EXPORT = _defaults(api.sweep), _defaults(api.load_inputs), _defaults(api.export)
 
 # help panels, in the order a user decides
 WHAT, GOAL_PANEL, INPUTS, STORAGE, BUDGETS, OUTPUT = ("What to quantize", "Goals (qpack allocates each tensor's setting)",
@@ -112,6 +113,7 @@ if TYPE_CHECKING:
     TargetName: TypeAlias = Enum
     ForName: TypeAlias = Enum
     ParamDtypeName: TypeAlias = Enum
+    CalibrationName: TypeAlias = Enum
 else:
     CodecName = _choices("CodecName", [c.label for c in CODECS.values()])
     ClipName = _choices("ClipName", list(CLIPS))
@@ -120,6 +122,7 @@ else:
     TargetName = _choices("TargetName", _targets())
     ForName = _choices("ForName", [api.QPK, *_targets()])
     ParamDtypeName = _choices("ParamDtypeName", list(PARAM_DTYPES))
+    CalibrationName = _choices("CalibrationName", list(CALIBRATIONS))
 
 
 def _value(choice: Enum | None) -> Any:
@@ -419,17 +422,36 @@ def _targets_help() -> str:
 
 
 @app.command(cls=_Command, epilog=_examples("qpack export small.qpk --to onnx-qdq -o small_qdq.onnx",
+                              "qpack export small.qpk --to onnx-int8 --inputs calibration.npz -o small_int8.onnx",
                               "qpack export small.qpk --to c -o firmware/"))
 def export(
     qpk: QpkArg,
     to: Annotated[TargetName, typer.Option("--to", help="what to export: " + _targets_help(), show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", metavar="PATH", help="the exported file, or folder for --to c",
                                          show_default=False)],
+    inputs: InputsOpt = None,
+    images: ImagesOpt = None,
+    dataset: DatasetOpt = None,
+    size: SizeOpt = INPUT["size"],
+    layout: LayoutOpt = INPUT["layout"],
+    scale: ScaleOpt = INPUT["scale"],
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    calibration: Annotated[CalibrationName, typer.Option(
+        "--calibration", rich_help_panel=INPUTS,
+        help="how a full-integer export sets each activation's range from the inputs: minmax spans every value seen; "
+             "percentile clips the rarest 0.01%; mse clips where the squared error is least")] = CalibrationName(EXPORT["calibration"]),
     quiet: Quiet = False,
 ) -> None:
-    """Export a .qpk as a model a runtime executes with low-bit weights, or as firmware sources."""
+    """Export a .qpk as a model a runtime executes with low-bit weights, or as firmware sources.
+
+    Full-integer targets (onnx-int8) run the model on --inputs, --images or --dataset to set the
+    activations' ranges; the others take no inputs.
+    """
     with _errors():
-        done = api.export(qpk, str(to.value), output)
+        given = any(x is not None for x in (inputs, images, dataset))
+        load = (lambda model: api.load_inputs(model, inputs, images, dataset, size, layout, scale, mean, std)) if given else None
+        done = api.export(qpk, str(to.value), output, inputs=load, calibration=str(calibration.value))
         if not quiet:
             for note in done.notes:
                 out.print(f"note: {note}")

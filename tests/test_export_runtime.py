@@ -461,8 +461,8 @@ def test_inspect_says_which_targets_take_the_file_as_stored(sample: Path, tfl_fp
     def widened(qpk: Path) -> dict[str, int]:
         return {t: v["widened"] for t, v in qpack.describe(qpk)["exports"].items()}
 
-    assert widened(four) == {"onnx-qdq": 0, "onnx-matmulnbits": 0, "c": 0, "c-coded": 0}
-    assert widened(three) == {"onnx-qdq": 5, "onnx-matmulnbits": 5, "c": 0, "c-coded": 0}
+    assert widened(four) == {"onnx-qdq": 0, "onnx-matmulnbits": 0, "onnx-int8": 5, "c": 0, "c-coded": 0}
+    assert widened(three) == {"onnx-qdq": 5, "onnx-matmulnbits": 5, "onnx-int8": 5, "c": 0, "c-coded": 0}
     tfl = tmp_path / "face.qpk"
     qpack.convert(tfl_fp16, tfl, bits=8, scheme="sym", per_channel=True, compress="none")
     fits = widened(tfl)

@@ -32,6 +32,7 @@ class Target:
     help: str
     native: Native = Native()
     graph: bool = True  # the export carries the model's graph (its size counts), not only the weights
+    calibrated: bool = False  # it runs the model on inputs (activation ranges): the exporter takes `calibration`
 
     def widened(self, reader: QpkReader) -> int:
         """How many of the container's tensors this target does not run as stored (widened, decoded or refused)."""
@@ -75,12 +76,16 @@ def target_named(name: str) -> Target | None:
     return TARGETS[name]
 
 
-def export(qpk: Path, to: str, out: Path) -> tuple[list[Path], list[str]]:
+def export(qpk: Path, to: str, out: Path, calibration: Any = None) -> tuple[list[Path], list[str]]:
     """Export container `qpk` as `to` into `out`; returns the files written and the notes (the first says
-    what the export widens when the container was made for another target)."""
+    what the export widens when the container was made for another target). `calibration`: inputs for a
+    target that runs the model (Target.calibrated; export.onnx_int8.Calibration)."""
     target = TARGETS.get(to)
     if target is None:
         raise OptionError(f"unknown export target {to!r}, expected one of {', '.join(TARGETS)}")
+    if calibration is not None and not target.calibrated:
+        calibrated = [t.name for t in TARGETS.values() if t.calibrated]
+        raise OptionError(f"inputs calibrate {' and '.join(f'--to {t}' for t in calibrated)}; --to {to} takes none")
     notes: list[str] = []
     with QpkReader(qpk) as q:
         if q.format not in target.formats:
@@ -93,6 +98,8 @@ def export(qpk: Path, to: str, out: Path) -> tuple[list[Path], list[str]]:
             notes.append(f"made for {made_for}: --to {to} stores {n} of its {len(q.entries)} tensors otherwise than the "
                          f"container does (convert --for {to} allocates for it)")
         fn: Exporter = getattr(importlib.import_module(target.module), target.function)
+        if target.calibrated:
+            return fn(q, Path(out), notes, calibration), notes  # type: ignore[call-arg]  # a calibrated exporter's signature
         return fn(q, Path(out), notes), notes
 
 
@@ -124,6 +131,12 @@ register_target(Target("onnx-qdq", "qpack.converter.export.onnx_qdq", "export_on
 register_target(Target("onnx-matmulnbits", "qpack.converter.export.onnx_matmulnbits", "export_onnx_matmulnbits", ("onnx",),
                        "ONNX with MatMul/Gemm weights as com.microsoft.MatMulNBits (2/4/8 bits), the rest as onnx-qdq",
                        replace(_QDQ, widths=(2, 4, 8), blocks=(16, 32, 64, 128, 256))))
+register_target(Target("onnx-int8", "qpack.converter.export.onnx_int8", "export_onnx_int8", ("onnx",),
+                       "full-integer ONNX: int8 weights and uint8 activations calibrated on --inputs, so onnxruntime runs "
+                       "QLinearConv/QLinearMatMul/QGemm; the rest as onnx-qdq",
+                       Native(widths=(8,), signed=True, groupings=("tensor", "channel"), scale_bytes=4, zero_point_bits=8,
+                              zero_points=True, overhead=(300, 8)),
+                       calibrated=True))
 register_target(Target("tflite", "qpack.converter.export.tflite_int", "export_tflite", ("tflite",),
                        "TFLite with int8/int4 weights: hybrid kernels where they apply, DEQUANTIZE elsewhere", _TFLITE))
 register_target(Target("tflite-dequantize", "qpack.converter.export.tflite_int", "export_tflite_dequantize", ("tflite",),

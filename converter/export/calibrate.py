@@ -1,0 +1,141 @@
+"""Activation ranges for full-integer exports, measured by running the model on calibration inputs.
+
+A full-integer model stores each activation as 8-bit integers at one scale per tensor: the range
+that scale spans is chosen from the values the activation takes on the inputs. `minmax` spans
+everything seen (no clipping, coarse steps where a few values stand out); `percentile` clips to the
+99.99th percentile of |x| beyond zero; `mse` picks the clip with the least squared quantization
+error over a histogram of the values (what ranges with long tails want). All three read the same
+histograms: one pass for each tensor's extremes, a second for 2,048-bin histograms between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from qpack.converter.datasets import Inputs, check_shapes
+from qpack.formats.errors import OptionError
+
+BINS = 2048
+LEVELS = 255  # uint8 activations
+PERCENTILE = 99.99
+
+
+@dataclass(frozen=True)
+class Range:
+    """One activation's calibrated range, always holding 0 (so zero is exact), as uint8 scale and zero point."""
+
+    low: float
+    high: float
+
+    @property
+    def scale(self) -> float:
+        span = self.high - self.low
+        return span / LEVELS if span > 0 else 1.0
+
+    @property
+    def zero_point(self) -> int:
+        return int(np.clip(np.round(-self.low / self.scale), 0, LEVELS))
+
+
+def _minmax(hist: NDArray[np.int64], edges: NDArray[np.float64]) -> tuple[float, float]:
+    return float(edges[0]), float(edges[-1])
+
+
+def _percentile(hist: NDArray[np.int64], edges: NDArray[np.float64]) -> tuple[float, float]:
+    cdf = np.cumsum(hist) / max(int(hist.sum()), 1)
+    cut = (100 - PERCENTILE) / 100 / 2
+    lo = edges[int(np.searchsorted(cdf, cut, side="left"))]
+    hi = edges[int(np.searchsorted(cdf, 1 - cut, side="left")) + 1]
+    return float(lo), float(hi)
+
+
+def _mse(hist: NDArray[np.int64], edges: NDArray[np.float64]) -> tuple[float, float]:
+    """The clip [lo, hi] (both ends shrunk together toward 0, 64 candidates) with the least expected
+    squared error: rounding noise step^2 / 12 inside, the distance to the end outside."""
+    centers = (edges[:-1] + edges[1:]) / 2
+    lo0, hi0 = float(edges[0]), float(edges[-1])
+    best, best_err = (lo0, hi0), np.inf
+    for f in np.linspace(1.0, 0.05, 64):
+        lo, hi = min(lo0 * f, 0.0), max(hi0 * f, 0.0)
+        step = (hi - lo) / LEVELS if hi > lo else 1.0
+        outside = np.where(centers < lo, centers - lo, np.where(centers > hi, centers - hi, 0.0))
+        err = float((hist * (outside**2)).sum() + hist[(centers >= lo) & (centers <= hi)].sum() * step**2 / 12)
+        if err < best_err:
+            best, best_err = (lo, hi), err
+    return best
+
+
+METHODS: dict[str, Callable[[NDArray[np.int64], NDArray[np.float64]], tuple[float, float]]] = {
+    "minmax": _minmax, "percentile": _percentile, "mse": _mse}
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise OptionError(f"--calibration must be one of {', '.join(METHODS)}, not {method!r}")
+
+
+def _batches(session: object, inputs: Inputs, names: list[str]) -> Iterator[list[NDArray]]:
+    """The `names` outputs for each batch of the inputs (one sample at a time: the shapes a model
+    takes are whatever its inputs say)."""
+    for i in range(inputs.count):
+        feeds = {k: np.ascontiguousarray(v[i : i + 1]) for k, v in inputs.arrays.items()}
+        feeds.update(inputs.constants)
+        yield [np.asarray(o) for o in session.run(names, feeds)]  # type: ignore[attr-defined]
+
+
+def ranges(model: Path, names: list[str], inputs: Inputs, method: str) -> dict[str, Range]:
+    """Each named float activation's range over the inputs, as `method` chooses it.
+
+    Raises:
+        QpackError: the inputs do not fit the model, or onnxruntime cannot run it.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    from qpack.converter.runtime import open_runner
+    from qpack.formats.errors import QpackError
+
+    check_method(method)
+    check_shapes(inputs, open_runner(model).inputs)
+    m = onnx.load(str(model))
+    known = {o.name for o in m.graph.output}
+    m.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names if n not in known)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.intra_op_num_threads = 2
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise QpackError(f"{model}: onnxruntime cannot load it for calibration ({str(e).splitlines()[0]})") from e
+    del m
+    lows = dict.fromkeys(names, np.inf)
+    highs = dict.fromkeys(names, -np.inf)
+    try:
+        for outs in _batches(session, inputs, names):
+            for n, x in zip(names, outs):
+                if x.size:
+                    lows[n], highs[n] = min(lows[n], float(x.min())), max(highs[n], float(x.max()))
+        edges = {n: np.linspace(min(lows[n], 0.0), max(highs[n], 0.0), BINS + 1) for n in names if np.isfinite(lows[n])}
+        hists = {n: np.zeros(BINS, np.int64) for n in edges}
+        if method != "minmax":
+            for outs in _batches(session, inputs, names):
+                for n, x in zip(names, outs):
+                    if n in hists and x.size:
+                        hists[n] += np.histogram(x, edges[n])[0]
+    except Exception as e:
+        raise QpackError(f"onnxruntime failed while calibrating: {str(e).splitlines()[0]}") from e
+    out = {}
+    for n in names:
+        if n not in edges or not np.isfinite(highs[n]):
+            out[n] = Range(0.0, 0.0)
+            continue
+        lo, hi = METHODS[method](hists[n], edges[n])
+        out[n] = Range(min(lo, 0.0), max(hi, 0.0))
+    return out

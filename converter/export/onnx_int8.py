@@ -1,0 +1,293 @@
+"""`--to onnx-int8`: full-integer ONNX, so onnxruntime runs its integer kernels instead of float ones.
+
+`onnx-qdq` stores weights as integers behind DequantizeLinear: onnxruntime then dequantizes them on
+every run and multiplies in float. Here activations get QuantizeLinear/DequantizeLinear pairs too:
+uint8 at one scale per tensor, calibrated on inputs (export.calibrate); weights int8, symmetric,
+per output channel; biases int32 at the product of the input's and the weight's scales. That is the
+pattern onnxruntime fuses into QLinearConv, QLinearMatMul and QGemm (integer dot products).
+
+| node | runs in integers when |
+|---|---|
+| Conv | its weight is stored, int8 per tensor or per output channel (axis 0), its bias a float constant |
+| MatMul | its B is a stored 2-D weight, int8 per tensor or per column (axis 1) |
+| Gemm | transA = 0, alpha = beta = 1, B stored int8 per tensor or per output channel, C a float constant [N] |
+
+Only the main graph's nodes qualify; a node's float output stays float where it is a graph output
+(an 8-bit model output would cost fidelity for no speed). Every other stored tensor is exported as
+`onnx-qdq` does. The export then runs both models on the calibration inputs and notes the least
+output cosine of the integer model (onnxruntime's fused kernels) against the container's values.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
+
+from qpack.converter.datasets import Inputs
+from qpack.converter.export import onnx_qdq
+from qpack.converter.export.calibrate import Range, ranges
+from qpack.converter.export.onnx_graph import Edits, Names, Site, load_skeleton, raise_opset, raw_tensor
+from qpack.formats.errors import UnsupportedError
+from qpack.formats.qpk import QpkReader
+
+INT8 = next(t for t in onnx_qdq.SIGNED if t.name == "INT8")
+_OPSET_PER_AXIS = 13
+_INT32_MAX = (1 << 31) - 1
+CHECK_INPUTS = 16  # calibration inputs the export's fidelity check runs
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How activation ranges are found: the inputs (loaded against the float model, given its path) and the method."""
+
+    load: Callable[[Path], Inputs]
+    method: str  # a key of calibrate.METHODS
+
+
+@dataclass
+class _IntNode:
+    node: NodeProto
+    weight: onnx_qdq.QdqPlan
+    bias: Site | None
+
+
+def _channel_axis(node: NodeProto) -> int:
+    """The axis of the weight that holds output channels, for the node reading it as its second input."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        return 0 if next((a.i for a in node.attribute if a.name == "transB"), 0) else 1
+    return 1  # MatMul's B is [K, N]
+
+
+def _why_not(node: NodeProto, plans: dict[str, onnx_qdq.QdqPlan], consts: dict[str, Site]) -> str:
+    """Why a Conv/MatMul/Gemm of the main graph cannot run in integers ('' when it can)."""
+    if len(node.input) < 2 or node.input[1] not in plans:
+        return "its weight is not a stored tensor"
+    if node.input[0] in consts or node.input[0] in plans:
+        return "its input is a constant"
+    p = plans[node.input[1]]
+    if p.form is None or p.form.zero_point is not None or not p.form.fits(INT8.low, INT8.high):
+        return "its weight has no symmetric int8 form"
+    if p.entry.dtype != "float32":
+        return f"its weight is {p.entry.dtype}"
+    g = p.form.grouping
+    if g.block is not None or (g.axis is not None and g.axis != _channel_axis(node)):
+        return "its weight's scales are not per tensor or per output channel"
+    if node.op_type == "MatMul" and len(p.entry.shape) != 2:
+        return "its weight is not 2-D"
+    if node.op_type == "Gemm":
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            return "a Gemm with transA, alpha or beta"
+    if len(node.input) > 2 and node.input[2]:
+        b = consts.get(node.input[2])
+        if b is None or b.tensor.data_type != TensorProto.FLOAT or b.key in plans:
+            return "its bias is not a float constant"
+    return ""
+
+
+def _int_nodes(model: ModelProto, plans: dict[str, onnx_qdq.QdqPlan], consts: dict[str, Site]) -> tuple[list[_IntNode], Counter[str]]:
+    out, skipped = [], Counter[str]()
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
+            continue
+        why = _why_not(node, plans, consts)
+        if why:
+            skipped[f"{node.op_type}: {why}"] += 1
+            continue
+        bias = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        out.append(_IntNode(node, plans[node.input[1]], bias))
+    return out, skipped
+
+
+def _scalar(name: str, data_type: int, value: np.generic) -> TensorProto:
+    return raw_tensor(name, data_type, [], value.tobytes())
+
+
+class _Rewriter:
+    """Activation QuantizeLinear/DequantizeLinear pairs and int32 biases around the integer nodes."""
+
+    def __init__(self, model: ModelProto, names: Names, acts: dict[str, Range]) -> None:
+        self.graph, self.names, self.acts = model.graph, names, acts
+        self.inits: list[TensorProto] = []
+        self.params: dict[str, tuple[str, str]] = {}  # activation -> its scale and zero point initializers
+
+    def _params(self, value: str) -> tuple[str, str]:
+        if value not in self.params:
+            r = self.acts[value]
+            s, z = self.names.fresh(f"{value}_act_scale"), self.names.fresh(f"{value}_act_zero_point")
+            self.inits += [_scalar(s, TensorProto.FLOAT, np.float32(r.scale)), _scalar(z, TensorProto.UINT8, np.uint8(r.zero_point))]
+            self.params[value] = (s, z)
+        return self.params[value]
+
+    def pair(self, value: str, into: str, out: str) -> list[NodeProto]:
+        """Quantize `into` and dequantize it as `out`, at the range calibrated for `value`."""
+        s, z = self._params(value)
+        q = self.names.fresh(f"{value}_quantized_act")
+        return [helper.make_node("QuantizeLinear", [into, s, z], [q], name=self.names.fresh(f"{value}_QuantizeLinear")),
+                helper.make_node("DequantizeLinear", [q, s, z], [out], name=self.names.fresh(f"{value}_DequantizeLinear"))]
+
+    def bias(self, n: _IntNode, input_scale: float) -> tuple[str, list[NodeProto]] | None:
+        """The node's bias as int32 at input scale x weight scale, behind a DequantizeLinear; None when
+        a value would overflow int32."""
+        assert n.bias is not None and n.weight.form is not None
+        b = numpy_helper.to_array(n.bias.tensor).astype(np.float64).reshape(-1)
+        w_scale = n.weight.form.scale.astype(np.float64)
+        scale = (np.float32(input_scale) * w_scale.astype(np.float32)).astype(np.float32)
+        scale = np.broadcast_to(scale, b.shape).copy() if scale.size == 1 else scale
+        if scale.size != b.size or not np.all(scale > 0):
+            return None
+        q = np.round(b / scale.astype(np.float64))
+        if not np.all(np.abs(q) <= _INT32_MAX):
+            return None
+        value = n.bias.value
+        qn, sn, out = (self.names.fresh(f"{value}_int32"), self.names.fresh(f"{value}_int32_scale"),
+                       self.names.fresh(f"{value}_dequantized"))
+        self.inits += [raw_tensor(qn, TensorProto.INT32, [b.size], q.astype("<i4")),
+                       raw_tensor(sn, TensorProto.FLOAT, [b.size], scale.astype("<f4"))]
+        node = helper.make_node("DequantizeLinear", [qn, sn], [out], name=self.names.fresh(f"{value}_DequantizeLinear"), axis=0)
+        return out, [node]
+
+
+def export_onnx_int8(reader: QpkReader, out: Path, notes: list[str], calibration: Calibration | None = None) -> list[Path]:
+    """Write the container's model with its Conv, MatMul and Gemm nodes in integers, activations calibrated on inputs."""
+    from qpack.converter.convert import restore
+    from qpack.formats.atomic import scratch_folder
+
+    if calibration is None:
+        raise UnsupportedError("--to onnx-int8 calibrates activation ranges: give --inputs, --images or --dataset")
+    model, at = load_skeleton(reader, [e.key for e in reader.entries])
+    by_key = {e.key: onnx_qdq.plan(reader, e) for e in reader.entries}
+    opset, why = onnx_qdq.requirement(list(by_key.values()))
+    at = raise_opset(model, max(opset, _OPSET_PER_AXIS), at, why or "per-axis DequantizeLinear")
+    consts = {s.value: s for s in at.values() if s.scope == ""}
+    plans = {at[k].value: p for k, p in by_key.items() if at[k].scope == ""}
+    chosen, skipped = _int_nodes(model, plans, consts)
+    after = _pairs_after(model, chosen)
+    paired = set(after.values())
+    act_names = list(dict.fromkeys([n.node.input[0] for n in chosen if n.node.input[0] not in paired] + sorted(paired)))
+    with scratch_folder("qpack-calibrate-") as tmp:
+        float_model = Path(tmp) / "float.onnx"
+        restore(reader.path, float_model)
+        inputs = calibration.load(float_model)
+        acts = ranges(float_model, act_names, inputs, calibration.method) if act_names else {}
+        widened = _rewrite(model, chosen, acts, after)
+        int_weights = {n.node.input[1] for n in chosen}
+        edits, names = Edits(), Names(model)
+        for key, p in by_key.items():
+            if at[key].value in int_weights and p.form is not None:
+                # the integer kernels take int8 (narrower codes widen), with explicit zero points (QGemm's fusion asks)
+                p = replace(p, qtype=INT8, form=replace(p.form, zero_point=p.form.zero_points()))
+            onnx_qdq.apply(p, at[key], edits, names, reader)
+        read = {i for nd in model.graph.node for i in nd.input}
+        outputs = {o.name for o in model.graph.output}
+        for site in consts.values():  # float biases now stored as int32, read by no node
+            if site.key not in by_key and site.value not in read and site.value not in outputs:
+                edits.remove(site)
+        edits.apply()
+        if widened:
+            notes.append(f"{widened} weight{'s' if widened > 1 else ''} of integer nodes stored as INT8 (narrower codes widened)")
+        notes.extend(onnx_qdq.notes_for(list(by_key.values())))
+        written = onnx_qdq.finish(model, {}, out)
+        notes.insert(0, _summary(chosen, skipped, calibration.method, inputs.count)
+                     + f"; least output cosine {_fidelity(float_model, out, inputs):.6f} on the calibration inputs, "
+                       "against the container's float values")
+    return written
+
+
+def _pairs_after(model: ModelProto, chosen: list[_IntNode]) -> dict[int, str]:
+    """The integer nodes (by id) whose output gets a quantize/dequantize pair, and the value it makes:
+    the node's output, or, where a Relu alone reads it, the Relu's, the Relu then dropped: its range
+    starts at zero, so the uint8 zero point is 0 and quantizing clamps exactly as the Relu did (what
+    onnxruntime's own quantizer does). None for a graph output."""
+    from qpack.converter.export.onnx_graph import consumers
+
+    outputs = {o.name for o in model.graph.output}
+    out: dict[int, str] = {}
+    for n in chosen:
+        y = n.node.output[0]
+        if y in outputs:
+            continue
+        readers = consumers(model, y)
+        if len(readers) == 1 and readers[0].op_type == "Relu" and any(r is readers[0] for r in model.graph.node):
+            y = readers[0].output[0]
+        out[id(n.node)] = y
+    return out
+
+
+def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], after: dict[int, str]) -> int:
+    """Put the activation pairs and int32 biases around the integer nodes of the main graph (and
+    pairs after the nodes of `after`); returns how many integer nodes' weights are stored narrower
+    than int8 (they widen)."""
+    names = Names(model)
+    rw = _Rewriter(model, names, acts)
+    by_node = {id(n.node): n for n in chosen}
+    paired = set(after.values())
+    head: list[NodeProto] = []
+    dq_of: dict[str, str] = {}
+    nodes: list[NodeProto] = []
+    int_outputs = {n.node.output[0] for n in chosen}
+    for node in model.graph.node:
+        n = by_node.get(id(node))
+        if n is None:
+            if not (node.op_type == "Relu" and node.output[0] in paired and node.input[0] in int_outputs):
+                nodes.append(node)  # (a Relu is taken into the pair before it)
+            continue
+        a = node.input[0]
+        if a not in paired:  # an input not already behind a pair: quantize it here
+            if a not in dq_of:
+                dq_of[a] = names.fresh(f"{a}_dequantized_act")
+                nodes += rw.pair(a, a, dq_of[a])
+            node.input[0] = dq_of[a]
+        if n.bias is not None:
+            got = rw.bias(n, acts[a].scale)
+            if got is not None:
+                node.input[2], made = got
+                head += made
+        nodes.append(node)
+        if id(node) in after:
+            y = after[id(node)]
+            node.output[0] = names.fresh(f"{y}_float")
+            nodes += rw.pair(y, node.output[0], y)
+    del model.graph.node[:]
+    model.graph.node.extend(head + nodes)
+    model.graph.initializer.extend(rw.inits)
+    return sum(n.weight.qtype is not None and n.weight.qtype.name != "INT8" for n in chosen)
+
+
+def _summary(chosen: list[_IntNode], skipped: Counter[str], method: str, count: int) -> str:
+    ops = Counter(n.node.op_type for n in chosen)
+    ran = ", ".join(f"{k} {v}" for k, v in sorted(ops.items())) or "none"
+    out = f"integer nodes ({method} ranges on {count} inputs): {ran}"
+    if skipped:
+        out += "; float: " + ", ".join(f"{v} {k}" for k, v in sorted(skipped.items()))
+    return out
+
+
+def _fidelity(float_model: Path, exported: Path, inputs: Inputs) -> float:
+    """Least cosine over the first CHECK_INPUTS inputs of the exported model (onnxruntime's default
+    optimizations: the fused integer kernels) against the float model."""
+    import onnxruntime as ort
+
+    def session(p: Path) -> ort.InferenceSession:
+        o = ort.SessionOptions()
+        o.intra_op_num_threads = 2
+        o.log_severity_level = 3
+        return ort.InferenceSession(str(p), o, providers=["CPUExecutionProvider"])
+
+    a, b = session(float_model), session(exported)
+    least = 1.0
+    for i in range(min(inputs.count, CHECK_INPUTS)):
+        feeds = {k: np.ascontiguousarray(v[i : i + 1]) for k, v in inputs.arrays.items()}
+        feeds.update(inputs.constants)
+        x = np.concatenate([np.asarray(o, np.float64).ravel() for o in a.run(None, feeds)])
+        y = np.concatenate([np.asarray(o, np.float64).ravel() for o in b.run(None, feeds)])
+        d = float(np.linalg.norm(x) * np.linalg.norm(y))
+        least = min(least, float(x @ y / d) if d > 0 else float(np.array_equal(x, y)))
+    return least
