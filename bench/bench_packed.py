@@ -76,10 +76,11 @@ MODELS = (
     Fixture("silero op15", "silero-vad", "silero_vad/data/silero_vad_16k_op15.onnx", "audio"),
 )
 MATRIX_ROLES = (Role.MATRIX, Role.RECURRENT)
-OBJECTIVES = ("balanced", "layers", "pooled", "sized")
-# qpack's variants: label -> the keywords they add to convert. A restriction to what an export stores
-# natively (`--for`) is one more line here, e.g. "for onnx-matmulnbits": {"target": "onnx-matmulnbits"}.
-SIDES: dict[str, dict[str, Any]] = {"raw": {}}
+OBJECTIVES = ("balanced", "layers", "pooled", "sized", "outputs")
+# qpack's variants: label -> the keywords they add to convert. "for onnx-matmulnbits" allocates only
+# what MatMulNBits stores natively (2/4/8 bits, blocks 16..256, float32 scales), its bits counted as
+# that export stores them.
+SIDES: dict[str, dict[str, Any]] = {"raw": {}, "for onnx-matmulnbits": {"target": "onnx-matmulnbits"}}
 
 QK_K, QK = 256, 32  # super-block and block lengths of GGUF's k-quants and its 32-blocks
 
@@ -366,6 +367,18 @@ def gguf_side(case: Case, wanted: str, tmp: Path) -> Row:
     return Row(f"GGUF {wanted}", stored * 8 / count, pooled_db(case.tensors, decoded), mean, least, kinds)
 
 
+def target_bytes(qpk: Path, target: str, keys: dict[str, Any]) -> int:
+    """Code and parameter bytes of the compared tensors as export `target` stores them (Native.price)."""
+    from qpack.converter.export import TARGETS
+    from qpack.formats.qpk import CODECS
+
+    native = TARGETS[target].native
+    with qpack.open(qpk) as q:
+        return sum(native.price(e.scheme, e.bits, e.shape, e.grouping, q.blobs[e.codes].length,
+                                sum(q.blobs[i].length for i in e.params.values()), CODECS[q.blobs[e.codes].codec].name)
+                   for e in q.entries if e.key in keys)
+
+
 def qpack_side(case: Case, bpw: float, objective: str, side: str, tmp: Path) -> Row:
     """qpack's allocation of the same tensors within `bpw`, restored with `unpack` and run: the convert keywords live here."""
     qpk = tmp / "q.qpk"
@@ -374,6 +387,8 @@ def qpack_side(case: Case, bpw: float, objective: str, side: str, tmp: Path) -> 
                            include=[glob_escape(k) for k in case.tensors], keep=case.others, **SIDES[side])
     seconds = time.perf_counter() - t
     sqnr, stored, count = container_sqnr(qpk, case.tensors)
+    if "target" in SIDES[side]:  # the bytes the export stores, not the container's
+        stored = target_bytes(qpk, SIDES[side]["target"], case.tensors)
     if count != sum(a.size for a in case.tensors.values()):
         raise RuntimeError(f"{case.label}: the container holds {count:,} weights, not the compared tensors'")
     restored = tmp / "q.onnx"

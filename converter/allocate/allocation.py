@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from qpack.converter.allocate.goals import Goal, Task
-from qpack.converter.allocate.objectives import OBJECTIVES, weigh
+from qpack.converter.allocate.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, OUTPUTS_OBJECTIVE, weigh
 from qpack.converter.allocate.options import Menu, menus, weights_of
+from qpack.converter.allocate.sensitivity import output_gains
 from qpack.converter.export import QPK
 from qpack.converter.policy import Policy
 from qpack.formats.errors import BudgetError, OptionError
@@ -68,11 +69,23 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
         return last[1]
 
     objective = goal.weighing
+    gains: dict[str, float] = {}
+    if objective == OUTPUTS_OBJECTIVE:
+        measured = output_gains(src, ms, Path(workdir), log)
+        if measured is None:
+            objective = DEFAULT_OBJECTIVE
+        else:
+            gains = {m.weight.key: g for m, g in zip(ms, measured)}
+
+    def weighed(found: list[Menu]) -> list[Menu]:
+        for m in found:
+            m.importance = gains.get(m.weight.key, 1.0)
+        return weigh(found, objective)
 
     def remeasure(widest: int) -> list[Menu]:
-        return weigh(menus(src, policy, progress, codec=codec, schemes=goal.schemes, widest=widest), objective)
+        return weighed(menus(src, policy, progress, codec=codec, schemes=goal.schemes, widest=widest))
 
-    weigh(ms, objective)
+    weighed(ms)
     summary: dict[str, Any] = {"proxy": OBJECTIVES[objective].help, "objective": objective,
                                "schemes": list(goal.schemes or (policy.scheme,))}
     task = Task(src, policy, goal, ms, convert_to, remeasure, trial, Path(workdir), model_path, inputs, log)

@@ -19,6 +19,7 @@ from qpack.converter.allocate.options import Menu
 DEFAULT_OBJECTIVE = "balanced"  # what --target-bpw and --target-size maximize unless --objective says
 FIDELITY_OBJECTIVE = "layers"  # the proxy a fidelity goal's first rounds weigh by (its probes and pooled search correct it)
 POOLED_OBJECTIVE = "pooled"  # the summed squared error itself: what --target-sqnr bounds
+OUTPUTS_OBJECTIVE = "outputs"  # relative errors times measured output gains (allocate.sensitivity)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ OBJECTIVES = {
                        "whatever its scale", lambda m, ms: float(m.weight.size)),
     POOLED_OBJECTIVE: Objective("squared error summed over all tensors (the pooled weight SQNR): large tensors count by their "
                                 "size and their scale", lambda m, ms: m.signal),
+    # the gains are measured before weighing (allocate.sensitivity) and set as each menu's importance
+    OUTPUTS_OBJECTIVE: Objective("each tensor's 1 / SQNR times its measured gain to the outputs (noise on one tensor at a time, "
+                                 "seeded random inputs, no data): the predicted output error", lambda m, ms: m.importance),
 }
 
 
