@@ -382,7 +382,7 @@ def deploy(models: list[Model], tmp: Path) -> None:
            "--for / plain"], tally.gains)
     for line in tally.reasons:
         print(f"    {line}")
-    counted = tally.pairs - len(tally.floors)
+    counted = tally.pairs - sum(" --for " in f for f in tally.floors)  # the pairs at the floor; a model there has none
     also = "; ".join(x for x in (f"at the float floor, not counted: {', '.join(tally.floors)}" if tally.floors else "",
                                  f"nothing to quantize, not counted: {', '.join(tally.refused)}" if tally.refused else "") if x)
     checks = (("1 exports of files made for them succeed and widen nothing", tally.failed, counted, []),
