@@ -105,7 +105,7 @@ def priced(policy: Policy, codec: str) -> tuple[Callable[[Any], int], Callable[[
                    for s in result.tensors)
 
     def size(result: Any) -> int:
-        return (result.skeleton_bytes if t.graph else 0) + stored(result) + sum(n.extra(s.name) for s in result.tensors)
+        return (result.skeleton_bytes if t.graph else 0) + stored(result) + sum(n.extra(s.name, s.key) for s in result.tensors)
 
     return stored, size
 

@@ -82,8 +82,8 @@ def allocate(src: SourceModel, policy: Policy, goal: Goal, codec: Any, workdir: 
             m.importance = gains.get(m.weight.key, 1.0)
         return weigh(found, objective)
 
-    def remeasure(widest: int) -> list[Menu]:
-        return weighed(menus(src, policy, progress, codec=codec, schemes=goal.schemes, widest=widest))
+    def remeasure(widest: int, schemes: tuple[str, ...] | None = None) -> list[Menu]:
+        return weighed(menus(src, policy, progress, codec=codec, schemes=schemes or goal.schemes, widest=widest))
 
     weighed(ms)
     summary: dict[str, Any] = {"proxy": OBJECTIVES[objective].help, "objective": objective,

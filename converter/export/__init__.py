@@ -50,7 +50,7 @@ class Target:
             blobs = reader.blobs
             stored = self.native.price(e.scheme, e.bits, e.shape, e.grouping, blobs[e.codes].length,
                                        sum(blobs[i].length for i in e.params.values()), c)
-            total += stored + self.native.extra(e.name)
+            total += stored + self.native.extra(e.name, e.key)
         return total
 
 
@@ -118,24 +118,24 @@ def fit(reader: QpkReader) -> dict[str, dict[str, Any]]:
 
 # DequantizeLinear: INT2..INT16 as the codes need (INT2 from opset 25, INT4/INT16 from 21), blocks along one
 # axis; scales in the weight's float type, zero points as wide as the integers
-_QDQ = Native(widths=(2, 4, 8, 16), scale_bytes=4, overhead=(300, 8))
+_QDQ = Native(widths=(2, 4, 8, 16), scale_bytes=4, overhead=(300, 4))
 # TFLite: int4 and int8 per tensor or per channel, float32 scales and int64 zero points (even for
 # symmetric weights); hybrid kernels want symmetric weights
 _TFLITE = Native(widths=(4, 8), signed=True, groupings=("tensor", "channel"), param_dtypes=("<f4",), scale_bytes=4,
-                 zero_point_bits=64, zero_points=True, overhead=(60, 2))
+                 zero_point_bits=64, zero_points=True, overhead=(60, 1))
 # qpk.h decodes every scheme of FORMAT.md at any width and grouping, its parameters as the container stores them
-_C = Native(schemes=("asym", "sym", "pow2", "lut", "dq"), codecs=("raw",), overhead=(170, 3), base=1800)
+_C = Native(schemes=("asym", "sym", "pow2", "lut", "dq"), codecs=("raw",), overhead=(170, 1), base=1800)
 
 register_target(Target("onnx-qdq", "qpack.converter.export.onnx_qdq", "export_onnx_qdq", ("onnx",),
                        "ONNX with integer weights behind DequantizeLinear (INT2..INT32 as the codes need)", _QDQ))
 register_target(Target("onnx-matmulnbits", "qpack.converter.export.onnx_matmulnbits", "export_onnx_matmulnbits", ("onnx",),
                        "ONNX with MatMul/Gemm weights as com.microsoft.MatMulNBits (2/4/8 bits), the rest as onnx-qdq",
-                       replace(_QDQ, widths=(2, 4, 8), blocks=(16, 32, 64, 128, 256))))
+                       _QDQ))  # what MatMulNBits does not take (16 bits, other blocks) goes through DequantizeLinear, exactly
 register_target(Target("onnx-int8", "qpack.converter.export.onnx_int8", "export_onnx_int8", ("onnx",),
                        "full-integer ONNX: int8 weights and uint8 activations calibrated on --inputs, so onnxruntime runs "
                        "QLinearConv/QLinearMatMul/QGemm; the rest as onnx-qdq",
                        Native(widths=(8,), signed=True, groupings=("tensor", "channel"), scale_bytes=4, zero_point_bits=8,
-                              zero_points=True, overhead=(300, 8)),
+                              zero_points=True, overhead=(300, 4)),
                        calibrated=True))
 register_target(Target("tflite", "qpack.converter.export.tflite_int", "export_tflite", ("tflite",),
                        "TFLite with int8/int4 weights: hybrid kernels where they apply, DEQUANTIZE elsewhere", _TFLITE))

@@ -34,7 +34,7 @@ class Native:
     zero_point_bits: int | None = None
     zero_points: bool = False  # a zero point per group even for symmetric forms (TFLite's)
     # bytes an exported tensor adds beyond its data (nodes, names, records): fixed, and per character of its
-    # name; and bytes every export adds (a decoder's tables); measured on the fixtures, an estimate
+    # name and key; and bytes every export adds (a decoder's tables); measured on the fixtures, an estimate
     overhead: tuple[int, int] = (0, 0)
     base: int = 0
 
@@ -96,7 +96,7 @@ class Native:
             params += packed_size(groups, self.zero_point_bits or self.stored_width(spec, bits))
         return codes + params
 
-    def extra(self, name: str) -> int:
+    def extra(self, name: str, key: str) -> int:
         """Bytes a stored tensor adds to the export beyond its codes and parameters."""
         fixed, per_char = self.overhead
-        return fixed + per_char * len(name.encode())
+        return fixed + per_char * (len(name.encode()) + len(key.encode()))

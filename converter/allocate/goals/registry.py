@@ -31,7 +31,8 @@ class Task:
     goal: Goal
     menus: list[Menu]
     convert_to: Callable[[Policy], Any]  # a trial conversion of a policy to `trial`: its ConvertResult
-    remeasure: Callable[[int], list[Menu]]  # the menus measured again up to this width, weighed
+    # the menus measured again up to this width (and for these schemes, else the goal's), weighed
+    remeasure: Callable[..., list[Menu]]
     trial: Path
     workdir: Path
     model_path: Any = None
