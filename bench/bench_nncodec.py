@@ -299,7 +299,7 @@ def fidelity_cases(quick: bool, tmp: Path) -> list[Case]:
 
 class Judge:
     """Whether a model with some weights replaced meets the case's goal, in the model's runtime;
-    `subsets` False: a cosine is judged on all the inputs and each single one only."""
+    `subsets` False: a cosine is judged on all the inputs together only (each output's, the least)."""
 
     def __init__(self, case: Case, tmp: Path, subsets: bool = True) -> None:
         from qpack.converter.evaluate import run_all
@@ -308,6 +308,7 @@ class Judge:
 
         self.case, self.tmp, self.fmt = case, tmp, sniff(case.path)
         self.accuracy = case.qpack_goal[:1] == ("--max-accuracy-drop",)
+        self.each = subsets  # each single input too
         self.parts = [] if self.accuracy or not subsets else goal_subsets(case.inputs)
         ref = open_runner(case.path)
         self.ref = [run_all(ref, i) for i in [case.inputs, *self.parts]]
@@ -325,7 +326,8 @@ class Judge:
         from qpack.converter.allocate import least_cosine
 
         # the whole (each output's cosine over the inputs and on each single input), then each subset
-        whole = least_cosine({"outputs": output_fidelity(self.ref[0], outs[0], [""] * len(outs[0]), self.case.inputs.count)})
+        whole = least_cosine({"outputs": output_fidelity(self.ref[0], outs[0], [""] * len(outs[0]),
+                                                         self.case.inputs.count if self.each else 0)})
         return min([whole, *(r["cosine"] for ref, got in zip(self.ref[1:], outs[1:]) for r in output_fidelity(ref, got, [""] * len(ref)))])
 
     def meets(self, value: float) -> bool:
@@ -429,7 +431,7 @@ def fidelity(nnc_python: str, quick: bool) -> list[dict[str, Any]]:
 
 
 OUTPUT_MODELS = ("digits_cnn", "ocr rec", "ocr det, text", "silero op15")  # the sample, and bench_fidelity's fixtures
-OUTPUT_SAMPLES = 4  # inputs per model
+OUTPUT_SAMPLES = 8  # inputs per model
 OUTPUT_QPS = tuple(range(-2, -70, -4))  # NNCodec's coarse scan for the SQNR each qp gives; then steps of 1 around qpack's
 
 
