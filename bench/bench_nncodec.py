@@ -36,6 +36,14 @@ coarsest qp that meets the goal (a scan in steps of 4, then of 1). qpack: `qpack
 --max-accuracy-drop 1` / `--min-cosine 0.99` with `--codec ans`, on the same inputs. qpack's
 process (its search included) is timed against NNCodec's encode at the qp found and against
 NNCodec's whole search (each qp tried: encoded, decoded and checked in the runtime).
+
+`--outputs` compares output fidelity at matched pooled weight SQNR instead: `qpack convert
+--target-sqnr DB --codec ans` at 20, 30 and 40 dB on the sample and the MatMul/Conv fixtures (the
+PP-OCRv4 recognizer and detector, Silero op15), each file restored and run in onnxruntime
+(ORT_ENABLE_BASIC) on OUTPUT_SAMPLES random inputs drawn from the model's input specs
+(bench_fidelity's seed-0 draw; text lines for the detector), against NNCodec at the pooled SQNR
+qpack reached: its cosine and bits interpolated between the two adjacent qps that bracket it. The
+figure is the least over the outputs of each output's cosine on all the inputs together.
 """
 
 from __future__ import annotations
