@@ -532,7 +532,7 @@ def nncodec_sqnr_outputs(nnc_python: str, tensors: dict[str, tuple[np.ndarray, i
 def outputs(nnc_python: str) -> list[dict[str, Any]]:
     print(f"\nOutput fidelity at matched pooled weight SQNR: `qpack convert --target-sqnr DB --codec ans` and NNCodec at "
           f"the SQNR qpack reached (between two adjacent qps); the least output cosine on {OUTPUT_SAMPLES} random inputs "
-          "(all together and each one), restored weights run in onnxruntime (ORT_ENABLE_BASIC)")
+          "(each output's on all the inputs together, the least), restored weights run in onnxruntime (ORT_ENABLE_BASIC)")
     print("| model | weights | goal dB | SQNR reached | qpack bpw | NNCodec bpw | qpack least tensor dB | NNCodec least tensor dB "
           "| qpack cosine | NNCodec cosine | qpack >= NNCodec |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
