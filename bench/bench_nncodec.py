@@ -36,6 +36,14 @@ coarsest qp that meets the goal (a scan in steps of 4, then of 1). qpack: `qpack
 --max-accuracy-drop 1` / `--min-cosine 0.99` with `--codec ans`, on the same inputs. qpack's
 process (its search included) is timed against NNCodec's encode at the qp found and against
 NNCodec's whole search (each qp tried: encoded, decoded and checked in the runtime).
+
+`--outputs` compares output fidelity at matched pooled weight SQNR instead: `qpack convert
+--target-sqnr DB --codec ans` at 20, 30 and 40 dB on the sample and the MatMul/Conv fixtures (the
+PP-OCRv4 recognizer and detector, Silero op15), each file restored and run in onnxruntime
+(ORT_ENABLE_BASIC) on OUTPUT_SAMPLES random inputs drawn from the model's input specs
+(bench_fidelity's seed-0 draw; text lines for the detector), against NNCodec at the pooled SQNR
+qpack reached: its cosine and bits interpolated between the two adjacent qps that bracket it. The
+figure is the least over the outputs of each output's cosine on all the inputs together.
 """
 
 from __future__ import annotations
@@ -298,16 +306,18 @@ def fidelity_cases(quick: bool, tmp: Path) -> list[Case]:
 
 
 class Judge:
-    """Whether a model with some weights replaced meets the case's goal, in the model's runtime."""
+    """Whether a model with some weights replaced meets the case's goal, in the model's runtime;
+    `subsets` False: a cosine is judged on all the inputs together only (each output's, the least)."""
 
-    def __init__(self, case: Case, tmp: Path) -> None:
+    def __init__(self, case: Case, tmp: Path, subsets: bool = True) -> None:
         from qpack.converter.evaluate import run_all
         from qpack.converter.runtime import open_runner
         from qpack.formats.registry import open_model, sniff
 
         self.case, self.tmp, self.fmt = case, tmp, sniff(case.path)
-        self.accuracy = case.qpack_goal[0] == "--max-accuracy-drop"
-        self.parts = [] if self.accuracy else goal_subsets(case.inputs)
+        self.accuracy = case.qpack_goal[:1] == ("--max-accuracy-drop",)
+        self.each = subsets  # each single input too
+        self.parts = [] if self.accuracy or not subsets else goal_subsets(case.inputs)
         ref = open_runner(case.path)
         self.ref = [run_all(ref, i) for i in [case.inputs, *self.parts]]
         self.model = open_model(case.path)
@@ -324,7 +334,8 @@ class Judge:
         from qpack.converter.allocate import least_cosine
 
         # the whole (each output's cosine over the inputs and on each single input), then each subset
-        whole = least_cosine({"outputs": output_fidelity(self.ref[0], outs[0], [""] * len(outs[0]), self.case.inputs.count)})
+        whole = least_cosine({"outputs": output_fidelity(self.ref[0], outs[0], [""] * len(outs[0]),
+                                                         self.case.inputs.count if self.each else 0)})
         return min([whole, *(r["cosine"] for ref, got in zip(self.ref[1:], outs[1:]) for r in output_fidelity(ref, got, [""] * len(ref)))])
 
     def meets(self, value: float) -> bool:
@@ -424,6 +435,131 @@ def fidelity(nnc_python: str, quick: bool) -> list[dict[str, Any]]:
     return results
 
 
+# --- output fidelity at matched weight SQNR ---------------------------------------------------------
+
+
+OUTPUT_MODELS = ("digits_cnn", "ocr rec", "ocr det, text", "silero op15")  # the sample, and bench_fidelity's fixtures
+OUTPUT_SAMPLES = 8  # inputs per model
+OUTPUT_QPS = tuple(range(-2, -70, -4))  # NNCodec's coarse scan for the SQNR each qp gives; then steps of 1 around qpack's
+
+
+def output_cases(tmp: Path) -> list[Case]:
+    """The sample and the MatMul/Conv fixtures, each with its seed-0 draw of random inputs from its input specs."""
+    from bench_fidelity import ONNX_FIXTURES, SAMPLE, Fixture, draw, prepare
+
+    from qpack.converter.datasets import load_inputs
+    from qpack.converter.runtime import open_runner
+
+    cases = []
+    digits = tmp / "digits_cnn.seed0.npz"
+    np.savez(digits, **draw(open_runner(SAMPLE).inputs, Fixture("digits_cnn", "", "", "image"), 0, OUTPUT_SAMPLES))
+    cases.append(Case("digits_cnn", SAMPLE, load_inputs(SAMPLE, inputs=digits), (), digits))
+    for fx in ONNX_FIXTURES:
+        if fx.label in OUTPUT_MODELS:
+            m = prepare(fx, tmp, OUTPUT_SAMPLES)
+            if isinstance(m, str):
+                print(f"  skipped {fx.label}: {m}", flush=True)
+                continue
+            cases.append(Case(fx.label, m.path, load_inputs(m.path, inputs=m.tune), (), m.tune))
+    return cases
+
+
+def pooled_sqnr(tensors: dict[str, tuple[np.ndarray, int | None]], arrays: dict[str, np.ndarray]) -> tuple[float, float, str]:
+    """(pooled SQNR over `tensors` with `arrays` in their place, the least tensor's own SQNR, its name)."""
+    signal = noise = 0.0
+    least, name = math.inf, ""
+    for k, (a, _) in tensors.items():
+        s = float(np.square(a, dtype=np.float64).sum())
+        n = float(np.square(a.astype(np.float64) - np.asarray(arrays[k], np.float64).reshape(a.shape)).sum())
+        signal, noise = signal + s, noise + n
+        own = 10 * math.log10(s / n) if n > 0 and s > 0 else math.inf
+        if own < least:
+            least, name = own, k
+    return 10 * math.log10(signal / noise) if noise > 0 else math.inf, least, name
+
+
+def qpack_sqnr_outputs(case: Case, target: float, tensors: dict[str, tuple[np.ndarray, int | None]], judge: Judge,
+                       tmp: Path) -> dict[str, Any] | str:
+    """`qpack convert --target-sqnr` with ans: bits per weight, the pooled and the least tensor SQNR
+    of its decoded weights, and the judge's cosine of the model restored from them."""
+    from qpack.formats.qpk import QpkReader
+
+    qpk, js = tmp / "s.qpk", tmp / "s.json"
+    run = subprocess.run([sys.executable, "-c", "from qpack.converter.cli import run; run()", "convert", str(case.path), "-o",
+                          str(qpk), "--target-sqnr", str(target), "--codec", "ans", "--compress", "none", "-q", "--json", str(js)],
+                         capture_output=True, text=True, cwd=ROOT)
+    if run.returncode:
+        return run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"exit {run.returncode}"
+    rows = json.loads(js.read_text())["tensors"]
+    with QpkReader(qpk) as q:
+        arrays = {e.key: q.dequantize(e) for e in q.entries}
+    if set(arrays) != set(tensors):
+        return f"qpack quantized {len(arrays)} tensors, the benchmark's set is {len(tensors)}"
+    sqnr, least, name = pooled_sqnr(tensors, arrays)
+    bpw = sum(r["stored_bytes"] + r["param_bytes"] for r in rows) * 8 / sum(r["count"] for r in rows)
+    return {"sqnr": sqnr, "bpw": bpw, "least_tensor_sqnr": least, "least_tensor": name, "cosine": judge.with_weights(arrays)}
+
+
+def nncodec_sqnr_outputs(nnc_python: str, tensors: dict[str, tuple[np.ndarray, int | None]], judge: Judge, sqnrs: list[float],
+                         tmp: Path) -> list[dict[str, Any] | None]:
+    """NNCodec's cosine and bits per weight at each of `sqnrs` (pooled weight SQNR), each interpolated
+    linearly in SQNR between the two adjacent qps that bracket it; None where no qp of the scan does."""
+    coarse = {r["qp"]: r["sqnr"] for r in run_nncodec(nnc_python, tensors, list(OUTPUT_QPS), tmp)}
+    wanted: set[int] = set()
+    for s in sqnrs:
+        for a, b in itertools.pairwise(sorted(coarse, reverse=True)):  # qp falls, SQNR rises
+            if coarse[a] <= s <= coarse[b]:
+                wanted.update(range(a, b - 1, -1))
+    keys = list(tensors)
+    fine: dict[int, dict[str, Any]] = {}
+    for r in run_nncodec(nnc_python, tensors, sorted(wanted, reverse=True), tmp, decoded=True):
+        rec = np.load(tmp / f"qp{r['qp']}.npz")
+        fine[r["qp"]] = {**r, "cosine": judge.with_weights({k: rec[f"t{i}"] for i, k in enumerate(keys)}), "least_tensor_sqnr":
+                         pooled_sqnr(tensors, {k: rec[f"t{i}"] for i, k in enumerate(keys)})[1]}
+    out: list[dict[str, Any] | None] = []
+    for s in sqnrs:
+        got = None
+        for a, b in itertools.pairwise(sorted(fine, reverse=True)):
+            lo, hi = fine[a], fine[b]
+            if lo["sqnr"] <= s <= hi["sqnr"]:
+                w = (s - lo["sqnr"]) / (hi["sqnr"] - lo["sqnr"]) if hi["sqnr"] > lo["sqnr"] else 0.0
+                got = {k: lo[k] + w * (hi[k] - lo[k]) for k in ("cosine", "bpw", "least_tensor_sqnr")} | {"qps": (a, b)}
+                break
+        out.append(got)
+    return out
+
+
+def outputs(nnc_python: str) -> list[dict[str, Any]]:
+    print(f"\nOutput fidelity at matched pooled weight SQNR: `qpack convert --target-sqnr DB --codec ans` and NNCodec at "
+          f"the SQNR qpack reached (between two adjacent qps); the least output cosine on {OUTPUT_SAMPLES} random inputs "
+          "(each output's on all the inputs together, the least), restored weights run in onnxruntime (ORT_ENABLE_BASIC)")
+    print("| model | weights | goal dB | SQNR reached | qpack bpw | NNCodec bpw | qpack least tensor dB | NNCodec least tensor dB "
+          "| qpack cosine | NNCodec cosine | qpack >= NNCodec |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    results = []
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        for case in output_cases(tmp):
+            tensors = weights_of(case.path)
+            n = sum(a.size for a, _ in tensors.values())
+            judge = Judge(case, tmp, subsets=False)
+            ours = [qpack_sqnr_outputs(case, target, tensors, judge, tmp) for target in TARGETS]
+            theirs = nncodec_sqnr_outputs(nnc_python, tensors, judge, [q["sqnr"] for q in ours if not isinstance(q, str)], tmp)
+            judge.model.close()
+            it = iter(theirs)
+            for target, q in zip(TARGETS, ours):
+                nnc = None if isinstance(q, str) else next(it)
+                results.append({"model": case.label, "weights": n, "target": target, "qpack": q, "nncodec": nnc})
+                if isinstance(q, str):
+                    print(f"| {case.label} | {n:,} | {target:g} | {q} | | | | | | | |", flush=True)
+                    continue
+                theirs_row = ("- | - | - | -" if nnc is None else
+                              f"{nnc['bpw']:.3f} | {q['least_tensor_sqnr']:.1f} | {nnc['least_tensor_sqnr']:.1f} | "
+                              f"{q['cosine']:.4f} | {nnc['cosine']:.4f} | {'yes' if q['cosine'] >= nnc['cosine'] else '**no**'}")
+                print(f"| {case.label} | {n:,} | {target:g} | {q['sqnr']:.2f} | {q['bpw']:.3f} | {theirs_row} |", flush=True)
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nnc-python", required=True, help="python of a venv with nncodec==2.1.3 installed")
@@ -432,8 +568,15 @@ def main() -> None:
     ap.add_argument("--fidelity", choices=("quick", "all"), help="also compare at matched output fidelity: the sample and "
                     "the quick set of fixture models, or all runnable ones")
     ap.add_argument("--only-fidelity", action="store_true", help="skip the weight-SQNR comparison")
+    ap.add_argument("--outputs", action="store_true", help="only compare output fidelity at matched pooled weight SQNR "
+                    f"(--target-sqnr {', '.join(f'{t:g}' for t in TARGETS)} on {', '.join(OUTPUT_MODELS)})")
     args = ap.parse_args()
     report: dict[str, Any] = {}
+    if args.outputs:
+        report["outputs"] = outputs(args.nnc_python)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+        return
     if args.only_fidelity and not args.fidelity:
         ap.error("--only-fidelity needs --fidelity")
     if args.fidelity:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from typer.testing import CliRunner
 
@@ -385,6 +386,30 @@ def test_pooled_objective_gives_the_higher_pooled_sqnr(ocr_rec: Path, tmp_path: 
             t["count"] for t in rep["tensors"]) <= 4.5
         figures[objective] = _pooled_db(ocr_rec, out)
     assert figures["pooled"] > figures["layers"] + 1.0, figures
+
+
+@pytest.mark.parametrize("goal", [["--target-sqnr", 20], ["--target-sqnr", 30], ["--target-bpw", 3.0, "--objective", "pooled"],
+                                  ["--target-size", 16000, "--objective", "pooled"]])
+def test_a_pooled_goal_does_not_starve_a_small_tensor(tmp_path: Path, goal: list):
+    """A tensor of 512 weights, ten times quieter than the 32,768 after it, is almost free to break
+    as the pooled error counts it, and its bits cost the most per weight (its coder's table): a
+    pooled goal still keeps its own SQNR within FLOOR_DB of the pooled goal (--target-sqnr) or of
+    the pooled SQNR reached (size goals)."""
+    from qpack.converter.allocate import FLOOR_DB
+    from tests.tiny import tiny_and_large_model
+
+    model, out, js = tmp_path / "m.onnx", tmp_path / "m.qpk", tmp_path / "m.json"
+    onnx.save(tiny_and_large_model(), model)
+    r = _run("convert", model, *goal, "-o", out, "--json", js, "--compress", "none", "-q")
+    assert r.exit_code == 0, r.output
+    tensors = {t["name"]: t for t in json.loads(js.read_text())["tensors"]}
+    assert set(tensors) == {"small.w", "large.w"}
+    own = {k: 10 * np.log10(t["signal"] / t["noise"]) for k, t in tensors.items()}
+    pooled = _pooled_db(model, out)
+    floor = (goal[1] if goal[0] == "--target-sqnr" else pooled) - FLOOR_DB
+    assert own["small.w"] >= floor, (own, pooled)
+    if goal[0] == "--target-sqnr":
+        assert pooled >= goal[1]
 
 
 def test_max_accuracy_drop_is_met_and_promotes_what_hurts(sample: Path, tmp_path: Path):

@@ -128,7 +128,8 @@ def test_fidelity_goal_for_target_keeps_its_cosine(sample: Path, tmp_path: Path)
     (["--for", "tflite", "--bits", "6", "--scheme", "sym"], "use --bits 4 or 8"),
     (["--for", "tflite", "--param-dtype", "fp16"], "tflite stores float32 scales: drop --param-dtype fp16"),
     (["--for", "c", "--codec", "ans", "--bits", "4"], "c keeps codes packed: not --codec ans"),
-    (["--for", "onnx-matmulnbits", "--group-size", "48"], "onnx-matmulnbits takes blocks of 16, 32, 64, 128 or 256 weights"),
+    (["--for", "onnx-int8", "--bits", "4", "--scheme", "sym"], "onnx-int8 stores sym codes of 8 bits as they are; --bits 4 would be"),
+    (["--for", "onnx-int8", "--group-size", "32"], "onnx-int8 quantizes per tensor or channel: drop --group-size"),
     (["--for", "onnx-qdq", "--scheme", "lut"], "onnx-qdq runs asym, sym, dq or pow2 codes"),
     (["--for", "onnx-qdq", "--bits", "5"], "use --bits 2, 4 or 8"),
 ])

@@ -47,3 +47,18 @@ def if_model() -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def tiny_and_large_model() -> onnx.ModelProto:
+    """x[1,8] -> MatMul(small.w, 8x64, weights of 0.1) -> MatMul(large.w, 64x512, weights of 1) -> y[1,512]:
+    a tensor 64 times smaller and ten times quieter than the other, both on the model's one path."""
+    rng = np.random.default_rng(7)
+    small = (rng.standard_normal((8, 64)) * 0.1).astype(np.float32)
+    large = rng.standard_normal((64, 512)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "small.w"], ["h"]), helper.make_node("MatMul", ["h", "large.w"], ["y"])]
+    graph = helper.make_graph(nodes, "tiny-and-large", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 512])],
+                              [numpy_helper.from_array(small, "small.w"), numpy_helper.from_array(large, "large.w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="qpack-tests")
+    model.ir_version = 8
+    return model

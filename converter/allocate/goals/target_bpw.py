@@ -12,26 +12,28 @@ from typing import Any
 
 from qpack.converter.allocate.goals.registry import Found, GoalSpec, Kind, Task, stored_bytes
 from qpack.converter.allocate.knapsack import choose
-from qpack.converter.allocate.objectives import DEFAULT_OBJECTIVE
+from qpack.converter.allocate.objectives import DEFAULT_OBJECTIVE, chooser
 from qpack.converter.allocate.options import Menu, Option, bpw_budget, largest, plan
 from qpack.converter.policy import Policy
 from qpack.formats.errors import BudgetError, OptionError
 
 
 def for_bpw(policy: Policy, bpw: float, convert_to: Callable[[Policy], Any], ms: list[Menu],
-            stored: Callable[[Any], int] = stored_bytes) -> tuple[Policy, list[Option]]:
+            stored: Callable[[Any], int] = stored_bytes,
+            pick: Callable[[list[Menu], float], list[Option]] = choose) -> tuple[Policy, list[Option]]:
     """The allocation whose stored codes and parameters are at most `bpw` bits per quantized weight,
     checked on real conversions (entropy-coded sizes are estimates until then): the budget is
     scaled by what each conversion missed by, within the bracket of budgets known to fit and not
     to fit (an additive correction swung across the limit where the estimates are far off, as for
-    zstd on codes that are not whole bytes), and the largest that fits is kept."""
+    zstd on codes that are not whole bytes), and the largest that fits is kept. `pick`: one option
+    per menu within a budget (the objective's, objectives.chooser)."""
     limit = bpw_budget(ms, bpw)
     floor, top = float(sum(m.options[0].nbytes for m in ms)), largest(ms)
     budget, best, fits = limit, None, None
     fit_at, miss_at = floor, math.inf  # budgets whose allocations are known to fit, and not to
     stored_of: dict[tuple[Option, ...], int] = {}  # each allocation converted once
     for _ in range(12):
-        chosen = choose(ms, budget)
+        chosen = pick(ms, budget)
         repeat = tuple(chosen) in stored_of
         if not repeat:
             p = plan(policy, ms, chosen, f"equal slope within {bpw} bits per weight")
@@ -57,7 +59,7 @@ def for_bpw(policy: Policy, bpw: float, convert_to: Callable[[Policy], Any], ms:
 
 
 def _search(task: Task, bpw: float) -> Found:
-    return (*for_bpw(task.policy, bpw, task.convert_to, task.menus, task.stored), {})
+    return (*for_bpw(task.policy, bpw, task.convert_to, task.menus, task.stored, chooser(task.goal.weighing)), {})
 
 
 def _check(bpw: float) -> None:

@@ -6,15 +6,17 @@ from collections.abc import Callable
 
 from qpack.converter.allocate.goals.registry import Found, GoalSpec, Kind, Task
 from qpack.converter.allocate.knapsack import choose
-from qpack.converter.allocate.objectives import DEFAULT_OBJECTIVE
+from qpack.converter.allocate.objectives import DEFAULT_OBJECTIVE, chooser
 from qpack.converter.allocate.options import Menu, Option, plan
 from qpack.converter.policy import Policy
 from qpack.formats.errors import BudgetError, OptionError
 
 
-def for_size(policy: Policy, size: int, convert_to: Callable[[Policy], int], ms: list[Menu]) -> tuple[Policy, list[Option]]:
+def for_size(policy: Policy, size: int, convert_to: Callable[[Policy], int], ms: list[Menu],
+             pick: Callable[[list[Menu], float], list[Option]] = choose) -> tuple[Policy, list[Option]]:
     """The allocation whose whole container is at most `size` bytes: the overhead (graph, metadata,
-    padding) is measured on a first conversion and the budget corrected until the file fits."""
+    padding) is measured on a first conversion and the budget corrected until the file fits.
+    `pick`: one option per menu within a budget (the objective's, objectives.chooser)."""
     cheapest_policy = plan(policy, ms, [m.options[0] for m in ms], "cheapest")
     floor = convert_to(cheapest_policy)
     overhead = floor - sum(m.options[0].nbytes for m in ms)
@@ -23,7 +25,7 @@ def for_size(policy: Policy, size: int, convert_to: Callable[[Policy], int], ms:
                           f"({floor:,} bytes, of which {overhead:,} graph and metadata)")
     budget = float(size - overhead)
     for _ in range(6):
-        chosen = choose(ms, budget)
+        chosen = pick(ms, budget)
         p = plan(policy, ms, chosen, f"equal slope within {size:,} bytes")
         got = convert_to(p)
         if got <= size:
@@ -33,7 +35,7 @@ def for_size(policy: Policy, size: int, convert_to: Callable[[Policy], int], ms:
 
 
 def _search(task: Task, size: int) -> Found:
-    return (*for_size(task.policy, size, lambda q: task.size(task.convert_to(q)), task.menus), {})
+    return (*for_size(task.policy, size, lambda q: task.size(task.convert_to(q)), task.menus, chooser(task.goal.weighing)), {})
 
 
 def _check(size: int) -> None:

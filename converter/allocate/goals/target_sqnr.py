@@ -1,7 +1,8 @@
 """--target-sqnr: the fewest bytes whose pooled weight SQNR is at least so many dB.
 
 The dual of the size goals: the knapsack's limit is the summed squared error (allocate.knapsack,
-within_error), and what it finds is checked on real conversions.
+within_error), and what it finds is checked on real conversions. No tensor's own SQNR falls more
+than FLOOR_DB below the goal (objectives.floored: a pooled error starves small tensors).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from qpack.converter.allocate.goals.registry import Found, GoalSpec, Kind, Task, stored_bytes
 from qpack.converter.allocate.knapsack import within_error
-from qpack.converter.allocate.objectives import POOLED_OBJECTIVE
+from qpack.converter.allocate.objectives import POOLED_OBJECTIVE, floored
 from qpack.converter.allocate.options import Menu, Option, plan
 from qpack.converter.policy import Policy
 from qpack.formats.errors import BudgetError, OptionError
@@ -25,12 +26,14 @@ MAX_SQNR_DB = 100.0  # beyond what 8-bit codes give any real tensor: the goal is
 
 def for_sqnr(policy: Policy, db: float, convert_to: Callable[[Policy], Any], ms: list[Menu],
              stored: Callable[[Any], int] = stored_bytes) -> tuple[Policy, list[Option]]:
-    """The fewest stored bytes whose pooled weight SQNR is at least `db`, checked on real
-    conversions: the estimated error budget is corrected by what each one missed by.
+    """The fewest stored bytes whose pooled weight SQNR is at least `db` and no tensor's own more
+    than FLOOR_DB below it (where its most precise option can), checked on real conversions: the
+    estimated error budget is corrected by what each one missed by.
 
     Raises:
         BudgetError: even every tensor at its most precise setting falls short.
     """
+    ms = floored(ms, db)
     signal = sum(m.signal for m in ms)
     allowed = target = signal / 10 ** (db / 10)
     best: tuple[Policy, list[Option]] | None = None
