@@ -281,6 +281,9 @@ class Made:
     wall: float
 
 
+ALLOW_FLOAT = "--allow-float lets qpack keep"  # how convert says a goal needs float tensors
+
+
 def convert(m: Model, target: str | None, tmp: Path) -> Made | str:
     """`convert --min-cosine 0.99 [--for target]` on the tune draw, or why it failed (FLOOR first when at the float floor)."""
     qpk = tmp / f"{re.sub(r'[^a-z0-9]+', '_', m.label)}.{target or 'plain'}.qpk"
@@ -289,7 +292,16 @@ def convert(m: Model, target: str | None, tmp: Path) -> Made | str:
         report = qpack.convert(m.path, qpk, min_cosine=MIN_COSINE, inputs=m.tune, compress="none", target=target or QPK)
     except QpackError as e:
         why = str(e).splitlines()[0]
-        return f"{FLOOR}: {why}" if FLOOR in why else why
+        if FLOOR in why:
+            return f"{FLOOR}: {why}"
+        if ALLOW_FLOAT not in why:
+            return why
+        # the target's widths cannot carry the goal: what a user does next, keeping what needs it in float
+        try:
+            report = qpack.convert(m.path, qpk, min_cosine=MIN_COSINE, inputs=m.tune, compress="none", target=target or QPK,
+                                   allow_float=True)
+        except QpackError as again:
+            return f"{why}; with --allow-float: {str(again).splitlines()[0]}"
     return Made(report, qpk, time.perf_counter() - t0)
 
 
@@ -331,6 +343,9 @@ def measure(m: Model, target: str, before: Export, tally: Tally, tmp: Path) -> N
     got = export(m, made.qpk, target, tmp / "made")
     predicted = made.report["exports"][target]["bytes"]
     bpw = f"{made.report['sizes']['bits_per_weight']:.3f}"
+    kept = made.report.get("allocation", {}).get("kept_in_float") or []
+    if kept:  # the goal needed --allow-float: say how many tensors stayed float
+        bpw += f" ({len(kept)} float)"
     if got.error or widens(got):
         tally.failed.append(pair)
         tally.reasons.extend(f"{pair}: {n}" for n in (got.error, *got.notes) if n and (n == got.error or WIDENING.search(n)))

@@ -124,7 +124,7 @@ _QDQ = Native(widths=(2, 4, 8, 16), scale_bytes=4, overhead=(300, 4))
 _TFLITE = Native(widths=(4, 8), signed=True, groupings=("tensor", "channel"), param_dtypes=("<f4",), scale_bytes=4,
                  zero_point_bits=64, zero_points=True, overhead=(60, 1))
 # qpk.h decodes every scheme of FORMAT.md at any width and grouping, its parameters as the container stores them
-_C = Native(schemes=("asym", "sym", "pow2", "lut", "dq"), codecs=("raw",), overhead=(170, 1), base=1800)
+_C = Native(schemes=("asym", "sym", "pow2", "lut", "dq"), codecs=("raw",), overhead=(172, 1.22), base=1800)
 
 register_target(Target("onnx-qdq", "qpack.converter.export.onnx_qdq", "export_onnx_qdq", ("onnx",),
                        "ONNX with integer weights behind DequantizeLinear (INT2..INT32 as the codes need)", _QDQ))

@@ -35,7 +35,7 @@ class Native:
     zero_points: bool = False  # a zero point per group even for symmetric forms (TFLite's)
     # bytes an exported tensor adds beyond its data (nodes, names, records): fixed, and per character of its
     # name and key; and bytes every export adds (a decoder's tables); measured on the fixtures, an estimate
-    overhead: tuple[int, int] = (0, 0)
+    overhead: tuple[int, float] = (0, 0.0)
     base: int = 0
 
     def takes_scheme(self, name: str) -> bool:
@@ -99,4 +99,4 @@ class Native:
     def extra(self, name: str, key: str) -> int:
         """Bytes a stored tensor adds to the export beyond its codes and parameters."""
         fixed, per_char = self.overhead
-        return fixed + per_char * (len(name.encode()) + len(key.encode()))
+        return fixed + round(per_char * (len(name.encode()) + len(key.encode())))
