@@ -30,6 +30,7 @@ CODEC = "raw"
 # how full-integer exports set activation ranges (export.calibrate): on the OCR models' random draws
 # mse kept the least output cosine at 0.994-0.995, minmax at 0.972-0.980
 CALIBRATION = "mse"
+KEEP_COSINE = 0.99  # what a full-integer export keeps of the outputs on its calibration inputs
 
 PathLike = str | Path
 
@@ -202,7 +203,7 @@ def unpack(qpk: PathLike, output: PathLike) -> list[Path]:
 
 
 def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLike | Callable[[Path], Inputs] | None = None,
-           calibration: str = CALIBRATION) -> Exported:
+           calibration: str = CALIBRATION, min_cosine: float = KEEP_COSINE) -> Exported:
     """Export a .qpk to a runtime's format or firmware sources.
 
     Args:
@@ -211,6 +212,8 @@ def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLik
         inputs: for a full-integer target (onnx-int8), the calibration inputs: load_inputs(), an .npy/.npz
             path, or a function loading them against the float model it is given.
         calibration: how activation ranges are set from them: minmax, percentile or mse.
+        min_cosine: the least output cosine on those inputs the integer nodes keep: where it falls below,
+            the nodes whose activations quantize worst stay float (-1: every node integer).
 
     Returns:
         The files written and the export's notes (tensors widened to their nearest exact form, say).
@@ -233,7 +236,9 @@ def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLik
     else:
         path = Path(inputs)
         load = lambda model: load_inputs(model, path)  # noqa: E731
-    files, notes = run(Path(qpk), to, Path(output), Calibration(load, calibration) if load is not None else None)
+    if not -1 <= min_cosine <= 1:
+        raise OptionError(f"--min-cosine must lie in [-1, 1], not {min_cosine}")
+    files, notes = run(Path(qpk), to, Path(output), Calibration(load, calibration, min_cosine) if load is not None else None)
     return Exported(tuple(files), tuple(notes))
 
 

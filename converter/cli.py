@@ -441,6 +441,10 @@ def export(
         "--calibration", rich_help_panel=INPUTS,
         help="how a full-integer export sets each activation's range from the inputs: minmax spans every value seen; "
              "percentile clips the rarest 0.01%; mse clips where the squared error is least")] = CalibrationName(EXPORT["calibration"]),
+    min_cosine: Annotated[float, typer.Option(
+        "--min-cosine", min=-1.0, max=1.0, rich_help_panel=INPUTS, metavar="C",
+        help="full-integer exports: the least output cosine on the inputs, against the container's float values; where "
+             "integer activations fall below it, the nodes whose activations quantize worst stay float (-1: none)")] = EXPORT["min_cosine"],
     quiet: Quiet = False,
 ) -> None:
     """Export a .qpk as a model a runtime executes with low-bit weights, or as firmware sources.
@@ -451,7 +455,7 @@ def export(
     with _errors():
         given = any(x is not None for x in (inputs, images, dataset))
         load = (lambda model: api.load_inputs(model, inputs, images, dataset, size, layout, scale, mean, std)) if given else None
-        done = api.export(qpk, str(to.value), output, inputs=load, calibration=str(calibration.value))
+        done = api.export(qpk, str(to.value), output, inputs=load, calibration=str(calibration.value), min_cosine=min_cosine)
         if not quiet:
             for note in done.notes:
                 out.print(f"note: {note}")

@@ -150,3 +150,22 @@ def test_inputs_go_with_calibrated_targets_only(sample: Path, tmp_path: Path, ar
     r = runner.invoke(app, ["export", str(qpk), "-o", str(tmp_path / "x.onnx"), *args])
     assert r.exit_code == 1 and says in r.output, r.output
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_nodes_go_back_to_float_until_the_cosine_holds(tmp_path: Path):
+    """A goal the integer activations miss on the calibration inputs: the nodes whose activations quantize
+    worst stay float, the fewest that meet it (a bisection), and the note says how many; -1 keeps them all."""
+    src = tmp_path / "mlp.onnx"
+    _mlp(src)
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(1).standard_normal((32, 64)).astype(np.float32))
+    qpk = tmp_path / "mlp.qpk"
+    qpack.convert(src, qpk, target="onnx-int8", compress="none")
+    every = qpack.export(qpk, "onnx-int8", tmp_path / "all.onnx", inputs=tmp_path / "cal.npz", min_cosine=-1)
+    least = float(every.notes[0].split("least output cosine ")[1].split()[0])
+    assert "kept in float" not in every.notes[0] and least < 0.99999
+    goal = (least + 0.9999) / 2  # between all-integer and the weights alone (0.99990)
+    some = qpack.export(qpk, "onnx-int8", tmp_path / "some.onnx", inputs=tmp_path / "cal.npz", min_cosine=goal)
+    back = int(some.notes[0].split(" kept in float for the outputs' cosine")[0].rsplit("; ", 1)[1])
+    assert back in (1, 2) and float(some.notes[0].split("least output cosine ")[1].split()[0]) >= goal, some.notes
+    ops = _fused_ops(tmp_path / "some.onnx", tmp_path)
+    assert ops["QGemm"] + ops["QLinearMatMul"] + ops["MatMulIntegerToFloat"] == 2 - back, ops

@@ -10,6 +10,7 @@ histograms: one pass for each tensor's extremes, a second for 2,048-bin histogra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ class Range:
 
     low: float
     high: float
+    sqnr_db: float = math.inf  # the activation's energy over its expected error at this range (rounding and clipping)
 
     @property
     def scale(self) -> float:
@@ -124,7 +126,7 @@ def ranges(model: Path, names: list[str], inputs: Inputs, method: str) -> dict[s
                     lows[n], highs[n] = min(lows[n], float(x.min())), max(highs[n], float(x.max()))
         edges = {n: np.linspace(min(lows[n], 0.0), max(highs[n], 0.0), BINS + 1) for n in names if np.isfinite(lows[n])}
         hists = {n: np.zeros(BINS, np.int64) for n in edges}
-        if method != "minmax":
+        if edges:  # every method reports each range's SQNR from the histograms
             for outs in _batches(session, inputs, names):
                 for n, x in zip(names, outs):
                     if n in hists and x.size:
@@ -137,5 +139,16 @@ def ranges(model: Path, names: list[str], inputs: Inputs, method: str) -> dict[s
             out[n] = Range(0.0, 0.0)
             continue
         lo, hi = METHODS[method](hists[n], edges[n])
-        out[n] = Range(min(lo, 0.0), max(hi, 0.0))
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        out[n] = Range(lo, hi, _sqnr_db(hists[n], edges[n], lo, hi))
     return out
+
+
+def _sqnr_db(hist: NDArray[np.int64], edges: NDArray[np.float64], lo: float, hi: float) -> float:
+    """The histogram's energy over its expected error quantized to LEVELS steps on [lo, hi]."""
+    centers = (edges[:-1] + edges[1:]) / 2
+    step = (hi - lo) / LEVELS if hi > lo else 0.0
+    outside = np.where(centers < lo, centers - lo, np.where(centers > hi, centers - hi, 0.0))
+    err = float((hist * outside**2).sum() + hist.sum() * step**2 / 12)
+    signal = float((hist * centers**2).sum())
+    return 10 * math.log10(signal / err) if err > 0 and signal > 0 else math.inf

@@ -47,6 +47,7 @@ class Calibration:
 
     load: Callable[[Path], Inputs]
     method: str  # a key of calibrate.METHODS
+    min_cosine: float = -1.0  # the least output cosine on the inputs the integer nodes must keep (-1: any)
 
 
 @dataclass
@@ -156,18 +157,15 @@ class _Rewriter:
 
 
 def export_onnx_int8(reader: QpkReader, out: Path, notes: list[str], calibration: Calibration | None = None) -> list[Path]:
-    """Write the container's model with its Conv, MatMul and Gemm nodes in integers, activations calibrated on inputs."""
+    """Write the container's model with its Conv, MatMul and Gemm nodes in integers, activations calibrated on
+    inputs; where the outputs then fall below `calibration.min_cosine` on them, the nodes whose activations
+    quantize worst go back to float (a bisection over how many), so what is integer keeps the goal."""
     from qpack.converter.convert import restore
     from qpack.formats.atomic import scratch_folder
 
     if calibration is None:
         raise UnsupportedError("--to onnx-int8 calibrates activation ranges: give --inputs, --images or --dataset")
-    model, at = load_skeleton(reader, [e.key for e in reader.entries])
-    by_key = {e.key: onnx_qdq.plan(reader, e) for e in reader.entries}
-    opset, why = onnx_qdq.requirement(list(by_key.values()))
-    at = raise_opset(model, max(opset, _OPSET_PER_AXIS), at, why or "per-axis DequantizeLinear")
-    consts = {s.value: s for s in at.values() if s.scope == ""}
-    plans = {at[k].value: p for k, p in by_key.items() if at[k].scope == ""}
+    model, _, _, plans, consts = _prepared(reader)
     chosen, skipped = _int_nodes(model, plans, consts)
     after = _pairs_after(model, chosen)
     paired = set(after.values())
@@ -177,28 +175,75 @@ def export_onnx_int8(reader: QpkReader, out: Path, notes: list[str], calibration
         restore(reader.path, float_model)
         inputs = calibration.load(float_model)
         acts = ranges(float_model, act_names, inputs, calibration.method) if act_names else {}
-        widened = _rewrite(model, chosen, acts, after)
-        int_weights = {n.node.input[1] for n in chosen}
-        edits, names = Edits(), Names(model)
-        for key, p in by_key.items():
-            if at[key].value in int_weights and p.form is not None:
-                # the integer kernels take int8 (narrower codes widen), with explicit zero points (QGemm's fusion asks)
-                p = replace(p, qtype=INT8, form=replace(p.form, zero_point=p.form.zero_points()))
-            onnx_qdq.apply(p, at[key], edits, names, reader)
-        read = {i for nd in model.graph.node for i in nd.input}
-        outputs = {o.name for o in model.graph.output}
-        for site in consts.values():  # float biases now stored as int32, read by no node
-            if site.key not in by_key and site.value not in read and site.value not in outputs:
-                edits.remove(site)
-        edits.apply()
-        if widened:
-            notes.append(f"{widened} weight{'s' if widened > 1 else ''} of integer nodes stored as INT8 (narrower codes widened)")
-        notes.extend(onnx_qdq.notes_for(list(by_key.values())))
-        written = onnx_qdq.finish(model, {}, out)
-        notes.insert(0, _summary(chosen, skipped, calibration.method, inputs.count)
-                     + f"; least output cosine {_fidelity(float_model, out, inputs):.6f} on the calibration inputs, "
-                       "against the container's float values")
+
+        def harm(n: _IntNode) -> float:  # the worse-quantized activation around the node, in dB
+            values = [n.node.input[0], after.get(id(n.node), "")]
+            return min((acts[v].sqnr_db for v in values if v in acts), default=np.inf)
+
+        order = sorted(range(len(chosen)), key=lambda i: harm(chosen[i]))  # the first go back to float first
+        trial = Path(tmp) / "trial.onnx"
+        tried: dict[int, float] = {}
+
+        def cosine(k: int) -> float:
+            if k not in tried:
+                _build(reader, set(order[k:]), acts, trial, [])
+                tried[k] = _fidelity(float_model, trial, inputs)
+            return tried[k]
+
+        k = 0
+        if cosine(0) < calibration.min_cosine and chosen:
+            low, high = 0, len(chosen)  # cosine(low) misses; find the fewest back in float that meet it
+            if cosine(high) >= calibration.min_cosine:
+                while high - low > 1:
+                    mid = (low + high) // 2
+                    low, high = (low, mid) if cosine(mid) >= calibration.min_cosine else (mid, high)
+                k = high
+            else:  # the weights alone miss it: floats would buy nothing
+                notes.append(f"with every node in float the outputs keep {cosine(high):.6f} on these inputs, below "
+                             f"--min-cosine {calibration.min_cosine:g}: the weights' own error; every integer node kept")
+        kept = set(order[k:])
+        written = _build(reader, kept, acts, out, notes)
+        notes.insert(0, _summary([chosen[i] for i in sorted(kept)], skipped, calibration.method, inputs.count, k)
+                     + f"; least output cosine {cosine(k):.6f} on the calibration inputs, against the container's float values")
     return written
+
+
+def _prepared(reader: QpkReader) -> tuple[ModelProto, dict[str, Site], dict[str, onnx_qdq.QdqPlan],
+                                          dict[str, onnx_qdq.QdqPlan], dict[str, Site]]:
+    """The stored graph at an opset with per-axis DequantizeLinear: the model, every constant's site
+    by key, each stored tensor's plan by key, the main graph's plans by value and its constants by value."""
+    model, at = load_skeleton(reader, [e.key for e in reader.entries])
+    by_key = {e.key: onnx_qdq.plan(reader, e) for e in reader.entries}
+    opset, why = onnx_qdq.requirement(list(by_key.values()))
+    at = raise_opset(model, max(opset, _OPSET_PER_AXIS), at, why or "per-axis DequantizeLinear")
+    plans = {at[k].value: p for k, p in by_key.items() if at[k].scope == ""}
+    consts = {s.value: s for s in at.values() if s.scope == ""}
+    return model, at, by_key, plans, consts
+
+
+def _build(reader: QpkReader, kept: set[int], acts: dict[str, Range], out: Path, notes: list[str]) -> list[Path]:
+    """Write the model with the integer candidates numbered in `kept` (in _int_nodes' order) made integer."""
+    model, at, by_key, plans, consts = _prepared(reader)
+    candidates, _ = _int_nodes(model, plans, consts)
+    chosen = [n for i, n in enumerate(candidates) if i in kept]
+    widened = _rewrite(model, chosen, acts, _pairs_after(model, chosen))
+    int_weights = {n.node.input[1] for n in chosen}
+    edits, names = Edits(), Names(model)
+    for key, p in by_key.items():
+        if at[key].value in int_weights and p.form is not None:
+            # the integer kernels take int8 (narrower codes widen), with explicit zero points (QGemm's fusion asks)
+            p = replace(p, qtype=INT8, form=replace(p.form, zero_point=p.form.zero_points()))
+        onnx_qdq.apply(p, at[key], edits, names, reader)
+    read = {i for nd in model.graph.node for i in nd.input}
+    outputs = {o.name for o in model.graph.output}
+    for site in consts.values():  # float biases now stored as int32, read by no node
+        if site.key not in by_key and site.value not in read and site.value not in outputs:
+            edits.remove(site)
+    edits.apply()
+    if widened:
+        notes.append(f"{widened} weight{'s' if widened > 1 else ''} of integer nodes stored as INT8 (narrower codes widened)")
+    notes.extend(onnx_qdq.notes_for(list(by_key.values())))
+    return onnx_qdq.finish(model, {}, out)
 
 
 def _pairs_after(model: ModelProto, chosen: list[_IntNode]) -> dict[int, str]:
@@ -261,10 +306,12 @@ def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], 
     return sum(n.weight.qtype is not None and n.weight.qtype.name != "INT8" for n in chosen)
 
 
-def _summary(chosen: list[_IntNode], skipped: Counter[str], method: str, count: int) -> str:
+def _summary(chosen: list[_IntNode], skipped: Counter[str], method: str, count: int, back: int) -> str:
     ops = Counter(n.node.op_type for n in chosen)
     ran = ", ".join(f"{k} {v}" for k, v in sorted(ops.items())) or "none"
     out = f"integer nodes ({method} ranges on {count} inputs): {ran}"
+    if back:
+        out += f"; {back} kept in float for the outputs' cosine (their activations quantize worst)"
     if skipped:
         out += "; float: " + ", ".join(f"{v} {k}" for k, v in sorted(skipped.items()))
     return out
