@@ -169,3 +169,30 @@ def test_nodes_go_back_to_float_until_the_cosine_holds(tmp_path: Path):
     assert back in (1, 2) and float(some.notes[0].split("least output cosine ")[1].split()[0]) >= goal, some.notes
     ops = _fused_ops(tmp_path / "some.onnx", tmp_path)
     assert ops["QGemm"] + ops["QLinearMatMul"] + ops["MatMulIntegerToFloat"] == 2 - back, ops
+
+
+def test_a_bias_a_subgraph_reads_stays(tmp_path: Path):
+    """The float bias of an integer Gemm is stored as int32; where an If branch reads it too (subgraphs
+    see outer values), the float one stays for it."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((8, 16)) * 0.3).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b")
+    branch = helper.make_graph([helper.make_node("Add", ["h", "b"], ["o"])], "then", [],
+                               [helper.make_tensor_value_info("o", TensorProto.FLOAT, [None, 8])])
+    other = helper.make_graph([helper.make_node("Identity", ["h"], ["o2"])], "else", [],
+                              [helper.make_tensor_value_info("o2", TensorProto.FLOAT, [None, 8])])
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=1), helper.make_node("Tanh", ["g"], ["h"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=other)]
+    graph = helper.make_graph(nodes, "if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16]),
+                                            helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "if.onnx")
+    np.savez(tmp_path / "cal.npz", x=rng.standard_normal((8, 16)).astype(np.float32), cond=np.array(True))
+    qpk = tmp_path / "if.qpk"
+    qpack.convert(tmp_path / "if.onnx", qpk, target="onnx-int8", compress="none")
+    done = qpack.export(qpk, "onnx-int8", tmp_path / "if_int8.onnx", inputs=tmp_path / "cal.npz", min_cosine=-1)
+    assert done.notes[0].startswith("integer nodes (mse ranges on 8 inputs): Gemm 1")
+    out = _session(tmp_path / "if_int8.onnx").run(None, {"x": np.ones((1, 16), np.float32), "cond": np.array(True)})[0]
+    assert np.isfinite(out).all()

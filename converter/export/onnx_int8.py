@@ -31,7 +31,7 @@ from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 from qpack.converter.datasets import Inputs
 from qpack.converter.export import onnx_qdq
 from qpack.converter.export.calibrate import Range, ranges
-from qpack.converter.export.onnx_graph import Edits, Names, Site, load_skeleton, raise_opset, raw_tensor
+from qpack.converter.export.onnx_graph import Edits, Names, Site, load_skeleton, raise_opset, raw_tensor, walk_graphs
 from qpack.formats.errors import UnsupportedError
 from qpack.formats.qpk import QpkReader
 
@@ -234,7 +234,7 @@ def _build(reader: QpkReader, kept: set[int], acts: dict[str, Range], out: Path,
             # the integer kernels take int8 (narrower codes widen), with explicit zero points (QGemm's fusion asks)
             p = replace(p, qtype=INT8, form=replace(p.form, zero_point=p.form.zero_points()))
         onnx_qdq.apply(p, at[key], edits, names, reader)
-    read = {i for nd in model.graph.node for i in nd.input}
+    read = {i for _, g in walk_graphs(model.graph) for nd in g.node for i in nd.input}  # subgraphs read outer values too
     outputs = {o.name for o in model.graph.output}
     for site in consts.values():  # float biases now stored as int32, read by no node
         if site.key not in by_key and site.value not in read and site.value not in outputs:
