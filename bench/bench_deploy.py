@@ -242,8 +242,8 @@ def export(m: Model, qpk: Path, target: str, work: Path) -> Export:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     out = work / (target if target in FIRMWARE else f"model.{m.fmt}")
-    try:
-        result = qpack.export(qpk, target, out)
+    try:  # a full-integer target calibrates on the tune draw, as convert's goal tuned on it
+        result = qpack.export(qpk, target, out, **({"inputs": m.tune} if TARGETS[target].calibrated else {}))
     except QpackError as e:
         done.error = f"export: {e}"
         return done
