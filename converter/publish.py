@@ -42,10 +42,11 @@ def _take(trial: Path, pending: Path) -> None:
         shutil.copyfile(trial, pending)
 
 
-def made_for(qpk: Path, to: str, shown: Path) -> dict[str, Any]:
+def made_for(qpk: Path, to: str, shown: Path, inputs: Inputs | None = None) -> dict[str, Any]:
     """The export a file made `--for` a target gets, written to a scratch folder before the file is put in
     place: it must store every tensor as the container does. Returns its measured bytes (a model file;
-    firmware sources are text, so their flash stays the estimate) and notes.
+    firmware sources are text, so their flash stays the estimate) and notes. A target that calibrates on
+    inputs is exported with the goal's `inputs` (at the API's defaults), without them not at all.
 
     Raises:
         QpackError: the target cannot run the file as made (a defect: --for allocates only what it runs).
@@ -54,12 +55,19 @@ def made_for(qpk: Path, to: str, shown: Path) -> dict[str, Any]:
     with QpkReader(qpk) as q:
         if n := t.widened(q):
             raise QpackError(f"{shown}: made --for {to}, but {n} of its tensors are not stored as {to} runs them")
-    if t.calibrated:  # it runs the model on calibration inputs, which convert does not have: its bytes stay the estimate
-        return {}
+    calibration = None
+    if t.calibrated:
+        if inputs is None:  # no inputs to calibrate on: its bytes stay the estimate
+            return {}
+        from qpack.converter.api import CALIBRATION, KEEP_COSINE
+        from qpack.converter.export.onnx_int8 import Calibration
+
+        given = inputs
+        calibration = Calibration(lambda _: given, CALIBRATION, KEEP_COSINE)
     with scratch_folder("qpack-export-") as tmp:
         out = Path(tmp) / (shown.with_suffix("." + t.formats[0]).name if t.graph else "sources")
         try:
-            files, notes = export(qpk, to, out)
+            files, notes = export(qpk, to, out, calibration)
         except QpackError as e:
             raise type(e)(f"{shown}: made --for {to}, but its export fails: {e}") from e
         got: dict[str, Any] = {"notes": notes}
@@ -80,15 +88,15 @@ def publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget
         raise OptionError(f"{target}: output would overwrite the input")
     prepare_parent(target)  # before any work, and naming the path the user gave
     if goal is None or not goal.any:
-        return _publish(src, policy, target, codec, budget, compressors, progress, compress_progress, None)
+        return _publish(src, policy, target, codec, budget, compressors, progress, compress_progress, None, inputs)
     with scratch_folder("qpack-allocate-") as tmp:  # trials; the last may be shipped from here
         found = allocate(src, policy, goal, codec, tmp, src.path, inputs, log, progress)
-        return _publish(src, found.policy, target, codec, budget, compressors, progress, compress_progress, found)
+        return _publish(src, found.policy, target, codec, budget, compressors, progress, compress_progress, found, inputs)
 
 
 def _publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget: Budget, compressors: tuple[str, ...],
              progress: Callable[[int, int], None] | None, compress_progress: Callable[[str], None] | None,
-             found: Allocation | None) -> Published:
+             found: Allocation | None, inputs: Inputs | None = None) -> Published:
     allocation = found.summary if found else None
     pending = pending_path(target)
     sweep_stale(target)
@@ -112,7 +120,7 @@ def _publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budge
         with QpkReader(pending) as q:  # where the file can go: what each export target would widen, and its bytes
             report["exports"] = fit(q)
         if policy.target != QPK:
-            report["exports"][policy.target].update(made_for(pending, policy.target, target))
+            report["exports"][policy.target].update(made_for(pending, policy.target, target, inputs))
         sizes = report["sizes"]
         try:
             budget.check(sizes["qpk_bytes"], sizes["bits_per_weight"], sizes["sqnr_db"], floats_known=True)

@@ -177,3 +177,14 @@ def test_export_to_another_target_says_what_it_widens(sample: Path, tmp_path: Pa
 def test_every_target_is_a_choice_of_for():
     r = runner.invoke(app, ["convert", "--help"], env={"COLUMNS": "200"})
     assert "--for" in r.output and all(t in r.output for t in ("qpk", *TARGETS))
+
+
+def test_a_fidelity_goal_for_a_calibrated_target_measures_its_export(sample: Path, tmp_path: Path):
+    """--for onnx-int8 with a fidelity goal: convert calibrates the trial export on the goal's inputs, so the
+    bytes it reports are those `export --to onnx-int8` on the same inputs writes."""
+    data = qpack.load_inputs(sample, dataset="digits")
+    qpk, report = _made_for(sample, "onnx-int8", tmp_path, min_cosine=0.99, inputs=data)
+    assert report["exports"]["onnx-int8"]["measured"]
+    out = tmp_path / "int8.onnx"
+    qpack.export(qpk, "onnx-int8", out, inputs=data)
+    assert out.stat().st_size == report["exports"]["onnx-int8"]["bytes"]

@@ -135,7 +135,7 @@ register_target(Target("onnx-int8", "qpack.converter.export.onnx_int8", "export_
                        "full-integer ONNX: int8 weights and uint8 activations calibrated on --inputs, so onnxruntime runs "
                        "QLinearConv/QLinearMatMul/QGemm; the rest as onnx-qdq",
                        Native(widths=(8,), signed=True, groupings=("tensor", "channel"), scale_bytes=4, zero_point_bits=8,
-                              zero_points=True, overhead=(300, 4)),
+                              zero_points=True, overhead=(900, 4)),
                        calibrated=True))
 register_target(Target("tflite", "qpack.converter.export.tflite_int", "export_tflite", ("tflite",),
                        "TFLite with int8/int4 weights: hybrid kernels where they apply, DEQUANTIZE elsewhere", _TFLITE))
