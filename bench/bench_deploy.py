@@ -262,7 +262,7 @@ def export(m: Model, qpk: Path, target: str, work: Path) -> Export:
 
 
 # the exporters' notes that say a tensor is stored otherwise than the container holds it
-WIDENING = re.compile(r"stored as|float values|widened|rounded|hold them packed|otherwise than")
+WIDENING = re.compile(r"stored as|exact float values|widened|rounded|hold them packed|otherwise than")
 
 
 def widens(e: Export) -> bool:
