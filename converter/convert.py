@@ -28,9 +28,21 @@ from qpack.converter.quant import get_quantizer
 from qpack.converter.quant.stream import Quantized, check_finite, quantize_stream
 from qpack.formats.atomic import prepare_parent
 from qpack.formats.model import SourceModel, Weight
-from qpack.formats.qpk import RAW, ZSTD, BlobKind, Codec, CodeContext, Grouping, QpkReader, QpkWriter, TensorEntry, encode, unpack
+from qpack.formats.qpk import (
+    RAW,
+    ZSTD,
+    BlobKind,
+    Codec,
+    CodeContext,
+    Grouping,
+    QpkReader,
+    QpkWriter,
+    TensorEntry,
+    encode,
+    unpack,
+    zeroed_bytes,
+)
 from qpack.formats.qpk import meta as qpk_meta
-from qpack.formats.qpk.spec import DTYPE_SIZES
 from qpack.formats.registry import adapter
 
 T = TypeVar("T")
@@ -228,11 +240,6 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
         result.graph_bytes = writer.blob(graph).length
         result.size = writer.write(out, meta)
     return result
-
-
-def zeroed_bytes(entries: list[TensorEntry]) -> int:
-    """The quantized tensors' bytes in their own dtype: what a graph blob may hold as zeros."""
-    return sum(e.count * DTYPE_SIZES[e.dtype] for e in entries)
 
 
 def quantize_weight(w: Weight, scheme: str, bits: int, grouping: Grouping | int | None,

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from qpack.converter.export import QPK, Native, Target, target_named
+from qpack.converter.export import QPK, Native, Stored, Target, target_named
 from qpack.converter.policy import Policy
 from qpack.formats.errors import OptionError
 from qpack.formats.qpk import SCHEMES, Grouping, label_of, scheme_spec
@@ -98,14 +98,16 @@ def priced(policy: Policy, codec: str) -> tuple[Callable[[Any], int], Callable[[
     t = target_named(policy.target)
     if t is None:
         return None
-    n = t.native
+    def tensors(result: Any) -> list[Stored]:
+        return [Stored(s.scheme, s.bits, s.shape, Grouping(s.axis, s.block), s.stored_bytes, s.param_bytes, codec, s.name, s.key)
+                for s in result.tensors]
 
     def stored(result: Any) -> int:
-        return sum(n.price(s.scheme, s.bits, s.shape, Grouping(s.axis, s.block), s.stored_bytes, s.param_bytes, codec)
-                   for s in result.tensors)
+        return sum(t.native.price(s.scheme, s.bits, s.shape, s.grouping, s.code_bytes, s.param_bytes, s.codec)
+                   for s in tensors(result))
 
     def size(result: Any) -> int:
-        return (result.skeleton_bytes if t.graph else 0) + stored(result) + sum(n.extra(s.name, s.key) for s in result.tensors)
+        return t.size(result.skeleton_bytes, tensors(result))
 
     return stored, size
 

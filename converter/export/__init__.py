@@ -9,15 +9,14 @@ no widening; anything else it exports widened to its nearest exact form, or refu
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from qpack.converter.export.native import GROUPINGS, Native
 from qpack.formats.errors import OptionError
-from qpack.formats.qpk import CODECS, QpkReader
-from qpack.formats.qpk.spec import DTYPE_SIZES
+from qpack.formats.qpk import CODECS, Grouping, QpkReader, zeroed_bytes
 from qpack.formats.registry import a_model, adapter
 
 Exporter = Callable[[QpkReader, Path, list[str]], list[Path]]
@@ -38,20 +37,36 @@ class Target:
         """How many of the container's tensors this target does not run as stored (widened, decoded or refused)."""
         return sum(not self.native.runs(e, c) for e, c in zip(reader.entries, _codecs(reader)))
 
-    def predict(self, reader: QpkReader, graph: int | None = None) -> int:
-        """The bytes the export of `reader` takes (an estimate: the graph, `graph` bytes if known, and
-        each tensor as `native` prices it)."""
-        total = self.native.base
-        if self.graph:  # the skeleton, without the zeros that hold the quantized tensors' places
-            total = len(reader.graph()) if graph is None else graph
-            if adapter(reader.format).zeroed:
-                total -= sum(e.count * DTYPE_SIZES.get(e.dtype, 0) for e in reader.entries)
-        for e, c in zip(reader.entries, _codecs(reader)):
-            blobs = reader.blobs
-            stored = self.native.price(e.scheme, e.bits, e.shape, e.grouping, blobs[e.codes].length,
-                                       sum(blobs[i].length for i in e.params.values()), c)
-            total += stored + self.native.extra(e.name, e.key)
-        return total
+    def size(self, skeleton: int, tensors: Iterable[Stored]) -> int:
+        """The bytes of an export (an estimate): its own, the graph where it carries one (`skeleton`: the
+        graph's bytes before compression, less any zeros in the quantized tensors' places), and each
+        tensor as `native` prices it, with what it adds beside its data."""
+        n = self.native
+        return n.base + (skeleton if self.graph else 0) + sum(
+            n.price(t.scheme, t.bits, t.shape, t.grouping, t.code_bytes, t.param_bytes, t.codec) + n.extra(t.name, t.key)
+            for t in tensors)
+
+    def predict(self, reader: QpkReader) -> int:
+        """The bytes the export of `reader` takes (an estimate, see size)."""
+        skeleton = reader.blobs[reader.graph_index].raw_length - (zeroed_bytes(reader.entries) if adapter(reader.format).zeroed else 0)
+        blobs = reader.blobs
+        return self.size(skeleton, (Stored(e.scheme, e.bits, e.shape, e.grouping, blobs[e.codes].length,
+                                           sum(blobs[i].length for i in e.params.values()), c, e.name, e.key)
+                                    for e, c in zip(reader.entries, _codecs(reader))))
+
+
+class Stored(NamedTuple):
+    """One tensor as a target prices it: its setting, the container's bytes for it, its codec and names."""
+
+    scheme: str
+    bits: int
+    shape: tuple[int, ...]
+    grouping: Grouping
+    code_bytes: int
+    param_bytes: int
+    codec: str
+    name: str
+    key: str
 
 
 TARGETS: dict[str, Target] = {}
@@ -111,8 +126,7 @@ def fit(reader: QpkReader) -> dict[str, dict[str, Any]]:
     """For each target that takes the container's source format: how many of its tensors it does not
     run natively (`widened`, 0: the export stores every tensor as the container does) and the bytes
     its export takes (`bytes`, an estimate)."""
-    graph = len(reader.graph())
-    return {t.name: {"widened": t.widened(reader), "bytes": t.predict(reader, graph)}
+    return {t.name: {"widened": t.widened(reader), "bytes": t.predict(reader)}
             for t in TARGETS.values() if reader.format in t.formats}
 
 
@@ -148,4 +162,4 @@ register_target(Target("c-coded", "qpack.converter.export.c", "export_c_coded", 
                        "as c, with entropy-coded (ans) codes kept as streams: the container's flash, qpk_unpack into RAM",
                        replace(_C, codecs=("raw", "ans")), graph=False))
 
-__all__ = ["GROUPINGS", "QPK", "TARGETS", "Native", "Target", "export", "fit", "register_target", "target_named"]
+__all__ = ["GROUPINGS", "QPK", "TARGETS", "Native", "Stored", "Target", "export", "fit", "register_target", "target_named"]

@@ -11,6 +11,7 @@ from qpack.formats.qpk.codecs import CodeContext
 from qpack.formats.qpk.grouping import Grouping
 from qpack.formats.qpk.schemes import SCHEMES
 from qpack.formats.qpk.spec import (
+    DTYPE_SIZES,
     ENTRY_KEY_MINORS,
     FLOAT_DTYPES,
     MAX_DIM,
@@ -212,6 +213,11 @@ class TensorEntry:
         role = m.get("role", "")
         return cls(name, key, tuple(shape), str(dtype), role if isinstance(role, str) else "", str(scheme), bits, Grouping(axis, block),
                    codes, params, param_dtypes)
+
+
+def zeroed_bytes(entries: Iterable[TensorEntry]) -> int:
+    """The quantized tensors' bytes in their own dtype: what a graph blob may hold as zeros."""
+    return sum(e.count * DTYPE_SIZES[e.dtype] for e in entries)
 
 
 def parse_tensors(rows: Any) -> list[TensorEntry]:
