@@ -59,17 +59,19 @@ def _percentile(hist: NDArray[np.int64], edges: NDArray[np.float64]) -> tuple[fl
 def _mse(hist: NDArray[np.int64], edges: NDArray[np.float64]) -> tuple[float, float]:
     """The clip [lo, hi] (both ends shrunk together toward 0, 64 candidates) with the least expected
     squared error: rounding noise step^2 / 12 inside, the distance to the end outside."""
-    centers = (edges[:-1] + edges[1:]) / 2
     lo0, hi0 = float(edges[0]), float(edges[-1])
-    best, best_err = (lo0, hi0), np.inf
-    for f in np.linspace(1.0, 0.05, 64):
-        lo, hi = min(lo0 * f, 0.0), max(hi0 * f, 0.0)
-        step = (hi - lo) / LEVELS if hi > lo else 1.0
-        outside = np.where(centers < lo, centers - lo, np.where(centers > hi, centers - hi, 0.0))
-        err = float((hist * (outside**2)).sum() + hist[(centers >= lo) & (centers <= hi)].sum() * step**2 / 12)
-        if err < best_err:
-            best, best_err = (lo, hi), err
-    return best
+    clips = [(min(lo0 * f, 0.0), max(hi0 * f, 0.0)) for f in np.linspace(1.0, 0.05, 64)]
+    return min(clips, key=lambda c: _error(hist, edges, *c))
+
+
+def _error(hist: NDArray[np.int64], edges: NDArray[np.float64], lo: float, hi: float) -> float:
+    """The histogram's expected squared error quantized to LEVELS steps on [lo, hi]: rounding noise
+    step^2 / 12 for the values inside, the distance to the nearer end for those outside."""
+    centers = (edges[:-1] + edges[1:]) / 2
+    step = (hi - lo) / LEVELS if hi > lo else 0.0
+    outside = np.where(centers < lo, centers - lo, np.where(centers > hi, centers - hi, 0.0))
+    inside = (centers >= lo) & (centers <= hi)
+    return float((hist * outside**2).sum() + hist[inside].sum() * step**2 / 12)
 
 
 METHODS: dict[str, Callable[[NDArray[np.int64], NDArray[np.float64]], tuple[float, float]]] = {
@@ -146,9 +148,6 @@ def ranges(model: Path, names: list[str], inputs: Inputs, method: str) -> dict[s
 
 def _sqnr_db(hist: NDArray[np.int64], edges: NDArray[np.float64], lo: float, hi: float) -> float:
     """The histogram's energy over its expected error quantized to LEVELS steps on [lo, hi]."""
-    centers = (edges[:-1] + edges[1:]) / 2
-    step = (hi - lo) / LEVELS if hi > lo else 0.0
-    outside = np.where(centers < lo, centers - lo, np.where(centers > hi, centers - hi, 0.0))
-    err = float((hist * outside**2).sum() + hist.sum() * step**2 / 12)
-    signal = float((hist * centers**2).sum())
+    err = _error(hist, edges, lo, hi)
+    signal = float((hist * ((edges[:-1] + edges[1:]) / 2) ** 2).sum())
     return 10 * math.log10(signal / err) if err > 0 and signal > 0 else math.inf
