@@ -33,6 +33,7 @@ from qpack.converter.export import onnx_qdq
 from qpack.converter.export.calibrate import Range, ranges
 from qpack.converter.export.onnx_graph import Edits, Names, Site, load_skeleton, raise_opset, raw_tensor, walk_graphs
 from qpack.formats.errors import UnsupportedError
+from qpack.formats.onnx_keys import walk_sites
 from qpack.formats.qpk import QpkReader
 
 INT8 = next(t for t in onnx_qdq.SIGNED if t.name == "INT8")
@@ -118,8 +119,8 @@ def _scalar(name: str, data_type: int, value: np.generic) -> TensorProto:
 class _Rewriter:
     """Activation QuantizeLinear/DequantizeLinear pairs and int32 biases around the integer nodes."""
 
-    def __init__(self, model: ModelProto, names: Names, acts: dict[str, Range]) -> None:
-        self.graph, self.names, self.acts = model.graph, names, acts
+    def __init__(self, names: Names, acts: dict[str, Range]) -> None:
+        self.names, self.acts = names, acts
         self.inits: list[TensorProto] = []
         self.params: dict[str, tuple[str, str]] = {}  # activation -> its scale and zero point initializers
 
@@ -169,7 +170,8 @@ def export_onnx_int8(reader: QpkReader, out: Path, notes: list[str], calibration
 
     if calibration is None:
         raise UnsupportedError("--to onnx-int8 calibrates activation ranges: give --inputs, --images or --dataset")
-    model, _, _, plans, consts = _prepared(reader)
+    base = _Base.of(reader)
+    model, _, plans, consts = base.copy()
     chosen, skipped = _int_nodes(model, plans, consts)
     after = _pairs_after(model, chosen)
     paired = set(after.values())
@@ -190,7 +192,7 @@ def export_onnx_int8(reader: QpkReader, out: Path, notes: list[str], calibration
 
         def cosine(k: int) -> float:
             if k not in tried:
-                _build(reader, set(order[k:]), acts, trial, [])
+                _build(reader, base, set(order[k:]), acts, trial, [])
                 tried[k] = _fidelity(float_model, trial, inputs)
             return tried[k]
 
@@ -208,28 +210,43 @@ def export_onnx_int8(reader: QpkReader, out: Path, notes: list[str], calibration
                              f"{floor:.6g} (--min-cosine {calibration.min_cosine:g} with a margin for other inputs): "
                              "the weights' own error; every integer node kept")
         kept = set(order[k:])
-        written = _build(reader, kept, acts, out, notes)
+        written = _build(reader, base, kept, acts, out, notes)
         notes.insert(0, _summary([chosen[i] for i in sorted(kept)], skipped, calibration.method, inputs.count, k)
                      + f"; least output cosine {cosine(k):.6f} on the calibration inputs, against the container's float values")
     return written
 
 
-def _prepared(reader: QpkReader) -> tuple[ModelProto, dict[str, Site], dict[str, onnx_qdq.QdqPlan],
-                                          dict[str, onnx_qdq.QdqPlan], dict[str, Site]]:
-    """The stored graph at an opset with per-axis DequantizeLinear: the model, every constant's site
-    by key, each stored tensor's plan by key, the main graph's plans by value and its constants by value."""
-    model, at = load_skeleton(reader, [e.key for e in reader.entries])
-    by_key = {e.key: onnx_qdq.plan(reader, e) for e in reader.entries}
-    opset, why = onnx_qdq.requirement(list(by_key.values()))
-    at = raise_opset(model, max(opset, _OPSET_PER_AXIS), at, why or "per-axis DequantizeLinear")
-    plans = {at[k].value: p for k, p in by_key.items() if at[k].scope == ""}
-    consts = {s.value: s for s in at.values() if s.scope == ""}
-    return model, at, by_key, plans, consts
+@dataclass
+class _Base:
+    """The stored graph at an opset with per-axis DequantizeLinear, and each stored tensor's plan by key:
+    made once (the opset move and the plans' exactness checks cost the most), copied for each trial."""
+
+    model: ModelProto  # never edited
+    at: dict[str, Site]  # every constant's site in it, by container key
+    by_key: dict[str, onnx_qdq.QdqPlan]
+
+    @classmethod
+    def of(cls, reader: QpkReader) -> _Base:
+        model, at = load_skeleton(reader, [e.key for e in reader.entries])
+        by_key = {e.key: onnx_qdq.plan(reader, e) for e in reader.entries}
+        opset, why = onnx_qdq.requirement(list(by_key.values()))
+        return cls(model, raise_opset(model, max(opset, _OPSET_PER_AXIS), at, why or "per-axis DequantizeLinear"), by_key)
+
+    def copy(self) -> tuple[ModelProto, dict[str, Site], dict[str, onnx_qdq.QdqPlan], dict[str, Site]]:
+        """A copy to edit: the model, its sites by key, the main graph's plans and constants by value."""
+        model = ModelProto()
+        model.CopyFrom(self.model)
+        found = {(s.scope, s.value, s.node is None): s for s in walk_sites(model.graph)}  # the same places in the copy
+        at = {k: found[(s.scope, s.value, s.node is None)] for k, s in self.at.items()}
+        plans = {at[k].value: p for k, p in self.by_key.items() if at[k].scope == ""}
+        consts = {s.value: s for s in at.values() if s.scope == ""}
+        return model, at, plans, consts
 
 
-def _build(reader: QpkReader, kept: set[int], acts: dict[str, Range], out: Path, notes: list[str]) -> list[Path]:
+def _build(reader: QpkReader, base: _Base, kept: set[int], acts: dict[str, Range], out: Path, notes: list[str]) -> list[Path]:
     """Write the model with the integer candidates numbered in `kept` (in _int_nodes' order) made integer."""
-    model, at, by_key, plans, consts = _prepared(reader)
+    model, at, plans, consts = base.copy()
+    by_key = base.by_key
     candidates, _ = _int_nodes(model, plans, consts)
     chosen = [n for i, n in enumerate(candidates) if i in kept]
     widened = _rewrite(model, chosen, acts, _pairs_after(model, chosen))
@@ -277,7 +294,7 @@ def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], 
     pairs after the nodes of `after`); returns how many integer nodes' weights are stored narrower
     than int8 (they widen)."""
     names = Names(model)
-    rw = _Rewriter(model, names, acts)
+    rw = _Rewriter(names, acts)
     by_node = {id(n.node): n for n in chosen}
     paired = set(after.values())
     head: list[NodeProto] = []
