@@ -157,7 +157,7 @@ def convert(model: PathLike, output: PathLike | None = None, *, bits: int = 8, s
     dest = Path(output) if output is not None else model.with_suffix(".qpk")
     with closing(open_model(model)) as src:
         done = publish(src, rules, dest, chosen, budget, parse_compressors(compress, src.file_bytes), progress,
-                       compress_progress, goal, data, log)
+                       compress_progress, goal, data, log, _calibration(data))
     if done.broken:
         raise BudgetBroken(str(done.broken), done.report)
     return done.report
@@ -349,6 +349,13 @@ def sweep(model: PathLike, inputs: Inputs | PathLike, output: PathLike | None = 
     if command is not None:
         result["command"] = command
     return result, (write_outputs(result, Path(output)) if output is not None else [])
+
+
+def _calibration(data: Inputs | None) -> Any:
+    """How a file made for a calibrated target is exported at convert: on the goal's inputs, at the defaults."""
+    from qpack.converter.export.onnx_int8 import Calibration
+
+    return None if data is None else Calibration(lambda _: data, CALIBRATION, KEEP_COSINE)
 
 
 def _path(p: PathLike | None) -> Path | None:

@@ -42,11 +42,11 @@ def _take(trial: Path, pending: Path) -> None:
         shutil.copyfile(trial, pending)
 
 
-def made_for(qpk: Path, to: str, shown: Path, inputs: Inputs | None = None) -> dict[str, Any]:
+def made_for(qpk: Path, to: str, shown: Path, calibration: Any = None) -> dict[str, Any]:
     """The export a file made `--for` a target gets, written to a scratch folder before the file is put in
     place: it must store every tensor as the container does. Returns its measured bytes (a model file;
-    firmware sources are text, so their flash stays the estimate) and notes. A target that calibrates on
-    inputs is exported with the goal's `inputs` (at the API's defaults), without them not at all.
+    firmware sources are text, so their flash stays the estimate) and notes. A target that calibrates
+    on inputs is exported with `calibration` (export.onnx_int8.Calibration), without one not at all.
 
     Raises:
         QpackError: the target cannot run the file as made (a defect: --for allocates only what it runs).
@@ -55,19 +55,12 @@ def made_for(qpk: Path, to: str, shown: Path, inputs: Inputs | None = None) -> d
     with QpkReader(qpk) as q:
         if n := t.widened(q):
             raise QpackError(f"{shown}: made --for {to}, but {n} of its tensors are not stored as {to} runs them")
-    calibration = None
-    if t.calibrated:
-        if inputs is None:  # no inputs to calibrate on: its bytes stay the estimate
-            return {}
-        from qpack.converter.api import CALIBRATION, KEEP_COSINE
-        from qpack.converter.export.onnx_int8 import Calibration
-
-        given = inputs
-        calibration = Calibration(lambda _: given, CALIBRATION, KEEP_COSINE)
+    if t.calibrated and calibration is None:  # nothing to calibrate on: its bytes stay the estimate
+        return {}
     with scratch_folder("qpack-export-") as tmp:
         out = Path(tmp) / (shown.with_suffix("." + t.formats[0]).name if t.graph else "sources")
         try:
-            files, notes = export(qpk, to, out, calibration)
+            files, notes = export(qpk, to, out, calibration if t.calibrated else None)
         except QpackError as e:
             raise type(e)(f"{shown}: made --for {to}, but its export fails: {e}") from e
         got: dict[str, Any] = {"notes": notes}
@@ -78,7 +71,8 @@ def made_for(qpk: Path, to: str, shown: Path, inputs: Inputs | None = None) -> d
 
 def publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget: Budget, compressors: tuple[str, ...],
             progress: Callable[[int, int], None] | None = None, compress_progress: Callable[[str], None] | None = None,
-            goal: Goal | None = None, inputs: Inputs | None = None, log: Callable[[str], None] | None = None) -> Published:
+            goal: Goal | None = None, inputs: Inputs | None = None, log: Callable[[str], None] | None = None,
+            calibration: Any = None) -> Published:
     """Convert `src` to `target` and return its size report; on a broken budget `target` is untouched.
 
     With a `goal`, the widths, groupings and clipping of each tensor are allocated first (see
@@ -88,15 +82,15 @@ def publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget
         raise OptionError(f"{target}: output would overwrite the input")
     prepare_parent(target)  # before any work, and naming the path the user gave
     if goal is None or not goal.any:
-        return _publish(src, policy, target, codec, budget, compressors, progress, compress_progress, None, inputs)
+        return _publish(src, policy, target, codec, budget, compressors, progress, compress_progress, None, calibration)
     with scratch_folder("qpack-allocate-") as tmp:  # trials; the last may be shipped from here
         found = allocate(src, policy, goal, codec, tmp, src.path, inputs, log, progress)
-        return _publish(src, found.policy, target, codec, budget, compressors, progress, compress_progress, found, inputs)
+        return _publish(src, found.policy, target, codec, budget, compressors, progress, compress_progress, found, calibration)
 
 
 def _publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budget: Budget, compressors: tuple[str, ...],
              progress: Callable[[int, int], None] | None, compress_progress: Callable[[str], None] | None,
-             found: Allocation | None, inputs: Inputs | None = None) -> Published:
+             found: Allocation | None, calibration: Any = None) -> Published:
     allocation = found.summary if found else None
     pending = pending_path(target)
     sweep_stale(target)
@@ -120,7 +114,7 @@ def _publish(src: SourceModel, policy: Policy, target: Path, codec: Codec, budge
         with QpkReader(pending) as q:  # where the file can go: what each export target would widen, and its bytes
             report["exports"] = fit(q)
         if policy.target != QPK:
-            report["exports"][policy.target].update(made_for(pending, policy.target, target, inputs))
+            report["exports"][policy.target].update(made_for(pending, policy.target, target, calibration))
         sizes = report["sizes"]
         try:
             budget.check(sizes["qpk_bytes"], sizes["bits_per_weight"], sizes["sqnr_db"], floats_known=True)
