@@ -207,7 +207,7 @@ def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLik
     """Export a .qpk to a runtime's format or firmware sources.
 
     Args:
-        to: a name of converter.export.TARGETS (onnx-qdq, onnx-matmulnbits, onnx-int8, tflite, tflite-dequantize, c, c-coded).
+        to: a name of converter.export.TARGETS (onnx-qdq, onnx-matmulnbits, onnx-int8, tflite, tflite-fast, tflite-dequantize, c, c-coded).
         output: the exported model, or the folder of C sources.
         inputs: for a full-integer target (onnx-int8), the calibration inputs: load_inputs(), an .npy/.npz
             path, or a function loading them against the float model it is given.

@@ -99,11 +99,12 @@ def priced(policy: Policy, codec: str) -> tuple[Callable[[Any], int], Callable[[
     if t is None:
         return None
     def tensors(result: Any) -> list[Stored]:
-        return [Stored(s.scheme, s.bits, s.shape, Grouping(s.axis, s.block), s.stored_bytes, s.param_bytes, codec, s.name, s.key)
+        return [Stored(s.scheme, s.bits, s.shape, Grouping(s.axis, s.block), s.stored_bytes, s.param_bytes, codec, s.name, s.key,
+                       s.role)
                 for s in result.tensors]
 
     def stored(result: Any) -> int:
-        return sum(t.native.price(s.scheme, s.bits, s.shape, s.grouping, s.code_bytes, s.param_bytes, s.codec)
+        return sum(t.native.price(s.scheme, s.bits, s.shape, s.grouping, s.code_bytes, s.param_bytes, s.codec, s.role)
                    for s in tensors(result))
 
     def size(result: Any) -> int:

