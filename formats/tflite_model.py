@@ -213,16 +213,28 @@ def _scan_tables(data: bytes | mmap.mmap, where: str, read: Callable[[_Layout], 
                 continue
             tensors_of[b].append((s, t))
             info[(s, t)] = tensor
-            for op, idx, k in consumers.get(t, []):
-                if op == "DEQUANTIZE":  # float16 and int8 weights reach their real consumer through it
-                    for out in outputs_of.get(k, []):
-                        uses[b].extend((o, j) for o, j, _ in consumers.get(out, []))
-                else:
-                    uses[b].append((op, idx))
+            uses[b].extend(_readers(t, consumers, outputs_of))
     found = [_weight(b, regions[b], tensors_of[b], info, uses.get(b, []), read, where) for b in sorted(tensors_of)]
     main = model.Subgraphs(0)
     heads = _heads(main, codes, lambda t: 0 <= t < main.TensorsLength() and main.Tensors(t).Buffer() in regions)
     return _Scan(regions, [w for w, _ in found], {w.key: layout for w, layout in found}, heads)
+
+
+_THROUGH = ("DEQUANTIZE", "DENSIFY")  # float16, int8 and sparse weights reach their real consumer through these
+
+
+def _readers(t: int, consumers: dict[int, list[tuple[str, int, int]]], outputs_of: dict[int, list[int]],
+             depth: int = 2) -> list[tuple[str, int]]:
+    """(op, input index) of each reader of tensor t, looking through DEQUANTIZE and DENSIFY (a sparse
+    float16 weight goes through both)."""
+    out: list[tuple[str, int]] = []
+    for op, idx, k in consumers.get(t, []):
+        if op in _THROUGH and depth:
+            for o in outputs_of.get(k, []):
+                out.extend(_readers(o, consumers, outputs_of, depth - 1))
+        else:
+            out.append((op, idx))
+    return out
 
 
 def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict, uses: list[tuple[str, int]],
@@ -241,9 +253,8 @@ def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict,
     raw = _Layout(region.start, region.length, np.dtype(np.uint8), (region.length,))
     quantized = first.Quantization() is not None and first.Quantization().ScaleLength() > 0
     note = ""
-    if first.Sparsity() is not None:
-        note = "sparse"
-    elif first.IsVariable():
+    sparse = first.Sparsity() is not None
+    if first.IsVariable():
         note = "variable"
     elif any(info[t].Type() != ttype or (tuple(info[t].ShapeAsNumpy().tolist()) if info[t].ShapeLength() else ()) != shape
              for t in tensors[1:]):
@@ -254,8 +265,16 @@ def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict,
         return (Weight(key, name, layout.shape, dtype_name, role, axis, labels, note, layout.length, partial(read, layout), reduction),
                 layout)
 
-    if np_dtype is None or note:
-        return weight(raw, Role.QUANTIZED if quantized else Role.OTHER, None, note)
+    if np_dtype is None or note or (sparse and (quantized or not np.issubdtype(np.dtype(np_dtype), np.floating))):
+        return weight(raw, Role.QUANTIZED if quantized else Role.OTHER, None, note or ("sparse" if sparse else ""))
+    if sparse:  # the buffer holds the nonzero values in traversal order: quantized as they lie, per tensor
+        itemsize = np.dtype(np_dtype).itemsize
+        if region.length % itemsize:
+            raise FormatError(f"{where}: sparse tensor '{name}' is {region.length} bytes, not a whole number of {dtype_name}")
+        values = _Layout(region.start, region.length, np.dtype(np_dtype), (region.length // itemsize,))
+        kinds = {_role_of(op, i, len(shape))[0] for op, i in uses}
+        role = kinds.pop() if len(kinds) == 1 else Role.OTHER
+        return weight(values, role, None, "sparse: its nonzero values")
     expected = math.prod(shape) * np.dtype(np_dtype).itemsize
     if expected != region.length:
         raise FormatError(f"{where}: tensor '{name}' is {region.length} bytes, expected {expected} for shape {list(shape)} {dtype_name}")

@@ -420,6 +420,19 @@ def test_tflite_float16_source_runs_in_xnnpack(tfl_fp16: Path, tmp_path: Path, t
     _close_in_size(run, qpk)
 
 
+@pytest.mark.parametrize("target", ["tflite", "tflite-fast", "tflite-dequantize"])
+def test_tflite_sparse_weights_stay_sparse(tfl_sparse: Path, tmp_path: Path, target: str):
+    """Sparse kernels export as int8 nonzero values: DENSIFY spreads them out as int8 and the DEQUANTIZE
+    after it reads that; the file is the container's values, smaller, and runs in one XNNPACK partition."""
+    qpk = _pack(tfl_sparse, tmp_path, Policy("sym", 8))
+    run = _run(qpk, target, tmp_path)
+    assert run.error() < FLOAT16 and run.cosine() > 0.9999
+    densify = [t for t in _tflite_tensors(run.path) if t[0] == "DENSIFY"]
+    assert densify and all(t[2] == tflite.TensorType.INT8 and t[3] == 1 for t in densify)
+    assert run.path.stat().st_size < 0.85 * tfl_sparse.stat().st_size
+    assert _partitions(run.path) == 1
+
+
 # ---- the command line ----
 
 def _invoke(*args: object):

@@ -82,6 +82,7 @@ class _Use:
     tensor: int
     readers: list[tuple[int, str, int]]  # (operator index, op name, input position)
     unwrapped: bool = False  # a float16 constant its readers took through DEQUANTIZE (as float32)
+    sparse: bool = False  # its buffer holds a sparse tensor's nonzero values, which DENSIFY spreads out
 
 
 def _op_names(schema: ModuleType, model: Any) -> list[str]:
@@ -99,7 +100,7 @@ def _uses(model: Any, ops: list[str], unwrapped: frozenset[tuple[int, int]] = fr
                 if t >= 0:
                     readers[int(t)].append((k, ops[op.opcodeIndex], pos))
         for t, tensor in enumerate(g.tensors or []):
-            out[tensor.buffer].append(_Use(s, t, readers.get(t, []), (s, t) in unwrapped))
+            out[tensor.buffer].append(_Use(s, t, readers.get(t, []), (s, t) in unwrapped, tensor.sparsity is not None))
     return out
 
 
@@ -217,6 +218,8 @@ def choose(e: TensorEntry, form: IntForm, uses: list[_Use], layout: Layout = TFL
     if form.grouping.block is not None:
         raise UnsupportedError(f"tensor '{e.name}': blocks of {form.grouping.block} along axis {form.grouping.axis}; "
                                "TFLite quantizes per tensor or per channel")
+    if any(u.sparse for u in uses):  # DENSIFY spreads int8 out (no int4), and DEQUANTIZE after it
+        return _dequantize(e, form, (8,))
     hyb = _hybrid(e, form, uses) if layout.hybrid else None
     return hyb if hyb is not None else _dequantize(e, form, layout.widths)
 
@@ -274,11 +277,26 @@ class _Writer:
                 for _, op, _ in u.readers:
                     self._require(op, _VERSIONS.get((op, c.width == 4), 1))
                 continue
-            code = self._dequantize_code()
             self._require("DEQUANTIZE", _DEQUANTIZE_VERSION[(c.width == 4, len(c.scales) > 1)])
+            if u.sparse:
+                self._densified(c, u, qp)
+                continue
+            code = self._dequantize_code()
             direct = [r for r in u.readers if r[1] != "DEQUANTIZE"]
             if direct:
                 self._rewire(c, u, tensor, direct, code)
+
+    def _densified(self, c: Choice, u: _Use, qp: Any) -> None:
+        """A sparse weight's DENSIFY writes int8 at the weight's parameters, for the DEQUANTIZE that
+        already reads it (MediaPipe's sparse models: sparse float16 -> DENSIFY -> DEQUANTIZE)."""
+        g = self.model.subgraphs[u.subgraph]
+        for k, op, _ in u.readers:
+            outs = [int(t) for t in g.operators[k].outputs]
+            readers = [self.ops[o.opcodeIndex] for o in g.operators for t in (o.inputs if o.inputs is not None else []) if int(t) in outs]
+            if op != "DENSIFY" or not readers or set(readers) != {"DEQUANTIZE"}:
+                raise UnsupportedError(f"tensor '{c.entry.name}': a sparse weight read by {op}, not DENSIFY then DEQUANTIZE")
+            for t in outs:
+                g.tensors[t].type, g.tensors[t].quantization = self.schema.TensorType.INT8, qp
 
     def _rewire(self, c: Choice, u: _Use, tensor: Any, direct: list[tuple[int, str, int]], code: int) -> None:
         """Readers of the weight read a new DEQUANTIZE's float output instead (the op goes in at finish)."""
