@@ -1,6 +1,6 @@
 """What the TFLite exports cost to run in LiteRT, beside Google's AI Edge Quantizer; prints a table per model and PASS/MISS.
 
-    python bench/bench_litert.py --aeq-python /work/bench-venv/bin/python [--quick] [--only NAME ...] [--markdown PAGE]
+    python bench/bench_litert.py --aeq-python /tmp/aeq-venv/bin/python [--quick] [--only NAME ...] [--markdown PAGE]
 
 Every variant of a model runs in LiteRT's interpreter (ai_edge_litert) as users get it: one thread
 (num_threads=1), the default XNNPACK delegate. Per variant, as bench_runtime.py measures onnxruntime:
@@ -79,7 +79,7 @@ from bench.bench_runtime import (  # noqa: E402
 
 TARGET_MEDIAN_LATENCY = 0.8  # qpack's fastest export at MIN_COSINE, median over the models, x float
 TARGET_MAX_LATENCY = 1.0  # ... and on every model
-SMALLER = 0.95  # qpack's smallest export at MIN_COSINE, no slower than float: at most this x the quantizer's smallest
+SMALLER = 0.95  # qpack's smallest export at MIN_COSINE no slower than float: at most this x the quantizer's smallest at MIN_COSINE
 AEQ = "aeq "
 DELEGATION_TAG = "DELEGATION="
 
@@ -121,8 +121,9 @@ AEQ_RECIPES = {
     "static a8w8": "static_wi8_ai8",
 }
 
-# Runs in the quantizer's venv: argv = model, output folder, calibration .npz, recipes (name=function,...).
-# One JSON line per recipe: its file and how the model was given, or the reasons it made none.
+# Runs in the quantizer's venv: argv = model, output folder, calibration .npz, a function of its recipe module, STEP.
+# Prints each step it starts (after STEP), then one JSON line: the file and how the model was given, or why none.
+STEP = "step: "
 AEQ_WORKER = r"""
 import json, sys
 from pathlib import Path
@@ -133,6 +134,7 @@ from ai_edge_litert.tools import flatbuffer_utils as fb
 from ai_edge_quantizer import quantizer, recipe
 
 src, out, cal = Path(sys.argv[1]), Path(sys.argv[2]), np.load(sys.argv[3])
+function, STEP = sys.argv[4], sys.argv[5]
 FLOATS = (schema.TensorType.FLOAT32, schema.TensorType.FLOAT16)
 
 def float_values(path):
@@ -160,6 +162,8 @@ def normalized(path, dst):
 def samples(path):
     it = Interpreter(model_path=str(path))
     names = {d["index"]: d["name"] for d in it.get_input_details()}
+    if not it.get_signature_list():
+        raise ValueError("the model has no signature, which the quantizer's calibration runs")
     key = next(iter(it.get_signature_list()))
     runner = it.get_signature_runner(key)
     keys = {k: names[d["index"]] for k, d in runner.get_input_details().items()}
@@ -177,31 +181,33 @@ try:
 except Exception as e:
     inputs.append(("op codes, signature", "normalizing: " + first_line(e)))
 base = float_values(src)
-for item in sys.argv[4].split(","):
-    name, function = item.split("=")
-    kept, why = None, []
-    for i, (how, model) in enumerate(inputs):
-        label = how or "as it is"
-        if isinstance(model, str):
-            why.append(model)
-            continue
-        dst = out / f"{function}.{i}.tflite"
-        try:
-            q = quantizer.Quantizer(str(model))
-            q.load_quantization_recipe(getattr(recipe, function)())
-            qsv = q.calibrate(samples(model), num_threads=1) if q.need_calibration else None
-            q.quantize(qsv, enable_progress_report=False).export_model(str(dst), overwrite=True)
-            Interpreter(model_path=str(dst)).allocate_tensors()
-        except Exception as e:
-            why.append(f"{label}: {first_line(e)}")
-            continue
-        left = float_values(dst)
-        if left >= base:
-            why.append(f"{label}: no weight quantized")
-        elif kept is None or left < kept[0]:
-            kept = (left, how, str(dst))
-    print(json.dumps({"name": name, "file": kept[2], "note": kept[1]} if kept else {"name": name, "refused": "; ".join(why)}),
-          flush=True)
+kept, why = None, []
+for i, (how, model) in enumerate(inputs):
+    label = how or "as it is"
+    if isinstance(model, str):
+        why.append(model)
+        continue
+    dst = out / f"{function}.{i}.tflite"
+    try:
+        q = quantizer.Quantizer(str(model))
+        q.load_quantization_recipe(getattr(recipe, function)())
+        qsv = None
+        if q.need_calibration:
+            print(f"{STEP}{label}: calibrating", flush=True)
+            qsv = q.calibrate(samples(model), num_threads=1)
+        print(f"{STEP}{label}: quantizing", flush=True)
+        q.quantize(qsv, enable_progress_report=False).export_model(str(dst), overwrite=True)
+        print(f"{STEP}{label}: loading its output", flush=True)
+        Interpreter(model_path=str(dst)).allocate_tensors()
+    except Exception as e:
+        why.append(f"{label}: {first_line(e)}")
+        continue
+    left = float_values(dst)
+    if left >= base:
+        why.append(f"{label}: no weight quantized")
+    elif kept is None or left < kept[0]:
+        kept = (left, how, str(dst))
+print(json.dumps({"file": kept[2], "note": kept[1]} if kept else {"refused": "; ".join(why)}), flush=True)
 """
 
 # A fresh interpreter: loads the model (or nothing: "-"), runs it, reports its peak RSS and its node list.
@@ -261,17 +267,21 @@ def aeq_variants(aeq_python: str | None, src: Path, cal: Path, out: Path) -> lis
         for v in found:
             v.refused = "no --aeq-python given"
         return found
-    recipes = ",".join(f"{n}={f}" for n, f in AEQ_RECIPES.items())
-    run = subprocess.run([aeq_python, "-c", AEQ_WORKER, str(src), str(out), str(cal), recipes], capture_output=True, text=True)
-    made = {r["name"]: r for r in (json.loads(line) for line in run.stdout.splitlines() if line.startswith("{"))}
     for v in found:
-        r = made.get(v.name[len(AEQ):])
-        if r is None:
-            v.refused = f"the quantizer's venv failed: {(run.stderr.strip().splitlines() or ['exit ' + str(run.returncode)])[-1]}"
-        elif "refused" in r:
-            v.refused = r["refused"]
+        function = AEQ_RECIPES[v.name[len(AEQ):]]
+        run = subprocess.run([aeq_python, "-c", AEQ_WORKER, str(src), str(out), str(cal), function, STEP],
+                             capture_output=True, text=True)
+        lines = run.stdout.splitlines()
+        done = next((json.loads(line) for line in lines if line.startswith("{")), None)
+        if done is None:
+            step = next((line[len(STEP):] for line in reversed(lines) if line.startswith(STEP)), "starting")
+            end = f"killed by signal {-run.returncode}" if run.returncode < 0 else first_line(Exception(
+                (run.stderr.strip().splitlines() or [f"exit {run.returncode}"])[-1]))
+            v.refused = f"{step}: the quantizer's process ended: {end}"
+        elif "refused" in done:
+            v.refused = done["refused"]
         else:
-            v.files, v.note = [Path(r["file"])], r["note"]
+            v.files, v.note = [Path(done["file"])], done["note"]
     return found
 
 
@@ -385,6 +395,11 @@ def child(path: Path | None, feeds: Path, runs: int) -> tuple[int, Delegation | 
     return int(hwm.group(1)) * 1024, delegation(got["ops"], got["outputs"]) if got else None
 
 
+def same(a: list[NDArray], b: list[NDArray]) -> float:
+    """The cosine of two inferences' outputs, 1 where they are equal (all zeros included)."""
+    return 1.0 if all(np.array_equal(x, y) for x, y in zip(a, b)) else cosine(a, b)
+
+
 @dataclass
 class LiteRow(Row):
     delegation: Delegation | None = None
@@ -407,7 +422,7 @@ def measure(m: Model, tmp: Path, samples: int, rounds: int | None, budget: float
             sess = Session(v.path)
             outs = [sess.floats(sess.run(None, f)) for f in check]
             ref = ref or outs
-            row.cosine = min(cosine(a, b) for a, b in zip(ref, outs))
+            row.cosine = min(same(a, b) for a, b in zip(ref, outs))
             feeds = tmp / f"{slug(v.name)}.feeds.npz"
             np.savez(feeds, **sess.prepare(check[0]))
             row.rss, row.delegation = child(v.path, feeds, rss_runs)
@@ -480,7 +495,8 @@ def kept(rows: list[LiteRow], prefix: str) -> list[LiteRow]:
 
 def summary(say: Page, results: dict[str, list[LiteRow]], models: dict[str, Model]) -> None:
     say(f"qpack's exports at min cosine >= {MIN_COSINE} per model, against float and against the AI Edge Quantizer's "
-        f"recipes at min cosine >= {MIN_COSINE} (the same bar); the smallest files compared among those no slower than float.")
+        f"recipes at min cosine >= {MIN_COSINE} (the same bar); qpack's smallest file among its exports no slower than "
+        "float, against the quantizer's smallest.")
     say()
     verdicts: list[bool] = []
 
@@ -502,21 +518,19 @@ def summary(say: Page, results: dict[str, list[LiteRow]], models: dict[str, Mode
         lat.append(fast.ratio)
         d = fast.delegation
         judge(f"{name} fastest {fast.variant.name}: latency {fast.ratio:.2f}x float <= {TARGET_MAX_LATENCY} "
-              f"(cosine {fast.cosine:.4f}, bytes {fast.bytes / base.bytes:.3f}x; left to reference kernels: {d.text() if d else '?'})",
+              f"(cosine {fast.cosine:.4f}, bytes {fast.bytes / base.bytes:.3f}x; XNNPACK runs "
+              f"{f'{d.delegated}/{d.nodes} nodes in {d.partitions} partitions, leaves {d.text()}' if d else '?'})",
               fast.ratio <= TARGET_MAX_LATENCY)
         if peers:
             pf = min(peers, key=lambda r: r.ratio)
             judge(f"{name} latency {fast.ratio:.2f}x <= the quantizer's fastest {pf.variant.name} {pf.ratio:.2f}x", fast.ratio <= pf.ratio)
         else:
             judge(f"{name}: no quantizer recipe keeps {MIN_COSINE}", None)
-        small_ours = [r for r in ours if r.ratio <= 1.0]
-        small_peers = [r for r in peers if r.ratio <= 1.0]
-        if not small_ours:
+        small = [r for r in ours if r.ratio <= TARGET_MAX_LATENCY]
+        if not small:
             judge(f"{name}: no qpack export at {MIN_COSINE} is as fast as float", False)
-        elif not small_peers:
-            judge(f"{name}: no quantizer recipe at {MIN_COSINE} is as fast as float", None)
-        else:
-            s, p = min(small_ours, key=lambda r: r.bytes), min(small_peers, key=lambda r: r.bytes)
+        elif peers:
+            s, p = min(small, key=lambda r: r.bytes), min(peers, key=lambda r: r.bytes)
             judge(f"{name} smallest {s.variant.name} {s.bytes:,} bytes = {s.bytes / p.bytes:.3f}x the quantizer's smallest "
                   f"{p.variant.name} {p.bytes:,} <= {SMALLER}", s.bytes <= SMALLER * p.bytes)
     if lat:
@@ -537,8 +551,8 @@ PAGE_HEAD = """\
 # Runtime cost of the TFLite exports in LiteRT (`bench/bench_litert.py`)
 
 ```sh
-python -m venv /work/bench-venv && /work/bench-venv/bin/pip install ai-edge-quantizer numpy   # the peer, in its own venv
-python bench/bench_litert.py --aeq-python /work/bench-venv/bin/python [--quick] [--only NAME ...] [--markdown PAGE]
+python -m venv /tmp/aeq-venv && /tmp/aeq-venv/bin/pip install ai-edge-quantizer numpy   # the peer, in its own venv
+python bench/bench_litert.py --aeq-python /tmp/aeq-venv/bin/python [--quick] [--only NAME ...] [--markdown PAGE]
 ```
 
 What a quantized TFLite model costs to run in LiteRT (`ai_edge_litert.interpreter`, one thread, the
@@ -600,7 +614,7 @@ def main() -> None:
         say(f"## Figures, {time.strftime('%Y-%m-%d')}")
         say()
         say(f"`{command}`  ")
-        say(f"{machine()}; ai-edge-litert {litert}, numpy {np.__version__}, python {sys.version.split()[0]}; {aeq}")
+        say(f"{machine()}; ai-edge-litert {litert}, numpy {np.__version__}, python {sys.version.split()[0]}; {aeq}  ")
         empty = tmp / "empty.npz"
         np.savez(empty)
         bare = child(None, empty, 0)[0]
