@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import os
 import re
@@ -46,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,6 @@ QUICK_MODELS = ("digits", "cls")
 
 # qpack: each convert setting is exported to each target. A new export target is one more name here.
 TARGETS = ("onnx-qdq", "onnx-matmulnbits", "onnx-int8")
-CALIBRATED = ("onnx-int8",)  # targets whose export runs the model on the calibration draw
 GOAL = "cos.99"  # a setting tuned for the target it is exported to
 SETTINGS: dict[str, dict[str, Any]] = {
     "sym8 pc": {"bits": 8, "scheme": "sym", "per_channel": True},
@@ -143,40 +143,45 @@ def model_path(s: Subject) -> Path:
     return path
 
 
-def qpack_variants(src: Path, cal: Path, out: Path, only: str | None = None) -> list[Variant]:
-    """Every SETTINGS x TARGETS pair, named `qpack SETTING -> TARGET`; `only` makes that one alone."""
+def qpack_variants(src: Path, cal: Path, out: Path, only: str | None = None,
+                   pairs: Iterable[tuple[str, str]] = tuple(itertools.product(SETTINGS, TARGETS)),
+                   suffix: str = ".onnx") -> list[Variant]:
+    """Each (setting of SETTINGS, export target) pair, named `qpack SETTING -> TARGET` (exported to a file
+    ending in `suffix`); `only` makes that one alone. A target that runs the model is calibrated on `cal`."""
+    from qpack.converter.export import TARGETS as EXPORTS
+
     found = []
     fixed: dict[str, Path | str] = {}  # a fixed setting's container serves every target
     inputs = None
-    for setting, opts in SETTINGS.items():
-        for target in TARGETS:
-            v = Variant(f"{QPACK}{setting} -> {target}")
-            if only not in (None, v.name):
-                continue
-            found.append(v)
-            tag = slug(f"{setting}_{target}")
-            try:
-                if "min_cosine" in opts:
-                    inputs = inputs or qpack.load_inputs(src, inputs=cal)
-                    qpk: Path | str = out / f"{tag}.qpk"
-                    qpack.convert(src, qpk, target=target, inputs=inputs, **opts)
-                else:
-                    if setting not in fixed:
-                        try:
-                            fixed[setting] = out / f"{slug(setting)}.qpk"
-                            qpack.convert(src, fixed[setting], **opts)
-                        except qpack.QpackError as e:
-                            fixed[setting] = f"convert: {first_line(e)}"
-                    qpk = fixed[setting]
-                if isinstance(qpk, str):
-                    raise Refused(qpk)
-                calibration = {"inputs": cal} if target in CALIBRATED else {}
-                done = qpack.export(qpk, target, out / f"{tag}.onnx", **calibration)
-                v.files = list(done.files)
-            except qpack.QpackError as e:
-                v.refused = first_line(e)
-            except Refused as e:
-                v.refused = str(e)
+    for setting, target in pairs:
+        opts = SETTINGS[setting]
+        v = Variant(f"{QPACK}{setting} -> {target}")
+        if only not in (None, v.name):
+            continue
+        found.append(v)
+        tag = slug(f"{setting}_{target}")
+        try:
+            if "min_cosine" in opts:
+                inputs = inputs or qpack.load_inputs(src, inputs=cal)
+                qpk: Path | str = out / f"{tag}.qpk"
+                qpack.convert(src, qpk, target=target, inputs=inputs, **opts)
+            else:
+                if setting not in fixed:
+                    try:
+                        fixed[setting] = out / f"{slug(setting)}.qpk"
+                        qpack.convert(src, fixed[setting], **opts)
+                    except qpack.QpackError as e:
+                        fixed[setting] = f"convert: {first_line(e)}"
+                qpk = fixed[setting]
+            if isinstance(qpk, str):
+                raise Refused(qpk)
+            calibration = {"inputs": cal} if EXPORTS[target].calibrated else {}
+            done = qpack.export(qpk, target, out / f"{tag}{suffix}", **calibration)
+            v.files = list(done.files)
+        except qpack.QpackError as e:
+            v.refused = first_line(e)
+        except Refused as e:
+            v.refused = str(e)
     return found
 
 
