@@ -109,8 +109,8 @@ MODELS: tuple[Model, ...] = (
 QUICK_MODELS = ("landmark",)
 
 # qpack: (setting of bench_runtime.SETTINGS, export target). A new TFLite target is one more pair here.
-PAIRS = (("sym8 pc", "tflite"), ("sym4 pc", "tflite"), (GOAL, "tflite"), ("sym8 pc", "tflite-dequantize"),
-         ("sym8 pc", "tflite-int8"), (GOAL, "tflite-int8"))
+PAIRS = (("sym8 pc", "tflite"), ("sym4 pc", "tflite"), (GOAL, "tflite"), ("sym8 pc", "tflite-fast"), ("sym4 pc", "tflite-fast"),
+         (GOAL, "tflite-fast"), ("sym8 pc", "tflite-dequantize"), ("sym8 pc", "tflite-int8"), (GOAL, "tflite-int8"))
 
 # The AI Edge Quantizer's recipes: shown name -> function of ai_edge_quantizer.recipe.
 AEQ_RECIPES = {
@@ -566,8 +566,8 @@ inputs; **XNNPACK nodes**: the graph's nodes XNNPACK runs, in how many **partiti
 the reference kernels**, read from the interpreter's node list in the RSS child.
 
 Variants: qpack's `convert` (`--bits 8|4 --scheme sym --per-channel`, or `--min-cosine 0.99 --for TARGET`
-tuned on the calibration draw, seed 0, 16 inputs) then `export --to tflite | tflite-dequantize |
-tflite-int8` (the full-integer target calibrated on the same draw; skipped, named, where this qpack does
+tuned on the calibration draw, seed 0, 16 inputs) then `export --to tflite | tflite-fast |
+tflite-dequantize | tflite-int8` (the full-integer target calibrated on the same draw; skipped, named, where this qpack does
 not have it); the AI Edge Quantizer 0.10's recipes `weight_only_wi8_afp32`, `weight_only_wi4_afp32`,
 `dynamic_wi8_afp32`, `dynamic_wi4_afp32` and `static_wi8_ai8` (calibrated on the same 16 inputs). The
 quantizer reads an operator's code only from `builtin_code`, which files written before schema 3a leave
