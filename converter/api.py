@@ -223,8 +223,7 @@ def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLik
         UnsupportedError: a tensor the target has no exact form for (nothing is written).
     """
     from qpack.converter.export import export as run
-    from qpack.converter.export.calibrate import check_method
-    from qpack.converter.export.onnx_int8 import Calibration
+    from qpack.converter.export.calibrate import Calibration, check_method
 
     check_method(calibration)
     load: Callable[[Path], Inputs] | None
@@ -353,7 +352,7 @@ def sweep(model: PathLike, inputs: Inputs | PathLike, output: PathLike | None = 
 
 def _calibration(data: Inputs | None) -> Any:
     """How a file made for a calibrated target is exported at convert: on the goal's inputs, at the defaults."""
-    from qpack.converter.export.onnx_int8 import Calibration
+    from qpack.converter.export.calibrate import Calibration
 
     return None if data is None else Calibration(lambda _: data, CALIBRATION, KEEP_COSINE)
 

@@ -94,7 +94,7 @@ def target_named(name: str) -> Target | None:
 def export(qpk: Path, to: str, out: Path, calibration: Any = None) -> tuple[list[Path], list[str]]:
     """Export container `qpk` as `to` into `out`; returns the files written and the notes (the first says
     what the export widens when the container was made for another target). `calibration`: inputs for a
-    target that runs the model (Target.calibrated; export.onnx_int8.Calibration)."""
+    target that runs the model (Target.calibrated; export.calibrate.Calibration)."""
     target = TARGETS.get(to)
     if target is None:
         raise OptionError(f"unknown export target {to!r}, expected one of {', '.join(TARGETS)}")
