@@ -11,6 +11,7 @@ histograms: one pass for each tensor's extremes, a second for 2,048-bin histogra
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,7 +196,9 @@ def tflite_ranges(model: Path, tensors: list[int], inputs: Inputs, method: str) 
     check_method(method)
     check_shapes(inputs, TfliteRunner(model).inputs)
     try:
-        interp = Interpreter(model_path=str(model), num_threads=2, experimental_preserve_all_tensors=True)
+        with warnings.catch_warnings():  # that keeping every tensor costs memory: what calibration wants
+            warnings.simplefilter("ignore")
+            interp = Interpreter(model_path=str(model), num_threads=2, experimental_preserve_all_tensors=True)
         interp.allocate_tensors()
     except Exception as e:
         raise QpackError(f"{model}: LiteRT cannot load it for calibration ({_line(e)})") from e
