@@ -54,6 +54,10 @@ _VERSIONS = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 4, "ADD": 
              "AVERAGE_POOL_2D": 2, "PAD": 2, "CONCATENATION": 2, "LOGISTIC": 2, "SOFTMAX": 2, "TANH": 2, "RELU": 2,
              "RELU6": 2, "LEAKY_RELU": 2, "MEAN": 2, "STRIDED_SLICE": 2, "SLICE": 2, "DEPTH_TO_SPACE": 2, "SPACE_TO_DEPTH": 2,
              "TRANSPOSE": 2, "RESIZE_BILINEAR": 2, "RESIZE_NEAREST_NEIGHBOR": 2, "GATHER": 2, "DEQUANTIZE": 2}
+# activations an int8 op applies itself (its fused_activation_function): XNNPACK has no int8 kernel of
+# them alone, so an op each between two delegated ones would split LiteRT's graph there
+_FUSED = {"RELU": "RELU", "RELU6": "RELU6", "RELU_N1_TO_1": "RELU_N1_TO_1"}
+_FUSING = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL"}
 _CONVERSIONS = ("QUANTIZE", "DEQUANTIZE", "DENSIFY")  # ops with no effect but their output: dropped when nothing reads it
 _NUMPY = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "INT64": np.int64, "INT8": np.int8, "UINT8": np.uint8,
           "INT16": np.int16, "BOOL": np.bool_}
@@ -173,6 +177,7 @@ class _Builder:
         self.floats: set[int] = set(_ints(self.graph.g.inputs)) | set(self.graph.consts)
         self.new_ops: list[Any] = []
         self.requantized: list[str] = []  # weights the container holds in no int8 symmetric per-channel form
+        self.fused: set[int] = set()  # activation ops taken into the op before them
         self.ran: Counter[str] = Counter()
         self.fell: Counter[str] = Counter()  # ops chosen that could not be (an int32 bias overflows)
 
@@ -246,10 +251,10 @@ class _Builder:
     def run(self) -> bytes:
         g = self.graph.g
         for k, op in enumerate(g.operators):
-            if k in self.chosen and self._integer(k, op):
+            if k in self.fused or (k in self.chosen and self._integer(k, op)):
                 self.ran[self.graph.op(k)] += 1
                 continue
-            op.inputs = [self.float(t) if t >= 0 and (t in self.int_of and t not in self.floats) else t for t in _ints(op.inputs)]
+            op.inputs = [self._float_input(t) for t in _ints(op.inputs)]
             self.new_ops.append(op)
             self.floats.update(_ints(op.outputs))
         for t in _ints(g.outputs):
@@ -258,6 +263,22 @@ class _Builder:
         _prune(self.graph)
         _compact(self.model)
         return _serialize(self.schema, self.model)
+
+    def _float_input(self, t: int) -> int:
+        """What a float op reads for t: its float tensor, through a DEQUANTIZE where only the int8 one exists.
+        (Float16 weights stay behind their DEQUANTIZE, which TFLM does not run: as float32 they would double.)"""
+        return self.float(t) if t >= 0 and t in self.int_of and t not in self.floats else t
+
+    def _fusion(self, k: int, op: Any) -> int | None:
+        """The chosen RELU/RELU6/RELU_N1_TO_1 that alone reads op k's output, when k can apply it itself."""
+        outs = _ints(op.outputs)
+        readers = self.graph.readers.get(outs[0], [])
+        opts = op.builtinOptions
+        if (self.graph.op(k) not in _FUSING or opts is None or getattr(opts, "fusedActivationFunction", None) != 0
+                or len(readers) != 1 or readers[0] not in self.chosen or self.graph.op(readers[0]) not in _FUSED
+                or outs[0] in _ints(self.graph.g.outputs)):
+            return None
+        return readers[0]
 
     def _integer(self, k: int, op: Any) -> bool:
         name = self.graph.op(k)
@@ -276,6 +297,11 @@ class _Builder:
                 op.inputs = [self.at(self.int8(t), p) if self.graph.activation(t) else self._const(t, p) for t in ins]
             else:
                 op.inputs = [first] + [self._input(t) for t in ins[1:]]
+        j = self._fusion(k, op)
+        if j is not None:  # the op writes the activation's output at its range, clamped as the activation does
+            op.builtinOptions.fusedActivationFunction = getattr(self.schema.ActivationFunctionType, _FUSED[self.graph.op(j)])
+            self.fused.add(j)
+            outs = _ints(self.graph.g.operators[j].outputs)
         out_p = self._out_params(name, op.inputs[0], outs[0])
         op.outputs = [self._tensor(self.graph.g.tensors[outs[0]], tt.INT8, out_p)]
         self.int_of[outs[0]] = op.outputs[0]
