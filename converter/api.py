@@ -207,9 +207,10 @@ def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLik
     """Export a .qpk to a runtime's format or firmware sources.
 
     Args:
-        to: a name of converter.export.TARGETS (onnx-qdq, onnx-matmulnbits, onnx-int8, tflite, tflite-dequantize, c, c-coded).
+        to: a name of converter.export.TARGETS (onnx-qdq, onnx-matmulnbits, onnx-int8, tflite, tflite-dequantize,
+            tflite-int8, c, c-coded).
         output: the exported model, or the folder of C sources.
-        inputs: for a full-integer target (onnx-int8), the calibration inputs: load_inputs(), an .npy/.npz
+        inputs: for a full-integer target (onnx-int8, tflite-int8), the calibration inputs: load_inputs(), an .npy/.npz
             path, or a function loading them against the float model it is given.
         calibration: how activation ranges are set from them: minmax, percentile or mse.
         min_cosine: the least output cosine on those inputs the integer nodes keep: where it falls below,

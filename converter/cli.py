@@ -449,7 +449,7 @@ def export(
 ) -> None:
     """Export a .qpk as a model a runtime executes with low-bit weights, or as firmware sources.
 
-    Full-integer targets (onnx-int8) run the model on --inputs, --images or --dataset to set the
+    Full-integer targets (onnx-int8, tflite-int8) run the model on --inputs, --images or --dataset to set the
     activations' ranges; the others take no inputs.
     """
     with _errors():
