@@ -177,6 +177,7 @@ class _Builder:
         self.floats: set[int] = set(_ints(self.graph.g.inputs)) | set(self.graph.consts)
         self.new_ops: list[Any] = []
         self.requantized: list[str] = []  # weights the container holds in no int8 symmetric per-channel form
+        self.half = 0  # float16 weights left behind DEQUANTIZE for float ops
         self.fused: set[int] = set()  # activation ops taken into the op before them
         self.ran: Counter[str] = Counter()
         self.fell: Counter[str] = Counter()  # ops chosen that could not be (an int32 bias overflows)
@@ -261,6 +262,8 @@ class _Builder:
             self.float(t)
         g.operators = self.new_ops
         _prune(self.graph)
+        self.half = sum(self.graph.ops[op.opcodeIndex] == "DEQUANTIZE" and g.tensors[op.inputs[0]].type == self.schema.TensorType.FLOAT16
+                        for op in g.operators)
         _compact(self.model)
         return _serialize(self.schema, self.model)
 
@@ -465,7 +468,11 @@ def export_tflite_int8(reader: QpkReader, out: Path, notes: list[str], calibrati
         if built.requantized:
             notes.append(f"{len(built.requantized)} weight{'s' if len(built.requantized) > 1 else ''} of int8 ops requantized "
                          "to int8 symmetric per channel (the container holds no such form of them)")
-        notes.append(micro_note(out, inputs))
+        if built.half:  # TFLM's DEQUANTIZE reads integers only
+            notes.append(f"TFLM cannot run it: {built.half} float16 weight{'s' if built.half > 1 else ''} of float ops go through "
+                         "DEQUANTIZE, which TFLM takes from integers only (--min-cosine -1 keeps every op int8)")
+        else:
+            notes.append(micro_note(out, inputs))
     return [out]
 
 
