@@ -207,9 +207,10 @@ def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLik
     """Export a .qpk to a runtime's format or firmware sources.
 
     Args:
-        to: a name of converter.export.TARGETS (onnx-qdq, onnx-matmulnbits, onnx-int8, tflite, tflite-fast, tflite-dequantize, c, c-coded).
+        to: a name of converter.export.TARGETS (onnx-qdq, onnx-matmulnbits, onnx-int8, tflite, tflite-fast,
+            tflite-dequantize, tflite-int8, c, c-coded).
         output: the exported model, or the folder of C sources.
-        inputs: for a full-integer target (onnx-int8), the calibration inputs: load_inputs(), an .npy/.npz
+        inputs: for a full-integer target (onnx-int8, tflite-int8), the calibration inputs: load_inputs(), an .npy/.npz
             path, or a function loading them against the float model it is given.
         calibration: how activation ranges are set from them: minmax, percentile or mse.
         min_cosine: the least output cosine on those inputs the integer nodes keep: where it falls below,
@@ -223,8 +224,7 @@ def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLik
         UnsupportedError: a tensor the target has no exact form for (nothing is written).
     """
     from qpack.converter.export import export as run
-    from qpack.converter.export.calibrate import check_method
-    from qpack.converter.export.onnx_int8 import Calibration
+    from qpack.converter.export.calibrate import Calibration, check_method
 
     check_method(calibration)
     load: Callable[[Path], Inputs] | None
@@ -353,7 +353,7 @@ def sweep(model: PathLike, inputs: Inputs | PathLike, output: PathLike | None = 
 
 def _calibration(data: Inputs | None) -> Any:
     """How a file made for a calibrated target is exported at convert: on the goal's inputs, at the defaults."""
-    from qpack.converter.export.onnx_int8 import Calibration
+    from qpack.converter.export.calibrate import Calibration
 
     return None if data is None else Calibration(lambda _: data, CALIBRATION, KEEP_COSINE)
 

@@ -231,9 +231,10 @@ GroupSize = Annotated[int | None, typer.Option("--group-size", min=16, max=1024,
 ParamDtype = Annotated[ParamDtypeName, typer.Option("--param-dtype", rich_help_panel=WHAT,
                                                     help="scales as fp16 or fp32; auto: fp16 for --group-size, fp32 otherwise")]
 ForTarget = Annotated[ForName, typer.Option(
-    "--for", rich_help_panel=WHAT,
-    help="the export target the file is made for (`qpack export --to`): a goal allocates only what it runs natively, priced in "
-         "the bytes its export stores; a fixed option it cannot hold is refused; qpk: the container alone")]
+    "--for", rich_help_panel=WHAT, metavar="TARGET",
+    help="the export target the file is made for (`qpack export --to`: " + ", ".join(_targets()) + "): a goal allocates only "
+         "what it runs natively, priced in the bytes its export stores; a fixed option it cannot hold is refused; qpk: the "
+         "container alone")]
 Rdo = Annotated[float, typer.Option("--rdo", min=0.0, max=MAX_LAMBDA, metavar="LAMBDA", rich_help_panel=WHAT,
                                     help="rate-aware rounding (" + ", ".join(n for n, q in QUANTIZERS.items() if q.rate_aware or q.trellis)
                                          + "): a weight takes a neighbouring code when the bits saved x LAMBDA outweigh the "
@@ -426,7 +427,7 @@ def _targets_help() -> str:
                               "qpack export small.qpk --to c -o firmware/"))
 def export(
     qpk: QpkArg,
-    to: Annotated[TargetName, typer.Option("--to", help="what to export: " + _targets_help(), show_default=False)],
+    to: Annotated[TargetName, typer.Option("--to", metavar="TARGET", help="what to export: " + _targets_help(), show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", metavar="PATH", help="the exported file, or folder for --to c",
                                          show_default=False)],
     inputs: InputsOpt = None,
@@ -449,7 +450,7 @@ def export(
 ) -> None:
     """Export a .qpk as a model a runtime executes with low-bit weights, or as firmware sources.
 
-    Full-integer targets (onnx-int8) run the model on --inputs, --images or --dataset to set the
+    Full-integer targets (onnx-int8, tflite-int8) run the model on --inputs, --images or --dataset to set the
     activations' ranges; the others take no inputs.
     """
     with _errors():

@@ -46,7 +46,7 @@ def made_for(qpk: Path, to: str, shown: Path, calibration: Any = None) -> dict[s
     """The export a file made `--for` a target gets, written to a scratch folder before the file is put in
     place: it must store every tensor as the container does. Returns its measured bytes (a model file;
     firmware sources are text, so their flash stays the estimate) and notes. A target that calibrates
-    on inputs is exported with `calibration` (export.onnx_int8.Calibration), without one not at all.
+    on inputs is exported with `calibration` (export.calibrate.Calibration), without one not at all.
 
     Raises:
         QpackError: the target cannot run the file as made (a defect: --for allocates only what it runs).

@@ -95,7 +95,7 @@ def target_named(name: str) -> Target | None:
 def export(qpk: Path, to: str, out: Path, calibration: Any = None) -> tuple[list[Path], list[str]]:
     """Export container `qpk` as `to` into `out`; returns the files written and the notes (the first says
     what the export widens when the container was made for another target). `calibration`: inputs for a
-    target that runs the model (Target.calibrated; export.onnx_int8.Calibration)."""
+    target that runs the model (Target.calibrated; export.calibrate.Calibration)."""
     target = TARGETS.get(to)
     if target is None:
         raise OptionError(f"unknown export target {to!r}, expected one of {', '.join(TARGETS)}")
@@ -161,6 +161,10 @@ register_target(Target("tflite-fast", "qpack.converter.export.tflite_int", "expo
 register_target(Target("tflite-dequantize", "qpack.converter.export.tflite_int", "export_tflite_dequantize", ("tflite",),
                        "TFLite with int8/int4 weights, all through DEQUANTIZE (float kernels, the container's exact values)",
                        replace(_TFLITE, signed=None)))
+register_target(Target("tflite-int8", "qpack.converter.export.tflite_int8", "export_tflite_int8", ("tflite",),
+                       "full-integer TFLite: int8 weights and activations calibrated on --inputs, so LiteRT and TFLite Micro "
+                       "run int8 kernels; ops without one stay float between DEQUANTIZE and QUANTIZE",
+                       replace(_TFLITE, widths=(8,)), calibrated=True))  # int8 only: the int8 kernels take no int4 filters
 register_target(Target("c", "qpack.converter.export.c", "export_c", ("onnx", "tflite"),
                        "firmware sources: qpk.h (C99 decoder) and the weights as const C arrays, into folder -o", _C, graph=False))
 register_target(Target("c-coded", "qpack.converter.export.c", "export_c_coded", ("onnx", "tflite"),

@@ -11,19 +11,27 @@ histograms: one pass for each tensor's extremes, a second for 2,048-bin histogra
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from qpack.converter.datasets import Inputs, check_shapes
-from qpack.formats.errors import OptionError
+from qpack.formats.errors import OptionError, QpackError
 
 BINS = 2048
 LEVELS = 255  # uint8 activations
 PERCENTILE = 99.99
+CHECK_INPUTS = 16  # calibration inputs an export's fidelity check runs
+# the share of the error --min-cosine allows (1 - cosine) that the calibration inputs may use: ranges fitted
+# to them are tighter there than on other inputs (silero's VAD kept 0.9900 on its calibration draw and 0.9838
+# on another), so 0.99 is kept as 0.995 where it is checked
+CALIBRATION_SHARE = 0.5
+K = TypeVar("K", bound=Hashable)  # what names an activation: an ONNX value's name, a TFLite tensor's index
 
 
 @dataclass(frozen=True)
@@ -83,17 +91,60 @@ def check_method(method: str) -> None:
         raise OptionError(f"--calibration must be one of {', '.join(METHODS)}, not {method!r}")
 
 
-def _batches(session: object, inputs: Inputs, names: list[str]) -> Iterator[list[NDArray]]:
-    """The `names` outputs for each batch of the inputs (one sample at a time: the shapes a model
-    takes are whatever its inputs say)."""
+@dataclass(frozen=True)
+class Calibration:
+    """How activation ranges are found: the inputs (loaded against the float model, given its path) and the method."""
+
+    load: Callable[[Path], Inputs]
+    method: str  # a key of METHODS
+    min_cosine: float = -1.0  # the least output cosine on the inputs the integer nodes must keep (-1: any)
+
+    @property
+    def floor(self) -> float:
+        """The cosine checked on the calibration inputs: min_cosine less the share kept for other inputs."""
+        return 1 - (1 - self.min_cosine) * CALIBRATION_SHARE if self.min_cosine > -1 else -1.0
+
+
+def feeds(inputs: Inputs) -> Iterator[dict[str, NDArray]]:
+    """One sample at a time (the shapes a model takes are whatever its inputs say), constants beside it."""
     for i in range(inputs.count):
-        feeds = {k: np.ascontiguousarray(v[i : i + 1]) for k, v in inputs.arrays.items()}
-        feeds.update(inputs.constants)
-        yield [np.asarray(o) for o in session.run(names, feeds)]  # type: ignore[attr-defined]
+        out = {k: np.ascontiguousarray(v[i : i + 1]) for k, v in inputs.arrays.items()}
+        out.update(inputs.constants)
+        yield out
+
+
+Batches = Callable[[], Iterator[list[NDArray]]]  # a fresh pass over the inputs: the named activations of each
+
+
+def measure(batches: Batches, names: list[K], method: str) -> dict[K, Range]:
+    """Each activation's range over two passes of `batches` (extremes, then histograms), as `method` chooses it."""
+    check_method(method)
+    lows = dict.fromkeys(names, np.inf)
+    highs = dict.fromkeys(names, -np.inf)
+    for outs in batches():
+        for n, x in zip(names, outs):
+            if x.size:
+                lows[n], highs[n] = min(lows[n], float(x.min())), max(highs[n], float(x.max()))
+    edges = {n: np.linspace(min(lows[n], 0.0), max(highs[n], 0.0), BINS + 1) for n in names if np.isfinite(lows[n])}
+    hists = {n: np.zeros(BINS, np.int64) for n in edges}
+    if edges:  # every method reports each range's SQNR from the histograms
+        for outs in batches():
+            for n, x in zip(names, outs):
+                if n in hists and x.size:
+                    hists[n] += np.histogram(x, edges[n])[0]
+    out = {}
+    for n in names:
+        if n not in edges or not np.isfinite(highs[n]):
+            out[n] = Range(0.0, 0.0)
+            continue
+        lo, hi = METHODS[method](hists[n], edges[n])
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        out[n] = Range(lo, hi, _sqnr_db(hists[n], edges[n], lo, hi))
+    return out
 
 
 def ranges(model: Path, names: list[str], inputs: Inputs, method: str) -> dict[str, Range]:
-    """Each named float activation's range over the inputs, as `method` chooses it.
+    """Each named float activation of an ONNX model, its range over the inputs as `method` chooses it.
 
     Raises:
         QpackError: the inputs do not fit the model, or onnxruntime cannot run it.
@@ -103,7 +154,6 @@ def ranges(model: Path, names: list[str], inputs: Inputs, method: str) -> dict[s
     from onnx import helper
 
     from qpack.converter.runtime import open_runner
-    from qpack.formats.errors import QpackError
 
     check_method(method)
     check_shapes(inputs, open_runner(model).inputs)
@@ -119,31 +169,88 @@ def ranges(model: Path, names: list[str], inputs: Inputs, method: str) -> dict[s
     except Exception as e:
         raise QpackError(f"{model}: onnxruntime cannot load it for calibration ({str(e).splitlines()[0]})") from e
     del m
-    lows = dict.fromkeys(names, np.inf)
-    highs = dict.fromkeys(names, -np.inf)
+
+    def batches() -> Iterator[list[NDArray]]:
+        for f in feeds(inputs):
+            yield [np.asarray(o) for o in session.run(names, f)]
+
     try:
-        for outs in _batches(session, inputs, names):
-            for n, x in zip(names, outs):
-                if x.size:
-                    lows[n], highs[n] = min(lows[n], float(x.min())), max(highs[n], float(x.max()))
-        edges = {n: np.linspace(min(lows[n], 0.0), max(highs[n], 0.0), BINS + 1) for n in names if np.isfinite(lows[n])}
-        hists = {n: np.zeros(BINS, np.int64) for n in edges}
-        if edges:  # every method reports each range's SQNR from the histograms
-            for outs in _batches(session, inputs, names):
-                for n, x in zip(names, outs):
-                    if n in hists and x.size:
-                        hists[n] += np.histogram(x, edges[n])[0]
+        return measure(batches, names, method)
+    except QpackError:
+        raise
     except Exception as e:
         raise QpackError(f"onnxruntime failed while calibrating: {str(e).splitlines()[0]}") from e
-    out = {}
-    for n in names:
-        if n not in edges or not np.isfinite(highs[n]):
-            out[n] = Range(0.0, 0.0)
-            continue
-        lo, hi = METHODS[method](hists[n], edges[n])
-        lo, hi = min(lo, 0.0), max(hi, 0.0)
-        out[n] = Range(lo, hi, _sqnr_db(hists[n], edges[n], lo, hi))
-    return out
+
+
+def tflite_ranges(model: Path, tensors: list[int], inputs: Inputs, method: str) -> dict[int, Range]:
+    """Each numbered float tensor of a TFLite model's first subgraph, its range over the inputs as `method`
+    chooses it (LiteRT's reference kernels keep every intermediate tensor readable).
+
+    Raises:
+        QpackError: the inputs do not fit the model, or LiteRT cannot run it.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    from qpack.converter.runtime import TfliteRunner
+
+    check_method(method)
+    check_shapes(inputs, TfliteRunner(model).inputs)
+    try:
+        with warnings.catch_warnings():  # that keeping every tensor costs memory: what calibration wants
+            warnings.simplefilter("ignore")
+            interp = Interpreter(model_path=str(model), num_threads=2, experimental_preserve_all_tensors=True)
+        interp.allocate_tensors()
+    except Exception as e:
+        raise QpackError(f"{model}: LiteRT cannot load it for calibration ({_line(e)})") from e
+    details = interp.get_input_details()
+
+    def batches() -> Iterator[list[NDArray]]:
+        for f in feeds(inputs):
+            for d in details:
+                interp.set_tensor(d["index"], np.asarray(f[d["name"]], d["dtype"]))
+            interp.invoke()
+            yield [interp.get_tensor(t) for t in tensors]
+
+    try:
+        return measure(batches, tensors, method)
+    except QpackError:
+        raise
+    except Exception as e:
+        raise QpackError(f"LiteRT failed while calibrating: {_line(e)}") from e
+
+
+def _line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def least_cosine(pairs: Iterator[tuple[list[NDArray], list[NDArray]]]) -> float:
+    """The least cosine between two models' outputs (all outputs of a run joined) over runs."""
+    least = 1.0
+    for a, b in pairs:
+        x = np.concatenate([np.asarray(o, np.float64).ravel() for o in a])
+        y = np.concatenate([np.asarray(o, np.float64).ravel() for o in b])
+        d = float(np.linalg.norm(x) * np.linalg.norm(y))
+        least = min(least, float(x @ y / d) if d > 0 else float(np.array_equal(x, y)))
+    return least
+
+
+def fewest_in_float(count: int, cosine: Callable[[int], float], calibration: Calibration, notes: list[str]) -> int:
+    """How many of `count` integer candidates (in the order they go back to float) must stay float for the
+    outputs to keep calibration.floor: a bisection over `cosine(k)`, the outputs' cosine with the first k in
+    float. 0 when all-integer keeps it, or when even all in float would not (the weights' own error; noted)."""
+    floor = calibration.floor
+    if count == 0 or cosine(0) >= floor:
+        return 0
+    low, high = 0, count  # cosine(low) misses; find the fewest back in float that meet it
+    if cosine(high) < floor:
+        notes.append(f"with every node in float the outputs keep {cosine(high):.6f} on these inputs, below "
+                     f"{floor:.6g} (--min-cosine {calibration.min_cosine:g} with a margin for other inputs): "
+                     "the weights' own error; every integer node kept")
+        return 0
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if cosine(mid) >= floor else (mid, high)
+    return high
 
 
 def _sqnr_db(hist: NDArray[np.int64], edges: NDArray[np.float64], lo: float, hi: float) -> float:

@@ -21,7 +21,6 @@ output cosine of the integer model (onnxruntime's fused kernels) against the con
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,7 +29,16 @@ from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from qpack.converter.datasets import Inputs
 from qpack.converter.export import onnx_qdq
-from qpack.converter.export.calibrate import Range, ranges
+from qpack.converter.export.calibrate import (
+    CALIBRATION_SHARE,
+    CHECK_INPUTS,
+    Calibration,
+    Range,
+    feeds,
+    fewest_in_float,
+    least_cosine,
+    ranges,
+)
 from qpack.converter.export.onnx_graph import Edits, Names, Site, load_skeleton, raise_opset, raw_tensor, walk_graphs
 from qpack.formats.errors import UnsupportedError
 from qpack.formats.onnx_keys import walk_sites
@@ -39,20 +47,6 @@ from qpack.formats.qpk import QpkReader
 INT8 = next(t for t in onnx_qdq.SIGNED if t.name == "INT8")
 _OPSET_PER_AXIS = 13
 _INT32_MAX = (1 << 31) - 1
-CHECK_INPUTS = 16  # calibration inputs the export's fidelity check runs
-# the share of the error --min-cosine allows (1 - cosine) that the calibration inputs may use: ranges fitted
-# to them are tighter there than on other inputs (silero's VAD kept 0.9900 on its calibration draw and 0.9838
-# on another), so 0.99 is kept as 0.995 where it is checked
-CALIBRATION_SHARE = 0.5
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """How activation ranges are found: the inputs (loaded against the float model, given its path) and the method."""
-
-    load: Callable[[Path], Inputs]
-    method: str  # a key of calibrate.METHODS
-    min_cosine: float = -1.0  # the least output cosine on the inputs the integer nodes must keep (-1: any)
 
 
 @dataclass
@@ -196,19 +190,7 @@ def export_onnx_int8(reader: QpkReader, out: Path, notes: list[str], calibration
                 tried[k] = _fidelity(float_model, trial, inputs)
             return tried[k]
 
-        k = 0
-        floor = 1 - (1 - calibration.min_cosine) * CALIBRATION_SHARE if calibration.min_cosine > -1 else -1.0
-        if cosine(0) < floor and chosen:
-            low, high = 0, len(chosen)  # cosine(low) misses; find the fewest back in float that meet it
-            if cosine(high) >= floor:
-                while high - low > 1:
-                    mid = (low + high) // 2
-                    low, high = (low, mid) if cosine(mid) >= floor else (mid, high)
-                k = high
-            else:  # the weights alone miss it: floats would buy nothing
-                notes.append(f"with every node in float the outputs keep {cosine(high):.6f} on these inputs, below "
-                             f"{floor:.6g} (--min-cosine {calibration.min_cosine:g} with a margin for other inputs): "
-                             "the weights' own error; every integer node kept")
+        k = fewest_in_float(len(chosen), cosine, calibration, notes)
         kept = set(order[k:])
         written = _build(reader, base, kept, acts, out, notes)
         notes.insert(0, _summary([chosen[i] for i in sorted(kept)], skipped, calibration.method, inputs.count, k)
@@ -352,12 +334,8 @@ def _fidelity(float_model: Path, exported: Path, inputs: Inputs) -> float:
         return ort.InferenceSession(str(p), o, providers=["CPUExecutionProvider"])
 
     a, b = session(float_model), session(exported)
-    least = 1.0
-    for i in range(min(inputs.count, CHECK_INPUTS)):
-        feeds = {k: np.ascontiguousarray(v[i : i + 1]) for k, v in inputs.arrays.items()}
-        feeds.update(inputs.constants)
-        x = np.concatenate([np.asarray(o, np.float64).ravel() for o in a.run(None, feeds)])
-        y = np.concatenate([np.asarray(o, np.float64).ravel() for o in b.run(None, feeds)])
-        d = float(np.linalg.norm(x) * np.linalg.norm(y))
-        least = min(least, float(x @ y / d) if d > 0 else float(np.array_equal(x, y)))
-    return least
+    runs = [f for f, _ in zip(feeds(inputs), range(CHECK_INPUTS))]
+    return least_cosine((a.run(None, f), b.run(None, f)) for f in runs)
+
+
+__all__ = ["CALIBRATION_SHARE", "Calibration", "export_onnx_int8"]

@@ -1,0 +1,568 @@
+"""`--to tflite-int8`: full-integer TFLite, so LiteRT and TensorFlow Lite Micro run int8 kernels.
+
+`--to tflite` keeps activations float (hybrid kernels quantize them on the fly). Here every op that
+TFLite runs in int8 reads and writes int8 activations: asymmetric, one scale per tensor, calibrated
+on inputs (export.calibrate, LiteRT running the container's float model); weights int8, symmetric,
+per output channel (the container's codes where they are so, else its values requantized); biases
+int32 at input scale x weight scale[c], zero point 0. The model's float inputs go through QUANTIZE
+and its outputs come back through DEQUANTIZE, so callers feed and read what they did before.
+
+TFLite's int8 kernels constrain the parameters (its quantization spec): pooling, reshaping, padding
+and resizing ops write at their input's scale and zero point; CONCATENATION reads every input at its
+output's (an input elsewhere is requantized by an int8 QUANTIZE); LOGISTIC and SOFTMAX write at
+1/256, -128, TANH at 1/128, 0; PRELU's alpha is int8 per tensor. An op without an int8 kernel here
+stays float between a DEQUANTIZE and a QUANTIZE (a float island), so every model exports. Float16
+weights behind DEQUANTIZE ops become int8 weights the integer op reads directly. Only the first
+subgraph is made integer. Where the outputs' cosine on the calibration inputs falls below the goal,
+the ops whose activations quantize worst go back to float (a bisection), as onnx-int8 does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from qpack.converter.datasets import Inputs
+from qpack.converter.export.calibrate import CHECK_INPUTS, Calibration, Range, feeds, fewest_in_float, least_cosine, tflite_ranges
+from qpack.converter.export.intform import int_form
+from qpack.converter.export.tflite_int import _centered, _load, _op_names, _schema, _serialize
+from qpack.formats.atomic import atomic_output, scratch_folder
+from qpack.formats.errors import QpackError, UnsupportedError
+from qpack.formats.qpk import QpkReader
+
+_INT32_MAX = (1 << 31) - 1
+_WEIGHTED = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}  # op -> the filter's output-channel axis
+# ops whose int8 kernels write at their input's parameters (they move, pick or interpolate values)
+_SAME = {"MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "PAD", "SQUEEZE", "EXPAND_DIMS", "STRIDED_SLICE", "SLICE",
+         "DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "TRANSPOSE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "GATHER"}
+_FIXED = {"LOGISTIC": (1 / 256, -128), "SOFTMAX": (1 / 256, -128), "TANH": (1 / 128, 0)}  # output scale, zero point
+# ops writing at their own calibrated range (they requantize); float constant inputs int8 per tensor
+_OWN = {"ADD", "SUB", "MUL", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "PRELU", "HARD_SWISH", "MEAN", "CONCATENATION"}
+# the op version announcing int8 (TFLite's op_version rules); others need none above 1
+_VERSIONS = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 4, "ADD": 2, "SUB": 2, "MUL": 2, "MAX_POOL_2D": 2,
+             "AVERAGE_POOL_2D": 2, "PAD": 2, "CONCATENATION": 2, "LOGISTIC": 2, "SOFTMAX": 2, "TANH": 2, "RELU": 2,
+             "RELU6": 2, "LEAKY_RELU": 2, "MEAN": 2, "STRIDED_SLICE": 2, "SLICE": 2, "DEPTH_TO_SPACE": 2, "SPACE_TO_DEPTH": 2,
+             "TRANSPOSE": 2, "RESIZE_BILINEAR": 2, "RESIZE_NEAREST_NEIGHBOR": 2, "GATHER": 2, "DEQUANTIZE": 2}
+# activations an int8 op applies itself (its fused_activation_function): XNNPACK has no int8 kernel of
+# them alone, so an op each between two delegated ones would split LiteRT's graph there
+_FUSED = {"RELU": "RELU", "RELU6": "RELU6", "RELU_N1_TO_1": "RELU_N1_TO_1"}
+_FUSING = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL"}
+_CONVERSIONS = ("QUANTIZE", "DEQUANTIZE", "DENSIFY")  # ops with no effect but their output: dropped when nothing reads it
+_NUMPY = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "INT64": np.int64, "INT8": np.int8, "UINT8": np.uint8,
+          "INT16": np.int16, "BOOL": np.bool_}
+TFLM_ARENA = 1 << 22  # the first arena TFLM is given; doubled until it fits, up to TFLM_ARENA_MAX
+TFLM_ARENA_MAX = 1 << 29
+
+
+@dataclass(frozen=True)
+class Params:
+    """An int8 tensor's quantization: one scale and zero point, or per-channel scales on `axis` (zero points 0)."""
+
+    scale: tuple[float, ...]
+    zero_point: tuple[int, ...]
+    axis: int = 0
+
+    @classmethod
+    def of(cls, r: Range) -> Params:
+        return cls((float(np.float32(r.scale)),), (r.zero_point - 128,))  # calibrate's uint8 range, moved to int8
+
+
+class _Graph:
+    """What the first subgraph holds: each tensor's type, producer and readers, and its value where constant."""
+
+    def __init__(self, schema: ModuleType, model: Any) -> None:
+        self.schema, self.model = schema, model
+        self.g = model.subgraphs[0]
+        self.ops = _op_names(schema, model)
+        types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+        self.types = [types.get(t.type, "") for t in self.g.tensors]
+        self.readers: dict[int, list[int]] = {}
+        self.producer: dict[int, int] = {}
+        for k, op in enumerate(self.g.operators):
+            for t in _ints(op.inputs):
+                self.readers.setdefault(t, []).append(k)
+            for t in _ints(op.outputs):
+                self.producer[t] = k
+        self.consts: dict[int, NDArray] = {}
+        for t, tensor in enumerate(self.g.tensors):
+            data = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
+            if data is not None and len(data) and self.types[t] in _NUMPY and not tensor.isVariable:
+                shape = [int(d) for d in tensor.shape] if tensor.shape is not None else []
+                self.consts[t] = np.frombuffer(np.asarray(data, np.uint8).tobytes(), _NUMPY[self.types[t]]).reshape(shape)
+        for k, op in enumerate(self.g.operators):  # float16 weights read through DEQUANTIZE: float32 constants
+            ins, outs = _ints(op.inputs), _ints(op.outputs)
+            if self.op(k) == "DEQUANTIZE" and ins and ins[0] in self.consts and self.types[ins[0]] == "FLOAT16":
+                self.consts[outs[0]] = self.consts[ins[0]].astype(np.float32)
+
+    def op(self, k: int) -> str:
+        return self.ops[self.g.operators[k].opcodeIndex]
+
+    def activation(self, t: int) -> bool:
+        return t not in self.consts and self.types[t] == "FLOAT32"
+
+    def activations(self) -> list[int]:
+        """Every float activation tensor the first subgraph computes or takes (what calibration measures)."""
+        seen = set(_ints(self.g.inputs)) | {t for op in self.g.operators for t in _ints(op.outputs)}
+        return sorted(t for t in seen if self.activation(t))
+
+
+def _ints(v: Any) -> list[int]:
+    return [int(i) for i in v] if v is not None else []
+
+
+def _why_not(graph: _Graph, k: int, acts: dict[int, Range]) -> str:
+    """Why op k of the first subgraph cannot run in int8 here ('' when it can)."""
+    name = graph.op(k)
+    op = graph.g.operators[k]
+    ins, outs = _ints(op.inputs), _ints(op.outputs)
+    if name not in _WEIGHTED and name not in _SAME and name not in _FIXED and name not in _OWN:
+        return "no int8 kernel here"
+    if any(not graph.activation(t) or t not in acts for t in outs):
+        return "an output that is not a float activation"
+    if name in _WEIGHTED:
+        if len(ins) < 2 or not graph.activation(ins[0]) or ins[1] not in graph.consts or graph.consts[ins[1]].dtype != np.float32:
+            return "its filter is not a float constant"
+        if len(ins) > 2 and ins[2] >= 0 and (ins[2] not in graph.consts or graph.consts[ins[2]].dtype != np.float32):
+            return "its bias is not a float constant"
+        return ""
+    act_in = [t for t in ins if graph.activation(t)]
+    if not act_in or act_in[0] != ins[0]:
+        return "its first input is not a float activation"
+    if name in _SAME and len(act_in) > 1:
+        return "more than one activation input"
+    floats = [t for t in ins if t in graph.consts and graph.consts[t].dtype == np.float32]
+    if floats and name not in _OWN:
+        return "a float constant input"
+    if any(t >= 0 and not graph.activation(t) and t not in graph.consts for t in ins):
+        return "an input of another type"
+    return ""
+
+
+def candidates(graph: _Graph, acts: dict[int, Range]) -> tuple[list[int], Counter[str]]:
+    """The ops that may run in int8 (in graph order), and the others' types (DEQUANTIZE of constants aside)."""
+    out, floats = [], Counter[str]()
+    for k in range(len(graph.g.operators)):
+        outs = _ints(graph.g.operators[k].outputs)
+        if outs and all(t in graph.consts for t in outs):
+            continue  # a float16 weight's DEQUANTIZE: the weight is read directly, or stays for float readers
+        if _why_not(graph, k, acts):
+            floats[graph.op(k)] += 1
+        else:
+            out.append(k)
+    return out, floats
+
+
+class _Builder:
+    """One trial: the first subgraph rebuilt with the ops in `chosen` in int8, the rest float."""
+
+    def __init__(self, reader: QpkReader, data: bytes, acts: dict[int, Range], chosen: set[int]) -> None:
+        self.schema = _schema()
+        self.model = _load(self.schema, data, str(reader.path))
+        self.graph = _Graph(self.schema, self.model)
+        self.reader, self.acts, self.chosen = reader, acts, chosen
+        self.entries = {int(e.key.split(":", 1)[1]): e for e in reader.entries if e.key.startswith("buffer:")}
+        self.int_of: dict[int, int] = {}  # float tensor -> its int8 tensor
+        self.params: dict[int, Params] = {}  # int8 tensor -> its parameters
+        self.floats: set[int] = set(_ints(self.graph.g.inputs)) | set(self.graph.consts)
+        self.new_ops: list[Any] = []
+        self.requantized: list[str] = []  # weights the container holds in no int8 symmetric per-channel form
+        self.half = 0  # float16 weights left behind DEQUANTIZE for float ops
+        self.fused: set[int] = set()  # activation ops taken into the op before them
+        self.ran: Counter[str] = Counter()
+        self.fell: Counter[str] = Counter()  # ops chosen that could not be (an int32 bias overflows)
+
+    # -- tensors, buffers, opcodes ------------------------------------------------------------------
+    def _tensor(self, like: Any, ttype: int, p: Params | None, data: NDArray | None = None, suffix: bytes = b"_int8",
+                shape: list[int] | None = None) -> int:
+        s = self.schema
+        t = s.TensorT()
+        t.shape = list(like.shape) if shape is None else shape
+        t.shapeSignature = like.shapeSignature if shape is None else None
+        t.type, t.name = ttype, (like.name or b"") + suffix
+        if data is not None:
+            buf = s.BufferT()
+            buf.data = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+            self.model.buffers.append(buf)
+            t.buffer = len(self.model.buffers) - 1
+        else:
+            t.buffer = 0
+        if p is not None:
+            qp = s.QuantizationParametersT()
+            qp.scale, qp.zeroPoint, qp.quantizedDimension = list(p.scale), list(p.zero_point), p.axis
+            t.quantization = qp
+        self.graph.g.tensors.append(t)
+        n = len(self.graph.g.tensors) - 1
+        if p is not None:
+            self.params[n] = p
+        return n
+
+    def _opcode(self, name: str, version: int) -> int:
+        ops = self.graph.ops
+        if name not in ops:
+            code = self.schema.OperatorCodeT()
+            code.builtinCode = code.deprecatedBuiltinCode = getattr(self.schema.BuiltinOperator, name)
+            code.version = 1
+            self.model.operatorCodes.append(code)
+            ops.append(name)
+        i = ops.index(name)
+        self.model.operatorCodes[i].version = max(self.model.operatorCodes[i].version, version)
+        return i
+
+    def _emit(self, name: str, ins: list[int], outs: list[int], version: int = 1) -> None:
+        op = self.schema.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = self._opcode(name, version), ins, outs
+        self.new_ops.append(op)
+
+    # -- activations between the domains ---------------------------------------------------------------
+    def int8(self, t: int) -> int:
+        """The int8 tensor of activation t: made by a QUANTIZE at its calibrated range where only the float one exists."""
+        if t not in self.int_of:
+            q = self._tensor(self.graph.g.tensors[t], self.schema.TensorType.INT8, Params.of(self.acts[t]))
+            self._emit("QUANTIZE", [t], [q])
+            self.int_of[t] = q
+        return self.int_of[t]
+
+    def at(self, q: int, p: Params) -> int:
+        """Int8 tensor q at parameters p: itself, or an int8 QUANTIZE of it (a requantization)."""
+        if self.params[q] == p:
+            return q
+        out = self._tensor(self.graph.g.tensors[q], self.schema.TensorType.INT8, p, suffix=b"_requantized")
+        self._emit("QUANTIZE", [q], [out], 2)
+        return out
+
+    def float(self, t: int) -> int:
+        if t not in self.floats:
+            self.graph.g.tensors[t].type = self.schema.TensorType.FLOAT32
+            self._emit("DEQUANTIZE", [self.int_of[t]], [t], 2)
+            self.floats.add(t)
+        return t
+
+    # -- ops -----------------------------------------------------------------------------------------------
+    def run(self) -> bytes:
+        g = self.graph.g
+        for k, op in enumerate(g.operators):
+            if k in self.fused or (k in self.chosen and self._integer(k, op)):
+                self.ran[self.graph.op(k)] += 1
+                continue
+            op.inputs = [self._float_input(t) for t in _ints(op.inputs)]
+            self.new_ops.append(op)
+            self.floats.update(_ints(op.outputs))
+        for t in _ints(g.outputs):
+            self.float(t)
+        g.operators = self.new_ops
+        _prune(self.graph)
+        self.half = sum(self.graph.ops[op.opcodeIndex] == "DEQUANTIZE" and g.tensors[op.inputs[0]].type == self.schema.TensorType.FLOAT16
+                        for op in g.operators)
+        _compact(self.model)
+        return _serialize(self.schema, self.model)
+
+    def _float_input(self, t: int) -> int:
+        """What a float op reads for t: its float tensor, through a DEQUANTIZE where only the int8 one exists.
+        (Float16 weights stay behind their DEQUANTIZE, which TFLM does not run: as float32 they would double.)"""
+        return self.float(t) if t >= 0 and t in self.int_of and t not in self.floats else t
+
+    def _fusion(self, k: int, op: Any) -> int | None:
+        """The chosen RELU/RELU6/RELU_N1_TO_1 that alone reads op k's output, when k can apply it itself."""
+        outs = _ints(op.outputs)
+        readers = self.graph.readers.get(outs[0], [])
+        opts = op.builtinOptions
+        if (self.graph.op(k) not in _FUSING or opts is None or getattr(opts, "fusedActivationFunction", None) != 0
+                or len(readers) != 1 or readers[0] not in self.chosen or self.graph.op(readers[0]) not in _FUSED
+                or outs[0] in _ints(self.graph.g.outputs)):
+            return None
+        return readers[0]
+
+    def _integer(self, k: int, op: Any) -> bool:
+        name = self.graph.op(k)
+        ins, outs = _ints(op.inputs), _ints(op.outputs)
+        tt = self.schema.TensorType
+        if name in _WEIGHTED:
+            made = self._weighted(name, ins, outs[0])
+            if made is None:
+                self.fell[name] += 1
+                return False
+            op.inputs = made
+        else:
+            first = self.int8(ins[0])
+            if name == "CONCATENATION":
+                p = Params.of(self.acts[outs[0]])
+                op.inputs = [self.at(self.int8(t), p) if self.graph.activation(t) else self._const(t, p) for t in ins]
+            else:
+                op.inputs = [first] + [self._input(t) for t in ins[1:]]
+        j = self._fusion(k, op)
+        if j is not None:  # the op writes the activation's output at its range, clamped as the activation does
+            op.builtinOptions.fusedActivationFunction = getattr(self.schema.ActivationFunctionType, _FUSED[self.graph.op(j)])
+            self.fused.add(j)
+            outs = _ints(self.graph.g.operators[j].outputs)
+        out_p = self._out_params(name, op.inputs[0], outs[0])
+        op.outputs = [self._tensor(self.graph.g.tensors[outs[0]], tt.INT8, out_p)]
+        self.int_of[outs[0]] = op.outputs[0]
+        op.opcodeIndex = self._opcode(name, _VERSIONS.get(name, 1))
+        self.new_ops.append(op)
+        return True
+
+    def _out_params(self, name: str, first_in: int, out: int) -> Params:
+        if name in _SAME:
+            return self.params[first_in]
+        if name in _FIXED:
+            scale, zp = _FIXED[name]
+            return Params((scale,), (zp,))
+        return Params.of(self.acts[out])
+
+    def _input(self, t: int) -> int:
+        """A second input of an int8 op: an activation's int8 tensor, a float constant int8 per tensor, others as they are."""
+        if t < 0:
+            return t
+        if self.graph.activation(t):
+            return self.int8(t)
+        c = self.graph.consts.get(t)
+        if c is not None and c.dtype == np.float32:
+            lo, hi = min(float(c.min()), 0.0), max(float(c.max()), 0.0)
+            return self._const(t, Params.of(Range(lo, hi)))
+        return t
+
+    def _const(self, t: int, p: Params) -> int:
+        c = self.graph.consts[t].astype(np.float64)
+        q = np.clip(np.round(c / p.scale[0]) + p.zero_point[0], -128, 127).astype(np.int8)
+        return self._tensor(self.graph.g.tensors[t], self.schema.TensorType.INT8, p, q, shape=list(c.shape))
+
+    def _weighted(self, name: str, ins: list[int], out: int) -> list[int] | None:
+        """The int8 filter and int32 bias of a CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED; None when a bias overflows int32."""
+        axis = _WEIGHTED[name] % self.graph.consts[ins[1]].ndim
+        q, scales = self._filter(ins[1], axis)
+        x = self.int8(ins[0])
+        in_scale = np.float32(self.params[x].scale[0])
+        bias_scale = (in_scale * scales.astype(np.float32)).astype(np.float32)  # as the kernels multiply them, in float32
+        made = [x, self._tensor(self.graph.g.tensors[ins[1]], self.schema.TensorType.INT8,
+                                Params(tuple(map(float, scales)), (0,) * len(scales), axis), q.astype(np.int8),
+                                shape=list(q.shape))]
+        if len(ins) > 2 and ins[2] >= 0:
+            b = self.graph.consts[ins[2]].astype(np.float64).reshape(-1)
+            qb = np.round(b / bias_scale.astype(np.float64))
+            if not np.all(np.abs(qb) <= _INT32_MAX):
+                return None
+            made.append(self._tensor(self.graph.g.tensors[ins[2]], self.schema.TensorType.INT32,
+                                     Params(tuple(map(float, bias_scale)), (0,) * b.size, 0), qb.astype("<i4"),
+                                     suffix=b"_int32", shape=[b.size]))
+        return made
+
+    def _filter(self, t: int, axis: int) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+        """The filter's int8 symmetric integers and per-channel scales: the container's codes when they are
+        such a form (a per-tensor scale repeated), else its values requantized per channel."""
+        value = self.graph.consts[t]
+        e = self.entries.get(self._buffer_of(t))
+        if e is not None and e.grouping.block is None and e.grouping.axis in (None, axis):
+            with contextlib.suppress(UnsupportedError):
+                sym = _centered(int_form(self.reader, e))
+                if sym.fits(-127, 127):
+                    scales = np.broadcast_to(sym.scale, (value.shape[axis],)) if sym.scale.size == 1 else sym.scale
+                    return sym.q.reshape(value.shape), np.asarray(scales, np.float32)
+        if e is not None:
+            self.requantized.append(e.name)
+        peak = np.abs(np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1)).max(axis=1)
+        scales = np.where(peak > 0, peak / 127, 1.0).astype(np.float32)
+        shape = [1] * value.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(value / scales.reshape(shape)), -127, 127).astype(np.int32)
+        return q, scales
+
+    def _buffer_of(self, t: int) -> int:
+        """The buffer holding constant t's stored value: its own, or a float16 DEQUANTIZE's input's."""
+        k = self.graph.producer.get(t)
+        if k is not None:
+            t = _ints(self.graph.g.operators[k].inputs)[0]
+        return int(self.graph.g.tensors[t].buffer)
+
+
+def _prune(graph: _Graph) -> None:
+    """Drop conversion ops whose outputs nothing reads (the float16 weights' DEQUANTIZE once int8 ops read int8 ones)."""
+    g = graph.g
+    while True:
+        read = set(_ints(g.outputs)) | {t for op in g.operators for t in _ints(op.inputs)}
+        keep = [op for op in g.operators if graph.ops[op.opcodeIndex] not in _CONVERSIONS or set(_ints(op.outputs)) & read]
+        if len(keep) == len(g.operators):
+            return
+        g.operators = keep
+
+
+def _compact(model: Any) -> None:
+    """Drop the first subgraph's tensors no op, input or output names and every buffer no tensor holds,
+    renumbering what refers to them (ops, signatures, metadata)."""
+    g = model.subgraphs[0]
+    used = sorted(set(_ints(g.inputs)) | set(_ints(g.outputs)) | {t for op in g.operators for t in _ints(op.inputs) + _ints(op.outputs)}
+                  - {-1})
+    new = {t: i for i, t in enumerate(used)}
+    g.tensors = [g.tensors[t] for t in used]
+    g.inputs, g.outputs = [new[t] for t in _ints(g.inputs)], [new[t] for t in _ints(g.outputs)]
+    for op in g.operators:
+        op.inputs = [new[t] if t >= 0 else t for t in _ints(op.inputs)]
+        op.outputs = [new[t] for t in _ints(op.outputs)]
+        if op.intermediates is not None:
+            op.intermediates = [new[t] for t in _ints(op.intermediates) if t in new]
+    for sig in model.signatureDefs or []:
+        if sig.subgraphIndex == 0:
+            for io in (sig.inputs or []) + (sig.outputs or []):
+                io.tensorIndex = new[io.tensorIndex]
+    held = {0} | {t.buffer for s in model.subgraphs for t in s.tensors or []} | {m.buffer for m in model.metadata or []}
+    keep = sorted(b for b in held if b < len(model.buffers))
+    remap = {b: i for i, b in enumerate(keep)}
+    model.buffers = [model.buffers[b] for b in keep]
+    for s in model.subgraphs:
+        for t in s.tensors or []:
+            t.buffer = remap[t.buffer]
+    for m in model.metadata or []:
+        m.buffer = remap[m.buffer]
+
+
+def export_tflite_int8(reader: QpkReader, out: Path, notes: list[str], calibration: Calibration | None = None) -> list[Path]:
+    """Write the container's TFLite model with its ops in int8 where TFLite has int8 kernels, activations
+    calibrated on inputs; where the outputs then fall below `calibration.min_cosine` on them, the ops whose
+    activations quantize worst go back to float (a bisection over how many)."""
+    from qpack.converter.convert import restore
+
+    if calibration is None:
+        raise UnsupportedError("--to tflite-int8 calibrates activation ranges: give --inputs, --images or --dataset")
+    schema = _schema()
+    with scratch_folder("qpack-calibrate-") as tmp:
+        float_model = Path(tmp) / "float.tflite"
+        restore(reader.path, float_model)
+        data = float_model.read_bytes()
+        graph = _Graph(schema, _load(schema, data, str(reader.path)))
+        inputs = calibration.load(float_model)
+        acts = tflite_ranges(float_model, graph.activations(), inputs, calibration.method)
+        chosen, floats = candidates(graph, acts)
+
+        def harm(k: int) -> float:  # the worse-quantized activation around the op, in dB
+            op = graph.g.operators[k]
+            return min((acts[t].sqnr_db for t in _ints(op.inputs) + _ints(op.outputs) if t in acts), default=np.inf)
+
+        order = sorted(chosen, key=harm)  # the first go back to float first
+        trial = Path(tmp) / "trial.tflite"
+        tried: dict[int, float] = {}
+        reference = _outputs(float_model, inputs)
+
+        def cosine(k: int) -> float:
+            if k not in tried:
+                trial.write_bytes(_Builder(reader, data, acts, set(order[k:])).run())
+                tried[k] = least_cosine(zip(reference, _outputs(trial, inputs)))
+            return tried[k]
+
+        back = fewest_in_float(len(chosen), cosine, calibration, notes)
+        built = _Builder(reader, data, acts, set(order[back:]))
+        written = built.run()
+        with atomic_output(out) as f:
+            f.write(written)
+        notes.insert(0, _summary(built, floats, calibration.method, inputs.count, back)
+                     + f"; least output cosine {cosine(back):.6f} on the calibration inputs, against the container's float values")
+        if built.requantized:
+            notes.append(f"{len(built.requantized)} weight{'s' if len(built.requantized) > 1 else ''} of int8 ops requantized "
+                         "to int8 symmetric per channel (the container holds no such form of them)")
+        if built.half:  # TFLM's DEQUANTIZE reads integers only
+            notes.append(f"TFLM cannot run it: {built.half} float16 weight{'s' if built.half > 1 else ''} of float ops go through "
+                         "DEQUANTIZE, which TFLM takes from integers only (--min-cosine -1 keeps every op int8)")
+        else:
+            notes.append(micro_note(out, inputs))
+    return [out]
+
+
+def _summary(built: _Builder, floats: Counter[str], method: str, count: int, back: int) -> str:
+    ran = ", ".join(f"{k} {v}" for k, v in sorted(built.ran.items())) or "none"
+    out = f"int8 ops ({method} ranges on {count} inputs): {ran}"
+    if back:
+        out += f"; {back} kept in float for the outputs' cosine (their activations quantize worst)"
+    stay = floats + built.fell
+    if stay:
+        out += "; float: " + ", ".join(f"{k} {v}" for k, v in sorted(stay.items()))
+    return out
+
+
+def _outputs(model: Path, inputs: Inputs) -> list[list[NDArray]]:
+    """LiteRT's outputs (default delegates, as a deployment runs it) on the first CHECK_INPUTS inputs."""
+    from qpack.converter.runtime import TfliteRunner
+
+    r = TfliteRunner(model)
+    return [r.run(f) for f, _ in zip(feeds(inputs), range(CHECK_INPUTS))]
+
+
+@contextlib.contextmanager
+def _captured() -> Iterator[list[str]]:
+    """What native code prints to stdout and stderr meanwhile (TFLM reports there), kept off the console."""
+    import sys
+
+    got: list[str] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield got
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            f.seek(0)
+            got.append(f.read().decode(errors="replace"))
+
+
+def micro_arena(model: Path, inputs: Inputs) -> int:
+    """The arena bytes TensorFlow Lite Micro uses to run `model` once on the first input.
+
+    Raises:
+        ImportError: tflite-micro is not installed; QpackError: TFLM cannot run the model (its message).
+    """
+    from tflite_micro.python.tflite_micro import runtime
+
+    from qpack.converter.runtime import TfliteRunner
+
+    size, last = TFLM_ARENA, ""
+    feed = next(feeds(inputs))
+    values = [feed[s.name] for s in TfliteRunner(model).inputs]  # TFLM numbers the inputs as LiteRT lists them
+    while size <= TFLM_ARENA_MAX:
+        with _captured() as said:
+            try:
+                interp = runtime.Interpreter.from_file(str(model), arena_size=size)
+                for i, v in enumerate(values):
+                    d = interp.get_input_details(i)
+                    interp.set_input(np.asarray(v, d["dtype"]).reshape(d["shape"]), i)
+                interp.invoke()
+                interp.print_allocations()
+                ok = True
+            except Exception as e:
+                ok, last = False, str(e).splitlines()[0] if str(e) else type(e).__name__
+        text = "".join(said)
+        if ok:
+            m = re.search(r"Arena allocation total (\d+) bytes", text)
+            if m is None:
+                raise QpackError("TFLM ran the model but did not report its arena")
+            return int(m.group(1))
+        if "arena" not in (last + text).lower() or "size" not in (last + text).lower():
+            why = next((ln for ln in text.splitlines() if "not" in ln.lower() or "fail" in ln.lower()), last)
+            raise QpackError(why.strip() or last)
+        size *= 2
+    raise QpackError(f"more than {TFLM_ARENA_MAX} bytes of arena ({last})")
+
+
+def micro_note(model: Path, inputs: Inputs) -> str:
+    """One line on running the export in TensorFlow Lite Micro: the arena it needs, or why it cannot run."""
+    try:
+        return f"TFLM runs it in a {micro_arena(model, inputs):,}-byte arena"
+    except ImportError:
+        return "TFLM's arena not measured (pip install tflite-micro)"
+    except QpackError as e:
+        return f"TFLM cannot run it: {e}"

