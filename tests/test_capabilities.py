@@ -156,7 +156,7 @@ def test_toy_scheme_codec_and_target_are_priced_offered_and_exported(toys, sampl
              for c in ("convert", "export")}
     assert "<asym|sym|dq|lut|pow2|ramp>" in helps["convert"]
     assert "<packed|zstd|ans|deflate>" in helps["convert"] and "deflate: the packed codes through zlib at level 9" in helps["convert"]
-    assert "|ramp-npz>" in helps["export"] and "ramp-npz: each tensor's values as float32 in an .npz" in helps["export"]
+    assert "ramp-npz: each tensor's values as float32 in an .npz" in helps["export"] and "c-coded, ramp-npz)" in helps["convert"]
 
     # priced by the allocator: a size goal over the toy scheme, its codes weighed by the toy codec
     out, report = tmp_path / "ramp.qpk", tmp_path / "ramp.json"
