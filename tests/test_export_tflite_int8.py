@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import qpack
 from qpack.converter.cli import app
-from qpack.converter.export.tflite_int import _serialize
+from qpack.converter.export.tflite_int import serialize
 from tests.conftest import packaged
 
 runner = CliRunner()
@@ -122,7 +122,7 @@ def _prefix(src: Path, ops: int, out: Path) -> None:
     g.operators = g.operators[:ops]
     g.outputs = [int(g.operators[-1].outputs[0])]
     m.signatureDefs = None
-    out.write_bytes(_serialize(schema, m))
+    out.write_bytes(serialize(schema, m))
 
 
 def test_tflm_runs_the_export_as_litert_does(iris: Path, exported, tmp_path: Path):

@@ -55,7 +55,7 @@ _VERSIONS = {("FULLY_CONNECTED", False): 12, ("FULLY_CONNECTED", True): 12}
 _DEQUANTIZE_VERSION = {(False, False): 2, (False, True): 5, (True, False): 6, (True, True): 6}  # (int4, per-channel)
 
 
-def _schema() -> ModuleType:
+def litert_schema() -> ModuleType:
     try:
         from ai_edge_litert import schema_py_generated
     except ImportError as e:  # pragma: no cover - depends on the machine
@@ -85,7 +85,7 @@ class _Use:
     sparse: bool = False  # its buffer holds a sparse tensor's nonzero values, which DENSIFY spreads out
 
 
-def _op_names(schema: ModuleType, model: Any) -> list[str]:
+def op_names(schema: ModuleType, model: Any) -> list[str]:
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     return [names.get(max(c.builtinCode, c.deprecatedBuiltinCode), "CUSTOM") for c in model.operatorCodes]
 
@@ -153,7 +153,7 @@ def _widen_float16(schema: ModuleType, model: Any, tensors: set[tuple[int, int]]
         model.buffers[b].data = None
 
 
-def _centered(form: IntForm) -> IntForm:
+def centered(form: IntForm) -> IntForm:
     """The same values with the zero points folded into the integers (a symmetric form)."""
     if form.zero_point is None:
         return form
@@ -177,7 +177,7 @@ def _hybrid(e: TensorEntry, form: IntForm, uses: list[_Use]) -> Choice | None:
     axis = axes.pop()
     if axes or form.grouping.axis not in (None, axis):
         return None
-    sym = _centered(form)
+    sym = centered(form)
     if not sym.fits(-127, 127):
         return None
     int4 = sym.fits(-7, 7) and all(_HYBRID[op][1] for _, op, _ in readers)
@@ -342,7 +342,7 @@ def _pack_buffer(schema: ModuleType, buf: Any, builder: flatbuffers.Builder) -> 
     return end
 
 
-def _serialize(schema: ModuleType, model: Any) -> bytes:
+def serialize(schema: ModuleType, model: Any) -> bytes:
     class Aligned(schema.BufferT):  # type: ignore[name-defined, misc]
         def Pack(self, builder: flatbuffers.Builder) -> int:  # noqa: N802 - the generated API's name
             return _pack_buffer(schema, self, builder)
@@ -354,7 +354,7 @@ def _serialize(schema: ModuleType, model: Any) -> bytes:
     return bytes(builder.Output())
 
 
-def _load(schema: ModuleType, data: bytes, where: str) -> Any:
+def load(schema: ModuleType, data: bytes, where: str) -> Any:
     try:
         model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
     except Exception as e:  # flatbuffers reads unchecked: a corrupt file fails in any way
@@ -381,9 +381,9 @@ def export_tflite_dequantize(reader: QpkReader, out: Path, notes: list[str]) -> 
 
 
 def _export(reader: QpkReader, out: Path, notes: list[str], layout: Layout) -> list[Path]:
-    schema = _schema()
-    model = _load(schema, reader.graph(), str(reader.path))
-    ops = _op_names(schema, model)
+    schema = litert_schema()
+    model = load(schema, reader.graph(), str(reader.path))
+    ops = op_names(schema, model)
     unwrapped = _unwrap_float16(schema, model, ops)
     uses = _uses(model, ops, frozenset(unwrapped))
     choices: list[tuple[int, Choice]] = []
@@ -397,7 +397,7 @@ def _export(reader: QpkReader, out: Path, notes: list[str], layout: Layout) -> l
         writer.apply(c, buffer, uses[buffer])
     writer.finish()
     _widen_float16(schema, model, unwrapped)
-    data = _serialize(schema, model)
+    data = serialize(schema, model)
     with atomic_output(out) as f:
         f.write(data)
     notes.extend(_notes([c for _, c in choices], layout))

@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 from qpack.converter.datasets import Inputs
 from qpack.converter.export.calibrate import CHECK_INPUTS, Calibration, Range, feeds, fewest_in_float, least_cosine, tflite_ranges
 from qpack.converter.export.intform import int_form
-from qpack.converter.export.tflite_int import _centered, _load, _op_names, _schema, _serialize
+from qpack.converter.export.tflite_int import centered, litert_schema, load, op_names, serialize
 from qpack.formats.atomic import atomic_output, scratch_folder
 from qpack.formats.errors import QpackError, UnsupportedError
 from qpack.formats.qpk import QpkReader
@@ -84,7 +84,7 @@ class _Graph:
     def __init__(self, schema: ModuleType, model: Any) -> None:
         self.schema, self.model = schema, model
         self.g = model.subgraphs[0]
-        self.ops = _op_names(schema, model)
+        self.ops = op_names(schema, model)
         types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
         self.types = [types.get(t.type, "") for t in self.g.tensors]
         self.readers: dict[int, list[int]] = {}
@@ -167,8 +167,8 @@ class _Builder:
     """One trial: the first subgraph rebuilt with the ops in `chosen` in int8, the rest float."""
 
     def __init__(self, reader: QpkReader, data: bytes, acts: dict[int, Range], chosen: set[int]) -> None:
-        self.schema = _schema()
-        self.model = _load(self.schema, data, str(reader.path))
+        self.schema = litert_schema()
+        self.model = load(self.schema, data, str(reader.path))
         self.graph = _Graph(self.schema, self.model)
         self.reader, self.acts, self.chosen = reader, acts, chosen
         self.entries = {int(e.key.split(":", 1)[1]): e for e in reader.entries if e.key.startswith("buffer:")}
@@ -265,7 +265,7 @@ class _Builder:
         self.half = sum(self.graph.ops[op.opcodeIndex] == "DEQUANTIZE" and g.tensors[op.inputs[0]].type == self.schema.TensorType.FLOAT16
                         for op in g.operators)
         _compact(self.model)
-        return _serialize(self.schema, self.model)
+        return serialize(self.schema, self.model)
 
     def _float_input(self, t: int) -> int:
         """What a float op reads for t: its float tensor, through a DEQUANTIZE where only the int8 one exists.
@@ -364,7 +364,7 @@ class _Builder:
         e = self.entries.get(self._buffer_of(t))
         if e is not None and e.grouping.block is None and e.grouping.axis in (None, axis):
             with contextlib.suppress(UnsupportedError):
-                sym = _centered(int_form(self.reader, e))
+                sym = centered(int_form(self.reader, e))
                 if sym.fits(-127, 127):
                     scales = np.broadcast_to(sym.scale, (value.shape[axis],)) if sym.scale.size == 1 else sym.scale
                     return sym.q.reshape(value.shape), np.asarray(scales, np.float32)
@@ -433,12 +433,12 @@ def export_tflite_int8(reader: QpkReader, out: Path, notes: list[str], calibrati
 
     if calibration is None:
         raise UnsupportedError("--to tflite-int8 calibrates activation ranges: give --inputs, --images or --dataset")
-    schema = _schema()
+    schema = litert_schema()
     with scratch_folder("qpack-calibrate-") as tmp:
         float_model = Path(tmp) / "float.tflite"
         restore(reader.path, float_model)
         data = float_model.read_bytes()
-        graph = _Graph(schema, _load(schema, data, str(reader.path)))
+        graph = _Graph(schema, load(schema, data, str(reader.path)))
         inputs = calibration.load(float_model)
         acts = tflite_ranges(float_model, graph.activations(), inputs, calibration.method)
         chosen, floats = candidates(graph, acts)
