@@ -1,0 +1,133 @@
+"""Full-integer TFLite exports in TensorFlow Lite Micro beside LiteRT: does TFLM run them, in what arena,
+and how far its outputs are from LiteRT's on the same inputs, in quantization steps.
+
+    python bench/bench_tflm.py [--samples 8] [--only landmark detector ...]
+
+For each TFLite fixture of bench_litert.MODELS (the already-int8 wake word model aside): `convert --bits 8
+--scheme sym --per-channel --for tflite-int8`, then `export --to tflite-int8` calibrated on the calibration
+draw (seed 0, 16 inputs) twice: at the default `--min-cosine 0.99` (ops whose activations quantize worst go
+back to float) and at `--min-cosine -1` (every op int8, what a microcontroller build wants). Each file runs
+in LiteRT (one thread) and in TFLM (`tflite_micro`'s Python interpreter) on the check draw (seed 1); an
+output's step is the scale of the int8 tensor its DEQUANTIZE reads. The issue's target: TFLM within one
+step of LiteRT. Both runtimes' kernels round their requantization differently (TFLM's reference kernels,
+LiteRT's XNNPACK), and a difference of one step early in the graph can grow through it: the first column
+is the largest difference over every output value, the second the share of output values more than one
+step apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_fidelity import packaged  # noqa: E402
+from bench_litert import MODELS, draws  # noqa: E402
+
+import qpack  # noqa: E402
+from qpack.converter.export.tflite_int import litert_schema, load, op_names  # noqa: E402
+
+
+def output_steps(path: Path) -> list[float]:
+    """The scale of the int8 tensor behind each model output (its DEQUANTIZE's input); 0 for a float one."""
+    schema = litert_schema()
+    model = load(schema, path.read_bytes(), str(path))
+    ops, g = op_names(schema, model), model.subgraphs[0]
+    made = {int(op.outputs[0]): op for op in g.operators if ops[op.opcodeIndex] == "DEQUANTIZE"}
+    steps = []
+    for t in g.outputs:
+        op = made.get(int(t))
+        q = g.tensors[int(op.inputs[0])].quantization if op is not None else None
+        steps.append(float(q.scale[0]) if q is not None and q.scale is not None and len(q.scale) else 0.0)
+    return steps
+
+
+def micro_outputs(path: Path, feeds: list[dict[str, np.ndarray]], names: list[str], count: int) -> list[list[np.ndarray]]:
+    from tflite_micro.python.tflite_micro import runtime
+
+    interp = runtime.Interpreter.from_file(str(path), arena_size=1 << 26)
+    out = []
+    for f in feeds:
+        for i, n in enumerate(names):
+            d = interp.get_input_details(i)
+            interp.set_input(np.asarray(f[n], d["dtype"]).reshape(d["shape"]), i)
+        interp.invoke()
+        out.append([np.array(interp.get_output(i), dtype=np.float64) for i in range(count)])
+    return out
+
+
+def lite_outputs(path: Path, feeds: list[dict[str, np.ndarray]], xnnpack: bool) -> tuple[list[str], list[list[np.ndarray]]]:
+    """LiteRT's outputs, with its default XNNPACK delegate or on its own kernels only (TFLite's builtin ones)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    kind = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    it = Interpreter(model_path=str(path), num_threads=1, experimental_op_resolver_type=kind)
+    it.allocate_tensors()
+    ins = it.get_input_details()
+    out = []
+    for f in feeds:
+        for d in ins:
+            it.set_tensor(d["index"], np.asarray(f[d["name"]], d["dtype"]))
+        it.invoke()
+        out.append([np.asarray(it.get_tensor(o["index"]), np.float64) for o in it.get_output_details()])
+    return [d["name"] for d in ins], out
+
+
+def compare(path: Path, feeds: list[dict[str, np.ndarray]], xnnpack: bool) -> tuple[float, float, float]:
+    """(largest difference in steps, share of values more than one step apart, least cosine) of TFLM against LiteRT."""
+    names, lite = lite_outputs(path, feeds, xnnpack)
+    steps = output_steps(path)
+    micro = micro_outputs(path, feeds, names, len(steps))
+    worst, apart, total, cos = 0.0, 0, 0, 1.0
+    for a_all, b_all in zip(lite, micro):
+        for a, b, s in zip(a_all, b_all, steps):
+            d = np.abs(a.ravel() - b.ravel()) / (s if s > 0 else 1.0)
+            worst, apart, total = max(worst, float(d.max())), apart + int((d > 1.0 + 1e-6).sum()), total + d.size
+            cos = min(cos, float(a.ravel() @ b.ravel() / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)))
+    return worst, apart / max(total, 1), cos
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--only", nargs="+", choices=[m.subject.name for m in MODELS if not m.quantized])
+    args = ap.parse_args()
+    print("| model | --min-cosine | bytes | TFLM arena | against LiteRT (XNNPACK): largest, steps | share > 1 step | least cosine "
+          "| against LiteRT's own kernels: largest, steps | share > 1 step | least cosine |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for m in MODELS:
+            if m.quantized or (args.only and m.subject.name not in args.only):
+                continue
+            fx = m.subject.fixture
+            src = packaged(fx.dist, fx.relpath)
+            if src is None:
+                print(f"| {m.subject.name} | not installed: {fx.dist} | | | | | | |")
+                continue
+            cal, checks = draws(m, src, args.samples)
+            calib = tmp / f"{m.subject.name}.npz"
+            np.savez(calib, **cal)
+            qpk = tmp / f"{m.subject.name}.qpk"
+            qpack.convert(src, qpk, bits=8, scheme="sym", per_channel=True, target="tflite-int8", compress="none")
+            for floor in (0.99, -1.0):
+                out = tmp / f"{m.subject.name}.{floor}.tflite"
+                done = qpack.export(qpk, "tflite-int8", out, inputs=calib, min_cosine=floor)
+                said = next((n for n in done.notes if n.startswith("TFLM")), "")
+                if not said.startswith("TFLM runs it"):
+                    print(f"| {m.subject.name} | {floor:g} | {out.stat().st_size:,} | {said} | | | | | | |")
+                    continue
+                arena = said.split(" a ", 1)[1].split("-byte", 1)[0]
+                cells = [f"{w:.0f} | {a:.2%} | {c:.6f}" for w, a, c in (compare(out, checks, x) for x in (True, False))]
+                print(f"| {m.subject.name} | {floor:g} | {out.stat().st_size:,} | {arena} | {' | '.join(cells)} |")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
