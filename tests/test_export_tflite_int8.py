@@ -188,3 +188,31 @@ def test_float16_weights_become_int8_weights(tmp_path: Path):
     assert sorted(set(conversions), key=str) == [("DEQUANTIZE", np.int8), ("QUANTIZE", np.float32), ("QUANTIZE", np.int8)]
     assert conversions.count(("DEQUANTIZE", np.int8)) == 2 and conversions.count(("QUANTIZE", np.float32)) == 1
     assert out.stat().st_size < src.stat().st_size * 0.85  # half the weights' bytes; per-channel parameters added
+
+
+def test_sparse_weights_are_spread_out_as_densify_does(tfl_sparse: Path, tmp_path: Path):
+    """MediaPipe's sparse face detector: each sparse kernel spread out as LiteRT's DENSIFY computes it, so
+    every CONV_2D reads a dense int8 filter; TFLM, which has no DENSIFY, gets a graph without one."""
+    from qpack.converter.export.tflite_int8 import _Graph
+
+    graph = _Graph(schema, schema.ModelT.InitFromObj(schema.Model.GetRootAs(tfl_sparse.read_bytes(), 0)))
+    it = _interpreter(tfl_sparse, every=True)
+    it.set_tensor(it.get_input_details()[0]["index"], _images(1, 0, (192, 192, 3)))
+    it.invoke()
+    densified = [o["outputs"][0] for o in it._get_ops_details() if o["op_name"] == "DENSIFY"]
+    assert len(densified) == 46
+    for t in densified:
+        np.testing.assert_array_equal(graph.consts[t], it.get_tensor(t))
+
+    qpk = tmp_path / "sparse.qpk"
+    qpack.convert(tfl_sparse, qpk, target="tflite-int8", compress="none")
+    np.savez(tmp_path / "cal.npz", input=_images(4, 0, (192, 192, 3)))
+    out = tmp_path / "sparse_int8.tflite"
+    qpack.export(qpk, "tflite-int8", out, inputs=tmp_path / "cal.npz", min_cosine=-1)
+    q, f = _interpreter(out), _interpreter(tfl_sparse)
+    assert {o["op_name"] for o in q._get_ops_details()} & {"DENSIFY"} == set()
+    assert all(d["dtype"] != np.float16 for d in q.get_tensor_details())
+    for x in _images(2, 7, (192, 192, 3)):
+        a = np.concatenate([o.ravel() for o in _run(f, x[None])]).astype(np.float64)
+        b = np.concatenate([o.ravel() for o in _run(q, x[None])]).astype(np.float64)
+        assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) >= 0.97

@@ -220,3 +220,29 @@ def test_buffer_stored_after_flatbuffer_by_offset(tmp_path: Path):
     cut.write_bytes(src.read_bytes()[:-8])
     with pytest.raises(FormatError, match="past the end"):
         TfliteModel(cut)
+
+
+def test_densify_checks_the_metadata_it_is_given():
+    """A CSR level spreads values over the dense dimensions above it, blocks included; metadata that does
+    not describe the values within the shape is one FormatError, and no allocation beyond MAX_DENSE."""
+    from qpack.formats.tflite_model import Level, densify
+
+    seg, idx = np.array([0, 1, 3]), np.array([2, 0, 3])
+    got = densify(np.array([1.0, 2.0, 3.0]), (2, 4), [0, 1], [], [Level(True, 2), Level(False, 0, seg, idx)], "t")
+    np.testing.assert_array_equal(got, [[0, 0, 1, 0], [2, 0, 0, 3]])
+    # 2x2 blocks of a 2x4 matrix: block (0, 1) only, dense inside
+    blocks = densify(np.arange(1.0, 5.0), (2, 4), [0, 1, 2, 3], [0, 1],
+                     [Level(True, 1), Level(False, 0, np.array([0, 1]), np.array([1])), Level(True, 2), Level(True, 2)], "t")
+    np.testing.assert_array_equal(blocks, [[0, 0, 1, 2], [0, 0, 3, 4]])
+    bad = [
+        ((2, 4), [Level(True, 2), Level(False, 0, np.array([0, 1, 4]), idx)]),  # a segment past the indices
+        ((2, 4), [Level(True, 2), Level(False, 0, np.array([0, 2, 1]), idx)]),  # segments out of order
+        ((2, 4), [Level(True, 2), Level(False, 0, seg, np.array([2, 0, 4]))]),  # an index past the dimension
+        ((2, 4), [Level(True, 3), Level(False, 0, seg, idx)]),  # a dense level of the wrong size
+        ((2, 4), [Level(True, 2), Level(False, 0, np.array([0, 1, 2]), idx)]),  # fewer positions than values
+    ]
+    for shape, levels in bad:
+        with pytest.raises(FormatError):
+            densify(np.array([1.0, 2.0, 3.0]), shape, [0, 1], [], levels, "t")
+    with pytest.raises(UnsupportedError):
+        densify(np.array([1.0]), (1 << 20, 1 << 10), [0, 1], [], [Level(True, 1 << 20), Level(True, 1 << 10)], "t")

@@ -12,7 +12,8 @@ and resizing ops write at their input's scale and zero point; CONCATENATION read
 output's (an input elsewhere is requantized by an int8 QUANTIZE); LOGISTIC and SOFTMAX write at
 1/256, -128, TANH at 1/128, 0; PRELU's alpha is int8 per tensor. An op without an int8 kernel here
 stays float between a DEQUANTIZE and a QUANTIZE (a float island), so every model exports. Float16
-weights behind DEQUANTIZE ops become int8 weights the integer op reads directly. Only the first
+weights behind DEQUANTIZE ops become int8 weights the integer op reads directly; sparse ones behind
+DENSIFY are spread out first (formats.tflite_model.densify). Only the first
 subgraph is made integer. Where the outputs' cosine on the calibration inputs falls below the goal,
 the ops whose activations quantize worst go back to float (a bisection), as onnx-int8 does.
 """
@@ -20,6 +21,7 @@ the ops whose activations quantize worst go back to float (a bisection), as onnx
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import tempfile
@@ -40,6 +42,7 @@ from qpack.converter.export.tflite_int import centered, litert_schema, load, op_
 from qpack.formats.atomic import atomic_output, scratch_folder
 from qpack.formats.errors import QpackError, UnsupportedError
 from qpack.formats.qpk import QpkReader
+from qpack.formats.tflite_model import Level, densify
 
 _INT32_MAX = (1 << 31) - 1
 _WEIGHTED = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}  # op -> the filter's output-channel axis
@@ -98,10 +101,13 @@ class _Graph:
         for t, tensor in enumerate(self.g.tensors):
             data = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
             if data is not None and len(data) and self.types[t] in _NUMPY and not tensor.isVariable:
-                shape = [int(d) for d in tensor.shape] if tensor.shape is not None else []
-                self.consts[t] = np.frombuffer(np.asarray(data, np.uint8).tobytes(), _NUMPY[self.types[t]]).reshape(shape)
-        for k, op in enumerate(self.g.operators):  # float16 weights read through DEQUANTIZE: float32 constants
+                shape = tuple(int(d) for d in tensor.shape) if tensor.shape is not None else ()
+                value: NDArray = np.frombuffer(np.asarray(data, np.uint8).tobytes(), _NUMPY[self.types[t]])
+                self.consts[t] = _dense(tensor, value, shape) if tensor.sparsity is not None else value.reshape(shape)
+        for k, op in enumerate(self.g.operators):  # sparse and float16 weights read through DENSIFY and DEQUANTIZE
             ins, outs = _ints(op.inputs), _ints(op.outputs)
+            if self.op(k) == "DENSIFY" and ins and ins[0] in self.consts:
+                self.consts[outs[0]] = self.consts[ins[0]]
             if self.op(k) == "DEQUANTIZE" and ins and ins[0] in self.consts and self.types[ins[0]] == "FLOAT16":
                 self.consts[outs[0]] = self.consts[ins[0]].astype(np.float32)
 
@@ -115,6 +121,20 @@ class _Graph:
         """Every float activation tensor the first subgraph computes or takes (what calibration measures)."""
         seen = set(_ints(self.g.inputs)) | {t for op in self.g.operators for t in _ints(op.outputs)}
         return sorted(t for t in seen if self.activation(t))
+
+
+def _dense(tensor: Any, values: NDArray, shape: tuple[int, ...]) -> NDArray:
+    """A sparse constant spread out (what DENSIFY computes), so an int8 op reads it as a dense int8 filter."""
+    sp = tensor.sparsity
+
+    def vector(v: Any) -> NDArray[np.int64] | None:
+        return None if v is None or v.values is None else np.asarray(v.values, np.int64)
+
+    levels = [Level(m.format == 0, int(m.denseSize), vector(m.arraySegments), vector(m.arrayIndices))
+              for m in sp.dimMetadata or []]
+    name = (tensor.name or b"").decode("utf-8", "replace")
+    return densify(values, shape, [int(d) for d in _ints(sp.traversalOrder)], [int(d) for d in _ints(sp.blockMap)],
+                   levels, f"tensor '{name}'")
 
 
 def _ints(v: Any) -> list[int]:
@@ -362,7 +382,7 @@ class _Builder:
         such a form (a per-tensor scale repeated), else its values requantized per channel."""
         value = self.graph.consts[t]
         e = self.entries.get(self._buffer_of(t))
-        if e is not None and e.grouping.block is None and e.grouping.axis in (None, axis):
+        if e is not None and e.grouping.block is None and e.grouping.axis in (None, axis) and math.prod(e.shape) == value.size:
             with contextlib.suppress(UnsupportedError):
                 sym = centered(int_form(self.reader, e))
                 if sym.fits(-127, 127):
@@ -378,9 +398,11 @@ class _Builder:
         return q, scales
 
     def _buffer_of(self, t: int) -> int:
-        """The buffer holding constant t's stored value: its own, or a float16 DEQUANTIZE's input's."""
-        k = self.graph.producer.get(t)
-        if k is not None:
+        """The buffer holding constant t's stored value: its own, or that of the weight a DEQUANTIZE (float16)
+        or DENSIFY (sparse) it comes out of reads."""
+        for _ in range(3):  # DENSIFY then DEQUANTIZE at most (a bound, where a hostile graph loops)
+            if (k := self.graph.producer.get(t)) is None:
+                break
             t = _ints(self.graph.g.operators[k].inputs)[0]
         return int(self.graph.g.tensors[t].buffer)
 
