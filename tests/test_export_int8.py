@@ -295,6 +295,8 @@ def test_batchnorm_folds_into_integer_conv(tmp_path: Path, per_channel: bool):
     a = _session(restored).run(None, {"x": x})[0].ravel()
     b = _session(out).run(None, {"x": x})[0].ravel()
     assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.999
+    qpack.export(qpk, "onnx-int8", tmp_path / "again.onnx", inputs=tmp_path / "cal.npz", min_cosine=-1)
+    assert (tmp_path / "again.onnx").read_bytes() == out.read_bytes()
 
 
 def test_batchnorm_with_a_zero_scale_stays(tmp_path: Path):
