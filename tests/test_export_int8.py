@@ -198,3 +198,141 @@ def test_a_bias_a_subgraph_reads_stays(tmp_path: Path):
     assert done.notes[0].startswith("integer nodes (mse ranges on 8 inputs): Gemm 1")
     out = _session(tmp_path / "if_int8.onnx").run(None, {"x": np.ones((1, 16), np.float32), "cond": np.array(True)})[0]
     assert np.isfinite(out).all()
+
+
+def _conv_bn(path: Path, gamma1: np.ndarray) -> None:
+    """x[N,3,8,8] -> Conv(w1[6,3,3,3], pads 1, no bias) -> BatchNormalization(gamma1, ...) -> Relu
+    -> Conv(w2[4,6,1,1], b2) -> BatchNormalization -> Tanh -> y, every BatchNormalization parameter
+    in a Constant node (as PaddleOCR exports them)."""
+    rng = np.random.default_rng(3)
+
+    def const(name: str, v: np.ndarray) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(v.astype(np.float32), name))
+
+    def bn(prefix: str, gamma: np.ndarray) -> list[onnx.NodeProto]:
+        c = gamma.size
+        return [const(f"{prefix}_scale", gamma), const(f"{prefix}_offset", rng.standard_normal(c) * 0.3),
+                const(f"{prefix}_mean", rng.standard_normal(c) * 0.5), const(f"{prefix}_var", rng.uniform(0.2, 2.0, c))]
+
+    w1 = numpy_helper.from_array((rng.standard_normal((6, 3, 3, 3)) * 0.3).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((4, 6, 1, 1)) * 0.4).astype(np.float32), "w2")
+    b2 = numpy_helper.from_array((rng.standard_normal(4) * 0.1).astype(np.float32), "b2")
+    gamma2 = np.array([1.2, -0.7, 0.9, 1.5])
+    nodes = [*bn("bn1", gamma1), *bn("bn2", gamma2),
+             helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c1", "bn1_scale", "bn1_offset", "bn1_mean", "bn1_var"], ["n1"], epsilon=1e-3),
+             helper.make_node("Relu", ["n1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]),
+             helper.make_node("BatchNormalization", ["c2", "bn2_scale", "bn2_offset", "bn2_mean", "bn2_var"], ["n2"]),
+             helper.make_node("Tanh", ["n2"], ["y"])]
+    graph = helper.make_graph(nodes, "conv_bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4, 8, 8])], [w1, w2, b2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 6
+    onnx.save(model, path)
+
+
+def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """What each DequantizeLinear of an initializer computes (float64), by its output."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    out = {}
+    for n in model.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits:
+            q, s = inits[n.input[0]].astype(np.float64), inits[n.input[1]].astype(np.float64)
+            zp = inits[n.input[2]].astype(np.float64) if len(n.input) > 2 else np.zeros_like(s)
+            shape = [-1 if i == 0 and s.ndim else 1 for i in range(q.ndim)]
+            out[n.output[0]] = (q - zp.reshape(shape)) * s.reshape(shape)
+    return out
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_batchnorm_folds_into_integer_conv(tmp_path: Path, per_channel: bool):
+    """Each BatchNormalization after an integer Conv is folded into it, negative scales included: the
+    folded weights are the container's times scale / sqrt(var + epsilon), the bias (b - mean) * s + B
+    within half an int32 step, the pair after the Conv holds the range calibrated on the BatchNormalization's
+    output, and onnxruntime runs both Convs as QLinearConv with no BatchNormalization left."""
+    from qpack.converter.export.calibrate import ranges
+
+    src = tmp_path / "cb.onnx"
+    gamma1 = np.array([0.8, -1.3, 1.1, 0.5, -0.4, 2.0])
+    _conv_bn(src, gamma1)
+    rng = np.random.default_rng(4)
+    np.savez(tmp_path / "cal.npz", x=rng.standard_normal((24, 3, 8, 8)).astype(np.float32))
+    qpk = tmp_path / "cb.qpk"
+    qpack.convert(src, qpk, bits=8, scheme="sym", per_channel=per_channel, compress="none")
+    out = tmp_path / "cb_int8.onnx"
+    done = qpack.export(qpk, "onnx-int8", out, inputs=tmp_path / "cal.npz", min_cosine=-1)
+    says = "integer nodes (mse ranges on 24 inputs): Conv 2; 2 BatchNormalization folded into their Conv; least"
+    assert done.notes[0].startswith(says), done.notes
+    m = onnx.load(str(out))
+    assert "BatchNormalization" not in {n.op_type for n in m.graph.node}
+    ops = _fused_ops(out, tmp_path)
+    assert ops["QLinearConv"] == 2 and "Conv" not in ops and "BatchNormalization" not in ops, ops
+
+    # the folding in float64 from the container's own values
+    restored = tmp_path / "restored.onnx"
+    qpack.unpack(qpk, restored)
+    f = onnx.load(str(restored))
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t).astype(np.float64) for n in f.graph.node if n.op_type == "Constant"}
+    consts.update({t.name: numpy_helper.to_array(t).astype(np.float64) for t in f.graph.initializer})
+    w = _weights(m)
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    for conv, (bn, eps, bias) in zip(convs, [("bn1", 1e-3, 0.0), ("bn2", 1e-5, consts["b2"])]):
+        s = consts[f"{bn}_scale"] / np.sqrt(consts[f"{bn}_var"] + np.float32(eps))
+        want = consts[conv.input[1]] * s.reshape(-1, 1, 1, 1)
+        np.testing.assert_allclose(w[conv.input[1]], want, rtol=2e-7, atol=0)
+        want_b = (bias - consts[f"{bn}_mean"]) * s + consts[f"{bn}_offset"]
+        dq = next(n for n in m.graph.node if n.output[0] == conv.input[2])
+        step = numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == dq.input[1])).astype(np.float64)
+        assert np.all(np.abs(w[conv.input[2]] - want_b) <= step * 0.5000001), (w[conv.input[2]], want_b)
+    # the pair after the second Conv is at the range of the BatchNormalization's output in the float model
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    cal = qpack.load_inputs(restored, inputs=tmp_path / "cal.npz")
+    assert inits["n2_act_scale"] == np.float32(ranges(restored, ["n2"], cal, "mse")["n2"].scale)
+    assert not any(k.startswith("c2_act") for k in inits)
+
+    x = rng.standard_normal((8, 3, 8, 8)).astype(np.float32)
+    a = _session(restored).run(None, {"x": x})[0].ravel()
+    b = _session(out).run(None, {"x": x})[0].ravel()
+    assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.999
+    qpack.export(qpk, "onnx-int8", tmp_path / "again.onnx", inputs=tmp_path / "cal.npz", min_cosine=-1)
+    assert (tmp_path / "again.onnx").read_bytes() == out.read_bytes()
+
+
+def test_batchnorm_with_a_zero_scale_stays(tmp_path: Path):
+    """A channel whose scale / sqrt(var + epsilon) is 0 cannot be folded (the weight scale would be 0):
+    that BatchNormalization stays in float after its integer Conv, and the note says why."""
+    src = tmp_path / "cb.onnx"
+    _conv_bn(src, np.array([0.8, 0.0, 1.1, 0.5, -0.4, 2.0]))
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(4).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    qpk = tmp_path / "cb.qpk"
+    qpack.convert(src, qpk, target="onnx-int8", compress="none")
+    out = tmp_path / "cb_int8.onnx"
+    done = qpack.export(qpk, "onnx-int8", out, inputs=tmp_path / "cal.npz", min_cosine=-1)
+    assert ("Conv 2; 1 BatchNormalization folded into their Conv; BatchNormalization kept in float: "
+            "1 (a channel's scale / sqrt(var + epsilon) is 0 or not finite)") in done.notes[0], done.notes
+    assert [n.op_type for n in onnx.load(str(out)).graph.node].count("BatchNormalization") == 1
+
+
+def test_cls_batchnorm_folds(ocr_cls: Path, tmp_path: Path):
+    """PaddleOCR's classifier: its 35 BatchNormalization nodes (parameters in Constant nodes) fold into
+    their Convs, so every Conv is integer with no float op between them, and the outputs keep the
+    container's float model's."""
+    qpk = tmp_path / "cls.qpk"
+    qpack.convert(ocr_cls, qpk, target="onnx-int8", compress="none")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "cal.npz", x=rng.random((16, 3, 48, 192), dtype=np.float32))
+    out = tmp_path / "cls_int8.onnx"
+    done = qpack.export(qpk, "onnx-int8", out, inputs=tmp_path / "cal.npz")
+    assert "35 BatchNormalization folded into their Conv" in done.notes[0], done.notes
+    assert "BatchNormalization" not in {n.op_type for n in onnx.load(str(out)).graph.node}
+    ops = _fused_ops(out, tmp_path)
+    assert ops["QLinearConv"] == 53 and "Conv" not in ops, ops
+    restored = tmp_path / "restored.onnx"
+    qpack.unpack(qpk, restored)
+    least = 1.0
+    for x in rng.random((4, 1, 3, 48, 192), dtype=np.float32):
+        a = _session(restored).run(None, {"x": x})[0].ravel()
+        b = _session(out).run(None, {"x": x})[0].ravel()
+        least = min(least, a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+    assert least > 0.99

@@ -12,6 +12,11 @@ pattern onnxruntime fuses into QLinearConv, QLinearMatMul and QGemm (integer dot
 | MatMul | its B is a stored 2-D weight, int8 per tensor or per column (axis 1) |
 | Gemm | transA = 0, alpha = beta = 1, B stored int8 per tensor or per output channel, C a float constant [N] |
 
+A BatchNormalization that alone reads an integer Conv's output (inference mode, its parameters float
+constants) is folded into it: s = scale / sqrt(var + epsilon) per output channel scales the weight's
+per-channel scales (the codes stay, negated where s < 0), the bias becomes (b - mean) * s + B, and the
+Conv writes the BatchNormalization's output, so no float op sits between integer ones.
+
 Only the main graph's nodes qualify; a node's float output stays float where it is a graph output
 (an 8-bit model output would cost fidelity for no speed). Every other stored tensor is exported as
 `onnx-qdq` does. The export then runs both models on the calibration inputs and notes the least
@@ -25,6 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from qpack.converter.datasets import Inputs
@@ -39,21 +45,46 @@ from qpack.converter.export.calibrate import (
     least_cosine,
     ranges,
 )
+from qpack.converter.export.intform import IntForm
 from qpack.converter.export.onnx_graph import Edits, Names, Site, load_skeleton, raise_opset, raw_tensor, walk_graphs
 from qpack.formats.errors import UnsupportedError
-from qpack.formats.onnx_keys import walk_sites
-from qpack.formats.qpk import QpkReader
+from qpack.formats.onnx_keys import DEFAULT_DOMAINS, walk_sites
+from qpack.formats.qpk import Grouping, QpkReader
 
 INT8 = next(t for t in onnx_qdq.SIGNED if t.name == "INT8")
 _OPSET_PER_AXIS = 13
 _INT32_MAX = (1 << 31) - 1
+_BN_EPSILON = 1e-5  # BatchNormalization's default epsilon
+
+
+@dataclass(frozen=True)
+class _Fold:
+    """A BatchNormalization folded into the Conv before it: the node (removed) and the Conv's new bias."""
+
+    node: NodeProto
+    bias: NDArray[np.float64]  # (b - mean) * s + B, one per output channel
 
 
 @dataclass
 class _IntNode:
     node: NodeProto
-    weight: onnx_qdq.QdqPlan
+    weight: onnx_qdq.QdqPlan  # the folded weight where a BatchNormalization is folded in
     bias: Site | None
+    fold: _Fold | None = None
+    unfolded: str = ""  # why the BatchNormalization that alone reads the Conv's output stays
+
+    @property
+    def output(self) -> str:
+        """The value the node makes once rewritten: the folded BatchNormalization's output, else its own."""
+        return self.fold.node.output[0] if self.fold is not None else self.node.output[0]
+
+    def bias_values(self) -> tuple[str, NDArray[np.float64]] | None:
+        """The bias (a name to derive new names from, and its values), None when there is none."""
+        if self.fold is not None:
+            return self.fold.node.output[0] + "_folded_bias", self.fold.bias
+        if self.bias is None:
+            return None
+        return self.bias.value, numpy_helper.to_array(self.bias.tensor).astype(np.float64).reshape(-1)
 
 
 def _channel_axis(node: NodeProto) -> int:
@@ -94,16 +125,92 @@ def _why_not(node: NodeProto, plans: dict[str, onnx_qdq.QdqPlan], consts: dict[s
 
 def _int_nodes(model: ModelProto, plans: dict[str, onnx_qdq.QdqPlan], consts: dict[str, Site]) -> tuple[list[_IntNode], Counter[str]]:
     out, skipped = [], Counter[str]()
+    readers: dict[str, list[NodeProto]] = {}
+    for _, g in walk_graphs(model.graph):
+        for nd in g.node:
+            for i in dict.fromkeys(nd.input):
+                readers.setdefault(i, []).append(nd)
+    main = {id(nd) for nd in model.graph.node}
+    outputs = {o.name for o in model.graph.output}
     for node in model.graph.node:
-        if node.op_type not in ("Conv", "MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in ("Conv", "MatMul", "Gemm") or node.domain not in DEFAULT_DOMAINS:
             continue
         why = _why_not(node, plans, consts)
         if why:
             skipped[f"{node.op_type}: {why}"] += 1
             continue
         bias = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        out.append(_IntNode(node, plans[node.input[1]], bias))
+        n = _IntNode(node, plans[node.input[1]], bias)
+        after = readers.get(node.output[0], [])
+        if (node.op_type == "Conv" and len(after) == 1 and after[0].op_type == "BatchNormalization"
+                and after[0].domain in DEFAULT_DOMAINS and id(after[0]) in main and after[0].input[0] == node.output[0]):
+            folded = _fold(n, after[0], plans, consts, readers, outputs)
+            if isinstance(folded, str):
+                n.unfolded = folded
+            else:
+                n.weight, n.fold = folded
+        out.append(n)
     return out, skipped
+
+
+def _fold(n: _IntNode, bn: NodeProto, plans: dict[str, onnx_qdq.QdqPlan], consts: dict[str, Site],
+          readers: dict[str, list[NodeProto]], outputs: set[str]) -> tuple[onnx_qdq.QdqPlan, _Fold] | str:
+    """The Conv's weight and bias with the BatchNormalization after it folded in, or why it cannot be.
+
+    With the weight per output channel as codes q at scales d, the folded weight is q at d * s
+    (s = scale / sqrt(var + epsilon)): the codes stay, so the folded Conv holds the container's values
+    times s, whichever order float rounding takes them in. A channel with s < 0 takes -q at d * |s|,
+    which int8 holds when no code of it is -128.
+    """
+    node, plan = n.node, n.weight
+    assert plan.form is not None
+    attrs = {a.name: helper.get_attribute_value(a) for a in bn.attribute}
+    if node.output[0] in outputs:
+        return "the Conv's output is a graph output"
+    if attrs.get("training_mode", 0):
+        return "it is in training mode"
+    if len(bn.input) != 5 or any(o and (readers.get(o) or o in outputs) for o in bn.output[1:]):
+        return "it has more than one output in use"
+    if len(readers.get(node.input[1], [])) != 1:
+        return "the Conv's weight is read by other nodes too"
+    if n.bias is not None and n.bias.value in plans:
+        return "the Conv's bias is stored in the container"
+    params = []
+    for name in bn.input[1:]:
+        if name in plans:
+            return "its parameters are stored in the container"
+        site = consts.get(name)
+        if site is None or site.tensor.data_type != TensorProto.FLOAT:
+            return "its parameters are not float constants"
+        params.append(numpy_helper.to_array(site.tensor).astype(np.float64).reshape(-1))
+    channels = plan.entry.shape[0]
+    if any(p.size != channels for p in params):
+        return "its parameters are not one per output channel"
+    gamma, beta, mean, var = params
+    with np.errstate(all="ignore"):
+        s = gamma / np.sqrt(var + np.float64(np.float32(attrs.get("epsilon", _BN_EPSILON))))
+    if not np.all(np.isfinite(s) & (s != 0)):
+        return "a channel's scale / sqrt(var + epsilon) is 0 or not finite"
+    form = plan.form
+    shape = (channels,) + (1,) * (len(plan.entry.shape) - 1)
+    negate = s < 0
+    if np.any(form.q[negate] == INT8.low):
+        return f"a channel it negates holds the code {INT8.low}, which int8 cannot negate"
+    d = np.broadcast_to(form.scale.astype(np.float64), (channels,))
+    with np.errstate(all="ignore"):
+        scale = (d * np.abs(s)).astype(np.float32)
+    if not np.all(np.isfinite(scale) & (scale > 0)):
+        return "its folded weight scales leave float32's range"
+    b = n.bias_values()
+    if b is not None and b[1].size != channels:
+        return "the Conv's bias is not one per output channel"
+    with np.errstate(all="ignore"):
+        bias = ((b[1] if b is not None else 0.0) - mean) * s + beta
+    if not np.all(np.isfinite(bias)):
+        return "its folded bias is not finite"
+    entry = replace(plan.entry, grouping=Grouping(axis=0))
+    q = np.where(negate.reshape(shape), -form.q, form.q).astype(np.int32)
+    return replace(plan, entry=entry, form=IntForm(entry, q, scale, None)), _Fold(bn, bias)
 
 
 def _scalar(name: str, data_type: int, value: np.generic) -> TensorProto:
@@ -136,8 +243,9 @@ class _Rewriter:
     def bias(self, n: _IntNode, input_scale: float) -> tuple[str, list[NodeProto]] | None:
         """The node's bias as int32 at input scale x weight scale, behind a DequantizeLinear; None when
         a value would overflow int32."""
-        assert n.bias is not None and n.weight.form is not None
-        b = numpy_helper.to_array(n.bias.tensor).astype(np.float64).reshape(-1)
+        got = n.bias_values()
+        assert got is not None and n.weight.form is not None
+        value, b = got
         w_scale = n.weight.form.scale.astype(np.float64)
         scale = (np.float32(input_scale) * w_scale.astype(np.float32)).astype(np.float32)
         scale = np.broadcast_to(scale, b.shape).copy() if scale.size == 1 else scale
@@ -146,13 +254,21 @@ class _Rewriter:
         q = np.round(b / scale.astype(np.float64))
         if not np.all(np.abs(q) <= _INT32_MAX):
             return None
-        value = n.bias.value
         qn, sn, out = (self.names.fresh(f"{value}_int32"), self.names.fresh(f"{value}_int32_scale"),
                        self.names.fresh(f"{value}_dequantized"))
         self.inits += [raw_tensor(qn, TensorProto.INT32, [b.size], q.astype("<i4")),
                        raw_tensor(sn, TensorProto.FLOAT, [b.size], scale.astype("<f4"))]
         node = helper.make_node("DequantizeLinear", [qn, sn], [out], name=self.names.fresh(f"{value}_DequantizeLinear"), axis=0)
         return out, [node]
+
+    def float_bias(self, n: _IntNode) -> str:
+        """A folded bias as a float32 initializer (where int32 cannot hold it)."""
+        got = n.bias_values()
+        assert got is not None
+        value, b = got
+        name = self.names.fresh(value)
+        self.inits.append(raw_tensor(name, TensorProto.FLOAT, [b.size], b.astype("<f4")))
+        return name
 
 
 def export_onnx_int8(reader: QpkReader, out: Path, notes: list[str], calibration: Calibration | None = None) -> list[Path]:
@@ -232,9 +348,10 @@ def _build(reader: QpkReader, base: _Base, kept: set[int], acts: dict[str, Range
     candidates, _ = _int_nodes(model, plans, consts)
     chosen = [n for i, n in enumerate(candidates) if i in kept]
     widened = _rewrite(model, chosen, acts, _pairs_after(model, chosen))
-    int_weights = {n.node.input[1] for n in chosen}
+    int_weights = {n.node.input[1]: n.weight for n in chosen}  # a folded Conv's weight carries the fold
     edits, names = Edits(), Names(model)
     for key, p in by_key.items():
+        p = int_weights.get(at[key].value, p)
         if at[key].value in int_weights and p.form is not None:
             # the integer kernels take int8 (narrower codes widen), with explicit zero points (QGemm's fusion asks)
             p = replace(p, qtype=INT8, form=replace(p.form, zero_point=p.form.zero_points()))
@@ -253,15 +370,16 @@ def _build(reader: QpkReader, base: _Base, kept: set[int], acts: dict[str, Range
 
 def _pairs_after(model: ModelProto, chosen: list[_IntNode]) -> dict[int, str]:
     """The integer nodes (by id) whose output gets a quantize/dequantize pair, and the value it makes:
-    the node's output, or, where a Relu alone reads it, the Relu's, the Relu then dropped: its range
-    starts at zero, so the uint8 zero point is 0 and quantizing clamps exactly as the Relu did (what
-    onnxruntime's own quantizer does). None for a graph output."""
+    the node's output (a folded BatchNormalization's), or, where a Relu alone reads it, the Relu's, the
+    Relu then dropped: its range starts at zero, so the uint8 zero point is 0 and quantizing clamps
+    exactly as the Relu did (what onnxruntime's own quantizer does). None for a graph output. The
+    values are the float model's, so the ranges calibrated on it are the ones the pairs take."""
     from qpack.converter.export.onnx_graph import consumers
 
     outputs = {o.name for o in model.graph.output}
     out: dict[int, str] = {}
     for n in chosen:
-        y = n.node.output[0]
+        y = n.output
         if y in outputs:
             continue
         readers = consumers(model, y)
@@ -282,12 +400,13 @@ def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], 
     head: list[NodeProto] = []
     dq_of: dict[str, str] = {}
     nodes: list[NodeProto] = []
-    int_outputs = {n.node.output[0] for n in chosen}
+    int_outputs = {n.output for n in chosen}
+    folded = {id(n.fold.node) for n in chosen if n.fold is not None}
     for node in model.graph.node:
         n = by_node.get(id(node))
         if n is None:
-            if not (node.op_type == "Relu" and node.output[0] in paired and node.input[0] in int_outputs):
-                nodes.append(node)  # (a Relu is taken into the pair before it)
+            if id(node) not in folded and not (node.op_type == "Relu" and node.output[0] in paired and node.input[0] in int_outputs):
+                nodes.append(node)  # (a Relu is taken into the pair before it, a folded BatchNormalization into its Conv)
             continue
         a = node.input[0]
         if a not in paired:  # an input not already behind a pair: quantize it here
@@ -295,11 +414,17 @@ def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], 
                 dq_of[a] = names.fresh(f"{a}_dequantized_act")
                 nodes += rw.pair(a, a, dq_of[a])
             node.input[0] = dq_of[a]
-        if n.bias is not None:
+        if n.bias_values() is not None:
             got = rw.bias(n, acts[a].scale)
+            if got is None and n.fold is not None:
+                got = rw.float_bias(n), []
             if got is not None:
+                while len(node.input) < 3:
+                    node.input.append("")
                 node.input[2], made = got
                 head += made
+        if n.fold is not None:
+            node.output[0] = n.fold.node.output[0]
         nodes.append(node)
         if id(node) in after:
             y = after[id(node)]
@@ -315,6 +440,12 @@ def _summary(chosen: list[_IntNode], skipped: Counter[str], method: str, count: 
     ops = Counter(n.node.op_type for n in chosen)
     ran = ", ".join(f"{k} {v}" for k, v in sorted(ops.items())) or "none"
     out = f"integer nodes ({method} ranges on {count} inputs): {ran}"
+    folds = sum(n.fold is not None for n in chosen)
+    if folds:
+        out += f"; {folds} BatchNormalization folded into their Conv"
+    unfolded = Counter(n.unfolded for n in chosen if n.unfolded)
+    if unfolded:
+        out += "; BatchNormalization kept in float: " + ", ".join(f"{v} ({k})" for k, v in sorted(unfolded.items()))
     if back:
         out += f"; {back} kept in float for the outputs' cosine (their activations quantize worst)"
     if skipped:
