@@ -118,7 +118,7 @@ def _why_not(node: NodeProto, plans: dict[str, onnx_qdq.QdqPlan], consts: dict[s
             return "a Gemm with transA, alpha or beta"
     if len(node.input) > 2 and node.input[2]:
         b = consts.get(node.input[2])
-        if b is None or b.tensor.data_type != TensorProto.FLOAT or b.key in plans:
+        if b is None or b.tensor.data_type != TensorProto.FLOAT or node.input[2] in plans:
             return "its bias is not a float constant"
     return ""
 
