@@ -41,6 +41,9 @@ class Head(str, Enum):
 HEAD_STEPS = 32  # ops looked through from an output to what computes it
 
 
+SPARSE = "sparse: its nonzero values"  # Weight.note of a sparse tensor's values (formats.tflite_model)
+
+
 @dataclass(frozen=True)
 class Weight:
     """One constant tensor of a source model.
@@ -67,6 +70,12 @@ class Weight:
     @property
     def array(self) -> NDArray:
         return self.load()
+
+    @property
+    def sparse(self) -> bool:
+        """Its values are a sparse tensor's nonzero ones: the zeros between them are implicit, so an
+        integer form keeps them only with zero point 0."""
+        return self.note == SPARSE
 
     @property
     def is_float(self) -> bool:

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from qpack.formats.atomic import atomic_output
 from qpack.formats.errors import FormatError, QpackError, UnsupportedError
 from qpack.formats.files import open_regular
-from qpack.formats.model import HEAD_STEPS, Head, Role, Weight
+from qpack.formats.model import HEAD_STEPS, SPARSE, Head, Role, Weight
 
 FORMAT = "tflite"
 TFLITE_IDENT = b"TFL3"  # flatbuffer file identifier, bytes 4..8
@@ -274,7 +274,7 @@ def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict,
         values = _Layout(region.start, region.length, np.dtype(np_dtype), (region.length // itemsize,))
         kinds = {_role_of(op, i, len(shape))[0] for op, i in uses}
         role = kinds.pop() if len(kinds) == 1 else Role.OTHER
-        return weight(values, role, None, "sparse: its nonzero values")
+        return weight(values, role, None, SPARSE)
     expected = math.prod(shape) * np.dtype(np_dtype).itemsize
     if expected != region.length:
         raise FormatError(f"{where}: tensor '{name}' is {region.length} bytes, expected {expected} for shape {list(shape)} {dtype_name}")

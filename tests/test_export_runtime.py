@@ -23,6 +23,7 @@ import tflite
 from onnx import TensorProto
 from typer.testing import CliRunner
 
+import qpack
 from qpack.converter.cli import app
 from qpack.converter.convert import convert, restore
 from qpack.converter.export import export
@@ -431,6 +432,26 @@ def test_tflite_sparse_weights_stay_sparse(tfl_sparse: Path, tmp_path: Path, tar
     assert densify and all(t[2] == tflite.TensorType.INT8 and t[3] == 1 for t in densify)
     assert run.path.stat().st_size < 0.85 * tfl_sparse.stat().st_size
     assert _partitions(run.path) == 1
+
+
+
+def test_tflite_sparse_weights_keep_their_zeros(tfl_sparse: Path, tmp_path: Path):
+    """DENSIFY puts integer 0 between a sparse weight's values, so asym codes (whose zero point is not 0)
+    would turn every implicit zero into -zero_point x scale: the export refuses them in one line and
+    writes nothing; a goal made --for tflite-dequantize gives its sparse weights symmetric codes, and the
+    export holds the container's values."""
+    qpk = _pack(tfl_sparse, tmp_path, Policy("asym", 8))
+    out = tmp_path / "asym.tflite"
+    r = runner.invoke(app, ["export", str(qpk), "--to", "tflite-dequantize", "-o", str(out)])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "a sparse weight keeps its zeros at zero point 0 only" in r.output and not out.exists()
+    goal = tmp_path / "goal.qpk"
+    qpack.convert(tfl_sparse, goal, target_bpw=7.5, target="tflite-dequantize", compress="none")
+    with QpkReader(goal) as q:
+        schemes = {e.scheme for e in q.entries if e.role == "kernel" and len(e.shape) == 1}
+    assert schemes and "asym" not in schemes
+    run = _run(goal, "tflite-dequantize", tmp_path)
+    assert run.error() < FLOAT16 and run.cosine() > 0.9999
 
 
 # ---- the command line ----

@@ -233,6 +233,8 @@ def _menu_options(w: Weight, names: tuple[str, ...], codec: Codec | None, half: 
     got = []
     for scheme in names:
         spec = get_quantizer(scheme).spec()
+        if native is not None and native.sparse_signed and w.sparse and not spec.signed:
+            continue
         top = min(widest, spec.max_bits) if spec.max_bits > MAX_BITS else MAX_BITS
         low, high = max(spec.min_bits, MIN_WIDTH), top
         widths = list(range(low, high + 1))

@@ -27,6 +27,7 @@ class Native:
     # for some ops only (XNNPACK: fully-connected weights)
     role_widths: tuple[tuple[str, tuple[int, ...]], ...] = ()
     signed: bool | None = None  # integer forms: True symmetric only (no zero point), None either
+    sparse_signed: bool = False  # sparse weights symmetric only: the integers spread out with 0 between them
     groupings: tuple[str, ...] = GROUPINGS
     blocks: tuple[int, ...] = ()  # block sizes taken (empty: any the container allows)
     param_dtypes: tuple[str, ...] = ("<f4", "<f2")

@@ -218,8 +218,12 @@ def choose(e: TensorEntry, form: IntForm, uses: list[_Use], layout: Layout = TFL
     if form.grouping.block is not None:
         raise UnsupportedError(f"tensor '{e.name}': blocks of {form.grouping.block} along axis {form.grouping.axis}; "
                                "TFLite quantizes per tensor or per channel")
-    if any(u.sparse for u in uses):  # DENSIFY spreads int8 out (no int4), and DEQUANTIZE after it
-        return _dequantize(e, form, (8,))
+    if any(u.sparse for u in uses):  # DENSIFY spreads int8 out (no int4) with 0 between, and DEQUANTIZE after it
+        sym = centered(form)
+        if not sym.fits(-128, 127):
+            raise UnsupportedError(f"tensor '{e.name}': a sparse weight keeps its zeros at zero point 0 only, and its "
+                                   f"{e.scheme} codes have none in int8: convert with --scheme sym, or with --for this target")
+        return _dequantize(e, sym, (8,))
     hyb = _hybrid(e, form, uses) if layout.hybrid else None
     return hyb if hyb is not None else _dequantize(e, form, layout.widths)
 
