@@ -285,8 +285,10 @@ def aeq_variants(aeq_python: str | None, src: Path, cal: Path, out: Path) -> lis
     return found
 
 
-def build(m: Model, tmp: Path, samples: int, aeq_python: str | None) -> tuple[list[Variant], list[dict[str, NDArray]], dict[str, str]]:
-    """The model's variants (float first), its check samples, and the variants skipped with the reason."""
+def build(m: Model, tmp: Path, samples: int,
+          aeq_python: str | None) -> tuple[list[Variant], list[dict[str, NDArray]], dict[str, str], dict[str, str]]:
+    """The model's variants (float first), its check samples, the variants skipped with the reason, and the
+    qpack variants whose convert or export raised something other than QpackError, with the exception."""
     from qpack.converter.export import TARGETS as EXPORTS
 
     src = model_path(m.subject)
@@ -297,10 +299,19 @@ def build(m: Model, tmp: Path, samples: int, aeq_python: str | None) -> tuple[li
     for d in ("qpack", "aeq"):
         (tmp / d).mkdir()
     found = [Variant(FLOAT, [src])]
-    found += qpack_variants(src, cal, tmp / "qpack", pairs=[(s, t) for s, t in PAIRS if t in EXPORTS], suffix=".tflite")
+    failed: dict[str, str] = {}
+    for s, t in PAIRS:  # one pair a call: a crash in qpack is shown in its row, the other variants still run
+        if t not in EXPORTS:
+            continue
+        try:
+            found += qpack_variants(src, cal, tmp / "qpack", pairs=[(s, t)], suffix=".tflite")
+        except Exception as e:
+            name = f"{QPACK}{s} -> {t}"
+            found.append(Variant(name))
+            failed[name] = f"{type(e).__name__}: {first_line(e)}"
     found += [Variant(name) for name in skipped]
     found += aeq_variants(aeq_python, src, cal, tmp / "aeq")
-    return found, check, skipped
+    return found, check, skipped, failed
 
 
 # --- measuring --------------------------------------------------------------------------------------
@@ -408,7 +419,7 @@ class LiteRow(Row):
 def measure(m: Model, tmp: Path, samples: int, rounds: int | None, budget: float, rss_runs: int,
             aeq_python: str | None) -> tuple[list[LiteRow], dict[str, str]]:
     t0 = time.perf_counter()
-    variants, check, skipped = build(m, tmp, samples, aeq_python)
+    variants, check, skipped, failed = build(m, tmp, samples, aeq_python)
     print(f"  built {len(variants)} variants in {time.perf_counter() - t0:.0f} s", flush=True)
     rows = [LiteRow(v) for v in variants]
     sessions: dict[str, Session] = {}
@@ -416,6 +427,9 @@ def measure(m: Model, tmp: Path, samples: int, rounds: int | None, budget: float
     for row in rows:
         v = row.variant
         if v.refused or v.name in skipped:
+            continue
+        if v.name in failed:
+            row.error = failed[v.name]
             continue
         row.bytes = sum(p.stat().st_size for p in v.files)
         try:
