@@ -582,7 +582,8 @@ the reference kernels**, read from the interpreter's node list in the RSS child.
 Variants: qpack's `convert` (`--bits 8|4 --scheme sym --per-channel`, or `--min-cosine 0.99 --for TARGET`
 tuned on the calibration draw, seed 0, 16 inputs) then `export --to tflite | tflite-fast |
 tflite-dequantize | tflite-int8` (the full-integer target calibrated on the same draw; skipped, named, where this qpack does
-not have it); the AI Edge Quantizer 0.10's recipes `weight_only_wi8_afp32`, `weight_only_wi4_afp32`,
+not have it; failed, with the exception, where convert or export raises other than QpackError); the AI Edge
+Quantizer 0.10's recipes `weight_only_wi8_afp32`, `weight_only_wi4_afp32`,
 `dynamic_wi8_afp32`, `dynamic_wi4_afp32` and `static_wi8_ai8` (calibrated on the same 16 inputs). The
 quantizer reads an operator's code only from `builtin_code`, which files written before schema 3a leave
 0 (ADD, the code moved to `deprecated_builtin_code`): on them it quantizes nothing. Each recipe also runs on
