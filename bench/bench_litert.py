@@ -71,10 +71,10 @@ from bench.bench_runtime import (  # noqa: E402
     Variant,
     cosine,
     first_line,
-    interleaved,
     model_path,
     qpack_variants,
     slug,
+    timed,
 )
 
 TARGET_MEDIAN_LATENCY = 0.8  # qpack's fastest export at MIN_COSINE, median over the models, x float
@@ -444,15 +444,7 @@ def measure(m: Model, tmp: Path, samples: int, rounds: int | None, budget: float
             row.error = first_line(e)
             continue
         sessions[v.name] = sess
-    warm = interleaved(sessions, check, rounds=3, warmup=2)
-    n = rounds or max(20, min(500, int(budget / max(sum(statistics.median(t) for t in warm.values()), 1e-9))))
-    times = interleaved(sessions, check, rounds=n, warmup=5)
-    for row in rows:
-        got = times.get(row.variant.name)
-        if got:  # ratios within a round, where the machine's load is the same for every variant
-            ratios = [a / b for a, b in zip(got, times[FLOAT])]
-            row.latency, row.ratio = statistics.median(got), statistics.median(ratios)
-            row.halves = (statistics.median(ratios[: n // 2]), statistics.median(ratios[n // 2:]))
+    n = timed(sessions, check, rows, rounds, budget)
     print(f"  {n} rounds of {len(sessions)} interpreters; {time.perf_counter() - t0:.0f} s for the model", flush=True)
     return rows, skipped
 

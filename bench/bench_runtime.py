@@ -419,6 +419,21 @@ class Row:
     error: str = ""  # a variant built but failing to load or run
 
 
+def timed(sessions: dict[str, Any], check: list[dict[str, NDArray]], rows: list[Row], rounds: int, budget: float) -> int:
+    """Each row's median latency and its median ratio to the float model's in the same round (and over each
+    half of the rounds): as many rounds as fit in `budget` seconds (20 to 500) unless `rounds`. Returns the rounds."""
+    warm = interleaved(sessions, check, rounds=3, warmup=2)
+    n = rounds or max(20, min(500, int(budget / max(sum(statistics.median(v) for v in warm.values()), 1e-9))))
+    times = interleaved(sessions, check, rounds=n, warmup=5)
+    for row in rows:
+        got = times.get(row.variant.name)
+        if got:  # ratios within a round, where the machine's load is the same for every variant
+            ratios = [a / b for a, b in zip(got, times[FLOAT])]
+            row.latency, row.ratio = statistics.median(got), statistics.median(ratios)
+            row.halves = (statistics.median(ratios[: n // 2]), statistics.median(ratios[n // 2:]))
+    return n
+
+
 def one_sample(batch: dict[str, NDArray], i: int) -> dict[str, NDArray]:
     """Sample i of a drawn batch: batched inputs sliced, the others (a sample rate, a recurrent state) whole."""
     n = max(len(a) for a in batch.values() if a.ndim)
@@ -477,15 +492,7 @@ def measure(s: Subject, tmp: Path, samples: int, rounds: int | None, budget: flo
             row.error = first_line(e)
             continue
         sessions[v.name] = sess
-    warm = interleaved(sessions, check, rounds=3, warmup=2)
-    n = rounds or max(20, min(500, int(budget / max(sum(statistics.median(v) for v in warm.values()), 1e-9))))
-    times = interleaved(sessions, check, rounds=n, warmup=5)
-    for row in rows:
-        got = times.get(row.variant.name)
-        if got:  # ratios within a round, where the machine's load is the same for every variant
-            ratios = [a / b for a, b in zip(got, times[FLOAT])]
-            row.latency, row.ratio = statistics.median(got), statistics.median(ratios)
-            row.halves = (statistics.median(ratios[: n // 2]), statistics.median(ratios[n // 2:]))
+    n = timed(sessions, check, rows, rounds, budget)
     print(f"  {n} rounds of {len(sessions)} sessions; {time.perf_counter() - t0:.0f} s for the model", flush=True)
     return rows
 
