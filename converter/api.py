@@ -203,7 +203,7 @@ def unpack(qpk: PathLike, output: PathLike) -> list[Path]:
 
 
 def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLike | Callable[[Path], Inputs] | None = None,
-           calibration: str = CALIBRATION, min_cosine: float = KEEP_COSINE) -> Exported:
+           calibration: str = CALIBRATION, min_cosine: float = KEEP_COSINE, integer_io: bool = False) -> Exported:
     """Export a .qpk to a runtime's format or firmware sources.
 
     Args:
@@ -215,6 +215,8 @@ def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLik
         calibration: how activation ranges are set from them: minmax, percentile or mse.
         min_cosine: the least output cosine on those inputs the integer nodes keep: where it falls below,
             the nodes whose activations quantize worst stay float (-1: every node integer).
+        integer_io: tflite-int8: the model's float inputs and outputs become int8 (no QUANTIZE and DEQUANTIZE
+            around it; a notes line gives each one's scale and zero point), as microcontroller code feeds them.
 
     Returns:
         The files written and the export's notes (tensors widened to their nearest exact form, say).
@@ -238,7 +240,9 @@ def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLik
         load = lambda model: load_inputs(model, path)  # noqa: E731
     if not -1 <= min_cosine <= 1:
         raise OptionError(f"--min-cosine must lie in [-1, 1], not {min_cosine}")
-    files, notes = run(Path(qpk), to, Path(output), Calibration(load, calibration, min_cosine) if load is not None else None)
+    if integer_io and load is None:
+        raise OptionError("--integer-io comes with a full-integer export and its inputs (--to tflite-int8 --inputs ...)")
+    files, notes = run(Path(qpk), to, Path(output), Calibration(load, calibration, min_cosine, integer_io) if load is not None else None)
     return Exported(tuple(files), tuple(notes))
 
 

@@ -446,6 +446,10 @@ def export(
         "--min-cosine", min=-1.0, max=1.0, rich_help_panel=INPUTS, metavar="C",
         help="full-integer exports: the least output cosine on the inputs, against the container's float values; where "
              "integer activations fall below it, the nodes whose activations quantize worst stay float (-1: none)")] = EXPORT["min_cosine"],
+    integer_io: Annotated[bool, typer.Option(
+        "--integer-io", rich_help_panel=INPUTS,
+        help="tflite-int8: int8 model inputs and outputs (no QUANTIZE/DEQUANTIZE around the model), each one's scale "
+             "and zero point printed, as microcontroller code feeds them")] = EXPORT["integer_io"],
     quiet: Quiet = False,
 ) -> None:
     """Export a .qpk as a model a runtime executes with low-bit weights, or as firmware sources.
@@ -456,7 +460,8 @@ def export(
     with _errors():
         given = any(x is not None for x in (inputs, images, dataset))
         load = (lambda model: api.load_inputs(model, inputs, images, dataset, size, layout, scale, mean, std)) if given else None
-        done = api.export(qpk, str(to.value), output, inputs=load, calibration=str(calibration.value), min_cosine=min_cosine)
+        done = api.export(qpk, str(to.value), output, inputs=load, calibration=str(calibration.value), min_cosine=min_cosine,
+                          integer_io=integer_io)
         if not quiet:
             for note in done.notes:
                 out.print(f"note: {note}")

@@ -216,3 +216,34 @@ def test_sparse_weights_are_spread_out_as_densify_does(tfl_sparse: Path, tmp_pat
         a = np.concatenate([o.ravel() for o in _run(f, x[None])]).astype(np.float64)
         b = np.concatenate([o.ravel() for o in _run(q, x[None])]).astype(np.float64)
         assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) >= 0.97
+
+
+def test_integer_io_feeds_and_reads_int8(exported, tmp_path: Path):
+    """--integer-io: the model's input and outputs are its int8 tensors under their own names (no QUANTIZE
+    first, no DEQUANTIZE last), the note gives their parameters, and the integers are those the float-io
+    file computes; a target without it, or no calibration inputs, is one line and exit 1."""
+    qpk, first, _ = exported
+    np.savez(tmp_path / "cal.npz", input_1=_images(8, 0))
+    out = tmp_path / "io.tflite"
+    done = qpack.export(qpk, "tflite-int8", out, inputs=tmp_path / "cal.npz", integer_io=True)
+    io, fl = _interpreter(out), _interpreter(first)
+    ins, outs = io.get_input_details(), io.get_output_details()
+    assert [d["name"] for d in ins] == [d["name"] for d in fl.get_input_details()] and ins[0]["dtype"] == np.int8
+    assert [d["name"] for d in outs] == [d["name"] for d in fl.get_output_details()] and {d["dtype"] for d in outs} == {np.int8}
+    ops = [o["op_name"] for o in io._get_ops_details()]
+    assert ops[0] != "QUANTIZE" and ops[-1] != "DEQUANTIZE" and len(ops) == len(fl._get_ops_details()) - 1 - len(outs)
+    note = next(n for n in done.notes if n.startswith("inputs: "))
+    scale, zero = ins[0]["quantization"]
+    assert f"input_1 int8 at scale {scale:.9g}, zero point {zero}" in note
+    from qpack.converter.export.tflite_int8 import as_input
+
+    for x in _images(3, 9):
+        io.set_tensor(ins[0]["index"], as_input(x[None], ins[0]))
+        io.invoke()
+        for d, b in zip(outs, _run(fl, x[None])):  # the float file's DEQUANTIZE output, back to its integers
+            s, z = d["quantization"]
+            np.testing.assert_array_equal(io.get_tensor(d["index"]), np.round(b.astype(np.float64) / s + z).astype(np.int8))
+    for args in (["--to", "onnx-qdq"], ["--to", "tflite-int8"]):
+        r = runner.invoke(app, ["export", str(qpk), *args, "--integer-io", "-o", str(tmp_path / "x.out")])
+        assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1 and "--integer-io" in r.output, r.output
+    assert not (tmp_path / "x.out").exists()

@@ -32,6 +32,7 @@ class Target:
     native: Native = Native()
     graph: bool = True  # the export carries the model's graph (its size counts), not only the weights
     calibrated: bool = False  # it runs the model on inputs (activation ranges): the exporter takes `calibration`
+    integer_io: bool = False  # it can make the model's inputs and outputs integer (Calibration.integer_io)
 
     def widened(self, reader: QpkReader) -> int:
         """How many of the container's tensors this target does not run as stored (widened, decoded or refused)."""
@@ -102,6 +103,9 @@ def export(qpk: Path, to: str, out: Path, calibration: Any = None) -> tuple[list
     if calibration is not None and not target.calibrated:
         calibrated = [t.name for t in TARGETS.values() if t.calibrated]
         raise OptionError(f"inputs calibrate {' and '.join(f'--to {t}' for t in calibrated)}; --to {to} takes none")
+    if calibration is not None and calibration.integer_io and not target.integer_io:
+        offered = [t.name for t in TARGETS.values() if t.integer_io]
+        raise OptionError(f"integer inputs and outputs are made by {' and '.join(f'--to {t}' for t in offered)}, not --to {to}")
     notes: list[str] = []
     with QpkReader(qpk) as q:
         if q.format not in target.formats:
@@ -164,7 +168,7 @@ register_target(Target("tflite-dequantize", "qpack.converter.export.tflite_int",
 register_target(Target("tflite-int8", "qpack.converter.export.tflite_int8", "export_tflite_int8", ("tflite",),
                        "full-integer TFLite: int8 weights and activations calibrated on --inputs, so LiteRT and TFLite Micro "
                        "run int8 kernels; ops without one stay float between DEQUANTIZE and QUANTIZE",
-                       replace(_TFLITE, widths=(8,)), calibrated=True))  # int8 only: the int8 kernels take no int4 filters
+                       replace(_TFLITE, widths=(8,)), calibrated=True, integer_io=True))  # int8 only: the int8 kernels take no int4 filters
 register_target(Target("c", "qpack.converter.export.c", "export_c", ("onnx", "tflite"),
                        "firmware sources: qpk.h (C99 decoder) and the weights as const C arrays, into folder -o", _C, graph=False))
 register_target(Target("c-coded", "qpack.converter.export.c", "export_c_coded", ("onnx", "tflite"),

@@ -98,6 +98,7 @@ class Calibration:
     load: Callable[[Path], Inputs]
     method: str  # a key of METHODS
     min_cosine: float = -1.0  # the least output cosine on the inputs the integer nodes must keep (-1: any)
+    integer_io: bool = False  # the model's inputs and outputs int8 too, where the target offers it (Target.integer_io)
 
     @property
     def floor(self) -> float:

@@ -483,6 +483,8 @@ def export_tflite_int8(reader: QpkReader, out: Path, notes: list[str], calibrati
         back = fewest_in_float(len(chosen), cosine, calibration, notes)
         built = _Builder(reader, data, acts, set(order[back:]))
         written = built.run()
+        if calibration.integer_io:
+            written = _integer_io(schema, written, str(reader.path), notes)
         with atomic_output(out) as f:
             f.write(written)
         notes.insert(0, _summary(built, floats, calibration.method, inputs.count, back)
@@ -496,6 +498,60 @@ def export_tflite_int8(reader: QpkReader, out: Path, notes: list[str], calibrati
         else:
             notes.append(micro_note(out, inputs))
     return [out]
+
+
+def _integer_io(schema: ModuleType, data: bytes, where: str, notes: list[str]) -> bytes:
+    """The model with its QUANTIZE after each float input and its DEQUANTIZE before each float output
+    removed, so callers feed and read int8 (microcontroller code, which has no float to spare). An input a
+    float op also reads, or an output a float op writes, stays float; the notes say which, and give each
+    integer one's scale and zero point."""
+    model = load(schema, data, where)
+    g = model.subgraphs[0]
+    ops = op_names(schema, model)
+    readers: dict[int, list[int]] = {}
+    producer: dict[int, int] = {}
+    for k, op in enumerate(g.operators):
+        for t in _ints(op.inputs):
+            readers.setdefault(t, []).append(k)
+        for t in _ints(op.outputs):
+            producer[t] = k
+    drop: set[int] = set()
+    moved: dict[int, int] = {}  # float input or output -> the int8 tensor that takes its place
+    for t in _ints(g.inputs):
+        ks = readers.get(t, [])
+        if len(ks) == 1 and ops[g.operators[ks[0]].opcodeIndex] == "QUANTIZE":
+            drop.add(ks[0])
+            moved[t] = _ints(g.operators[ks[0]].outputs)[0]
+    for t in _ints(g.outputs):
+        made = producer.get(t)
+        if made is not None and ops[g.operators[made].opcodeIndex] == "DEQUANTIZE" and not readers.get(t):
+            q = _ints(g.operators[made].inputs)[0]
+            if g.tensors[q].type == schema.TensorType.INT8:
+                drop.add(made)
+                moved[t] = q
+    g.operators = [op for k, op in enumerate(g.operators) if k not in drop]
+    for t, q in moved.items():  # the int8 tensor takes the name callers know (the float one goes)
+        g.tensors[q].name = g.tensors[t].name
+    g.inputs = [moved.get(t, t) for t in _ints(g.inputs)]
+    g.outputs = [moved.get(t, t) for t in _ints(g.outputs)]
+    for sig in model.signatureDefs or []:
+        if sig.subgraphIndex == 0:
+            for io in (sig.inputs or []) + (sig.outputs or []):
+                io.tensorIndex = moved.get(io.tensorIndex, io.tensorIndex)
+    _compact(model)
+
+    def described(t: Any) -> str:
+        name = (t.name or b"").decode("utf-8", "replace")
+        if t.type != schema.TensorType.INT8:
+            return f"{name} float"
+        q = t.quantization
+        return f"{name} int8 at scale {float(q.scale[0]):.9g}, zero point {int(q.zeroPoint[0])}"
+
+    g = model.subgraphs[0]
+    notes.append("inputs: " + "; ".join(described(g.tensors[t]) for t in _ints(g.inputs))
+                 + "; outputs: " + "; ".join(described(g.tensors[t]) for t in _ints(g.outputs))
+                 + " (real value = scale x (integer - zero point))")
+    return serialize(schema, model)
 
 
 def _summary(built: _Builder, floats: Counter[str], method: str, count: int, back: int) -> str:
@@ -542,6 +598,17 @@ def _captured() -> Iterator[list[str]]:
             got.append(f.read().decode(errors="replace"))
 
 
+def as_input(x: NDArray, detail: dict[str, Any]) -> NDArray:
+    """A float value as the model input `detail` (LiteRT's input details) takes it: quantized at its scale and
+    zero point where the input is integer (--integer-io), else as it is."""
+    dtype = np.dtype(detail["dtype"])
+    if np.issubdtype(dtype, np.integer) and np.issubdtype(np.asarray(x).dtype, np.floating):
+        scale, zero = detail["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.round(np.asarray(x, np.float64) / scale) + zero, info.min, info.max).astype(dtype)
+    return np.asarray(x)
+
+
 def micro_arena(model: Path, inputs: Inputs) -> int:
     """The arena bytes TensorFlow Lite Micro uses to run `model` once on the first input.
 
@@ -554,7 +621,7 @@ def micro_arena(model: Path, inputs: Inputs) -> int:
 
     size, last = TFLM_ARENA, ""
     feed = next(feeds(inputs))
-    values = [feed[s.name] for s in TfliteRunner(model).inputs]  # TFLM numbers the inputs as LiteRT lists them
+    values = [as_input(feed[d["name"]], d) for d in TfliteRunner(model).interp.get_input_details()]  # in LiteRT's order, as TFLM's
     while size <= TFLM_ARENA_MAX:
         with _captured() as said:
             try:
