@@ -447,7 +447,7 @@ def export(
         help="full-integer exports: the least output cosine on the inputs, against the container's float values; where "
              "integer activations fall below it, the nodes whose activations quantize worst stay float (-1: none)")] = EXPORT["min_cosine"],
     integer_io: Annotated[bool, typer.Option(
-        "--integer-io", rich_help_panel=INPUTS,
+        "--integer-io", rich_help_panel=INPUTS, metavar="",
         help="tflite-int8: int8 model inputs and outputs (no QUANTIZE/DEQUANTIZE around the model), each one's scale "
              "and zero point printed, as microcontroller code feeds them")] = EXPORT["integer_io"],
     quiet: Quiet = False,
