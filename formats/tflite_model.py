@@ -305,7 +305,7 @@ class Level(NamedTuple):
     indices: NDArray[np.int64] | None = None
 
 
-MAX_DENSE = 1 << 28  # elements a sparse tensor may spread out to (1 GiB of float32)
+MAX_DENSE = 1 << 26  # elements a sparse tensor may spread out to (about 28 bytes each at the peak: 1.8 GB)
 
 
 def densify(values: NDArray, shape: tuple[int, ...], order: list[int], block_map: list[int], levels: list[Level],
@@ -313,50 +313,51 @@ def densify(values: NDArray, shape: tuple[int, ...], order: list[int], block_map
     """The dense tensor a TFLite sparse tensor stands for, as DENSIFY computes it: `values` (its buffer, the
     nonzero values in traversal order) spread over `shape`. Level i walks dimension order[i]; dimensions from
     len(shape) on are blocks of dimension block_map[k], their size the DENSE level's. Vectorized: each level
-    maps every position of the levels above to its children at once.
+    maps the flat offsets of every position above it to its children's at once (one int64 array).
 
     Raises:
         FormatError: the metadata does not describe `values` within `shape`.
         UnsupportedError: the tensor would spread out to more than MAX_DENSE elements.
     """
     rank = len(shape)
-    if sorted(order) != list(range(rank + len(block_map))) or len(levels) != len(order) or any(d < 0 for d in shape):
+    if (sorted(order) != list(range(rank + len(block_map))) or len(levels) != len(order) or any(d < 0 for d in shape)
+            or len(set(block_map)) != len(block_map)):
         raise FormatError(f"{where}: sparse tensor metadata does not match its shape {list(shape)}")
     total = math.prod(shape)
     if total > MAX_DENSE:
         raise UnsupportedError(f"{where}: a sparse tensor of {total:,} elements (at most {MAX_DENSE:,} are spread out)")
+    if total == 0:
+        if len(values):
+            raise FormatError(f"{where}: sparse tensor of shape {list(shape)} holds {len(values)} values")
+        return np.zeros(shape, values.dtype)
     block = [1] * rank
     for k, d in enumerate(block_map):
         level = levels[order.index(rank + k)]
         if not 0 <= d < rank or not level.dense or level.size < 1 or shape[d] % level.size:
             raise FormatError(f"{where}: sparse tensor block {k} does not divide dimension {d} of {list(shape)}")
         block[d] = level.size
-    span = [shape[d] // block[d] if d < rank else block[block_map[d - rank]] for d in range(rank + len(block_map))]
-    coords: dict[int, NDArray[np.int64]] = {}
-    n = 1
+    span = [shape[d] // block[d] if d < rank else block[block_map[d - rank]] for d in range(len(order))]
+    stride = [math.prod(shape[d + 1:]) for d in range(rank)]
+    step = [block[d] * stride[d] if d < rank else stride[block_map[d - rank]] for d in range(len(order))]
+    flat = np.zeros(1, np.int64)  # each position's offset into the dense tensor
     for d, level in zip(order, levels):
         if level.dense:
-            if level.size != span[d] or n * level.size > total:
+            if level.size != span[d] or len(flat) * level.size > total:
                 raise FormatError(f"{where}: sparse tensor level of dimension {d} spans {level.size}, not {span[d]}")
-            parent = np.repeat(np.arange(n), level.size)
-            child = np.tile(np.arange(level.size, dtype=np.int64), n)
-        else:
-            seg, idx = level.segments, level.indices
-            if (seg is None or idx is None or len(seg) != n + 1 or seg[0] != 0 or np.any(np.diff(seg) < 0)
-                    or seg[-1] > len(idx) or seg[-1] > total):
-                raise FormatError(f"{where}: sparse tensor segments of dimension {d} are out of order or range")
-            parent = np.repeat(np.arange(n), np.diff(seg))
-            child = np.asarray(idx[: seg[-1]], np.int64)
-            if child.size and (child.min() < 0 or child.max() >= span[d]):
-                raise FormatError(f"{where}: sparse tensor index of dimension {d} outside 0..{span[d] - 1}")
-        coords = {k: v[parent] for k, v in coords.items()}
-        coords[d] = child
-        n = len(child)
-    if n != len(values):
-        raise FormatError(f"{where}: sparse tensor metadata lists {n} values, its buffer holds {len(values)}")
-    full = [coords[d] * block[d] + (coords[rank + block_map.index(d)] if d in block_map else 0) for d in range(rank)]
+            flat = (flat[:, None] + np.arange(level.size, dtype=np.int64) * step[d]).reshape(-1)
+            continue
+        seg, idx = level.segments, level.indices
+        if (seg is None or idx is None or len(seg) != len(flat) + 1 or seg[0] != 0 or np.any(np.diff(seg) < 0)
+                or seg[-1] > len(idx) or seg[-1] > total):
+            raise FormatError(f"{where}: sparse tensor segments of dimension {d} are out of order or range")
+        child = np.asarray(idx[: seg[-1]], np.int64)
+        if child.size and (child.min() < 0 or child.max() >= span[d]):
+            raise FormatError(f"{where}: sparse tensor index of dimension {d} outside 0..{span[d] - 1}")
+        flat = np.repeat(flat, np.diff(seg)) + child * step[d]
+    if len(flat) != len(values):
+        raise FormatError(f"{where}: sparse tensor metadata lists {len(flat)} values, its buffer holds {len(values)}")
     dense = np.zeros(total, values.dtype)
-    dense[np.ravel_multi_index(full, shape) if rank else np.zeros(n, np.int64)] = values
+    dense[flat] = values
     return dense.reshape(shape)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
 from pathlib import Path
@@ -246,3 +247,71 @@ def test_densify_checks_the_metadata_it_is_given():
             densify(np.array([1.0, 2.0, 3.0]), shape, [0, 1], [], levels, "t")
     with pytest.raises(UnsupportedError):
         densify(np.array([1.0]), (1 << 20, 1 << 10), [0, 1], [], [Level(True, 1 << 20), Level(True, 1 << 10)], "t")
+
+
+def _populate(values: np.ndarray, shape: tuple[int, ...], order: list[int], block_map: list[int], levels: list) -> np.ndarray:
+    """TFLite's FormatConverter::Populate written out position by position: the reference densify must match."""
+    rank, out, taken = len(shape), np.zeros(math.prod(shape), values.dtype), [0]
+    blocks = [levels[order.index(rank + k)].size for k in range(len(block_map))]
+
+    def walk(at: list[int], level: int, prev: int) -> None:
+        if level == len(levels):
+            orig = [0] * rank
+            for i, d in enumerate(order):
+                if d < rank:
+                    orig[d] = at[i]
+            for i, d in enumerate(order):
+                if d >= rank:
+                    orig[block_map[d - rank]] = orig[block_map[d - rank]] * blocks[d - rank] + at[i]
+            out[np.ravel_multi_index(orig, shape)] = values[taken[0]]
+            taken[0] += 1
+            return
+        lv = levels[level]
+        children = ((i, prev * lv.size + i) for i in range(lv.size)) if lv.dense else \
+            ((int(lv.indices[i]), i) for i in range(lv.segments[prev], lv.segments[prev + 1]))
+        for coord, nxt in children:
+            at[level] = coord
+            walk(at, level + 1, nxt)
+
+    walk([0] * len(levels), 0, 0)
+    return out.reshape(shape)
+
+
+def test_densify_matches_tflites_populate_on_random_metadata():
+    """Random shapes, traversal orders, block maps and dense/CSR levels: densify equals the position-by-position
+    reference; random hostile metadata is a FormatError or UnsupportedError, never another exception."""
+    from qpack.formats.tflite_model import Level, densify
+
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        rank = int(rng.integers(1, 4))
+        block_map = [int(d) for d in rng.choice(rank, int(rng.integers(0, rank + 1)) if rng.random() < 0.6 else 0, replace=False)]
+        size = {d: int(rng.choice([1, 2, 3])) for d in block_map}
+        shape = tuple(int(rng.integers(1, 4)) * size.get(d, 1) for d in range(rank))
+        order = [int(d) for d in rng.permutation(rank)] + [rank + int(k) for k in rng.permutation(len(block_map))]
+        span = [shape[d] // size.get(d, 1) if d < rank else size[block_map[d - rank]] for d in range(len(order))]
+        levels, n = [], 1
+        for d in order:
+            if d >= rank or rng.random() < 0.5:
+                levels.append(Level(True, span[d]))
+                n *= span[d]
+                continue
+            seg, idx = [0], []
+            for _ in range(n):
+                idx += sorted(int(c) for c in rng.choice(span[d], int(rng.integers(0, span[d] + 1)), replace=False))
+                seg.append(len(idx))
+            levels.append(Level(False, 0, np.array(seg), np.array(idx, np.int64)))
+            n = len(idx)
+        values = rng.standard_normal(n)
+        np.testing.assert_array_equal(densify(values, shape, order, block_map, levels, "t"),
+                                      _populate(values, shape, order, block_map, levels))
+    for _ in range(3000):
+        rank, nb = int(rng.integers(0, 4)), int(rng.integers(0, 3))
+        shape = tuple(int(x) for x in rng.integers(-1, 5, rank))
+        order = [int(x) for x in (rng.permutation(rank + nb) if rng.random() < 0.9 else rng.integers(-1, 5, rank + nb))]
+        levels = [Level(True, int(rng.integers(-1, 6))) if rng.random() < 0.5 else
+                  Level(False, 0, np.array(rng.integers(-1, 8, int(rng.integers(0, 6))), np.int64),
+                        np.array(rng.integers(-1, 6, int(rng.integers(0, 8))), np.int64)) for _ in order]
+        with contextlib.suppress(FormatError, UnsupportedError):
+            densify(rng.standard_normal(int(rng.integers(0, 10))), shape, order, [int(x) for x in rng.integers(-1, rank + 1, nb)],
+                    levels, "t")

@@ -26,8 +26,9 @@ import os
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -98,12 +99,17 @@ class _Graph:
             for t in _ints(op.outputs):
                 self.producer[t] = k
         self.consts: dict[int, NDArray] = {}
+        self.spread: dict[int, Callable[[NDArray], NDArray]] = {}  # sparse constant -> what spreads values out as it is
         for t, tensor in enumerate(self.g.tensors):
             data = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
             if data is not None and len(data) and self.types[t] in _NUMPY and not tensor.isVariable:
                 shape = tuple(int(d) for d in tensor.shape) if tensor.shape is not None else ()
                 value: NDArray = np.frombuffer(np.asarray(data, np.uint8).tobytes(), _NUMPY[self.types[t]])
-                self.consts[t] = _dense(tensor, value, shape) if tensor.sparsity is not None else value.reshape(shape)
+                if tensor.sparsity is not None:
+                    self.spread[t] = partial(_dense, tensor, shape=shape)
+                    self.consts[t] = self.spread[t](value)
+                else:
+                    self.consts[t] = value.reshape(shape)
         for k, op in enumerate(self.g.operators):  # sparse and float16 weights read through DENSIFY and DEQUANTIZE
             ins, outs = _ints(op.inputs), _ints(op.outputs)
             if self.op(k) == "DENSIFY" and ins and ins[0] in self.consts:
@@ -381,13 +387,17 @@ class _Builder:
         """The filter's int8 symmetric integers and per-channel scales: the container's codes when they are
         such a form (a per-tensor scale repeated), else its values requantized per channel."""
         value = self.graph.consts[t]
-        e = self.entries.get(self._buffer_of(t))
-        if e is not None and e.grouping.block is None and e.grouping.axis in (None, axis) and math.prod(e.shape) == value.size:
+        source = self._source(t)
+        e = self.entries.get(int(self.graph.g.tensors[source].buffer))
+        spread = self.graph.spread.get(source)  # a sparse weight: the container holds its nonzero values
+        if e is not None and e.grouping.block is None and e.grouping.axis in (None, axis) and (
+                math.prod(e.shape) == value.size or (spread is not None and e.grouping.axis is None)):
             with contextlib.suppress(UnsupportedError):
                 sym = centered(int_form(self.reader, e))
                 if sym.fits(-127, 127):
                     scales = np.broadcast_to(sym.scale, (value.shape[axis],)) if sym.scale.size == 1 else sym.scale
-                    return sym.q.reshape(value.shape), np.asarray(scales, np.float32)
+                    q = spread(sym.q.reshape(-1)) if spread is not None else sym.q
+                    return q.reshape(value.shape), np.asarray(scales, np.float32)
         if e is not None:
             self.requantized.append(e.name)
         peak = np.abs(np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1)).max(axis=1)
@@ -397,14 +407,14 @@ class _Builder:
         q = np.clip(np.round(value / scales.reshape(shape)), -127, 127).astype(np.int32)
         return q, scales
 
-    def _buffer_of(self, t: int) -> int:
-        """The buffer holding constant t's stored value: its own, or that of the weight a DEQUANTIZE (float16)
-        or DENSIFY (sparse) it comes out of reads."""
+    def _source(self, t: int) -> int:
+        """The tensor holding constant t's stored value: itself, or the weight a DEQUANTIZE (float16) or
+        DENSIFY (sparse) it comes out of reads."""
         for _ in range(3):  # DENSIFY then DEQUANTIZE at most (a bound, where a hostile graph loops)
             if (k := self.graph.producer.get(t)) is None:
                 break
             t = _ints(self.graph.g.operators[k].inputs)[0]
-        return int(self.graph.g.tensors[t].buffer)
+        return t
 
 
 def _prune(graph: _Graph) -> None:
@@ -517,18 +527,22 @@ def _integer_io(schema: ModuleType, data: bytes, where: str, notes: list[str]) -
             producer[t] = k
     drop: set[int] = set()
     moved: dict[int, int] = {}  # float input or output -> the int8 tensor that takes its place
+    ends = set(_ints(g.inputs)) | set(_ints(g.outputs))
+
+    def move(t: int, k: int, q: int) -> None:
+        """t's place to int8 tensor q, dropping op k, unless q already is an input or output, or takes one's place."""
+        if g.tensors[q].type == schema.TensorType.INT8 and q not in ends and q not in moved.values():
+            drop.add(k)
+            moved[t] = q
+
     for t in _ints(g.inputs):
         ks = readers.get(t, [])
-        if len(ks) == 1 and ops[g.operators[ks[0]].opcodeIndex] == "QUANTIZE":
-            drop.add(ks[0])
-            moved[t] = _ints(g.operators[ks[0]].outputs)[0]
+        if len(ks) == 1 and ops[g.operators[ks[0]].opcodeIndex] == "QUANTIZE" and t not in _ints(g.outputs):
+            move(t, ks[0], _ints(g.operators[ks[0]].outputs)[0])
     for t in _ints(g.outputs):
         made = producer.get(t)
         if made is not None and ops[g.operators[made].opcodeIndex] == "DEQUANTIZE" and not readers.get(t):
-            q = _ints(g.operators[made].inputs)[0]
-            if g.tensors[q].type == schema.TensorType.INT8:
-                drop.add(made)
-                moved[t] = q
+            move(t, made, _ints(g.operators[made].inputs)[0])
     g.operators = [op for k, op in enumerate(g.operators) if k not in drop]
     for t, q in moved.items():  # the int8 tensor takes the name callers know (the float one goes)
         g.tensors[q].name = g.tensors[t].name
@@ -540,11 +554,12 @@ def _integer_io(schema: ModuleType, data: bytes, where: str, notes: list[str]) -
                 io.tensorIndex = moved.get(io.tensorIndex, io.tensorIndex)
     _compact(model)
 
+    types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+
     def described(t: Any) -> str:
-        name = (t.name or b"").decode("utf-8", "replace")
-        if t.type != schema.TensorType.INT8:
-            return f"{name} float"
-        q = t.quantization
+        name, q = (t.name or b"").decode("utf-8", "replace"), t.quantization
+        if t.type != schema.TensorType.INT8 or q is None or q.scale is None or not len(q.scale):
+            return f"{name} {types.get(t.type, 'of type ' + str(t.type))}"
         return f"{name} int8 at scale {float(q.scale[0]):.9g}, zero point {int(q.zeroPoint[0])}"
 
     g = model.subgraphs[0]
@@ -602,10 +617,11 @@ def as_input(x: NDArray, detail: dict[str, Any]) -> NDArray:
     """A float value as the model input `detail` (LiteRT's input details) takes it: quantized at its scale and
     zero point where the input is integer (--integer-io), else as it is."""
     dtype = np.dtype(detail["dtype"])
-    if np.issubdtype(dtype, np.integer) and np.issubdtype(np.asarray(x).dtype, np.floating):
-        scale, zero = detail["quantization"]
-        info = np.iinfo(dtype)
-        return np.clip(np.round(np.asarray(x, np.float64) / scale) + zero, info.min, info.max).astype(dtype)
+    scale, zero = detail["quantization"]
+    if np.issubdtype(dtype, np.integer) and np.issubdtype(np.asarray(x).dtype, np.floating) and scale > 0:
+        info, v = np.iinfo(dtype), np.asarray(x, np.float64) / scale
+        rounded = np.sign(v) * np.floor(np.abs(v) + 0.5)  # halves away from zero, as TFLite's QUANTIZE
+        return np.clip(rounded + zero, info.min, info.max).astype(dtype)
     return np.asarray(x)
 
 
