@@ -424,7 +424,7 @@ class Row:
     error: str = ""  # a variant built but failing to load or run
 
 
-def timed(sessions: dict[str, Any], check: list[dict[str, NDArray]], rows: list[Row], rounds: int, budget: float) -> int:
+def timed(sessions: dict[str, Any], check: list[dict[str, NDArray]], rows: list[Row], rounds: int | None, budget: float) -> int:
     """Each row's median latency and its median ratio to the float model's in the same round (and over each
     half of the rounds): as many rounds as fit in `budget` seconds (20 to 500) unless `rounds`. Returns the rounds."""
     warm = interleaved(sessions, check, rounds=3, warmup=2)
