@@ -207,7 +207,7 @@ def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLik
     """Export a .qpk to a runtime's format or firmware sources.
 
     Args:
-        to: a name of converter.export.TARGETS (onnx-qdq, onnx-matmulnbits, onnx-int8, tflite, tflite-fast,
+        to: a name of converter.export.TARGETS (onnx-qdq, onnx-matmulnbits, onnx-matmulnbits-int8, onnx-int8, tflite, tflite-fast,
             tflite-dequantize, tflite-int8, c, c-coded).
         output: the exported model, or the folder of C sources.
         inputs: for a full-integer target (onnx-int8, tflite-int8), the calibration inputs: load_inputs(), an .npy/.npz

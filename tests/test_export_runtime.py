@@ -295,6 +295,37 @@ def test_matmulnbits_recognizer(ocr_rec: Path, tmp_path: Path):
     _close_in_size(run, qpk)
 
 
+
+def test_matmulnbits_int8_compute_matches_its_arithmetic(tmp_path: Path):
+    """onnx-matmulnbits-int8: each MatMulNBits computes in int8 (accuracy_level 4), its input quantized
+    symmetrically per block of block_size along K: onnxruntime's output is that arithmetic in NumPy (the
+    container's weights times the block-quantized input) to 1e-6, where the float product is 1e-3 off."""
+    k, n = 256, 64
+    rng = np.random.default_rng(0)
+    graph = onnx.helper.make_graph([onnx.helper.make_node("MatMul", ["x", "W"], ["y"])], "mm",
+                                   [onnx.helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+                                   [onnx.helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+                                   [onnx.numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "W")])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "mm.onnx")
+    qpk = _pack(tmp_path / "mm.onnx", tmp_path, Policy("sym", 4, per_channel=True))
+    restore(qpk, tmp_path / "values.onnx")
+    w = onnx.numpy_helper.to_array(onnx.load(str(tmp_path / "values.onnx")).graph.initializer[0]).astype(np.float64)
+    export(qpk, "onnx-matmulnbits-int8", tmp_path / "int8.onnx")
+    node = next(x for x in onnx.load(str(tmp_path / "int8.onnx")).graph.node if x.op_type == "MatMulNBits")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["accuracy_level"] == 4
+    runner = open_runner(tmp_path / "int8.onnx")
+    for _ in range(4):
+        x = rng.standard_normal((1, k)).astype(np.float32)
+        got = runner.run({"x": x})[0].astype(np.float64)
+        blocks = x.astype(np.float64).reshape(-1, attrs["block_size"])
+        step = np.abs(blocks).max(axis=1, keepdims=True) / 127
+        int8 = (np.round(blocks / step) * step).reshape(1, k) @ w
+        top = np.abs(int8).max()
+        assert np.abs(got - int8).max() < 1e-6 * top < np.abs(got - x.astype(np.float64) @ w).max() / 100
+
 def test_matmulnbits_gemm_bias_added_once(sample: Path, tmp_path: Path):
     """The sample's Gemm layers carry biases: they become MatMulNBits' bias input, with no Add left over."""
     qpk = _pack(sample, tmp_path, Policy("asym", 4))
@@ -523,8 +554,8 @@ def test_inspect_says_which_targets_take_the_file_as_stored(sample: Path, tfl_fp
     def widened(qpk: Path) -> dict[str, int]:
         return {t: v["widened"] for t, v in qpack.describe(qpk)["exports"].items()}
 
-    assert widened(four) == {"onnx-qdq": 0, "onnx-matmulnbits": 0, "onnx-int8": 5, "c": 0, "c-coded": 0}
-    assert widened(three) == {"onnx-qdq": 5, "onnx-matmulnbits": 5, "onnx-int8": 5, "c": 0, "c-coded": 0}
+    assert widened(four) == {"onnx-qdq": 0, "onnx-matmulnbits": 0, "onnx-matmulnbits-int8": 0, "onnx-int8": 5, "c": 0, "c-coded": 0}
+    assert widened(three) == {"onnx-qdq": 5, "onnx-matmulnbits": 5, "onnx-matmulnbits-int8": 5, "onnx-int8": 5, "c": 0, "c-coded": 0}
     tfl = tmp_path / "face.qpk"
     qpack.convert(tfl_fp16, tfl, bits=8, scheme="sym", per_channel=True, compress="none")
     fits = widened(tfl)

@@ -150,6 +150,9 @@ register_target(Target("onnx-qdq", "qpack.converter.export.onnx_qdq", "export_on
 register_target(Target("onnx-matmulnbits", "qpack.converter.export.onnx_matmulnbits", "export_onnx_matmulnbits", ("onnx",),
                        "ONNX with MatMul/Gemm weights as com.microsoft.MatMulNBits (2/4/8 bits), the rest as onnx-qdq",
                        _QDQ))  # what MatMulNBits does not take (16 bits, other blocks) goes through DequantizeLinear, exactly
+register_target(Target("onnx-matmulnbits-int8", "qpack.converter.export.onnx_matmulnbits", "export_onnx_matmulnbits_int8",
+                       ("onnx",), "as onnx-matmulnbits, MatMulNBits computing in int8 (accuracy_level 4: activations "
+                       "quantized per block as it runs, for the CPU's int8 dot products)", _QDQ))
 register_target(Target("onnx-int8", "qpack.converter.export.onnx_int8", "export_onnx_int8", ("onnx",),
                        "full-integer ONNX: int8 weights and uint8 activations calibrated on --inputs, so onnxruntime runs "
                        "QLinearConv/QLinearMatMul/QGemm; the rest as onnx-qdq",
