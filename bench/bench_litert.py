@@ -27,7 +27,8 @@ leaves fewer float weights (ties: the model as it is). Inputs: images uniform in
 (as bench_fidelity.py draws them, one sample per inference), integer inputs uniform over their type.
 
 The summary judges qpack's exports that keep cosine >= 0.99 against TARGET_* and against the quantizer's
-variants held to the same bar.
+variants held to the same bar; then every qpack export's peak RSS against the float model's, and the share
+of a sparse model's float parameters an 8-bit convert quantizes (SPARSE_SHARE).
 """
 
 from __future__ import annotations
@@ -76,9 +77,12 @@ from bench.bench_runtime import (  # noqa: E402
     slug,
     timed,
 )
+from qpack.converter.policy import Policy  # noqa: E402
+from qpack.formats.tflite_model import TfliteModel  # noqa: E402
 
 TARGET_MEDIAN_LATENCY = 0.8  # qpack's fastest export at MIN_COSINE, median over the models, x float
 TARGET_MAX_LATENCY = 1.0  # ... and on every model
+SPARSE_SHARE = 0.9  # of a sparse model's float parameters, quantized by an 8-bit convert
 SMALLER = 0.95  # qpack's smallest export at MIN_COSINE no slower than float: at most this x the quantizer's smallest at MIN_COSINE
 AEQ = "aeq "
 DELEGATION_TAG = "DELEGATION="
@@ -543,6 +547,18 @@ def summary(say: Page, results: dict[str, list[LiteRow]], models: dict[str, Mode
         med = statistics.median(lat)
         judge(f"median latency of the fastest over {len(lat)} models {med:.2f}x float <= {TARGET_MEDIAN_LATENCY}",
               med <= TARGET_MEDIAN_LATENCY)
+    for name, rows in results.items():  # memory: no export of qpack's above the float model's peak
+        ran = [r for r in rows[1:] if r.variant.name.startswith(QPACK) and r.rss]
+        if ran and not models[name].quantized:
+            worst = max(ran, key=lambda r: r.rss)
+            judge(f"{name} highest peak RSS of qpack's exports {worst.variant.name} {worst.rss / rows[0].rss:.2f}x float <= 1.0",
+                  worst.rss <= rows[0].rss)
+    for name, m in models.items():  # sparse kernels: the share of the float parameters an 8-bit convert quantizes
+        if "sparse" in name and name in results:
+            src = TfliteModel(model_path(m.subject))
+            floats = [w for w in src.weights if w.is_float]
+            share = sum(w.size for w in floats if Policy("sym", 8).decide(w).quantize) / max(sum(w.size for w in floats), 1)
+            judge(f"{name} quantizes {share:.1%} of its float parameters >= {SPARSE_SHARE:.0%}", share >= SPARSE_SHARE)
     say()
     say(f"{sum(verdicts)} PASS, {len(verdicts) - sum(verdicts)} MISS")
 
