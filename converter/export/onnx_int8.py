@@ -389,6 +389,25 @@ def _pairs_after(model: ModelProto, chosen: list[_IntNode]) -> dict[int, str]:
     return out
 
 
+# ops that only move or pick their input's values: their output lies on the input's integer grid
+_MOVES = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze"}
+
+
+def _grid(a: str, made_by: dict[str, NodeProto], paired: set[str]) -> str:
+    """The value whose range quantizes `a`: a paired value `a` comes out of through ops that only move or pick
+    values (quantizing at its range is exact, and onnxruntime then runs those ops on the integers, MaxPool
+    included, where different ranges on their two sides would keep them float); else `a` itself."""
+    at = a
+    for _ in range(16):  # a bound, where a hostile graph loops
+        if at in paired:
+            return at
+        node = made_by.get(at)
+        if node is None or node.op_type not in _MOVES or node.domain not in DEFAULT_DOMAINS or len([o for o in node.output if o]) != 1:
+            return a
+        at = node.input[0]
+    return a
+
+
 def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], after: dict[int, str]) -> int:
     """Put the activation pairs and int32 biases around the integer nodes of the main graph (and
     pairs after the nodes of `after`); returns how many integer nodes' weights are stored narrower
@@ -402,6 +421,7 @@ def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], 
     nodes: list[NodeProto] = []
     int_outputs = {n.output for n in chosen}
     folded = {id(n.fold.node) for n in chosen if n.fold is not None}
+    made_by = {o: node for node in model.graph.node for o in node.output}
     for node in model.graph.node:
         n = by_node.get(id(node))
         if n is None:
@@ -409,13 +429,14 @@ def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], 
                 nodes.append(node)  # (a Relu is taken into the pair before it, a folded BatchNormalization into its Conv)
             continue
         a = node.input[0]
+        grid = _grid(a, made_by, paired)
         if a not in paired:  # an input not already behind a pair: quantize it here
             if a not in dq_of:
                 dq_of[a] = names.fresh(f"{a}_dequantized_act")
-                nodes += rw.pair(a, a, dq_of[a])
+                nodes += rw.pair(grid, a, dq_of[a])
             node.input[0] = dq_of[a]
         if n.bias_values() is not None:
-            got = rw.bias(n, acts[a].scale)
+            got = rw.bias(n, acts[grid].scale)
             if got is None and n.fold is not None:
                 got = rw.float_bias(n), []
             if got is not None:
