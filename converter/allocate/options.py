@@ -232,9 +232,9 @@ def _menu_options(w: Weight, names: tuple[str, ...], codec: Codec | None, half: 
     """(signal, options) of one weight's menu under each of `names`: what a worker sends back."""
     got = []
     for scheme in names:
-        spec = get_quantizer(scheme).spec()
-        if native is not None and native.sparse_signed and w.sparse and not spec.signed:
+        if native is not None and not native.takes_scheme(scheme, w.sparse):
             continue
+        spec = get_quantizer(scheme).spec()
         top = min(widest, spec.max_bits) if spec.max_bits > MAX_BITS else MAX_BITS
         low, high = max(spec.min_bits, MIN_WIDTH), top
         widths = list(range(low, high + 1))

@@ -42,9 +42,12 @@ class Native:
     overhead: tuple[int, float] = (0, 0.0)
     base: int = 0
 
-    def takes_scheme(self, name: str) -> bool:
+    def takes_scheme(self, name: str, sparse: bool = False) -> bool:
+        """Whether it runs scheme `name` natively (for a sparse weight's values when `sparse`)."""
         spec = SCHEMES.get(name)
         if spec is None:
+            return False
+        if sparse and self.sparse_signed and not spec.signed:
             return False
         if self.schemes is not None:
             return name in self.schemes

@@ -173,8 +173,6 @@ def _fold(n: _IntNode, bn: NodeProto, plans: dict[str, onnx_qdq.QdqPlan], consts
         return "it has more than one output in use"
     if len(readers.get(node.input[1], [])) != 1:
         return "the Conv's weight is read by other nodes too"
-    if n.bias is not None and n.bias.value in plans:
-        return "the Conv's bias is stored in the container"
     params = []
     for name in bn.input[1:]:
         if name in plans:

@@ -91,13 +91,7 @@ class _Graph:
         self.ops = op_names(schema, model)
         types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
         self.types = [types.get(t.type, "") for t in self.g.tensors]
-        self.readers: dict[int, list[int]] = {}
-        self.producer: dict[int, int] = {}
-        for k, op in enumerate(self.g.operators):
-            for t in _ints(op.inputs):
-                self.readers.setdefault(t, []).append(k)
-            for t in _ints(op.outputs):
-                self.producer[t] = k
+        self.readers, self.producer = _links(self.g)
         self.consts: dict[int, NDArray] = {}
         self.spread: dict[int, Callable[[NDArray], NDArray]] = {}  # sparse constant -> what spreads values out as it is
         for t, tensor in enumerate(self.g.tensors):
@@ -141,6 +135,18 @@ def _dense(tensor: Any, values: NDArray, shape: tuple[int, ...]) -> NDArray:
     name = (tensor.name or b"").decode("utf-8", "replace")
     return densify(values, shape, [int(d) for d in _ints(sp.traversalOrder)], [int(d) for d in _ints(sp.blockMap)],
                    levels, f"tensor '{name}'")
+
+
+def _links(g: Any) -> tuple[dict[int, list[int]], dict[int, int]]:
+    """A subgraph's tensors' readers (op indices) and producers."""
+    readers: dict[int, list[int]] = {}
+    producer: dict[int, int] = {}
+    for k, op in enumerate(g.operators):
+        for t in _ints(op.inputs):
+            readers.setdefault(t, []).append(k)
+        for t in _ints(op.outputs):
+            producer[t] = k
+    return readers, producer
 
 
 def _ints(v: Any) -> list[int]:
@@ -518,13 +524,7 @@ def _integer_io(schema: ModuleType, data: bytes, where: str, notes: list[str]) -
     model = load(schema, data, where)
     g = model.subgraphs[0]
     ops = op_names(schema, model)
-    readers: dict[int, list[int]] = {}
-    producer: dict[int, int] = {}
-    for k, op in enumerate(g.operators):
-        for t in _ints(op.inputs):
-            readers.setdefault(t, []).append(k)
-        for t in _ints(op.outputs):
-            producer[t] = k
+    readers, producer = _links(g)
     drop: set[int] = set()
     moved: dict[int, int] = {}  # float input or output -> the int8 tensor that takes its place
     ends = set(_ints(g.inputs)) | set(_ints(g.outputs))
