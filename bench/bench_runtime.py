@@ -96,7 +96,7 @@ MODELS: tuple[Subject, ...] = (
 QUICK_MODELS = ("digits", "cls")
 
 # qpack: each convert setting is exported to each target. A new export target is one more name here.
-TARGETS = ("onnx-qdq", "onnx-matmulnbits", "onnx-matmulnbits-int8", "onnx-int8")
+TARGETS = ("onnx-qdq", "onnx-fast", "onnx-matmulnbits", "onnx-matmulnbits-int8", "onnx-int8")
 GOAL = "cos.99"  # a setting tuned for the target it is exported to
 SETTINGS: dict[str, dict[str, Any]] = {
     "sym8 pc": {"bits": 8, "scheme": "sym", "per_channel": True},

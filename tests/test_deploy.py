@@ -42,7 +42,7 @@ def _outputs(path: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> li
     return r.run(random_inputs(specs, seed=3))
 
 
-@pytest.mark.parametrize("target", ["onnx-qdq", "onnx-matmulnbits"])
+@pytest.mark.parametrize("target", ["onnx-qdq", "onnx-fast", "onnx-matmulnbits"])
 def test_onnx_goal_for_target_exports_the_containers_values(sample: Path, tmp_path: Path, target: str):
     """A --target-bpw goal made for an ONNX target: every width is one it stores (2, 4 or 8), the export
     takes the bytes convert measured, and it computes the unpacked model's outputs."""

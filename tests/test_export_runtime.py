@@ -188,7 +188,7 @@ def test_unknown_target(sample: Path, tmp_path: Path):
     assert not (tmp_path / "out.bin").exists()
 
 
-@pytest.mark.parametrize("target", ["onnx-qdq", "onnx-matmulnbits"])
+@pytest.mark.parametrize("target", ["onnx-qdq", "onnx-fast", "onnx-matmulnbits"])
 @pytest.mark.parametrize("cond", [True, False])
 def test_weights_inside_subgraphs(tmp_path: Path, target: str, cond: bool):
     """A MatMul weight in a Constant inside each If branch is rewritten inside that branch."""
@@ -197,7 +197,7 @@ def test_weights_inside_subgraphs(tmp_path: Path, target: str, cond: bool):
     run = _run(qpk, target, tmp_path, fixed={"cond": np.array(cond)})
     assert run.error() < EXACT
     model = onnx.load(str(run.path))
-    op = "DequantizeLinear" if target == "onnx-qdq" else "MatMulNBits"
+    op = {"onnx-qdq": "DequantizeLinear", "onnx-fast": "Cast"}.get(target, "MatMulNBits")
     assert sorted(scope for scope, g in walk_graphs(model.graph) for n in g.node if n.op_type == op) == [
         "node0.else_branch/", "node0.then_branch/"]
 
@@ -281,6 +281,78 @@ def test_qdq_refuses_an_op_the_new_opset_lacks(tmp_path: Path):
     assert "opset 9 to 21 (INT4 weights): opset 21 has no ImageScaler" in r.output and not (tmp_path / "o.onnx").exists()
 
 
+# ---- onnx-fast ----
+
+def _folded(path: Path, out: Path) -> onnx.ModelProto:
+    """The model as onnxruntime holds it after its basic optimizations (constant folding among them)."""
+    import onnxruntime as ort
+
+    o = ort.SessionOptions()
+    o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    o.optimized_model_filepath = str(out)
+    o.log_severity_level = 3
+    ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
+    return onnx.load(str(out))
+
+
+def _assert_folds_to_the_containers_values(exported: Path, restored: Path, tmp: Path, same_opset: bool = True) -> None:
+    """onnxruntime folds every decoding node away: the export becomes, in the session, the model that
+    `qpack unpack` restores, the same nodes and the same constants bit for bit (its own fusions, such
+    as a BatchNormalization folded into a Conv, renaming them alike). A model moved to a newer opset
+    may have other nodes (ONNX's version converter spells some ops anew): then the constants only."""
+    import hashlib
+
+    def held(m: onnx.ModelProto) -> tuple[Counter[str], Counter[tuple[str, tuple[int, ...], str]]]:
+        arrays = (onnx.numpy_helper.to_array(t) for t in m.graph.initializer)
+        return (Counter(n.op_type for n in m.graph.node),
+                Counter((a.dtype.str, a.shape, hashlib.sha256(a.tobytes()).hexdigest()) for a in arrays))
+
+    (fast_ops, fast), (plain_ops, plain) = held(_folded(exported, tmp / "fast.opt.onnx")), held(_folded(restored, tmp / "plain.opt.onnx"))
+    assert fast == plain
+    assert fast_ops == plain_ops or not same_opset
+
+
+@pytest.mark.parametrize("policy", [
+    Policy("sym", 8, per_channel=True),
+    Policy("asym", 4, per_channel=True),
+    Policy("pow2", 5, per_channel=True),
+    Policy("sym", 3),
+    _BlockPolicy("asym", 4, per_channel=True, block=32),  # K a multiple of 32: the axis split in two
+    _BlockPolicy("asym", 4, per_channel=True, block=5),  # short last blocks: Gather of each position's block
+], ids=["sym8-channel", "asym4-channel", "pow2-5", "sym3-tensor", "asym4-blocks32", "asym4-blocks5"])
+def test_fast_folds_to_the_containers_values(sample: Path, tmp_path: Path, policy: Policy):
+    qpk = _pack(sample, tmp_path, policy)
+    run = _run(qpk, "onnx-fast", tmp_path)
+    assert run.error() < EXACT
+    assert _ops(run.path)["DequantizeLinear"] == 0
+    _assert_folds_to_the_containers_values(run.path, tmp_path / "unpacked.onnx", tmp_path)
+    if policy.scheme != "pow2":  # (5-bit pow2 codes are integers of up to 16 bits)
+        _close_in_size(run, qpk)
+
+
+def test_fast_constant_nodes_opset_11(ocr_cls: Path, tmp_path: Path):
+    """PaddleOCR's weights sit in Constant nodes at opset 11: int8 codes need no opset move, INT4 ones opset 21."""
+    for bits, opset in ((8, 11), (4, 21)):
+        qpk = _pack(ocr_cls, tmp_path, Policy("sym", bits, per_channel=True))
+        run = _run(qpk, "onnx-fast", tmp_path, shapes={"x": (1, 3, 48, 192)})
+        assert run.error() < EXACT
+        model = onnx.load(str(run.path))
+        assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == opset
+        _assert_folds_to_the_containers_values(run.path, tmp_path / "unpacked.onnx", tmp_path, same_opset=opset == 11)
+
+
+def test_fast_float16_source(tmp_path: Path):
+    """The weight is computed in float32 and cast to float16, as `qpack unpack` rounds it (onnxruntime's
+    CPU provider runs float16 Conv and MatMul; not float64 or bfloat16 ones)."""
+    src = tmp_path / "t.onnx"
+    onnx.save(tiny_model(TensorProto.FLOAT16), src)
+    qpk = _pack(src, tmp_path, Policy("asym", 4, per_channel=True))
+    out = tmp_path / "e.onnx"
+    export(qpk, "onnx-fast", out)
+    restore(qpk, tmp_path / "r.onnx")
+    _assert_folds_to_the_containers_values(out, tmp_path / "r.onnx", tmp_path)
+
+
 # ---- onnx-matmulnbits ----
 
 def test_matmulnbits_recognizer(ocr_rec: Path, tmp_path: Path):
@@ -290,8 +362,10 @@ def test_matmulnbits_recognizer(ocr_rec: Path, tmp_path: Path):
     with QpkReader(qpk) as q:
         matrices = sum(1 for e in q.entries if e.role == "matrix")
     ops = _ops(run.path)
-    assert ops["MatMulNBits"] >= matrices > 0 and ops["DequantizeLinear"] == len(QpkReader(qpk).entries) - matrices
-    assert run.notes[0].startswith(f"{matrices} MatMul weights as MatMulNBits")
+    others = len(QpkReader(qpk).entries) - matrices
+    assert ops["MatMulNBits"] >= matrices > 0 and ops["DequantizeLinear"] == 0  # the rest decoded at load
+    assert len([n for n in _inits(run.path) if n.endswith("_quantized")]) == others
+    assert run.notes[0].startswith(f"{matrices} MatMul weights as MatMulNBits, {others} other tensors decoded when the model loads")
     _close_in_size(run, qpk)
 
 
@@ -347,7 +421,7 @@ def test_matmulnbits_blocks(sample: Path, tmp_path: Path, block: int, expect: in
     model = onnx.load(str(run.path))
     sizes = {a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "block_size"}
     if expect is None:
-        assert not sizes and any("through DequantizeLinear" in n for n in run.notes)
+        assert not sizes and any("decoded when the model loads" in n for n in run.notes)
     else:
         assert sizes == {expect}
 
@@ -554,8 +628,8 @@ def test_inspect_says_which_targets_take_the_file_as_stored(sample: Path, tfl_fp
     def widened(qpk: Path) -> dict[str, int]:
         return {t: v["widened"] for t, v in qpack.describe(qpk)["exports"].items()}
 
-    assert widened(four) == {"onnx-qdq": 0, "onnx-matmulnbits": 0, "onnx-matmulnbits-int8": 0, "onnx-int8": 5, "c": 0, "c-coded": 0}
-    assert widened(three) == {"onnx-qdq": 5, "onnx-matmulnbits": 5, "onnx-matmulnbits-int8": 5, "onnx-int8": 5, "c": 0, "c-coded": 0}
+    assert widened(four) == {"onnx-qdq": 0, "onnx-fast": 0, "onnx-matmulnbits": 0, "onnx-matmulnbits-int8": 0, "onnx-int8": 5, "c": 0, "c-coded": 0}
+    assert widened(three) == {"onnx-qdq": 5, "onnx-fast": 5, "onnx-matmulnbits": 5, "onnx-matmulnbits-int8": 5, "onnx-int8": 5, "c": 0, "c-coded": 0}
     tfl = tmp_path / "face.qpk"
     qpack.convert(tfl_fp16, tfl, bits=8, scheme="sym", per_channel=True, compress="none")
     fits = widened(tfl)

@@ -147,15 +147,18 @@ _C = Native(schemes=("asym", "sym", "pow2", "lut", "dq"), codecs=("raw",), overh
 
 register_target(Target("onnx-qdq", "qpack.converter.export.onnx_qdq", "export_onnx_qdq", ("onnx",),
                        "ONNX with integer weights behind DequantizeLinear (INT2..INT32 as the codes need)", _QDQ))
+register_target(Target("onnx-fast", "qpack.converter.export.onnx_qdq", "export_onnx_fast", ("onnx",),
+                       "ONNX with the onnx-qdq integers behind Cast/Mul, which onnxruntime folds when it loads the model: "
+                       "as small, and the float model's speed", _QDQ))
 register_target(Target("onnx-matmulnbits", "qpack.converter.export.onnx_matmulnbits", "export_onnx_matmulnbits", ("onnx",),
-                       "ONNX with MatMul/Gemm weights as com.microsoft.MatMulNBits (2/4/8 bits), the rest as onnx-qdq",
-                       _QDQ))  # what MatMulNBits does not take (16 bits, other blocks) goes through DequantizeLinear, exactly
+                       "ONNX with MatMul/Gemm weights as com.microsoft.MatMulNBits (2/4/8 bits), the rest as onnx-fast",
+                       _QDQ))  # what MatMulNBits does not take (16 bits, other blocks) is decoded at load, exactly
 register_target(Target("onnx-matmulnbits-int8", "qpack.converter.export.onnx_matmulnbits", "export_onnx_matmulnbits_int8",
                        ("onnx",), "as onnx-matmulnbits, MatMulNBits computing in int8 (accuracy_level 4: activations "
                        "quantized per block as it runs, for the CPU's int8 dot products)", _QDQ))
 register_target(Target("onnx-int8", "qpack.converter.export.onnx_int8", "export_onnx_int8", ("onnx",),
                        "full-integer ONNX: int8 weights and uint8 activations calibrated on --inputs, so onnxruntime runs "
-                       "QLinearConv/QLinearMatMul/QGemm; the rest as onnx-qdq",
+                       "QLinearConv/QLinearMatMul/QGemm; the rest as onnx-fast",
                        Native(widths=(8,), signed=True, groupings=("tensor", "channel"), scale_bytes=4, zero_point_bits=8,
                               zero_points=True, overhead=(900, 4)),
                        calibrated=True))

@@ -19,7 +19,7 @@ Conv writes the BatchNormalization's output, so no float op sits between integer
 
 Only the main graph's nodes qualify; a node's float output stays float where it is a graph output
 (an 8-bit model output would cost fidelity for no speed). Every other stored tensor is exported as
-`onnx-qdq` does. The export then runs both models on the calibration inputs and notes the least
+`onnx-fast` does (decoded when the model loads, so the float nodes run at their own speed). The export then runs both models on the calibration inputs and notes the least
 output cosine of the integer model (onnxruntime's fused kernels) against the container's values.
 """
 
@@ -353,7 +353,10 @@ def _build(reader: QpkReader, base: _Base, kept: set[int], acts: dict[str, Range
         if at[key].value in int_weights and p.form is not None:
             # the integer kernels take int8 (narrower codes widen), with explicit zero points (QGemm's fusion asks)
             p = replace(p, qtype=INT8, form=replace(p.form, zero_point=p.form.zero_points()))
-        onnx_qdq.apply(p, at[key], edits, names, reader)
+        if at[key].value in int_weights:
+            onnx_qdq.apply(p, at[key], edits, names, reader)  # DequantizeLinear: the integer kernels' fusion reads it
+        else:
+            onnx_qdq.apply_decoded(p, at[key], edits, names, reader)
     read = {i for _, g in walk_graphs(model.graph) for nd in g.node for i in nd.input}  # subgraphs read outer values too
     outputs = {o.name for o in model.graph.output}
     for site in consts.values():  # float biases now stored as int32, read by no node

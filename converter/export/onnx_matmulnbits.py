@@ -1,4 +1,4 @@
-"""`--to onnx-matmulnbits`: MatMul and Gemm weights as com.microsoft.MatMulNBits, the rest as onnx-qdq.
+"""`--to onnx-matmulnbits`: MatMul and Gemm weights as com.microsoft.MatMulNBits, the rest as onnx-fast.
 
 MatMulNBits multiplies by a [K, N] weight stored transposed, as N rows of K codes in blocks of
 `block_size` (a power of two, 16 or more) along K, each block with its own scale and zero point:
@@ -11,7 +11,8 @@ MatMulNBits multiplies by a [K, N] weight stored transposed, as N rows of K code
 
 A block must sit inside one of the container's groups, so a per-tensor or per-output-channel scale is
 repeated along K and blocks along K of B weights use a block size dividing B; scales along K per
-input channel have no such form and go through DequantizeLinear instead. Gemm (transA = 0, alpha =
+input channel have no such form and are decoded when the model loads instead, as every other stored
+tensor is (onnx-fast's Cast/Mul form: the float kernels then run at their own speed). Gemm (transA = 0, alpha =
 beta = 1) maps too, its bias C becoming MatMulNBits' bias input (and nothing else: adding it a second
 time is a known exporter slip).
 """
@@ -229,7 +230,7 @@ def export_onnx_matmulnbits_int8(reader: QpkReader, out: Path, notes: list[str])
 
 
 def export_onnx_matmulnbits(reader: QpkReader, out: Path, notes: list[str], accuracy_level: int = 0) -> list[Path]:
-    """Write the container's model with MatMul/Gemm weights as MatMulNBits and the others behind DequantizeLinear."""
+    """Write the container's model with MatMul/Gemm weights as MatMulNBits and the others as onnx-fast writes them."""
     if not supported_bits():
         raise UnsupportedError(f"onnxruntime {_ort_version()} runs no MatMulNBits this export can write")
     entries = reader.entries
@@ -244,19 +245,19 @@ def export_onnx_matmulnbits(reader: QpkReader, out: Path, notes: list[str], accu
             continue
         qdq.append(onnx_qdq.plan(reader, e))
         if e.role == "matrix":
-            notes.append(f"tensor '{e.name}': {p}; through DequantizeLinear")
-    opset, why = onnx_qdq.requirement(qdq)
+            notes.append(f"tensor '{e.name}': {p}; decoded when the model loads (as onnx-fast)")
+    opset, why = onnx_qdq.requirement(qdq, decoded=True)
     at = raise_opset(model, opset, {e.key: at[e.key] for e in entries}, why)
     edits, names = Edits(), Names(model)
     for m in mnb:
         apply(model, m, at[m.entry.key], edits, names, accuracy_level)
     for q in qdq:
-        onnx_qdq.apply(q, at[q.entry.key], edits, names, reader)
+        onnx_qdq.apply_decoded(q, at[q.entry.key], edits, names, reader)
     edits.apply()
     widened = sum(1 for m in mnb if m.bits != m.entry.bits)
     rounded = sum(1 for m in mnb if m.rounded_scales)
     others = sum(1 for q in qdq if q.qtype)
-    notes.insert(0, f"{_count(len(mnb), 'MatMul weight')} as MatMulNBits, {_count(others, 'other tensor')} behind DequantizeLinear")
+    notes.insert(0, f"{_count(len(mnb), 'MatMul weight')} as MatMulNBits, {_count(others, 'other tensor')} decoded when the model loads (as onnx-fast)")
     if widened:
         notes.append(f"{_count(widened, 'MatMul weight')} widened to the next MatMulNBits width (2, 4 or 8 bits)")
     if rounded:
