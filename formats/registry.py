@@ -30,6 +30,7 @@ class Adapter:
     ident: tuple[int, bytes] | None  # (offset, bytes) every file of the format has; None: recognized by elimination
     label: str
     zeroed: bool = False  # its skeleton keeps each stripped tensor's bytes, as zeros (offsets stay put)
+    sparse: bool = False  # it has sparse tensors, whose stored values are the nonzero ones (its module's sparse_keys)
 
     def load(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -47,7 +48,7 @@ def register_adapter(adapter: Adapter) -> Adapter:
 
 # ONNX is a bare protobuf with no magic: it is what a file is when nothing else claims it.
 register_adapter(Adapter("tflite", ".tflite", "qpack.formats.tflite_model", "TfliteModel", (4, b"TFL3"), "TFLite model",
-                         zeroed=True))
+                         zeroed=True, sparse=True))
 register_adapter(Adapter("onnx", ".onnx", "qpack.formats.onnx_model", "OnnxModel", None, "ONNX model"))
 
 _QPK = "qpk"

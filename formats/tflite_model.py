@@ -294,6 +294,12 @@ def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict,
     return weight(layout, role, axis, note, reduction)
 
 
+def sparse_keys(data: bytes, where: str) -> set[str]:
+    """The keys of the weights whose values are a sparse tensor's nonzero ones (Weight.sparse), read
+    from a file's tables alone (a container's skeleton will do: no value is read)."""
+    return {w.key for w in _scan(data, where, lambda layout: np.zeros(0)).weights if w.sparse}
+
+
 class Level(NamedTuple):
     """One level of a sparse tensor's traversal (TFLite's DimensionMetadata): DENSE spans `size`
     positions; SPARSE_CSR lists, for each position of the levels above, its coordinates

@@ -34,9 +34,11 @@ class Target:
     calibrated: bool = False  # it runs the model on inputs (activation ranges): the exporter takes `calibration`
     integer_io: bool = False  # it can make the model's inputs and outputs integer (Calibration.integer_io)
 
-    def widened(self, reader: QpkReader) -> int:
-        """How many of the container's tensors this target does not run as stored (widened, decoded or refused)."""
-        return sum(not self.native.runs(e, c) for e, c in zip(reader.entries, _codecs(reader)))
+    def widened(self, reader: QpkReader, sparse: set[str] | None = None) -> int:
+        """How many of the container's tensors this target does not run as stored (widened, decoded or refused);
+        `sparse`: the keys of sparse tensors' values (sparse_keys, found when not given)."""
+        sparse = sparse_keys(reader) if sparse is None else sparse
+        return sum(not self.native.runs(e, c, e.key in sparse) for e, c in zip(reader.entries, _codecs(reader)))
 
     def size(self, skeleton: int, tensors: Iterable[Stored]) -> int:
         """The bytes of an export (an estimate): its own, the graph where it carries one (`skeleton`: the
@@ -123,6 +125,12 @@ def export(qpk: Path, to: str, out: Path, calibration: Any = None) -> tuple[list
         return fn(q, Path(out), notes), notes
 
 
+def sparse_keys(reader: QpkReader) -> set[str]:
+    """The keys of the container's tensors that hold a sparse tensor's nonzero values (read from its graph)."""
+    a = adapter(reader.format)
+    return a.load().sparse_keys(reader.graph(), str(reader.path)) if a.sparse else set()
+
+
 def _codecs(reader: QpkReader) -> list[str]:
     return [CODECS[reader.blobs[e.codes].codec].name for e in reader.entries]
 
@@ -131,7 +139,8 @@ def fit(reader: QpkReader) -> dict[str, dict[str, Any]]:
     """For each target that takes the container's source format: how many of its tensors it does not
     run natively (`widened`, 0: the export stores every tensor as the container does) and the bytes
     its export takes (`bytes`, an estimate)."""
-    return {t.name: {"widened": t.widened(reader), "bytes": t.predict(reader)}
+    sparse = sparse_keys(reader)
+    return {t.name: {"widened": t.widened(reader, sparse), "bytes": t.predict(reader)}
             for t in TARGETS.values() if reader.format in t.formats}
 
 

@@ -79,16 +79,17 @@ class Native:
         """Whether codes stored by `codec` are kept as stored (else decoded and stored at their width)."""
         return self.codecs is not None and codec in self.codecs
 
-    def takes(self, scheme: str, bits: int, g: Grouping, codec: str, role: str | None = None) -> bool:
-        """Whether a setting runs natively (for a tensor of `role`; None: of any): what a goal's menu may offer."""
+    def takes(self, scheme: str, bits: int, g: Grouping, codec: str, role: str | None = None, sparse: bool = False) -> bool:
+        """Whether a setting runs natively (for a tensor of `role`, a sparse one's values when `sparse`;
+        role None: of any): what a goal's menu may offer."""
         spec = SCHEMES.get(scheme)
-        return (spec is not None and self.takes_scheme(scheme) and self.width(spec, bits) in self.widths_for(role)
+        return (spec is not None and self.takes_scheme(scheme, sparse) and self.width(spec, bits) in self.widths_for(role)
                 and self.takes_grouping(g) and (self.codecs is None or codec in self.codecs))
 
-    def runs(self, e: TensorEntry, codec: str) -> bool:
-        """Whether tensor `e`, its codes stored by `codec`, runs natively."""
+    def runs(self, e: TensorEntry, codec: str, sparse: bool = False) -> bool:
+        """Whether tensor `e`, its codes stored by `codec` (a sparse tensor's values when `sparse`), runs natively."""
         floats = {d for d in e.dtypes.values() if d.startswith("<f")}
-        return self.takes(e.scheme, e.bits, e.grouping, codec, e.role) and floats <= set(self.param_dtypes)
+        return self.takes(e.scheme, e.bits, e.grouping, codec, e.role, sparse) and floats <= set(self.param_dtypes)
 
     def price(self, scheme: str, bits: int, shape: tuple[int, ...], g: Grouping, code_bytes: int, param_bytes: int,
               codec: str, role: str | None = None) -> int:

@@ -19,8 +19,9 @@ Conv writes the BatchNormalization's output, so no float op sits between integer
 
 Only the main graph's nodes qualify; a node's float output stays float where it is a graph output
 (an 8-bit model output would cost fidelity for no speed). Every other stored tensor is exported as
-`onnx-fast` does (decoded when the model loads, so the float nodes run at their own speed). The export then runs both models on the calibration inputs and notes the least
-output cosine of the integer model (onnxruntime's fused kernels) against the container's values.
+`onnx-fast` does (decoded when the model loads, so the float nodes run at their own speed). The
+export then runs both models on the calibration inputs and notes the least output cosine of the
+integer model (onnxruntime's fused kernels) against the container's values.
 """
 
 from __future__ import annotations

@@ -257,7 +257,8 @@ def export_onnx_matmulnbits(reader: QpkReader, out: Path, notes: list[str], accu
     widened = sum(1 for m in mnb if m.bits != m.entry.bits)
     rounded = sum(1 for m in mnb if m.rounded_scales)
     others = sum(1 for q in qdq if q.qtype)
-    notes.insert(0, f"{_count(len(mnb), 'MatMul weight')} as MatMulNBits, {_count(others, 'other tensor')} decoded when the model loads (as onnx-fast)")
+    notes.insert(0, f"{_count(len(mnb), 'MatMul weight')} as MatMulNBits, "
+                    f"{_count(others, 'other tensor')} decoded when the model loads (as onnx-fast)")
     if widened:
         notes.append(f"{_count(widened, 'MatMul weight')} widened to the next MatMulNBits width (2, 4 or 8 bits)")
     if rounded:
