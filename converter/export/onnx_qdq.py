@@ -30,6 +30,7 @@ import functools
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -244,7 +245,7 @@ def apply_decoded(p: QdqPlan, site: Site, edits: Edits, names: Names, reader: Qp
     edit.inits += [raw_tensor(qname, qtype.onnx, stored, _encode(form.q, qtype)),
                    raw_tensor(sname, TensorProto.FLOAT, dims, form.scale.astype("<f4"))]
 
-    def node(op: str, inputs: list[str], out: str = "", **attrs: object) -> str:
+    def node(op: str, inputs: list[str], out: str = "", **attrs: Any) -> str:
         out = out or names.fresh("qpk")  # short: a value no one reads once the weight is folded
         edit.head.append(helper.make_node(op, inputs, [out], **attrs))
         return out
@@ -257,11 +258,11 @@ def apply_decoded(p: QdqPlan, site: Site, edits: Edits, names: Names, reader: Qp
     block_of: list[str] = []
 
     def param(name: str) -> str:
-        if not spread:
+        if not spread or g.axis is None:
             return name
         if not block_of:  # each position's block, Range(0, n) // span: four scalars, not n indices
-            b, n = g.span(shape[g.axis]), shape[g.axis]
-            scalars = [constant(np.array(v)) for v in (0, n, 1, b)]
+            n = shape[g.axis]
+            scalars = [constant(np.array(v)) for v in (0, n, 1, g.span(n))]
             block_of.append(node("Div", [node("Range", scalars[:3]), scalars[3]]))
         return node("Gather", [name, block_of[0]], axis=g.axis)
 
