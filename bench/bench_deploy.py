@@ -1,9 +1,9 @@
 """Files made for an export target (`convert --for TARGET`) on the fixtures: what each export keeps and
 takes; prints PASS/MISS.
 
-    python bench/bench_deploy.py [--only 1 2] [--quick] [--samples 16] [--models LABEL ...] [--tmpdir DIR]
+    python bench/bench_deploy.py [--only 1 2] [--quick] [--samples 16] [--models LABEL ...] [--targets T ...] [--tmpdir DIR]
 
-1. For every fixture model and every export target whose runtime runs it (onnx-qdq and
+1. For every fixture model and every export target whose runtime runs it (onnx-qdq, onnx-fast and
    onnx-matmulnbits for ONNX; tflite and tflite-dequantize for TFLite; c and c-coded for both):
    `convert --min-cosine 0.99 --for X` tuned on inputs drawn from the model's input specs (seed 0,
    as bench_fidelity part 3 draws them), then `export --to X`. Targets: the export succeeds and
@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,9 +139,11 @@ class Model:
     def label(self) -> str:
         return self.fixture.label
 
+    only: tuple[str, ...] = ()  # --targets: these export targets only
+
     @property
     def targets(self) -> list[str]:
-        return [t.name for t in TARGETS.values() if self.fmt in t.formats]
+        return [t.name for t in TARGETS.values() if self.fmt in t.formats and (not self.only or t.name in self.only)]
 
 
 def prepare(fx: Fixture, tmp: Path, samples: int) -> Model | str:
@@ -454,6 +456,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help=f"smoke run: {len(QUICK)} models, 4 samples per draw")
     ap.add_argument("--models", nargs="+", metavar="LABEL", help="only these fixtures: " + ", ".join(f.label for f in FIXTURES))
     ap.add_argument("--samples", type=int, help=f"random inputs per draw (default {FEW_INPUTS}, what qpack's goals ask for; --quick 4)")
+    ap.add_argument("--targets", nargs="+", choices=list(TARGETS), help="only these export targets (part 1)")
     ap.add_argument("--tmpdir", type=Path, help="where containers, inputs and exports are written")
     args = ap.parse_args()
     samples = args.samples if args.samples is not None else 4 if args.quick else FEW_INPUTS
@@ -476,7 +479,7 @@ def main() -> None:
             if isinstance(got, str):
                 print(f"    skipped {fx.label}: {got}")
             else:
-                models.append(got)
+                models.append(replace(got, only=tuple(args.targets or ())))
         if 1 in parts:
             deploy(models, tmp)
         if 2 in parts:
