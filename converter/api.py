@@ -203,7 +203,8 @@ def unpack(qpk: PathLike, output: PathLike) -> list[Path]:
 
 
 def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLike | Callable[[Path], Inputs] | None = None,
-           calibration: str = CALIBRATION, min_cosine: float = KEEP_COSINE, integer_io: bool = False) -> Exported:
+           calibration: str = CALIBRATION, min_cosine: float = KEEP_COSINE, integer_io: bool = False,
+           measure: bool = False) -> Exported:
     """Export a .qpk to a runtime's format or firmware sources.
 
     Args:
@@ -217,6 +218,8 @@ def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLik
             the nodes whose activations quantize worst stay float (-1: every node integer).
         integer_io: tflite-int8: the model's float inputs and outputs become int8 (no QUANTIZE and DEQUANTIZE
             around it; a notes line gives each one's scale and zero point), as microcontroller code feeds them.
+        measure: time the export against the container's float model in its runtime (one thread, interleaved
+            rounds, on the first of `inputs` or stand-ins) and add a last note with the latency and bytes ratios.
 
     Returns:
         The files written and the export's notes (tensors widened to their nearest exact form, say).
@@ -242,7 +245,8 @@ def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLik
         raise OptionError(f"--min-cosine must lie in [-1, 1], not {min_cosine}")
     if integer_io and load is None:
         raise OptionError("--integer-io comes with a full-integer export and its inputs (--to tflite-int8 --inputs ...)")
-    files, notes = run(Path(qpk), to, Path(output), Calibration(load, calibration, min_cosine, integer_io) if load is not None else None)
+    files, notes = run(Path(qpk), to, Path(output), Calibration(load, calibration, min_cosine, integer_io) if load is not None else None,
+                       measure)
     return Exported(tuple(files), tuple(notes))
 
 

@@ -450,6 +450,10 @@ def export(
         "--integer-io", rich_help_panel=INPUTS, metavar="",
         help="tflite-int8: int8 model inputs and outputs (no QUANTIZE/DEQUANTIZE around the model), each one's scale "
              "and zero point printed, as microcontroller code feeds them")] = EXPORT["integer_io"],
+    measure: Annotated[bool, typer.Option(
+        "--measure", metavar="",
+        help="time the export against the float model in its runtime (one thread, interleaved rounds, a few seconds) "
+             "and print its latency and bytes as ratios to the float model's")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Export a .qpk as a model a runtime executes with low-bit weights, or as firmware sources.
@@ -461,7 +465,7 @@ def export(
         given = any(x is not None for x in (inputs, images, dataset))
         load = (lambda model: api.load_inputs(model, inputs, images, dataset, size, layout, scale, mean, std)) if given else None
         done = api.export(qpk, str(to.value), output, inputs=load, calibration=str(calibration.value), min_cosine=min_cosine,
-                          integer_io=integer_io)
+                          integer_io=integer_io, measure=measure)
         if not quiet:
             for note in done.notes:
                 out.print(f"note: {note}")

@@ -33,14 +33,19 @@ class Runner:
 
 
 class OnnxRunner(Runner):
-    """onnxruntime at basic graph optimization, so the numbers measure weights, not fused kernels."""
+    """onnxruntime at basic graph optimization, so the numbers measure weights, not fused kernels
+    (`deployed`: as users run it, every optimization on, `threads` threads, sequential)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int = 2, deployed: bool = False) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        opts.intra_op_num_threads = 2
+        level = ort.GraphOptimizationLevel
+        opts.graph_optimization_level = level.ORT_ENABLE_ALL if deployed else level.ORT_ENABLE_BASIC
+        opts.intra_op_num_threads = threads
+        if deployed:
+            opts.inter_op_num_threads = 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -64,13 +69,13 @@ class OnnxRunner(Runner):
 class TfliteRunner(Runner):
     """LiteRT's interpreter (ai-edge-litert), or tflite_runtime where only that is installed."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int = 2, deployed: bool = False) -> None:
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:  # pragma: no cover - depends on the machine
             from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
-        try:
-            self.interp = Interpreter(model_path=str(path), num_threads=2)
+        try:  # (the default delegate, XNNPACK, either way: `deployed` changes nothing here)
+            self.interp = Interpreter(model_path=str(path), num_threads=threads)
             self.interp.allocate_tensors()
         except Exception as e:
             raise QpackError(f"{path}: LiteRT cannot load it ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
@@ -95,11 +100,11 @@ class TfliteRunner(Runner):
             raise QpackError(f"LiteRT failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
 
 
-def open_runner(path: Path) -> Runner:
-    """A runner for an .onnx or .tflite file."""
+def open_runner(path: Path, threads: int = 2, deployed: bool = False) -> Runner:
+    """A runner for an .onnx or .tflite file (`deployed`: the runtime's default optimizations, see OnnxRunner)."""
     from qpack.formats.registry import sniff
 
-    return TfliteRunner(path) if sniff(path) == "tflite" else OnnxRunner(path)
+    return (TfliteRunner if sniff(path) == "tflite" else OnnxRunner)(path, threads, deployed)
 
 
 def random_inputs(specs: list[InputSpec], seed: int = 0, dynamic: int = 1) -> dict[str, NDArray]:

@@ -578,6 +578,34 @@ def test_cli_export(sample: Path, tmp_path: Path):
     assert "note: 5 tensors of 3-bit sym codes stored as INT4" in r.output and "wrote" in r.output
 
 
+@pytest.mark.parametrize("target", ["onnx-fast", "tflite-fast"])
+def test_cli_export_measures_against_the_float_model(sample: Path, tfl_fp32: Path, tmp_path: Path, target: str):
+    """--measure times the export against the container's float model in its runtime; the bytes ratio is the
+    export's size over the float model's (`qpack unpack`'s), as printed. (The latency is reported, not judged.)"""
+    import re
+
+    qpk = _pack(sample if target == "onnx-fast" else tfl_fp32, tmp_path, Policy("sym", 8, per_channel=True))
+    out = tmp_path / ("m.onnx" if target == "onnx-fast" else "m.tflite")
+    r = _invoke(qpk, "--to", target, "-o", out, "--measure")
+    assert r.exit_code == 0, r.output
+    runtime = "onnxruntime" if target == "onnx-fast" else "LiteRT"
+    got = re.search(rf"note: measured in {runtime} \(one thread, (\d+) interleaved rounds\): (\d+\.\d\d)x the float model's "
+                    r"latency, (\d\.\d{3})x its bytes \(([\d,]+) of ([\d,]+)\)", r.output)
+    assert got, r.output
+    rounds, size, whole = int(got[1]), int(got[4].replace(",", "")), int(got[5].replace(",", ""))
+    restore(qpk, tmp_path / f"float{out.suffix}")
+    assert rounds >= 10 and size == out.stat().st_size and whole == (tmp_path / f"float{out.suffix}").stat().st_size
+    assert float(got[3]) == round(size / whole, 3) and float(got[2]) > 0
+
+
+def test_cli_export_measure_refuses_sources(sample: Path, tmp_path: Path):
+    qpk = _pack(sample, tmp_path, Policy("sym", 8))
+    r = _invoke(qpk, "--to", "c", "-o", tmp_path / "fw", "--measure")
+    assert r.exit_code != 0 and r.output.strip().splitlines() == [
+        "qpack: error: --to c writes sources, not a model a runtime loads: --measure times the model exports"]
+    assert not (tmp_path / "fw").exists()
+
+
 @pytest.mark.parametrize("source,target,message", [
     ("tflite", "onnx-qdq", "holds a tflite model; --to onnx-qdq takes containers of onnx models"),
     ("tflite", "onnx-matmulnbits", "holds a tflite model"),

@@ -33,6 +33,7 @@ class Target:
     graph: bool = True  # the export carries the model's graph (its size counts), not only the weights
     calibrated: bool = False  # it runs the model on inputs (activation ranges): the exporter takes `calibration`
     integer_io: bool = False  # it can make the model's inputs and outputs integer (Calibration.integer_io)
+    runtime: str = ""  # what runs the export (`export --measure` times it there); "" for sources, not a model
 
     def widened(self, reader: QpkReader, sparse: set[str] | None = None) -> int:
         """How many of the container's tensors this target does not run as stored (widened, decoded or refused);
@@ -95,13 +96,16 @@ def target_named(name: str) -> Target | None:
     return TARGETS[name]
 
 
-def export(qpk: Path, to: str, out: Path, calibration: Any = None) -> tuple[list[Path], list[str]]:
+def export(qpk: Path, to: str, out: Path, calibration: Any = None, measure: bool = False) -> tuple[list[Path], list[str]]:
     """Export container `qpk` as `to` into `out`; returns the files written and the notes (the first says
     what the export widens when the container was made for another target). `calibration`: inputs for a
-    target that runs the model (Target.calibrated; export.calibrate.Calibration)."""
+    target that runs the model (Target.calibrated; export.calibrate.Calibration). `measure`: time the
+    export against the float model in its runtime (export.measured), a last note."""
     target = TARGETS.get(to)
     if target is None:
         raise OptionError(f"unknown export target {to!r}, expected one of {', '.join(TARGETS)}")
+    if measure and not target.runtime:
+        raise OptionError(f"--to {to} writes sources, not a model a runtime loads: --measure times the model exports")
     if calibration is not None and not target.calibrated:
         calibrated = [t.name for t in TARGETS.values() if t.calibrated]
         raise OptionError(f"inputs calibrate {' and '.join(f'--to {t}' for t in calibrated)}; --to {to} takes none")
@@ -121,8 +125,14 @@ def export(qpk: Path, to: str, out: Path, calibration: Any = None) -> tuple[list
                          f"container does (convert --for {to} allocates for it)")
         fn: Exporter = getattr(importlib.import_module(target.module), target.function)
         if target.calibrated:
-            return fn(q, Path(out), notes, calibration), notes  # type: ignore[call-arg]  # a calibrated exporter's signature
-        return fn(q, Path(out), notes), notes
+            files = fn(q, Path(out), notes, calibration)  # type: ignore[call-arg]  # a calibrated exporter's signature
+        else:
+            files = fn(q, Path(out), notes)
+    if measure:
+        from qpack.converter.export.measured import measure as timed
+
+        notes.append(timed(Path(qpk), files, target.runtime, calibration.load if calibration is not None else None))
+    return files, notes
 
 
 def sparse_keys(reader: QpkReader) -> set[str]:
@@ -152,38 +162,40 @@ _QDQ = Native(widths=(2, 4, 8, 16), scale_bytes=4, overhead=(300, 4))
 _TFLITE = Native(widths=(4, 8), signed=True, sparse_signed=True, groupings=("tensor", "channel"), param_dtypes=("<f4",), scale_bytes=4,
                  zero_point_bits=64, zero_points=True, overhead=(60, 1))
 # qpk.h decodes every scheme of FORMAT.md at any width and grouping, its parameters as the container stores them
+ORT, LITERT = "onnxruntime", "LiteRT"
 _C = Native(schemes=("asym", "sym", "pow2", "lut", "dq"), codecs=("raw",), overhead=(172, 1.22), base=1800)
 
 register_target(Target("onnx-qdq", "qpack.converter.export.onnx_qdq", "export_onnx_qdq", ("onnx",),
-                       "ONNX with integer weights behind DequantizeLinear (INT2..INT32 as the codes need)", _QDQ))
+                       "ONNX with integer weights behind DequantizeLinear (INT2..INT32 as the codes need)", _QDQ, runtime=ORT))
 register_target(Target("onnx-fast", "qpack.converter.export.onnx_qdq", "export_onnx_fast", ("onnx",),
                        "ONNX with the onnx-qdq integers behind Cast/Mul, which onnxruntime folds when it loads the model: "
-                       "as small, and the float model's speed", _QDQ))
+                       "as small, and the float model's speed", _QDQ, runtime=ORT))
 register_target(Target("onnx-matmulnbits", "qpack.converter.export.onnx_matmulnbits", "export_onnx_matmulnbits", ("onnx",),
                        "ONNX with MatMul/Gemm weights as com.microsoft.MatMulNBits (2/4/8 bits), the rest as onnx-fast",
-                       _QDQ))  # what MatMulNBits does not take (16 bits, other blocks) is decoded at load, exactly
+                       _QDQ, runtime=ORT))  # what MatMulNBits does not take (16 bits, other blocks) is decoded at load, exactly
 register_target(Target("onnx-matmulnbits-int8", "qpack.converter.export.onnx_matmulnbits", "export_onnx_matmulnbits_int8",
                        ("onnx",), "as onnx-matmulnbits, MatMulNBits computing in int8 (accuracy_level 4: activations "
-                       "quantized per block as it runs, for the CPU's int8 dot products)", _QDQ))
+                       "quantized per block as it runs, for the CPU's int8 dot products)", _QDQ, runtime=ORT))
 register_target(Target("onnx-int8", "qpack.converter.export.onnx_int8", "export_onnx_int8", ("onnx",),
                        "full-integer ONNX: int8 weights and uint8 activations calibrated on --inputs, so onnxruntime runs "
                        "QLinearConv/QLinearMatMul/QGemm; the rest as onnx-fast",
                        Native(widths=(8,), signed=True, groupings=("tensor", "channel"), scale_bytes=4, zero_point_bits=8,
                               zero_points=True, overhead=(900, 4)),
-                       calibrated=True))
+                       calibrated=True, runtime=ORT))
 register_target(Target("tflite", "qpack.converter.export.tflite_int", "export_tflite", ("tflite",),
                        "TFLite with int8/int4 weights: fully-connected ones for the hybrid kernel, the rest behind "
-                       "DEQUANTIZE (int4 there runs outside XNNPACK)", _TFLITE))
+                       "DEQUANTIZE (int4 there runs outside XNNPACK)", _TFLITE, runtime=LITERT))
 register_target(Target("tflite-fast", "qpack.converter.export.tflite_int", "export_tflite_fast", ("tflite",),
                        "TFLite as XNNPACK runs it at float speed: as tflite, int4 only in fully-connected weights",
-                       replace(_TFLITE, widths=(8,), role_widths=(("matrix", (4, 8)),))))
+                       replace(_TFLITE, widths=(8,), role_widths=(("matrix", (4, 8)),)), runtime=LITERT))
 register_target(Target("tflite-dequantize", "qpack.converter.export.tflite_int", "export_tflite_dequantize", ("tflite",),
                        "TFLite with int8/int4 weights, all through DEQUANTIZE (float kernels, the container's exact values)",
-                       replace(_TFLITE, signed=None)))
+                       replace(_TFLITE, signed=None), runtime=LITERT))
 register_target(Target("tflite-int8", "qpack.converter.export.tflite_int8", "export_tflite_int8", ("tflite",),
                        "full-integer TFLite: int8 weights and activations calibrated on --inputs, so LiteRT and TFLite Micro "
                        "run int8 kernels; ops without one stay float between DEQUANTIZE and QUANTIZE",
-                       replace(_TFLITE, widths=(8,)), calibrated=True, integer_io=True))  # int8 only: the int8 kernels take no int4 filters
+                       replace(_TFLITE, widths=(8,)),  # int8 only: the int8 kernels take no int4 filters
+                       calibrated=True, integer_io=True, runtime=LITERT))
 register_target(Target("c", "qpack.converter.export.c", "export_c", ("onnx", "tflite"),
                        "firmware sources: qpk.h (C99 decoder) and the weights as const C arrays, into folder -o", _C, graph=False))
 register_target(Target("c-coded", "qpack.converter.export.c", "export_c_coded", ("onnx", "tflite"),
