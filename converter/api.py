@@ -215,7 +215,7 @@ def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLik
             path, or a function loading them against the float model it is given.
         calibration: how activation ranges are set from them: minmax, percentile or mse.
         min_cosine: the least output cosine on those inputs the integer nodes keep: where it falls below,
-            the nodes whose activations quantize worst stay float (-1: every node integer).
+            the nodes that harm the outputs most stay float (-1: every node integer).
         integer_io: tflite-int8: the model's float inputs and outputs become int8 (no QUANTIZE and DEQUANTIZE
             around it; a notes line gives each one's scale and zero point), as microcontroller code feeds them.
         measure: time the export against the container's float model in its runtime (one thread, interleaved

@@ -445,7 +445,7 @@ def export(
     min_cosine: Annotated[float, typer.Option(
         "--min-cosine", min=-1.0, max=1.0, rich_help_panel=INPUTS, metavar="C",
         help="full-integer exports: the least output cosine on the inputs, against the container's float values; where "
-             "integer activations fall below it, the nodes whose activations quantize worst stay float (-1: none)")] = EXPORT["min_cosine"],
+             "integer activations fall below it, the nodes that harm the outputs most stay float (-1: none)")] = EXPORT["min_cosine"],
     integer_io: Annotated[bool, typer.Option(
         "--integer-io", rich_help_panel=INPUTS, metavar="",
         help="tflite-int8: int8 model inputs and outputs (no QUANTIZE/DEQUANTIZE around the model), each one's scale "

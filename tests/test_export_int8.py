@@ -157,8 +157,8 @@ def test_inputs_go_with_calibrated_targets_only(sample: Path, tmp_path: Path, ar
 
 
 def test_nodes_go_back_to_float_until_the_cosine_holds(tmp_path: Path):
-    """A goal the integer activations miss on the calibration inputs: the nodes whose activations quantize
-    worst stay float, the fewest that meet it (a bisection), and the note says how many; -1 keeps them all."""
+    """A goal the integer activations miss on the calibration inputs: the nodes that harm the outputs most
+    stay float, the fewest that meet it (a bisection), and the note says how many; -1 keeps them all."""
     src = tmp_path / "mlp.onnx"
     _mlp(src)
     np.savez(tmp_path / "cal.npz", x=np.random.default_rng(1).standard_normal((32, 64)).astype(np.float32))
@@ -174,6 +174,20 @@ def test_nodes_go_back_to_float_until_the_cosine_holds(tmp_path: Path):
     assert back in (1, 2) and float(some.notes[0].split("least output cosine ")[1].split()[0]) >= floor, some.notes
     ops = _fused_ops(tmp_path / "some.onnx", tmp_path)
     assert ops["QGemm"] + ops["QLinearMatMul"] + ops["MatMulIntegerToFloat"] == 2 - back, ops
+
+
+def test_candidates_go_back_to_float_by_their_measured_harm():
+    """The order is the outputs' cosine with each candidate alone integer, the worst first; ties keep their order."""
+    from qpack.converter.export.calibrate import by_harm
+
+    alone = {"a": 0.999, "b": 0.95, "c": 0.999, "d": 0.99}
+    asked: list[str] = []
+
+    def cosine(item: str) -> float:
+        asked.append(item)
+        return alone[item]
+
+    assert by_harm(["a", "b", "c", "d"], cosine) == ["b", "d", "a", "c"] and sorted(asked) == ["a", "b", "c", "d"]
 
 
 def test_a_bias_a_subgraph_reads_stays(tmp_path: Path):

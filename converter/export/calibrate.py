@@ -235,6 +235,15 @@ def least_cosine(pairs: Iterator[tuple[list[NDArray], list[NDArray]]]) -> float:
     return least
 
 
+def by_harm(items: list[K], alone: Callable[[K], float]) -> list[K]:
+    """`items` (integer candidates) ordered by the harm each does alone, the worst first: `alone(item)` is
+    the outputs' cosine with that one integer and every other float. An estimate from the activations'
+    own quantization error misses how much the layers after an activation amplify it; this measures it
+    (one trial per candidate), so the fewest go back to float. Ties keep the items' order."""
+    harm = {i: 1.0 - alone(item) for i, item in enumerate(items)}
+    return [items[i] for i in sorted(range(len(items)), key=lambda i: -harm[i])]
+
+
 def fewest_in_float(count: int, cosine: Callable[[int], float], calibration: Calibration, notes: list[str]) -> int:
     """How many of `count` integer candidates (in the order they go back to float) must stay float for the
     outputs to keep calibration.floor: a bisection over `cosine(k)`, the outputs' cosine with the first k in

@@ -41,6 +41,7 @@ from qpack.converter.export.calibrate import (
     CHECK_INPUTS,
     Calibration,
     Range,
+    by_harm,
     feeds,
     fewest_in_float,
     least_cosine,
@@ -272,8 +273,9 @@ class _Rewriter:
 
 def export_onnx_int8(reader: QpkReader, out: Path, notes: list[str], calibration: Calibration | None = None) -> list[Path]:
     """Write the container's model with its Conv, MatMul and Gemm nodes in integers, activations calibrated on
-    inputs; where the outputs then fall below `calibration.min_cosine` on them, the nodes whose activations
-    quantize worst go back to float (a bisection over how many), so what is integer keeps the goal."""
+    inputs; where the outputs then fall below `calibration.min_cosine` on them, the nodes that harm them most
+    (each measured alone integer, calibrate.by_harm) go back to float (a bisection over how many), so what is
+    integer keeps the goal."""
     from qpack.converter.convert import restore
     from qpack.formats.atomic import scratch_folder
 
@@ -295,14 +297,21 @@ def export_onnx_int8(reader: QpkReader, out: Path, notes: list[str], calibration
             values = [n.node.input[0], after.get(id(n.node), "")]
             return min((acts[v].sqnr_db for v in values if v in acts), default=np.inf)
 
-        order = sorted(range(len(chosen)), key=lambda i: harm(chosen[i]))  # the first go back to float first
         trial = Path(tmp) / "trial.onnx"
-        tried: dict[int, float] = {}
+        reference = _outputs(float_model, inputs)
+
+        def fidelity(kept: set[int]) -> float:
+            _build(reader, base, kept, acts, trial, [])
+            return least_cosine(zip(reference, _outputs(trial, inputs)))
+
+        order = sorted(range(len(chosen)), key=lambda i: harm(chosen[i]))  # the first go back to float first
+        tried: dict[int, float] = {0: fidelity(set(order))}
+        if tried[0] < calibration.floor:  # measured: each node alone integer
+            order = by_harm(order, lambda i: fidelity({i}))
 
         def cosine(k: int) -> float:
             if k not in tried:
-                _build(reader, base, set(order[k:]), acts, trial, [])
-                tried[k] = _fidelity(float_model, trial, inputs)
+                tried[k] = fidelity(set(order[k:]))
             return tried[k]
 
         k = fewest_in_float(len(chosen), cosine, calibration, notes)
@@ -470,26 +479,22 @@ def _summary(chosen: list[_IntNode], skipped: Counter[str], method: str, count: 
     if unfolded:
         out += "; BatchNormalization kept in float: " + ", ".join(f"{v} ({k})" for k, v in sorted(unfolded.items()))
     if back:
-        out += f"; {back} kept in float for the outputs' cosine (their activations quantize worst)"
+        out += f"; {back} kept in float for the outputs' cosine (the most harmful, each measured alone)"
     if skipped:
         out += "; float: " + ", ".join(f"{v} {k}" for k, v in sorted(skipped.items()))
     return out
 
 
-def _fidelity(float_model: Path, exported: Path, inputs: Inputs) -> float:
-    """Least cosine over the first CHECK_INPUTS inputs of the exported model (onnxruntime's default
-    optimizations: the fused integer kernels) against the float model."""
+def _outputs(model: Path, inputs: Inputs) -> list[list[NDArray]]:
+    """The model's outputs on the first CHECK_INPUTS inputs, in onnxruntime at its default optimizations
+    (the fused integer kernels)."""
     import onnxruntime as ort
 
-    def session(p: Path) -> ort.InferenceSession:
-        o = ort.SessionOptions()
-        o.intra_op_num_threads = 2
-        o.log_severity_level = 3
-        return ort.InferenceSession(str(p), o, providers=["CPUExecutionProvider"])
-
-    a, b = session(float_model), session(exported)
-    runs = [f for f, _ in zip(feeds(inputs), range(CHECK_INPUTS))]
-    return least_cosine((a.run(None, f), b.run(None, f)) for f in runs)
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = 2
+    o.log_severity_level = 3
+    session = ort.InferenceSession(str(model), o, providers=["CPUExecutionProvider"])
+    return [session.run(None, f) for f, _ in zip(feeds(inputs), range(CHECK_INPUTS))]
 
 
 __all__ = ["CALIBRATION_SHARE", "Calibration", "export_onnx_int8"]

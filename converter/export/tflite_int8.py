@@ -15,7 +15,7 @@ stays float between a DEQUANTIZE and a QUANTIZE (a float island), so every model
 weights behind DEQUANTIZE ops become int8 weights the integer op reads directly; sparse ones behind
 DENSIFY are spread out first (formats.tflite_model.densify). Only the first
 subgraph is made integer. Where the outputs' cosine on the calibration inputs falls below the goal,
-the ops whose activations quantize worst go back to float (a bisection), as onnx-int8 does.
+the ops that harm the outputs most go back to float (a bisection), as onnx-int8 does.
 """
 
 from __future__ import annotations
@@ -37,7 +37,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from qpack.converter.datasets import Inputs
-from qpack.converter.export.calibrate import CHECK_INPUTS, Calibration, Range, feeds, fewest_in_float, least_cosine, tflite_ranges
+from qpack.converter.export.calibrate import (
+    CHECK_INPUTS,
+    Calibration,
+    Range,
+    by_harm,
+    feeds,
+    fewest_in_float,
+    least_cosine,
+    tflite_ranges,
+)
 from qpack.converter.export.intform import int_form
 from qpack.converter.export.tflite_int import centered, litert_schema, load, op_names, serialize
 from qpack.formats.atomic import atomic_output, scratch_folder
@@ -465,8 +474,8 @@ def _compact(model: Any) -> None:
 
 def export_tflite_int8(reader: QpkReader, out: Path, notes: list[str], calibration: Calibration | None = None) -> list[Path]:
     """Write the container's TFLite model with its ops in int8 where TFLite has int8 kernels, activations
-    calibrated on inputs; where the outputs then fall below `calibration.min_cosine` on them, the ops whose
-    activations quantize worst go back to float (a bisection over how many)."""
+    calibrated on inputs; where the outputs then fall below `calibration.min_cosine` on them, the ops that harm
+    them most (each measured alone int8, calibrate.by_harm) go back to float (a bisection over how many)."""
     from qpack.converter.convert import restore
 
     if calibration is None:
@@ -485,15 +494,21 @@ def export_tflite_int8(reader: QpkReader, out: Path, notes: list[str], calibrati
             op = graph.g.operators[k]
             return min((acts[t].sqnr_db for t in _ints(op.inputs) + _ints(op.outputs) if t in acts), default=np.inf)
 
-        order = sorted(chosen, key=harm)  # the first go back to float first
         trial = Path(tmp) / "trial.tflite"
-        tried: dict[int, float] = {}
         reference = _outputs(float_model, inputs)
+
+        def fidelity(kept: set[int]) -> float:
+            trial.write_bytes(_Builder(reader, data, acts, kept).run())
+            return least_cosine(zip(reference, _outputs(trial, inputs)))
+
+        order = sorted(chosen, key=harm)  # the first go back to float first
+        tried: dict[int, float] = {0: fidelity(set(order))}
+        if tried[0] < calibration.floor:  # measured: each op alone int8
+            order = by_harm(order, lambda k: fidelity({k}))
 
         def cosine(k: int) -> float:
             if k not in tried:
-                trial.write_bytes(_Builder(reader, data, acts, set(order[k:])).run())
-                tried[k] = least_cosine(zip(reference, _outputs(trial, inputs)))
+                tried[k] = fidelity(set(order[k:]))
             return tried[k]
 
         back = fewest_in_float(len(chosen), cosine, calibration, notes)
@@ -573,7 +588,7 @@ def _summary(built: _Builder, floats: Counter[str], method: str, count: int, bac
     ran = ", ".join(f"{k} {v}" for k, v in sorted(built.ran.items())) or "none"
     out = f"int8 ops ({method} ranges on {count} inputs): {ran}"
     if back:
-        out += f"; {back} kept in float for the outputs' cosine (their activations quantize worst)"
+        out += f"; {back} kept in float for the outputs' cosine (the most harmful, each measured alone)"
     stay = floats + built.fell
     if stay:
         out += "; float: " + ", ".join(f"{k} {v}" for k, v in sorted(stay.items()))
