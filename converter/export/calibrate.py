@@ -225,14 +225,25 @@ def _line(e: Exception) -> str:
 
 
 def least_cosine(pairs: Iterator[tuple[list[NDArray], list[NDArray]]]) -> float:
-    """The least cosine between two models' outputs (all outputs of a run joined) over runs."""
-    least = 1.0
-    for a, b in pairs:
-        x = np.concatenate([np.asarray(o, np.float64).ravel() for o in a])
-        y = np.concatenate([np.asarray(o, np.float64).ravel() for o in b])
-        d = float(np.linalg.norm(x) * np.linalg.norm(y))
-        least = min(least, float(x @ y / d) if d > 0 else float(np.array_equal(x, y)))
-    return least
+    """The least output cosine between two models over runs (one input each), as a cosine goal measures
+    it (allocate.least_cosine): each output over all the runs together and over each single run, the
+    lowest of them. A small output (a detector's scores beside its boxes) counts as much as a large one."""
+    from qpack.converter.evaluate import output_fidelity
+
+    runs = list(pairs)
+    if not runs:
+        return 1.0
+    count = len(runs)
+
+    def stacked(side: int, k: int) -> NDArray:
+        parts = [np.asarray(r[side][k]) for r in runs]
+        if all(p.shape == parts[0].shape and p.ndim and p.shape[0] == 1 for p in parts):
+            return np.concatenate(parts)  # a row per run: worst_input_cosine reads each run's own
+        return np.concatenate([p.ravel() for p in parts])
+
+    outputs = range(min(len(runs[0][0]), len(runs[0][1])))
+    rows = output_fidelity([stacked(0, k) for k in outputs], [stacked(1, k) for k in outputs], [str(k) for k in outputs], count)
+    return min((min(r["cosine"], r.get("worst_input_cosine", 1.0)) for r in rows), default=1.0)
 
 
 def by_harm(items: list[K], alone: Callable[[K], float]) -> list[K]:
