@@ -172,13 +172,13 @@ def test_calibration_is_deterministic_and_checked(exported, tmp_path: Path):
 
 def test_float16_weights_become_int8_weights(tmp_path: Path):
     """MediaPipe's short-range face detector holds float16 weights behind DEQUANTIZE ops: the export's
-    int8 ops read int8 weights directly, and no float16 weight or its DEQUANTIZE is left."""
+    int8 ops read int8 weights directly, and with every op int8 (-1) no float16 weight or its DEQUANTIZE is left."""
     src = packaged("mediapipe", "mediapipe/modules/face_detection/face_detection_short_range.tflite")
     qpk = tmp_path / "fd.qpk"
     qpack.convert(src, qpk, target="tflite-int8", compress="none")
     np.savez(tmp_path / "cal.npz", input=_images(4, 0, (128, 128, 3)))
     out = tmp_path / "fd_int8.tflite"
-    done = qpack.export(qpk, "tflite-int8", out, inputs=tmp_path / "cal.npz")
+    done = qpack.export(qpk, "tflite-int8", out, inputs=tmp_path / "cal.npz", min_cosine=-1)
     assert "float:" not in done.notes[0], done.notes
     it = _interpreter(out)
     assert not [d for d in it.get_tensor_details() if d["dtype"] == np.float16]
