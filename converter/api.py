@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from qpack.converter.allocate import AUTO_SCHEMES, Goal
 from qpack.converter.datasets import Inputs
-from qpack.converter.export import QPK
+from qpack.converter.export import KEEP_COSINE, QPK, target_named
+from qpack.converter.export.calibrate import split_cosine
 from qpack.converter.policy import Policy
 from qpack.formats.errors import BudgetError, OptionError
 from qpack.formats.qpk import Codec, QpkReader, codec_named
@@ -30,7 +31,6 @@ CODEC = "raw"
 # how full-integer exports set activation ranges (export.calibrate): on the OCR models' random draws
 # mse kept the least output cosine at 0.994-0.995, minmax at 0.972-0.980
 CALIBRATION = "mse"
-KEEP_COSINE = 0.99  # what a full-integer export keeps of the outputs on its calibration inputs
 
 PathLike = str | Path
 
@@ -136,6 +136,10 @@ def convert(model: PathLike, output: PathLike | None = None, *, bits: int = 8, s
     check_format(target, model)
     budget = Budget(max_size, max_bpw, min_sqnr)
     parse_compressors(compress)  # reject a bad list before any work
+    export_cosine = None
+    made_for = target_named(target)
+    if min_cosine is not None and made_for is not None and made_for.calibrated:
+        min_cosine, export_cosine = split_cosine(min_cosine)  # the export's activations take their share of the goal
     goal = Goal.of(target_bpw=target_bpw, target_size=target_size, min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop,
                    target_sqnr=target_sqnr, objective=objective, schemes=None if scheme else goal_schemes(target, AUTO_SCHEMES),
                    allow_float=allow_float, **{k: v for k, v in goals.items() if v is not None})
@@ -143,6 +147,8 @@ def convert(model: PathLike, output: PathLike | None = None, *, bits: int = 8, s
     chosen = codec_for(codec or default_codec(target, GOAL_CODEC if goal.any else CODEC))
     rules = policy(scheme, bits, per_channel, keep, include, bits_for, clip, group_size, param_dtype, rdo, target, chosen.name,
                    goal.any)
+    if export_cosine is not None:
+        rules = replace(rules, export_cosine=export_cosine)
     if goal.fidelity != (inputs is not None):
         raise OptionError("a fidelity goal needs inputs: --inputs, --images or --dataset" if goal.fidelity else
                           "inputs (--inputs, --images, --dataset) feed fidelity goals (--min-cosine, --max-accuracy-drop); "
@@ -157,7 +163,7 @@ def convert(model: PathLike, output: PathLike | None = None, *, bits: int = 8, s
     dest = Path(output) if output is not None else model.with_suffix(".qpk")
     with closing(open_model(model)) as src:
         done = publish(src, rules, dest, chosen, budget, parse_compressors(compress, src.file_bytes), progress,
-                       compress_progress, goal, data, log, _calibration(data))
+                       compress_progress, goal, data, log, _calibration(data, export_cosine))
     if done.broken:
         raise BudgetBroken(str(done.broken), done.report)
     return done.report
@@ -203,7 +209,7 @@ def unpack(qpk: PathLike, output: PathLike) -> list[Path]:
 
 
 def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLike | Callable[[Path], Inputs] | None = None,
-           calibration: str = CALIBRATION, min_cosine: float = KEEP_COSINE, integer_io: bool = False,
+           calibration: str = CALIBRATION, min_cosine: float | None = None, integer_io: bool = False,
            measure: bool = False) -> Exported:
     """Export a .qpk to a runtime's format or firmware sources.
 
@@ -214,8 +220,9 @@ def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLik
         inputs: for a full-integer target (onnx-int8, tflite-int8), the calibration inputs: load_inputs(), an .npy/.npz
             path, or a function loading them against the float model it is given.
         calibration: how activation ranges are set from them: minmax, percentile or mse.
-        min_cosine: the least output cosine on those inputs the integer nodes keep: where it falls below,
-            the nodes that harm the outputs most stay float (-1: every node integer).
+        min_cosine: the least output cosine on those inputs the integer nodes keep, against the container's
+            values: where it falls below, the nodes that harm the outputs most stay float (-1: every node
+            integer). None: what `convert --for` recorded in the container (its goal's share), else KEEP_COSINE.
         integer_io: tflite-int8: the model's float inputs and outputs become int8 (no QUANTIZE and DEQUANTIZE
             around it; a notes line gives each one's scale and zero point), as microcontroller code feeds them.
         measure: time the export against the container's float model in its runtime (one thread, interleaved
@@ -241,7 +248,7 @@ def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLik
     else:
         path = Path(inputs)
         load = lambda model: load_inputs(model, path)  # noqa: E731
-    if not -1 <= min_cosine <= 1:
+    if min_cosine is not None and not -1 <= min_cosine <= 1:
         raise OptionError(f"--min-cosine must lie in [-1, 1], not {min_cosine}")
     if integer_io and load is None:
         raise OptionError("--integer-io comes with a full-integer export and its inputs (--to tflite-int8 --inputs ...)")
@@ -359,11 +366,12 @@ def sweep(model: PathLike, inputs: Inputs | PathLike, output: PathLike | None = 
     return result, (write_outputs(result, Path(output)) if output is not None else [])
 
 
-def _calibration(data: Inputs | None) -> Any:
-    """How a file made for a calibrated target is exported at convert: on the goal's inputs, at the defaults."""
+def _calibration(data: Inputs | None, min_cosine: float | None = None) -> Any:
+    """How a file made for a calibrated target is exported at convert: on the goal's inputs, at the defaults
+    (the goal's share of the cosine where it split one, as `export` reads it from the container)."""
     from qpack.converter.export.calibrate import Calibration
 
-    return None if data is None else Calibration(lambda _: data, CALIBRATION, KEEP_COSINE)
+    return None if data is None else Calibration(lambda _: data, CALIBRATION, KEEP_COSINE if min_cosine is None else min_cosine)
 
 
 def _path(p: PathLike | None) -> Path | None:

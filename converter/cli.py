@@ -442,10 +442,11 @@ def export(
         "--calibration", rich_help_panel=INPUTS,
         help="how a full-integer export sets each activation's range from the inputs: minmax spans every value seen; "
              "percentile clips the rarest 0.01%; mse clips where the squared error is least")] = CalibrationName(EXPORT["calibration"]),
-    min_cosine: Annotated[float, typer.Option(
-        "--min-cosine", min=-1.0, max=1.0, rich_help_panel=INPUTS, metavar="C",
+    min_cosine: Annotated[float | None, typer.Option(
+        "--min-cosine", min=-1.0, max=1.0, rich_help_panel=INPUTS, metavar="C", show_default=False,
         help="full-integer exports: the least output cosine on the inputs, against the container's float values; where "
-             "integer activations fall below it, the nodes that harm the outputs most stay float (-1: none)")] = EXPORT["min_cosine"],
+             "integer activations fall below it, the nodes that harm the outputs most stay float (-1: none). Default: "
+             f"what convert --for recorded (its goal's share), else {api.KEEP_COSINE}")] = None,
     integer_io: Annotated[bool, typer.Option(
         "--integer-io", rich_help_panel=INPUTS, metavar="",
         help="tflite-int8: int8 model inputs and outputs (no QUANTIZE/DEQUANTIZE around the model), each one's scale "

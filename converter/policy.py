@@ -66,6 +66,7 @@ class Policy:
     rdo: float = 0.0  # lambda of rate-aware rounding (squared steps per bit); 0: round to nearest
     plan: tuple[tuple[str, Decision], ...] = ()  # per-tensor settings an allocation chose, by key
     target: str = "qpk"  # the export target the file is made for (`--for`): its goals allocate only what it runs
+    export_cosine: float | None = None  # a full-integer target's share of a cosine goal: its export's --min-cosine
 
     def __post_init__(self) -> None:
         if self.group_size is not None and not MIN_GROUP <= self.group_size <= MAX_GROUP:
@@ -95,6 +96,8 @@ class Policy:
             out["rdo"] = self.rdo
         if self.target != "qpk":  # absent otherwise, for the same reason
             out["for"] = self.target
+        if self.export_cosine is not None:
+            out["export_min_cosine"] = self.export_cosine
         return out
 
     def decide(self, w: Weight) -> Decision:

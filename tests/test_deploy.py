@@ -211,3 +211,15 @@ def test_a_fidelity_goal_for_a_calibrated_target_measures_its_export(sample: Pat
     out = tmp_path / "int8.onnx"
     qpack.export(qpk, "onnx-int8", out, inputs=data)
     assert out.stat().st_size == report["exports"]["onnx-int8"]["bytes"]
+    # the goal holds for the exported model: the weights keep half its error, the activations the other half,
+    # the container recording the export's share, which `export` takes unless told otherwise
+    assert report["options"]["export_min_cosine"] == pytest.approx(0.995)
+    with qpack.open(qpk) as q:
+        assert q.info["options"]["export_min_cosine"] == pytest.approx(0.995)
+    from qpack.converter.evaluate import output_fidelity, run_all
+    from qpack.converter.runtime import open_runner
+
+    ref, got = run_all(open_runner(sample), data), run_all(open_runner(out), data)
+    assert min(o["cosine"] for o in output_fidelity(ref, got, ["y"] * len(ref))) >= 0.99
+    told = qpack.export(qpk, "onnx-int8", tmp_path / "all.onnx", inputs=data, min_cosine=-1)
+    assert "kept in float" not in told.notes[0]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from qpack.converter.export.native import GROUPINGS, Native
-from qpack.formats.errors import OptionError
+from qpack.formats.errors import FormatError, OptionError
 from qpack.formats.qpk import CODECS, Grouping, QpkReader, zeroed_bytes
 from qpack.formats.registry import a_model, adapter
 
@@ -120,6 +120,9 @@ def export(qpk: Path, to: str, out: Path, calibration: Any = None, measure: bool
         for e in q.entries:  # every parameter within its range before anything is written (FormatError)
             q.params(e)
         made_for = q.info["options"].get("for", QPK)
+        if calibration is not None and calibration.min_cosine is None:  # what convert --for recorded, else the default
+            recorded = q.info["options"].get("export_min_cosine") if made_for == to else None
+            calibration = replace(calibration, min_cosine=_cosine(recorded))
         if made_for not in (to, QPK) and (n := target.widened(q)):
             notes.append(f"made for {made_for}: --to {to} stores {n} of its {len(q.entries)} tensors otherwise than the "
                          f"container does (convert --for {to} allocates for it)")
@@ -133,6 +136,18 @@ def export(qpk: Path, to: str, out: Path, calibration: Any = None, measure: bool
 
         notes.append(timed(Path(qpk), files, target.runtime, calibration.load if calibration is not None else None))
     return files, notes
+
+
+KEEP_COSINE = 0.99  # a full-integer export's --min-cosine where neither the user nor the container says
+
+
+def _cosine(recorded: Any) -> float:
+    """A container's recorded export cosine, checked (it is read from a file), or KEEP_COSINE."""
+    if recorded is None:
+        return KEEP_COSINE
+    if not isinstance(recorded, float | int) or isinstance(recorded, bool) or not -1 <= recorded <= 1:
+        raise FormatError(f"the container's export_min_cosine {recorded!r} is not a cosine")
+    return float(recorded)
 
 
 def sparse_keys(reader: QpkReader) -> set[str]:
@@ -202,4 +217,4 @@ register_target(Target("c-coded", "qpack.converter.export.c", "export_c_coded", 
                        "as c, with entropy-coded (ans) codes kept as streams: the container's flash, qpk_unpack into RAM",
                        replace(_C, codecs=("raw", "ans")), graph=False))
 
-__all__ = ["GROUPINGS", "QPK", "TARGETS", "Native", "Stored", "Target", "export", "fit", "register_target", "target_named"]
+__all__ = ["GROUPINGS", "KEEP_COSINE", "QPK", "TARGETS", "Native", "Stored", "Target", "export", "fit", "register_target", "target_named"]

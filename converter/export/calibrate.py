@@ -31,6 +31,10 @@ CHECK_INPUTS = 16  # calibration inputs an export's fidelity check runs
 # to them are tighter there than on other inputs (silero's VAD kept 0.9900 on its calibration draw and 0.9838
 # on another), so 0.99 is kept as 0.995 where it is checked
 CALIBRATION_SHARE = 0.5
+# the share of a cosine goal's error (1 - cosine) the weights may use in a file made --for a full-integer
+# target; the rest is the export's, whose activations add their own error to the weights': the goal holds
+# for the exported model, not the container alone (split_cosine)
+WEIGHT_SHARE = 0.5
 K = TypeVar("K", bound=Hashable)  # what names an activation: an ONNX value's name, a TFLite tensor's index
 
 
@@ -97,13 +101,22 @@ class Calibration:
 
     load: Callable[[Path], Inputs]
     method: str  # a key of METHODS
-    min_cosine: float = -1.0  # the least output cosine on the inputs the integer nodes must keep (-1: any)
+    min_cosine: float | None = -1.0  # the least output cosine on the inputs the integer nodes must keep (-1: any;
+    # None: the container's recorded one, see export.export)
     integer_io: bool = False  # the model's inputs and outputs int8 too, where the target offers it (Target.integer_io)
 
     @property
     def floor(self) -> float:
         """The cosine checked on the calibration inputs: min_cosine less the share kept for other inputs."""
+        assert self.min_cosine is not None, "resolved by export.export"
         return 1 - (1 - self.min_cosine) * CALIBRATION_SHARE if self.min_cosine > -1 else -1.0
+
+
+def split_cosine(goal: float) -> tuple[float, float]:
+    """A cosine goal for a full-integer export, as (what the container's weights keep against the float model,
+    what the export's integer activations keep against the container): their errors add up to the goal's."""
+    error = 1 - goal
+    return 1 - error * WEIGHT_SHARE, 1 - error * (1 - WEIGHT_SHARE)
 
 
 def feeds(inputs: Inputs) -> Iterator[dict[str, NDArray]]:
