@@ -353,3 +353,53 @@ def test_cls_batchnorm_folds(ocr_cls: Path, tmp_path: Path):
         b = _session(out).run(None, {"x": x})[0].ravel()
         least = min(least, a @ b / np.linalg.norm(a) / np.linalg.norm(b))
     assert least > 0.99
+
+
+def _hard_swish_cnn(path: Path, expose: bool = False) -> None:
+    """x[1,3,8,8] -> Conv -> x * Clip(x + 3, 0, 6) / 6 (PaddlePaddle's hard-swish) -> Conv -> y; `expose`: the
+    Clip's output is a graph output too (so the pattern's inner values must stay)."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32), "w2")
+    c = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("three", [3.0]), ("zero", 0.0), ("six", 6.0))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["h", "three"], ["a"]),
+             helper.make_node("Clip", ["a", "zero", "six"], ["c"]),
+             helper.make_node("Mul", ["h", "c"], ["m"]),
+             helper.make_node("Div", ["m", "six"], ["hs"]),
+             helper.make_node("Conv", ["hs", "w2"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])]
+    if expose:
+        outputs.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 8, 8, 8]))
+    graph = helper.make_graph(nodes, "hs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])], outputs,
+                              [w1, w2, *c])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 7
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("expose", [False, True])
+def test_hard_swish_is_fused(tmp_path: Path, expose: bool):
+    """PaddlePaddle's four-node hard-swish between integer Convs becomes one HardSwish (opset 14), whose
+    outputs agree with the four nodes' to float rounding; where a value inside the pattern is read
+    elsewhere (a graph output here) the nodes stay."""
+    src = tmp_path / "hs.onnx"
+    _hard_swish_cnn(src, expose)
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(1).standard_normal((16, 3, 8, 8)).astype(np.float32))
+    qpk = tmp_path / "hs.qpk"
+    qpack.convert(src, qpk, target="onnx-int8", compress="none")
+    out = tmp_path / "hs_int8.onnx"
+    done = qpack.export(qpk, "onnx-int8", out, inputs=tmp_path / "cal.npz", min_cosine=-1)
+    ops = collections.Counter(n.op_type for n in onnx.load(str(out)).graph.node)
+    if expose:
+        assert ops["HardSwish"] == 0 and ops["Clip"] == 1 and not any("HardSwish" in n for n in done.notes)
+        return
+    assert ops["HardSwish"] == 1 and not ops["Clip"] and not ops["Div"]
+    assert "1 hard-swish (x * Clip(x + 3, 0, 6) / 6) fused into HardSwish" in done.notes[1]
+    model = onnx.load(str(out))
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 14
+    x = np.linspace(-8, 8, 3 * 64, dtype=np.float32).reshape(1, 3, 8, 8)
+    four = np.float32(x) * np.clip(x + np.float32(3), 0, 6) / np.float32(6)
+    one = x * np.clip(x / np.float32(6) + np.float32(0.5), 0, 1)
+    assert np.abs(four - one).max() <= 4 * np.finfo(np.float32).eps * np.abs(four).max()  # the same function
+    assert _fused_ops(out, tmp_path)["QLinearConv"] == 1  # the first; the second writes the float graph output
