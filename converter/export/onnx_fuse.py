@@ -1,20 +1,25 @@
-"""Float glue between integer nodes, fused into the single ops onnxruntime runs in one pass.
+"""Float glue, fused into the single ops onnxruntime runs in one pass (the exports made for onnxruntime:
+onnx-fast, onnx-matmulnbits, onnx-int8; onnx-qdq keeps the source graph for other toolchains).
 
 PaddlePaddle exports hard-swish as four elementwise nodes, `x * Clip(x + 3, 0, 6) / 6`, and
-MobileNetV3-style models run it after most convolutions. In a full-integer export those nodes stay
-float between a DequantizeLinear and a QuantizeLinear, and with four passes over each activation they
-take as long as the int8 convolutions themselves (the OCR recognizer: 14 of its 29 ms per run).
+MobileNetV3-style models run it after most convolutions: four passes over each activation. In a
+full-integer export those nodes stay float between a DequantizeLinear and a QuantizeLinear and take
+as long as the int8 convolutions themselves (the OCR recognizer: 14 of its 29 ms per run).
 ONNX's `HardSwish` (opset 14), `x * max(0, min(1, x / 6 + 1 / 2))`, is the same function in one pass;
 its float rounding differs from the four nodes' by an ulp or so, far below the activations' 8-bit step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from numpy.typing import NDArray
-from onnx import GraphProto, NodeProto, helper, numpy_helper
+from onnx import GraphProto, ModelProto, NodeProto, helper, numpy_helper
 
-from qpack.formats.onnx_keys import DEFAULT_DOMAINS
+from qpack.converter.export.onnx_graph import raise_opset
+from qpack.formats.errors import UnsupportedError
+from qpack.formats.onnx_keys import DEFAULT_DOMAINS, Site
 
 OPSET_HARD_SWISH = 14
 
@@ -96,4 +101,26 @@ def fuse_hard_swish(graph: GraphProto, keep: frozenset[str] = frozenset()) -> in
     return len(matches)
 
 
-__all__ = ["OPSET_HARD_SWISH", "fuse_hard_swish", "hard_swishes"]
+def raised_and_fused(load: Callable[[], tuple[ModelProto, dict[str, Site]]], opset: int, why: str,
+                     notes: list[str]) -> tuple[ModelProto, dict[str, Site]]:
+    """The model `load` gives, moved to `opset` (raise_opset; `why` names what needs it) and its hard-swish
+    fused, with a note. Fusing may need a later opset than the export's own: where the model cannot move
+    there, it is loaded again and exported unfused, and the note says why."""
+    model, at = load()
+    if hard_swishes(model.graph) and opset < OPSET_HARD_SWISH:
+        try:
+            at = raise_opset(model, OPSET_HARD_SWISH, at, "HardSwish")
+        except UnsupportedError as e:  # (the failed move may have renamed what it touched: start again)
+            notes.append(f"hard-swish kept as four nodes: {e}")
+            model, at = load()
+            return model, raise_opset(model, opset, at, why)
+    else:
+        at = raise_opset(model, opset, at, why)
+    fused = fuse_hard_swish(model.graph)
+    if fused:
+        notes.append(f"{fused} hard-swish (x * Clip(x + 3, 0, 6) / 6) fused into HardSwish: one pass over each "
+                     "activation instead of four")
+    return model, at
+
+
+__all__ = ["OPSET_HARD_SWISH", "fuse_hard_swish", "hard_swishes", "raised_and_fused"]

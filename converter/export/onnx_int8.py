@@ -48,8 +48,8 @@ from qpack.converter.export.calibrate import (
     ranges,
 )
 from qpack.converter.export.intform import IntForm
-from qpack.converter.export.onnx_fuse import OPSET_HARD_SWISH, fuse_hard_swish, hard_swishes
-from qpack.converter.export.onnx_graph import Edits, Names, Site, load_skeleton, raise_opset, raw_tensor, walk_graphs
+from qpack.converter.export.onnx_fuse import raised_and_fused
+from qpack.converter.export.onnx_graph import Edits, Names, Site, load_skeleton, raw_tensor, walk_graphs
 from qpack.formats.errors import UnsupportedError
 from qpack.formats.onnx_keys import DEFAULT_DOMAINS, walk_sites
 from qpack.formats.qpk import Grouping, QpkReader
@@ -282,7 +282,7 @@ def export_onnx_int8(reader: QpkReader, out: Path, notes: list[str], calibration
 
     if calibration is None:
         raise UnsupportedError("--to onnx-int8 calibrates activation ranges: give --inputs, --images or --dataset")
-    base = _Base.of(reader)
+    base = _Base.of(reader, notes)
     model, _, plans, consts = base.copy()
     chosen, skipped = _int_nodes(model, plans, consts)
     after = _pairs_after(model, chosen)
@@ -320,9 +320,6 @@ def export_onnx_int8(reader: QpkReader, out: Path, notes: list[str], calibration
         written = _build(reader, base, kept, acts, out, notes)
         notes.insert(0, _summary([chosen[i] for i in sorted(kept)], skipped, calibration.method, inputs.count, k)
                      + f"; least output cosine {cosine(k):.6f} on the calibration inputs, against the container's float values")
-        if base.fused:
-            notes.append(f"{base.fused} hard-swish (x * Clip(x + 3, 0, 6) / 6) fused into HardSwish: one pass over each "
-                         "activation instead of four")
     return written
 
 
@@ -334,18 +331,15 @@ class _Base:
     model: ModelProto  # never edited
     at: dict[str, Site]  # every constant's site in it, by container key
     by_key: dict[str, onnx_qdq.QdqPlan]
-    fused: int = 0  # hard-swish patterns fused into HardSwish (onnx_fuse)
 
     @classmethod
-    def of(cls, reader: QpkReader) -> _Base:
-        model, at = load_skeleton(reader, [e.key for e in reader.entries])
+    def of(cls, reader: QpkReader, notes: list[str]) -> _Base:
+        keys = [e.key for e in reader.entries]
         by_key = {e.key: onnx_qdq.plan(reader, e) for e in reader.entries}
         opset, why = onnx_qdq.requirement(list(by_key.values()))
         opset, why = max((opset, why), (_OPSET_PER_AXIS, "per-axis DequantizeLinear"))
-        if hard_swishes(model.graph):
-            opset, why = max((opset, why), (OPSET_HARD_SWISH, "HardSwish"))
-        at = raise_opset(model, opset, at, why)
-        return cls(model, at, by_key, fuse_hard_swish(model.graph))
+        model, at = raised_and_fused(lambda: load_skeleton(reader, keys), opset, why, notes)
+        return cls(model, at, by_key)
 
     def copy(self) -> tuple[ModelProto, dict[str, Site], dict[str, onnx_qdq.QdqPlan], dict[str, Site]]:
         """A copy to edit: the model, its sites by key, the main graph's plans and constants by value."""

@@ -29,6 +29,7 @@ from onnx import ModelProto, NodeProto, TensorProto, helper
 
 from qpack.converter.export import onnx_qdq
 from qpack.converter.export.intform import IntForm, int_form
+from qpack.converter.export.onnx_fuse import raised_and_fused
 from qpack.converter.export.onnx_graph import (
     DEFAULT_DOMAINS,
     MS_DOMAIN,
@@ -38,7 +39,6 @@ from qpack.converter.export.onnx_graph import (
     consumers,
     load_skeleton,
     ort_runs,
-    raise_opset,
     raw_tensor,
     sites,
     walk_graphs,
@@ -247,7 +247,12 @@ def export_onnx_matmulnbits(reader: QpkReader, out: Path, notes: list[str], accu
         if e.role == "matrix":
             notes.append(f"tensor '{e.name}': {p}; decoded when the model loads (as onnx-fast)")
     opset, why = onnx_qdq.requirement(qdq, decoded=True)
-    at = raise_opset(model, opset, {e.key: at[e.key] for e in entries}, why)
+    loaded = [(model, {e.key: at[e.key] for e in entries})]  # planned on this one; a retry loads afresh
+
+    def load() -> tuple[ModelProto, dict[str, Site]]:
+        return loaded.pop() if loaded else load_skeleton(reader, [e.key for e in entries])
+
+    model, at = raised_and_fused(load, opset, why, notes)
     edits, names = Edits(), Names(model)
     for m in mnb:
         apply(model, m, at[m.entry.key], edits, names, accuracy_level)

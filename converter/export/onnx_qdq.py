@@ -309,11 +309,16 @@ def finish(model: ModelProto, extra_opsets: dict[str, int], out: Path) -> list[P
 def export_onnx_qdq(reader: QpkReader, out: Path, notes: list[str], decoded: bool = False) -> list[Path]:
     """Write the container's model with every stored tensor behind a DequantizeLinear node (`decoded`:
     behind the Cast/Mul nodes onnxruntime folds at load, apply_decoded)."""
+    from qpack.converter.export.onnx_fuse import raised_and_fused
+
     entries = reader.entries
-    model, at = load_skeleton(reader, [e.key for e in entries])
     plans = [plan(reader, e) for e in entries]
     opset, why = requirement(plans, decoded)
-    at = raise_opset(model, opset, {e.key: at[e.key] for e in entries}, why)
+    if decoded:  # for onnxruntime: its float glue fused too
+        model, at = raised_and_fused(lambda: load_skeleton(reader, [e.key for e in entries]), opset, why, notes)
+    else:
+        model, at = load_skeleton(reader, [e.key for e in entries])
+        at = raise_opset(model, opset, {e.key: at[e.key] for e in entries}, why)
     edits, names = Edits(), Names(model)
     for p in plans:
         (apply_decoded if decoded else apply)(p, at[p.entry.key], edits, names, reader)
