@@ -51,7 +51,7 @@ from qpack.converter.export.onnx_graph import (
     write_model,
 )
 from qpack.formats.errors import UnsupportedError
-from qpack.formats.qpk import QpkReader, TensorEntry, pack
+from qpack.formats.qpk import QpkReader, TensorEntry, pack, scheme_spec
 
 
 @dataclass(frozen=True)
@@ -283,18 +283,26 @@ def apply_decoded(p: QdqPlan, site: Site, edits: Edits, names: Names, reader: Qp
 
 
 def notes_for(plans: list[QdqPlan]) -> list[str]:
-    """One line per kind of widening, and one per tensor left in float."""
+    """One line per kind of widening (integers stored wider than the scheme's integer form, which has no
+    ONNX type of its width), one per kind of integer form wider than its codes (pow2's powers of two, dq's
+    levels: their own width, nothing widened), and one per tensor left in float."""
     widened: Counter[tuple[str, int, str, str]] = Counter()
+    wider: Counter[tuple[str, int, str]] = Counter()
     out = []
     for p in plans:
         if p.qtype is None:
             out.append(f"{p.reason}; kept as exact float values")
         elif p.qtype.bits != p.entry.bits and p.form is not None:
-            # integers wider than the codes (pow2's powers of two): the type is the smallest that holds them
+            if p.qtype.bits <= scheme_spec(p.entry.scheme).integer_bits(p.entry.bits):
+                wider[(p.entry.scheme, p.entry.bits, p.qtype.name)] += 1
+                continue
             top = 1 << (p.entry.bits - 1)
             why = ("the narrowest ONNX integer type here" if p.form.fits(-top, 2 * top - 1)
                    else "the smallest that holds the tensor's integers")
             widened[(p.entry.scheme, p.entry.bits, p.qtype.name, why)] += 1
+    for (scheme, bits, name), n in sorted(wider.items()):
+        out.insert(0, f"{n} tensor{'s' if n > 1 else ''} of {bits}-bit {scheme} codes as {name} integers (the scheme's "
+                      "integer form, wider than its codes)")
     for (scheme, bits, name, why), n in sorted(widened.items()):
         out.insert(0, f"{n} tensor{'s' if n > 1 else ''} of {bits}-bit {scheme} codes stored as {name} ({why})")
     return out
