@@ -403,3 +403,41 @@ def test_hard_swish_is_fused(tmp_path: Path, expose: bool):
     one = x * np.clip(x / np.float32(6) + np.float32(0.5), 0, 1)
     assert np.abs(four - one).max() <= 4 * np.finfo(np.float32).eps * np.abs(four).max()  # the same function
     assert _fused_ops(out, tmp_path)["QLinearConv"] == 1  # the first; the second writes the float graph output
+
+
+@pytest.mark.parametrize("factor", [0.7, -0.7])
+def test_a_scalar_mul_add_after_a_conv_is_folded_into_it(tmp_path: Path, factor: float):
+    """PaddlePaddle's learnable affine blocks, a Mul by one constant and an Add of one after a Conv, fold into it
+    as a BatchNormalization does (a negative factor negates the codes): no float op is left between the
+    integer nodes, and the outputs keep the container's."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w1")
+    b1 = numpy_helper.from_array((rng.standard_normal(8) * 0.1).astype(np.float32), "b1")
+    w2 = numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32), "w2")
+    consts = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("a", [factor]), ("c", [0.25]))]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["h"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["a", "h"], ["m"]),
+             helper.make_node("Add", ["m", "c"], ["t"]),
+             helper.make_node("Relu", ["t"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "affine", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w1, b1, w2, *consts])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.save(model, tmp_path / "affine.onnx")
+    x = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=x)
+    qpk = tmp_path / "affine.qpk"
+    qpack.convert(tmp_path / "affine.onnx", qpk, target="onnx-int8", compress="none")
+    out = tmp_path / "affine_int8.onnx"
+    done = qpack.export(qpk, "onnx-int8", out, inputs=tmp_path / "cal.npz", min_cosine=-1)
+    assert "Conv 2; 1 Mul/Add folded into their Conv" in done.notes[0], done.notes
+    ops = collections.Counter(n.op_type for n in onnx.load(str(out)).graph.node)
+    assert not ops["Mul"] and not ops["Add"] and not ops["Relu"]
+    qpack.unpack(qpk, tmp_path / "restored.onnx")
+    a, b = _session(tmp_path / "restored.onnx"), _session(out)
+    ref = np.concatenate([a.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
+    got = np.concatenate([b.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
+    cos = float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got))
+    assert cos > 0.999, cos
+

@@ -15,7 +15,9 @@ pattern onnxruntime fuses into QLinearConv, QLinearMatMul and QGemm (integer dot
 A BatchNormalization that alone reads an integer Conv's output (inference mode, its parameters float
 constants) is folded into it: s = scale / sqrt(var + epsilon) per output channel scales the weight's
 per-channel scales (the codes stay, negated where s < 0), the bias becomes (b - mean) * s + B, and the
-Conv writes the BatchNormalization's output, so no float op sits between integer ones.
+Conv writes the BatchNormalization's output, so no float op sits between integer ones. A Mul by one
+constant after a Conv (and the Add of one constant after it), PaddlePaddle's learnable affine blocks,
+folds the same way, as s * x + t.
 
 Only the main graph's nodes qualify; a node's float output stays float where it is a graph output
 (an 8-bit model output would cost fidelity for no speed). Every other stored tensor is exported as
@@ -27,6 +29,7 @@ integer model (onnxruntime's fused kernels) against the container's values.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -62,10 +65,16 @@ _BN_EPSILON = 1e-5  # BatchNormalization's default epsilon
 
 @dataclass(frozen=True)
 class _Fold:
-    """A BatchNormalization folded into the Conv before it: the node (removed) and the Conv's new bias."""
+    """A per-channel affine y = s * x + t folded into the Conv before it (a BatchNormalization, or a Mul by a
+    constant and an Add of one): the nodes (removed; the last one's output is the Conv's now) and the new bias."""
 
-    node: NodeProto
-    bias: NDArray[np.float64]  # (b - mean) * s + B, one per output channel
+    nodes: tuple[NodeProto, ...]
+    bias: NDArray[np.float64]  # b * s + t, one per output channel
+    kind: str  # what was folded: "BatchNormalization" or "Mul/Add"
+
+    @property
+    def output(self) -> str:
+        return self.nodes[-1].output[0]
 
 
 @dataclass
@@ -74,17 +83,17 @@ class _IntNode:
     weight: onnx_qdq.QdqPlan  # the folded weight where a BatchNormalization is folded in
     bias: Site | None
     fold: _Fold | None = None
-    unfolded: str = ""  # why the BatchNormalization that alone reads the Conv's output stays
+    unfolded: tuple[str, str] | None = None  # what alone reads the Conv's output and stays float, and why
 
     @property
     def output(self) -> str:
         """The value the node makes once rewritten: the folded BatchNormalization's output, else its own."""
-        return self.fold.node.output[0] if self.fold is not None else self.node.output[0]
+        return self.fold.output if self.fold is not None else self.node.output[0]
 
     def bias_values(self) -> tuple[str, NDArray[np.float64]] | None:
         """The bias (a name to derive new names from, and its values), None when there is none."""
         if self.fold is not None:
-            return self.fold.node.output[0] + "_folded_bias", self.fold.bias
+            return self.fold.output + "_folded_bias", self.fold.bias
         if self.bias is None:
             return None
         return self.bias.value, numpy_helper.to_array(self.bias.tensor).astype(np.float64).reshape(-1)
@@ -145,53 +154,95 @@ def _int_nodes(model: ModelProto, plans: dict[str, onnx_qdq.QdqPlan], consts: di
         bias = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         n = _IntNode(node, plans[node.input[1]], bias)
         after = readers.get(node.output[0], [])
-        if (node.op_type == "Conv" and len(after) == 1 and after[0].op_type == "BatchNormalization"
-                and after[0].domain in DEFAULT_DOMAINS and id(after[0]) in main and after[0].input[0] == node.output[0]):
-            folded = _fold(n, after[0], plans, consts, readers, outputs)
+        if node.op_type == "Conv" and len(after) == 1 and after[0].domain in DEFAULT_DOMAINS and id(after[0]) in main:
+            affine = _AFFINES.get(after[0].op_type)
+            found = affine(after[0], node.output[0], plans, consts, readers, outputs, n.weight.entry.shape[0]) if affine else None
+            folded = _fold(n, found, readers, outputs) if isinstance(found, tuple) else found
             if isinstance(folded, str):
-                n.unfolded = folded
-            else:
+                n.unfolded = after[0].op_type if not isinstance(found, tuple) else found[3], folded
+            elif folded is not None:
                 n.weight, n.fold = folded
         out.append(n)
     return out, skipped
 
 
-def _fold(n: _IntNode, bn: NodeProto, plans: dict[str, onnx_qdq.QdqPlan], consts: dict[str, Site],
-          readers: dict[str, list[NodeProto]], outputs: set[str]) -> tuple[onnx_qdq.QdqPlan, _Fold] | str:
-    """The Conv's weight and bias with the BatchNormalization after it folded in, or why it cannot be.
+Affine = tuple[NDArray[np.float64], NDArray[np.float64], tuple[NodeProto, ...], str]  # s, t, the nodes, their kind
 
-    With the weight per output channel as codes q at scales d, the folded weight is q at d * s
-    (s = scale / sqrt(var + epsilon)): the codes stay, so the folded Conv holds the container's values
-    times s, whichever order float rounding takes them in. A channel with s < 0 takes -q at d * |s|,
-    which int8 holds when no code of it is -128.
-    """
-    node, plan = n.node, n.weight
-    assert plan.form is not None
+
+def _float_constant(name: str, plans: dict[str, onnx_qdq.QdqPlan], consts: dict[str, Site]) -> NDArray[np.float64] | None:
+    """A float32 constant's values, flat (None where `name` is not one, or is stored in the container)."""
+    site = consts.get(name)
+    if name in plans or site is None or site.tensor.data_type != TensorProto.FLOAT:
+        return None
+    return numpy_helper.to_array(site.tensor).astype(np.float64).reshape(-1)
+
+
+def _batch_norm(bn: NodeProto, x: str, plans: dict[str, onnx_qdq.QdqPlan], consts: dict[str, Site],
+                readers: dict[str, list[NodeProto]], outputs: set[str], channels: int) -> Affine | str:
+    """A BatchNormalization reading `x` as s * x + t: s = scale / sqrt(var + epsilon), t = B - mean * s."""
     attrs = {a.name: helper.get_attribute_value(a) for a in bn.attribute}
-    if node.output[0] in outputs:
-        return "the Conv's output is a graph output"
+    if bn.input[0] != x:
+        return "it reads the Conv's output as a parameter"
     if attrs.get("training_mode", 0):
         return "it is in training mode"
     if len(bn.input) != 5 or any(o and (readers.get(o) or o in outputs) for o in bn.output[1:]):
         return "it has more than one output in use"
-    if len(readers.get(node.input[1], [])) != 1:
-        return "the Conv's weight is read by other nodes too"
     params = []
     for name in bn.input[1:]:
-        if name in plans:
-            return "its parameters are stored in the container"
-        site = consts.get(name)
-        if site is None or site.tensor.data_type != TensorProto.FLOAT:
+        got = _float_constant(name, plans, consts)
+        if got is None:
             return "its parameters are not float constants"
-        params.append(numpy_helper.to_array(site.tensor).astype(np.float64).reshape(-1))
-    channels = plan.entry.shape[0]
+        params.append(got)
     if any(p.size != channels for p in params):
         return "its parameters are not one per output channel"
     gamma, beta, mean, var = params
     with np.errstate(all="ignore"):
         s = gamma / np.sqrt(var + np.float64(np.float32(attrs.get("epsilon", _BN_EPSILON))))
-    if not np.all(np.isfinite(s) & (s != 0)):
-        return "a channel's scale / sqrt(var + epsilon) is 0 or not finite"
+        return s, beta - mean * s, (bn,), "BatchNormalization"
+
+
+def _scalar_mul_add(mul: NodeProto, x: str, plans: dict[str, onnx_qdq.QdqPlan], consts: dict[str, Site],
+                    readers: dict[str, list[NodeProto]], outputs: set[str], channels: int) -> Affine | None:
+    """A Mul of `x` by one constant, and the Add of one constant that alone reads it if there is one, as
+    s * x + t (PaddlePaddle's learnable affine blocks after a Conv); None where `mul` is no such node."""
+    if len(mul.input) != 2 or x not in mul.input or mul.input[0] == mul.input[1]:
+        return None
+    s = _float_constant(mul.input[1] if mul.input[0] == x else mul.input[0], plans, consts)
+    if s is None or s.size != 1:
+        return None
+    nodes: tuple[NodeProto, ...] = (mul,)
+    t = np.zeros(1)
+    after = readers.get(mul.output[0], [])
+    if mul.output[0] not in outputs and len(after) == 1 and after[0].op_type == "Add" and after[0].domain in DEFAULT_DOMAINS:
+        add = after[0]
+        if len(add.input) == 2 and mul.output[0] in add.input and add.input[0] != add.input[1]:
+            c = _float_constant(add.input[1] if add.input[0] == mul.output[0] else add.input[0], plans, consts)
+            if c is not None and c.size == 1:
+                nodes, t = (mul, add), c
+    return np.broadcast_to(s, (channels,)), np.broadcast_to(t, (channels,)), nodes, "Mul/Add"
+
+
+# what may follow a Conv and fold into it, by op
+_AFFINES: dict[str, Callable[..., Affine | str | None]] = {"BatchNormalization": _batch_norm, "Mul": _scalar_mul_add}
+
+
+def _fold(n: _IntNode, affine: Affine, readers: dict[str, list[NodeProto]], outputs: set[str]) -> tuple[onnx_qdq.QdqPlan, _Fold] | str:
+    """The Conv's weight and bias with the per-channel affine s * x + t after it folded in, or why it cannot be.
+
+    With the weight per output channel as codes q at scales d, the folded weight is q at d * |s|: the codes
+    stay, so the folded Conv holds the container's values times s, whichever order float rounding takes them
+    in. A channel with s < 0 takes -q, which int8 holds when no code of it is -128. The bias becomes b * s + t.
+    """
+    s, t, nodes, kind = affine
+    node, plan = n.node, n.weight
+    assert plan.form is not None
+    if node.output[0] in outputs:
+        return "the Conv's output is a graph output"
+    if len(readers.get(node.input[1], [])) != 1:
+        return "the Conv's weight is read by other nodes too"
+    if not np.all(np.isfinite(s) & (s != 0)) or not np.all(np.isfinite(t)):
+        return f"a channel's {'scale / sqrt(var + epsilon)' if kind == 'BatchNormalization' else 'factor'} is 0 or not finite"
+    channels = plan.entry.shape[0]
     form = plan.form
     shape = (channels,) + (1,) * (len(plan.entry.shape) - 1)
     negate = s < 0
@@ -206,12 +257,12 @@ def _fold(n: _IntNode, bn: NodeProto, plans: dict[str, onnx_qdq.QdqPlan], consts
     if b is not None and b[1].size != channels:
         return "the Conv's bias is not one per output channel"
     with np.errstate(all="ignore"):
-        bias = ((b[1] if b is not None else 0.0) - mean) * s + beta
+        bias = (b[1] if b is not None else 0.0) * s + t
     if not np.all(np.isfinite(bias)):
         return "its folded bias is not finite"
     entry = replace(plan.entry, grouping=Grouping(axis=0))
     q = np.where(negate.reshape(shape), -form.q, form.q).astype(np.int32)
-    return replace(plan, entry=entry, form=IntForm(entry, q, scale, None)), _Fold(bn, bias)
+    return replace(plan, entry=entry, form=IntForm(entry, q, scale, None)), _Fold(nodes, np.asarray(bias, np.float64), kind)
 
 
 def _scalar(name: str, data_type: int, value: np.generic) -> TensorProto:
@@ -434,7 +485,7 @@ def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], 
     dq_of: dict[str, str] = {}
     nodes: list[NodeProto] = []
     int_outputs = {n.output for n in chosen}
-    folded = {id(n.fold.node) for n in chosen if n.fold is not None}
+    folded = {id(f) for n in chosen if n.fold is not None for f in n.fold.nodes}
     made_by = {o: node for node in model.graph.node for o in node.output}
     for node in model.graph.node:
         n = by_node.get(id(node))
@@ -459,7 +510,7 @@ def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], 
                 node.input[2], made = got
                 head += made
         if n.fold is not None:
-            node.output[0] = n.fold.node.output[0]
+            node.output[0] = n.fold.output
         nodes.append(node)
         if id(node) in after:
             y = after[id(node)]
@@ -475,12 +526,13 @@ def _summary(chosen: list[_IntNode], skipped: Counter[str], method: str, count: 
     ops = Counter(n.node.op_type for n in chosen)
     ran = ", ".join(f"{k} {v}" for k, v in sorted(ops.items())) or "none"
     out = f"integer nodes ({method} ranges on {count} inputs): {ran}"
-    folds = sum(n.fold is not None for n in chosen)
-    if folds:
-        out += f"; {folds} BatchNormalization folded into their Conv"
+    folds = Counter(n.fold.kind for n in chosen if n.fold is not None)
+    for kind, k in sorted(folds.items()):
+        out += f"; {k} {kind} folded into their Conv"
     unfolded = Counter(n.unfolded for n in chosen if n.unfolded)
     if unfolded:
-        out += "; BatchNormalization kept in float: " + ", ".join(f"{v} ({k})" for k, v in sorted(unfolded.items()))
+        for kind in sorted({k for k, _ in unfolded}):
+            out += f"; {kind} kept in float: " + ", ".join(f"{v} ({why})" for (k, why), v in sorted(unfolded.items()) if k == kind)
     if back:
         out += f"; {back} kept in float for the outputs' cosine (the most harmful, each measured alone)"
     if skipped:
