@@ -441,3 +441,27 @@ def test_a_scalar_mul_add_after_a_conv_is_folded_into_it(tmp_path: Path, factor:
     cos = float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got))
     assert cos > 0.999, cos
 
+
+
+@pytest.mark.parametrize("recorded", [1.5, "0.99", True])
+def test_a_recorded_export_cosine_is_checked(tmp_path: Path, recorded: object):
+    """The export cosine a container records is read from a file: one outside [-1, 1], or not a number,
+    is one line and exit 1, and nothing is written."""
+    from qpack.converter.convert import convert
+    from qpack.converter.policy import Policy
+    from qpack.formats.registry import open_model
+
+    src = tmp_path / "mlp.onnx"
+    _mlp(src)
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(1).standard_normal((8, 64)).astype(np.float32))
+    qpk = tmp_path / "mlp.qpk"
+    with open_model(src) as m:
+        convert(m, Policy("sym", 8, per_channel=True, target="onnx-int8", export_cosine=recorded), qpk)  # type: ignore[arg-type]
+    out = tmp_path / "x.onnx"
+    r = runner.invoke(app, ["export", str(qpk), "--to", "onnx-int8", "--inputs", str(tmp_path / "cal.npz"), "-o", str(out)])
+    assert r.exit_code == 1 and r.output.strip().splitlines() == [
+        f"qpack: error: {qpk}: its export_min_cosine {recorded!r} is not a cosine in [-1, 1]"], r.output
+    assert not out.exists()
+    ok = runner.invoke(app, ["export", str(qpk), "--to", "onnx-int8", "--inputs", str(tmp_path / "cal.npz"), "-o", str(out),
+                             "--min-cosine", "0.99"])
+    assert ok.exit_code == 0 and out.exists(), ok.output  # a cosine given on the command line needs none recorded

@@ -122,7 +122,7 @@ def export(qpk: Path, to: str, out: Path, calibration: Any = None, measure: bool
         made_for = q.info["options"].get("for", QPK)
         if calibration is not None and calibration.min_cosine is None:  # what convert --for recorded, else the default
             recorded = q.info["options"].get("export_min_cosine") if made_for == to else None
-            calibration = replace(calibration, min_cosine=_cosine(recorded))
+            calibration = replace(calibration, min_cosine=_cosine(recorded, qpk))
         if made_for not in (to, QPK) and (n := target.widened(q)):
             notes.append(f"made for {made_for}: --to {to} stores {n} of its {len(q.entries)} tensors otherwise than the "
                          f"container does (convert --for {to} allocates for it)")
@@ -141,12 +141,12 @@ def export(qpk: Path, to: str, out: Path, calibration: Any = None, measure: bool
 KEEP_COSINE = 0.99  # a full-integer export's --min-cosine where neither the user nor the container says
 
 
-def _cosine(recorded: Any) -> float:
+def _cosine(recorded: Any, where: Path) -> float:
     """A container's recorded export cosine, checked (it is read from a file), or KEEP_COSINE."""
     if recorded is None:
         return KEEP_COSINE
     if not isinstance(recorded, float | int) or isinstance(recorded, bool) or not -1 <= recorded <= 1:
-        raise FormatError(f"the container's export_min_cosine {recorded!r} is not a cosine")
+        raise FormatError(f"{where}: its export_min_cosine {recorded!r} is not a cosine in [-1, 1]")
     return float(recorded)
 
 
