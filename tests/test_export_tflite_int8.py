@@ -190,6 +190,43 @@ def test_float16_weights_become_int8_weights(tmp_path: Path):
     assert out.stat().st_size < src.stat().st_size * 0.85  # half the weights' bytes; per-channel parameters added
 
 
+def test_float_ops_of_a_float16_source_read_what_tflm_runs(tmp_path: Path):
+    """Ops left float for the cosine read their weights as the container's int8 codes behind DEQUANTIZE (its
+    exact values) and other float16 constants as float32: no float16 is left, which TFLM's DEQUANTIZE cannot
+    read, and TFLM runs the file as LiteRT does."""
+    src = packaged("mediapipe", "mediapipe/modules/face_detection/face_detection_short_range.tflite")
+    qpk = tmp_path / "fd.qpk"
+    qpack.convert(src, qpk, target="tflite-int8", compress="none")
+    np.savez(tmp_path / "cal.npz", input=_images(8, 0, (128, 128, 3)))
+    out = tmp_path / "fd_int8.tflite"
+    done = qpack.export(qpk, "tflite-int8", out, inputs=tmp_path / "cal.npz", min_cosine=0.9999)
+    assert "kept in float" in done.notes[0], done.notes  # some ops float at this goal
+    it = _interpreter(out)
+    details = it.get_tensor_details()
+    assert not [d for d in details if d["dtype"] == np.float16]
+    import tflite
+
+    fb = tflite.Model.GetRootAsModel(out.read_bytes(), 0)
+    g = fb.Subgraphs(0)
+    codes = [max(fb.OperatorCodes(i).BuiltinCode(), fb.OperatorCodes(i).DeprecatedBuiltinCode()) for i in range(fb.OperatorCodesLength())]
+    weights = [g.Tensors(g.Operators(k).Inputs(0)) for k in range(g.OperatorsLength())
+               if codes[g.Operators(k).OpcodeIndex()] == tflite.BuiltinOperator.DEQUANTIZE
+               and fb.Buffers(g.Tensors(g.Operators(k).Inputs(0)).Buffer()).DataLength()]
+    assert weights and all(t.Type() == tflite.TensorType.INT8 for t in weights)  # the container's codes
+    assert not any("TFLM cannot run it" in n for n in done.notes)
+    if importlib.util.find_spec("tflite_micro") is None:
+        pytest.skip("tflite-micro is not installed (pip install tflite-micro)")
+    from tflite_micro.python.tflite_micro import runtime
+
+    m = runtime.Interpreter.from_file(str(out), arena_size=1 << 23)
+    x = _images(1, 5, (128, 128, 3))
+    m.set_input(x, 0)
+    m.invoke()
+    a = np.concatenate([o.ravel() for o in _run(_interpreter(out), x)]).astype(np.float64)
+    b = np.concatenate([m.get_output(i).ravel() for i in range(len(it.get_output_details()))]).astype(np.float64)
+    assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.999
+
+
 def test_sparse_weights_are_spread_out_as_densify_does(tfl_sparse: Path, tmp_path: Path):
     """MediaPipe's sparse face detector: each sparse kernel spread out as LiteRT's DENSIFY computes it, so
     every CONV_2D reads a dense int8 filter; TFLM, which has no DENSIFY, gets a graph without one."""

@@ -303,10 +303,54 @@ class _Builder:
             self.float(t)
         g.operators = self.new_ops
         _prune(self.graph)
+        self._no_float16()
         self.half = sum(self.graph.ops[op.opcodeIndex] == "DEQUANTIZE" and g.tensors[op.inputs[0]].type == self.schema.TensorType.FLOAT16
                         for op in g.operators)
         _compact(self.model)
         return serialize(self.schema, self.model)
+
+    def _no_float16(self) -> None:
+        """The float16 constants left behind DEQUANTIZE for float ops, in a form TFLM's DEQUANTIZE takes (it
+        reads integers only): a stored weight as the container's int8 codes and scales (symmetric, per tensor or
+        channel: the container's exact values, in fewer bytes), any other constant (a bias) as float32 that its
+        readers take directly (it doubles, but such constants are small). XNNPACK folds both at load."""
+        g, tt = self.graph.g, self.schema.TensorType
+        keep = []
+        for op in g.operators:
+            ins, outs = _ints(op.inputs), _ints(op.outputs)
+            if (self.graph.ops[op.opcodeIndex] != "DEQUANTIZE" or len(ins) != 1 or len(outs) != 1
+                    or g.tensors[ins[0]].type != tt.FLOAT16 or ins[0] not in self.graph.consts or ins[0] in self.graph.spread):
+                keep.append(op)
+                continue
+            t, value = ins[0], self.graph.consts[ins[0]]
+            form = self._codes(t, value.shape)
+            if form is not None:
+                q, scales, axis = form
+                op.inputs = [self._tensor(g.tensors[t], tt.INT8, Params(tuple(map(float, scales)), (0,) * len(scales), axis),
+                                          q.astype(np.int8), shape=list(value.shape))]
+                op.opcodeIndex = self._opcode("DEQUANTIZE", 5 if len(scales) > 1 else 2)
+                keep.append(op)
+                continue
+            out = g.tensors[outs[0]]  # the readers' tensor becomes the constant itself
+            buf = self.schema.BufferT()
+            buf.data = np.ascontiguousarray(value.astype("<f4")).view(np.uint8).reshape(-1)
+            self.model.buffers.append(buf)
+            out.buffer, out.type = len(self.model.buffers) - 1, tt.FLOAT32
+        g.operators = keep
+
+    def _codes(self, t: int, shape: tuple[int, ...]) -> tuple[NDArray[np.int32], NDArray[np.float32], int] | None:
+        """The container's codes of constant t as int8 symmetric integers, their scales and axis, where it holds
+        such a form of exactly this tensor (no blocks, no sparse values)."""
+        e = self.entries.get(int(self.graph.g.tensors[t].buffer))
+        if e is None or e.grouping.block is not None or math.prod(e.shape) != math.prod(shape):
+            return None
+        try:
+            sym = centered(int_form(self.reader, e))
+        except UnsupportedError:
+            return None
+        if not sym.fits(-127, 127):
+            return None
+        return sym.q.reshape(shape), np.asarray(sym.scale, np.float32).reshape(-1), e.grouping.axis or 0
 
     def _float_input(self, t: int) -> int:
         """What a float op reads for t: its float tensor, through a DEQUANTIZE where only the int8 one exists.
