@@ -362,6 +362,52 @@ def test_fast_float16_source(tmp_path: Path):
     _assert_folds_to_the_containers_values(out, tmp_path / "r.onnx", tmp_path)
 
 
+def _hard_swish_after(model: onnx.ModelProto, dtype: int = TensorProto.FLOAT, branch_reads_clip: bool = False) -> onnx.ModelProto:
+    """`model` with PaddlePaddle's hard-swish on its output y (and, with `branch_reads_clip`, an If whose
+    branch reads the Clip's output, an outer value: the pattern must then stay)."""
+    from onnx import helper, numpy_helper
+
+    np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
+    model.graph.node[-1].output[0] = "h"
+    model.graph.initializer.extend([numpy_helper.from_array(np.array([v], np_dtype), n) for v, n in ((3, "c3"), (0, "c0"), (6, "c6"))])
+    model.graph.node.extend([helper.make_node("Add", ["h", "c3"], ["a"]), helper.make_node("Clip", ["a", "c0", "c6"], ["cl"]),
+                             helper.make_node("Mul", ["h", "cl"], ["m"]), helper.make_node("Div", ["m", "c6"], ["y"])])
+    if branch_reads_clip:
+        out = helper.make_tensor_value_info("z", dtype, [1, 3])
+        then = helper.make_graph([helper.make_node("Identity", ["cl"], ["t"])], "then", [], [helper.make_tensor_value_info("t", dtype, [1, 3])])
+        other = helper.make_graph([helper.make_node("Identity", ["h"], ["e"])], "else", [], [helper.make_tensor_value_info("e", dtype, [1, 3])])
+        model.graph.node.append(helper.make_node("If", ["cond"], ["z"], then_branch=then, else_branch=other))
+        model.graph.input.append(helper.make_tensor_value_info("cond", TensorProto.BOOL, []))
+        model.graph.output.append(out)
+    return model
+
+
+@pytest.mark.parametrize("case", ["lut weight", "branch reads inside", "float64"])
+def test_fast_hard_swish_fusion_keeps_what_it_must(tmp_path: Path, case: str):
+    """The fusion edits the graph in place, so a stored tensor kept as float values in a Constant (lut has
+    no integer form) is still written; a value a subgraph reads keeps its nodes; float64 activations (no
+    HardSwish kernel in onnxruntime) keep theirs. Each export runs and gives the unpacked model's outputs."""
+    dtype = TensorProto.DOUBLE if case == "float64" else TensorProto.FLOAT
+    model = _hard_swish_after(tiny_model(dtype), dtype, branch_reads_clip=case == "branch reads inside")
+    model.opset_import[0].version = 17
+    src = tmp_path / "hs.onnx"
+    onnx.save(model, src)
+    policy = Policy("lut", 3, include=("fc.w",)) if case == "lut weight" else Policy("sym", 8, per_channel=True, include=("fc.w",))
+    qpk = _pack(src, tmp_path, policy)
+    out = tmp_path / "hs_fast.onnx"
+    done = qpack.export(qpk, "onnx-fast", out)
+    fused = any("fused into HardSwish" in n for n in done.notes)
+    assert fused == (case == "lut weight"), done.notes
+    if case == "float64":  # onnxruntime's CPU provider has no float64 Conv: the graph is checked, not run
+        assert Counter(n.op_type for n in onnx.load(str(out)).graph.node)["Clip"] == 1
+        return
+    restore(qpk, tmp_path / "unpacked.onnx")
+    a, b = open_runner(tmp_path / "unpacked.onnx"), open_runner(out)
+    feeds = {**random_inputs(a.inputs, seed=0), **({"cond": np.array(True)} if case == "branch reads inside" else {})}
+    for x, y in zip(a.run(feeds), b.run(feeds)):
+        assert np.abs(x - y).max() <= EXACT * (np.abs(x).max() + 1e-30)
+
+
 # ---- onnx-matmulnbits ----
 
 def test_matmulnbits_recognizer(ocr_rec: Path, tmp_path: Path):

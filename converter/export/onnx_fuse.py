@@ -19,7 +19,7 @@ from onnx import GraphProto, ModelProto, NodeProto, helper, numpy_helper
 
 from qpack.converter.export.onnx_graph import raise_opset
 from qpack.formats.errors import UnsupportedError
-from qpack.formats.onnx_keys import DEFAULT_DOMAINS, Site
+from qpack.formats.onnx_keys import DEFAULT_DOMAINS, Site, walk_graphs
 
 OPSET_HARD_SWISH = 14
 
@@ -51,27 +51,34 @@ def _other(node: NodeProto, name: str) -> str | None:
     return ins[1] if ins[0] == name else ins[0]
 
 
-def hard_swishes(graph: GraphProto, keep: frozenset[str] = frozenset()) -> list[tuple[str, str, list[NodeProto]]]:
-    """Each `Div(Mul(x, Clip(Add(x, 3), 0, 6)), 6)` of the graph as (x, its output, its four nodes), where
-    no other node, graph output or name in `keep` reads the values between (they vanish)."""
+def hard_swishes(model: ModelProto) -> list[tuple[str, str, list[NodeProto]]]:
+    """Each `Div(Mul(x, Clip(Add(x, 3), 0, 6)), 6)` of the main graph, in float32 (onnxruntime's CPU
+    HardSwish has no other type), as (x, its output, its four nodes), where no other node (a subgraph's
+    included: they read outer values) and no graph output reads the values between (they vanish)."""
+    graph = model.graph
     consts = _constants(graph)
     readers: dict[str, list[NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
-    outputs = {o.name for o in graph.output} | keep
+    for _, g in walk_graphs(graph):
+        for n in g.node:
+            for i in dict.fromkeys(n.input):
+                readers.setdefault(i, []).append(n)
+    outputs = {o.name for o in graph.output}
+    main = {id(n) for n in graph.node}
 
     def only_reader(value: str, op: str) -> NodeProto | None:
         got = readers.get(value, [])
-        if len(got) != 1 or value in outputs or got[0].op_type != op or got[0].domain not in DEFAULT_DOMAINS:
+        if len(got) != 1 or value in outputs or got[0].op_type != op or got[0].domain not in DEFAULT_DOMAINS or id(got[0]) not in main:
             return None
         return got[0]
+
+    def three(name: str) -> bool:
+        return _is(consts, name, 3.0) and consts[name].dtype == np.float32
 
     found = []
     for add in graph.node:
         if add.op_type != "Add" or add.domain not in DEFAULT_DOMAINS or len(add.input) != 2:
             continue
-        x = next((i for i in add.input if not _is(consts, i, 3.0) and _is(consts, _other(add, i) or "", 3.0)), None)
+        x = next((i for i in add.input if not three(i) and three(_other(add, i) or "")), None)
         clip = only_reader(add.output[0], "Clip") if x is not None else None
         if x is None or clip is None or clip.attribute or len(clip.input) != 3 or clip.input[0] != add.output[0]:
             continue
@@ -87,27 +94,38 @@ def hard_swishes(graph: GraphProto, keep: frozenset[str] = frozenset()) -> list[
     return found
 
 
-def fuse_hard_swish(graph: GraphProto, keep: frozenset[str] = frozenset()) -> int:
-    """Replace each hard-swish pattern of `graph` (hard_swishes) by one HardSwish node in the Div's place;
-    returns how many. The model must be at opset OPSET_HARD_SWISH or later."""
-    matches = hard_swishes(graph, keep)
-    if not matches:
-        return 0
-    gone = {id(n) for _, _, nodes in matches for n in nodes}
-    into = {id(nodes[-1]): helper.make_node("HardSwish", [x], [y], name=nodes[-1].name or None) for x, y, nodes in matches}
-    rebuilt = [into.get(id(n), n) for n in graph.node if id(n) not in gone or id(n) in into]
-    del graph.node[:]
-    graph.node.extend(rebuilt)
-    return len(matches)
+def fuse_hard_swish(model: ModelProto, keep: frozenset[str] = frozenset()) -> tuple[int, set[str]]:
+    """Replace each hard-swish pattern of the main graph (hard_swishes) by one HardSwish node in the Div's
+    place; returns how many, and the constants removed. The model must be at opset OPSET_HARD_SWISH or later.
+    Nodes are edited and removed in place: references to the graph's other nodes (the Constant sites of
+    stored tensors) stay valid. The constants 3, 0 and 6 go too where nothing else reads them (onnxruntime
+    warns of unused ones), but never a value of `keep`."""
+    graph = model.graph
+    matches = hard_swishes(model)
+    dropped: set[str] = set()
+    unused: set[str] = set()
+    for x, y, nodes in matches:
+        dropped.update(i for n in nodes for i in n.input if i != x and not any(i == o for m in nodes for o in m.output))
+        nodes[-1].CopyFrom(helper.make_node("HardSwish", [x], [y], name=nodes[-1].name or None))
+        for n in nodes[:-1]:
+            graph.node.remove(n)
+    if dropped:
+        read = {i for _, g in walk_graphs(graph) for n in g.node for i in n.input} | {o.name for o in graph.output}
+        unused = dropped - read - set(keep)
+        for t in [t for t in graph.initializer if t.name in unused]:
+            graph.initializer.remove(t)
+        for n in [n for n in graph.node if n.op_type == "Constant" and n.output and n.output[0] in unused]:
+            graph.node.remove(n)
+    return len(matches), unused
 
 
-def raised_and_fused(load: Callable[[], tuple[ModelProto, dict[str, Site]]], opset: int, why: str,
+def raised_and_fused(load: Callable[[], tuple[ModelProto, dict[str, Site]]], stored: set[str], opset: int, why: str,
                      notes: list[str]) -> tuple[ModelProto, dict[str, Site]]:
     """The model `load` gives, moved to `opset` (raise_opset; `why` names what needs it) and its hard-swish
     fused, with a note. Fusing may need a later opset than the export's own: where the model cannot move
     there, it is loaded again and exported unfused, and the note says why."""
     model, at = load()
-    if hard_swishes(model.graph) and opset < OPSET_HARD_SWISH:
+    if hard_swishes(model) and opset < OPSET_HARD_SWISH:
         try:
             at = raise_opset(model, OPSET_HARD_SWISH, at, "HardSwish")
         except UnsupportedError as e:  # (the failed move may have renamed what it touched: start again)
@@ -116,7 +134,8 @@ def raised_and_fused(load: Callable[[], tuple[ModelProto, dict[str, Site]]], ops
             return model, raise_opset(model, opset, at, why)
     else:
         at = raise_opset(model, opset, at, why)
-    fused = fuse_hard_swish(model.graph)
+    fused, removed = fuse_hard_swish(model, frozenset(at[k].value for k in stored if k in at))
+    at = {k: site for k, site in at.items() if site.value not in removed}  # (`stored` keys all stay)
     if fused:
         notes.append(f"{fused} hard-swish (x * Clip(x + 3, 0, 6) / 6) fused into HardSwish: one pass over each "
                      "activation instead of four")

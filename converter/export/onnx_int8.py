@@ -389,7 +389,7 @@ class _Base:
         by_key = {e.key: onnx_qdq.plan(reader, e) for e in reader.entries}
         opset, why = onnx_qdq.requirement(list(by_key.values()))
         opset, why = max((opset, why), (_OPSET_PER_AXIS, "per-axis DequantizeLinear"))
-        model, at = raised_and_fused(lambda: load_skeleton(reader, keys), opset, why, notes)
+        model, at = raised_and_fused(lambda: load_skeleton(reader, keys), set(keys), opset, why, notes)
         return cls(model, at, by_key)
 
     def copy(self) -> tuple[ModelProto, dict[str, Site], dict[str, onnx_qdq.QdqPlan], dict[str, Site]]:

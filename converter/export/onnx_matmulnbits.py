@@ -252,7 +252,7 @@ def export_onnx_matmulnbits(reader: QpkReader, out: Path, notes: list[str], accu
     def load() -> tuple[ModelProto, dict[str, Site]]:
         return loaded.pop() if loaded else load_skeleton(reader, [e.key for e in entries])
 
-    model, at = raised_and_fused(load, opset, why, notes)
+    model, at = raised_and_fused(load, {e.key for e in entries}, opset, why, notes)
     edits, names = Edits(), Names(model)
     for m in mnb:
         apply(model, m, at[m.entry.key], edits, names, accuracy_level)

@@ -323,7 +323,8 @@ def export_onnx_qdq(reader: QpkReader, out: Path, notes: list[str], decoded: boo
     plans = [plan(reader, e) for e in entries]
     opset, why = requirement(plans, decoded)
     if decoded:  # for onnxruntime: its float glue fused too
-        model, at = raised_and_fused(lambda: load_skeleton(reader, [e.key for e in entries]), opset, why, notes)
+        keys = [e.key for e in entries]
+        model, at = raised_and_fused(lambda: load_skeleton(reader, keys), set(keys), opset, why, notes)
     else:
         model, at = load_skeleton(reader, [e.key for e in entries])
         at = raise_opset(model, opset, {e.key: at[e.key] for e in entries}, why)

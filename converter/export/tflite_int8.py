@@ -311,9 +311,11 @@ class _Builder:
 
     def _no_float16(self) -> None:
         """The float16 constants left behind DEQUANTIZE for float ops, in a form TFLM's DEQUANTIZE takes (it
-        reads integers only): a stored weight as the container's int8 codes and scales (symmetric, per tensor or
-        channel: the container's exact values, in fewer bytes), any other constant (a bias) as float32 that its
-        readers take directly (it doubles, but such constants are small). XNNPACK folds both at load."""
+        reads integers only, at one scale: per-channel ones would be read at the first channel's): a stored
+        weight with one scale as the container's int8 codes (its exact values, in fewer bytes), a constant
+        the container does not hold (a bias) as float32 that its readers take directly. A stored weight with
+        per-channel scales stays float16 (as float32 it would double; the note says TFLM cannot run the
+        file). XNNPACK folds all of them at load."""
         g, tt = self.graph.g, self.schema.TensorType
         keep = []
         for op in g.operators:
@@ -324,6 +326,9 @@ class _Builder:
                 continue
             t, value = ins[0], self.graph.consts[ins[0]]
             form = self._codes(t, value.shape)
+            if form is None and int(g.tensors[t].buffer) in self.entries:  # per channel: float32 would double it
+                keep.append(op)
+                continue
             if form is not None:
                 q, scales, axis = form
                 op.inputs = [self._tensor(g.tensors[t], tt.INT8, Params(tuple(map(float, scales)), (0,) * len(scales), axis),
@@ -339,8 +344,8 @@ class _Builder:
         g.operators = keep
 
     def _codes(self, t: int, shape: tuple[int, ...]) -> tuple[NDArray[np.int32], NDArray[np.float32], int] | None:
-        """The container's codes of constant t as int8 symmetric integers, their scales and axis, where it holds
-        such a form of exactly this tensor (no blocks, no sparse values)."""
+        """The container's codes of constant t as int8 symmetric integers, their scale and axis, where it holds
+        such a form of exactly this tensor at one scale (no channels, blocks or sparse values)."""
         e = self.entries.get(int(self.graph.g.tensors[t].buffer))
         if e is None or e.grouping.block is not None or math.prod(e.shape) != math.prod(shape):
             return None
@@ -348,9 +353,9 @@ class _Builder:
             sym = centered(int_form(self.reader, e))
         except UnsupportedError:
             return None
-        if not sym.fits(-127, 127):
+        if not sym.fits(-127, 127) or sym.scale.size > 1:  # TFLM's DEQUANTIZE reads one scale, the first, for all
             return None
-        return sym.q.reshape(shape), np.asarray(sym.scale, np.float32).reshape(-1), e.grouping.axis or 0
+        return sym.q.reshape(shape), np.asarray(sym.scale, np.float32).reshape(-1), 0
 
     def _float_input(self, t: int) -> int:
         """What a float op reads for t: its float tensor, through a DEQUANTIZE where only the int8 one exists.
@@ -569,7 +574,8 @@ def export_tflite_int8(reader: QpkReader, out: Path, notes: list[str], calibrati
                          "to int8 symmetric per channel (the container holds no such form of them)")
         if built.half:  # TFLM's DEQUANTIZE reads integers only
             notes.append(f"TFLM cannot run it: {built.half} float16 weight{'s' if built.half > 1 else ''} of float ops go through "
-                         "DEQUANTIZE, which TFLM takes from integers only (--min-cosine -1 keeps every op int8)")
+                         "DEQUANTIZE, which TFLM takes from integers only (--min-cosine -1 keeps every op int8; "
+                         "a container with one scale per tensor gives them as int8)")
         else:
             notes.append(micro_note(out, inputs))
     return [out]
