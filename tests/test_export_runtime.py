@@ -374,8 +374,12 @@ def _hard_swish_after(model: onnx.ModelProto, dtype: int = TensorProto.FLOAT, br
                              helper.make_node("Mul", ["h", "cl"], ["m"]), helper.make_node("Div", ["m", "c6"], ["y"])])
     if branch_reads_clip:
         out = helper.make_tensor_value_info("z", dtype, [1, 3])
-        then = helper.make_graph([helper.make_node("Identity", ["cl"], ["t"])], "then", [], [helper.make_tensor_value_info("t", dtype, [1, 3])])
-        other = helper.make_graph([helper.make_node("Identity", ["h"], ["e"])], "else", [], [helper.make_tensor_value_info("e", dtype, [1, 3])])
+
+        def branch(name: str, reads: str) -> onnx.GraphProto:
+            return helper.make_graph([helper.make_node("Identity", [reads], [name])], name, [],
+                                     [helper.make_tensor_value_info(name, dtype, [1, 3])])
+
+        then, other = branch("then", "cl"), branch("other", "h")
         model.graph.node.append(helper.make_node("If", ["cond"], ["z"], then_branch=then, else_branch=other))
         model.graph.input.append(helper.make_tensor_value_info("cond", TensorProto.BOOL, []))
         model.graph.output.append(out)

@@ -114,7 +114,9 @@ class Calibration:
 
 def split_cosine(goal: float) -> tuple[float, float]:
     """A cosine goal for a full-integer export, as (what the container's weights keep against the float model,
-    what the export's integer activations keep against the container): their errors add up to the goal's."""
+    what the export's integer activations keep against the container). 1 - cosine adds for errors in
+    unrelated directions, as rounding errors of weights and of activations are; errors that line up would
+    add as angles and could end below the goal (bench_deploy checks the exported files against it)."""
     error = 1 - goal
     return 1 - error * WEIGHT_SHARE, 1 - error * (1 - WEIGHT_SHARE)
 
