@@ -169,6 +169,7 @@ def fit(reader: QpkReader) -> dict[str, dict[str, Any]]:
             for t in TARGETS.values() if reader.format in t.formats}
 
 
+ORT, LITERT = "onnxruntime", "LiteRT"  # what runs the model exports (Target.runtime)
 # DequantizeLinear: INT2..INT16 as the codes need (INT2 from opset 25, INT4/INT16 from 21), blocks along one
 # axis; scales in the weight's float type, zero points as wide as the integers
 _QDQ = Native(widths=(2, 4, 8, 16), scale_bytes=4, overhead=(300, 4))
@@ -177,7 +178,6 @@ _QDQ = Native(widths=(2, 4, 8, 16), scale_bytes=4, overhead=(300, 4))
 _TFLITE = Native(widths=(4, 8), signed=True, sparse_signed=True, groupings=("tensor", "channel"), param_dtypes=("<f4",), scale_bytes=4,
                  zero_point_bits=64, zero_points=True, overhead=(60, 1))
 # qpk.h decodes every scheme of FORMAT.md at any width and grouping, its parameters as the container stores them
-ORT, LITERT = "onnxruntime", "LiteRT"
 _C = Native(schemes=("asym", "sym", "pow2", "lut", "dq"), codecs=("raw",), overhead=(172, 1.22), base=1800)
 
 register_target(Target("onnx-qdq", "qpack.converter.export.onnx_qdq", "export_onnx_qdq", ("onnx",),

@@ -57,14 +57,15 @@ def measure(qpk: Path, files: list[Path], runtime: str, load: Callable[[Path], I
             runner.run(b)
         ratios: list[float] = []
         start = time.perf_counter()
+        turns = [(base, a), (runner, b)]
         while len(ratios) < ROUNDS[1] and (len(ratios) < ROUNDS[0] or time.perf_counter() - start < budget):
-            first_float = len(ratios) % 2 == 0
-            spent = {}
-            for which in ((base, runner) if first_float else (runner, base)):
+            spent = []
+            for which, feed in turns if len(ratios) % 2 == 0 else turns[::-1]:  # the order alternates
                 t = time.perf_counter()
-                which.run(a if which is base else b)
-                spent[id(which)] = time.perf_counter() - t
-            ratios.append(spent[id(runner)] / max(spent[id(base)], 1e-9))
+                which.run(feed)
+                spent.append(time.perf_counter() - t)
+            took_float, took_export = spent if len(ratios) % 2 == 0 else spent[::-1]
+            ratios.append(took_export / max(took_float, 1e-9))
         float_bytes = _files_bytes(float_files)
     ratio = statistics.median(ratios)
     size = _files_bytes(files)

@@ -17,9 +17,9 @@ import numpy as np
 from numpy.typing import NDArray
 from onnx import GraphProto, ModelProto, NodeProto, helper, numpy_helper
 
-from qpack.converter.export.onnx_graph import raise_opset
+from qpack.converter.export.onnx_graph import raise_opset, readers
 from qpack.formats.errors import UnsupportedError
-from qpack.formats.onnx_keys import DEFAULT_DOMAINS, Site, walk_graphs
+from qpack.formats.onnx_keys import DEFAULT_DOMAINS, Site
 
 OPSET_HARD_SWISH = 14
 
@@ -57,16 +57,12 @@ def hard_swishes(model: ModelProto) -> list[tuple[str, str, list[NodeProto]]]:
     included: they read outer values) and no graph output reads the values between (they vanish)."""
     graph = model.graph
     consts = _constants(graph)
-    readers: dict[str, list[NodeProto]] = {}
-    for _, g in walk_graphs(graph):
-        for n in g.node:
-            for i in dict.fromkeys(n.input):
-                readers.setdefault(i, []).append(n)
+    read_by = readers(model)
     outputs = {o.name for o in graph.output}
     main = {id(n) for n in graph.node}
 
     def only_reader(value: str, op: str) -> NodeProto | None:
-        got = readers.get(value, [])
+        got = read_by.get(value, [])
         if len(got) != 1 or value in outputs or got[0].op_type != op or got[0].domain not in DEFAULT_DOMAINS or id(got[0]) not in main:
             return None
         return got[0]
@@ -102,20 +98,18 @@ def fuse_hard_swish(model: ModelProto, keep: frozenset[str] = frozenset()) -> tu
     warns of unused ones), but never a value of `keep`."""
     graph = model.graph
     matches = hard_swishes(model)
-    dropped: set[str] = set()
-    unused: set[str] = set()
+    constants: set[str] = set()  # what the fused nodes read besides x and each other's outputs
     for x, y, nodes in matches:
-        dropped.update(i for n in nodes for i in n.input if i != x and not any(i == o for m in nodes for o in m.output))
+        inner = {o for n in nodes for o in n.output}
+        constants.update(i for n in nodes for i in n.input if i != x and i not in inner)
         nodes[-1].CopyFrom(helper.make_node("HardSwish", [x], [y], name=nodes[-1].name or None))
         for n in nodes[:-1]:
             graph.node.remove(n)
-    if dropped:
-        read = {i for _, g in walk_graphs(graph) for n in g.node for i in n.input} | {o.name for o in graph.output}
-        unused = dropped - read - set(keep)
-        for t in [t for t in graph.initializer if t.name in unused]:
-            graph.initializer.remove(t)
-        for n in [n for n in graph.node if n.op_type == "Constant" and n.output and n.output[0] in unused]:
-            graph.node.remove(n)
+    unused = constants - set(readers(model)) - {o.name for o in graph.output} - keep
+    for t in [t for t in graph.initializer if t.name in unused]:
+        graph.initializer.remove(t)
+    for n in [n for n in graph.node if n.op_type == "Constant" and n.output and n.output[0] in unused]:
+        graph.node.remove(n)
     return len(matches), unused
 
 

@@ -39,6 +39,17 @@ def consumers(model: ModelProto, name: str) -> list[NodeProto]:
     return [n for _, g in walk_graphs(model.graph) for n in g.node if name in n.input]
 
 
+def readers(model: ModelProto) -> dict[str, list[NodeProto]]:
+    """consumers() of every value at once: the nodes anywhere in the model (subgraphs read outer values
+    too) that read it, each node once per value."""
+    out: dict[str, list[NodeProto]] = {}
+    for _, g in walk_graphs(model.graph):
+        for n in g.node:
+            for i in dict.fromkeys(n.input):
+                out.setdefault(i, []).append(n)
+    return out
+
+
 def default_opset(model: ModelProto) -> int:
     return max((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), default=1)
 

@@ -52,7 +52,7 @@ from qpack.converter.export.calibrate import (
 )
 from qpack.converter.export.intform import IntForm
 from qpack.converter.export.onnx_fuse import raised_and_fused
-from qpack.converter.export.onnx_graph import Edits, Names, Site, load_skeleton, raw_tensor, walk_graphs
+from qpack.converter.export.onnx_graph import Edits, Names, Site, load_skeleton, raw_tensor, readers
 from qpack.formats.errors import UnsupportedError
 from qpack.formats.onnx_keys import DEFAULT_DOMAINS, walk_sites
 from qpack.formats.qpk import Grouping, QpkReader
@@ -80,14 +80,14 @@ class _Fold:
 @dataclass
 class _IntNode:
     node: NodeProto
-    weight: onnx_qdq.QdqPlan  # the folded weight where a BatchNormalization is folded in
+    weight: onnx_qdq.QdqPlan  # the folded weight where an affine is folded in (_Fold)
     bias: Site | None
     fold: _Fold | None = None
     unfolded: tuple[str, str] | None = None  # what alone reads the Conv's output and stays float, and why
 
     @property
     def output(self) -> str:
-        """The value the node makes once rewritten: the folded BatchNormalization's output, else its own."""
+        """The value the node makes once rewritten: the folded affine's output, else its own."""
         return self.fold.output if self.fold is not None else self.node.output[0]
 
     def bias_values(self) -> tuple[str, NDArray[np.float64]] | None:
@@ -137,11 +137,7 @@ def _why_not(node: NodeProto, plans: dict[str, onnx_qdq.QdqPlan], consts: dict[s
 
 def _int_nodes(model: ModelProto, plans: dict[str, onnx_qdq.QdqPlan], consts: dict[str, Site]) -> tuple[list[_IntNode], Counter[str]]:
     out, skipped = [], Counter[str]()
-    readers: dict[str, list[NodeProto]] = {}
-    for _, g in walk_graphs(model.graph):
-        for nd in g.node:
-            for i in dict.fromkeys(nd.input):
-                readers.setdefault(i, []).append(nd)
+    read_by = readers(model)
     main = {id(nd) for nd in model.graph.node}
     outputs = {o.name for o in model.graph.output}
     for node in model.graph.node:
@@ -153,11 +149,11 @@ def _int_nodes(model: ModelProto, plans: dict[str, onnx_qdq.QdqPlan], consts: di
             continue
         bias = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         n = _IntNode(node, plans[node.input[1]], bias)
-        after = readers.get(node.output[0], [])
+        after = read_by.get(node.output[0], [])
         if node.op_type == "Conv" and len(after) == 1 and after[0].domain in DEFAULT_DOMAINS and id(after[0]) in main:
             affine = _AFFINES.get(after[0].op_type)
-            found = affine(after[0], node.output[0], plans, consts, readers, outputs, n.weight.entry.shape[0]) if affine else None
-            folded = _fold(n, found, readers, outputs) if isinstance(found, tuple) else found
+            found = affine(after[0], node.output[0], plans, consts, read_by, outputs, n.weight.entry.shape[0]) if affine else None
+            folded = _fold(n, found, read_by, outputs) if isinstance(found, tuple) else found
             if isinstance(folded, str):
                 n.unfolded = after[0].op_type if not isinstance(found, tuple) else found[3], folded
             elif folded is not None:
@@ -413,15 +409,15 @@ def _build(reader: QpkReader, base: _Base, kept: set[int], acts: dict[str, Range
     int_weights = {n.node.input[1]: n.weight for n in chosen}  # a folded Conv's weight carries the fold
     edits, names = Edits(), Names(model)
     for key, p in by_key.items():
-        p = int_weights.get(at[key].value, p)
-        if at[key].value in int_weights and p.form is not None:
-            # the integer kernels take int8 (narrower codes widen), with explicit zero points (QGemm's fusion asks)
-            p = replace(p, qtype=INT8, form=replace(p.form, zero_point=p.form.zero_points()))
-        if at[key].value in int_weights:
-            onnx_qdq.apply(p, at[key], edits, names, reader)  # DequantizeLinear: the integer kernels' fusion reads it
-        else:
+        integer = int_weights.get(at[key].value)
+        if integer is None:
             onnx_qdq.apply_decoded(p, at[key], edits, names, reader)
-    read = {i for _, g in walk_graphs(model.graph) for nd in g.node for i in nd.input}  # subgraphs read outer values too
+            continue
+        if integer.form is not None:
+            # the integer kernels take int8 (narrower codes widen), with explicit zero points (QGemm's fusion asks)
+            integer = replace(integer, qtype=INT8, form=replace(integer.form, zero_point=integer.form.zero_points()))
+        onnx_qdq.apply(integer, at[key], edits, names, reader)  # DequantizeLinear: the integer kernels' fusion reads it
+    read = set(readers(model))  # subgraphs read outer values too
     outputs = {o.name for o in model.graph.output}
     for site in consts.values():  # float biases now stored as int32, read by no node
         if site.key not in by_key and site.value not in read and site.value not in outputs:
@@ -435,7 +431,7 @@ def _build(reader: QpkReader, base: _Base, kept: set[int], acts: dict[str, Range
 
 def _pairs_after(model: ModelProto, chosen: list[_IntNode]) -> dict[int, str]:
     """The integer nodes (by id) whose output gets a quantize/dequantize pair, and the value it makes:
-    the node's output (a folded BatchNormalization's), or, where a Relu alone reads it, the Relu's, the
+    the node's output (a folded affine's), or, where a Relu alone reads it, the Relu's, the
     Relu then dropped: its range starts at zero, so the uint8 zero point is 0 and quantizing clamps
     exactly as the Relu did (what onnxruntime's own quantizer does). None for a graph output. The
     values are the float model's, so the ranges calibrated on it are the ones the pairs take."""

@@ -319,15 +319,14 @@ def export_onnx_qdq(reader: QpkReader, out: Path, notes: list[str], decoded: boo
     behind the Cast/Mul nodes onnxruntime folds at load, apply_decoded)."""
     from qpack.converter.export.onnx_fuse import raised_and_fused
 
-    entries = reader.entries
-    plans = [plan(reader, e) for e in entries]
+    keys = [e.key for e in reader.entries]
+    plans = [plan(reader, e) for e in reader.entries]
     opset, why = requirement(plans, decoded)
     if decoded:  # for onnxruntime: its float glue fused too
-        keys = [e.key for e in entries]
         model, at = raised_and_fused(lambda: load_skeleton(reader, keys), set(keys), opset, why, notes)
     else:
-        model, at = load_skeleton(reader, [e.key for e in entries])
-        at = raise_opset(model, opset, {e.key: at[e.key] for e in entries}, why)
+        model, at = load_skeleton(reader, keys)
+        at = raise_opset(model, opset, {k: at[k] for k in keys}, why)
     edits, names = Edits(), Names(model)
     for p in plans:
         (apply_decoded if decoded else apply)(p, at[p.entry.key], edits, names, reader)

@@ -47,11 +47,11 @@ from qpack.converter.export.calibrate import (
     least_cosine,
     tflite_ranges,
 )
-from qpack.converter.export.intform import int_form
+from qpack.converter.export.intform import IntForm, int_form
 from qpack.converter.export.tflite_int import centered, litert_schema, load, op_names, serialize
 from qpack.formats.atomic import atomic_output, scratch_folder
 from qpack.formats.errors import QpackError, UnsupportedError
-from qpack.formats.qpk import QpkReader
+from qpack.formats.qpk import QpkReader, TensorEntry
 from qpack.formats.tflite_model import Level, densify
 
 _INT32_MAX = (1 << 31) - 1
@@ -325,41 +325,35 @@ class _Builder:
                 keep.append(op)
                 continue
             t, value = ins[0], self.graph.consts[ins[0]]
-            form = self._codes(t, value.shape)
-            if form is None and int(g.tensors[t].buffer) in self.entries:  # per channel: float32 would double it
-                keep.append(op)
+            e = self.entries.get(int(g.tensors[t].buffer))
+            if e is None:  # a constant the container does not hold (a bias): float32, read directly
+                out = g.tensors[outs[0]]  # the readers' tensor becomes the constant itself
+                buf = self.schema.BufferT()
+                buf.data = np.ascontiguousarray(value.astype("<f4")).view(np.uint8).reshape(-1)
+                self.model.buffers.append(buf)
+                out.buffer, out.type = len(self.model.buffers) - 1, tt.FLOAT32
                 continue
-            if form is not None:
-                q, scales, axis = form
-                op.inputs = [self._tensor(g.tensors[t], tt.INT8, Params(tuple(map(float, scales)), (0,) * len(scales), axis),
-                                          q.astype(np.int8), shape=list(value.shape))]
-                op.opcodeIndex = self._opcode("DEQUANTIZE", 5 if len(scales) > 1 else 2)
-                keep.append(op)
-                continue
-            out = g.tensors[outs[0]]  # the readers' tensor becomes the constant itself
-            buf = self.schema.BufferT()
-            buf.data = np.ascontiguousarray(value.astype("<f4")).view(np.uint8).reshape(-1)
-            self.model.buffers.append(buf)
-            out.buffer, out.type = len(self.model.buffers) - 1, tt.FLOAT32
+            sym = self._symmetric(e) if math.prod(e.shape) == value.size else None
+            if sym is not None and sym.scale.size == 1:  # TFLM's DEQUANTIZE reads one scale, the first, for all
+                op.inputs = [self._tensor(g.tensors[t], tt.INT8, Params((float(sym.scale[0]),), (0,), 0),
+                                          sym.q.reshape(value.shape).astype(np.int8), shape=list(value.shape))]
+                op.opcodeIndex = self._opcode("DEQUANTIZE", 2)
+            keep.append(op)  # (per channel, or no such form: it stays float16, as float32 it would double)
         g.operators = keep
 
-    def _codes(self, t: int, shape: tuple[int, ...]) -> tuple[NDArray[np.int32], NDArray[np.float32], int] | None:
-        """The container's codes of constant t as int8 symmetric integers, their scale and axis, where it holds
-        such a form of exactly this tensor at one scale (no channels, blocks or sparse values)."""
-        e = self.entries.get(int(self.graph.g.tensors[t].buffer))
-        if e is None or e.grouping.block is not None or math.prod(e.shape) != math.prod(shape):
+    def _symmetric(self, e: TensorEntry) -> IntForm | None:
+        """The container's codes of entry e as int8 symmetric integers (centred), where it holds such a form."""
+        if e.grouping.block is not None:
             return None
         try:
             sym = centered(int_form(self.reader, e))
         except UnsupportedError:
             return None
-        if not sym.fits(-127, 127) or sym.scale.size > 1:  # TFLM's DEQUANTIZE reads one scale, the first, for all
-            return None
-        return sym.q.reshape(shape), np.asarray(sym.scale, np.float32).reshape(-1), 0
+        return sym if sym.fits(-127, 127) else None
 
     def _float_input(self, t: int) -> int:
         """What a float op reads for t: its float tensor, through a DEQUANTIZE where only the int8 one exists.
-        (Float16 weights stay behind their DEQUANTIZE, which TFLM does not run: as float32 they would double.)"""
+        (Float16 weights stay behind their DEQUANTIZE; _no_float16 then gives TFLM what it reads.)"""
         return self.float(t) if t >= 0 and t in self.int_of and t not in self.floats else t
 
     def _fusion(self, k: int, op: Any) -> int | None:
@@ -454,14 +448,13 @@ class _Builder:
         source = self._source(t)
         e = self.entries.get(int(self.graph.g.tensors[source].buffer))
         spread = self.graph.spread.get(source)  # a sparse weight: the container holds its nonzero values
-        if e is not None and e.grouping.block is None and e.grouping.axis in (None, axis) and (
+        if e is not None and e.grouping.axis in (None, axis) and (
                 math.prod(e.shape) == value.size or (spread is not None and e.grouping.axis is None)):
-            with contextlib.suppress(UnsupportedError):
-                sym = centered(int_form(self.reader, e))
-                if sym.fits(-127, 127):
-                    scales = np.broadcast_to(sym.scale, (value.shape[axis],)) if sym.scale.size == 1 else sym.scale
-                    q = spread(sym.q.reshape(-1)) if spread is not None else sym.q
-                    return q.reshape(value.shape), np.asarray(scales, np.float32)
+            sym = self._symmetric(e)
+            if sym is not None:
+                scales = np.broadcast_to(sym.scale, (value.shape[axis],)) if sym.scale.size == 1 else sym.scale
+                q = spread(sym.q.reshape(-1)) if spread is not None else sym.q
+                return q.reshape(value.shape), np.asarray(scales, np.float32)
         if e is not None:
             self.requantized.append(e.name)
         peak = np.abs(np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1)).max(axis=1)
