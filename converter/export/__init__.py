@@ -211,6 +211,10 @@ register_target(Target("tflite-int8", "qpack.converter.export.tflite_int8", "exp
                        "run int8 kernels; ops without one stay float between DEQUANTIZE and QUANTIZE",
                        replace(_TFLITE, widths=(8,)),  # int8 only: the int8 kernels take no int4 filters
                        calibrated=True, integer_io=True, runtime=LITERT))
+register_target(Target("tflite-16x8", "qpack.converter.export.tflite_int8", "export_tflite_16x8", ("tflite",),
+                       "full-integer TFLite in 16x8: int16 activations calibrated on --inputs, int8 weights, int64 biases, "
+                       "for outputs int8 activations move too far (LiteRT's reference kernels, TFLite Micro)",
+                       replace(_TFLITE, widths=(8,)), calibrated=True, integer_io=True, runtime=LITERT))
 register_target(Target("c", "qpack.converter.export.c", "export_c", ("onnx", "tflite"),
                        "firmware sources: qpk.h (C99 decoder) and the weights as const C arrays, into folder -o", _C, graph=False))
 register_target(Target("c-coded", "qpack.converter.export.c", "export_c_coded", ("onnx", "tflite"),

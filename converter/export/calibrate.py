@@ -56,11 +56,11 @@ class Range:
         return int(np.clip(np.round(-self.low / self.scale), 0, LEVELS))
 
 
-def _minmax(hist: NDArray[np.int64], edges: NDArray[np.float64]) -> tuple[float, float]:
+def _minmax(hist: NDArray[np.int64], edges: NDArray[np.float64], levels: int) -> tuple[float, float]:
     return float(edges[0]), float(edges[-1])
 
 
-def _percentile(hist: NDArray[np.int64], edges: NDArray[np.float64]) -> tuple[float, float]:
+def _percentile(hist: NDArray[np.int64], edges: NDArray[np.float64], levels: int) -> tuple[float, float]:
     cdf = np.cumsum(hist) / max(int(hist.sum()), 1)
     cut = (100 - PERCENTILE) / 100 / 2
     lo = edges[int(np.searchsorted(cdf, cut, side="left"))]
@@ -68,25 +68,25 @@ def _percentile(hist: NDArray[np.int64], edges: NDArray[np.float64]) -> tuple[fl
     return float(lo), float(hi)
 
 
-def _mse(hist: NDArray[np.int64], edges: NDArray[np.float64]) -> tuple[float, float]:
+def _mse(hist: NDArray[np.int64], edges: NDArray[np.float64], levels: int) -> tuple[float, float]:
     """The clip [lo, hi] (both ends shrunk together toward 0, 64 candidates) with the least expected
     squared error: rounding noise step^2 / 12 inside, the distance to the end outside."""
     lo0, hi0 = float(edges[0]), float(edges[-1])
     clips = [(min(lo0 * f, 0.0), max(hi0 * f, 0.0)) for f in np.linspace(1.0, 0.05, 64)]
-    return min(clips, key=lambda c: _error(hist, edges, *c))
+    return min(clips, key=lambda c: _error(hist, edges, c[0], c[1], levels))
 
 
-def _error(hist: NDArray[np.int64], edges: NDArray[np.float64], lo: float, hi: float) -> float:
-    """The histogram's expected squared error quantized to LEVELS steps on [lo, hi]: rounding noise
+def _error(hist: NDArray[np.int64], edges: NDArray[np.float64], lo: float, hi: float, levels: int) -> float:
+    """The histogram's expected squared error quantized to `levels` steps on [lo, hi]: rounding noise
     step^2 / 12 for the values inside, the distance to the nearer end for those outside."""
     centers = (edges[:-1] + edges[1:]) / 2
-    step = (hi - lo) / LEVELS if hi > lo else 0.0
+    step = (hi - lo) / levels if hi > lo else 0.0
     outside = np.where(centers < lo, centers - lo, np.where(centers > hi, centers - hi, 0.0))
     inside = (centers >= lo) & (centers <= hi)
     return float((hist * outside**2).sum() + hist[inside].sum() * step**2 / 12)
 
 
-METHODS: dict[str, Callable[[NDArray[np.int64], NDArray[np.float64]], tuple[float, float]]] = {
+METHODS: dict[str, Callable[[NDArray[np.int64], NDArray[np.float64], int], tuple[float, float]]] = {
     "minmax": _minmax, "percentile": _percentile, "mse": _mse}
 
 
@@ -132,8 +132,9 @@ def feeds(inputs: Inputs) -> Iterator[dict[str, NDArray]]:
 Batches = Callable[[], Iterator[list[NDArray]]]  # a fresh pass over the inputs: the named activations of each
 
 
-def measure(batches: Batches, names: list[K], method: str) -> dict[K, Range]:
-    """Each activation's range over two passes of `batches` (extremes, then histograms), as `method` chooses it."""
+def measure(batches: Batches, names: list[K], method: str, levels: int = LEVELS) -> dict[K, Range]:
+    """Each activation's range over two passes of `batches` (extremes, then histograms), as `method` chooses it
+    for `levels` steps (its SQNR at those too)."""
     check_method(method)
     lows = dict.fromkeys(names, np.inf)
     highs = dict.fromkeys(names, -np.inf)
@@ -153,9 +154,9 @@ def measure(batches: Batches, names: list[K], method: str) -> dict[K, Range]:
         if n not in edges or not np.isfinite(highs[n]):
             out[n] = Range(0.0, 0.0)
             continue
-        lo, hi = METHODS[method](hists[n], edges[n])
+        lo, hi = METHODS[method](hists[n], edges[n], levels)
         lo, hi = min(lo, 0.0), max(hi, 0.0)
-        out[n] = Range(lo, hi, _sqnr_db(hists[n], edges[n], lo, hi))
+        out[n] = Range(lo, hi, _sqnr_db(hists[n], edges[n], lo, hi, levels))
     return out
 
 
@@ -198,9 +199,9 @@ def ranges(model: Path, names: list[str], inputs: Inputs, method: str) -> dict[s
         raise QpackError(f"onnxruntime failed while calibrating: {str(e).splitlines()[0]}") from e
 
 
-def tflite_ranges(model: Path, tensors: list[int], inputs: Inputs, method: str) -> dict[int, Range]:
+def tflite_ranges(model: Path, tensors: list[int], inputs: Inputs, method: str, levels: int = LEVELS) -> dict[int, Range]:
     """Each numbered float tensor of a TFLite model's first subgraph, its range over the inputs as `method`
-    chooses it (LiteRT's reference kernels keep every intermediate tensor readable).
+    chooses it for `levels` steps (LiteRT's reference kernels keep every intermediate tensor readable).
 
     Raises:
         QpackError: the inputs do not fit the model, or LiteRT cannot run it.
@@ -228,7 +229,7 @@ def tflite_ranges(model: Path, tensors: list[int], inputs: Inputs, method: str) 
             yield [interp.get_tensor(t) for t in tensors]
 
     try:
-        return measure(batches, tensors, method)
+        return measure(batches, tensors, method, levels)
     except QpackError:
         raise
     except Exception as e:
@@ -289,8 +290,8 @@ def fewest_in_float(count: int, cosine: Callable[[int], float], calibration: Cal
     return high
 
 
-def _sqnr_db(hist: NDArray[np.int64], edges: NDArray[np.float64], lo: float, hi: float) -> float:
-    """The histogram's energy over its expected error quantized to LEVELS steps on [lo, hi]."""
-    err = _error(hist, edges, lo, hi)
+def _sqnr_db(hist: NDArray[np.int64], edges: NDArray[np.float64], lo: float, hi: float, levels: int) -> float:
+    """The histogram's energy over its expected error quantized to `levels` steps on [lo, hi]."""
+    err = _error(hist, edges, lo, hi, levels)
     signal = float((hist * ((edges[:-1] + edges[1:]) / 2) ** 2).sum())
     return 10 * math.log10(signal / err) if err > 0 and signal > 0 else math.inf

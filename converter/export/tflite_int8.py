@@ -1,4 +1,4 @@
-"""`--to tflite-int8`: full-integer TFLite, so LiteRT and TensorFlow Lite Micro run int8 kernels.
+"""`--to tflite-int8` and `tflite-16x8`: full-integer TFLite, so LiteRT and TensorFlow Lite Micro run integer kernels.
 
 `--to tflite` keeps activations float (hybrid kernels quantize them on the fly). Here every op that
 TFLite runs in int8 reads and writes int8 activations: asymmetric, one scale per tensor, calibrated
@@ -16,6 +16,12 @@ weights behind DEQUANTIZE ops become int8 weights the integer op reads directly;
 DENSIFY are spread out first (formats.tflite_model.densify). Only the first
 subgraph is made integer. Where the outputs' cosine on the calibration inputs falls below the goal,
 the ops that harm the outputs most go back to float (a bisection), as onnx-int8 does.
+
+`tflite-16x8` is the same with int16 activations (symmetric, zero point 0; LOGISTIC, SOFTMAX and TANH
+write at 1/32768) and int64 biases beside the int8 weights: TFLite's 16x8 mode, for models whose outputs
+int8 activations move too far. Its kernels are fewer (no PRELU or HARD_SWISH: those stay float), XNNPACK
+runs none of them (LiteRT uses its reference kernels; TFLM its own), and an op type the installed LiteRT
+will not prepare in int16 stays float, found by loading the file.
 """
 
 from __future__ import annotations
@@ -55,22 +61,70 @@ from qpack.formats.qpk import QpkReader, TensorEntry
 from qpack.formats.tflite_model import Level, densify
 
 _INT32_MAX = (1 << 31) - 1
+_INT64_MAX = (1 << 63) - 1
 _WEIGHTED = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}  # op -> the filter's output-channel axis
-# ops whose int8 kernels write at their input's parameters (they move, pick or interpolate values)
+# ops whose integer kernels write at their input's parameters (they move, pick or interpolate values)
 _SAME = {"MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "PAD", "SQUEEZE", "EXPAND_DIMS", "STRIDED_SLICE", "SLICE",
          "DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "TRANSPOSE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "GATHER"}
-_FIXED = {"LOGISTIC": (1 / 256, -128), "SOFTMAX": (1 / 256, -128), "TANH": (1 / 128, 0)}  # output scale, zero point
-# ops writing at their own calibrated range (they requantize); float constant inputs int8 per tensor
+# ops writing at their own calibrated range (they requantize); float constant inputs integer per tensor
 _OWN = {"ADD", "SUB", "MUL", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "PRELU", "HARD_SWISH", "MEAN", "CONCATENATION"}
-# the op version announcing int8 (TFLite's op_version rules); others need none above 1
-_VERSIONS = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 4, "ADD": 2, "SUB": 2, "MUL": 2, "MAX_POOL_2D": 2,
-             "AVERAGE_POOL_2D": 2, "PAD": 2, "CONCATENATION": 2, "LOGISTIC": 2, "SOFTMAX": 2, "TANH": 2, "RELU": 2,
-             "RELU6": 2, "LEAKY_RELU": 2, "MEAN": 2, "STRIDED_SLICE": 2, "SLICE": 2, "DEPTH_TO_SPACE": 2, "SPACE_TO_DEPTH": 2,
-             "TRANSPOSE": 2, "RESIZE_BILINEAR": 2, "RESIZE_NEAREST_NEIGHBOR": 2, "GATHER": 2, "DEQUANTIZE": 2}
-# activations an int8 op applies itself (its fused_activation_function): XNNPACK has no int8 kernel of
+# activations an integer op applies itself (its fused_activation_function): XNNPACK has no int8 kernel of
 # them alone, so an op each between two delegated ones would split LiteRT's graph there
 _FUSED = {"RELU": "RELU", "RELU6": "RELU6", "RELU_N1_TO_1": "RELU_N1_TO_1"}
 _FUSING = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL"}
+
+
+@dataclass(frozen=True)
+class Activations:
+    """What the integer ops read and write, and which ops TFLite has such kernels for: int8 (asymmetric,
+    TFLite's full-integer default, what XNNPACK accelerates) or int16 (symmetric, zero point 0: TFLite's
+    16x8 mode, int8 weights and int64 biases, for models whose outputs int8 moves too far; LiteRT runs it on
+    its reference kernels, TFLM on its own)."""
+
+    name: str
+    dtype: str  # the activations' TensorType
+    high: int  # the largest integer (int8 codes run -high-1..high)
+    bias: str  # the weighted ops' bias TensorType
+    levels: int  # the steps a calibrated range is fitted to
+    same: frozenset[str]
+    fixed: dict[str, tuple[float, int]]  # op -> the output scale and zero point its kernel writes at
+    own: frozenset[str]
+    versions: dict[str, int]  # the op version announcing the type (TFLite's op_version rules); others 1
+
+    @property
+    def low(self) -> int:
+        return -self.high - 1
+
+    @property
+    def bias_max(self) -> int:
+        return _INT32_MAX if self.bias == "INT32" else _INT64_MAX
+
+    def params(self, r: Range) -> Params:
+        if self.dtype == "INT8":  # calibrate's uint8 range, moved to int8
+            return Params((float(np.float32(r.scale)),), (r.zero_point - 128,))
+        peak = max(-r.low, r.high)
+        return Params((float(np.float32(peak / self.high)) if peak > 0 else 1.0,), (0,))
+
+    def runs(self, op: str) -> bool:
+        return op in _WEIGHTED or op in self.same or op in self.fixed or op in self.own
+
+
+INT8_ACTS = Activations(
+    "int8", "INT8", 127, "INT32", 255, frozenset(_SAME), {"LOGISTIC": (1 / 256, -128), "SOFTMAX": (1 / 256, -128), "TANH": (1 / 128, 0)},
+    frozenset(_OWN),
+    {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 4, "ADD": 2, "SUB": 2, "MUL": 2, "MAX_POOL_2D": 2,
+     "AVERAGE_POOL_2D": 2, "PAD": 2, "CONCATENATION": 2, "LOGISTIC": 2, "SOFTMAX": 2, "TANH": 2, "RELU": 2,
+     "RELU6": 2, "LEAKY_RELU": 2, "MEAN": 2, "STRIDED_SLICE": 2, "SLICE": 2, "DEPTH_TO_SPACE": 2, "SPACE_TO_DEPTH": 2,
+     "TRANSPOSE": 2, "RESIZE_BILINEAR": 2, "RESIZE_NEAREST_NEIGHBOR": 2, "GATHER": 2, "QUANTIZE": 2, "DEQUANTIZE": 2})
+# TFLite's int16 kernels: no PRELU, HARD_SWISH, DEPTH_TO_SPACE or SPACE_TO_DEPTH; the fixed-range ones write at 1/32768
+INT16_ACTS = Activations(
+    "int16", "INT16", 32767, "INT64", 65535, frozenset(_SAME - {"DEPTH_TO_SPACE", "SPACE_TO_DEPTH"}),
+    {"LOGISTIC": (1 / 32768, 0), "SOFTMAX": (1 / 32768, 0), "TANH": (1 / 32768, 0)},
+    frozenset(_OWN - {"PRELU", "HARD_SWISH"}),
+    {"CONV_2D": 4, "DEPTHWISE_CONV_2D": 5, "FULLY_CONNECTED": 7, "ADD": 3, "SUB": 3, "MUL": 4, "MAX_POOL_2D": 3,
+     "AVERAGE_POOL_2D": 3, "PAD": 4, "CONCATENATION": 3, "LOGISTIC": 3, "SOFTMAX": 3, "TANH": 3, "RELU": 3, "RELU6": 3,
+     "LEAKY_RELU": 2, "MEAN": 3, "STRIDED_SLICE": 4, "SLICE": 4, "TRANSPOSE": 5, "RESIZE_BILINEAR": 4,
+     "RESIZE_NEAREST_NEIGHBOR": 4, "GATHER": 4, "QUANTIZE": 3, "DEQUANTIZE": 4})
 _CONVERSIONS = ("QUANTIZE", "DEQUANTIZE", "DENSIFY")  # ops with no effect but their output: dropped when nothing reads it
 _NUMPY = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "INT64": np.int64, "INT8": np.int8, "UINT8": np.uint8,
           "INT16": np.int16, "BOOL": np.bool_}
@@ -80,15 +134,11 @@ TFLM_ARENA_MAX = 1 << 29
 
 @dataclass(frozen=True)
 class Params:
-    """An int8 tensor's quantization: one scale and zero point, or per-channel scales on `axis` (zero points 0)."""
+    """An integer tensor's quantization: one scale and zero point, or per-channel scales on `axis` (zero points 0)."""
 
     scale: tuple[float, ...]
     zero_point: tuple[int, ...]
     axis: int = 0
-
-    @classmethod
-    def of(cls, r: Range) -> Params:
-        return cls((float(np.float32(r.scale)),), (r.zero_point - 128,))  # calibrate's uint8 range, moved to int8
 
 
 class _Graph:
@@ -162,13 +212,13 @@ def _ints(v: Any) -> list[int]:
     return [int(i) for i in v] if v is not None else []
 
 
-def _why_not(graph: _Graph, k: int, acts: dict[int, Range]) -> str:
-    """Why op k of the first subgraph cannot run in int8 here ('' when it can)."""
+def _why_not(graph: _Graph, k: int, acts: dict[int, Range], kind: Activations) -> str:
+    """Why op k of the first subgraph cannot run in `kind`'s integers here ('' when it can)."""
     name = graph.op(k)
     op = graph.g.operators[k]
     ins, outs = _ints(op.inputs), _ints(op.outputs)
-    if name not in _WEIGHTED and name not in _SAME and name not in _FIXED and name not in _OWN:
-        return "no int8 kernel here"
+    if not kind.runs(name):
+        return f"no {kind.name} kernel here"
     if any(not graph.activation(t) or t not in acts for t in outs):
         return "an output that is not a float activation"
     if name in _WEIGHTED:
@@ -180,24 +230,26 @@ def _why_not(graph: _Graph, k: int, acts: dict[int, Range]) -> str:
     act_in = [t for t in ins if graph.activation(t)]
     if not act_in or act_in[0] != ins[0]:
         return "its first input is not a float activation"
-    if name in _SAME and len(act_in) > 1:
+    if name in kind.same and len(act_in) > 1:
         return "more than one activation input"
     floats = [t for t in ins if t in graph.consts and graph.consts[t].dtype == np.float32]
-    if floats and name not in _OWN:
+    if floats and name not in kind.own:
         return "a float constant input"
     if any(t >= 0 and not graph.activation(t) and t not in graph.consts for t in ins):
         return "an input of another type"
     return ""
 
 
-def candidates(graph: _Graph, acts: dict[int, Range]) -> tuple[list[int], Counter[str]]:
-    """The ops that may run in int8 (in graph order), and the others' types (DEQUANTIZE of constants aside)."""
+def candidates(graph: _Graph, acts: dict[int, Range], kind: Activations = INT8_ACTS,
+               refused: frozenset[str] = frozenset()) -> tuple[list[int], Counter[str]]:
+    """The ops that may run in `kind`'s integers (in graph order), and the others' types (DEQUANTIZE of
+    constants aside); `refused`: op types the runtime would not prepare in them (export_tflite_int8 finds them)."""
     out, floats = [], Counter[str]()
     for k in range(len(graph.g.operators)):
         outs = _ints(graph.g.operators[k].outputs)
         if outs and all(t in graph.consts for t in outs):
             continue  # a float16 weight's DEQUANTIZE: the weight is read directly, or stays for float readers
-        if _why_not(graph, k, acts):
+        if graph.op(k) in refused or _why_not(graph, k, acts, kind):
             floats[graph.op(k)] += 1
         else:
             out.append(k)
@@ -207,8 +259,11 @@ def candidates(graph: _Graph, acts: dict[int, Range]) -> tuple[list[int], Counte
 class _Builder:
     """One trial: the first subgraph rebuilt with the ops in `chosen` in int8, the rest float."""
 
-    def __init__(self, reader: QpkReader, data: bytes, acts: dict[int, Range], chosen: set[int]) -> None:
+    def __init__(self, reader: QpkReader, data: bytes, acts: dict[int, Range], chosen: set[int],
+                 kind: Activations = INT8_ACTS) -> None:
         self.schema = litert_schema()
+        self.kind = kind
+        self.itype = getattr(self.schema.TensorType, kind.dtype)
         self.model = load(self.schema, data, str(reader.path))
         self.graph = _Graph(self.schema, self.model)
         self.reader, self.acts, self.chosen = reader, acts, chosen
@@ -222,6 +277,10 @@ class _Builder:
         self.fused: set[int] = set()  # activation ops taken into the op before them
         self.ran: Counter[str] = Counter()
         self.fell: Counter[str] = Counter()  # ops chosen that could not be (an int32 bias overflows)
+
+    @property
+    def _suffix(self) -> bytes:
+        return b"_" + self.kind.name.encode()
 
     # -- tensors, buffers, opcodes ------------------------------------------------------------------
     def _tensor(self, like: Any, ttype: int, p: Params | None, data: NDArray | None = None, suffix: bytes = b"_int8",
@@ -267,9 +326,9 @@ class _Builder:
 
     # -- activations between the domains ---------------------------------------------------------------
     def int8(self, t: int) -> int:
-        """The int8 tensor of activation t: made by a QUANTIZE at its calibrated range where only the float one exists."""
+        """The integer tensor of activation t: made by a QUANTIZE at its calibrated range where only the float one exists."""
         if t not in self.int_of:
-            q = self._tensor(self.graph.g.tensors[t], self.schema.TensorType.INT8, Params.of(self.acts[t]))
+            q = self._tensor(self.graph.g.tensors[t], self.itype, self.kind.params(self.acts[t]), suffix=self._suffix)
             self._emit("QUANTIZE", [t], [q])
             self.int_of[t] = q
         return self.int_of[t]
@@ -278,14 +337,14 @@ class _Builder:
         """Int8 tensor q at parameters p: itself, or an int8 QUANTIZE of it (a requantization)."""
         if self.params[q] == p:
             return q
-        out = self._tensor(self.graph.g.tensors[q], self.schema.TensorType.INT8, p, suffix=b"_requantized")
-        self._emit("QUANTIZE", [q], [out], 2)
+        out = self._tensor(self.graph.g.tensors[q], self.itype, p, suffix=b"_requantized")
+        self._emit("QUANTIZE", [q], [out], self.kind.versions["QUANTIZE"])
         return out
 
     def float(self, t: int) -> int:
         if t not in self.floats:
             self.graph.g.tensors[t].type = self.schema.TensorType.FLOAT32
-            self._emit("DEQUANTIZE", [self.int_of[t]], [t], 2)
+            self._emit("DEQUANTIZE", [self.int_of[t]], [t], self.kind.versions["DEQUANTIZE"])
             self.floats.add(t)
         return t
 
@@ -370,7 +429,6 @@ class _Builder:
     def _integer(self, k: int, op: Any) -> bool:
         name = self.graph.op(k)
         ins, outs = _ints(op.inputs), _ints(op.outputs)
-        tt = self.schema.TensorType
         if name in _WEIGHTED:
             made = self._weighted(name, ins, outs[0])
             if made is None:
@@ -380,7 +438,7 @@ class _Builder:
         else:
             first = self.int8(ins[0])
             if name == "CONCATENATION":
-                p = Params.of(self.acts[outs[0]])
+                p = self.kind.params(self.acts[outs[0]])
                 op.inputs = [self.at(self.int8(t), p) if self.graph.activation(t) else self._const(t, p) for t in ins]
             else:
                 op.inputs = [first] + [self._input(t) for t in ins[1:]]
@@ -389,23 +447,31 @@ class _Builder:
             op.builtinOptions.fusedActivationFunction = getattr(self.schema.ActivationFunctionType, _FUSED[self.graph.op(j)])
             self.fused.add(j)
             outs = _ints(self.graph.g.operators[j].outputs)
+        if name in ("ADD", "SUB") and self.kind.dtype == "INT16":  # any scales, not powers of two only
+            options = self.schema.AddOptionsT() if name == "ADD" else self.schema.SubOptionsT()
+            if op.builtinOptions is not None:
+                options.fusedActivationFunction = op.builtinOptions.fusedActivationFunction
+            options.potScaleInt16 = False
+            op.builtinOptionsType = getattr(self.schema.BuiltinOptions, "AddOptions" if name == "ADD" else "SubOptions")
+            op.builtinOptions = options
         out_p = self._out_params(name, op.inputs[0], outs[0])
-        op.outputs = [self._tensor(self.graph.g.tensors[outs[0]], tt.INT8, out_p)]
+        op.outputs = [self._tensor(self.graph.g.tensors[outs[0]], self.itype, out_p, suffix=self._suffix)]
         self.int_of[outs[0]] = op.outputs[0]
-        op.opcodeIndex = self._opcode(name, _VERSIONS.get(name, 1))
+        op.opcodeIndex = self._opcode(name, self.kind.versions.get(name, 1))
         self.new_ops.append(op)
         return True
 
     def _out_params(self, name: str, first_in: int, out: int) -> Params:
-        if name in _SAME:
+        if name in self.kind.same:
             return self.params[first_in]
-        if name in _FIXED:
-            scale, zp = _FIXED[name]
+        if name in self.kind.fixed:
+            scale, zp = self.kind.fixed[name]
             return Params((scale,), (zp,))
-        return Params.of(self.acts[out])
+        return self.kind.params(self.acts[out])
 
     def _input(self, t: int) -> int:
-        """A second input of an int8 op: an activation's int8 tensor, a float constant int8 per tensor, others as they are."""
+        """A second input of an integer op: an activation's integer tensor, a float constant integer per tensor,
+        others as they are."""
         if t < 0:
             return t
         if self.graph.activation(t):
@@ -413,16 +479,18 @@ class _Builder:
         c = self.graph.consts.get(t)
         if c is not None and c.dtype == np.float32:
             lo, hi = min(float(c.min()), 0.0), max(float(c.max()), 0.0)
-            return self._const(t, Params.of(Range(lo, hi)))
+            return self._const(t, self.kind.params(Range(lo, hi)))
         return t
 
     def _const(self, t: int, p: Params) -> int:
         c = self.graph.consts[t].astype(np.float64)
-        q = np.clip(np.round(c / p.scale[0]) + p.zero_point[0], -128, 127).astype(np.int8)
-        return self._tensor(self.graph.g.tensors[t], self.schema.TensorType.INT8, p, q, shape=list(c.shape))
+        k = self.kind
+        q: NDArray = np.clip(np.round(c / p.scale[0]) + p.zero_point[0], k.low, k.high).astype(_NUMPY[k.dtype])
+        return self._tensor(self.graph.g.tensors[t], self.itype, p, q, suffix=self._suffix, shape=list(c.shape))
 
     def _weighted(self, name: str, ins: list[int], out: int) -> list[int] | None:
-        """The int8 filter and int32 bias of a CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED; None when a bias overflows int32."""
+        """The int8 filter and integer bias (int32, int64 beside int16 activations) of a CONV_2D, DEPTHWISE_CONV_2D
+        or FULLY_CONNECTED; None when a bias overflows its type."""
         axis = _WEIGHTED[name] % self.graph.consts[ins[1]].ndim
         q, scales = self._filter(ins[1], axis)
         x = self.int8(ins[0])
@@ -434,11 +502,12 @@ class _Builder:
         if len(ins) > 2 and ins[2] >= 0:
             b = self.graph.consts[ins[2]].astype(np.float64).reshape(-1)
             qb = np.round(b / bias_scale.astype(np.float64))
-            if not np.all(np.abs(qb) <= _INT32_MAX):
+            if not np.all(np.abs(qb) <= self.kind.bias_max):
                 return None
-            made.append(self._tensor(self.graph.g.tensors[ins[2]], self.schema.TensorType.INT32,
-                                     Params(tuple(map(float, bias_scale)), (0,) * b.size, 0), qb.astype("<i4"),
-                                     suffix=b"_int32", shape=[b.size]))
+            bt = self.kind.bias
+            made.append(self._tensor(self.graph.g.tensors[ins[2]], getattr(self.schema.TensorType, bt),
+                                     Params(tuple(map(float, bias_scale)), (0,) * b.size, 0), qb.astype("<i4" if bt == "INT32" else "<i8"),
+                                     suffix=b"_" + bt.lower().encode(), shape=[b.size]))
         return made
 
     def _filter(self, t: int, axis: int) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
@@ -515,13 +584,26 @@ def _compact(model: Any) -> None:
 
 
 def export_tflite_int8(reader: QpkReader, out: Path, notes: list[str], calibration: Calibration | None = None) -> list[Path]:
-    """Write the container's TFLite model with its ops in int8 where TFLite has int8 kernels, activations
-    calibrated on inputs; where the outputs then fall below `calibration.min_cosine` on them, the ops that harm
-    them most (each measured alone int8, calibrate.by_harm) go back to float (a bisection over how many)."""
+    """`--to tflite-int8`: int8 activations (export_integer)."""
+    return export_integer(reader, out, notes, calibration, INT8_ACTS)
+
+
+def export_tflite_16x8(reader: QpkReader, out: Path, notes: list[str], calibration: Calibration | None = None) -> list[Path]:
+    """`--to tflite-16x8`: int16 activations beside int8 weights (export_integer)."""
+    return export_integer(reader, out, notes, calibration, INT16_ACTS)
+
+
+def export_integer(reader: QpkReader, out: Path, notes: list[str], calibration: Calibration | None,
+                   kind: Activations) -> list[Path]:
+    """Write the container's TFLite model with its ops in `kind`'s integers where TFLite has such kernels,
+    activations calibrated on inputs; where the outputs then fall below `calibration.min_cosine` on them, the
+    ops that harm them most (each measured alone integer, calibrate.by_harm) go back to float (a bisection
+    over how many). An op type the installed LiteRT will not prepare in those integers stays float."""
     from qpack.converter.convert import restore
 
+    target = "tflite-int8" if kind is INT8_ACTS else "tflite-16x8"
     if calibration is None:
-        raise UnsupportedError("--to tflite-int8 calibrates activation ranges: give --inputs, --images or --dataset")
+        raise UnsupportedError(f"--to {target} calibrates activation ranges: give --inputs, --images or --dataset")
     schema = litert_schema()
     with scratch_folder("qpack-calibrate-") as tmp:
         float_model = Path(tmp) / "float.tflite"
@@ -529,23 +611,24 @@ def export_tflite_int8(reader: QpkReader, out: Path, notes: list[str], calibrati
         data = float_model.read_bytes()
         graph = _Graph(schema, load(schema, data, str(reader.path)))
         inputs = calibration.load(float_model)
-        acts = tflite_ranges(float_model, graph.activations(), inputs, calibration.method)
-        chosen, floats = candidates(graph, acts)
+        acts = tflite_ranges(float_model, graph.activations(), inputs, calibration.method, kind.levels)
+        trial = Path(tmp) / "trial.tflite"
+        refused = _refused(reader, data, acts, graph, kind, trial)
+        chosen, floats = candidates(graph, acts, kind, refused)
 
         def harm(k: int) -> float:  # the worse-quantized activation around the op, in dB
             op = graph.g.operators[k]
             return min((acts[t].sqnr_db for t in _ints(op.inputs) + _ints(op.outputs) if t in acts), default=np.inf)
 
-        trial = Path(tmp) / "trial.tflite"
         reference = _outputs(float_model, inputs)
 
         def fidelity(kept: set[int]) -> float:
-            trial.write_bytes(_Builder(reader, data, acts, kept).run())
+            trial.write_bytes(_Builder(reader, data, acts, kept, kind).run())
             return least_cosine(zip(reference, _outputs(trial, inputs)))
 
         order = sorted(chosen, key=harm)  # the first go back to float first
         tried: dict[int, float] = {0: fidelity(set(order))}
-        if tried[0] < calibration.floor:  # measured: each op alone int8
+        if tried[0] < calibration.floor:  # measured: each op alone integer
             order = by_harm(order, lambda k: fidelity({k}))
 
         def cosine(k: int) -> float:
@@ -554,7 +637,7 @@ def export_tflite_int8(reader: QpkReader, out: Path, notes: list[str], calibrati
             return tried[k]
 
         back = fewest_in_float(len(chosen), cosine, calibration, notes)
-        built = _Builder(reader, data, acts, set(order[back:]))
+        built = _Builder(reader, data, acts, set(order[back:]), kind)
         written = built.run()
         if calibration.integer_io:
             written = _integer_io(schema, written, str(reader.path), notes)
@@ -562,16 +645,43 @@ def export_tflite_int8(reader: QpkReader, out: Path, notes: list[str], calibrati
             f.write(written)
         notes.insert(0, _summary(built, floats, calibration.method, inputs.count, back)
                      + f"; least output cosine {cosine(back):.6f} on the calibration inputs, against the container's float values")
+        if refused:
+            notes.append(f"LiteRT prepares no {kind.name} {', '.join(sorted(refused))}: float there")
         if built.requantized:
-            notes.append(f"{len(built.requantized)} weight{'s' if len(built.requantized) > 1 else ''} of int8 ops requantized "
+            notes.append(f"{len(built.requantized)} weight{'s' if len(built.requantized) > 1 else ''} of integer ops requantized "
                          "to int8 symmetric per channel (the container holds no such form of them)")
         if built.half:  # TFLM's DEQUANTIZE reads integers only
             notes.append(f"TFLM cannot run it: {built.half} float16 weight{'s' if built.half > 1 else ''} of float ops go through "
-                         "DEQUANTIZE, which TFLM takes from integers only (--min-cosine -1 keeps every op int8; "
+                         f"DEQUANTIZE, which TFLM takes from integers only (--min-cosine -1 keeps every op {kind.name}; "
                          "a container with one scale per tensor gives them as int8)")
         else:
             notes.append(micro_note(out, inputs))
     return [out]
+
+
+_PREPARE = re.compile(r"\((\w+)\) failed to prepare")
+
+
+def _refused(reader: QpkReader, data: bytes, acts: dict[int, Range], graph: _Graph, kind: Activations, trial: Path) -> frozenset[str]:
+    """The op types the installed LiteRT will not prepare with `kind`'s integers (its kernels differ by
+    version): each whole-model trial that fails names one, which then stays float, until one loads."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    refused: set[str] = set()
+    for _ in range(len(set(graph.ops)) + 1):  # a bound: each round refuses a new op type or ends
+        chosen, _ = candidates(graph, acts, kind, frozenset(refused))
+        trial.write_bytes(_Builder(reader, data, acts, set(chosen), kind).run())
+        with _captured() as said:
+            try:
+                Interpreter(model_path=str(trial), num_threads=1).allocate_tensors()
+                return frozenset(refused)
+            except Exception as e:
+                error = str(e)
+        found = _PREPARE.findall(error + "".join(said))
+        if not found or found[0] in refused:
+            raise QpackError(f"LiteRT cannot load the {kind.name} model: {error.splitlines()[0] if error else 'no reason given'}")
+        refused.add(found[0])
+    raise QpackError(f"LiteRT cannot load the {kind.name} model")
 
 
 def _integer_io(schema: ModuleType, data: bytes, where: str, notes: list[str]) -> bytes:
@@ -586,10 +696,11 @@ def _integer_io(schema: ModuleType, data: bytes, where: str, notes: list[str]) -
     drop: set[int] = set()
     moved: dict[int, int] = {}  # float input or output -> the int8 tensor that takes its place
     ends = set(_ints(g.inputs)) | set(_ints(g.outputs))
+    integer = {schema.TensorType.INT8, schema.TensorType.INT16}
 
     def move(t: int, k: int, q: int) -> None:
         """t's place to int8 tensor q, dropping op k, unless q already is an input or output, or takes one's place."""
-        if g.tensors[q].type == schema.TensorType.INT8 and q not in ends and q not in moved.values():
+        if g.tensors[q].type in integer and q not in ends and q not in moved.values():
             drop.add(k)
             moved[t] = q
 
@@ -616,9 +727,9 @@ def _integer_io(schema: ModuleType, data: bytes, where: str, notes: list[str]) -
 
     def described(t: Any) -> str:
         name, q = (t.name or b"").decode("utf-8", "replace"), t.quantization
-        if t.type != schema.TensorType.INT8 or q is None or q.scale is None or not len(q.scale):
+        if t.type not in integer or q is None or q.scale is None or not len(q.scale):
             return f"{name} {types.get(t.type, 'of type ' + str(t.type))}"
-        return f"{name} int8 at scale {float(q.scale[0]):.9g}, zero point {int(q.zeroPoint[0])}"
+        return f"{name} {types[t.type]} at scale {float(q.scale[0]):.9g}, zero point {int(q.zeroPoint[0])}"
 
     g = model.subgraphs[0]
     notes.append("inputs: " + "; ".join(described(g.tensors[t]) for t in _ints(g.inputs))
@@ -629,7 +740,7 @@ def _integer_io(schema: ModuleType, data: bytes, where: str, notes: list[str]) -
 
 def _summary(built: _Builder, floats: Counter[str], method: str, count: int, back: int) -> str:
     ran = ", ".join(f"{k} {v}" for k, v in sorted(built.ran.items())) or "none"
-    out = f"int8 ops ({method} ranges on {count} inputs): {ran}"
+    out = f"{built.kind.name} ops ({method} ranges on {count} inputs): {ran}"
     if back:
         out += f"; {back} kept in float for the outputs' cosine (the most harmful, each measured alone)"
     stay = floats + built.fell
