@@ -4,11 +4,13 @@ and how far its outputs are from LiteRT's on the same inputs, in quantization st
     python bench/bench_tflm.py [--samples 8] [--only landmark detector ...]
 
 For each TFLite fixture of bench_litert.MODELS (the already-int8 wake word model aside): `convert --bits 8
---scheme sym --per-channel --for tflite-int8`, then `export --to tflite-int8` calibrated on the calibration
-draw (seed 0, 16 inputs) twice: at the default `--min-cosine 0.99` (ops whose activations quantize worst go
-back to float) and at `--min-cosine -1` (every op int8, what a microcontroller build wants). Each file runs
-in LiteRT (one thread) and in TFLM (`tflite_micro`'s Python interpreter) on the check draw (seed 1); an
-output's step is the scale of the int8 tensor its DEQUANTIZE reads. The issue's target: TFLM within one
+--scheme sym --per-channel --for tflite-int8`, then `export --to tflite-int8` and `--to tflite-16x8` (int16
+activations) calibrated on the calibration draw (seed 0, 16 inputs) twice: at the default `--min-cosine
+0.99` (ops whose activations quantize worst go back to float) and at `--min-cosine -1` (every op integer,
+what a microcontroller build wants). Each file runs in LiteRT (one thread) and in TFLM (`tflite_micro`'s
+Python interpreter) on the check draw (seed 1); an output's step is the scale of the integer tensor its
+DEQUANTIZE reads. Beside it, the least cosine of LiteRT's outputs against the float model's (each output
+on its own, over the check draw), which is what the activations' width buys. The issue's target: TFLM within one
 step of LiteRT. Both runtimes' kernels round their requantization differently (TFLM's reference kernels,
 LiteRT's XNNPACK), and a difference of one step early in the graph can grow through it: the first column
 is the largest difference over every output value, the second the share of output values more than one
@@ -18,6 +20,7 @@ step apart.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +34,10 @@ from bench_fidelity import packaged  # noqa: E402
 from bench_litert import MODELS, draws  # noqa: E402
 
 import qpack  # noqa: E402
+from qpack.converter.export.calibrate import least_cosine  # noqa: E402
 from qpack.converter.export.tflite_int import litert_schema, load, op_names  # noqa: E402
+
+TARGETS = ("tflite-int8", "tflite-16x8")
 
 
 def output_steps(path: Path) -> list[float]:
@@ -97,10 +103,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--only", nargs="+", choices=[m.subject.name for m in MODELS if not m.quantized])
+    ap.add_argument("--to", nargs="+", default=list(TARGETS), choices=TARGETS)
     args = ap.parse_args()
-    print("| model | --min-cosine | bytes | TFLM arena | against LiteRT (XNNPACK): largest, steps | share > 1 step | least cosine "
+    print("| model | --to | --min-cosine | bytes | LiteRT against float: least cosine | TFLM arena "
+          "| TFLM against LiteRT (XNNPACK): largest, steps | share > 1 step | least cosine "
           "| against LiteRT's own kernels: largest, steps | share > 1 step | least cosine |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for m in MODELS:
@@ -116,21 +124,24 @@ def main() -> None:
             np.savez(calib, **cal)
             qpk = tmp / f"{m.subject.name}.qpk"
             qpack.convert(src, qpk, bits=8, scheme="sym", per_channel=True, target="tflite-int8", compress="none")
-            for floor in (0.99, -1.0):
-                out = tmp / f"{m.subject.name}.{floor}.tflite"
+            _, want = lite_outputs(src, checks, True)
+            for to, floor in itertools.product(args.to, (0.99, -1.0)):
+                row = f"| {m.subject.name} | {to} | {floor:g} |"
+                out = tmp / f"{m.subject.name}.{to}.{floor}.tflite"
                 try:
-                    done = qpack.export(qpk, "tflite-int8", out, inputs=calib, min_cosine=floor)
+                    done = qpack.export(qpk, to, out, inputs=calib, min_cosine=floor)
                 except Exception as e:  # shown in the model's row; the other models still run
-                    print(f"| {m.subject.name} | {floor:g} | export failed: {type(e).__name__}: {' '.join(str(e).split())} |" + " |" * 7)
+                    print(f"{row} export failed: {type(e).__name__}: {' '.join(str(e).split())} |" + " |" * 8)
                     continue
+                fidelity = least_cosine(zip(want, lite_outputs(out, checks, True)[1]))
                 said = next((n for n in done.notes if n.startswith("TFLM")), "")
                 if not said.startswith("TFLM runs it"):
-                    print(f"| {m.subject.name} | {floor:g} | {out.stat().st_size:,} | {said} | | | | | | |")
+                    print(f"{row} {out.stat().st_size:,} | {fidelity:.6f} | {said} | | | | | | |")
                     continue
                 arena = said.split(" a ", 1)[1].split("-byte", 1)[0]
                 cells = [f"{w:.0f} | {a:.2%} | {c:.6f}" for w, a, c in (compare(out, checks, x) for x in (True, False))]
-                print(f"| {m.subject.name} | {floor:g} | {out.stat().st_size:,} | {arena} | {' | '.join(cells)} |")
-            sys.stdout.flush()
+                print(f"{row} {out.stat().st_size:,} | {fidelity:.6f} | {arena} | {' | '.join(cells)} |")
+                sys.stdout.flush()
 
 
 if __name__ == "__main__":
