@@ -223,7 +223,7 @@ def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLik
         min_cosine: the least output cosine on those inputs the integer nodes keep, against the container's
             values: where it falls below, the nodes that harm the outputs most stay float (-1: every node
             integer). None: what `convert --for` recorded in the container (its goal's share), else KEEP_COSINE.
-        integer_io: tflite-int8: the model's float inputs and outputs become int8 (no QUANTIZE and DEQUANTIZE
+        integer_io: tflite-int8, tflite-16x8: the model's float inputs and outputs become integer (no QUANTIZE and DEQUANTIZE
             around it; a notes line gives each one's scale and zero point), as microcontroller code feeds them.
         measure: time the export against the container's float model in its runtime (one thread, interleaved
             rounds, on the first of `inputs` or stand-ins) and add a last note with the latency and bytes ratios.
