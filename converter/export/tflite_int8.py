@@ -90,6 +90,7 @@ class Activations:
     fixed: dict[str, tuple[float, int]]  # op -> the output scale and zero point its kernel writes at
     own: frozenset[str]
     versions: dict[str, int]  # the op version announcing the type (TFLite's op_version rules); others 1
+    micro: bool = False  # a TFLite Micro format: an op type TFLM (where installed) will not run in it stays float
 
     @property
     def low(self) -> int:
@@ -124,7 +125,7 @@ INT16_ACTS = Activations(
     {"CONV_2D": 4, "DEPTHWISE_CONV_2D": 5, "FULLY_CONNECTED": 7, "ADD": 3, "SUB": 3, "MUL": 4, "MAX_POOL_2D": 3,
      "AVERAGE_POOL_2D": 3, "PAD": 4, "CONCATENATION": 3, "LOGISTIC": 3, "SOFTMAX": 3, "TANH": 3, "RELU": 3, "RELU6": 3,
      "LEAKY_RELU": 2, "MEAN": 3, "STRIDED_SLICE": 4, "SLICE": 4, "TRANSPOSE": 5, "RESIZE_BILINEAR": 4,
-     "RESIZE_NEAREST_NEIGHBOR": 4, "GATHER": 4, "QUANTIZE": 3, "DEQUANTIZE": 4})
+     "RESIZE_NEAREST_NEIGHBOR": 4, "GATHER": 4, "QUANTIZE": 3, "DEQUANTIZE": 4}, micro=True)
 _CONVERSIONS = ("QUANTIZE", "DEQUANTIZE", "DENSIFY")  # ops with no effect but their output: dropped when nothing reads it
 _NUMPY = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "INT64": np.int64, "INT8": np.int8, "UINT8": np.uint8,
           "INT16": np.int16, "BOOL": np.bool_}
@@ -613,7 +614,7 @@ def export_integer(reader: QpkReader, out: Path, notes: list[str], calibration: 
         inputs = calibration.load(float_model)
         acts = tflite_ranges(float_model, graph.activations(), inputs, calibration.method, kind.levels)
         trial = Path(tmp) / "trial.tflite"
-        refused = _refused(reader, data, acts, graph, kind, trial)
+        refused = _refused(reader, data, acts, graph, kind, trial, inputs)
         chosen, floats = candidates(graph, acts, kind, refused)
 
         def harm(k: int) -> float:  # the worse-quantized activation around the op, in dB
@@ -646,7 +647,8 @@ def export_integer(reader: QpkReader, out: Path, notes: list[str], calibration: 
         notes.insert(0, _summary(built, floats, calibration.method, inputs.count, back)
                      + f"; least output cosine {cosine(back):.6f} on the calibration inputs, against the container's float values")
         if refused:
-            notes.append(f"LiteRT prepares no {kind.name} {', '.join(sorted(refused))}: float there")
+            notes.append(f"{'LiteRT or TFLM' if kind.micro else 'LiteRT'} runs no {kind.name} {', '.join(sorted(refused))} here: "
+                         "float there")
         if built.requantized:
             notes.append(f"{len(built.requantized)} weight{'s' if len(built.requantized) > 1 else ''} of integer ops requantized "
                          "to int8 symmetric per channel (the container holds no such form of them)")
@@ -659,12 +661,15 @@ def export_integer(reader: QpkReader, out: Path, notes: list[str], calibration: 
     return [out]
 
 
-_PREPARE = re.compile(r"\((\w+)\) failed to prepare")
+_FAILED = (re.compile(r"\((\w+)\) failed to prepare"),  # LiteRT: "Node number 5 (CONV_2D) failed to prepare."
+           re.compile(r"Node (\w+) \(number \d+\) failed to"))  # TFLM: "Node RESIZE_BILINEAR (number 91) failed to invoke"
 
 
-def _refused(reader: QpkReader, data: bytes, acts: dict[int, Range], graph: _Graph, kind: Activations, trial: Path) -> frozenset[str]:
+def _refused(reader: QpkReader, data: bytes, acts: dict[int, Range], graph: _Graph, kind: Activations, trial: Path,
+             inputs: Inputs) -> frozenset[str]:
     """The op types the installed LiteRT will not prepare with `kind`'s integers (its kernels differ by
-    version): each whole-model trial that fails names one, which then stays float, until one loads."""
+    version), and for a TFLM format those TFLM will not run: each whole-model trial that fails names one,
+    which then stays float, until one runs."""
     from ai_edge_litert.interpreter import Interpreter
 
     refused: set[str] = set()
@@ -674,14 +679,28 @@ def _refused(reader: QpkReader, data: bytes, acts: dict[int, Range], graph: _Gra
         with _captured() as said:
             try:
                 Interpreter(model_path=str(trial), num_threads=1).allocate_tensors()
-                return frozenset(refused)
+                error = ""
             except Exception as e:
-                error = str(e)
-        found = _PREPARE.findall(error + "".join(said))
-        if not found or found[0] in refused:
-            raise QpackError(f"LiteRT cannot load the {kind.name} model: {error.splitlines()[0] if error else 'no reason given'}")
-        refused.add(found[0])
-    raise QpackError(f"LiteRT cannot load the {kind.name} model")
+                error = str(e) or type(e).__name__
+        if error:  # LiteRT must load it
+            found = [m for f in _FAILED for m in f.findall(error + "".join(said))]
+            if not found or found[0] in refused:
+                raise QpackError(f"LiteRT cannot load the {kind.name} model: {error.splitlines()[0]}")
+            refused.add(found[0])
+            continue
+        if not kind.micro:
+            break
+        try:
+            micro_arena(trial, inputs)
+            break
+        except ImportError:
+            break
+        except QpackError as e:  # TFLM should: an integer op it names goes float; anything else the note says
+            found = [m for f in _FAILED for m in f.findall(str(e)) if m not in refused]
+            if not found or not any(graph.op(k) == found[0] for k in chosen):
+                break
+            refused.add(found[0])
+    return frozenset(refused)
 
 
 def _integer_io(schema: ModuleType, data: bytes, where: str, notes: list[str]) -> bytes:
