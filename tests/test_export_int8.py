@@ -146,7 +146,7 @@ def test_calibration_is_deterministic_and_checked(sample: Path, tmp_path: Path):
 
 @pytest.mark.parametrize("args,says", [
     (["--to", "onnx-int8"], "calibrates activation ranges: give --inputs, --images or --dataset"),
-    (["--to", "onnx-qdq", "--dataset", "digits"], "inputs calibrate --to onnx-int8 and --to tflite-int8; --to onnx-qdq takes none"),
+    (["--to", "onnx-qdq", "--dataset", "digits"], "inputs calibrate --to onnx-int8, --to tflite-int8 and --to tflite-16x8; --to onnx-qdq takes none"),
 ])
 def test_inputs_go_with_calibrated_targets_only(sample: Path, tmp_path: Path, args: list[str], says: str):
     qpk = tmp_path / "s.qpk"
@@ -441,6 +441,57 @@ def test_a_scalar_mul_add_after_a_conv_is_folded_into_it(tmp_path: Path, factor:
     cos = float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got))
     assert cos > 0.999, cos
 
+
+
+@pytest.mark.parametrize("offset,whole", [(3.0, True), (0.01, False)])
+def test_a_scalar_affine_before_an_integer_node_is_computed_by_its_quantization(tmp_path: Path, offset: float, whole: bool):
+    """A Mul by s and an Add of t after a float op, read only by an integer Conv, go into the QuantizeLinear in
+    front of it: its integers are round((s * h + t) / step) + zero point, at the step and zero point the
+    Conv's input is dequantized at (t a whole number of steps: the Add goes too; a small t: the Add adds t / s)."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32), "w2")
+    consts = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("s", [0.7]), ("t", [offset]))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c"], ["h"]),
+             helper.make_node("Mul", ["h", "s"], ["m"]),
+             helper.make_node("Add", ["t", "m"], ["a"]),
+             helper.make_node("Conv", ["a", "w2"], ["y"], pads=[0, 0, 0, 0])]
+    graph = helper.make_graph(nodes, "affine", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w1, w2, *consts])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.save(model, tmp_path / "affine.onnx")
+    x = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=x)
+    qpk = tmp_path / "affine.qpk"
+    qpack.convert(tmp_path / "affine.onnx", qpk, target="onnx-int8", compress="none")
+    out = tmp_path / "affine_int8.onnx"
+    done = qpack.export(qpk, "onnx-int8", out, inputs=tmp_path / "cal.npz", min_cosine=-1)
+    assert f"1 scalar Mul/Add before integer nodes computed by their QuantizeLinear ({int(whole)} whole, {int(not whole)} the Mul only)" \
+        in done.notes, done.notes
+    m = onnx.load(str(out))
+    ops = collections.Counter(n.op_type for n in m.graph.node)
+    assert not ops["Mul"] and ops["Add"] == (0 if whole else 1)
+    made = {o: n for n in m.graph.node for o in n.output}
+    conv = next(n for n in m.graph.node if n.op_type == "Conv" and n.output[0] == "y")
+    dq = made[conv.input[0]]
+    q = made[dq.input[0]]
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    step, zero = float(inits[dq.input[1]]), int(inits[dq.input[2]])
+    m.graph.output.extend([helper.make_tensor_value_info("h", TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info(q.output[0], TensorProto.UINT8, None)])
+    onnx.save(m, tmp_path / "exposed.onnx")
+    h, codes = _session(tmp_path / "exposed.onnx", ort.GraphOptimizationLevel.ORT_ENABLE_BASIC).run(["h", q.output[0]], {"x": x[:1]})
+    want = np.clip(np.rint((0.7 * h.astype(np.float64) + offset) / step) + zero, 0, 255)
+    assert np.abs(want - codes).max() <= 1 and np.mean(want == codes) > 0.99
+    if whole:
+        assert abs(offset / step - round(offset / step)) < 1e-3
+    qpack.unpack(qpk, tmp_path / "restored.onnx")
+    a, b = _session(tmp_path / "restored.onnx"), _session(out)
+    ref = np.concatenate([a.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
+    got = np.concatenate([b.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
+    assert float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.999
 
 
 @pytest.mark.parametrize("recorded", [1.5, "0.99", True])

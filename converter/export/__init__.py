@@ -107,8 +107,8 @@ def export(qpk: Path, to: str, out: Path, calibration: Any = None, measure: bool
     if measure and not target.runtime:
         raise OptionError(f"--to {to} writes sources, not a model a runtime loads: --measure times the model exports")
     if calibration is not None and not target.calibrated:
-        calibrated = [t.name for t in TARGETS.values() if t.calibrated]
-        raise OptionError(f"inputs calibrate {' and '.join(f'--to {t}' for t in calibrated)}; --to {to} takes none")
+        calibrated = [f"--to {t.name}" for t in TARGETS.values() if t.calibrated]
+        raise OptionError(f"inputs calibrate {', '.join(calibrated[:-1])} and {calibrated[-1]}; --to {to} takes none")
     if calibration is not None and calibration.integer_io and not target.integer_io:
         offered = [t.name for t in TARGETS.values() if t.integer_io]
         raise OptionError(f"integer inputs and outputs are made by {' and '.join(f'--to {t}' for t in offered)}, not --to {to}")

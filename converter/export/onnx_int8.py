@@ -28,6 +28,7 @@ integer model (onnxruntime's fused kernels) against the container's values.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -42,6 +43,7 @@ from qpack.converter.export import onnx_qdq
 from qpack.converter.export.calibrate import (
     CALIBRATION_SHARE,
     CHECK_INPUTS,
+    LEVELS,
     Calibration,
     Range,
     by_harm,
@@ -261,6 +263,57 @@ def _fold(n: _IntNode, affine: Affine, readers: dict[str, list[NodeProto]], outp
     return replace(plan, entry=entry, form=IntForm(entry, q, scale, None)), _Fold(nodes, np.asarray(bias, np.float64), kind)
 
 
+_ABSORB_STEPS = 8  # |t| in activation steps from which t is made a whole number of them (the step moves <= 1/16)
+
+
+@dataclass(frozen=True)
+class _Absorbed:
+    """A scalar affine value = s * x + t (a Mul by s > 0, the Add of t that alone reads it: PaddlePaddle's
+    learnable affine blocks after an activation) whose only readers are integer nodes, computed by the
+    QuantizeLinear in front of them: round(value / step) + z = round(x / (step / s)) + (z + t / step) when
+    t / step is a whole number `steps` (the step is moved to make it one, where |t / step| >= _ABSORB_STEPS),
+    so both nodes go. Otherwise (steps 0) only the Mul goes: the Add adds t / s to x, and the step is divided by s."""
+
+    x: str
+    s: float
+    t: float
+    mul: NodeProto
+    add: NodeProto
+    steps: int = 0
+
+
+def _affine_before(a: str, made_by: dict[str, NodeProto], read_by: dict[str, list[NodeProto]], integer: set[int],
+                   outputs: set[str], scalar: Callable[[str], float | None]) -> _Absorbed | None:
+    """The scalar affine making `a`, where only integer nodes read `a` and nothing else the Mul's output."""
+    add = made_by.get(a)
+    if (add is None or add.op_type != "Add" or add.domain not in DEFAULT_DOMAINS or len(add.input) != 2 or a in outputs
+            or any(id(r) not in integer or r.input[0] != a for r in read_by.get(a, []))):
+        return None
+    for y, c in ((add.input[0], add.input[1]), (add.input[1], add.input[0])):
+        t, mul = scalar(c), made_by.get(y)
+        if (t is None or mul is None or mul.op_type != "Mul" or mul.domain not in DEFAULT_DOMAINS or len(mul.input) != 2
+                or y in outputs or len(read_by.get(y, [])) != 1 or mul.input[0] == mul.input[1]):
+            continue
+        for x, k in ((mul.input[0], mul.input[1]), (mul.input[1], mul.input[0])):
+            s = scalar(k)
+            if s is not None and math.isfinite(s) and s > 0 and math.isfinite(t):
+                return _Absorbed(x, s, t, mul, add)
+    return None
+
+
+def _absorbed(affine: _Absorbed, r: Range) -> tuple[_Absorbed, Range]:
+    """The affine with its whole number of steps, and the range moved to make t one (unmoved: steps 0)."""
+    n = affine.t / r.scale
+    if abs(n) < _ABSORB_STEPS:
+        return affine, r
+    steps = round(n)
+    step = affine.t / steps
+    zero = int(np.clip(np.round(-r.low / step), 0, LEVELS))
+    if not 0 <= zero + steps <= LEVELS:
+        return affine, r
+    return replace(affine, steps=steps), Range(-zero * step, (LEVELS - zero) * step, r.sqnr_db)
+
+
 def _scalar(name: str, data_type: int, value: np.generic) -> TensorProto:
     return raw_tensor(name, data_type, [], value.tobytes())
 
@@ -281,11 +334,18 @@ class _Rewriter:
             self.params[value] = (s, z)
         return self.params[value]
 
-    def pair(self, value: str, into: str, out: str) -> list[NodeProto]:
-        """Quantize `into` and dequantize it as `out`, at the range calibrated for `value`."""
+    def pair(self, value: str, into: str, out: str, affine: _Absorbed | None = None) -> list[NodeProto]:
+        """Quantize `into` and dequantize it as `out`, at the range calibrated for `value`; with `affine`,
+        `into` is the x of value = s * x + t, and the quantization computes the affine (see _Absorbed)."""
         s, z = self._params(value)
+        qs, qz = s, z
+        if affine is not None:
+            r = self.acts[value]
+            qs, qz = self.names.fresh(f"{value}_absorbed_scale"), self.names.fresh(f"{value}_absorbed_zero_point")
+            self.inits += [_scalar(qs, TensorProto.FLOAT, np.float32(r.scale / affine.s)),
+                           _scalar(qz, TensorProto.UINT8, np.uint8(r.zero_point + affine.steps))]
         q = self.names.fresh(f"{value}_quantized_act")
-        return [helper.make_node("QuantizeLinear", [into, s, z], [q], name=self.names.fresh(f"{value}_QuantizeLinear")),
+        return [helper.make_node("QuantizeLinear", [into, qs, qz], [q], name=self.names.fresh(f"{value}_QuantizeLinear")),
                 helper.make_node("DequantizeLinear", [q, s, z], [out], name=self.names.fresh(f"{value}_DequantizeLinear"))]
 
     def bias(self, n: _IntNode, input_scale: float) -> tuple[str, list[NodeProto]] | None:
@@ -405,7 +465,11 @@ def _build(reader: QpkReader, base: _Base, kept: set[int], acts: dict[str, Range
     by_key = base.by_key
     candidates, _ = _int_nodes(model, plans, consts)
     chosen = [n for i, n in enumerate(candidates) if i in kept]
-    widened = _rewrite(model, chosen, acts, _pairs_after(model, chosen))
+    def scalar(name: str) -> float | None:
+        v = _float_constant(name, plans, consts)
+        return float(v[0]) if v is not None and v.size == 1 else None
+
+    widened, absorbed = _rewrite(model, chosen, acts, _pairs_after(model, chosen), scalar)
     int_weights = {n.node.input[1]: n.weight for n in chosen}  # a folded Conv's weight carries the fold
     edits, names = Edits(), Names(model)
     for key, p in by_key.items():
@@ -425,6 +489,10 @@ def _build(reader: QpkReader, base: _Base, kept: set[int], acts: dict[str, Range
     edits.apply()
     if widened:
         notes.append(f"{widened} weight{'s' if widened > 1 else ''} of integer nodes stored as INT8 (narrower codes widened)")
+    if absorbed:
+        whole = sum(a.steps != 0 for a in absorbed)
+        notes.append(f"{len(absorbed)} scalar Mul/Add before integer nodes computed by their QuantizeLinear "
+                     f"({whole} whole, {len(absorbed) - whole} the Mul only)")
     notes.extend(onnx_qdq.notes_for(list(by_key.values())))
     return onnx_qdq.finish(model, {}, out)
 
@@ -469,11 +537,14 @@ def _grid(a: str, made_by: dict[str, NodeProto], paired: set[str]) -> str:
     return a
 
 
-def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], after: dict[int, str]) -> int:
+def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], after: dict[int, str],
+             scalar: Callable[[str], float | None] = lambda name: None) -> tuple[int, list[_Absorbed]]:
     """Put the activation pairs and int32 biases around the integer nodes of the main graph (and
-    pairs after the nodes of `after`); returns how many integer nodes' weights are stored narrower
-    than int8 (they widen)."""
+    pairs after the nodes of `after`), scalar affines in front of them absorbed into their quantization
+    (_Absorbed; `scalar`: a name's value where it is a scalar float constant); returns how many integer
+    nodes' weights are stored narrower than int8 (they widen), and the affines absorbed."""
     names = Names(model)
+    acts = dict(acts)  # an absorbed affine moves its range (this build only)
     rw = _Rewriter(names, acts)
     by_node = {id(n.node): n for n in chosen}
     paired = set(after.values())
@@ -483,6 +554,22 @@ def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], 
     int_outputs = {n.output for n in chosen}
     folded = {id(f) for n in chosen if n.fold is not None for f in n.fold.nodes}
     made_by = {o: node for node in model.graph.node for o in node.output}
+    read_by, outputs = readers(model), {o.name for o in model.graph.output}
+    affines: dict[str, _Absorbed] = {}
+    for a in dict.fromkeys(c.node.input[0] for c in chosen):
+        if a in paired or _grid(a, made_by, paired) != a or a not in acts:
+            continue
+        found = _affine_before(a, made_by, read_by, set(by_node), outputs, scalar)
+        if found is not None:
+            affines[a], acts[a] = _absorbed(found, acts[a])
+    for a, f in affines.items():  # the Mul goes; the Add too where the quantization takes t whole, else it adds t / s
+        folded.add(id(f.mul))
+        if f.steps:
+            folded.add(id(f.add))
+        else:
+            c = names.fresh(f"{a}_absorbed_offset")
+            rw.inits.append(_scalar(c, TensorProto.FLOAT, np.float32(f.t / f.s)))
+            f.add.input[0], f.add.input[1] = f.x, c
     for node in model.graph.node:
         n = by_node.get(id(node))
         if n is None:
@@ -494,7 +581,8 @@ def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], 
         if a not in paired:  # an input not already behind a pair: quantize it here
             if a not in dq_of:
                 dq_of[a] = names.fresh(f"{a}_dequantized_act")
-                nodes += rw.pair(grid, a, dq_of[a])
+                affine = affines.get(a)
+                nodes += rw.pair(grid, affine.x if affine is not None and affine.steps else a, dq_of[a], affine)
             node.input[0] = dq_of[a]
         if n.bias_values() is not None:
             got = rw.bias(n, acts[grid].scale)
@@ -515,7 +603,7 @@ def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], 
     del model.graph.node[:]
     model.graph.node.extend(head + nodes)
     model.graph.initializer.extend(rw.inits)
-    return sum(n.weight.qtype is not None and n.weight.qtype.name != "INT8" for n in chosen)
+    return sum(n.weight.qtype is not None and n.weight.qtype.name != "INT8" for n in chosen), list(affines.values())
 
 
 def _summary(chosen: list[_IntNode], skipped: Counter[str], method: str, count: int, back: int) -> str:
