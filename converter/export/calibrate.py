@@ -56,11 +56,27 @@ class Range:
         return int(np.clip(np.round(-self.low / self.scale), 0, LEVELS))
 
 
-def _minmax(hist: NDArray[np.int64], edges: NDArray[np.float64], levels: int) -> tuple[float, float]:
+@dataclass(frozen=True)
+class Grid:
+    """The integers an activation is quantized to: `levels` steps over [lo, hi] (uint8, int8), or symmetric
+    ones, zero at zero, over [-peak, peak] with peak = max(-lo, hi) (int16 in TFLite's 16x8)."""
+
+    levels: int
+    symmetric: bool = False
+
+    def step(self, lo: float, hi: float) -> float:
+        span = 2 * max(-lo, hi) if self.symmetric else hi - lo
+        return span / self.levels if span > 0 else 0.0
+
+
+UINT8 = Grid(LEVELS)
+
+
+def _minmax(hist: NDArray[np.int64], edges: NDArray[np.float64], grid: Grid) -> tuple[float, float]:
     return float(edges[0]), float(edges[-1])
 
 
-def _percentile(hist: NDArray[np.int64], edges: NDArray[np.float64], levels: int) -> tuple[float, float]:
+def _percentile(hist: NDArray[np.int64], edges: NDArray[np.float64], grid: Grid) -> tuple[float, float]:
     cdf = np.cumsum(hist) / max(int(hist.sum()), 1)
     cut = (100 - PERCENTILE) / 100 / 2
     lo = edges[int(np.searchsorted(cdf, cut, side="left"))]
@@ -68,25 +84,25 @@ def _percentile(hist: NDArray[np.int64], edges: NDArray[np.float64], levels: int
     return float(lo), float(hi)
 
 
-def _mse(hist: NDArray[np.int64], edges: NDArray[np.float64], levels: int) -> tuple[float, float]:
+def _mse(hist: NDArray[np.int64], edges: NDArray[np.float64], grid: Grid) -> tuple[float, float]:
     """The clip [lo, hi] (both ends shrunk together toward 0, 64 candidates) with the least expected
     squared error: rounding noise step^2 / 12 inside, the distance to the end outside."""
     lo0, hi0 = float(edges[0]), float(edges[-1])
     clips = [(min(lo0 * f, 0.0), max(hi0 * f, 0.0)) for f in np.linspace(1.0, 0.05, 64)]
-    return min(clips, key=lambda c: _error(hist, edges, c[0], c[1], levels))
+    return min(clips, key=lambda c: _error(hist, edges, c[0], c[1], grid))
 
 
-def _error(hist: NDArray[np.int64], edges: NDArray[np.float64], lo: float, hi: float, levels: int) -> float:
-    """The histogram's expected squared error quantized to `levels` steps on [lo, hi]: rounding noise
+def _error(hist: NDArray[np.int64], edges: NDArray[np.float64], lo: float, hi: float, grid: Grid) -> float:
+    """The histogram's expected squared error quantized on `grid` over [lo, hi]: rounding noise
     step^2 / 12 for the values inside, the distance to the nearer end for those outside."""
     centers = (edges[:-1] + edges[1:]) / 2
-    step = (hi - lo) / levels if hi > lo else 0.0
+    step = grid.step(lo, hi)
     outside = np.where(centers < lo, centers - lo, np.where(centers > hi, centers - hi, 0.0))
     inside = (centers >= lo) & (centers <= hi)
     return float((hist * outside**2).sum() + hist[inside].sum() * step**2 / 12)
 
 
-METHODS: dict[str, Callable[[NDArray[np.int64], NDArray[np.float64], int], tuple[float, float]]] = {
+METHODS: dict[str, Callable[[NDArray[np.int64], NDArray[np.float64], Grid], tuple[float, float]]] = {
     "minmax": _minmax, "percentile": _percentile, "mse": _mse}
 
 
@@ -132,9 +148,9 @@ def feeds(inputs: Inputs) -> Iterator[dict[str, NDArray]]:
 Batches = Callable[[], Iterator[list[NDArray]]]  # a fresh pass over the inputs: the named activations of each
 
 
-def measure(batches: Batches, names: list[K], method: str, levels: int = LEVELS) -> dict[K, Range]:
+def measure(batches: Batches, names: list[K], method: str, grid: Grid = UINT8) -> dict[K, Range]:
     """Each activation's range over two passes of `batches` (extremes, then histograms), as `method` chooses it
-    for `levels` steps (its SQNR at those too)."""
+    for `grid` (its SQNR on it too)."""
     check_method(method)
     lows = dict.fromkeys(names, np.inf)
     highs = dict.fromkeys(names, -np.inf)
@@ -154,9 +170,9 @@ def measure(batches: Batches, names: list[K], method: str, levels: int = LEVELS)
         if n not in edges or not np.isfinite(highs[n]):
             out[n] = Range(0.0, 0.0)
             continue
-        lo, hi = METHODS[method](hists[n], edges[n], levels)
+        lo, hi = METHODS[method](hists[n], edges[n], grid)
         lo, hi = min(lo, 0.0), max(hi, 0.0)
-        out[n] = Range(lo, hi, _sqnr_db(hists[n], edges[n], lo, hi, levels))
+        out[n] = Range(lo, hi, _sqnr_db(hists[n], edges[n], lo, hi, grid))
     return out
 
 
@@ -199,9 +215,9 @@ def ranges(model: Path, names: list[str], inputs: Inputs, method: str) -> dict[s
         raise QpackError(f"onnxruntime failed while calibrating: {str(e).splitlines()[0]}") from e
 
 
-def tflite_ranges(model: Path, tensors: list[int], inputs: Inputs, method: str, levels: int = LEVELS) -> dict[int, Range]:
+def tflite_ranges(model: Path, tensors: list[int], inputs: Inputs, method: str, grid: Grid = UINT8) -> dict[int, Range]:
     """Each numbered float tensor of a TFLite model's first subgraph, its range over the inputs as `method`
-    chooses it for `levels` steps (LiteRT's reference kernels keep every intermediate tensor readable).
+    chooses it for `grid` (LiteRT's reference kernels keep every intermediate tensor readable).
 
     Raises:
         QpackError: the inputs do not fit the model, or LiteRT cannot run it.
@@ -229,7 +245,7 @@ def tflite_ranges(model: Path, tensors: list[int], inputs: Inputs, method: str, 
             yield [interp.get_tensor(t) for t in tensors]
 
     try:
-        return measure(batches, tensors, method, levels)
+        return measure(batches, tensors, method, grid)
     except QpackError:
         raise
     except Exception as e:
@@ -290,8 +306,8 @@ def fewest_in_float(count: int, cosine: Callable[[int], float], calibration: Cal
     return high
 
 
-def _sqnr_db(hist: NDArray[np.int64], edges: NDArray[np.float64], lo: float, hi: float, levels: int) -> float:
-    """The histogram's energy over its expected error quantized to `levels` steps on [lo, hi]."""
-    err = _error(hist, edges, lo, hi, levels)
+def _sqnr_db(hist: NDArray[np.int64], edges: NDArray[np.float64], lo: float, hi: float, grid: Grid) -> float:
+    """The histogram's energy over its expected error quantized on `grid` over [lo, hi]."""
+    err = _error(hist, edges, lo, hi, grid)
     signal = float((hist * ((edges[:-1] + edges[1:]) / 2) ** 2).sum())
     return 10 * math.log10(signal / err) if err > 0 and signal > 0 else math.inf

@@ -45,7 +45,9 @@ from numpy.typing import NDArray
 from qpack.converter.datasets import Inputs
 from qpack.converter.export.calibrate import (
     CHECK_INPUTS,
+    UINT8,
     Calibration,
+    Grid,
     Range,
     by_harm,
     feeds,
@@ -63,11 +65,13 @@ from qpack.formats.tflite_model import Level, densify
 _INT32_MAX = (1 << 31) - 1
 _INT64_MAX = (1 << 63) - 1
 _WEIGHTED = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}  # op -> the filter's output-channel axis
-# ops whose integer kernels write at their input's parameters (they move, pick or interpolate values)
+# ops whose integer kernels write at their input's parameters (they move, pick, interpolate or clamp values:
+# TFLM's RELU kernels clamp the input's integers without requantizing, so a RELU writes at its input's too)
 _SAME = {"MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "PAD", "SQUEEZE", "EXPAND_DIMS", "STRIDED_SLICE", "SLICE",
-         "DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "TRANSPOSE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "GATHER"}
+         "DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "TRANSPOSE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "GATHER",
+         "RELU", "RELU6", "RELU_N1_TO_1"}
 # ops writing at their own calibrated range (they requantize); float constant inputs integer per tensor
-_OWN = {"ADD", "SUB", "MUL", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "PRELU", "HARD_SWISH", "MEAN", "CONCATENATION"}
+_OWN = {"ADD", "SUB", "MUL", "LEAKY_RELU", "PRELU", "HARD_SWISH", "MEAN", "CONCATENATION"}
 # activations an integer op applies itself (its fused_activation_function): XNNPACK has no int8 kernel of
 # them alone, so an op each between two delegated ones would split LiteRT's graph there
 _FUSED = {"RELU": "RELU", "RELU6": "RELU6", "RELU_N1_TO_1": "RELU_N1_TO_1"}
@@ -85,7 +89,7 @@ class Activations:
     dtype: str  # the activations' TensorType
     high: int  # the largest integer (int8 codes run -high-1..high)
     bias: str  # the weighted ops' bias TensorType
-    levels: int  # the steps a calibrated range is fitted to
+    grid: Grid  # the integers a calibrated range is fitted to
     same: frozenset[str]
     fixed: dict[str, tuple[float, int]]  # op -> the output scale and zero point its kernel writes at
     own: frozenset[str]
@@ -111,21 +115,23 @@ class Activations:
 
 
 INT8_ACTS = Activations(
-    "int8", "INT8", 127, "INT32", 255, frozenset(_SAME), {"LOGISTIC": (1 / 256, -128), "SOFTMAX": (1 / 256, -128), "TANH": (1 / 128, 0)},
+    "int8", "INT8", 127, "INT32", UINT8, frozenset(_SAME), {"LOGISTIC": (1 / 256, -128), "SOFTMAX": (1 / 256, -128), "TANH": (1 / 128, 0)},
     frozenset(_OWN),
     {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 4, "ADD": 2, "SUB": 2, "MUL": 2, "MAX_POOL_2D": 2,
      "AVERAGE_POOL_2D": 2, "PAD": 2, "CONCATENATION": 2, "LOGISTIC": 2, "SOFTMAX": 2, "TANH": 2, "RELU": 2,
      "RELU6": 2, "LEAKY_RELU": 2, "MEAN": 2, "STRIDED_SLICE": 2, "SLICE": 2, "DEPTH_TO_SPACE": 2, "SPACE_TO_DEPTH": 2,
      "TRANSPOSE": 2, "RESIZE_BILINEAR": 2, "RESIZE_NEAREST_NEIGHBOR": 2, "GATHER": 2, "QUANTIZE": 2, "DEQUANTIZE": 2})
-# TFLite's int16 kernels: no PRELU, HARD_SWISH, DEPTH_TO_SPACE or SPACE_TO_DEPTH; the fixed-range ones write at 1/32768
+# int16 kernels both LiteRT and TFLM run: no PRELU (TFLM takes an int8 alpha only), HARD_SWISH, RELU_N1_TO_1,
+# DEPTH_TO_SPACE or SPACE_TO_DEPTH, nor GATHER and RESIZE_BILINEAR (TFLM); the fixed-range ones write at 1/32768
 INT16_ACTS = Activations(
-    "int16", "INT16", 32767, "INT64", 65535, frozenset(_SAME - {"DEPTH_TO_SPACE", "SPACE_TO_DEPTH"}),
+    "int16", "INT16", 32767, "INT64", Grid(2 * 32767, symmetric=True),
+    frozenset(_SAME - {"DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "RELU_N1_TO_1", "GATHER", "RESIZE_BILINEAR"}),
     {"LOGISTIC": (1 / 32768, 0), "SOFTMAX": (1 / 32768, 0), "TANH": (1 / 32768, 0)},
     frozenset(_OWN - {"PRELU", "HARD_SWISH"}),
-    {"CONV_2D": 4, "DEPTHWISE_CONV_2D": 5, "FULLY_CONNECTED": 7, "ADD": 3, "SUB": 3, "MUL": 4, "MAX_POOL_2D": 3,
-     "AVERAGE_POOL_2D": 3, "PAD": 4, "CONCATENATION": 3, "LOGISTIC": 3, "SOFTMAX": 3, "TANH": 3, "RELU": 3, "RELU6": 3,
-     "LEAKY_RELU": 2, "MEAN": 3, "STRIDED_SLICE": 4, "SLICE": 4, "TRANSPOSE": 5, "RESIZE_BILINEAR": 4,
-     "RESIZE_NEAREST_NEIGHBOR": 4, "GATHER": 4, "QUANTIZE": 3, "DEQUANTIZE": 4}, micro=True)
+    {"CONV_2D": 4, "DEPTHWISE_CONV_2D": 5, "FULLY_CONNECTED": 7, "ADD": 3, "SUB": 5, "MUL": 4, "MAX_POOL_2D": 3,
+     "AVERAGE_POOL_2D": 3, "PAD": 3, "CONCATENATION": 3, "LOGISTIC": 3, "SOFTMAX": 3, "TANH": 3, "RELU": 3, "RELU6": 3,
+     "LEAKY_RELU": 2, "MEAN": 3, "STRIDED_SLICE": 2, "SLICE": 4, "TRANSPOSE": 5, "RESIZE_NEAREST_NEIGHBOR": 4,
+     "QUANTIZE": 2, "DEQUANTIZE": 3}, micro=True)
 _CONVERSIONS = ("QUANTIZE", "DEQUANTIZE", "DENSIFY")  # ops with no effect but their output: dropped when nothing reads it
 _NUMPY = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "INT64": np.int64, "INT8": np.int8, "UINT8": np.uint8,
           "INT16": np.int16, "BOOL": np.bool_}
@@ -330,7 +336,7 @@ class _Builder:
         """The integer tensor of activation t: made by a QUANTIZE at its calibrated range where only the float one exists."""
         if t not in self.int_of:
             q = self._tensor(self.graph.g.tensors[t], self.itype, self.kind.params(self.acts[t]), suffix=self._suffix)
-            self._emit("QUANTIZE", [t], [q])
+            self._emit("QUANTIZE", [t], [q], 1 if self.kind.dtype == "INT8" else self.kind.versions["QUANTIZE"])
             self.int_of[t] = q
         return self.int_of[t]
 
@@ -612,7 +618,7 @@ def export_integer(reader: QpkReader, out: Path, notes: list[str], calibration: 
         data = float_model.read_bytes()
         graph = _Graph(schema, load(schema, data, str(reader.path)))
         inputs = calibration.load(float_model)
-        acts = tflite_ranges(float_model, graph.activations(), inputs, calibration.method, kind.levels)
+        acts = tflite_ranges(float_model, graph.activations(), inputs, calibration.method, kind.grid)
         trial = Path(tmp) / "trial.tflite"
         refused = _refused(reader, data, acts, graph, kind, trial, inputs)
         chosen, floats = candidates(graph, acts, kind, refused)
@@ -654,14 +660,14 @@ def export_integer(reader: QpkReader, out: Path, notes: list[str], calibration: 
                          "to int8 symmetric per channel (the container holds no such form of them)")
         if built.half:  # TFLM's DEQUANTIZE reads integers only
             notes.append(f"TFLM cannot run it: {built.half} float16 weight{'s' if built.half > 1 else ''} of float ops go through "
-                         f"DEQUANTIZE, which TFLM takes from integers only (--min-cosine -1 keeps every op {kind.name}; "
+                         "DEQUANTIZE, which TFLM takes from integers only (--min-cosine -1 keeps every op it can integer; "
                          "a container with one scale per tensor gives them as int8)")
         else:
             notes.append(micro_note(out, inputs))
     return [out]
 
 
-_FAILED = (re.compile(r"\((\w+)\) failed to prepare"),  # LiteRT: "Node number 5 (CONV_2D) failed to prepare."
+_FAILED = (re.compile(r"\((\w+)\) failed to (?:prepare|invoke)"),  # LiteRT: "Node number 5 (CONV_2D) failed to prepare."
            re.compile(r"Node (\w+) \(number \d+\) failed to"))  # TFLM: "Node RESIZE_BILINEAR (number 91) failed to invoke"
 
 
@@ -677,8 +683,13 @@ def _refused(reader: QpkReader, data: bytes, acts: dict[int, Range], graph: _Gra
         chosen, _ = candidates(graph, acts, kind, frozenset(refused))
         trial.write_bytes(_Builder(reader, data, acts, set(chosen), kind).run())
         with _captured() as said:
-            try:
-                Interpreter(model_path=str(trial), num_threads=1).allocate_tensors()
+            try:  # loaded and run once: some kernels refuse a type only when they run
+                interp = Interpreter(model_path=str(trial), num_threads=1)
+                interp.allocate_tensors()
+                feed = next(feeds(inputs))
+                for d in interp.get_input_details():
+                    interp.set_tensor(d["index"], np.asarray(feed[d["name"]], d["dtype"]))
+                interp.invoke()
                 error = ""
             except Exception as e:
                 error = str(e) or type(e).__name__
@@ -696,7 +707,8 @@ def _refused(reader: QpkReader, data: bytes, acts: dict[int, Range], graph: _Gra
         except ImportError:
             break
         except QpackError as e:  # TFLM should: an integer op it names goes float; anything else the note says
-            found = [m for f in _FAILED for m in f.findall(str(e)) if m not in refused]
+            text = e.said if isinstance(e, MicroFailure) else str(e)
+            found = [m for f in _FAILED for m in f.findall(text) if m not in refused]
             if not found or not any(graph.op(k) == found[0] for k in chosen):
                 break
             refused.add(found[0])
@@ -705,7 +717,7 @@ def _refused(reader: QpkReader, data: bytes, acts: dict[int, Range], graph: _Gra
 
 def _integer_io(schema: ModuleType, data: bytes, where: str, notes: list[str]) -> bytes:
     """The model with its QUANTIZE after each float input and its DEQUANTIZE before each float output
-    removed, so callers feed and read int8 (microcontroller code, which has no float to spare). An input a
+    removed, so callers feed and read integers (microcontroller code, which has no float to spare). An input a
     float op also reads, or an output a float op writes, stays float; the notes say which, and give each
     integer one's scale and zero point."""
     model = load(schema, data, where)
@@ -713,12 +725,12 @@ def _integer_io(schema: ModuleType, data: bytes, where: str, notes: list[str]) -
     ops = op_names(schema, model)
     readers, producer = _links(g)
     drop: set[int] = set()
-    moved: dict[int, int] = {}  # float input or output -> the int8 tensor that takes its place
+    moved: dict[int, int] = {}  # float input or output -> the integer tensor that takes its place
     ends = set(_ints(g.inputs)) | set(_ints(g.outputs))
     integer = {schema.TensorType.INT8, schema.TensorType.INT16}
 
     def move(t: int, k: int, q: int) -> None:
-        """t's place to int8 tensor q, dropping op k, unless q already is an input or output, or takes one's place."""
+        """t's place to integer tensor q, dropping op k, unless q already is an input or output, or takes one's place."""
         if g.tensors[q].type in integer and q not in ends and q not in moved.values():
             drop.add(k)
             moved[t] = q
@@ -732,7 +744,7 @@ def _integer_io(schema: ModuleType, data: bytes, where: str, notes: list[str]) -
         if made is not None and ops[g.operators[made].opcodeIndex] == "DEQUANTIZE" and not readers.get(t):
             move(t, made, _ints(g.operators[made].inputs)[0])
     g.operators = [op for k, op in enumerate(g.operators) if k not in drop]
-    for t, q in moved.items():  # the int8 tensor takes the name callers know (the float one goes)
+    for t, q in moved.items():  # the integer tensor takes the name callers know (the float one goes)
         g.tensors[q].name = g.tensors[t].name
     g.inputs = [moved.get(t, t) for t in _ints(g.inputs)]
     g.outputs = [moved.get(t, t) for t in _ints(g.outputs)]
@@ -813,11 +825,19 @@ def as_input(x: NDArray, detail: dict[str, Any]) -> NDArray:
     return np.asarray(x)
 
 
+class MicroFailure(QpackError):
+    """TFLM could not run a model: the line that says why, and all it printed (`said`: which op failed)."""
+
+    def __init__(self, why: str, said: str) -> None:
+        super().__init__(why)
+        self.said = said
+
+
 def micro_arena(model: Path, inputs: Inputs) -> int:
     """The arena bytes TensorFlow Lite Micro uses to run `model` once on the first input.
 
     Raises:
-        ImportError: tflite-micro is not installed; QpackError: TFLM cannot run the model (its message).
+        ImportError: tflite-micro is not installed; QpackError (MicroFailure where TFLM said why): TFLM cannot run the model.
     """
     from tflite_micro.python.tflite_micro import runtime
 
@@ -846,7 +866,7 @@ def micro_arena(model: Path, inputs: Inputs) -> int:
             return int(m.group(1))
         if "arena" not in (last + text).lower() or "size" not in (last + text).lower():
             why = next((ln for ln in text.splitlines() if "not" in ln.lower() or "fail" in ln.lower()), last)
-            raise QpackError(why.strip() or last)
+            raise MicroFailure(why.strip() or last, text + "\n" + last)
         size *= 2
     raise QpackError(f"more than {TFLM_ARENA_MAX} bytes of arena ({last})")
 
