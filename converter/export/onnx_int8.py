@@ -17,7 +17,8 @@ constants) is folded into it: s = scale / sqrt(var + epsilon) per output channel
 per-channel scales (the codes stay, negated where s < 0), the bias becomes (b - mean) * s + B, and the
 Conv writes the BatchNormalization's output, so no float op sits between integer ones. A Mul by one
 constant after a Conv (and the Add of one constant after it), PaddlePaddle's learnable affine blocks,
-folds the same way, as s * x + t.
+folds the same way, as s * x + t. The same affine after a float op, read only by integer nodes, goes
+into their QuantizeLinear instead (_Absorbed).
 
 Only the main graph's nodes qualify; a node's float output stays float where it is a graph output
 (an 8-bit model output would cost fidelity for no speed). Every other stored tensor is exported as
