@@ -406,6 +406,23 @@ def test_hard_swish_is_fused(tmp_path: Path, expose: bool):
     assert _fused_ops(out, tmp_path)["QLinearConv"] == 1  # the first; the second writes the float graph output
 
 
+def _exported_affine(tmp_path: Path, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto],
+                     rng: np.random.Generator) -> tuple[Path, Path, qpack.api.Exported, np.ndarray]:
+    """A model x[1, 3, 8, 8] -> y[1, 4, 8, 8] of `nodes`, converted --for onnx-int8 and exported with every
+    node integer, calibrated on 16 normal inputs: (the container, the export, its result, the inputs)."""
+    graph = helper.make_graph(nodes, "affine", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.save(model, tmp_path / "affine.onnx")
+    x = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=x)
+    qpk = tmp_path / "affine.qpk"
+    qpack.convert(tmp_path / "affine.onnx", qpk, target="onnx-int8", compress="none")
+    out = tmp_path / "affine_int8.onnx"
+    return qpk, out, qpack.export(qpk, "onnx-int8", out, inputs=tmp_path / "cal.npz", min_cosine=-1), x
+
+
 @pytest.mark.parametrize("factor", [0.7, -0.7])
 def test_a_scalar_mul_add_after_a_conv_is_folded_into_it(tmp_path: Path, factor: float):
     """PaddlePaddle's learnable affine blocks, a Mul by one constant and an Add of one after a Conv, fold into it
@@ -421,17 +438,7 @@ def test_a_scalar_mul_add_after_a_conv_is_folded_into_it(tmp_path: Path, factor:
              helper.make_node("Add", ["m", "c"], ["t"]),
              helper.make_node("Relu", ["t"], ["r"]),
              helper.make_node("Conv", ["r", "w2"], ["y"])]
-    graph = helper.make_graph(nodes, "affine", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w1, b1, w2, *consts])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 7
-    onnx.save(model, tmp_path / "affine.onnx")
-    x = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
-    np.savez(tmp_path / "cal.npz", x=x)
-    qpk = tmp_path / "affine.qpk"
-    qpack.convert(tmp_path / "affine.onnx", qpk, target="onnx-int8", compress="none")
-    out = tmp_path / "affine_int8.onnx"
-    done = qpack.export(qpk, "onnx-int8", out, inputs=tmp_path / "cal.npz", min_cosine=-1)
+    qpk, out, done, x = _exported_affine(tmp_path, nodes, [w1, b1, w2, *consts], rng)
     assert "Conv 2; 1 Mul/Add folded into their Conv" in done.notes[0], done.notes
     ops = collections.Counter(n.op_type for n in onnx.load(str(out)).graph.node)
     assert not ops["Mul"] and not ops["Add"] and not ops["Relu"]
@@ -458,17 +465,7 @@ def test_a_scalar_affine_before_an_integer_node_is_computed_by_its_quantization(
              helper.make_node("Mul", ["h", "s"], ["m"]),
              helper.make_node("Add", ["t", "m"], ["a"]),
              helper.make_node("Conv", ["a", "w2"], ["y"], pads=[0, 0, 0, 0])]
-    graph = helper.make_graph(nodes, "affine", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w1, w2, *consts])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 7
-    onnx.save(model, tmp_path / "affine.onnx")
-    x = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
-    np.savez(tmp_path / "cal.npz", x=x)
-    qpk = tmp_path / "affine.qpk"
-    qpack.convert(tmp_path / "affine.onnx", qpk, target="onnx-int8", compress="none")
-    out = tmp_path / "affine_int8.onnx"
-    done = qpack.export(qpk, "onnx-int8", out, inputs=tmp_path / "cal.npz", min_cosine=-1)
+    qpk, out, done, x = _exported_affine(tmp_path, nodes, [w1, w2, *consts], rng)
     assert f"1 scalar Mul/Add before integer nodes computed by their QuantizeLinear ({int(whole)} whole, {int(not whole)} the Mul only)" \
         in done.notes, done.notes
     m = onnx.load(str(out))
