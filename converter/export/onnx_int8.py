@@ -264,7 +264,7 @@ def _fold(n: _IntNode, affine: Affine, readers: dict[str, list[NodeProto]], outp
     return replace(plan, entry=entry, form=IntForm(entry, q, scale, None)), _Fold(nodes, np.asarray(bias, np.float64), kind)
 
 
-_ABSORB_STEPS = 8  # |t| in activation steps from which t is made a whole number of them (the step moves <= 1/16)
+_ABSORB_STEPS = 8  # |t| in activation steps from which t is made a whole number of them (the step grows <= 1/8)
 
 
 @dataclass(frozen=True)
@@ -272,7 +272,8 @@ class _Absorbed:
     """A scalar affine value = s * x + t (a Mul by s > 0, the Add of t that alone reads it: PaddlePaddle's
     learnable affine blocks after an activation) whose only readers are integer nodes, computed by the
     QuantizeLinear in front of them: round(value / step) + z = round(x / (step / s)) + (z + t / step) when
-    t / step is a whole number `steps` (the step is moved to make it one, where |t / step| >= _ABSORB_STEPS),
+    t / step is a whole number `steps` (the step grows to make it one, where |t / step| >= _ABSORB_STEPS: the
+    range covers what it did, nothing more is clipped),
     so both nodes go. Otherwise (steps 0) only the Mul goes: the Add adds t / s to x, and the step is divided by s."""
 
     x: str
@@ -303,11 +304,11 @@ def _affine_before(a: str, made_by: dict[str, NodeProto], read_by: dict[str, lis
 
 
 def _absorbed(affine: _Absorbed, r: Range) -> tuple[_Absorbed, Range]:
-    """The affine with its whole number of steps, and the range moved to make t one (unmoved: steps 0)."""
+    """The affine with its whole number of steps, and the range widened to make t one (unmoved: steps 0)."""
     n = affine.t / r.scale
     if abs(n) < _ABSORB_STEPS:
         return affine, r
-    steps = round(n)
+    steps = math.trunc(n)  # toward zero: the step grows
     step = affine.t / steps
     zero = int(np.clip(np.round(-r.low / step), 0, LEVELS))
     if not 0 <= zero + steps <= LEVELS:
