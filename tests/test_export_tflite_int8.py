@@ -87,32 +87,35 @@ def _conv_reference(x: np.ndarray, xq: dict, w: np.ndarray, wq: dict, bias: np.n
     return np.clip(y, -128, 127).reshape(*x.shape[:-1], w.shape[0])
 
 
+def _pointwise_convs(path: Path, count: int = 3) -> list[tuple[np.ndarray, ...]]:
+    """The first `count` 1x1 stride-1 CONV_2D of the model run on one image, each (x, w, bias, y) as LiteRT
+    left them and their quantization parameters (qx, qw, qy)."""
+    it = _interpreter(path, every=True)
+    _run(it, _images(1, 3))
+    tensors = {d["index"]: d for d in it.get_tensor_details()}
+    found = []
+    for op in it._get_ops_details():
+        if op["op_name"] != "CONV_2D" or len(found) == count:
+            continue
+        x_i, w_i, b_i = op["inputs"]
+        y_i = op["outputs"][0]
+        w = it.get_tensor(w_i)
+        if w.shape[1:3] == (1, 1) and tensors[x_i]["shape"][1] == tensors[y_i]["shape"][1]:
+            found.append((it.get_tensor(x_i), w, it.get_tensor(b_i), it.get_tensor(y_i),
+                          *(tensors[i]["quantization_parameters"] for i in (x_i, w_i, y_i))))
+    assert len(found) == count
+    return found
+
+
 def test_conv_matches_tflite_integer_arithmetic(exported):
     """One pointwise CONV_2D of the export, on the int8 input LiteRT fed it: LiteRT's int8 output is the
     NumPy integer arithmetic's within one step."""
-    _, out, _ = exported
-    it = _interpreter(out, every=True)
-    _run(it, _images(1, 3))
-    tensors = {d["index"]: d for d in it.get_tensor_details()}
-    checked = 0
-    for op in it._get_ops_details():
-        if op["op_name"] != "CONV_2D":
-            continue
-        x_i, w_i, b_i = op["inputs"]
-        w = it.get_tensor(w_i)
-        if w.shape[1:3] != (1, 1) or tensors[x_i]["shape"][1] != tensors[op["outputs"][0]]["shape"][1]:
-            continue
-        x, y = it.get_tensor(x_i), it.get_tensor(op["outputs"][0])
-        assert x.dtype == w.dtype == y.dtype == np.int8 and it.get_tensor(b_i).dtype == np.int32
-        q = {i: tensors[i]["quantization_parameters"] for i in (x_i, w_i, op["outputs"][0])}
-        assert len(q[w_i]["scales"]) == w.shape[0] and not q[w_i]["zero_points"].any()
-        ref = _conv_reference(x, q[x_i], w, q[w_i], it.get_tensor(b_i), q[op["outputs"][0]])
+    for x, w, b, y, qx, qw, qy in _pointwise_convs(exported[1]):
+        assert x.dtype == w.dtype == y.dtype == np.int8 and b.dtype == np.int32
+        assert len(qw["scales"]) == w.shape[0] and not qw["zero_points"].any()
+        ref = _conv_reference(x, qx, w, qw, b, qy)
         assert np.abs(ref - y.astype(np.int64)).max() <= 1
         assert np.mean(ref == y) > 0.95
-        checked += 1
-        if checked == 3:
-            break
-    assert checked == 3
 
 
 def _prefix(src: Path, ops: int, out: Path) -> None:
@@ -332,30 +335,13 @@ def test_16x8_keeps_the_outputs_closer_than_int8(iris: Path, exported, exported1
 def test_16x8_conv_matches_tflite_integer_arithmetic(exported16):
     """A 16x8 pointwise CONV_2D on the int16 input LiteRT fed it: int64 sums of x * w plus the int64 bias,
     requantized per channel and clamped to int16, within one step of LiteRT's."""
-    _, out, _ = exported16
-    it = _interpreter(out, every=True)
-    _run(it, _images(1, 3))
-    tensors = {d["index"]: d for d in it.get_tensor_details()}
-    checked = 0
-    for op in it._get_ops_details():
-        x_i, *rest = op["inputs"]
-        if op["op_name"] != "CONV_2D" or it.get_tensor(rest[0]).shape[1:3] != (1, 1):
-            continue
-        w_i, b_i = rest
-        x, w, b, y = it.get_tensor(x_i), it.get_tensor(w_i), it.get_tensor(b_i), it.get_tensor(op["outputs"][0])
-        if tensors[x_i]["shape"][1] != y.shape[1]:
-            continue
+    for x, w, b, y, qx, qw, qy in _pointwise_convs(exported16[1]):
         assert x.dtype == y.dtype == np.int16 and w.dtype == np.int8 and b.dtype == np.int64
-        qx, qw, qy = (tensors[i]["quantization_parameters"] for i in (x_i, w_i, op["outputs"][0]))
         assert not qx["zero_points"].any() and not qy["zero_points"].any() and not qw["zero_points"].any()
         acc = x.astype(np.int64).reshape(-1, x.shape[-1]) @ w.reshape(w.shape[0], -1).T.astype(np.int64) + b
         ref = np.clip(np.round(acc * (float(qx["scales"][0]) * qw["scales"].astype(np.float64) / float(qy["scales"][0]))),
                       -32768, 32767).reshape(y.shape)
         assert np.abs(ref - y.astype(np.int64)).max() <= 1
-        checked += 1
-        if checked == 3:
-            break
-    assert checked == 3
 
 
 def test_16x8_runs_in_tflm_and_is_deterministic(exported16, tmp_path: Path):

@@ -273,8 +273,8 @@ class _Absorbed:
     learnable affine blocks after an activation) whose only readers are integer nodes, computed by the
     QuantizeLinear in front of them: round(value / step) + z = round(x / (step / s)) + (z + t / step) when
     t / step is a whole number `steps` (the step grows to make it one, where |t / step| >= _ABSORB_STEPS: the
-    range covers what it did, nothing more is clipped),
-    so both nodes go. Otherwise (steps 0) only the Mul goes: the Add adds t / s to x, and the step is divided by s."""
+    range covers what it did, nothing more is clipped), so both nodes go. Otherwise (steps 0) only the Mul
+    goes: the Add adds t / s to x, and the step is divided by s."""
 
     x: str
     s: float
@@ -285,21 +285,19 @@ class _Absorbed:
 
 
 def _affine_before(a: str, made_by: dict[str, NodeProto], read_by: dict[str, list[NodeProto]], integer: set[int],
-                   outputs: set[str], scalar: Callable[[str], float | None]) -> _Absorbed | None:
-    """The scalar affine making `a`, where only integer nodes read `a` and nothing else the Mul's output."""
+                   outputs: set[str], plans: dict[str, onnx_qdq.QdqPlan], consts: dict[str, Site]) -> _Absorbed | None:
+    """The scalar affine making `a` (as _scalar_mul_add finds one after a Conv), where only integer nodes read `a`."""
     add = made_by.get(a)
-    if (add is None or add.op_type != "Add" or add.domain not in DEFAULT_DOMAINS or len(add.input) != 2 or a in outputs
+    if (add is None or add.op_type != "Add" or a in outputs
             or any(id(r) not in integer or r.input[0] != a for r in read_by.get(a, []))):
         return None
-    for y, c in ((add.input[0], add.input[1]), (add.input[1], add.input[0])):
-        t, mul = scalar(c), made_by.get(y)
-        if (t is None or mul is None or mul.op_type != "Mul" or mul.domain not in DEFAULT_DOMAINS or len(mul.input) != 2
-                or y in outputs or len(read_by.get(y, [])) != 1 or mul.input[0] == mul.input[1]):
-            continue
-        for x, k in ((mul.input[0], mul.input[1]), (mul.input[1], mul.input[0])):
-            s = scalar(k)
-            if s is not None and math.isfinite(s) and s > 0 and math.isfinite(t):
-                return _Absorbed(x, s, t, mul, add)
+    for mul in (made_by[i] for i in add.input if i in made_by and made_by[i].op_type == "Mul"):
+        for x in mul.input if mul.domain in DEFAULT_DOMAINS else ():
+            found = _scalar_mul_add(mul, x, plans, consts, read_by, outputs, 1)
+            if found is not None and len(found[2]) == 2 and found[2][1] is add:
+                s, t = float(found[0][0]), float(found[1][0])
+                if math.isfinite(s) and s > 0 and math.isfinite(t):
+                    return _Absorbed(x, s, t, mul, add)
     return None
 
 
@@ -467,11 +465,7 @@ def _build(reader: QpkReader, base: _Base, kept: set[int], acts: dict[str, Range
     by_key = base.by_key
     candidates, _ = _int_nodes(model, plans, consts)
     chosen = [n for i, n in enumerate(candidates) if i in kept]
-    def scalar(name: str) -> float | None:
-        v = _float_constant(name, plans, consts)
-        return float(v[0]) if v is not None and v.size == 1 else None
-
-    widened, absorbed = _rewrite(model, chosen, acts, _pairs_after(model, chosen), scalar)
+    widened, absorbed = _rewrite(model, chosen, acts, _pairs_after(model, chosen), plans, consts)
     int_weights = {n.node.input[1]: n.weight for n in chosen}  # a folded Conv's weight carries the fold
     edits, names = Edits(), Names(model)
     for key, p in by_key.items():
@@ -540,11 +534,11 @@ def _grid(a: str, made_by: dict[str, NodeProto], paired: set[str]) -> str:
 
 
 def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], after: dict[int, str],
-             scalar: Callable[[str], float | None] = lambda name: None) -> tuple[int, list[_Absorbed]]:
+             plans: dict[str, onnx_qdq.QdqPlan], consts: dict[str, Site]) -> tuple[int, list[_Absorbed]]:
     """Put the activation pairs and int32 biases around the integer nodes of the main graph (and
     pairs after the nodes of `after`), scalar affines in front of them absorbed into their quantization
-    (_Absorbed; `scalar`: a name's value where it is a scalar float constant); returns how many integer
-    nodes' weights are stored narrower than int8 (they widen), and the affines absorbed."""
+    (_Absorbed; `plans` and `consts` give the constants); returns how many integer nodes' weights are
+    stored narrower than int8 (they widen), and the affines absorbed."""
     names = Names(model)
     acts = dict(acts)  # an absorbed affine moves its range (this build only)
     rw = _Rewriter(names, acts)
@@ -561,7 +555,7 @@ def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], 
     for a in dict.fromkeys(c.node.input[0] for c in chosen):
         if a in paired or _grid(a, made_by, paired) != a or a not in acts:
             continue
-        found = _affine_before(a, made_by, read_by, set(by_node), outputs, scalar)
+        found = _affine_before(a, made_by, read_by, set(by_node), outputs, plans, consts)
         if found is not None:
             affines[a], acts[a] = _absorbed(found, acts[a])
     for a, f in affines.items():  # the Mul goes; the Add too where the quantization takes t whole, else it adds t / s

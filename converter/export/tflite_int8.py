@@ -62,8 +62,6 @@ from qpack.formats.errors import QpackError, UnsupportedError
 from qpack.formats.qpk import QpkReader, TensorEntry
 from qpack.formats.tflite_model import Level, densify
 
-_INT32_MAX = (1 << 31) - 1
-_INT64_MAX = (1 << 63) - 1
 _WEIGHTED = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}  # op -> the filter's output-channel axis
 # ops whose integer kernels write at their input's parameters (they move, pick, interpolate or clamp values:
 # TFLM's RELU kernels clamp the input's integers without requantizing, so a RELU writes at its input's too)
@@ -85,27 +83,28 @@ class Activations:
     16x8 mode, int8 weights and int64 biases, for models whose outputs int8 moves too far; LiteRT runs it on
     its reference kernels, TFLM on its own)."""
 
+    target: str  # the `--to` name
     name: str
     dtype: str  # the activations' TensorType
-    high: int  # the largest integer (int8 codes run -high-1..high)
     bias: str  # the weighted ops' bias TensorType
-    grid: Grid  # the integers a calibrated range is fitted to
+    grid: Grid  # the integers a calibrated range is fitted to (symmetric: zero points 0)
     same: frozenset[str]
     fixed: dict[str, tuple[float, int]]  # op -> the output scale and zero point its kernel writes at
     own: frozenset[str]
     versions: dict[str, int]  # the op version announcing the type (TFLite's op_version rules); others 1
+    from_float: int  # the version of a QUANTIZE from float into the type (`versions` has the requantizing one)
     micro: bool = False  # a TFLite Micro format: an op type TFLM (where installed) will not run in it stays float
 
     @property
     def low(self) -> int:
-        return -self.high - 1
+        return int(np.iinfo(_NUMPY[self.dtype]).min)
 
     @property
-    def bias_max(self) -> int:
-        return _INT32_MAX if self.bias == "INT32" else _INT64_MAX
+    def high(self) -> int:
+        return int(np.iinfo(_NUMPY[self.dtype]).max)
 
     def params(self, r: Range) -> Params:
-        if self.dtype == "INT8":  # calibrate's uint8 range, moved to int8
+        if not self.grid.symmetric:  # calibrate's uint8 range, moved to int8
             return Params((float(np.float32(r.scale)),), (r.zero_point - 128,))
         peak = max(-r.low, r.high)
         return Params((float(np.float32(peak / self.high)) if peak > 0 else 1.0,), (0,))
@@ -115,23 +114,24 @@ class Activations:
 
 
 INT8_ACTS = Activations(
-    "int8", "INT8", 127, "INT32", UINT8, frozenset(_SAME), {"LOGISTIC": (1 / 256, -128), "SOFTMAX": (1 / 256, -128), "TANH": (1 / 128, 0)},
+    "tflite-int8", "int8", "INT8", "INT32", UINT8, frozenset(_SAME),
+    {"LOGISTIC": (1 / 256, -128), "SOFTMAX": (1 / 256, -128), "TANH": (1 / 128, 0)},
     frozenset(_OWN),
     {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 4, "ADD": 2, "SUB": 2, "MUL": 2, "MAX_POOL_2D": 2,
      "AVERAGE_POOL_2D": 2, "PAD": 2, "CONCATENATION": 2, "LOGISTIC": 2, "SOFTMAX": 2, "TANH": 2, "RELU": 2,
      "RELU6": 2, "LEAKY_RELU": 2, "MEAN": 2, "STRIDED_SLICE": 2, "SLICE": 2, "DEPTH_TO_SPACE": 2, "SPACE_TO_DEPTH": 2,
-     "TRANSPOSE": 2, "RESIZE_BILINEAR": 2, "RESIZE_NEAREST_NEIGHBOR": 2, "GATHER": 2, "QUANTIZE": 2, "DEQUANTIZE": 2})
+     "TRANSPOSE": 2, "RESIZE_BILINEAR": 2, "RESIZE_NEAREST_NEIGHBOR": 2, "GATHER": 2, "QUANTIZE": 2, "DEQUANTIZE": 2}, 1)
 # int16 kernels both LiteRT and TFLM run: no PRELU (TFLM takes an int8 alpha only), HARD_SWISH, RELU_N1_TO_1,
 # DEPTH_TO_SPACE or SPACE_TO_DEPTH, nor GATHER and RESIZE_BILINEAR (TFLM); the fixed-range ones write at 1/32768
 INT16_ACTS = Activations(
-    "int16", "INT16", 32767, "INT64", Grid(2 * 32767, symmetric=True),
+    "tflite-16x8", "int16", "INT16", "INT64", Grid(2 * 32767, symmetric=True),
     frozenset(_SAME - {"DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "RELU_N1_TO_1", "GATHER", "RESIZE_BILINEAR"}),
     {"LOGISTIC": (1 / 32768, 0), "SOFTMAX": (1 / 32768, 0), "TANH": (1 / 32768, 0)},
     frozenset(_OWN - {"PRELU", "HARD_SWISH"}),
     {"CONV_2D": 4, "DEPTHWISE_CONV_2D": 5, "FULLY_CONNECTED": 7, "ADD": 3, "SUB": 5, "MUL": 4, "MAX_POOL_2D": 3,
      "AVERAGE_POOL_2D": 3, "PAD": 3, "CONCATENATION": 3, "LOGISTIC": 3, "SOFTMAX": 3, "TANH": 3, "RELU": 3, "RELU6": 3,
      "LEAKY_RELU": 2, "MEAN": 3, "STRIDED_SLICE": 2, "SLICE": 4, "TRANSPOSE": 5, "RESIZE_NEAREST_NEIGHBOR": 4,
-     "QUANTIZE": 2, "DEQUANTIZE": 3}, micro=True)
+     "QUANTIZE": 2, "DEQUANTIZE": 3}, 2, micro=True)
 _CONVERSIONS = ("QUANTIZE", "DEQUANTIZE", "DENSIFY")  # ops with no effect but their output: dropped when nothing reads it
 _NUMPY = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "INT64": np.int64, "INT8": np.int8, "UINT8": np.uint8,
           "INT16": np.int16, "BOOL": np.bool_}
@@ -336,7 +336,7 @@ class _Builder:
         """The integer tensor of activation t: made by a QUANTIZE at its calibrated range where only the float one exists."""
         if t not in self.int_of:
             q = self._tensor(self.graph.g.tensors[t], self.itype, self.kind.params(self.acts[t]), suffix=self._suffix)
-            self._emit("QUANTIZE", [t], [q], 1 if self.kind.dtype == "INT8" else self.kind.versions["QUANTIZE"])
+            self._emit("QUANTIZE", [t], [q], self.kind.from_float)
             self.int_of[t] = q
         return self.int_of[t]
 
@@ -455,12 +455,10 @@ class _Builder:
             self.fused.add(j)
             outs = _ints(self.graph.g.operators[j].outputs)
         if name in ("ADD", "SUB") and self.kind.dtype == "INT16":  # any scales, not powers of two only
-            options = self.schema.AddOptionsT() if name == "ADD" else self.schema.SubOptionsT()
-            if op.builtinOptions is not None:
-                options.fusedActivationFunction = op.builtinOptions.fusedActivationFunction
-            options.potScaleInt16 = False
-            op.builtinOptionsType = getattr(self.schema.BuiltinOptions, "AddOptions" if name == "ADD" else "SubOptions")
-            op.builtinOptions = options
+            if op.builtinOptions is None:
+                kind = "AddOptions" if name == "ADD" else "SubOptions"
+                op.builtinOptionsType, op.builtinOptions = getattr(self.schema.BuiltinOptions, kind), getattr(self.schema, kind + "T")()
+            op.builtinOptions.potScaleInt16 = False
         out_p = self._out_params(name, op.inputs[0], outs[0])
         op.outputs = [self._tensor(self.graph.g.tensors[outs[0]], self.itype, out_p, suffix=self._suffix)]
         self.int_of[outs[0]] = op.outputs[0]
@@ -509,12 +507,13 @@ class _Builder:
         if len(ins) > 2 and ins[2] >= 0:
             b = self.graph.consts[ins[2]].astype(np.float64).reshape(-1)
             qb = np.round(b / bias_scale.astype(np.float64))
-            if not np.all(np.abs(qb) <= self.kind.bias_max):
-                return None
             bt = self.kind.bias
+            if not np.all(np.abs(qb) <= np.iinfo(_NUMPY[bt]).max):
+                return None
             made.append(self._tensor(self.graph.g.tensors[ins[2]], getattr(self.schema.TensorType, bt),
-                                     Params(tuple(map(float, bias_scale)), (0,) * b.size, 0), qb.astype("<i4" if bt == "INT32" else "<i8"),
-                                     suffix=b"_" + bt.lower().encode(), shape=[b.size]))
+                                     Params(tuple(map(float, bias_scale)), (0,) * b.size, 0),
+                                     qb.astype(np.dtype(_NUMPY[bt]).newbyteorder("<")), suffix=b"_" + bt.lower().encode(),
+                                     shape=[b.size]))
         return made
 
     def _filter(self, t: int, axis: int) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
@@ -605,12 +604,11 @@ def export_integer(reader: QpkReader, out: Path, notes: list[str], calibration: 
     """Write the container's TFLite model with its ops in `kind`'s integers where TFLite has such kernels,
     activations calibrated on inputs; where the outputs then fall below `calibration.min_cosine` on them, the
     ops that harm them most (each measured alone integer, calibrate.by_harm) go back to float (a bisection
-    over how many). An op type the installed LiteRT will not prepare in those integers stays float."""
+    over how many). An op type the installed runtimes will not run in those integers stays float (_refused)."""
     from qpack.converter.convert import restore
 
-    target = "tflite-int8" if kind is INT8_ACTS else "tflite-16x8"
     if calibration is None:
-        raise UnsupportedError(f"--to {target} calibrates activation ranges: give --inputs, --images or --dataset")
+        raise UnsupportedError(f"--to {kind.target} calibrates activation ranges: give --inputs, --images or --dataset")
     schema = litert_schema()
     with scratch_folder("qpack-calibrate-") as tmp:
         float_model = Path(tmp) / "float.tflite"
@@ -671,47 +669,55 @@ _FAILED = (re.compile(r"\((\w+)\) failed to (?:prepare|invoke)"),  # LiteRT: "No
            re.compile(r"Node (\w+) \(number \d+\) failed to"))  # TFLM: "Node RESIZE_BILINEAR (number 91) failed to invoke"
 
 
+def _failed_op(said: str) -> str | None:
+    """The op type a runtime's failure message names, if any."""
+    return next((m for f in _FAILED for m in f.findall(said)), None)
+
+
+def _litert_failure(model: Path, inputs: Inputs) -> str:
+    """All LiteRT said when it could not load and run `model` once ('' when it did: some kernels refuse a
+    type only when they run)."""
+    from qpack.converter.runtime import TfliteRunner
+
+    with _captured() as said:
+        try:
+            TfliteRunner(model, threads=1).run(next(feeds(inputs)))
+            return ""
+        except QpackError as e:
+            error = str(e.__cause__ or e)
+    return error + "".join(said)
+
+
+def _micro_failure(model: Path, inputs: Inputs) -> str:
+    """All TFLM said when it could not run `model` ('' when it did, or is not installed)."""
+    try:
+        micro_arena(model, inputs)
+    except ImportError:
+        pass
+    except QpackError as e:
+        return e.said if isinstance(e, MicroFailure) else str(e)
+    return ""
+
+
 def _refused(reader: QpkReader, data: bytes, acts: dict[int, Range], graph: _Graph, kind: Activations, trial: Path,
              inputs: Inputs) -> frozenset[str]:
-    """The op types the installed LiteRT will not prepare with `kind`'s integers (its kernels differ by
+    """The op types the installed LiteRT will not run with `kind`'s integers (its kernels differ by
     version), and for a TFLM format those TFLM will not run: each whole-model trial that fails names one,
-    which then stays float, until one runs."""
-    from ai_edge_litert.interpreter import Interpreter
-
+    which then stays float, until one runs. LiteRT must run the file; what TFLM cannot run otherwise, the
+    export's note says."""
     refused: set[str] = set()
     for _ in range(len(set(graph.ops)) + 1):  # a bound: each round refuses a new op type or ends
         chosen, _ = candidates(graph, acts, kind, frozenset(refused))
         trial.write_bytes(_Builder(reader, data, acts, set(chosen), kind).run())
-        with _captured() as said:
-            try:  # loaded and run once: some kernels refuse a type only when they run
-                interp = Interpreter(model_path=str(trial), num_threads=1)
-                interp.allocate_tensors()
-                feed = next(feeds(inputs))
-                for d in interp.get_input_details():
-                    interp.set_tensor(d["index"], np.asarray(feed[d["name"]], d["dtype"]))
-                interp.invoke()
-                error = ""
-            except Exception as e:
-                error = str(e) or type(e).__name__
-        if error:  # LiteRT must load it
-            found = [m for f in _FAILED for m in f.findall(error + "".join(said))]
-            if not found or found[0] in refused:
-                raise QpackError(f"LiteRT cannot load the {kind.name} model: {error.splitlines()[0]}")
-            refused.add(found[0])
-            continue
-        if not kind.micro:
-            break
-        try:
-            micro_arena(trial, inputs)
-            break
-        except ImportError:
-            break
-        except QpackError as e:  # TFLM should: an integer op it names goes float; anything else the note says
-            text = e.said if isinstance(e, MicroFailure) else str(e)
-            found = [m for f in _FAILED for m in f.findall(text) if m not in refused]
-            if not found or not any(graph.op(k) == found[0] for k in chosen):
+        if said := _litert_failure(trial, inputs):
+            op = _failed_op(said)
+            if op is None or op in refused:
+                raise QpackError(f"LiteRT cannot load the {kind.name} model: {said.splitlines()[0]}")
+        else:
+            op = _failed_op(_micro_failure(trial, inputs)) if kind.micro else None
+            if op is None or op in refused or op not in {graph.op(k) for k in chosen}:
                 break
-            refused.add(found[0])
+        refused.add(op)
     return frozenset(refused)
 
 
