@@ -412,6 +412,53 @@ def test_fast_hard_swish_fusion_keeps_what_it_must(tmp_path: Path, case: str):
         assert np.abs(x - y).max() <= EXACT * (np.abs(x).max() + 1e-30)
 
 
+def _affine_after_conv(case: str) -> onnx.ModelProto:
+    """tiny_model with an affine between its Conv and the Reshape: a per-channel Mul and a scalar Add
+    (PaddlePaddle's learnable affine blocks), or a variant of it."""
+    from onnx import helper, numpy_helper
+
+    model = tiny_model()
+    g = model.graph
+    conv = next(n for n in g.node if n.op_type == "Conv")
+    if case == "no bias":
+        del conv.input[2:]
+    s_shape = (1, 1, 1, 2) if case == "not per channel" else (1, 2, 1, 1)  # (along the width: not per channel)
+    g.initializer.extend([numpy_helper.from_array(np.linspace(0.5, -1.5, int(np.prod(s_shape))).astype(np.float32).reshape(s_shape), "s"),
+                          numpy_helper.from_array(np.array(0.25, np.float32), "t")])
+    conv.output[0] = "conv_out"
+    nodes = [helper.make_node("Add", ["conv_out", "t"], ["c"])] if case == "add only" else [
+        helper.make_node("Mul", ["conv_out", "s"], ["scaled"]), helper.make_node("Add", ["scaled", "t"], ["c"])]
+    if case == "read twice":  # the Conv's output is also a graph output: the affine stays
+        g.output.append(helper.make_tensor_value_info("conv_out", TensorProto.FLOAT, [1, 2, 2, 2]))
+    at = list(g.node).index(conv) + 1
+    for k, n in enumerate(nodes):
+        g.node.insert(at + k, n)
+    return model
+
+
+@pytest.mark.parametrize("target", ["onnx-fast", "onnx-matmulnbits"])
+@pytest.mark.parametrize("case", ["mul and add", "no bias", "add only", "read twice", "not per channel"])
+def test_fast_folds_the_affine_after_a_float_conv(tmp_path: Path, target: str, case: str):
+    """A per-channel Mul and Add after a Conv become its weight times s and its bias b * s + t, computed
+    when the model loads: the session holds no Mul or Add there, and the outputs are the unpacked model's
+    (up to float rounding). Where the affine's values are read elsewhere, or its constant does not
+    broadcast per output channel, it stays."""
+    src = tmp_path / "affine.onnx"
+    onnx.save(_affine_after_conv(case), src)
+    qpk = _pack(src, tmp_path, Policy("sym", 8, per_channel=True))
+    out = tmp_path / "affine_fast.onnx"
+    done = qpack.export(qpk, target, out)
+    folds = case in ("mul and add", "no bias", "add only")
+    assert any("folded into their weights and biases" in n for n in done.notes) == folds, done.notes
+    held = Counter(n.op_type for n in _folded(out, tmp_path / "held.onnx").graph.node)
+    assert (held["Mul"] + held["Add"] == 0) == folds, held
+    restore(qpk, tmp_path / "unpacked.onnx")
+    a, b = open_runner(tmp_path / "unpacked.onnx"), open_runner(out)
+    feeds = random_inputs(a.inputs, seed=0)
+    for x, y in zip(a.run(feeds), b.run(feeds)):
+        assert x.shape == y.shape and np.abs(x - y).max() <= 1e-6 * (np.abs(x).max() + 1e-30)
+
+
 # ---- onnx-matmulnbits ----
 
 def test_matmulnbits_recognizer(ocr_rec: Path, tmp_path: Path):

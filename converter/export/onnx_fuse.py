@@ -7,17 +7,24 @@ full-integer export those nodes stay float between a DequantizeLinear and a Quan
 as long as the int8 convolutions themselves (the OCR recognizer: 14 of its 29 ms per run).
 ONNX's `HardSwish` (opset 14), `x * max(0, min(1, x / 6 + 1 / 2))`, is the same function in one pass;
 its float rounding differs from the four nodes' by an ulp or so, far below the activations' 8-bit step.
+
+PaddlePaddle's learnable affine blocks, a Mul by a constant and an Add of one after a convolution, are
+two more passes that onnxruntime does not fold into the Conv (its own fusions want the weight as an
+initializer, and run before the decoding nodes are folded). For a Conv that runs in float they go into
+its weight and bias as nodes on constants (fold_conv_affines), which the session computes once, when it
+loads: the Conv then writes s * x + t itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from onnx import GraphProto, ModelProto, NodeProto, helper, numpy_helper
+from onnx import GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
-from qpack.converter.export.onnx_graph import raise_opset, readers
+from qpack.converter.export.onnx_graph import Names, raise_opset, raw_tensor, readers
 from qpack.formats.errors import UnsupportedError
 from qpack.formats.onnx_keys import DEFAULT_DOMAINS, Site
 
@@ -113,6 +120,145 @@ def fuse_hard_swish(model: ModelProto, keep: frozenset[str] = frozenset()) -> tu
     return len(matches), unused
 
 
+@dataclass(frozen=True)
+class ConvAffine:
+    """A Conv whose output only an affine y = s * x + t reads: a Mul by a float constant s, an Add of a
+    float constant t after it, or both; s and t broadcast per output channel (one value or [C, 1, ...])."""
+
+    conv: NodeProto
+    nodes: tuple[NodeProto, ...]  # the Mul and/or the Add, in order
+    channels: int  # the Conv's output channels
+    rank: int  # its weight's dimensions
+    s: NDArray[np.float32] | None  # [1] or [C]
+    t: NDArray[np.float32] | None
+
+    @property
+    def output(self) -> str:
+        return self.nodes[-1].output[0]
+
+
+def _tensors(graph: GraphProto) -> dict[str, TensorProto]:
+    """The graph's constants (initializers and Constant nodes' values) by value name."""
+    out = {t.name: t for t in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.domain in DEFAULT_DOMAINS and len(n.attribute) == 1 and n.attribute[0].name == "value":
+            out[n.output[0]] = n.attribute[0].t
+    return out
+
+
+def _per_channel(t: TensorProto | None, channels: int, rank: int) -> NDArray[np.float32] | None:
+    """A float32 constant's finite values, flat ([1] or [C]), where it broadcasts against a Conv's
+    [N, C, ...] output of `rank` dimensions without changing its shape: one value of rank <= `rank`, or
+    C values shaped [C, 1, ...] or [1, C, 1, ...]; else None."""
+    if t is None or t.data_type != TensorProto.FLOAT:
+        return None
+    shape = tuple(t.dims)
+    size = int(np.prod(shape, dtype=np.int64))
+    if not ((size == 1 and len(shape) <= rank)
+            or (size == channels and shape in ((channels,) + (1,) * (rank - 2), (1, channels) + (1,) * (rank - 2)))):
+        return None
+    v = numpy_helper.to_array(t).reshape(-1)
+    return v if v.size == size and np.all(np.isfinite(v)) else None
+
+
+def conv_affines(model: ModelProto, stored: frozenset[str], leave: frozenset[int] = frozenset()) -> list[ConvAffine]:
+    """Each Conv of the main graph (but those whose id is in `leave`) with a float32 constant weight and
+    bias whose output only a per-channel affine reads. The values of `stored` are the container's
+    tensors: constants, their data not in the model, so never read as s or t."""
+    graph = model.graph
+    consts = _tensors(graph)
+    read_by = readers(model)
+    outputs = {o.name for o in graph.output}
+    main = {id(n) for n in graph.node}
+
+    def only_reader(value: str, op: str) -> NodeProto | None:
+        got = read_by.get(value, [])
+        if len(got) != 1 or value in outputs or got[0].op_type != op or got[0].domain not in DEFAULT_DOMAINS or id(got[0]) not in main:
+            return None
+        return got[0]
+
+    def operand(node: NodeProto | None, x: str, channels: int, rank: int) -> NDArray[np.float32] | None:
+        other = _other(node, x) if node is not None else None
+        return None if other is None or other in stored else _per_channel(consts.get(other), channels, rank)
+
+    found = []
+    for conv in graph.node:
+        if conv.op_type != "Conv" or conv.domain not in DEFAULT_DOMAINS or id(conv) in leave or len(conv.input) < 2:
+            continue
+        w = consts.get(conv.input[1])
+        b = consts.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+        if w is None or w.data_type != TensorProto.FLOAT or len(w.dims) < 3:
+            continue
+        if len(conv.input) > 2 and conv.input[2] and (b is None or b.data_type != TensorProto.FLOAT):
+            continue
+        channels, rank = int(w.dims[0]), len(w.dims)
+        nodes: list[NodeProto] = []
+        y = conv.output[0]
+        mul = only_reader(y, "Mul")
+        s = operand(mul, y, channels, rank)
+        if mul is not None and s is not None:
+            nodes, y = [mul], mul.output[0]
+        add = only_reader(y, "Add")
+        t = operand(add, y, channels, rank)
+        if add is not None and t is not None:
+            nodes.append(add)
+        if nodes:
+            found.append(ConvAffine(conv, tuple(nodes), channels, rank, s if mul in nodes else None, t if add in nodes else None))
+    return found
+
+
+def fold_conv_affines(model: ModelProto, stored: frozenset[str], leave: frozenset[int] = frozenset(),
+                      notes: list[str] | None = None) -> int:
+    """Fold each affine conv_affines finds into its Conv: the weight times s and the bias b * s + t, made
+    by Mul and Add nodes on constants (computed when the session loads), and the Conv writes the affine's
+    output. Nodes are edited, removed and inserted in place (the other nodes' references stay valid).
+    Returns how many, and says so in `notes`."""
+    graph = model.graph
+    matches = conv_affines(model, stored, leave)
+    names = Names(model)
+    inits: list[TensorProto] = []
+    before: dict[int, list[NodeProto]] = {}
+
+    def constant(stem: str, v: NDArray[np.float32], shape: tuple[int, ...]) -> str:
+        name = names.fresh(stem)
+        inits.append(raw_tensor(name, TensorProto.FLOAT, shape, np.ascontiguousarray(v, "<f4")))
+        return name
+
+    def node(op: str, inputs: list[str], stem: str, made: list[NodeProto]) -> str:
+        out = names.fresh(stem)
+        made.append(helper.make_node(op, inputs, [out]))
+        return out
+
+    for m in matches:
+        conv, made = m.conv, before.setdefault(id(m.conv), [])
+        bias = conv.input[2] if len(conv.input) > 2 else ""
+        if m.s is not None:
+            per_weight = (m.s.size,) + (1,) * (m.rank - 1)  # one factor: [1, 1, ...] broadcasts too
+            conv.input[1] = node("Mul", [conv.input[1], constant(f"{m.output}_weight_factor", m.s, per_weight)],
+                                 f"{conv.input[1]}_folded", made)
+            if bias:
+                bias = node("Mul", [bias, constant(f"{m.output}_bias_factor", m.s, (m.s.size,))], f"{bias}_folded", made)
+        if m.t is not None:
+            t = constant(f"{m.output}_shift", np.broadcast_to(m.t, (m.channels,)), (m.channels,))
+            bias = node("Add", [bias, t], f"{m.output}_bias", made) if bias else t
+        if bias:
+            conv.input.extend([""] * (3 - len(conv.input)))
+            conv.input[2] = bias
+        conv.output[0] = m.output
+    for m in matches:  # in place, as fuse_hard_swish edits: references to the other nodes stay valid
+        for n in m.nodes:
+            graph.node.remove(n)
+    at = {id(n): i for i, n in enumerate(graph.node)}
+    for i, made in sorted(((at[k], made) for k, made in before.items()), key=lambda p: -p[0]):
+        for n in reversed(made):
+            graph.node.insert(i, n)
+    graph.initializer.extend(inits)
+    if matches and notes is not None:
+        notes.append(f"{len(matches)} Mul/Add after float Conv{'s' if len(matches) > 1 else ''} folded into "
+                     "their weights and biases (computed when the model loads)")
+    return len(matches)
+
+
 def raised_and_fused(load: Callable[[], tuple[ModelProto, dict[str, Site]]], stored: set[str], opset: int, why: str,
                      notes: list[str]) -> tuple[ModelProto, dict[str, Site]]:
     """The model `load` gives, moved to `opset` (raise_opset; `why` names what needs it) and its hard-swish
@@ -136,4 +282,4 @@ def raised_and_fused(load: Callable[[], tuple[ModelProto, dict[str, Site]]], sto
     return model, at
 
 
-__all__ = ["OPSET_HARD_SWISH", "fuse_hard_swish", "hard_swishes", "raised_and_fused"]
+__all__ = ["OPSET_HARD_SWISH", "ConvAffine", "conv_affines", "fold_conv_affines", "fuse_hard_swish", "hard_swishes", "raised_and_fused"]

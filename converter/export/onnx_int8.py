@@ -54,7 +54,7 @@ from qpack.converter.export.calibrate import (
     ranges,
 )
 from qpack.converter.export.intform import IntForm
-from qpack.converter.export.onnx_fuse import raised_and_fused
+from qpack.converter.export.onnx_fuse import fold_conv_affines, raised_and_fused
 from qpack.converter.export.onnx_graph import Edits, Names, Site, load_skeleton, raw_tensor, readers
 from qpack.formats.errors import UnsupportedError
 from qpack.formats.onnx_keys import DEFAULT_DOMAINS, walk_sites
@@ -465,6 +465,7 @@ def _build(reader: QpkReader, base: _Base, kept: set[int], acts: dict[str, Range
     by_key = base.by_key
     candidates, _ = _int_nodes(model, plans, consts)
     chosen = [n for i, n in enumerate(candidates) if i in kept]
+    fold_conv_affines(model, frozenset(plans), frozenset(id(n.node) for n in chosen), notes)
     widened, absorbed = _rewrite(model, chosen, acts, _pairs_after(model, chosen), plans, consts)
     int_weights = {n.node.input[1]: n.weight for n in chosen}  # a folded Conv's weight carries the fold
     edits, names = Edits(), Names(model)
