@@ -451,26 +451,30 @@ def test_a_scalar_mul_add_after_a_conv_is_folded_into_it(tmp_path: Path, factor:
 
 
 
-@pytest.mark.parametrize("offset,whole", [(3.0, True), (0.01, False)])
-def test_a_scalar_affine_before_an_integer_node_is_computed_by_its_quantization(tmp_path: Path, offset: float, whole: bool):
+@pytest.mark.parametrize("offset,kernel,route", [(0.01, 1, "bias"), (3.0, 3, "whole"), (0.01, 3, "mul")])
+def test_a_scalar_affine_before_an_integer_node_is_computed_by_its_quantization(tmp_path: Path, offset: float, kernel: int,
+                                                                                 route: str):
     """A Mul by s and an Add of t after a float op, read only by an integer Conv, go into the QuantizeLinear in
-    front of it: its integers are round((s * h + t) / step) + zero point, at the step and zero point the
-    Conv's input is dequantized at (t a whole number of steps: the Add goes too; a small t: the Add adds t / s)."""
+    front of it: its integers are round((s * h + t') / step) + zero point, at the step and zero point the Conv's
+    input is dequantized at. Before a Conv without padding t goes into its bias (t' = 0, the bias grows by t
+    times each channel's weight sum); before a padded one t' = t, the Add going too where t is a whole number
+    of steps, else only the Mul (the Add adds t / s)."""
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32), "w2")
+    w2 = numpy_helper.from_array((rng.standard_normal((4, 8, kernel, kernel)) * 0.3).astype(np.float32), "w2")
     consts = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("s", [0.7]), ("t", [offset]))]
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("Sigmoid", ["c"], ["h"]),
              helper.make_node("Mul", ["h", "s"], ["m"]),
              helper.make_node("Add", ["t", "m"], ["a"]),
-             helper.make_node("Conv", ["a", "w2"], ["y"], pads=[0, 0, 0, 0])]
+             helper.make_node("Conv", ["a", "w2"], ["y"], pads=[kernel // 2] * 4)]
     qpk, out, done, x = _exported_affine(tmp_path, nodes, [w1, w2, *consts], rng)
-    assert f"1 scalar Mul/Add before integer nodes computed by their QuantizeLinear ({int(whole)} whole, {int(not whole)} the Mul only)" \
-        in done.notes, done.notes
+    counts = {"bias": (1, 0, 0), "whole": (0, 1, 0), "mul": (0, 0, 1)}[route]
+    assert ("1 scalar Mul/Add before integer nodes computed by their QuantizeLinear ({} with the Add in the next nodes' "
+            "biases, {} whole, {} the Mul only)".format(*counts)) in done.notes, done.notes
     m = onnx.load(str(out))
     ops = collections.Counter(n.op_type for n in m.graph.node)
-    assert not ops["Mul"] and ops["Add"] == (0 if whole else 1)
+    assert not ops["Mul"] and ops["Add"] == (route == "mul")
     made = {o: n for n in m.graph.node for o in n.output}
     conv = next(n for n in m.graph.node if n.op_type == "Conv" and n.output[0] == "y")
     dq = made[conv.input[0]]
@@ -481,10 +485,18 @@ def test_a_scalar_affine_before_an_integer_node_is_computed_by_its_quantization(
                            helper.make_tensor_value_info(q.output[0], TensorProto.UINT8, None)])
     onnx.save(m, tmp_path / "exposed.onnx")
     h, codes = _session(tmp_path / "exposed.onnx", ort.GraphOptimizationLevel.ORT_ENABLE_BASIC).run(["h", q.output[0]], {"x": x[:1]})
-    want = np.clip(np.rint((0.7 * h.astype(np.float64) + offset) / step) + zero, 0, 255)
+    quantized = 0.0 if route == "bias" else offset
+    want = np.clip(np.rint((0.7 * h.astype(np.float64) + quantized) / step) + zero, 0, 255)
     assert np.abs(want - codes).max() <= 1 and np.mean(want == codes) > 0.99
-    if whole:
+    if route == "whole":
         assert abs(offset / step - round(offset / step)) < 1e-3
+    if route == "bias":  # the int32 bias is t times each output channel's weight sum, at the input's step times the weight's
+        bias_dq = made[conv.input[2]]
+        w_dq = made[conv.input[1]]
+        codes_w = inits[w_dq.input[0]].astype(np.float64)
+        scale_w = np.broadcast_to(inits[w_dq.input[1]].reshape(-1), (4,)).astype(np.float64)
+        sums = (codes_w.reshape(4, -1) * scale_w[:, None]).sum(axis=1)
+        assert np.array_equal(inits[bias_dq.input[0]], np.round(offset * sums / (np.float32(step) * scale_w.astype(np.float32))))
     qpack.unpack(qpk, tmp_path / "restored.onnx")
     a, b = _session(tmp_path / "restored.onnx"), _session(out)
     ref = np.concatenate([a.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])

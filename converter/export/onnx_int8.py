@@ -87,6 +87,7 @@ class _IntNode:
     bias: Site | None
     fold: _Fold | None = None
     unfolded: tuple[str, str] | None = None  # what alone reads the Conv's output and stays float, and why
+    shift: NDArray[np.float64] | None = None  # added to the bias: an absorbed affine's t times the weight's sums (_Absorbed)
 
     @property
     def output(self) -> str:
@@ -94,12 +95,27 @@ class _IntNode:
         return self.fold.output if self.fold is not None else self.node.output[0]
 
     def bias_values(self) -> tuple[str, NDArray[np.float64]] | None:
-        """The bias (a name to derive new names from, and its values), None when there is none."""
+        """The bias (a name to derive new names from, and its values, `shift` added), None when there is none."""
         if self.fold is not None:
-            return self.fold.output + "_folded_bias", self.fold.bias
-        if self.bias is None:
+            got = self.fold.output + "_folded_bias", self.fold.bias
+        elif self.bias is not None:
+            got = self.bias.value, numpy_helper.to_array(self.bias.tensor).astype(np.float64).reshape(-1)
+        elif self.shift is not None:
+            return self.output + "_shift_bias", self.shift
+        else:
             return None
-        return self.bias.value, numpy_helper.to_array(self.bias.tensor).astype(np.float64).reshape(-1)
+        return got if self.shift is None else (got[0], got[1] + self.shift)
+
+    def weight_sums(self) -> NDArray[np.float64] | None:
+        """Each output channel's sum of the weight's values (what adding one to every input adds to that
+        output) for a Conv without padding, where every input value meets every weight; else None."""
+        attrs = {a.name: helper.get_attribute_value(a) for a in self.node.attribute}
+        if (self.node.op_type != "Conv" or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
+                or any(attrs.get("pads", []))):
+            return None
+        assert self.weight.form is not None
+        w = self.weight.form.values().astype(np.float64)
+        return w.reshape(w.shape[0], -1).sum(axis=1)
 
 
 def _channel_axis(node: NodeProto) -> int:
@@ -273,8 +289,10 @@ class _Absorbed:
     learnable affine blocks after an activation) whose only readers are integer nodes, computed by the
     QuantizeLinear in front of them: round(value / step) + z = round(x / (step / s)) + (z + t / step) when
     t / step is a whole number `steps` (the step grows to make it one, where |t / step| >= _ABSORB_STEPS: the
-    range covers what it did, nothing more is clipped), so both nodes go. Otherwise (steps 0) only the Mul
-    goes: the Add adds t / s to x, and the step is divided by s."""
+    range covers what it did, nothing more is clipped), so both nodes go. Where every reader is a Conv without
+    padding (`into_bias`), t goes into their biases instead, t times each output channel's weight
+    sum, and the quantization takes s * x alone, at the range moved by -t: both nodes go, t exactly. Otherwise
+    (steps 0) only the Mul goes: the Add adds t / s to x, and the step is divided by s."""
 
     x: str
     s: float
@@ -282,6 +300,12 @@ class _Absorbed:
     mul: NodeProto
     add: NodeProto
     steps: int = 0
+    into_bias: bool = False
+
+    @property
+    def whole(self) -> bool:
+        """Both nodes go (the quantization computes the whole affine, t included or moved to the biases)."""
+        return self.steps != 0 or self.into_bias
 
 
 def _affine_before(a: str, made_by: dict[str, NodeProto], read_by: dict[str, list[NodeProto]], integer: set[int],
@@ -301,8 +325,16 @@ def _affine_before(a: str, made_by: dict[str, NodeProto], read_by: dict[str, lis
     return None
 
 
-def _absorbed(affine: _Absorbed, r: Range) -> tuple[_Absorbed, Range]:
-    """The affine with its whole number of steps, and the range widened to make t one (unmoved: steps 0)."""
+def _absorbed(affine: _Absorbed, r: Range, readers: list[_IntNode]) -> tuple[_Absorbed, Range]:
+    """The affine with t moved into the readers' biases (their `shift` set) and the range moved by -t, or with
+    its whole number of steps and the range widened to make t one, or unmoved (steps 0)."""
+    sums = [n.weight_sums() for n in readers]
+    zero = round(r.zero_point + affine.t / r.scale)
+    if readers and all(w is not None for w in sums) and 0 <= zero <= LEVELS:
+        for reader, w in zip(readers, sums):
+            assert w is not None
+            reader.shift = affine.t * w if reader.shift is None else reader.shift + affine.t * w
+        return replace(affine, into_bias=True), Range(-zero * r.scale, (LEVELS - zero) * r.scale, r.sqnr_db)
     n = affine.t / r.scale
     if abs(n) < _ABSORB_STEPS:
         return affine, r
@@ -487,9 +519,10 @@ def _build(reader: QpkReader, base: _Base, kept: set[int], acts: dict[str, Range
     if widened:
         notes.append(f"{widened} weight{'s' if widened > 1 else ''} of integer nodes stored as INT8 (narrower codes widened)")
     if absorbed:
-        whole = sum(a.steps != 0 for a in absorbed)
+        whole, biased = sum(a.steps != 0 for a in absorbed), sum(a.into_bias for a in absorbed)
         notes.append(f"{len(absorbed)} scalar Mul/Add before integer nodes computed by their QuantizeLinear "
-                     f"({whole} whole, {len(absorbed) - whole} the Mul only)")
+                     f"({biased} with the Add in the next nodes' biases, {whole} whole, "
+                     f"{len(absorbed) - whole - biased} the Mul only)")
     notes.extend(onnx_qdq.notes_for(list(by_key.values())))
     return onnx_qdq.finish(model, {}, out)
 
@@ -558,10 +591,10 @@ def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], 
             continue
         found = _affine_before(a, made_by, read_by, set(by_node), outputs, plans, consts)
         if found is not None:
-            affines[a], acts[a] = _absorbed(found, acts[a])
+            affines[a], acts[a] = _absorbed(found, acts[a], [c for c in chosen if c.node.input[0] == a])
     for a, f in affines.items():  # the Mul goes; the Add too where the quantization takes t whole, else it adds t / s
         folded.add(id(f.mul))
-        if f.steps:
+        if f.whole:
             folded.add(id(f.add))
         else:
             c = names.fresh(f"{a}_absorbed_offset")
@@ -579,11 +612,11 @@ def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], 
             if a not in dq_of:
                 dq_of[a] = names.fresh(f"{a}_dequantized_act")
                 affine = affines.get(a)
-                nodes += rw.pair(grid, affine.x if affine is not None and affine.steps else a, dq_of[a], affine)
+                nodes += rw.pair(grid, affine.x if affine is not None and affine.whole else a, dq_of[a], affine)
             node.input[0] = dq_of[a]
         if n.bias_values() is not None:
             got = rw.bias(n, acts[grid].scale)
-            if got is None and n.fold is not None:
+            if got is None and (n.fold is not None or n.shift is not None):
                 got = rw.float_bias(n), []
             if got is not None:
                 while len(node.input) < 3:
