@@ -382,8 +382,9 @@ def _hard_swish_cnn(path: Path, expose: bool = False) -> None:
 @pytest.mark.parametrize("expose", [False, True])
 def test_hard_swish_is_fused(tmp_path: Path, expose: bool):
     """PaddlePaddle's four-node hard-swish between integer Convs becomes one HardSwish (opset 14), whose
-    outputs agree with the four nodes' to float rounding; where a value inside the pattern is read
-    elsewhere (a graph output here) the nodes stay."""
+    outputs agree with the four nodes' to float rounding, and that one runs in integers (as
+    test_a_hard_swish_between_integer_nodes_runs_in_integers checks); where a value inside the pattern is
+    read elsewhere (a graph output here) the nodes stay."""
     src = tmp_path / "hs.onnx"
     _hard_swish_cnn(src, expose)
     np.savez(tmp_path / "cal.npz", x=np.random.default_rng(1).standard_normal((16, 3, 8, 8)).astype(np.float32))
@@ -395,8 +396,9 @@ def test_hard_swish_is_fused(tmp_path: Path, expose: bool):
     if expose:
         assert ops["HardSwish"] == 0 and ops["Clip"] == 1 and not any("HardSwish" in n for n in done.notes)
         return
-    assert ops["HardSwish"] == 1 and not ops["Clip"] and not ops["Div"]
+    assert not ops["HardSwish"] and not ops["Clip"] and not ops["Div"]  # one HardSwish, then integer ops
     assert "1 hard-swish (x * Clip(x + 3, 0, 6) / 6) fused into HardSwish" in done.notes[1]
+    assert "1 HardSwish between integer nodes computed in integers (onnxruntime's QLinearAdd and QLinearMul)" in done.notes
     model = onnx.load(str(out))
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 14
     x = np.linspace(-8, 8, 3 * 64, dtype=np.float32).reshape(1, 3, 8, 8)
@@ -407,12 +409,12 @@ def test_hard_swish_is_fused(tmp_path: Path, expose: bool):
 
 
 def _exported_affine(tmp_path: Path, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto],
-                     rng: np.random.Generator) -> tuple[Path, Path, qpack.api.Exported, np.ndarray]:
+                     rng: np.random.Generator, opset: int = 13) -> tuple[Path, Path, qpack.api.Exported, np.ndarray]:
     """A model x[1, 3, 8, 8] -> y[1, 4, 8, 8] of `nodes`, converted --for onnx-int8 and exported with every
     node integer, calibrated on 16 normal inputs: (the container, the export, its result, the inputs)."""
     graph = helper.make_graph(nodes, "affine", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 7
     onnx.save(model, tmp_path / "affine.onnx")
     x = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
@@ -497,6 +499,46 @@ def test_a_scalar_affine_before_an_integer_node_is_computed_by_its_quantization(
         scale_w = np.broadcast_to(inits[w_dq.input[1]].reshape(-1), (4,)).astype(np.float64)
         sums = (codes_w.reshape(4, -1) * scale_w[:, None]).sum(axis=1)
         assert np.array_equal(inits[bias_dq.input[0]], np.round(offset * sums / (np.float32(step) * scale_w.astype(np.float32))))
+    qpack.unpack(qpk, tmp_path / "restored.onnx")
+    a, b = _session(tmp_path / "restored.onnx"), _session(out)
+    ref = np.concatenate([a.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
+    got = np.concatenate([b.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
+    assert float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.999
+
+
+def test_a_hard_swish_between_integer_nodes_runs_in_integers(tmp_path: Path):
+    """A HardSwish between two integer Convs becomes QLinearAdd and QLinearMul: the gate is x + 3 quantized at
+    6/255 (uint8 saturating where Clip would) read as HardSigmoid(x) on 255 levels, the product quantized at
+    the next Conv's input. Its integers match a NumPy reference of that arithmetic, and the outputs keep the
+    container's."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.5).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("HardSwish", ["c"], ["h"]),
+             helper.make_node("Conv", ["h", "w2"], ["y"])]
+    qpk, out, done, x = _exported_affine(tmp_path, nodes, [w1, w2], rng, opset=14)
+    assert "1 HardSwish between integer nodes computed in integers (onnxruntime's QLinearAdd and QLinearMul)" in done.notes
+    fused = _fused_ops(out, tmp_path)
+    # (the second Conv writes the float graph output, so it stays a Conv)
+    assert fused["QLinearAdd"] == 1 and fused["QLinearMul"] == 1 and fused["QLinearConv"] == 1, fused
+    assert not fused["HardSwish"] and not fused["HardSigmoid"] and not fused["Mul"], fused
+    m = onnx.load(str(out))
+    made = {o: n for n in m.graph.node for o in n.output}
+    mul = next(n for n in m.graph.node if n.op_type == "Mul")
+    x_dq = made[mul.input[0]]
+    out_q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == mul.output[0])
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    x_step, x_zero = float(inits[x_dq.input[1]]), int(inits[x_dq.input[2]])
+    y_step, y_zero = float(inits[out_q.input[1]]), int(inits[out_q.input[2]])
+    m.graph.output.extend([helper.make_tensor_value_info(x_dq.input[0], TensorProto.UINT8, None),
+                           helper.make_tensor_value_info(out_q.output[0], TensorProto.UINT8, None)])
+    onnx.save(m, tmp_path / "exposed.onnx")
+    xq, yq = _session(tmp_path / "exposed.onnx").run([x_dq.input[0], out_q.output[0]], {"x": x[:1]})
+    xv = x_step * (xq.astype(np.float64) - x_zero)
+    gate = np.clip(np.rint((xv + 3) / (6 / 255)), 0, 255) / 255
+    want = np.clip(np.rint(xv * gate / y_step) + y_zero, 0, 255)
+    assert np.abs(want - yq).max() <= 1 and np.mean(want == yq) > 0.95, (np.abs(want - yq).max(), np.mean(want == yq))
     qpack.unpack(qpk, tmp_path / "restored.onnx")
     a, b = _session(tmp_path / "restored.onnx"), _session(out)
     ref = np.concatenate([a.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])

@@ -380,6 +380,23 @@ class _Rewriter:
         return [helper.make_node("QuantizeLinear", [into, qs, qz], [q], name=self.names.fresh(f"{value}_QuantizeLinear")),
                 helper.make_node("DequantizeLinear", [q, s, z], [out], name=self.names.fresh(f"{value}_DequantizeLinear"))]
 
+    def hard_swish(self, x: str, y: str) -> list[NodeProto]:
+        """y = x * HardSigmoid(x) = x * Clip(x + 3, 0, 6) / 6 from the uint8 integers x is dequantized from, as
+        nodes onnxruntime fuses into QLinearAdd and QLinearMul: x + 3 quantized at step 6/255 and zero point 0
+        (uint8's saturation is the Clip), dequantized at step 1/255 (the / 6), so the gate is
+        HardSigmoid(x) on 255 levels; the product is quantized by the QuantizeLinear reading y."""
+        q3, unit, zero, gate_step, gate_unit = (self.names.fresh(f"{y}_{k}") for k in ("three", "unit", "zero", "gate_step", "gate_unit"))
+        self.inits += [_scalar(q3, TensorProto.UINT8, np.uint8(3)), _scalar(unit, TensorProto.FLOAT, np.float32(1.0)),
+                       _scalar(zero, TensorProto.UINT8, np.uint8(0)),
+                       _scalar(gate_step, TensorProto.FLOAT, np.float32(6 / LEVELS)),
+                       _scalar(gate_unit, TensorProto.FLOAT, np.float32(1 / LEVELS))]
+        three, shifted, gate_q, gate = (self.names.fresh(f"{y}_{k}") for k in ("three_dequantized", "plus_three", "gate_quantized", "gate"))
+        return [helper.make_node("DequantizeLinear", [q3, unit, zero], [three]),
+                helper.make_node("Add", [x, three], [shifted]),
+                helper.make_node("QuantizeLinear", [shifted, gate_step, zero], [gate_q]),
+                helper.make_node("DequantizeLinear", [gate_q, gate_unit, zero], [gate]),
+                helper.make_node("Mul", [x, gate], [y], name=self.names.fresh(f"{y}_HardSwish"))]
+
     def bias(self, n: _IntNode, input_scale: float) -> tuple[str, list[NodeProto]] | None:
         """The node's bias as int32 at input scale x weight scale, behind a DequantizeLinear; None when
         a value would overflow int32."""
@@ -498,7 +515,7 @@ def _build(reader: QpkReader, base: _Base, kept: set[int], acts: dict[str, Range
     candidates, _ = _int_nodes(model, plans, consts)
     chosen = [n for i, n in enumerate(candidates) if i in kept]
     fold_conv_affines(model, frozenset(plans), frozenset(id(n.node) for n in chosen), notes)
-    widened, absorbed = _rewrite(model, chosen, acts, _pairs_after(model, chosen), plans, consts)
+    widened, absorbed, swishes = _rewrite(model, chosen, acts, _pairs_after(model, chosen), plans, consts)
     int_weights = {n.node.input[1]: n.weight for n in chosen}  # a folded Conv's weight carries the fold
     edits, names = Edits(), Names(model)
     for key, p in by_key.items():
@@ -518,6 +535,8 @@ def _build(reader: QpkReader, base: _Base, kept: set[int], acts: dict[str, Range
     edits.apply()
     if widened:
         notes.append(f"{widened} weight{'s' if widened > 1 else ''} of integer nodes stored as INT8 (narrower codes widened)")
+    if swishes:
+        notes.append(f"{swishes} HardSwish between integer nodes computed in integers (onnxruntime's QLinearAdd and QLinearMul)")
     if absorbed:
         whole, biased = sum(a.steps != 0 for a in absorbed), sum(a.into_bias for a in absorbed)
         notes.append(f"{len(absorbed)} scalar Mul/Add before integer nodes computed by their QuantizeLinear "
@@ -568,11 +587,12 @@ def _grid(a: str, made_by: dict[str, NodeProto], paired: set[str]) -> str:
 
 
 def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], after: dict[int, str],
-             plans: dict[str, onnx_qdq.QdqPlan], consts: dict[str, Site]) -> tuple[int, list[_Absorbed]]:
+             plans: dict[str, onnx_qdq.QdqPlan], consts: dict[str, Site]) -> tuple[int, list[_Absorbed], int]:
     """Put the activation pairs and int32 biases around the integer nodes of the main graph (and
     pairs after the nodes of `after`), scalar affines in front of them absorbed into their quantization
-    (_Absorbed; `plans` and `consts` give the constants); returns how many integer nodes' weights are
-    stored narrower than int8 (they widen), and the affines absorbed."""
+    (_Absorbed; `plans` and `consts` give the constants) and hard-swishes between them made integer
+    (_integer_hard_swishes); returns how many integer nodes' weights are stored narrower than int8 (they
+    widen), the affines absorbed and how many hard-swishes are integer."""
     names = Names(model)
     acts = dict(acts)  # an absorbed affine moves its range (this build only)
     rw = _Rewriter(names, acts)
@@ -580,6 +600,7 @@ def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], 
     paired = set(after.values())
     head: list[NodeProto] = []
     dq_of: dict[str, str] = {}
+    quantized: set[str] = set()  # what the pairs in front of integer nodes quantize
     nodes: list[NodeProto] = []
     int_outputs = {n.output for n in chosen}
     folded = {id(f) for n in chosen if n.fold is not None for f in n.fold.nodes}
@@ -612,7 +633,9 @@ def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], 
             if a not in dq_of:
                 dq_of[a] = names.fresh(f"{a}_dequantized_act")
                 affine = affines.get(a)
-                nodes += rw.pair(grid, affine.x if affine is not None and affine.whole else a, dq_of[a], affine)
+                into = affine.x if affine is not None and affine.whole else a
+                quantized.add(into)
+                nodes += rw.pair(grid, into, dq_of[a], affine)
             node.input[0] = dq_of[a]
         if n.bias_values() is not None:
             got = rw.bias(n, acts[grid].scale)
@@ -630,10 +653,32 @@ def _rewrite(model: ModelProto, chosen: list[_IntNode], acts: dict[str, Range], 
             y = after[id(node)]
             node.output[0] = names.fresh(f"{y}_float")
             nodes += rw.pair(y, node.output[0], y)
+    main = {id(n) for n in model.graph.node}
+    outside = outputs | {v for v, rs in read_by.items() if any(id(r) not in main for r in rs)}  # subgraphs read outer values
+    nodes, swishes = _integer_hard_swishes(nodes, paired, quantized, outside, rw)
     del model.graph.node[:]
     model.graph.node.extend(head + nodes)
     model.graph.initializer.extend(rw.inits)
-    return sum(n.weight.qtype is not None and n.weight.qtype.name != "INT8" for n in chosen), list(affines.values())
+    widened = sum(n.weight.qtype is not None and n.weight.qtype.name != "INT8" for n in chosen)
+    return widened, list(affines.values()), swishes
+
+
+def _integer_hard_swishes(nodes: list[NodeProto], paired: set[str], quantized: set[str], outside: set[str],
+                          rw: _Rewriter) -> tuple[list[NodeProto], int]:
+    """`nodes` with each HardSwish between integer nodes (its input a pair's dequantized value, its output read
+    only by the QuantizeLinear in front of integer nodes: not by a graph output or a subgraph, in `outside`)
+    written as _Rewriter.hard_swish's integer ops; how many."""
+    reads = Counter(i for n in nodes for i in dict.fromkeys(n.input))
+    out: list[NodeProto] = []
+    made = 0
+    for n in nodes:
+        if (n.op_type == "HardSwish" and n.domain in DEFAULT_DOMAINS and n.input[0] in paired and n.output[0] in quantized
+                and reads[n.output[0]] == 1 and n.output[0] not in outside):
+            out += rw.hard_swish(n.input[0], n.output[0])
+            made += 1
+        else:
+            out.append(n)
+    return out, made
 
 
 def _summary(chosen: list[_IntNode], skipped: Counter[str], method: str, count: int, back: int) -> str:
