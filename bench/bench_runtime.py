@@ -17,8 +17,9 @@ Every variant of a model runs in onnxruntime's CPU provider as users get it: one
   both; the ratio over each half of the rounds is shown beside it;
 - cosine: of all outputs concatenated against the float model's, on the check draw (seed 1), the
   lowest over its inputs.
-Variants: float; qpack (`convert` with each of SETTINGS, then `export` to each of TARGETS; the
-fidelity goal is tuned on the calibration draw, seed 0, for that target); onnxruntime's quantizers
+Variants: float; qpack (`convert` with a setting of SETTINGS, then `export` to a target of TARGETS, the
+pairs of PAIRS; the fidelity goal is tuned on the calibration draw, seed 0, for that target, and once more
+with --allow-float for onnx-int8); onnxruntime's quantizers
 (ORT_VARIANTS), calibrated on the same draw. Each quantizer runs on the model as it is and on the model
 pre-processed as onnxruntime asks (`quant_pre_process`, then opset 13 where older, for per-channel
 scales); kept is the output that loads and leaves the smaller share of the float weights (PaddleOCR's

@@ -506,6 +506,63 @@ def test_a_scalar_affine_before_an_integer_node_is_computed_by_its_quantization(
     assert float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.999
 
 
+@pytest.mark.parametrize("case", ["padded and unpadded readers", "auto_pad SAME_UPPER", "unpadded, with a bias"])
+def test_the_add_goes_into_biases_only_where_every_reader_has_no_padding(tmp_path: Path, case: str):
+    """t goes into the biases only where no reader pads (a padded window would add t for the zeros too); a
+    reader with a bias of its own keeps it, t times its weight sums added. Either way the outputs keep the
+    container's."""
+    rng = np.random.default_rng(1)
+    w1 = numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32), "w2")
+    w3 = numpy_helper.from_array((rng.standard_normal((4, 8, 3, 3)) * 0.3).astype(np.float32), "w3")
+    b2 = numpy_helper.from_array(np.array([0.5, -0.25, 0.125, 1.0], np.float32), "b2")
+    consts = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("s", [0.7]), ("t", [0.01]))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c"], ["h"]),
+             helper.make_node("Mul", ["h", "s"], ["m"]),
+             helper.make_node("Add", ["t", "m"], ["a"])]
+    if case == "padded and unpadded readers":
+        nodes += [helper.make_node("Conv", ["a", "w2"], ["p"]), helper.make_node("Conv", ["a", "w3"], ["q"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Add", ["p", "q"], ["y"])]
+    elif case == "auto_pad SAME_UPPER":
+        nodes.append(helper.make_node("Conv", ["a", "w3"], ["y"], auto_pad="SAME_UPPER"))
+    else:
+        nodes.append(helper.make_node("Conv", ["a", "w2", "b2"], ["y"]))
+    qpk, out, done, x = _exported_affine(tmp_path, nodes, [w1, w2, w3, b2, *consts], rng)
+    biased = case == "unpadded, with a bias"
+    assert f"1 scalar Mul/Add before integer nodes computed by their QuantizeLinear ({int(biased)} with the Add in the next " \
+        f"nodes' biases, 0 whole, {int(not biased)} the Mul only)" in done.notes, done.notes
+    qpack.unpack(qpk, tmp_path / "restored.onnx")
+    a, b = _session(tmp_path / "restored.onnx"), _session(out)
+    ref = np.concatenate([a.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
+    got = np.concatenate([b.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
+    assert float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.999
+
+
+@pytest.mark.parametrize("case", ["its output a graph output", "its output read by a float node"])
+def test_a_hard_swish_read_elsewhere_stays_float(tmp_path: Path, case: str):
+    """A HardSwish whose output anything but the quantization in front of integer nodes reads stays a float
+    HardSwish (its float values are wanted)."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.5).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("HardSwish", ["c"], ["h"]),
+             helper.make_node("Conv", ["h", "w2"], ["y"])]
+    if case == "its output read by a float node":
+        nodes[-1].output[0] = "z"
+        nodes += [helper.make_node("ReduceMean", ["h"], ["r"], axes=[1], keepdims=1), helper.make_node("Add", ["z", "r"], ["y"])]
+    qpk, out, done, x = _exported_affine(tmp_path, nodes, [w1, w2], rng, opset=14)
+    if case == "its output a graph output":  # (made an output after the export: the same graph otherwise)
+        src = onnx.load(str(tmp_path / "affine.onnx"))
+        src.graph.output.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 8, 8, 8]))
+        onnx.save(src, tmp_path / "affine.onnx")
+        qpack.convert(tmp_path / "affine.onnx", qpk, target="onnx-int8", compress="none")
+        done = qpack.export(qpk, "onnx-int8", out, inputs=tmp_path / "cal.npz", min_cosine=-1)
+    assert not any("computed in integers" in n for n in done.notes), done.notes
+    assert collections.Counter(n.op_type for n in onnx.load(str(out)).graph.node)["HardSwish"] == 1
+
+
 def test_a_hard_swish_between_integer_nodes_runs_in_integers(tmp_path: Path):
     """A HardSwish between two integer Convs becomes QLinearAdd and QLinearMul: the gate is x + 3 quantized at
     6/255 (uint8 saturating where Clip would) read as HardSigmoid(x) on 255 levels, the product quantized at

@@ -58,15 +58,12 @@ def _other(node: NodeProto, name: str) -> str | None:
     return ins[1] if ins[0] == name else ins[0]
 
 
-def hard_swishes(model: ModelProto) -> list[tuple[str, str, list[NodeProto]]]:
-    """Each `Div(Mul(x, Clip(Add(x, 3), 0, 6)), 6)` of the main graph, in float32 (onnxruntime's CPU
-    HardSwish has no other type), as (x, its output, its four nodes), where no other node (a subgraph's
-    included: they read outer values) and no graph output reads the values between (they vanish)."""
-    graph = model.graph
-    consts = _constants(graph)
+def _only_reader(model: ModelProto) -> Callable[[str, str], NodeProto | None]:
+    """A finder of the one node of the main graph, of op `op`, that reads a value: None where the value is a
+    graph output or has other readers (a subgraph's included: they read outer values)."""
     read_by = readers(model)
-    outputs = {o.name for o in graph.output}
-    main = {id(n) for n in graph.node}
+    outputs = {o.name for o in model.graph.output}
+    main = {id(n) for n in model.graph.node}
 
     def only_reader(value: str, op: str) -> NodeProto | None:
         got = read_by.get(value, [])
@@ -74,11 +71,33 @@ def hard_swishes(model: ModelProto) -> list[tuple[str, str, list[NodeProto]]]:
             return None
         return got[0]
 
+    return only_reader
+
+
+def _drop_unread(model: ModelProto, constants: set[str], keep: frozenset[str]) -> set[str]:
+    """Remove the main graph's constants of `constants` that nothing reads any more (onnxruntime warns of
+    unused ones), but never a value of `keep`; returns those removed."""
+    graph = model.graph
+    unused = constants - set(readers(model)) - {o.name for o in graph.output} - keep
+    for t in [t for t in graph.initializer if t.name in unused]:
+        graph.initializer.remove(t)
+    for n in [n for n in graph.node if n.op_type == "Constant" and n.output and n.output[0] in unused]:
+        graph.node.remove(n)
+    return unused
+
+
+def hard_swishes(model: ModelProto) -> list[tuple[str, str, list[NodeProto]]]:
+    """Each `Div(Mul(x, Clip(Add(x, 3), 0, 6)), 6)` of the main graph, in float32 (onnxruntime's CPU
+    HardSwish has no other type), as (x, its output, its four nodes), where no other node (a subgraph's
+    included: they read outer values) and no graph output reads the values between (they vanish)."""
+    consts = _constants(model.graph)
+    only_reader = _only_reader(model)
+
     def three(name: str) -> bool:
         return _is(consts, name, 3.0) and consts[name].dtype == np.float32
 
     found = []
-    for add in graph.node:
+    for add in model.graph.node:
         if add.op_type != "Add" or add.domain not in DEFAULT_DOMAINS or len(add.input) != 2:
             continue
         x = next((i for i in add.input if not three(i) and three(_other(add, i) or "")), None)
@@ -112,12 +131,7 @@ def fuse_hard_swish(model: ModelProto, keep: frozenset[str] = frozenset()) -> tu
         nodes[-1].CopyFrom(helper.make_node("HardSwish", [x], [y], name=nodes[-1].name or None))
         for n in nodes[:-1]:
             graph.node.remove(n)
-    unused = constants - set(readers(model)) - {o.name for o in graph.output} - keep
-    for t in [t for t in graph.initializer if t.name in unused]:
-        graph.initializer.remove(t)
-    for n in [n for n in graph.node if n.op_type == "Constant" and n.output and n.output[0] in unused]:
-        graph.node.remove(n)
-    return len(matches), unused
+    return len(matches), _drop_unread(model, constants, keep)
 
 
 @dataclass(frozen=True)
@@ -138,8 +152,10 @@ class ConvAffine:
 
 
 def _tensors(graph: GraphProto) -> dict[str, TensorProto]:
-    """The graph's constants (initializers and Constant nodes' values) by value name."""
-    out = {t.name: t for t in graph.initializer}
+    """The graph's constants (initializers and Constant nodes' values) by value name: not an initializer
+    that is also a graph input, which a caller may override."""
+    inputs = {i.name for i in graph.input}
+    out = {t.name: t for t in graph.initializer if t.name not in inputs}
     for n in graph.node:
         if n.op_type == "Constant" and n.domain in DEFAULT_DOMAINS and len(n.attribute) == 1 and n.attribute[0].name == "value":
             out[n.output[0]] = n.attribute[0].t
@@ -167,15 +183,7 @@ def conv_affines(model: ModelProto, stored: frozenset[str], leave: frozenset[int
     tensors: constants, their data not in the model, so never read as s or t."""
     graph = model.graph
     consts = _tensors(graph)
-    read_by = readers(model)
-    outputs = {o.name for o in graph.output}
-    main = {id(n) for n in graph.node}
-
-    def only_reader(value: str, op: str) -> NodeProto | None:
-        got = read_by.get(value, [])
-        if len(got) != 1 or value in outputs or got[0].op_type != op or got[0].domain not in DEFAULT_DOMAINS or id(got[0]) not in main:
-            return None
-        return got[0]
+    only_reader = _only_reader(model)
 
     def operand(node: NodeProto | None, x: str, channels: int, rank: int) -> NDArray[np.float32] | None:
         other = _other(node, x) if node is not None else None
@@ -203,7 +211,8 @@ def conv_affines(model: ModelProto, stored: frozenset[str], leave: frozenset[int
         if add is not None and t is not None:
             nodes.append(add)
         if nodes:
-            found.append(ConvAffine(conv, tuple(nodes), channels, rank, s if mul in nodes else None, t if add in nodes else None))
+            found.append(ConvAffine(conv, tuple(nodes), channels, rank, s if any(n is mul for n in nodes) else None,
+                                    t if any(n is add for n in nodes) else None))
     return found
 
 
@@ -248,11 +257,13 @@ def fold_conv_affines(model: ModelProto, stored: frozenset[str], leave: frozense
     for m in matches:  # in place, as fuse_hard_swish edits: references to the other nodes stay valid
         for n in m.nodes:
             graph.node.remove(n)
+    read = {i for m in matches for n in m.nodes for i in n.input}  # s and t among them
     at = {id(n): i for i, n in enumerate(graph.node)}
     for i, made in sorted(((at[k], made) for k, made in before.items()), key=lambda p: -p[0]):
         for n in reversed(made):
             graph.node.insert(i, n)
     graph.initializer.extend(inits)
+    _drop_unread(model, read, stored)
     if matches and notes is not None:
         notes.append(f"{len(matches)} Mul/Add after float Conv{'s' if len(matches) > 1 else ''} folded into "
                      "their weights and biases (computed when the model loads)")

@@ -107,8 +107,8 @@ class _IntNode:
         return got if self.shift is None else (got[0], got[1] + self.shift)
 
     def weight_sums(self) -> NDArray[np.float64] | None:
-        """Each output channel's sum of the weight's values (what adding one to every input adds to that
-        output) for a Conv without padding, where every input value meets every weight; else None."""
+        """Each output channel's sum of the weight's values, what adding 1 to every input adds to that output,
+        for a Conv without padding (every output's window lies wholly inside the input); else None."""
         attrs = {a.name: helper.get_attribute_value(a) for a in self.node.attribute}
         if (self.node.op_type != "Conv" or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
                 or any(attrs.get("pads", []))):
@@ -291,7 +291,8 @@ class _Absorbed:
     t / step is a whole number `steps` (the step grows to make it one, where |t / step| >= _ABSORB_STEPS: the
     range covers what it did, nothing more is clipped), so both nodes go. Where every reader is a Conv without
     padding (`into_bias`), t goes into their biases instead, t times each output channel's weight
-    sum, and the quantization takes s * x alone, at the range moved by -t: both nodes go, t exactly. Otherwise
+    sum, and the quantization takes s * x alone, at the range moved by -t: both nodes go, t is rounded only
+    as the biases are. Otherwise
     (steps 0) only the Mul goes: the Add adds t / s to x, and the step is divided by s."""
 
     x: str
@@ -331,9 +332,9 @@ def _absorbed(affine: _Absorbed, r: Range, readers: list[_IntNode]) -> tuple[_Ab
     sums = [n.weight_sums() for n in readers]
     zero = round(r.zero_point + affine.t / r.scale)
     if readers and all(w is not None for w in sums) and 0 <= zero <= LEVELS:
-        for reader, w in zip(readers, sums):
+        for reader, w in zip(readers, sums):  # (each reads `a` alone: one affine each)
             assert w is not None
-            reader.shift = affine.t * w if reader.shift is None else reader.shift + affine.t * w
+            reader.shift = affine.t * w
         return replace(affine, into_bias=True), Range(-zero * r.scale, (LEVELS - zero) * r.scale, r.sqnr_db)
     n = affine.t / r.scale
     if abs(n) < _ABSORB_STEPS:
