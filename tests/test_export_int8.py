@@ -425,6 +425,23 @@ def _exported_affine(tmp_path: Path, nodes: list[onnx.NodeProto], inits: list[on
     return qpk, out, qpack.export(qpk, "onnx-int8", out, inputs=tmp_path / "cal.npz", min_cosine=-1), x
 
 
+def _cosine_to_container(qpk: Path, out: Path, x: np.ndarray, tmp: Path) -> float:
+    """The cosine of the export's outputs on the inputs `x`, one at a time, to the unpacked container's."""
+    qpack.unpack(qpk, tmp / "restored.onnx")
+    a, b = _session(tmp / "restored.onnx"), _session(out)
+    ref = np.concatenate([a.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
+    got = np.concatenate([b.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
+    return float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got))
+
+
+def _hard_swish_between_convs(rng: np.random.Generator) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """x -> Conv(w1, 3x3) -> HardSwish -> Conv(w2, 1x1) -> y: the nodes and the weights."""
+    w1 = numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.5).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32), "w2")
+    return [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("HardSwish", ["c"], ["h"]),
+            helper.make_node("Conv", ["h", "w2"], ["y"])], [w1, w2]
+
+
 @pytest.mark.parametrize("factor", [0.7, -0.7])
 def test_a_scalar_mul_add_after_a_conv_is_folded_into_it(tmp_path: Path, factor: float):
     """PaddlePaddle's learnable affine blocks, a Mul by one constant and an Add of one after a Conv, fold into it
@@ -444,11 +461,7 @@ def test_a_scalar_mul_add_after_a_conv_is_folded_into_it(tmp_path: Path, factor:
     assert "Conv 2; 1 Mul/Add folded into their Conv" in done.notes[0], done.notes
     ops = collections.Counter(n.op_type for n in onnx.load(str(out)).graph.node)
     assert not ops["Mul"] and not ops["Add"] and not ops["Relu"]
-    qpack.unpack(qpk, tmp_path / "restored.onnx")
-    a, b = _session(tmp_path / "restored.onnx"), _session(out)
-    ref = np.concatenate([a.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
-    got = np.concatenate([b.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
-    cos = float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got))
+    cos = _cosine_to_container(qpk, out, x, tmp_path)
     assert cos > 0.999, cos
 
 
@@ -499,11 +512,7 @@ def test_a_scalar_affine_before_an_integer_node_is_computed_by_its_quantization(
         scale_w = np.broadcast_to(inits[w_dq.input[1]].reshape(-1), (4,)).astype(np.float64)
         sums = (codes_w.reshape(4, -1) * scale_w[:, None]).sum(axis=1)
         assert np.array_equal(inits[bias_dq.input[0]], np.round(offset * sums / (np.float32(step) * scale_w.astype(np.float32))))
-    qpack.unpack(qpk, tmp_path / "restored.onnx")
-    a, b = _session(tmp_path / "restored.onnx"), _session(out)
-    ref = np.concatenate([a.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
-    got = np.concatenate([b.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
-    assert float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.999
+    assert _cosine_to_container(qpk, out, x, tmp_path) > 0.999
 
 
 @pytest.mark.parametrize("case", ["padded and unpadded readers", "auto_pad SAME_UPPER", "unpadded, with a bias"])
@@ -532,11 +541,7 @@ def test_the_add_goes_into_biases_only_where_every_reader_has_no_padding(tmp_pat
     biased = case == "unpadded, with a bias"
     assert f"1 scalar Mul/Add before integer nodes computed by their QuantizeLinear ({int(biased)} with the Add in the next " \
         f"nodes' biases, 0 whole, {int(not biased)} the Mul only)" in done.notes, done.notes
-    qpack.unpack(qpk, tmp_path / "restored.onnx")
-    a, b = _session(tmp_path / "restored.onnx"), _session(out)
-    ref = np.concatenate([a.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
-    got = np.concatenate([b.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
-    assert float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.999
+    assert _cosine_to_container(qpk, out, x, tmp_path) > 0.999
 
 
 @pytest.mark.parametrize("case", ["its output a graph output", "its output read by a float node"])
@@ -544,15 +549,11 @@ def test_a_hard_swish_read_elsewhere_stays_float(tmp_path: Path, case: str):
     """A HardSwish whose output anything but the quantization in front of integer nodes reads stays a float
     HardSwish (its float values are wanted)."""
     rng = np.random.default_rng(0)
-    w1 = numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.5).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32), "w2")
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("HardSwish", ["c"], ["h"]),
-             helper.make_node("Conv", ["h", "w2"], ["y"])]
+    nodes, weights = _hard_swish_between_convs(rng)
     if case == "its output read by a float node":
         nodes[-1].output[0] = "z"
         nodes += [helper.make_node("ReduceMean", ["h"], ["r"], axes=[1], keepdims=1), helper.make_node("Add", ["z", "r"], ["y"])]
-    qpk, out, done, x = _exported_affine(tmp_path, nodes, [w1, w2], rng, opset=14)
+    qpk, out, done, x = _exported_affine(tmp_path, nodes, weights, rng, opset=14)
     if case == "its output a graph output":  # (made an output after the export: the same graph otherwise)
         src = onnx.load(str(tmp_path / "affine.onnx"))
         src.graph.output.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 8, 8, 8]))
@@ -569,12 +570,8 @@ def test_a_hard_swish_between_integer_nodes_runs_in_integers(tmp_path: Path):
     the next Conv's input. Its integers match a NumPy reference of that arithmetic, and the outputs keep the
     container's."""
     rng = np.random.default_rng(0)
-    w1 = numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.5).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32), "w2")
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("HardSwish", ["c"], ["h"]),
-             helper.make_node("Conv", ["h", "w2"], ["y"])]
-    qpk, out, done, x = _exported_affine(tmp_path, nodes, [w1, w2], rng, opset=14)
+    nodes, weights = _hard_swish_between_convs(rng)
+    qpk, out, done, x = _exported_affine(tmp_path, nodes, weights, rng, opset=14)
     assert "1 HardSwish between integer nodes computed in integers (onnxruntime's QLinearAdd and QLinearMul)" in done.notes
     fused = _fused_ops(out, tmp_path)
     # (the second Conv writes the float graph output, so it stays a Conv)
@@ -596,11 +593,7 @@ def test_a_hard_swish_between_integer_nodes_runs_in_integers(tmp_path: Path):
     gate = np.clip(np.rint((xv + 3) / (6 / 255)), 0, 255) / 255
     want = np.clip(np.rint(xv * gate / y_step) + y_zero, 0, 255)
     assert np.abs(want - yq).max() <= 1 and np.mean(want == yq) > 0.95, (np.abs(want - yq).max(), np.mean(want == yq))
-    qpack.unpack(qpk, tmp_path / "restored.onnx")
-    a, b = _session(tmp_path / "restored.onnx"), _session(out)
-    ref = np.concatenate([a.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
-    got = np.concatenate([b.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
-    assert float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.999
+    assert _cosine_to_container(qpk, out, x, tmp_path) > 0.999
 
 
 @pytest.mark.parametrize("recorded", [1.5, "0.99", True])
