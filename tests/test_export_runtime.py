@@ -415,6 +415,7 @@ def test_fast_hard_swish_fusion_keeps_what_it_must(tmp_path: Path, case: str):
 
 _AFFINE_CASES = {  # case: (s's shape, t's shape, folds); s None: no Mul, t None: no Add
     "mul and add": ((1, 4, 1, 1), (), True),
+    "stored bias": ((1, 16, 1, 1), (), True),  # 16 output channels: the bias is large enough to store
     "mul reads s first": ((4, 1, 1), (1, 4, 1, 1), True),
     "no bias": ((), (4, 1, 1), True),
     "add only": (None, (1, 4, 1, 1), True),
@@ -435,10 +436,11 @@ def _affine_after_conv(case: str) -> onnx.ModelProto:
     s_shape, t_shape, _ = _AFFINE_CASES[case]
     rng = np.random.default_rng(3)
     spatial = [6] if case == "conv1d" else [6, 6]
-    w = (rng.standard_normal([4, 4] + [3] * len(spatial)) * 0.3).astype(np.float32)
+    c = 16 if case == "stored bias" else 4
+    w = (rng.standard_normal([c, 4] + [3] * len(spatial)) * 0.3).astype(np.float32)
     inits = [numpy_helper.from_array(w, "W")]
     if case != "no bias":
-        inits.append(numpy_helper.from_array(np.array([0.1, -0.2, 0.3, 0.05], np.float32), "b"))
+        inits.append(numpy_helper.from_array(np.linspace(-0.2, 0.3, c).astype(np.float32), "b"))
     conv = helper.make_node("Conv", ["x", "W"] + ([] if case == "no bias" else ["b"]), ["conv_out"], pads=[1] * 2 * len(spatial))
     nodes, y = [conv], "conv_out"
     if s_shape is not None:
@@ -450,9 +452,9 @@ def _affine_after_conv(case: str) -> onnx.ModelProto:
         nodes.append(helper.make_node("Add", [y, "t"], ["y"]))
     else:
         nodes[-1].output[0] = "y"
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c] + spatial)]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4] + spatial)]
     shape = [1, 4] + spatial
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)]
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)]
     if case == "shared weight":  # a second Conv reads W as it is
         nodes.append(helper.make_node("Conv", ["x", "W"], ["y2"], pads=[1] * 4))
         outputs.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, shape))
@@ -475,9 +477,10 @@ def test_fast_folds_the_affine_after_a_float_conv(tmp_path: Path, target: str, c
     folds = _AFFINE_CASES[case][2]
     src = tmp_path / "affine.onnx"
     onnx.save(_affine_after_conv(case), src)
-    qpk = _pack(src, tmp_path, Policy("sym", 8, per_channel=True))
+    stored = ("W", "b") if case == "stored bias" else ("W",)
+    qpk = _pack(src, tmp_path, Policy("sym", 8, per_channel=True, include=stored))
     with QpkReader(qpk) as q:
-        assert [e.name for e in q.entries] == ["W"]
+        assert tuple(e.name for e in q.entries) == stored
     out = tmp_path / "affine_fast.onnx"
     done = qpack.export(qpk, target, out)
     assert any("1 Mul/Add after float Conv folded into their weights and biases" in n for n in done.notes) == folds, done.notes

@@ -145,6 +145,7 @@ class ConvAffine:
     rank: int  # its weight's dimensions
     s: NDArray[np.float32] | None  # [1] or [C]
     t: NDArray[np.float32] | None
+    bias: NDArray[np.float32] | None  # the Conv's bias values where they are in the model (not stored), [C]
 
     @property
     def output(self) -> str:
@@ -197,9 +198,10 @@ def conv_affines(model: ModelProto, stored: frozenset[str], leave: frozenset[int
         b = consts.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
         if w is None or w.data_type != TensorProto.FLOAT or len(w.dims) < 3:
             continue
-        if len(conv.input) > 2 and conv.input[2] and (b is None or b.data_type != TensorProto.FLOAT):
+        if len(conv.input) > 2 and conv.input[2] and (b is None or b.data_type != TensorProto.FLOAT or list(b.dims) != [w.dims[0]]):
             continue
         channels, rank = int(w.dims[0]), len(w.dims)
+        bias = numpy_helper.to_array(b).reshape(-1) if b is not None and conv.input[2] not in stored else None
         nodes: list[NodeProto] = []
         y = conv.output[0]
         mul = only_reader(y, "Mul")
@@ -212,21 +214,22 @@ def conv_affines(model: ModelProto, stored: frozenset[str], leave: frozenset[int
             nodes.append(add)
         if nodes:
             found.append(ConvAffine(conv, tuple(nodes), channels, rank, s if any(n is mul for n in nodes) else None,
-                                    t if any(n is add for n in nodes) else None))
+                                    t if any(n is add for n in nodes) else None, bias))
     return found
 
 
 def fold_conv_affines(model: ModelProto, stored: frozenset[str], leave: frozenset[int] = frozenset(),
                       notes: list[str] | None = None) -> int:
-    """Fold each affine conv_affines finds into its Conv: the weight times s and the bias b * s + t, made
-    by Mul and Add nodes on constants (computed when the session loads), and the Conv writes the affine's
-    output. Nodes are edited, removed and inserted in place (the other nodes' references stay valid).
-    Returns how many, and says so in `notes`."""
+    """Fold each affine conv_affines finds into its Conv: the weight times s, made by a Mul node on constants
+    (computed when the session loads), and the bias b * s + t (computed here in float32 where b is in the
+    model, else by nodes too); the Conv writes the affine's output. Nodes are edited, removed and inserted
+    in place (the other nodes' references stay valid). Returns how many, and says so in `notes`."""
     graph = model.graph
     matches = conv_affines(model, stored, leave)
     names = Names(model)
     inits: list[TensorProto] = []
     before: dict[int, list[NodeProto]] = {}
+    replaced: set[str] = set()  # biases computed anew
 
     def constant(stem: str, v: NDArray[np.float32], shape: tuple[int, ...]) -> str:
         name = names.fresh(stem)
@@ -245,11 +248,17 @@ def fold_conv_affines(model: ModelProto, stored: frozenset[str], leave: frozense
             per_weight = (m.s.size,) + (1,) * (m.rank - 1)  # one factor: [1, 1, ...] broadcasts too
             conv.input[1] = node("Mul", [conv.input[1], constant(f"{m.output}_weight_factor", m.s, per_weight)],
                                  f"{conv.input[1]}_folded", made)
-            if bias:
+        if m.bias is not None or not bias:  # b * s + t computed here, in float32 as the nodes would
+            replaced.add(bias)
+            b = m.bias if m.bias is not None else np.zeros(m.channels, np.float32)
+            b = b * m.s if m.s is not None else b
+            b = b + m.t if m.t is not None else b
+            bias = constant(f"{m.output}_bias", b, (m.channels,)) if m.bias is not None or m.t is not None else ""
+        else:  # a stored bias: its values come from the container, so nodes
+            if m.s is not None:
                 bias = node("Mul", [bias, constant(f"{m.output}_bias_factor", m.s, (m.s.size,))], f"{bias}_folded", made)
-        if m.t is not None:
-            t = constant(f"{m.output}_shift", np.broadcast_to(m.t, (m.channels,)), (m.channels,))
-            bias = node("Add", [bias, t], f"{m.output}_bias", made) if bias else t
+            if m.t is not None:
+                bias = node("Add", [bias, constant(f"{m.output}_shift", m.t, (m.t.size,))], f"{m.output}_bias", made)
         if bias:
             conv.input.extend([""] * (3 - len(conv.input)))
             conv.input[2] = bias
@@ -257,7 +266,7 @@ def fold_conv_affines(model: ModelProto, stored: frozenset[str], leave: frozense
     for m in matches:  # in place, as fuse_hard_swish edits: references to the other nodes stay valid
         for n in m.nodes:
             graph.node.remove(n)
-    read = {i for m in matches for n in m.nodes for i in n.input}  # s and t among them
+    read = replaced | {i for m in matches for n in m.nodes for i in n.input}  # s and t among them
     at = {id(n): i for i, n in enumerate(graph.node)}
     for i, made in sorted(((at[k], made) for k, made in before.items()), key=lambda p: -p[0]):
         for n in reversed(made):
