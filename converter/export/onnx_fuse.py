@@ -31,18 +31,19 @@ from qpack.formats.onnx_keys import DEFAULT_DOMAINS, Site
 OPSET_HARD_SWISH = 14
 
 
-def _constants(graph: GraphProto) -> dict[str, NDArray]:
-    """The graph's small float constants by value name (initializers and Constant nodes), for matching."""
-    out: dict[str, NDArray] = {}
-    for t in graph.initializer:
-        if len(t.dims) <= 1 and (not t.dims or t.dims[0] == 1):
-            out[t.name] = numpy_helper.to_array(t)
+def _tensors(graph: GraphProto) -> dict[str, TensorProto]:
+    """The graph's constants (initializers and Constant nodes' values) by value name."""
+    out = {t.name: t for t in graph.initializer}
     for n in graph.node:
         if n.op_type == "Constant" and n.domain in DEFAULT_DOMAINS and len(n.attribute) == 1 and n.attribute[0].name == "value":
-            t = n.attribute[0].t
-            if len(t.dims) <= 1 and (not t.dims or t.dims[0] == 1):
-                out[n.output[0]] = numpy_helper.to_array(t)
+            out[n.output[0]] = n.attribute[0].t
     return out
+
+
+def _constants(graph: GraphProto) -> dict[str, NDArray]:
+    """The graph's small float constants by value name (initializers and Constant nodes), for matching."""
+    return {name: numpy_helper.to_array(t) for name, t in _tensors(graph).items()
+            if len(t.dims) <= 1 and (not t.dims or t.dims[0] == 1)}
 
 
 def _is(consts: dict[str, NDArray], name: str, value: float) -> bool:
@@ -152,17 +153,6 @@ class ConvAffine:
         return self.nodes[-1].output[0]
 
 
-def _tensors(graph: GraphProto) -> dict[str, TensorProto]:
-    """The graph's constants (initializers and Constant nodes' values) by value name: not an initializer
-    that is also a graph input, which a caller may override."""
-    inputs = {i.name for i in graph.input}
-    out = {t.name: t for t in graph.initializer if t.name not in inputs}
-    for n in graph.node:
-        if n.op_type == "Constant" and n.domain in DEFAULT_DOMAINS and len(n.attribute) == 1 and n.attribute[0].name == "value":
-            out[n.output[0]] = n.attribute[0].t
-    return out
-
-
 def _per_channel(t: TensorProto | None, channels: int, rank: int) -> NDArray[np.float32] | None:
     """A float32 constant's finite values, flat ([1] or [C]), where it broadcasts against a Conv's
     [N, C, ...] output of `rank` dimensions without changing its shape: one value of rank <= `rank`, or
@@ -183,7 +173,8 @@ def conv_affines(model: ModelProto, stored: frozenset[str], leave: frozenset[int
     bias whose output only a per-channel affine reads. The values of `stored` are the container's
     tensors: constants, their data not in the model, so never read as s or t."""
     graph = model.graph
-    consts = _tensors(graph)
+    overridable = {i.name for i in graph.input}  # an initializer that is also a graph input is no constant
+    consts = {name: t for name, t in _tensors(graph).items() if name not in overridable}
     only_reader = _only_reader(model)
 
     def operand(node: NodeProto | None, x: str, channels: int, rank: int) -> NDArray[np.float32] | None:
@@ -248,17 +239,17 @@ def fold_conv_affines(model: ModelProto, stored: frozenset[str], leave: frozense
             per_weight = (m.s.size,) + (1,) * (m.rank - 1)  # one factor: [1, 1, ...] broadcasts too
             conv.input[1] = node("Mul", [conv.input[1], constant(f"{m.output}_weight_factor", m.s, per_weight)],
                                  f"{conv.input[1]}_folded", made)
-        if m.bias is not None or not bias:  # b * s + t computed here, in float32 as the nodes would
-            replaced.add(bias)
-            b = m.bias if m.bias is not None else np.zeros(m.channels, np.float32)
-            b = b * m.s if m.s is not None else b
-            b = b + m.t if m.t is not None else b
-            bias = constant(f"{m.output}_bias", b, (m.channels,)) if m.bias is not None or m.t is not None else ""
-        else:  # a stored bias: its values come from the container, so nodes
+        if bias and m.bias is None:  # a stored bias: its values come from the container, so nodes
             if m.s is not None:
                 bias = node("Mul", [bias, constant(f"{m.output}_bias_factor", m.s, (m.s.size,))], f"{bias}_folded", made)
             if m.t is not None:
                 bias = node("Add", [bias, constant(f"{m.output}_shift", m.t, (m.t.size,))], f"{m.output}_bias", made)
+        elif bias or m.t is not None:  # b * s + t computed here, in float32 as the nodes would
+            replaced.add(bias)
+            b = m.bias if m.bias is not None else np.zeros(m.channels, np.float32)
+            b = b * m.s if m.s is not None else b
+            b = b + m.t if m.t is not None else b
+            bias = constant(f"{m.output}_bias", b, (m.channels,))
         if bias:
             conv.input.extend([""] * (3 - len(conv.input)))
             conv.input[2] = bias
@@ -280,25 +271,31 @@ def fold_conv_affines(model: ModelProto, stored: frozenset[str], leave: frozense
 
 
 def raised_and_fused(load: Callable[[], tuple[ModelProto, dict[str, Site]]], stored: set[str], opset: int, why: str,
-                     notes: list[str]) -> tuple[ModelProto, dict[str, Site]]:
-    """The model `load` gives, moved to `opset` (raise_opset; `why` names what needs it) and its hard-swish
-    fused, with a note. Fusing may need a later opset than the export's own: where the model cannot move
-    there, it is loaded again and exported unfused, and the note says why."""
+                     notes: list[str], affines: bool = True) -> tuple[ModelProto, dict[str, Site]]:
+    """The model `load` gives, moved to `opset` (raise_opset; `why` names what needs it), its hard-swish
+    fused and (with `affines`) the affines after its Convs folded into them, each with a note. Fusing may
+    need a later opset than the export's own: where the model cannot move there, it is loaded again and
+    exported unfused, and the note says why. onnx-int8 folds the affines itself, once it has chosen which
+    Convs stay float."""
     model, at = load()
+    fuse = True
     if hard_swishes(model) and opset < OPSET_HARD_SWISH:
         try:
             at = raise_opset(model, OPSET_HARD_SWISH, at, "HardSwish")
         except UnsupportedError as e:  # (the failed move may have renamed what it touched: start again)
             notes.append(f"hard-swish kept as four nodes: {e}")
             model, at = load()
-            return model, raise_opset(model, opset, at, why)
+            at, fuse = raise_opset(model, opset, at, why), False
     else:
         at = raise_opset(model, opset, at, why)
-    fused, removed = fuse_hard_swish(model, frozenset(at[k].value for k in stored if k in at))
-    at = {k: site for k, site in at.items() if site.value not in removed}  # (`stored` keys all stay)
-    if fused:
-        notes.append(f"{fused} hard-swish (x * Clip(x + 3, 0, 6) / 6) fused into HardSwish: one pass over each "
-                     "activation instead of four")
+    if fuse:
+        fused, removed = fuse_hard_swish(model, frozenset(at[k].value for k in stored if k in at))
+        at = {k: site for k, site in at.items() if site.value not in removed}  # (`stored` keys all stay)
+        if fused:
+            notes.append(f"{fused} hard-swish (x * Clip(x + 3, 0, 6) / 6) fused into HardSwish: one pass over each "
+                         "activation instead of four")
+    if affines:
+        fold_conv_affines(model, frozenset(at[k].value for k in stored if k in at), notes=notes)
     return model, at
 
 

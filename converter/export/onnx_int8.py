@@ -290,10 +290,9 @@ class _Absorbed:
     QuantizeLinear in front of them: round(value / step) + z = round(x / (step / s)) + (z + t / step) when
     t / step is a whole number `steps` (the step grows to make it one, where |t / step| >= _ABSORB_STEPS: the
     range covers what it did, nothing more is clipped), so both nodes go. Where every reader is a Conv without
-    padding (`into_bias`), t goes into their biases instead, t times each output channel's weight
-    sum, and the quantization takes s * x alone, at the range moved by -t: both nodes go, t is rounded only
-    as the biases are. Otherwise
-    (steps 0) only the Mul goes: the Add adds t / s to x, and the step is divided by s."""
+    padding (`into_bias`), t goes into their biases instead, t times each output channel's weight sum, and
+    the quantization takes s * x alone, at the range moved by -t: both nodes go, t is rounded only as the
+    biases are. Otherwise (steps 0) only the Mul goes: the Add adds t / s to x, and the step is divided by s."""
 
     x: str
     s: float
@@ -495,7 +494,7 @@ class _Base:
         by_key = {e.key: onnx_qdq.plan(reader, e) for e in reader.entries}
         opset, why = onnx_qdq.requirement(list(by_key.values()))
         opset, why = max((opset, why), (_OPSET_PER_AXIS, "per-axis DequantizeLinear"))
-        model, at = raised_and_fused(lambda: load_skeleton(reader, keys), set(keys), opset, why, notes)
+        model, at = raised_and_fused(lambda: load_skeleton(reader, keys), set(keys), opset, why, notes, affines=False)
         return cls(model, at, by_key)
 
     def copy(self) -> tuple[ModelProto, dict[str, Site], dict[str, onnx_qdq.QdqPlan], dict[str, Site]]:

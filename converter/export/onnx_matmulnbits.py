@@ -29,7 +29,7 @@ from onnx import ModelProto, NodeProto, TensorProto, helper
 
 from qpack.converter.export import onnx_qdq
 from qpack.converter.export.intform import IntForm, int_form
-from qpack.converter.export.onnx_fuse import fold_conv_affines, raised_and_fused
+from qpack.converter.export.onnx_fuse import raised_and_fused
 from qpack.converter.export.onnx_graph import (
     DEFAULT_DOMAINS,
     MS_DOMAIN,
@@ -253,7 +253,6 @@ def export_onnx_matmulnbits(reader: QpkReader, out: Path, notes: list[str], accu
         return loaded.pop() if loaded else load_skeleton(reader, [e.key for e in entries])
 
     model, at = raised_and_fused(load, {e.key for e in entries}, opset, why, notes)
-    fold_conv_affines(model, frozenset(at[e.key].value for e in entries), notes=notes)
     edits, names = Edits(), Names(model)
     for m in mnb:
         apply(model, m, at[m.entry.key], edits, names, accuracy_level)

@@ -317,14 +317,13 @@ def finish(model: ModelProto, extra_opsets: dict[str, int], out: Path) -> list[P
 def export_onnx_qdq(reader: QpkReader, out: Path, notes: list[str], decoded: bool = False) -> list[Path]:
     """Write the container's model with every stored tensor behind a DequantizeLinear node (`decoded`:
     behind the Cast/Mul nodes onnxruntime folds at load, apply_decoded)."""
-    from qpack.converter.export.onnx_fuse import fold_conv_affines, raised_and_fused
+    from qpack.converter.export.onnx_fuse import raised_and_fused
 
     keys = [e.key for e in reader.entries]
     plans = [plan(reader, e) for e in reader.entries]
     opset, why = requirement(plans, decoded)
     if decoded:  # for onnxruntime: its float glue fused too
         model, at = raised_and_fused(lambda: load_skeleton(reader, keys), set(keys), opset, why, notes)
-        fold_conv_affines(model, frozenset(at[k].value for k in keys), notes=notes)
     else:
         model, at = load_skeleton(reader, keys)
         at = raise_opset(model, opset, {k: at[k] for k in keys}, why)
