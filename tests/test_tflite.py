@@ -37,6 +37,9 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
 
+_FILTERS = (Role.KERNEL, Role.MATRIX)  # a dense CONV_2D's filter is a matrix (tflite_model.dense_conv)
+
+
 def _changed_outside(src: Path, restored: Path, model: TfliteModel, keys: set[str]) -> int:
     """Bytes that differ outside the quantized buffers."""
     a = np.frombuffer(src.read_bytes(), np.uint8)
@@ -51,7 +54,7 @@ def _changed_outside(src: Path, restored: Path, model: TfliteModel, keys: set[st
 
 def test_float16_depthwise(tfl_fp16: Path, tmp_path: Path):
     model = TfliteModel(tfl_fp16)
-    kernels = [w for w in model.weights if w.role == Role.KERNEL]
+    kernels = [w for w in model.weights if w.role in _FILTERS]
     assert all(w.dtype == "float16" for w in kernels)
     depthwise = [w for w in kernels if any(c.startswith("DEPTHWISE_CONV_2D") for c in w.consumers)]
     assert depthwise and all(w.axis == 3 and w.shape[0] == 1 for w in depthwise)
@@ -70,7 +73,11 @@ def test_float16_depthwise(tfl_fp16: Path, tmp_path: Path):
 
 def test_float32_model(tfl_fp32: Path, tmp_path: Path):
     model = TfliteModel(tfl_fp32)
-    assert {w.dtype for w in model.weights if w.role == Role.KERNEL} == {"float32"}
+    assert {w.dtype for w in model.weights if w.role in _FILTERS} == {"float32"}
+    # dense convolutions are matrices: the 3x3 head on its 3x3 input, pointwise ones on few pixels (not 96x96)
+    dense = {w.name: w for w in model.weights if w.role == Role.MATRIX}
+    assert dense["conv2d_20/Kernel"].shape == (1404, 3, 3, 32) and dense["conv2d_20/Kernel"].axis == 0
+    assert "conv2d_16/Kernel" in dense and "conv2d_1/Kernel" not in dense and "conv2d/Kernel" not in dense
     _, restored = _round_trip(tfl_fp32, tmp_path, Policy("sym", 8, per_channel=True))
     ref_runner, got_runner = TfliteRunner(tfl_fp32), TfliteRunner(restored)
     feeds = _feeds(ref_runner, 1)
@@ -97,7 +104,7 @@ def test_sparse_tensors_quantize_their_nonzero_values(tfl_sparse: Path, tmp_path
     sparse = [w for w in model.weights if w.note.startswith("sparse")]
     assert sparse and all(w.role == Role.KERNEL and len(w.shape) == 1 and w.axis is None for w in sparse)
     floats = [w for w in model.weights if w.dtype.startswith("float")]
-    quantized = [w for w in floats if w.role == Role.KERNEL]
+    quantized = [w for w in floats if w.role in _FILTERS]
     assert sum(w.size for w in quantized) >= 0.9 * sum(w.size for w in floats)
     _, restored = _round_trip(tfl_sparse, tmp_path, Policy("asym", 8, per_channel=True))
     assert _changed_outside(tfl_sparse, restored, model, {w.key for w in quantized}) == 0

@@ -32,7 +32,7 @@ after the flatbuffer.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -45,6 +45,7 @@ from qpack.converter.export.intform import IntForm, int_form
 from qpack.formats.atomic import atomic_output
 from qpack.formats.errors import FormatError, UnsupportedError
 from qpack.formats.qpk import QpkReader, TensorEntry, pack
+from qpack.formats.tflite_model import dense_conv
 
 _ALIGN = 16  # buffer data alignment TFLite's own writer uses, so kernels may read it in place
 _IDENT = b"TFL3"
@@ -83,6 +84,16 @@ class _Use:
     readers: list[tuple[int, str, int]]  # (operator index, op name, input position)
     unwrapped: bool = False  # a float16 constant its readers took through DEQUANTIZE (as float32)
     sparse: bool = False  # its buffer holds a sparse tensor's nonzero values, which DENSIFY spreads out
+    dense: dict[int, str] = field(default_factory=dict)  # reader CONV_2D -> how it computes a dense layer (dense_conv)
+
+
+def _dense(schema: ModuleType, g: Any, op: Any) -> str | None:
+    """dense_conv for a CONV_2D of the object model."""
+    o = op.builtinOptions
+    if op.builtinOptionsType != schema.BuiltinOptions.Conv2DOptions or o is None or len(op.inputs) < 2 or min(op.inputs[:2]) < 0:
+        return None
+    x, w = (tuple(int(n) for n in (g.tensors[int(t)].shape if g.tensors[int(t)].shape is not None else ())) for t in op.inputs[:2])
+    return dense_conv(w, x, o.padding == schema.Padding.VALID, (o.strideH, o.strideW), (o.dilationHFactor, o.dilationWFactor))
 
 
 def op_names(schema: ModuleType, model: Any) -> list[str]:
@@ -90,17 +101,22 @@ def op_names(schema: ModuleType, model: Any) -> list[str]:
     return [names.get(max(c.builtinCode, c.deprecatedBuiltinCode), "CUSTOM") for c in model.operatorCodes]
 
 
-def _uses(model: Any, ops: list[str], unwrapped: frozenset[tuple[int, int]] = frozenset()) -> dict[int, list[_Use]]:
+def _uses(schema: ModuleType, model: Any, ops: list[str], unwrapped: frozenset[tuple[int, int]] = frozenset()) -> dict[int, list[_Use]]:
     """Buffer -> every tensor stored in it, with the operators reading that tensor."""
     out: dict[int, list[_Use]] = defaultdict(list)
     for s, g in enumerate(model.subgraphs):
         readers: dict[int, list[tuple[int, str, int]]] = defaultdict(list)
+        dense: dict[int, str] = {}
         for k, op in enumerate(g.operators or []):
+            if ops[op.opcodeIndex] == "CONV_2D" and (how := _dense(schema, g, op)) is not None:
+                dense[k] = how
             for pos, t in enumerate(op.inputs if op.inputs is not None else []):
                 if t >= 0:
                     readers[int(t)].append((k, ops[op.opcodeIndex], pos))
         for t, tensor in enumerate(g.tensors or []):
-            out[tensor.buffer].append(_Use(s, t, readers.get(t, []), (s, t) in unwrapped, tensor.sparsity is not None))
+            r = readers.get(t, [])
+            out[tensor.buffer].append(_Use(s, t, r, (s, t) in unwrapped, tensor.sparsity is not None,
+                                           {k: dense[k] for k, _, _ in r if k in dense}))
     return out
 
 
@@ -171,16 +187,19 @@ def _hybrid(e: TensorEntry, form: IntForm, uses: list[_Use]) -> Choice | None:
     if e.dtype != "float32" and not all(u.unwrapped for u in uses):
         return None
     readers = [r for u in uses for r in u.readers]
-    if not readers or any(op not in _HYBRID or pos != 1 for _, op, pos in readers):
+    convs = any(k in u.dense for u in uses for k, _, _ in u.readers)
+    if not readers or not all(pos == 1 and (op in _HYBRID or k in u.dense) for u in uses for k, op, pos in u.readers):
         return None
-    axes = {_HYBRID[op][0] % len(e.shape) for _, op, _ in readers}
+    axes = {_HYBRID.get(op, (0, True))[0] % len(e.shape) for _, op, _ in readers}
     axis = axes.pop()
     if axes or form.grouping.axis not in (None, axis):
         return None
     sym = centered(form)
     if not sym.fits(-127, 127):
         return None
-    int4 = sym.fits(-7, 7) and all(_HYBRID[op][1] for _, op, _ in readers)
+    int4 = sym.fits(-7, 7) and all(_HYBRID.get(op, (0, True))[1] for _, op, _ in readers)
+    if convs and not int4:  # at int8 a convolution stays one: exact behind DEQUANTIZE, at float speed in XNNPACK
+        return None
     scales = sym.scale.tolist() * (e.shape[axis] if form.grouping.axis is None else 1)
     return Choice(e, True, 4 if int4 else 8, sym.q, scales, [0] * len(scales), axis)
 
@@ -260,13 +279,47 @@ class _Writer:
             if op == name:
                 self.model.operatorCodes[i].version = max(self.model.operatorCodes[i].version, version)
 
-    def _dequantize_code(self) -> int:
-        if "DEQUANTIZE" not in self.ops:
+    def _code(self, name: str) -> int:
+        """The operator code of builtin `name`, added when the model has none."""
+        if name not in self.ops:
             code = self.schema.OperatorCodeT()
-            code.builtinCode = code.deprecatedBuiltinCode = self.schema.BuiltinOperator.DEQUANTIZE
+            code.builtinCode = getattr(self.schema.BuiltinOperator, name)
+            code.deprecatedBuiltinCode = min(code.builtinCode, 127)  # the int8 field's placeholder past 127
             self.model.operatorCodes.append(code)
-            self.ops.append("DEQUANTIZE")
-        return self.ops.index("DEQUANTIZE")
+            self.ops.append(name)
+        return self.ops.index(name)
+
+    def _fully_connected(self, u: _Use, k: int, weight: Any) -> None:
+        """A dense CONV_2D becomes the FULLY_CONNECTED it computes (dense_conv), on the same filter read
+        as [O, H*W*I], so that XNNPACK runs its int4 weights; a "window" one reads its input reshaped
+        to one pixel of all the input's values, and both keep the output's shape (keepNumDims)."""
+        schema, g = self.schema, self.model.subgraphs[u.subgraph]
+        op = g.operators[k]
+        opts = schema.FullyConnectedOptionsT()
+        opts.fusedActivationFunction, opts.keepNumDims = op.builtinOptions.fusedActivationFunction, True
+        op.opcodeIndex, op.builtinOptionsType, op.builtinOptions = (self._code("FULLY_CONNECTED"),
+                                                                    schema.BuiltinOptions.FullyConnectedOptions, opts)
+        weight.shape = [int(weight.shape[0]), int(np.prod(weight.shape[1:]))]
+        if u.dense[k] != "window":
+            return
+        x = g.tensors[int(op.inputs[0])]
+        new_shape = [-1, 1, 1, weight.shape[1]]
+        shape = schema.TensorT()
+        shape.shape, shape.type, shape.name = [4], schema.TensorType.INT32, (x.name or b"") + b"_shape"
+        self.model.buffers.append(schema.BufferT())
+        self.model.buffers[-1].data = np.asarray(new_shape, "<i4").view(np.uint8)
+        shape.buffer = len(self.model.buffers) - 1
+        flat = schema.TensorT()
+        flat.shape, flat.type, flat.buffer = [int(x.shape[0]), 1, 1, weight.shape[1]], schema.TensorType.FLOAT32, self._empty_buffer()
+        flat.name = (x.name or b"") + b"_flat"
+        g.tensors.extend([shape, flat])
+        reshape = schema.OperatorT()
+        reshape.opcodeIndex, reshape.outputs = self._code("RESHAPE"), [len(g.tensors) - 1]
+        reshape.inputs = [int(op.inputs[0]), len(g.tensors) - 2]
+        reshape.builtinOptionsType, reshape.builtinOptions = schema.BuiltinOptions.ReshapeOptions, schema.ReshapeOptionsT()
+        reshape.builtinOptions.newShape = new_shape
+        op.inputs = [len(g.tensors) - 1, *[int(i) for i in op.inputs[1:]]]
+        self._pending.append((u.subgraph, k, reshape))
 
     def apply(self, c: Choice, buffer: int, uses: list[_Use]) -> None:
         schema = self.schema
@@ -278,14 +331,18 @@ class _Writer:
             qp.scale, qp.zeroPoint, qp.quantizedDimension = list(c.scales), list(c.zero_points), c.axis
             tensor.quantization = qp
             if c.hybrid:
+                for k, _, _ in u.readers:
+                    if k in u.dense:
+                        self._fully_connected(u, k, tensor)
                 for _, op, _ in u.readers:
                     self._require(op, _VERSIONS.get((op, c.width == 4), 1))
+                self._require("FULLY_CONNECTED", _VERSIONS[("FULLY_CONNECTED", c.width == 4)])
                 continue
             self._require("DEQUANTIZE", _DEQUANTIZE_VERSION[(c.width == 4, len(c.scales) > 1)])
             if u.sparse:
                 self._densified(c, u, qp)
                 continue
-            code = self._dequantize_code()
+            code = self._code("DEQUANTIZE")
             direct = [r for r in u.readers if r[1] != "DEQUANTIZE"]
             if direct:
                 self._rewire(c, u, tensor, direct, code)
@@ -346,13 +403,51 @@ def _pack_buffer(schema: ModuleType, buf: Any, builder: flatbuffers.Builder) -> 
     return end
 
 
+def _pack_quantization(schema: ModuleType, q: Any, builder: flatbuffers.Builder, shared: dict[tuple[str, bytes], int]) -> int:
+    """QuantizationParametersT.Pack with each distinct parameter vector written once and pointed to by
+    every table that holds it (a flatbuffer may share a vector): the per-channel zero points of symmetric
+    weights are int64 zeros, 8 bytes a channel, the same few vectors all over a model."""
+    vectors = {}
+    for name, dtype in (("min", "<f4"), ("max", "<f4"), ("scale", "<f4"), ("zeroPoint", "<i8")):
+        values = getattr(q, name)
+        if values is not None:
+            raw = np.asarray(values, dtype=dtype)
+            key = (dtype, raw.tobytes())
+            if key not in shared:
+                shared[key] = builder.CreateNumpyVector(raw)
+            vectors[name] = shared[key]
+    details = q.details.Pack(builder) if q.details is not None else None
+    schema.QuantizationParametersStart(builder)
+    for name, add in (("min", schema.QuantizationParametersAddMin), ("max", schema.QuantizationParametersAddMax),
+                      ("scale", schema.QuantizationParametersAddScale), ("zeroPoint", schema.QuantizationParametersAddZeroPoint)):
+        if name in vectors:
+            add(builder, vectors[name])
+    schema.QuantizationParametersAddDetailsType(builder, q.detailsType)
+    if details is not None:
+        schema.QuantizationParametersAddDetails(builder, details)
+    schema.QuantizationParametersAddQuantizedDimension(builder, q.quantizedDimension)
+    end: int = schema.QuantizationParametersEnd(builder)
+    return end
+
+
 def serialize(schema: ModuleType, model: Any) -> bytes:
+    """The model as a .tflite file: buffers aligned, parameter vectors shared."""
+    shared: dict[tuple[str, bytes], int] = {}
+
     class Aligned(schema.BufferT):  # type: ignore[name-defined, misc]
         def Pack(self, builder: flatbuffers.Builder) -> int:  # noqa: N802 - the generated API's name
             return _pack_buffer(schema, self, builder)
 
+    class Shared(schema.QuantizationParametersT):  # type: ignore[name-defined, misc]
+        def Pack(self, builder: flatbuffers.Builder) -> int:  # noqa: N802
+            return _pack_quantization(schema, self, builder, shared)
+
     for buf in model.buffers:
         buf.__class__ = Aligned
+    for g in model.subgraphs:
+        for t in g.tensors or []:
+            if t.quantization is not None:
+                t.quantization.__class__ = Shared
     builder = flatbuffers.Builder(1 << 20)
     builder.Finish(model.Pack(builder), file_identifier=_IDENT)
     return bytes(builder.Output())
@@ -389,7 +484,7 @@ def _export(reader: QpkReader, out: Path, notes: list[str], layout: Layout) -> l
     model = load(schema, reader.graph(), str(reader.path))
     ops = op_names(schema, model)
     unwrapped = _unwrap_float16(schema, model, ops)
-    uses = _uses(model, ops, frozenset(unwrapped))
+    uses = _uses(schema, model, ops, frozenset(unwrapped))
     choices: list[tuple[int, Choice]] = []
     for e in reader.entries:
         buffer = int(e.key.split(":", 1)[1]) if e.key.startswith("buffer:") else -1
