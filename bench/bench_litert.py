@@ -114,7 +114,8 @@ QUICK_MODELS = ("landmark",)
 
 # qpack: (setting of bench_runtime.SETTINGS, export target). A new TFLite target is one more pair here.
 PAIRS = (("sym8 pc", "tflite"), ("sym4 pc", "tflite"), (GOAL, "tflite"), ("sym8 pc", "tflite-fast"), ("sym4 pc", "tflite-fast"),
-         (GOAL, "tflite-fast"), ("sym8 pc", "tflite-dequantize"), ("sym8 pc", "tflite-int8"), (GOAL, "tflite-int8"))
+         (GOAL, "tflite-fast"), ("sym8 pc", "tflite-dequantize"), ("sym8 pc", "tflite-int8"), (GOAL, "tflite-int8"),
+         ("sym8 pc", "tflite-int8-fast"), (GOAL, "tflite-int8-fast"))
 
 # The AI Edge Quantizer's recipes: shown name -> function of ai_edge_quantizer.recipe.
 AEQ_RECIPES = {

@@ -829,8 +829,8 @@ def test_inspect_says_which_targets_take_the_file_as_stored(sample: Path, tfl_fp
     tfl = tmp_path / "face.qpk"
     qpack.convert(tfl_fp16, tfl, bits=8, scheme="sym", per_channel=True, compress="none")
     fits = widened(tfl)
-    assert set(fits) == {"tflite", "tflite-fast", "tflite-dequantize", "tflite-int8", "tflite-16x8", "c", "c-coded"}
-    assert fits["tflite"] == fits["tflite-fast"] == fits["tflite-int8"] == fits["c"] == 0
+    assert set(fits) == {"tflite", "tflite-fast", "tflite-dequantize", "tflite-int8", "tflite-int8-fast", "tflite-16x8", "c", "c-coded"}
+    assert fits["tflite"] == fits["tflite-fast"] == fits["tflite-int8"] == fits["tflite-int8-fast"] == fits["c"] == 0
     r = runner.invoke(app, ["inspect", str(three)])
     assert "onnx-qdq widening 5 tensors, about" in r.output and "c as stored, about" in r.output
 

@@ -458,3 +458,38 @@ def test_a_relu_alone_is_computed_alike_by_tflm_and_litert(tmp_path: Path, to: s
         micro.set_input(x, 0)
         micro.invoke()
         assert np.abs(micro.get_output(0) - lite).max() <= step * 2.01  # (float32 values of the dequantized integers)
+
+
+def test_int8_fast_keeps_prelu_float_in_one_xnnpack_partition(iris: Path, exported, tmp_path: Path):
+    """XNNPACK has no int8 PRELU: tflite-int8's int8 PRELUs split LiteRT's graph, tflite-int8-fast computes
+    them in float between DEQUANTIZE and QUANTIZE, which XNNPACK runs, so the whole graph is one partition;
+    every other op stays int8 and the outputs stay those of the int8 file."""
+    qpk, int8, _ = exported
+    np.savez(tmp_path / "cal.npz", input_1=_images(8, 0))
+    fast = tmp_path / "iris_int8_fast.tflite"
+    qpack.export(qpk, "tflite-int8-fast", fast, inputs=tmp_path / "cal.npz", min_cosine=-1)
+
+    def reads(path: Path) -> dict[str, set]:
+        it = _interpreter(path)
+        kinds = {d["index"]: d["dtype"] for d in it.get_tensor_details()}
+        out: dict[str, set] = {}
+        for o in it._get_ops_details():
+            out.setdefault(o["op_name"], set()).add(kinds[o["inputs"][0]])
+        return out
+
+    def partitions(path: Path) -> tuple[int, int]:
+        it = Interpreter(model_path=str(path), num_threads=1)
+        it.allocate_tensors()
+        ops = it._get_ops_details()
+        return sum(o["op_name"] == "DELEGATE" for o in ops), len(ops)
+
+    assert reads(int8)["PRELU"] == {np.int8} and reads(fast)["PRELU"] == {np.float32}
+    got = reads(fast)
+    assert got["CONV_2D"] == got["DEPTHWISE_CONV_2D"] == {np.int8}
+    assert partitions(fast)[0] == 1 < partitions(int8)[0]
+    x = _images(4, 1)
+    for i in range(4):
+        a, b = _run(_interpreter(int8), x[i : i + 1]), _run(_interpreter(fast), x[i : i + 1])
+        for u, v in zip(a, b):
+            u, v = u.ravel().astype(np.float64), v.ravel().astype(np.float64)
+            assert u @ v / (np.linalg.norm(u) * np.linalg.norm(v)) > 0.99

@@ -211,6 +211,10 @@ register_target(Target("tflite-int8", "qpack.converter.export.tflite_int8", "exp
                        "run int8 kernels; ops without one stay float between DEQUANTIZE and QUANTIZE",
                        replace(_TFLITE, widths=(8,)),  # int8 only: the int8 kernels take no int4 filters
                        calibrated=True, integer_io=True, runtime=LITERT))
+register_target(Target("tflite-int8-fast", "qpack.converter.export.tflite_int8", "export_tflite_int8_fast", ("tflite",),
+                       "full-integer TFLite as LiteRT's XNNPACK runs it fastest: as tflite-int8, with the ops XNNPACK has no "
+                       "int8 kernel for (PRELU) float between DEQUANTIZE and QUANTIZE, so the graph stays one partition",
+                       replace(_TFLITE, widths=(8,)), calibrated=True, integer_io=True, runtime=LITERT))
 register_target(Target("tflite-16x8", "qpack.converter.export.tflite_int8", "export_tflite_16x8", ("tflite",),
                        "full-integer TFLite in 16x8: int16 activations calibrated on --inputs, int8 weights, int64 biases, "
                        "for outputs int8 activations move too far (LiteRT's reference kernels, TFLite Micro)",

@@ -33,7 +33,7 @@ import re
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from types import ModuleType
@@ -121,6 +121,11 @@ INT8_ACTS = Activations(
      "AVERAGE_POOL_2D": 2, "PAD": 2, "CONCATENATION": 2, "LOGISTIC": 2, "SOFTMAX": 2, "TANH": 2, "RELU": 2,
      "RELU6": 2, "LEAKY_RELU": 2, "MEAN": 2, "STRIDED_SLICE": 2, "SLICE": 2, "DEPTH_TO_SPACE": 2, "SPACE_TO_DEPTH": 2,
      "TRANSPOSE": 2, "RESIZE_BILINEAR": 2, "RESIZE_NEAREST_NEIGHBOR": 2, "GATHER": 2, "QUANTIZE": 2, "DEQUANTIZE": 2}, 1)
+# as LiteRT's XNNPACK runs a full-integer graph fastest: it has no int8 PRELU, so an int8 one splits the graph
+# and runs on the reference kernels (23 on the face landmark model: 6.1x float); float between DEQUANTIZE and
+# QUANTIZE, which XNNPACK runs, the graph stays one partition
+_XNNPACK_FLOAT = frozenset({"PRELU"})
+INT8_FAST_ACTS = replace(INT8_ACTS, target="tflite-int8-fast", own=frozenset(_OWN - _XNNPACK_FLOAT))
 # int16 kernels both LiteRT and TFLM run: no PRELU (TFLM takes an int8 alpha only), HARD_SWISH, RELU_N1_TO_1,
 # DEPTH_TO_SPACE or SPACE_TO_DEPTH, nor GATHER and RESIZE_BILINEAR (TFLM); the fixed-range ones write at 1/32768
 INT16_ACTS = Activations(
@@ -592,6 +597,11 @@ def _compact(model: Any) -> None:
 def export_tflite_int8(reader: QpkReader, out: Path, notes: list[str], calibration: Calibration | None = None) -> list[Path]:
     """`--to tflite-int8`: int8 activations (export_integer)."""
     return export_integer(reader, out, notes, calibration, INT8_ACTS)
+
+
+def export_tflite_int8_fast(reader: QpkReader, out: Path, notes: list[str], calibration: Calibration | None = None) -> list[Path]:
+    """`--to tflite-int8-fast`: int8 activations, the ops XNNPACK has no int8 kernel for float (export_integer)."""
+    return export_integer(reader, out, notes, calibration, INT8_FAST_ACTS)
 
 
 def export_tflite_16x8(reader: QpkReader, out: Path, notes: list[str], calibration: Calibration | None = None) -> list[Path]:
