@@ -164,13 +164,14 @@ def qpack_variants(src: Path, cal: Path, out: Path, only: str | None = None,
     found = []
     fixed: dict[str, Path | str] = {}  # a fixed setting's container serves every target
     inputs = None
-    for setting, target in pairs:
+    for setting, named in pairs:
+        target, *flags = named.split()  # "TARGET --integer-io": the export's integer inputs and outputs
         opts = SETTINGS[setting]
-        v = Variant(f"{QPACK}{setting} -> {target}")
+        v = Variant(f"{QPACK}{setting} -> {named}")
         if only not in (None, v.name):
             continue
         found.append(v)
-        tag = slug(f"{setting}_{target}")
+        tag = slug(f"{setting}_{named}")
         try:
             if "min_cosine" in opts:
                 inputs = inputs or qpack.load_inputs(src, inputs=cal)
@@ -187,7 +188,7 @@ def qpack_variants(src: Path, cal: Path, out: Path, only: str | None = None,
             if isinstance(qpk, str):
                 raise Refused(qpk)
             calibration = {"inputs": cal} if EXPORTS[target].calibrated else {}
-            done = qpack.export(qpk, target, out / f"{tag}{suffix}", **calibration)
+            done = qpack.export(qpk, target, out / f"{tag}{suffix}", integer_io="--integer-io" in flags, **calibration)
             v.files = list(done.files)
         except qpack.QpackError as e:
             v.refused = first_line(e)

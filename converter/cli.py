@@ -449,8 +449,8 @@ def export(
              f"what convert --for recorded (its goal's share), else {api.KEEP_COSINE}")] = None,
     integer_io: Annotated[bool, typer.Option(
         "--integer-io", rich_help_panel=INPUTS, metavar="",
-        help="tflite-int8, tflite-int8-fast, tflite-16x8: integer model inputs and outputs (no QUANTIZE/DEQUANTIZE around the model), each one's scale "
-             "and zero point printed, as microcontroller code feeds them")] = EXPORT["integer_io"],
+        help="tflite-int8, tflite-int8-fast, tflite-16x8: integer model inputs and outputs (no QUANTIZE/DEQUANTIZE around the "
+             "model), each one's scale and zero point printed, as microcontroller code feeds them")] = EXPORT["integer_io"],
     measure: Annotated[bool, typer.Option(
         "--measure", metavar="",
         help="time the export against the float model in its runtime (one thread, interleaved rounds, a few seconds) "
