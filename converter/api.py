@@ -214,17 +214,17 @@ def export(qpk: PathLike, to: str, output: PathLike, *, inputs: Inputs | PathLik
     """Export a .qpk to a runtime's format or firmware sources.
 
     Args:
-        to: a name of converter.export.TARGETS (onnx-qdq, onnx-matmulnbits, onnx-matmulnbits-int8, onnx-int8, tflite, tflite-fast,
-            tflite-dequantize, tflite-int8, c, c-coded).
+        to: a name of converter.export.TARGETS (onnx-qdq, onnx-fast, onnx-matmulnbits, onnx-matmulnbits-int8, onnx-int8, tflite,
+            tflite-fast, tflite-dequantize, tflite-int8, tflite-int8-fast, tflite-16x8, c, c-coded).
         output: the exported model, or the folder of C sources.
-        inputs: for a full-integer target (onnx-int8, tflite-int8), the calibration inputs: load_inputs(), an .npy/.npz
-            path, or a function loading them against the float model it is given.
+        inputs: for a full-integer target (onnx-int8, tflite-int8, tflite-int8-fast, tflite-16x8), the calibration inputs:
+            load_inputs(), an .npy/.npz path, or a function loading them against the float model it is given.
         calibration: how activation ranges are set from them: minmax, percentile or mse.
         min_cosine: the least output cosine on those inputs the integer nodes keep, against the container's
             values: where it falls below, the nodes that harm the outputs most stay float (-1: every node
             integer). None: what `convert --for` recorded in the container (its goal's share), else KEEP_COSINE.
-        integer_io: tflite-int8, tflite-16x8: the model's float inputs and outputs become integer (no QUANTIZE and DEQUANTIZE
-            around it; a notes line gives each one's scale and zero point), as microcontroller code feeds them.
+        integer_io: tflite-int8, tflite-int8-fast, tflite-16x8: the model's float inputs and outputs become integer (no
+            QUANTIZE and DEQUANTIZE around it; a notes line gives each one's scale and zero point), as microcontroller code feeds them.
         measure: time the export against the container's float model in its runtime (one thread, interleaved
             rounds, on the first of `inputs` or stand-ins) and add a last note with the latency and bytes ratios.
 

@@ -147,7 +147,7 @@ def test_calibration_is_deterministic_and_checked(sample: Path, tmp_path: Path):
 @pytest.mark.parametrize("args,says", [
     (["--to", "onnx-int8"], "calibrates activation ranges: give --inputs, --images or --dataset"),
     (["--to", "onnx-qdq", "--dataset", "digits"],
-     "inputs calibrate --to onnx-int8, --to tflite-int8 and --to tflite-16x8; --to onnx-qdq takes none"),
+     "inputs calibrate --to onnx-int8, --to tflite-int8, --to tflite-int8-fast and --to tflite-16x8; --to onnx-qdq takes none"),
 ])
 def test_inputs_go_with_calibrated_targets_only(sample: Path, tmp_path: Path, args: list[str], says: str):
     qpk = tmp_path / "s.qpk"

@@ -1,4 +1,5 @@
-"""`--to tflite-int8` and `tflite-16x8`: full-integer TFLite, so LiteRT and TensorFlow Lite Micro run integer kernels.
+"""`--to tflite-int8`, `tflite-int8-fast` and `tflite-16x8`: full-integer TFLite, so LiteRT and TensorFlow Lite Micro
+run integer kernels.
 
 `--to tflite` keeps activations float (hybrid kernels quantize them on the fly). Here every op that
 TFLite runs in int8 reads and writes int8 activations: asymmetric, one scale per tensor, calibrated
@@ -16,6 +17,9 @@ weights behind DEQUANTIZE ops become int8 weights the integer op reads directly;
 DENSIFY are spread out first (formats.tflite_model.densify). Only the first
 subgraph is made integer. Where the outputs' cosine on the calibration inputs falls below the goal,
 the ops that harm the outputs most go back to float (a bisection), as onnx-int8 does.
+
+`tflite-int8-fast` is tflite-int8 with PRELU float (XNNPACK has no int8 PRELU; float between DEQUANTIZE and
+QUANTIZE, the graph stays one XNNPACK partition): LiteRT's fastest, where TFLM wants tflite-int8.
 
 `tflite-16x8` is the same with int16 activations (symmetric, zero point 0; LOGISTIC, SOFTMAX and TANH
 write at 1/32768) and int64 biases beside the int8 weights: TFLite's 16x8 mode, for models whose outputs
