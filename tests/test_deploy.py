@@ -225,3 +225,16 @@ def test_a_fidelity_goal_for_a_calibrated_target_measures_its_export(sample: Pat
     assert min(o["cosine"] for o in output_fidelity(ref, got, ["y"] * len(ref))) >= 0.99
     told = qpack.export(qpk, "onnx-int8", tmp_path / "all.onnx", inputs=data, min_cosine=-1)
     assert "kept in float" not in told.notes[0]
+
+
+def test_tflite_goal_gives_sparse_weights_int8_only(tfl_sparse: Path, tmp_path: Path):
+    """DENSIFY spreads a sparse weight out as int8 only: a size goal --for tflite, which offers int4 to other
+    weights, gives the sparse ones symmetric 8-bit codes, and the export stores them as they are (no note of
+    codes stored wider)."""
+    qpk, _ = _made_for(tfl_sparse, "tflite", tmp_path, target_bpw=7.4)  # its sparse weights at 8 bits take 7.17
+    sparse = qpack.converter.export.sparse_keys(QpkReader(qpk))
+    with QpkReader(qpk) as q:
+        widths = {e.key: SCHEMES[e.scheme].integer_bits(e.bits) for e in q.entries}
+    assert sparse and {widths[k] for k in sparse} == {8} and 4 in widths.values()
+    done = qpack.export(qpk, "tflite", tmp_path / "sparse.tflite")
+    assert not [n for n in done.notes if "stored as int8" in n], done.notes

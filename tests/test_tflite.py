@@ -322,3 +322,59 @@ def test_densify_matches_tflites_populate_on_random_metadata():
         with contextlib.suppress(FormatError, UnsupportedError):
             densify(rng.standard_normal(int(rng.integers(0, 10))), shape, order, [int(x) for x in rng.integers(-1, rank + 1, nb)],
                     levels, "t")
+
+
+def _convs(tmp: Path, inputs: list[tuple[list[int], list[int] | None]], shared: bool = True) -> Path:
+    """A TFLite file of 1x1 CONV_2D ops (8 output channels, 4 input ones), one per (input shape, input
+    shape signature), reading one float32 filter buffer (`shared`) or one each."""
+    from ai_edge_litert import schema_py_generated as s
+
+    from qpack.converter.export.tflite_int import serialize
+
+    m = s.ModelT()
+    m.version, m.buffers, g = 3, [s.BufferT()], s.SubGraphT()
+    code = s.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = s.BuiltinOperator.CONV_2D
+    m.operatorCodes, g.tensors, g.operators, g.inputs, g.outputs = [code], [], [], [], []
+
+    def tensor(shape: list[int], buffer: int, name: str, signature: list[int] | None = None) -> int:
+        t = s.TensorT()
+        t.shape, t.shapeSignature, t.type, t.buffer, t.name = shape, signature, s.TensorType.FLOAT32, buffer, name.encode()
+        g.tensors.append(t)
+        return len(g.tensors) - 1
+
+    def weights() -> int:
+        b = s.BufferT()
+        b.data = np.random.default_rng(len(m.buffers)).standard_normal((8, 1, 1, 4)).astype("<f4").view(np.uint8)
+        m.buffers.append(b)
+        return tensor([8, 1, 1, 4], len(m.buffers) - 1, f"filter{len(m.buffers)}")
+
+    w = weights()
+    for i, (shape, signature) in enumerate(inputs):
+        x, y = tensor(shape, 0, f"x{i}", signature), tensor([*shape[:3], 8], 0, f"y{i}", signature and [*signature[:3], 8])
+        op = s.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = 0, [x, w if shared or not i else weights()], [y]
+        op.builtinOptionsType, op.builtinOptions = s.BuiltinOptions.Conv2DOptions, s.Conv2DOptionsT()
+        op.builtinOptions.strideH = op.builtinOptions.strideW = 1
+        g.operators.append(op)
+        g.inputs.append(x)
+        g.outputs.append(y)
+    m.subgraphs = [g]
+    path = tmp / "convs.tflite"
+    path.write_bytes(serialize(s, m))
+    return path
+
+
+def test_dense_convolution_filters_are_matrices(tmp_path: Path):
+    """A 1x1 convolution is a dense layer when its filter has at least as many values (32) as its input
+    pixels; a filter read by a dense and a non-dense convolution stays a kernel (the export rewrites all of
+    its readers or none), and an input of unknown height and width is no bound."""
+    def roles(inputs: list[tuple[list[int], list[int] | None]], shared: bool = True) -> list[Role]:
+        return [w.role for w in TfliteModel(_convs(tmp_path, inputs, shared)).weights]
+
+    small, large = ([1, 4, 4, 4], None), ([1, 8, 8, 4], None)
+    assert roles([small]) == [Role.MATRIX] and roles([large]) == [Role.KERNEL]
+    assert roles([small, large]) == [Role.KERNEL]
+    assert roles([small, large], shared=False) == [Role.MATRIX, Role.KERNEL]
+    assert roles([([1, 1, 1, 4], [1, -1, -1, 4])]) == [Role.KERNEL]
+    assert roles([([1, 4, 4, 4], [-1, 4, 4, 4])]) == [Role.MATRIX]  # an unknown batch is rows of the matrix

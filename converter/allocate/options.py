@@ -239,7 +239,7 @@ def _menu_options(w: Weight, names: tuple[str, ...], codec: Codec | None, half: 
         low, high = max(spec.min_bits, MIN_WIDTH), top
         widths = list(range(low, high + 1))
         if native is not None:  # only the widths the target stores as they are
-            widths = [b for b in widths if native.width(spec, b) in native.widths_for(w.role.value)]
+            widths = [b for b in widths if native.width(spec, b) in native.widths_for(w.role.value, w.sparse)]
         if near is not None:  # the window, kept inside the scheme's widths and at least NEAR_ABOVE + 1 wide
             high = max(min(top, near + NEAR_ABOVE), low + NEAR_ABOVE)
             low = max(low, min(near - NEAR_BELOW, high - NEAR_ABOVE))

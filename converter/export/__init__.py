@@ -174,9 +174,10 @@ ORT, LITERT = "onnxruntime", "LiteRT"  # what runs the model exports (Target.run
 # axis; scales in the weight's float type, zero points as wide as the integers
 _QDQ = Native(widths=(2, 4, 8, 16), scale_bytes=4, overhead=(300, 4))
 # TFLite: int4 and int8 per tensor or per channel, float32 scales and int64 zero points (a symmetric
-# form's zeros are one vector every tensor of its channel count shares); hybrid kernels want symmetric weights
-_TFLITE = Native(widths=(4, 8), signed=True, sparse_signed=True, groupings=("tensor", "channel"), param_dtypes=("<f4",), scale_bytes=4,
-                 zero_point_bits=64, overhead=(60, 1))
+# form's zeros are one vector every tensor of its channel count shares); hybrid kernels want symmetric weights;
+# DENSIFY spreads a sparse weight out as int8 only
+_TFLITE = Native(widths=(4, 8), signed=True, sparse_signed=True, sparse_widths=(8,), groupings=("tensor", "channel"),
+                 param_dtypes=("<f4",), scale_bytes=4, zero_point_bits=64, overhead=(60, 1))
 # qpk.h decodes every scheme of FORMAT.md at any width and grouping, its parameters as the container stores them
 _C = Native(schemes=("asym", "sym", "pow2", "lut", "dq"), codecs=("raw",), overhead=(172, 1.22), base=1800)
 

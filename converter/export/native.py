@@ -28,6 +28,7 @@ class Native:
     role_widths: tuple[tuple[str, tuple[int, ...]], ...] = ()
     signed: bool | None = None  # integer forms: True symmetric only (no zero point), None either
     sparse_signed: bool = False  # sparse weights symmetric only: the integers spread out with 0 between them
+    sparse_widths: tuple[int, ...] = ()  # the widths a sparse weight's values run at (empty: as any tensor of its role)
     groupings: tuple[str, ...] = GROUPINGS
     blocks: tuple[int, ...] = ()  # block sizes taken (empty: any the container allows)
     param_dtypes: tuple[str, ...] = ("<f4", "<f2")
@@ -36,7 +37,7 @@ class Native:
     # point (None: the integers' own width, packed like them)
     scale_bytes: int | None = None
     zero_point_bits: int | None = None
-    zero_points: bool = False  # a zero point per group even for symmetric forms (TFLite's)
+    zero_points: bool = False  # a zero point per group even for symmetric forms (onnx-int8's QLinear weights)
     # bytes an exported tensor adds beyond its data (nodes, names, records): fixed, and per character of its
     # name and key; and bytes every export adds (a decoder's tables); measured on the fixtures, an estimate
     overhead: tuple[int, float] = (0, 0.0)
@@ -58,8 +59,10 @@ class Native:
         one that decodes named schemes stores the codes'."""
         return spec.integer_bits(bits) if self.schemes is None else bits
 
-    def widths_for(self, role: str | None) -> tuple[int, ...]:
-        """The widths a tensor of `role` runs at (None: what every role runs)."""
+    def widths_for(self, role: str | None, sparse: bool = False) -> tuple[int, ...]:
+        """The widths a tensor of `role` runs at (None: what every role runs), its values a sparse tensor's when `sparse`."""
+        if sparse and self.sparse_widths:
+            return self.sparse_widths
         return dict(self.role_widths).get(role, self.widths) if role is not None else self.widths
 
     def stored_width(self, spec: SchemeSpec, bits: int, role: str | None = None) -> int:
@@ -83,7 +86,7 @@ class Native:
         """Whether a setting runs natively (for a tensor of `role`, a sparse one's values when `sparse`;
         role None: of any): what a goal's menu may offer."""
         spec = SCHEMES.get(scheme)
-        return (spec is not None and self.takes_scheme(scheme, sparse) and self.width(spec, bits) in self.widths_for(role)
+        return (spec is not None and self.takes_scheme(scheme, sparse) and self.width(spec, bits) in self.widths_for(role, sparse)
                 and self.takes_grouping(g) and (self.codecs is None or codec in self.codecs))
 
     def runs(self, e: TensorEntry, codec: str, sparse: bool = False) -> bool:

@@ -90,13 +90,21 @@ class _Use:
     dense: dict[int, str] = field(default_factory=dict)  # reader CONV_2D -> how it computes a dense layer (dense_conv)
 
 
-def _dense(schema: ModuleType, g: Any, op: Any) -> str | None:
-    """dense_conv for a CONV_2D of the object model."""
-    o = op.builtinOptions
-    if op.builtinOptionsType != schema.BuiltinOptions.Conv2DOptions or o is None or len(op.inputs) < 2 or min(op.inputs[:2]) < 0:
+def _dense(schema: ModuleType, model: Any, g: Any, op: Any) -> str | None:
+    """dense_conv for a CONV_2D of the object model whose input is an activation (shapes as the signature gives them)."""
+    o, ins = op.builtinOptions, [int(t) for t in (op.inputs if op.inputs is not None else [])]
+    if (op.builtinOptionsType != schema.BuiltinOptions.Conv2DOptions or o is None or len(ins) < 2
+            or not all(0 <= t < len(g.tensors) for t in ins[:2])):
         return None
-    x, w = (tuple(int(n) for n in (g.tensors[int(t)].shape if g.tensors[int(t)].shape is not None else ())) for t in op.inputs[:2])
-    return dense_conv(w, x, o.padding == schema.Padding.VALID, (o.strideH, o.strideW), (o.dilationHFactor, o.dilationWFactor))
+    x, w = (g.tensors[t] for t in ins[:2])
+    if not 0 <= x.buffer < len(model.buffers) or model.buffers[x.buffer].data is not None:
+        return None
+
+    def shape(t: Any) -> tuple[int, ...]:
+        dims = t.shapeSignature if t.shapeSignature is not None else t.shape
+        return tuple(int(n) for n in (dims if dims is not None else ()))
+
+    return dense_conv(shape(w), shape(x), o.padding == schema.Padding.VALID, (o.strideH, o.strideW), (o.dilationHFactor, o.dilationWFactor))
 
 
 def op_names(schema: ModuleType, model: Any) -> list[str]:
@@ -111,7 +119,7 @@ def _uses(schema: ModuleType, model: Any, ops: list[str], unwrapped: frozenset[t
         readers: dict[int, list[tuple[int, str, int]]] = defaultdict(list)
         dense: dict[int, str] = {}
         for k, op in enumerate(g.operators or []):
-            if ops[op.opcodeIndex] == "CONV_2D" and (how := _dense(schema, g, op)) is not None:
+            if ops[op.opcodeIndex] == "CONV_2D" and (how := _dense(schema, model, g, op)) is not None:
                 dense[k] = how
             for pos, t in enumerate(op.inputs if op.inputs is not None else []):
                 if t >= 0:
@@ -259,7 +267,8 @@ def _encode(c: Choice) -> NDArray[np.uint8]:
 
 
 class _Writer:
-    """Applies choices to the object model, adding DEQUANTIZE ops where a weight needs one.
+    """Applies choices to the object model: DEQUANTIZE ops where a weight needs one, dense convolutions
+    rewritten as FULLY_CONNECTED (with a RESHAPE in front of a "window" one).
 
     New ops are inserted only at the end (finish), so operator indices stay valid while readers are rewired.
     """
@@ -267,10 +276,10 @@ class _Writer:
     def __init__(self, schema: ModuleType, model: Any, ops: list[str]) -> None:
         self.schema, self.model, self.ops = schema, model, ops
         self._empty: int | None = None
-        self._pending: list[tuple[int, int, Any]] = []  # (subgraph, insert before operator, DEQUANTIZE op)
+        self._pending: list[tuple[int, int, Any]] = []  # (subgraph, insert before operator, new op), in the order made
 
     def _empty_buffer(self) -> int:
-        """A buffer with no data, for the float tensor a new DEQUANTIZE writes."""
+        """A buffer with no data, for the float tensor a new op writes."""
         if self._empty is None:
             self.model.buffers.append(self.schema.BufferT())
             self._empty = len(self.model.buffers) - 1
@@ -302,19 +311,21 @@ class _Writer:
         opts.fusedActivationFunction, opts.keepNumDims = op.builtinOptions.fusedActivationFunction, True
         op.opcodeIndex, op.builtinOptionsType, op.builtinOptions = (self._code("FULLY_CONNECTED"),
                                                                     schema.BuiltinOptions.FullyConnectedOptions, opts)
-        weight.shape = [int(weight.shape[0]), int(np.prod(weight.shape[1:]))]
+        weight.shape, weight.shapeSignature = [int(weight.shape[0]), int(np.prod(weight.shape[1:]))], None
         if u.dense[k] != "window":
             return
         x = g.tensors[int(op.inputs[0])]
         new_shape = [-1, 1, 1, weight.shape[1]]
+        tag = f"_{k}".encode()  # one RESHAPE per convolution, named for it
         shape = schema.TensorT()
-        shape.shape, shape.type, shape.name = [4], schema.TensorType.INT32, (x.name or b"") + b"_shape"
+        shape.shape, shape.type, shape.name = [4], schema.TensorType.INT32, (x.name or b"") + b"_shape" + tag
         self.model.buffers.append(schema.BufferT())
         self.model.buffers[-1].data = np.asarray(new_shape, "<i4").view(np.uint8)
         shape.buffer = len(self.model.buffers) - 1
         flat = schema.TensorT()
-        flat.shape, flat.type, flat.buffer = [int(x.shape[0]), 1, 1, weight.shape[1]], schema.TensorType.FLOAT32, self._empty_buffer()
-        flat.name = (x.name or b"") + b"_flat"
+        flat.shape, flat.type, flat.buffer = [int(x.shape[0]), 1, 1, weight.shape[1]], x.type, self._empty_buffer()
+        flat.shapeSignature = [int(x.shapeSignature[0]), 1, 1, weight.shape[1]] if x.shapeSignature is not None else None
+        flat.name = (x.name or b"") + b"_flat" + tag
         g.tensors.extend([shape, flat])
         reshape = schema.OperatorT()
         reshape.opcodeIndex, reshape.outputs = self._code("RESHAPE"), [len(g.tensors) - 1]
@@ -383,8 +394,10 @@ class _Writer:
         self._pending.append((u.subgraph, min(k for k, _, _ in direct), dq))
 
     def finish(self) -> None:
-        """Insert the new DEQUANTIZE ops, last position first so earlier positions keep their meaning."""
-        for s, at, op in sorted(self._pending, key=lambda p: (p[0], p[1]), reverse=True):
+        """Insert the new ops, last position first so earlier positions keep their meaning; ops made for
+        one position go in in the order they were made."""
+        made = sorted(enumerate(self._pending), key=lambda p: (p[1][0], p[1][1], -p[0]), reverse=True)
+        for _, (s, at, op) in made:
             self.model.subgraphs[s].operators.insert(at, op)
 
 
