@@ -615,16 +615,24 @@ def _partitions(path: Path) -> int:
 
 
 def test_tflite_int8_behind_dequantize_runs_in_xnnpack(tfl_fp32: Path, tmp_path: Path):
-    """Convolution filters become int8 per channel behind DEQUANTIZE, which XNNPACK unpacks at load:
-    the container's exact values, and the whole graph in one delegate partition."""
+    """Convolution filters become int8 per channel behind DEQUANTIZE, which XNNPACK unpacks at load, the
+    whole graph in one delegate partition; dense ones int8 FULLY_CONNECTED weights for the hybrid kernel.
+    tflite-dequantize keeps every convolution behind DEQUANTIZE: the container's exact values."""
     qpk = _pack(tfl_fp32, tmp_path, Policy("sym", 8, per_channel=True))
+    dense = [w for w in TfliteModel(tfl_fp32).weights if w.role == Role.MATRIX]
     run = _run(qpk, "tflite", tmp_path)
-    assert run.error() < EXACT
-    weights = [t for t in _tflite_tensors(run.path) if t[0] == "DEQUANTIZE"]
+    assert run.error() < HYBRID
+    tensors = _tflite_tensors(run.path)
+    weights = [t for t in tensors if t[0] == "DEQUANTIZE"]
     assert weights and all(t[2] == tflite.TensorType.INT8 and t[3] >= 1 for t in weights) and max(t[3] for t in weights) > 1
-    assert not [t for t in _tflite_tensors(run.path) if t[1] == 1 and t[0] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert not [t for t in tensors if t[1] == 1 and t[0] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    hybrid = [t for t in tensors if t[0] == "FULLY_CONNECTED" and t[1] == 1]
+    assert len(hybrid) == len(dense) and all(t[2] == tflite.TensorType.INT8 for t in hybrid)
     assert _partitions(run.path) == 1 and _buffers_aligned(run.path)
     _close_in_size(run, qpk)
+    exact = _run(qpk, "tflite-dequantize", tmp_path)
+    assert exact.error() < EXACT and _partitions(exact.path) == 1
+    assert not [t for t in _tflite_tensors(exact.path) if t[0] == "FULLY_CONNECTED"]
 
 
 def test_tflite_fast_runs_int4_only_where_xnnpack_does(tfl_fp32: Path, tmp_path: Path):
@@ -662,11 +670,14 @@ def test_tflite_fully_connected_hybrid_int4(tfl_fc: Path, tmp_path: Path):
 
 @pytest.mark.parametrize("target", ["tflite", "tflite-dequantize"])
 def test_tflite_dequantize_exact(tfl_fp32: Path, tmp_path: Path, target: str):
-    """asym 4-bit with a zero point has no symmetric hybrid form: int4 + zero points behind DEQUANTIZE, exact."""
+    """asym 4-bit with a zero point has no int4 symmetric form: int4 + zero points behind DEQUANTIZE, exact;
+    a dense convolution stays one too, where the hybrid kernel would take its codes only wider (int8)."""
     qpk = _pack(tfl_fp32, tmp_path, Policy("asym", 4))
     run = _run(qpk, target, tmp_path)
     assert run.error() < EXACT
-    assert {t[0] for t in _tflite_tensors(run.path) if t[2] == tflite.TensorType.INT4} == {"DEQUANTIZE"}
+    tensors = _tflite_tensors(run.path)
+    assert {t[0] for t in tensors if t[2] == tflite.TensorType.INT4} == {"DEQUANTIZE"}
+    assert not [t for t in tensors if t[0] == "FULLY_CONNECTED"]
     _close_in_size(run, qpk)
 
 

@@ -10,9 +10,11 @@ default delegate is XNNPACK):
   convolutions are delegated too but ran 1.2-1.4x float (quantizing the activations costs more than
   the integer products save on these models), and XNNPACK takes no int4 DEQUANTIZE: codes that fit
   int4 are stored as int8 there, and a note says so. A dense convolution (`tflite_model.dense_conv`:
-  1x1 on few pixels, or a filter as large as its input) with int4 codes becomes the FULLY_CONNECTED
-  it computes, on the same weights: XNNPACK runs it int4, faster than the float convolution (the
-  face landmark model's int4 file 0.92x float's latency at 0.16x its bytes, 0.97x with those int8).
+  1x1 on few pixels, or a filter as large as its input) becomes the FULLY_CONNECTED it computes, on
+  the same weights, for the hybrid kernel, where that stores its codes no wider than DEQUANTIZE
+  would: XNNPACK runs it int4 or int8, faster than the float convolution and without the float copy
+  it keeps of weights behind DEQUANTIZE (the face landmark model at 8 bits: 0.94x float's latency
+  and 0.94x its peak RSS, where DEQUANTIZE gave 1.00x and 1.01x; at 4 bits 0.92x at 0.16x its bytes).
 - `tflite`: the same, with int4 behind DEQUANTIZE where the codes fit it: smaller, and those ops run
   on LiteRT's reference kernels (2.4-3.3x float), which a note says.
 - `tflite-dequantize`: every weight behind DEQUANTIZE at the narrowest exact width: the float
@@ -198,7 +200,6 @@ def _hybrid(e: TensorEntry, form: IntForm, uses: list[_Use]) -> Choice | None:
     if e.dtype != "float32" and not all(u.unwrapped for u in uses):
         return None
     readers = [r for u in uses for r in u.readers]
-    convs = any(k in u.dense for u in uses for k, _, _ in u.readers)
     if not readers or not all(pos == 1 and (op in _HYBRID or k in u.dense) for u in uses for k, op, pos in u.readers):
         return None
     axes = {_HYBRID.get(op, (0, True))[0] % len(e.shape) for _, op, _ in readers}
@@ -209,8 +210,6 @@ def _hybrid(e: TensorEntry, form: IntForm, uses: list[_Use]) -> Choice | None:
     if not sym.fits(-127, 127):
         return None
     int4 = sym.fits(-7, 7) and all(_HYBRID.get(op, (0, True))[1] for _, op, _ in readers)
-    if convs and not int4:  # at int8 a convolution stays one: exact behind DEQUANTIZE, at float speed in XNNPACK
-        return None
     scales = sym.scale.tolist() * (e.shape[axis] if form.grouping.axis is None else 1)
     return Choice(e, True, 4 if int4 else 8, sym.q, scales, [0] * len(scales), axis)
 
@@ -255,7 +254,12 @@ def choose(e: TensorEntry, form: IntForm, uses: list[_Use], layout: Layout = TFL
                                    f"{e.scheme} codes have none in int8: convert with --scheme sym, or with --for this target")
         return _dequantize(e, sym, (8,))
     hyb = _hybrid(e, form, uses) if layout.hybrid else None
-    return hyb if hyb is not None else _dequantize(e, form, layout.widths)
+    if hyb is None:
+        return _dequantize(e, form, layout.widths)
+    if any(k in u.dense for u in uses for k, _, _ in u.readers):  # a convolution's codes: hybrid where not wider
+        dq = _dequantize(e, form, layout.widths)
+        return hyb if hyb.width <= dq.width else dq
+    return hyb
 
 
 def _encode(c: Choice) -> NDArray[np.uint8]:
