@@ -75,6 +75,7 @@ from bench.bench_runtime import (  # noqa: E402
     model_path,
     qpack_variants,
     slug,
+    target_of,
     timed,
 )
 from qpack.converter.policy import Policy  # noqa: E402
@@ -300,13 +301,13 @@ def build(m: Model, tmp: Path, samples: int,
     cal_batch, check = draws(m, src, samples)
     cal = tmp / "cal.npz"
     np.savez(cal, **cal_batch)
-    skipped = {f"{QPACK}{s} -> {t}": f"this qpack has no --to {t.split()[0]}" for s, t in PAIRS if t.split()[0] not in EXPORTS}
+    skipped = {f"{QPACK}{s} -> {t}": f"this qpack has no --to {target_of(t)}" for s, t in PAIRS if target_of(t) not in EXPORTS}
     for d in ("qpack", "aeq"):
         (tmp / d).mkdir()
     found = [Variant(FLOAT, [src])]
     failed: dict[str, str] = {}
     for s, t in PAIRS:  # one pair a call: a crash in qpack is shown in its row, the other variants still run
-        if t.split()[0] not in EXPORTS:
+        if target_of(t) not in EXPORTS:
             continue
         try:
             found += qpack_variants(src, cal, tmp / "qpack", pairs=[(s, t)], suffix=".tflite")

@@ -154,6 +154,11 @@ def model_path(s: Subject) -> Path:
     return path
 
 
+def target_of(named: str) -> str:
+    """The export target of a pair's target column ("TARGET --integer-io": the target and a flag)."""
+    return named.split()[0]
+
+
 def qpack_variants(src: Path, cal: Path, out: Path, only: str | None = None,
                    pairs: Iterable[tuple[str, str]] = PAIRS,
                    suffix: str = ".onnx") -> list[Variant]:
@@ -165,7 +170,7 @@ def qpack_variants(src: Path, cal: Path, out: Path, only: str | None = None,
     fixed: dict[str, Path | str] = {}  # a fixed setting's container serves every target
     inputs = None
     for setting, named in pairs:
-        target, *flags = named.split()  # "TARGET --integer-io": the export's integer inputs and outputs
+        target, flags = target_of(named), named.split()[1:]  # --integer-io: the export's integer inputs and outputs
         opts = SETTINGS[setting]
         v = Variant(f"{QPACK}{setting} -> {named}")
         if only not in (None, v.name):

