@@ -14,7 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -121,6 +121,7 @@ class _Done:
     params: dict[str, tuple[int, memoryview, int]]
     context_entropy: float | None
     codec: int  # the id of the codec `codes` went through
+    decision: Decision | None = None  # the setting it took where not the one asked (Decision.strict)
 
 
 def _quantize(w: Weight, d: Decision, scheme: str, clip: str, rdo: float = 0.0) -> Quantized:
@@ -140,7 +141,11 @@ def _code(q: Quantized, w: Weight, d: Decision, codec: Codec) -> _Done:
 
 
 def _work(w: Weight, d: Decision, scheme: str, clip: str, codec: Codec, rdo: float = 0.0) -> _Done:
-    return _code(_quantize(w, d, scheme, clip, rdo), w, d, codec)
+    q = _quantize(w, d, scheme, clip, rdo)
+    if d.strict and d.dtypes and any(k in q.dtypes and q.dtypes[k] != v for k, v in d.dtypes.items()):
+        d = d.per_channel(w)  # the target's block dtypes cannot hold these parameters
+        return replace(_code(_quantize(w, d, scheme, clip, rdo), w, d, codec), decision=d)
+    return _code(q, w, d, codec)
 
 
 REUSE_BYTES = 256 << 20  # codes an allocator's trials keep for the next trial
@@ -216,6 +221,7 @@ def convert(model: SourceModel, policy: Policy, out: Path, progress: Callable[[i
     prepare_parent(Path(out))  # the spill file goes beside the output
     with QpkWriter(Path(out).parent, Path(out)) as writer, ThreadPoolExecutor(workers) as pool:
         for i, ((w, d), done) in enumerate(zip(chosen, in_order(pool, jobs, workers + 1))):
+            d = done.decision or d
             codes_blob = writer.add_encoded(BlobKind.CODES, *done.codes)
             params = {k: writer.add_encoded(BlobKind.PARAM, *v) for k, v in done.params.items()}
             scheme = d.scheme or policy.scheme

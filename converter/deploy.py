@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from qpack.converter.export import QPK, Native, Stored, Target, target_named
+from qpack.converter.export.native import RoleBlocks
 from qpack.converter.policy import Policy
 from qpack.formats.errors import OptionError
 from qpack.formats.qpk import SCHEMES, Grouping, label_of, scheme_spec
@@ -80,8 +81,8 @@ def for_target(policy: Policy, codec: str, allocating: bool, scheme_given: bool)
     if t is None:
         return policy
     _refuse(t, policy, codec, allocating, scheme_given)
-    if t.native.scale_bytes == 4 and policy.param_dtype == "auto":
-        return replace(policy, param_dtype="fp32")
+    if t.native.scale_bytes == 4 and policy.param_dtype == "auto" and not (policy.group_size and t.native.role_blocks):
+        return replace(policy, param_dtype="fp32")  # (blocks it runs for some roles keep float16 scales there)
     return policy
 
 
@@ -126,7 +127,10 @@ def _refuse(t: Target, policy: Policy, codec: str, allocating: bool, scheme_give
                 good = [str(b) for b in range(spec.min_bits, spec.max_bits + 1) if n.width(spec, b) in n.widths]
                 raise OptionError(f"{name} stores {policy.scheme} codes of {_either(good)} bits as they are; {option} "
                                   f"would be widened: use --bits {_either(good)}")
-    if policy.group_size is not None:
+    rb = n.role_blocks if "block" not in n.groupings else None
+    if policy.group_size is not None and rb is not None:
+        _refuse_role_blocks(name, rb, policy, spec, allocating)
+    elif policy.group_size is not None:
         if "block" not in n.groupings:
             raise OptionError(f"{name} quantizes per {_either([g for g in n.groupings if g != 'block'])}: drop --group-size")
         if n.blocks and policy.group_size not in n.blocks:
@@ -139,6 +143,17 @@ def _refuse(t: Target, policy: Policy, codec: str, allocating: bool, scheme_give
         raise OptionError(f"{name} stores float32 scales: drop --param-dtype fp16")
     if n.codecs is not None and codec not in n.codecs:
         raise OptionError(f"{name} keeps codes {_either([label_of(c) for c in n.codecs])}: not --codec {label_of(codec)}")
+
+
+def _refuse_role_blocks(name: str, rb: RoleBlocks, policy: Policy, spec: Any, allocating: bool) -> None:
+    """Fixed options blocks for some roles only cannot hold (the others go per channel, see Policy.decide)."""
+    if policy.group_size is not None and policy.group_size % rb.multiple:
+        raise OptionError(f"{name} takes blocks of a multiple of {rb.multiple} weights, not --group-size {policy.group_size}")
+    if not allocating and spec.integer_bits(policy.bits) not in rb.widths:
+        raise OptionError(f"{name} runs blocks of {_either([f'{w}-bit' for w in rb.widths])} codes only: "
+                          f"use --bits {_either([str(w) for w in rb.widths])}, or drop --group-size")
+    if policy.param_dtype == "fp32" and rb.scale_dtype == "<f2":
+        raise OptionError(f"{name} stores block scales as float16: drop --param-dtype fp32")
 
 
 def _either(items: list[str]) -> str:

@@ -9,7 +9,7 @@ other constant, which is often a shape-like value or an elementwise coefficient.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -40,10 +40,17 @@ class Decision:
     clip: str | None = None  # None: the policy's
     rdo: float | None = None  # lambda of rate-aware rounding; None: the policy's
     why: str = ""  # how an allocation chose this setting
+    # the blocks' `dtypes` are the target's only ones (TFLite's float16 block scales): where they cannot
+    # hold a tensor's parameters (a block of weights so small its scale would be 0), it goes per channel
+    strict: bool = False
 
     @property
     def grouping(self) -> Grouping:
         return Grouping(self.axis, self.block)
+
+    def per_channel(self, w: Weight) -> Decision:
+        """The fallback of a block decision whose dtypes the target fixes (`strict`)."""
+        return replace(self, axis=w.axis if len(w.shape) > 1 else None, block=None, dtypes=None, strict=False)
 
     def lam(self, policy_rdo: float) -> float:
         """The rate-aware rounding's lambda: the decision's own, else the policy's."""
@@ -120,16 +127,35 @@ class Policy:
             return Decision(False, reason="empty")
         bits = next((b for p, b in self.bits_for if _matches(w, (p,))), self.bits)
         axis = w.axis if self.per_channel and w.axis is not None and len(w.shape) > 1 else None
-        block = None
+        block, fixed = None, None
         if self.group_size is not None:
-            if w.reduction is not None and w.shape[w.reduction] > 1:
+            if w.reduction is not None and w.shape[w.reduction] > 1 and (fixed := self._blocks_run(w, bits)) is not False:
                 axis, block = w.reduction, self.group_size
-            elif w.axis is not None and len(w.shape) > 1:  # no sum to block (a depthwise kernel): per channel
-                axis = w.axis
+            elif w.axis is not None and len(w.shape) > 1:  # no sum to block (a depthwise kernel), or the target runs
+                axis = w.axis  # no blocks there: per channel
         # float16 scales (the default with blocks); codebooks are float16 unless fp32 is asked for
         half = self.param_dtype == "fp16" or (self.param_dtype == "auto" and block is not None)
         dtypes = {"scale": "<f2"} if half else ({"centroids": "<f4"} if self.param_dtype == "fp32" else None)
+        if isinstance(fixed, str):  # the target's block scales
+            return Decision(True, bits=bits, axis=axis, block=block, dtypes={**(dtypes or {}), "scale": fixed}, strict=True)
         return Decision(True, bits=bits, axis=axis, block=block, dtypes=dtypes)
+
+
+    def _blocks_run(self, w: Weight, bits: int) -> bool | str:
+        """Whether the policy's target runs `w` in blocks along its reduction axis (a target that runs
+        blocks for some roles only, TFLite's fully-connected weights, quantizes the others per channel):
+        the one dtype it stores their scales in where it fixes it, else True or False."""
+        from qpack.converter.deploy import native_of  # deploy checks policies against targets
+
+        native = native_of(self)
+        if native is None:
+            return True
+        spec = get_quantizer(self.scheme).spec()
+        assert w.reduction is not None
+        g = Grouping(w.reduction, self.group_size)
+        if not native.takes_grouping(g, w.role.value, native.width(spec, bits), w.shape):
+            return False
+        return native.block_scales(g) or True
 
 
 def _matches(w: Weight, patterns: tuple[str, ...]) -> bool:

@@ -64,20 +64,31 @@ def test_onnx_goal_for_target_exports_the_containers_values(sample: Path, tmp_pa
 
 def _tflite_values(path: Path) -> dict[str, np.ndarray]:
     """Each integer constant of a .tflite (int8 or int4) as float32 values, (q - zero_point) * scale, by tensor name."""
-    m = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+    from ai_edge_litert import schema_py_generated as schema  # its schema has TFLite's blockwise quantization
+
+    m = schema.Model.GetRootAs(path.read_bytes(), 0)
     g, out = m.Subgraphs(0), {}
     for i in range(g.TensorsLength()):
         t = g.Tensors(i)
         data = m.Buffers(t.Buffer()).DataAsNumpy() if m.Buffers(t.Buffer()).DataLength() else None
         q = t.Quantization()
-        if data is None or t.Type() not in (tflite.TensorType.INT8, tflite.TensorType.INT4) or not q or not q.ScaleLength():
+        blockwise = q is not None and q.DetailsType() == schema.QuantizationDetails.BlockwiseQuantization
+        if data is None or t.Type() not in (schema.TensorType.INT8, schema.TensorType.INT4) or not q or not (q.ScaleLength() or blockwise):
             continue
         shape = tuple(t.ShapeAsNumpy())
         raw = data.view(np.int8)
-        if t.Type() == tflite.TensorType.INT4:  # two per byte, the first in the low half
+        if t.Type() == schema.TensorType.INT4:  # two per byte, the first in the low half
             lo, hi = (raw << 4) >> 4, raw >> 4
             raw = np.stack([lo, hi], axis=-1).reshape(-1)[: int(np.prod(shape))]
         ints = raw.astype(np.float32).reshape(shape)
+        if blockwise:  # a float16 scale tensor [O, K/B], one per block of B along the input axis
+            details = schema.BlockwiseQuantization()
+            details.Init(q.Details().Bytes, q.Details().Pos)
+            s = g.Tensors(details.Scales())
+            assert details.ZeroPoints() < 0 and s.Type() == schema.TensorType.FLOAT16
+            scales = m.Buffers(s.Buffer()).DataAsNumpy().view("<f2").astype(np.float32).reshape(tuple(s.ShapeAsNumpy()))
+            out[t.Name().decode()] = ints * np.repeat(scales, details.BlockSize(), axis=1)
+            continue
         scale, zp = q.ScaleAsNumpy().astype(np.float32), q.ZeroPointAsNumpy().astype(np.float32)
         axis = q.QuantizedDimension()
         view = [1] * len(shape)
@@ -131,6 +142,62 @@ def test_tflite_fast_goal_takes_int4_only_in_fully_connected_weights(tfl_fc: Pat
     assert sum(op["op_name"] == "DELEGATE" for op in it._get_ops_details()) == 1
 
 
+@pytest.mark.parametrize("target", ["tflite", "tflite-fast"])
+def test_tflite_blocks_for_target_run_in_xnnpack(tfl_fp32: Path, tmp_path: Path, target: str):
+    """--group-size 32 --for tflite: the dense convolutions' filters go in blocks along their input (XNNPACK's
+    blockwise int4 fully-connected kernel, float16 scales), the others per channel; the export widens nothing,
+    holds the container's values to the bit and runs; tflite-fast's goal offers the blocks too."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    options: dict[str, object] = {"bits": 4, "scheme": "sym", "group_size": 32} if target == "tflite" else {"target_bpw": 4.6}
+    qpk, report = _made_for(tfl_fp32, target, tmp_path, **options)
+    with QpkReader(qpk) as q:
+        blocks = [e for e in q.entries if e.grouping.block]
+        assert all(e.role == "matrix" and e.grouping.axis == 3 and e.dtypes["scale"] == "<f2" and e.bits == 4 for e in blocks)
+        expected = {e.name: q.dequantize(e) for e in q.entries}
+        if target == "tflite":  # every dense filter (inputs of 32 to 128 channels), the others per channel
+            assert len(blocks) == 19 and all(e.grouping.kind == "channel" for e in q.entries if not e.grouping.block)
+        else:
+            assert blocks, "the goal takes blocks where they pay"
+    out = tmp_path / f"{target}.tflite"
+    done = qpack.export(qpk, target, out)
+    assert report["exports"][target]["bytes"] == out.stat().st_size
+    assert not blocks or any("for blockwise hybrid kernels" in n for n in done.notes), done.notes
+    got = _tflite_values(out)
+    for name, values in expected.items():
+        assert name in got and got[name].size == values.size and np.array_equal(got[name].reshape(values.shape), values), name
+    it = Interpreter(model_path=str(out), num_threads=1)
+    it.allocate_tensors()
+    assert all(np.isfinite(o).all() for o in _outputs(out))
+
+
+def test_tflite_blocks_whose_scales_float16_cannot_hold_go_per_channel(tfl_fc: Path, tmp_path: Path):
+    """MediaPipe's hand model holds blocks of weights so small their scale is 0 in float16 (conv_landmarks,
+    from float16 weights): made --for tflite, such a tensor goes per channel, the rest in blocks, and the
+    export takes every tensor as stored."""
+    qpk, report = _made_for(tfl_fc, "tflite", tmp_path, bits=4, scheme="sym", group_size=32)
+    with QpkReader(qpk) as q:
+        matrices = [e for e in q.entries if e.role == "matrix" and e.shape[-1] % 32 == 0]
+        fell = [e.name for e in matrices if e.grouping.kind == "channel"]
+    assert len(matrices) == 17 and 1 <= len(fell) <= 3 and any("conv_landmarks" in n for n in fell), fell
+    out = tmp_path / "tflite.tflite"
+    qpack.export(qpk, "tflite", out)
+    assert report["exports"]["tflite"]["bytes"] == out.stat().st_size
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--group-size", "48"], "tflite takes blocks of a multiple of 32 weights, not --group-size 48"),
+    (["--group-size", "32", "--bits", "8"], "tflite runs blocks of 4-bit codes only: use --bits 4, or drop --group-size"),
+    (["--group-size", "32", "--bits", "4", "--param-dtype", "fp32"], "tflite stores block scales as float16: drop --param-dtype fp32"),
+])
+def test_tflite_blocks_a_target_cannot_hold_are_refused(tfl_fp32: Path, tmp_path: Path, args: list[str], says: str):
+    out = tmp_path / "x.qpk"
+    r = runner.invoke(app, ["convert", str(tfl_fp32), "-o", str(out), "--for", "tflite", "--scheme", "sym", *args])
+    assert r.exit_code == 1, r.output
+    assert says in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_fidelity_goal_for_target_keeps_its_cosine(sample: Path, tmp_path: Path):
     """--min-cosine made for onnx-qdq: the export keeps the goal on the inputs in onnxruntime."""
     from qpack.converter.datasets import digits
@@ -147,7 +214,7 @@ def test_fidelity_goal_for_target_keeps_its_cosine(sample: Path, tmp_path: Path)
 
 
 @pytest.mark.parametrize("args,says", [
-    (["--for", "tflite", "--group-size", "32"], "tflite quantizes per tensor or channel: drop --group-size"),
+    (["--for", "tflite-dequantize", "--group-size", "32"], "tflite-dequantize quantizes per tensor or channel: drop --group-size"),
     (["--for", "tflite", "--scheme", "asym"], "tflite runs sym, dq or pow2 codes (symmetric weights, no zero point)"),
     (["--for", "tflite", "--bits", "6", "--scheme", "sym"], "use --bits 4 or 8"),
     (["--for", "tflite-fast", "--bits", "4", "--scheme", "sym"], "use --bits 8"),

@@ -75,6 +75,20 @@ class _BlockPolicy(Policy):
         return _Blocked(True, d.bits, 0 if any(c.startswith("MatMul") for c in w.consumers) else 1, "", self.block)
 
 
+@dataclass(frozen=True)
+class _MatrixBlocks(Policy):
+    """Blocks of `block` along a matrix's last axis (float32 scales unless `half`), the others per channel."""
+
+    block: int = 32
+    half: bool = False
+
+    def decide(self, w: Weight) -> Decision:
+        d = super().decide(w)
+        if not d.quantize or w.role != Role.MATRIX:
+            return d
+        return Decision(True, d.bits, len(w.shape) - 1, "", self.block, {"scale": "<f2"} if self.half else None)
+
+
 def _pack(src: Path, tmp: Path, policy: Policy) -> Path:
     qpk = tmp / f"{src.stem}.qpk"
     convert(open_model(src), policy, qpk)
@@ -668,6 +682,23 @@ def test_tflite_fully_connected_hybrid_int4(tfl_fc: Path, tmp_path: Path):
     assert any("for hybrid kernels" in n for n in run.notes)
 
 
+def test_tflite_blockwise_int4_in_one_xnnpack_partition(tfl_fp32: Path, tmp_path: Path):
+    """Blocks of 32 along a dense convolution's input: TFLite's blockwise int4 (a float16 scale tensor [O, K/B])
+    in the FULLY_CONNECTED it becomes, which XNNPACK takes with the rest of the graph; the probe finds the
+    installed LiteRT runs the form."""
+    from qpack.converter.export.tflite_int import blockwise_runs
+
+    assert blockwise_runs()
+    qpk = _pack(tfl_fp32, tmp_path, Policy("sym", 4, group_size=32, target="tflite-fast"))
+    with QpkReader(qpk) as q:
+        blocked = sum(e.grouping.block is not None for e in q.entries)
+    run = _run(qpk, "tflite-fast", tmp_path)
+    assert blocked and run.error() < HYBRID and run.cosine() > 0.999 and _partitions(run.path) == 1
+    fc = [t for t in _tflite_tensors(run.path) if t[0] == "FULLY_CONNECTED" and t[1] == 1]
+    assert len(fc) == blocked and all(t[2] == tflite.TensorType.INT4 and t[3] == 0 for t in fc)  # no affine scales: blocks
+    assert any(f"{blocked} weights as int4 for blockwise hybrid kernels" in n for n in run.notes), run.notes
+
+
 @pytest.mark.parametrize("target", ["tflite", "tflite-dequantize"])
 def test_tflite_dequantize_exact(tfl_fp32: Path, tmp_path: Path, target: str):
     """asym 4-bit with a zero point has no int4 symmetric form: int4 + zero points behind DEQUANTIZE, exact;
@@ -804,7 +835,9 @@ def test_cli_output_is_a_directory(sample: Path, tmp_path: Path, target: str):
 
 @pytest.mark.parametrize("policy,message", [
     (Policy("pow2", 6, per_channel=True), "fit neither int8 nor int4"),
-    (_BlockPolicy("sym", 8, per_channel=True, block=16), "TFLite quantizes per tensor or per channel"),
+    (_BlockPolicy("sym", 8, per_channel=True, block=16), "TFLite runs blocks only in a fully-connected weight's input axis"),
+    (_MatrixBlocks("sym", 4, per_channel=True), "TFLite stores block scales as float16"),
+    (_MatrixBlocks("sym", 4, per_channel=True, block=48, half=True), "XNNPACK takes blocks of a multiple of 32 that divide"),
 ])
 def test_cli_tflite_refuses_unmappable(tfl_fp32: Path, tmp_path: Path, policy: Policy, message: str):
     qpk = _pack(tfl_fp32, tmp_path, policy)

@@ -155,17 +155,24 @@ def menu(w: Weight, scheme: str, widths: range | list[int] = range(MIN_WIDTH, MA
     signal = float(np.square(x, dtype=np.float64).sum())  # not np.dot: a BLAS call leaves its threads spinning on the other cores
     opts = []
     for axis, block in groupings(w):
-        if (block is not None and not spec.blocks) or (native is not None and not native.takes_grouping(Grouping(axis, block))):
+        g = Grouping(axis, block)
+        if (block is not None and not spec.blocks) or (native is not None and not native.takes_grouping(g, w.role.value, shape=w.shape)):
             continue
-        v = View(x, Grouping(axis, block))
+        v = View(x, g)
         # a scale per channel or block is stored as float16 (unless `half` is off): the codes are chosen
         # against the rounded scale, so the error hardly moves, and small channels (a 3x3 depthwise
-        # kernel) pay half; not where a scale could fall below float16's normal range and lose digits
-        tops = group_tops(x, Grouping(axis, block)) if half and axis is not None else None
+        # kernel) pay half; not where a scale could fall below float16's normal range and lose digits.
+        # A target that stores block scales in float16 only (TFLite) gets them so, or no blocks
+        fixed = native.block_scales(g) if native is not None else None
+        tops = group_tops(x, g) if (half or fixed) and axis is not None else None
         for bits in widths:
             if not spec.min_bits <= bits <= spec.max_bits or (bits > MAX_BITS and block is not None):
                 continue
+            if fixed and native is not None and not native.takes_grouping(g, w.role.value, native.width(spec, bits), w.shape):
+                continue
             half_here = tops is not None and half_fits(tops, q.levels(bits), bits)
+            if fixed and not half_here:
+                continue
             dtypes = {"scale": "<f2"} if half_here else None
             # priced by entropy, a full range can cost fewer bytes than a clipped one: its codes crowd the middle
             priced = codec.sized_by_entropy(bits)
@@ -185,7 +192,7 @@ def menu(w: Weight, scheme: str, widths: range | list[int] = range(MIN_WIDTH, MA
                 code_bytes = packed_size(w.size, bits) if stored is None else stored
                 nbytes = code_bytes + pbytes
                 if native is not None:
-                    nbytes = native.price(scheme, bits, w.shape, Grouping(axis, block), code_bytes, pbytes, codec.name, w.role.value)
+                    nbytes = native.price(scheme, bits, w.shape, g, code_bytes, pbytes, codec.name, w.role.value)
                 opts.append(Option(bits, axis, block, clip, nbytes, err, scheme, rdo=lam, half=half_here))
     return Menu(w, signal, front(opts))
 

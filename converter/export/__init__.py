@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from qpack.converter.export.native import GROUPINGS, Native
+from qpack.converter.export.native import GROUPINGS, XNNPACK_BLOCKS, Native
 from qpack.formats.errors import FormatError, OptionError
 from qpack.formats.qpk import CODECS, Grouping, QpkReader, zeroed_bytes
 from qpack.formats.registry import a_model, adapter
@@ -199,11 +199,13 @@ register_target(Target("onnx-int8", "qpack.converter.export.onnx_int8", "export_
                               zero_points=True, overhead=(900, 4)),
                        calibrated=True, runtime=ORT))
 register_target(Target("tflite", "qpack.converter.export.tflite_int", "export_tflite", ("tflite",),
-                       "TFLite with int8/int4 weights: fully-connected ones for the hybrid kernel, the rest behind "
-                       "DEQUANTIZE (int4 there runs outside XNNPACK)", _TFLITE, runtime=LITERT))
+                       "TFLite with int8/int4 weights: fully-connected ones for the hybrid kernel (int4 also in blocks), "
+                       "the rest behind DEQUANTIZE (int4 there runs outside XNNPACK)",
+                       replace(_TFLITE, role_blocks=XNNPACK_BLOCKS), runtime=LITERT))
 register_target(Target("tflite-fast", "qpack.converter.export.tflite_int", "export_tflite_fast", ("tflite",),
                        "TFLite as XNNPACK runs it at float speed: as tflite, int4 only in fully-connected weights",
-                       replace(_TFLITE, widths=(8,), role_widths=(("matrix", (4, 8)),)), runtime=LITERT))
+                       replace(_TFLITE, widths=(8,), role_widths=(("matrix", (4, 8)),), role_blocks=XNNPACK_BLOCKS),
+                       runtime=LITERT))
 register_target(Target("tflite-dequantize", "qpack.converter.export.tflite_int", "export_tflite_dequantize", ("tflite",),
                        "TFLite with int8/int4 weights, all through DEQUANTIZE (float kernels, the container's exact values)",
                        replace(_TFLITE, signed=None), runtime=LITERT))

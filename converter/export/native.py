@@ -18,6 +18,30 @@ GROUPINGS = ("tensor", "channel", "block")  # Grouping.kind
 
 
 @dataclass(frozen=True)
+class RoleBlocks:
+    """Blocks a target runs for some roles only, where it takes no blocks otherwise: along a tensor's last
+    axis (a fully-connected weight's input), of a multiple of `multiple` dividing it, at `widths`, one
+    scale per block stored as `scale_dtype` (XNNPACK's blockwise int4 fully-connected kernel)."""
+
+    roles: tuple[str, ...]
+    widths: tuple[int, ...]
+    multiple: int
+    scale_dtype: str = "<f2"
+    scale_bytes: int = 2
+
+    def takes(self, g: Grouping, role: str | None, width: int | None, shape: tuple[int, ...] | None) -> bool:
+        """Whether blocks `g` of a tensor of `role` (None: some role), `width` and `shape` (None: unknown) run."""
+        assert g.block is not None
+        return ((role is None or role in self.roles) and (width is None or width in self.widths) and g.block % self.multiple == 0
+                and (shape is None or (g.axis == len(shape) - 1 and shape[-1] % g.block == 0)))
+
+
+# XNNPACK (LiteRT 2.3) runs int4 fully-connected weights in blocks: a float16 scale per block of a
+# multiple of 32 along the input axis (converter.export.tflite_int writes and probes them)
+XNNPACK_BLOCKS = RoleBlocks(("matrix",), (4,), 32)
+
+
+@dataclass(frozen=True)
 class Native:
     """The stored settings a target executes as they are, and how it stores them."""
 
@@ -31,6 +55,7 @@ class Native:
     sparse_widths: tuple[int, ...] = ()  # the widths a sparse weight's values run at (empty: as any tensor of its role)
     groupings: tuple[str, ...] = GROUPINGS
     blocks: tuple[int, ...] = ()  # block sizes taken (empty: any the container allows)
+    role_blocks: RoleBlocks | None = None  # blocks taken for some roles only, where `groupings` has none
     param_dtypes: tuple[str, ...] = ("<f4", "<f2")
     codecs: tuple[str, ...] | None = None  # codecs whose streams it keeps as stored; None: it decodes every codec
     # how it stores parameters: None, as the container does; else bytes per scale, and bits per zero
@@ -70,8 +95,16 @@ class Native:
         need = self.width(spec, bits)
         return min((w for w in self.widths_for(role) if w >= need), default=need)
 
-    def takes_grouping(self, g: Grouping) -> bool:
+    def takes_grouping(self, g: Grouping, role: str | None = None, width: int | None = None,
+                       shape: tuple[int, ...] | None = None) -> bool:
+        """Whether it runs grouping `g` (for a tensor of `role`, `width` and `shape` where given)."""
+        if g.kind == "block" and "block" not in self.groupings:
+            return self.role_blocks is not None and self.role_blocks.takes(g, role, width, shape)
         return g.kind in self.groupings and (g.block is None or not self.blocks or g.block in self.blocks)
+
+    def block_scales(self, g: Grouping) -> str | None:
+        """The one dtype scales of grouping `g` are stored in where the target fixes it (role blocks), else None."""
+        return self.role_blocks.scale_dtype if g.block is not None and "block" not in self.groupings and self.role_blocks else None
 
     @property
     def half_scales(self) -> bool:
@@ -86,13 +119,18 @@ class Native:
         """Whether a setting runs natively (for a tensor of `role`, a sparse one's values when `sparse`;
         role None: of any): what a goal's menu may offer."""
         spec = SCHEMES.get(scheme)
-        return (spec is not None and self.takes_scheme(scheme, sparse) and self.width(spec, bits) in self.widths_for(role, sparse)
-                and self.takes_grouping(g) and (self.codecs is None or codec in self.codecs))
+        if spec is None or (sparse and g.block is not None and "block" not in self.groupings):
+            return False
+        width = self.width(spec, bits)
+        return (self.takes_scheme(scheme, sparse) and width in self.widths_for(role, sparse)
+                and self.takes_grouping(g, role, width) and (self.codecs is None or codec in self.codecs))
 
     def runs(self, e: TensorEntry, codec: str, sparse: bool = False) -> bool:
         """Whether tensor `e`, its codes stored by `codec` (a sparse tensor's values when `sparse`), runs natively."""
         floats = {d for d in e.dtypes.values() if d.startswith("<f")}
-        return self.takes(e.scheme, e.bits, e.grouping, codec, e.role, sparse) and floats <= set(self.param_dtypes)
+        fixed = self.block_scales(e.grouping)
+        return (self.takes(e.scheme, e.bits, e.grouping, codec, e.role, sparse) and floats <= ({fixed} if fixed else set(self.param_dtypes))
+                and self.takes_grouping(e.grouping, e.role, None, e.shape))
 
     def price(self, scheme: str, bits: int, shape: tuple[int, ...], g: Grouping, code_bytes: int, param_bytes: int,
               codec: str, role: str | None = None) -> int:
@@ -107,7 +145,7 @@ class Native:
         if self.scale_bytes is None:
             return codes + param_bytes
         groups = g.count(shape)
-        params = groups * self.scale_bytes
+        params = groups * (self.role_blocks.scale_bytes if self.block_scales(g) and self.role_blocks else self.scale_bytes)
         if self.zero_points or not spec.signed:
             params += packed_size(groups, self.zero_point_bits or width)
         return codes + params
