@@ -101,11 +101,16 @@ def _tflite_values(path: Path) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("target", ["tflite", "tflite-dequantize"])
 def test_tflite_goal_for_target_stores_the_containers_values(tfl_fp16: Path, tmp_path: Path, target: str):
     """--target-bpw 4.5 --for tflite on MediaPipe's float16 detector: every tensor int4 or int8 per tensor or per
-    channel, symmetric for the hybrid kernels; the export stores exactly the container's values and runs in LiteRT."""
+    channel or (tflite) an int4 dense filter in blocks, symmetric for the hybrid kernels; the export stores exactly
+    the container's values and runs in LiteRT."""
     qpk, report = _made_for(tfl_fp16, target, tmp_path, target_bpw=4.5)
     with QpkReader(qpk) as q:
         widths = {SCHEMES[e.scheme].integer_bits(e.bits) for e in q.entries}
-        assert widths <= {4, 8} and {e.grouping.kind for e in q.entries} <= {"tensor", "channel"}
+        assert widths <= {4, 8}
+        # blocks only where tflite runs them: int4 matrices (dense filters), float16 scales, along their input
+        blocks = [e for e in q.entries if e.grouping.block]
+        assert all(e.role == "matrix" and e.bits == 4 and e.dtypes["scale"] == "<f2" for e in blocks)
+        assert not blocks if target == "tflite-dequantize" else blocks
         if target == "tflite":
             assert all(SCHEMES[e.scheme].signed for e in q.entries)
         expected = {e.name: q.dequantize(e) for e in q.entries}
