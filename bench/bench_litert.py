@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_fidelity import Fixture, draw  # noqa: E402
 from bench.bench_runtime import (  # noqa: E402
+    BLOCKS_TFLITE,
     CAL_SAMPLES,
     CALIBRATION,
     CHECK,
@@ -116,7 +117,8 @@ QUICK_MODELS = ("landmark",)
 # qpack: (setting of bench_runtime.SETTINGS, export target). A new TFLite target is one more pair here.
 PAIRS = (("sym8 pc", "tflite"), ("sym4 pc", "tflite"), (GOAL, "tflite"), ("sym8 pc", "tflite-fast"), ("sym4 pc", "tflite-fast"),
          (GOAL, "tflite-fast"), ("sym8 pc", "tflite-dequantize"), ("sym8 pc", "tflite-int8"), (GOAL, "tflite-int8"),
-         ("sym8 pc", "tflite-int8-fast"), (GOAL, "tflite-int8-fast"), (GOAL, "tflite-int8-fast --integer-io"))
+         ("sym8 pc", "tflite-int8-fast"), (GOAL, "tflite-int8-fast"), (GOAL, "tflite-int8-fast --integer-io"),
+         (BLOCKS_TFLITE, "tflite"), (BLOCKS_TFLITE, "tflite-fast"))
 
 # The AI Edge Quantizer's recipes: shown name -> function of ai_edge_quantizer.recipe.
 AEQ_RECIPES = {
@@ -124,6 +126,7 @@ AEQ_RECIPES = {
     "weight-only int4": "weight_only_wi4_afp32",
     "dynamic int8": "dynamic_wi8_afp32",
     "dynamic int4": "dynamic_wi4_afp32",
+    "dynamic int4 b32": "dynamic_wi4b32_afp32",
     "static a8w8": "static_wi8_ai8",
 }
 

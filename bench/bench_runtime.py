@@ -100,15 +100,18 @@ QUICK_MODELS = ("digits", "cls")
 TARGETS = ("onnx-qdq", "onnx-fast", "onnx-matmulnbits", "onnx-matmulnbits-int8", "onnx-int8")
 GOAL = "cos.99"  # a setting tuned for the target it is exported to
 GOAL_FLOAT = "cos.99 +float"  # the same with --allow-float
+BLOCKS_TFLITE = "sym4 b32"  # made --for tflite: blocks where it runs them
 SETTINGS: dict[str, dict[str, Any]] = {
     "sym8 pc": {"bits": 8, "scheme": "sym", "per_channel": True},
     "sym4 pc": {"bits": 4, "scheme": "sym", "per_channel": True},
     GOAL: {"min_cosine": MIN_COSINE},
     GOAL_FLOAT: {"min_cosine": MIN_COSINE, "allow_float": True},
+    # int4 blocks of 32 where TFLite runs them (dense filters), the other weights per channel (bench_litert)
+    BLOCKS_TFLITE: {"bits": 4, "scheme": "sym", "group_size": 32, "target": "tflite"},
 }
 # every setting to every target, but the goal that may keep tensors in float: onnx-int8's alone, where a model's
 # integer nodes keep 0.99 only beside float weights (the VAD's LSTM); elsewhere it is the goal itself
-PAIRS = (*itertools.product([s for s in SETTINGS if s != GOAL_FLOAT], TARGETS), (GOAL_FLOAT, "onnx-int8"))
+PAIRS = (*itertools.product([s for s in SETTINGS if s not in (GOAL_FLOAT, BLOCKS_TFLITE)], TARGETS), (GOAL_FLOAT, "onnx-int8"))
 QPACK = "qpack "
 ORT = "ort "
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tflite
 from typer.testing import CliRunner
 
 import qpack

@@ -45,11 +45,10 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-
-from functools import cache
 
 import flatbuffers
 import numpy as np
