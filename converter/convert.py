@@ -169,7 +169,9 @@ class Reuse:
         def run() -> _Done:
             held = self.done.get(key)
             if held is not None:
-                return held if held.codec == codec.id else _code(held.q, w, d, codec)
+                if held.codec == codec.id:
+                    return held
+                return replace(_code(held.q, w, held.decision or d, codec), decision=held.decision)
             done = _work(w, d, scheme, clip, codec, rdo)
             coded = len(done.codes[1]) if done.codes[0] != RAW.id else 0  # stored raw (as asked, or not shrunk): packed
             size = done.q.packed.nbytes + coded + sum(len(v[1]) for v in done.params.values())

@@ -126,6 +126,11 @@ class Policy:
         if w.size == 0:
             return Decision(False, reason="empty")
         bits = next((b for p, b in self.bits_for if _matches(w, (p,))), self.bits)
+        if w.sparse and (sparse_bits := self._sparse_bits(w, bits)) != bits:
+            return replace(self._decide_at(w, sparse_bits), why=f"a sparse weight: {self.target} runs its values at {sparse_bits} bits")
+        return self._decide_at(w, bits)
+
+    def _decide_at(self, w: Weight, bits: int) -> Decision:
         axis = w.axis if self.per_channel and w.axis is not None and len(w.shape) > 1 else None
         block, fixed = None, None
         if self.group_size is not None:
@@ -140,6 +145,19 @@ class Policy:
             return Decision(True, bits=bits, axis=axis, block=block, dtypes={**(dtypes or {}), "scale": fixed}, strict=True)
         return Decision(True, bits=bits, axis=axis, block=block, dtypes=dtypes)
 
+    def _sparse_bits(self, w: Weight, bits: int) -> int:
+        """The width a sparse weight takes: `bits`, or the narrowest above it the policy's target runs a
+        sparse weight's values at (TFLite's DENSIFY spreads out int8 only)."""
+        from qpack.converter.deploy import native_of
+
+        native = native_of(self)
+        if native is None:
+            return bits
+        spec = get_quantizer(self.scheme).spec()
+        taken = native.widths_for(w.role.value, sparse=True)
+        if native.width(spec, bits) in taken:
+            return bits
+        return next((b for b in range(bits, spec.max_bits + 1) if native.width(spec, b) in taken), bits)
 
     def _blocks_run(self, w: Weight, bits: int) -> bool | str:
         """Whether the policy's target runs `w` in blocks along its reduction axis (a target that runs
@@ -153,7 +171,7 @@ class Policy:
         spec = get_quantizer(self.scheme).spec()
         assert w.reduction is not None
         g = Grouping(w.reduction, self.group_size)
-        if not native.takes_grouping(g, w.role.value, native.width(spec, bits), w.shape):
+        if (w.sparse and "block" not in native.groupings) or not native.takes_grouping(g, w.role.value, native.width(spec, bits), w.shape):
             return False
         return native.block_scales(g) or True
 

@@ -309,3 +309,15 @@ def test_tflite_goal_gives_sparse_weights_int8_only(tfl_sparse: Path, tmp_path: 
     assert sparse and {widths[k] for k in sparse} == {8} and 4 in widths.values()
     done = qpack.export(qpk, "tflite", tmp_path / "sparse.tflite")
     assert not [n for n in done.notes if "stored as int8" in n], done.notes
+
+
+def test_tflite_fixed_bits_give_sparse_weights_the_width_dense_ones_cannot_hold(tfl_sparse: Path, tmp_path: Path):
+    """--bits 4 --for tflite on the sparse detector: its dense weights take 4 bits, its sparse ones 8 (all
+    DENSIFY spreads out), each sparse decision saying why; the export stores every tensor as made."""
+    qpk, _ = _made_for(tfl_sparse, "tflite", tmp_path, bits=4, scheme="sym", per_channel=True)
+    sparse = qpack.converter.export.sparse_keys(QpkReader(qpk))
+    with QpkReader(qpk) as q:
+        bits = {e.key: e.bits for e in q.entries}
+    assert len(sparse) == 46 and {bits[k] for k in sparse} == {8} and {b for k, b in bits.items() if k not in sparse} == {4}
+    done = qpack.export(qpk, "tflite", tmp_path / "sparse.tflite")
+    assert not [n for n in done.notes if "stored as int8" in n], done.notes
