@@ -10,11 +10,12 @@ activations) calibrated on the calibration draw (seed 0, 16 inputs) twice: at th
 what a microcontroller build wants). Each file runs in LiteRT (one thread) and in TFLM (`tflite_micro`'s
 Python interpreter) on the check draw (seed 1); an output's step is the scale of the integer tensor its
 DEQUANTIZE reads. Beside it, the least cosine of LiteRT's outputs against the float model's (each output
-on its own, over the check draw), which is what the activations' width buys. The issue's target: TFLM within one
-step of LiteRT. Both runtimes' kernels round their requantization differently (TFLM's reference kernels,
-LiteRT's XNNPACK), and a difference of one step early in the graph can grow through it: the first column
-is the largest difference over every output value, the second the share of output values more than one
-step apart.
+on its own, over the check draw), which is what the activations' width buys. The target: TFLM within one
+step of LiteRT, against each of LiteRT's kernels (KERNELS): its default (XNNPACK), its own optimized ones,
+and its reference ones, whose arithmetic TFLM's kernels are ported from. The optimized kernels round their
+requantization their own way, and a difference of one step early in the graph can grow through it: the
+first column is the largest difference over every output value, the second the share of output values
+more than one step apart.
 """
 
 from __future__ import annotations
@@ -68,11 +69,15 @@ def micro_outputs(path: Path, feeds: list[dict[str, np.ndarray]], names: list[st
     return out
 
 
-def lite_outputs(path: Path, feeds: list[dict[str, np.ndarray]], xnnpack: bool) -> tuple[list[str], list[list[np.ndarray]]]:
-    """LiteRT's outputs, with its default XNNPACK delegate or on its own kernels only (TFLite's builtin ones)."""
+# LiteRT's kernels compared: its default (XNNPACK delegate), its own optimized ones, its reference ones
+KERNELS = ("AUTO", "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "BUILTIN_REF")
+
+
+def lite_outputs(path: Path, feeds: list[dict[str, np.ndarray]], kernels: str = "AUTO") -> tuple[list[str], list[list[np.ndarray]]]:
+    """LiteRT's outputs on `kernels` (an OpResolverType name of KERNELS)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    kind = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    kind = getattr(OpResolverType, kernels)
     it = Interpreter(model_path=str(path), num_threads=1, experimental_op_resolver_type=kind)
     it.allocate_tensors()
     ins = it.get_input_details()
@@ -85,9 +90,9 @@ def lite_outputs(path: Path, feeds: list[dict[str, np.ndarray]], xnnpack: bool) 
     return [d["name"] for d in ins], out
 
 
-def compare(path: Path, feeds: list[dict[str, np.ndarray]], xnnpack: bool) -> tuple[float, float, float]:
+def compare(path: Path, feeds: list[dict[str, np.ndarray]], kernels: str) -> tuple[float, float, float]:
     """(largest difference in steps, share of values more than one step apart, least cosine) of TFLM against LiteRT."""
-    names, lite = lite_outputs(path, feeds, xnnpack)
+    names, lite = lite_outputs(path, feeds, kernels)
     steps = output_steps(path)
     micro = micro_outputs(path, feeds, names, len(steps))
     worst, apart, total, cos = 0.0, 0, 0, 1.0
@@ -107,8 +112,9 @@ def main() -> None:
     args = ap.parse_args()
     print("| model | --to | --min-cosine | bytes | LiteRT against float: least cosine | TFLM arena "
           "| TFLM against LiteRT (XNNPACK): largest, steps | share > 1 step | least cosine "
-          "| against LiteRT's own kernels: largest, steps | share > 1 step | least cosine |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| against LiteRT's own kernels: largest, steps | share > 1 step | least cosine "
+          "| against LiteRT's reference kernels: largest, steps | share > 1 step | least cosine |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for m in MODELS:
@@ -117,29 +123,29 @@ def main() -> None:
             fx = m.subject.fixture
             src = packaged(fx.dist, fx.relpath)
             if src is None:
-                print(f"| {m.subject.name} | not installed: {fx.dist} |" + " |" * 8)
+                print(f"| {m.subject.name} | not installed: {fx.dist} |" + " |" * 11)
                 continue
             cal, checks = draws(m, src, args.samples)
             calib = tmp / f"{m.subject.name}.npz"
             np.savez(calib, **cal)
             qpk = tmp / f"{m.subject.name}.qpk"
             qpack.convert(src, qpk, bits=8, scheme="sym", per_channel=True, target="tflite-int8", compress="none")
-            _, want = lite_outputs(src, checks, True)
+            _, want = lite_outputs(src, checks)
             for to, floor in itertools.product(args.to, (0.99, -1.0)):
                 row = f"| {m.subject.name} | {to} | {floor:g} |"
                 out = tmp / f"{m.subject.name}.{to}.{floor}.tflite"
                 try:
                     done = qpack.export(qpk, to, out, inputs=calib, min_cosine=floor)
                 except Exception as e:  # shown in the model's row; the other models still run
-                    print(f"{row} export failed: {type(e).__name__}: {' '.join(str(e).split())} |" + " |" * 8)
+                    print(f"{row} export failed: {type(e).__name__}: {' '.join(str(e).split())} |" + " |" * 11)
                     continue
-                fidelity = least_cosine(zip(want, lite_outputs(out, checks, True)[1]))
+                fidelity = least_cosine(zip(want, lite_outputs(out, checks)[1]))
                 said = next((n for n in done.notes if n.startswith("TFLM")), "")
                 if not said.startswith("TFLM runs it"):
-                    print(f"{row} {out.stat().st_size:,} | {fidelity:.6f} | {said} | | | | | | |")
+                    print(f"{row} {out.stat().st_size:,} | {fidelity:.6f} | {said} |" + " |" * 9)
                     continue
                 arena = said.split(" a ", 1)[1].split("-byte", 1)[0]
-                cells = [f"{w:.0f} | {a:.2%} | {c:.6f}" for w, a, c in (compare(out, checks, x) for x in (True, False))]
+                cells = [f"{w:.0f} | {a:.2%} | {c:.6f}" for w, a, c in (compare(out, checks, k) for k in KERNELS)]
                 print(f"{row} {out.stat().st_size:,} | {fidelity:.6f} | {arena} | {' | '.join(cells)} |")
                 sys.stdout.flush()
 
