@@ -145,7 +145,7 @@ def main() -> None:
                     print(f"{row} {out.stat().st_size:,} | {fidelity:.6f} | {said} |" + " |" * 9)
                     continue
                 arena = said.split(" a ", 1)[1].split("-byte", 1)[0]
-                cells = [f"{w:.0f} | {a:.2%} | {c:.6f}" for w, a, c in (compare(out, checks, k) for k in KERNELS)]
+                cells = [f"{w:.3g} | {a:.2%} | {c:.6f}" for w, a, c in (compare(out, checks, k) for k in KERNELS)]
                 print(f"{row} {out.stat().st_size:,} | {fidelity:.6f} | {arena} | {' | '.join(cells)} |")
                 sys.stdout.flush()
 
