@@ -265,9 +265,14 @@ def _blockwise(e: TensorEntry, form: IntForm, uses: list[_Use], layout: Layout) 
     if not blockwise_runs():
         raise UnsupportedError(f"{where}; the installed LiteRT does not run blockwise int4 fully-connected "
                                "weights in XNNPACK")
-    # an all-zero block's scale is irrelevant to its values; XNNPACK refuses a zero one
-    half[half == 0] = 1.0
-    return Choice(e, True, 4, sym.q, half.astype(np.float32).tolist(), [], axis, block)
+    # a block at scale 0 holds zeros whatever its codes: XNNPACK refuses a zero scale, so it gets 1 and codes 0
+    q, zero = sym.q, half == 0
+    if zero.any():
+        q = q.reshape(-1, block).copy()
+        q[zero] = 0
+        q = q.reshape(sym.q.shape)
+        half[zero] = 1.0
+    return Choice(e, True, 4, q, half.astype(np.float32).tolist(), [], axis, block)
 
 
 def _dequantize(e: TensorEntry, form: IntForm, widths: tuple[int, ...]) -> Choice:
