@@ -47,15 +47,18 @@ class Target:
         tensor as `native` prices it, with what it adds beside its data."""
         n = self.native
         return n.base + (skeleton if self.graph else 0) + sum(
-            n.price(t.scheme, t.bits, t.shape, t.grouping, t.code_bytes, t.param_bytes, t.codec, t.role) + n.extra(t.name, t.key)
+            n.price(t.scheme, t.bits, t.shape, t.grouping, t.code_bytes, t.param_bytes, t.codec, t.role, t.sparse)
+            + n.extra(t.name, t.key)
             for t in tensors)
 
-    def predict(self, reader: QpkReader) -> int:
-        """The bytes the export of `reader` takes (an estimate, see size)."""
+    def predict(self, reader: QpkReader, sparse: set[str] | None = None) -> int:
+        """The bytes the export of `reader` takes (an estimate, see size); `sparse` as for widened."""
         skeleton = reader.blobs[reader.graph_index].raw_length - (zeroed_bytes(reader.entries) if adapter(reader.format).zeroed else 0)
         blobs = reader.blobs
+        sparse = sparse_keys(reader) if sparse is None else sparse
         return self.size(skeleton, (Stored(e.scheme, e.bits, e.shape, e.grouping, blobs[e.codes].length,
-                                           sum(blobs[i].length for i in e.params.values()), c, e.name, e.key, e.role)
+                                           sum(blobs[i].length for i in e.params.values()), c, e.name, e.key, e.role,
+                                           e.key in sparse)
                                     for e, c in zip(reader.entries, _codecs(reader))))
 
 
@@ -72,6 +75,7 @@ class Stored(NamedTuple):
     name: str
     key: str
     role: str = ""  # formats.model.Role value
+    sparse: bool = False  # a sparse tensor's values (a target may store them at other widths)
 
 
 TARGETS: dict[str, Target] = {}
@@ -165,7 +169,7 @@ def fit(reader: QpkReader) -> dict[str, dict[str, Any]]:
     run natively (`widened`, 0: the export stores every tensor as the container does) and the bytes
     its export takes (`bytes`, an estimate)."""
     sparse = sparse_keys(reader)
-    return {t.name: {"widened": t.widened(reader, sparse), "bytes": t.predict(reader)}
+    return {t.name: {"widened": t.widened(reader, sparse), "bytes": t.predict(reader, sparse)}
             for t in TARGETS.values() if reader.format in t.formats}
 
 

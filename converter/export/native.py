@@ -90,10 +90,10 @@ class Native:
             return self.sparse_widths
         return dict(self.role_widths).get(role, self.widths) if role is not None else self.widths
 
-    def stored_width(self, spec: SchemeSpec, bits: int, role: str | None = None) -> int:
+    def stored_width(self, spec: SchemeSpec, bits: int, role: str | None = None, sparse: bool = False) -> int:
         """The narrowest width the target stores that holds the codes (wider than theirs when widened)."""
         need = self.width(spec, bits)
-        return min((w for w in self.widths_for(role) if w >= need), default=need)
+        return min((w for w in self.widths_for(role, sparse) if w >= need), default=need)
 
     def takes_grouping(self, g: Grouping, role: str | None = None, width: int | None = None,
                        shape: tuple[int, ...] | None = None) -> bool:
@@ -133,14 +133,14 @@ class Native:
                 and self.takes_grouping(e.grouping, e.role, None, e.shape))
 
     def price(self, scheme: str, bits: int, shape: tuple[int, ...], g: Grouping, code_bytes: int, param_bytes: int,
-              codec: str, role: str | None = None) -> int:
-        """Bytes one tensor (of `role`) takes in the export, codes and parameters; `code_bytes` and
-        `param_bytes` are what the container stores (or a menu's estimate of it)."""
+              codec: str, role: str | None = None, sparse: bool = False) -> int:
+        """Bytes one tensor (of `role`; a sparse one's values when `sparse`) takes in the export, codes and
+        parameters; `code_bytes` and `param_bytes` are what the container stores (or a menu's estimate of it)."""
         spec = SCHEMES[scheme]
         count = 1
         for n in shape:
             count *= n
-        width = self.stored_width(spec, bits, role)
+        width = self.stored_width(spec, bits, role, sparse)
         codes = code_bytes if self.keeps(codec) else packed_size(count, width)
         if self.scale_bytes is None:
             return codes + param_bytes
