@@ -24,6 +24,7 @@ MIN_ELEMENTS = 16  # below this the parameters would cost more than the float va
 MIN_GROUP, MAX_GROUP = 16, 1024
 PARAM_DTYPES = ("auto", "fp16", "fp32")
 ALREADY = "already quantized"  # the reason an integer weight with its own scales is kept, as reports show it
+SPARSE_WIDER = "a sparse weight"  # the start of why a sparse weight takes more bits than asked (reports count them)
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ class Policy:
             return Decision(False, reason="empty")
         bits = next((b for p, b in self.bits_for if _matches(w, (p,))), self.bits)
         if w.sparse and (sparse_bits := self._sparse_bits(w, bits)) != bits:
-            return replace(self._decide_at(w, sparse_bits), why=f"a sparse weight: {self.target} runs its values at {sparse_bits} bits")
+            return replace(self._decide_at(w, sparse_bits),
+                           why=f"{SPARSE_WIDER}: {self.target} runs its values at {sparse_bits} bits, not {bits}")
         return self._decide_at(w, bits)
 
     def _decide_at(self, w: Weight, bits: int) -> Decision:

@@ -9,7 +9,7 @@ from typing import Any
 
 from qpack.converter.convert import ConvertResult, db
 from qpack.converter.measure import compressed_sizes
-from qpack.converter.policy import ALREADY, QUANTIZED_ROLES
+from qpack.converter.policy import ALREADY, QUANTIZED_ROLES, SPARSE_WIDER
 from qpack.formats.model import FLOAT_DTYPES, SourceModel
 
 
@@ -66,9 +66,11 @@ def size_report(model: SourceModel, result: ConvertResult, compressors: tuple[st
 
 def notes(tensors: list[dict[str, Any]], kept: list[dict[str, Any]]) -> list[str]:
     """One-line remarks on a conversion that a user would otherwise wonder about (reports print
-    them as `note:` lines): so far, weights that came quantized already."""
+    them as `note:` lines): weights that came quantized already, and sparse weights given more bits
+    than asked because the target runs no fewer."""
     line = already_quantized(tensors, kept)
-    return [line] if line else []
+    wider = Counter(str(t["why"]) for t in tensors if str(t.get("why", "")).startswith(SPARSE_WIDER))
+    return ([line] if line else []) + [f"{n} tensor{'s' if n > 1 else ''}, each {why}" for why, n in sorted(wider.items())]
 
 
 def already_quantized(tensors: list[dict[str, Any]], kept: list[dict[str, Any]]) -> str | None:

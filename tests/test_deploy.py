@@ -314,7 +314,8 @@ def test_tflite_goal_gives_sparse_weights_int8_only(tfl_sparse: Path, tmp_path: 
 def test_tflite_fixed_bits_give_sparse_weights_the_width_dense_ones_cannot_hold(tfl_sparse: Path, tmp_path: Path):
     """--bits 4 --for tflite on the sparse detector: its dense weights take 4 bits, its sparse ones 8 (all
     DENSIFY spreads out), each sparse decision saying why; the export stores every tensor as made."""
-    qpk, _ = _made_for(tfl_sparse, "tflite", tmp_path, bits=4, scheme="sym", per_channel=True)
+    qpk, report = _made_for(tfl_sparse, "tflite", tmp_path, bits=4, scheme="sym", per_channel=True)
+    assert "46 tensors, each a sparse weight: tflite runs its values at 8 bits, not 4" in report["notes"], report["notes"]
     sparse = qpack.converter.export.sparse_keys(QpkReader(qpk))
     with QpkReader(qpk) as q:
         bits = {e.key: e.bits for e in q.entries}
