@@ -34,7 +34,7 @@ w is 4 when the codes fit int4 (and the target stores int4 there), else 8.
 Blocks: `tflite` and `tflite-fast` write a fully-connected weight (or a dense convolution's) grouped in
 blocks along its input axis as TFLite's blockwise int4 (BlockwiseQuantization: a float16 scale tensor
 [O, K/B], no zero points), which XNNPACK runs in its dynamically quantized fully-connected kernel (a
-1024x1024 layer at 0.20x float's latency in blocks of 32, 0.14x per channel). XNNPACK takes blocks of a
+1024x1024 layer at 0.16x float's latency in blocks of 32, 0.12x per channel). XNNPACK takes blocks of a
 multiple of 32 that divide the input length, symmetric codes in -8..7 and float16 scales; a model it
 cannot take fails at load, so the export checks each weight and probes once that the installed LiteRT
 runs the form (`blockwise_runs`). Other blocked groupings and pow2 exponents spanning more than int8
