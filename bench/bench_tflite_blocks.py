@@ -28,64 +28,26 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qpack.converter.export.tflite_int import BLOCK_MULTIPLE, blockwise_runs, litert_schema, serialize  # noqa: E402
-from qpack.formats.qpk import pack  # noqa: E402
+from qpack.converter.export.tflite_int import BLOCK_MULTIPLE, blockwise, blockwise_runs, fully_connected, litert_schema  # noqa: E402
 
 SHAPES = ((1024, 1024), (4096, 1024), (1024, 4096))
 BLOCKS = (32, 128)
-
-
-def layer(n: int, k: int, batch: int, weights: np.ndarray, quantization: Any = None, scales: np.ndarray | None = None) -> bytes:
-    """One FULLY_CONNECTED [batch, k] -> [batch, n] on `weights` (float32, or int4 codes with `quantization`;
-    `scales` a blockwise float16 scale tensor the quantization points at)."""
-    schema = litert_schema()
-    model, g = schema.ModelT(), schema.SubGraphT()
-    model.version, model.buffers = 3, [schema.BufferT(), schema.BufferT()]
-    int4 = weights.dtype != np.float32
-    model.buffers[1].data = pack((weights.reshape(-1) & 0xF).astype(np.uint8), 4) if int4 else weights.view(np.uint8).reshape(-1)
-    shapes = [[batch, k], [n, k], [batch, n]]
-    types = [schema.TensorType.FLOAT32, schema.TensorType.INT4 if int4 else schema.TensorType.FLOAT32, schema.TensorType.FLOAT32]
-    buffers = [0, 1, 0]
-    if scales is not None:
-        model.buffers.append(schema.BufferT())
-        model.buffers[2].data = scales.astype("<f2").view(np.uint8).reshape(-1)
-        shapes.append(list(scales.shape))
-        types.append(schema.TensorType.FLOAT16)
-        buffers.append(2)
-    g.tensors = []
-    for i, (shape, kind, buf) in enumerate(zip(shapes, types, buffers)):
-        t = schema.TensorT()
-        t.shape, t.type, t.buffer, t.name = shape, kind, buf, f"t{i}".encode()
-        g.tensors.append(t)
-    g.tensors[1].quantization = quantization
-    op = schema.OperatorT()
-    op.opcodeIndex, op.inputs, op.outputs = 0, [0, 1, -1], [2]
-    op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.FullyConnectedOptions, schema.FullyConnectedOptionsT()
-    g.operators, g.inputs, g.outputs = [op], [0], [2]
-    code = schema.OperatorCodeT()
-    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.FULLY_CONNECTED
-    code.version = 12
-    model.operatorCodes, model.subgraphs = [code], [g]
-    return serialize(schema, model)
 
 
 def variants(n: int, k: int, batch: int, rng: np.random.Generator) -> dict[str, tuple[bytes, np.ndarray]]:
     """name -> (the model, its weights' values)."""
     schema = litert_schema()
     w = rng.standard_normal((n, k)).astype(np.float32)
-    out = {"float": (layer(n, k, batch, w), w)}
+    out = {"float": (fully_connected(schema, w, batch), w)}
     q = rng.integers(-7, 8, (n, k)).astype(np.int8)
     scale = rng.uniform(0.01, 0.1, n).astype(np.float32)
     qp = schema.QuantizationParametersT()
     qp.scale, qp.zeroPoint, qp.quantizedDimension = scale.tolist(), [0] * n, 0
-    out["int4 per channel"] = (layer(n, k, batch, q, qp), q * scale[:, None])
+    out["int4 per channel"] = (fully_connected(schema, q, batch, qp), q * scale[:, None])
     for b in BLOCKS:
         s = rng.uniform(0.01, 0.1, (n, k // b)).astype(np.float16)
-        details = schema.BlockwiseQuantizationT()
-        details.scales, details.zeroPoints, details.blockSize = 3, -1, b
-        qb = schema.QuantizationParametersT()
-        qb.detailsType, qb.details = schema.QuantizationDetails.BlockwiseQuantization, details
-        out[f"int4 blocks of {b}"] = (layer(n, k, batch, q, qb, s), q * np.repeat(s.astype(np.float32), b, axis=1))
+        out[f"int4 blocks of {b}"] = (fully_connected(schema, q, batch, blockwise(schema, 3, b), s),
+                                      q * np.repeat(s.astype(np.float32), b, axis=1))
     return out
 
 

@@ -326,30 +326,44 @@ def choose(e: TensorEntry, form: IntForm, uses: list[_Use], layout: Layout = TFL
     return hyb
 
 
-def _probe_model(schema: ModuleType, q: NDArray[np.int32], scales: NDArray[np.float16], block: int) -> bytes:
-    """One FULLY_CONNECTED of blockwise int4 weights `q` [N, K], float input [1, K]."""
+def blockwise(schema: ModuleType, scales_tensor: int, block: int) -> Any:
+    """TFLite's blockwise quantization of a weight: int4 codes, float16 scales in tensor `scales_tensor`, no zero points."""
+    details = schema.BlockwiseQuantizationT()
+    details.scales, details.zeroPoints, details.blockSize = scales_tensor, -1, block
+    qp = schema.QuantizationParametersT()
+    qp.detailsType, qp.details = schema.QuantizationDetails.BlockwiseQuantization, details
+    return qp
+
+
+def fully_connected(schema: ModuleType, weights: NDArray, batch: int, quantization: Any = None,
+                    scales: NDArray[np.float16] | None = None) -> bytes:
+    """A model of one FULLY_CONNECTED, input [batch, K] to output [batch, N], on `weights` [N, K]: float32
+    values, or int4 codes with their `quantization` (blockwise: `scales` as tensor 3). What the blockwise
+    probe runs and bench/bench_tflite_blocks.py times."""
     model, g = schema.ModelT(), schema.SubGraphT()
-    model.version, model.buffers = 3, [schema.BufferT(), schema.BufferT(), schema.BufferT()]
-    model.buffers[1].data = pack((q.reshape(-1) & 0xF).astype(np.uint8), 4)
-    model.buffers[2].data = scales.astype("<f2").view(np.uint8).reshape(-1)
-    shapes = ([1, q.shape[1]], list(q.shape), list(scales.shape), [1, q.shape[0]])
-    types = (schema.TensorType.FLOAT32, schema.TensorType.INT4, schema.TensorType.FLOAT16, schema.TensorType.FLOAT32)
+    n, k = weights.shape
+    int4 = weights.dtype != np.float32
+    model.version, model.buffers = 3, [schema.BufferT(), schema.BufferT()]
+    model.buffers[1].data = pack((weights.reshape(-1) & 0xF).astype(np.uint8), 4) if int4 else weights.view(np.uint8).reshape(-1)
+    layout = [([batch, k], schema.TensorType.FLOAT32, 0), ([n, k], schema.TensorType.INT4 if int4 else schema.TensorType.FLOAT32, 1),
+              ([batch, n], schema.TensorType.FLOAT32, 0)]
+    if scales is not None:
+        model.buffers.append(schema.BufferT())
+        model.buffers[2].data = scales.astype("<f2").view(np.uint8).reshape(-1)
+        layout.append((list(scales.shape), schema.TensorType.FLOAT16, 2))
     g.tensors = []
-    for i, (shape, kind, buf) in enumerate(zip(shapes, types, (0, 1, 2, 0))):
+    for i, (shape, kind, buf) in enumerate(layout):
         t = schema.TensorT()
         t.shape, t.type, t.buffer, t.name = shape, kind, buf, f"t{i}".encode()
         g.tensors.append(t)
-    details = schema.BlockwiseQuantizationT()
-    details.scales, details.zeroPoints, details.blockSize = 2, -1, block
-    g.tensors[1].quantization = schema.QuantizationParametersT()
-    g.tensors[1].quantization.detailsType, g.tensors[1].quantization.details = schema.QuantizationDetails.BlockwiseQuantization, details
+    g.tensors[1].quantization = quantization
     op = schema.OperatorT()
-    op.opcodeIndex, op.inputs, op.outputs = 0, [0, 1, -1], [3]
+    op.opcodeIndex, op.inputs, op.outputs = 0, [0, 1, -1], [2]
     op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.FullyConnectedOptions, schema.FullyConnectedOptionsT()
-    g.operators, g.inputs, g.outputs = [op], [0], [3]
+    g.operators, g.inputs, g.outputs = [op], [0], [2]
     code = schema.OperatorCodeT()
     code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.FULLY_CONNECTED
-    code.version = _VERSIONS[("FULLY_CONNECTED", True)]
+    code.version = _VERSIONS[("FULLY_CONNECTED", int4)]
     model.operatorCodes, model.subgraphs = [code], [g]
     return serialize(schema, model)
 
@@ -368,7 +382,9 @@ def blockwise_runs() -> bool:
     scales = rng.uniform(0.5, 2.0, (8, 2)).astype(np.float16)
     x = rng.standard_normal((1, 2 * BLOCK_MULTIPLE)).astype(np.float32)
     try:
-        it = Interpreter(model_content=_probe_model(litert_schema(), q, scales, BLOCK_MULTIPLE), num_threads=1)
+        schema = litert_schema()
+        model = fully_connected(schema, q, 1, blockwise(schema, 3, BLOCK_MULTIPLE), scales)
+        it = Interpreter(model_content=model, num_threads=1)
         it.allocate_tensors()
         it.set_tensor(it.get_input_details()[0]["index"], x)
         it.invoke()
@@ -462,6 +478,7 @@ class _Writer:
         """Blockwise parameters: a float16 scale tensor [O, K/B] in the weight's subgraph (one buffer
         for every use) and the quantization pointing at it. Returns (parameters, the scale buffer)."""
         schema, g = self.schema, self.model.subgraphs[u.subgraph]
+        assert c.block is not None
         if buffer is None:
             self.model.buffers.append(schema.BufferT())
             self.model.buffers[-1].data = np.asarray(c.scales, "<f2").view(np.uint8)
@@ -471,11 +488,7 @@ class _Writer:
         scales.shape, scales.type, scales.buffer = [rows, len(c.scales) // rows], schema.TensorType.FLOAT16, buffer
         scales.name = (g.tensors[u.tensor].name or b"") + b"_block_scales"
         g.tensors.append(scales)
-        details = schema.BlockwiseQuantizationT()
-        details.scales, details.zeroPoints, details.blockSize = len(g.tensors) - 1, -1, c.block
-        qp = schema.QuantizationParametersT()
-        qp.detailsType, qp.details = schema.QuantizationDetails.BlockwiseQuantization, details
-        return qp, buffer
+        return blockwise(schema, len(g.tensors) - 1, c.block), buffer
 
     def apply(self, c: Choice, buffer: int, uses: list[_Use]) -> None:
         schema = self.schema
