@@ -699,6 +699,28 @@ def test_tflite_blockwise_int4_in_one_xnnpack_partition(tfl_fp32: Path, tmp_path
     assert any(f"{blocked} weights as int4 for blockwise hybrid kernels" in n for n in run.notes), run.notes
 
 
+def test_tflite_block_at_scale_zero_goes_out_as_zeros(tfl_fp32: Path, tmp_path: Path):
+    """A block whose scale is 0 holds zeros whatever its codes (FORMAT.md allows the scale; qpack writes 1 for
+    an all-zero block): XNNPACK refuses a zero scale, so the export gives it scale 1 and codes 0, the same
+    values, and leaves every other block as it is."""
+    from qpack.converter.export import tflite_int
+    from qpack.converter.export.intform import IntForm, int_form
+
+    qpk = _pack(tfl_fp32, tmp_path, Policy("sym", 4, group_size=32, target="tflite-fast"))
+    with QpkReader(qpk) as r:
+        e = next(e for e in r.entries if e.grouping.block)
+        form = int_form(r, e)
+        schema = tflite_int.litert_schema()
+        model = tflite_int.load(schema, r.graph(), str(qpk))
+        uses = tflite_int._uses(schema, model, tflite_int.op_names(schema, model))[int(e.key.split(":", 1)[1])]
+    scale, q = form.scale.copy(), form.q.copy()
+    scale.reshape(-1)[0] = 0
+    q.reshape(-1, 32)[0] = 3
+    c = tflite_int.choose(e, IntForm(e, q, scale, None), uses, tflite_int.FAST)
+    assert c.block == 32 and c.scales[0] == 1.0 and not c.q.reshape(-1, 32)[0].any()
+    assert np.array_equal(c.q.reshape(-1, 32)[1:], q.reshape(-1, 32)[1:]) and c.scales[1:] == scale.reshape(-1)[1:].tolist()
+
+
 @pytest.mark.parametrize("target", ["tflite", "tflite-dequantize"])
 def test_tflite_dequantize_exact(tfl_fp32: Path, tmp_path: Path, target: str):
     """asym 4-bit with a zero point has no int4 symmetric form: int4 + zero points behind DEQUANTIZE, exact;
