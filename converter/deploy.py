@@ -146,8 +146,10 @@ def _refuse(t: Target, policy: Policy, codec: str, allocating: bool, scheme_give
 
 
 def _refuse_role_blocks(name: str, rb: RoleBlocks, policy: Policy, spec: Any, allocating: bool) -> None:
-    """Fixed options blocks for some roles only cannot hold (the others go per channel, see Policy.decide)."""
-    if policy.group_size is not None and policy.group_size % rb.multiple:
+    """Fixed options blocks for some roles only cannot hold (the others go per channel, see Policy.decide);
+    `policy` has a group size."""
+    assert policy.group_size is not None
+    if policy.group_size % rb.multiple:
         raise OptionError(f"{name} takes blocks of a multiple of {rb.multiple} weights, not --group-size {policy.group_size}")
     if not allocating and spec.integer_bits(policy.bits) not in rb.widths:
         raise OptionError(f"{name} runs blocks of {_either([f'{w}-bit' for w in rb.widths])} codes only: "

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qpack.converter.quant import CLIPS, get_quantizer
 from qpack.converter.quant.rdo import check as rdo_check
 from qpack.formats.errors import OptionError
 from qpack.formats.model import Role, Weight
 from qpack.formats.qpk import Grouping
+
+if TYPE_CHECKING:
+    from qpack.converter.export.native import Native
 
 QUANTIZED_ROLES = frozenset({Role.KERNEL, Role.MATRIX, Role.RECURRENT, Role.EMBEDDING})
 MIN_ELEMENTS = 16  # below this the parameters would cost more than the float values they replace
@@ -147,12 +150,16 @@ class Policy:
             return Decision(True, bits=bits, axis=axis, block=block, dtypes={**(dtypes or {}), "scale": fixed}, strict=True)
         return Decision(True, bits=bits, axis=axis, block=block, dtypes=dtypes)
 
+    def _native(self) -> Native | None:
+        """What the policy's target runs natively (None: a file for the container alone)."""
+        from qpack.converter.deploy import native_of  # deploy checks policies against targets
+
+        return native_of(self)
+
     def _sparse_bits(self, w: Weight, bits: int) -> int:
         """The width a sparse weight takes: `bits`, or the narrowest above it the policy's target runs a
         sparse weight's values at (TFLite's DENSIFY spreads out int8 only)."""
-        from qpack.converter.deploy import native_of
-
-        native = native_of(self)
+        native = self._native()
         if native is None:
             return bits
         spec = get_quantizer(self.scheme).spec()
@@ -165,15 +172,13 @@ class Policy:
         """Whether the policy's target runs `w` in blocks along its reduction axis (a target that runs
         blocks for some roles only, TFLite's fully-connected weights, quantizes the others per channel):
         the one dtype it stores their scales in where it fixes it, else True or False."""
-        from qpack.converter.deploy import native_of  # deploy checks policies against targets
-
-        native = native_of(self)
+        native = self._native()
         if native is None:
             return True
-        spec = get_quantizer(self.scheme).spec()
         assert w.reduction is not None
         g = Grouping(w.reduction, self.group_size)
-        if (w.sparse and "block" not in native.groupings) or not native.takes_grouping(g, w.role.value, native.width(spec, bits), w.shape):
+        width = native.width(get_quantizer(self.scheme).spec(), bits)
+        if not native.takes_grouping(g, w.role.value, width, w.shape, w.sparse):
             return False
         return native.block_scales(g) or True
 

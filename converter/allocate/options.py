@@ -156,7 +156,8 @@ def menu(w: Weight, scheme: str, widths: range | list[int] = range(MIN_WIDTH, MA
     opts = []
     for axis, block in groupings(w):
         g = Grouping(axis, block)
-        if (block is not None and not spec.blocks) or (native is not None and not native.takes_grouping(g, w.role.value, shape=w.shape)):
+        if (block is not None and not spec.blocks) or (
+                native is not None and not native.takes_grouping(g, w.role.value, shape=w.shape, sparse=w.sparse)):
             continue
         v = View(x, g)
         # a scale per channel or block is stored as float16 (unless `half` is off): the codes are chosen
@@ -168,7 +169,7 @@ def menu(w: Weight, scheme: str, widths: range | list[int] = range(MIN_WIDTH, MA
         for bits in widths:
             if not spec.min_bits <= bits <= spec.max_bits or (bits > MAX_BITS and block is not None):
                 continue
-            if fixed and native is not None and not native.takes_grouping(g, w.role.value, native.width(spec, bits), w.shape):
+            if fixed and native is not None and not native.takes_grouping(g, w.role.value, native.width(spec, bits), w.shape, w.sparse):
                 continue
             half_here = tops is not None and half_fits(tops, q.levels(bits), bits)
             if fixed and not half_here:

@@ -95,16 +95,23 @@ class Native:
         need = self.width(spec, bits)
         return min((w for w in self.widths_for(role, sparse) if w >= need), default=need)
 
+    def _role_blocks(self, g: Grouping) -> RoleBlocks | None:
+        """What rules blocks `g` where the target takes blocks for some roles only, else None."""
+        return self.role_blocks if g.block is not None and "block" not in self.groupings else None
+
     def takes_grouping(self, g: Grouping, role: str | None = None, width: int | None = None,
-                       shape: tuple[int, ...] | None = None) -> bool:
-        """Whether it runs grouping `g` (for a tensor of `role`, `width` and `shape` where given)."""
-        if g.kind == "block" and "block" not in self.groupings:
-            return self.role_blocks is not None and self.role_blocks.takes(g, role, width, shape)
+                       shape: tuple[int, ...] | None = None, sparse: bool = False) -> bool:
+        """Whether it runs grouping `g` (for a tensor of `role`, `width` and `shape` where given; a sparse
+        tensor's values, which role blocks never hold, when `sparse`)."""
+        rb = self._role_blocks(g)
+        if rb is not None:
+            return not sparse and rb.takes(g, role, width, shape)
         return g.kind in self.groupings and (g.block is None or not self.blocks or g.block in self.blocks)
 
     def block_scales(self, g: Grouping) -> str | None:
         """The one dtype scales of grouping `g` are stored in where the target fixes it (role blocks), else None."""
-        return self.role_blocks.scale_dtype if g.block is not None and "block" not in self.groupings and self.role_blocks else None
+        rb = self._role_blocks(g)
+        return rb.scale_dtype if rb is not None else None
 
     @property
     def half_scales(self) -> bool:
@@ -115,22 +122,23 @@ class Native:
         """Whether codes stored by `codec` are kept as stored (else decoded and stored at their width)."""
         return self.codecs is not None and codec in self.codecs
 
-    def takes(self, scheme: str, bits: int, g: Grouping, codec: str, role: str | None = None, sparse: bool = False) -> bool:
-        """Whether a setting runs natively (for a tensor of `role`, a sparse one's values when `sparse`;
-        role None: of any): what a goal's menu may offer."""
+    def takes(self, scheme: str, bits: int, g: Grouping, codec: str, role: str | None = None, sparse: bool = False,
+              shape: tuple[int, ...] | None = None) -> bool:
+        """Whether a setting runs natively (for a tensor of `role` and `shape`, a sparse one's values when
+        `sparse`; role None: of any, shape None: of any): what a goal's menu may offer."""
         spec = SCHEMES.get(scheme)
-        if spec is None or (sparse and g.block is not None and "block" not in self.groupings):
+        if spec is None:
             return False
         width = self.width(spec, bits)
         return (self.takes_scheme(scheme, sparse) and width in self.widths_for(role, sparse)
-                and self.takes_grouping(g, role, width) and (self.codecs is None or codec in self.codecs))
+                and self.takes_grouping(g, role, width, shape, sparse) and (self.codecs is None or codec in self.codecs))
 
     def runs(self, e: TensorEntry, codec: str, sparse: bool = False) -> bool:
         """Whether tensor `e`, its codes stored by `codec` (a sparse tensor's values when `sparse`), runs natively."""
         floats = {d for d in e.dtypes.values() if d.startswith("<f")}
         fixed = self.block_scales(e.grouping)
-        return (self.takes(e.scheme, e.bits, e.grouping, codec, e.role, sparse) and floats <= ({fixed} if fixed else set(self.param_dtypes))
-                and self.takes_grouping(e.grouping, e.role, None, e.shape))
+        return (self.takes(e.scheme, e.bits, e.grouping, codec, e.role, sparse, e.shape)
+                and floats <= ({fixed} if fixed else set(self.param_dtypes)))
 
     def price(self, scheme: str, bits: int, shape: tuple[int, ...], g: Grouping, code_bytes: int, param_bytes: int,
               codec: str, role: str | None = None, sparse: bool = False) -> int:
@@ -145,7 +153,8 @@ class Native:
         if self.scale_bytes is None:
             return codes + param_bytes
         groups = g.count(shape)
-        params = groups * (self.role_blocks.scale_bytes if self.block_scales(g) and self.role_blocks else self.scale_bytes)
+        rb = self._role_blocks(g)
+        params = groups * (rb.scale_bytes if rb is not None else self.scale_bytes)
         if self.zero_points or not spec.signed:
             params += packed_size(groups, self.zero_point_bits or width)
         return codes + params
