@@ -9,6 +9,7 @@ container records the target (Policy.options), and `export --to` it widens nothi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -109,7 +110,7 @@ def priced(policy: Policy, codec: str) -> tuple[Callable[[Any], int], Callable[[
                    for s in tensors(result))
 
     def size(result: Any) -> int:
-        return t.size(result.skeleton_bytes, tensors(result))
+        return t.size(result.skeleton_bytes, tensors(result), sum(math.prod(k.shape) for k in result.kept if k.dtype == "float16"))
 
     return stored, size
 

@@ -11,6 +11,7 @@ from qpack.converter.convert import ConvertResult, db
 from qpack.converter.measure import compressed_sizes
 from qpack.converter.policy import ALREADY, QUANTIZED_ROLES, SPARSE_WIDER
 from qpack.formats.model import FLOAT_DTYPES, SourceModel
+from qpack.formats.qpk.meta import kept_shape
 
 
 def source_bytes(model: SourceModel) -> bytes:
@@ -82,7 +83,7 @@ def already_quantized(tensors: list[dict[str, Any]], kept: list[dict[str, Any]])
     container's metadata). Weight tensors are kernels, matrices and tables: two or more
     dimensions, so zero points and integer biases are not counted.
     """
-    done = [k for k in kept if str(k.get("reason", "")).startswith(ALREADY) and len(_shape(k)) >= 2]
+    done = [k for k in kept if str(k.get("reason", "")).startswith(ALREADY) and len(kept_shape(k)) >= 2]
     if not done:
         return None
     roles = {r.value for r in QUANTIZED_ROLES}
@@ -97,10 +98,3 @@ def already_quantized(tensors: list[dict[str, Any]], kept: list[dict[str, Any]])
     return (f"{head}, and qpack quantizes float weights only: nothing was quantized. The .qpk holds the model as "
             "it is, its graph compressed with zstd; for fewer bits, convert the float model it came from")
 
-
-def _shape(row: dict[str, Any]) -> list[int]:
-    """A kept row's shape, where it is one (a container's rows are informative, so checked before use)."""
-    v = row.get("shape")
-    if not isinstance(v, (list, tuple)) or len(v) > 16 or not all(type(d) is int and 0 <= d < 2**40 for d in v):
-        return []
-    return list(v)

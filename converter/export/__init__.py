@@ -9,6 +9,7 @@ no widening; anything else it exports widened to its nearest exact form, or refu
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, NamedTuple
 from qpack.converter.export.native import GROUPINGS, XNNPACK_BLOCKS, Native
 from qpack.formats.errors import FormatError, OptionError
 from qpack.formats.qpk import CODECS, Grouping, QpkReader, zeroed_bytes
+from qpack.formats.qpk.meta import kept_shape
 from qpack.formats.registry import a_model, adapter
 
 Exporter = Callable[[QpkReader, Path, list[str]], list[Path]]
@@ -41,12 +43,15 @@ class Target:
         sparse = sparse_keys(reader) if sparse is None else sparse
         return sum(not self.native.runs(e, c, e.key in sparse) for e, c in zip(reader.entries, _codecs(reader)))
 
-    def size(self, skeleton: int, tensors: Iterable[Stored]) -> int:
+    def size(self, skeleton: int, tensors: Iterable[Stored], halves: int = 0) -> int:
         """The bytes of an export (an estimate): its own, the graph where it carries one (`skeleton`: the
-        graph's bytes before compression, less any zeros in the quantized tensors' places), and each
-        tensor as `native` prices it, with what it adds beside its data."""
+        graph's bytes before compression, less any zeros in the quantized tensors' places, its float16
+        tensors left float holding `halves` values), and each tensor as `native` prices it, with
+        what it adds beside its data."""
         n = self.native
-        return n.base + (skeleton if self.graph else 0) + sum(
+        tensors = list(tensors)
+        graph = skeleton + halves * (n.float16_bytes - 2) if self.graph else 0
+        return n.base + graph + n.shared_zero_bytes((t.scheme, t.bits, t.shape, t.grouping, t.role) for t in tensors) + sum(
             n.price(t.scheme, t.bits, t.shape, t.grouping, t.code_bytes, t.param_bytes, t.codec, t.role, t.sparse)
             + n.extra(t.name, t.key)
             for t in tensors)
@@ -59,7 +64,13 @@ class Target:
         return self.size(skeleton, (Stored(e.scheme, e.bits, e.shape, e.grouping, blobs[e.codes].length,
                                            sum(blobs[i].length for i in e.params.values()), c, e.name, e.key, e.role,
                                            e.key in sparse)
-                                    for e, c in zip(reader.entries, _codecs(reader))))
+                                    for e, c in zip(reader.entries, _codecs(reader))),
+                         float16_values(reader.kept))
+
+
+def float16_values(kept: Iterable[dict[str, Any]]) -> int:
+    """How many values the float16 tensors left float hold (rows of a container's `kept`, shapes checked)."""
+    return sum(math.prod(kept_shape(k)) for k in kept if k.get("dtype") == "float16" and kept_shape(k))
 
 
 class Stored(NamedTuple):
@@ -181,7 +192,8 @@ _QDQ = Native(widths=(2, 4, 8, 16), scale_bytes=4, overhead=(300, 4))
 # form's zeros are one vector every tensor of its channel count shares); hybrid kernels want symmetric weights;
 # DENSIFY spreads a sparse weight out as int8 only
 _TFLITE = Native(widths=(4, 8), signed=True, sparse_signed=True, sparse_widths=(8,), groupings=("tensor", "channel"),
-                 param_dtypes=("<f4",), scale_bytes=4, zero_point_bits=64, overhead=(60, 1))
+                 param_dtypes=("<f4",), scale_bytes=4, zero_point_bits=64, overhead=(60, 1), shared_zero_points=True,
+                 float16_bytes=4)
 # qpk.h decodes every scheme of FORMAT.md at any width and grouping, its parameters as the container stores them
 _C = Native(schemes=("asym", "sym", "pow2", "lut", "dq"), codecs=("raw",), overhead=(172, 1.22), base=1800)
 
@@ -205,10 +217,11 @@ register_target(Target("onnx-int8", "qpack.converter.export.onnx_int8", "export_
 register_target(Target("tflite", "qpack.converter.export.tflite_int", "export_tflite", ("tflite",),
                        "TFLite with int8/int4 weights: fully-connected ones for the hybrid kernel (int4 also in blocks), "
                        "the rest behind DEQUANTIZE (int4 there runs outside XNNPACK)",
-                       replace(_TFLITE, role_blocks=XNNPACK_BLOCKS), runtime=LITERT))
+                       replace(_TFLITE, role_blocks=XNNPACK_BLOCKS, channel_scale_roles=("matrix",)), runtime=LITERT))
 register_target(Target("tflite-fast", "qpack.converter.export.tflite_int", "export_tflite_fast", ("tflite",),
                        "TFLite as XNNPACK runs it at float speed: as tflite, int4 only in fully-connected weights",
-                       replace(_TFLITE, widths=(8,), role_widths=(("matrix", (4, 8)),), role_blocks=XNNPACK_BLOCKS),
+                       replace(_TFLITE, widths=(8,), role_widths=(("matrix", (4, 8)),), role_blocks=XNNPACK_BLOCKS,
+                               channel_scale_roles=("matrix",), centered_roles=("matrix",)),
                        runtime=LITERT))
 register_target(Target("tflite-dequantize", "qpack.converter.export.tflite_int", "export_tflite_dequantize", ("tflite",),
                        "TFLite with int8/int4 weights, all through DEQUANTIZE (float kernels, the container's exact values)",

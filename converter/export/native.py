@@ -10,6 +10,7 @@ that target writes and holds nothing it would widen.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from qpack.formats.qpk import SCHEMES, Grouping, SchemeSpec, TensorEntry, packed_size
@@ -67,6 +68,16 @@ class Native:
     # name and key; and bytes every export adds (a decoder's tables); measured on the fixtures, an estimate
     overhead: tuple[int, float] = (0, 0.0)
     base: int = 0
+    # symmetric forms' zero points are zero vectors, one of each length, shared by every tensor of that
+    # length (a TFLite flatbuffer's per-channel int64 zeros): priced once per model (shared_zero_bytes)
+    shared_zero_points: bool = False
+    # roles whose symmetric per-tensor scale is written once per output channel (axis 0): LiteRT's hybrid
+    # kernels take per-channel scales only
+    channel_scale_roles: tuple[str, ...] = ()
+    # roles whose unsigned codes the export centers (zero point folded in, one bit wider): the hybrid
+    # kernels of a layout that puts every fully-connected weight there
+    centered_roles: tuple[str, ...] = ()
+    float16_bytes: int = 2  # bytes per value of a float16 tensor left float (TFLite: widened to float32)
 
     def takes_scheme(self, name: str, sparse: bool = False) -> bool:
         """Whether it runs scheme `name` natively (for a sparse weight's values when `sparse`)."""
@@ -92,8 +103,14 @@ class Native:
 
     def stored_width(self, spec: SchemeSpec, bits: int, role: str | None = None, sparse: bool = False) -> int:
         """The narrowest width the target stores that holds the codes (wider than theirs when widened)."""
-        need = self.width(spec, bits)
+        need = self.width(spec, bits) + self._centers(spec, bits, role)
         return min((w for w in self.widths_for(role, sparse) if w >= need), default=need)
+
+    def _centers(self, spec: SchemeSpec, bits: int, role: str | None) -> bool:
+        """Whether the export folds the zero point of `bits`-bit `spec` codes into signed integers for
+        `role` (where one bit more still fits a width the role runs)."""
+        return (not spec.signed and role in self.centered_roles
+                and self.width(spec, bits) < max(self.widths_for(role), default=0))
 
     def _role_blocks(self, g: Grouping) -> RoleBlocks | None:
         """What rules blocks `g` where the target takes blocks for some roles only, else None."""
@@ -152,12 +169,29 @@ class Native:
         codes = code_bytes if self.keeps(codec) else packed_size(count, width)
         if self.scale_bytes is None:
             return codes + param_bytes
-        groups = g.count(shape)
         rb = self._role_blocks(g)
+        groups = self.scale_count(spec, bits, g, shape, role)
         params = groups * (rb.scale_bytes if rb is not None else self.scale_bytes)
-        if self.zero_points or not spec.signed:
+        if self.zero_points or not (spec.signed or self._centers(spec, bits, role)):
             params += packed_size(groups, self.zero_point_bits or width)
         return codes + params
+
+    def scale_count(self, spec: SchemeSpec, bits: int, g: Grouping, shape: tuple[int, ...], role: str | None) -> int:
+        """How many scales the export writes for a tensor: one per group, or one per output channel for a
+        symmetric (or centered) per-tensor scale in a role of `channel_scale_roles`."""
+        if g.kind == "tensor" and (spec.signed or self._centers(spec, bits, role)) and role in self.channel_scale_roles and shape:
+            return shape[0]
+        return g.count(shape)
+
+    def shared_zero_bytes(self, tensors: Iterable[tuple[str, int, tuple[int, ...], Grouping, str | None]]) -> int:
+        """The zero vectors symmetric forms share (`shared_zero_points`): one per distinct scale count among
+        `tensors` (scheme, bits, shape, grouping, role), at `zero_point_bits` a value."""
+        if not self.shared_zero_points or self.scale_bytes is None:
+            return 0
+        lengths = {self.scale_count(SCHEMES[s], bits, g, shape, role) for s, bits, shape, g, role in tensors
+                   if s in SCHEMES and (SCHEMES[s].signed or self._centers(SCHEMES[s], bits, role))
+                   and self._role_blocks(g) is None}
+        return sum(packed_size(n, self.zero_point_bits or 8) for n in lengths)
 
     def extra(self, name: str, key: str) -> int:
         """Bytes a stored tensor adds to the export beyond its codes and parameters."""

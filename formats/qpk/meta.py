@@ -244,6 +244,14 @@ def parse_kept(rows: Any) -> list[dict[str, Any]]:
     return [plain(r) for r in rows[:MAX_TENSORS] if isinstance(r, dict)]
 
 
+def kept_shape(row: dict[str, Any]) -> list[int]:
+    """A kept row's shape, where it is one (a container's rows are informative, so checked before use)."""
+    v = row.get("shape")
+    if not isinstance(v, (list, tuple)) or len(v) > 16 or not all(type(d) is int and 0 <= d < 2**40 for d in v):
+        return []
+    return list(v)
+
+
 def informative(meta: dict[str, Any]) -> dict[str, Any]:
     """The fields a reader only shows (writer version, source, options), made plain; a source that
     is not a map, or a size that is not a number, is replaced rather than trusted."""
