@@ -187,7 +187,7 @@ def fit(reader: QpkReader) -> dict[str, dict[str, Any]]:
 ORT, LITERT = "onnxruntime", "LiteRT"  # what runs the model exports (Target.runtime)
 # DequantizeLinear: INT2..INT16 as the codes need (INT2 from opset 25, INT4/INT16 from 21), blocks along one
 # axis; scales in the weight's float type, zero points as wide as the integers
-_QDQ = Native(widths=(2, 4, 8, 16), scale_bytes=4, overhead=(300, 4))
+_QDQ = Native(widths=(2, 4, 8, 16), scale_bytes=4, overhead=(119, 2))
 # TFLite: int4 and int8 per tensor or per channel, float32 scales and int64 zero points (a symmetric
 # form's zeros are one vector every tensor of its channel count shares); hybrid kernels want symmetric weights;
 # DENSIFY spreads a sparse weight out as int8 only
@@ -201,13 +201,14 @@ register_target(Target("onnx-qdq", "qpack.converter.export.onnx_qdq", "export_on
                        "ONNX with integer weights behind DequantizeLinear (INT2..INT32 as the codes need)", _QDQ, runtime=ORT))
 register_target(Target("onnx-fast", "qpack.converter.export.onnx_qdq", "export_onnx_fast", ("onnx",),
                        "ONNX with the onnx-qdq integers behind Cast/Mul, which onnxruntime folds when it loads the model: "
-                       "as small, and the float model's speed", _QDQ, runtime=ORT))
+                       "as small, and the float model's speed", replace(_QDQ, overhead=(65, 2)), runtime=ORT))
 register_target(Target("onnx-matmulnbits", "qpack.converter.export.onnx_matmulnbits", "export_onnx_matmulnbits", ("onnx",),
                        "ONNX with MatMul/Gemm weights as com.microsoft.MatMulNBits (2/4/8 bits), the rest as onnx-fast",
-                       _QDQ, runtime=ORT))  # what MatMulNBits does not take (16 bits, other blocks) is decoded at load, exactly
+                       # what MatMulNBits does not take (16 bits, other blocks) is decoded at load, exactly
+                       replace(_QDQ, overhead=(148, 2)), runtime=ORT))
 register_target(Target("onnx-matmulnbits-int8", "qpack.converter.export.onnx_matmulnbits", "export_onnx_matmulnbits_int8",
                        ("onnx",), "as onnx-matmulnbits, MatMulNBits computing in int8 (accuracy_level 4: activations "
-                       "quantized per block as it runs, for the CPU's int8 dot products)", _QDQ, runtime=ORT))
+                       "quantized per block as it runs, for the CPU's int8 dot products)", replace(_QDQ, overhead=(148, 2)), runtime=ORT))
 register_target(Target("onnx-int8", "qpack.converter.export.onnx_int8", "export_onnx_int8", ("onnx",),
                        "full-integer ONNX: int8 weights and uint8 activations calibrated on --inputs, so onnxruntime runs "
                        "QLinearConv/QLinearMatMul/QGemm; the rest as onnx-fast",
