@@ -218,6 +218,43 @@ def test_a_bias_a_subgraph_reads_stays(tmp_path: Path):
     assert np.isfinite(out).all()
 
 
+def test_weights_in_if_branches_export_beside_integer_nodes(tmp_path: Path):
+    """An integer Gemm in the main graph rebuilds its node list, If nodes and their branches copied along:
+    the weights in Constant nodes of both branches (Silero's STFT bases) are still replaced by the
+    container's values, and the model validates and gives the container's outputs in either branch."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((8, 16)) * 0.3).astype(np.float32), "w")
+
+    def branch(tag: str, width: int) -> onnx.GraphProto:
+        basis = numpy_helper.from_array((rng.standard_normal((8, width)) * 0.5).astype(np.float32), "basis")  # one tensor name, twice
+        return helper.make_graph([helper.make_node("Constant", [], [f"{tag}_basis"], value=basis),
+                                  helper.make_node("MatMul", ["h", f"{tag}_basis"], [f"{tag}_o"])], tag, [],
+                                 [helper.make_tensor_value_info(f"{tag}_o", TensorProto.FLOAT, [None, width])])
+
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["g"], transB=1), helper.make_node("Tanh", ["g"], ["h"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", 4), else_branch=branch("else", 6))]
+    graph = helper.make_graph(nodes, "if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16]),
+                                            helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "if.onnx")
+    x = rng.standard_normal((8, 16)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=x, cond=np.array(True))
+    qpk = tmp_path / "if.qpk"
+    qpack.convert(tmp_path / "if.onnx", qpk, bits=8, scheme="sym", compress="none")
+    assert len(qpack.describe(qpk)["tensors"]) == 3
+    done = qpack.export(qpk, "onnx-int8", tmp_path / "if_int8.onnx", inputs=tmp_path / "cal.npz", min_cosine=-1)
+    assert done.notes[0].startswith("integer nodes (mse ranges on 8 inputs): Gemm 1"), done.notes
+    qpack.unpack(qpk, tmp_path / "restored.onnx")
+    a = _session(tmp_path / "restored.onnx", ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    b = _session(tmp_path / "if_int8.onnx", ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    for cond in (True, False):
+        feeds = {"x": x, "cond": np.array(cond)}
+        ref, got = a.run(None, feeds)[0], b.run(None, feeds)[0]
+        assert got.shape == ref.shape and float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.99
+
+
 def _conv_bn(path: Path, gamma1: np.ndarray) -> None:
     """x[N,3,8,8] -> Conv(w1[6,3,3,3], pads 1, no bias) -> BatchNormalization(gamma1, ...) -> Relu
     -> Conv(w2[4,6,1,1], b2) -> BatchNormalization -> Tanh -> y, every BatchNormalization parameter

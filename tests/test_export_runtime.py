@@ -35,7 +35,7 @@ from qpack.formats.model import Role, Weight
 from qpack.formats.qpk import Grouping, QpkReader
 from qpack.formats.registry import open_model
 from qpack.formats.tflite_model import TfliteModel
-from tests.tiny import if_model, tiny_model
+from tests.tiny import if_model, nested_if_model, tiny_model
 
 EXACT, FLOAT16, HYBRID = 1e-4, 2e-2, 5e-2
 runner = CliRunner()
@@ -215,6 +215,18 @@ def test_weights_inside_subgraphs(tmp_path: Path, target: str, cond: bool):
     op = {"onnx-qdq": "DequantizeLinear", "onnx-fast": "Cast"}.get(target, "MatMulNBits")
     assert sorted(scope for scope, g in walk_graphs(model.graph) for n in g.node if n.op_type == op) == [
         "node0.else_branch/", "node0.then_branch/"]
+
+
+@pytest.mark.parametrize("target", ["onnx-qdq", "onnx-fast", "onnx-matmulnbits"])
+def test_weights_in_nested_subgraphs(tmp_path: Path, target: str):
+    """Weights in an If branch and in an If inside it: the outer branch's node list is rebuilt after the inner
+    one is edited, so the inner weights' edit is not lost with the node list it was made in."""
+    onnx.save(nested_if_model(), tmp_path / "nested.onnx")
+    qpk = _pack(tmp_path / "nested.onnx", tmp_path, Policy("sym", 8, per_channel=True))
+    run = _run(qpk, target, tmp_path, fixed={"cond": np.array(True)})
+    assert run.error() < EXACT
+    model = onnx.load(str(run.path))
+    assert not [n for _, g in walk_graphs(model.graph) for n in g.node if n.op_type == "Constant" and n.output[0].endswith(".w")]
 
 
 def test_qdq_blocks(sample: Path, tmp_path: Path):

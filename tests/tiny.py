@@ -49,6 +49,32 @@ def if_model() -> onnx.ModelProto:
     return model
 
 
+def nested_if_model() -> onnx.ModelProto:
+    """x[2,8] -> If(cond): [MatMul(outer.w) -> If(cond): [MatMul(inner.w)] else [Identity]] else [Identity]:
+    weights in Constants at two depths of subgraphs."""
+    rng = np.random.default_rng(3)
+
+    def const(name: str) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), name))
+
+    def identity(name: str, x: str) -> onnx.GraphProto:
+        return helper.make_graph([helper.make_node("Identity", [x], [name])], name, [],
+                                 [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, 8])])
+
+    inner = helper.make_graph([const("inner.w"), helper.make_node("MatMul", ["h", "inner.w"], ["inner.y"])], "inner", [],
+                              [helper.make_tensor_value_info("inner.y", TensorProto.FLOAT, [2, 8])])
+    outer = helper.make_graph([const("outer.w"), helper.make_node("MatMul", ["x", "outer.w"], ["h"]),
+                               helper.make_node("If", ["cond"], ["outer.y"], then_branch=inner, else_branch=identity("inner.else", "h"))],
+                              "outer", [], [helper.make_tensor_value_info("outer.y", TensorProto.FLOAT, [2, 8])])
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=outer, else_branch=identity("outer.else", "x"))
+    graph = helper.make_graph([node], "nested-if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8]),
+                                                    helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 def tiny_and_large_model() -> onnx.ModelProto:
     """x[1,8] -> MatMul(small.w, 8x64, weights of 0.1) -> MatMul(large.w, 64x512, weights of 1) -> y[1,512]:
     a tensor 64 times smaller and ten times quieter than the other, both on the model's one path."""

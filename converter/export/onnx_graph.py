@@ -133,8 +133,10 @@ class Edits:
             edit.drop_inits.add(site.value)
 
     def apply(self) -> None:
-        for edit in self._by_scope.values():
-            edit.apply()
+        """Deepest scopes first: rebuilding a graph's node list copies its nodes, subgraphs and all, so an
+        edit of a subgraph made after its parent's would change a copy the model no longer holds."""
+        for scope in sorted(self._by_scope, key=lambda s: -s.count("/")):
+            self._by_scope[scope].apply()
 
 
 def raw_tensor(name: str, data_type: int, dims: tuple[int, ...] | list[int], raw: bytes | NDArray) -> TensorProto:

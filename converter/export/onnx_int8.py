@@ -512,13 +512,17 @@ def _build(reader: QpkReader, base: _Base, kept: set[int], acts: dict[str, Range
     """Write the model with the integer candidates numbered in `kept` (in _int_nodes' order) made integer."""
     model, at, plans, consts = base.copy()
     by_key = base.by_key
+    edits, names = Edits(), Names(model)
+    for key in (k for k in by_key if at[k].scope):  # subgraphs first: the main graph's rewrite below copies them
+        onnx_qdq.apply_decoded(by_key[key], at[key], edits, names, reader)
+    edits.apply()
     candidates, _ = _int_nodes(model, plans, consts)
     chosen = [n for i, n in enumerate(candidates) if i in kept]
     fold_conv_affines(model, frozenset(plans), frozenset(id(n.node) for n in chosen), notes)
     widened, absorbed, swishes = _rewrite(model, chosen, acts, _pairs_after(model, chosen), plans, consts)
     int_weights = {n.node.input[1]: n.weight for n in chosen}  # a folded Conv's weight carries the fold
     edits, names = Edits(), Names(model)
-    for key, p in by_key.items():
+    for key, p in ((k, p) for k, p in by_key.items() if not at[k].scope):
         integer = int_weights.get(at[key].value)
         if integer is None:
             onnx_qdq.apply_decoded(p, at[key], edits, names, reader)
