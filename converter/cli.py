@@ -27,6 +27,11 @@ from qpack.formats.errors import BudgetError, QpackError
 from qpack.formats.qpk import CODECS, SCHEMES
 from qpack.formats.qpk.spec import MAX_BITS, MIN_BITS
 
+try:  # the click typer runs on: its own copy from typer 0.2x, else the click package
+    from typer._click.exceptions import UsageError as _UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import UsageError as _UsageError  # type: ignore[no-redef]
+
 EXIT_ERROR = 1
 EXIT_BUDGET = 3  # a build budget was broken: distinct from ordinary errors so pipelines can tell
 PLUGINS = "qpack.plugins"  # the entry-point group of modules that register schemes, codecs, goals or targets
@@ -516,12 +521,20 @@ def run() -> None:
     for sig in stops:
         signal.signal(sig, _stop)
     try:
-        app()
+        code = app(standalone_mode=False, prog_name="qpack")
+    except _UsageError as e:  # a malformed command line: one line too, with where to read more
+        hint = f" (see {e.ctx.command_path} --help)" if e.ctx else ""
+        if message := " ".join(e.format_message().split()):  # none where the help was shown instead (no arguments)
+            err.print(f"qpack: error: {message}{hint}", markup=False)
+        code = e.exit_code
+    except typer.Abort:
+        code = EXIT_ERROR
     finally:
         # The work is done and its output in place: a stop that arrives while the interpreter shuts
         # down (which restores the default handlers) must not turn a finished run into a killed one.
         for sig in stops:
             signal.signal(sig, signal.SIG_IGN)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 @app.command(cls=_Command, epilog=_examples("qpack report model.onnx --bits 4 --per-channel --html report.html",

@@ -134,8 +134,12 @@ class _Walker:
                 length, value = self._varint(value, end)
                 stop = value + length
             else:
-                raise FormatError(f"{self.where}: unsupported protobuf wire type {wire} (field {number} at byte {pos})")
+                raise FormatError(f"{self.where}: not an ONNX model, or a corrupt one: protobuf wire type {wire} "
+                                  f"(field {number} at byte {pos})")
             if stop > end:  # a hostile length never reaches an allocation or a read
+                if end == len(self.buf):
+                    raise FormatError(f"{self.where}: truncated or corrupt: field {number} at byte {pos} ends at byte "
+                                      f"{stop}, past the end of the file ({end} bytes)")
                 raise FormatError(f"{self.where}: corrupt protobuf: field {number} at byte {pos} ends at byte {stop}, "
                                   f"past the end of its message at byte {end}")
             yield _Field(number, wire, pos, value, stop)

@@ -12,6 +12,7 @@ import hashlib
 import math
 import mmap
 import os
+import struct
 import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping
@@ -214,7 +215,9 @@ def _scan(data: bytes | mmap.mmap, where: str, read: Callable[[_Layout], NDArray
         return _scan_tables(data, where, read)
     except FormatError:
         raise
-    except Exception as e:  # flatbuffers reads unchecked: a corrupt file fails anywhere, in any way
+    except (struct.error, IndexError) as e:  # a read past the end: flatbuffers reads unchecked
+        raise FormatError(f"{where}: truncated or corrupt TFLite flatbuffer (a table reaches past its {len(data):,} bytes)") from e
+    except Exception as e:  # a corrupt file fails anywhere, in any way
         raise FormatError(f"{where}: corrupt TFLite flatbuffer ({type(e).__name__}: {e})") from e
 
 

@@ -65,6 +65,28 @@ def _one_line_failure(p: subprocess.CompletedProcess[str], *needles: str) -> Non
         assert n in p.stderr, p.stderr
 
 
+@pytest.mark.parametrize("args, says", [
+    (["convert", "{model}", "--for", "tflite-banana", "-o", "{out}"], "Invalid value for '--for': "),
+    (["convert", "{model}", "--bits", "17", "-o", "{out}"], "Invalid value for '--bits'"),
+    (["convert", "{model}", "--nope", "-o", "{out}"], "No such option: --nope"),
+    (["export", "{tmp}", "--to", "tflite", "-o", "{out}"], "is a directory"),
+    (["frobnicate"], "No such command 'frobnicate'"),
+])
+def test_a_malformed_command_line_is_one_line(sample: Path, tmp_path: Path, args: list[str], says: str):
+    """The command-line parser's own errors read as qpack's do: one line on stderr (naming the help to read),
+    exit 2, nothing on stdout and nothing written."""
+    out = tmp_path / "out.qpk"
+    p = _qpack(*(a.format(model=sample, out=out, tmp=tmp_path) for a in args))
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("qpack: error: ") and says in p.stderr, p.stderr
+    assert "--help)" in p.stderr and not p.stdout and not out.exists()
+
+
+def test_no_arguments_show_the_help(tmp_path: Path):
+    p = _qpack()
+    assert p.returncode == 2 and "Usage: qpack" in p.stdout + p.stderr and "qpack: error" not in p.stderr, (p.stdout, p.stderr)
+
+
 def _convert(model: Path, policy: Policy, out: Path) -> None:
     m = OnnxModel(model)
     try:
