@@ -497,3 +497,28 @@ def test_int8_fast_keeps_prelu_float_in_one_xnnpack_partition(iris: Path, export
         for u, v in zip(a, b):
             u, v = u.ravel().astype(np.float64), v.ravel().astype(np.float64)
             assert u @ v / (np.linalg.norm(u) * np.linalg.norm(v)) > 0.99
+
+
+def test_a_model_that_came_int8_is_reported_as_such(tfl_int8: Path, tmp_path: Path):
+    """The wake word model is int8 already: nothing to make integer, and the note says so rather than listing
+    its ops as float; the export gives the source's outputs."""
+    qpk = tmp_path / "w.qpk"
+    qpack.convert(tfl_int8, qpk, compress="none")
+    it = Interpreter(model_path=str(tfl_int8))
+    d = it.get_input_details()[0]
+    np.save(tmp_path / "w.npy", np.random.default_rng(0).integers(-128, 127, (4, *d["shape"][1:])).astype(d["dtype"]))
+    done = qpack.export(qpk, "tflite-int8", tmp_path / "w8.tflite", inputs=tmp_path / "w.npy")
+    assert done.notes[0].startswith("int8 ops (mse ranges on 4 inputs): none, no op computes in float;"), done.notes
+
+
+def test_a_model_litert_cannot_load_is_named_by_its_container(tmp_path: Path):
+    """A source with a custom op only MediaPipe's runtime has: calibration cannot run it, and the one line names
+    the container, not the scratch file its float model was restored into."""
+    src = packaged("mediapipe", "mediapipe/modules/face_landmark/face_landmark_with_attention.tflite")
+    qpk = tmp_path / "fa.qpk"
+    qpack.convert(src, qpk, bits=8, scheme="sym", compress="none")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((2, 192, 192, 3), np.float32))
+    with pytest.raises(qpack.QpackError) as e:
+        qpack.export(qpk, "tflite-int8", tmp_path / "fa8.tflite", inputs=tmp_path / "x.npy")
+    assert str(e.value).startswith(f"{qpk} (its float model): LiteRT cannot load it") and "calibrate" not in str(e.value)
+    assert not (tmp_path / "fa8.tflite").exists()

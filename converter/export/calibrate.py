@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -213,6 +214,16 @@ def ranges(model: Path, names: list[str], inputs: Inputs, method: str) -> dict[s
         raise
     except Exception as e:
         raise QpackError(f"onnxruntime failed while calibrating: {str(e).splitlines()[0]}") from e
+
+
+@contextmanager
+def restored_as(container: Path, restored: Path) -> Iterator[None]:
+    """Errors about the float model restored from `container` into a scratch file name the container's model
+    instead: the scratch path means nothing to the user, and is gone when they read it."""
+    try:
+        yield
+    except QpackError as e:
+        raise type(e)(str(e).replace(str(restored), f"{container} (its float model)")) from e
 
 
 def tflite_ranges(model: Path, tensors: list[int], inputs: Inputs, method: str, grid: Grid = UINT8) -> dict[int, Range]:

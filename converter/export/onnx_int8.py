@@ -52,6 +52,7 @@ from qpack.converter.export.calibrate import (
     fewest_in_float,
     least_cosine,
     ranges,
+    restored_as,
 )
 from qpack.converter.export.intform import IntForm
 from qpack.converter.export.onnx_fuse import fold_conv_affines, raised_and_fused
@@ -444,7 +445,7 @@ def export_onnx_int8(reader: QpkReader, out: Path, notes: list[str], calibration
     after = _pairs_after(model, chosen)
     paired = set(after.values())
     act_names = list(dict.fromkeys([n.node.input[0] for n in chosen if n.node.input[0] not in paired] + sorted(paired)))
-    with scratch_folder("qpack-calibrate-") as tmp:
+    with scratch_folder("qpack-calibrate-") as tmp, restored_as(reader.path, Path(tmp) / "float.onnx"):
         float_model = Path(tmp) / "float.onnx"
         restore(reader.path, float_model)
         inputs = calibration.load(float_model)

@@ -57,6 +57,7 @@ from qpack.converter.export.calibrate import (
     feeds,
     fewest_in_float,
     least_cosine,
+    restored_as,
     tflite_ranges,
 )
 from qpack.converter.export.intform import IntForm, int_form
@@ -259,12 +260,16 @@ def _why_not(graph: _Graph, k: int, acts: dict[int, Range], kind: Activations) -
 def candidates(graph: _Graph, acts: dict[int, Range], kind: Activations = INT8_ACTS,
                refused: frozenset[str] = frozenset()) -> tuple[list[int], Counter[str]]:
     """The ops that may run in `kind`'s integers (in graph order), and the others' types (DEQUANTIZE of
-    constants aside); `refused`: op types the runtime would not prepare in them (export_tflite_int8 finds them)."""
+    constants and ops with no float activation aside); `refused`: op types the runtime would not prepare in
+    them (export_tflite_int8 finds them)."""
     out, floats = [], Counter[str]()
     for k in range(len(graph.g.operators)):
-        outs = _ints(graph.g.operators[k].outputs)
+        op = graph.g.operators[k]
+        outs = _ints(op.outputs)
         if outs and all(t in graph.consts for t in outs):
             continue  # a float16 weight's DEQUANTIZE: the weight is read directly, or stays for float readers
+        if not any(graph.activation(t) for t in _ints(op.inputs) + outs):
+            continue  # no float activation in or out: an op of a model that came integer, nothing to make integer
         if graph.op(k) in refused or _why_not(graph, k, acts, kind):
             floats[graph.op(k)] += 1
         else:
@@ -624,7 +629,7 @@ def export_integer(reader: QpkReader, out: Path, notes: list[str], calibration: 
     if calibration is None:
         raise UnsupportedError(f"--to {kind.target} calibrates activation ranges: give --inputs, --images or --dataset")
     schema = litert_schema()
-    with scratch_folder("qpack-calibrate-") as tmp:
+    with scratch_folder("qpack-calibrate-") as tmp, restored_as(reader.path, Path(tmp) / "float.tflite"):
         float_model = Path(tmp) / "float.tflite"
         restore(reader.path, float_model)
         data = float_model.read_bytes()
@@ -790,11 +795,11 @@ def _integer_io(schema: ModuleType, data: bytes, where: str, notes: list[str]) -
 
 
 def _summary(built: _Builder, floats: Counter[str], method: str, count: int, back: int) -> str:
-    ran = ", ".join(f"{k} {v}" for k, v in sorted(built.ran.items())) or "none"
+    stay = floats + built.fell
+    ran = ", ".join(f"{k} {v}" for k, v in sorted(built.ran.items())) or ("none" if stay else "none, no op computes in float")
     out = f"{built.kind.name} ops ({method} ranges on {count} inputs): {ran}"
     if back:
         out += f"; {back} kept in float for the outputs' cosine (the most harmful, each measured alone)"
-    stay = floats + built.fell
     if stay:
         out += "; float: " + ", ".join(f"{k} {v}" for k, v in sorted(stay.items()))
     return out
