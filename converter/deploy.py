@@ -110,7 +110,7 @@ def priced(policy: Policy, codec: str) -> tuple[Callable[[Any], int], Callable[[
                    for s in tensors(result))
 
     def size(result: Any) -> int:
-        return t.size(result.skeleton_bytes, tensors(result), sum(math.prod(k.shape) for k in result.kept if k.dtype == "float16"))
+        return t.size(result.skeleton_bytes, tensors(result), [(k.role, k.dtype, math.prod(k.shape)) for k in result.kept])
 
     return stored, size
 

@@ -43,15 +43,15 @@ class Target:
         sparse = sparse_keys(reader) if sparse is None else sparse
         return sum(not self.native.runs(e, c, e.key in sparse) for e, c in zip(reader.entries, _codecs(reader)))
 
-    def size(self, skeleton: int, tensors: Iterable[Stored], halves: int = 0) -> int:
+    def size(self, skeleton: int, tensors: Iterable[Stored], kept: Iterable[tuple[str, str, int]] = ()) -> int:
         """The bytes of an export (an estimate): its own, the graph where it carries one (`skeleton`: the
-        graph's bytes before compression, less any zeros in the quantized tensors' places, its float16
-        tensors left float holding `halves` values), and each tensor as `native` prices it, with
-        what it adds beside its data."""
+        graph's bytes before compression, less any zeros in the quantized tensors' places, with the tensors
+        it left float, `kept`: (role, dtype, values) each), and each tensor as `native` prices it, with what
+        it adds beside its data."""
         n = self.native
         tensors = list(tensors)
-        graph = skeleton + halves * (n.float16_bytes - 2) if self.graph else 0
-        return n.base + graph + n.shared_zero_bytes((t.scheme, t.bits, t.shape, t.grouping, t.role) for t in tensors) + sum(
+        graph = skeleton + n.kept_growth(kept) if self.graph else 0
+        return n.base + graph + n.shared_zero_bytes((t.scheme, t.bits, t.shape, t.grouping, t.role, t.sparse) for t in tensors) + sum(
             n.price(t.scheme, t.bits, t.shape, t.grouping, t.code_bytes, t.param_bytes, t.codec, t.role, t.sparse)
             + n.extra(t.name, t.key)
             for t in tensors)
@@ -65,12 +65,12 @@ class Target:
                                            sum(blobs[i].length for i in e.params.values()), c, e.name, e.key, e.role,
                                            e.key in sparse)
                                     for e, c in zip(reader.entries, _codecs(reader))),
-                         float16_values(reader.kept))
+                         kept_values(reader.kept))
 
 
-def float16_values(kept: Iterable[dict[str, Any]]) -> int:
-    """How many values the float16 tensors left float hold (rows of a container's `kept`, shapes checked)."""
-    return sum(math.prod(kept_shape(k)) for k in kept if k.get("dtype") == "float16" and kept_shape(k))
+def kept_values(kept: Iterable[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    """(role, dtype, values) of each tensor left float, from rows of a container's `kept` (shapes checked)."""
+    return [(str(k.get("role")), str(k.get("dtype")), math.prod(kept_shape(k))) for k in kept if kept_shape(k)]
 
 
 class Stored(NamedTuple):
@@ -193,7 +193,10 @@ _QDQ = Native(widths=(2, 4, 8, 16), scale_bytes=4, overhead=(119, 2))
 # DENSIFY spreads a sparse weight out as int8 only
 _TFLITE = Native(widths=(4, 8), signed=True, sparse_signed=True, sparse_widths=(8,), groupings=("tensor", "channel"),
                  param_dtypes=("<f4",), scale_bytes=4, zero_point_bits=64, overhead=(60, 1), shared_zero_points=True,
-                 float16_bytes=4)
+                 kept_bytes=(("", 4),))
+# full-integer TFLite: int8 filters with a scale per output channel, int32 biases (16x8: int64), and each
+# activation's parameters (priced per stored tensor)
+_TFLITE_INT8 = replace(_TFLITE, widths=(8,), channel_scale_roles=("kernel", "matrix"), overhead=(200, 1))
 # qpk.h decodes every scheme of FORMAT.md at any width and grouping, its parameters as the container stores them
 _C = Native(schemes=("asym", "sym", "pow2", "lut", "dq"), codecs=("raw",), overhead=(172, 1.22), base=1800)
 
@@ -230,16 +233,17 @@ register_target(Target("tflite-dequantize", "qpack.converter.export.tflite_int",
 register_target(Target("tflite-int8", "qpack.converter.export.tflite_int8", "export_tflite_int8", ("tflite",),
                        "full-integer TFLite: int8 weights and activations calibrated on --inputs, so LiteRT and TFLite Micro "
                        "run int8 kernels; ops without one stay float between DEQUANTIZE and QUANTIZE",
-                       replace(_TFLITE, widths=(8,)),  # int8 only: the int8 kernels take no int4 filters
+                       _TFLITE_INT8,
                        calibrated=True, integer_io=True, runtime=LITERT))
 register_target(Target("tflite-int8-fast", "qpack.converter.export.tflite_int8", "export_tflite_int8_fast", ("tflite",),
                        "full-integer TFLite as LiteRT's XNNPACK runs it fastest: as tflite-int8, with the ops XNNPACK has no "
                        "int8 kernel for (PRELU) float between DEQUANTIZE and QUANTIZE, so the graph stays one partition",
-                       replace(_TFLITE, widths=(8,)), calibrated=True, integer_io=True, runtime=LITERT))
+                       _TFLITE_INT8, calibrated=True, integer_io=True, runtime=LITERT))
 register_target(Target("tflite-16x8", "qpack.converter.export.tflite_int8", "export_tflite_16x8", ("tflite",),
                        "full-integer TFLite in 16x8: int16 activations calibrated on --inputs, int8 weights, int64 biases, "
                        "for outputs int8 activations move too far (LiteRT's reference kernels, TFLite Micro)",
-                       replace(_TFLITE, widths=(8,)), calibrated=True, integer_io=True, runtime=LITERT))
+                       replace(_TFLITE_INT8, kept_bytes=(("bias", 8), ("", 4))), calibrated=True, integer_io=True,
+                       runtime=LITERT))
 register_target(Target("c", "qpack.converter.export.c", "export_c", ("onnx", "tflite"),
                        "firmware sources: qpk.h (C99 decoder) and the weights as const C arrays, into folder -o", _C, graph=False))
 register_target(Target("c-coded", "qpack.converter.export.c", "export_c_coded", ("onnx", "tflite"),

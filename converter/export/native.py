@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from qpack.formats.qpk import SCHEMES, Grouping, SchemeSpec, TensorEntry, packed_size
 
 GROUPINGS = ("tensor", "channel", "block")  # Grouping.kind
+FLOAT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}  # a float tensor's dtype: bytes per value
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,9 @@ class Native:
     # roles whose unsigned codes the export centers (zero point folded in, one bit wider): the hybrid
     # kernels of a layout that puts every fully-connected weight there
     centered_roles: tuple[str, ...] = ()
-    float16_bytes: int = 2  # bytes per value of a float16 tensor left float (TFLite: widened to float32)
+    # bytes per value of a float tensor left float, by its role ("" for any other): TFLite widens float16 to
+    # float32, its full-integer kernels take int32 (16x8: int64) biases; none given: as the source stores it
+    kept_bytes: tuple[tuple[str, int], ...] = ()
 
     def takes_scheme(self, name: str, sparse: bool = False) -> bool:
         """Whether it runs scheme `name` natively (for a sparse weight's values when `sparse`)."""
@@ -170,28 +173,39 @@ class Native:
         if self.scale_bytes is None:
             return codes + param_bytes
         rb = self._role_blocks(g)
-        groups = self.scale_count(spec, bits, g, shape, role)
+        groups = self.scale_count(spec, bits, g, shape, role, sparse)
         params = groups * (rb.scale_bytes if rb is not None else self.scale_bytes)
         if self.zero_points or not (spec.signed or self._centers(spec, bits, role)):
             params += packed_size(groups, self.zero_point_bits or width)
         return codes + params
 
-    def scale_count(self, spec: SchemeSpec, bits: int, g: Grouping, shape: tuple[int, ...], role: str | None) -> int:
+    def scale_count(self, spec: SchemeSpec, bits: int, g: Grouping, shape: tuple[int, ...], role: str | None,
+                    sparse: bool = False) -> int:
         """How many scales the export writes for a tensor: one per group, or one per output channel for a
-        symmetric (or centered) per-tensor scale in a role of `channel_scale_roles`."""
-        if g.kind == "tensor" and (spec.signed or self._centers(spec, bits, role)) and role in self.channel_scale_roles and shape:
+        symmetric (or centered) per-tensor scale in a role of `channel_scale_roles` (not a sparse tensor's
+        values, whose shape is not the weight's)."""
+        if (g.kind == "tensor" and (spec.signed or self._centers(spec, bits, role)) and role in self.channel_scale_roles
+                and shape and not sparse):
             return shape[0]
         return g.count(shape)
 
-    def shared_zero_bytes(self, tensors: Iterable[tuple[str, int, tuple[int, ...], Grouping, str | None]]) -> int:
+    def shared_zero_bytes(self, tensors: Iterable[tuple[str, int, tuple[int, ...], Grouping, str | None, bool]]) -> int:
         """The zero vectors symmetric forms share (`shared_zero_points`): one per distinct scale count among
-        `tensors` (scheme, bits, shape, grouping, role), at `zero_point_bits` a value."""
+        `tensors` (scheme, bits, shape, grouping, role, sparse), at `zero_point_bits` a value."""
         if not self.shared_zero_points or self.scale_bytes is None:
             return 0
-        lengths = {self.scale_count(SCHEMES[s], bits, g, shape, role) for s, bits, shape, g, role in tensors
+        lengths = {self.scale_count(SCHEMES[s], bits, g, shape, role, sparse) for s, bits, shape, g, role, sparse in tensors
                    if s in SCHEMES and (SCHEMES[s].signed or self._centers(SCHEMES[s], bits, role))
                    and self._role_blocks(g) is None}
         return sum(packed_size(n, self.zero_point_bits or 8) for n in lengths)
+
+    def kept_growth(self, kept: Iterable[tuple[str, str, int]]) -> int:
+        """What the tensors left float (role, dtype, values) take in the export beyond their bytes in the source."""
+        by_role = dict(self.kept_bytes)
+        if not by_role:
+            return 0
+        return sum(n * (by_role.get(role, by_role.get("", FLOAT_BYTES[dtype])) - FLOAT_BYTES[dtype])
+                   for role, dtype, n in kept if dtype in FLOAT_BYTES)
 
     def extra(self, name: str, key: str) -> int:
         """Bytes a stored tensor adds to the export beyond its codes and parameters."""
