@@ -30,7 +30,7 @@ from qpack.formats.atomic import atomic_output
 from qpack.formats.errors import FormatError, QpackError, UnsupportedError, shown
 from qpack.formats.files import open_raw
 from qpack.formats.model import HEAD_STEPS, Head, Role, Weight
-from qpack.formats.onnx_keys import split_key, subgraphs, walk_sites
+from qpack.formats.onnx_keys import DEFAULT_DOMAINS, split_key, subgraphs, walk_sites
 from qpack.formats.onnx_wire import TENSOR_DOUBLE_DATA, TENSOR_FLOAT_DATA, TENSOR_RAW_DATA
 from qpack.formats.qpk.spec import MAX_ELEMENTS
 
@@ -120,6 +120,19 @@ def walk_tensors(graph: GraphProto) -> Iterator[tuple[str, TensorProto]]:
     (the keys of `formats.onnx_keys`)."""
     for site in walk_sites(graph):
         yield site.key, site.tensor
+
+
+def _external_attributes(graph: GraphProto) -> Iterator[TensorProto]:
+    """Attribute tensors stored as external data that are no weight site (ConstantOfShape's value, say, which
+    `onnx.save(..., convert_attribute=True)` moves out too), subgraphs included, in file order."""
+    for node in graph.node:
+        for attr in node.attribute:
+            weight = node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS and attr.name == "value"
+            for t in ([attr.t] if attr.HasField("t") and not weight else []) + list(attr.tensors):
+                if t.data_location == TensorProto.EXTERNAL:
+                    yield t
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _external_attributes(sub)
 
 
 def _consumers(graph: GraphProto, out: dict[str, list[tuple[onnx.NodeProto, int]]]) -> None:
@@ -252,6 +265,9 @@ class OnnxModel:
             elif (i := onnx_wire.marker_of(tensor, nonce)) is not None:
                 self._markers[key] = i
                 self._sources[key] = self._region(i)
+        # attribute tensors out in external data: read back into the skeleton, which travels without its files
+        self._attribute_sources = [_external_source(t, self.path.parent) for t in _external_attributes(self.model.graph)]
+        external_files.update(src.path for src in self._attribute_sources)
         for t in onnx_wire.every_tensor(self.model.graph):
             if onnx_wire.marker_of(t, nonce) is not None:
                 t.ClearField("raw_data")
@@ -433,6 +449,10 @@ class OnnxModel:
             if key in strip:
                 for f in ("raw_data", "float_data", "int32_data", "double_data"):
                     tensor.ClearField(f)
+        for tensor, src in zip(list(_external_attributes(model.graph)), self._attribute_sources, strict=True):
+            tensor.raw_data = bytes(self._bytes(src))
+            del tensor.external_data[:]
+            tensor.data_location = TensorProto.DEFAULT
         return model.SerializeToString(deterministic=True)
 
 

@@ -171,6 +171,31 @@ def test_external_data(tmp_path: Path, sample: Path):
     np.testing.assert_allclose(_outputs(restored, {"image": x})[0], _outputs(sample, {"image": x})[0], atol=0.2)
 
 
+def test_attribute_tensors_in_external_data_travel_inline(tmp_path: Path, silero_if: Path):
+    """`onnx.save(..., convert_attribute=True)` moves attribute tensors out too (Silero's ConstantOfShape
+    values, its Constant weights in If branches): the restored model carries them inline, and runs away from
+    the source's data file as the model they came from does."""
+    src = tmp_path / "ext" / "m.onnx"
+    src.parent.mkdir()
+    onnx.save_model(onnx.load(str(silero_if)), str(src), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="m.data", size_threshold=0, convert_attribute=True)
+    stored = onnx.load(str(src), load_external_data=False)
+    assert any(n.op_type == "ConstantOfShape" and n.attribute[0].t.data_location == TensorProto.EXTERNAL
+               for g in [stored.graph] for n in g.node)
+    q = tmp_path / "m.qpk"
+    convert(OnnxModel(src), Policy("asym", 8), q)
+    restored = tmp_path / "restored.onnx"
+    restore(q, restored)
+    rng = np.random.default_rng(0)
+    feeds = {"input": rng.standard_normal((1, 512)).astype(np.float32) * 0.1, "state": np.zeros((2, 1, 128), np.float32),
+             "sr": np.array(16000, np.int64)}
+    direct = tmp_path / "direct.qpk"  # the model it came from, converted alike (onnxruntime loads no external Constant)
+    convert(OnnxModel(silero_if), Policy("asym", 8), direct)
+    restore(direct, tmp_path / "direct.onnx")
+    for a, b in zip(_outputs(restored, feeds), _outputs(tmp_path / "direct.onnx", feeds)):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("location", ["../outside.bin", "/etc/passwd", "sub/../../x.bin"])
 def test_external_data_outside_folder_rejected(tmp_path: Path, location: str):
     model = tiny_model()
