@@ -6,6 +6,7 @@ bytes; `converter.cli` only parses options, calls these and renders what they re
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, replace
@@ -70,9 +71,18 @@ def policy(scheme: str | None = None, bits: int = 8, per_channel: bool = False, 
     from qpack.converter.deploy import default_scheme, for_target
     from qpack.converter.policy import parse_bits_for
 
+    bits = _whole("bits", bits)
+    group_size = None if group_size is None else _whole("group_size", group_size)
     rules = Policy(scheme or default_scheme(target, SCHEME, AUTO_SCHEMES), bits, per_channel, tuple(keep), tuple(include),
                    parse_bits_for(list(bits_for)), clip, group_size, param_dtype, rdo=rdo, target=target)
     return for_target(rules, codec_named(codec).name, allocating, scheme is not None)
+
+
+def _whole(name: str, value: object) -> int:
+    """An integer option given as an integer (a caller's "8" or 4.5 would fail deep inside, unnamed), as an int."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise OptionError(f"{name} takes an integer, not {value!r}")
+    return int(value)
 
 
 def load_inputs(model: PathLike, inputs: PathLike | None = None, images: PathLike | None = None, dataset: str | None = None,

@@ -99,3 +99,14 @@ def test_inputs_go_with_fidelity_goals_only(sample: Path, tmp_path: Path):
     r = runner.invoke(app, ["convert", str(sample), "--bits", "4", "--dataset", "digits", "-o", str(tmp_path / "x.qpk")])
     assert r.exit_code == 1 and "feed fidelity goals" in r.output
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("options", [{"bits": "8"}, {"bits": 4.5}, {"bits": None}, {"bits": True}, {"group_size": "32"}])
+def test_integer_options_of_another_type_are_named(sample: Path, tmp_path: Path, options: dict):
+    """A caller's "8" or 4.5 is an OptionError naming the option, not a TypeError from deep inside; a numpy
+    integer is an integer."""
+    with pytest.raises(qpack.OptionError, match=f"{next(iter(options))} takes an integer, not "):
+        qpack.convert(sample, tmp_path / "x.qpk", **options)
+    assert not (tmp_path / "x.qpk").exists()
+    qpack.convert(sample, tmp_path / "y.qpk", bits=np.int64(4))
+    assert qpack.describe(tmp_path / "y.qpk")["tensors"][0]["bits"] == 4
