@@ -87,6 +87,21 @@ def test_no_arguments_show_the_help(tmp_path: Path):
     assert p.returncode == 2 and "Usage: qpack" in p.stdout + p.stderr and "qpack: error" not in p.stderr, (p.stdout, p.stderr)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("goal", [["--bits", "4"], ["--target-bpw", "4"], ["--target-sqnr", "30"]])
+def test_a_weight_that_is_not_finite_is_one_line_under_a_goal_too(sample: Path, tmp_path: Path, bad: float, goal: list[str]):
+    """A NaN or infinity in a weight is refused by name before a goal measures any option on it."""
+    model = onnx.load(str(sample))
+    w = next(t for t in model.graph.initializer if t.dims and len(t.dims) > 1)
+    values = numpy_helper.to_array(w).copy()
+    values.flat[3] = bad
+    w.CopyFrom(numpy_helper.from_array(values, w.name))
+    onnx.save(model, tmp_path / "bad.onnx")
+    p = _qpack("convert", tmp_path / "bad.onnx", *goal, "-o", tmp_path / "out.qpk")
+    _one_line_failure(p, f"tensor '{w.name}' holds NaN or infinite values")
+    assert not (tmp_path / "out.qpk").exists()
+
+
 def _convert(model: Path, policy: Policy, out: Path) -> None:
     m = OnnxModel(model)
     try:

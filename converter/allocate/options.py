@@ -20,6 +20,7 @@ from qpack.converter.export.native import Native
 from qpack.converter.policy import Decision, Policy
 from qpack.converter.quant import QUANTIZERS, get_quantizer
 from qpack.converter.quant.base import WIDENED
+from qpack.converter.quant.stream import check_finite
 from qpack.formats.errors import OptionError
 from qpack.formats.model import SourceModel, Weight
 from qpack.formats.qpk import RAW, Codec, Grouping, packed_size
@@ -152,6 +153,7 @@ def menu(w: Weight, scheme: str, widths: range | list[int] = range(MIN_WIDTH, MA
     spec = q.spec()
     codec = codec or RAW
     x = np.asarray(w.array, dtype=np.float32)
+    check_finite(x, w.name)  # as convert refuses it: before any option is measured on it
     signal = float(np.square(x, dtype=np.float64).sum())  # not np.dot: a BLAS call leaves its threads spinning on the other cores
     opts = []
     for axis, block in groupings(w):
