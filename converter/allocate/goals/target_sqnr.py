@@ -18,6 +18,7 @@ from qpack.converter.allocate.knapsack import within_error
 from qpack.converter.allocate.objectives import POOLED_OBJECTIVE, floored
 from qpack.converter.allocate.options import Menu, Option, plan
 from qpack.converter.policy import Policy
+from qpack.converter.quant.stream import check_finite
 from qpack.formats.errors import BudgetError, OptionError
 from qpack.formats.model import SourceModel
 
@@ -71,6 +72,7 @@ def step_widths(model: SourceModel, policy: Policy, db: float) -> dict[str, int]
     tops, signal, count = {}, 0.0, 0
     for w in chosen:
         x = np.asarray(w.array, dtype=np.float32)
+        check_finite(x, w.name)
         tops[w.key] = float(np.abs(x).max()) if x.size else 0.0
         signal += float(np.square(x, dtype=np.float64).sum())
         count += x.size
