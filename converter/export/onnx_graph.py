@@ -175,6 +175,9 @@ def raise_opset(model: ModelProto, wanted: int, by_key: dict[str, Site], why: st
     removed = _removed_op(model, wanted)
     if removed:
         raise UnsupportedError(f"{move}: opset {wanted} has no {removed}")
+    if model.functions:  # the converter drops them, and their bodies would stay at the old opset
+        raise UnsupportedError(f"{move}: the model defines local functions ({', '.join(f.name for f in model.functions[:3])}), "
+                               "which onnx's version converter cannot move")
     init_names = [s.tensor.name for s in sites(model).values() if s.node is None]
     if len(set(init_names)) != len(init_names):
         raise UnsupportedError(f"{move}: initializer names repeat across subgraphs")
