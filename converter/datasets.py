@@ -209,8 +209,15 @@ def from_images(folder: Path, spec: InputSpec, size: str, layout: str, scale: st
     if need > MAX_BYTES:
         raise OptionError(f"{folder}: {len(files)} images at {h}x{w}x{channels} make {need} bytes of float32, past the "
                           f"{MAX_BYTES >> 30} GiB qpack takes as inputs (use fewer images or a smaller --size)")
+    shift, spread = parse_triple(mean, 0.0), parse_triple(std, 1.0)
+    for name, v in (("--mean", shift), ("--std", spread)):
+        if v.size not in (1, channels):
+            raise OptionError(f"{name} gives {v.size} values; the model's images have {channels} channel{'s' if channels > 1 else ''}: "
+                              f"give 1{' or 3' if channels == 3 else ''}")
+    if not (np.isfinite(spread).all() and (spread != 0).all()) or not np.isfinite(shift).all():
+        raise OptionError(f"--mean and --std take finite numbers, --std none of them 0 (got {mean!r} and {std!r})")
     x = np.stack([_read_image(f, "L" if channels == 1 else "RGB", w, h) for f in files]) * np.float32(parse_number(scale))
-    x = (x - parse_triple(mean, 0.0)) / parse_triple(std, 1.0)
+    x = (x - shift) / spread
     if layout == "nchw":
         x = x.transpose(0, 3, 1, 2)
     classes = sorted({f.parent.relative_to(folder).as_posix() for f in files})

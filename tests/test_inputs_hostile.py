@@ -362,3 +362,17 @@ def test_an_image_file_past_1_gib_is_refused_before_reading(tmp_path: Path):
     p, seconds = _qpack("eval", SAMPLE, "--images", folder, "--size", "8")
     _one_line_failure(p, str(webp), "2147483648 bytes, more than the 1 GiB")
     assert seconds < 30
+
+
+@pytest.mark.parametrize(("option", "says"), [
+    (["--std", "0"], "--std none of them 0"),
+    (["--std", "1,0,1"], "--std gives 3 values; the model's images have 1 channel: give 1"),
+    (["--mean", "1,2"], "--mean gives 2 values; the model's images have 1 channel: give 1"),
+])
+def test_image_normalization_that_fits_no_channel_or_divides_by_zero_is_refused(tmp_path: Path, option: list[str], says: str):
+    """--std 0 made infinite inputs; a --mean or --std list longer than the model's channels spread the
+    images over that many channels and failed later on the shape."""
+    folder = tmp_path / "images"
+    _digit_images(folder)
+    p, _ = _qpack("eval", SAMPLE, "--images", folder, "--size", "8", *option)
+    _one_line_failure(p, says)
