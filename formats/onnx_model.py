@@ -46,7 +46,9 @@ _FLOAT_TYPES: dict[int, str] = {
     TensorProto.BFLOAT16: "bfloat16",
     TensorProto.DOUBLE: "float64",
 }
-_QUANT_CONSUMERS = {"DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
+_QUANT_CONSUMERS = {"DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear",
+                    # onnxruntime's contrib ops (com.microsoft) that read weights quantized already
+                    "MatMulNBits", "GatherBlockQuantized", "QGemm", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
 # raw_data of these types is not itemsize bytes per element: onnx unpacks it
 _SUBBYTE_TYPES = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2", "FLOAT6E2M3", "FLOAT6E3M2")
                   if hasattr(TensorProto, n)}

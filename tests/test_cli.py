@@ -253,3 +253,24 @@ def test_already_quantized_models_say_so(sample: Path, tfl_int8: Path, tmp_path:
            "3 float tensors were quantized" in r.output
     r = _run("convert", sample, "-o", tmp_path / "float.qpk", "--compress", "none")
     assert r.exit_code == 0 and "note:" not in r.output
+
+
+def test_weights_onnxruntime_packed_in_matmulnbits_count_as_quantized(tmp_path: Path):
+    """A model from onnxruntime's 4-bit MatMulNBitsQuantizer: its packed weights (and their float scales) are
+    already quantized, said in the note, not re-quantized as uint8 tensors."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+                              [numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    q = MatMulNBitsQuantizer(model, block_size=32, is_symmetric=True)
+    q.process()
+    q.model.save_model_to_file(str(tmp_path / "nbits.onnx"))
+    r = _run("convert", tmp_path / "nbits.onnx", "-o", tmp_path / "nbits.qpk", "--compress", "none")
+    assert r.exit_code == 0, r.output
+    assert "note: 1 of 1 weight tensors are already uint8 (MatMulNBits)" in r.output, r.output
