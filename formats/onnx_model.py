@@ -124,15 +124,17 @@ def walk_tensors(graph: GraphProto) -> Iterator[tuple[str, TensorProto]]:
         yield site.key, site.tensor
 
 
-def _external_attributes(graph: GraphProto) -> Iterator[TensorProto]:
-    """Attribute tensors stored as external data that are no weight site (ConstantOfShape's value, say, which
-    `onnx.save(..., convert_attribute=True)` moves out too), subgraphs included, in file order."""
+def _external_attributes(graph: GraphProto) -> Iterator[tuple[str, TensorProto]]:
+    """(what it is, the tensor) for each attribute tensor stored as external data that is no weight site
+    (ConstantOfShape's value, say, which `onnx.save(..., convert_attribute=True)` moves out too), subgraphs
+    included, in file order."""
     for node in graph.node:
         for attr in node.attribute:
             weight = node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS and attr.name == "value"
             for t in ([attr.t] if attr.HasField("t") and not weight else []) + list(attr.tensors):
                 if t.data_location == TensorProto.EXTERNAL:
-                    yield t
+                    named = shown(node.name or (node.output[0] if node.output else ""))
+                    yield f"attribute '{attr.name}' of {node.op_type} node '{named}'", t
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
                 yield from _external_attributes(sub)
 
@@ -168,8 +170,10 @@ class _Source(NamedTuple):
     field: int
 
 
-def _external_source(tensor: TensorProto, base: Path) -> _Source:
-    """Where a tensor's external bytes are, offset and length checked against the file and the dims."""
+def _external_source(tensor: TensorProto, base: Path, label: str = "") -> _Source:
+    """Where a tensor's external bytes are, offset and length checked against the file and the dims; `label`
+    names it in errors (an attribute tensor has no name of its own)."""
+    label = label or f"tensor '{tensor.name}'"
     info = {e.key: e.value for e in tensor.external_data}
     path = _external_path(base, info.get("location", ""))
     size = path.stat().st_size
@@ -177,13 +181,13 @@ def _external_source(tensor: TensorProto, base: Path) -> _Source:
         offset = int(info.get("offset", "0"))
         length = int(info["length"]) if "length" in info else size - offset
     except ValueError:
-        raise FormatError(f"tensor '{tensor.name}': external data offset/length are not integers") from None
+        raise FormatError(f"{label}: external data offset/length are not integers") from None
     itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
     expected = math.prod(int(d) for d in tensor.dims) * itemsize
     if offset < 0 or length < 0 or offset + length > size:
-        raise FormatError(f"tensor '{tensor.name}': external data [{offset}, {offset + length}) exceeds {path.name} ({size} bytes)")
+        raise FormatError(f"{label}: external data [{offset}, {offset + length}) exceeds {path.name} ({size} bytes)")
     if tensor.data_type not in (TensorProto.STRING,) and length != expected:
-        raise FormatError(f"tensor '{tensor.name}': external data is {length} bytes, expected {expected} for dims {list(tensor.dims)}")
+        raise FormatError(f"{label}: external data is {length} bytes, expected {expected} for dims {list(tensor.dims)}")
     return _Source(path, offset, length, TENSOR_RAW_DATA)
 
 
@@ -268,7 +272,7 @@ class OnnxModel:
                 self._markers[key] = i
                 self._sources[key] = self._region(i)
         # attribute tensors out in external data: read back into the skeleton, which travels without its files
-        self._attribute_sources = [_external_source(t, self.path.parent) for t in _external_attributes(self.model.graph)]
+        self._attribute_sources = [_external_source(t, self.path.parent, what) for what, t in _external_attributes(self.model.graph)]
         external_files.update(src.path for src in self._attribute_sources)
         for t in onnx_wire.every_tensor(self.model.graph):
             if onnx_wire.marker_of(t, nonce) is not None:
@@ -451,7 +455,7 @@ class OnnxModel:
             if key in strip:
                 for f in ("raw_data", "float_data", "int32_data", "double_data"):
                     tensor.ClearField(f)
-        for tensor, src in zip(list(_external_attributes(model.graph)), self._attribute_sources, strict=True):
+        for (_, tensor), src in zip(list(_external_attributes(model.graph)), self._attribute_sources, strict=True):
             tensor.raw_data = bytes(self._bytes(src))
             del tensor.external_data[:]
             tensor.data_location = TensorProto.DEFAULT
