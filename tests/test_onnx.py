@@ -213,6 +213,30 @@ def test_external_data_outside_folder_rejected(tmp_path: Path, location: str):
         OnnxModel(d / "m.onnx")
 
 
+@pytest.mark.parametrize(("location", "says"), [("../outside.bin", "outside"), ("/etc/passwd", "relative"),
+                                                ("v.bin", r"external data \[64, 68\) exceeds v.bin")])
+def test_an_attribute_tensor_in_external_data_is_checked_as_weights_are(tmp_path: Path, location: str, says: str):
+    """A ConstantOfShape value kept in external data: its location and range are checked as a weight's are, and
+    the error names its node (it has no name of its own)."""
+    model = tiny_model()
+    fill = helper.make_tensor("", TensorProto.FLOAT, [1], [0.0])
+    fill.ClearField("float_data")
+    fill.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "64"), ("length", "4")):
+        e = fill.external_data.add()
+        e.key, e.value = k, v
+    model.graph.node.append(helper.make_node("ConstantOfShape", ["shape"], ["filled"], name="fill", value=fill))
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "v.bin").write_bytes(bytes(16))
+    onnx.save(model, d / "m.onnx")
+    with pytest.raises(FormatError, match=says) as e:
+        OnnxModel(d / "m.onnx")
+    assert "\n" not in str(e.value)
+    if location == "v.bin":
+        assert "attribute 'value' of ConstantOfShape node 'fill'" in str(e.value)
+
+
 def test_external_data_length_checked(tmp_path: Path):
     model = tiny_model()
     t = model.graph.initializer[0]
