@@ -46,7 +46,7 @@ class OnnxRunner(Runner):
         if deployed:
             opts.inter_op_num_threads = 1
             opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # its errors reach the user as qpack's one line, not as its own log
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:

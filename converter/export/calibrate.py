@@ -197,7 +197,7 @@ def ranges(model: Path, names: list[str], inputs: Inputs, method: str) -> dict[s
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.intra_op_num_threads = 2
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
     try:
         session = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception as e:

@@ -711,7 +711,7 @@ def _outputs(model: Path, inputs: Inputs) -> list[list[NDArray]]:
 
     o = ort.SessionOptions()
     o.intra_op_num_threads = 2
-    o.log_severity_level = 3
+    o.log_severity_level = 4
     session = ort.InferenceSession(str(model), o, providers=["CPUExecutionProvider"])
     return [session.run(None, f) for f, _ in zip(feeds(inputs), range(CHECK_INPUTS))]
 
