@@ -365,6 +365,8 @@ def sweep(model: PathLike, inputs: Inputs | PathLike, output: PathLike | None = 
     """
     from qpack.converter.sweep import parse_bits, parse_granularity, parse_schemes, run_sweep, write_outputs
 
+    if not tolerance >= 0:
+        raise OptionError(f"--tolerance is the points of loss the knee may cost: 0 or more, not {tolerance}")
     names, widths, grans = parse_schemes(schemes, sensitivity_bits), parse_bits(bits), parse_granularity(granularity)
     data = inputs if isinstance(inputs, Inputs) else load_inputs(model, inputs)
     from qpack.converter.deploy import check_format

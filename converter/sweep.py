@@ -49,7 +49,10 @@ def parse_schemes(text: str, sensitivity_bits: int) -> list[str]:
     for s in names:
         get_quantizer(s)
     if sensitivity_bits:
-        get_quantizer(SENSITIVITY_SCHEME).check_bits(sensitivity_bits)
+        try:
+            get_quantizer(SENSITIVITY_SCHEME).check_bits(sensitivity_bits)
+        except OptionError as e:
+            raise OptionError(f"--sensitivity-bits {sensitivity_bits}: {e} (0 skips the ranking)") from None
     return names
 
 

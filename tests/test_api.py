@@ -110,3 +110,9 @@ def test_integer_options_of_another_type_are_named(sample: Path, tmp_path: Path,
     assert not (tmp_path / "x.qpk").exists()
     qpack.convert(sample, tmp_path / "y.qpk", bits=np.int64(4))
     assert qpack.describe(tmp_path / "y.qpk")["tensors"][0]["bits"] == 4
+
+
+@pytest.mark.parametrize(("options", "says"), [({"sensitivity_bits": 99}, "--sensitivity-bits 99: "), ({"tolerance": -1}, "--tolerance ")])
+def test_sweep_options_out_of_range_are_named(sample: Path, options: dict, says: str):
+    with pytest.raises(qpack.OptionError, match=says):
+        qpack.sweep(sample, qpack.load_inputs(sample, dataset="digits"), **options)
