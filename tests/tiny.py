@@ -41,9 +41,14 @@ def if_model() -> onnx.ModelProto:
         return helper.make_graph([const, mm], name, [], [helper.make_tensor_value_info(f"{name}.y", TensorProto.FLOAT, [2, 5])])
 
     node = helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", wa), else_branch=branch("else", wb))
-    graph = helper.make_graph([node], "if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
+    return _on_condition(node, "if", [2, 4], [2, 5])
+
+
+def _on_condition(node: onnx.NodeProto, name: str, x: list[int], y: list[int]) -> onnx.ModelProto:
+    """A model of one If `node` reading x and a boolean cond, writing y (opset 17)."""
+    graph = helper.make_graph([node], name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x),
                                              helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -67,12 +72,7 @@ def nested_if_model() -> onnx.ModelProto:
                                helper.make_node("If", ["cond"], ["outer.y"], then_branch=inner, else_branch=identity("inner.else", "h"))],
                               "outer", [], [helper.make_tensor_value_info("outer.y", TensorProto.FLOAT, [2, 8])])
     node = helper.make_node("If", ["cond"], ["y"], then_branch=outer, else_branch=identity("outer.else", "x"))
-    graph = helper.make_graph([node], "nested-if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8]),
-                                                    helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return _on_condition(node, "nested-if", [2, 8], [2, 8])
 
 
 def tiny_and_large_model() -> onnx.ModelProto:
