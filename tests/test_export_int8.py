@@ -62,6 +62,30 @@ def test_sample_runs_in_integer_kernels(sample: Path, tmp_path: Path):
     assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.999
 
 
+def test_asym_weights_run_in_integer_kernels_as_their_centered_codes(sample: Path, tmp_path: Path):
+    """Asym 4-bit codes per channel hold int8 weights once their zero points are folded in (code - zero point):
+    every Conv and Gemm runs in an integer kernel on exactly the container's values, said to be widened."""
+    qpk = tmp_path / "a.qpk"
+    qpack.convert(sample, qpk, bits=4, per_channel=True, compress="none")
+    out = tmp_path / "a.onnx"
+    done = qpack.export(qpk, "onnx-int8", out, inputs=qpack.load_inputs(sample, dataset="digits"), min_cosine=-1)
+    assert done.notes[0].startswith("integer nodes (mse ranges on 540 inputs): Conv 3, Gemm 2"), done.notes
+    assert "5 weights of integer nodes stored as INT8 (narrower codes widened)" in done.notes
+    ops = _fused_ops(out, tmp_path)
+    assert ops["QLinearConv"] == 3 and ops["QGemm"] == 2
+    qpack.unpack(qpk, tmp_path / "restored.onnx")
+    stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    checked = 0
+    for t in onnx.load(str(tmp_path / "restored.onnx")).graph.initializer:
+        if t.name not in stored and len(t.dims) > 1:  # a weight now integer: its int8 codes times its scales
+            q = next(v for k, v in stored.items() if k.startswith(t.name) and v.dtype == np.int8)
+            s = next(v for k, v in stored.items() if k.startswith(t.name) and k.endswith("scale"))
+            scale = s.reshape((-1,) + (1,) * (q.ndim - 1)) if s.ndim and q.shape[0] == s.size else s.reshape((1, -1))
+            np.testing.assert_array_equal((q.astype(np.float32) * scale).astype(np.float32), numpy_helper.to_array(t))
+            checked += 1
+    assert checked == 5
+
+
 def _mlp(path: Path) -> None:
     """x[N,64] -> Gemm(W1[32,64], transB, b1) -> Relu -> MatMul(W2[32,8]) -> Tanh -> y."""
     rng = np.random.default_rng(0)

@@ -196,7 +196,8 @@ _TFLITE = Native(widths=(4, 8), signed=True, sparse_signed=True, sparse_widths=(
                  kept_bytes=(("", 4),))
 # full-integer TFLite: int8 filters with a scale per output channel, int32 biases (16x8: int64), and each
 # activation's parameters (priced per stored tensor)
-_TFLITE_INT8 = replace(_TFLITE, widths=(8,), channel_scale_roles=("kernel", "matrix"), overhead=(200, 1))
+_TFLITE_INT8 = replace(_TFLITE, widths=(8,), channel_scale_roles=("kernel", "matrix"), centered_roles=("kernel", "matrix"),
+                       overhead=(200, 1))
 # qpk.h decodes every scheme of FORMAT.md at any width and grouping, its parameters as the container stores them
 _C = Native(schemes=("asym", "sym", "pow2", "lut", "dq"), codecs=("raw",), overhead=(172, 1.22), base=1800)
 

@@ -53,6 +53,14 @@ class IntForm:
         zp = self.zero_point if self.zero_point is not None else np.zeros(self.scale.size, np.int32)
         return replace(self, q=self.q + np.int32(offset), zero_point=zp + np.int32(offset))
 
+    def centered(self) -> IntForm:
+        """The same values with the zero points folded into the integers (a symmetric form, one bit wider)."""
+        if self.zero_point is None:
+            return self
+        shape = self.entry.shape
+        q = self.q - np.broadcast_to(self.grouping.expand(self.zero_point, shape), shape).astype(np.int32)
+        return replace(self, q=q, zero_point=None)
+
     def zero_points(self) -> NDArray[np.int32]:
         return self.zero_point if self.zero_point is not None else np.zeros(self.scale.size, np.int32)
 

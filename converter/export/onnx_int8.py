@@ -135,7 +135,7 @@ def _why_not(node: NodeProto, plans: dict[str, onnx_qdq.QdqPlan], consts: dict[s
     if node.input[0] in consts or node.input[0] in plans:
         return "its input is a constant"
     p = plans[node.input[1]]
-    if p.form is None or p.form.zero_point is not None or not p.form.fits(INT8.low, INT8.high):
+    if p.form is None or not p.form.centered().fits(INT8.low, INT8.high):
         return "its weight has no symmetric int8 form"
     if p.entry.dtype != "float32":
         return f"its weight is {p.entry.dtype}"
@@ -168,7 +168,7 @@ def _int_nodes(model: ModelProto, plans: dict[str, onnx_qdq.QdqPlan], consts: di
             skipped[f"{node.op_type}: {why}"] += 1
             continue
         bias = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        n = _IntNode(node, plans[node.input[1]], bias)
+        n = _IntNode(node, _centered(plans[node.input[1]]), bias)
         after = read_by.get(node.output[0], [])
         if node.op_type == "Conv" and len(after) == 1 and after[0].domain in DEFAULT_DOMAINS and id(after[0]) in main:
             affine = _AFFINES.get(after[0].op_type)
@@ -180,6 +180,14 @@ def _int_nodes(model: ModelProto, plans: dict[str, onnx_qdq.QdqPlan], consts: di
                 n.weight, n.fold = folded
         out.append(n)
     return out, skipped
+
+
+def _centered(p: onnx_qdq.QdqPlan) -> onnx_qdq.QdqPlan:
+    """An asym weight's plan with its zero points folded into the integers (code - zero point, one bit wider:
+    4-bit codes fit int8), as the symmetric int8 weights of onnxruntime's integer kernels hold them."""
+    if p.form is None or p.form.zero_point is None:
+        return p
+    return replace(p, form=p.form.centered())
 
 
 Affine = tuple[NDArray[np.float64], NDArray[np.float64], tuple[NodeProto, ...], str]  # s, t, the nodes, their kind

@@ -189,15 +189,6 @@ def _widen_float16(schema: ModuleType, model: Any, tensors: set[tuple[int, int]]
         model.buffers[b].data = None
 
 
-def centered(form: IntForm) -> IntForm:
-    """The same values with the zero points folded into the integers (a symmetric form)."""
-    if form.zero_point is None:
-        return form
-    shape = form.entry.shape
-    q = form.q - np.broadcast_to(form.grouping.expand(form.zero_point, shape), shape).astype(np.int32)
-    return IntForm(form.entry, q, form.scale, None)
-
-
 def _kernel(u: _Use, k: int, op: str) -> str:
     """The op that reads the weight in the export: a dense CONV_2D becomes a FULLY_CONNECTED."""
     return "FULLY_CONNECTED" if k in u.dense else op
@@ -226,7 +217,7 @@ def _hybrid(e: TensorEntry, form: IntForm, uses: list[_Use]) -> Choice | None:
     axis = axes.pop()
     if axes or form.grouping.axis not in (None, axis):
         return None
-    sym = centered(form)
+    sym = form.centered()
     if not sym.fits(-127, 127):
         return None
     int4 = sym.fits(-7, 7) and all(takes4 for _, takes4 in kernels)
@@ -254,7 +245,7 @@ def _blockwise(e: TensorEntry, form: IntForm, uses: list[_Use], layout: Layout) 
     if block % BLOCK_MULTIPLE or e.shape[axis] % block:
         raise UnsupportedError(f"{where}; XNNPACK takes blocks of a multiple of {BLOCK_MULTIPLE} that divide "
                                f"the input length ({e.shape[axis]})")
-    sym = centered(form)
+    sym = form.centered()
     if not sym.fits(-8, 7):
         raise UnsupportedError(f"{where}; TFLite's blocks hold int4 (-8..7), not integers {sym.low}..{sym.high}")
     scale = np.asarray(sym.scale, np.float32).reshape(-1)
@@ -312,7 +303,7 @@ def choose(e: TensorEntry, form: IntForm, uses: list[_Use], layout: Layout = TFL
                                    "a sparse weight is quantized per tensor or per channel")
         return _blockwise(e, form, uses, layout)
     if any(u.sparse for u in uses):  # DENSIFY spreads int8 out (no int4) with 0 between, and DEQUANTIZE after it
-        sym = centered(form)
+        sym = form.centered()
         if not sym.fits(-128, 127):
             raise UnsupportedError(f"tensor '{e.name}': a sparse weight keeps its zeros at zero point 0 only, and its "
                                    f"{e.scheme} codes have none in int8: convert with --scheme sym, or with --for this target")

@@ -61,7 +61,7 @@ from qpack.converter.export.calibrate import (
     tflite_ranges,
 )
 from qpack.converter.export.intform import IntForm, int_form
-from qpack.converter.export.tflite_int import centered, litert_schema, load, op_names, serialize
+from qpack.converter.export.tflite_int import litert_schema, load, op_names, serialize
 from qpack.formats.atomic import atomic_output, scratch_folder
 from qpack.formats.errors import QpackError, UnsupportedError
 from qpack.formats.qpk import QpkReader, TensorEntry
@@ -426,7 +426,7 @@ class _Builder:
         if e.grouping.block is not None:
             return None
         try:
-            sym = centered(int_form(self.reader, e))
+            sym = int_form(self.reader, e).centered()
         except UnsupportedError:
             return None
         return sym if sym.fits(-127, 127) else None
