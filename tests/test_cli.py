@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from typer.testing import CliRunner
 
@@ -256,21 +257,21 @@ def test_already_quantized_models_say_so(sample: Path, tfl_int8: Path, tmp_path:
 
 
 def test_weights_onnxruntime_packed_in_matmulnbits_count_as_quantized(tmp_path: Path):
-    """A model from onnxruntime's 4-bit MatMulNBitsQuantizer: its packed weights (and their float scales) are
-    already quantized, said in the note, not re-quantized as uint8 tensors."""
+    """A 4-bit MatMulNBits weight, as onnxruntime's MatMulNBitsQuantizer writes it (packed uint8 codes, float
+    scales per block): already quantized, said in the note, not re-quantized as a uint8 tensor."""
     from onnx import TensorProto, helper, numpy_helper
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     rng = np.random.default_rng(0)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
-                              [numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    k, n, block = 64, 32, 32
+    codes = numpy_helper.from_array(rng.integers(0, 256, (n, k // block, block // 2), dtype=np.uint8), "w_Q4")
+    scales = numpy_helper.from_array(rng.random(n * k // block).astype(np.float32), "w_scales")
+    node = helper.make_node("MatMulNBits", ["x", "w_Q4", "w_scales"], ["y"], domain="com.microsoft", K=k, N=n, bits=4,
+                            block_size=block)
+    graph = helper.make_graph([node], "nbits", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])], [codes, scales])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
-    q = MatMulNBitsQuantizer(model, block_size=32, is_symmetric=True)
-    q.process()
-    q.model.save_model_to_file(str(tmp_path / "nbits.onnx"))
+    onnx.save(model, tmp_path / "nbits.onnx")
     r = _run("convert", tmp_path / "nbits.onnx", "-o", tmp_path / "nbits.qpk", "--compress", "none")
     assert r.exit_code == 0, r.output
     assert "note: 1 of 1 weight tensors are already uint8 (MatMulNBits)" in r.output, r.output
