@@ -135,8 +135,8 @@ def _external_attributes(graph: GraphProto) -> Iterator[tuple[str, TensorProto]]
                 if t.data_location == TensorProto.EXTERNAL:
                     named = shown(node.name or (node.output[0] if node.output else ""))
                     yield f"attribute '{attr.name}' of {node.op_type} node '{named}'", t
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _external_attributes(sub)
+        for _, sub in subgraphs(node):
+            yield from _external_attributes(sub)
 
 
 def _consumers(graph: GraphProto, out: dict[str, list[tuple[onnx.NodeProto, int]]]) -> None:

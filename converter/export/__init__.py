@@ -70,7 +70,7 @@ class Target:
 
 def kept_values(kept: Iterable[dict[str, Any]]) -> list[tuple[str, str, int]]:
     """(role, dtype, values) of each tensor left float, from rows of a container's `kept` (shapes checked)."""
-    return [(str(k.get("role")), str(k.get("dtype")), math.prod(kept_shape(k))) for k in kept if kept_shape(k)]
+    return [(str(k.get("role")), str(k.get("dtype")), math.prod(shape)) for k in kept if (shape := kept_shape(k))]
 
 
 class Stored(NamedTuple):

@@ -115,6 +115,10 @@ class Native:
         return (not spec.signed and role in self.centered_roles
                 and self.width(spec, bits) < max(self.widths_for(role), default=0))
 
+    def _symmetric(self, spec: SchemeSpec, bits: int, role: str | None) -> bool:
+        """Whether the export writes the codes with no zero point of their own (signed, or centered)."""
+        return spec.signed or self._centers(spec, bits, role)
+
     def _role_blocks(self, g: Grouping) -> RoleBlocks | None:
         """What rules blocks `g` where the target takes blocks for some roles only, else None."""
         return self.role_blocks if g.block is not None and "block" not in self.groupings else None
@@ -175,7 +179,7 @@ class Native:
         rb = self._role_blocks(g)
         groups = self.scale_count(spec, bits, g, shape, role, sparse)
         params = groups * (rb.scale_bytes if rb is not None else self.scale_bytes)
-        if self.zero_points or not (spec.signed or self._centers(spec, bits, role)):
+        if self.zero_points or not self._symmetric(spec, bits, role):
             params += packed_size(groups, self.zero_point_bits or width)
         return codes + params
 
@@ -184,8 +188,7 @@ class Native:
         """How many scales the export writes for a tensor: one per group, or one per output channel for a
         symmetric (or centered) per-tensor scale in a role of `channel_scale_roles` (not a sparse tensor's
         values, whose shape is not the weight's)."""
-        if (g.kind == "tensor" and (spec.signed or self._centers(spec, bits, role)) and role in self.channel_scale_roles
-                and shape and not sparse):
+        if g.kind == "tensor" and self._symmetric(spec, bits, role) and role in self.channel_scale_roles and shape and not sparse:
             return shape[0]
         return g.count(shape)
 
@@ -195,8 +198,7 @@ class Native:
         if not self.shared_zero_points or self.scale_bytes is None:
             return 0
         lengths = {self.scale_count(SCHEMES[s], bits, g, shape, role, sparse) for s, bits, shape, g, role, sparse in tensors
-                   if s in SCHEMES and (SCHEMES[s].signed or self._centers(SCHEMES[s], bits, role))
-                   and self._role_blocks(g) is None}
+                   if s in SCHEMES and self._symmetric(SCHEMES[s], bits, role) and self._role_blocks(g) is None}
         return sum(packed_size(n, self.zero_point_bits or 8) for n in lengths)
 
     def kept_growth(self, kept: Iterable[tuple[str, str, int]]) -> int:

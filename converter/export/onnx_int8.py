@@ -185,9 +185,7 @@ def _int_nodes(model: ModelProto, plans: dict[str, onnx_qdq.QdqPlan], consts: di
 def _centered(p: onnx_qdq.QdqPlan) -> onnx_qdq.QdqPlan:
     """An asym weight's plan with its zero points folded into the integers (code - zero point, one bit wider:
     4-bit codes fit int8), as the symmetric int8 weights of onnxruntime's integer kernels hold them."""
-    if p.form is None or p.form.zero_point is None:
-        return p
-    return replace(p, form=p.form.centered())
+    return p if p.form is None else replace(p, form=p.form.centered())
 
 
 Affine = tuple[NDArray[np.float64], NDArray[np.float64], tuple[NodeProto, ...], str]  # s, t, the nodes, their kind
